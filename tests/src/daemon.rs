@@ -1,0 +1,1 @@
+//! Starting the daemon under test.

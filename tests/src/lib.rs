@@ -1,0 +1,10 @@
+//! Helpers for the integration tests that run against the real `portcullis` binary.
+//!
+//! # Layout
+//! - [`privileged`]: root detection; a skipped privileged test fails the run under `CI=true`.
+//! - [`netns`]: one network namespace guard per test (veth pairs, torn down on drop).
+//! - [`daemon`]: starts the daemon binary, waits for its readiness notification, stops it.
+
+pub mod daemon;
+pub mod netns;
+pub mod privileged;
