@@ -1,1 +1,94 @@
-fn main() {}
+//! `cargo xtask`: set up a machine, build, run and test portcullis (`cargo xtask --help`).
+//!
+//! # Layout
+//! - [`setup`]: Debian packages, bpf-linker, bpffs; idempotent.
+//! - [`build`]: the BPF object with Debian's toolchain, then the userspace crates with rustup's.
+//! - [`run`]: setup + build, then exec the daemon on its embedded defaults.
+//! - [`test`]: setup + build, then tests, clippy and rustfmt; what `.ci/run` runs.
+//! - [`cmd`]: running commands and named steps, echoing each; [`env`]: the environment children inherit;
+//!   [`workspace`]: where things live.
+
+mod build;
+mod cmd;
+mod env;
+mod run;
+mod setup;
+mod test;
+mod workspace;
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::workspace::{Profile, Workspace};
+
+/// Development tasks for portcullis.
+#[derive(Parser)]
+#[command(name = "cargo xtask", version)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building, running and testing need (Debian packages, bpf-linker, bpffs). Idempotent.
+    Setup {
+        /// Also install the reference servers the benchmarks compare against (nginx, haproxy).
+        #[arg(long)]
+        bench: bool,
+    },
+    /// Build the BPF object (always release) and the userspace crates embedding it.
+    Build {
+        /// Build the userspace crates with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, then run the daemon on its defaults (TLS on 127.0.0.1:8443, metrics on 127.0.0.1:9090).
+    Run {
+        /// Run the release build.
+        #[arg(long)]
+        release: bool,
+        /// Extra arguments for `portcullis run`, after `--`.
+        #[arg(last = true)]
+        daemon_args: Vec<OsString>,
+    },
+    /// Setup, build, then all tests, clippy and rustfmt: what CI runs.
+    Test {
+        /// Extra arguments for `cargo test`, after `--`.
+        #[arg(last = true)]
+        test_args: Vec<OsString>,
+    },
+    /// Benchmarks (not written yet).
+    Bench,
+}
+
+fn main() -> ExitCode {
+    match dispatch(Cli::parse().task) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(task: Task) -> Result<ExitCode> {
+    let ws = Workspace::locate()?;
+    match task {
+        Task::Setup { bench } => setup::setup(setup::Options { bench })?,
+        Task::Build { release } => drop(build::build(&ws, Profile::from_release_flag(release))?),
+        Task::Run {
+            release,
+            daemon_args,
+        } => run::run(&ws, Profile::from_release_flag(release), &daemon_args)?,
+        Task::Test { test_args } => test::test(&ws, &test_args)?,
+        Task::Bench => {
+            eprintln!("no benchmarks yet: see issue 'load generator'");
+            return Ok(ExitCode::from(2));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

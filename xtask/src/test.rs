@@ -1,0 +1,121 @@
+//! `cargo xtask test`: what CI runs (`.ci/run`). Setup, build, then every check that can fail a submission:
+//! all tests (unit, integration, privileged), clippy with warnings denied, and rustfmt.
+//!
+//! Each step prints its name and duration. Setup and build stop the run when they fail (nothing after them can
+//! work); the three checks all run even when an earlier one fails, so one CI run reports every kind of breakage.
+//! The last line names the failed steps.
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::workspace::{Profile, Workspace};
+use crate::{build, cmd, env, setup};
+
+/// The variable through which the integration tests find the daemon binary.
+const DAEMON_BIN_VAR: &str = "PORTCULLIS_BIN";
+
+/// Runs every step; `test_args` go after `cargo test --workspace --exclude portcullis-ebpf` (test name filters,
+/// or `-- --nocapture` for the test harness).
+pub fn test(ws: &Workspace, test_args: &[OsString]) -> Result<()> {
+    check_privileges()?;
+    let mut report = Vec::new();
+
+    let (result, took) = cmd::step("setup", || setup::setup(setup::Options::default()));
+    report.push(("setup", took, result.is_ok()));
+    if let Err(e) = result {
+        print_report(&report);
+        return Err(e.context("xtask test: step `setup` failed"));
+    }
+    let (object, took) = cmd::step("build", || build::build(ws, Profile::Debug));
+    report.push(("build", took, object.is_ok()));
+    let object = match object {
+        Ok(object) => object,
+        Err(e) => {
+            print_report(&report);
+            return Err(e.context("xtask test: step `build` failed"));
+        }
+    };
+
+    let daemon = ws.daemon_bin(Profile::Debug);
+    let checks = [
+        cmd::step("cargo test", || cargo_test(ws, &object, &daemon, test_args)),
+        cmd::step("clippy", || clippy(ws, &object)),
+        cmd::step("fmt", || fmt(ws)),
+    ];
+    let mut failed = Vec::new();
+    for (name, (result, took)) in ["cargo test", "clippy", "fmt"].into_iter().zip(checks) {
+        report.push((name, took, result.is_ok()));
+        if result.is_err() {
+            failed.push(name);
+        }
+    }
+
+    print_report(&report);
+    if !failed.is_empty() {
+        bail!(
+            "xtask test: step(s) failed: {} (see the output above)",
+            failed.join(", ")
+        );
+    }
+    eprintln!("xtask test: all steps ok");
+    Ok(())
+}
+
+/// Every test of the userspace crates, told where the daemon binary and the BPF object are.
+fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsString]) -> Result<()> {
+    let mut cmd = build::host_cargo(ws, object)?;
+    cmd.env(DAEMON_BIN_VAR, daemon)
+        .args(["test", "--workspace", "--exclude", "portcullis-ebpf"])
+        .args(test_args);
+    cmd::run(&mut cmd)
+}
+
+/// clippy over every userspace target, warnings denied.
+fn clippy(ws: &Workspace, object: &Path) -> Result<()> {
+    let mut cmd = build::host_cargo(ws, object)?;
+    cmd.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "portcullis-ebpf",
+        "--all-targets",
+    ])
+    .args(["--", "-D", "warnings"]);
+    cmd::run(&mut cmd)
+}
+
+/// rustfmt in check mode over the whole workspace, the BPF crate included.
+fn fmt(ws: &Workspace) -> Result<()> {
+    let mut cmd = env::host_cargo();
+    cmd.current_dir(ws.root()).args(["fmt", "--all", "--check"]);
+    cmd::run(&mut cmd)
+}
+
+/// Privileged tests need root. Under `CI=true` a non-root run fails here rather than after the build (the tests
+/// themselves would fail anyway, since CI forbids skipping them); elsewhere it only warns.
+fn check_privileges() -> Result<()> {
+    if env::is_root() {
+        return Ok(());
+    }
+    if env::is_ci() {
+        bail!(
+            "CI=true but not running as root: privileged tests cannot be skipped under CI; run `.ci/run` as root"
+        );
+    }
+    eprintln!(
+        "warning: not running as root: privileged tests will print SKIP and pass without running"
+    );
+    Ok(())
+}
+
+/// Prints one line per step that ran: name, duration, outcome.
+fn print_report(report: &[(&str, Duration, bool)]) {
+    eprintln!("xtask test steps:");
+    for (name, took, ok) in report {
+        let outcome = if *ok { "ok" } else { "FAILED" };
+        eprintln!("  {name:<12} {:>9}  {outcome}", cmd::seconds(*took));
+    }
+}
