@@ -6,3 +6,5 @@
 //!
 //! Everything here is `no_std`, allocation-free and compiles for `bpfel-unknown-none` as well as the host.
 #![no_std]
+
+pub mod client_hello;

@@ -1,0 +1,225 @@
+//! The extension list: each extension the summary needs is parsed just far enough to check its
+//! framing; the others are stepped over by their length.
+
+use super::fingerprint::{FingerprintBuilder, is_grease};
+use super::reader::{Halt, Reader};
+use super::{ClientHelloSummary, MAX_EXTENSIONS, MAX_KEY_SHARES, Malformed, SniRange};
+
+/// Extension type code points (IANA "TLS ExtensionType Values").
+mod extension_type {
+    pub(super) const SERVER_NAME: u16 = 0;
+    pub(super) const SUPPORTED_GROUPS: u16 = 10;
+    pub(super) const SIGNATURE_ALGORITHMS: u16 = 13;
+    pub(super) const ALPN: u16 = 16;
+    pub(super) const SESSION_TICKET: u16 = 35;
+    pub(super) const PRE_SHARED_KEY: u16 = 41;
+    pub(super) const EARLY_DATA: u16 = 42;
+    pub(super) const SUPPORTED_VERSIONS: u16 = 43;
+    pub(super) const PSK_KEY_EXCHANGE_MODES: u16 = 45;
+    pub(super) const KEY_SHARE: u16 = 51;
+}
+
+/// TLS 1.3 in supported_versions.
+const TLS13: u16 = 0x0304;
+
+/// What the extension list tells the rest of the parser but not the summary.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Extensions<'a> {
+    /// The supported_groups list, hashed into the fingerprint after the extension types.
+    pub(super) supported_groups: Option<Reader<'a>>,
+    /// psk_key_exchange_modes is present.
+    pub(super) psk_key_exchange_modes: bool,
+}
+
+/// Walks the extensions block, filling `summary` and feeding extension types to `fingerprint`.
+///
+/// On [`Halt::Truncated`] the summary keeps what the extensions that arrived told.
+pub(super) fn parse<'a>(
+    mut block: Reader<'a>,
+    summary: &mut ClientHelloSummary,
+    fingerprint: &mut FingerprintBuilder,
+) -> Result<Extensions<'a>, Halt> {
+    let mut found = Extensions {
+        supported_groups: None,
+        psk_key_exchange_modes: false,
+    };
+    // One bit per extension type below 64: every type this parser interprets is in that range,
+    // and a bitmap keeps the duplicate check O(1) without storing the types (RFC 8446 §4.2:
+    // "There MUST NOT be more than one extension of the same type").
+    let mut seen: u64 = 0;
+    for _ in 0..MAX_EXTENSIONS {
+        if block.is_empty() {
+            break;
+        }
+        let kind = block.u16()?;
+        let len = usize::from(block.u16()?);
+        let body = block.split(len, overrun_reason(kind))?;
+        summary.extension_count = summary.extension_count.saturating_add(1);
+        if let Some(bit) = 1u64.checked_shl(u32::from(kind)) {
+            if seen & bit != 0 {
+                return Err(Malformed::DuplicateExtension.into());
+            }
+            seen |= bit;
+        }
+        fingerprint.extension(kind);
+        match kind {
+            extension_type::SERVER_NAME => server_name(body, summary)?,
+            extension_type::SUPPORTED_GROUPS => {
+                found.supported_groups = Some(supported_groups(body)?)
+            }
+            extension_type::SIGNATURE_ALGORITHMS => summary.signature_algorithms_present = true,
+            extension_type::ALPN => summary.alpn_present = true,
+            extension_type::SESSION_TICKET => summary.tls12_ticket = len > 0,
+            extension_type::PRE_SHARED_KEY => {
+                // RFC 8446 §4.2.11: it "MUST be the last extension", because the binders cover
+                // every byte before them.
+                if !block.is_empty() {
+                    return Err(Malformed::PskNotLast.into());
+                }
+                summary.offers_psk = true;
+                pre_shared_key(body)?;
+            }
+            extension_type::EARLY_DATA => {
+                // RFC 8446 §4.2.10: in a ClientHello the extension_data is `struct {} Empty`.
+                if len != 0 {
+                    return Err(Malformed::BadEarlyData.into());
+                }
+                summary.offers_early_data = true;
+            }
+            extension_type::SUPPORTED_VERSIONS => supported_versions(body, summary)?,
+            extension_type::PSK_KEY_EXCHANGE_MODES => found.psk_key_exchange_modes = true,
+            extension_type::KEY_SHARE => key_share(body, summary)?,
+            _ => {}
+        }
+    }
+    if !block.is_empty() {
+        return Err(Malformed::TooManyExtensions.into());
+    }
+    fingerprint.end_extensions();
+    Ok(found)
+}
+
+/// The reason for an extension whose own contents overrun its length.
+const fn overrun_reason(kind: u16) -> Malformed {
+    match kind {
+        extension_type::SERVER_NAME => Malformed::BadSniFraming,
+        extension_type::SUPPORTED_GROUPS => Malformed::BadSupportedGroups,
+        extension_type::PRE_SHARED_KEY => Malformed::BadPskFraming,
+        extension_type::SUPPORTED_VERSIONS => Malformed::BadSupportedVersions,
+        extension_type::KEY_SHARE => Malformed::BadKeyShare,
+        _ => Malformed::ExtensionFramingBroken,
+    }
+}
+
+/// server_name (RFC 6066 §3): records the range of the host_name.
+fn server_name(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result<(), Halt> {
+    let list_len = usize::from(body.u16()?);
+    if list_len == 0 || list_len != body.left() {
+        return Err(Malformed::BadSniFraming.into());
+    }
+    // "The ServerNameList MUST NOT contain more than one name of the same name_type", and a
+    // name of another type has framing unknown to us (rustls stops there too). So at most two
+    // entries are walked: a host_name, then the end, a second host_name, or another type.
+    for _ in 0..2 {
+        if body.is_empty() {
+            break;
+        }
+        if body.u8()? != 0 {
+            break;
+        }
+        if summary.sni.is_some() {
+            return Err(Malformed::BadSniFraming.into());
+        }
+        let name_len = body.u16()?;
+        if name_len == 0 {
+            return Err(Malformed::BadSniFraming.into());
+        }
+        // Record the range before the name arrives: a split ClientHello still reports it.
+        let offset = body.position();
+        body.split(usize::from(name_len), Malformed::BadSniFraming)?;
+        summary.sni = Some(SniRange {
+            // Cannot saturate: offsets stay below 5 + MAX_RECORD_LEN, asserted in mod.rs.
+            offset: u16::try_from(offset).unwrap_or(u16::MAX),
+            len: name_len,
+        });
+    }
+    Ok(())
+}
+
+/// supported_groups (RFC 8446 §4.2.7): `NamedGroup named_group_list<2..2^16-1>`.
+///
+/// Returns the list itself; its groups are hashed after the extension types.
+fn supported_groups(mut body: Reader<'_>) -> Result<Reader<'_>, Halt> {
+    let list_len = usize::from(body.u16()?);
+    if list_len == 0 || list_len % 2 != 0 || list_len != body.left() {
+        return Err(Malformed::BadSupportedGroups.into());
+    }
+    Ok(body)
+}
+
+/// supported_versions (RFC 8446 §4.2.1): `ProtocolVersion versions<2..254>`.
+fn supported_versions(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result<(), Halt> {
+    let list_len = usize::from(body.u8()?);
+    if list_len == 0 || list_len % 2 != 0 || list_len != body.left() {
+        return Err(Malformed::BadSupportedVersions.into());
+    }
+    // A one-byte length holds at most 127 versions.
+    for _ in 0..127 {
+        if body.is_empty() {
+            break;
+        }
+        if body.u16()? == TLS13 {
+            summary.offers_tls13 = true;
+        }
+    }
+    Ok(())
+}
+
+/// key_share (RFC 8446 §4.2.8): `KeyShareEntry client_shares<0..2^16-1>`, each entry a group and
+/// `opaque key_exchange<1..2^16-1>`.
+///
+/// Each group is recorded as soon as its entry header arrives, so a ClientHello cut inside a
+/// large post-quantum key still reports the groups offered so far. Entries after the first
+/// [`MAX_KEY_SHARES`] are not examined.
+fn key_share(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result<(), Halt> {
+    let list_len = usize::from(body.u16()?);
+    if list_len != body.left() {
+        return Err(Malformed::BadKeyShare.into());
+    }
+    for _ in 0..MAX_KEY_SHARES {
+        if body.is_empty() {
+            break;
+        }
+        let group = body.u16()?;
+        let key_len = usize::from(body.u16()?);
+        if key_len == 0 {
+            return Err(Malformed::BadKeyShare.into());
+        }
+        if !is_grease(group) {
+            if let Some(slot) = summary
+                .key_shares
+                .get_mut(usize::from(summary.key_share_count))
+            {
+                *slot = group;
+            }
+            summary.key_share_count = summary.key_share_count.saturating_add(1);
+        }
+        body.skip(key_len)?;
+    }
+    Ok(())
+}
+
+/// pre_shared_key (RFC 8446 §4.2.11): `PskIdentity identities<7..2^16-1>` then
+/// `PskBinderEntry binders<33..2^16-1>`, filling the extension exactly.
+fn pre_shared_key(mut body: Reader<'_>) -> Result<(), Halt> {
+    let identities = usize::from(body.u16()?);
+    if identities < 7 {
+        return Err(Malformed::BadPskFraming.into());
+    }
+    body.skip(identities)?;
+    let binders = usize::from(body.u16()?);
+    if binders < 33 || binders != body.left() {
+        return Err(Malformed::BadPskFraming.into());
+    }
+    Ok(())
+}
