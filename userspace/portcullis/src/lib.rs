@@ -1,1 +1,29 @@
-//! portcullis daemon library.
+//! portcullis: an edge TLS front end that stays fast when handshakes storm in.
+//!
+//! # Layout
+//! - [`cli`]: the command line and exit codes; [`config`]: the typed TOML config.
+//! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what SIGTERM and SIGINT do.
+//! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime.
+//! - [`connection`]: one connection from accept to close.
+//! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
+//! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio sockets.
+//! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
+//! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`.
+//! - [`xdp`]: the XDP program's loader, pins and counters; [`notify`]: sd_notify readiness.
+
+pub mod admin_http;
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod daemon;
+pub mod demo_upstream;
+pub mod handshake;
+pub mod listener;
+pub mod metrics;
+pub mod notify;
+pub mod proxy;
+pub mod shutdown;
+pub mod tls;
+pub mod tls_io;
+pub mod worker;
+pub mod xdp;

@@ -1,0 +1,171 @@
+//! The command line: `portcullis run` and `portcullis check-config`.
+//!
+//! Exit codes: 0 success; 1 runtime failure; 2 bad configuration, bad flags, or an unusable certificate/key
+//! file (the message names the field or file).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{CertificateConfig, Config, ListenerConfig};
+use crate::daemon::{self, RunError};
+
+/// portcullis: edge TLS front end.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon. Without --config, runs on embedded defaults: a self-signed certificate generated into
+    /// the state dir, TLS on 127.0.0.1:8443, metrics on 127.0.0.1:9090, and a built-in demo upstream.
+    Run(RunArgs),
+    /// Check a config file and exit: 0 if valid, 2 with the offending field named if not.
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+}
+
+/// Flags of `portcullis run`; each overrides the config file.
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// TOML config file (see deploy/portcullis.toml for every field, its unit and default).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// TLS listener address (repeatable); replaces the file's listeners. Port 0 picks a free port.
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<SocketAddr>,
+    /// Upstream backend (repeatable, round robin); replaces upstream.backends.
+    #[arg(long = "upstream", value_name = "ADDR")]
+    upstream: Vec<SocketAddr>,
+    /// Metrics and health endpoint address.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Certificate chain PEM (repeatable, paired in order with --key); replaces tls.certificates.
+    #[arg(long = "cert", value_name = "FILE", requires = "key")]
+    cert: Vec<PathBuf>,
+    /// Private key PEM (repeatable, paired in order with --cert).
+    #[arg(long = "key", value_name = "FILE", requires = "cert")]
+    key: Vec<PathBuf>,
+    /// Number of workers (threads, one per core by default).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// Directory for generated state (the self-signed certificate).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Attach the XDP program to this interface (repeatable); replaces xdp.interfaces.
+    #[arg(long = "xdp-interface", value_name = "IFACE")]
+    xdp_interface: Vec<String>,
+}
+
+/// Parses arguments, runs, and maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Run(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(msg) => {
+                    eprintln!("error: {msg}");
+                    return ExitCode::from(2);
+                }
+            };
+            match daemon::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(RunError::Config(msg)) => {
+                    eprintln!("error: {msg}");
+                    ExitCode::from(2)
+                }
+                Err(RunError::Other(e)) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+impl RunArgs {
+    fn into_config(self) -> Result<Config, String> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path).map_err(|e| e.to_string())?,
+            None => Config::default(),
+        };
+        if !self.listen.is_empty() {
+            config.listeners = self
+                .listen
+                .iter()
+                .map(|&address| ListenerConfig {
+                    name: None,
+                    address,
+                    backlog: 4096,
+                })
+                .collect();
+        }
+        if !self.upstream.is_empty() {
+            config.upstream.backends = self.upstream;
+        }
+        if let Some(m) = self.metrics {
+            config.metrics.address = m;
+        }
+        if self.cert.len() != self.key.len() {
+            return Err(format!(
+                "--cert and --key come in pairs: got {} --cert and {} --key",
+                self.cert.len(),
+                self.key.len()
+            ));
+        }
+        if !self.cert.is_empty() {
+            config.tls.certificates = self
+                .cert
+                .into_iter()
+                .zip(self.key)
+                .map(|(cert, key)| CertificateConfig {
+                    cert,
+                    key,
+                    server_names: Vec::new(),
+                })
+                .collect();
+        }
+        if let Some(w) = self.workers {
+            config.workers = Some(w);
+        }
+        if let Some(dir) = self.state_dir {
+            config.state_dir = Some(dir);
+        }
+        if !self.xdp_interface.is_empty() {
+            config.xdp.interfaces = self.xdp_interface;
+        }
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+}
+
+/// Logs to stderr; the filter comes from `PORTCULLIS_LOG` (e.g. `debug`, `portcullis=trace`), default `info`.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}

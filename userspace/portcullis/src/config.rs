@@ -1,0 +1,508 @@
+//! The daemon's configuration: a typed TOML file, every field documented with its unit and default.
+//!
+//! Parsing is strict (`deny_unknown_fields`): a misspelt key is an error naming the key, not a silently ignored
+//! setting. [`Config::validate`] then checks what types cannot express and names the offending field.
+//! `portcullis check-config FILE` runs both and exits 2 on the first problem.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default TLS listener address when neither the file nor `--listen` gives one.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+/// Default metrics/health listener address.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9090";
+/// Default pin directory of the XDP maps on bpffs.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis";
+
+/// A configuration problem, caused by the operator: the message names the field or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The path given.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema (unknown field, wrong type, ...).
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The path given.
+        path: PathBuf,
+        /// The parser's message, which names the field and line.
+        message: String,
+    },
+    /// A value is well-typed but not acceptable.
+    #[error("config field `{field}` is invalid: {reason}")]
+    Invalid {
+        /// Dotted path of the field, e.g. `listeners[0].address`.
+        field: String,
+        /// What is wrong and what is accepted.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Number of workers. Each is one OS thread with its own current-thread runtime and its own SO_REUSEPORT
+    /// listening socket per listener. Unit: threads. Default: the number of CPUs this process may run on.
+    pub workers: Option<usize>,
+    /// Pin worker `i` to the `i`-th CPU this process may run on. Default: `true`.
+    pub pin_workers: bool,
+    /// Directory for state the daemon generates (the self-signed certificate used when no certificate is
+    /// configured). Default: `/var/lib/portcullis` when run as root, else `$XDG_STATE_HOME/portcullis`
+    /// (or `~/.local/state/portcullis`).
+    pub state_dir: Option<PathBuf>,
+    /// TLS listeners. Default: one listener named `https` on `127.0.0.1:8443`.
+    pub listeners: Vec<ListenerConfig>,
+    /// TLS termination settings shared by all listeners.
+    pub tls: TlsConfig,
+    /// Where decrypted streams go.
+    pub upstream: UpstreamConfig,
+    /// The Prometheus and health endpoint.
+    pub metrics: MetricsConfig,
+    /// Graceful shutdown.
+    pub shutdown: ShutdownConfig,
+    /// The XDP handshake guard. Disabled unless `interfaces` is non-empty.
+    pub xdp: XdpConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            workers: None,
+            pin_workers: true,
+            state_dir: None,
+            listeners: Vec::new(),
+            tls: TlsConfig::default(),
+            upstream: UpstreamConfig::default(),
+            metrics: MetricsConfig::default(),
+            shutdown: ShutdownConfig::default(),
+            xdp: XdpConfig::default(),
+        }
+    }
+}
+
+/// One TLS listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name used as the `listener` label in metrics. Default: `https` for the first listener, `https-N` after.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Address to bind, `IP:PORT`. Port 0 picks a free port (reported in the readiness notification).
+    pub address: SocketAddr,
+    /// Listen backlog. Unit: connections. Default: 4096 (the kernel caps it at `net.core.somaxconn`).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_backlog() -> u32 {
+    4096
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    /// TLS 1.2 (RFC 5246).
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 (RFC 8446).
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// TLS termination settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// Certificates, chosen per connection by SNI (and, when one name has both, by the key types the client
+    /// accepts: ECDSA first). The first certificate is also the default for clients without SNI or with an
+    /// unknown name. Default: none configured, so a self-signed ECDSA P-256 certificate for `localhost` and
+    /// `127.0.0.1` is generated on first start into `state_dir` and reused afterwards.
+    pub certificates: Vec<CertificateConfig>,
+    /// ALPN protocols offered, in server preference order. A client offering none of them fails the handshake
+    /// with `no_application_protocol`; a client offering no ALPN at all is accepted. Default: `["http/1.1"]`
+    /// (the built-in demo upstream speaks HTTP/1.1 only; add `"h2"` when the upstream speaks HTTP/2).
+    pub alpn: Vec<String>,
+    /// Protocol versions enabled. Default: `["1.2", "1.3"]`.
+    pub versions: Vec<TlsVersion>,
+    /// Time a client has from TCP accept to a finished handshake before the connection is closed and counted
+    /// as a `timeout` failure. A duration such as `"10s"` or `"500ms"`. Default: `"10s"`.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            certificates: Vec::new(),
+            alpn: vec!["http/1.1".to_owned()],
+            versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One certificate chain and its private key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM file with the leaf certificate first, then intermediates.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, SEC1 or PKCS#1; ECDSA P-256/P-384, RSA or Ed25519).
+    pub key: PathBuf,
+    /// Server names this certificate answers for (`example.com`, `*.example.com`). Default: the DNS names in
+    /// the certificate's subjectAltName extension.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// Upstream backends.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Backend addresses, `IP:PORT`, used round robin. Default: empty, which starts the built-in demo upstream
+    /// (an HTTP/1.1 responder on a loopback port) so a fresh install answers `curl -k https://127.0.0.1:8443/`.
+    pub backends: Vec<SocketAddr>,
+    /// Time allowed for the TCP connect to a backend. A duration. Default: `"3s"`.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Send a PROXY protocol v2 header first on every upstream connection, carrying the client address, the
+    /// SNI (as PP2_TYPE_AUTHORITY) and the negotiated ALPN (PP2_TYPE_ALPN). Default: `false`.
+    pub proxy_protocol: bool,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            backends: Vec::new(),
+            connect_timeout: Duration::from_secs(3),
+            proxy_protocol: false,
+        }
+    }
+}
+
+/// The metrics and health endpoint (`/metrics`, `/healthz`, `/readyz`), plain HTTP on its own listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address to bind, `IP:PORT`; port 0 picks a free port. Default: `127.0.0.1:9090`.
+    pub address: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            address: parse_const_addr(DEFAULT_METRICS),
+        }
+    }
+}
+
+/// Graceful shutdown (SIGTERM). SIGINT stops at once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, how long open connections may finish before they are closed. A duration.
+    /// Default: `"30s"`.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// Native (driver) mode, falling back to generic mode with a log line saying so.
+    #[default]
+    Auto,
+    /// Native (driver) mode only; fail if the driver cannot.
+    Native,
+    /// Generic (SKB) mode: works everywhere, slower.
+    Generic,
+}
+
+/// The XDP handshake guard.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// Interfaces to attach to. Default: none (XDP disabled).
+    pub interfaces: Vec<String>,
+    /// Attach mode: `"auto"`, `"native"` or `"generic"`. Default: `"auto"`.
+    pub mode: XdpAttachMode,
+    /// Directory on bpffs where maps are pinned (inspect with `bpftool map dump pinned DIR/NAME`).
+    /// Default: `/sys/fs/bpf/portcullis`.
+    pub pin_dir: PathBuf,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            mode: XdpAttachMode::Auto,
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+        }
+    }
+}
+
+fn parse_const_addr(s: &str) -> SocketAddr {
+    match s.parse() {
+        Ok(addr) => addr,
+        Err(_) => unreachable!("constant address {s} is valid"),
+    }
+}
+
+impl Config {
+    /// Reads and parses a config file, then validates it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without validating it. The error message names the field and line at fault.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    /// Fills in defaults that depend on other fields: one listener when none is configured.
+    pub fn with_defaults(mut self) -> Self {
+        if self.listeners.is_empty() {
+            self.listeners.push(ListenerConfig {
+                name: None,
+                address: parse_const_addr(DEFAULT_LISTEN),
+                backlog: default_backlog(),
+            });
+        }
+        self
+    }
+
+    /// Checks what the types cannot: the first problem found is returned, naming its field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == Some(0) {
+            return Err(ConfigError::invalid("workers", "must be at least 1"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if l.backlog == 0 {
+                return Err(ConfigError::invalid(
+                    format!("listeners[{i}].backlog"),
+                    "must be at least 1",
+                ));
+            }
+            if let Some(name) = &l.name {
+                if name.is_empty() {
+                    return Err(ConfigError::invalid(
+                        format!("listeners[{i}].name"),
+                        "must not be empty",
+                    ));
+                }
+                if !names.insert(name.clone()) {
+                    return Err(ConfigError::invalid(
+                        format!("listeners[{i}].name"),
+                        format!("`{name}` is used by another listener"),
+                    ));
+                }
+            }
+        }
+        if self.tls.versions.is_empty() {
+            return Err(ConfigError::invalid(
+                "tls.versions",
+                "enable at least one of \"1.2\", \"1.3\"",
+            ));
+        }
+        for (i, p) in self.tls.alpn.iter().enumerate() {
+            if p.is_empty() || p.len() > 255 {
+                return Err(ConfigError::invalid(
+                    format!("tls.alpn[{i}]"),
+                    "an ALPN protocol id is 1 to 255 bytes (RFC 7301 §3.1)",
+                ));
+            }
+        }
+        if self.tls.handshake_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "tls.handshake_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.upstream.connect_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "upstream.connect_timeout",
+                "must be greater than zero",
+            ));
+        }
+        for (i, c) in self.tls.certificates.iter().enumerate() {
+            for (j, n) in c.server_names.iter().enumerate() {
+                if n.is_empty() || n.contains(char::is_whitespace) {
+                    return Err(ConfigError::invalid(
+                        format!("tls.certificates[{i}].server_names[{j}]"),
+                        format!("`{n}` is not a DNS name"),
+                    ));
+                }
+            }
+        }
+        for (i, iface) in self.xdp.interfaces.iter().enumerate() {
+            if iface.is_empty() || iface.len() > 15 {
+                return Err(ConfigError::invalid(
+                    format!("xdp.interfaces[{i}]"),
+                    "an interface name is 1 to 15 bytes",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The listener's metric label: its configured name, or `https` / `https-N`.
+    pub fn listener_name(&self, index: usize) -> String {
+        match self.listeners.get(index).and_then(|l| l.name.clone()) {
+            Some(name) => name,
+            None if index == 0 => "https".to_owned(),
+            None => format!("https-{index}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = Config::parse("")
+            .expect("empty config parses")
+            .with_defaults();
+        c.validate().expect("defaults are valid");
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].address.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.metrics.address.to_string(), DEFAULT_METRICS);
+        assert_eq!(c.tls.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.tls.alpn, vec!["http/1.1".to_owned()]);
+        assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
+        assert!(c.xdp.interfaces.is_empty());
+        assert!(c.pin_workers);
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let c = Config::parse(
+            r#"
+            workers = 2
+            pin_workers = false
+            state_dir = "/tmp/x"
+            [[listeners]]
+            name = "edge"
+            address = "0.0.0.0:443"
+            backlog = 128
+            [tls]
+            alpn = ["h2", "http/1.1"]
+            versions = ["1.3"]
+            handshake_timeout = "250ms"
+            [[tls.certificates]]
+            cert = "a.pem"
+            key = "a.key"
+            server_names = ["example.com"]
+            [upstream]
+            backends = ["10.0.0.1:80", "[::1]:8080"]
+            connect_timeout = "1s"
+            proxy_protocol = true
+            [metrics]
+            address = "[::1]:9100"
+            [shutdown]
+            drain_timeout = "5s"
+            [xdp]
+            interfaces = ["eth0"]
+            mode = "generic"
+            pin_dir = "/sys/fs/bpf/p2"
+            "#,
+        )
+        .expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.workers, Some(2));
+        assert_eq!(c.tls.handshake_timeout, Duration::from_millis(250));
+        assert_eq!(c.tls.versions, vec![TlsVersion::Tls13]);
+        assert_eq!(c.upstream.backends.len(), 2);
+        assert_eq!(c.xdp.mode, XdpAttachMode::Generic);
+        assert_eq!(c.listener_name(0), "edge");
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = Config::parse("[tls]\nhandshake_timeot = \"1s\"\n").expect_err("unknown field");
+        assert!(err.contains("handshake_timeot"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_type_is_named() {
+        let err =
+            Config::parse("[upstream]\nbackends = [\"not an address\"]\n").expect_err("bad addr");
+        assert!(err.contains("backends"), "{err}");
+        let err =
+            Config::parse("[tls]\nhandshake_timeout = \"ten seconds\"\n").expect_err("bad dur");
+        assert!(err.contains("handshake_timeout"), "{err}");
+        let err = Config::parse("[tls]\nversions = [\"1.1\"]\n").expect_err("bad version");
+        assert!(err.contains("versions"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            ("workers = 0", "workers"),
+            ("[tls]\nversions = []", "tls.versions"),
+            ("[tls]\nalpn = [\"\"]", "tls.alpn[0]"),
+            ("[tls]\nhandshake_timeout = \"0s\"", "tls.handshake_timeout"),
+            (
+                "[upstream]\nconnect_timeout = \"0s\"",
+                "upstream.connect_timeout",
+            ),
+            (
+                "[[listeners]]\naddress = \"127.0.0.1:1\"\nbacklog = 0",
+                "listeners[0].backlog",
+            ),
+            (
+                "[[listeners]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[listeners]]\nname = \"a\"\naddress = \"127.0.0.1:2\"",
+                "listeners[1].name",
+            ),
+            (
+                "[xdp]\ninterfaces = [\"a-very-long-interface-name\"]",
+                "xdp.interfaces[0]",
+            ),
+        ];
+        for (text, field) in cases {
+            let c = Config::parse(text).expect("parses");
+            match c.validate() {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{text}"),
+                other => panic!("{text}: expected invalid {field}, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! One client connection, from accept to close: handshake (with its timeout), upstream connect, relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rustls::ServerConfig;
+use tokio::net::TcpStream;
+
+use crate::handshake::{self, engine::HandshakeEngine, failure::Failure};
+use crate::metrics::{ListenerMetrics, ModeLabel, VersionLabel};
+use crate::proxy::proxy_v2::{self, ProxyInfo};
+use crate::proxy::relay::{self, OnMoved};
+use crate::proxy::upstream::Upstreams;
+
+/// Everything a connection on one listener needs, shared by the worker's connections.
+pub struct ListenerContext {
+    /// TLS configuration.
+    pub tls: Arc<ServerConfig>,
+    /// The expensive-step engine.
+    pub engine: Arc<dyn HandshakeEngine>,
+    /// Backends.
+    pub upstreams: Arc<Upstreams>,
+    /// Metric handles.
+    pub metrics: ListenerMetrics,
+    /// `tls.handshake_timeout`.
+    pub handshake_timeout: std::time::Duration,
+    /// Send a PROXY v2 header upstream.
+    pub proxy_protocol: bool,
+}
+
+impl OnMoved for ListenerMetrics {
+    fn to_upstream(&self, n: u64) {
+        if n > 0 {
+            self.to_upstream.inc_by(n);
+        }
+    }
+
+    fn to_client(&self, n: u64) {
+        if n > 0 {
+            self.to_client.inc_by(n);
+        }
+    }
+}
+
+/// Serves one accepted connection to the end. Never panics on client bytes; every outcome is counted.
+pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
+    let started = Instant::now();
+    let m = &ctx.metrics;
+    m.accepted.inc();
+    m.active.inc();
+    let _active = ActiveGuard(&ctx.metrics);
+    let _ = tcp.set_nodelay(true);
+
+    let outcome = tokio::time::timeout(
+        ctx.handshake_timeout,
+        handshake::run(&tcp, &ctx.tls, &*ctx.engine),
+    )
+    .await;
+    let mut est = match outcome {
+        Err(_) => {
+            m.handshake(
+                VersionLabel::None,
+                ModeLabel::None,
+                Failure::Timeout.name(),
+                None,
+            );
+            tracing::debug!(%peer, "handshake timed out");
+            return;
+        }
+        Ok(Err(e)) => {
+            m.handshake(VersionLabel::None, ModeLabel::None, e.failure.name(), None);
+            tracing::debug!(%peer, cause = e.failure.name(), detail = %e.detail, "handshake failed");
+            return;
+        }
+        Ok(Ok(est)) => est,
+    };
+    m.handshake(
+        est.version,
+        est.mode,
+        "ok",
+        Some(started.elapsed().as_secs_f64()),
+    );
+    count_offers(m, &est.hello);
+
+    let Some(backend) = ctx.upstreams.pick() else {
+        return;
+    };
+    let upstream = match ctx.upstreams.connect(backend).await {
+        Ok(s) => s,
+        Err((cause, e)) => {
+            m.upstream_error(backend, cause.name());
+            tracing::warn!(%peer, upstream = %backend, cause = cause.name(), error = %e, "upstream connect failed");
+            est.conn.send_close_notify();
+            let _ = crate::tls_io::flush(&tcp, &mut est.conn).await;
+            return;
+        }
+    };
+    if ctx.proxy_protocol {
+        let local = tcp.local_addr().unwrap_or(peer);
+        let version = match est.version {
+            VersionLabel::Tls13 => Some("TLSv1.3"),
+            VersionLabel::Tls12 => Some("TLSv1.2"),
+            VersionLabel::None => None,
+        };
+        let header = proxy_v2::encode(
+            peer,
+            local,
+            &ProxyInfo {
+                authority: est.hello.sni.as_deref(),
+                alpn: est.conn.alpn_protocol(),
+                tls_version: version,
+            },
+        );
+        if let Err(e) = write_all(&upstream, &header).await {
+            tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
+            return;
+        }
+    }
+    match relay::relay(&tcp, &mut est.conn, &upstream, m).await {
+        Ok(moved) => {
+            tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed")
+        }
+        Err(e) => tracing::debug!(%peer, error = %e, "relay ended with an error"),
+    }
+}
+
+fn count_offers(m: &ListenerMetrics, hello: &handshake::inspect::HelloInfo) {
+    if hello.sni.is_some() {
+        m.offer("sni");
+    }
+    if hello.offers_psk {
+        m.offer("psk");
+    }
+    if hello.offers_early_data {
+        m.offer("early_data");
+    }
+    if hello.offers_tls12_ticket {
+        m.offer("tls12_ticket");
+    }
+}
+
+async fn write_all(tcp: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_write(buf) {
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Keeps the active-connection gauge right on every exit path, including cancellation at shutdown.
+struct ActiveGuard<'a>(&'a ListenerMetrics);
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.active.dec();
+    }
+}

@@ -1,0 +1,231 @@
+//! Bringing the daemon up and down: the order of start-up, and who owns what while it runs.
+//!
+//! Start-up: certificates -> demo upstream (if no backend) -> listening sockets (all workers' SO_REUSEPORT
+//! sockets, so port 0 resolves once) -> XDP (told the resolved ports) -> metrics endpoint -> workers ->
+//! ready (`/readyz`, sd_notify). The main thread keeps a current-thread runtime for the control plane (signals,
+//! metrics endpoint, demo upstream); workers never touch it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::admin_http::{self, Admin};
+use crate::config::{Config, XdpAttachMode};
+use crate::connection::ListenerContext;
+use crate::handshake::engine::{HandshakeEngine, InlineEngine};
+use crate::metrics::{ConstCounterCollector, Metrics};
+use crate::proxy::upstream::Upstreams;
+use crate::shutdown::{self, Phase};
+use crate::{demo_upstream, listener, notify, tls, worker, xdp};
+
+/// A failure that is the operator's to fix in the configuration or files (exit code 2), or any other failure
+/// (exit code 1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad configuration, or a certificate/key file that cannot be used.
+    #[error("{0}")]
+    Config(String),
+    /// Anything else (address in use, no privileges for XDP, ...).
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// Where state lives when `state_dir` is not configured.
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::Uid::effective().is_root() {
+        return PathBuf::from("/var/lib/portcullis");
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(dir).join("portcullis");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/portcullis"),
+        None => PathBuf::from("portcullis-state"),
+    }
+}
+
+/// Runs the daemon until a signal stops it.
+pub fn run(config: Config) -> Result<(), RunError> {
+    let config = config.with_defaults();
+    config
+        .validate()
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    let state_dir = config.state_dir.clone().unwrap_or_else(default_state_dir);
+    let provider = tls::provider();
+    let certs = tls::load_certificates(&config.tls, &state_dir, &provider)
+        .map_err(|e| RunError::Config(e.to_string()))?;
+    for c in &certs {
+        tracing::info!(cert = %c.source.display(), names = ?c.names, "certificate loaded");
+    }
+    let tls_config = tls::server_config(&config.tls, &certs, provider)
+        .context("building the TLS configuration")?;
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the control runtime")?;
+    let _enter = rt.enter();
+
+    // Backends, or the demo upstream.
+    let backends = if config.upstream.backends.is_empty() {
+        let (demo, addr) = rt
+            .block_on(demo_upstream::bind())
+            .context("cannot bind the demo upstream on 127.0.0.1")?;
+        rt.spawn(demo_upstream::serve(demo));
+        tracing::info!(%addr, "no upstream configured: serving the built-in demo upstream");
+        vec![addr]
+    } else {
+        config.upstream.backends.clone()
+    };
+    let upstreams = Arc::new(Upstreams::new(backends, config.upstream.connect_timeout));
+
+    // Every worker's socket of every listener, bound before anything is announced.
+    let cpus = worker::allowed_cpus();
+    let workers = config.workers.unwrap_or(cpus.len().max(1));
+    let mut groups = Vec::new();
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let (sockets, addr) = listener::bind_group(l.address, workers, l.backlog)?;
+        groups.push(sockets);
+        bound.push(addr);
+    }
+
+    // XDP, told the resolved ports.
+    let xdp_guard = if config.xdp.interfaces.is_empty() {
+        None
+    } else {
+        let mut ports: Vec<u16> = bound.iter().map(SocketAddr::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let settings = xdp::XdpSettings {
+            interfaces: config.xdp.interfaces.clone(),
+            mode: match config.xdp.mode {
+                XdpAttachMode::Auto => xdp::XdpMode::Auto,
+                XdpAttachMode::Native => xdp::XdpMode::Native,
+                XdpAttachMode::Generic => xdp::XdpMode::Generic,
+            },
+            ports,
+            pin_dir: config.xdp.pin_dir.clone(),
+        };
+        Some(xdp::XdpGuard::start(&settings).context("cannot start the XDP handshake guard")?)
+    };
+    let xdp_collector = xdp_guard.as_ref().map(|g| {
+        let counters = g.counters();
+        Box::new(ConstCounterCollector::new(
+            "portcullis_xdp_packets",
+            "Packets seen by the XDP program, by verdict",
+            "verdict",
+            move || {
+                Ok(counters
+                    .read()?
+                    .into_iter()
+                    .map(|(v, n)| (v.name(), n))
+                    .collect())
+            },
+        )) as Box<dyn prometheus_client::collector::Collector>
+    });
+    let metrics = Metrics::new(xdp_collector);
+
+    // The admin endpoint.
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_listener = rt
+        .block_on(tokio::net::TcpListener::bind(config.metrics.address))
+        .with_context(|| {
+            format!(
+                "cannot listen for metrics on {} (metrics.address / --metrics)",
+                config.metrics.address
+            )
+        })?;
+    let metrics_addr = admin_listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    rt.spawn(admin_http::serve(
+        admin_listener,
+        Arc::new(Admin {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        }),
+    ));
+
+    // Workers.
+    let engine: Arc<dyn HandshakeEngine> = Arc::new(InlineEngine);
+    let contexts: Vec<Arc<ListenerContext>> = (0..config.listeners.len())
+        .map(|i| {
+            Arc::new(ListenerContext {
+                tls: tls_config.clone(),
+                engine: engine.clone(),
+                upstreams: upstreams.clone(),
+                metrics: metrics.listener(&config.listener_name(i)),
+                handshake_timeout: config.tls.handshake_timeout,
+                proxy_protocol: config.upstream.proxy_protocol,
+            })
+        })
+        .collect();
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let mut handles = Vec::new();
+    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
+    for (sockets, ctx) in groups.into_iter().zip(&contexts) {
+        for (w, socket) in sockets.into_iter().enumerate() {
+            if let Some(slot) = per_worker.get_mut(w) {
+                slot.push((socket, ctx.clone()));
+            }
+        }
+    }
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let cpu = if config.pin_workers && !cpus.is_empty() {
+            cpus.get(index % cpus.len()).copied()
+        } else {
+            None
+        };
+        handles.push(worker::spawn(
+            worker::WorkerSpec {
+                index,
+                cpu,
+                listeners,
+            },
+            phase_rx.clone(),
+        )?);
+    }
+
+    ready.store(true, Ordering::Release);
+    let listen_list = bound
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    tracing::info!(listeners = %listen_list, metrics = %metrics_addr, workers, engine = engine.name(), "portcullis ready");
+    notify::notify(&format!(
+        "READY=1\nSTATUS=serving TLS on {listen_list}\nPORTCULLIS_LISTEN={listen_list}\nPORTCULLIS_METRICS={metrics_addr}\n"
+    ));
+
+    // Until a signal says stop and the workers are done.
+    let drain_timeout = config.shutdown.drain_timeout;
+    rt.block_on(async {
+        let watcher = tokio::spawn(shutdown::watch_signals(phase_tx.clone(), drain_timeout));
+        let mut phase = phase_rx.clone();
+        // Not ready any more as soon as draining starts.
+        while *phase.borrow_and_update() == Phase::Running {
+            if phase.changed().await.is_err() {
+                break;
+            }
+        }
+        ready.store(false, Ordering::Release);
+        notify::notify("STOPPING=1\n");
+        let joined = tokio::task::spawn_blocking(move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        });
+        let _ = joined.await;
+        watcher.abort();
+    });
+    if let Some(guard) = xdp_guard {
+        guard.detach().context("detaching XDP")?;
+    }
+    tracing::info!("portcullis stopped");
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! The handshake stage, with its named seam.
+//!
+//! ```text
+//! accept (worker) -> read_client_hello -> inspect -> HandshakeEngine::run -> finish -> Established
+//!                    rustls Acceptor      raw parse   into_connection        remaining flights
+//!                                                      (the expensive step: certificate, key exchange, sign)
+//! ```
+//! Each step is a function here; only the expensive step is behind a trait ([`engine::HandshakeEngine`]) so
+//! the offload engine and admission control plug in there without touching the rest.
+
+pub mod engine;
+pub mod failure;
+pub mod inspect;
+
+use std::sync::Arc;
+
+use rustls::server::{Accepted, Acceptor, ServerConnection};
+use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+use tokio::net::TcpStream;
+
+use crate::metrics::{ModeLabel, VersionLabel};
+use crate::tls_io;
+use engine::{HandshakeEngine, Job};
+use failure::Failure;
+use inspect::HelloInfo;
+
+/// Most bytes of the client's first flight kept for our own parse: a full ClientHello record (2^14 bytes of
+/// payload plus its header), more than any real one (post-quantum ones are ~1.2-1.9 KB).
+const MAX_RAW_HELLO: usize = 16 * 1024 + 5;
+
+/// A finished handshake.
+pub struct Established {
+    /// The connection, ready for application data.
+    pub conn: ServerConnection,
+    /// What the ClientHello said.
+    pub hello: HelloInfo,
+    /// Negotiated version.
+    pub version: VersionLabel,
+    /// Full or resumed.
+    pub mode: ModeLabel,
+}
+
+/// A failed handshake: the cause, and the version when it was already negotiated.
+#[derive(Debug)]
+pub struct HandshakeError {
+    /// Why.
+    pub failure: Failure,
+    /// Detail for the debug log (never key material).
+    pub detail: String,
+}
+
+impl HandshakeError {
+    fn new(failure: Failure, detail: impl Into<String>) -> Self {
+        Self {
+            failure,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Runs the whole handshake on `tcp`.
+pub async fn run(
+    tcp: &TcpStream,
+    config: &Arc<ServerConfig>,
+    engine: &dyn HandshakeEngine,
+) -> Result<Established, HandshakeError> {
+    let (accepted, raw) = read_client_hello(tcp).await?;
+    let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
+    drop(raw);
+    let job = Job {
+        accepted,
+        config: config.clone(),
+        hello: hello.clone(),
+    };
+    let mut conn = match engine.run(job).await {
+        Ok(conn) => conn,
+        Err((err, mut alert)) => {
+            // Best effort: tell the client why before closing.
+            let _ = alert.write(&mut tls_io::TcpWrite(tcp));
+            return Err(HandshakeError::new(
+                Failure::from_rustls(&err),
+                err.to_string(),
+            ));
+        }
+    };
+    finish(tcp, &mut conn).await?;
+    let version = match conn.protocol_version() {
+        Some(ProtocolVersion::TLSv1_3) => VersionLabel::Tls13,
+        Some(ProtocolVersion::TLSv1_2) => VersionLabel::Tls12,
+        _ => VersionLabel::None,
+    };
+    let mode = match conn.handshake_kind() {
+        Some(HandshakeKind::Resumed) => ModeLabel::Resumed,
+        Some(_) => ModeLabel::Full,
+        None => ModeLabel::None,
+    };
+    Ok(Established {
+        conn,
+        hello,
+        version,
+        mode,
+    })
+}
+
+/// Step 1: read until rustls has a whole ClientHello, keeping the raw bytes for our own parse.
+async fn read_client_hello(tcp: &TcpStream) -> Result<(Accepted, Vec<u8>), HandshakeError> {
+    let mut acceptor = Acceptor::default();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = loop {
+            match tcp.try_read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    tcp.readable()
+                        .await
+                        .map_err(|e| HandshakeError::new(Failure::from_io(&e), e.to_string()))?;
+                }
+                Err(e) => return Err(HandshakeError::new(Failure::from_io(&e), e.to_string())),
+            }
+        };
+        let Some(chunk) = buf.get(..n) else {
+            return Err(HandshakeError::new(Failure::Internal, "read past buffer"));
+        };
+        if n == 0 {
+            let failure = if looks_like(&raw) {
+                Failure::ClientClosed
+            } else {
+                Failure::NotTls
+            };
+            return Err(HandshakeError::new(
+                failure,
+                "end of stream before a whole ClientHello",
+            ));
+        }
+        let room = MAX_RAW_HELLO.saturating_sub(raw.len());
+        raw.extend_from_slice(chunk.get(..room.min(n)).unwrap_or_default());
+        if !looks_like(&raw) {
+            return Err(HandshakeError::new(
+                Failure::NotTls,
+                "first bytes are not a TLS handshake record",
+            ));
+        }
+        let mut rd: &[u8] = chunk;
+        while !rd.is_empty() {
+            if let Err(e) = acceptor.read_tls(&mut rd) {
+                return Err(HandshakeError::new(Failure::ProtocolError, e.to_string()));
+            }
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Ok((accepted, raw)),
+            Ok(None) => {}
+            Err((err, mut alert)) => {
+                let _ = alert.write(&mut tls_io::TcpWrite(tcp));
+                return Err(HandshakeError::new(
+                    Failure::from_rustls(&err),
+                    err.to_string(),
+                ));
+            }
+        }
+    }
+}
+
+fn looks_like(raw: &[u8]) -> bool {
+    inspect::looks_like_tls(raw)
+}
+
+/// Step 4: exchange the remaining flights until the handshake completes.
+async fn finish(tcp: &TcpStream, conn: &mut ServerConnection) -> Result<(), HandshakeError> {
+    let io_err = |e: std::io::Error| HandshakeError::new(Failure::from_io(&e), e.to_string());
+    loop {
+        tls_io::flush(tcp, conn).await.map_err(io_err)?;
+        if !conn.is_handshaking() {
+            return Ok(());
+        }
+        if !tls_io::read(tcp, conn).await.map_err(io_err)? {
+            return Err(HandshakeError::new(
+                Failure::ClientClosed,
+                "end of stream during the handshake",
+            ));
+        }
+        if let Err(err) = conn.process_new_packets() {
+            // rustls queued an alert describing the error: send it, then fail.
+            let _ = tls_io::flush(tcp, conn).await;
+            return Err(HandshakeError::new(
+                Failure::from_rustls(&err),
+                err.to_string(),
+            ));
+        }
+    }
+}

@@ -1,0 +1,436 @@
+//! Prometheus metrics: one registry, label types, and handles the workers update.
+//!
+//! Naming follows Prometheus conventions: `portcullis_` prefix, base units (`_seconds`, `_bytes`), counters end
+//! in `_total` (prometheus-client appends it). Hot-path counters are resolved to plain handles at start-up so a
+//! connection pays an atomic add, not a label lookup.
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// TLS version label.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum VersionLabel {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+    /// The handshake failed before a version was chosen.
+    None,
+}
+
+/// Whether the handshake resumed a session.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ModeLabel {
+    /// Full handshake: key exchange and a certificate signature.
+    Full,
+    /// Resumed from a ticket or session ID.
+    Resumed,
+    /// Unknown: the handshake failed first.
+    None,
+}
+
+impl VersionLabel {
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tls12 => "tls1.2",
+            Self::Tls13 => "tls1.3",
+            Self::None => "none",
+        }
+    }
+}
+
+impl ModeLabel {
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Resumed => "resumed",
+            Self::None => "none",
+        }
+    }
+}
+
+impl EncodeLabelValue for VersionLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.name())
+    }
+}
+
+impl EncodeLabelValue for ModeLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), fmt::Error> {
+        fmt::Write::write_str(encoder, self.name())
+    }
+}
+
+/// Labels of `portcullis_handshakes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Negotiated version.
+    pub version: VersionLabel,
+    /// Full or resumed.
+    pub mode: ModeLabel,
+    /// `ok`, or the failure cause (see `handshake::Failure::name`).
+    pub result: &'static str,
+}
+
+/// Labels of `portcullis_handshake_duration_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DurationLabels {
+    /// Listener name.
+    pub listener: Arc<str>,
+    /// Negotiated version.
+    pub version: VersionLabel,
+    /// Full or resumed.
+    pub mode: ModeLabel,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: Arc<str>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    listener: Arc<str>,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OfferLabels {
+    listener: Arc<str>,
+    offer: &'static str,
+}
+
+/// Labels of `portcullis_upstream_connect_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+    cause: &'static str,
+}
+
+/// Every metric of the daemon.
+#[derive(Clone)]
+pub struct Metrics {
+    handshakes: Family<HandshakeLabels, Counter>,
+    handshake_duration: Family<DurationLabels, Histogram>,
+    active: Family<ListenerLabel, Gauge>,
+    accepted: Family<ListenerLabel, Counter>,
+    forwarded: Family<BytesLabels, Counter>,
+    offers: Family<OfferLabels, Counter>,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+    registry: Arc<Registry>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 100 µs doubling to ~13 s: resolves a fast resumption and a multi-second queueing collapse alike.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+}
+
+impl Metrics {
+    /// Creates the registry. `xdp` adds the XDP verdict counters read at scrape time.
+    pub fn new(xdp: Option<Box<dyn Collector>>) -> Self {
+        let mut registry = Registry::default();
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "portcullis_handshakes",
+            "TLS handshakes by listener, version, full or resumed, and result (ok or failure cause)",
+            handshakes.clone(),
+        );
+        let handshake_duration = Family::<DurationLabels, Histogram>::new_with_constructor(
+            duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "portcullis_handshake_duration_seconds",
+            "Time from TCP accept to a finished TLS handshake, successful handshakes only",
+            handshake_duration.clone(),
+        );
+        let active = Family::<ListenerLabel, Gauge>::default();
+        registry.register(
+            "portcullis_connections_active",
+            "Client connections open now (handshaking or established)",
+            active.clone(),
+        );
+        let accepted = Family::<ListenerLabel, Counter>::default();
+        registry.register(
+            "portcullis_connections_accepted",
+            "TCP connections accepted",
+            accepted.clone(),
+        );
+        let forwarded = Family::<BytesLabels, Counter>::default();
+        registry.register(
+            "portcullis_forwarded_bytes",
+            "Decrypted bytes forwarded, by direction (client_to_upstream, upstream_to_client)",
+            forwarded.clone(),
+        );
+        let offers = Family::<OfferLabels, Counter>::default();
+        registry.register(
+            "portcullis_client_hello_offers",
+            "What ClientHellos offered, from our own parse of the raw record: psk (TLS 1.3 resumption), early_data (0-RTT), tls12_ticket, sni",
+            offers.clone(),
+        );
+        let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        registry.register(
+            "portcullis_upstream_connect_errors",
+            "Failed connects to an upstream backend, by backend and cause (timeout, refused, other)",
+            upstream_errors.clone(),
+        );
+        let build = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+        build
+            .get_or_create(&vec![("version", env!("CARGO_PKG_VERSION"))])
+            .set(1);
+        registry.register(
+            "portcullis_build_info",
+            "Build information; the value is always 1",
+            build,
+        );
+        if let Some(xdp) = xdp {
+            registry.register_collector(xdp);
+        }
+        Self {
+            handshakes,
+            handshake_duration,
+            active,
+            accepted,
+            forwarded,
+            offers,
+            upstream_errors,
+            registry: Arc::new(registry),
+        }
+    }
+
+    /// Handles for one listener, resolved once.
+    pub fn listener(&self, name: &str) -> ListenerMetrics {
+        let listener: Arc<str> = Arc::from(name);
+        let label = ListenerLabel {
+            listener: listener.clone(),
+        };
+        let bytes = |direction| {
+            self.forwarded
+                .get_or_create(&BytesLabels {
+                    listener: listener.clone(),
+                    direction,
+                })
+                .clone()
+        };
+        ListenerMetrics {
+            active: self.active.get_or_create(&label).clone(),
+            accepted: self.accepted.get_or_create(&label).clone(),
+            to_upstream: bytes("client_to_upstream"),
+            to_client: bytes("upstream_to_client"),
+            handshakes: self.handshakes.clone(),
+            handshake_duration: self.handshake_duration.clone(),
+            offers: self.offers.clone(),
+            upstream_errors: self.upstream_errors.clone(),
+            listener,
+        }
+    }
+
+    /// The Prometheus text exposition format 0.0.4 (what `promtool check metrics` and scrapers without
+    /// OpenMetrics support read): as OpenMetrics, but counters' HELP/TYPE carry the `_total` name and there is
+    /// no `# EOF`.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+}
+
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len() + 16 * counters.len());
+    for line in text.lines() {
+        if line == "# EOF" {
+            continue;
+        }
+        let meta = line
+            .strip_prefix("# HELP ")
+            .map(|r| ("# HELP ", r))
+            .or_else(|| line.strip_prefix("# TYPE ").map(|r| ("# TYPE ", r)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                if counters.contains(name) {
+                    out.push_str(&format!("{prefix}{name}_total {tail}\n"));
+                } else {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// One listener's metric handles, cheap to clone into each connection.
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    listener: Arc<str>,
+    /// Open connections.
+    pub active: Gauge,
+    /// Accepted connections.
+    pub accepted: Counter,
+    /// Plaintext bytes client -> upstream.
+    pub to_upstream: Counter,
+    /// Plaintext bytes upstream -> client.
+    pub to_client: Counter,
+    handshakes: Family<HandshakeLabels, Counter>,
+    handshake_duration: Family<DurationLabels, Histogram>,
+    offers: Family<OfferLabels, Counter>,
+    upstream_errors: Family<UpstreamLabels, Counter>,
+}
+
+impl ListenerMetrics {
+    /// Counts a finished handshake; `duration` is observed for successful ones.
+    pub fn handshake(
+        &self,
+        version: VersionLabel,
+        mode: ModeLabel,
+        result: &'static str,
+        duration: Option<f64>,
+    ) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                listener: self.listener.clone(),
+                version,
+                mode,
+                result,
+            })
+            .inc();
+        if let Some(seconds) = duration {
+            self.handshake_duration
+                .get_or_create(&DurationLabels {
+                    listener: self.listener.clone(),
+                    version,
+                    mode,
+                })
+                .observe(seconds);
+        }
+    }
+
+    /// Counts something a ClientHello offered (`psk`, `early_data`, `tls12_ticket`, `sni`).
+    pub fn offer(&self, offer: &'static str) {
+        self.offers
+            .get_or_create(&OfferLabels {
+                listener: self.listener.clone(),
+                offer,
+            })
+            .inc();
+    }
+
+    /// Counts a failed upstream connect.
+    pub fn upstream_error(&self, upstream: std::net::SocketAddr, cause: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamLabels {
+                upstream: upstream.to_string(),
+                cause,
+            })
+            .inc();
+    }
+}
+
+/// A collector for counters read at scrape time from somewhere else (the XDP per-CPU array).
+pub struct ConstCounterCollector<F> {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    read: F,
+}
+
+impl<F> ConstCounterCollector<F> {
+    /// `read` returns (label value, count) pairs on each scrape, or an error that is logged (the scrape then
+    /// omits the metric rather than failing).
+    pub fn new(name: &'static str, help: &'static str, label: &'static str, read: F) -> Self {
+        Self {
+            name,
+            help,
+            label,
+            read,
+        }
+    }
+}
+
+impl<F> fmt::Debug for ConstCounterCollector<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConstCounterCollector")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl<F> Collector for ConstCounterCollector<F>
+where
+    F: Fn() -> anyhow::Result<Vec<(&'static str, u64)>> + Send + Sync + 'static,
+{
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let values = match (self.read)() {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(metric = self.name, error = %format!("{e:#}"), "cannot read counters for scrape");
+                return Ok(());
+            }
+        };
+        let mut family = encoder.encode_descriptor(
+            self.name,
+            self.help,
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (value_label, count) in values {
+            let labels = [(self.label, value_label)];
+            let counter = ConstCounter::new(count);
+            counter.encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_format_names_counters_with_total() {
+        let m = Metrics::new(None);
+        m.listener("https")
+            .handshake(VersionLabel::Tls13, ModeLabel::Full, "ok", Some(0.001));
+        let text = m.encode_prometheus();
+        assert!(
+            text.contains("# HELP portcullis_handshakes_total "),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE portcullis_handshakes_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("portcullis_handshakes_total{listener=\"https\",version=\"tls1.3\",mode=\"full\",result=\"ok\"} 1"));
+        assert!(text.contains("# TYPE portcullis_handshake_duration_seconds histogram"));
+        assert!(!text.contains("# EOF"));
+    }
+}

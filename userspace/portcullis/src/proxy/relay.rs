@@ -1,0 +1,195 @@
+//! Moving plaintext between an established TLS connection and its upstream TCP stream.
+//!
+//! One task per connection, no buffers of its own while idle: data passes through the worker's scratch
+//! buffer synchronously (no borrow across an await), and the only per-connection buffers are rustls' own plus
+//! `pending`, which holds plaintext the upstream could not take yet and is empty (unallocated) otherwise.
+//! Backpressure: we stop reading the client while `pending` is non-empty, and stop reading the upstream while
+//! rustls still has ciphertext queued for the client.
+//!
+//! Closing: a client close_notify or EOF half-closes the upstream (FIN) and we keep relaying the upstream's
+//! answer; an upstream EOF sends close_notify, flushes, and ends the relay.
+
+use std::cell::RefCell;
+use std::io::{self, Read, Write};
+
+use rustls::ServerConnection;
+use tokio::net::TcpStream;
+
+use crate::tls_io;
+
+/// Scratch buffer size: one maximum TLS record of plaintext.
+const SCRATCH: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+/// Bytes moved by a relay.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Moved {
+    /// Plaintext bytes client -> upstream.
+    pub to_upstream: u64,
+    /// Plaintext bytes upstream -> client.
+    pub to_client: u64,
+}
+
+/// Who ended a relay with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The client broke the TLS protocol or the connection.
+    #[error("client: {0}")]
+    Client(String),
+    /// The upstream connection failed.
+    #[error("upstream: {0}")]
+    Upstream(io::Error),
+}
+
+/// Counts bytes as they move, so long-lived connections show up in metrics before they close.
+pub trait OnMoved: Sync {
+    /// `n` plaintext bytes went client -> upstream.
+    fn to_upstream(&self, n: u64);
+    /// `n` plaintext bytes went upstream -> client.
+    fn to_client(&self, n: u64);
+}
+
+/// Relays until both directions are closed.
+pub async fn relay(
+    client: &TcpStream,
+    conn: &mut ServerConnection,
+    upstream: &TcpStream,
+    counters: &dyn OnMoved,
+) -> Result<Moved, RelayError> {
+    let mut moved = Moved::default();
+    let mut pending: Vec<u8> = Vec::new();
+    let mut client_open = true;
+    let mut upstream_open = true;
+    loop {
+        // Plaintext the client sent: to the upstream, as far as it takes it now.
+        if !pending.is_empty() || client_open {
+            let before = moved.to_upstream;
+            let closed = push_to_upstream(conn, upstream, &mut pending, &mut moved)?;
+            counters.to_upstream(moved.to_upstream - before);
+            if closed && pending.is_empty() && client_open {
+                client_open = false;
+                let _ = socket2::SockRef::from(upstream).shutdown(std::net::Shutdown::Write);
+            }
+        }
+        let flushed =
+            tls_io::try_flush(client, conn).map_err(|e| RelayError::Client(e.to_string()))?;
+        if !upstream_open && flushed {
+            let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write);
+            return Ok(moved);
+        }
+
+        let read_client = client_open && pending.is_empty();
+        let write_upstream = !pending.is_empty();
+        let read_upstream = upstream_open && flushed;
+        let write_client = !flushed;
+        tokio::select! {
+            r = client.readable(), if read_client => {
+                r.map_err(|e| RelayError::Client(e.to_string()))?;
+                match tls_io::try_read(client, conn) {
+                    Ok(Some(true)) => {
+                        if let Err(e) = conn.process_new_packets() {
+                            let _ = tls_io::flush(client, conn).await;
+                            return Err(RelayError::Client(e.to_string()));
+                        }
+                    }
+                    Ok(Some(false)) => {
+                        // EOF without close_notify: treat as a close (truncation is the client's risk).
+                        client_open = false;
+                        let _ = socket2::SockRef::from(upstream).shutdown(std::net::Shutdown::Write);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(RelayError::Client(e.to_string())),
+                }
+            }
+            r = upstream.writable(), if write_upstream => {
+                r.map_err(RelayError::Upstream)?;
+            }
+            r = upstream.readable(), if read_upstream => {
+                r.map_err(RelayError::Upstream)?;
+                match pull_from_upstream(conn, upstream) {
+                    Ok(Some(0)) => {
+                        upstream_open = false;
+                        conn.send_close_notify();
+                    }
+                    Ok(Some(n)) => {
+                        moved.to_client += n as u64;
+                        counters.to_client(n as u64);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(RelayError::Upstream(e)),
+                }
+            }
+            r = client.writable(), if write_client => {
+                r.map_err(|e| RelayError::Client(e.to_string()))?;
+            }
+            else => return Ok(moved),
+        }
+    }
+}
+
+/// Moves decrypted client bytes to the upstream without waiting. Returns `true` once the client has sent
+/// close_notify (or ended the stream) and everything before it has been taken.
+fn push_to_upstream(
+    conn: &mut ServerConnection,
+    upstream: &TcpStream,
+    pending: &mut Vec<u8>,
+    moved: &mut Moved,
+) -> Result<bool, RelayError> {
+    if !pending.is_empty() {
+        match upstream.try_write(pending) {
+            Ok(n) => {
+                moved.to_upstream += n as u64;
+                pending.drain(..n);
+                if pending.is_empty() {
+                    *pending = Vec::new(); // give the memory back while idle
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(RelayError::Upstream(e)),
+        }
+        if !pending.is_empty() {
+            return Ok(false);
+        }
+    }
+    SCRATCH_BUF.with_borrow_mut(|scratch| {
+        loop {
+            let n = match conn.reader().read(scratch) {
+                Ok(0) => return Ok(true),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(true),
+                Err(e) => return Err(RelayError::Client(e.to_string())),
+            };
+            let data = scratch.get(..n).unwrap_or_default();
+            let written = match upstream.try_write(data) {
+                Ok(w) => w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+                Err(e) => return Err(RelayError::Upstream(e)),
+            };
+            moved.to_upstream += written as u64;
+            if written < n {
+                pending.extend_from_slice(data.get(written..).unwrap_or_default());
+                return Ok(false);
+            }
+        }
+    })
+}
+
+/// Reads what the upstream has into rustls' send queue. `Some(0)` is end of stream, `None` not ready.
+fn pull_from_upstream(
+    conn: &mut ServerConnection,
+    upstream: &TcpStream,
+) -> io::Result<Option<usize>> {
+    SCRATCH_BUF.with_borrow_mut(|scratch| match upstream.try_read(scratch) {
+        Ok(n) => {
+            conn.writer()
+                .write_all(scratch.get(..n).unwrap_or_default())?;
+            Ok(Some(n))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    })
+}

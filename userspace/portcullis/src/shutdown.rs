@@ -1,0 +1,55 @@
+//! Stopping the daemon. The one place that defines what the signals do:
+//!
+//! - **SIGTERM** (systemd stop, Kubernetes pod termination): graceful. Stop accepting (each worker closes its
+//!   listening sockets), let open connections finish for up to `shutdown.drain_timeout` (default 30 s), close
+//!   the rest, detach XDP, exit 0. A second SIGTERM or a SIGINT during the drain stops at once.
+//! - **SIGINT** (Ctrl-C): fast stop. Close everything now, detach XDP, exit 0.
+//!
+//! In both cases XDP is detached and pins removed before exit, so no program is left attached to an interface
+//! without a daemon behind it.
+
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+
+/// Where the daemon is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Accepting and serving.
+    Running,
+    /// Not accepting; open connections may finish until `deadline`.
+    Draining {
+        /// When the remaining connections are closed.
+        deadline: Instant,
+    },
+    /// Close everything now.
+    Stop,
+}
+
+/// Waits for signals and moves `phase` along. Returns once the phase is `Stop` or drain was requested and
+/// then `Stop` happened; the caller joins the workers meanwhile.
+pub async fn watch_signals(
+    phase: watch::Sender<Phase>,
+    drain_timeout: Duration,
+) -> std::io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {
+            tracing::info!(drain_timeout = ?drain_timeout, "SIGTERM: draining connections");
+            let _ = phase.send(Phase::Draining { deadline: Instant::now() + drain_timeout });
+        }
+        _ = int.recv() => {
+            tracing::info!("SIGINT: stopping now");
+            let _ = phase.send(Phase::Stop);
+            return Ok(());
+        }
+    }
+    tokio::select! {
+        _ = term.recv() => tracing::info!("second SIGTERM: stopping now"),
+        _ = int.recv() => tracing::info!("SIGINT during drain: stopping now"),
+    }
+    let _ = phase.send(Phase::Stop);
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! TLS termination setup: certificates, SNI choice and the rustls `ServerConfig` every worker shares.
+
+pub mod certs;
+pub mod resolver;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+
+use crate::config::{TlsConfig, TlsVersion};
+use certs::{CertError, LoadedCert};
+use resolver::SniResolver;
+
+/// The crypto provider used everywhere: aws-lc-rs (X25519 at about half the cost of ring's, and the
+/// post-quantum X25519MLKEM768 group).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Loads the configured certificates, or the generated self-signed one when none is configured.
+pub fn load_certificates(
+    tls: &TlsConfig,
+    state_dir: &Path,
+    provider: &CryptoProvider,
+) -> Result<Vec<LoadedCert>, CertError> {
+    if tls.certificates.is_empty() {
+        let (cert, key) = certs::ensure_self_signed(state_dir)?;
+        return Ok(vec![certs::load(&cert, &key, &[], provider)?]);
+    }
+    tls.certificates
+        .iter()
+        .map(|c| certs::load(&c.cert, &c.key, &c.server_names, provider))
+        .collect()
+}
+
+/// Builds the server configuration shared by every worker.
+pub fn server_config(
+    tls: &TlsConfig,
+    certs: &[LoadedCert],
+    provider: Arc<CryptoProvider>,
+) -> anyhow::Result<Arc<ServerConfig>> {
+    let resolver =
+        SniResolver::new(certs).ok_or_else(|| anyhow::anyhow!("no certificate loaded"))?;
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls
+        .versions
+        .iter()
+        .map(|v| match v {
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+        })
+        .collect();
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&versions)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    // Per-process ticket keys for now: resumption works against this instance only. Fleet-shared, rotating
+    // keys replace this (see the fleet resumption issue).
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok(Arc::new(config))
+}

@@ -1,0 +1,186 @@
+//! Workers: one OS thread per core, pinned, each running a current-thread tokio runtime and accepting on its
+//! own SO_REUSEPORT socket of every listener. A connection lives and dies on the worker that accepted it, so
+//! there is no cross-thread hand-off on the data path.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::connection::{self, ListenerContext};
+use crate::shutdown::Phase;
+
+/// What one worker runs.
+pub struct WorkerSpec {
+    /// Worker number, from 0.
+    pub index: usize,
+    /// CPU to pin to, if pinning.
+    pub cpu: Option<usize>,
+    /// This worker's socket of each listener, with the listener's context.
+    pub listeners: Vec<(std::net::TcpListener, Arc<ListenerContext>)>,
+}
+
+/// The CPUs this process may run on, in order.
+pub fn allowed_cpus() -> Vec<usize> {
+    match nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) {
+        Ok(set) => (0..nix::sched::CpuSet::count())
+            .filter(|&c| set.is_set(c).unwrap_or(false))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Starts the worker thread.
+pub fn spawn(
+    spec: WorkerSpec,
+    phase: watch::Receiver<Phase>,
+) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    let name = format!("portcullis-w{}", spec.index);
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || run(spec, phase))
+        .with_context(|| format!("cannot start worker thread {name}"))
+}
+
+fn run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) {
+    if let Some(cpu) = spec.cpu {
+        let mut set = nix::sched::CpuSet::new();
+        let pinned = set
+            .set(cpu)
+            .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+        match pinned {
+            Ok(()) => tracing::debug!(worker = spec.index, cpu, "worker pinned"),
+            Err(e) => {
+                tracing::warn!(worker = spec.index, cpu, error = %e, "cannot pin worker; running unpinned")
+            }
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(worker = spec.index, error = %e, "cannot build the worker runtime");
+            return;
+        }
+    };
+    let tracker = Arc::new(Tracker::default());
+    rt.block_on(async {
+        for (socket, ctx) in spec.listeners {
+            let listener = match TcpListener::from_std(socket) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(worker = spec.index, error = %e, "cannot register listener");
+                    continue;
+                }
+            };
+            tokio::spawn(accept_loop(listener, ctx, tracker.clone(), phase.clone()));
+        }
+        // Run until told to stop, then drain.
+        let final_phase = loop {
+            let p = *phase.borrow_and_update();
+            if p != Phase::Running {
+                break p;
+            }
+            if phase.changed().await.is_err() {
+                break Phase::Stop;
+            }
+        };
+        if let Phase::Draining { deadline } = final_phase {
+            tokio::select! {
+                () = tracker.idle() => {}
+                () = tokio::time::sleep_until(deadline.into()) => {
+                    tracing::info!(worker = spec.index, open = tracker.count(), "drain deadline reached; closing open connections");
+                }
+                _ = wait_for_stop(&mut phase) => {}
+            }
+        }
+    });
+    // Dropping the runtime cancels the remaining connection tasks, closing their sockets.
+    drop(rt);
+    tracing::debug!(worker = spec.index, "worker stopped");
+}
+
+async fn wait_for_stop(phase: &mut watch::Receiver<Phase>) {
+    while *phase.borrow_and_update() != Phase::Stop {
+        if phase.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ListenerContext>,
+    tracker: Arc<Tracker>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            r = phase.changed() => {
+                if r.is_err() || *phase.borrow() != Phase::Running {
+                    // Closing our socket stops new connections reaching this worker.
+                    return;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let guard = tracker.enter();
+                    let ctx = ctx.clone();
+                    tokio::spawn(async move {
+                        connection::serve(tcp, peer, ctx).await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE/ENFILE/ENOBUFS: back off instead of spinning on the same error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Counts a worker's open connections so a drain knows when it is done.
+#[derive(Default)]
+struct Tracker {
+    open: AtomicUsize,
+    idle: Notify,
+}
+
+struct TrackerGuard(Arc<Tracker>);
+
+impl Tracker {
+    fn enter(self: &Arc<Self>) -> TrackerGuard {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        TrackerGuard(self.clone())
+    }
+
+    fn count(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackerGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
