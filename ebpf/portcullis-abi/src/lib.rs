@@ -3,8 +3,15 @@
 //! # Layout
 //! - [`names`]: program, map and pin names, shared by the BPF crate and the daemon.
 //! - [`verdict`]: the XDP verdict counters, a `#[repr(u32)]` enum indexing a per-CPU array.
+//! - [`xdp_config`]: the `#[repr(C)]` configuration the daemon writes into the XDP config map (listener ports).
+//! - [`packet`]: the Ethernet/IP/TCP classifier the XDP program runs, unit-tested here on the host.
 //!
 //! Everything here is `no_std`, allocation-free and compiles for `bpfel-unknown-none` as well as the host.
+//! The `user` feature implements `aya::Pod` for the shared structs, for the daemon.
 #![no_std]
 
 pub mod client_hello;
+pub mod names;
+pub mod packet;
+pub mod verdict;
+pub mod xdp_config;

@@ -1,0 +1,40 @@
+//! Names the BPF object and the daemon must agree on: program names, map names and the pin directory.
+//!
+//! The BPF side cannot use these constants directly (`#[xdp]` takes the function's name, `#[btf_map(name = ..)]`
+//! takes a literal), so the daemon's unit test opens the built ELF and checks that every name here exists in it.
+//! The kernel keeps at most 15 bytes of a program or map name (`BPF_OBJ_NAME_LEN` is 16 with the NUL), so every
+//! name stays within 15 bytes and `bpftool prog`/`map` show it whole.
+
+/// The XDP classifier program: parses Ethernet/IP/TCP, counts each packet in [`MAP_XDP_VERDICTS`], passes all.
+pub const PROG_XDP: &str = "portcullis_xdp";
+
+/// Every program in the object, for the ELF name check and for operators' tooling.
+pub const ALL_PROGRAMS: &[&str] = &[PROG_XDP];
+
+/// Per-CPU array of `u64` packet counters, indexed by [`crate::verdict::Verdict`]; summed over CPUs by the daemon.
+pub const MAP_XDP_VERDICTS: &str = "xdp_verdicts";
+
+/// Array of one [`crate::xdp_config::XdpConfig`] (the listener TCP ports), written by the daemon before attaching.
+pub const MAP_XDP_CONFIG: &str = "xdp_config";
+
+/// Every map the daemon opens by name (aya-log's own `AYA_LOGS` ring buffer is not ours and not listed).
+pub const ALL_MAPS: &[&str] = &[MAP_XDP_VERDICTS, MAP_XDP_CONFIG];
+
+/// Default directory on the BPF filesystem where the daemon pins its maps, one file per map named as the map.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis";
+
+/// Longest program or map name the kernel keeps whole (`BPF_OBJ_NAME_LEN - 1`).
+pub const MAX_OBJ_NAME_LEN: usize = 15;
+
+const _: () = {
+    let mut i = 0;
+    while i < ALL_PROGRAMS.len() {
+        assert!(ALL_PROGRAMS[i].len() <= MAX_OBJ_NAME_LEN);
+        i += 1;
+    }
+    let mut i = 0;
+    while i < ALL_MAPS.len() {
+        assert!(ALL_MAPS[i].len() <= MAX_OBJ_NAME_LEN);
+        i += 1;
+    }
+};

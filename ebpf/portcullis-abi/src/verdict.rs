@@ -1,0 +1,110 @@
+//! The XDP verdict counters.
+//!
+//! Each packet the XDP program sees gets exactly one [`Verdict`]; its discriminant indexes the per-CPU counter
+//! array [`crate::names::MAP_XDP_VERDICTS`]. The program is a classifier only for now: every verdict passes the
+//! packet on to the kernel stack.
+
+/// What the XDP program decided about one packet. The discriminant is the counter index in the per-CPU array.
+///
+/// The values are ABI shared with the loaded BPF object and with dashboards: append new verdicts at the end,
+/// never renumber or reuse one.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// The frame is not IPv4 or IPv6 (ARP, LLDP, a second VLAN tag, ...).
+    PassNotIp = 0,
+    /// IP, but the next protocol is not TCP (UDP, ICMP, an IPv6 extension header: those are not walked).
+    PassNotTcp = 1,
+    /// A non-first IPv4 fragment: it carries no TCP header, so its ports cannot be read.
+    PassFragment = 2,
+    /// A header is cut short or inconsistent (bad IP version, IHL < 5, TCP header beyond the frame end).
+    PassMalformed = 3,
+    /// TCP to a port that no listener of this daemon owns.
+    PassOtherPort = 4,
+    /// TCP to one of the listener ports configured in [`crate::xdp_config::XdpConfig`].
+    PassListenerTcp = 5,
+}
+
+impl Verdict {
+    /// Number of verdicts, and so the number of entries of the counter array.
+    pub const COUNT: usize = 6;
+
+    /// Every verdict, in counter-index order.
+    pub const ALL: [Verdict; Verdict::COUNT] = [
+        Verdict::PassNotIp,
+        Verdict::PassNotTcp,
+        Verdict::PassFragment,
+        Verdict::PassMalformed,
+        Verdict::PassOtherPort,
+        Verdict::PassListenerTcp,
+    ];
+
+    /// The snake_case label of this verdict, used as the `verdict` label value of
+    /// `portcullis_xdp_packets_total`. Stable: dashboards and alerts key on it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::PassNotIp => "pass_not_ip",
+            Verdict::PassNotTcp => "pass_not_tcp",
+            Verdict::PassFragment => "pass_fragment",
+            Verdict::PassMalformed => "pass_malformed",
+            Verdict::PassOtherPort => "pass_other_port",
+            Verdict::PassListenerTcp => "pass_listener_tcp",
+        }
+    }
+
+    /// The verdict whose counter index is `index`, or `None` when no verdict has that index (a newer BPF object
+    /// than this daemon, or a corrupt read).
+    pub const fn from_u32(index: u32) -> Option<Verdict> {
+        match index {
+            0 => Some(Verdict::PassNotIp),
+            1 => Some(Verdict::PassNotTcp),
+            2 => Some(Verdict::PassFragment),
+            3 => Some(Verdict::PassMalformed),
+            4 => Some(Verdict::PassOtherPort),
+            5 => Some(Verdict::PassListenerTcp),
+            _ => None,
+        }
+    }
+
+    /// The counter index of this verdict in the per-CPU array.
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}
+
+// `ALL` must list every verdict at its own index, so `ALL[i].index() == i` and `COUNT` matches the enum.
+const _: () = {
+    let mut i = 0;
+    while i < Verdict::COUNT {
+        assert!(Verdict::ALL[i] as usize == i);
+        i += 1;
+    }
+    assert!(Verdict::from_u32(Verdict::COUNT as u32).is_none());
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_u32_round_trips_every_verdict() {
+        for v in Verdict::ALL {
+            assert_eq!(Verdict::from_u32(v.index()), Some(v));
+        }
+        assert_eq!(Verdict::from_u32(u32::MAX), None);
+    }
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        for (i, a) in Verdict::ALL.iter().enumerate() {
+            let name = a.name();
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{name}"
+            );
+            for b in &Verdict::ALL[i + 1..] {
+                assert_ne!(name, b.name());
+            }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! The runtime configuration of the XDP program, carried in the one-entry array map
+//! [`crate::names::MAP_XDP_CONFIG`].
+//!
+//! Runtime knobs reach BPF through this map rather than `#[cfg]` or recompilation, so one object serves every
+//! deployment and the daemon can fill in the ports it only learns after binding (`--listen addr:0`).
+
+use core::fmt;
+
+/// Most listener ports one [`XdpConfig`] holds. A fixed array keeps the map value `#[repr(C)]` and the BPF
+/// lookup a bounded loop.
+pub const MAX_LISTENER_PORTS: usize = 16;
+
+/// Index of the single entry of the config array map.
+pub const XDP_CONFIG_KEY: u32 = 0;
+
+/// The XDP program's configuration: the set of TCP ports the daemon's listeners own.
+///
+/// Layout (40 bytes): `ports` at 0, `port_count` at 32, `_pad` at 36. Ports are in host byte order so that
+/// `bpftool map dump` prints them as an operator types them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// Listener TCP ports in host byte order; only the first `port_count` entries are meaningful, the rest are 0.
+    pub ports: [u16; MAX_LISTENER_PORTS],
+    /// How many entries of `ports` are in use, at most [`MAX_LISTENER_PORTS`]; larger values are read as the
+    /// maximum.
+    pub port_count: u32,
+    /// Explicit padding so the struct has no implicit holes; always 0.
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<XdpConfig>() == 40);
+const _: () = assert!(align_of::<XdpConfig>() == 4);
+
+/// Returned by [`XdpConfig::new`] when more listener ports are given than the map value holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooManyPorts {
+    /// How many distinct ports were requested.
+    pub requested: usize,
+}
+
+impl fmt::Display for TooManyPorts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} distinct listener ports configured, but the XDP program holds at most {MAX_LISTENER_PORTS}; \
+             use fewer listener ports",
+            self.requested
+        )
+    }
+}
+
+impl core::error::Error for TooManyPorts {}
+
+impl XdpConfig {
+    /// A configuration that classifies no port as a listener port.
+    pub const EMPTY: XdpConfig = XdpConfig {
+        ports: [0; MAX_LISTENER_PORTS],
+        port_count: 0,
+        _pad: 0,
+    };
+
+    /// Builds the configuration for these listener ports. Duplicates are dropped (two listeners on different
+    /// addresses often share a port). Port 0 is not a port a packet can be addressed to and is dropped too.
+    ///
+    /// # Errors
+    /// [`TooManyPorts`] when more than [`MAX_LISTENER_PORTS`] distinct ports remain.
+    pub fn new(ports: &[u16]) -> Result<XdpConfig, TooManyPorts> {
+        let mut config = XdpConfig::EMPTY;
+        let mut count = 0usize;
+        let mut requested = 0usize;
+        for &port in ports {
+            if port == 0 || config.ports[..count].contains(&port) {
+                continue;
+            }
+            requested += 1;
+            if let Some(slot) = config.ports.get_mut(count) {
+                *slot = port;
+                count += 1;
+            }
+        }
+        if requested > MAX_LISTENER_PORTS {
+            return Err(TooManyPorts { requested });
+        }
+        // `count <= MAX_LISTENER_PORTS` (16), so the cast cannot truncate.
+        config.port_count = count as u32;
+        Ok(config)
+    }
+
+    /// The listener ports in use (the first `port_count` entries, clamped to the array).
+    pub fn listener_ports(&self) -> &[u16] {
+        let count = (self.port_count as usize).min(MAX_LISTENER_PORTS);
+        self.ports.get(..count).unwrap_or(&[])
+    }
+
+    /// Whether `port` (host byte order) is one of the listener ports.
+    ///
+    /// Written as a fixed-trip loop over the whole array so the BPF verifier sees a bounded loop with constant
+    /// indices, whatever `port_count` holds.
+    #[inline(always)]
+    pub fn is_listener_port(&self, port: u16) -> bool {
+        let count = self.port_count as usize;
+        let mut i = 0;
+        while i < MAX_LISTENER_PORTS {
+            if i < count && self.ports[i] == port && port != 0 {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig::EMPTY
+    }
+}
+
+// SAFETY: `XdpConfig` is `#[repr(C)]`, `Copy`, made of integers only, with explicit padding and no implicit holes
+// (size asserted above), so every bit pattern is valid and its bytes can be copied to and from a map value.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for XdpConfig {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_dedups_and_drops_port_zero() {
+        let c = XdpConfig::new(&[443, 0, 8443, 443]).expect("two ports fit");
+        assert_eq!(c.listener_ports(), &[443, 8443]);
+        assert!(c.is_listener_port(443));
+        assert!(c.is_listener_port(8443));
+        assert!(!c.is_listener_port(80));
+        assert!(!c.is_listener_port(0));
+    }
+
+    #[test]
+    fn new_rejects_more_than_the_array_holds() {
+        let ports: [u16; MAX_LISTENER_PORTS + 1] = core::array::from_fn(|i| 1000 + i as u16);
+        assert_eq!(
+            XdpConfig::new(&ports),
+            Err(TooManyPorts {
+                requested: MAX_LISTENER_PORTS + 1
+            })
+        );
+        assert!(XdpConfig::new(&ports[..MAX_LISTENER_PORTS]).is_ok());
+    }
+
+    #[test]
+    fn oversized_port_count_is_clamped() {
+        let mut c = XdpConfig::new(&[443]).expect("one port fits");
+        c.port_count = u32::MAX;
+        assert_eq!(c.listener_ports().len(), MAX_LISTENER_PORTS);
+        assert!(c.is_listener_port(443));
+        assert!(
+            !c.is_listener_port(0),
+            "unused slots hold 0, which must never match"
+        );
+    }
+}
