@@ -47,7 +47,7 @@ pub fn build_bpf(ws: &Workspace) -> Result<PathBuf> {
 /// bpf-linker, running `/usr/bin/cargo build --release --target bpfel-unknown-none -Z build-std=core`.
 pub fn bpf_command(ws: &Workspace) -> Result<Command> {
     let mut cmd = Command::new("/usr/bin/cargo");
-    env::isolate_from_host_toolchain(&mut cmd)?;
+    env::isolate_from_host_toolchain(&mut cmd, ws.target_dir())?;
     cmd.current_dir(ws.bpf_crate_dir())
         .env("RUSTC", "/usr/bin/rustc")
         .env("RUSTC_BOOTSTRAP", "1")

@@ -61,9 +61,10 @@ pub fn forget_cargo_run(cmd: &mut Command) {
 }
 
 /// Prepares `cmd` to run Debian's `/usr/bin/cargo` untouched by rustup or the outer cargo: removes every
-/// compiler-selecting variable and every non-user `CARGO_*` one, drops the rustup toolchain's `lib` dirs from
-/// `LD_LIBRARY_PATH`, and puts `~/.cargo/bin` (where `bpf-linker` is installed) on PATH.
-pub fn isolate_from_host_toolchain(cmd: &mut Command) -> Result<()> {
+/// compiler-selecting variable and every non-user `CARGO_*` one, drops from `LD_LIBRARY_PATH` the dirs `cargo run`
+/// prepended (the rustup toolchain's `lib` dirs and those under `target_dir`), and puts `~/.cargo/bin` (where
+/// `bpf-linker` is installed) on PATH.
+pub fn isolate_from_host_toolchain(cmd: &mut Command, target_dir: &Path) -> Result<()> {
     for (key, _) in std::env::vars_os() {
         let k = key.to_string_lossy();
         let user_cargo = USER_CARGO_PREFIXES.iter().any(|p| k.starts_with(p));
@@ -71,7 +72,7 @@ pub fn isolate_from_host_toolchain(cmd: &mut Command) -> Result<()> {
             cmd.env_remove(&key);
         }
     }
-    match library_path_without_rustup() {
+    match library_path_without(target_dir) {
         Some(paths) if !paths.is_empty() => cmd.env("LD_LIBRARY_PATH", paths),
         _ => cmd.env_remove("LD_LIBRARY_PATH"),
     };
@@ -129,17 +130,19 @@ fn cargo_bin_dir() -> Option<PathBuf> {
     Some(home.join("bin"))
 }
 
-/// `LD_LIBRARY_PATH` without the entries under the rustup home that `cargo run` prepended, or `None` if unset.
-fn library_path_without_rustup() -> Option<OsString> {
+/// `LD_LIBRARY_PATH` without the entries `cargo run` prepended (under the rustup home or `target_dir`), or
+/// `None` if unset.
+fn library_path_without(target_dir: &Path) -> Option<OsString> {
     let current = std::env::var_os("LD_LIBRARY_PATH")?;
     let rustup_home = std::env::var_os("RUSTUP_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".rustup")));
     let kept: Vec<PathBuf> = std::env::split_paths(&current)
         .filter(|dir| {
-            !rustup_home
+            let from_rustup = rustup_home
                 .as_ref()
-                .is_some_and(|home| dir.starts_with(home))
+                .is_some_and(|home| dir.starts_with(home));
+            !from_rustup && !dir.starts_with(target_dir)
         })
         .collect();
     std::env::join_paths(kept).ok()
@@ -166,7 +169,8 @@ mod tests {
     #[test]
     fn isolated_command_drops_rustup_and_cargo_run_variables() {
         let mut cmd = Command::new("/usr/bin/cargo");
-        isolate_from_host_toolchain(&mut cmd).expect("PATH is joinable");
+        isolate_from_host_toolchain(&mut cmd, Path::new("/nonexistent/target"))
+            .expect("PATH is joinable");
         let removed: Vec<&OsStr> = cmd
             .get_envs()
             .filter(|(_, v)| v.is_none())

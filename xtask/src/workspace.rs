@@ -77,6 +77,11 @@ impl Workspace {
         &self.root
     }
 
+    /// The target dir of the userspace build (`$CARGO_TARGET_DIR` or `<root>/target`).
+    pub fn target_dir(&self) -> &Path {
+        &self.target
+    }
+
     /// The BPF programs crate, built by Debian's toolchain from its own directory.
     pub fn bpf_crate_dir(&self) -> PathBuf {
         self.root.join("ebpf/portcullis-ebpf")
