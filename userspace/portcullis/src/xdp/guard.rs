@@ -1,0 +1,209 @@
+//! [`XdpGuard`]: owns the loaded XDP program for the daemon's lifetime.
+
+use anyhow::{Context as _, bail};
+use aya::{
+    EbpfLoader,
+    maps::{Array, PerCpuArray},
+    programs::Xdp,
+};
+use portcullis_abi::{
+    names::{MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP},
+    xdp_config::{XDP_CONFIG_KEY, XdpConfig},
+};
+
+use super::{
+    XdpCounters, XdpSettings,
+    attach::{Attachment, attach},
+    logs::{LogPump, bpf_log_level},
+    object,
+    pins::Pins,
+};
+
+/// The XDP program, loaded and attached. Dropping it (or [`XdpGuard::detach`], which reports errors) detaches it
+/// from every interface and removes the pins it created.
+#[derive(Debug)]
+pub struct XdpGuard {
+    counters: XdpCounters,
+    running: Running,
+}
+
+/// What must be undone, filled in step by step by [`XdpGuard::start`] so that a failure half-way drops it and
+/// undoes exactly the steps done.
+struct Running {
+    /// Owns the program, whose links detach when it is dropped; `None` once torn down.
+    ebpf: Option<aya::Ebpf>,
+    attachments: Vec<Attachment>,
+    pins: Pins,
+    logs: Option<LogPump>,
+}
+
+impl XdpGuard {
+    /// Loads the embedded BPF object, writes the listener ports into its config map, attaches it to every
+    /// configured interface, pins its maps under `settings.pin_dir` and starts forwarding its logs to `tracing`.
+    ///
+    /// # Errors
+    /// Each names the interface, path or setting at fault and what to do: the binary was built without the BPF
+    /// object, no interface or too many ports are configured, an interface does not exist, the process lacks
+    /// root/CAP_BPF, the pin directory is not on bpffs, the verifier rejected the program. Whatever was set up
+    /// before the failure is torn down again.
+    pub fn start(settings: &XdpSettings) -> anyhow::Result<XdpGuard> {
+        if settings.interfaces.is_empty() {
+            bail!(
+                "[xdp] interfaces is empty; name at least one interface or remove the [xdp] section"
+            );
+        }
+        let config = XdpConfig::new(&settings.ports).context("invalid listener ports for XDP")?;
+        let object = object::embedded()?;
+
+        let log_level = bpf_log_level();
+        let ebpf = EbpfLoader::new()
+            .override_global(aya_log::LEVEL, &log_level, true)
+            .load(object)
+            .map_err(anyhow::Error::new)
+            .map_err(privilege_hint)
+            .context("cannot load the embedded BPF object (maps, BTF)")?;
+        // From here on, an early return drops `running`, which undoes what was done so far.
+        let mut running = Running {
+            ebpf: None,
+            attachments: Vec::new(),
+            pins: Pins::default(),
+            logs: None,
+        };
+        let ebpf = running.ebpf.insert(ebpf);
+
+        let mut config_map: Array<_, XdpConfig> = ebpf
+            .map_mut(MAP_XDP_CONFIG)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_CONFIG}`; rebuild it with `cargo xtask build`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_CONFIG}` is not an array of XdpConfig; rebuild with `cargo xtask build`"))?;
+        config_map
+            .set(XDP_CONFIG_KEY, config, 0)
+            .with_context(|| format!("cannot write map `{MAP_XDP_CONFIG}`"))?;
+
+        // The logger must own the ring buffer before the program runs, or its first records are lost.
+        running.logs = Some(LogPump::start(ebpf)?);
+
+        let program: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .with_context(|| format!("the BPF object has no program `{PROG_XDP}`; rebuild it with `cargo xtask build`"))?
+            .try_into()
+            .with_context(|| format!("program `{PROG_XDP}` is not an XDP program; rebuild it with `cargo xtask build`"))?;
+        program
+            .load()
+            .map_err(anyhow::Error::new)
+            .map_err(privilege_hint)
+            .with_context(|| format!("the kernel refused to load XDP program `{PROG_XDP}`"))?;
+        for interface in &settings.interfaces {
+            let attachment = attach(program, interface, settings.mode)?;
+            running.attachments.push(attachment);
+        }
+
+        running.pins.prepare_dir(&settings.pin_dir)?;
+        for name in [MAP_XDP_VERDICTS, MAP_XDP_CONFIG] {
+            let map = ebpf
+                .map(name)
+                .with_context(|| format!("the BPF object has no map `{name}`"))?;
+            running.pins.pin_map(map, &settings.pin_dir, name)?;
+        }
+
+        let verdicts: PerCpuArray<_, u64> = ebpf
+            .take_map(MAP_XDP_VERDICTS)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_VERDICTS}`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_VERDICTS}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
+        let counters = XdpCounters::new(verdicts);
+
+        tracing::info!(
+            interfaces = ?settings.interfaces,
+            ports = ?config.listener_ports(),
+            pin_dir = %settings.pin_dir.display(),
+            pins = ?running.pins.files(),
+            "XDP classifier running"
+        );
+        Ok(XdpGuard { counters, running })
+    }
+
+    /// A handle on the verdict counters, for the metrics endpoint.
+    pub fn counters(&self) -> XdpCounters {
+        self.counters.clone()
+    }
+
+    /// Detaches from every interface and removes the pins this guard created, reporting the first failure.
+    ///
+    /// # Errors
+    /// A link the kernel refused to detach or a pin that could not be removed; the rest is still torn down.
+    pub fn detach(mut self) -> anyhow::Result<()> {
+        self.running.teardown()
+    }
+}
+
+impl Running {
+    /// Undoes every step done; safe to call twice (the second call finds nothing left).
+    fn teardown(&mut self) -> anyhow::Result<()> {
+        let mut first_error: Option<anyhow::Error> = None;
+        if let Some(mut ebpf) = self.ebpf.take() {
+            if let Some(program) = ebpf
+                .program_mut(PROG_XDP)
+                .and_then(|p| <&mut Xdp>::try_from(p).ok())
+            {
+                for Attachment {
+                    interface,
+                    mode,
+                    link,
+                } in self.attachments.drain(..)
+                {
+                    match program.detach(link) {
+                        Ok(()) => {
+                            tracing::info!(interface, mode = mode.name(), "detached XDP program")
+                        }
+                        Err(e) => {
+                            let e = anyhow::Error::new(e)
+                                .context(format!("cannot detach XDP from `{interface}`; check `ip link show {interface}`"));
+                            tracing::warn!(error = %format!("{e:#}"), "XDP detach");
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            // Dropping the object closes every remaining link and unloads the program.
+            drop(ebpf);
+        }
+        if let Err(e) = self.pins.remove_all() {
+            first_error.get_or_insert(e);
+        }
+        if let Some(mut logs) = self.logs.take() {
+            logs.stop();
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Errors were logged by `teardown`; a destructor has nowhere else to report them.
+        let _ = self.teardown();
+    }
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("attachments", &self.attachments)
+            .field("pins", &self.pins)
+            .finish()
+    }
+}
+
+/// Adds what to do when the kernel said "permission denied": the usual cause is a missing capability.
+fn privilege_hint(error: anyhow::Error) -> anyhow::Error {
+    let denied = error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+    });
+    if denied {
+        error.context("permission denied: run the daemon as root or grant it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
+    } else {
+        error
+    }
+}

@@ -1,0 +1,29 @@
+//! The XDP handshake guard, userspace side: loads the embedded BPF object, attaches it, exposes its counters.
+//!
+//! # Layout
+//! - [`settings`]: [`XdpSettings`] and [`XdpMode`], what the daemon's `[xdp]` config section turns into.
+//! - [`object`]: the BPF object embedded at build time (see `build.rs`).
+//! - [`guard`]: [`XdpGuard`], which owns the loaded program for the daemon's lifetime and detaches on drop.
+//! - [`attach`]: attaching to one interface in the requested mode (native, generic, or native then generic).
+//! - [`pins`]: the pin directory on bpffs and the map pins the guard creates and removes.
+//! - [`counters`]: [`XdpCounters`], a cheap handle that sums the per-CPU verdict counters.
+//! - [`logs`]: forwards the BPF program's aya-log records to `tracing` from a small thread.
+//!
+//! # Invariants
+//! - Everything the guard creates (links, pins, the pin directory if it made it) is removed by
+//!   [`XdpGuard::detach`] or its `Drop`, so a restart starts clean. A crash leaves pins behind; the next start
+//!   replaces them with a warning. The links are bpf_links owned by this process: the kernel detaches them when the
+//!   process dies, whatever happens.
+//! - The program only classifies and counts: it passes every packet, so a misconfiguration cannot cut traffic.
+
+mod attach;
+mod counters;
+mod guard;
+mod logs;
+mod object;
+mod pins;
+mod settings;
+
+pub use counters::XdpCounters;
+pub use guard::XdpGuard;
+pub use settings::{XdpMode, XdpSettings};

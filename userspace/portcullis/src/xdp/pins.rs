@@ -1,0 +1,109 @@
+//! The pin directory on bpffs and the map pins the guard creates (and removes again).
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::Map;
+use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+
+/// The pins one guard created, removed by [`Pins::remove_all`] in reverse order.
+#[derive(Debug, Default)]
+pub(crate) struct Pins {
+    /// Map pin files this guard created.
+    files: Vec<PathBuf>,
+    /// The pin directory, when this guard created it (removed if empty after the files).
+    created_dir: Option<PathBuf>,
+}
+
+impl Pins {
+    /// Creates `dir` if needed (and remembers that it did) and checks it is on a BPF filesystem.
+    pub(crate) fn prepare_dir(&mut self, dir: &Path) -> anyhow::Result<()> {
+        if !dir.exists() {
+            let parent_on_bpffs = dir.parent().is_some_and(is_on_bpffs);
+            if !parent_on_bpffs {
+                bail!(
+                    "XDP pin_dir {} does not exist and its parent is not on a BPF filesystem; use a directory under \
+                     a bpffs mount such as /sys/fs/bpf (mount one with `mount -t bpf bpf /sys/fs/bpf`)",
+                    dir.display()
+                );
+            }
+            std::fs::create_dir(dir).with_context(|| {
+                format!(
+                    "cannot create XDP pin_dir {}; the daemon needs root or write access there",
+                    dir.display()
+                )
+            })?;
+            self.created_dir = Some(dir.to_path_buf());
+        }
+        if !is_on_bpffs(dir) {
+            bail!(
+                "XDP pin_dir {} is not on a BPF filesystem, so maps cannot be pinned there; use a directory under a \
+                 bpffs mount such as /sys/fs/bpf (mount one with `mount -t bpf bpf /sys/fs/bpf`)",
+                dir.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Pins `map` at `dir/name`, replacing a stale pin left by a run that did not clean up.
+    pub(crate) fn pin_map(&mut self, map: &Map, dir: &Path, name: &str) -> anyhow::Result<()> {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::warn!(
+                path = %path.display(),
+                "replaced a stale XDP map pin (a previous run did not detach cleanly, or another daemon uses the same \
+                 pin_dir: give each daemon its own)"
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot remove the stale XDP map pin {}", path.display())
+                });
+            }
+        }
+        map.pin(&path)
+            .with_context(|| format!("cannot pin XDP map `{name}` at {}", path.display()))?;
+        self.files.push(path);
+        Ok(())
+    }
+
+    /// The pin files created so far.
+    pub(crate) fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Removes every pin this guard created, and the directory if it created it and it is now empty. Tries all of
+    /// them and reports the first failure.
+    pub(crate) fn remove_all(&mut self) -> anyhow::Result<()> {
+        let mut first_error = None;
+        for path in self.files.drain(..).rev() {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed XDP map pin"),
+                // Someone (an operator, a newer daemon) removed it already: the goal is reached.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    let e = anyhow::Error::new(e)
+                        .context(format!("cannot remove XDP map pin {}", path.display()));
+                    tracing::warn!(error = %format!("{e:#}"), "XDP pin cleanup");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(dir) = self.created_dir.take() {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => tracing::info!(path = %dir.display(), "removed XDP pin_dir"),
+                // Not empty: something else pinned there since; leave it to its owner.
+                Err(e) => tracing::debug!(path = %dir.display(), error = %e, "kept XDP pin_dir"),
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// Whether `path` is on a BPF filesystem.
+fn is_on_bpffs(path: &Path) -> bool {
+    statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
+}
