@@ -3,8 +3,10 @@
 //! # Layout
 //! - [`privileged`]: root detection; a skipped privileged test fails the run under `CI=true`.
 //! - [`netns`]: one network namespace guard per test (veth pairs, torn down on drop).
+//! - [`pki`]: a test CA with an ECDSA and an RSA server certificate.
 //! - [`daemon`]: starts the daemon binary, waits for its readiness notification, stops it.
 
 pub mod daemon;
 pub mod netns;
+pub mod pki;
 pub mod privileged;

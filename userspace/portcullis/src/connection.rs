@@ -82,6 +82,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         Some(started.elapsed().as_secs_f64()),
     );
     count_offers(m, &est.hello);
+    if let Some(reason) = est.hello.malformed {
+        tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
+    }
 
     let Some(backend) = ctx.upstreams.pick() else {
         return;

@@ -19,8 +19,12 @@ pub struct HelloInfo {
     pub offers_tls12_ticket: bool,
     /// A non-empty legacy session id (TLS 1.2 session-ID resumption attempt, or TLS 1.3 middlebox compat).
     pub session_id_len: u8,
-    /// Stable fingerprint (legacy version, ciphers, extension types, groups; GREASE removed).
+    /// Stable fingerprint (legacy version, ciphers, extension types as a set, groups; GREASE removed), from a
+    /// complete ClientHello.
     pub fingerprint: Option<u64>,
+    /// Our parser found the ClientHello malformed although rustls accepted it (the reason's name). The XDP
+    /// guard would drop such a hello; here it is only logged.
+    pub malformed: Option<&'static str>,
 }
 
 impl HelloInfo {
@@ -51,4 +55,88 @@ pub fn looks_like_tls(raw: &[u8]) -> bool {
     }
 }
 
-fn raw_facts(_raw: &[u8], _info: &mut HelloInfo) {}
+fn raw_facts(raw: &[u8], info: &mut HelloInfo) {
+    use portcullis_abi::client_hello;
+    match client_hello::parse(raw) {
+        Ok(summary) => {
+            info.offers_tls13 = summary.offers_tls13;
+            info.offers_psk = summary.offers_psk;
+            info.offers_early_data = summary.offers_early_data;
+            info.offers_tls12_ticket = summary.tls12_ticket;
+            info.session_id_len = summary.session_id_len;
+            // The order-independent one: stable per client build even when extensions are shuffled.
+            info.fingerprint = summary.fingerprint.map(|f| f.unordered);
+            info.malformed = None;
+        }
+        Err(reason) => info.malformed = Some(reason.name()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../ebpf/portcullis-abi/fixtures/client_hello/"
+        );
+        std::fs::read(format!("{path}{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
+    }
+
+    #[test]
+    fn real_client_hellos() {
+        let cases = [
+            // (fixture, tls13, psk, early_data, tls12 ticket)
+            ("curl_sni.bin", true, false, false, false),
+            ("openssl_tls12.bin", false, false, false, false),
+            ("openssl_tls12_ticket.bin", false, false, false, true),
+            ("openssl_tls13.bin", true, false, false, false),
+            ("openssl_tls13_psk_early_data.bin", true, true, true, false),
+            ("rustls_x25519.bin", true, false, false, false),
+            ("rustls_x25519mlkem768.bin", true, false, false, false),
+            ("rustls_tls13_psk.bin", true, true, false, false),
+            ("rustls_tls12_ticket.bin", false, false, false, true),
+            ("python_default.bin", true, false, false, false),
+        ];
+        for (name, tls13, psk, early, ticket) in cases {
+            let info = HelloInfo::new(None, &fixture(name));
+            assert_eq!(info.malformed, None, "{name}");
+            assert_eq!(
+                (
+                    info.offers_tls13,
+                    info.offers_psk,
+                    info.offers_early_data,
+                    info.offers_tls12_ticket
+                ),
+                (tls13, psk, early, ticket),
+                "{name}"
+            );
+            assert!(
+                info.fingerprint.is_some(),
+                "{name}: complete hello has a fingerprint"
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_hellos_never_error_or_panic() {
+        let hello = fixture("rustls_x25519mlkem768.bin");
+        for cut in 0..hello.len() {
+            let info = HelloInfo::new(None, &hello[..cut]);
+            assert_eq!(info.malformed, None, "prefix of {cut} bytes");
+        }
+    }
+
+    #[test]
+    fn malformed_hellos_are_named() {
+        let mut hello = fixture("curl_sni.bin");
+        // Handshake type 2 (ServerHello) instead of ClientHello.
+        hello[5] = 2;
+        let info = HelloInfo::new(None, &hello);
+        assert!(info.malformed.is_some());
+        assert!(!looks_like_tls(b"GET / HTTP/1.1\r\n"));
+        assert!(looks_like_tls(&[22, 3]));
+        assert!(looks_like_tls(&[22]));
+    }
+}
