@@ -413,6 +413,11 @@ fn bad_config_and_unreadable_certificates_exit_2_naming_the_problem() {
     let out = run(Command::new(binary()).arg("check-config").arg(&good));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
+    // The documented example config stays valid.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/portcullis.toml");
+    let out = run(Command::new(binary()).arg("check-config").arg(&example));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
     let missing = dir.path().join("no-such-cert.pem");
     let out = run(Command::new(binary())
         .args([
