@@ -1,0 +1,295 @@
+//! The XDP classifier end to end: the real daemon in a server namespace with XDP on its veth, real TCP and TLS
+//! from a client namespace, and the counters read two ways (`/metrics` and `bpftool` on the pinned map) that must
+//! agree. Then SIGTERM must detach the program and remove the pins.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use portcullis_abi::{
+    names::{MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP},
+    verdict::Verdict,
+};
+use portcullis_tests::{
+    daemon::{Daemon, DaemonOptions, TempDir, metric_value},
+    netns::{NetNsGuard, veth_pair},
+    pki::Pki,
+    privileged::require_root,
+};
+
+/// TLS handshakes the client makes to the listener.
+const HANDSHAKES: u64 = 3;
+/// Packets of one handshake that certainly reached the server before `openssl s_client` succeeded: the SYN and
+/// the ClientHello, both answered by the server (the rest of the exchange is not counted on, to stay exact).
+const PACKETS_PER_HANDSHAKE: u64 = 2;
+/// Connection attempts to a port nobody listens on; each SYN is answered by a RST, so it reached the server.
+const REFUSED_CONNECTS: u64 = 2;
+
+#[test]
+fn xdp_counts_traffic() {
+    if !require_root("xdp_counts_traffic") {
+        return;
+    }
+    let client = NetNsGuard::new().expect("client namespace");
+    let server = NetNsGuard::new().expect("server namespace");
+    let veth = veth_pair(&client, &server).expect("veth pair between client and server");
+    let pin_dir = BpfDir::new();
+    let pki_dir = TempDir::new("xdp-pki").expect("tempdir");
+    let pki = Pki::generate(pki_dir.path()).expect("test PKI");
+
+    let config = format!(
+        "{tls}\n[[listeners]]\naddress = \"{addr}:0\"\n\n[xdp]\ninterfaces = [\"{iface}\"]\nmode = \"auto\"\n\
+         pin_dir = {pin_dir:?}\n",
+        tls = pki.tls_section(""),
+        addr = veth.b.addr,
+        iface = veth.b.name,
+        pin_dir = pin_dir.path(),
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        config_toml: Some(config),
+        netns: Some(server.name().to_owned()),
+        ..Default::default()
+    })
+    .expect("daemon starts with XDP in the server namespace");
+    let listener = daemon.addr();
+    assert_eq!(
+        listener.ip(),
+        veth.b.addr,
+        "listener bound on the server's veth address"
+    );
+
+    // Attached, and visible to the usual tools while it runs.
+    let link = server
+        .ip(&["link", "show", &veth.b.name])
+        .expect("ip link show");
+    eprintln!("server side of the veth while the daemon runs:\n{link}");
+    assert!(
+        link.contains("prog/xdp") && link.contains(PROG_XDP),
+        "XDP not attached to {}:\n{link}",
+        veth.b.name
+    );
+    let config_dump = bpftool(
+        &["map", "dump", "pinned"],
+        &pin_dir.path().join(MAP_XDP_CONFIG),
+    );
+    assert!(
+        config_dump.contains(&listener.port().to_string()),
+        "the resolved listener port is not in the config map: {config_dump}"
+    );
+
+    for _ in 0..HANDSHAKES {
+        s_client(&client, &pki, listener);
+    }
+    let closed_port = if listener.port() == u16::MAX {
+        1
+    } else {
+        listener.port() + 1
+    };
+    for _ in 0..REFUSED_CONNECTS {
+        let target = SocketAddr::from((veth.b.addr, closed_port));
+        let refused = client
+            .run(|| TcpStream::connect_timeout(&target, Duration::from_secs(5)))
+            .expect("enter client namespace");
+        let error = refused.expect_err("nothing listens on the closed port");
+        assert_eq!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{error}"
+        );
+    }
+
+    // Counters only grow, and stray packets (IPv6 neighbour discovery) may arrive at any time: bracket the
+    // /metrics read between two bpftool reads instead of expecting equality.
+    let map_path = pin_dir.path().join(MAP_XDP_VERDICTS);
+    let before = verdict_counts(&bpftool(&["-j", "map", "dump", "pinned"], &map_path));
+    let metrics = daemon.metrics_text().expect("GET /metrics");
+    let after = verdict_counts(&bpftool(&["-j", "map", "dump", "pinned"], &map_path));
+    for verdict in Verdict::ALL {
+        let exported = metric_value(
+            &metrics,
+            "portcullis_xdp_packets_total",
+            &[("verdict", verdict.name())],
+        );
+        let (low, high) = (before[&verdict], after[&verdict]);
+        assert!(
+            (low as f64) <= exported && exported <= high as f64,
+            "{}: /metrics says {exported}, bpftool says {low}..={high}\n{metrics}",
+            verdict.name()
+        );
+    }
+    eprintln!("XDP counters after the traffic (bpftool): {after:?}");
+    let listener_packets = after[&Verdict::PassListenerTcp];
+    assert!(
+        listener_packets >= HANDSHAKES * PACKETS_PER_HANDSHAKE,
+        "only {listener_packets} packets to the listener counted after {HANDSHAKES} handshakes"
+    );
+    assert!(
+        after[&Verdict::PassOtherPort] >= REFUSED_CONNECTS,
+        "only {} packets to other ports counted after {REFUSED_CONNECTS} refused connects",
+        after[&Verdict::PassOtherPort]
+    );
+
+    // The BPF program's aya-log line reached the daemon's log through tracing.
+    let expected_line = format!("SYN to listener port {}", listener.port());
+    wait_for(Duration::from_secs(10), || {
+        daemon.stderr().contains(&expected_line)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no `{expected_line}` in the daemon log:\n{}",
+            daemon.stderr()
+        )
+    });
+
+    let status = daemon.terminate().expect("daemon stops on SIGTERM");
+    assert!(
+        status.success(),
+        "daemon exit status after SIGTERM: {status}"
+    );
+    let link = server
+        .ip(&["link", "show", &veth.b.name])
+        .expect("ip link show");
+    assert!(
+        !link.contains("xdp"),
+        "XDP still attached after SIGTERM:\n{link}"
+    );
+    for name in [MAP_XDP_VERDICTS, MAP_XDP_CONFIG] {
+        let pin = pin_dir.path().join(name);
+        assert!(!pin.exists(), "{} left behind after SIGTERM", pin.display());
+    }
+}
+
+/// One TLS handshake with `openssl s_client`, started inside `ns`, verified against the test CA.
+fn s_client(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr) {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        "ecdsa.test",
+        "-verify_return_error",
+    ])
+    .arg("-CAfile")
+    .arg(&pki.ca)
+    .stdin(Stdio::null());
+    ns.enter_on_spawn(&mut cmd).expect("enter client namespace");
+    let out = cmd
+        .output()
+        .expect("run openssl s_client (install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl s_client to {addr} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `bpftool <args> <path>` and returns its stdout.
+fn bpftool(args: &[&str], path: &Path) -> String {
+    let out = Command::new("bpftool")
+        .args(args)
+        .arg(path)
+        .output()
+        .expect("run bpftool (install bpftool)");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?} {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sums the per-CPU values of `bpftool -j map dump` of the verdict map, by verdict. Reads the BTF-formatted part
+/// (`"formatted":{"key":K,"values":[{"cpu":C,"value":V},..]}`), which exists because the object carries BTF.
+fn verdict_counts(json: &str) -> HashMap<Verdict, u64> {
+    let compact: String = json.chars().filter(|c| !c.is_whitespace()).collect();
+    let mut counts = HashMap::new();
+    for entry in compact.split("\"formatted\":").skip(1) {
+        let key = number_after(entry, "\"key\":").unwrap_or_else(|| panic!("no key in {entry}"));
+        let values = entry.split_once("\"values\":[").map_or("", |(_, v)| v);
+        let values = values.split_once(']').map_or(values, |(v, _)| v);
+        let total = values
+            .split("\"value\":")
+            .skip(1)
+            .map(|v| number_after(v, "").unwrap_or(0))
+            .sum();
+        let index = u32::try_from(key).expect("key fits u32");
+        let verdict =
+            Verdict::from_u32(index).unwrap_or_else(|| panic!("map key {key} is no verdict"));
+        counts.insert(verdict, total);
+    }
+    assert_eq!(
+        counts.len(),
+        Verdict::COUNT,
+        "not one entry per verdict in:\n{json}"
+    );
+    counts
+}
+
+/// The decimal number right after the first `prefix` in `s`.
+fn number_after(s: &str, prefix: &str) -> Option<u64> {
+    let rest = &s[s.find(prefix)? + prefix.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Polls `done` until it holds or `timeout` passes; `None` on timeout.
+fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> Option<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return Some(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done().then_some(())
+}
+
+/// A per-test directory path on bpffs, `/sys/fs/bpf/portcullis-test-<pid>-<n>`, removed (with anything left in
+/// it) on drop. Not created here: the daemon creates it, and must remove it when it stops.
+struct BpfDir(PathBuf);
+
+impl BpfDir {
+    fn new() -> BpfDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!(
+            "/sys/fs/bpf/portcullis-test-{}-{n}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        BpfDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for BpfDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn verdict_counts_reads_bpftool_json() {
+    let json = r#"[{"key":["0x00","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x01"]}],
+        "formatted":{"key":0,"values":[{"cpu":0,"value":1},{"cpu":1,"value":2}]}},
+        {"formatted":{"key":1,"values":[{"cpu":0,"value":0},{"cpu":1,"value":0}]}},
+        {"formatted":{"key":2,"values":[{"cpu":0,"value":0}]}},
+        {"formatted":{"key":3,"values":[{"cpu":0,"value":0}]}},
+        {"formatted":{"key":4,"values":[{"cpu":0,"value":10}]}},
+        {"formatted":{"key":5,"values":[{"cpu":0,"value":7},{"cpu":1,"value":5}]}}]"#;
+    let counts = verdict_counts(json);
+    assert_eq!(counts[&Verdict::PassNotIp], 3);
+    assert_eq!(counts[&Verdict::PassOtherPort], 10);
+    assert_eq!(counts[&Verdict::PassListenerTcp], 12);
+}
