@@ -14,7 +14,7 @@ pub enum Malformed {
     /// The first record's content type is not handshake (22): plaintext HTTP, an SSLv2-style
     /// hello, or another protocol on the TLS port.
     NotHandshakeRecord = 0,
-    /// The record's legacy_record_version is outside 0x0300..=0x0303.
+    /// The record's legacy_record_version is not 0x03XX (SSLv3/TLS).
     BadRecordVersion = 1,
     /// The record is empty; RFC 8446 §5.1 forbids zero-length handshake fragments.
     EmptyRecord = 2,
@@ -141,7 +141,7 @@ impl Malformed {
             Self::NotHandshakeRecord => {
                 "first TLS record is not a handshake record (content type 22)"
             }
-            Self::BadRecordVersion => "TLS record version is not 0x0300..=0x0303",
+            Self::BadRecordVersion => "TLS record version is not 3.x",
             Self::EmptyRecord => "TLS handshake record has length 0",
             Self::RecordTooLong => "TLS record is longer than 2^14 + 2048 bytes",
             Self::NotClientHello => "first handshake message is not a ClientHello",

@@ -18,9 +18,10 @@
 //! continues into a second record is reported as `fragmented` and judged on the first record.
 //!
 //! # Choices
-//! - legacy_record_version 0x0300 is accepted alongside 0x0301..=0x0303: RFC 5246 Appendix E.1
-//!   lets a client send "the lowest version number supported by the client", and stacks that
-//!   still enable SSLv3 do.
+//! - Any legacy_record_version 0x03XX is accepted, 0x0300 and 0x0304+ included: RFC 5246
+//!   Appendix E.1 lets clients "send any value {03,XX} as the record layer version number", RFC
+//!   8446 §5.1 says the field "MUST be ignored for all purposes", and rustls, which terminates
+//!   behind us, accepts 0x03XX. A major byte other than 3 is not TLS.
 //! - Records may be up to 2^14 + 2048 bytes (the RFC 5246 §6.2.3 ciphertext bound), not the
 //!   2^14 of RFC 8446 §5.1: rustls, which terminates behind us, accepts that much, and the filter
 //!   must not reject what the server would take.
@@ -116,7 +117,7 @@ fn parse_into(input: &[u8], summary: &mut ClientHelloSummary) -> Result<(), Halt
         return Err(Malformed::NotHandshakeRecord.into());
     }
     let record_version = record.u16()?;
-    if !(0x0300..=0x0303).contains(&record_version) {
+    if record_version >> 8 != 3 {
         return Err(Malformed::BadRecordVersion.into());
     }
     summary.record_version = record_version;
