@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - this file: [`parse`], the limits, and the record/handshake/body walk;
-//! - [`summary`](ClientHelloSummary): what a parse returns;
+//! - `summary`: [`ClientHelloSummary`], what a parse returns, with [`Stage`] and [`SniRange`];
 //! - `malformed`: [`Malformed`], the reasons a ClientHello is rejected;
 //! - `extensions`: the extension list;
 //! - [`fingerprint`]: the 64-bit fingerprint and its exact byte layout;
