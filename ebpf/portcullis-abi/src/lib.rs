@@ -5,13 +5,21 @@
 //! - [`verdict`]: the XDP verdict counters, a `#[repr(u32)]` enum indexing a per-CPU array.
 //! - [`xdp_config`]: the `#[repr(C)]` configuration the daemon writes into the XDP config map (listener ports).
 //! - [`packet`]: the Ethernet/IP/TCP classifier the XDP program runs, unit-tested here on the host.
+//! - `packet_fixtures` (host only: `user` feature or tests): the classifier's fixture table, also run through the
+//!   loaded BPF program by the daemon's privileged test.
 //!
-//! Everything here is `no_std`, allocation-free and compiles for `bpfel-unknown-none` as well as the host.
-//! The `user` feature implements `aya::Pod` for the shared structs, for the daemon.
+//! Everything but `packet_fixtures` is `no_std`, allocation-free and compiles for `bpfel-unknown-none` as well as
+//! the host.
+//! The `user` feature implements `aya::Pod` for the shared structs, for the daemon, and adds the fixture table.
 #![no_std]
+
+#[cfg(any(test, feature = "user"))]
+extern crate alloc;
 
 pub mod client_hello;
 pub mod names;
 pub mod packet;
+#[cfg(any(test, feature = "user"))]
+pub mod packet_fixtures;
 pub mod verdict;
 pub mod xdp_config;

@@ -146,91 +146,15 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
 
 #[cfg(test)]
 mod tests {
-    extern crate std;
-    use std::vec::Vec;
-
     use super::*;
-
-    const LISTENER: u16 = 8443;
-
-    /// Builds a frame: Ethernet (optionally tagged) + L3 + L4 bytes as given.
-    fn frame(tags: &[u16], ether_type: u16, l3: &[u8], l4: &[u8]) -> Vec<u8> {
-        let mut f = Vec::new();
-        f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
-        for &tpid in tags {
-            f.extend_from_slice(&tpid.to_be_bytes());
-            f.extend_from_slice(&[0x00, 0x2a]); // TCI: VLAN 42
-        }
-        f.extend_from_slice(&ether_type.to_be_bytes());
-        f.extend_from_slice(l3);
-        f.extend_from_slice(l4);
-        f
-    }
-
-    fn ipv4(proto: u8, ihl_words: u8, frag: u16) -> Vec<u8> {
-        let mut h = std::vec![0u8; usize::from(ihl_words) * 4];
-        h[0] = 0x40 | ihl_words;
-        h[6..8].copy_from_slice(&frag.to_be_bytes());
-        h[8] = 64;
-        h[9] = proto;
-        h[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        h[16..20].copy_from_slice(&[10, 0, 0, 2]);
-        h
-    }
-
-    fn ipv6(next: u8) -> Vec<u8> {
-        let mut h = std::vec![0u8; IPV6_HLEN];
-        h[0] = 0x60;
-        h[6] = next;
-        h[7] = 64;
-        h
-    }
-
-    fn tcp(dst: u16, flags: u8) -> Vec<u8> {
-        let mut h = std::vec![0u8; TCP_MIN_HLEN];
-        h[0..2].copy_from_slice(&40000u16.to_be_bytes());
-        h[2..4].copy_from_slice(&dst.to_be_bytes());
-        h[12] = 5 << 4;
-        h[13] = flags;
-        h
-    }
-
-    /// {description, frame, expected verdict}: the fixture table (Katran style). Kept one row per line.
-    #[rustfmt::skip]
-    fn fixtures() -> Vec<(&'static str, Vec<u8>, Verdict)> {
-        let syn = TCP_FLAG_SYN;
-        std::vec![
-            ("ipv4 syn to listener", frame(&[], ETH_P_IP, &ipv4(6, 5, 0), &tcp(LISTENER, syn)), Verdict::PassListenerTcp),
-            ("ipv4 with options to listener", frame(&[], ETH_P_IP, &ipv4(6, 15, 0), &tcp(LISTENER, syn)), Verdict::PassListenerTcp),
-            ("ipv4 first fragment (MF set) to listener", frame(&[], ETH_P_IP, &ipv4(6, 5, 0x2000), &tcp(LISTENER, syn)), Verdict::PassListenerTcp),
-            ("ipv4 to other port", frame(&[], ETH_P_IP, &ipv4(6, 5, 0), &tcp(22, syn)), Verdict::PassOtherPort),
-            ("ipv6 to listener", frame(&[], ETH_P_IPV6, &ipv6(6), &tcp(LISTENER, TCP_FLAG_ACK)), Verdict::PassListenerTcp),
-            ("ipv6 to other port", frame(&[], ETH_P_IPV6, &ipv6(6), &tcp(80, syn)), Verdict::PassOtherPort),
-            ("802.1Q ipv4 to listener", frame(&[ETH_P_8021Q], ETH_P_IP, &ipv4(6, 5, 0), &tcp(LISTENER, syn)), Verdict::PassListenerTcp),
-            ("802.1AD ipv6 to listener", frame(&[ETH_P_8021AD], ETH_P_IPV6, &ipv6(6), &tcp(LISTENER, syn)), Verdict::PassListenerTcp),
-            ("QinQ is not walked", frame(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &ipv4(6, 5, 0), &tcp(LISTENER, syn)), Verdict::PassNotIp),
-            ("arp", frame(&[], 0x0806, &[0u8; 28], &[]), Verdict::PassNotIp),
-            ("ipv4 udp", frame(&[], ETH_P_IP, &ipv4(17, 5, 0), &[0u8; 8]), Verdict::PassNotTcp),
-            ("ipv6 icmpv6", frame(&[], ETH_P_IPV6, &ipv6(58), &[0u8; 8]), Verdict::PassNotTcp),
-            ("ipv6 hop-by-hop ext header", frame(&[], ETH_P_IPV6, &ipv6(0), &tcp(LISTENER, syn)), Verdict::PassNotTcp),
-            ("ipv4 non-first fragment", frame(&[], ETH_P_IP, &ipv4(6, 5, 185), &tcp(LISTENER, syn)), Verdict::PassFragment),
-            ("ipv4 ihl < 5", frame(&[], ETH_P_IP, &{ let mut h = ipv4(6, 5, 0); h[0] = 0x44; h }, &tcp(LISTENER, syn)), Verdict::PassMalformed),
-            ("ipv4 version 6 in 0x0800 frame", frame(&[], ETH_P_IP, &{ let mut h = ipv4(6, 5, 0); h[0] = 0x65; h }, &tcp(LISTENER, syn)), Verdict::PassMalformed),
-            ("ipv4 options run past the end", frame(&[], ETH_P_IP, &ipv4(6, 15, 0)[..30], &[]), Verdict::PassMalformed),
-            ("tcp header cut short", frame(&[], ETH_P_IP, &ipv4(6, 5, 0), &tcp(LISTENER, syn)[..19]), Verdict::PassMalformed),
-            ("ipv6 header cut short", frame(&[], ETH_P_IPV6, &ipv6(6)[..39], &[]), Verdict::PassMalformed),
-            ("vlan tag cut short", frame(&[], ETH_P_8021Q, &[0x00], &[]), Verdict::PassMalformed),
-            ("runt frame", std::vec![0u8; 13], Verdict::PassMalformed),
-            ("empty frame", Vec::new(), Verdict::PassMalformed),
-        ]
-    }
+    use crate::packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, fixtures, frame, ipv4, tcp};
 
     #[test]
     fn fixture_table() {
-        let config = XdpConfig::new(&[443, LISTENER]).expect("two ports fit");
-        for (description, bytes, expected) in fixtures() {
-            let got = classify(bytes.as_slice(), &config);
-            assert_eq!(got.verdict, expected, "{description}");
+        let config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
+        for fixture in fixtures() {
+            let got = classify(fixture.frame.as_slice(), &config);
+            assert_eq!(got.verdict, fixture.expected, "{}", fixture.description);
         }
     }
 
