@@ -8,6 +8,7 @@
 //! - [`pins`]: the pin directory on bpffs and the map pins the guard creates and removes.
 //! - [`counters`]: [`XdpCounters`], a cheap handle that sums the per-CPU verdict counters.
 //! - [`logs`]: forwards the BPF program's aya-log records to `tracing` from a small thread.
+//! - `test_run` (tests only): the ABI's packet fixture table run through the loaded program (`BPF_PROG_TEST_RUN`).
 //!
 //! # Invariants
 //! - Everything the guard creates (links, pins, the pin directory if it made it) is removed by
@@ -23,6 +24,8 @@ mod logs;
 mod object;
 mod pins;
 mod settings;
+#[cfg(test)]
+mod test_run;
 
 pub use counters::XdpCounters;
 pub use guard::XdpGuard;
