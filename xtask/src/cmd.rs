@@ -39,9 +39,20 @@ pub fn probe(cmd: &mut Command) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs `f` as the step `name`, printing its start, outcome and wall-clock duration. Returns `f`'s result and the
-/// duration so a caller can print a summary.
-pub fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> (Result<T>, Duration) {
+/// What a finished step reports: its name, how long it took, whether it succeeded.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome {
+    /// The step's name as printed.
+    pub name: &'static str,
+    /// Wall-clock duration.
+    pub took: Duration,
+    /// Whether the step succeeded.
+    pub ok: bool,
+}
+
+/// Runs `f` as the step `name`, printing its start, outcome and wall-clock duration. Returns `f`'s result and an
+/// [`Outcome`] for a summary.
+pub fn step<T>(name: &'static str, f: impl FnOnce() -> Result<T>) -> (Result<T>, Outcome) {
     eprintln!("==> {name}");
     let start = Instant::now();
     let result = f();
@@ -50,7 +61,8 @@ pub fn step<T>(name: &str, f: impl FnOnce() -> Result<T>) -> (Result<T>, Duratio
         Ok(_) => eprintln!("<== {name}: ok in {}", seconds(took)),
         Err(e) => eprintln!("<== {name}: FAILED in {}: {e:#}", seconds(took)),
     }
-    (result, took)
+    let ok = result.is_ok();
+    (result, Outcome { name, took, ok })
 }
 
 /// Formats a duration as seconds with one decimal, e.g. `12.3 s`.

@@ -26,7 +26,7 @@ use crate::workspace::{Profile, Workspace};
 
 /// Development tasks for portcullis.
 #[derive(Parser)]
-#[command(name = "cargo xtask", version)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
 struct Cli {
     #[command(subcommand)]
     task: Task,

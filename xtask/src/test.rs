@@ -7,7 +7,6 @@
 
 use std::ffi::OsString;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Result, bail};
 
@@ -23,15 +22,15 @@ pub fn test(ws: &Workspace, test_args: &[OsString]) -> Result<()> {
     check_privileges()?;
     let mut report = Vec::new();
 
-    let (result, took) = cmd::step("setup", || setup::setup(setup::Options::default()));
-    report.push(("setup", took, result.is_ok()));
+    let (result, outcome) = cmd::step("setup", || setup::setup(setup::Options::default()));
+    report.push(outcome);
     if let Err(e) = result {
         print_report(&report);
         return Err(e.context("xtask test: step `setup` failed"));
     }
-    let (object, took) = cmd::step("build", || build::build(ws, Profile::Debug));
-    report.push(("build", took, object.is_ok()));
-    let object = match object {
+    let (result, outcome) = cmd::step("build", || build::build(ws, Profile::Debug));
+    report.push(outcome);
+    let object = match result {
         Ok(object) => object,
         Err(e) => {
             print_report(&report);
@@ -46,11 +45,11 @@ pub fn test(ws: &Workspace, test_args: &[OsString]) -> Result<()> {
         cmd::step("fmt", || fmt(ws)),
     ];
     let mut failed = Vec::new();
-    for (name, (result, took)) in ["cargo test", "clippy", "fmt"].into_iter().zip(checks) {
-        report.push((name, took, result.is_ok()));
+    for (result, outcome) in checks {
         if result.is_err() {
-            failed.push(name);
+            failed.push(outcome.name);
         }
+        report.push(outcome);
     }
 
     print_report(&report);
@@ -112,10 +111,14 @@ fn check_privileges() -> Result<()> {
 }
 
 /// Prints one line per step that ran: name, duration, outcome.
-fn print_report(report: &[(&str, Duration, bool)]) {
+fn print_report(report: &[cmd::Outcome]) {
     eprintln!("xtask test steps:");
-    for (name, took, ok) in report {
-        let outcome = if *ok { "ok" } else { "FAILED" };
-        eprintln!("  {name:<12} {:>9}  {outcome}", cmd::seconds(*took));
+    for step in report {
+        let outcome = if step.ok { "ok" } else { "FAILED" };
+        eprintln!(
+            "  {:<12} {:>9}  {outcome}",
+            step.name,
+            cmd::seconds(step.took)
+        );
     }
 }
