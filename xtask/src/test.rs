@@ -16,8 +16,8 @@ use crate::{build, cmd, env, setup};
 /// The variable through which the integration tests find the daemon binary.
 const DAEMON_BIN_VAR: &str = "PORTCULLIS_BIN";
 
-/// Runs every step; `test_args` go after `cargo test --workspace --exclude portcullis-ebpf` (test name filters,
-/// or `-- --nocapture` for the test harness).
+/// Runs every step; `test_args` go after `cargo test --no-fail-fast --workspace --exclude portcullis-ebpf`
+/// (test name filters, or `-- --nocapture` for the test harness).
 pub fn test(ws: &Workspace, test_args: &[OsString]) -> Result<()> {
     check_privileges()?;
     let mut report = Vec::new();
@@ -63,11 +63,18 @@ pub fn test(ws: &Workspace, test_args: &[OsString]) -> Result<()> {
     Ok(())
 }
 
-/// Every test of the userspace crates, told where the daemon binary and the BPF object are.
+/// Every test of the userspace crates, told where the daemon binary and the BPF object are. `--no-fail-fast`
+/// so one failing test binary does not hide the results of the others.
 fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsString]) -> Result<()> {
     let mut cmd = build::host_cargo(ws, object)?;
     cmd.env(DAEMON_BIN_VAR, daemon)
-        .args(["test", "--workspace", "--exclude", "portcullis-ebpf"])
+        .args([
+            "test",
+            "--no-fail-fast",
+            "--workspace",
+            "--exclude",
+            "portcullis-ebpf",
+        ])
         .args(test_args);
     cmd::run(&mut cmd)
 }
