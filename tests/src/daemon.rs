@@ -151,13 +151,13 @@ impl Daemon {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut buf = [0u8; 4096];
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "daemon exited before ready ({status}); stderr:\n{}",
-                        self.stderr()
-                    );
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!(
+                    "daemon exited before ready ({status}); stderr:\n{}",
+                    self.stderr()
+                );
             }
             if Instant::now() > deadline {
                 bail!(

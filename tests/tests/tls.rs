@@ -22,10 +22,8 @@ fn start_with(pki: &Pki, tls_extra: &str, more: &str) -> Daemon {
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    out
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 fn curl(pki: &Pki, addr: SocketAddr, name: &str, tls: &[&str]) -> String {
@@ -414,7 +412,8 @@ fn bad_config_and_unreadable_certificates_exit_2_naming_the_problem() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 
     // The documented example config stays valid.
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/portcullis.toml");
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/portcullis.toml");
     let out = run(Command::new(binary()).arg("check-config").arg(&example));
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 

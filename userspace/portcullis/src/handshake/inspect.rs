@@ -47,12 +47,7 @@ impl HelloInfo {
 /// Whether the first bytes can be the start of a TLS handshake record (content type 22, major version 3).
 /// Used to label garbage as `not_tls` rather than a protocol error.
 pub fn looks_like_tls(raw: &[u8]) -> bool {
-    match raw {
-        [] => true,
-        [22] => true,
-        [22, 3, ..] => true,
-        _ => false,
-    }
+    matches!(raw, [] | [22] | [22, 3, ..])
 }
 
 fn raw_facts(raw: &[u8], info: &mut HelloInfo) {

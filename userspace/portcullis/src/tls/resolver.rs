@@ -51,10 +51,10 @@ impl SniResolver {
         if let Some(found) = self.by_name.get(name) {
             return found;
         }
-        if let Some((_, parent)) = name.split_once('.') {
-            if let Some(found) = self.by_name.get(&format!("*.{parent}")) {
-                return found;
-            }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(found) = self.by_name.get(&format!("*.{parent}"))
+        {
+            return found;
         }
         &self.default
     }
