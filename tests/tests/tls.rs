@@ -136,12 +136,37 @@ fn curl_and_openssl_negotiate_versions_certificates_and_alpn() {
         .expect("m")
             > 0.0
     );
+    promtool_accepts(&d.metrics_text().expect("metrics"));
     assert_eq!(
         d.metric("portcullis_handshake_duration_seconds_count", &[])
             .expect("m"),
         7.0
     );
     assert!(d.terminate().expect("stop").success());
+}
+
+/// `promtool check metrics` (Debian package `prometheus`, installed by `cargo xtask setup`) must find nothing.
+fn promtool_accepts(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (run `cargo xtask setup`)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn rustls_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
