@@ -1,0 +1,187 @@
+//! Where outcomes go: HdrHistograms per kind (TCP connect, handshake, first byte, all from intended start, in
+//! microseconds) and a per-second time series (offered, completed, errors by cause, handshake percentiles per
+//! kind). Seconds are counted from the run's start; completions are filed under the second they completed in,
+//! offers under the second they were meant to start in.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+use crate::cause::{Cause, Fallback};
+use crate::connection::Outcome;
+use crate::kind::Kind;
+
+/// The largest latency recorded, in microseconds (larger values are clamped to it): 10 minutes.
+pub const MAX_US: u64 = 600_000_000;
+
+/// A histogram of microseconds with 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    // Bounds are constants that hdrhistogram accepts; a failure here is a programming error caught by any test.
+    Histogram::new_with_bounds(1, MAX_US, 3).unwrap_or_else(|e| panic!("histogram bounds: {e}"))
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    let us = u64::try_from(d.as_micros())
+        .unwrap_or(MAX_US)
+        .clamp(1, MAX_US);
+    h.saturating_record(us);
+}
+
+/// Totals and histograms of one handshake kind.
+#[derive(Debug)]
+pub struct KindStats {
+    /// Connections started (or refused a start by the client limit).
+    pub attempted: u64,
+    /// Completed (handshake done, and first byte when a request was sent).
+    pub ok: u64,
+    /// Completed with a resumed session.
+    pub resumed: u64,
+    /// Kinds that wanted resumption but did a full handshake, by why.
+    pub fallback: BTreeMap<Fallback, u64>,
+    /// Failures by cause.
+    pub failed: BTreeMap<Cause, u64>,
+    /// Intended start to TCP connected.
+    pub connect: Histogram<u64>,
+    /// Intended start to handshake complete.
+    pub handshake: Histogram<u64>,
+    /// Intended start to first response byte.
+    pub first_byte: Histogram<u64>,
+}
+
+impl Default for KindStats {
+    fn default() -> Self {
+        Self {
+            attempted: 0,
+            ok: 0,
+            resumed: 0,
+            fallback: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            connect: new_histogram(),
+            handshake: new_histogram(),
+            first_byte: new_histogram(),
+        }
+    }
+}
+
+/// One second of the time series.
+#[derive(Debug, Default)]
+pub struct Second {
+    /// Connections meant to start in this second.
+    pub offered: u64,
+    /// Connections completed in this second.
+    pub ok: u64,
+    /// Of those, resumed.
+    pub resumed: u64,
+    /// Failures in this second by cause.
+    pub errors: BTreeMap<Cause, u64>,
+    /// Handshake latency (from intended start) of the connections completed in this second, per kind.
+    pub handshake: BTreeMap<Kind, Histogram<u64>>,
+}
+
+/// Everything a run measured.
+#[derive(Debug)]
+pub struct Recorder {
+    start: Instant,
+    /// Per kind.
+    pub kinds: BTreeMap<Kind, KindStats>,
+    /// Per second from the start.
+    pub series: Vec<Second>,
+    /// The first message seen for each failure cause.
+    pub samples: BTreeMap<Cause, String>,
+}
+
+impl Recorder {
+    /// An empty recorder for a run that starts at `start`.
+    pub fn new(start: Instant) -> Self {
+        Self {
+            start,
+            kinds: BTreeMap::new(),
+            series: Vec::new(),
+            samples: BTreeMap::new(),
+        }
+    }
+
+    /// When the run started.
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Notes a connection meant to start at `intended`.
+    pub fn offered(&mut self, intended: Instant) {
+        self.second(intended).offered += 1;
+    }
+
+    /// Files a finished (or never started) connection.
+    pub fn record(&mut self, outcome: Outcome) {
+        let now = Instant::now();
+        let stats = self.kinds.entry(outcome.kind).or_default();
+        stats.attempted += 1;
+        if let Some(d) = outcome.connect {
+            record(&mut stats.connect, d);
+        }
+        match &outcome.result {
+            Ok(done) => {
+                stats.ok += 1;
+                if let Some(d) = outcome.handshake {
+                    record(&mut stats.handshake, d);
+                }
+                if let Some(d) = outcome.first_byte {
+                    record(&mut stats.first_byte, d);
+                }
+                if done.resumed {
+                    stats.resumed += 1;
+                }
+                if let Some(f) = done.fallback {
+                    *stats.fallback.entry(f).or_default() += 1;
+                }
+                let second = self.second(now);
+                second.ok += 1;
+                if done.resumed {
+                    second.resumed += 1;
+                }
+                if let Some(d) = outcome.handshake {
+                    record(
+                        second
+                            .handshake
+                            .entry(outcome.kind)
+                            .or_insert_with(new_histogram),
+                        d,
+                    );
+                }
+            }
+            Err(failure) => {
+                *stats.failed.entry(failure.cause).or_default() += 1;
+                self.samples
+                    .entry(failure.cause)
+                    .or_insert_with(|| failure.message.clone());
+                let at = if failure.cause == Cause::ClientLimit {
+                    outcome.intended
+                } else {
+                    now
+                };
+                *self.second(at).errors.entry(failure.cause).or_default() += 1;
+            }
+        }
+    }
+
+    /// Completed connections over all kinds.
+    pub fn ok(&self) -> u64 {
+        self.kinds.values().map(|k| k.ok).sum()
+    }
+
+    /// Failed connections over all kinds.
+    pub fn failed(&self) -> u64 {
+        self.kinds.values().flat_map(|k| k.failed.values()).sum()
+    }
+
+    fn second(&mut self, at: Instant) -> &mut Second {
+        let index =
+            usize::try_from(at.saturating_duration_since(self.start).as_secs()).unwrap_or(0);
+        if self.series.len() <= index {
+            self.series.resize_with(index + 1, Second::default);
+        }
+        &mut self.series[index]
+    }
+}
