@@ -1,4 +1,4 @@
-//! The command line: `portcullis run` and `portcullis check-config`.
+//! The command line: `portcullis run`, `portcullis check-config` and `portcullis keys`.
 //!
 //! Exit codes: 0 success; 1 runtime failure; 2 bad configuration, bad flags, or an unusable certificate/key
 //! file (the message names the field or file).
@@ -30,6 +30,8 @@ enum Command {
         /// The TOML config file.
         file: PathBuf,
     },
+    /// Manage a session-ticket key directory: init, rotate, prune, list.
+    Keys(crate::keys_cli::KeysArgs),
 }
 
 /// Flags of `portcullis run`; each overrides the config file.
@@ -62,6 +64,9 @@ struct RunArgs {
     /// Attach the XDP program to this interface (repeatable); replaces xdp.interfaces.
     #[arg(long = "xdp-interface", value_name = "IFACE")]
     xdp_interface: Vec<String>,
+    /// Session-ticket key directory shared by the fleet; selects tls.tickets = "fleet".
+    #[arg(long = "ticket-keys", value_name = "DIR")]
+    ticket_keys: Option<PathBuf>,
 }
 
 /// Parses arguments, runs, and maps the outcome to an exit code.
@@ -79,6 +84,7 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Keys(args) => crate::keys_cli::run(args),
         Command::Run(args) => {
             let config = match args.into_config() {
                 Ok(c) => c,
@@ -152,6 +158,10 @@ impl RunArgs {
         }
         if !self.xdp_interface.is_empty() {
             config.xdp.interfaces = self.xdp_interface;
+        }
+        if let Some(dir) = self.ticket_keys {
+            config.tls.ticket_keys_dir = Some(dir);
+            config.tls.tickets = Some(crate::config::TicketMode::Fleet);
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

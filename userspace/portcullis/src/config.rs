@@ -146,6 +146,48 @@ pub struct TlsConfig {
     /// as a `timeout` failure. A duration such as `"10s"` or `"500ms"`. Default: `"10s"`.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Session tickets: `"fleet"` (keys from `ticket_keys_dir`, shared by every instance), `"per-process"`
+    /// (a random key per process: tickets resume only on the instance that issued them), or `"off"` (no
+    /// tickets; TLS 1.3 resumes statefully from the session cache). Default: `"fleet"` when
+    /// `ticket_keys_dir` is set, else `"per-process"`.
+    pub tickets: Option<TicketMode>,
+    /// Directory of ticket keys, watched every second (format: `deploy/ticket-keys.md`; manage it with
+    /// `portcullis keys init|rotate|prune|list`). Default: none.
+    pub ticket_keys_dir: Option<PathBuf>,
+    /// Tickets older than this are refused (full handshake), whichever instance issued them; also the lifetime
+    /// hint sent to clients. A duration, at most `"7d"` (RFC 8446 §4.6.1). Default: `"6h"`.
+    #[serde(with = "humantime_serde")]
+    pub ticket_lifetime: Duration,
+    /// How long before a new key starts encrypting `portcullis keys rotate --config` stages it, so it reaches
+    /// every node first. A duration. Default: `"1h"`.
+    #[serde(with = "humantime_serde")]
+    pub ticket_key_lead: Duration,
+    /// Sessions kept for TLS 1.2 session-ID resumption (and TLS 1.3 when `tickets = "off"`), least recently
+    /// used evicted first. Unit: sessions; 0 disables the cache. Default: 4096.
+    pub session_cache_size: usize,
+}
+
+/// How session tickets are sealed (`tls.tickets`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TicketMode {
+    /// Keys from `tls.ticket_keys_dir`, shared by the fleet, with validity windows.
+    Fleet,
+    /// One random key per process (resumption only on the issuing instance).
+    PerProcess,
+    /// No tickets.
+    Off,
+}
+
+impl TlsConfig {
+    /// The effective ticket mode: the configured one, else `fleet` with a key dir and `per-process` without.
+    pub fn ticket_mode(&self) -> TicketMode {
+        match (self.tickets, &self.ticket_keys_dir) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => TicketMode::Fleet,
+            (None, None) => TicketMode::PerProcess,
+        }
+    }
 }
 
 impl Default for TlsConfig {
@@ -155,6 +197,11 @@ impl Default for TlsConfig {
             alpn: vec!["http/1.1".to_owned()],
             versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
             handshake_timeout: Duration::from_secs(10),
+            tickets: None,
+            ticket_keys_dir: None,
+            ticket_lifetime: Duration::from_secs(6 * 3600),
+            ticket_key_lead: Duration::from_secs(3600),
+            session_cache_size: 4096,
         }
     }
 }
@@ -355,6 +402,20 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        if self.tls.ticket_mode() == TicketMode::Fleet && self.tls.ticket_keys_dir.is_none() {
+            return Err(ConfigError::invalid(
+                "tls.ticket_keys_dir",
+                "tickets = \"fleet\" needs a key directory (or --ticket-keys DIR)",
+            ));
+        }
+        if self.tls.ticket_lifetime.is_zero()
+            || self.tls.ticket_lifetime > Duration::from_secs(7 * 24 * 3600)
+        {
+            return Err(ConfigError::invalid(
+                "tls.ticket_lifetime",
+                "must be greater than zero and at most 7 days (RFC 8446 §4.6.1)",
+            ));
+        }
         if self.upstream.connect_timeout.is_zero() {
             return Err(ConfigError::invalid(
                 "upstream.connect_timeout",
@@ -410,6 +471,14 @@ mod tests {
         assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
         assert!(c.xdp.interfaces.is_empty());
         assert!(c.pin_workers);
+        assert_eq!(c.tls.ticket_mode(), TicketMode::PerProcess);
+        assert_eq!(c.tls.ticket_lifetime, Duration::from_secs(6 * 3600));
+        assert_eq!(c.tls.session_cache_size, 4096);
+        let c = Config::parse("[tls]\nticket_keys_dir = \"/k\"\n").expect("parses");
+        assert_eq!(c.tls.ticket_mode(), TicketMode::Fleet);
+        let c = Config::parse("[tls]\nticket_keys_dir = \"/k\"\ntickets = \"per-process\"\n")
+            .expect("parses");
+        assert_eq!(c.tls.ticket_mode(), TicketMode::PerProcess);
     }
 
     #[test]
@@ -484,6 +553,8 @@ mod tests {
                 "[upstream]\nconnect_timeout = \"0s\"",
                 "upstream.connect_timeout",
             ),
+            ("[tls]\ntickets = \"fleet\"", "tls.ticket_keys_dir"),
+            ("[tls]\nticket_lifetime = \"8d\"", "tls.ticket_lifetime"),
             (
                 "[[listeners]]\naddress = \"127.0.0.1:1\"\nbacklog = 0",
                 "listeners[0].backlog",

@@ -1,9 +1,10 @@
 //! Bringing the daemon up and down: the order of start-up, and who owns what while it runs.
 //!
-//! Start-up: certificates -> demo upstream (if no backend) -> listening sockets (all workers' SO_REUSEPORT
-//! sockets, so port 0 resolves once) -> XDP (told the resolved ports) -> metrics endpoint -> workers ->
-//! ready (`/readyz`, sd_notify). The main thread keeps a current-thread runtime for the control plane (signals,
-//! metrics endpoint, demo upstream); workers never touch it.
+//! Start-up: certificates -> session tickets (key dir loaded and watched) -> demo upstream (if no backend) ->
+//! listening sockets (all workers' SO_REUSEPORT sockets, so port 0 resolves once) -> XDP (told the resolved
+//! ports) -> metrics endpoint -> workers -> ready (`/readyz`, sd_notify; with fleet tickets, only once a valid
+//! key set is loaded). The main thread keeps a current-thread runtime for the control plane (signals, metrics
+//! endpoint, demo upstream); workers never touch it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use crate::handshake::engine::{HandshakeEngine, InlineEngine};
 use crate::metrics::{ConstCounterCollector, Metrics};
 use crate::proxy::upstream::Upstreams;
 use crate::shutdown::{self, Phase};
-use crate::{demo_upstream, listener, notify, tls, worker, xdp};
+use crate::{demo_upstream, listener, notify, tickets, tls, worker, xdp};
 
 /// A failure that is the operator's to fix in the configuration or files (exit code 2), or any other failure
 /// (exit code 1).
@@ -63,6 +64,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     }
     let tls_config = tls::server_config(&config.tls, &certs, provider)
         .context("building the TLS configuration")?;
+    let tickets = tickets::Tickets::start(&config.tls).context("setting up session tickets")?;
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -128,7 +130,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             },
         )) as Box<dyn prometheus_client::collector::Collector>
     });
-    let metrics = Metrics::new(xdp_collector);
+    let metrics = Metrics::new_with(xdp_collector, |registry| tickets.register(registry));
 
     // The admin endpoint.
     let ready = Arc::new(AtomicBool::new(false));
@@ -156,7 +158,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let contexts: Vec<Arc<ListenerContext>> = (0..config.listeners.len())
         .map(|i| {
             Arc::new(ListenerContext {
-                tls: tls_config.clone(),
+                tls: tickets.server_config(&tls_config, &config.listener_name(i)),
                 engine: engine.clone(),
                 upstreams: upstreams.clone(),
                 metrics: metrics.listener(&config.listener_name(i)),
@@ -191,22 +193,35 @@ pub fn run(config: Config) -> Result<(), RunError> {
         )?);
     }
 
-    ready.store(true, Ordering::Release);
     let listen_list = bound
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    tracing::info!(listeners = %listen_list, metrics = %metrics_addr, workers, engine = engine.name(), "portcullis ready");
-    notify::notify(&format!(
-        "READY=1\nSTATUS=serving TLS on {listen_list}\nPORTCULLIS_LISTEN={listen_list}\nPORTCULLIS_METRICS={metrics_addr}\n"
-    ));
+    let announce = || {
+        ready.store(true, Ordering::Release);
+        tracing::info!(listeners = %listen_list, metrics = %metrics_addr, workers, engine = engine.name(), tickets = ?tickets.mode(), "portcullis ready");
+        notify::notify(&format!(
+            "READY=1\nSTATUS=serving TLS on {listen_list}\nPORTCULLIS_LISTEN={listen_list}\nPORTCULLIS_METRICS={metrics_addr}\n"
+        ));
+    };
 
     // Until a signal says stop and the workers are done.
     let drain_timeout = config.shutdown.drain_timeout;
     rt.block_on(async {
         let watcher = tokio::spawn(shutdown::watch_signals(phase_tx.clone(), drain_timeout));
         let mut phase = phase_rx.clone();
+        // With fleet tickets, not ready until a valid key set is loaded (or a signal stops us first).
+        if let Some(mut loaded) = tickets.keys_loaded() {
+            tracing::info!(listeners = %listen_list, metrics = %metrics_addr, "waiting for a valid ticket key set before announcing readiness");
+            tokio::select! {
+                _ = loaded.wait_for(|l| *l) => {}
+                _ = phase.wait_for(|p| *p != Phase::Running) => {}
+            }
+        }
+        if *phase.borrow() == Phase::Running {
+            announce();
+        }
         // Not ready any more as soon as draining starts.
         while *phase.borrow_and_update() == Phase::Running {
             if phase.changed().await.is_err() {

@@ -10,6 +10,8 @@
 //! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`.
 //! - [`xdp`]: the XDP program's loader, pins and counters; [`notify`]: sd_notify readiness.
+//! - [`tickets`]: fleet-wide session resumption (ticket keys from a watched directory, the session cache);
+//!   [`keys_cli`]: `portcullis keys init|rotate|prune|list`.
 
 pub mod admin_http;
 pub mod cli;
@@ -18,11 +20,13 @@ pub mod connection;
 pub mod daemon;
 pub mod demo_upstream;
 pub mod handshake;
+pub mod keys_cli;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod shutdown;
+pub mod tickets;
 pub mod tls;
 pub mod tls_io;
 pub mod worker;

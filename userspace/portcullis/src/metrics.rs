@@ -142,6 +142,11 @@ fn duration_histogram() -> Histogram {
 impl Metrics {
     /// Creates the registry. `xdp` adds the XDP verdict counters read at scrape time.
     pub fn new(xdp: Option<Box<dyn Collector>>) -> Self {
+        Self::new_with(xdp, |_| {})
+    }
+
+    /// As [`Metrics::new`], then lets `more` register metrics owned elsewhere (the ticket metrics).
+    pub fn new_with(xdp: Option<Box<dyn Collector>>, more: impl FnOnce(&mut Registry)) -> Self {
         let mut registry = Registry::default();
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register(
@@ -199,6 +204,7 @@ impl Metrics {
         if let Some(xdp) = xdp {
             registry.register_collector(xdp);
         }
+        more(&mut registry);
         Self {
             handshakes,
             handshake_duration,

@@ -56,8 +56,6 @@ pub fn server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    // Per-process ticket keys for now: resumption works against this instance only. Fleet-shared, rotating
-    // keys replace this (see the fleet resumption issue).
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    // The ticketer and session cache are set per listener by `tickets::Tickets::server_config`.
     Ok(Arc::new(config))
 }
