@@ -86,7 +86,8 @@ struct RunArgs {
     /// ALPN protocol to offer (repeatable), e.g. h2, http/1.1.
     #[arg(long = "alpn")]
     alpn: Vec<String>,
-    /// Key exchange group (repeatable, in preference order).
+    /// Key exchange group (repeatable, in preference order; default x25519). secp256r1 is always offered
+    /// last, as real clients do (TLS 1.2 servers with a P-256 certificate require it).
     #[arg(long = "group", value_enum)]
     groups: Vec<Group>,
     /// Session store key: per SNI (every target with that SNI shares) or global.

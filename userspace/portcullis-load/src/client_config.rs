@@ -37,7 +37,7 @@ impl Group {
 /// What every connection's ClientHello carries, whatever its kind.
 #[derive(Clone, Debug)]
 pub struct TlsOptions {
-    /// Key exchange groups in preference order; the first gets a key share.
+    /// Key exchange groups in preference order; the first gets a key share. P-256 is appended when missing.
     pub groups: Vec<Group>,
     /// ALPN protocols offered, e.g. `h2`, `http/1.1`; empty offers none.
     pub alpn: Vec<Vec<u8>>,
@@ -99,8 +99,14 @@ fn build(
         .filter(|g| kind.is_tls13() || **g != Group::X25519Mlkem768)
         .map(|g| g.kx())
         .collect();
-    if groups.is_empty() {
-        groups = vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1];
+    // TLS 1.2 servers with an ECDSA P-256 certificate (OpenSSL: nginx, HAProxy) refuse clients whose
+    // supported_groups lacks P-256 (RFC 4492 §5.1 ties the certificate's curve to that list), as every real client
+    // sends it: add it last. In TLS 1.3 only the first group gets a key share, so this costs nothing.
+    if !groups
+        .iter()
+        .any(|g| g.name() == rustls::NamedGroup::secp256r1)
+    {
+        groups.push(aws_lc_rs::kx_group::SECP256R1);
     }
     let provider = Arc::new(CryptoProvider {
         kx_groups: groups,

@@ -80,10 +80,40 @@ pub struct Second {
     pub handshake: BTreeMap<Kind, Histogram<u64>>,
 }
 
+/// Totals of the connections meant to start within one phase (so a storm's queue is charged to the storm).
+#[derive(Debug)]
+pub struct PhaseStats {
+    /// Connections meant to start in the phase.
+    pub offered: u64,
+    /// Of those, completed.
+    pub ok: u64,
+    /// Of those, resumed.
+    pub resumed: u64,
+    /// Of those, failed.
+    pub failed: u64,
+    /// Handshake latency from intended start, all kinds.
+    pub handshake: Histogram<u64>,
+}
+
+impl Default for PhaseStats {
+    fn default() -> Self {
+        Self {
+            offered: 0,
+            ok: 0,
+            resumed: 0,
+            failed: 0,
+            handshake: new_histogram(),
+        }
+    }
+}
+
 /// Everything a run measured.
 #[derive(Debug)]
 pub struct Recorder {
     start: Instant,
+    phase_ends: Vec<f64>,
+    /// Per phase, by intended start (empty in closed-loop runs).
+    pub phases: Vec<PhaseStats>,
     /// Per kind.
     pub kinds: BTreeMap<Kind, KindStats>,
     /// Per second from the start.
@@ -93,10 +123,13 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// An empty recorder for a run that starts at `start`.
-    pub fn new(start: Instant) -> Self {
+    /// An empty recorder for a run that starts at `start`, whose phases end at `phase_ends` (seconds from the
+    /// start, ascending; empty without phases).
+    pub fn new(start: Instant, phase_ends: Vec<f64>) -> Self {
         Self {
             start,
+            phases: phase_ends.iter().map(|_| PhaseStats::default()).collect(),
+            phase_ends,
             kinds: BTreeMap::new(),
             series: Vec::new(),
             samples: BTreeMap::new(),
@@ -111,11 +144,32 @@ impl Recorder {
     /// Notes a connection meant to start at `intended`.
     pub fn offered(&mut self, intended: Instant) {
         self.second(intended).offered += 1;
+        if let Some(p) = self.phase(intended) {
+            p.offered += 1;
+        }
+    }
+
+    fn phase(&mut self, intended: Instant) -> Option<&mut PhaseStats> {
+        let offset = intended.saturating_duration_since(self.start).as_secs_f64();
+        let index = self.phase_ends.iter().position(|end| offset < *end)?;
+        self.phases.get_mut(index)
     }
 
     /// Files a finished (or never started) connection.
     pub fn record(&mut self, outcome: Outcome) {
         let now = Instant::now();
+        if let Some(p) = self.phase(outcome.intended) {
+            match &outcome.result {
+                Ok(done) => {
+                    p.ok += 1;
+                    p.resumed += u64::from(done.resumed);
+                    if let Some(d) = outcome.handshake {
+                        record(&mut p.handshake, d);
+                    }
+                }
+                Err(_) => p.failed += 1,
+            }
+        }
         let stats = self.kinds.entry(outcome.kind).or_default();
         stats.attempted += 1;
         if let Some(d) = outcome.connect {

@@ -86,6 +86,31 @@ pub struct SecondReport {
     pub handshake_us: BTreeMap<&'static str, Percentiles>,
 }
 
+/// Totals of the connections meant to start within one phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseReport {
+    /// The phase's name.
+    pub name: String,
+    /// Seconds from the start where it begins.
+    pub start_s: f64,
+    /// Its length in seconds.
+    pub duration_s: f64,
+    /// Scheduled rate, connections per second.
+    pub rate: f64,
+    /// Meant to start in it.
+    pub offered: u64,
+    /// Of those, completed.
+    pub ok: u64,
+    /// Of those, resumed.
+    pub resumed: u64,
+    /// Of those, failed.
+    pub failed: u64,
+    /// Completed per second of the phase (goodput).
+    pub goodput: f64,
+    /// Handshake latency from intended start, µs.
+    pub handshake_us: Percentiles,
+}
+
 /// Everything a run reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -99,6 +124,8 @@ pub struct Report {
     pub failed: u64,
     /// The phases (empty in closed-loop mode).
     pub phases: Vec<Phase>,
+    /// Per phase, by intended start.
+    pub phase_stats: Vec<PhaseReport>,
     /// Per kind.
     pub kinds: BTreeMap<&'static str, KindReport>,
     /// The first message seen for each failure cause.
@@ -145,8 +172,30 @@ impl Report {
                     .collect(),
             })
             .collect();
+        let mut start_s = 0.0;
+        let phase_stats = phases
+            .iter()
+            .zip(&rec.phases)
+            .map(|(p, s)| {
+                let r = PhaseReport {
+                    name: p.name.clone(),
+                    start_s,
+                    duration_s: p.duration_s,
+                    rate: p.rate,
+                    offered: s.offered,
+                    ok: s.ok,
+                    resumed: s.resumed,
+                    failed: s.failed,
+                    goodput: s.ok as f64 / p.duration_s,
+                    handshake_us: Percentiles::of(&s.handshake),
+                };
+                start_s += p.duration_s;
+                r
+            })
+            .collect();
         let ok = rec.ok();
         Self {
+            phase_stats,
             elapsed_s,
             rate_ok: if scheduled_s > 0.0 {
                 ok as f64 / scheduled_s
@@ -202,6 +251,34 @@ impl Report {
             );
             for (why, n) in &k.fallback {
                 let _ = writeln!(out, "{:<16}   full instead of resumed ({why}): {n}", "");
+            }
+        }
+        if !self.phase_stats.is_empty() {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+                "phase",
+                "rate",
+                "offered",
+                "failed",
+                "goodput/s",
+                "hs p50 ms",
+                "hs p99 ms",
+                "hs p999 ms"
+            );
+            for p in &self.phase_stats {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:>8.0} {:>8} {:>8} {:>10.1} {:>10.2} {:>10.2} {:>10.2}",
+                    p.name,
+                    p.rate,
+                    p.offered,
+                    p.failed,
+                    p.goodput,
+                    ms(p.handshake_us.p50),
+                    ms(p.handshake_us.p99),
+                    ms(p.handshake_us.p999)
+                );
             }
         }
         let _ = writeln!(

@@ -112,7 +112,7 @@ pub async fn run_async(spec: RunSpec) -> Result<Report, RunError> {
         next_target: 0,
         started: 0,
         set: JoinSet::new(),
-        rec: Recorder::new(Instant::now()),
+        rec: Recorder::new(Instant::now(), phase_ends(&spec.load)),
         progress: Progress::new(spec.progress),
     };
     let (phases, scheduled) = match &spec.load {
@@ -132,6 +132,20 @@ pub async fn run_async(spec: RunSpec) -> Result<Report, RunError> {
     driver.progress.finish();
     let elapsed = driver.rec.start().elapsed().as_secs_f64();
     Ok(Report::new(&driver.rec, phases, scheduled, elapsed))
+}
+
+/// Where each phase ends, in seconds from the start.
+fn phase_ends(load: &Load) -> Vec<f64> {
+    match load {
+        Load::Open(phases) => phases
+            .iter()
+            .scan(0.0, |end, p| {
+                *end += p.duration_s;
+                Some(*end)
+            })
+            .collect(),
+        Load::Closed { .. } => Vec::new(),
+    }
 }
 
 struct Driver {

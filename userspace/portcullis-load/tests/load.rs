@@ -97,6 +97,8 @@ fn full_and_resumed_counts_match_what_the_server_saw() {
         assert_eq!(k.resumed, k.ok - 1, "{kind}: {}", report.table());
     }
     assert_eq!(report.kinds[Kind::Full13.name()].resumed, 0);
+    assert_eq!(report.phase_stats[0].offered, 100);
+    assert_eq!(report.phase_stats[0].ok, 100);
     assert!(report.kinds[Kind::Full13.name()].first_byte_us.count > 0);
 }
 
