@@ -5,9 +5,11 @@
 //! - [`build`]: the BPF object with Debian's toolchain, then the userspace crates with rustup's.
 //! - [`run`]: setup + build, then exec the daemon on its embedded defaults.
 //! - [`test`]: setup + build, then tests, clippy and rustfmt; what `.ci/run` runs.
+//! - [`bench`]: portcullis beside nginx and HAProxy, measured with `portcullis-load` (`bench handshakes|storm`).
 //! - [`cmd`]: running commands and named steps, echoing each; [`env`]: the environment children inherit;
 //!   [`workspace`]: where things live.
 
+mod bench;
 mod build;
 mod cmd;
 mod env;
@@ -61,8 +63,11 @@ enum Task {
         #[arg(last = true)]
         test_args: Vec<OsString>,
     },
-    /// Benchmarks (not written yet).
-    Bench,
+    /// Benchmarks against nginx and HAProxy (release build, results under target/bench/).
+    Bench {
+        #[command(subcommand)]
+        what: bench::Bench,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,10 +90,7 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             daemon_args,
         } => run::run(&ws, Profile::from_release_flag(release), &daemon_args)?,
         Task::Test { test_args } => test::test(&ws, &test_args)?,
-        Task::Bench => {
-            eprintln!("no benchmarks yet: see issue 'load generator'");
-            return Ok(ExitCode::from(2));
-        }
+        Task::Bench { what } => bench::bench(&ws, what)?,
     }
     Ok(ExitCode::SUCCESS)
 }

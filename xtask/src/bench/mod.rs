@@ -1,0 +1,120 @@
+//! `cargo xtask bench`: portcullis beside nginx and HAProxy from Debian, measured with `portcullis-load`.
+//!
+//! Every server gets one worker pinned to CPU 0 and the load generator runs on CPU 1. On 2 cores one client core
+//! cannot saturate one server core (a TLS client spends more CPU per handshake than a server), so the primary
+//! figure is server CPU time per handshake (utime+stime from /proc, divided by handshakes completed); it also
+//! stays honest while other work shares the machine. Everything lands under `target/bench/`.
+//!
+//! # Layout
+//! - [`handshakes`]: `bench handshakes`, the CPU-per-handshake table with the three ratios, JSON and SVG.
+//! - [`storm`]: `bench storm`, steady -> 5x storm -> recovery against each server under a CPU quota.
+//! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
+//! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
+//! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
+//! - [`procstat`]: CPU time of a process tree from `/proc/PID/stat`.
+//! - [`cgroup`]: a cgroup v1 CPU quota (`cpu.cfs_quota_us`) for the storm.
+//! - [`svg`]: a small hand-written bar chart (no plotting dependency in xtask).
+//!
+//! Room for more: `xdp` and `fleet` benchmarks are new files here plus a variant of [`Bench`].
+
+mod certs;
+mod cgroup;
+mod handshakes;
+mod load;
+mod procstat;
+mod servers;
+mod storm;
+mod svg;
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
+
+use crate::workspace::{Profile, Workspace};
+use crate::{build, setup};
+
+pub use servers::ServerKind;
+
+/// The benchmarks.
+#[derive(Subcommand, Debug)]
+pub enum Bench {
+    /// Server CPU per handshake (full, resumed TLS 1.3/1.2; ECDSA and RSA), latency at 50% and 90% of
+    /// capacity, for portcullis, nginx, HAProxy and rustls in memory; table with ratios, JSON and SVG.
+    Handshakes(Common),
+    /// Steady load at 50% capacity -> open-loop storm at 5x -> recovery, per server under a CPU quota;
+    /// summary (goodput, p99 during the storm, time to recover) and a chart per server.
+    Storm(Common),
+}
+
+/// Options every benchmark takes.
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Seconds per cell instead of tens of seconds: a smoke run (the numbers are noisier).
+    #[arg(long)]
+    pub quick: bool,
+    /// Use the release binaries already built (skip `cargo xtask build --release`).
+    #[arg(long)]
+    pub no_build: bool,
+    /// Skip `cargo xtask setup --bench` (nginx and haproxy must already be installed).
+    #[arg(long)]
+    pub no_setup: bool,
+    /// Only these servers (default: all three).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub servers: Vec<ServerKind>,
+}
+
+/// What every benchmark needs: binaries, output directory, which servers, how long.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// `target/bench`.
+    pub out: PathBuf,
+    /// The release daemon.
+    pub daemon: PathBuf,
+    /// The release load generator.
+    pub load: PathBuf,
+    /// Servers to measure, in table order.
+    pub servers: Vec<ServerKind>,
+    /// Smoke-run lengths.
+    pub quick: bool,
+}
+
+/// Runs one benchmark.
+pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
+    let (common, run): (&Common, fn(&Ctx) -> Result<()>) = match &what {
+        Bench::Handshakes(c) => (c, handshakes::run),
+        Bench::Storm(c) => (c, storm::run),
+    };
+    if !common.no_setup {
+        setup::setup(setup::Options { bench: true })?;
+    }
+    if !common.no_build {
+        build::build(ws, Profile::Release)?;
+    }
+    let release = ws.target_dir().join("release");
+    let ctx = Ctx {
+        out: ws.target_dir().join("bench"),
+        daemon: ws.daemon_bin(Profile::Release),
+        load: release.join("portcullis-load"),
+        servers: if common.servers.is_empty() {
+            vec![
+                ServerKind::Portcullis,
+                ServerKind::Nginx,
+                ServerKind::Haproxy,
+            ]
+        } else {
+            common.servers.clone()
+        },
+        quick: common.quick,
+    };
+    for bin in [&ctx.daemon, &ctx.load] {
+        if !bin.is_file() {
+            bail!(
+                "{} is missing: run `cargo xtask build --release` (or drop --no-build)",
+                bin.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&ctx.out)?;
+    run(&ctx)
+}

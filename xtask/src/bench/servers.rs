@@ -1,0 +1,285 @@
+//! The servers under test: portcullis (release build, `--workers 1`), nginx and HAProxy from Debian, each with
+//! one worker pinned to CPU 0, on a free loopback port, with its config and log under `target/bench/<server>/`.
+//! Stopped by PID (never by name) when the [`Server`] is dropped.
+
+use std::fmt;
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Ctx;
+use super::certs::Cert;
+use super::procstat;
+
+/// The CPU every server is pinned to.
+pub const SERVER_CPU: &str = "0";
+
+/// Which server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, clap::ValueEnum)]
+pub enum ServerKind {
+    /// This project's daemon.
+    Portcullis,
+    /// Debian's nginx.
+    Nginx,
+    /// Debian's HAProxy.
+    Haproxy,
+}
+
+impl ServerKind {
+    /// Label in tables and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Portcullis => "portcullis",
+            ServerKind::Nginx => "nginx",
+            ServerKind::Haproxy => "haproxy",
+        }
+    }
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    /// Which.
+    pub kind: ServerKind,
+    /// Its TLS port on 127.0.0.1.
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Starts `kind` with `cert`, optionally inside the cgroup whose `cgroup.procs` is `cgroup_procs` (joined by the
+/// launching shell before exec, so every process and thread of the server is inside from the start).
+pub fn start(
+    ctx: &Ctx,
+    kind: ServerKind,
+    cert: &Cert,
+    cgroup_procs: Option<&Path>,
+) -> Result<Server> {
+    let dir = ctx.out.join(kind.name());
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let (program, args): (PathBuf, Vec<String>) = match kind {
+        ServerKind::Portcullis => (
+            ctx.daemon.clone(),
+            vec![
+                "run".into(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--metrics".into(),
+                format!("127.0.0.1:{}", free_port()?),
+                "--workers".into(),
+                "1".into(),
+                "--cert".into(),
+                path(&cert.cert),
+                "--key".into(),
+                path(&cert.key),
+                "--state-dir".into(),
+                path(&dir.join("state")),
+            ],
+        ),
+        ServerKind::Nginx => {
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_conf(&dir, port, cert))?;
+            (
+                PathBuf::from("/usr/sbin/nginx"),
+                vec![
+                    "-c".into(),
+                    path(&conf),
+                    "-p".into(),
+                    path(&dir),
+                    "-e".into(),
+                    path(&dir.join("error.log")),
+                ],
+            )
+        }
+        ServerKind::Haproxy => {
+            let conf = dir.join("haproxy.cfg");
+            std::fs::write(&conf, haproxy_conf(&dir, port, cert))?;
+            (
+                PathBuf::from("/usr/sbin/haproxy"),
+                vec!["-db".into(), "-f".into(), path(&conf)],
+            )
+        }
+    };
+    let log = dir.join(format!("{}.log", kind.name()));
+    let log_file = File::create(&log)?;
+    // sh joins the cgroup, raises the descriptor limit, then execs taskset, which execs the server: the child's
+    // PID is the server's.
+    let join = cgroup_procs.map_or(String::new(), |p| format!("echo $$ > {} && ", p.display()));
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(format!(
+            "{join}ulimit -n 20000; exec taskset -c {SERVER_CPU} \"$@\""
+        ))
+        .arg("sh")
+        .arg(&program)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .env("PORTCULLIS_LOG", "warn");
+    eprintln!(
+        "+ {} {}  (log {})",
+        program.display(),
+        args.join(" "),
+        log.display()
+    );
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let mut server = Server {
+        kind,
+        port,
+        child,
+        log,
+    };
+    server.wait_ready()?;
+    Ok(server)
+}
+
+impl Server {
+    /// The server's PID and its children's (nginx: master and worker).
+    pub fn pids(&self) -> Vec<u32> {
+        procstat::tree(self.child.id())
+    }
+
+    /// utime+stime of the server's processes so far.
+    pub fn cpu_time(&self) -> Duration {
+        procstat::cpu_time(&self.pids())
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "{} exited during start-up ({status}); its log {}:\n{}",
+                    self.kind,
+                    self.log.display(),
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not listen on 127.0.0.1:{} within 15 s; see {}",
+                    self.kind,
+                    self.port,
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    /// SIGINT for portcullis (immediate stop; SIGTERM would drain for 30 s), SIGTERM for the others, by PID;
+    /// SIGKILL by PID after 10 s.
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let signal = match self.kind {
+            ServerKind::Portcullis => "-INT",
+            _ => "-TERM",
+        };
+        let _ = Command::new("kill").args([signal, &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!(
+            "{} (pid {pid}) did not stop within 10 s: SIGKILL",
+            self.kind
+        );
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port the kernel says is free now (bound to port 0, then released).
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// One worker on CPU 0, access log off, TLS 1.2 and 1.3, session cache and tickets on, a fixed response.
+fn nginx_conf(dir: &Path, port: u16, cert: &Cert) -> String {
+    format!(
+        r#"# Written by cargo xtask bench; one worker pinned to CPU 0.
+worker_processes 1;
+worker_cpu_affinity 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 16000; }}
+http {{
+    access_log off;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ecdh_curve X25519:prime256v1;
+    ssl_session_cache shared:SSL:20m;
+    ssl_session_tickets on;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{ return 200 "hello from nginx\n"; }}
+    }}
+}}
+"#,
+        dir = dir.display(),
+        cert = cert.cert.display(),
+        key = cert.key.display(),
+    )
+}
+
+/// One thread on CPU 0, TLS 1.2 and 1.3, a fixed response.
+fn haproxy_conf(dir: &Path, port: u16, cert: &Cert) -> String {
+    format!(
+        r#"# Written by cargo xtask bench; one thread pinned to CPU 0.
+global
+    nbthread 1
+    cpu-map 1/1 0
+    maxconn 9000
+    pidfile {dir}/haproxy.pid
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+    ssl-default-bind-curves X25519:P-256
+    tune.ssl.cachesize 100000
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {combined} backlog 4096
+    http-request return status 200 content-type text/plain string "hello from haproxy"
+"#,
+        dir = dir.display(),
+        combined = cert.combined.display(),
+    )
+}
