@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use serde_json::json;
 
 use super::certs::{self, Cert, KeyType};
-use super::servers::{self, Server};
+use super::servers::{self, Server, ServerKind};
 use super::{Ctx, load, svg};
 
 /// Connections in flight when saturating a server.
@@ -204,7 +204,29 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         json_path.display(),
         svg_path.display()
     );
+    let missing = missing_cells(&table, &ctx.servers);
+    if !missing.is_empty() {
+        bail!("no number in these cells: {}", missing.join(", "));
+    }
     Ok(())
+}
+
+/// The cells without a number: every server in every row, and `limit` in the CPU and rate rows. This is what
+/// `bench handshakes --quick` checks when CI runs it.
+fn missing_cells(table: &Table, servers: &[ServerKind]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for row in &table.rows {
+        let mut columns: Vec<&str> = servers.iter().map(|s| s.name()).collect();
+        if !row.label.starts_with('p') {
+            columns.push("limit");
+        }
+        for c in columns {
+            if !row.values.get(c).is_some_and(|v| v.is_finite() && *v > 0.0) {
+                missing.push(format!("{} / {c}", row.label));
+            }
+        }
+    }
+    missing
 }
 
 /// What one saturating run measured.
@@ -309,6 +331,17 @@ mod tests {
         assert!(
             text.contains("0.25") && text.contains("0.50") && text.contains("2.00"),
             "{text}"
+        );
+        let servers = [
+            ServerKind::Portcullis,
+            ServerKind::Nginx,
+            ServerKind::Haproxy,
+        ];
+        assert!(missing_cells(&t, &servers).is_empty());
+        t.set("p99 ms at 50%", "nginx", 3.0);
+        assert_eq!(
+            missing_cells(&t, &servers),
+            vec!["p99 ms at 50% / portcullis", "p99 ms at 50% / haproxy"]
         );
     }
 }
