@@ -250,6 +250,16 @@ fn per_process_tickets_do_not_resume_elsewhere_and_count_unknown_key() {
         rustls::HandshakeKind::Resumed
     );
     assert_eq!(rejections(&a, "unknown_key"), 0.0);
+    // Under load across both instances, the load generator sees the collapse the fleet tests rule out.
+    let tmp = TempDir::new("load").expect("tempdir");
+    let json = tmp.path().join("report.json");
+    let load = start_load(&[a.addr(), b.addr()], 2, &json);
+    let (_resumed, rejected, _full, _failed) = finish_load(load, &json);
+    assert!(
+        rejected > 10,
+        "per-process keys: only {rejected} refused resumptions"
+    );
+    assert!(rejections(&a, "unknown_key") + rejections(&b, "unknown_key") >= rejected as f64);
     assert!(a.terminate().expect("stop").success());
     assert!(b.terminate().expect("stop").success());
 }
@@ -564,4 +574,142 @@ fn tls12_session_ids_resume_from_the_cache() {
     assert_eq!(metric(&d, "portcullis_session_cache_hits_total", &[]), 1.0);
     assert_eq!(metric(&d, "portcullis_tickets_issued_total", &[]), 0.0);
     assert!(d.terminate().expect("stop").success());
+}
+
+/// The load generator binary: `$PORTCULLIS_LOAD_BIN`, else the workspace's debug build.
+fn load_binary() -> PathBuf {
+    match std::env::var_os("PORTCULLIS_LOAD_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/portcullis-load"),
+    }
+}
+
+/// Starts `portcullis-load` resuming TLS 1.3 and TLS 1.2 ticket sessions round robin over `targets`, one
+/// shared session store (so a ticket from one instance is offered to the next), `seconds` long.
+fn start_load(targets: &[SocketAddr], seconds: u32, json: &Path) -> std::process::Child {
+    let mut cmd = Command::new(load_binary());
+    cmd.args(["run", "--quiet", "--no-preflight", "--sni", "ecdsa.test"])
+        .args(["--mix", "resume13:1,resume12-ticket:1", "--rate", "40"])
+        .args(["--duration", &seconds.to_string(), "--timeout", "5"])
+        .args(["--http", "/", "--json"])
+        .arg(json);
+    for t in targets {
+        cmd.arg("--target").arg(t.to_string());
+    }
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({e}): build it with `cargo build -p portcullis-load`",
+                load_binary().display()
+            )
+        })
+}
+
+/// Waits for the load generator and returns (resumed, rejected fallbacks, full handshakes, failures) over
+/// the resuming kinds.
+fn finish_load(child: std::process::Child, json: &Path) -> (u64, u64, u64, u64) {
+    // Sums every occurrence of the field, so totals and per-kind entries may both count: callers compare
+    // against zero or a lower bound only.
+    let out = child.wait_with_output().expect("load generator");
+    assert!(
+        out.status.success(),
+        "portcullis-load failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(json).expect("load report");
+    // The report's per-kind totals, read without a JSON dependency: "resumed":N, "rejected":N, ...
+    let sum = |field: &str| -> u64 {
+        text.match_indices(&format!("\"{field}\":"))
+            .filter_map(|(at, m)| {
+                let rest = text.get(at + m.len()..)?;
+                let digits: String = rest
+                    .trim_start()
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse::<u64>().ok()
+            })
+            .sum()
+    };
+    (sum("resumed"), sum("rejected"), sum("full"), sum("failed"))
+}
+
+#[test]
+fn rotation_under_load_loses_no_resumption() {
+    let fleet = Fleet::new();
+    let daemons = [
+        fleet.start_fleet(),
+        fleet.start_fleet(),
+        fleet.start_fleet(),
+    ];
+    let targets: Vec<SocketAddr> = daemons.iter().map(Daemon::addr).collect();
+    let tmp = TempDir::new("load").expect("tempdir");
+    let json = tmp.path().join("report.json");
+    let load = start_load(&targets, 8, &json);
+    // Stage the next key while clients resume across the three instances; it activates 3 s later, mid-run.
+    keys_cmd(&["rotate", "--lead", "3s", "--dir"], &fleet.keys);
+    let (resumed, rejected, _full, _failed) = finish_load(load, &json);
+    assert!(resumed > 100, "only {resumed} resumptions");
+    assert_eq!(rejected, 0, "resumptions refused during the rotation");
+    for d in &daemons {
+        // The activation moment passed on every instance during the run.
+        assert_eq!(
+            metric(d, "portcullis_ticket_keys", &[("state", "decrypt_only")]),
+            1.0
+        );
+        for cause in ["unknown_key", "expired", "auth_failed", "malformed"] {
+            assert_eq!(rejections(d, cause), 0.0, "{cause}");
+        }
+        assert!(
+            metric(
+                d,
+                "portcullis_handshakes_total",
+                &[("mode", "resumed"), ("result", "ok")]
+            ) > 0.0
+        );
+    }
+    for d in daemons {
+        assert!(d.terminate().expect("stop").success());
+    }
+}
+
+#[test]
+fn rolling_restart_under_load_loses_no_resumption_to_keys() {
+    let fleet = Fleet::new();
+    let mut daemons: Vec<Daemon> = (0..3).map(|_| fleet.start_fleet()).collect();
+    let targets: Vec<SocketAddr> = daemons.iter().map(Daemon::addr).collect();
+    let tmp = TempDir::new("load").expect("tempdir");
+    let json = tmp.path().join("report.json");
+    let load = start_load(&targets, 9, &json);
+    let dir = fleet.keys.display().to_string();
+    // Restart the instances one at a time on their own ports, as a rolling deploy does.
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_secs(2));
+        let old = daemons.remove(i);
+        let addr = old.addr().to_string();
+        assert!(old.terminate().expect("stop").success());
+        let new = fleet.start(
+            "",
+            &["--listen", &addr, "--ticket-keys", &dir, "--workers", "1"],
+        );
+        daemons.insert(i, new);
+    }
+    let (resumed, rejected, _full, failed) = finish_load(load, &json);
+    assert!(resumed > 100, "only {resumed} resumptions");
+    // Connections refused while an instance was down are failures, not resumption losses; a refused
+    // ticket would be.
+    assert_eq!(
+        rejected, 0,
+        "resumptions refused across the restarts ({failed} connection failures)"
+    );
+    for d in &daemons {
+        for cause in ["unknown_key", "expired", "auth_failed", "malformed"] {
+            assert_eq!(rejections(d, cause), 0.0, "{cause}");
+        }
+    }
+    for d in daemons {
+        assert!(d.terminate().expect("stop").success());
+    }
 }
