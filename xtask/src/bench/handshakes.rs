@@ -35,6 +35,8 @@ const KINDS: [(&str, &str); 4] = [
 
 const RSA_ROW: &str = "CPU us/handshake, full TLS 1.3, RSA-2048";
 const RATE_ROW: &str = "saturated rate /s, full TLS 1.3 ECDSA";
+const S_TIME_CPU_ROW: &str = "openssl s_time: CPU us/handshake, full TLS 1.3";
+const S_TIME_RATE_ROW: &str = "openssl s_time: rate /s, full TLS 1.3";
 
 /// One row of the table: a value per column (server or `limit`).
 #[derive(Debug, Default)]
@@ -100,6 +102,18 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             }
             raw.insert(format!("{name}.{kind}.ecdsa"), cell.json());
         }
+        // The cross-check with an independent client: OpenSSL's s_time, full handshakes, no request.
+        let before = s.cpu_time();
+        let started = std::time::Instant::now();
+        let n = load::s_time(s.port, secs as u32)?;
+        let wall = started.elapsed().as_secs_f64();
+        let cpu_us = s.cpu_time().saturating_sub(before).as_secs_f64() * 1e6 / n.max(1) as f64;
+        table.set(S_TIME_CPU_ROW, name, cpu_us);
+        table.set(S_TIME_RATE_ROW, name, n as f64 / wall);
+        raw.insert(
+            format!("{name}.s_time.ecdsa"),
+            json!({ "connections": n, "wall_s": wall, "server_cpu_us_per_handshake": cpu_us }),
+        );
         let capacity = table.value(RATE_ROW, name).unwrap_or(0.0);
         for fraction in [0.5, 0.9] {
             let rate = (capacity * fraction).max(1.0);
@@ -217,7 +231,7 @@ fn missing_cells(table: &Table, servers: &[ServerKind]) -> Vec<String> {
     let mut missing = Vec::new();
     for row in &table.rows {
         let mut columns: Vec<&str> = servers.iter().map(|s| s.name()).collect();
-        if !row.label.starts_with('p') {
+        if !row.label.starts_with('p') && !row.label.starts_with("openssl") {
             columns.push("limit");
         }
         for c in columns {

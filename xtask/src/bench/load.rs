@@ -77,6 +77,46 @@ pub fn limit(ctx: &Ctx, cert: &Path, key: &Path, kind: &str, handshakes: u32) ->
         .context("portcullis-load limit printed no server_cpu_us")
 }
 
+/// How many `openssl s_time` clients run side by side: one alone is sequential and mostly waits (delayed
+/// ACKs), which leaves the server idle between handshakes and its caches cold.
+pub const S_TIME_CLIENTS: usize = 8;
+
+/// Runs [`S_TIME_CLIENTS`] `openssl s_time -new` (full handshakes, no request) pinned to CPU 1 for `secs`
+/// against 127.0.0.1:`port`; returns the connections they completed. The independent client of the
+/// cross-check.
+pub fn s_time(port: u16, secs: u32) -> Result<u64> {
+    eprintln!("+ {S_TIME_CLIENTS} x openssl s_time -new -connect 127.0.0.1:{port} -time {secs}");
+    let children = (0..S_TIME_CLIENTS)
+        .map(|_| {
+            Command::new("taskset")
+                .args(["-c", LOAD_CPU, "openssl", "s_time", "-new", "-connect"])
+                .arg(format!("127.0.0.1:{port}"))
+                .args(["-time", &secs.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("cannot start openssl s_time")
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut total = 0;
+    for child in children {
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "2345 connections in 11 real seconds, 0 bytes read per connection"
+        total += text
+            .lines()
+            .find(|l| l.contains("connections in") && l.contains("real seconds"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .with_context(|| {
+                format!(
+                    "openssl s_time printed no connection count: {}",
+                    text.trim()
+                )
+            })?;
+    }
+    Ok(total)
+}
+
 /// Completed connections in a report.
 pub fn ok(report: &Value) -> u64 {
     report["ok"].as_u64().unwrap_or(0)
