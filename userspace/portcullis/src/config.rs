@@ -80,6 +80,10 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The XDP handshake guard. Disabled unless `interfaces` is non-empty.
     pub xdp: XdpConfig,
+    /// Where the expensive handshake step runs (`[engine]`: software offload engine or inline).
+    pub engine: crate::offload::EngineConfig,
+    /// Admission control in front of the offload engine (`[admission]`).
+    pub admission: crate::admission::AdmissionConfig,
 }
 
 impl Default for Config {
@@ -94,6 +98,8 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             shutdown: ShutdownConfig::default(),
             xdp: XdpConfig::default(),
+            engine: crate::offload::EngineConfig::default(),
+            admission: crate::admission::AdmissionConfig::default(),
         }
     }
 }
@@ -439,6 +445,12 @@ impl Config {
                     "an interface name is 1 to 15 bytes",
                 ));
             }
+        }
+        if let Err((field, reason)) = self.engine.validate() {
+            return Err(ConfigError::invalid(field, reason));
+        }
+        if let Err((field, reason)) = self.admission.validate() {
+            return Err(ConfigError::invalid(field, reason));
         }
         Ok(())
     }

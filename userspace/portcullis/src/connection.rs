@@ -69,6 +69,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             return;
         }
         Ok(Err(e)) => {
+            if e.failure == Failure::Shed {
+                // Shed before any crypto: reset rather than close, so the socket leaves no TIME_WAIT and costs
+                // nothing more; the client sees ECONNRESET, which clients retry with backoff (ARCHITECTURE.md).
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+            }
             m.handshake(VersionLabel::None, ModeLabel::None, e.failure.name(), None);
             tracing::debug!(%peer, cause = e.failure.name(), detail = %e.detail, "handshake failed");
             return;

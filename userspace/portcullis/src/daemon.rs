@@ -21,7 +21,7 @@ use crate::handshake::engine::{HandshakeEngine, InlineEngine};
 use crate::metrics::{ConstCounterCollector, Metrics};
 use crate::proxy::upstream::Upstreams;
 use crate::shutdown::{self, Phase};
-use crate::{demo_upstream, listener, notify, tickets, tls, worker, xdp};
+use crate::{demo_upstream, listener, notify, offload, tickets, tls, worker, xdp};
 
 /// A failure that is the operator's to fix in the configuration or files (exit code 2), or any other failure
 /// (exit code 1).
@@ -130,7 +130,20 @@ pub fn run(config: Config) -> Result<(), RunError> {
             },
         )) as Box<dyn prometheus_client::collector::Collector>
     });
-    let metrics = Metrics::new_with(xdp_collector, |registry| tickets.register(registry));
+    let mut engine = None;
+    let metrics = Metrics::new_with(xdp_collector, |registry| {
+        tickets.register(registry);
+        engine = Some(offload::setup::build(
+            &config.engine,
+            &config.admission,
+            workers,
+            registry,
+        ));
+    });
+    let engine: Arc<dyn HandshakeEngine> = match engine {
+        Some(built) => built?,
+        None => Arc::new(InlineEngine),
+    };
 
     // The admin endpoint.
     let ready = Arc::new(AtomicBool::new(false));
@@ -154,7 +167,6 @@ pub fn run(config: Config) -> Result<(), RunError> {
     ));
 
     // Workers.
-    let engine: Arc<dyn HandshakeEngine> = Arc::new(InlineEngine);
     let contexts: Vec<Arc<ListenerContext>> = (0..config.listeners.len())
         .map(|i| {
             Arc::new(ListenerContext {

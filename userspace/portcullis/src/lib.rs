@@ -5,6 +5,8 @@
 //! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what SIGTERM and SIGINT do.
 //! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime.
 //! - [`connection`]: one connection from accept to close.
+//! - [`offload`]: the QAT-style offload engine (bounded rings on crypto threads); [`admission`]: admission
+//!   control in front of it (cost classes, queue-delay controller, shedding).
 //! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
 //! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio sockets.
 //! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
@@ -14,6 +16,7 @@
 //!   [`keys_cli`]: `portcullis keys init|rotate|prune|list`.
 
 pub mod admin_http;
+pub mod admission;
 pub mod cli;
 pub mod config;
 pub mod connection;
@@ -24,6 +27,7 @@ pub mod keys_cli;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod offload;
 pub mod proxy;
 pub mod shutdown;
 pub mod tickets;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use rustls::ServerConfig;
 use rustls::server::{Accepted, AcceptedAlert, ServerConnection};
 
+use super::class::HandshakeClass;
 use super::inspect::HelloInfo;
 
 /// One expensive handshake step to run.
@@ -23,11 +24,53 @@ pub struct Job {
     pub config: Arc<ServerConfig>,
     /// What the ClientHello offered, for engines that classify or prioritise.
     pub hello: HelloInfo,
+    /// The handshake's cost class, decided before any crypto.
+    pub class: HandshakeClass,
 }
 
-/// What the expensive step produced: the connection with its first server flight queued, or rustls' error
-/// with the alert to send.
-pub type JobResult = Result<ServerConnection, (rustls::Error, AcceptedAlert)>;
+/// Why an engine did not produce a connection.
+pub enum EngineError {
+    /// rustls failed the handshake: send the alert, then close.
+    Tls(rustls::Error, AcceptedAlert),
+    /// Shed before any crypto was spent (overload): close the connection at once.
+    Shed(ShedReason),
+    /// The engine lost the job (its crypto thread panicked): close the connection.
+    Lost,
+}
+
+/// Why a handshake was shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShedReason {
+    /// Every engine ring was full (full-ring policy `reject`).
+    RingFull,
+    /// No ring slot freed up within the wait deadline (full-ring policy `wait`).
+    WaitDeadline,
+    /// The engine is shutting down.
+    EngineClosed,
+    /// Admission control is shedding this class (queue delay above target).
+    Overload,
+    /// The worker already has its maximum of handshakes in flight.
+    InFlightLimit,
+    /// Admitting it would exceed the queued-work budget.
+    CostBudget,
+}
+
+impl ShedReason {
+    /// Label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::RingFull => "ring_full",
+            Self::WaitDeadline => "wait_deadline",
+            Self::EngineClosed => "engine_closed",
+            Self::Overload => "overload",
+            Self::InFlightLimit => "in_flight_limit",
+            Self::CostBudget => "cost_budget",
+        }
+    }
+}
+
+/// What the expensive step produced: the connection with its first server flight queued, or why not.
+pub type JobResult = Result<ServerConnection, EngineError>;
 
 /// Runs the expensive step. Implementations must not block the calling worker.
 pub trait HandshakeEngine: Send + Sync + 'static {
@@ -48,6 +91,10 @@ impl HandshakeEngine for InlineEngine {
     }
 
     fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = JobResult> + Send + '_>> {
-        Box::pin(std::future::ready(job.accepted.into_connection(job.config)))
+        Box::pin(std::future::ready(
+            job.accepted
+                .into_connection(job.config)
+                .map_err(|(e, alert)| EngineError::Tls(e, alert)),
+        ))
     }
 }

@@ -17,8 +17,10 @@ pub enum Failure {
     ClientAlert,
     /// A socket error (reset by peer, ...).
     Io,
-    /// A failure of ours (e.g. no certificate could be chosen).
+    /// A failure of ours (e.g. no certificate could be chosen, a crypto thread panicked).
     Internal,
+    /// Shed by overload protection before any crypto was spent (ours, deliberately; a retry later helps).
+    Shed,
 }
 
 impl Failure {
@@ -33,6 +35,7 @@ impl Failure {
             Self::ClientAlert => "client_alert",
             Self::Io => "io_error",
             Self::Internal => "internal",
+            Self::Shed => "shed",
         }
     }
 

@@ -8,6 +8,7 @@
 //! Each step is a function here; only the expensive step is behind a trait ([`engine::HandshakeEngine`]) so
 //! the offload engine and admission control plug in there without touching the rest.
 
+pub mod class;
 pub mod engine;
 pub mod failure;
 pub mod inspect;
@@ -20,7 +21,8 @@ use tokio::net::TcpStream;
 
 use crate::metrics::{ModeLabel, VersionLabel};
 use crate::tls_io;
-use engine::{HandshakeEngine, Job};
+use class::HandshakeClass;
+use engine::{EngineError, HandshakeEngine, Job};
 use failure::Failure;
 use inspect::HelloInfo;
 
@@ -67,19 +69,30 @@ pub async fn run(
     let (accepted, raw) = read_client_hello(tcp).await?;
     let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
     drop(raw);
+    let class = HandshakeClass::classify(&hello, &accepted, config);
     let job = Job {
         accepted,
         config: config.clone(),
         hello: hello.clone(),
+        class,
     };
     let mut conn = match engine.run(job).await {
         Ok(conn) => conn,
-        Err((err, mut alert)) => {
+        Err(EngineError::Tls(err, mut alert)) => {
             // Best effort: tell the client why before closing.
             let _ = alert.write(&mut tls_io::TcpWrite(tcp));
             return Err(HandshakeError::new(
                 Failure::from_rustls(&err),
                 err.to_string(),
+            ));
+        }
+        Err(EngineError::Shed(reason)) => {
+            return Err(HandshakeError::new(Failure::Shed, reason.name()));
+        }
+        Err(EngineError::Lost) => {
+            return Err(HandshakeError::new(
+                Failure::Internal,
+                "the offload engine lost the job",
             ));
         }
     };

@@ -1,0 +1,71 @@
+//! The `[admission]` config section.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Admission control in front of the offload engine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Turn admission control on. Default: `true`.
+    pub enabled: bool,
+    /// Queue-delay target: when the minimum ring wait over `interval` exceeds it, new full handshakes are shed.
+    /// A duration. Default: `"5ms"`.
+    #[serde(with = "humantime_serde")]
+    pub target: Duration,
+    /// Measurement interval of the controller. A duration. Default: `"100ms"`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Consecutive good intervals before `recovering` returns to `normal`. Unit: intervals. Default: 5.
+    pub recover_intervals: u32,
+    /// Estimated work (sum of each admitted handshake's learned cost) allowed queued or in service per engine
+    /// instance. Full handshakes may fill it; resumptions may go 50% beyond, so they are served first under
+    /// pressure. A duration. Default: `"20ms"`.
+    #[serde(with = "humantime_serde")]
+    pub queue_budget: Duration,
+    /// Handshakes one worker may have in flight (admitted, not finished). Unit: handshakes. Default: 1024.
+    pub max_in_flight_per_worker: usize,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            target: Duration::from_millis(5),
+            interval: Duration::from_millis(100),
+            recover_intervals: 5,
+            queue_budget: Duration::from_millis(20),
+            max_in_flight_per_worker: 1024,
+        }
+    }
+}
+
+impl AdmissionConfig {
+    /// Checks values; returns the offending field's name and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let positive = [
+            ("admission.target", self.target),
+            ("admission.interval", self.interval),
+            ("admission.queue_budget", self.queue_budget),
+        ];
+        for (field, d) in positive {
+            if d.is_zero() {
+                return Err((field, "must be greater than zero".to_owned()));
+            }
+        }
+        if self.recover_intervals == 0 {
+            return Err((
+                "admission.recover_intervals",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.max_in_flight_per_worker == 0 {
+            return Err((
+                "admission.max_in_flight_per_worker",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! The queue-delay controller, in the spirit of CoDel (Nichols & Jacobson, "Controlling Queue Delay", 2012)
+//! and Facebook's "Fail at Scale": what matters is not how long the queue is but whether it ever drains. Over
+//! each `interval`, track the *minimum* time a job waited in a ring (its sojourn time). A minimum above
+//! `target` means even the luckiest job queued: a standing queue, not a burst. Then shed new full handshakes.
+//!
+//! States, with hysteresis so the controller does not flap:
+//! - `Normal` -> `Shedding` after one bad interval (minimum sojourn > target).
+//! - `Shedding` -> `Recovering` after one good interval (minimum <= target, or no job queued at all).
+//! - `Recovering` -> `Normal` after `recover_intervals` consecutive good intervals; one bad interval sends it
+//!   back to `Shedding`.
+//!
+//! Time is passed in (`now`), so tests drive it deterministically.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The controller's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Admit everything the budget allows.
+    Normal,
+    /// A standing queue: shed new full handshakes, admit resumptions.
+    Shedding,
+    /// The queue drained; admit everything again, watching for a relapse.
+    Recovering,
+}
+
+impl State {
+    /// Label / log value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Shedding => "shedding",
+            Self::Recovering => "recovering",
+        }
+    }
+
+    /// Gauge value: 0 normal, 1 shedding, 2 recovering.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Normal => 0,
+            Self::Shedding => 1,
+            Self::Recovering => 2,
+        }
+    }
+}
+
+/// The sojourn-time controller.
+#[derive(Debug)]
+pub struct Controller {
+    target: Duration,
+    interval: Duration,
+    recover_intervals: u32,
+    state: State,
+    interval_start: Instant,
+    min_sojourn: Option<Duration>,
+    good_streak: u32,
+}
+
+impl Controller {
+    /// A controller in `Normal`, its first interval starting at `now`.
+    pub fn new(target: Duration, interval: Duration, recover_intervals: u32, now: Instant) -> Self {
+        Self {
+            target,
+            interval,
+            recover_intervals: recover_intervals.max(1),
+            state: State::Normal,
+            interval_start: now,
+            min_sojourn: None,
+            good_streak: 0,
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// Records one job's sojourn time. Returns the new state if it changed.
+    pub fn observe(&mut self, sojourn: Duration, now: Instant) -> Option<State> {
+        let changed = self.tick(now);
+        self.min_sojourn = Some(self.min_sojourn.map_or(sojourn, |m| m.min(sojourn)));
+        changed
+    }
+
+    /// Closes every interval that ended by `now`. Returns the new state if it changed.
+    pub fn tick(&mut self, now: Instant) -> Option<State> {
+        let before = self.state;
+        while now.saturating_duration_since(self.interval_start) >= self.interval {
+            let bad = self.min_sojourn.is_some_and(|m| m > self.target);
+            self.state = match (self.state, bad) {
+                (_, true) => {
+                    self.good_streak = 0;
+                    State::Shedding
+                }
+                (State::Normal, false) => State::Normal,
+                (State::Shedding, false) => {
+                    self.good_streak = 1;
+                    if self.good_streak >= self.recover_intervals {
+                        State::Normal
+                    } else {
+                        State::Recovering
+                    }
+                }
+                (State::Recovering, false) => {
+                    self.good_streak += 1;
+                    if self.good_streak >= self.recover_intervals {
+                        State::Normal
+                    } else {
+                        State::Recovering
+                    }
+                }
+            };
+            self.min_sojourn = None;
+            self.interval_start += self.interval;
+            // After a long idle gap, skip ahead rather than replaying empty intervals one by one.
+            if now.saturating_duration_since(self.interval_start) > self.interval * 64 {
+                self.interval_start = now;
+                if self.state != State::Shedding {
+                    self.state = State::Normal;
+                }
+            }
+        }
+        (self.state != before).then_some(self.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TARGET: Duration = Duration::from_millis(5);
+    const INTERVAL: Duration = Duration::from_millis(100);
+
+    #[tokio::test(start_paused = true)]
+    async fn bursts_do_not_shed_but_a_standing_queue_does() {
+        let mut c = Controller::new(TARGET, INTERVAL, 3, Instant::now());
+        // A burst: some jobs wait long, but one got through quickly in the interval.
+        c.observe(Duration::from_millis(40), Instant::now());
+        c.observe(Duration::from_millis(1), Instant::now());
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), None);
+        assert_eq!(c.state(), State::Normal);
+        // A standing queue: every job waited more than the target for a whole interval.
+        for _ in 0..10 {
+            c.observe(Duration::from_millis(8), Instant::now());
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recovery_needs_consecutive_good_intervals() {
+        let mut c = Controller::new(TARGET, INTERVAL, 3, Instant::now());
+        c.observe(Duration::from_millis(50), Instant::now());
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
+        // One good interval: recovering, not normal yet.
+        c.observe(Duration::from_millis(1), Instant::now());
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), Some(State::Recovering));
+        // A relapse goes straight back to shedding.
+        c.observe(Duration::from_millis(9), Instant::now());
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
+        // Three good intervals in a row: normal.
+        for expected in [Some(State::Recovering), None, Some(State::Normal)] {
+            c.observe(Duration::from_millis(1), Instant::now());
+            tokio::time::advance(INTERVAL).await;
+            assert_eq!(c.tick(Instant::now()), expected);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_interval_counts_as_good() {
+        let mut c = Controller::new(TARGET, INTERVAL, 2, Instant::now());
+        c.observe(Duration::from_millis(50), Instant::now());
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
+        tokio::time::advance(INTERVAL * 2).await;
+        assert_eq!(c.tick(Instant::now()), Some(State::Normal));
+    }
+}

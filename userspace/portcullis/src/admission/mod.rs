@@ -1,0 +1,343 @@
+//! Admission control in front of the offload engine: decide, before any crypto, which handshakes to take.
+//!
+//! # Layout
+//! - [`controller`]: the queue-delay (sojourn time) controller and its states `normal`, `shedding`,
+//!   `recovering`, with hysteresis.
+//! - [`cost`]: each handshake class's cost, learned online (EWMA of measured service time).
+//! - [`config`]: the `[admission]` config section.
+//! - this file: [`Admission`] (shared state, fed by the engine's completions) and [`AdmissionEngine`], which
+//!   wraps any `HandshakeEngine` and sheds before delegating.
+//!
+//! Decisions, cheapest first, per handshake (classified from the raw ClientHello, see `handshake::class`):
+//! 1. the worker's in-flight limit (`max_in_flight_per_worker`);
+//! 2. while `shedding`, new full handshakes are shed; resumptions go on;
+//! 3. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
+//!    `queue_budget` per engine instance for full handshakes, 1.5x that for resumptions.
+//!
+//! A shed handshake's connection is reset before any crypto (see ARCHITECTURE.md for why a reset). Traffic on
+//! established connections never waits behind handshakes: the expensive step runs on crypto threads, not on
+//! the workers that relay established connections.
+
+pub mod config;
+pub mod controller;
+pub mod cost;
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::time::Instant;
+
+pub use config::AdmissionConfig;
+use controller::{Controller, State};
+use cost::CostTable;
+
+use crate::handshake::class::HandshakeClass;
+use crate::handshake::engine::{EngineError, HandshakeEngine, Job, JobResult, ShedReason};
+use crate::offload::policy::Observer;
+
+thread_local! {
+    /// Handshakes in flight on this worker thread (each worker is one thread with its own runtime).
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
+    action: &'static str,
+    reason: &'static str,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    to: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabel {
+    class: &'static str,
+}
+
+/// Admission control's shared state.
+pub struct Admission {
+    config: AdmissionConfig,
+    controller: Mutex<Controller>,
+    costs: CostTable,
+    /// Admitted work not yet finished, in nanoseconds of learned cost.
+    outstanding_ns: AtomicU64,
+    budget_ns: u64,
+    shed: Family<ShedLabels, Counter>,
+    admitted: Family<ClassLabel, Counter>,
+    transitions: Family<StateLabel, Counter>,
+    state_gauge: Gauge,
+}
+
+impl Admission {
+    /// Creates the admission state for an engine with `instances` instances, registering its metrics.
+    pub fn new(config: AdmissionConfig, instances: usize, registry: &mut Registry) -> Arc<Self> {
+        let shed = Family::<ShedLabels, Counter>::default();
+        registry.register(
+            "portcullis_admission_shed",
+            "Handshakes shed before any crypto, by action (close), reason and class",
+            shed.clone(),
+        );
+        let admitted = Family::<ClassLabel, Counter>::default();
+        registry.register(
+            "portcullis_admission_admitted",
+            "Handshakes admitted, by class",
+            admitted.clone(),
+        );
+        let transitions = Family::<StateLabel, Counter>::default();
+        registry.register(
+            "portcullis_admission_transitions",
+            "Controller state changes, by the state entered",
+            transitions.clone(),
+        );
+        let state_gauge = Gauge::default();
+        registry.register(
+            "portcullis_admission_state",
+            "Controller state: 0 normal, 1 shedding (full handshakes shed), 2 recovering",
+            state_gauge.clone(),
+        );
+        let costs = CostTable::new(registry);
+        let budget_ns = u64::try_from(config.queue_budget.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(instances.max(1) as u64);
+        Arc::new(Self {
+            controller: Mutex::new(Controller::new(
+                config.target,
+                config.interval,
+                config.recover_intervals,
+                Instant::now(),
+            )),
+            config,
+            costs,
+            outstanding_ns: AtomicU64::new(0),
+            budget_ns,
+            shed,
+            admitted,
+            transitions,
+            state_gauge,
+        })
+    }
+
+    /// The controller's state now (closing any interval that has ended).
+    pub fn state(&self) -> State {
+        let mut c = self.controller.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = c.tick(Instant::now()) {
+            self.entered(s);
+        }
+        c.state()
+    }
+
+    fn entered(&self, state: State) {
+        self.state_gauge.set(state.code());
+        self.transitions
+            .get_or_create(&StateLabel { to: state.name() })
+            .inc();
+        tracing::warn!(state = state.name(), "admission control state changed");
+    }
+
+    /// Decides on a handshake of `class`. `Ok` carries the cost reserved, to release when it finishes.
+    pub fn admit(&self, class: HandshakeClass) -> Result<u64, ShedReason> {
+        if IN_FLIGHT.get() >= self.config.max_in_flight_per_worker {
+            return Err(self.count_shed(class, ShedReason::InFlightLimit));
+        }
+        if self.state() == State::Shedding && !class.is_resumption() {
+            return Err(self.count_shed(class, ShedReason::Overload));
+        }
+        let cost = self.costs.estimate_ns(class);
+        let limit = if class.is_resumption() {
+            self.budget_ns.saturating_add(self.budget_ns / 2)
+        } else {
+            self.budget_ns
+        };
+        let reserved = self
+            .outstanding_ns
+            .fetch_add(cost, Ordering::Relaxed)
+            .saturating_add(cost);
+        // Always admit into an empty pipeline, so a class whose learned cost exceeds the budget still runs.
+        if reserved > limit && reserved != cost {
+            self.outstanding_ns.fetch_sub(cost, Ordering::Relaxed);
+            return Err(self.count_shed(class, ShedReason::CostBudget));
+        }
+        self.admitted
+            .get_or_create(&ClassLabel {
+                class: class.name(),
+            })
+            .inc();
+        Ok(cost)
+    }
+
+    /// Returns a reservation made by [`Admission::admit`].
+    pub fn release(&self, cost: u64) {
+        self.outstanding_ns.fetch_sub(cost, Ordering::Relaxed);
+    }
+
+    fn count_shed(&self, class: HandshakeClass, reason: ShedReason) -> ShedReason {
+        self.shed
+            .get_or_create(&ShedLabels {
+                action: "close",
+                reason: reason.name(),
+                class: class.name(),
+            })
+            .inc();
+        reason
+    }
+}
+
+impl Observer for Admission {
+    fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration) {
+        self.costs.observe(class, service);
+        let mut c = self.controller.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = c.observe(wait, Instant::now()) {
+            self.entered(s);
+        }
+    }
+}
+
+/// Wraps an engine with admission control.
+pub struct AdmissionEngine<E> {
+    inner: E,
+    admission: Arc<Admission>,
+}
+
+impl<E: HandshakeEngine> AdmissionEngine<E> {
+    /// Puts `admission` in front of `inner`.
+    pub fn new(inner: E, admission: Arc<Admission>) -> Self {
+        Self { inner, admission }
+    }
+
+    async fn run_job(&self, job: Job) -> JobResult {
+        let cost = self.admission.admit(job.class).map_err(EngineError::Shed)?;
+        let _guard = InFlight::enter(&self.admission, cost);
+        self.inner.run(job).await
+    }
+}
+
+/// Holds a worker's in-flight slot and the cost reservation until the handshake step finishes (or is
+/// cancelled by the handshake timeout).
+struct InFlight<'a> {
+    admission: &'a Admission,
+    cost: u64,
+}
+
+impl<'a> InFlight<'a> {
+    fn enter(admission: &'a Admission, cost: u64) -> Self {
+        IN_FLIGHT.set(IN_FLIGHT.get() + 1);
+        Self { admission, cost }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        IN_FLIGHT.set(IN_FLIGHT.get().saturating_sub(1));
+        self.admission.release(self.cost);
+    }
+}
+
+impl<E: HandshakeEngine> HandshakeEngine for AdmissionEngine<E> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = JobResult> + Send + '_>> {
+        Box::pin(self.run_job(job))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(budget_ms: u64) -> Arc<Admission> {
+        let config = AdmissionConfig {
+            queue_budget: Duration::from_millis(budget_ms),
+            ..AdmissionConfig::default()
+        };
+        Admission::new(config, 1, &mut Registry::default())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shedding_drops_full_handshakes_but_admits_resumptions() {
+        let a = admission(1000);
+        // A standing queue for a whole interval.
+        for _ in 0..5 {
+            a.completed(
+                HandshakeClass::FullEcdsa,
+                Duration::from_millis(20),
+                Duration::from_micros(150),
+            );
+            tokio::time::advance(Duration::from_millis(25)).await;
+        }
+        assert_eq!(a.state(), State::Shedding);
+        assert_eq!(
+            a.admit(HandshakeClass::FullEcdsa),
+            Err(ShedReason::Overload)
+        );
+        assert_eq!(a.admit(HandshakeClass::FullRsa), Err(ShedReason::Overload));
+        assert!(a.admit(HandshakeClass::Tls13Psk).is_ok());
+        assert!(a.admit(HandshakeClass::Tls12Resumption).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_prefers_resumptions() {
+        // Budget 1 ms; learned costs: full ECDSA 150 µs, PSK 100 µs.
+        let a = admission(1);
+        for _ in 0..50 {
+            a.completed(
+                HandshakeClass::FullEcdsa,
+                Duration::ZERO,
+                Duration::from_micros(150),
+            );
+            a.completed(
+                HandshakeClass::Tls13Psk,
+                Duration::ZERO,
+                Duration::from_micros(100),
+            );
+        }
+        let mut full = 0;
+        while a.admit(HandshakeClass::FullEcdsa).is_ok() {
+            full += 1;
+            assert!(full < 100, "budget never filled");
+        }
+        // Full handshakes filled the budget (~1 ms / 150 µs); resumptions still get the extra half.
+        assert!((5..=8).contains(&full), "{full} full handshakes admitted");
+        let mut psk = 0;
+        while a.admit(HandshakeClass::Tls13Psk).is_ok() {
+            psk += 1;
+            assert!(psk < 100, "budget never filled");
+        }
+        assert!(
+            psk >= 3,
+            "{psk} resumptions admitted after full handshakes filled the budget"
+        );
+        assert_eq!(
+            a.admit(HandshakeClass::FullEcdsa),
+            Err(ShedReason::CostBudget)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reservations_are_returned() {
+        let a = admission(1);
+        let costs: Vec<u64> = std::iter::from_fn(|| a.admit(HandshakeClass::FullRsa).ok())
+            .take(1000)
+            .collect();
+        assert!(!costs.is_empty());
+        assert!(a.admit(HandshakeClass::FullRsa).is_err());
+        for c in costs {
+            a.release(c);
+        }
+        assert_eq!(a.outstanding_ns.load(Ordering::Relaxed), 0);
+        assert!(a.admit(HandshakeClass::FullRsa).is_ok());
+    }
+}

@@ -1,0 +1,81 @@
+//! The `[engine]` config section: where the expensive handshake step runs.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Which engine runs the expensive step (`Accepted::into_connection`: certificate, key exchange, signature).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// Crypto threads with bounded request rings, QAT-style (default).
+    Software,
+    /// On the worker thread, no queue: for comparison.
+    Inline,
+}
+
+/// What to do when every ring is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FullRingPolicyConfig {
+    /// Close the connection before any crypto is spent (default): overload stays bounded.
+    Reject,
+    /// Run the step on the worker thread instead.
+    Inline,
+    /// Wait for a free slot until `wait_deadline`, then reject.
+    Wait,
+}
+
+/// The `[engine]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// `"software"` or `"inline"`. Default: `"software"`.
+    pub kind: EngineKind,
+    /// Engine instances (crypto threads, one ring each). Unit: threads. Default: the number of workers.
+    pub instances: Option<usize>,
+    /// Depth of each instance's request ring; a power of two. Unit: handshakes. Default: 256.
+    pub ring_depth: usize,
+    /// `"reject"`, `"inline"` or `"wait"`. Default: `"reject"`.
+    pub full_ring: FullRingPolicyConfig,
+    /// With `full_ring = "wait"`: the longest a handshake waits for a slot. A duration. Default: `"50ms"`.
+    #[serde(with = "humantime_serde")]
+    pub wait_deadline: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            kind: EngineKind::Software,
+            instances: None,
+            ring_depth: 256,
+            full_ring: FullRingPolicyConfig::Reject,
+            wait_deadline: Duration::from_millis(50),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Checks values; returns the offending field's name and why.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        if !self.ring_depth.is_power_of_two() || self.ring_depth > 1 << 20 {
+            return Err((
+                "engine.ring_depth",
+                format!(
+                    "{} is not a power of two between 1 and 1048576",
+                    self.ring_depth
+                ),
+            ));
+        }
+        if self.instances == Some(0) {
+            return Err(("engine.instances", "must be at least 1".to_owned()));
+        }
+        if self.full_ring == FullRingPolicyConfig::Wait && self.wait_deadline.is_zero() {
+            return Err((
+                "engine.wait_deadline",
+                "must be greater than zero with full_ring = \"wait\"".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! The offload engine, modelled on Intel QAT: a set of engine instances, each a crypto thread with a
+//! fixed-depth request ring. `submit` never blocks: a full ring answers [`SubmitError::Retry`] (QAT's
+//! `CPA_STATUS_RETRY`) and hands the work back, and the caller's [`policy::FullRingPolicy`] decides what
+//! happens then. Completion wakes the submitting worker.
+//!
+//! # Layout
+//! - [`OffloadEngine`]: the submit/poll trait a hardware backend (qatlib) could implement.
+//! - [`software`]: the default engine: crypto threads with bounded rings, supervised (a panicking thread fails
+//!   only the job it was running, is counted, and is restarted).
+//! - [`policy`]: [`policy::OffloadHandshakes`], which runs the handshake's expensive step on an engine and
+//!   applies the full-ring policy; it implements the handshake seam's `HandshakeEngine`.
+//! - [`metrics`]: ring depth, queue wait and service time per class, retries, rejections, fallbacks.
+//! - [`setup`]: builds the configured engine (inline, or software with admission control in front).
+//! - [`config`]: the `[engine]` config section.
+
+pub mod config;
+pub mod metrics;
+pub mod policy;
+pub mod setup;
+pub mod software;
+
+use std::sync::Arc;
+
+pub use config::{EngineConfig, EngineKind, FullRingPolicyConfig};
+
+/// A unit of work for an engine: the closure moves its state in and sends its result out itself.
+pub type Work = Box<dyn FnOnce() + Send + 'static>;
+
+/// Why a submission was not taken. The work comes back so the caller can run it elsewhere or retry.
+pub enum SubmitError {
+    /// Every ring is full: try again later (QAT's `CPA_STATUS_RETRY`).
+    Retry(Work),
+    /// The engine is shutting down and takes no new work.
+    Closed(Work),
+}
+
+impl std::fmt::Debug for SubmitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Retry(_) => f.write_str("Retry"),
+            Self::Closed(_) => f.write_str("Closed"),
+        }
+    }
+}
+
+/// A handshake offload engine: bounded queues in front of whatever does the crypto.
+pub trait OffloadEngine: Send + Sync + 'static {
+    /// Name for logs and metrics (`software`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Queues `work` without blocking, or gives it back.
+    fn submit(&self, work: Work) -> Result<(), SubmitError>;
+
+    /// Drives completions for engines that need polling (a hardware backend's response rings). Returns the
+    /// number of completions delivered. The software engine completes on its own threads and returns 0.
+    fn poll(&self) -> usize {
+        0
+    }
+
+    /// Number of instances (rings).
+    fn instances(&self) -> usize;
+
+    /// Total ring slots over all instances.
+    fn capacity(&self) -> usize;
+
+    /// Jobs queued now on `instance` (not counting the one in service).
+    fn depth(&self, instance: usize) -> usize;
+
+    /// Resolves when a ring slot may have freed up (used by the wait-with-deadline policy).
+    fn capacity_freed(&self) -> tokio::sync::futures::Notified<'_>;
+}
+
+impl<E: OffloadEngine + ?Sized> OffloadEngine for Arc<E> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn submit(&self, work: Work) -> Result<(), SubmitError> {
+        (**self).submit(work)
+    }
+    fn poll(&self) -> usize {
+        (**self).poll()
+    }
+    fn instances(&self) -> usize {
+        (**self).instances()
+    }
+    fn capacity(&self) -> usize {
+        (**self).capacity()
+    }
+    fn depth(&self, instance: usize) -> usize {
+        (**self).depth(instance)
+    }
+    fn capacity_freed(&self) -> tokio::sync::futures::Notified<'_> {
+        (**self).capacity_freed()
+    }
+}

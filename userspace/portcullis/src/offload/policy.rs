@@ -1,0 +1,157 @@
+//! Running the handshake's expensive step on an [`OffloadEngine`], with an explicit full-ring policy.
+//!
+//! The job (the `Accepted` state and the config) moves into the engine inside a closure, and the connection
+//! comes back over a oneshot channel that wakes the submitting worker. Queue wait (submit to start of service)
+//! and service time are measured on the crypto thread and reported per handshake class to the metrics and to
+//! an optional [`Observer`] (admission control learns costs and queue delay from it).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::metrics::EngineMetrics;
+use super::{FullRingPolicyConfig, OffloadEngine, SubmitError, Work};
+use crate::handshake::class::HandshakeClass;
+use crate::handshake::engine::{EngineError, HandshakeEngine, Job, JobResult, ShedReason};
+
+/// What to do when every ring is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FullRingPolicy {
+    /// Shed the handshake before any crypto.
+    Reject,
+    /// Run it on the worker thread.
+    Inline,
+    /// Wait for a free slot until the deadline, then shed.
+    Wait(Duration),
+}
+
+impl FullRingPolicy {
+    /// From the config section.
+    pub fn from_config(c: &super::EngineConfig) -> Self {
+        match c.full_ring {
+            FullRingPolicyConfig::Reject => Self::Reject,
+            FullRingPolicyConfig::Inline => Self::Inline,
+            FullRingPolicyConfig::Wait => Self::Wait(c.wait_deadline),
+        }
+    }
+}
+
+/// Learns from completed jobs (admission control).
+pub trait Observer: Send + Sync + 'static {
+    /// A job of `class` waited `wait` in a ring and took `service` on a crypto thread.
+    fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration);
+}
+
+/// The handshake seam's engine, backed by an offload engine.
+pub struct OffloadHandshakes<E> {
+    engine: E,
+    policy: FullRingPolicy,
+    metrics: EngineMetrics,
+    observer: Option<Arc<dyn Observer>>,
+}
+
+impl<E: OffloadEngine> OffloadHandshakes<E> {
+    /// Wraps `engine`.
+    pub fn new(
+        engine: E,
+        policy: FullRingPolicy,
+        metrics: EngineMetrics,
+        observer: Option<Arc<dyn Observer>>,
+    ) -> Self {
+        Self {
+            engine,
+            policy,
+            metrics,
+            observer,
+        }
+    }
+
+    /// The engine underneath.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    async fn run_job(&self, job: Job) -> JobResult {
+        let class = job.class;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let submitted = Instant::now();
+        let Job {
+            accepted, config, ..
+        } = job;
+        let mut work: Work = Box::new(move || {
+            let start = Instant::now();
+            let result = accepted.into_connection(config);
+            let _ = tx.send((
+                result,
+                start.saturating_duration_since(submitted),
+                start.elapsed(),
+            ));
+        });
+        let deadline = match self.policy {
+            FullRingPolicy::Wait(d) => Some(tokio::time::Instant::now() + d),
+            _ => None,
+        };
+        loop {
+            let freed = self.engine.capacity_freed();
+            tokio::pin!(freed);
+            // Register for the wake-up before trying, so a slot freed in between is not missed.
+            freed.as_mut().enable();
+            match self.engine.submit(work) {
+                Ok(()) => break,
+                Err(SubmitError::Closed(_)) => {
+                    self.metrics.rejected(class, ShedReason::EngineClosed);
+                    return Err(EngineError::Shed(ShedReason::EngineClosed));
+                }
+                Err(SubmitError::Retry(w)) => {
+                    self.metrics.retry();
+                    match (self.policy, deadline) {
+                        (FullRingPolicy::Inline, _) => {
+                            self.metrics.fallback(class);
+                            w();
+                            break;
+                        }
+                        (FullRingPolicy::Wait(_), Some(deadline)) => {
+                            if tokio::time::Instant::now() >= deadline {
+                                self.metrics.rejected(class, ShedReason::WaitDeadline);
+                                return Err(EngineError::Shed(ShedReason::WaitDeadline));
+                            }
+                            tokio::select! {
+                                () = &mut freed => {}
+                                () = tokio::time::sleep_until(deadline) => {}
+                            }
+                            work = w;
+                        }
+                        _ => {
+                            self.metrics.rejected(class, ShedReason::RingFull);
+                            return Err(EngineError::Shed(ShedReason::RingFull));
+                        }
+                    }
+                }
+            }
+        }
+        match rx.await {
+            Ok((result, wait, service)) => {
+                self.metrics.completed(class, wait, service);
+                if let Some(o) = &self.observer {
+                    o.completed(class, wait, service);
+                }
+                result.map_err(|(e, alert)| EngineError::Tls(e, alert))
+            }
+            Err(_) => {
+                self.metrics.lost();
+                Err(EngineError::Lost)
+            }
+        }
+    }
+}
+
+impl<E: OffloadEngine> HandshakeEngine for OffloadHandshakes<E> {
+    fn name(&self) -> &'static str {
+        self.engine.name()
+    }
+
+    fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = JobResult> + Send + '_>> {
+        Box::pin(self.run_job(job))
+    }
+}

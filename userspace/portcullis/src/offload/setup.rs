@@ -1,0 +1,58 @@
+//! Choosing and starting the handshake engine from the `[engine]` and `[admission]` sections.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+
+use super::metrics::EngineMetrics;
+use super::policy::{FullRingPolicy, Observer, OffloadHandshakes};
+use super::software::SoftwareEngine;
+use super::{EngineConfig, EngineKind, OffloadEngine};
+use crate::admission::{Admission, AdmissionConfig, AdmissionEngine};
+use crate::handshake::engine::{HandshakeEngine, InlineEngine};
+
+/// Builds the engine the workers hand the expensive step to, registering its metrics. `workers` is the
+/// default number of engine instances.
+pub fn build(
+    engine: &EngineConfig,
+    admission: &AdmissionConfig,
+    workers: usize,
+    registry: &mut Registry,
+) -> anyhow::Result<Arc<dyn HandshakeEngine>> {
+    if engine.kind == EngineKind::Inline {
+        if admission.enabled {
+            tracing::info!(
+                "engine.kind = \"inline\": admission control needs the offload engine's queue; it is off"
+            );
+        }
+        return Ok(Arc::new(InlineEngine));
+    }
+    let instances = engine.instances.unwrap_or(workers).max(1);
+    let software = Arc::new(
+        SoftwareEngine::start(instances, engine.ring_depth)
+            .context("cannot start the offload engine's crypto threads")?,
+    );
+    let depth_of = software.clone();
+    let restarts_of = software.clone();
+    let metrics = EngineMetrics::register(
+        registry,
+        Arc::new(move || {
+            (0..depth_of.instances())
+                .map(|i| depth_of.depth(i) as u64)
+                .collect()
+        }),
+        Arc::new(move || restarts_of.restarts()),
+    );
+    let policy = FullRingPolicy::from_config(engine);
+    tracing::info!(instances, ring_depth = engine.ring_depth, policy = ?policy, admission = admission.enabled, "offload engine started");
+    if !admission.enabled {
+        return Ok(Arc::new(OffloadHandshakes::new(
+            software, policy, metrics, None,
+        )));
+    }
+    let gate = Admission::new(admission.clone(), instances, registry);
+    let observer: Arc<dyn Observer> = gate.clone();
+    let offload = OffloadHandshakes::new(software, policy, metrics, Some(observer));
+    Ok(Arc::new(AdmissionEngine::new(offload, gate)))
+}

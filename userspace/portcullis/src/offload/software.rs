@@ -1,0 +1,324 @@
+//! The software offload engine: `instances` crypto threads, each draining its own bounded ring.
+//!
+//! - Bounded: a ring is a bounded channel of `ring_depth` slots; `submit` uses `try_send` and never blocks.
+//!   Submission tries every ring once, starting round robin, so one slow instance does not refuse work another
+//!   could take.
+//! - Supervised: each crypto thread runs under a supervisor thread. A panic inside a job unwinds the crypto
+//!   thread: the job that panicked is lost (its completion channel drops, so only that connection fails), the
+//!   panic is counted, and the supervisor starts a fresh thread on the same ring, so queued jobs are kept.
+//! - Shutdown drains: dropping the engine closes the rings; crypto threads finish every queued job, then exit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use tokio::sync::Notify;
+
+use super::{OffloadEngine, SubmitError, Work};
+
+struct Ring {
+    tx: Option<Sender<Work>>,
+    depth: Arc<AtomicUsize>,
+    supervisor: Option<JoinHandle<()>>,
+}
+
+/// The software engine.
+pub struct SoftwareEngine {
+    rings: Vec<Ring>,
+    next: AtomicUsize,
+    ring_depth: usize,
+    freed: Arc<Notify>,
+    restarts: Arc<AtomicU64>,
+}
+
+impl SoftwareEngine {
+    /// Starts `instances` crypto threads with rings of `ring_depth` slots each.
+    pub fn start(instances: usize, ring_depth: usize) -> std::io::Result<Self> {
+        let freed = Arc::new(Notify::new());
+        let restarts = Arc::new(AtomicU64::new(0));
+        let mut rings = Vec::with_capacity(instances);
+        for i in 0..instances.max(1) {
+            let (tx, rx) = bounded::<Work>(ring_depth);
+            let depth = Arc::new(AtomicUsize::new(0));
+            let supervisor =
+                spawn_supervisor(i, rx, depth.clone(), freed.clone(), restarts.clone())?;
+            rings.push(Ring {
+                tx: Some(tx),
+                depth,
+                supervisor: Some(supervisor),
+            });
+        }
+        Ok(Self {
+            rings,
+            next: AtomicUsize::new(0),
+            ring_depth,
+            freed,
+            restarts,
+        })
+    }
+
+    /// Crypto threads restarted after a panic, since start.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Closes the rings and waits until every queued job has run.
+    pub fn shutdown(&mut self) {
+        for ring in &mut self.rings {
+            ring.tx = None;
+        }
+        for ring in &mut self.rings {
+            if let Some(h) = ring.supervisor.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for SoftwareEngine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn spawn_supervisor(
+    index: usize,
+    rx: Receiver<Work>,
+    depth: Arc<AtomicUsize>,
+    freed: Arc<Notify>,
+    restarts: Arc<AtomicU64>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("portcullis-e{index}s"))
+        .spawn(move || {
+            loop {
+                let (rx, depth, freed) = (rx.clone(), depth.clone(), freed.clone());
+                let crypto = std::thread::Builder::new()
+                    .name(format!("portcullis-e{index}"))
+                    .spawn(move || crypto_loop(&rx, &depth, &freed));
+                let outcome = match crypto {
+                    Ok(handle) => handle.join(),
+                    Err(e) => {
+                        tracing::error!(instance = index, error = %e, "cannot start crypto thread; retrying");
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                match outcome {
+                    // The ring was closed and drained: shutdown.
+                    Ok(()) => return,
+                    Err(_) => {
+                        restarts.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(instance = index, "crypto thread panicked; its job failed; restarting it");
+                    }
+                }
+            }
+        })
+}
+
+fn crypto_loop(rx: &Receiver<Work>, depth: &AtomicUsize, freed: &Notify) {
+    while let Ok(work) = rx.recv() {
+        depth.fetch_sub(1, Ordering::Relaxed);
+        freed.notify_waiters();
+        work();
+    }
+}
+
+impl OffloadEngine for SoftwareEngine {
+    fn name(&self) -> &'static str {
+        "software"
+    }
+
+    fn submit(&self, mut work: Work) -> Result<(), SubmitError> {
+        let n = self.rings.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            let Some(ring) = self.rings.get((start + k) % n) else {
+                continue;
+            };
+            let Some(tx) = &ring.tx else {
+                return Err(SubmitError::Closed(work));
+            };
+            // Count before sending so the crypto thread's decrement can never go below zero.
+            ring.depth.fetch_add(1, Ordering::Relaxed);
+            match tx.try_send(work) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Full(w)) => {
+                    ring.depth.fetch_sub(1, Ordering::Relaxed);
+                    work = w;
+                }
+                Err(TrySendError::Disconnected(w)) => {
+                    ring.depth.fetch_sub(1, Ordering::Relaxed);
+                    return Err(SubmitError::Closed(w));
+                }
+            }
+        }
+        Err(SubmitError::Retry(work))
+    }
+
+    fn instances(&self) -> usize {
+        self.rings.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.rings.len() * self.ring_depth
+    }
+
+    fn depth(&self, instance: usize) -> usize {
+        self.rings
+            .get(instance)
+            .map_or(0, |r| r.depth.load(Ordering::Relaxed))
+    }
+
+    fn capacity_freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// A job that blocks its crypto thread until released, so rings can be filled deterministically.
+    fn gate() -> (Arc<(Mutex<bool>, std::sync::Condvar)>, impl Fn() -> Work) {
+        let g = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let g2 = g.clone();
+        (g, move || {
+            let g = g2.clone();
+            Box::new(move || {
+                let (lock, cv) = &*g;
+                let mut open = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while !*open {
+                    open = cv.wait(open).unwrap_or_else(|e| e.into_inner());
+                }
+            }) as Work
+        })
+    }
+
+    fn open(g: &Arc<(Mutex<bool>, std::sync::Condvar)>) {
+        *g.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        g.1.notify_all();
+    }
+
+    /// Waits (bounded) until `f` holds.
+    fn eventually(what: &str, f: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !f() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn ring_bound_is_never_exceeded_and_full_means_retry() {
+        let engine = SoftwareEngine::start(2, 4).expect("start");
+        let (g, blocker) = gate();
+        // One blocking job in service per instance...
+        engine.submit(blocker()).expect("first");
+        engine.submit(blocker()).expect("second");
+        eventually("both crypto threads busy", || {
+            engine.depth(0) == 0 && engine.depth(1) == 0
+        });
+        // ...then exactly capacity() more fit.
+        let mut accepted = 0;
+        let mut retries = 0;
+        for _ in 0..20 {
+            match engine.submit(Box::new(|| {})) {
+                Ok(()) => accepted += 1,
+                Err(SubmitError::Retry(_)) => retries += 1,
+                Err(SubmitError::Closed(_)) => panic!("closed"),
+            }
+            assert!(
+                engine.depth(0) <= 4 && engine.depth(1) <= 4,
+                "ring bound exceeded"
+            );
+        }
+        assert_eq!(accepted, engine.capacity());
+        assert_eq!(retries, 20 - engine.capacity());
+        open(&g);
+        eventually("rings drained", || {
+            engine.depth(0) == 0 && engine.depth(1) == 0
+        });
+    }
+
+    #[test]
+    fn completions_reach_the_right_submitter() {
+        let engine = SoftwareEngine::start(2, 64).expect("start");
+        let mut rxs = Vec::new();
+        for i in 0..100u32 {
+            let (tx, rx) = mpsc::channel();
+            let mut work: Work = Box::new(move || {
+                let _ = tx.send(i * 2);
+            });
+            loop {
+                match engine.submit(work) {
+                    Ok(()) => break,
+                    Err(SubmitError::Retry(w)) => {
+                        work = w;
+                        std::thread::yield_now();
+                    }
+                    Err(SubmitError::Closed(_)) => panic!("closed"),
+                }
+            }
+            rxs.push((i, rx));
+        }
+        for (i, rx) in rxs {
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(i * 2));
+        }
+    }
+
+    #[test]
+    fn a_panicking_job_fails_alone_and_the_thread_is_restarted() {
+        let engine = SoftwareEngine::start(1, 16).expect("start");
+        let (g, blocker) = gate();
+        engine.submit(blocker()).expect("blocker");
+        eventually("crypto thread busy", || engine.depth(0) == 0);
+        let (tx_a, rx_a) = mpsc::channel::<u32>();
+        engine
+            .submit(Box::new(move || {
+                let _keep = tx_a;
+                panic!("injected engine failure");
+            }))
+            .expect("panicker");
+        let (tx_b, rx_b) = mpsc::channel();
+        engine
+            .submit(Box::new(move || {
+                let _ = tx_b.send(7u32);
+            }))
+            .expect("queued behind the panic");
+        open(&g);
+        // The panicking job's completion channel is dropped: its submitter sees a failure, not a hang.
+        assert!(rx_a.recv_timeout(Duration::from_secs(10)).is_err());
+        // The job queued behind it still runs, on the restarted thread.
+        assert_eq!(rx_b.recv_timeout(Duration::from_secs(10)), Ok(7));
+        assert_eq!(engine.restarts(), 1);
+    }
+
+    #[test]
+    fn shutdown_drains_queued_jobs() {
+        let mut engine = SoftwareEngine::start(1, 64).expect("start");
+        let done = Arc::new(AtomicUsize::new(0));
+        for _ in 0..50 {
+            let done = done.clone();
+            engine
+                .submit(Box::new(move || {
+                    std::thread::sleep(Duration::from_micros(100));
+                    done.fetch_add(1, Ordering::Relaxed);
+                }))
+                .expect("submit");
+        }
+        engine.shutdown();
+        assert_eq!(done.load(Ordering::Relaxed), 50);
+        assert!(matches!(
+            engine.submit(Box::new(|| {})),
+            Err(SubmitError::Closed(_))
+        ));
+    }
+}
