@@ -2,7 +2,7 @@
 //! framing; the others are stepped over by their length.
 
 use super::fingerprint::{FingerprintBuilder, is_grease};
-use super::reader::{Halt, Reader};
+use super::reader::{Halt, HelloBytes, Reader};
 use super::{ClientHelloSummary, MAX_EXTENSIONS, MAX_KEY_SHARES, Malformed, SniRange};
 
 /// Extension type code points (IANA "TLS ExtensionType Values").
@@ -23,26 +23,45 @@ mod extension_type {
 const TLS13: u16 = 0x0304;
 
 /// What the extension list tells the rest of the parser but not the summary.
+///
+/// Holds offsets rather than a [`Reader`]: a reader copied into an `Option` made LLVM split the input pointer
+/// into 32-bit halves, which the BPF verifier rejects ("pointer arithmetic with >>= operator prohibited").
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Extensions<'a> {
-    /// The supported_groups list, hashed into the fingerprint after the extension types.
-    pub(super) supported_groups: Option<Reader<'a>>,
+pub(super) struct Extensions {
+    /// The supported_groups list as `(start, end)` offsets into the input, hashed into the fingerprint after
+    /// the extension types.
+    pub(super) supported_groups: Option<(usize, usize)>,
+    /// The supported_versions body as `(start, end)` offsets, walked by [`parse_deferred`].
+    pub(super) supported_versions: Option<(usize, usize)>,
+    /// The key_share body as `(start, end)` offsets, walked by [`parse_deferred`].
+    pub(super) key_share: Option<(usize, usize)>,
     /// psk_key_exchange_modes is present.
     pub(super) psk_key_exchange_modes: bool,
 }
 
-/// Walks the extensions block, filling `summary` and feeding extension types to `fingerprint`.
-///
-/// On [`Halt::Truncated`] the summary keeps what the extensions that arrived told.
-pub(super) fn parse<'a>(
-    mut block: Reader<'a>,
-    summary: &mut ClientHelloSummary,
-    fingerprint: &mut FingerprintBuilder,
-) -> Result<Extensions<'a>, Halt> {
-    let mut found = Extensions {
+impl Extensions {
+    /// Nothing found yet.
+    pub(super) const NONE: Self = Self {
         supported_groups: None,
+        supported_versions: None,
+        key_share: None,
         psk_key_exchange_modes: false,
     };
+}
+
+/// Walks the extensions block, filling `summary` and feeding extension types to `fingerprint`.
+///
+/// On [`Halt::Truncated`] the summary keeps what the extensions that arrived told, and `found` what they
+/// were. The two extensions whose bodies hold lists (supported_versions, key_share) are only located here;
+/// [`parse_deferred`] walks them after this loop, whatever it returned, so that no loop is nested in this
+/// one: the BPF verifier walks nested bounded loops as the product of their bounds.
+pub(super) fn parse<I: HelloBytes + ?Sized>(
+    input: &I,
+    mut block: Reader,
+    summary: &mut ClientHelloSummary,
+    fingerprint: &mut FingerprintBuilder,
+    found: &mut Extensions,
+) -> Result<(), Halt> {
     // One bit per extension type below 64: every type this parser interprets is in that range,
     // and a bitmap keeps the duplicate check O(1) without storing the types (RFC 8446 §4.2:
     // "There MUST NOT be more than one extension of the same type").
@@ -51,8 +70,8 @@ pub(super) fn parse<'a>(
         if block.is_empty() {
             break;
         }
-        let kind = block.u16()?;
-        let len = usize::from(block.u16()?);
+        let kind = block.u16(input)?;
+        let len = usize::from(block.u16(input)?);
         let body = block.split(len, overrun_reason(kind))?;
         summary.extension_count = summary.extension_count.saturating_add(1);
         if let Some(bit) = 1u64.checked_shl(u32::from(kind)) {
@@ -63,9 +82,9 @@ pub(super) fn parse<'a>(
         }
         fingerprint.extension(kind);
         match kind {
-            extension_type::SERVER_NAME => server_name(body, summary)?,
+            extension_type::SERVER_NAME => server_name(input, body, summary)?,
             extension_type::SUPPORTED_GROUPS => {
-                found.supported_groups = Some(supported_groups(body)?)
+                found.supported_groups = Some(supported_groups(input, body)?)
             }
             extension_type::SIGNATURE_ALGORITHMS => summary.signature_algorithms_present = true,
             extension_type::ALPN => summary.alpn_present = true,
@@ -77,7 +96,7 @@ pub(super) fn parse<'a>(
                     return Err(Malformed::PskNotLast.into());
                 }
                 summary.offers_psk = true;
-                pre_shared_key(body)?;
+                pre_shared_key(input, body)?;
             }
             extension_type::EARLY_DATA => {
                 // RFC 8446 §4.2.10: in a ClientHello the extension_data is `struct {} Empty`.
@@ -86,9 +105,9 @@ pub(super) fn parse<'a>(
                 }
                 summary.offers_early_data = true;
             }
-            extension_type::SUPPORTED_VERSIONS => supported_versions(body, summary)?,
+            extension_type::SUPPORTED_VERSIONS => found.supported_versions = Some(body.span()),
             extension_type::PSK_KEY_EXCHANGE_MODES => found.psk_key_exchange_modes = true,
-            extension_type::KEY_SHARE => key_share(body, summary)?,
+            extension_type::KEY_SHARE => found.key_share = Some(body.span()),
             _ => {}
         }
     }
@@ -96,7 +115,60 @@ pub(super) fn parse<'a>(
         return Err(Malformed::TooManyExtensions.into());
     }
     fingerprint.end_extensions();
-    Ok(found)
+    Ok(())
+}
+
+/// Walks the list-carrying extensions [`parse`] located, in wire order, so that the first malformation
+/// found is still the first on the wire.
+pub(super) fn parse_deferred<I: HelloBytes + ?Sized>(
+    input: &I,
+    found: &Extensions,
+    summary: &mut ClientHelloSummary,
+) -> Result<(), Halt> {
+    let versions_first = match (found.supported_versions, found.key_share) {
+        (Some((v, _)), Some((k, _))) => v < k,
+        _ => true,
+    };
+    if versions_first {
+        deferred_versions(input, found, summary)?;
+        deferred_key_share(input, found, summary)?;
+    } else {
+        deferred_key_share(input, found, summary)?;
+        deferred_versions(input, found, summary)?;
+    }
+    Ok(())
+}
+
+/// supported_versions, if [`parse`] found it.
+fn deferred_versions<I: HelloBytes + ?Sized>(
+    input: &I,
+    found: &Extensions,
+    summary: &mut ClientHelloSummary,
+) -> Result<(), Halt> {
+    match found.supported_versions {
+        Some((start, end)) => supported_versions(
+            input,
+            Reader::new(start, end, Malformed::BadSupportedVersions),
+            summary,
+        ),
+        None => Ok(()),
+    }
+}
+
+/// key_share, if [`parse`] found it.
+fn deferred_key_share<I: HelloBytes + ?Sized>(
+    input: &I,
+    found: &Extensions,
+    summary: &mut ClientHelloSummary,
+) -> Result<(), Halt> {
+    match found.key_share {
+        Some((start, end)) => key_share(
+            input,
+            Reader::new(start, end, Malformed::BadKeyShare),
+            summary,
+        ),
+        None => Ok(()),
+    }
 }
 
 /// The reason for an extension whose own contents overrun its length.
@@ -112,8 +184,12 @@ const fn overrun_reason(kind: u16) -> Malformed {
 }
 
 /// server_name (RFC 6066 §3): records the range of the host_name.
-fn server_name(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result<(), Halt> {
-    let list_len = usize::from(body.u16()?);
+fn server_name<I: HelloBytes + ?Sized>(
+    input: &I,
+    mut body: Reader,
+    summary: &mut ClientHelloSummary,
+) -> Result<(), Halt> {
+    let list_len = usize::from(body.u16(input)?);
     if list_len == 0 || list_len != body.left() {
         return Err(Malformed::BadSniFraming.into());
     }
@@ -124,13 +200,13 @@ fn server_name(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result
         if body.is_empty() {
             break;
         }
-        if body.u8()? != 0 {
+        if body.u8(input)? != 0 {
             break;
         }
         if summary.sni.is_some() {
             return Err(Malformed::BadSniFraming.into());
         }
-        let name_len = body.u16()?;
+        let name_len = body.u16(input)?;
         if name_len == 0 {
             return Err(Malformed::BadSniFraming.into());
         }
@@ -148,18 +224,25 @@ fn server_name(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result
 
 /// supported_groups (RFC 8446 §4.2.7): `NamedGroup named_group_list<2..2^16-1>`.
 ///
-/// Returns the list itself; its groups are hashed after the extension types.
-fn supported_groups(mut body: Reader<'_>) -> Result<Reader<'_>, Halt> {
-    let list_len = usize::from(body.u16()?);
+/// Returns the list's `(start, end)` offsets; its groups are hashed after the extension types.
+fn supported_groups<I: HelloBytes + ?Sized>(
+    input: &I,
+    mut body: Reader,
+) -> Result<(usize, usize), Halt> {
+    let list_len = usize::from(body.u16(input)?);
     if list_len == 0 || list_len % 2 != 0 || list_len != body.left() {
         return Err(Malformed::BadSupportedGroups.into());
     }
-    Ok(body)
+    Ok((body.position(), body.position() + list_len))
 }
 
 /// supported_versions (RFC 8446 §4.2.1): `ProtocolVersion versions<2..254>`.
-fn supported_versions(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result<(), Halt> {
-    let list_len = usize::from(body.u8()?);
+fn supported_versions<I: HelloBytes + ?Sized>(
+    input: &I,
+    mut body: Reader,
+    summary: &mut ClientHelloSummary,
+) -> Result<(), Halt> {
+    let list_len = usize::from(body.u8(input)?);
     if list_len == 0 || list_len % 2 != 0 || list_len != body.left() {
         return Err(Malformed::BadSupportedVersions.into());
     }
@@ -168,7 +251,7 @@ fn supported_versions(mut body: Reader<'_>, summary: &mut ClientHelloSummary) ->
         if body.is_empty() {
             break;
         }
-        if body.u16()? == TLS13 {
+        if body.u16(input)? == TLS13 {
             summary.offers_tls13 = true;
         }
     }
@@ -181,8 +264,12 @@ fn supported_versions(mut body: Reader<'_>, summary: &mut ClientHelloSummary) ->
 /// Each group is recorded as soon as its entry header arrives, so a ClientHello cut inside a
 /// large post-quantum key still reports the groups offered so far. Entries after the first
 /// [`MAX_KEY_SHARES`] are not examined.
-fn key_share(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result<(), Halt> {
-    let list_len = usize::from(body.u16()?);
+fn key_share<I: HelloBytes + ?Sized>(
+    input: &I,
+    mut body: Reader,
+    summary: &mut ClientHelloSummary,
+) -> Result<(), Halt> {
+    let list_len = usize::from(body.u16(input)?);
     if list_len != body.left() {
         return Err(Malformed::BadKeyShare.into());
     }
@@ -190,8 +277,8 @@ fn key_share(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result<(
         if body.is_empty() {
             break;
         }
-        let group = body.u16()?;
-        let key_len = usize::from(body.u16()?);
+        let group = body.u16(input)?;
+        let key_len = usize::from(body.u16(input)?);
         if key_len == 0 {
             return Err(Malformed::BadKeyShare.into());
         }
@@ -204,20 +291,20 @@ fn key_share(mut body: Reader<'_>, summary: &mut ClientHelloSummary) -> Result<(
             }
             summary.key_share_count = summary.key_share_count.saturating_add(1);
         }
-        body.skip(key_len)?;
+        body.skip(input, key_len)?;
     }
     Ok(())
 }
 
 /// pre_shared_key (RFC 8446 §4.2.11): `PskIdentity identities<7..2^16-1>` then
 /// `PskBinderEntry binders<33..2^16-1>`, filling the extension exactly.
-fn pre_shared_key(mut body: Reader<'_>) -> Result<(), Halt> {
-    let identities = usize::from(body.u16()?);
+fn pre_shared_key<I: HelloBytes + ?Sized>(input: &I, mut body: Reader) -> Result<(), Halt> {
+    let identities = usize::from(body.u16(input)?);
     if identities < 7 {
         return Err(Malformed::BadPskFraming.into());
     }
-    body.skip(identities)?;
-    let binders = usize::from(body.u16()?);
+    body.skip(input, identities)?;
+    let binders = usize::from(body.u16(input)?);
     if binders < 33 || binders != body.left() {
         return Err(Malformed::BadPskFraming.into());
     }

@@ -29,6 +29,11 @@
 //! # BPF constraints
 //! No recursion, no allocation, no indexing or unwrapping of input, and every loop runs at most a
 //! `MAX_*` constant number of times, so the same code can be verified inside an XDP program.
+//! The input is read through [`HelloBytes`] (a slice here, the packet through
+//! `bpf_xdp_load_bytes` in XDP) and the parse state can live in a caller's [`Workspace`] (a
+//! per-CPU map value in XDP). Status: the parse compiles for `bpfel-unknown-none` and loads past
+//! the verifier's codegen checks, but a full parse still exceeds the verifier's budget of one
+//! million instructions (kernel 6.18), so the XDP program does not call it yet.
 
 mod extensions;
 pub mod fingerprint;
@@ -41,7 +46,8 @@ pub use malformed::Malformed;
 pub use summary::{ClientHelloSummary, KEY_SHARE_SLOTS, SniRange, Stage};
 
 use fingerprint::FingerprintBuilder;
-use reader::{Halt, Reader};
+pub use reader::HelloBytes;
+use reader::{Halt, Prefix, Reader};
 
 /// Bytes in a TLS record header: type, legacy_record_version, length.
 pub const RECORD_HEADER_LEN: usize = 5;
@@ -93,15 +99,51 @@ const CLIENT_HELLO: u8 = 1;
 /// returns `Ok` with `complete == false` (see the module docs). Runs in time linear in the input,
 /// bounded by the `MAX_*` constants, and never panics.
 pub fn parse(input: &[u8]) -> Result<ClientHelloSummary, Malformed> {
-    let mut summary = ClientHelloSummary::EMPTY;
-    match parse_into(input, &mut summary) {
-        Ok(()) => Ok(summary),
+    parse_from(input)
+}
+
+/// [`parse`] over any [`HelloBytes`]: the XDP program reads the packet through the same code.
+#[inline(always)]
+pub fn parse_from<I: HelloBytes + ?Sized>(input: &I) -> Result<ClientHelloSummary, Malformed> {
+    let mut workspace = Workspace::NEW;
+    parse_in(input, &mut workspace)
+}
+
+/// What one parse writes as it goes: the summary so far and where the list extensions are.
+///
+/// [`parse`] keeps it on the stack. A BPF caller can keep it in a per-CPU map value instead, so
+/// the verifier does not know the flags written into it: flags it knows decide later branches,
+/// and it then tracks every combination of extensions seen as a separate state.
+#[derive(Clone, Copy, Debug)]
+pub struct Workspace {
+    summary: ClientHelloSummary,
+    found: extensions::Extensions,
+}
+
+impl Workspace {
+    /// A workspace before any parse; [`parse_in`] resets it anyway.
+    pub const NEW: Self = Self {
+        summary: ClientHelloSummary::EMPTY,
+        found: extensions::Extensions::NONE,
+    };
+}
+
+/// [`parse_from`] with the caller's [`Workspace`] (reset first), for the XDP program.
+#[inline(always)]
+pub fn parse_in<I: HelloBytes + ?Sized>(
+    input: &I,
+    workspace: &mut Workspace,
+) -> Result<ClientHelloSummary, Malformed> {
+    *workspace = Workspace::NEW;
+    let Workspace { summary, found } = workspace;
+    match parse_into(input, summary, found) {
+        Ok(()) => Ok(*summary),
         Err(Halt::Truncated) => {
             // Stopping at the end of a record that fully arrived means the ClientHello goes on
             // in the next record, which this parser does not read.
             let record_end = RECORD_HEADER_LEN + usize::from(summary.record_len);
-            summary.fragmented = summary.record_len != 0 && input.len() >= record_end;
-            Ok(summary)
+            summary.fragmented = summary.record_len != 0 && input.arrived() >= record_end;
+            Ok(*summary)
         }
         Err(Halt::Malformed(reason)) => Err(reason),
     }
@@ -109,19 +151,23 @@ pub fn parse(input: &[u8]) -> Result<ClientHelloSummary, Malformed> {
 
 /// Walks the ClientHello, updating `summary` as each field arrives, so that a truncated input
 /// leaves a summary of everything before the cut.
-fn parse_into(input: &[u8], summary: &mut ClientHelloSummary) -> Result<(), Halt> {
+fn parse_into<I: HelloBytes + ?Sized>(
+    input: &I,
+    summary: &mut ClientHelloSummary,
+    found: &mut extensions::Extensions,
+) -> Result<(), Halt> {
     // Both headers have fixed sizes, so their readers cannot overrun: the reasons are unused.
-    let mut record = Reader::new(input, 0, RECORD_HEADER_LEN, Malformed::NotHandshakeRecord);
+    let mut record = Reader::new(0, RECORD_HEADER_LEN, Malformed::NotHandshakeRecord);
     // Checked on the first byte alone, so plaintext HTTP or SSH is rejected without waiting.
-    if record.u8()? != CONTENT_TYPE_HANDSHAKE {
+    if record.u8(input)? != CONTENT_TYPE_HANDSHAKE {
         return Err(Malformed::NotHandshakeRecord.into());
     }
-    let record_version = record.u16()?;
+    let record_version = record.u16(input)?;
     if record_version >> 8 != 3 {
         return Err(Malformed::BadRecordVersion.into());
     }
     summary.record_version = record_version;
-    let record_len = record.u16()?;
+    let record_len = record.u16(input)?;
     if record_len == 0 {
         return Err(Malformed::EmptyRecord.into());
     }
@@ -131,20 +177,18 @@ fn parse_into(input: &[u8], summary: &mut ClientHelloSummary) -> Result<(), Halt
     summary.record_len = record_len;
     let record_end = RECORD_HEADER_LEN + usize::from(record_len);
     // From here on the input ends at the first record: later bytes are ignored.
-    let input = input.get(..record_end).unwrap_or(input);
+    let input = &Prefix {
+        inner: input,
+        len: record_end,
+    };
 
     summary.stage = Stage::HandshakeHeader;
     let hello_start = RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN;
-    let mut handshake = Reader::new(
-        input,
-        RECORD_HEADER_LEN,
-        hello_start,
-        Malformed::NotClientHello,
-    );
-    if handshake.u8()? != CLIENT_HELLO {
+    let mut handshake = Reader::new(RECORD_HEADER_LEN, hello_start, Malformed::NotClientHello);
+    if handshake.u8(input)? != CLIENT_HELLO {
         return Err(Malformed::NotClientHello.into());
     }
-    let hello_len = handshake.u24()?;
+    let hello_len = handshake.u24(input)?;
     summary.handshake_len = hello_len;
     let hello_len = usize::try_from(hello_len).unwrap_or(usize::MAX);
     if hello_len > MAX_HELLO_LEN {
@@ -157,14 +201,9 @@ fn parse_into(input: &[u8], summary: &mut ClientHelloSummary) -> Result<(), Halt
         return Err(Malformed::HandshakeLengthMismatch.into());
     }
 
-    let mut body = Reader::new(
-        input,
-        hello_start,
-        hello_end,
-        Malformed::HandshakeLengthMismatch,
-    );
+    let mut body = Reader::new(hello_start, hello_end, Malformed::HandshakeLengthMismatch);
     summary.stage = Stage::LegacyVersion;
-    let legacy_version = body.u16()?;
+    let legacy_version = body.u16(input)?;
     if legacy_version >> 8 != 3 {
         return Err(Malformed::BadLegacyVersion.into());
     }
@@ -172,18 +211,18 @@ fn parse_into(input: &[u8], summary: &mut ClientHelloSummary) -> Result<(), Halt
     let mut fingerprint = FingerprintBuilder::new(legacy_version);
 
     summary.stage = Stage::Random;
-    body.skip(32)?;
+    body.skip(input, 32)?;
 
     summary.stage = Stage::SessionId;
-    let session_id_len = body.u8()?;
+    let session_id_len = body.u8(input)?;
     if session_id_len > 32 {
         return Err(Malformed::SessionIdTooLong.into());
     }
     summary.session_id_len = session_id_len;
-    body.skip(usize::from(session_id_len))?;
+    body.skip(input, usize::from(session_id_len))?;
 
     summary.stage = Stage::CipherSuites;
-    let suites_len = body.u16()?;
+    let suites_len = body.u16(input)?;
     if suites_len % 2 != 0 {
         return Err(Malformed::CipherSuitesOddLength.into());
     }
@@ -196,17 +235,25 @@ fn parse_into(input: &[u8], summary: &mut ClientHelloSummary) -> Result<(), Halt
         if suites.is_empty() {
             break;
         }
-        fingerprint.list_item(suites.u16()?);
+        fingerprint.list_item(suites.u16(input)?);
     }
     fingerprint.end_list();
 
     summary.stage = Stage::CompressionMethods;
-    let methods_len = body.u8()?;
+    let methods_len = body.u8(input)?;
     if methods_len == 0 {
         return Err(Malformed::CompressionMethodsEmpty.into());
     }
     // RFC 5246 §7.4.1.2: the list "MUST contain ... CompressionMethod.null".
-    if !body.take(usize::from(methods_len))?.contains(&0) {
+    let mut methods = body.split(usize::from(methods_len), Malformed::HandshakeLengthMismatch)?;
+    let mut null_offered = false;
+    for _ in 0..u8::MAX {
+        if methods.is_empty() {
+            break;
+        }
+        null_offered |= methods.u8(input)? == 0;
+    }
+    if !null_offered {
         return Err(Malformed::CompressionNullMissing.into());
     }
 
@@ -214,27 +261,26 @@ fn parse_into(input: &[u8], summary: &mut ClientHelloSummary) -> Result<(), Halt
     // RFC 5246 §7.4.1.2 lets a TLS 1.2 ClientHello end here without an extensions block; an
     // empty block stands in for it.
     let block = if body.is_empty() {
-        Reader::new(
-            input,
-            hello_end,
-            hello_end,
-            Malformed::ExtensionFramingBroken,
-        )
+        Reader::new(hello_end, hello_end, Malformed::ExtensionFramingBroken)
     } else {
         if body.left() < 2 {
             return Err(Malformed::ExtensionsLengthMismatch.into());
         }
-        let block_len = usize::from(body.u16()?);
+        let block_len = usize::from(body.u16(input)?);
         if block_len != body.left() {
             return Err(Malformed::ExtensionsLengthMismatch.into());
         }
         body.split(block_len, Malformed::ExtensionFramingBroken)?
     };
-    let found = extensions::parse(block, summary, &mut fingerprint)?;
+    let walked = extensions::parse(input, block, summary, &mut fingerprint, found);
+    // Run even when the walk stopped: a truncated ClientHello still reports the key_share groups and
+    // versions that arrived, and an earlier malformed list is reported before a later fault.
+    extensions::parse_deferred(input, found, summary)?;
+    walked?;
 
     // Extension bodies the parser does not interpret were stepped over by length alone, so only
     // this proves every byte of the ClientHello arrived.
-    if input.len() < hello_end {
+    if input.arrived() < hello_end {
         return Err(Halt::Truncated);
     }
     if summary.offers_psk && !found.psk_key_exchange_modes {
@@ -243,12 +289,13 @@ fn parse_into(input: &[u8], summary: &mut ClientHelloSummary) -> Result<(), Halt
     if summary.offers_early_data && !summary.offers_psk {
         return Err(Malformed::EarlyDataWithoutPsk.into());
     }
-    if let Some(mut groups) = found.supported_groups {
+    if let Some((start, end)) = found.supported_groups {
+        let mut groups = Reader::new(start, end, Malformed::BadSupportedGroups);
         for _ in 0..MAX_HASHED_GROUPS {
             if groups.is_empty() {
                 break;
             }
-            fingerprint.list_item(groups.u16()?);
+            fingerprint.list_item(groups.u16(input)?);
         }
     }
     fingerprint.end_list();

@@ -11,6 +11,60 @@
 
 use super::Malformed;
 
+/// Where the parser reads the client's bytes from: a slice on the host, the packet (through
+/// `bpf_xdp_load_bytes`) in the XDP program.
+///
+/// Offsets are from the start of the client's first bytes. In BPF an offset handed to a helper
+/// need not be tracked exactly by the verifier, whereas an offset added to a pointer (a slice
+/// index) must, which multiplies verifier states.
+pub trait HelloBytes {
+    /// How many bytes arrived.
+    fn arrived(&self) -> usize;
+    /// The `N` bytes at `offset`, or `None` when they did not all arrive.
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+}
+
+impl HelloBytes for [u8] {
+    #[inline(always)]
+    fn arrived(&self) -> usize {
+        self.len()
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let end = offset.checked_add(N)?;
+        self.get(offset..end)?.try_into().ok()
+    }
+}
+
+/// The first `len` bytes of another input (the parser ignores bytes after the first record).
+pub(super) struct Prefix<'a, I: HelloBytes + ?Sized> {
+    /// The whole input.
+    pub(super) inner: &'a I,
+    /// Bytes kept.
+    pub(super) len: usize,
+}
+
+impl<I: HelloBytes + ?Sized> HelloBytes for Prefix<'_, I> {
+    #[inline(always)]
+    fn arrived(&self) -> usize {
+        let arrived = self.inner.arrived();
+        if arrived < self.len {
+            arrived
+        } else {
+            self.len
+        }
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if N > self.len || offset > self.len - N {
+            return None;
+        }
+        self.inner.read::<N>(offset)
+    }
+}
+
 /// Why parsing stopped before the end of the ClientHello.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Halt {
@@ -26,11 +80,12 @@ impl From<Malformed> for Halt {
     }
 }
 
-/// A cursor over one length-delimited field.
+/// A cursor over one length-delimited field of an input passed to each read.
+///
+/// It holds no reference to the input: copies of a struct holding one made LLVM split the pointer into
+/// 32-bit halves, which the BPF verifier rejects ("pointer arithmetic with >>= operator prohibited").
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Reader<'a> {
-    /// The bytes that arrived (possibly fewer than the field declares).
-    input: &'a [u8],
+pub(super) struct Reader {
     /// Offset of the next byte to read, from the start of `input`.
     pos: usize,
     /// Declared end of this field, from the start of `input`; may lie beyond `input.len()`.
@@ -39,20 +94,20 @@ pub(super) struct Reader<'a> {
     overrun: Malformed,
 }
 
-impl<'a> Reader<'a> {
+impl Reader {
     /// A reader over `input[pos..end]`, where `end` may lie beyond the input.
-    pub(super) const fn new(input: &'a [u8], pos: usize, end: usize, overrun: Malformed) -> Self {
-        Self {
-            input,
-            pos,
-            end,
-            overrun,
-        }
+    pub(super) const fn new(pos: usize, end: usize, overrun: Malformed) -> Self {
+        Self { pos, end, overrun }
     }
 
     /// Offset of the next byte, from the start of the input.
     pub(super) const fn position(&self) -> usize {
         self.pos
+    }
+
+    /// `(next offset, declared end)`: enough to make the same reader again with [`Reader::new`].
+    pub(super) const fn span(&self) -> (usize, usize) {
+        (self.pos, self.end)
     }
 
     /// Bytes left before the declared end, whether or not they arrived.
@@ -66,40 +121,42 @@ impl<'a> Reader<'a> {
     }
 
     /// Steps over `n` bytes, which must lie inside the field and must have arrived.
-    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], Halt> {
+    pub(super) fn skip<I: HelloBytes + ?Sized>(&mut self, input: &I, n: usize) -> Result<(), Halt> {
         let stop = self.checked_stop(n)?;
-        let bytes = self.input.get(self.pos..stop).ok_or(Halt::Truncated)?;
+        if stop > input.arrived() {
+            return Err(Halt::Truncated);
+        }
+        self.pos = stop;
+        Ok(())
+    }
+
+    /// Reads the next `N` bytes, which must lie inside the field and must have arrived.
+    #[inline(always)]
+    fn array<I: HelloBytes + ?Sized, const N: usize>(
+        &mut self,
+        input: &I,
+    ) -> Result<[u8; N], Halt> {
+        let stop = self.checked_stop(N)?;
+        let bytes = input.read::<N>(self.pos).ok_or(Halt::Truncated)?;
         self.pos = stop;
         Ok(bytes)
     }
 
-    /// Like [`Reader::take`], discarding the bytes.
-    pub(super) fn skip(&mut self, n: usize) -> Result<(), Halt> {
-        self.take(n).map(|_| ())
-    }
-
     /// Reads one byte.
-    pub(super) fn u8(&mut self) -> Result<u8, Halt> {
-        match self.take(1)? {
-            [byte] => Ok(*byte),
-            _ => Err(Halt::Truncated),
-        }
+    pub(super) fn u8<I: HelloBytes + ?Sized>(&mut self, input: &I) -> Result<u8, Halt> {
+        let [byte] = self.array::<I, 1>(input)?;
+        Ok(byte)
     }
 
     /// Reads a big-endian (network order) `u16`.
-    pub(super) fn u16(&mut self) -> Result<u16, Halt> {
-        match self.take(2)? {
-            [hi, lo] => Ok(u16::from_be_bytes([*hi, *lo])),
-            _ => Err(Halt::Truncated),
-        }
+    pub(super) fn u16<I: HelloBytes + ?Sized>(&mut self, input: &I) -> Result<u16, Halt> {
+        Ok(u16::from_be_bytes(self.array::<I, 2>(input)?))
     }
 
     /// Reads a big-endian 24-bit length, as handshake headers carry.
-    pub(super) fn u24(&mut self) -> Result<u32, Halt> {
-        match self.take(3)? {
-            [hi, mid, lo] => Ok(u32::from_be_bytes([0, *hi, *mid, *lo])),
-            _ => Err(Halt::Truncated),
-        }
+    pub(super) fn u24<I: HelloBytes + ?Sized>(&mut self, input: &I) -> Result<u32, Halt> {
+        let [hi, mid, lo] = self.array::<I, 3>(input)?;
+        Ok(u32::from_be_bytes([0, hi, mid, lo]))
     }
 
     /// Splits off the next `n` bytes as a field of their own, whose overrun means `overrun`.
@@ -109,17 +166,21 @@ impl<'a> Reader<'a> {
     /// truncated key_share still report the groups whose headers did arrive.
     pub(super) fn split(&mut self, n: usize, overrun: Malformed) -> Result<Self, Halt> {
         let stop = self.checked_stop(n)?;
-        let field = Self::new(self.input, self.pos, stop, overrun);
+        let field = Self::new(self.pos, stop, overrun);
         self.pos = stop;
         Ok(field)
     }
 
     /// `pos + n`, if that stays inside the declared end.
+    ///
+    /// Compares `n` with the bytes left instead of checking `pos + n` for overflow: an overflow
+    /// check the BPF verifier can decide from known ranges makes it track `pos` exactly, and
+    /// then every length seen so far becomes a separate verifier state.
     fn checked_stop(&self, n: usize) -> Result<usize, Halt> {
-        match self.pos.checked_add(n) {
-            Some(stop) if stop <= self.end => Ok(stop),
-            _ => Err(Halt::Malformed(self.overrun)),
+        if n > self.left() {
+            return Err(Halt::Malformed(self.overrun));
         }
+        Ok(self.pos + n)
     }
 }
 
@@ -132,10 +193,10 @@ mod tests {
     #[test]
     fn reads_big_endian_and_advances() {
         let bytes = [1, 2, 3, 4, 5, 6];
-        let mut r = Reader::new(&bytes, 0, bytes.len(), REASON);
-        assert_eq!(r.u8(), Ok(1));
-        assert_eq!(r.u16(), Ok(0x0203));
-        assert_eq!(r.u24(), Ok(0x04_0506));
+        let mut r = Reader::new(0, bytes.len(), REASON);
+        assert_eq!(r.u8(&bytes[..]), Ok(1));
+        assert_eq!(r.u16(&bytes[..]), Ok(0x0203));
+        assert_eq!(r.u24(&bytes[..]), Ok(0x04_0506));
         assert!(r.is_empty());
     }
 
@@ -144,24 +205,27 @@ mod tests {
         // The field declares 3 bytes, 2 arrived: a 4-byte read is the sender's fault even though
         // the input is also short, because the declared end alone proves it.
         let bytes = [1, 2];
-        let mut r = Reader::new(&bytes, 0, 3, REASON);
-        assert_eq!(r.take(4), Err(Halt::Malformed(REASON)));
-        assert_eq!(r.take(3), Err(Halt::Truncated));
+        let mut r = Reader::new(0, 3, REASON);
+        assert_eq!(r.skip(&bytes[..], 4), Err(Halt::Malformed(REASON)));
+        assert_eq!(r.skip(&bytes[..], 3), Err(Halt::Truncated));
         assert_eq!(r.position(), 0, "a failed read must not move the cursor");
     }
 
     #[test]
     fn split_checks_only_the_declared_end() {
         let bytes = [0, 9];
-        let mut r = Reader::new(&bytes, 0, 10, REASON);
+        let mut r = Reader::new(0, 10, REASON);
         let mut inner = r
             .split(8, Malformed::BadKeyShare)
             .expect("8 bytes fit in 10");
         assert_eq!(r.position(), 8);
         assert_eq!(inner.left(), 8);
-        assert_eq!(inner.u16(), Ok(9));
-        assert_eq!(inner.u16(), Err(Halt::Truncated));
-        assert_eq!(inner.skip(7), Err(Halt::Malformed(Malformed::BadKeyShare)));
+        assert_eq!(inner.u16(&bytes[..]), Ok(9));
+        assert_eq!(inner.u16(&bytes[..]), Err(Halt::Truncated));
+        assert_eq!(
+            inner.skip(&bytes[..], 7),
+            Err(Halt::Malformed(Malformed::BadKeyShare))
+        );
         assert_eq!(r.split(3, REASON).map(|_| ()), Err(Halt::Malformed(REASON)));
         assert_eq!(
             r.split(usize::MAX, REASON).map(|_| ()),
