@@ -466,3 +466,35 @@ fn bad_config_and_unreadable_certificates_exit_2_naming_the_problem() {
         "{out:?}"
     );
 }
+
+#[test]
+fn idle_established_connection_is_closed_after_idle_timeout() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let d = start_with(&pki, "", "[upstream]\nidle_timeout = \"300ms\"\n");
+    let config = rustls_client(&pki);
+    let server_name = rustls::pki_types::ServerName::try_from("ecdsa.test").expect("name");
+    let conn = rustls::ClientConnection::new(config, server_name).expect("conn");
+    let tcp = TcpStream::connect(d.addr()).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    let start = Instant::now();
+    // Silent client: the server must end the connection on its own (EOF, possibly without close_notify).
+    let mut buf = [0u8; 64];
+    loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("server did not close an idle connection: {e}"),
+        }
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(250), "closed after {took:?}");
+    assert!(d.terminate().expect("stop").success());
+}

@@ -239,6 +239,10 @@ pub struct UpstreamConfig {
     /// Send a PROXY protocol v2 header first on every upstream connection, carrying the client address, the
     /// SNI (as PP2_TYPE_AUTHORITY) and the negotiated ALPN (PP2_TYPE_ALPN). Default: `false`.
     pub proxy_protocol: bool,
+    /// An established connection on which no byte moves in either direction for this long is closed (as
+    /// nginx's stream `proxy_timeout`). A duration. Default: `"10m"`.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for UpstreamConfig {
@@ -247,6 +251,7 @@ impl Default for UpstreamConfig {
             backends: Vec::new(),
             connect_timeout: Duration::from_secs(3),
             proxy_protocol: false,
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -420,6 +425,12 @@ impl Config {
             return Err(ConfigError::invalid(
                 "tls.ticket_lifetime",
                 "must be greater than zero and at most 7 days (RFC 8446 §4.6.1)",
+            ));
+        }
+        if self.upstream.idle_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "upstream.idle_timeout",
+                "must be greater than zero",
             ));
         }
         if self.upstream.connect_timeout.is_zero() {

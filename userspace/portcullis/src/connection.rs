@@ -27,6 +27,8 @@ pub struct ListenerContext {
     pub handshake_timeout: std::time::Duration,
     /// Send a PROXY v2 header upstream.
     pub proxy_protocol: bool,
+    /// `upstream.idle_timeout`.
+    pub idle_timeout: std::time::Duration,
 }
 
 impl OnMoved for ListenerMetrics {
@@ -125,7 +127,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             return;
         }
     }
-    match relay::relay(&tcp, &mut est.conn, &upstream, m).await {
+    match relay::relay(&tcp, &mut est.conn, &upstream, m, ctx.idle_timeout).await {
         Ok(moved) => {
             tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed")
         }

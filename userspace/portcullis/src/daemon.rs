@@ -176,6 +176,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 metrics: metrics.listener(&config.listener_name(i)),
                 handshake_timeout: config.tls.handshake_timeout,
                 proxy_protocol: config.upstream.proxy_protocol,
+                idle_timeout: config.upstream.idle_timeout,
             })
         })
         .collect();

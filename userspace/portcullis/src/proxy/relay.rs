@@ -7,7 +7,8 @@
 //! rustls still has ciphertext queued for the client.
 //!
 //! Closing: a client close_notify or EOF half-closes the upstream (FIN) and we keep relaying the upstream's
-//! answer; an upstream EOF sends close_notify, flushes, and ends the relay.
+//! answer; an upstream EOF sends close_notify, flushes, and ends the relay. A connection on which nothing moves
+//! for `upstream.idle_timeout` is closed (as nginx's stream `proxy_timeout`).
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
@@ -42,6 +43,9 @@ pub enum RelayError {
     /// The upstream connection failed.
     #[error("upstream: {0}")]
     Upstream(io::Error),
+    /// Nothing moved in either direction for the idle timeout.
+    #[error("idle for {0:?}")]
+    Idle(std::time::Duration),
 }
 
 /// Counts bytes as they move, so long-lived connections show up in metrics before they close.
@@ -58,7 +62,10 @@ pub async fn relay(
     conn: &mut ServerConnection,
     upstream: &TcpStream,
     counters: &dyn OnMoved,
+    idle_timeout: std::time::Duration,
 ) -> Result<Moved, RelayError> {
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
     let mut moved = Moved::default();
     let mut pending: Vec<u8> = Vec::new();
     let mut client_open = true;
@@ -85,7 +92,11 @@ pub async fn relay(
         let write_upstream = !pending.is_empty();
         let read_upstream = upstream_open && flushed;
         let write_client = !flushed;
+        // Every pass through the loop follows an event on one of the sockets: that is activity.
+        idle.as_mut()
+            .reset(tokio::time::Instant::now() + idle_timeout);
         tokio::select! {
+            () = &mut idle => return Err(RelayError::Idle(idle_timeout)),
             r = client.readable(), if read_client => {
                 r.map_err(|e| RelayError::Client(e.to_string()))?;
                 match tls_io::try_read(client, conn) {
