@@ -293,9 +293,12 @@ fn verdict_counts_reads_bpftool_json() {
         {"formatted":{"key":2,"values":[{"cpu":0,"value":0}]}},
         {"formatted":{"key":3,"values":[{"cpu":0,"value":0}]}},
         {"formatted":{"key":4,"values":[{"cpu":0,"value":10}]}},
-        {"formatted":{"key":5,"values":[{"cpu":0,"value":7},{"cpu":1,"value":5}]}}]"#;
+        {"formatted":{"key":5,"values":[{"cpu":0,"value":7},{"cpu":1,"value":5}]}},
+        {"formatted":{"key":6,"values":[{"cpu":0,"value":0}]}},
+        {"formatted":{"key":7,"values":[{"cpu":0,"value":4},{"cpu":1,"value":1}]}}]"#;
     let counts = verdict_counts(json);
     assert_eq!(counts[&Verdict::PassNotIp], 3);
     assert_eq!(counts[&Verdict::PassOtherPort], 10);
     assert_eq!(counts[&Verdict::PassListenerTcp], 12);
+    assert_eq!(counts[&Verdict::DropSynRate], 5);
 }

@@ -3,7 +3,9 @@
 //! # Layout
 //! - [`names`]: program, map and pin names, shared by the BPF crate and the daemon.
 //! - [`verdict`]: the XDP verdict counters, a `#[repr(u32)]` enum indexing a per-CPU array.
-//! - [`xdp_config`]: the `#[repr(C)]` configuration the daemon writes into the XDP config map (listener ports).
+//! - [`xdp_config`]: the `#[repr(C)]` configuration the daemon writes into the XDP config map (listener ports,
+//!   SYN budget, source prefix lengths, enforcement).
+//! - [`limits`]: per-source token buckets and the blocklist key, the map layouts and the arithmetic.
 //! - [`packet`]: the Ethernet/IP/TCP classifier the XDP program runs, unit-tested here on the host.
 //! - `packet_fixtures` (host only: `user` feature or tests): the classifier's fixture table, also run through the
 //!   loaded BPF program by the daemon's privileged test.
@@ -17,6 +19,7 @@
 extern crate alloc;
 
 pub mod client_hello;
+pub mod limits;
 pub mod names;
 pub mod packet;
 #[cfg(any(test, feature = "user"))]

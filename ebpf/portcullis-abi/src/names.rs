@@ -17,8 +17,21 @@ pub const MAP_XDP_VERDICTS: &str = "xdp_verdicts";
 /// Array of one [`crate::xdp_config::XdpConfig`] (the listener TCP ports), written by the daemon before attaching.
 pub const MAP_XDP_CONFIG: &str = "xdp_config";
 
+/// LRU hash of per-source SYN token buckets: [`crate::limits::SourceKey`] -> [`crate::limits::TokenBucket`].
+/// Evicting a bucket only forgets that source's spent budget (fail open).
+pub const MAP_XDP_SYN_BUDGET: &str = "xdp_syn_budget";
+
+/// LPM trie of blocked source prefixes: [`crate::limits::BlockKey`] -> `u8` (1). IPv4 prefixes are stored
+/// IPv4-mapped (`::ffff:a.b.c.d/96+len`), so one trie serves both families.
+pub const MAP_XDP_BLOCK_NET: &str = "xdp_block_net";
+
 /// Every map the daemon opens by name (aya-log's own `AYA_LOGS` ring buffer is not ours and not listed).
-pub const ALL_MAPS: &[&str] = &[MAP_XDP_VERDICTS, MAP_XDP_CONFIG];
+pub const ALL_MAPS: &[&str] = &[
+    MAP_XDP_VERDICTS,
+    MAP_XDP_CONFIG,
+    MAP_XDP_SYN_BUDGET,
+    MAP_XDP_BLOCK_NET,
+];
 
 /// Default directory on the BPF filesystem where the daemon pins its maps, one file per map named as the map.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis";

@@ -6,7 +6,11 @@
 //! Nothing here trusts the packet: every read is checked, and a short read classifies as
 //! [`Verdict::PassMalformed`] instead of failing.
 
-use crate::{verdict::Verdict, xdp_config::XdpConfig};
+use crate::{
+    limits::{ADDR_LEN, v4_mapped},
+    verdict::Verdict,
+    xdp_config::XdpConfig,
+};
 
 /// EtherType of IPv4 (IEEE 802 numbers).
 pub const ETH_P_IP: u16 = 0x0800;
@@ -58,6 +62,9 @@ pub struct Classification {
     pub dst_port: u16,
     /// TCP flags byte (`TCP_FLAG_*`); 0 when the packet is not (readable) TCP.
     pub tcp_flags: u8,
+    /// IP source address, IPv4 sources IPv4-mapped (see [`crate::limits`]); zero when the packet is not
+    /// (readable) TCP.
+    pub src: [u8; ADDR_LEN],
 }
 
 impl Classification {
@@ -67,6 +74,7 @@ impl Classification {
             verdict,
             dst_port: 0,
             tcp_flags: 0,
+            src: [0; ADDR_LEN],
         }
     }
 
@@ -93,7 +101,7 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
         l3 += VLAN_HLEN;
     }
 
-    let l4 = match ether_type {
+    let (l4, src) = match ether_type {
         ETH_P_IP => {
             let Some(ip) = packet.bytes::<IPV4_MIN_HLEN>(l3) else {
                 return Classification::only(Verdict::PassMalformed);
@@ -109,7 +117,7 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
             if ip[9] != IPPROTO_TCP {
                 return Classification::only(Verdict::PassNotTcp);
             }
-            l3 + ihl
+            (l3 + ihl, v4_mapped([ip[12], ip[13], ip[14], ip[15]]))
         }
         ETH_P_IPV6 => {
             let Some(ip) = packet.bytes::<IPV6_HLEN>(l3) else {
@@ -122,7 +130,9 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
             if ip[6] != IPPROTO_TCP {
                 return Classification::only(Verdict::PassNotTcp);
             }
-            l3 + IPV6_HLEN
+            let mut src = [0u8; ADDR_LEN];
+            src.copy_from_slice(&ip[8..24]);
+            (l3 + IPV6_HLEN, src)
         }
         _ => return Classification::only(Verdict::PassNotIp),
     };
@@ -141,6 +151,7 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
         verdict,
         dst_port,
         tcp_flags,
+        src,
     }
 }
 

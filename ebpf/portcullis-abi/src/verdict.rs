@@ -1,8 +1,8 @@
 //! The XDP verdict counters.
 //!
 //! Each packet the XDP program sees gets exactly one [`Verdict`]; its discriminant indexes the per-CPU counter
-//! array [`crate::names::MAP_XDP_VERDICTS`]. The program is a classifier only for now: every verdict passes the
-//! packet on to the kernel stack.
+//! array [`crate::names::MAP_XDP_VERDICTS`]. Verdicts named `Pass*` pass the packet on to the kernel stack,
+//! `Drop*` verdicts drop it (or only count it, when the config's `enforce` is 0).
 
 /// What the XDP program decided about one packet. The discriminant is the counter index in the per-CPU array.
 ///
@@ -23,11 +23,15 @@ pub enum Verdict {
     PassOtherPort = 4,
     /// TCP to one of the listener ports configured in [`crate::xdp_config::XdpConfig`].
     PassListenerTcp = 5,
+    /// TCP to a listener port from a source in the blocklist [`crate::names::MAP_XDP_BLOCK_NET`].
+    DropBlockedSource = 6,
+    /// A SYN to a listener port from a source prefix over its SYN budget (see [`crate::limits`]).
+    DropSynRate = 7,
 }
 
 impl Verdict {
     /// Number of verdicts, and so the number of entries of the counter array.
-    pub const COUNT: usize = 6;
+    pub const COUNT: usize = 8;
 
     /// Every verdict, in counter-index order.
     pub const ALL: [Verdict; Verdict::COUNT] = [
@@ -37,6 +41,8 @@ impl Verdict {
         Verdict::PassMalformed,
         Verdict::PassOtherPort,
         Verdict::PassListenerTcp,
+        Verdict::DropBlockedSource,
+        Verdict::DropSynRate,
     ];
 
     /// The snake_case label of this verdict, used as the `verdict` label value of
@@ -49,6 +55,8 @@ impl Verdict {
             Verdict::PassMalformed => "pass_malformed",
             Verdict::PassOtherPort => "pass_other_port",
             Verdict::PassListenerTcp => "pass_listener_tcp",
+            Verdict::DropBlockedSource => "drop_blocked_source",
+            Verdict::DropSynRate => "drop_syn_rate",
         }
     }
 
@@ -62,8 +70,15 @@ impl Verdict {
             3 => Some(Verdict::PassMalformed),
             4 => Some(Verdict::PassOtherPort),
             5 => Some(Verdict::PassListenerTcp),
+            6 => Some(Verdict::DropBlockedSource),
+            7 => Some(Verdict::DropSynRate),
             _ => None,
         }
+    }
+
+    /// Whether the program drops the packet for this verdict (when enforcing).
+    pub const fn drops(self) -> bool {
+        matches!(self, Verdict::DropBlockedSource | Verdict::DropSynRate)
     }
 
     /// The counter index of this verdict in the per-CPU array.

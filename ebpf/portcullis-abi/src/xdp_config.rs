@@ -13,10 +13,12 @@ pub const MAX_LISTENER_PORTS: usize = 16;
 /// Index of the single entry of the config array map.
 pub const XDP_CONFIG_KEY: u32 = 0;
 
-/// The XDP program's configuration: the set of TCP ports the daemon's listeners own.
+/// The XDP program's configuration: the set of TCP ports the daemon's listeners own and the per-source SYN
+/// budget. Rewritten by the daemon at any time; the program reads it on every packet, so no reload is needed.
 ///
-/// Layout (40 bytes): `ports` at 0, `port_count` at 32, `_pad` at 36. Ports are in host byte order so that
-/// `bpftool map dump` prints them as an operator types them.
+/// Layout (64 bytes): `ports` at 0, `port_count` at 32, `_pad` at 36, `syn_rate` at 40, `syn_burst` at 44,
+/// `v4_prefix_len` at 48, `v6_prefix_len` at 52, `enforce` at 56, `_pad2` at 60. Host byte order throughout
+/// so that `bpftool map dump` prints values as an operator types them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpConfig {
@@ -27,9 +29,22 @@ pub struct XdpConfig {
     pub port_count: u32,
     /// Explicit padding so the struct has no implicit holes; always 0.
     pub _pad: u32,
+    /// SYNs per second each source prefix may send to the listener ports; 0 turns the SYN budget off.
+    pub syn_rate: u32,
+    /// SYNs a source prefix may send at once after being idle (the bucket size); at least 1 when `syn_rate` is
+    /// set (0 is read as 1).
+    pub syn_burst: u32,
+    /// Bits of an IPv4 source that name one budget (32 = per address); larger values are read as 32.
+    pub v4_prefix_len: u32,
+    /// Bits of an IPv6 source that name one budget (64 = per /64, one typical end site); larger read as 128.
+    pub v6_prefix_len: u32,
+    /// 1: `Drop*` verdicts drop the packet. 0: they are counted but the packet passes (a dry run).
+    pub enforce: u32,
+    /// Explicit padding; always 0.
+    pub _pad2: u32,
 }
 
-const _: () = assert!(size_of::<XdpConfig>() == 40);
+const _: () = assert!(size_of::<XdpConfig>() == 64);
 const _: () = assert!(align_of::<XdpConfig>() == 4);
 
 /// Returned by [`XdpConfig::new`] when more listener ports are given than the map value holds.
@@ -53,14 +68,20 @@ impl fmt::Display for TooManyPorts {
 impl core::error::Error for TooManyPorts {}
 
 impl XdpConfig {
-    /// A configuration that classifies no port as a listener port.
+    /// A configuration that classifies no port as a listener port (and, if it did, would limit nothing).
     pub const EMPTY: XdpConfig = XdpConfig {
         ports: [0; MAX_LISTENER_PORTS],
         port_count: 0,
         _pad: 0,
+        syn_rate: 0,
+        syn_burst: 0,
+        v4_prefix_len: 32,
+        v6_prefix_len: 64,
+        enforce: 1,
+        _pad2: 0,
     };
 
-    /// Builds the configuration for these listener ports. Duplicates are dropped (two listeners on different
+    /// Builds the configuration for these listener ports, with no SYN budget and enforcement on. Duplicates are dropped (two listeners on different
     /// addresses often share a port). Port 0 is not a port a packet can be addressed to and is dropped too.
     ///
     /// # Errors

@@ -1,10 +1,12 @@
 //! The BPF programs of portcullis.
 //!
 //! # Layout
-//! - [`portcullis_xdp`]: the XDP classifier. It runs the ABI crate's [`classify`] (the same code the host unit
-//!   tests), counts the verdict in the per-CPU array [`XDP_VERDICTS`], and passes every packet: it observes, it
-//!   does not filter yet.
-//! - [`XDP_CONFIG`]: the listener ports, written by the daemon before it attaches the program.
+//! - [`portcullis_xdp`]: the XDP guard. It runs the ABI crate's [`classify`] (the same code the host unit
+//!   tests); for TCP to a listener port it drops sources in the blocklist [`XDP_BLOCK_NET`] and SYNs over their
+//!   source's budget in [`XDP_SYN_BUDGET`]; it counts the verdict in the per-CPU array [`XDP_VERDICTS`] and
+//!   passes everything else.
+//! - [`XDP_CONFIG`]: the listener ports and limits, written by the daemon (before attaching, and whenever they
+//!   change).
 //!
 //! Built only by `cargo xtask build` (Debian rustc, `-Z build-std=core`, `bpfel-unknown-none`). On the host this
 //! crate still type-checks (so `cargo check --workspace` and clippy cover it) and links to an empty `main`.
@@ -12,13 +14,15 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, PerCpuArray},
+    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use portcullis_abi::{
-    packet::{PacketBytes, classify},
+    limits::{ADDR_LEN, SYN_COST_MILLI, SourceKey, TokenBucket, source_key},
+    packet::{Classification, PacketBytes, classify},
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
@@ -34,20 +38,106 @@ static XDP_VERDICTS: PerCpuArray<u64, { Verdict::COUNT }> = PerCpuArray::new();
 #[btf_map(name = "xdp_config")]
 static XDP_CONFIG: Array<XdpConfig, 1> = Array::new();
 
-/// The XDP entry point; its name must match `portcullis_abi::names::PROG_XDP`. Always `XDP_PASS`.
+/// Per-source SYN token buckets; the name must match `portcullis_abi::names::MAP_XDP_SYN_BUDGET`. LRU: under a
+/// spoofed-source flood the oldest buckets are evicted, which only forgets budget already spent (fail open).
+#[btf_map(name = "xdp_syn_budget")]
+static XDP_SYN_BUDGET: LruHashMap<SourceKey, TokenBucket, 65536> = LruHashMap::new();
+
+/// Blocked source prefixes (IPv4-mapped for IPv4), value 1; the name must match
+/// `portcullis_abi::names::MAP_XDP_BLOCK_NET`. Written by `portcullis xdp block add|del`.
+#[btf_map(name = "xdp_block_net")]
+static XDP_BLOCK_NET: LpmTrie<[u8; ADDR_LEN], u8, 16384> = LpmTrie::new();
+
+/// The XDP entry point; its name must match `portcullis_abi::names::PROG_XDP`. Returns `XDP_DROP` for `Drop*`
+/// verdicts when the config enforces, `XDP_PASS` otherwise.
 #[xdp]
 pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     let packet = Packet(&ctx);
     let config = XDP_CONFIG.get(XDP_CONFIG_KEY).unwrap_or(&XdpConfig::EMPTY);
     let classification = classify(&packet, config);
-    count(classification.verdict);
-    // One line per new connection to a listener, at debug: the daemon sets AYA_LOG_LEVEL from its tracing
-    // filter, so this costs a global load and a branch unless debug logging is on.
-    if classification.verdict == Verdict::PassListenerTcp && classification.is_syn() {
+    let verdict = if classification.verdict == Verdict::PassListenerTcp {
+        guard(&classification, config)
+    } else {
+        classification.verdict
+    };
+    count(verdict);
+    if verdict.drops() {
+        // Sampled: one line per 64 drops on a CPU, at debug, so a flood cannot flood the log ring too.
+        if sample_drop() {
+            debug!(
+                &ctx,
+                "XDP drop ({}) to port {}", verdict as u32, classification.dst_port
+            );
+        }
+        if config.enforce != 0 {
+            return xdp_action::XDP_DROP;
+        }
+    } else if verdict == Verdict::PassListenerTcp && classification.is_syn() {
+        // One line per new connection to a listener, at debug: the daemon sets AYA_LOG_LEVEL from its tracing
+        // filter, so this costs a global load and a branch unless debug logging is on.
         debug!(&ctx, "SYN to listener port {}", classification.dst_port);
     }
     xdp_action::XDP_PASS
 }
+
+/// The verdict for TCP to a listener port: blocked source, SYN over budget, or pass.
+#[inline(always)]
+fn guard(packet: &Classification, config: &XdpConfig) -> Verdict {
+    let key = Key::new(128, packet.src);
+    if XDP_BLOCK_NET.get(&key).is_some() {
+        return Verdict::DropBlockedSource;
+    }
+    if packet.is_syn() && config.syn_rate != 0 && !syn_within_budget(packet, config) {
+        return Verdict::DropSynRate;
+    }
+    Verdict::PassListenerTcp
+}
+
+/// Spends one SYN from the source's bucket, creating a full one for a new source.
+#[inline(always)]
+fn syn_within_budget(packet: &Classification, config: &XdpConfig) -> bool {
+    let key = source_key(&packet.src, config.v4_prefix_len, config.v6_prefix_len);
+    let burst = if config.syn_burst == 0 {
+        1
+    } else {
+        config.syn_burst
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match XDP_SYN_BUDGET.get_ptr_mut(&key) {
+        Some(bucket) => {
+            // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token
+            // (see `TokenBucket`), never make the value invalid (plain integers).
+            unsafe { (*bucket).take(now, config.syn_rate, burst, SYN_COST_MILLI) }
+        }
+        None => {
+            let mut bucket = TokenBucket::full(burst, now);
+            let allowed = bucket.take(now, config.syn_rate, burst, SYN_COST_MILLI);
+            // A failed insert (map full of concurrent inserts) only forgets this SYN: fail open.
+            let _ = XDP_SYN_BUDGET.insert(&key, &bucket, 0);
+            allowed
+        }
+    }
+}
+
+/// Whether this drop is the one in 64 on this CPU that gets a log line.
+#[inline(always)]
+fn sample_drop() -> bool {
+    match XDP_DROP_SAMPLE.get_ptr_mut(0) {
+        Some(n) => {
+            // SAFETY: this CPU's slot of a per-CPU array; XDP runs are not preempted on a CPU.
+            unsafe {
+                *n = (*n).wrapping_add(1);
+                *n % 64 == 1
+            }
+        }
+        None => false,
+    }
+}
+
+/// Per-CPU drop counter for log sampling only (not exported).
+#[btf_map(name = "xdp_drop_sample")]
+static XDP_DROP_SAMPLE: PerCpuArray<u64, 1> = PerCpuArray::new();
 
 /// Adds one to this CPU's counter of `verdict`.
 #[inline(always)]

@@ -314,6 +314,19 @@ pub struct XdpConfig {
     /// Directory on bpffs where maps are pinned (inspect with `bpftool map dump pinned DIR/NAME`).
     /// Default: `/sys/fs/bpf/portcullis`.
     pub pin_dir: PathBuf,
+    /// SYNs per second each source prefix may send to the listener ports; over budget they are dropped in
+    /// XDP (`portcullis_xdp_packets_total{verdict="drop_syn_rate"}`). 0 turns the budget off. Default: 0.
+    pub syn_rate: u32,
+    /// SYNs a source prefix may send at once after being idle (the token bucket size), at least 1.
+    /// Default: 100.
+    pub syn_burst: u32,
+    /// Bits of an IPv4 source address that share one budget, 0 to 32. Default: 32 (per address).
+    pub source_prefix_v4: u8,
+    /// Bits of an IPv6 source address that share one budget, 0 to 128. Default: 64 (per /64).
+    pub source_prefix_v6: u8,
+    /// `true`: drop what the guard rejects. `false`: only count it (dry run; the drop verdicts still move).
+    /// Default: `true`.
+    pub enforce: bool,
 }
 
 impl Default for XdpConfig {
@@ -322,6 +335,11 @@ impl Default for XdpConfig {
             interfaces: Vec::new(),
             mode: XdpAttachMode::Auto,
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            syn_rate: 0,
+            syn_burst: 100,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
+            enforce: true,
         }
     }
 }
@@ -456,6 +474,21 @@ impl Config {
                     "an interface name is 1 to 15 bytes",
                 ));
             }
+        }
+        if self.xdp.syn_burst == 0 {
+            return Err(ConfigError::invalid("xdp.syn_burst", "must be at least 1"));
+        }
+        if self.xdp.source_prefix_v4 > 32 {
+            return Err(ConfigError::invalid(
+                "xdp.source_prefix_v4",
+                "must be 0 to 32",
+            ));
+        }
+        if self.xdp.source_prefix_v6 > 128 {
+            return Err(ConfigError::invalid(
+                "xdp.source_prefix_v6",
+                "must be 0 to 128",
+            ));
         }
         if let Err((field, reason)) = self.engine.validate() {
             return Err(ConfigError::invalid(field, reason));

@@ -112,6 +112,11 @@ pub fn run(config: Config) -> Result<(), RunError> {
             },
             ports,
             pin_dir: config.xdp.pin_dir.clone(),
+            syn_rate: config.xdp.syn_rate,
+            syn_burst: config.xdp.syn_burst,
+            source_prefix_v4: config.xdp.source_prefix_v4,
+            source_prefix_v6: config.xdp.source_prefix_v6,
+            enforce: config.xdp.enforce,
         };
         Some(xdp::XdpGuard::start(&settings).context("cannot start the XDP handshake guard")?)
     };

@@ -7,7 +7,7 @@ use aya::{
     programs::Xdp,
 };
 use portcullis_abi::{
-    names::{MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP},
+    names::{MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP},
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
 
@@ -52,7 +52,13 @@ impl XdpGuard {
                 "[xdp] interfaces is empty; name at least one interface or remove the [xdp] section"
             );
         }
-        let config = XdpConfig::new(&settings.ports).context("invalid listener ports for XDP")?;
+        let mut config =
+            XdpConfig::new(&settings.ports).context("invalid listener ports for XDP")?;
+        config.syn_rate = settings.syn_rate;
+        config.syn_burst = settings.syn_burst;
+        config.v4_prefix_len = u32::from(settings.source_prefix_v4);
+        config.v6_prefix_len = u32::from(settings.source_prefix_v6);
+        config.enforce = u32::from(settings.enforce);
         let object = object::embedded()?;
 
         let log_level = bpf_log_level();
@@ -99,7 +105,12 @@ impl XdpGuard {
         }
 
         running.pins.prepare_dir(&settings.pin_dir)?;
-        for name in [MAP_XDP_VERDICTS, MAP_XDP_CONFIG] {
+        for name in [
+            MAP_XDP_VERDICTS,
+            MAP_XDP_CONFIG,
+            MAP_XDP_SYN_BUDGET,
+            MAP_XDP_BLOCK_NET,
+        ] {
             let map = ebpf
                 .map(name)
                 .with_context(|| format!("the BPF object has no map `{name}`"))?;
@@ -118,7 +129,10 @@ impl XdpGuard {
             ports = ?config.listener_ports(),
             pin_dir = %settings.pin_dir.display(),
             pins = ?running.pins.files(),
-            "XDP classifier running"
+            syn_rate = config.syn_rate,
+            syn_burst = config.syn_burst,
+            enforce = settings.enforce,
+            "XDP handshake guard running"
         );
         Ok(XdpGuard { counters, running })
     }

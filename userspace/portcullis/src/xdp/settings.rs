@@ -36,6 +36,16 @@ pub struct XdpSettings {
     /// TCP ports the daemon listens on (resolved, never 0): packets to them count as `pass_listener_tcp`.
     /// At most [`portcullis_abi::xdp_config::MAX_LISTENER_PORTS`] distinct ports.
     pub ports: Vec<u16>,
+    /// SYNs per second each source prefix may send to the listener ports; 0 = no SYN budget.
+    pub syn_rate: u32,
+    /// SYNs a source prefix may send at once (bucket size, at least 1).
+    pub syn_burst: u32,
+    /// Bits of an IPv4 source that share one budget (0..=32).
+    pub source_prefix_v4: u8,
+    /// Bits of an IPv6 source that share one budget (0..=128).
+    pub source_prefix_v6: u8,
+    /// Drop what the guard rejects (true) or only count it (false, a dry run).
+    pub enforce: bool,
     /// Directory on the BPF filesystem where the maps are pinned, one file per map named as the map (default
     /// [`portcullis_abi::names::DEFAULT_PIN_DIR`]). Created if missing.
     pub pin_dir: PathBuf,

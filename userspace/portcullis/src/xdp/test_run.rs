@@ -6,25 +6,28 @@
 //! saying why, except under `CI=true`, where a skip is a failure.
 
 use aya::{
-    EbpfLoader,
-    maps::{Array, MapData, PerCpuArray},
+    Ebpf, EbpfLoader,
+    maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use portcullis_abi::{
-    names::{MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP},
-    packet::ETH_HLEN,
-    packet_fixtures::{FIXTURE_LISTENER_PORTS, fixtures},
+    limits::block_entry,
+    names::{MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP},
+    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, TCP_FLAG_ACK, TCP_FLAG_SYN},
+    packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, fixtures, frame, ipv4, ipv6, tcp},
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
 
 use super::object;
 
-/// `XDP_PASS`, the only action the program returns for now.
+/// `XDP_DROP`.
+const XDP_DROP: u32 = 1;
+/// `XDP_PASS`.
 const XDP_PASS: u32 = 2;
 
-#[test]
-fn bpf_program_agrees_with_the_fixture_table() {
+/// Why a privileged test cannot run here, or `None`; panics instead of skipping under `CI=true`.
+fn skip_reason(test: &str) -> Option<&'static str> {
     let why = if !nix::unistd::Uid::effective().is_root() {
         Some("needs root (CAP_BPF) to load the BPF object")
     } else if object::embedded().is_err() {
@@ -34,34 +37,219 @@ fn bpf_program_agrees_with_the_fixture_table() {
     };
     if let Some(why) = why {
         let ci = std::env::var("CI").as_deref() == Ok("true");
-        assert!(
-            !ci,
-            "bpf_program_agrees_with_the_fixture_table {why}; CI=true forbids skipping"
-        );
-        eprintln!("SKIP: bpf_program_agrees_with_the_fixture_table {why}");
-        return;
+        assert!(!ci, "{test} {why}; CI=true forbids skipping");
+        eprintln!("SKIP: {test} {why}");
     }
+    why
+}
 
-    let object = object::embedded().expect("checked above");
+/// The embedded object loaded with `config`, its verdict counters taken out, its program verified.
+fn load(config: XdpConfig) -> (Ebpf, PerCpuArray<MapData, u64>) {
+    let object = object::embedded().expect("checked by skip_reason");
     let mut ebpf = EbpfLoader::new()
         .load(object)
         .expect("load the embedded object");
-    let config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
-    Array::<_, XdpConfig>::try_from(ebpf.map_mut(MAP_XDP_CONFIG).expect("config map"))
-        .expect("config map type")
-        .set(XDP_CONFIG_KEY, config, 0)
-        .expect("write config");
+    write_config(&mut ebpf, config);
     let counters: PerCpuArray<MapData, u64> = ebpf
         .take_map(MAP_XDP_VERDICTS)
         .expect("verdict map")
         .try_into()
         .expect("verdict map type");
-    let program: &mut Xdp = ebpf
-        .program_mut(PROG_XDP)
+    program(&mut ebpf)
+        .load()
+        .expect("the verifier accepts the program");
+    (ebpf, counters)
+}
+
+fn write_config(ebpf: &mut Ebpf, config: XdpConfig) {
+    Array::<_, XdpConfig>::try_from(ebpf.map_mut(MAP_XDP_CONFIG).expect("config map"))
+        .expect("config map type")
+        .set(XDP_CONFIG_KEY, config, 0)
+        .expect("write config");
+}
+
+fn program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(PROG_XDP)
         .expect("program")
         .try_into()
-        .expect("XDP program");
-    program.load().expect("the verifier accepts the program");
+        .expect("XDP program")
+}
+
+/// Runs `frame` once; returns the XDP action and the verdict whose counter moved.
+fn run(ebpf: &mut Ebpf, counters: &PerCpuArray<MapData, u64>, frame: &[u8]) -> (u32, Verdict) {
+    let totals = || -> Vec<u64> {
+        Verdict::ALL
+            .iter()
+            .map(|v| {
+                counters
+                    .get(&v.index(), 0)
+                    .expect("read counter")
+                    .iter()
+                    .sum()
+            })
+            .collect()
+    };
+    let before = totals();
+    let mut options = TestRunOptions::new();
+    options.data_in = Some(frame);
+    let result = program(ebpf).test_run(options).expect("BPF_PROG_TEST_RUN");
+    let after = totals();
+    let moved: Vec<Verdict> = Verdict::ALL
+        .into_iter()
+        .filter(|v| after[v.index() as usize] != before[v.index() as usize])
+        .collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one counter moves per packet: {moved:?}"
+    );
+    (result.return_value, moved[0])
+}
+
+/// An IPv4 TCP frame to the listener from `src` with `flags`.
+fn v4_from(src: [u8; 4], flags: u8) -> Vec<u8> {
+    let mut ip = ipv4(6, 5, 0);
+    ip[12..16].copy_from_slice(&src);
+    frame(&[], ETH_P_IP, &ip, &tcp(LISTENER, flags))
+}
+
+#[test]
+fn syn_budget_limits_one_source_and_not_the_others() {
+    if skip_reason("syn_budget_limits_one_source_and_not_the_others").is_some() {
+        return;
+    }
+    let mut config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
+    // 1 SYN/s with a burst of 2: the test runs in milliseconds, so the third SYN finds the bucket empty.
+    config.syn_rate = 1;
+    config.syn_burst = 2;
+    let (mut ebpf, counters) = load(config);
+    let flood = v4_from([10, 0, 0, 1], TCP_FLAG_SYN);
+    assert_eq!(
+        run(&mut ebpf, &counters, &flood),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &flood),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &flood),
+        (XDP_DROP, Verdict::DropSynRate)
+    );
+    let ack = v4_from([10, 0, 0, 1], TCP_FLAG_ACK);
+    assert_eq!(
+        run(&mut ebpf, &counters, &ack),
+        (XDP_PASS, Verdict::PassListenerTcp),
+        "only SYNs are budgeted"
+    );
+    let other = v4_from([10, 0, 0, 2], TCP_FLAG_SYN);
+    assert_eq!(
+        run(&mut ebpf, &counters, &other),
+        (XDP_PASS, Verdict::PassListenerTcp),
+        "another /32"
+    );
+
+    // Per /24: the neighbour now shares 10.0.0.1's empty bucket. No reload: the program reads the config map.
+    config.v4_prefix_len = 24;
+    write_config(&mut ebpf, config);
+    let neighbour = v4_from([10, 0, 0, 3], TCP_FLAG_SYN);
+    assert_eq!(
+        run(&mut ebpf, &counters, &neighbour),
+        (XDP_PASS, Verdict::PassListenerTcp),
+        "new /24 bucket"
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &neighbour),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &other),
+        (XDP_DROP, Verdict::DropSynRate),
+        "same /24"
+    );
+
+    // Dry run: counted as a drop, passed.
+    config.enforce = 0;
+    write_config(&mut ebpf, config);
+    assert_eq!(
+        run(&mut ebpf, &counters, &other),
+        (XDP_PASS, Verdict::DropSynRate)
+    );
+}
+
+#[test]
+fn blocked_prefixes_drop_until_removed() {
+    if skip_reason("blocked_prefixes_drop_until_removed").is_some() {
+        return;
+    }
+    let config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
+    let (mut ebpf, counters) = load(config);
+    let syn = v4_from([10, 0, 0, 1], TCP_FLAG_SYN);
+    let ack = v4_from([10, 0, 0, 1], TCP_FLAG_ACK);
+    let outside = v4_from([10, 0, 1, 1], TCP_FLAG_SYN);
+    let mut v6_ip = ipv6(6);
+    v6_ip[8..24].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1]);
+    let v6 = frame(&[], ETH_P_IPV6, &v6_ip, &tcp(LISTENER, TCP_FLAG_SYN));
+    let other_port = frame(&[], ETH_P_IP, &ipv4(6, 5, 0), &tcp(22, TCP_FLAG_SYN));
+
+    let entries = [
+        block_entry("10.0.0.0".parse().expect("address"), 24).expect("valid /24"),
+        block_entry("2001:db8:0:7::".parse().expect("address"), 64).expect("valid /64"),
+    ];
+    let set = |ebpf: &mut Ebpf, add: bool| {
+        let mut trie: LpmTrie<_, [u8; 16], u8> =
+            LpmTrie::try_from(ebpf.map_mut(MAP_XDP_BLOCK_NET).expect("block map"))
+                .expect("LPM trie");
+        for (bits, addr) in entries {
+            let key = Key::new(bits, addr);
+            if add {
+                trie.insert(&key, 1, 0).expect("insert");
+            } else {
+                trie.remove(&key).expect("remove");
+            }
+        }
+    };
+    set(&mut ebpf, true);
+    assert_eq!(
+        run(&mut ebpf, &counters, &syn),
+        (XDP_DROP, Verdict::DropBlockedSource)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &ack),
+        (XDP_DROP, Verdict::DropBlockedSource)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &v6),
+        (XDP_DROP, Verdict::DropBlockedSource)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &outside),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &other_port),
+        (XDP_PASS, Verdict::PassOtherPort),
+        "listener ports only"
+    );
+    set(&mut ebpf, false);
+    assert_eq!(
+        run(&mut ebpf, &counters, &syn),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &v6),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+}
+
+#[test]
+fn bpf_program_agrees_with_the_fixture_table() {
+    if skip_reason("bpf_program_agrees_with_the_fixture_table").is_some() {
+        return;
+    }
+    let config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
+    let (mut ebpf, counters) = load(config);
+    let program = program(&mut ebpf);
 
     let totals = || -> Vec<u64> {
         Verdict::ALL

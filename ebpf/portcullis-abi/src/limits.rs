@@ -1,0 +1,269 @@
+//! Per-source budgets and the source blocklist: the map key and value layouts and the arithmetic, shared by the
+//! XDP program and the daemon's CLI, and unit-tested here.
+//!
+//! Addresses are 16 bytes everywhere: IPv4 sources are IPv4-mapped (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2), so one
+//! LRU hash and one LPM trie serve both families.
+
+use core::net::IpAddr;
+
+/// Length of an address in keys: IPv6, or IPv4-mapped IPv6.
+pub const ADDR_LEN: usize = 16;
+
+/// Prefix length, in bits, of the `::ffff:0:0/96` IPv4-mapped range.
+pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
+
+/// Longest time a bucket refills for at once, in nanoseconds (10 s): bounds the refill arithmetic, and a bucket
+/// idle that long is full anyway for any burst of at most 10 s worth of rate.
+pub const MAX_REFILL_NS: u64 = 10_000_000_000;
+
+/// Cost of one SYN, in thousandths of a token.
+pub const SYN_COST_MILLI: u64 = 1000;
+
+/// Key of [`crate::names::MAP_XDP_SYN_BUDGET`]: the source address masked to the configured prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// IPv6 or IPv4-mapped address, host bits beyond the prefix zeroed.
+    pub addr: [u8; ADDR_LEN],
+}
+
+const _: () = assert!(size_of::<SourceKey>() == 16);
+
+/// Value of [`crate::names::MAP_XDP_SYN_BUDGET`]: one token bucket.
+///
+/// Layout (16 bytes): `tokens_milli` at 0, `last_ns` at 8. Updated without atomics from whichever CPU sees the
+/// source's packet: two CPUs racing on one source can each spend the same token, so a source may exceed its
+/// budget by at most one token per CPU per race. That is the price of a lock-free hot path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenBucket {
+    /// Tokens left, in thousandths of a token.
+    pub tokens_milli: u64,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last refill, in nanoseconds.
+    pub last_ns: u64,
+}
+
+const _: () = assert!(size_of::<TokenBucket>() == 16);
+
+impl TokenBucket {
+    /// A full bucket of `burst` tokens at time `now_ns`.
+    pub const fn full(burst: u32, now_ns: u64) -> TokenBucket {
+        TokenBucket {
+            tokens_milli: burst as u64 * 1000,
+            last_ns: now_ns,
+        }
+    }
+
+    /// Refills at `rate_per_sec` tokens per second up to `burst` tokens, then spends `cost_milli` thousandths of
+    /// a token if that many are left. Returns whether they were. A clock that went backwards refills nothing.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64, rate_per_sec: u32, burst: u32, cost_milli: u64) -> bool {
+        let mut elapsed = now_ns.saturating_sub(self.last_ns);
+        if elapsed > MAX_REFILL_NS {
+            elapsed = MAX_REFILL_NS;
+        }
+        // elapsed/1000 <= 10^7 and rate < 2^32, so the product stays below 2^56: no overflow.
+        let refill = elapsed / 1000 * rate_per_sec as u64 / 1000;
+        let cap = burst as u64 * 1000;
+        let mut tokens = self.tokens_milli.saturating_add(refill);
+        if tokens > cap {
+            tokens = cap;
+        }
+        self.last_ns = now_ns;
+        if tokens >= cost_milli {
+            self.tokens_milli = tokens - cost_milli;
+            true
+        } else {
+            self.tokens_milli = tokens;
+            false
+        }
+    }
+}
+
+/// Whether `addr` is IPv4-mapped (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub fn is_v4_mapped(addr: &[u8; ADDR_LEN]) -> bool {
+    addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
+}
+
+/// An IPv4 address as the IPv4-mapped 16 bytes used in keys.
+#[inline(always)]
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; ADDR_LEN] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// Zeroes every bit of `addr` after the first `bits` (clamped to 128).
+///
+/// A fixed 16-step loop with constant indices, so the BPF verifier sees no variable offset.
+#[inline(always)]
+pub fn mask(addr: &mut [u8; ADDR_LEN], bits: u32) {
+    let mut i = 0;
+    while i < ADDR_LEN {
+        let first_bit = (i * 8) as u32;
+        if bits <= first_bit {
+            addr[i] = 0;
+        } else if bits < first_bit + 8 {
+            addr[i] &= 0xffu8 << (8 - (bits - first_bit));
+        }
+        i += 1;
+    }
+}
+
+/// The budget key of source `src` (IPv6 or IPv4-mapped): IPv4 sources masked to `v4_prefix_len` bits (0..=32),
+/// IPv6 ones to `v6_prefix_len` bits (0..=128); larger values are clamped.
+#[inline(always)]
+pub fn source_key(src: &[u8; ADDR_LEN], v4_prefix_len: u32, v6_prefix_len: u32) -> SourceKey {
+    let mut addr = *src;
+    let bits = if is_v4_mapped(src) {
+        V4_MAPPED_PREFIX_BITS
+            + if v4_prefix_len > 32 {
+                32
+            } else {
+                v4_prefix_len
+            }
+    } else if v6_prefix_len > 128 {
+        128
+    } else {
+        v6_prefix_len
+    };
+    mask(&mut addr, bits);
+    SourceKey { addr }
+}
+
+/// Returned by [`block_entry`] for a prefix length longer than the address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadPrefixLen {
+    /// The prefix length given.
+    pub prefix_len: u8,
+    /// The longest allowed for this family (32 or 128).
+    pub max: u8,
+}
+
+impl core::fmt::Display for BadPrefixLen {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "prefix length /{} is longer than the address (at most /{})",
+            self.prefix_len, self.max
+        )
+    }
+}
+
+impl core::error::Error for BadPrefixLen {}
+
+/// The LPM trie entry `(prefix_len in bits, 16 address bytes)` for the network `net/prefix_len`, host bits
+/// zeroed; IPv4 networks become IPv4-mapped with 96 added to the length.
+///
+/// # Errors
+/// [`BadPrefixLen`] when `prefix_len` exceeds 32 (IPv4) or 128 (IPv6).
+pub fn block_entry(net: IpAddr, prefix_len: u8) -> Result<(u32, [u8; ADDR_LEN]), BadPrefixLen> {
+    let (mut addr, bits, max) = match net {
+        IpAddr::V4(v4) => (
+            v4_mapped(v4.octets()),
+            V4_MAPPED_PREFIX_BITS + u32::from(prefix_len),
+            32,
+        ),
+        IpAddr::V6(v6) => (v6.octets(), u32::from(prefix_len), 128),
+    };
+    if prefix_len > max {
+        return Err(BadPrefixLen { prefix_len, max });
+    }
+    mask(&mut addr, bits);
+    Ok((bits, addr))
+}
+
+/// The network of an LPM trie entry made by [`block_entry`], as `(address, prefix length)` in its own family.
+pub fn block_network(prefix_bits: u32, addr: [u8; ADDR_LEN]) -> (IpAddr, u8) {
+    if is_v4_mapped(&addr) && prefix_bits >= V4_MAPPED_PREFIX_BITS {
+        let v4 = [addr[12], addr[13], addr[14], addr[15]];
+        let len = (prefix_bits - V4_MAPPED_PREFIX_BITS).min(32) as u8;
+        (IpAddr::from(v4), len)
+    } else {
+        (IpAddr::from(addr), prefix_bits.min(128) as u8)
+    }
+}
+
+// SAFETY: `#[repr(C)]`, `Copy`, integers only with no padding (sizes asserted above): every bit pattern is valid.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SourceKey {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for TokenBucket {}
+
+#[cfg(test)]
+mod tests {
+    use core::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn bucket_spends_the_burst_then_refills_at_the_rate() {
+        let mut b = TokenBucket::full(3, 0);
+        assert!((0..3).all(|_| b.take(0, 10, 3, SYN_COST_MILLI)));
+        assert!(!b.take(0, 10, 3, SYN_COST_MILLI), "burst spent");
+        assert!(
+            !b.take(S / 20, 10, 3, SYN_COST_MILLI),
+            "half a token after 50 ms at 10/s"
+        );
+        assert!(
+            b.take(S / 10, 10, 3, SYN_COST_MILLI),
+            "one token after 100 ms at 10/s"
+        );
+        assert!(b.take(100 * S, 10, 3, SYN_COST_MILLI));
+        assert_eq!(b.tokens_milli, 2000, "refill stops at the burst");
+    }
+
+    #[test]
+    fn bucket_survives_a_clock_going_backwards_and_huge_rates() {
+        let mut b = TokenBucket::full(1, 5 * S);
+        assert!(b.take(S, u32::MAX, 1, SYN_COST_MILLI));
+        assert!(!b.take(S, u32::MAX, 1, SYN_COST_MILLI));
+        assert!(b.take(u64::MAX, u32::MAX, u32::MAX, SYN_COST_MILLI));
+    }
+
+    #[test]
+    fn source_keys_mask_to_the_prefix() {
+        let v4 = v4_mapped([192, 0, 2, 77]);
+        assert_eq!(source_key(&v4, 32, 64).addr, v4);
+        assert_eq!(source_key(&v4, 24, 64).addr, v4_mapped([192, 0, 2, 0]));
+        assert_eq!(source_key(&v4, 0, 64).addr, v4_mapped([0, 0, 0, 0]));
+        assert_eq!(source_key(&v4, 99, 64).addr, v4, "clamped to /32");
+        let v6 = Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 3, 4, 5, 6).octets();
+        assert_eq!(
+            source_key(&v6, 32, 64).addr,
+            Ipv6Addr::new(0x2001, 0xdb8, 1, 2, 0, 0, 0, 0).octets()
+        );
+        assert_eq!(
+            source_key(&v6, 32, 60).addr,
+            Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0).octets()
+        );
+    }
+
+    #[test]
+    fn block_entries_round_trip() {
+        let (bits, addr) = block_entry(Ipv4Addr::new(10, 1, 2, 3).into(), 16).expect("valid /16");
+        assert_eq!(bits, 112);
+        assert_eq!(addr, v4_mapped([10, 1, 0, 0]));
+        assert_eq!(
+            block_network(bits, addr),
+            (Ipv4Addr::new(10, 1, 0, 0).into(), 16)
+        );
+        let v6: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).into();
+        let (bits, addr) = block_entry(v6, 48).expect("valid /48");
+        assert_eq!(
+            block_network(bits, addr),
+            (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0).into(), 48)
+        );
+        assert_eq!(
+            block_entry(Ipv4Addr::LOCALHOST.into(), 33),
+            Err(BadPrefixLen {
+                prefix_len: 33,
+                max: 32
+            })
+        );
+    }
+}
