@@ -8,6 +8,8 @@
 //! # Layout
 //! - [`handshakes`]: `bench handshakes`, the CPU-per-handshake table with the three ratios, JSON and SVG.
 //! - [`storm`]: `bench storm`, steady -> 5x storm -> recovery against each server under a CPU quota.
+//! - [`fleet`]: `bench fleet`, three portcullis instances, cross-instance resumption through a rolling restart
+//!   and a key rotation, `fleet` vs `per-process` tickets; session cache cost beside rustls'.
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
@@ -19,6 +21,7 @@
 
 mod certs;
 mod cgroup;
+mod fleet;
 mod handshakes;
 mod load;
 mod procstat;
@@ -45,6 +48,10 @@ pub enum Bench {
     /// Steady load at 50% capacity -> open-loop storm at 5x -> recovery, per server under a CPU quota;
     /// summary (goodput, p99 during the storm, time to recover) and a chart per server.
     Storm(Common),
+    /// Three portcullis instances, clients resuming round robin across them through a rolling restart and a
+    /// key rotation, with `fleet` and with `per-process` tickets: cross-instance resumption rate and p99 per
+    /// second; session cache take/put cost at 256, 4,096, 65,536 entries beside rustls' cache.
+    Fleet(Common),
 }
 
 /// Options every benchmark takes.
@@ -84,6 +91,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
     let (common, run): (&Common, fn(&Ctx) -> Result<()>) = match &what {
         Bench::Handshakes(c) => (c, handshakes::run),
         Bench::Storm(c) => (c, storm::run),
+        Bench::Fleet(c) => (c, fleet::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;
