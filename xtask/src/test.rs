@@ -69,7 +69,10 @@ fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsStrin
     let mut cmd = build::host_cargo(ws, object)?;
     cmd.env(DAEMON_BIN_VAR, daemon)
         // tests/fleet.rs drives the load generator built next to the daemon.
-        .env("PORTCULLIS_LOAD_BIN", daemon.with_file_name("portcullis-load"))
+        .env(
+            "PORTCULLIS_LOAD_BIN",
+            daemon.with_file_name("portcullis-load"),
+        )
         .args([
             "test",
             "--no-fail-fast",
