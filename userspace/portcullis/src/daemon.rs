@@ -230,7 +230,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let watcher = tokio::spawn(shutdown::watch_signals(phase_tx.clone(), drain_timeout));
         let mut phase = phase_rx.clone();
         // With fleet tickets, not ready until a valid key set is loaded (or a signal stops us first).
-        if let Some(mut loaded) = tickets.keys_loaded() {
+        if let Some(mut loaded) = tickets.keys_loaded()
+            && !*loaded.borrow()
+        {
             tracing::info!(listeners = %listen_list, metrics = %metrics_addr, "waiting for a valid ticket key set before announcing readiness");
             tokio::select! {
                 _ = loaded.wait_for(|l| *l) => {}
