@@ -1,4 +1,5 @@
-//! The command line: `portcullis run`, `portcullis check-config` and `portcullis keys`.
+//! The command line: `portcullis run`, `portcullis check-config`, `portcullis keys`, `portcullis xdp` and
+//! `portcullis fingerprint`.
 //!
 //! Exit codes: 0 success; 1 runtime failure; 2 bad configuration, bad flags, or an unusable certificate/key
 //! file (the message names the field or file).
@@ -32,6 +33,10 @@ enum Command {
     },
     /// Manage a session-ticket key directory: init, rotate, prune, list.
     Keys(crate::keys_cli::KeysArgs),
+    /// Inspect and steer the XDP guard of a running daemon through its pinned maps: status, stats, block.
+    Xdp(crate::xdp_cli::XdpArgs),
+    /// Print the fingerprints of the ClientHello in a file (the values the guard and metrics use).
+    Fingerprint(crate::xdp_cli::FingerprintArgs),
 }
 
 /// Flags of `portcullis run`; each overrides the config file.
@@ -85,6 +90,8 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Keys(args) => crate::keys_cli::run(args),
+        Command::Xdp(args) => crate::xdp_cli::run(args),
+        Command::Fingerprint(args) => crate::xdp_cli::fingerprint(args),
         Command::Run(args) => {
             let config = match args.into_config() {
                 Ok(c) => c,

@@ -13,7 +13,8 @@
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`.
 //! - [`xdp`]: the XDP program's loader, pins and counters; [`notify`]: sd_notify readiness.
 //! - [`tickets`]: fleet-wide session resumption (ticket keys from a watched directory, the session cache);
-//!   [`keys_cli`]: `portcullis keys init|rotate|prune|list`.
+//!   [`keys_cli`]: `portcullis keys init|rotate|prune|list`; [`xdp_cli`]: `portcullis xdp status|stats|block`
+//!   and `portcullis fingerprint`.
 
 pub mod admin_http;
 pub mod admission;
@@ -35,3 +36,4 @@ pub mod tls;
 pub mod tls_io;
 pub mod worker;
 pub mod xdp;
+pub mod xdp_cli;
