@@ -713,3 +713,85 @@ fn rolling_restart_under_load_loses_no_resumption_to_keys() {
         assert!(d.terminate().expect("stop").success());
     }
 }
+
+fn write_key(path: &Path, bytes: &[u8]) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, bytes).expect("write key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+#[test]
+fn nginx_key_files_are_shared_across_instances() {
+    let fleet = Fleet::new();
+    // Replace the portcullis key with two nginx-style files: the first (by name) encrypts, the second decrypts.
+    for e in std::fs::read_dir(&fleet.keys).expect("ls") {
+        std::fs::remove_file(e.expect("entry").path()).expect("rm");
+    }
+    let rng = ring::rand::SystemRandom::new();
+    use ring::rand::SecureRandom;
+    let (mut current, mut previous) = ([0u8; 80], [0u8; 48]);
+    rng.fill(&mut current).expect("rng");
+    rng.fill(&mut previous).expect("rng");
+    write_key(&fleet.keys.join("a-current.key"), &current);
+    write_key(&fleet.keys.join("b-previous.key"), &previous);
+    let a = fleet.start_fleet();
+    let b = fleet.start_fleet();
+    for tls12 in [false, true] {
+        let client = rustls_client(&fleet.pki, tls12);
+        assert_eq!(rustls_get(&client, a.addr()), rustls::HandshakeKind::Full);
+        assert_eq!(
+            rustls_get(&client, b.addr()),
+            rustls::HandshakeKind::Resumed
+        );
+    }
+    assert_eq!(
+        metric(&a, "portcullis_ticket_keys", &[("state", "encrypting")]),
+        1.0
+    );
+    assert_eq!(
+        metric(&a, "portcullis_ticket_keys", &[("state", "decrypt_only")]),
+        1.0
+    );
+    let list = keys_cmd(&["list", "--dir"], &fleet.keys);
+    assert!(
+        list.contains(&portcullis::tickets::key::hex(&current[..16])),
+        "{list}"
+    );
+    assert!(
+        !list.contains(&portcullis::tickets::key::hex(&current[16..])),
+        "key bytes listed:\n{list}"
+    );
+    assert!(a.terminate().expect("stop").success());
+    assert!(b.terminate().expect("stop").success());
+}
+
+#[test]
+fn keys_prune_removes_only_expired_keys_and_list_shows_states() {
+    let fleet = Fleet::new();
+    keys_cmd(&["rotate", "--lead", "1h", "--dir"], &fleet.keys);
+    // A key whose decrypt window has passed, written by hand in the documented format.
+    write_key(
+        &fleet.keys.join("old.toml"),
+        b"version = 1\nname = \"00112233445566778899aabbccddeeff\"\nsecret = \"0000000000000000000000000000000000000000000000000000000000000000\"\nencrypt_from = \"2020-01-01T00:00:00Z\"\ndecrypt_until = \"2020-01-02T00:00:00Z\"\n",
+    );
+    let list = keys_cmd(&["list", "--dir"], &fleet.keys);
+    for state in ["encrypting", "pending", "expired"] {
+        assert!(list.contains(state), "{state}:\n{list}");
+    }
+    assert!(
+        !list.contains("secret") && !list.contains("0000000000000000000000000000000000000000"),
+        "{list}"
+    );
+    let out = keys_cmd(&["prune", "--dir"], &fleet.keys);
+    assert!(out.contains("1 expired key(s) removed"), "{out}");
+    assert!(!fleet.keys.join("old.toml").exists());
+    let left = std::fs::read_dir(&fleet.keys).expect("ls").count();
+    assert_eq!(left, 2, "the encrypting and the pending key stay");
+    // A daemon accepts what is left.
+    let d = fleet.start_fleet();
+    assert_eq!(
+        metric(&d, "portcullis_ticket_keys", &[("state", "pending")]),
+        1.0
+    );
+    assert!(d.terminate().expect("stop").success());
+}
