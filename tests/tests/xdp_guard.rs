@@ -1,6 +1,7 @@
 //! The XDP guard's operator controls end to end: the real daemon with XDP in a server namespace, a client in
 //! another, and `portcullis xdp block add|del` (the CLI on the pinned maps) cutting and restoring the client's
-//! handshakes without a restart. Also `portcullis fingerprint` on the captured ClientHello fixtures.
+//! handshakes without a reload; the block survives a daemon restart (pinned map reused). Also
+//! `portcullis fingerprint` on the captured ClientHello fixtures.
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -38,12 +39,15 @@ fn blocked_prefix_cannot_handshake_until_removed() {
         iface = veth.b.name,
         pin_dir = pin_dir.path(),
     );
-    let daemon = Daemon::start(DaemonOptions {
-        config_toml: Some(config),
-        netns: Some(server.name().to_owned()),
-        ..Default::default()
-    })
-    .expect("daemon starts with XDP in the server namespace");
+    let start = || {
+        Daemon::start(DaemonOptions {
+            config_toml: Some(config.clone()),
+            netns: Some(server.name().to_owned()),
+            ..Default::default()
+        })
+        .expect("daemon starts with XDP in the server namespace")
+    };
+    let daemon = start();
     let listener = daemon.addr();
 
     assert!(
@@ -80,6 +84,27 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     assert!(stats.contains("drop_blocked_source"), "stats: {stats}");
     let status = cli(pin_dir.path(), &["status"]);
     assert!(status.contains("blocked prefixes 1"), "status: {status}");
+
+    // A restart reuses the pinned blocklist: the block holds across it.
+    let status = daemon.terminate().expect("daemon stops on SIGTERM");
+    assert!(
+        status.success(),
+        "daemon exit status after SIGTERM: {status}"
+    );
+    let daemon = start();
+    let listener = daemon.addr();
+    assert_eq!(
+        cli(pin_dir.path(), &["block", "list"]),
+        listed,
+        "the blocklist did not survive a restart"
+    );
+    let connect = client
+        .run(|| TcpStream::connect_timeout(&listener, BLOCKED_CONNECT_TIMEOUT))
+        .expect("enter client namespace");
+    assert!(
+        connect.is_err(),
+        "after a restart, a TCP connect from blocked {cidr} completed"
+    );
 
     cli(pin_dir.path(), &["block", "del", &cidr]);
     assert!(cli(pin_dir.path(), &["block", "list"]).trim().is_empty());

@@ -7,6 +7,7 @@ use aya::{
     programs::Xdp,
 };
 use portcullis_abi::{
+    limits::{ADDR_LEN, SourceKey, TokenBucket},
     names::{MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP},
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
@@ -16,8 +17,24 @@ use super::{
     attach::{Attachment, attach},
     logs::{LogPump, bpf_log_level},
     object,
-    pins::Pins,
+    pins::{Persistent, Pins, reusable_pin},
 };
+
+/// Maps pinned for good (not removed on detach) and reused by the next start: per-source SYN budgets, so a
+/// restart does not hand every flooding source a fresh burst, and the operator's blocklist.
+const PERSISTENT_MAPS: [Persistent; 2] = [
+    Persistent {
+        name: MAP_XDP_SYN_BUDGET,
+        key_size: size_of::<SourceKey>() as u32,
+        value_size: size_of::<TokenBucket>() as u32,
+    },
+    Persistent {
+        name: MAP_XDP_BLOCK_NET,
+        // LPM trie key: a u32 prefix length, then the address.
+        key_size: (4 + ADDR_LEN) as u32,
+        value_size: 1,
+    },
+];
 
 /// The XDP program, loaded and attached. Dropping it (or [`XdpGuard::detach`], which reports errors) detaches it
 /// from every interface and removes the pins it created.
@@ -61,9 +78,20 @@ impl XdpGuard {
         config.enforce = u32::from(settings.enforce);
         let object = object::embedded()?;
 
+        // The pin directory must exist before loading: the loader opens (or creates and pins) the persistent maps.
+        let mut pins = Pins::default();
+        pins.prepare_dir(&settings.pin_dir)?;
+        let mut persistent = Vec::new();
+        for map in PERSISTENT_MAPS {
+            persistent.push((map.name, reusable_pin(&settings.pin_dir, map)?));
+        }
         let log_level = bpf_log_level();
-        let ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &log_level, true)
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &log_level, true);
+        for (name, path) in &persistent {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
             .load(object)
             .map_err(anyhow::Error::new)
             .map_err(privilege_hint)
@@ -72,7 +100,7 @@ impl XdpGuard {
         let mut running = Running {
             ebpf: None,
             attachments: Vec::new(),
-            pins: Pins::default(),
+            pins,
             logs: None,
         };
         let ebpf = running.ebpf.insert(ebpf);
@@ -104,13 +132,8 @@ impl XdpGuard {
             running.attachments.push(attachment);
         }
 
-        running.pins.prepare_dir(&settings.pin_dir)?;
-        for name in [
-            MAP_XDP_VERDICTS,
-            MAP_XDP_CONFIG,
-            MAP_XDP_SYN_BUDGET,
-            MAP_XDP_BLOCK_NET,
-        ] {
+        // Counters and config describe this run only: pinned for operators while it lasts, removed on detach.
+        for name in [MAP_XDP_VERDICTS, MAP_XDP_CONFIG] {
             let map = ebpf
                 .map(name)
                 .with_context(|| format!("the BPF object has no map `{name}`"))?;

@@ -11,11 +11,14 @@
 //! - `test_run` (tests only): the ABI's packet fixture table run through the loaded program (`BPF_PROG_TEST_RUN`).
 //!
 //! # Invariants
-//! - Everything the guard creates (links, pins, the pin directory if it made it) is removed by
-//!   [`XdpGuard::detach`] or its `Drop`, so a restart starts clean. A crash leaves pins behind; the next start
-//!   replaces them with a warning. The links are bpf_links owned by this process: the kernel detaches them when the
-//!   process dies, whatever happens.
-//! - The program only classifies and counts: it passes every packet, so a misconfiguration cannot cut traffic.
+//! - The links, the counter and config pins (`xdp_verdicts`, `xdp_config`) and the pin directory (if it made it
+//!   and it is empty) are removed by [`XdpGuard::detach`] or its `Drop`. A crash leaves them behind; the next
+//!   start replaces them with a warning. The links are bpf_links owned by this process: the kernel detaches them
+//!   when the process dies, whatever happens.
+//! - State pins (`xdp_syn_budget`, `xdp_block_net`) are never removed: the next start reuses them (after
+//!   checking their key and value sizes), so SYN budgets and the blocklist survive restarts and upgrades.
+//! - The program fails open: it drops only blocked sources and over-budget SYNs, and `[xdp] enforce = false`
+//!   turns even that into counting.
 
 mod attach;
 mod counters;

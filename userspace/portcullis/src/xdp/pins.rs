@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::Map;
+use aya::maps::{Map, MapData};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 /// The pins one guard created, removed by [`Pins::remove_all`] in reverse order.
@@ -101,6 +101,50 @@ impl Pins {
         }
         first_error.map_or(Ok(()), Err)
     }
+}
+
+/// A map whose pin outlives the daemon, so a restart reuses it: the SYN budgets and the blocklist survive.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Persistent {
+    /// Map (and pin file) name.
+    pub(crate) name: &'static str,
+    /// Key size the program expects, in bytes.
+    pub(crate) key_size: u32,
+    /// Value size the program expects, in bytes.
+    pub(crate) value_size: u32,
+}
+
+/// Makes `dir/name` safe to reuse for `map`: a pin of another shape (left by an older daemon with another map
+/// layout) is removed with a warning, since reusing it would corrupt both. Returns the pin path, which the loader
+/// then opens if it exists or creates and pins if not.
+pub(crate) fn reusable_pin(dir: &Path, map: Persistent) -> anyhow::Result<PathBuf> {
+    let path = dir.join(map.name);
+    if !path.exists() {
+        return Ok(path);
+    }
+    let shape = MapData::from_pin(&path)
+        .and_then(|data| data.info())
+        .map(|info| (info.key_size(), info.value_size()));
+    match shape {
+        Ok(shape) if shape == (map.key_size, map.value_size) => {
+            tracing::info!(path = %path.display(), "reusing pinned XDP map: its state survives the restart");
+        }
+        other => {
+            tracing::warn!(
+                path = %path.display(),
+                found = ?other.map_err(|e| e.to_string()),
+                expected = ?(map.key_size, map.value_size),
+                "pinned XDP map has another layout (an older daemon?); replacing it, its entries are lost"
+            );
+            std::fs::remove_file(&path).with_context(|| {
+                format!(
+                    "cannot remove the incompatible XDP map pin {}",
+                    path.display()
+                )
+            })?;
+        }
+    }
+    Ok(path)
 }
 
 /// Whether `path` is on a BPF filesystem.
