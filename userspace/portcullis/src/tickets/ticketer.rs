@@ -48,8 +48,19 @@ impl ProducesTickets for Ticketer {
         true
     }
 
+    /// The configured lifetime, shortened to what is left of the encrypting key's decrypt window: a client
+    /// should not hold on to a ticket no node will open.
     fn lifetime(&self) -> u32 {
-        u32::try_from(self.lifetime.as_secs()).unwrap_or(u32::MAX)
+        let now = SystemTime::now();
+        let left = self
+            .store
+            .current()
+            .encrypting(now)
+            .and_then(|k| k.decrypt_until?.duration_since(now).ok());
+        let secs = left
+            .map_or(self.lifetime, |l| l.min(self.lifetime))
+            .as_secs();
+        u32::try_from(secs).unwrap_or(u32::MAX)
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
@@ -75,5 +86,81 @@ impl ProducesTickets for Ticketer {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tickets::key::{KeyKind, TicketKey};
+    use crate::tickets::keyset::KeySet;
+    use crate::tickets::metrics::TicketMetrics;
+    use zeroize::Zeroizing;
+
+    fn windowed(until_from_now: Duration) -> TicketKey {
+        let now = SystemTime::now();
+        let r = TicketKey::random(false).expect("rng");
+        TicketKey::new(
+            r.name,
+            Zeroizing::new([3; 32]),
+            KeyKind::Windowed,
+            (
+                Some(now - Duration::from_secs(60)),
+                Some(now + until_from_now),
+            ),
+            now,
+            String::new(),
+        )
+    }
+
+    #[test]
+    fn seals_opens_counts_and_caps_the_lifetime_hint() {
+        let metrics = TicketMetrics::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let set = KeySet::new(vec![windowed(Duration::from_secs(7200))], SystemTime::now())
+            .expect("valid");
+        let store = Arc::new(KeyStore::fixed(set));
+        metrics.register(&mut registry, Some(store.clone()));
+        let t = Ticketer::new(
+            store,
+            Duration::from_secs(6 * 3600),
+            metrics.listener("https"),
+        );
+        // The key stops decrypting in 2 h: no point promising 6 h.
+        assert!((7100..=7200).contains(&t.lifetime()), "{}", t.lifetime());
+        let ticket = t.encrypt(b"state").expect("sealed");
+        assert_eq!(t.decrypt(&ticket).as_deref(), Some(&b"state"[..]));
+        assert_eq!(t.decrypt(&ticket[..10]), None);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(
+            text.contains("portcullis_tickets_issued_total{listener=\"https\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "portcullis_ticket_rejections_total{listener=\"https\",cause=\"malformed\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_ticket_key_age_seconds_count{listener=\"https\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_ticket_keys{state=\"encrypting\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn no_key_means_no_ticket() {
+        let t = Ticketer::new(
+            Arc::new(KeyStore::waiting()),
+            Duration::from_secs(3600),
+            TicketMetrics::new().listener("https"),
+        );
+        assert_eq!(t.encrypt(b"state"), None);
+        assert_eq!(t.lifetime(), 3600);
     }
 }
