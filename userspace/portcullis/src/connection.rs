@@ -56,7 +56,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::run(&tcp, &ctx.tls, &*ctx.engine),
+        handshake::run(&tcp, &ctx.tls, &*ctx.engine, |hello| count_offers(m, hello)),
     )
     .await;
     let mut est = match outcome {
@@ -88,7 +88,6 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         "ok",
         Some(started.elapsed().as_secs_f64()),
     );
-    count_offers(m, &est.hello);
     if let Some(reason) = est.hello.malformed {
         tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
     }

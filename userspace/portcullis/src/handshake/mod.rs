@@ -60,15 +60,18 @@ impl HandshakeError {
     }
 }
 
-/// Runs the whole handshake on `tcp`.
+/// Runs the whole handshake on `tcp`. `on_hello` sees every inspected ClientHello, before the expensive step,
+/// whatever the outcome (offers are counted there, so a rate of accepted / offered resumptions is honest).
 pub async fn run(
     tcp: &TcpStream,
     config: &Arc<ServerConfig>,
     engine: &dyn HandshakeEngine,
+    on_hello: impl FnOnce(&HelloInfo),
 ) -> Result<Established, HandshakeError> {
     let (accepted, raw) = read_client_hello(tcp).await?;
     let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
     drop(raw);
+    on_hello(&hello);
     let class = HandshakeClass::classify(&hello, &accepted, config);
     let job = Job {
         accepted,
