@@ -13,7 +13,7 @@ use aya::{
 use portcullis_abi::{
     limits::block_entry,
     names::{MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP},
-    packet::{ETH_HLEN, ETH_P_IP, ETH_P_IPV6, TCP_FLAG_ACK, TCP_FLAG_SYN},
+    packet::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, fixtures, frame, ipv4, ipv6, tcp},
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -166,6 +166,28 @@ fn syn_budget_limits_one_source_and_not_the_others() {
         run(&mut ebpf, &counters, &other),
         (XDP_DROP, Verdict::DropSynRate),
         "same /24"
+    );
+
+    // IPv6 sources share a budget per /64 (the default), and a VLAN-tagged SYN is the same source.
+    let v6_from = |host: u8, tags: &[u16]| {
+        let mut ip = ipv6(6);
+        ip[8..24].copy_from_slice(&[
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, host,
+        ]);
+        frame(tags, ETH_P_IPV6, &ip, &tcp(LISTENER, TCP_FLAG_SYN))
+    };
+    assert_eq!(
+        run(&mut ebpf, &counters, &v6_from(1, &[])),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &v6_from(2, &[ETH_P_8021Q])),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &v6_from(3, &[])),
+        (XDP_DROP, Verdict::DropSynRate),
+        "a third address of the same /64"
     );
 
     // Dry run: counted as a drop, passed.
