@@ -4,13 +4,18 @@
 //! `portcullis fingerprint` on the captured ClientHello fixtures.
 
 use std::{
-    net::{SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
+use portcullis_abi::{
+    names::PROG_XDP,
+    packet::{ETH_P_IP, TCP_FLAG_SYN},
+    packet_fixtures::{frame, ipv4, tcp},
+};
 use portcullis_tests::{
     daemon::{Daemon, DaemonOptions, TempDir, binary, metric_value},
     netns::{NetNsGuard, veth_pair},
@@ -79,6 +84,26 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     assert!(
         dropped >= 1.0,
         "no drop_blocked_source on /metrics:\n{metrics}"
+    );
+    // The pinned program gives the same verdict to a packet file through `bpftool prog run`.
+    let frame_dir = TempDir::new("xdp-guard-frame").expect("tempdir");
+    let syn_file = frame_dir.path().join("syn.bin");
+    std::fs::write(&syn_file, syn_frame(&veth.a.addr, listener.port())).expect("write frame");
+    let run = Command::new("bpftool")
+        .args(["prog", "run", "pinned"])
+        .arg(pin_dir.path().join(PROG_XDP))
+        .arg("data_in")
+        .arg(&syn_file)
+        .output()
+        .expect("run bpftool (install bpftool)");
+    let run_out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        run.status.success() && run_out.contains("Return value: 1"),
+        "bpftool prog run on a SYN from {cidr}: expected XDP_DROP (1):\n{run_out}"
     );
     let stats = cli(pin_dir.path(), &["stats"]);
     assert!(stats.contains("drop_blocked_source"), "stats: {stats}");
@@ -151,6 +176,13 @@ fn fingerprint_prints_both_hashes_of_a_captured_hello() {
     let out = run(Command::new(binary()).arg("fingerprint").arg(&file));
     assert_eq!(out.status.code(), Some(2), "a malformed hello exits 2");
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_handshake_record"));
+}
+
+/// An Ethernet/IPv4/TCP SYN from `src` to the listener port, as the program sees it on the wire.
+fn syn_frame(src: &Ipv4Addr, port: u16) -> Vec<u8> {
+    let mut ip = ipv4(6, 5, 0);
+    ip[12..16].copy_from_slice(&src.octets());
+    frame(&[], ETH_P_IP, &ip, &tcp(port, TCP_FLAG_SYN))
 }
 
 fn run(cmd: &mut Command) -> Output {

@@ -5,7 +5,8 @@
 //! The kernel keeps at most 15 bytes of a program or map name (`BPF_OBJ_NAME_LEN` is 16 with the NUL), so every
 //! name stays within 15 bytes and `bpftool prog`/`map` show it whole.
 
-/// The XDP classifier program: parses Ethernet/IP/TCP, counts each packet in [`MAP_XDP_VERDICTS`], passes all.
+/// The XDP guard program: parses Ethernet/IP/TCP, drops blocked and over-budget sources, counts each packet in
+/// [`MAP_XDP_VERDICTS`]. Pinned under the pin directory by this name while the daemon runs.
 pub const PROG_XDP: &str = "portcullis_xdp";
 
 /// Every program in the object, for the ELF name check and for operators' tooling.

@@ -127,6 +127,9 @@ impl XdpGuard {
             .map_err(anyhow::Error::new)
             .map_err(privilege_hint)
             .with_context(|| format!("the kernel refused to load XDP program `{PROG_XDP}`"))?;
+        running
+            .pins
+            .pin_program(program, &settings.pin_dir, PROG_XDP)?;
         for interface in &settings.interfaces {
             let attachment = attach(program, interface, settings.mode)?;
             running.attachments.push(attachment);

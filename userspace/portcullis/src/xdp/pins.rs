@@ -1,4 +1,5 @@
-//! The pin directory on bpffs and the map pins the guard creates (and removes again).
+//! The pin directory on bpffs and the program and map pins the guard creates (and removes again, except the
+//! persistent state maps).
 
 use std::{
     io,
@@ -6,7 +7,10 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{Map, MapData};
+use aya::{
+    maps::{Map, MapData},
+    programs::Xdp,
+};
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
 /// The pins one guard created, removed by [`Pins::remove_all`] in reverse order.
@@ -50,22 +54,24 @@ impl Pins {
 
     /// Pins `map` at `dir/name`, replacing a stale pin left by a run that did not clean up.
     pub(crate) fn pin_map(&mut self, map: &Map, dir: &Path, name: &str) -> anyhow::Result<()> {
-        let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => tracing::warn!(
-                path = %path.display(),
-                "replaced a stale XDP map pin (a previous run did not detach cleanly, or another daemon uses the same \
-                 pin_dir: give each daemon its own)"
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(e).with_context(|| {
-                    format!("cannot remove the stale XDP map pin {}", path.display())
-                });
-            }
-        }
+        let path = clear_stale(dir, name)?;
         map.pin(&path)
             .with_context(|| format!("cannot pin XDP map `{name}` at {}", path.display()))?;
+        self.files.push(path);
+        Ok(())
+    }
+
+    /// Pins the loaded `program` at `dir/name` (for `bpftool prog show|run pinned`), replacing a stale pin.
+    pub(crate) fn pin_program(
+        &mut self,
+        program: &mut Xdp,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<()> {
+        let path = clear_stale(dir, name)?;
+        program
+            .pin(&path)
+            .with_context(|| format!("cannot pin XDP program `{name}` at {}", path.display()))?;
         self.files.push(path);
         Ok(())
     }
@@ -142,6 +148,24 @@ pub(crate) fn reusable_pin(dir: &Path, map: Persistent) -> anyhow::Result<PathBu
                     path.display()
                 )
             })?;
+        }
+    }
+    Ok(path)
+}
+
+/// `dir/name`, with a stale pin left by a run that did not clean up removed (and a warning logged).
+fn clear_stale(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join(name);
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::warn!(
+            path = %path.display(),
+            "replaced a stale XDP pin (a previous run did not detach cleanly, or another daemon uses the same \
+             pin_dir: give each daemon its own)"
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("cannot remove the stale XDP pin {}", path.display()));
         }
     }
     Ok(path)
