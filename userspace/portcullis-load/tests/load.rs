@@ -7,7 +7,9 @@ mod common;
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use portcullis_load::client_config::TlsOptions;
+use std::sync::atomic::Ordering;
+
+use portcullis_load::client_config::{Group, TlsOptions};
 use portcullis_load::connection::{ConnSpec, Target};
 use portcullis_load::kind::Kind;
 use portcullis_load::phases::{Arrival, Phase};
@@ -128,6 +130,21 @@ fn tickets_offered_to_a_server_without_the_keys_fall_back_to_full_as_rejected() 
         "{}",
         report.table()
     );
+}
+
+#[test]
+fn the_post_quantum_group_and_alpn_reach_the_server() {
+    let (addr, seen) = common::start(common::server_config(), Duration::ZERO);
+    let mut s = spec(&[addr], "full13", 20.0, 0.5);
+    s.tls.groups = vec![Group::X25519Mlkem768];
+    s.tls.alpn = vec![b"http/1.1".to_vec()];
+    let report = run(s);
+    assert_eq!(report.ok, 10, "{}", report.table());
+    assert!(common::eventually(|| seen
+        .post_quantum
+        .load(Ordering::SeqCst)
+        == 10));
+    assert_eq!(seen.alpn_http11.load(Ordering::SeqCst), 10);
 }
 
 #[test]

@@ -16,6 +16,10 @@ pub struct Seen {
     pub full: AtomicU64,
     pub resumed: AtomicU64,
     pub failed: AtomicU64,
+    /// Handshakes that used the X25519MLKEM768 hybrid group.
+    pub post_quantum: AtomicU64,
+    /// Handshakes that agreed on ALPN `http/1.1`.
+    pub alpn_http11: AtomicU64,
 }
 
 impl Seen {
@@ -41,6 +45,7 @@ pub fn server_config() -> Arc<ServerConfig> {
     .with_single_cert(vec![cert], key)
     .expect("cert");
     config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().expect("ticketer");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
 }
 
@@ -73,6 +78,14 @@ fn serve(mut tcp: TcpStream, config: Arc<ServerConfig>, seen: &Seen) {
             seen.failed.fetch_add(1, Ordering::SeqCst);
             return;
         }
+    }
+    if tls.negotiated_key_exchange_group().map(|g| g.name())
+        == Some(rustls::NamedGroup::X25519MLKEM768)
+    {
+        seen.post_quantum.fetch_add(1, Ordering::SeqCst);
+    }
+    if tls.alpn_protocol() == Some(b"http/1.1") {
+        seen.alpn_http11.fetch_add(1, Ordering::SeqCst);
     }
     match tls.handshake_kind() {
         Some(HandshakeKind::Resumed) => seen.resumed.fetch_add(1, Ordering::SeqCst),
