@@ -498,3 +498,57 @@ fn idle_established_connection_is_closed_after_idle_timeout() {
     assert!(took >= Duration::from_millis(250), "closed after {took:?}");
     assert!(d.terminate().expect("stop").success());
 }
+
+/// Handshakes, then closes without sending a byte.
+fn handshake_and_leave(pki: &Pki, addr: SocketAddr) {
+    let config = rustls_client(pki);
+    let server_name = rustls::pki_types::ServerName::try_from("ecdsa.test").expect("name");
+    let conn = rustls::ClientConnection::new(config, server_name).expect("conn");
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    tls.conn.send_close_notify();
+    let _ = tls.conn.complete_io(&mut tls.sock);
+    // Wait for the server's side of the close, so the daemon has finished with the connection.
+    let mut buf = [0u8; 64];
+    while matches!(tls.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+#[test]
+fn upstream_is_connected_on_the_first_client_byte_only() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    let errors = |d: &Daemon| {
+        d.metric("portcullis_upstream_connect_errors_total", &[])
+            .expect("m")
+    };
+    // Lazy (default): a client that handshakes and leaves never causes an upstream connect.
+    let d = start_with(&pki, "", &format!("[upstream]\nbackends = [\"{dead}\"]\n"));
+    handshake_and_leave(&pki, d.addr());
+    assert_eq!(errors(&d), 0.0);
+    assert!(d.terminate().expect("stop").success());
+    // Eager: the same client costs an upstream connect (here: a refused one).
+    let d = start_with(
+        &pki,
+        "",
+        &format!("[upstream]\nbackends = [\"{dead}\"]\nlazy_connect = false\n"),
+    );
+    handshake_and_leave(&pki, d.addr());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while errors(&d) < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "no upstream connect with lazy_connect = false"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.terminate().expect("stop").success());
+}

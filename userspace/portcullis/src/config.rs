@@ -243,6 +243,10 @@ pub struct UpstreamConfig {
     /// nginx's stream `proxy_timeout`). A duration. Default: `"10m"`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Connect to the backend when the client sends its first byte after the handshake, not at once: a client
+    /// that handshakes and leaves (health checks, scanners, preconnects) costs no upstream connection. Set
+    /// `false` for protocols in which the server speaks first. Default: `true`.
+    pub lazy_connect: bool,
 }
 
 impl Default for UpstreamConfig {
@@ -252,6 +256,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(3),
             proxy_protocol: false,
             idle_timeout: Duration::from_secs(600),
+            lazy_connect: true,
         }
     }
 }

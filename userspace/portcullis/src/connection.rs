@@ -29,6 +29,8 @@ pub struct ListenerContext {
     pub proxy_protocol: bool,
     /// `upstream.idle_timeout`.
     pub idle_timeout: std::time::Duration,
+    /// `upstream.lazy_connect`: connect upstream on the client's first byte.
+    pub lazy_connect: bool,
 }
 
 impl OnMoved for ListenerMetrics {
@@ -92,6 +94,26 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
     }
 
+    if ctx.lazy_connect {
+        match tokio::time::timeout(ctx.idle_timeout, first_client_bytes(&tcp, &mut est.conn)).await
+        {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                // The client left without sending anything: no upstream connection was ever needed.
+                est.conn.send_close_notify();
+                let _ = crate::tls_io::flush(&tcp, &mut est.conn).await;
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "client failed before its first request byte");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "client idle after the handshake; closing");
+                return;
+            }
+        }
+    }
     let Some(backend) = ctx.upstreams.pick() else {
         return;
     };
@@ -131,6 +153,29 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed")
         }
         Err(e) => tracing::debug!(%peer, error = %e, "relay ended with an error"),
+    }
+}
+
+/// Waits until the client has sent application data (`true`) or closed (`false`), flushing what rustls has
+/// queued meanwhile (the session tickets). The data stays in rustls for the relay.
+async fn first_client_bytes(
+    tcp: &TcpStream,
+    conn: &mut rustls::ServerConnection,
+) -> std::io::Result<bool> {
+    loop {
+        crate::tls_io::flush(tcp, conn).await?;
+        if !crate::tls_io::read(tcp, conn).await? {
+            return Ok(false);
+        }
+        let state = conn
+            .process_new_packets()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        if state.plaintext_bytes_to_read() > 0 {
+            return Ok(true);
+        }
+        if state.peer_has_closed() {
+            return Ok(false);
+        }
     }
 }
 

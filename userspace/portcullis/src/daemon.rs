@@ -182,6 +182,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 handshake_timeout: config.tls.handshake_timeout,
                 proxy_protocol: config.upstream.proxy_protocol,
                 idle_timeout: config.upstream.idle_timeout,
+                lazy_connect: config.upstream.lazy_connect,
             })
         })
         .collect();
