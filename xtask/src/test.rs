@@ -1,8 +1,9 @@
 //! `cargo xtask test`: what CI runs (`.ci/run`). Setup, build, then every check that can fail a submission:
-//! all tests (unit, integration, privileged), clippy with warnings denied, and rustfmt.
+//! all tests (unit, integration, privileged), clippy with warnings denied, rustfmt, and the benchmark harness in
+//! its quick form (every cell must produce a number).
 //!
 //! Each step prints its name and duration. Setup and build stop the run when they fail (nothing after them can
-//! work); the three checks all run even when an earlier one fails, so one CI run reports every kind of breakage.
+//! work); the checks after them all run even when an earlier one fails, so one CI run reports every kind of breakage.
 //! The last line names the failed steps.
 
 use std::ffi::OsString;
@@ -43,6 +44,7 @@ pub fn test(ws: &Workspace, test_args: &[OsString]) -> Result<()> {
         cmd::step("cargo test", || cargo_test(ws, &object, &daemon, test_args)),
         cmd::step("clippy", || clippy(ws, &object)),
         cmd::step("fmt", || fmt(ws)),
+        cmd::step("bench --quick", || bench_smoke(ws)),
     ];
     let mut failed = Vec::new();
     for (result, outcome) in checks {
@@ -82,6 +84,25 @@ fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsStrin
         ])
         .args(test_args);
     cmd::run(&mut cmd)
+}
+
+/// The benchmark harness in its `--quick` form (seconds per cell): `bench handshakes` fails when a cell has no
+/// number, `bench storm` when a server produced no summary. Installs nginx and HAProxy (`setup --bench`) and
+/// builds the release binaries first. The figures of a quick run are smoke, not results: BENCHMARKS.md records
+/// full runs.
+fn bench_smoke(ws: &Workspace) -> Result<()> {
+    let quick = || crate::bench::Common {
+        quick: true,
+        no_build: false,
+        no_setup: false,
+        servers: Vec::new(),
+    };
+    crate::bench::bench(ws, crate::bench::Bench::Handshakes(quick()))?;
+    let mut storm = quick();
+    // Setup and the release build were just done by the handshakes run.
+    storm.no_build = true;
+    storm.no_setup = true;
+    crate::bench::bench(ws, crate::bench::Bench::Storm(storm))
 }
 
 /// clippy over every userspace target, warnings denied.
