@@ -287,7 +287,8 @@ impl Drop for BpfDir {
 
 #[test]
 fn verdict_counts_reads_bpftool_json() {
-    let json = r#"[{"key":["0x00","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x01"]}],
+    let mut json = String::from(
+        r#"[{"key":["0x00","0x00","0x00","0x00"],"values":[{"cpu":0,"value":["0x01"]}],
         "formatted":{"key":0,"values":[{"cpu":0,"value":1},{"cpu":1,"value":2}]}},
         {"formatted":{"key":1,"values":[{"cpu":0,"value":0},{"cpu":1,"value":0}]}},
         {"formatted":{"key":2,"values":[{"cpu":0,"value":0}]}},
@@ -295,8 +296,16 @@ fn verdict_counts_reads_bpftool_json() {
         {"formatted":{"key":4,"values":[{"cpu":0,"value":10}]}},
         {"formatted":{"key":5,"values":[{"cpu":0,"value":7},{"cpu":1,"value":5}]}},
         {"formatted":{"key":6,"values":[{"cpu":0,"value":0}]}},
-        {"formatted":{"key":7,"values":[{"cpu":0,"value":4},{"cpu":1,"value":1}]}}]"#;
-    let counts = verdict_counts(json);
+        {"formatted":{"key":7,"values":[{"cpu":0,"value":4},{"cpu":1,"value":1}]}}"#,
+    );
+    // Verdicts appended later read as zero.
+    for key in 8..Verdict::COUNT {
+        json.push_str(&format!(
+            r#",{{"formatted":{{"key":{key},"values":[{{"cpu":0,"value":0}}]}}}}"#
+        ));
+    }
+    json.push(']');
+    let counts = verdict_counts(&json);
     assert_eq!(counts[&Verdict::PassNotIp], 3);
     assert_eq!(counts[&Verdict::PassOtherPort], 10);
     assert_eq!(counts[&Verdict::PassListenerTcp], 12);

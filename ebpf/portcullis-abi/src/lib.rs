@@ -5,8 +5,11 @@
 //! - [`verdict`]: the XDP verdict counters, a `#[repr(u32)]` enum indexing a per-CPU array.
 //! - [`xdp_config`]: the `#[repr(C)]` configuration the daemon writes into the XDP config map (listener ports,
 //!   SYN budget, source prefix lengths, enforcement).
+//! - [`flow`]: the key of the connection tracking map (a SYN records a flow, its first segment is parsed).
 //! - [`limits`]: per-source token buckets and the blocklist key, the map layouts and the arithmetic.
 //! - [`packet`]: the Ethernet/IP/TCP classifier the XDP program runs, unit-tested here on the host.
+//! - `hello_fixtures` (host only: `user` feature or tests): crafted and captured ClientHellos, one malformed
+//!   input per reason, shared by the parser's tests and the daemon's BPF_PROG_TEST_RUN test.
 //! - `packet_fixtures` (host only: `user` feature or tests): the classifier's fixture table, also run through the
 //!   loaded BPF program by the daemon's privileged test.
 //!
@@ -19,6 +22,9 @@
 extern crate alloc;
 
 pub mod client_hello;
+pub mod flow;
+#[cfg(any(test, feature = "user"))]
+pub mod hello_fixtures;
 pub mod limits;
 pub mod names;
 pub mod packet;

@@ -26,12 +26,36 @@ pub const MAP_XDP_SYN_BUDGET: &str = "xdp_syn_budget";
 /// IPv4-mapped (`::ffff:a.b.c.d/96+len`), so one trie serves both families.
 pub const MAP_XDP_BLOCK_NET: &str = "xdp_block_net";
 
+/// LRU hash of connections whose SYN reached a listener port: [`crate::flow::FlowKey`] -> SYN time in ns
+/// (`u64`). The first payload segment of a tracked flow is parsed as a ClientHello; untracked flows pass.
+pub const MAP_XDP_FLOWS: &str = "xdp_flows";
+
+/// Per-CPU array of `u64` counters of malformed ClientHellos, indexed by
+/// [`crate::client_hello::Malformed`]; summed over CPUs by the daemon.
+pub const MAP_XDP_MALFORMED: &str = "xdp_malformed";
+
+/// LRU hash of per-source ClientHello token buckets: [`crate::limits::SourceKey`] ->
+/// [`crate::limits::TokenBucket`].
+pub const MAP_XDP_HELLO_BUDGET: &str = "xdp_ch_budget";
+
+/// Hash set of blocked ClientHello fingerprints: `u64` (either variant, see
+/// [`crate::client_hello::fingerprint`]) -> `u8` (1). Written by `portcullis xdp block-fingerprint add|del`.
+pub const MAP_XDP_BLOCK_FP: &str = "xdp_block_fp";
+
+/// Per-CPU scratch of the ClientHello parse inside XDP (not read by userspace).
+pub const MAP_XDP_HELLO_WS: &str = "xdp_hello_ws";
+
 /// Every map the daemon opens by name (aya-log's own `AYA_LOGS` ring buffer is not ours and not listed).
 pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_VERDICTS,
     MAP_XDP_CONFIG,
     MAP_XDP_SYN_BUDGET,
     MAP_XDP_BLOCK_NET,
+    MAP_XDP_FLOWS,
+    MAP_XDP_MALFORMED,
+    MAP_XDP_HELLO_BUDGET,
+    MAP_XDP_BLOCK_FP,
+    MAP_XDP_HELLO_WS,
 ];
 
 /// Default directory on the BPF filesystem where the daemon pins its maps, one file per map named as the map.

@@ -65,6 +65,15 @@ pub struct Classification {
     /// IP source address, IPv4 sources IPv4-mapped (see [`crate::limits`]); zero when the packet is not
     /// (readable) TCP.
     pub src: [u8; ADDR_LEN],
+    /// IP destination address, IPv4-mapped like `src`; zero when the packet is not (readable) TCP.
+    pub dst: [u8; ADDR_LEN],
+    /// TCP source port in host byte order; 0 when the packet is not (readable) TCP.
+    pub src_port: u16,
+    /// Offset of the TCP payload from the start of the frame; 0 when the packet is not (readable) TCP.
+    pub payload_offset: u16,
+    /// TCP payload bytes according to the IP length fields (Ethernet padding excluded), as declared
+    /// (the frame may hold fewer: a reader must still check); 0 when there is none.
+    pub payload_len: u16,
 }
 
 impl Classification {
@@ -75,6 +84,10 @@ impl Classification {
             dst_port: 0,
             tcp_flags: 0,
             src: [0; ADDR_LEN],
+            dst: [0; ADDR_LEN],
+            src_port: 0,
+            payload_offset: 0,
+            payload_len: 0,
         }
     }
 
@@ -101,7 +114,7 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
         l3 += VLAN_HLEN;
     }
 
-    let (l4, src) = match ether_type {
+    let (l4, src, dst, segment) = match ether_type {
         ETH_P_IP => {
             let Some(ip) = packet.bytes::<IPV4_MIN_HLEN>(l3) else {
                 return Classification::only(Verdict::PassMalformed);
@@ -117,7 +130,14 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
             if ip[9] != IPPROTO_TCP {
                 return Classification::only(Verdict::PassNotTcp);
             }
-            (l3 + ihl, v4_mapped([ip[12], ip[13], ip[14], ip[15]]))
+            // Total length counts the IP header; what is left after it is the TCP segment.
+            let segment = usize::from(u16::from_be_bytes([ip[2], ip[3]])).saturating_sub(ihl);
+            (
+                l3 + ihl,
+                v4_mapped([ip[12], ip[13], ip[14], ip[15]]),
+                v4_mapped([ip[16], ip[17], ip[18], ip[19]]),
+                segment,
+            )
         }
         ETH_P_IPV6 => {
             let Some(ip) = packet.bytes::<IPV6_HLEN>(l3) else {
@@ -132,7 +152,11 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
             }
             let mut src = [0u8; ADDR_LEN];
             src.copy_from_slice(&ip[8..24]);
-            (l3 + IPV6_HLEN, src)
+            let mut dst = [0u8; ADDR_LEN];
+            dst.copy_from_slice(&ip[24..40]);
+            // Payload length counts everything after the fixed header: here, the TCP segment.
+            let segment = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+            (l3 + IPV6_HLEN, src, dst, segment)
         }
         _ => return Classification::only(Verdict::PassNotIp),
     };
@@ -142,6 +166,13 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
     };
     let dst_port = u16::from_be_bytes([tcp[2], tcp[3]]);
     let tcp_flags = tcp[13];
+    let tcp_hlen = usize::from(tcp[12] >> 4) * 4;
+    // A data offset below 5 words is a broken header; its segment is treated as carrying no payload.
+    let payload_len = if tcp_hlen < TCP_MIN_HLEN {
+        0
+    } else {
+        segment.saturating_sub(tcp_hlen)
+    };
     let verdict = if config.is_listener_port(dst_port) {
         Verdict::PassListenerTcp
     } else {
@@ -152,6 +183,11 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
         dst_port,
         tcp_flags,
         src,
+        dst,
+        src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+        // Both fit: frames are at most 64 KiB, and the IP length fields are 16 bits.
+        payload_offset: u16::try_from(l4 + tcp_hlen).unwrap_or(u16::MAX),
+        payload_len: u16::try_from(payload_len).unwrap_or(0),
     }
 }
 

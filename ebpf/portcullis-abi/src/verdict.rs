@@ -27,11 +27,24 @@ pub enum Verdict {
     DropBlockedSource = 6,
     /// A SYN to a listener port from a source prefix over its SYN budget (see [`crate::limits`]).
     DropSynRate = 7,
+    /// A SYN to a listener port dropped by load shedding: the daemon's admission control asked the program to
+    /// drop a fraction of new SYNs (`XdpConfig::syn_shed_ppm`); the client's TCP retransmits after 1 s, 3 s, ...
+    DropSynShed = 8,
+    /// The first payload segment of a tracked connection to a listener port is a malformed ClientHello; the
+    /// reason is counted in [`crate::names::MAP_XDP_MALFORMED`]. Never for a ClientHello cut short.
+    DropMalformedHello = 9,
+    /// A ClientHello from a source prefix over its ClientHello budget (resumption offers cost less).
+    DropHelloRate = 10,
+    /// A complete ClientHello whose fingerprint is in [`crate::names::MAP_XDP_BLOCK_FP`].
+    DropBlockedFingerprint = 11,
+    /// The first payload segment of a tracked connection was judged as a ClientHello (whole or cut short) and
+    /// passed.
+    PassClientHello = 12,
 }
 
 impl Verdict {
     /// Number of verdicts, and so the number of entries of the counter array.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 13;
 
     /// Every verdict, in counter-index order.
     pub const ALL: [Verdict; Verdict::COUNT] = [
@@ -43,6 +56,11 @@ impl Verdict {
         Verdict::PassListenerTcp,
         Verdict::DropBlockedSource,
         Verdict::DropSynRate,
+        Verdict::DropSynShed,
+        Verdict::DropMalformedHello,
+        Verdict::DropHelloRate,
+        Verdict::DropBlockedFingerprint,
+        Verdict::PassClientHello,
     ];
 
     /// The snake_case label of this verdict, used as the `verdict` label value of
@@ -57,6 +75,11 @@ impl Verdict {
             Verdict::PassListenerTcp => "pass_listener_tcp",
             Verdict::DropBlockedSource => "drop_blocked_source",
             Verdict::DropSynRate => "drop_syn_rate",
+            Verdict::DropSynShed => "drop_syn_shed",
+            Verdict::DropMalformedHello => "drop_malformed_hello",
+            Verdict::DropHelloRate => "drop_hello_rate",
+            Verdict::DropBlockedFingerprint => "drop_blocked_fingerprint",
+            Verdict::PassClientHello => "pass_client_hello",
         }
     }
 
@@ -72,13 +95,26 @@ impl Verdict {
             5 => Some(Verdict::PassListenerTcp),
             6 => Some(Verdict::DropBlockedSource),
             7 => Some(Verdict::DropSynRate),
+            8 => Some(Verdict::DropSynShed),
+            9 => Some(Verdict::DropMalformedHello),
+            10 => Some(Verdict::DropHelloRate),
+            11 => Some(Verdict::DropBlockedFingerprint),
+            12 => Some(Verdict::PassClientHello),
             _ => None,
         }
     }
 
     /// Whether the program drops the packet for this verdict (when enforcing).
     pub const fn drops(self) -> bool {
-        matches!(self, Verdict::DropBlockedSource | Verdict::DropSynRate)
+        matches!(
+            self,
+            Verdict::DropBlockedSource
+                | Verdict::DropSynRate
+                | Verdict::DropSynShed
+                | Verdict::DropMalformedHello
+                | Verdict::DropHelloRate
+                | Verdict::DropBlockedFingerprint
+        )
     }
 
     /// The counter index of this verdict in the per-CPU array.

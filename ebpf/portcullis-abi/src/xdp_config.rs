@@ -16,8 +16,9 @@ pub const XDP_CONFIG_KEY: u32 = 0;
 /// The XDP program's configuration: the set of TCP ports the daemon's listeners own and the per-source SYN
 /// budget. Rewritten by the daemon at any time; the program reads it on every packet, so no reload is needed.
 ///
-/// Layout (64 bytes): `ports` at 0, `port_count` at 32, `_pad` at 36, `syn_rate` at 40, `syn_burst` at 44,
-/// `v4_prefix_len` at 48, `v6_prefix_len` at 52, `enforce` at 56, `_pad2` at 60. Host byte order throughout
+/// Layout (80 bytes): `ports` at 0, `port_count` at 32, `syn_shed_ppm` at 36, `syn_rate` at 40, `syn_burst` at 44,
+/// `v4_prefix_len` at 48, `v6_prefix_len` at 52, `enforce` at 56, `hello_rate` at 60, `hello_burst` at 64,
+/// `hello_resume_cost_milli` at 68, `_pad2` at 72. Host byte order throughout
 /// so that `bpftool map dump` prints values as an operator types them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,8 +28,10 @@ pub struct XdpConfig {
     /// How many entries of `ports` are in use, at most [`MAX_LISTENER_PORTS`]; larger values are read as the
     /// maximum.
     pub port_count: u32,
-    /// Explicit padding so the struct has no implicit holes; always 0.
-    pub _pad: u32,
+    /// Load shedding: parts per million of SYNs to listener ports to drop (verdict `drop_syn_shed`), chosen at
+    /// random, after the blocklist and the per-source budget. Written by the daemon's admission control while
+    /// it sheds; 0 = none, 1_000_000 = all.
+    pub syn_shed_ppm: u32,
     /// SYNs per second each source prefix may send to the listener ports; 0 turns the SYN budget off.
     pub syn_rate: u32,
     /// SYNs a source prefix may send at once after being idle (the bucket size); at least 1 when `syn_rate` is
@@ -40,11 +43,19 @@ pub struct XdpConfig {
     pub v6_prefix_len: u32,
     /// 1: `Drop*` verdicts drop the packet. 0: they are counted but the packet passes (a dry run).
     pub enforce: u32,
+    /// ClientHellos per second each source prefix (same prefixes as the SYN budget) may send to the listener
+    /// ports, counted as full handshakes; 0 turns the ClientHello budget off.
+    pub hello_rate: u32,
+    /// ClientHellos (full handshakes) a source prefix may send at once after being idle; 0 is read as 1.
+    pub hello_burst: u32,
+    /// What a resumption offer (TLS 1.3 PSK or TLS 1.2 ticket, cheap to serve) costs, in thousandths of a full
+    /// handshake: 1000 = the same, 250 = four resumptions per full handshake; 0 is read as 1000.
+    pub hello_resume_cost_milli: u32,
     /// Explicit padding; always 0.
-    pub _pad2: u32,
+    pub _pad2: [u32; 2],
 }
 
-const _: () = assert!(size_of::<XdpConfig>() == 64);
+const _: () = assert!(size_of::<XdpConfig>() == 80);
 const _: () = assert!(align_of::<XdpConfig>() == 4);
 
 /// Returned by [`XdpConfig::new`] when more listener ports are given than the map value holds.
@@ -72,13 +83,16 @@ impl XdpConfig {
     pub const EMPTY: XdpConfig = XdpConfig {
         ports: [0; MAX_LISTENER_PORTS],
         port_count: 0,
-        _pad: 0,
+        syn_shed_ppm: 0,
         syn_rate: 0,
         syn_burst: 0,
         v4_prefix_len: 32,
         v6_prefix_len: 64,
         enforce: 1,
-        _pad2: 0,
+        hello_rate: 0,
+        hello_burst: 0,
+        hello_resume_cost_milli: 0,
+        _pad2: [0; 2],
     };
 
     /// Builds the configuration for these listener ports, with no SYN budget and enforcement on. Duplicates are dropped (two listeners on different

@@ -2,9 +2,17 @@
 //! every prefix of them, one crafted input per [`Malformed`] reason, GREASE and extension-order
 //! handling of the fingerprint, and bounded random mutation checked against rustls.
 
+extern crate alloc;
+
+#[path = "../src/hello_fixtures.rs"]
+mod hello_fixtures;
+
+use hello_fixtures::{
+    Hello, alpn, key_share, malformed_cases, psk, sni, u16_list, u16s, vec16, versions,
+};
+use portcullis_abi::client_hello;
 use portcullis_abi::client_hello::{
-    ClientHelloSummary, HANDSHAKE_HEADER_LEN, MAX_EXTENSIONS, Malformed, RECORD_HEADER_LEN, Stage,
-    group, parse,
+    ClientHelloSummary, HANDSHAKE_HEADER_LEN, Malformed, RECORD_HEADER_LEN, Stage, group, parse,
 };
 
 /// One captured ClientHello and what the parser must say about it.
@@ -228,129 +236,18 @@ fn a_hello_continuing_in_a_second_record_is_fragmented_not_malformed() {
     );
 }
 
-/// A ClientHello built from parts, for crafted inputs.
-#[derive(Clone)]
-struct Hello {
-    record_version: u16,
-    legacy_version: u16,
-    session_id: Vec<u8>,
-    /// Raw cipher_suites vector contents.
-    suites: Vec<u8>,
-    compression: Vec<u8>,
-    /// Everything after compression_methods, raw (normally [`extensions`] of some list).
-    tail: Vec<u8>,
-}
-
-impl Hello {
-    /// A plausible TLS 1.3 ClientHello with GREASE, SNI, groups, versions and a key share.
-    fn valid() -> Self {
-        Self::with_extensions(&[
-            (0x0a0a, vec![]),
-            (0, sni("example.com")),
-            (10, u16_list(&[0x2a2a, group::X25519, group::SECP256R1])),
-            (13, u16_list(&[0x0403, 0x0804])),
-            (16, alpn()),
-            (43, versions(&[0x3a3a, 0x0304, 0x0303])),
-            (51, key_share(&[(0x2a2a, 1), (group::X25519, 32)])),
-            (0x1a1a, vec![0]),
-        ])
+/// The shared table of captures (used by the daemon's XDP test) is this file's table.
+#[test]
+fn shared_capture_table_matches_the_fixtures() {
+    assert_eq!(hello_fixtures::CAPTURED.len(), FIXTURES.len());
+    for (name, bytes, resumption) in hello_fixtures::CAPTURED {
+        let fixture = FIXTURES
+            .iter()
+            .find(|f| f.name == *name)
+            .unwrap_or_else(|| panic!("{name} is not in FIXTURES"));
+        assert_eq!(fixture.bytes, *bytes, "{name}");
+        assert_eq!(fixture.psk || fixture.tls12_ticket, *resumption, "{name}");
     }
-
-    fn with_extensions(list: &[(u16, Vec<u8>)]) -> Self {
-        Self {
-            record_version: 0x0301,
-            legacy_version: 0x0303,
-            session_id: vec![7; 32],
-            suites: u16s(&[0x5a5a, 0x1301, 0x1302, 0xc02b]),
-            compression: vec![0],
-            tail: extensions(list),
-        }
-    }
-
-    fn encode(&self) -> Vec<u8> {
-        let mut body = Vec::new();
-        body.extend_from_slice(&self.legacy_version.to_be_bytes());
-        body.extend_from_slice(&[0x42; 32]);
-        body.push(self.session_id.len() as u8);
-        body.extend_from_slice(&self.session_id);
-        body.extend_from_slice(&(self.suites.len() as u16).to_be_bytes());
-        body.extend_from_slice(&self.suites);
-        body.push(self.compression.len() as u8);
-        body.extend_from_slice(&self.compression);
-        body.extend_from_slice(&self.tail);
-        let mut handshake = vec![1];
-        handshake.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
-        handshake.extend_from_slice(&body);
-        let mut record = vec![22];
-        record.extend_from_slice(&self.record_version.to_be_bytes());
-        record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
-        record.extend_from_slice(&handshake);
-        record
-    }
-}
-
-fn u16s(values: &[u16]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_be_bytes()).collect()
-}
-
-/// A u16-length-prefixed vector.
-fn vec16(contents: &[u8]) -> Vec<u8> {
-    let mut out = (contents.len() as u16).to_be_bytes().to_vec();
-    out.extend_from_slice(contents);
-    out
-}
-
-fn u16_list(values: &[u16]) -> Vec<u8> {
-    vec16(&u16s(values))
-}
-
-fn extensions(list: &[(u16, Vec<u8>)]) -> Vec<u8> {
-    let mut block = Vec::new();
-    for (kind, body) in list {
-        block.extend_from_slice(&kind.to_be_bytes());
-        block.extend_from_slice(&vec16(body));
-    }
-    vec16(&block)
-}
-
-fn sni(host: &str) -> Vec<u8> {
-    let mut entry = vec![0];
-    entry.extend_from_slice(&vec16(host.as_bytes()));
-    vec16(&entry)
-}
-
-fn alpn() -> Vec<u8> {
-    vec16(b"\x02h2\x08http/1.1")
-}
-
-fn versions(list: &[u16]) -> Vec<u8> {
-    let mut out = vec![(list.len() * 2) as u8];
-    out.extend_from_slice(&u16s(list));
-    out
-}
-
-fn key_share(entries: &[(u16, usize)]) -> Vec<u8> {
-    let mut list = Vec::new();
-    for (group, len) in entries {
-        list.extend_from_slice(&group.to_be_bytes());
-        list.extend_from_slice(&vec16(&vec![0x55; *len]));
-    }
-    vec16(&list)
-}
-
-/// A well-framed pre_shared_key body: one identity, one 32-byte binder.
-fn psk() -> Vec<u8> {
-    let mut identity = vec16(b"ticket");
-    identity.extend_from_slice(&[0, 0, 0, 1]);
-    let mut body = vec16(&identity);
-    let mut binder = vec![32];
-    binder.extend_from_slice(&[0x33; 32]);
-    body.extend_from_slice(&vec16(&binder));
-    body
-}
-
-fn set_u16(bytes: &mut [u8], at: usize, value: u16) {
-    bytes[at..at + 2].copy_from_slice(&value.to_be_bytes());
 }
 
 #[test]
@@ -393,126 +290,6 @@ fn crafted_valid_hello_parses() {
         s.complete && s.extension_count == 0 && s.fingerprint.is_some(),
         "{s:?}"
     );
-}
-
-/// One crafted input per reason.
-fn malformed_cases() -> Vec<(Malformed, Vec<u8>)> {
-    use Malformed::*;
-    let valid = Hello::valid();
-    let with = |list: &[(u16, Vec<u8>)]| Hello::with_extensions(list).encode();
-    let mut cases = vec![
-        (NotHandshakeRecord, b"GET / HTTP/1.1\r\n".to_vec()),
-        (
-            BadRecordVersion,
-            Hello {
-                record_version: 0x0201,
-                ..valid.clone()
-            }
-            .encode(),
-        ),
-        (EmptyRecord, vec![22, 3, 1, 0, 0]),
-        (RecordTooLong, vec![22, 3, 1, 0x48, 0x01]),
-        (NotClientHello, vec![22, 3, 3, 0, 4, 2, 0, 0, 0]),
-        (HandshakeTooLong, vec![22, 3, 1, 0x40, 0, 1, 1, 0, 0]),
-        (
-            BadLegacyVersion,
-            Hello {
-                legacy_version: 0x0203,
-                ..valid.clone()
-            }
-            .encode(),
-        ),
-        (
-            SessionIdTooLong,
-            Hello {
-                session_id: vec![1; 33],
-                ..valid.clone()
-            }
-            .encode(),
-        ),
-        (
-            CipherSuitesOddLength,
-            Hello {
-                suites: vec![0x13, 0x01, 0x13],
-                ..valid.clone()
-            }
-            .encode(),
-        ),
-        (
-            CipherSuitesEmpty,
-            Hello {
-                suites: vec![],
-                ..valid.clone()
-            }
-            .encode(),
-        ),
-        (
-            CompressionMethodsEmpty,
-            Hello {
-                compression: vec![],
-                ..valid.clone()
-            }
-            .encode(),
-        ),
-        (
-            CompressionNullMissing,
-            Hello {
-                compression: vec![1],
-                ..valid.clone()
-            }
-            .encode(),
-        ),
-        (
-            ExtensionsLengthMismatch,
-            Hello {
-                tail: vec![0, 5, 0, 0, 0, 0],
-                ..valid.clone()
-            }
-            .encode(),
-        ),
-        (
-            ExtensionFramingBroken,
-            Hello {
-                tail: vec16(&[0, 16, 0, 9, 0]),
-                ..valid.clone()
-            }
-            .encode(),
-        ),
-        (
-            TooManyExtensions,
-            with(
-                &(0..=MAX_EXTENSIONS as u16)
-                    .map(|i| (100 + i, vec![]))
-                    .collect::<Vec<_>>(),
-            ),
-        ),
-        (
-            DuplicateExtension,
-            with(&[(16, alpn()), (0, sni("a.example")), (16, alpn())]),
-        ),
-        (
-            PskNotLast,
-            with(&[(45, vec![1, 1]), (41, psk()), (0, sni("a.example"))]),
-        ),
-        (BadSniFraming, with(&[(0, vec16(&[0, 0, 0]))])),
-        (BadSupportedVersions, with(&[(43, vec![3, 3, 4, 3])])),
-        (BadSupportedGroups, with(&[(10, vec16(&[]))])),
-        (BadKeyShare, with(&[(51, key_share(&[(group::X25519, 0)]))])),
-        (
-            BadPskFraming,
-            with(&[(45, vec![1, 1]), (41, vec![0, 3, 0, 1, 0])]),
-        ),
-        (BadEarlyData, with(&[(42, vec![0])])),
-        (PskWithoutKeyExchangeModes, with(&[(41, psk())])),
-        (EarlyDataWithoutPsk, with(&[(42, vec![]), (45, vec![1, 1])])),
-    ];
-    // The record carries one byte more than the ClientHello claims.
-    let mut longer_record = valid.encode();
-    let record_len = longer_record.len() - RECORD_HEADER_LEN + 1;
-    set_u16(&mut longer_record, 3, record_len as u16);
-    longer_record.push(0);
-    cases.push((HandshakeLengthMismatch, longer_record));
-    cases
 }
 
 #[test]

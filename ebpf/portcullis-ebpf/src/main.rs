@@ -4,13 +4,18 @@
 //! - [`portcullis_xdp`]: the XDP guard. It runs the ABI crate's [`classify`] (the same code the host unit
 //!   tests); for TCP to a listener port it drops sources in the blocklist [`XDP_BLOCK_NET`] and SYNs over their
 //!   source's budget in [`XDP_SYN_BUDGET`]; it counts the verdict in the per-CPU array [`XDP_VERDICTS`] and
-//!   passes everything else.
+//!   passes everything else. Past those checks, `flow` tracks connections (a SYN records the flow) and judges
+//!   the first payload segment of a tracked flow as a ClientHello, parsed by `hello` with the ABI crate's parser
+//!   run as one global BPF function per stage.
 //! - [`XDP_CONFIG`]: the listener ports and limits, written by the daemon (before attaching, and whenever they
 //!   change).
 //!
 //! Built only by `cargo xtask build` (Debian rustc, `-Z build-std=core`, `bpfel-unknown-none`). On the host this
 //! crate still type-checks (so `cargo check --workspace` and clippy cover it) and links to an empty `main`.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+mod flow;
+mod hello;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -56,7 +61,11 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     let config = XDP_CONFIG.get(XDP_CONFIG_KEY).unwrap_or(&XdpConfig::EMPTY);
     let classification = classify(&packet, config);
     let verdict = if classification.verdict == Verdict::PassListenerTcp {
-        guard(&classification, config)
+        match guard(&classification, config) {
+            // Past the source checks: flow tracking and the ClientHello check (`flow.rs`).
+            Verdict::PassListenerTcp => flow::inspect(&ctx, &classification, config),
+            dropped => dropped,
+        }
     } else {
         classification.verdict
     };

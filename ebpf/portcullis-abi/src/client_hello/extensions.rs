@@ -49,97 +49,99 @@ impl Extensions {
     };
 }
 
-/// Walks the extensions block, filling `summary` and feeding extension types to `fingerprint`.
+/// Walks one extension of the block, filling `summary` and feeding its type to `fingerprint`;
+/// `Ok(false)` once the block is finished (the extension types are then closed in `fingerprint`).
 ///
 /// On [`Halt::Truncated`] the summary keeps what the extensions that arrived told, and `found` what they
 /// were. The two extensions whose bodies hold lists (supported_versions, key_share) are only located here;
-/// [`parse_deferred`] walks them after this loop, whatever it returned, so that no loop is nested in this
+/// [`parse_deferred`] walks them after the walk, however it ended, so that no loop is nested in this
 /// one: the BPF verifier walks nested bounded loops as the product of their bounds.
-pub(super) fn parse<I: HelloBytes + ?Sized>(
+///
+/// `seen` has one bit per extension type below 64: every type this parser interprets is in that range, and
+/// a bitmap keeps the duplicate check O(1) without storing the types (RFC 8446 §4.2: "There MUST NOT be
+/// more than one extension of the same type"). `walked` counts the extensions walked, at most
+/// [`MAX_EXTENSIONS`].
+#[inline(always)]
+pub(super) fn step<I: HelloBytes + ?Sized>(
     input: &I,
-    mut block: Reader,
+    block: &mut Reader,
+    seen: &mut u64,
+    walked: &mut u32,
     summary: &mut ClientHelloSummary,
     fingerprint: &mut FingerprintBuilder,
     found: &mut Extensions,
-) -> Result<(), Halt> {
-    // One bit per extension type below 64: every type this parser interprets is in that range,
-    // and a bitmap keeps the duplicate check O(1) without storing the types (RFC 8446 §4.2:
-    // "There MUST NOT be more than one extension of the same type").
-    let mut seen: u64 = 0;
-    for _ in 0..MAX_EXTENSIONS {
-        if block.is_empty() {
-            break;
-        }
-        let kind = block.u16(input)?;
-        let len = usize::from(block.u16(input)?);
-        let body = block.split(len, overrun_reason(kind))?;
-        summary.extension_count = summary.extension_count.saturating_add(1);
-        if let Some(bit) = 1u64.checked_shl(u32::from(kind)) {
-            if seen & bit != 0 {
-                return Err(Malformed::DuplicateExtension.into());
-            }
-            seen |= bit;
-        }
-        fingerprint.extension(kind);
-        match kind {
-            extension_type::SERVER_NAME => server_name(input, body, summary)?,
-            extension_type::SUPPORTED_GROUPS => {
-                found.supported_groups = Some(supported_groups(input, body)?)
-            }
-            extension_type::SIGNATURE_ALGORITHMS => summary.signature_algorithms_present = true,
-            extension_type::ALPN => summary.alpn_present = true,
-            extension_type::SESSION_TICKET => summary.tls12_ticket = len > 0,
-            extension_type::PRE_SHARED_KEY => {
-                // RFC 8446 §4.2.11: it "MUST be the last extension", because the binders cover
-                // every byte before them.
-                if !block.is_empty() {
-                    return Err(Malformed::PskNotLast.into());
-                }
-                summary.offers_psk = true;
-                pre_shared_key(input, body)?;
-            }
-            extension_type::EARLY_DATA => {
-                // RFC 8446 §4.2.10: in a ClientHello the extension_data is `struct {} Empty`.
-                if len != 0 {
-                    return Err(Malformed::BadEarlyData.into());
-                }
-                summary.offers_early_data = true;
-            }
-            extension_type::SUPPORTED_VERSIONS => found.supported_versions = Some(body.span()),
-            extension_type::PSK_KEY_EXCHANGE_MODES => found.psk_key_exchange_modes = true,
-            extension_type::KEY_SHARE => found.key_share = Some(body.span()),
-            _ => {}
-        }
+) -> Result<bool, Halt> {
+    if block.is_empty() {
+        fingerprint.end_extensions();
+        return Ok(false);
     }
-    if !block.is_empty() {
+    if *walked as usize >= MAX_EXTENSIONS {
         return Err(Malformed::TooManyExtensions.into());
     }
-    fingerprint.end_extensions();
-    Ok(())
+    *walked += 1;
+    let kind = block.u16(input)?;
+    let len = usize::from(block.u16(input)?);
+    let body = block.split(len, overrun_reason(kind))?;
+    summary.extension_count = summary.extension_count.saturating_add(1);
+    if let Some(bit) = 1u64.checked_shl(u32::from(kind)) {
+        if *seen & bit != 0 {
+            return Err(Malformed::DuplicateExtension.into());
+        }
+        *seen |= bit;
+    }
+    fingerprint.extension(kind);
+    match kind {
+        extension_type::SERVER_NAME => server_name(input, body, summary)?,
+        extension_type::SUPPORTED_GROUPS => {
+            found.supported_groups = Some(supported_groups(input, body)?)
+        }
+        extension_type::SIGNATURE_ALGORITHMS => summary.signature_algorithms_present = true,
+        extension_type::ALPN => summary.alpn_present = true,
+        extension_type::SESSION_TICKET => summary.tls12_ticket = len > 0,
+        extension_type::PRE_SHARED_KEY => {
+            // RFC 8446 §4.2.11: it "MUST be the last extension", because the binders cover
+            // every byte before them.
+            if !block.is_empty() {
+                return Err(Malformed::PskNotLast.into());
+            }
+            summary.offers_psk = true;
+            pre_shared_key(input, body)?;
+        }
+        extension_type::EARLY_DATA => {
+            // RFC 8446 §4.2.10: in a ClientHello the extension_data is `struct {} Empty`.
+            if len != 0 {
+                return Err(Malformed::BadEarlyData.into());
+            }
+            summary.offers_early_data = true;
+        }
+        extension_type::SUPPORTED_VERSIONS => found.supported_versions = Some(body.span()),
+        extension_type::PSK_KEY_EXCHANGE_MODES => found.psk_key_exchange_modes = true,
+        extension_type::KEY_SHARE => found.key_share = Some(body.span()),
+        _ => {}
+    }
+    Ok(true)
 }
 
-/// Walks the list-carrying extensions [`parse`] located, in wire order, so that the first malformation
-/// found is still the first on the wire.
+/// Walks one of the list-carrying extensions [`step`] located: the one first in wire order when
+/// `first`, else the other, so that the first malformation found is still the first on the wire.
 pub(super) fn parse_deferred<I: HelloBytes + ?Sized>(
     input: &I,
     found: &Extensions,
     summary: &mut ClientHelloSummary,
+    first: bool,
 ) -> Result<(), Halt> {
     let versions_first = match (found.supported_versions, found.key_share) {
         (Some((v, _)), Some((k, _))) => v < k,
         _ => true,
     };
-    if versions_first {
-        deferred_versions(input, found, summary)?;
-        deferred_key_share(input, found, summary)?;
+    if versions_first == first {
+        deferred_versions(input, found, summary)
     } else {
-        deferred_key_share(input, found, summary)?;
-        deferred_versions(input, found, summary)?;
+        deferred_key_share(input, found, summary)
     }
-    Ok(())
 }
 
-/// supported_versions, if [`parse`] found it.
+/// supported_versions, if [`step`] found it.
 fn deferred_versions<I: HelloBytes + ?Sized>(
     input: &I,
     found: &Extensions,
@@ -155,7 +157,7 @@ fn deferred_versions<I: HelloBytes + ?Sized>(
     }
 }
 
-/// key_share, if [`parse`] found it.
+/// key_share, if [`step`] found it.
 fn deferred_key_share<I: HelloBytes + ?Sized>(
     input: &I,
     found: &Extensions,

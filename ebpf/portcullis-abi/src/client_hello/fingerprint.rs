@@ -97,14 +97,17 @@ pub(super) struct FingerprintBuilder {
 }
 
 impl FingerprintBuilder {
+    /// A fingerprint of nothing yet, before the legacy_version is known.
+    pub(super) const EMPTY: Self = Self {
+        ordered: Fnv(Fnv::OFFSET_BASIS),
+        unordered: Fnv(Fnv::OFFSET_BASIS),
+        extension_set: 0,
+        count: 0,
+    };
+
     /// Starts a fingerprint with the ClientHello's legacy_version.
     pub(super) fn new(legacy_version: u16) -> Self {
-        let mut builder = Self {
-            ordered: Fnv(Fnv::OFFSET_BASIS),
-            unordered: Fnv(Fnv::OFFSET_BASIS),
-            extension_set: 0,
-            count: 0,
-        };
+        let mut builder = Self::EMPTY;
         builder.both(legacy_version);
         builder
     }

@@ -103,6 +103,14 @@ impl Malformed {
         Self::EarlyDataWithoutPsk,
     ];
 
+    /// The reason whose discriminant is `index`, or `None` past the last one.
+    pub const fn from_index(index: u32) -> Option<Malformed> {
+        if index as usize >= Self::COUNT {
+            return None;
+        }
+        Some(Self::ALL[index as usize])
+    }
+
     /// The snake_case metric label, e.g. `"psk_not_last"`.
     pub const fn name(self) -> &'static str {
         match self {

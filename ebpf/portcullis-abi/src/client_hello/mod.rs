@@ -6,6 +6,7 @@
 //! - `malformed`: [`Malformed`], the reasons a ClientHello is rejected;
 //! - `extensions`: the extension list;
 //! - [`fingerprint`]: the 64-bit fingerprint and its exact byte layout;
+//! - [`stages`]: the parse as steps over a [`Workspace`], and the driver that runs them;
 //! - `reader`: the bounds-checked cursor everything reads through.
 //!
 //! # Input and verdicts
@@ -30,15 +31,16 @@
 //! No recursion, no allocation, no indexing or unwrapping of input, and every loop runs at most a
 //! `MAX_*` constant number of times, so the same code can be verified inside an XDP program.
 //! The input is read through [`HelloBytes`] (a slice here, the packet through
-//! `bpf_xdp_load_bytes` in XDP) and the parse state can live in a caller's [`Workspace`] (a
-//! per-CPU map value in XDP). Status: the parse compiles for `bpfel-unknown-none` and loads past
-//! the verifier's codegen checks, but a full parse still exceeds the verifier's budget of one
-//! million instructions (kernel 6.18), so the XDP program does not call it yet.
+//! `bpf_xdp_load_bytes` in XDP) and the parse runs as the [`stages`] over a [`Workspace`]: in
+//! place for [`parse`], one global BPF function per stage over a per-CPU map value in XDP, where
+//! each stage is verified once (the parse inlined whole exceeded the verifier's budget of one
+//! million instructions on 6.18).
 
 mod extensions;
 pub mod fingerprint;
 mod malformed;
 mod reader;
+pub mod stages;
 mod summary;
 
 pub use fingerprint::{Fingerprint, fingerprint_hex, is_grease};
@@ -47,7 +49,7 @@ pub use summary::{ClientHelloSummary, KEY_SHARE_SLOTS, SniRange, Stage};
 
 use fingerprint::FingerprintBuilder;
 pub use reader::HelloBytes;
-use reader::{Halt, Prefix, Reader};
+use reader::Reader;
 
 /// Bytes in a TLS record header: type, legacy_record_version, length.
 pub const RECORD_HEADER_LEN: usize = 5;
@@ -109,198 +111,61 @@ pub fn parse_from<I: HelloBytes + ?Sized>(input: &I) -> Result<ClientHelloSummar
     parse_in(input, &mut workspace)
 }
 
-/// What one parse writes as it goes: the summary so far and where the list extensions are.
+/// Everything one parse keeps between its [`stages`]: the summary so far, the fingerprint being
+/// built, where the extension walk is, and where the list extensions are.
 ///
-/// [`parse`] keeps it on the stack. A BPF caller can keep it in a per-CPU map value instead, so
-/// the verifier does not know the flags written into it: flags it knows decide later branches,
-/// and it then tracks every combination of extensions seen as a separate state.
+/// [`parse`] keeps it on the stack. The XDP program keeps it in a per-CPU map value instead and
+/// runs each stage as a separate BPF function, so the verifier checks each stage once, from a
+/// workspace whose contents it does not know, instead of once per path through earlier stages.
 #[derive(Clone, Copy, Debug)]
 pub struct Workspace {
     summary: ClientHelloSummary,
     found: extensions::Extensions,
+    fingerprint: FingerprintBuilder,
+    /// End of the first record, from the start of the input: later bytes are ignored.
+    record_end: usize,
+    /// End of the ClientHello, from the start of the input.
+    hello_end: usize,
+    /// The rest of the ClientHello body after the cipher suites, then the rest of the extensions
+    /// block.
+    block: Reader,
+    /// The cipher suites list.
+    list: Reader,
+    /// Extension types 0..=63 seen so far, one bit each.
+    seen: u64,
+    /// Extensions walked so far.
+    walked: u32,
+    /// How the extension walk ended: a [`stages`] status ([`stages::CONTINUE`] while walking).
+    walk_status: i32,
 }
 
 impl Workspace {
-    /// A workspace before any parse; [`parse_in`] resets it anyway.
+    /// A workspace before any parse; [`stages::Step::Head`] resets it anyway.
     pub const NEW: Self = Self {
         summary: ClientHelloSummary::EMPTY,
         found: extensions::Extensions::NONE,
+        fingerprint: FingerprintBuilder::EMPTY,
+        record_end: 0,
+        hello_end: 0,
+        block: Reader::new(0, 0, Malformed::ExtensionFramingBroken),
+        list: Reader::new(0, 0, Malformed::HandshakeLengthMismatch),
+        seen: 0,
+        walked: 0,
+        walk_status: stages::CONTINUE,
     };
+
+    /// The summary so far (final once a stage returned [`stages::DONE`]).
+    pub const fn summary(&self) -> &ClientHelloSummary {
+        &self.summary
+    }
 }
 
-/// [`parse_from`] with the caller's [`Workspace`] (reset first), for the XDP program.
+/// [`parse_from`] with the caller's [`Workspace`] (reset first).
 #[inline(always)]
 pub fn parse_in<I: HelloBytes + ?Sized>(
     input: &I,
     workspace: &mut Workspace,
 ) -> Result<ClientHelloSummary, Malformed> {
-    *workspace = Workspace::NEW;
-    let Workspace { summary, found } = workspace;
-    match parse_into(input, summary, found) {
-        Ok(()) => Ok(*summary),
-        Err(Halt::Truncated) => {
-            // Stopping at the end of a record that fully arrived means the ClientHello goes on
-            // in the next record, which this parser does not read.
-            let record_end = RECORD_HEADER_LEN + usize::from(summary.record_len);
-            summary.fragmented = summary.record_len != 0 && input.arrived() >= record_end;
-            Ok(*summary)
-        }
-        Err(Halt::Malformed(reason)) => Err(reason),
-    }
-}
-
-/// Walks the ClientHello, updating `summary` as each field arrives, so that a truncated input
-/// leaves a summary of everything before the cut.
-fn parse_into<I: HelloBytes + ?Sized>(
-    input: &I,
-    summary: &mut ClientHelloSummary,
-    found: &mut extensions::Extensions,
-) -> Result<(), Halt> {
-    // Both headers have fixed sizes, so their readers cannot overrun: the reasons are unused.
-    let mut record = Reader::new(0, RECORD_HEADER_LEN, Malformed::NotHandshakeRecord);
-    // Checked on the first byte alone, so plaintext HTTP or SSH is rejected without waiting.
-    if record.u8(input)? != CONTENT_TYPE_HANDSHAKE {
-        return Err(Malformed::NotHandshakeRecord.into());
-    }
-    let record_version = record.u16(input)?;
-    if record_version >> 8 != 3 {
-        return Err(Malformed::BadRecordVersion.into());
-    }
-    summary.record_version = record_version;
-    let record_len = record.u16(input)?;
-    if record_len == 0 {
-        return Err(Malformed::EmptyRecord.into());
-    }
-    if usize::from(record_len) > MAX_RECORD_LEN {
-        return Err(Malformed::RecordTooLong.into());
-    }
-    summary.record_len = record_len;
-    let record_end = RECORD_HEADER_LEN + usize::from(record_len);
-    // From here on the input ends at the first record: later bytes are ignored.
-    let input = &Prefix {
-        inner: input,
-        len: record_end,
-    };
-
-    summary.stage = Stage::HandshakeHeader;
-    let hello_start = RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN;
-    let mut handshake = Reader::new(RECORD_HEADER_LEN, hello_start, Malformed::NotClientHello);
-    if handshake.u8(input)? != CLIENT_HELLO {
-        return Err(Malformed::NotClientHello.into());
-    }
-    let hello_len = handshake.u24(input)?;
-    summary.handshake_len = hello_len;
-    let hello_len = usize::try_from(hello_len).unwrap_or(usize::MAX);
-    if hello_len > MAX_HELLO_LEN {
-        return Err(Malformed::HandshakeTooLong.into());
-    }
-    let hello_end = hello_start + hello_len;
-    // A client sends nothing after its ClientHello until the server answers, so record bytes
-    // after it are not a second message but a wrong length.
-    if record_end > hello_end {
-        return Err(Malformed::HandshakeLengthMismatch.into());
-    }
-
-    let mut body = Reader::new(hello_start, hello_end, Malformed::HandshakeLengthMismatch);
-    summary.stage = Stage::LegacyVersion;
-    let legacy_version = body.u16(input)?;
-    if legacy_version >> 8 != 3 {
-        return Err(Malformed::BadLegacyVersion.into());
-    }
-    summary.legacy_version = legacy_version;
-    let mut fingerprint = FingerprintBuilder::new(legacy_version);
-
-    summary.stage = Stage::Random;
-    body.skip(input, 32)?;
-
-    summary.stage = Stage::SessionId;
-    let session_id_len = body.u8(input)?;
-    if session_id_len > 32 {
-        return Err(Malformed::SessionIdTooLong.into());
-    }
-    summary.session_id_len = session_id_len;
-    body.skip(input, usize::from(session_id_len))?;
-
-    summary.stage = Stage::CipherSuites;
-    let suites_len = body.u16(input)?;
-    if suites_len % 2 != 0 {
-        return Err(Malformed::CipherSuitesOddLength.into());
-    }
-    if suites_len == 0 {
-        return Err(Malformed::CipherSuitesEmpty.into());
-    }
-    summary.cipher_suite_count = suites_len / 2;
-    let mut suites = body.split(usize::from(suites_len), Malformed::HandshakeLengthMismatch)?;
-    for _ in 0..MAX_HASHED_CIPHER_SUITES {
-        if suites.is_empty() {
-            break;
-        }
-        fingerprint.list_item(suites.u16(input)?);
-    }
-    fingerprint.end_list();
-
-    summary.stage = Stage::CompressionMethods;
-    let methods_len = body.u8(input)?;
-    if methods_len == 0 {
-        return Err(Malformed::CompressionMethodsEmpty.into());
-    }
-    // RFC 5246 §7.4.1.2: the list "MUST contain ... CompressionMethod.null".
-    let mut methods = body.split(usize::from(methods_len), Malformed::HandshakeLengthMismatch)?;
-    let mut null_offered = false;
-    for _ in 0..u8::MAX {
-        if methods.is_empty() {
-            break;
-        }
-        null_offered |= methods.u8(input)? == 0;
-    }
-    if !null_offered {
-        return Err(Malformed::CompressionNullMissing.into());
-    }
-
-    summary.stage = Stage::Extensions;
-    // RFC 5246 §7.4.1.2 lets a TLS 1.2 ClientHello end here without an extensions block; an
-    // empty block stands in for it.
-    let block = if body.is_empty() {
-        Reader::new(hello_end, hello_end, Malformed::ExtensionFramingBroken)
-    } else {
-        if body.left() < 2 {
-            return Err(Malformed::ExtensionsLengthMismatch.into());
-        }
-        let block_len = usize::from(body.u16(input)?);
-        if block_len != body.left() {
-            return Err(Malformed::ExtensionsLengthMismatch.into());
-        }
-        body.split(block_len, Malformed::ExtensionFramingBroken)?
-    };
-    let walked = extensions::parse(input, block, summary, &mut fingerprint, found);
-    // Run even when the walk stopped: a truncated ClientHello still reports the key_share groups and
-    // versions that arrived, and an earlier malformed list is reported before a later fault.
-    extensions::parse_deferred(input, found, summary)?;
-    walked?;
-
-    // Extension bodies the parser does not interpret were stepped over by length alone, so only
-    // this proves every byte of the ClientHello arrived.
-    if input.arrived() < hello_end {
-        return Err(Halt::Truncated);
-    }
-    if summary.offers_psk && !found.psk_key_exchange_modes {
-        return Err(Malformed::PskWithoutKeyExchangeModes.into());
-    }
-    if summary.offers_early_data && !summary.offers_psk {
-        return Err(Malformed::EarlyDataWithoutPsk.into());
-    }
-    if let Some((start, end)) = found.supported_groups {
-        let mut groups = Reader::new(start, end, Malformed::BadSupportedGroups);
-        for _ in 0..MAX_HASHED_GROUPS {
-            if groups.is_empty() {
-                break;
-            }
-            fingerprint.list_item(groups.u16(input)?);
-        }
-    }
-    fingerprint.end_list();
-    summary.fingerprint = Some(fingerprint.finish());
-    summary.complete = true;
-    summary.stage = Stage::Done;
-    Ok(())
+    let status = stages::drive(&mut stages::Direct { input, workspace });
+    stages::outcome(input, workspace, status)
 }

@@ -9,6 +9,8 @@
 //! - [`counters`]: [`XdpCounters`], a cheap handle that sums the per-CPU verdict counters.
 //! - [`logs`]: forwards the BPF program's aya-log records to `tracing` from a small thread.
 //! - `test_run` (tests only): the ABI's packet fixture table run through the loaded program (`BPF_PROG_TEST_RUN`).
+//! - `test_hello` (tests only): SYN then first segment of real, crafted-malformed, cut-short and blocked
+//!   ClientHellos through the loaded program: the ClientHello check, flow tracking and the ClientHello budget.
 //!
 //! # Invariants
 //! - The links, the counter and config pins (`xdp_verdicts`, `xdp_config`) and the pin directory (if it made it
@@ -27,6 +29,8 @@ mod logs;
 mod object;
 mod pins;
 mod settings;
+#[cfg(test)]
+mod test_hello;
 #[cfg(test)]
 mod test_run;
 

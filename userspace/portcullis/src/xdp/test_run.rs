@@ -22,12 +22,12 @@ use portcullis_abi::{
 use super::object;
 
 /// `XDP_DROP`.
-const XDP_DROP: u32 = 1;
+pub(super) const XDP_DROP: u32 = 1;
 /// `XDP_PASS`.
-const XDP_PASS: u32 = 2;
+pub(super) const XDP_PASS: u32 = 2;
 
 /// Why a privileged test cannot run here, or `None`; panics instead of skipping under `CI=true`.
-fn skip_reason(test: &str) -> Option<&'static str> {
+pub(super) fn skip_reason(test: &str) -> Option<&'static str> {
     let why = if !nix::unistd::Uid::effective().is_root() {
         Some("needs root (CAP_BPF) to load the BPF object")
     } else if object::embedded().is_err() {
@@ -44,7 +44,7 @@ fn skip_reason(test: &str) -> Option<&'static str> {
 }
 
 /// The embedded object loaded with `config`, its verdict counters taken out, its program verified.
-fn load(config: XdpConfig) -> (Ebpf, PerCpuArray<MapData, u64>) {
+pub(super) fn load(config: XdpConfig) -> (Ebpf, PerCpuArray<MapData, u64>) {
     let object = object::embedded().expect("checked by skip_reason");
     let mut ebpf = EbpfLoader::new()
         .load(object)
@@ -61,7 +61,7 @@ fn load(config: XdpConfig) -> (Ebpf, PerCpuArray<MapData, u64>) {
     (ebpf, counters)
 }
 
-fn write_config(ebpf: &mut Ebpf, config: XdpConfig) {
+pub(super) fn write_config(ebpf: &mut Ebpf, config: XdpConfig) {
     Array::<_, XdpConfig>::try_from(ebpf.map_mut(MAP_XDP_CONFIG).expect("config map"))
         .expect("config map type")
         .set(XDP_CONFIG_KEY, config, 0)
@@ -76,7 +76,11 @@ fn program(ebpf: &mut Ebpf) -> &mut Xdp {
 }
 
 /// Runs `frame` once; returns the XDP action and the verdict whose counter moved.
-fn run(ebpf: &mut Ebpf, counters: &PerCpuArray<MapData, u64>, frame: &[u8]) -> (u32, Verdict) {
+pub(super) fn run(
+    ebpf: &mut Ebpf,
+    counters: &PerCpuArray<MapData, u64>,
+    frame: &[u8],
+) -> (u32, Verdict) {
     let totals = || -> Vec<u64> {
         Verdict::ALL
             .iter()

@@ -1,0 +1,384 @@
+//! The parse as four stages over a [`Workspace`], so that the XDP program can run each stage as a
+//! BPF function of its own.
+//!
+//! The [`Step`]s, in order: the headers up to the cipher suites, the cipher suites (hashed), the
+//! compression methods, the extensions (one per call, at most [`MAX_EXTENSIONS`] + 1 calls), the two
+//! list extensions (supported_versions and key_share, in wire order), the checks that need the
+//! whole ClientHello, and the supported_groups list into the fingerprint. [`drive`] runs them
+//! through the [`Stages`] trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse)
+//! does), the XDP program calls one global BPF function per step, each verified once from an
+//! unknown workspace. At most one bounded loop runs per step: the verifier walks a loop after a
+//! loop once per way out of the first, so two in one function multiply.
+//!
+//! Every stage returns an `i32` status, because that is what a global BPF function may return:
+//! [`CONTINUE`], [`DONE`], [`TRUNCATED`], or [`MALFORMED_BASE`] plus the [`Malformed`] reason.
+
+use super::extensions;
+use super::reader::{Halt, HelloBytes, Prefix, Reader};
+use super::{
+    CLIENT_HELLO, CONTENT_TYPE_HANDSHAKE, ClientHelloSummary, FingerprintBuilder,
+    HANDSHAKE_HEADER_LEN, MAX_EXTENSIONS, MAX_HASHED_CIPHER_SUITES, MAX_HASHED_GROUPS,
+    MAX_HELLO_LEN, MAX_RECORD_LEN, Malformed, RECORD_HEADER_LEN, Stage, Workspace,
+};
+
+/// The stage succeeded; run the next one (or, for [`Step::Extension`], the next extension).
+pub const CONTINUE: i32 = 0;
+/// The parse (or, for [`Step::Extension`], the extension walk) is finished.
+pub const DONE: i32 = 1;
+/// The input ended first: not an error, the summary so far is the answer.
+pub const TRUNCATED: i32 = 2;
+/// `MALFORMED_BASE + reason as i32`: the bytes present prove the ClientHello malformed.
+pub const MALFORMED_BASE: i32 = 16;
+
+/// The reason a status carries, if it is a malformation.
+pub const fn malformed(status: i32) -> Option<Malformed> {
+    if status < MALFORMED_BASE {
+        return None;
+    }
+    Malformed::from_index((status - MALFORMED_BASE) as u32)
+}
+
+/// One step of the parse; [`run`] runs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Resets the workspace; record header, handshake header, legacy_version, random, session id,
+    /// cipher suites length.
+    Head,
+    /// The cipher suites, hashed into the fingerprint.
+    Suites,
+    /// The compression methods; locates the extensions block.
+    Compression,
+    /// One extension, or the end of the block ([`DONE`]).
+    Extension,
+    /// The list extension (supported_versions or key_share) that comes first on the wire.
+    FirstList,
+    /// The other one.
+    SecondList,
+    /// How the extension walk ended and the checks that need the whole ClientHello.
+    Checks,
+    /// The supported_groups list into the fingerprint; [`DONE`] with a complete summary.
+    Groups,
+}
+
+/// Runs the steps of one parse; the BPF program implements it with one global function per step.
+pub trait Stages {
+    /// Runs `step` and returns its status.
+    fn run(&mut self, step: Step) -> i32;
+}
+
+/// Runs every stage of one parse and returns the final status: [`DONE`], [`TRUNCATED`] or a
+/// malformation.
+#[inline(always)]
+pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
+    for step in [Step::Head, Step::Suites, Step::Compression] {
+        let status = stages.run(step);
+        if status != CONTINUE {
+            return status;
+        }
+    }
+    // One call per extension and one to find the end (or too many): the walk ends inside the
+    // bound, whatever the input.
+    for _ in 0..=MAX_EXTENSIONS {
+        if stages.run(Step::Extension) != CONTINUE {
+            break;
+        }
+    }
+    // Run even when the walk stopped: a truncated ClientHello still reports the key_share groups
+    // and versions that arrived; `Checks` then reports how the walk ended.
+    for step in [Step::FirstList, Step::SecondList, Step::Checks] {
+        let status = stages.run(step);
+        if status != CONTINUE {
+            return status;
+        }
+    }
+    stages.run(Step::Groups)
+}
+
+/// Runs one step of the parse of `input` in `workspace`.
+#[inline(always)]
+pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Workspace) -> i32 {
+    if step == Step::Head {
+        *workspace = Workspace::NEW;
+        return status(head_into(input, workspace));
+    }
+    // After the record header, the input ends at the first record: later bytes are ignored.
+    let input = &Prefix {
+        inner: input,
+        len: workspace.record_end,
+    };
+    match step {
+        Step::Head => CONTINUE,
+        Step::Suites => status(suites_into(input, workspace)),
+        Step::Compression => status(compression_into(input, workspace)),
+        Step::Extension => extension(input, workspace),
+        Step::FirstList => status(list_into(input, workspace, true)),
+        Step::SecondList => status(list_into(input, workspace, false)),
+        Step::Checks => match workspace.walk_status {
+            DONE => status(checks_into(input, workspace)),
+            // A driver that stopped calling `Extension` early leaves the walk unfinished: more
+            // extensions than it walked.
+            CONTINUE => MALFORMED_BASE + Malformed::TooManyExtensions as i32,
+            // Truncated or malformed: passed on as it is (no round trip through `Malformed`,
+            // whose table lookup the BPF verifier cannot bound).
+            halted => halted,
+        },
+        Step::Groups => match groups_into(input, workspace) {
+            Ok(()) => DONE,
+            Err(halt) => status(Err(halt)),
+        },
+    }
+}
+
+/// [`Stages`] run in place on one input and workspace.
+pub struct Direct<'a, I: HelloBytes + ?Sized> {
+    /// The client's first bytes.
+    pub input: &'a I,
+    /// Where the parse keeps its state.
+    pub workspace: &'a mut Workspace,
+}
+
+impl<I: HelloBytes + ?Sized> Stages for Direct<'_, I> {
+    fn run(&mut self, step: Step) -> i32 {
+        run(step, self.input, self.workspace)
+    }
+}
+
+/// What [`drive`]'s final `status` means for the parse: the summary, or why it is malformed.
+pub fn outcome<I: HelloBytes + ?Sized>(
+    input: &I,
+    workspace: &mut Workspace,
+    status: i32,
+) -> Result<ClientHelloSummary, Malformed> {
+    let summary = &mut workspace.summary;
+    if let Some(reason) = malformed(status) {
+        return Err(reason);
+    }
+    if status == TRUNCATED {
+        // Stopping at the end of a record that fully arrived means the ClientHello goes on in the
+        // next record, which this parser does not read.
+        let record_end = RECORD_HEADER_LEN + usize::from(summary.record_len);
+        summary.fragmented = summary.record_len != 0 && input.arrived() >= record_end;
+    }
+    Ok(*summary)
+}
+
+/// The status of a stage's result.
+#[inline(always)]
+fn status(result: Result<(), Halt>) -> i32 {
+    match result {
+        Ok(()) => CONTINUE,
+        Err(Halt::Truncated) => TRUNCATED,
+        Err(Halt::Malformed(reason)) => MALFORMED_BASE + reason as i32,
+    }
+}
+
+/// [`Step::Extension`]; the outcome of the walk is kept for [`Step::Checks`].
+fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i32 {
+    let Workspace {
+        summary,
+        found,
+        fingerprint,
+        block,
+        seen,
+        walked,
+        ..
+    } = workspace;
+    let status = match extensions::step(input, block, seen, walked, summary, fingerprint, found) {
+        Ok(true) => CONTINUE,
+        Ok(false) => DONE,
+        Err(halt) => status(Err(halt)),
+    };
+    workspace.walk_status = status;
+    status
+}
+
+/// [`Step::Head`], updating the summary as each field arrives, so that a truncated input leaves a
+/// summary of everything before the cut.
+fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
+    let summary = &mut workspace.summary;
+    // Both headers have fixed sizes, so their readers cannot overrun: the reasons are unused.
+    let mut record = Reader::new(0, RECORD_HEADER_LEN, Malformed::NotHandshakeRecord);
+    // Checked on the first byte alone, so plaintext HTTP or SSH is rejected without waiting.
+    if record.u8(input)? != CONTENT_TYPE_HANDSHAKE {
+        return Err(Malformed::NotHandshakeRecord.into());
+    }
+    let record_version = record.u16(input)?;
+    if record_version >> 8 != 3 {
+        return Err(Malformed::BadRecordVersion.into());
+    }
+    summary.record_version = record_version;
+    let record_len = record.u16(input)?;
+    if record_len == 0 {
+        return Err(Malformed::EmptyRecord.into());
+    }
+    if usize::from(record_len) > MAX_RECORD_LEN {
+        return Err(Malformed::RecordTooLong.into());
+    }
+    summary.record_len = record_len;
+    let record_end = RECORD_HEADER_LEN + usize::from(record_len);
+    workspace.record_end = record_end;
+    // From here on the input ends at the first record: later bytes are ignored.
+    let input = &Prefix {
+        inner: input,
+        len: record_end,
+    };
+
+    summary.stage = Stage::HandshakeHeader;
+    let hello_start = RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN;
+    let mut handshake = Reader::new(RECORD_HEADER_LEN, hello_start, Malformed::NotClientHello);
+    if handshake.u8(input)? != CLIENT_HELLO {
+        return Err(Malformed::NotClientHello.into());
+    }
+    let hello_len = handshake.u24(input)?;
+    summary.handshake_len = hello_len;
+    let hello_len = usize::try_from(hello_len).unwrap_or(usize::MAX);
+    if hello_len > MAX_HELLO_LEN {
+        return Err(Malformed::HandshakeTooLong.into());
+    }
+    let hello_end = hello_start + hello_len;
+    workspace.hello_end = hello_end;
+    // A client sends nothing after its ClientHello until the server answers, so record bytes
+    // after it are not a second message but a wrong length.
+    if record_end > hello_end {
+        return Err(Malformed::HandshakeLengthMismatch.into());
+    }
+
+    let mut body = Reader::new(hello_start, hello_end, Malformed::HandshakeLengthMismatch);
+    summary.stage = Stage::LegacyVersion;
+    let legacy_version = body.u16(input)?;
+    if legacy_version >> 8 != 3 {
+        return Err(Malformed::BadLegacyVersion.into());
+    }
+    summary.legacy_version = legacy_version;
+    workspace.fingerprint = FingerprintBuilder::new(legacy_version);
+
+    summary.stage = Stage::Random;
+    body.skip(input, 32)?;
+
+    summary.stage = Stage::SessionId;
+    let session_id_len = body.u8(input)?;
+    if session_id_len > 32 {
+        return Err(Malformed::SessionIdTooLong.into());
+    }
+    summary.session_id_len = session_id_len;
+    body.skip(input, usize::from(session_id_len))?;
+
+    summary.stage = Stage::CipherSuites;
+    let suites_len = body.u16(input)?;
+    if suites_len % 2 != 0 {
+        return Err(Malformed::CipherSuitesOddLength.into());
+    }
+    if suites_len == 0 {
+        return Err(Malformed::CipherSuitesEmpty.into());
+    }
+    summary.cipher_suite_count = suites_len / 2;
+    workspace.list = body.split(usize::from(suites_len), Malformed::HandshakeLengthMismatch)?;
+    workspace.block = body;
+    Ok(())
+}
+
+/// [`Step::Suites`]: the cipher suites in `workspace.list`.
+fn suites_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
+    let suites = &mut workspace.list;
+    let fingerprint = &mut workspace.fingerprint;
+    for _ in 0..MAX_HASHED_CIPHER_SUITES {
+        if suites.is_empty() {
+            break;
+        }
+        fingerprint.list_item(suites.u16(input)?);
+    }
+    fingerprint.end_list();
+    Ok(())
+}
+
+/// [`Step::Compression`]: the compression methods at `workspace.block` (the rest of the body), then
+/// the extensions block, which replaces it in `workspace.block`.
+fn compression_into<I: HelloBytes + ?Sized>(
+    input: &I,
+    workspace: &mut Workspace,
+) -> Result<(), Halt> {
+    let summary = &mut workspace.summary;
+    let body = &mut workspace.block;
+    let hello_end = workspace.hello_end;
+    summary.stage = Stage::CompressionMethods;
+    let methods_len = body.u8(input)?;
+    if methods_len == 0 {
+        return Err(Malformed::CompressionMethodsEmpty.into());
+    }
+    // RFC 5246 §7.4.1.2: the list "MUST contain ... CompressionMethod.null".
+    let mut methods = body.split(usize::from(methods_len), Malformed::HandshakeLengthMismatch)?;
+    let mut null_offered = false;
+    for _ in 0..u8::MAX {
+        if methods.is_empty() {
+            break;
+        }
+        null_offered |= methods.u8(input)? == 0;
+    }
+    if !null_offered {
+        return Err(Malformed::CompressionNullMissing.into());
+    }
+
+    summary.stage = Stage::Extensions;
+    // RFC 5246 §7.4.1.2 lets a TLS 1.2 ClientHello end here without an extensions block; an
+    // empty block stands in for it.
+    *body = if body.is_empty() {
+        Reader::new(hello_end, hello_end, Malformed::ExtensionFramingBroken)
+    } else {
+        if body.left() < 2 {
+            return Err(Malformed::ExtensionsLengthMismatch.into());
+        }
+        let block_len = usize::from(body.u16(input)?);
+        if block_len != body.left() {
+            return Err(Malformed::ExtensionsLengthMismatch.into());
+        }
+        body.split(block_len, Malformed::ExtensionFramingBroken)?
+    };
+    Ok(())
+}
+
+/// [`Step::FirstList`] (`first`) or [`Step::SecondList`].
+fn list_into<I: HelloBytes + ?Sized>(
+    input: &I,
+    workspace: &mut Workspace,
+    first: bool,
+) -> Result<(), Halt> {
+    extensions::parse_deferred(input, &workspace.found, &mut workspace.summary, first)
+}
+
+/// [`Step::Checks`] once the extension walk finished.
+fn checks_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
+    let summary = &mut workspace.summary;
+    let found = &workspace.found;
+    // Extension bodies the parser does not interpret were stepped over by length alone, so only
+    // this proves every byte of the ClientHello arrived.
+    if input.arrived() < workspace.hello_end {
+        return Err(Halt::Truncated);
+    }
+    if summary.offers_psk && !found.psk_key_exchange_modes {
+        return Err(Malformed::PskWithoutKeyExchangeModes.into());
+    }
+    if summary.offers_early_data && !summary.offers_psk {
+        return Err(Malformed::EarlyDataWithoutPsk.into());
+    }
+    Ok(())
+}
+
+/// [`Step::Groups`].
+fn groups_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
+    let fingerprint = &mut workspace.fingerprint;
+    if let Some((start, end)) = workspace.found.supported_groups {
+        let mut groups = Reader::new(start, end, Malformed::BadSupportedGroups);
+        for _ in 0..MAX_HASHED_GROUPS {
+            if groups.is_empty() {
+                break;
+            }
+            fingerprint.list_item(groups.u16(input)?);
+        }
+    }
+    fingerprint.end_list();
+    let summary = &mut workspace.summary;
+    summary.fingerprint = Some(fingerprint.finish());
+    summary.complete = true;
+    summary.stage = Stage::Done;
+    Ok(())
+}

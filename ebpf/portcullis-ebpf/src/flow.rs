@@ -1,0 +1,134 @@
+//! Connection tracking and the ClientHello verdict.
+//!
+//! A SYN that passed the source checks records its flow in [`XDP_FLOWS`]; the first payload segment of a recorded
+//! flow is parsed ([`crate::hello::judge`]) and judged: malformed (counted by reason in [`XDP_MALFORMED`]), over
+//! the source's ClientHello budget ([`XDP_HELLO_BUDGET`], resumption offers cost less), or a blocked fingerprint
+//! ([`XDP_BLOCK_FP`]) drops; anything else passes, a ClientHello cut short included. A passed segment forgets its
+//! flow, so the rest of the connection costs one failed lookup per packet; a dropped one keeps it, so the
+//! client's retransmission of the same bytes is judged (and dropped) again.
+
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    helpers::bpf_ktime_get_ns,
+    macros::btf_map,
+    programs::XdpContext,
+};
+use portcullis_abi::{
+    client_hello::{Malformed, stages},
+    flow::{FULL_HELLO_COST_MILLI, FlowKey},
+    limits::{SourceKey, TokenBucket, source_key},
+    packet::Classification,
+    verdict::Verdict,
+    xdp_config::XdpConfig,
+};
+
+use crate::hello;
+
+/// Flows whose SYN passed, value the SYN time in ns; the name must match `portcullis_abi::names::MAP_XDP_FLOWS`.
+/// LRU: under a SYN flood the oldest entries go first, and their connections merely pass unparsed (fail open).
+#[btf_map(name = "xdp_flows")]
+static XDP_FLOWS: LruHashMap<FlowKey, u64, 65536> = LruHashMap::new();
+
+/// Malformed ClientHellos per reason and CPU; the name must match `portcullis_abi::names::MAP_XDP_MALFORMED`.
+#[btf_map(name = "xdp_malformed")]
+static XDP_MALFORMED: PerCpuArray<u64, { Malformed::COUNT }> = PerCpuArray::new();
+
+/// Per-source ClientHello token buckets; the name must match `portcullis_abi::names::MAP_XDP_HELLO_BUDGET`.
+#[btf_map(name = "xdp_ch_budget")]
+static XDP_HELLO_BUDGET: LruHashMap<SourceKey, TokenBucket, 65536> = LruHashMap::new();
+
+/// Blocked fingerprints (either variant), value 1; the name must match `portcullis_abi::names::MAP_XDP_BLOCK_FP`.
+#[btf_map(name = "xdp_block_fp")]
+static XDP_BLOCK_FP: HashMap<u64, u8, 16384> = HashMap::new();
+
+/// The flow of a classified TCP packet.
+#[inline(always)]
+fn flow_key(packet: &Classification) -> FlowKey {
+    FlowKey {
+        src: packet.src,
+        dst: packet.dst,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+    }
+}
+
+/// For a packet to a listener port that passed the source checks: records a SYN's flow, judges the first payload
+/// segment of a recorded flow, passes everything else.
+#[inline(always)]
+pub fn inspect(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
+    if packet.is_syn() {
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // A failed insert only leaves the flow untracked: it passes unparsed (fail open).
+        let _ = XDP_FLOWS.insert(flow_key(packet), now, 0);
+        return Verdict::PassListenerTcp;
+    }
+    if packet.payload_len == 0 {
+        return Verdict::PassListenerTcp;
+    }
+    let key = flow_key(packet);
+    if XDP_FLOWS.get_ptr(key).is_none() {
+        return Verdict::PassListenerTcp;
+    }
+    let verdict = judge(ctx, packet, config);
+    if !verdict.drops() || config.enforce == 0 {
+        let _ = XDP_FLOWS.remove(key);
+    }
+    verdict
+}
+
+/// The verdict on the first payload segment of a tracked flow.
+#[inline(always)]
+fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
+    let judged = hello::judge(ctx.ctx, packet.payload_offset, packet.payload_len);
+    if judged.status >= stages::MALFORMED_BASE {
+        let reason = (judged.status - stages::MALFORMED_BASE) as u32;
+        if let Some(counter) = XDP_MALFORMED.get_ptr_mut(reason) {
+            // SAFETY: this CPU's slot of a per-CPU array; XDP runs are not preempted on a CPU.
+            unsafe { *counter += 1 };
+        }
+        return Verdict::DropMalformedHello;
+    }
+    if judged.status == stages::DONE {
+        for fingerprint in judged.fingerprints {
+            // SAFETY: the value is a plain u8 and only compared for presence.
+            if unsafe { XDP_BLOCK_FP.get(fingerprint) }.is_some() {
+                return Verdict::DropBlockedFingerprint;
+            }
+        }
+    }
+    if config.hello_rate != 0 && !hello_within_budget(packet, config, judged.resumption) {
+        return Verdict::DropHelloRate;
+    }
+    Verdict::PassClientHello
+}
+
+/// Spends one ClientHello (a resumption offer at its configured discount) from the source's bucket.
+#[inline(always)]
+fn hello_within_budget(packet: &Classification, config: &XdpConfig, resumption: bool) -> bool {
+    let key = source_key(&packet.src, config.v4_prefix_len, config.v6_prefix_len);
+    let burst = if config.hello_burst == 0 {
+        1
+    } else {
+        config.hello_burst
+    };
+    let cost = if resumption && config.hello_resume_cost_milli != 0 {
+        u64::from(config.hello_resume_cost_milli)
+    } else {
+        FULL_HELLO_COST_MILLI
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match XDP_HELLO_BUDGET.get_ptr_mut(&key) {
+        Some(bucket) => {
+            // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token.
+            unsafe { (*bucket).take(now, config.hello_rate, burst, cost) }
+        }
+        None => {
+            let mut bucket = TokenBucket::full(burst, now);
+            let allowed = bucket.take(now, config.hello_rate, burst, cost);
+            let _ = XDP_HELLO_BUDGET.insert(&key, &bucket, 0);
+            allowed
+        }
+    }
+}

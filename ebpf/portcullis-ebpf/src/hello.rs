@@ -1,0 +1,191 @@
+//! The ClientHello parse inside XDP: the ABI crate's parser, run stage by stage.
+//!
+//! The parser's [`stages`] each become one *global* BPF function (`#[unsafe(no_mangle)] extern "C"`, so the
+//! object's BTF gives it global linkage). The verifier checks a global function once, on its own, from
+//! arguments it knows only by type, and a call to it costs the caller one instruction of verification. The
+//! whole ClientHello walk inlined into the program exceeded the one-million-instruction budget on 6.18: every
+//! path out of the cipher-suite and extension loops was walked again through everything after them. Split, each
+//! stage is verified once.
+//!
+//! A global function may take only the context and scalars, so the parse state lives in this CPU's slot of
+//! [`XDP_HELLO_WS`] (a [`Workspace`] plus where the payload lies), looked up again by each stage. XDP programs
+//! are not preempted on a CPU, so no other parse touches the slot in between.
+
+use aya_ebpf::{
+    bindings::xdp_md,
+    btf_maps::PerCpuArray,
+    helpers::generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    macros::btf_map,
+};
+use portcullis_abi::client_hello::{
+    HelloBytes, Workspace,
+    stages::{self, Stages, Step},
+};
+
+/// One parse's state: where the TCP payload lies in the packet and the parser's workspace.
+#[repr(C)]
+struct Scratch {
+    /// Offset of the TCP payload from the start of the frame.
+    base: u32,
+    /// Payload bytes present in the packet (declared by IP, cut to what the buffer holds).
+    len: u32,
+    /// The parser's state between stages.
+    workspace: Workspace,
+}
+
+/// 64-bit words of a [`Scratch`]: the map value is declared as plain words so its BTF is an array of `u64`,
+/// not the parser's Rust types (enums with data have no BTF the kernel accepts).
+const SCRATCH_WORDS: usize = size_of::<Scratch>().div_ceil(8);
+
+const _: () = assert!(align_of::<Scratch>() <= 8);
+
+/// Per-CPU parse state (see the module docs); not read by userspace. Named like
+/// `portcullis_abi::names::MAP_XDP_HELLO_WS`.
+#[btf_map(name = "xdp_hello_ws")]
+static XDP_HELLO_WS: PerCpuArray<[u64; SCRATCH_WORDS], 1> = PerCpuArray::new();
+
+/// This CPU's parse state, if the map lookup succeeds (it cannot fail for index 0 of a per-CPU array).
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    let words = XDP_HELLO_WS.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot, valid for the program run, 8-byte aligned and large enough (SCRATCH_WORDS);
+    // the parse never runs concurrently with itself on one CPU. The bytes form a valid `Scratch` once `head`
+    // has reset the workspace, and no stage reads it before that.
+    Some(unsafe { &mut *words.cast::<Scratch>() })
+}
+
+/// The TCP payload of the packet being judged, read with `bpf_xdp_load_bytes` (which also reads fragments of
+/// multi-buffer frames). Offsets handed to a helper need no exact verifier tracking, unlike packet pointers.
+struct Payload {
+    ctx: *mut xdp_md,
+    base: u32,
+    len: u32,
+}
+
+impl HelloBytes for Payload {
+    #[inline(always)]
+    fn arrived(&self) -> usize {
+        self.len as usize
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let len = self.len as usize;
+        if N > len || offset > len - N {
+            return None;
+        }
+        let mut buf = [0u8; N];
+        // SAFETY: `buf` is N writable bytes; the helper checks the offset against the packet and fails cleanly.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx,
+                self.base.wrapping_add(offset as u32),
+                buf.as_mut_ptr().cast(),
+                N as u32,
+            )
+        };
+        if rc == 0 { Some(buf) } else { None }
+    }
+}
+
+/// Runs one step on this CPU's scratch; a missing scratch reads as truncation (pass: fail open).
+#[inline(always)]
+fn run(ctx: *mut xdp_md, step: Step) -> i32 {
+    let Some(scratch) = scratch() else {
+        return stages::TRUNCATED;
+    };
+    // Clamped here, in every step, to what the buffer holds: this also makes every step use `ctx`, which it
+    // must. A step that never reads the packet (`Checks`) would otherwise let LLVM, seeing the whole object,
+    // leave the argument register unset at the call, and the verifier rejects a call whose `ctx` argument is
+    // not the context ("Caller passes invalid args").
+    // SAFETY: a helper taking the context.
+    let buffer = unsafe { bpf_xdp_get_buff_len(ctx) };
+    let present = buffer.saturating_sub(u64::from(scratch.base));
+    let payload = Payload {
+        ctx,
+        base: scratch.base,
+        len: if present < u64::from(scratch.len) {
+            present as u32
+        } else {
+            scratch.len
+        },
+    };
+    stages::run(step, &payload, &mut scratch.workspace)
+}
+
+/// Defines one global BPF function per parse step.
+macro_rules! global_steps {
+    ($($name:ident => $step:ident),* $(,)?) => {
+        $(
+            #[doc = concat!("[`Step::", stringify!($step), "`] of the parse, a global BPF function.")]
+            #[unsafe(no_mangle)]
+            #[inline(never)]
+            pub extern "C" fn $name(ctx: *mut xdp_md) -> i32 {
+                run(ctx, Step::$step)
+            }
+        )*
+
+        /// The steps as calls to the global functions.
+        struct Global(*mut xdp_md);
+
+        impl Stages for Global {
+            #[inline(always)]
+            fn run(&mut self, step: Step) -> i32 {
+                match step {
+                    $(Step::$step => $name(self.0),)*
+                }
+            }
+        }
+    };
+}
+
+global_steps! {
+    portcullis_hello_head => Head,
+    portcullis_hello_suites => Suites,
+    portcullis_hello_compression => Compression,
+    portcullis_hello_ext => Extension,
+    portcullis_hello_list1 => FirstList,
+    portcullis_hello_list2 => SecondList,
+    portcullis_hello_checks => Checks,
+    portcullis_hello_groups => Groups,
+}
+
+/// What the XDP program needs from one parse.
+#[derive(Clone, Copy)]
+pub struct Judged {
+    /// The final [`stages`] status: [`stages::DONE`], [`stages::TRUNCATED`] or a malformation.
+    pub status: i32,
+    /// A TLS 1.3 PSK or TLS 1.2 ticket offer was seen (a resumption: cheap to serve).
+    pub resumption: bool,
+    /// Both fingerprints, when the whole ClientHello was present; `[0, 0]` otherwise.
+    pub fingerprints: [u64; 2],
+}
+
+/// Parses the TCP payload at `offset` (declared `len` bytes) of the packet as a ClientHello.
+#[inline(always)]
+pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16) -> Judged {
+    let not_judged = Judged {
+        status: stages::TRUNCATED,
+        resumption: false,
+        fingerprints: [0, 0],
+    };
+    let Some(slot) = scratch() else {
+        return not_judged;
+    };
+    slot.base = u32::from(offset);
+    slot.len = u32::from(len);
+    let status = stages::drive(&mut Global(ctx));
+    // Looked up again: the verifier forgets map value pointers' contents across the calls anyway.
+    let Some(slot) = scratch() else {
+        return not_judged;
+    };
+    let summary = slot.workspace.summary();
+    Judged {
+        status,
+        resumption: summary.offers_psk || summary.tls12_ticket,
+        fingerprints: match summary.fingerprint {
+            Some(f) if status == stages::DONE => [f.ordered, f.unordered],
+            _ => [0, 0],
+        },
+    }
+}

@@ -1,0 +1,362 @@
+//! The ClientHello check through the loaded BPF program (`BPF_PROG_TEST_RUN`): a SYN records the flow, then the
+//! first data segment of the same flow is judged. Real captured ClientHellos (the post-quantum one cut to its first
+//! segment) pass, one crafted input per [`Malformed`] reason drops and is counted under its reason, cut-short and
+//! untracked segments pass, IPv6 and VLAN frames are handled, a blocked fingerprint drops, and the ClientHello
+//! budget charges resumption offers less.
+//!
+//! Privileged like `test_run`, whose loader and runner it uses.
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray},
+};
+use portcullis_abi::{
+    client_hello::{Malformed, parse},
+    hello_fixtures::{CAPTURED, malformed_cases},
+    names::{MAP_XDP_BLOCK_FP, MAP_XDP_MALFORMED},
+    packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
+    packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, frame, ipv4, ipv6},
+    verdict::Verdict,
+    xdp_config::XdpConfig,
+};
+
+use super::test_run::{XDP_DROP, XDP_PASS, load, run, skip_reason, write_config};
+
+/// TCP payload bytes in one segment: an Ethernet MTU of 1500 minus 40 bytes of IPv6 and 20 of TCP, so every
+/// family and tag fits the same cut.
+const MSS: usize = 1440;
+/// TCP PSH | ACK, the flags of a data segment.
+const DATA: u8 = TCP_FLAG_ACK | 0x08;
+
+/// One client connection to the listener, as frames.
+#[derive(Clone, Copy)]
+struct Conn {
+    /// Last byte of the client address (10.0.0.x, or 2001:db8::x for IPv6).
+    host: u8,
+    src_port: u16,
+    v6: bool,
+    vlan: bool,
+}
+
+impl Conn {
+    fn v4(host: u8, src_port: u16) -> Conn {
+        Conn {
+            host,
+            src_port,
+            v6: false,
+            vlan: false,
+        }
+    }
+
+    /// A segment of this connection with `flags` carrying `payload`, IP lengths filled in.
+    fn segment(&self, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut tcp = vec![0u8; 20];
+        tcp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
+        tcp[2..4].copy_from_slice(&LISTENER.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = flags;
+        tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+        tcp.extend_from_slice(payload);
+        let tcp_len = u16::try_from(tcp.len()).expect("one segment");
+        let (ether_type, l3) = if self.v6 {
+            let mut ip = ipv6(IPPROTO_TCP);
+            ip[4..6].copy_from_slice(&tcp_len.to_be_bytes());
+            ip[8..24].copy_from_slice(&[
+                0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, self.host,
+            ]);
+            ip[24..40]
+                .copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+            (ETH_P_IPV6, ip)
+        } else {
+            let mut ip = ipv4(IPPROTO_TCP, 5, 0);
+            ip[2..4].copy_from_slice(&(tcp_len + 20).to_be_bytes());
+            ip[12..16].copy_from_slice(&[10, 0, 0, self.host]);
+            (ETH_P_IP, ip)
+        };
+        let tags: &[u16] = if self.vlan { &[ETH_P_8021Q] } else { &[] };
+        frame(tags, ether_type, &l3, &tcp)
+    }
+
+    fn syn(&self) -> Vec<u8> {
+        self.segment(TCP_FLAG_SYN, &[])
+    }
+
+    /// The first segment of `stream`: at most [`MSS`] bytes of it.
+    fn first_segment(&self, stream: &[u8]) -> Vec<u8> {
+        self.segment(DATA, stream.get(..MSS).unwrap_or(stream))
+    }
+}
+
+fn config() -> XdpConfig {
+    XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit")
+}
+
+fn malformed_counters(ebpf: &Ebpf) -> Vec<u64> {
+    let map: PerCpuArray<&MapData, u64> = ebpf
+        .map(MAP_XDP_MALFORMED)
+        .expect("malformed map")
+        .try_into()
+        .expect("malformed map type");
+    Malformed::ALL
+        .iter()
+        .map(|r| map.get(&(*r as u32), 0).expect("read").iter().sum())
+        .collect()
+}
+
+/// Runs the SYN and then `payload`'s first segment on `conn`; returns the verdict of the segment.
+fn hello(
+    ebpf: &mut Ebpf,
+    counters: &PerCpuArray<MapData, u64>,
+    conn: Conn,
+    payload: &[u8],
+) -> (u32, Verdict) {
+    assert_eq!(
+        run(ebpf, counters, &conn.syn()),
+        (XDP_PASS, Verdict::PassListenerTcp),
+        "the SYN passes"
+    );
+    run(ebpf, counters, &conn.first_segment(payload))
+}
+
+#[test]
+fn captured_client_hellos_pass_and_only_the_first_segment_is_parsed() {
+    if skip_reason("captured_client_hellos_pass_and_only_the_first_segment_is_parsed").is_some() {
+        return;
+    }
+    let (mut ebpf, counters) = load(config());
+    let mut cut = 0;
+    for (i, (name, bytes, _)) in CAPTURED.iter().enumerate() {
+        let conn = Conn::v4(7, 40000 + i as u16);
+        cut += usize::from(bytes.len() > MSS);
+        assert_eq!(
+            hello(&mut ebpf, &counters, conn, bytes),
+            (XDP_PASS, Verdict::PassClientHello),
+            "{name}"
+        );
+        // The rest of the connection is not parsed, whatever it carries.
+        assert_eq!(
+            run(
+                &mut ebpf,
+                &counters,
+                &conn.segment(DATA, b"GET / HTTP/1.1\r\n")
+            ),
+            (XDP_PASS, Verdict::PassListenerTcp),
+            "{name}: second segment"
+        );
+    }
+    assert!(cut >= 1, "the post-quantum ClientHello spans two segments");
+    assert!(
+        malformed_counters(&ebpf).iter().all(|n| *n == 0),
+        "nothing counted as malformed"
+    );
+}
+
+#[test]
+fn each_malformed_reason_drops_and_counts_under_its_reason() {
+    if skip_reason("each_malformed_reason_drops_and_counts_under_its_reason").is_some() {
+        return;
+    }
+    let (mut ebpf, counters) = load(config());
+    for (i, (reason, bytes)) in malformed_cases().into_iter().enumerate() {
+        let conn = Conn::v4(8, 41000 + i as u16);
+        let before = malformed_counters(&ebpf);
+        assert_eq!(
+            hello(&mut ebpf, &counters, conn, &bytes),
+            (XDP_DROP, Verdict::DropMalformedHello),
+            "{reason:?}"
+        );
+        // The client's retransmission of the same bytes is judged (and dropped) again.
+        assert_eq!(
+            run(&mut ebpf, &counters, &conn.first_segment(&bytes)),
+            (XDP_DROP, Verdict::DropMalformedHello),
+            "{reason:?} retransmitted"
+        );
+        let after = malformed_counters(&ebpf);
+        for (j, other) in Malformed::ALL.iter().enumerate() {
+            let expected = if other == &reason { 2 } else { 0 };
+            assert_eq!(
+                after[j] - before[j],
+                expected,
+                "{reason:?}: counter {other:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn untracked_and_cut_short_segments_pass() {
+    if skip_reason("untracked_and_cut_short_segments_pass").is_some() {
+        return;
+    }
+    let (mut ebpf, counters) = load(config());
+    // No SYN seen (a connection older than the program, or evicted): not parsed, even if it is not TLS.
+    let old = Conn::v4(9, 42000);
+    assert_eq!(
+        run(
+            &mut ebpf,
+            &counters,
+            &old.segment(DATA, b"GET / HTTP/1.1\r\n")
+        ),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    // A ClientHello cut anywhere is judged on what arrived: never dropped for truncation.
+    let (_, curl, _) = CAPTURED
+        .iter()
+        .find(|c| c.0 == "curl_sni")
+        .expect("curl fixture");
+    for (i, len) in [1, 5, 9, 43, 60, 120, curl.len() - 1]
+        .into_iter()
+        .enumerate()
+    {
+        let conn = Conn::v4(9, 42100 + i as u16);
+        assert_eq!(
+            hello(&mut ebpf, &counters, conn, &curl[..len]),
+            (XDP_PASS, Verdict::PassClientHello),
+            "first {len} bytes"
+        );
+    }
+}
+
+#[test]
+fn ipv6_and_vlan_frames_are_judged_too() {
+    if skip_reason("ipv6_and_vlan_frames_are_judged_too").is_some() {
+        return;
+    }
+    let (mut ebpf, counters) = load(config());
+    let (_, curl, _) = CAPTURED
+        .iter()
+        .find(|c| c.0 == "curl_sni")
+        .expect("curl fixture");
+    let (reason, bad) = malformed_cases().swap_remove(0);
+    for (i, (v6, vlan)) in [(true, false), (false, true), (true, true)]
+        .into_iter()
+        .enumerate()
+    {
+        let conn = |n: u16| Conn {
+            host: 20,
+            src_port: 43000 + 10 * i as u16 + n,
+            v6,
+            vlan,
+        };
+        assert_eq!(
+            hello(&mut ebpf, &counters, conn(0), curl),
+            (XDP_PASS, Verdict::PassClientHello),
+            "curl, v6 {v6}, vlan {vlan}"
+        );
+        assert_eq!(
+            hello(&mut ebpf, &counters, conn(1), &bad),
+            (XDP_DROP, Verdict::DropMalformedHello),
+            "{reason:?}, v6 {v6}, vlan {vlan}"
+        );
+    }
+}
+
+#[test]
+fn blocked_fingerprints_drop_until_removed() {
+    if skip_reason("blocked_fingerprints_drop_until_removed").is_some() {
+        return;
+    }
+    let (mut ebpf, counters) = load(config());
+    let (_, curl, _) = CAPTURED
+        .iter()
+        .find(|c| c.0 == "curl_sni")
+        .expect("curl fixture");
+    let fingerprint = parse(curl)
+        .expect("curl parses")
+        .fingerprint
+        .expect("complete");
+    for (n, value) in [fingerprint.unordered, fingerprint.ordered]
+        .into_iter()
+        .enumerate()
+    {
+        let mut blocked: HashMap<_, u64, u8> = ebpf
+            .map_mut(MAP_XDP_BLOCK_FP)
+            .expect("fingerprint map")
+            .try_into()
+            .expect("fingerprint map type");
+        blocked.insert(value, 1, 0).expect("block");
+        let conn = Conn::v4(30, 44000 + 10 * n as u16);
+        assert_eq!(
+            hello(&mut ebpf, &counters, conn, curl),
+            (XDP_DROP, Verdict::DropBlockedFingerprint),
+            "fingerprint {value:016x}"
+        );
+        let (_, other, _) = CAPTURED
+            .iter()
+            .find(|c| c.0 == "rustls_x25519")
+            .expect("rustls fixture");
+        assert_eq!(
+            hello(
+                &mut ebpf,
+                &counters,
+                Conn::v4(30, 44001 + 10 * n as u16),
+                other
+            ),
+            (XDP_PASS, Verdict::PassClientHello),
+            "another client's fingerprint"
+        );
+        let mut blocked: HashMap<_, u64, u8> = ebpf
+            .map_mut(MAP_XDP_BLOCK_FP)
+            .expect("fingerprint map")
+            .try_into()
+            .expect("fingerprint map type");
+        blocked.remove(&value).expect("unblock");
+        assert_eq!(
+            hello(
+                &mut ebpf,
+                &counters,
+                Conn::v4(30, 44002 + 10 * n as u16),
+                curl
+            ),
+            (XDP_PASS, Verdict::PassClientHello),
+            "unblocked"
+        );
+    }
+}
+
+#[test]
+fn resumption_offers_cost_less_of_the_client_hello_budget() {
+    if skip_reason("resumption_offers_cost_less_of_the_client_hello_budget").is_some() {
+        return;
+    }
+    let mut config = config();
+    // 1 ClientHello/s, a burst of 2 full handshakes, a resumption a quarter of one: the test runs in
+    // milliseconds, so refill does not matter.
+    config.hello_rate = 1;
+    config.hello_burst = 2;
+    config.hello_resume_cost_milli = 250;
+    let (mut ebpf, counters) = load(config);
+    let full = CAPTURED
+        .iter()
+        .find(|c| c.0 == "openssl_tls13")
+        .expect("fixture")
+        .1;
+    let resume = CAPTURED
+        .iter()
+        .find(|c| c.0 == "rustls_tls13_psk")
+        .expect("fixture")
+        .1;
+    let take = |ebpf: &mut Ebpf, host: u8, port: u16, bytes: &[u8]| {
+        hello(ebpf, &counters, Conn::v4(host, port), bytes).1
+    };
+    assert_eq!(take(&mut ebpf, 40, 45000, full), Verdict::PassClientHello);
+    assert_eq!(take(&mut ebpf, 40, 45001, full), Verdict::PassClientHello);
+    assert_eq!(take(&mut ebpf, 40, 45002, full), Verdict::DropHelloRate);
+    // Another source has its own budget: eight resumptions fit in two full handshakes' worth.
+    for port in 45100..45108 {
+        assert_eq!(
+            take(&mut ebpf, 41, port, resume),
+            Verdict::PassClientHello,
+            "port {port}"
+        );
+    }
+    assert_eq!(take(&mut ebpf, 41, 45108, resume), Verdict::DropHelloRate);
+
+    // Dry run: counted, not dropped.
+    config.enforce = 0;
+    write_config(&mut ebpf, config);
+    assert_eq!(
+        hello(&mut ebpf, &counters, Conn::v4(40, 45003), full),
+        (XDP_PASS, Verdict::DropHelloRate)
+    );
+}
