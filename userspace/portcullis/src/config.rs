@@ -325,6 +325,16 @@ pub struct XdpConfig {
     /// SYNs a source prefix may send at once after being idle (the token bucket size), at least 1.
     /// Default: 100.
     pub syn_burst: u32,
+    /// ClientHellos per second each source prefix (the same prefixes as the SYN budget) may send, counted in
+    /// full handshakes; over budget the first segment is dropped in XDP
+    /// (`portcullis_xdp_packets_total{verdict="drop_hello_rate"}`). 0 turns the budget off. Default: 0.
+    pub hello_rate: u32,
+    /// ClientHellos (full handshakes) a source prefix may send at once after being idle, at least 1.
+    /// Default: 20.
+    pub hello_burst: u32,
+    /// What a resumption offer (TLS 1.3 PSK or TLS 1.2 ticket: no certificate signature to pay for) costs of
+    /// the ClientHello budget, as a fraction of a full handshake, greater than 0 and at most 1. Default: 0.25.
+    pub hello_resume_cost: f64,
     /// Bits of an IPv4 source address that share one budget, 0 to 32. Default: 32 (per address).
     pub source_prefix_v4: u8,
     /// Bits of an IPv6 source address that share one budget, 0 to 128. Default: 64 (per /64).
@@ -332,6 +342,16 @@ pub struct XdpConfig {
     /// `true`: drop what the guard rejects. `false`: only count it (dry run; the drop verdicts still move).
     /// Default: `true`.
     pub enforce: bool,
+}
+
+impl XdpConfig {
+    /// [`XdpConfig::hello_resume_cost`] in the thousandths of a full handshake the XDP program counts in
+    /// (1..=1000; the value is validated to lie in (0, 1]).
+    pub fn hello_resume_cost_milli(&self) -> u32 {
+        // In range after `validate`; the clamp keeps an unvalidated value from reaching the program as 0
+        // (which the program reads as "full price").
+        (self.hello_resume_cost * 1000.0).round().clamp(1.0, 1000.0) as u32
+    }
 }
 
 impl Default for XdpConfig {
@@ -342,6 +362,9 @@ impl Default for XdpConfig {
             pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
             syn_rate: 0,
             syn_burst: 100,
+            hello_rate: 0,
+            hello_burst: 20,
+            hello_resume_cost: 0.25,
             source_prefix_v4: 32,
             source_prefix_v6: 64,
             enforce: true,
@@ -482,6 +505,18 @@ impl Config {
         }
         if self.xdp.syn_burst == 0 {
             return Err(ConfigError::invalid("xdp.syn_burst", "must be at least 1"));
+        }
+        if self.xdp.hello_burst == 0 {
+            return Err(ConfigError::invalid(
+                "xdp.hello_burst",
+                "must be at least 1",
+            ));
+        }
+        if !(self.xdp.hello_resume_cost > 0.0 && self.xdp.hello_resume_cost <= 1.0) {
+            return Err(ConfigError::invalid(
+                "xdp.hello_resume_cost",
+                "must be greater than 0 and at most 1 (a fraction of a full handshake)",
+            ));
         }
         if self.xdp.source_prefix_v4 > 32 {
             return Err(ConfigError::invalid(

@@ -18,7 +18,7 @@ use crate::admin_http::{self, Admin};
 use crate::config::{Config, XdpAttachMode};
 use crate::connection::ListenerContext;
 use crate::handshake::engine::{HandshakeEngine, InlineEngine};
-use crate::metrics::{ConstCounterCollector, Metrics};
+use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstreams;
 use crate::shutdown::{self, Phase};
 use crate::{demo_upstream, listener, notify, offload, tickets, tls, worker, xdp};
@@ -114,27 +114,16 @@ pub fn run(config: Config) -> Result<(), RunError> {
             pin_dir: config.xdp.pin_dir.clone(),
             syn_rate: config.xdp.syn_rate,
             syn_burst: config.xdp.syn_burst,
+            hello_rate: config.xdp.hello_rate,
+            hello_burst: config.xdp.hello_burst,
+            hello_resume_cost_milli: config.xdp.hello_resume_cost_milli(),
             source_prefix_v4: config.xdp.source_prefix_v4,
             source_prefix_v6: config.xdp.source_prefix_v6,
             enforce: config.xdp.enforce,
         };
         Some(xdp::XdpGuard::start(&settings).context("cannot start the XDP handshake guard")?)
     };
-    let xdp_collector = xdp_guard.as_ref().map(|g| {
-        let counters = g.counters();
-        Box::new(ConstCounterCollector::new(
-            "portcullis_xdp_packets",
-            "Packets seen by the XDP program, by verdict",
-            "verdict",
-            move || {
-                Ok(counters
-                    .read()?
-                    .into_iter()
-                    .map(|(v, n)| (v.name(), n))
-                    .collect())
-            },
-        )) as Box<dyn prometheus_client::collector::Collector>
-    });
+    let xdp_collector = xdp_guard.as_ref().map(|g| g.counters().collector());
     let mut engine = None;
     let metrics = Metrics::new_with(xdp_collector, |registry| {
         tickets.register(registry);

@@ -395,6 +395,35 @@ where
     F: Fn() -> anyhow::Result<Vec<(&'static str, u64)>> + Send + Sync + 'static,
 {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        self.encode_to(&mut encoder)
+    }
+}
+
+/// A counter family that can write itself into a scrape; lets [`CounterFamilies`] hold several
+/// [`ConstCounterCollector`]s with different read closures.
+pub trait EncodeCounters: fmt::Debug + Send + Sync + 'static {
+    /// Writes the family into `encoder`.
+    fn encode_to(&self, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error>;
+}
+
+/// Several counter families registered as one collector (the XDP verdicts and malformed reasons).
+#[derive(Debug)]
+pub struct CounterFamilies(pub Vec<Box<dyn EncodeCounters>>);
+
+impl Collector for CounterFamilies {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        for family in &self.0 {
+            family.encode_to(&mut encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl<F> EncodeCounters for ConstCounterCollector<F>
+where
+    F: Fn() -> anyhow::Result<Vec<(&'static str, u64)>> + Send + Sync + 'static,
+{
+    fn encode_to(&self, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
         let values = match (self.read)() {
             Ok(v) => v,
             Err(e) => {

@@ -1,4 +1,4 @@
-//! `portcullis xdp status|stats|block ...` and `portcullis fingerprint FILE`: operating the XDP guard of a
+//! `portcullis xdp status|stats|block ...|block-fingerprint ...` and `portcullis fingerprint FILE`: operating the XDP guard of a
 //! running daemon through its pinned maps (`[xdp] pin_dir`, default `/sys/fs/bpf/portcullis`), and computing
 //! the ClientHello fingerprint the guard and the handshake inspector use.
 //!
@@ -6,19 +6,22 @@
 //! program looks the maps up per packet). Needs root (or CAP_BPF) to open the pins.
 //!
 //! Exit codes: 0 done; 1 the pins cannot be opened or written (daemon not running with XDP, no privileges);
-//! 2 bad arguments (an unparsable CIDR) or, for `fingerprint`, a malformed ClientHello.
+//! 2 bad arguments (an unparsable CIDR or fingerprint) or, for `fingerprint`, a malformed ClientHello.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
 use clap::{Args, Subcommand};
 use portcullis_abi::{
-    client_hello::{self, fingerprint_hex},
+    client_hello::{self, Malformed, fingerprint_hex},
     limits::{ADDR_LEN, block_entry, block_network},
-    names::{DEFAULT_PIN_DIR, MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_VERDICTS},
+    names::{
+        DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_MALFORMED,
+        MAP_XDP_VERDICTS,
+    },
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
@@ -44,6 +47,28 @@ enum XdpCommand {
         #[command(subcommand)]
         action: BlockAction,
     },
+    /// Manage the fingerprint blocklist: a complete ClientHello whose fingerprint (either variant, as
+    /// `portcullis fingerprint` prints them) is listed is dropped.
+    BlockFingerprint {
+        #[command(subcommand)]
+        action: FingerprintAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FingerprintAction {
+    /// Block a fingerprint: 16 hex digits, e.g. `0123456789abcdef`.
+    Add {
+        /// The fingerprint.
+        hex: String,
+    },
+    /// Unblock a fingerprint added before.
+    Del {
+        /// The fingerprint.
+        hex: String,
+    },
+    /// List blocked fingerprints, one per line.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +101,7 @@ pub fn run(args: XdpArgs) -> ExitCode {
         XdpCommand::Status => status(&args.pin_dir),
         XdpCommand::Stats => stats(&args.pin_dir),
         XdpCommand::Block { action } => block(&args.pin_dir, action),
+        XdpCommand::BlockFingerprint { action } => block_fingerprint(&args.pin_dir, action),
     };
     report(result)
 }
@@ -150,8 +176,9 @@ fn open(dir: &Path, name: &str) -> anyhow::Result<Map> {
         )
     })?;
     Ok(match name {
-        MAP_XDP_VERDICTS => Map::PerCpuArray(data),
+        MAP_XDP_VERDICTS | MAP_XDP_MALFORMED => Map::PerCpuArray(data),
         MAP_XDP_BLOCK_NET => Map::LpmTrie(data),
+        MAP_XDP_BLOCK_FP => Map::HashMap(data),
         _ => Map::Array(data),
     })
 }
@@ -191,8 +218,64 @@ fn status(dir: &Path) -> anyhow::Result<()> {
             "no (count only)"
         }
     );
+    if config.hello_rate == 0 {
+        println!("hello budget     off");
+    } else {
+        println!(
+            "hello budget     {}/s, burst {}, a resumption costs {}/1000",
+            config.hello_rate, config.hello_burst, config.hello_resume_cost_milli
+        );
+    }
     println!("blocked prefixes {blocked}");
+    println!(
+        "blocked fingerprints {}",
+        fingerprint_blocklist(dir)?.keys().count()
+    );
     Ok(())
+}
+
+fn fingerprint_blocklist(dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u8>> {
+    open(dir, MAP_XDP_BLOCK_FP)?.try_into().context(
+        "the pinned fingerprint blocklist is not a hash of u64 keys: daemon and CLI versions differ",
+    )
+}
+
+fn block_fingerprint(dir: &Path, action: FingerprintAction) -> anyhow::Result<()> {
+    match action {
+        FingerprintAction::Add { hex: text } => {
+            let value = parse_fingerprint(&text)?;
+            fingerprint_blocklist(dir)?
+                .insert(value, 1, 0)
+                .with_context(|| format!("cannot block fingerprint {text} (is the list full?)"))?;
+        }
+        FingerprintAction::Del { hex: text } => {
+            let value = parse_fingerprint(&text)?;
+            fingerprint_blocklist(dir)?
+                .remove(&value)
+                .with_context(|| format!("fingerprint {text} is not blocked"))?;
+        }
+        FingerprintAction::List => {
+            for key in fingerprint_blocklist(dir)?.keys() {
+                println!(
+                    "{}",
+                    hex(key.context("cannot read the fingerprint blocklist")?)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// 16 hex digits (an optional `0x` accepted) as a fingerprint.
+fn parse_fingerprint(text: &str) -> anyhow::Result<u64> {
+    let digits = text.strip_prefix("0x").unwrap_or(text);
+    if digits.len() != 16 {
+        bail!(BadArgument(format!(
+            "`{text}` is not a fingerprint: expected 16 hex digits as `portcullis fingerprint` prints"
+        )));
+    }
+    u64::from_str_radix(digits, 16)
+        .map_err(|_| BadArgument(format!("`{text}` is not a fingerprint: not hex")).into())
 }
 
 fn stats(dir: &Path) -> anyhow::Result<()> {
@@ -205,7 +288,20 @@ fn stats(dir: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot read counter {}", verdict.name()))?
             .iter()
             .fold(0, |sum, v| sum.wrapping_add(*v));
-        println!("{:<22} {total}", verdict.name());
+        println!("{:<26} {total}", verdict.name());
+    }
+    let malformed: PerCpuArray<MapData, u64> = open(dir, MAP_XDP_MALFORMED)?.try_into().context(
+        "the pinned malformed-ClientHello map is not a per-CPU array of u64: daemon and CLI versions differ",
+    )?;
+    for reason in Malformed::ALL {
+        let total: u64 = malformed
+            .get(&(reason as u32), 0)
+            .with_context(|| format!("cannot read counter {}", reason.name()))?
+            .iter()
+            .fold(0, |sum, v| sum.wrapping_add(*v));
+        if total != 0 {
+            println!("malformed {:<30} {total}", reason.name());
+        }
     }
     Ok(())
 }
@@ -263,6 +359,23 @@ mod tests {
     use portcullis_abi::limits::v4_mapped;
 
     use super::*;
+
+    #[test]
+    fn fingerprints_parse_as_printed() {
+        assert_eq!(
+            parse_fingerprint("0123456789abcdef").expect("valid"),
+            0x0123_4567_89ab_cdef
+        );
+        assert_eq!(
+            parse_fingerprint("0xFFFFFFFFFFFFFFFF").expect("valid"),
+            u64::MAX
+        );
+        assert_eq!(hex(0x0123_4567_89ab_cdef), "0123456789abcdef");
+        for bad in ["", "123", "0123456789abcdeg", "0123456789abcdef0"] {
+            let e = parse_fingerprint(bad).expect_err(bad);
+            assert!(e.downcast_ref::<BadArgument>().is_some(), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn cidrs_parse_to_trie_entries() {

@@ -1,21 +1,89 @@
-//! [`XdpCounters`]: reads the per-CPU verdict counters.
+//! [`XdpCounters`]: reads the per-CPU verdict and malformed-ClientHello counters.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use aya::maps::{MapData, PerCpuArray};
-use portcullis_abi::{names::MAP_XDP_VERDICTS, verdict::Verdict};
+use portcullis_abi::{
+    client_hello::Malformed,
+    names::{MAP_XDP_MALFORMED, MAP_XDP_VERDICTS},
+    verdict::Verdict,
+};
+use prometheus_client::collector::Collector;
+
+use crate::metrics::{ConstCounterCollector, CounterFamilies};
 
 /// A handle on the XDP verdict counters. Cheap to clone (one `Arc`), `Send + Sync`; it keeps the map open, so it
 /// stays readable after the guard detached (the values then stop moving).
 #[derive(Clone)]
 pub struct XdpCounters {
     map: Arc<PerCpuArray<MapData, u64>>,
+    malformed: Arc<PerCpuArray<MapData, u64>>,
 }
 
 impl XdpCounters {
-    pub(crate) fn new(map: PerCpuArray<MapData, u64>) -> XdpCounters {
-        XdpCounters { map: Arc::new(map) }
+    pub(crate) fn new(
+        map: PerCpuArray<MapData, u64>,
+        malformed: PerCpuArray<MapData, u64>,
+    ) -> XdpCounters {
+        XdpCounters {
+            map: Arc::new(map),
+            malformed: Arc::new(malformed),
+        }
+    }
+
+    /// Both families for `/metrics`, read at scrape time: `portcullis_xdp_packets_total{verdict}` and
+    /// `portcullis_xdp_malformed_total{reason}`.
+    pub fn collector(&self) -> Box<dyn Collector> {
+        let verdicts = self.clone();
+        let malformed = self.clone();
+        Box::new(CounterFamilies(vec![
+            Box::new(ConstCounterCollector::new(
+                "portcullis_xdp_packets",
+                "Packets seen by the XDP program, by verdict",
+                "verdict",
+                move || {
+                    Ok(verdicts
+                        .read()?
+                        .into_iter()
+                        .map(|(v, n)| (v.name(), n))
+                        .collect())
+                },
+            )),
+            Box::new(ConstCounterCollector::new(
+                "portcullis_xdp_malformed",
+                "First segments dropped by the XDP program as malformed ClientHellos, by reason",
+                "reason",
+                move || {
+                    Ok(malformed
+                        .read_malformed()?
+                        .into_iter()
+                        .map(|(r, n)| (r.name(), n))
+                        .collect())
+                },
+            )),
+        ]))
+    }
+
+    /// The count of every malformed-ClientHello reason since the program was loaded, summed over CPUs, in
+    /// [`Malformed::ALL`] order.
+    ///
+    /// # Errors
+    /// When the kernel refuses the map lookup (it should not while the map is open).
+    pub fn read_malformed(&self) -> anyhow::Result<Vec<(Malformed, u64)>> {
+        Malformed::ALL
+            .iter()
+            .map(|&reason| {
+                let per_cpu = self.malformed.get(&(reason as u32), 0).with_context(|| {
+                    format!(
+                        "cannot read counter `{}` from map `{MAP_XDP_MALFORMED}`",
+                        reason.name()
+                    )
+                })?;
+                let total = per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v));
+                Ok((reason, total))
+            })
+            .collect()
     }
 
     /// The packet count of every verdict since the program was loaded, summed over CPUs, in

@@ -8,7 +8,10 @@ use aya::{
 };
 use portcullis_abi::{
     limits::{ADDR_LEN, SourceKey, TokenBucket},
-    names::{MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP},
+    names::{
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET,
+        MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP,
+    },
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
 
@@ -20,9 +23,9 @@ use super::{
     pins::{Persistent, Pins, reusable_pin},
 };
 
-/// Maps pinned for good (not removed on detach) and reused by the next start: per-source SYN budgets, so a
-/// restart does not hand every flooding source a fresh burst, and the operator's blocklist.
-const PERSISTENT_MAPS: [Persistent; 2] = [
+/// Maps pinned for good (not removed on detach) and reused by the next start: per-source SYN and ClientHello
+/// budgets, so a restart does not hand every flooding source a fresh burst, and the operator's blocklists.
+const PERSISTENT_MAPS: [Persistent; 4] = [
     Persistent {
         name: MAP_XDP_SYN_BUDGET,
         key_size: size_of::<SourceKey>() as u32,
@@ -32,6 +35,16 @@ const PERSISTENT_MAPS: [Persistent; 2] = [
         name: MAP_XDP_BLOCK_NET,
         // LPM trie key: a u32 prefix length, then the address.
         key_size: (4 + ADDR_LEN) as u32,
+        value_size: 1,
+    },
+    Persistent {
+        name: MAP_XDP_HELLO_BUDGET,
+        key_size: size_of::<SourceKey>() as u32,
+        value_size: size_of::<TokenBucket>() as u32,
+    },
+    Persistent {
+        name: MAP_XDP_BLOCK_FP,
+        key_size: size_of::<u64>() as u32,
         value_size: 1,
     },
 ];
@@ -73,6 +86,9 @@ impl XdpGuard {
             XdpConfig::new(&settings.ports).context("invalid listener ports for XDP")?;
         config.syn_rate = settings.syn_rate;
         config.syn_burst = settings.syn_burst;
+        config.hello_rate = settings.hello_rate;
+        config.hello_burst = settings.hello_burst;
+        config.hello_resume_cost_milli = settings.hello_resume_cost_milli;
         config.v4_prefix_len = u32::from(settings.source_prefix_v4);
         config.v6_prefix_len = u32::from(settings.source_prefix_v6);
         config.enforce = u32::from(settings.enforce);
@@ -136,7 +152,12 @@ impl XdpGuard {
         }
 
         // Counters and config describe this run only: pinned for operators while it lasts, removed on detach.
-        for name in [MAP_XDP_VERDICTS, MAP_XDP_CONFIG] {
+        for name in [
+            MAP_XDP_VERDICTS,
+            MAP_XDP_CONFIG,
+            MAP_XDP_MALFORMED,
+            MAP_XDP_FLOWS,
+        ] {
             let map = ebpf
                 .map(name)
                 .with_context(|| format!("the BPF object has no map `{name}`"))?;
@@ -148,7 +169,12 @@ impl XdpGuard {
             .with_context(|| format!("the BPF object has no map `{MAP_XDP_VERDICTS}`"))?
             .try_into()
             .with_context(|| format!("map `{MAP_XDP_VERDICTS}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
-        let counters = XdpCounters::new(verdicts);
+        let malformed: PerCpuArray<_, u64> = ebpf
+            .take_map(MAP_XDP_MALFORMED)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_MALFORMED}`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_MALFORMED}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
+        let counters = XdpCounters::new(verdicts, malformed);
 
         tracing::info!(
             interfaces = ?settings.interfaces,
@@ -157,6 +183,8 @@ impl XdpGuard {
             pins = ?running.pins.files(),
             syn_rate = config.syn_rate,
             syn_burst = config.syn_burst,
+            hello_rate = config.hello_rate,
+            hello_burst = config.hello_burst,
             enforce = settings.enforce,
             "XDP handshake guard running"
         );

@@ -17,10 +17,12 @@
 //!   and it is empty) are removed by [`XdpGuard::detach`] or its `Drop`. A crash leaves them behind; the next
 //!   start replaces them with a warning. The links are bpf_links owned by this process: the kernel detaches them
 //!   when the process dies, whatever happens.
-//! - State pins (`xdp_syn_budget`, `xdp_block_net`) are never removed: the next start reuses them (after
-//!   checking their key and value sizes), so SYN budgets and the blocklist survive restarts and upgrades.
-//! - The program fails open: it drops only blocked sources and over-budget SYNs, and `[xdp] enforce = false`
-//!   turns even that into counting.
+//! - State pins (`xdp_syn_budget`, `xdp_ch_budget`, `xdp_block_net`, `xdp_block_fp`) are never removed: the next
+//!   start reuses them (after checking their key and value sizes), so budgets and blocklists survive restarts and
+//!   upgrades. `xdp_malformed` and `xdp_flows` are pinned per run like the verdict counters.
+//! - The program fails open: it drops only blocked sources and fingerprints, over-budget SYNs and ClientHellos and
+//!   proven-malformed ClientHellos (never one cut short), and `[xdp] enforce = false` turns even that into
+//!   counting.
 
 mod attach;
 mod counters;

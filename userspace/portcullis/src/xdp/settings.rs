@@ -40,6 +40,12 @@ pub struct XdpSettings {
     pub syn_rate: u32,
     /// SYNs a source prefix may send at once (bucket size, at least 1).
     pub syn_burst: u32,
+    /// ClientHellos (full handshakes) per second each source prefix may send; 0 = no ClientHello budget.
+    pub hello_rate: u32,
+    /// ClientHellos (full handshakes) a source prefix may send at once (bucket size, at least 1).
+    pub hello_burst: u32,
+    /// What a resumption offer costs, in thousandths of a full handshake (1..=1000).
+    pub hello_resume_cost_milli: u32,
     /// Bits of an IPv4 source that share one budget (0..=32).
     pub source_prefix_v4: u8,
     /// Bits of an IPv6 source that share one budget (0..=128).
