@@ -1,8 +1,10 @@
-//! Connection tracking for the ClientHello check: a SYN to a listener port records its flow in
-//! [`crate::names::MAP_XDP_FLOWS`], and the first payload segment of a recorded flow is parsed as a ClientHello.
+//! Connection tracking for the ClientHello check: a SYN to a listener port records its flow and initial sequence
+//! number in [`crate::names::MAP_XDP_FLOWS`], and the segment that starts the flow's byte stream (sequence number
+//! ISN + 1: the first segment, or its retransmission) is parsed as a ClientHello.
 //!
-//! Untracked flows pass: connections older than the program, flows evicted from the LRU map, and everything
-//! after the first segment. The check fails open by construction.
+//! Untracked flows pass: connections older than the program and flows evicted from the LRU map; so do later
+//! segments, even one that arrives before the first (reordering), which is not the start of a ClientHello. The
+//! check fails open by construction. Flows are not deleted after the check: the LRU map ages them out.
 
 use crate::limits::ADDR_LEN;
 

@@ -69,6 +69,8 @@ pub struct Classification {
     pub dst: [u8; ADDR_LEN],
     /// TCP source port in host byte order; 0 when the packet is not (readable) TCP.
     pub src_port: u16,
+    /// TCP sequence number in host byte order; 0 when the packet is not (readable) TCP.
+    pub seq: u32,
     /// Offset of the TCP payload from the start of the frame; 0 when the packet is not (readable) TCP.
     pub payload_offset: u16,
     /// TCP payload bytes according to the IP length fields (Ethernet padding excluded), as declared
@@ -86,6 +88,7 @@ impl Classification {
             src: [0; ADDR_LEN],
             dst: [0; ADDR_LEN],
             src_port: 0,
+            seq: 0,
             payload_offset: 0,
             payload_len: 0,
         }
@@ -185,6 +188,7 @@ pub fn classify<P: PacketBytes + ?Sized>(packet: &P, config: &XdpConfig) -> Clas
         src,
         dst,
         src_port: u16::from_be_bytes([tcp[0], tcp[1]]),
+        seq: u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]),
         // Both fit: frames are at most 64 KiB, and the IP length fields are 16 bits.
         payload_offset: u16::try_from(l4 + tcp_hlen).unwrap_or(u16::MAX),
         payload_len: u16::try_from(payload_len).unwrap_or(0),

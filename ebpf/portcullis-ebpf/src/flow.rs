@@ -1,11 +1,11 @@
 //! Connection tracking and the ClientHello verdict.
 //!
-//! A SYN that passed the source checks records its flow in [`XDP_FLOWS`]; the first payload segment of a recorded
-//! flow is parsed ([`crate::hello::judge`]) and judged: malformed (counted by reason in [`XDP_MALFORMED`]), over
-//! the source's ClientHello budget ([`XDP_HELLO_BUDGET`], resumption offers cost less), or a blocked fingerprint
-//! ([`XDP_BLOCK_FP`]) drops; anything else passes, a ClientHello cut short included. A passed segment forgets its
-//! flow, so the rest of the connection costs one failed lookup per packet; a dropped one keeps it, so the
-//! client's retransmission of the same bytes is judged (and dropped) again.
+//! A SYN that passed the source checks records its flow and initial sequence number in [`XDP_FLOWS`]; the segment
+//! that starts the flow's byte stream (ISN + 1) is parsed ([`crate::hello::judge`]) and judged: malformed (counted
+//! by reason in [`XDP_MALFORMED`]), over the source's ClientHello budget ([`XDP_HELLO_BUDGET`], resumption offers
+//! cost less), or a blocked fingerprint ([`XDP_BLOCK_FP`]) drops; anything else passes, a ClientHello cut short
+//! included. A retransmission of that segment is judged again (a dropped one is dropped again); any other
+//! segment, a reordered later one included, passes after one lookup. Flows are left to the LRU to age out.
 
 use aya_ebpf::{
     btf_maps::{HashMap, LruHashMap, PerCpuArray},
@@ -24,7 +24,8 @@ use portcullis_abi::{
 
 use crate::hello;
 
-/// Flows whose SYN passed, value the SYN time in ns; the name must match `portcullis_abi::names::MAP_XDP_FLOWS`.
+/// Flows whose SYN passed, value the client's initial sequence number; the name must match
+/// `portcullis_abi::names::MAP_XDP_FLOWS`.
 /// LRU: under a SYN flood the oldest entries go first, and their connections merely pass unparsed (fail open).
 #[btf_map(name = "xdp_flows")]
 static XDP_FLOWS: LruHashMap<FlowKey, u64, 65536> = LruHashMap::new();
@@ -57,24 +58,23 @@ fn flow_key(packet: &Classification) -> FlowKey {
 #[inline(always)]
 pub fn inspect(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
     if packet.is_syn() {
-        // SAFETY: a helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
         // A failed insert only leaves the flow untracked: it passes unparsed (fail open).
-        let _ = XDP_FLOWS.insert(flow_key(packet), now, 0);
+        let _ = XDP_FLOWS.insert(flow_key(packet), u64::from(packet.seq), 0);
         return Verdict::PassListenerTcp;
     }
     if packet.payload_len == 0 {
         return Verdict::PassListenerTcp;
     }
-    let key = flow_key(packet);
-    if XDP_FLOWS.get_ptr(key).is_none() {
+    let Some(isn) = XDP_FLOWS.get_ptr(flow_key(packet)) else {
+        return Verdict::PassListenerTcp;
+    };
+    // SAFETY: a pointer to a live map value, a plain integer.
+    let isn = unsafe { *isn } as u32;
+    // The SYN takes one sequence number: the byte stream, and so the ClientHello, starts at ISN + 1.
+    if packet.seq != isn.wrapping_add(1) {
         return Verdict::PassListenerTcp;
     }
-    let verdict = judge(ctx, packet, config);
-    if !verdict.drops() || config.enforce == 0 {
-        let _ = XDP_FLOWS.remove(key);
-    }
-    verdict
+    judge(ctx, packet, config)
 }
 
 /// The verdict on the first payload segment of a tracked flow.

@@ -27,6 +27,8 @@ use super::test_run::{XDP_DROP, XDP_PASS, load, run, skip_reason, write_config};
 const MSS: usize = 1440;
 /// TCP PSH | ACK, the flags of a data segment.
 const DATA: u8 = TCP_FLAG_ACK | 0x08;
+/// The clients' initial sequence number: near the wrap, so ISN + 1 arithmetic is exercised.
+const ISN: u32 = u32::MAX - 100;
 
 /// One client connection to the listener, as frames.
 #[derive(Clone, Copy)]
@@ -48,11 +50,13 @@ impl Conn {
         }
     }
 
-    /// A segment of this connection with `flags` carrying `payload`, IP lengths filled in.
-    fn segment(&self, flags: u8, payload: &[u8]) -> Vec<u8> {
+    /// A segment of this connection with `flags` carrying `payload` at `offset` bytes into the client's byte
+    /// stream (the SYN at -1), IP lengths filled in.
+    fn segment(&self, flags: u8, offset: u32, payload: &[u8]) -> Vec<u8> {
         let mut tcp = vec![0u8; 20];
         tcp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
         tcp[2..4].copy_from_slice(&LISTENER.to_be_bytes());
+        tcp[4..8].copy_from_slice(&ISN.wrapping_add(1).wrapping_add(offset).to_be_bytes());
         tcp[12] = 5 << 4;
         tcp[13] = flags;
         tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
@@ -78,12 +82,12 @@ impl Conn {
     }
 
     fn syn(&self) -> Vec<u8> {
-        self.segment(TCP_FLAG_SYN, &[])
+        self.segment(TCP_FLAG_SYN, u32::MAX, &[])
     }
 
     /// The first segment of `stream`: at most [`MSS`] bytes of it.
     fn first_segment(&self, stream: &[u8]) -> Vec<u8> {
-        self.segment(DATA, stream.get(..MSS).unwrap_or(stream))
+        self.segment(DATA, 0, stream.get(..MSS).unwrap_or(stream))
     }
 }
 
@@ -134,14 +138,21 @@ fn captured_client_hellos_pass_and_only_the_first_segment_is_parsed() {
             "{name}"
         );
         // The rest of the connection is not parsed, whatever it carries.
+        let next = u32::try_from(bytes.len().min(MSS)).expect("one segment");
         assert_eq!(
             run(
                 &mut ebpf,
                 &counters,
-                &conn.segment(DATA, b"GET / HTTP/1.1\r\n")
+                &conn.segment(DATA, next, b"GET / HTTP/1.1\r\n")
             ),
             (XDP_PASS, Verdict::PassListenerTcp),
             "{name}: second segment"
+        );
+        // A retransmission of the first segment is judged again.
+        assert_eq!(
+            run(&mut ebpf, &counters, &conn.first_segment(bytes)),
+            (XDP_PASS, Verdict::PassClientHello),
+            "{name}: retransmitted first segment"
         );
     }
     assert!(cut >= 1, "the post-quantum ClientHello spans two segments");
@@ -195,9 +206,30 @@ fn untracked_and_cut_short_segments_pass() {
         run(
             &mut ebpf,
             &counters,
-            &old.segment(DATA, b"GET / HTTP/1.1\r\n")
+            &old.segment(DATA, 0, b"GET / HTTP/1.1\r\n")
         ),
         (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    // The second segment of a split ClientHello arriving first (reordering) is not the start of one: passed
+    // unparsed, and the first segment, when it comes, is judged as usual.
+    let (_, pq, _) = CAPTURED
+        .iter()
+        .find(|c| c.0 == "rustls_x25519mlkem768")
+        .expect("post-quantum fixture");
+    let split = Conn::v4(9, 42001);
+    assert_eq!(
+        run(&mut ebpf, &counters, &split.syn()).1,
+        Verdict::PassListenerTcp
+    );
+    let tail = pq.get(MSS..).expect("two segments");
+    assert_eq!(
+        run(&mut ebpf, &counters, &split.segment(DATA, MSS as u32, tail)),
+        (XDP_PASS, Verdict::PassListenerTcp),
+        "reordered second segment"
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &split.first_segment(pq)),
+        (XDP_PASS, Verdict::PassClientHello)
     );
     // A ClientHello cut anywhere is judged on what arrived: never dropped for truncation.
     let (_, curl, _) = CAPTURED
@@ -358,5 +390,30 @@ fn resumption_offers_cost_less_of_the_client_hello_budget() {
     assert_eq!(
         hello(&mut ebpf, &counters, Conn::v4(40, 45003), full),
         (XDP_PASS, Verdict::DropHelloRate)
+    );
+}
+
+#[test]
+fn the_program_stays_far_from_the_verifier_budget() {
+    if skip_reason("the_program_stays_far_from_the_verifier_budget").is_some() {
+        return;
+    }
+    let (mut ebpf, _counters) = load(config());
+    let program: &mut aya::programs::Xdp = ebpf
+        .program_mut(portcullis_abi::names::PROG_XDP)
+        .expect("program")
+        .try_into()
+        .expect("XDP program");
+    let verified = program
+        .info()
+        .expect("program info")
+        .verified_instruction_count()
+        .expect("kernel reports verified instructions (5.16+)");
+    eprintln!("verifier processed {verified} instructions (limit 1000000)");
+    // The parse inlined whole went past 1,000,000; staged it is a fraction. A regression that multiplies
+    // states shows up here long before the load fails.
+    assert!(
+        verified < 400_000,
+        "{verified} verified instructions: a parse step has started to multiply verifier states"
     );
 }
