@@ -552,3 +552,42 @@ fn upstream_is_connected_on_the_first_client_byte_only() {
     }
     assert!(d.terminate().expect("stop").success());
 }
+
+/// The request travels in the same TCP segment as the client's Finished, so the server has it decrypted the
+/// moment the handshake completes: it must not wait for more bytes before forwarding it.
+#[test]
+fn request_in_the_same_segment_as_finished_is_forwarded() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let d = start_with(&pki, "", "");
+    let server_name = rustls::pki_types::ServerName::try_from("ecdsa.test").expect("name");
+    let mut conn = rustls::ClientConnection::new(rustls_client(&pki), server_name).expect("conn");
+    // Queued now, sent by rustls right after the client Finished.
+    conn.writer()
+        .write_all(b"GET / HTTP/1.1\r\nHost: ecdsa.test\r\nConnection: close\r\n\r\n")
+        .expect("queue request");
+    let mut sock = TcpStream::connect(d.addr()).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut response = Vec::new();
+    loop {
+        // Everything rustls has to send goes out in one write: Finished and request share a segment.
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).expect("encode");
+        }
+        if !out.is_empty() {
+            sock.write_all(&out).expect("send");
+        }
+        match conn.read_tls(&mut sock) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("no response (the server waited for more bytes?): {e}"),
+        }
+        conn.process_new_packets().expect("tls");
+        let _ = conn.reader().read_to_end(&mut response);
+    }
+    let text = String::from_utf8_lossy(&response);
+    assert!(text.contains(DEMO_BODY), "{text}");
+    assert!(d.terminate().expect("stop").success());
+}

@@ -163,10 +163,8 @@ async fn first_client_bytes(
     conn: &mut rustls::ServerConnection,
 ) -> std::io::Result<bool> {
     loop {
-        crate::tls_io::flush(tcp, conn).await?;
-        if !crate::tls_io::read(tcp, conn).await? {
-            return Ok(false);
-        }
+        // Check before reading: the request often arrives with the client's Finished, in which case it is already
+        // decrypted and waiting in rustls (reading first would wait for bytes the client will never send).
         let state = conn
             .process_new_packets()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
@@ -174,6 +172,10 @@ async fn first_client_bytes(
             return Ok(true);
         }
         if state.peer_has_closed() {
+            return Ok(false);
+        }
+        crate::tls_io::flush(tcp, conn).await?;
+        if !crate::tls_io::read(tcp, conn).await? {
             return Ok(false);
         }
     }
