@@ -4,7 +4,8 @@
 //! `portcullis fingerprint` on the captured ClientHello fixtures.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    io::Read as _,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -178,6 +179,126 @@ fn fingerprint_prints_both_hashes_of_a_captured_hello() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_handshake_record"));
 }
 
+#[test]
+fn blocked_fingerprint_cannot_handshake_until_removed() {
+    if !require_root("blocked_fingerprint_cannot_handshake_until_removed") {
+        return;
+    }
+    let client = NetNsGuard::new().expect("client namespace");
+    let server = NetNsGuard::new().expect("server namespace");
+    let veth = veth_pair(&client, &server).expect("veth pair between client and server");
+    let pin_dir = BpfDir::new();
+    let pki_dir = TempDir::new("xdp-fp-pki").expect("tempdir");
+    let pki = Pki::generate(pki_dir.path()).expect("test PKI");
+    let config = format!(
+        "{tls}\n[[listeners]]\naddress = \"{addr}:0\"\n\n[xdp]\ninterfaces = [\"{iface}\"]\npin_dir = {pin_dir:?}\n",
+        tls = pki.tls_section(""),
+        addr = veth.b.addr,
+        iface = veth.b.name,
+        pin_dir = pin_dir.path(),
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        config_toml: Some(config),
+        netns: Some(server.name().to_owned()),
+        ..Default::default()
+    })
+    .expect("daemon starts with XDP in the server namespace");
+    let listener = daemon.addr();
+    assert!(
+        s_client(&client, &pki, listener),
+        "handshake before any block"
+    );
+
+    // What an operator does: capture the client's first bytes, print their fingerprint, block it.
+    let capture = client
+        .run(|| TcpListener::bind((veth.a.addr, 0)))
+        .expect("enter client namespace")
+        .expect("bind a capture listener in the client namespace");
+    let capture_addr = capture.local_addr().expect("capture address");
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "5",
+        "openssl",
+        "s_client",
+        "-connect",
+        &capture_addr.to_string(),
+    ])
+    .args(["-servername", "ecdsa.test"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    client
+        .enter_on_spawn(&mut cmd)
+        .expect("enter client namespace");
+    let mut openssl = cmd.spawn().expect("run openssl s_client");
+    let (mut stream, _) = capture
+        .accept()
+        .expect("s_client connects to the capture listener");
+    let mut header = [0u8; 5];
+    stream.read_exact(&mut header).expect("record header");
+    let mut hello = header.to_vec();
+    hello.resize(
+        5 + usize::from(u16::from_be_bytes([header[3], header[4]])),
+        0,
+    );
+    stream
+        .read_exact(&mut hello[5..])
+        .expect("ClientHello record");
+    drop(stream);
+    let _ = openssl.wait();
+    let files = TempDir::new("xdp-fp-capture").expect("tempdir");
+    let file = files.path().join("hello.bin");
+    std::fs::write(&file, &hello).expect("write capture");
+    let out = run(Command::new(binary()).arg("fingerprint").arg(&file));
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    let unordered = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("unordered "))
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|| panic!("no unordered fingerprint printed: {printed}"));
+
+    cli(pin_dir.path(), &["block-fingerprint", "add", &unordered]);
+    assert_eq!(
+        cli(pin_dir.path(), &["block-fingerprint", "list"]).trim(),
+        unordered
+    );
+    // The program looks the set up per ClientHello: the very next handshake is dropped.
+    assert!(
+        !s_client_within(&client, &pki, listener, 3),
+        "a handshake with blocked fingerprint {unordered} completed"
+    );
+    let metrics = daemon.metrics_text().expect("GET /metrics");
+    let dropped = metric_value(
+        &metrics,
+        "portcullis_xdp_packets_total",
+        &[("verdict", "drop_blocked_fingerprint")],
+    );
+    assert!(
+        dropped >= 1.0,
+        "no drop_blocked_fingerprint on /metrics:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_xdp_malformed_total{reason=\"bad_key_share\"} 0"),
+        "malformed counters are exported per reason:\n{metrics}"
+    );
+
+    cli(pin_dir.path(), &["block-fingerprint", "del", &unordered]);
+    assert!(
+        cli(pin_dir.path(), &["block-fingerprint", "list"])
+            .trim()
+            .is_empty()
+    );
+    assert!(
+        s_client(&client, &pki, listener),
+        "handshake after the fingerprint block was removed"
+    );
+    let status = daemon.terminate().expect("daemon stops on SIGTERM");
+    assert!(
+        status.success(),
+        "daemon exit status after SIGTERM: {status}"
+    );
+}
+
 /// An Ethernet/IPv4/TCP SYN from `src` to the listener port, as the program sees it on the wire.
 fn syn_frame(src: &Ipv4Addr, port: u16) -> Vec<u8> {
     let mut ip = ipv4(6, 5, 0);
@@ -208,7 +329,18 @@ fn cli(pin_dir: &Path, args: &[&str]) -> String {
 
 /// One TLS handshake with `openssl s_client` from `ns`; whether it succeeded.
 fn s_client(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr) -> bool {
-    let mut cmd = Command::new("openssl");
+    s_client_command(ns, pki, addr, Command::new("openssl"))
+}
+
+/// [`s_client`] given up after `secs` seconds (a dropped ClientHello would otherwise leave it waiting on TCP
+/// retransmissions for minutes).
+fn s_client_within(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr, secs: u32) -> bool {
+    let mut cmd = Command::new("timeout");
+    cmd.arg(secs.to_string()).arg("openssl");
+    s_client_command(ns, pki, addr, cmd)
+}
+
+fn s_client_command(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr, mut cmd: Command) -> bool {
     cmd.args([
         "s_client",
         "-connect",

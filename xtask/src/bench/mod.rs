@@ -16,6 +16,7 @@
 //! - [`procstat`]: CPU time of a process tree from `/proc/PID/stat`.
 //! - [`cgroup`]: a cgroup v1 CPU quota (`cpu.cfs_quota_us`) for the storm.
 //! - [`svg`]: a small hand-written bar chart (no plotting dependency in xtask).
+//! - [`xdp`]: `bench xdp`, the XDP guard's ns/packet per fixture class beside the userspace rejection cost.
 //!
 //! Room for more: `xdp` and `fleet` benchmarks are new files here plus a variant of [`Bench`].
 
@@ -28,6 +29,7 @@ mod procstat;
 mod servers;
 mod storm;
 mod svg;
+mod xdp;
 
 use std::path::PathBuf;
 
@@ -52,6 +54,10 @@ pub enum Bench {
     /// key rotation, with `fleet` and with `per-process` tickets: cross-instance resumption rate and p99 per
     /// second; session cache take/put cost at 256, 4,096, 65,536 entries beside rustls' cache.
     Fleet(Common),
+    /// XDP guard ns/packet by fixture class (SYN, ClientHello, post-quantum first segment, malformed, blocked
+    /// fingerprint) through BPF_PROG_TEST_RUN minus an empty program, beside the daemon's CPU per userspace
+    /// rejection of the same malformed ClientHello; table, ratio, JSON. Needs root.
+    Xdp(Common),
 }
 
 /// Options every benchmark takes.
@@ -92,6 +98,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Handshakes(c) => (c, handshakes::run),
         Bench::Storm(c) => (c, storm::run),
         Bench::Fleet(c) => (c, fleet::run),
+        Bench::Xdp(c) => (c, xdp::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;
