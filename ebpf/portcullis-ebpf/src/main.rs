@@ -20,7 +20,7 @@ mod hello;
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -98,6 +98,13 @@ fn guard(packet: &Classification, config: &XdpConfig) -> Verdict {
     }
     if packet.is_syn() && config.syn_rate != 0 && !syn_within_budget(packet, config) {
         return Verdict::DropSynRate;
+    }
+    // SAFETY: a helper without arguments.
+    if packet.is_syn()
+        && config.syn_shed_ppm != 0
+        && unsafe { bpf_get_prandom_u32() } % 1_000_000 < config.syn_shed_ppm
+    {
+        return Verdict::DropSynShed;
     }
     Verdict::PassListenerTcp
 }

@@ -124,6 +124,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
         Some(xdp::XdpGuard::start(&settings).context("cannot start the XDP handshake guard")?)
     };
     let xdp_collector = xdp_guard.as_ref().map(|g| g.counters().collector());
+    // Admission control turns the XDP program's SYN shed knob while it sheds.
+    let syn_shed: Option<Arc<dyn crate::admission::SynShedControl>> = match &xdp_guard {
+        Some(_) => Some(Arc::new(
+            xdp::SynShed::open(&config.xdp.pin_dir).context("opening the XDP SYN shed knob")?,
+        )),
+        None => None,
+    };
     let mut engine = None;
     let metrics = Metrics::new_with(xdp_collector, |registry| {
         tickets.register(registry);
@@ -132,6 +139,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
             &config.admission,
             workers,
             registry,
+            syn_shed,
         ));
     });
     let engine: Arc<dyn HandshakeEngine> = match engine {

@@ -26,6 +26,10 @@ pub struct AdmissionConfig {
     pub queue_budget: Duration,
     /// Handshakes one worker may have in flight (admitted, not finished). Unit: handshakes. Default: 1024.
     pub max_in_flight_per_worker: usize,
+    /// With XDP attached: the fraction of new SYNs (0.0 to 1.0) the XDP program drops while shedding, half that
+    /// while recovering. Their clients' TCP retransmits after 1 s, 3 s, ...: the cheapest shedding there is.
+    /// Default: `0.5`.
+    pub syn_shed: f64,
 }
 
 impl Default for AdmissionConfig {
@@ -37,6 +41,7 @@ impl Default for AdmissionConfig {
             recover_intervals: 5,
             queue_budget: Duration::from_millis(20),
             max_in_flight_per_worker: 1024,
+            syn_shed: 0.5,
         }
     }
 }
@@ -58,6 +63,12 @@ impl AdmissionConfig {
             return Err((
                 "admission.recover_intervals",
                 "must be at least 1".to_owned(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.syn_shed) {
+            return Err((
+                "admission.syn_shed",
+                "a fraction from 0.0 to 1.0".to_owned(),
             ));
         }
         if self.max_in_flight_per_worker == 0 {

@@ -11,7 +11,9 @@
 //! Decisions, cheapest first, per handshake (classified from the raw ClientHello, see `handshake::class`):
 //! 1. the worker's in-flight limit (`max_in_flight_per_worker`);
 //! 2. while `shedding`, new full handshakes are shed; resumptions go on;
-//! 3. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
+//! 3. (before all of these, in the kernel) while shedding, the XDP program drops `admission.syn_shed` of new
+//!    SYNs, half that while recovering ([`SynShedControl`]);
+//! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
 //!    `queue_budget` per engine instance for full handshakes, 1.5x that for resumptions.
 //!
 //! A shed handshake's connection is reset before any crypto (see ARCHITECTURE.md for why a reset). Traffic on
@@ -66,6 +68,19 @@ struct ClassLabel {
     class: &'static str,
 }
 
+/// Something that drops a fraction of new SYNs before they become connections: the XDP program's
+/// `syn_shed_ppm` knob ([`crate::xdp::SynShed`]). The cheapest shedding action: the client's TCP backs off.
+pub trait SynShedControl: Send + Sync {
+    /// Drops `ppm` parts per million of new SYNs from now on.
+    fn set_syn_shed_ppm(&self, ppm: u32) -> anyhow::Result<()>;
+}
+
+impl SynShedControl for crate::xdp::SynShed {
+    fn set_syn_shed_ppm(&self, ppm: u32) -> anyhow::Result<()> {
+        self.set_ppm(ppm)
+    }
+}
+
 /// Admission control's shared state.
 pub struct Admission {
     config: AdmissionConfig,
@@ -78,11 +93,18 @@ pub struct Admission {
     admitted: Family<ClassLabel, Counter>,
     transitions: Family<StateLabel, Counter>,
     state_gauge: Gauge,
+    syn_shed: Option<Arc<dyn SynShedControl>>,
 }
 
 impl Admission {
     /// Creates the admission state for an engine with `instances` instances, registering its metrics.
-    pub fn new(config: AdmissionConfig, instances: usize, registry: &mut Registry) -> Arc<Self> {
+    /// `syn_shed`, when XDP runs, is turned up while shedding (see [`AdmissionConfig::syn_shed`]).
+    pub fn new(
+        config: AdmissionConfig,
+        instances: usize,
+        registry: &mut Registry,
+        syn_shed: Option<Arc<dyn SynShedControl>>,
+    ) -> Arc<Self> {
         let shed = Family::<ShedLabels, Counter>::default();
         registry.register(
             "portcullis_admission_shed",
@@ -126,6 +148,7 @@ impl Admission {
             admitted,
             transitions,
             state_gauge,
+            syn_shed,
         })
     }
 
@@ -143,7 +166,24 @@ impl Admission {
         self.transitions
             .get_or_create(&StateLabel { to: state.name() })
             .inc();
-        tracing::warn!(state = state.name(), "admission control state changed");
+        // Cheapest action first: while shedding, the XDP program drops a fraction of new SYNs (their clients
+        // retry after 1 s, 3 s, ...); half that while recovering; none in normal operation.
+        let full = (self.config.syn_shed.clamp(0.0, 1.0) * 1_000_000.0) as u32;
+        let ppm = match state {
+            State::Shedding => full,
+            State::Recovering => full / 2,
+            State::Normal => 0,
+        };
+        if let Some(knob) = &self.syn_shed
+            && let Err(e) = knob.set_syn_shed_ppm(ppm)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot set the XDP SYN shed fraction");
+        }
+        tracing::warn!(
+            state = state.name(),
+            syn_shed_ppm = ppm,
+            "admission control state changed"
+        );
     }
 
     /// Decides on a handshake of `class`. `Ok` carries the cost reserved, to release when it finishes.
@@ -263,7 +303,7 @@ mod tests {
             queue_budget: Duration::from_millis(budget_ms),
             ..AdmissionConfig::default()
         };
-        Admission::new(config, 1, &mut Registry::default())
+        Admission::new(config, 1, &mut Registry::default(), None)
     }
 
     #[tokio::test(start_paused = true)]
@@ -339,5 +379,39 @@ mod tests {
         }
         assert_eq!(a.outstanding_ns.load(Ordering::Relaxed), 0);
         assert!(a.admit(HandshakeClass::FullRsa).is_ok());
+    }
+
+    #[derive(Default)]
+    struct Knob(std::sync::Mutex<Vec<u32>>);
+
+    impl SynShedControl for Knob {
+        fn set_syn_shed_ppm(&self, ppm: u32) -> anyhow::Result<()> {
+            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(ppm);
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn syn_shed_follows_the_state() {
+        let knob = Arc::new(Knob::default());
+        let config = AdmissionConfig {
+            syn_shed: 0.4,
+            recover_intervals: 2,
+            ..AdmissionConfig::default()
+        };
+        let a = Admission::new(config, 1, &mut Registry::default(), Some(knob.clone()));
+        a.completed(
+            HandshakeClass::FullEcdsa,
+            Duration::from_millis(50),
+            Duration::from_micros(150),
+        );
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(a.state(), State::Shedding);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(a.state(), State::Recovering);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(a.state(), State::Normal);
+        let seen = knob.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert_eq!(seen, vec![400_000, 200_000, 0]);
     }
 }

@@ -9,7 +9,7 @@ use super::metrics::EngineMetrics;
 use super::policy::{FullRingPolicy, Observer, OffloadHandshakes};
 use super::software::SoftwareEngine;
 use super::{EngineConfig, EngineKind, OffloadEngine};
-use crate::admission::{Admission, AdmissionConfig, AdmissionEngine};
+use crate::admission::{Admission, AdmissionConfig, AdmissionEngine, SynShedControl};
 use crate::handshake::engine::{HandshakeEngine, InlineEngine};
 
 /// Builds the engine the workers hand the expensive step to, registering its metrics. `workers` is the
@@ -19,6 +19,7 @@ pub fn build(
     admission: &AdmissionConfig,
     workers: usize,
     registry: &mut Registry,
+    syn_shed: Option<Arc<dyn SynShedControl>>,
 ) -> anyhow::Result<Arc<dyn HandshakeEngine>> {
     if engine.kind == EngineKind::Inline {
         if admission.enabled {
@@ -51,7 +52,7 @@ pub fn build(
             software, policy, metrics, None,
         )));
     }
-    let gate = Admission::new(admission.clone(), instances, registry);
+    let gate = Admission::new(admission.clone(), instances, registry, syn_shed);
     let observer: Arc<dyn Observer> = gate.clone();
     let offload = OffloadHandshakes::new(software, policy, metrics, Some(observer));
     Ok(Arc::new(AdmissionEngine::new(offload, gate)))

@@ -7,6 +7,7 @@
 //! - [`attach`]: attaching to one interface in the requested mode (native, generic, or native then generic).
 //! - [`pins`]: the pin directory on bpffs and the map pins the guard creates and removes.
 //! - [`counters`]: [`XdpCounters`], a cheap handle that sums the per-CPU verdict counters.
+//! - [`shed`]: [`SynShed`], the SYN shed fraction admission control turns while it sheds.
 //! - [`logs`]: forwards the BPF program's aya-log records to `tracing` from a small thread.
 //! - `test_run` (tests only): the ABI's packet fixture table run through the loaded program (`BPF_PROG_TEST_RUN`).
 //! - `test_hello` (tests only): SYN then first segment of real, crafted-malformed, cut-short and blocked
@@ -31,6 +32,7 @@ mod logs;
 mod object;
 mod pins;
 mod settings;
+mod shed;
 #[cfg(test)]
 mod test_hello;
 #[cfg(test)]
@@ -39,3 +41,4 @@ mod test_run;
 pub use counters::XdpCounters;
 pub use guard::XdpGuard;
 pub use settings::{XdpMode, XdpSettings};
+pub use shed::SynShed;
