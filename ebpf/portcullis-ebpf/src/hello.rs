@@ -22,13 +22,20 @@ use portcullis_abi::client_hello::{
     stages::{self, Stages, Step},
 };
 
-/// One parse's state: where the TCP payload lies in the packet and the parser's workspace.
+/// Payload bytes copied out of the packet for the parse: a first segment at Ethernet MTU is at most 1,460; a
+/// longer one (jumbo frames) is judged on its first `COPY` bytes, as a ClientHello cut short (fail open).
+const COPY: usize = 2048;
+
+/// One parse's state: the payload bytes and the parser's workspace.
 #[repr(C)]
 struct Scratch {
     /// Offset of the TCP payload from the start of the frame.
     base: u32,
-    /// Payload bytes present in the packet (declared by IP, cut to what the buffer holds).
+    /// Payload bytes copied into `bytes` (declared by IP, cut to what the packet holds and to [`COPY`]).
     len: u32,
+    /// The payload, copied once by [`judge`] with one `bpf_xdp_load_bytes` (which also reads fragments of
+    /// multi-buffer frames); reads index it masked by `COPY - 1`, the slack covers the widest read past that.
+    bytes: [u8; COPY + 8],
     /// The parser's state between stages.
     workspace: Workspace,
 }
@@ -54,11 +61,12 @@ fn scratch() -> Option<&'static mut Scratch> {
     Some(unsafe { &mut *words.cast::<Scratch>() })
 }
 
-/// The TCP payload of the packet being judged, read with `bpf_xdp_load_bytes` (which also reads fragments of
-/// multi-buffer frames). Offsets handed to a helper need no exact verifier tracking, unlike packet pointers.
+/// The TCP payload of the packet being judged, as copied into the scratch.
+///
+/// A read is a masked index into the map value: the mask bounds the offset for the verifier whatever path led
+/// there, and costs one instruction, where a `bpf_xdp_load_bytes` call per field cost a helper call each.
 struct Payload {
-    ctx: *mut xdp_md,
-    base: u32,
+    bytes: *const u8,
     len: u32,
 }
 
@@ -74,17 +82,11 @@ impl HelloBytes for Payload {
         if N > len || offset > len - N {
             return None;
         }
-        let mut buf = [0u8; N];
-        // SAFETY: `buf` is N writable bytes; the helper checks the offset against the packet and fails cleanly.
-        let rc = unsafe {
-            bpf_xdp_load_bytes(
-                self.ctx,
-                self.base.wrapping_add(offset as u32),
-                buf.as_mut_ptr().cast(),
-                N as u32,
-            )
-        };
-        if rc == 0 { Some(buf) } else { None }
+        // `offset < len <= COPY` already; the mask says so to the verifier.
+        let offset = offset & (COPY - 1);
+        // SAFETY: `bytes` points at `COPY + 8` bytes of this CPU's scratch and `offset + N <= COPY + 8` (N is at
+        // most 3); `[u8; N]` has alignment 1.
+        Some(unsafe { core::ptr::read_unaligned(self.bytes.add(offset).cast::<[u8; N]>()) })
     }
 }
 
@@ -102,8 +104,7 @@ fn run(ctx: *mut xdp_md, step: Step) -> i32 {
     let buffer = unsafe { bpf_xdp_get_buff_len(ctx) };
     let present = buffer.saturating_sub(u64::from(scratch.base));
     let payload = Payload {
-        ctx,
-        base: scratch.base,
+        bytes: scratch.bytes.as_ptr(),
         len: if present < u64::from(scratch.len) {
             present as u32
         } else {
@@ -173,7 +174,34 @@ pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16) -> Judged {
         return not_judged;
     };
     slot.base = u32::from(offset);
-    slot.len = u32::from(len);
+    slot.len = 0;
+    // SAFETY: a helper taking the context.
+    let buffer = unsafe { bpf_xdp_get_buff_len(ctx) };
+    let present = buffer.saturating_sub(u64::from(offset));
+    let mut copy = u64::from(len);
+    if copy > present {
+        copy = present;
+    }
+    if copy > COPY as u64 {
+        copy = COPY as u64;
+    }
+    // The verifier wants the size provably in 1..=COPY on the register handed to the helper. Checked with
+    // `if`, LLVM folds the checks into a comparison on another register; masked like this, it cannot (it does
+    // not know `copy >= 1`). `copy == 0` (nothing present) becomes COPY, which the helper refuses: nothing
+    // copied, `len` stays 0.
+    let size = (copy.wrapping_sub(1) & (COPY as u64 - 1)) + 1;
+    // SAFETY: `bytes` has room for COPY >= size bytes; the helper checks the packet range and fails cleanly.
+    let rc = unsafe {
+        bpf_xdp_load_bytes(
+            ctx,
+            u32::from(offset),
+            slot.bytes.as_mut_ptr().cast(),
+            size as u32,
+        )
+    };
+    if rc == 0 {
+        slot.len = size as u32;
+    }
     let status = stages::drive(&mut Global(ctx));
     // Looked up again: the verifier forgets map value pointers' contents across the calls anyway.
     let Some(slot) = scratch() else {
