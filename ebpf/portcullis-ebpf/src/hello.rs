@@ -96,20 +96,14 @@ fn run(ctx: *mut xdp_md, step: Step) -> i32 {
     let Some(scratch) = scratch() else {
         return stages::TRUNCATED;
     };
-    // Clamped here, in every step, to what the buffer holds: this also makes every step use `ctx`, which it
-    // must. A step that never reads the packet (`Checks`) would otherwise let LLVM, seeing the whole object,
-    // leave the argument register unset at the call, and the verifier rejects a call whose `ctx` argument is
-    // not the context ("Caller passes invalid args").
-    // SAFETY: a helper taking the context.
-    let buffer = unsafe { bpf_xdp_get_buff_len(ctx) };
-    let present = buffer.saturating_sub(u64::from(scratch.base));
+    // Every step must use `ctx`: no step reads the packet any more (the payload was copied by `judge`), and
+    // LLVM, seeing the whole object, would leave the argument register unset at the call, which the verifier
+    // rejects ("Caller passes invalid args"). A volatile read of one context field is the cheapest use.
+    // SAFETY: `ctx` is the XDP context the kernel passed to the program, valid for the run.
+    let _ = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_end)) };
     let payload = Payload {
         bytes: scratch.bytes.as_ptr(),
-        len: if present < u64::from(scratch.len) {
-            present as u32
-        } else {
-            scratch.len
-        },
+        len: scratch.len,
     };
     stages::run(step, &payload, &mut scratch.workspace)
 }
