@@ -87,7 +87,8 @@ fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsStrin
 }
 
 /// The benchmark harness in its `--quick` form (seconds per cell): `bench handshakes` fails when a cell has no
-/// number, `bench storm` when a server produced no summary. Installs nginx and HAProxy (`setup --bench`) and
+/// number, `bench storm` when a server produced no summary, `bench xdp` when a fixture class gets the wrong XDP
+/// action. Installs nginx and HAProxy (`setup --bench`) and
 /// builds the release binaries first. The figures of a quick run are smoke, not results: BENCHMARKS.md records
 /// full runs.
 fn bench_smoke(ws: &Workspace) -> Result<()> {
@@ -102,7 +103,9 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
     // Setup and the release build were just done by the handshakes run.
     storm.no_build = true;
     storm.no_setup = true;
-    crate::bench::bench(ws, crate::bench::Bench::Storm(storm))
+    crate::bench::bench(ws, crate::bench::Bench::Storm(storm.clone()))?;
+    // bench xdp fails when the program does not load or a class gets the wrong XDP action.
+    crate::bench::bench(ws, crate::bench::Bench::Xdp(storm))
 }
 
 /// clippy over every userspace target, warnings denied.

@@ -30,8 +30,8 @@
 //! # BPF constraints
 //! No recursion, no allocation, no indexing or unwrapping of input, and every loop runs at most a
 //! `MAX_*` constant number of times, so the same code can be verified inside an XDP program.
-//! The input is read through [`HelloBytes`] (a slice here, the packet through
-//! `bpf_xdp_load_bytes` in XDP) and the parse runs as the [`stages`] over a [`Workspace`]: in
+//! The input is read through [`HelloBytes`] (a slice here, the payload copied into a per-CPU map
+//! value in XDP) and the parse runs as the [`stages`] over a [`Workspace`]: in
 //! place for [`parse`], one global BPF function per stage over a per-CPU map value in XDP, where
 //! each stage is verified once (the parse inlined whole exceeded the verifier's budget of one
 //! million instructions on 6.18).

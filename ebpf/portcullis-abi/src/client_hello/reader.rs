@@ -11,12 +11,11 @@
 
 use super::Malformed;
 
-/// Where the parser reads the client's bytes from: a slice on the host, the packet (through
-/// `bpf_xdp_load_bytes`) in the XDP program.
+/// Where the parser reads the client's bytes from: a slice on the host, the TCP payload copied into
+/// a per-CPU map value in the XDP program (read by an index masked to the buffer, so that the
+/// verifier bounds it without tracking how it was computed).
 ///
-/// Offsets are from the start of the client's first bytes. In BPF an offset handed to a helper
-/// need not be tracked exactly by the verifier, whereas an offset added to a pointer (a slice
-/// index) must, which multiplies verifier states.
+/// Offsets are from the start of the client's first bytes.
 pub trait HelloBytes {
     /// How many bytes arrived.
     fn arrived(&self) -> usize;
