@@ -14,7 +14,7 @@ use std::{
 
 use portcullis_abi::{
     names::PROG_XDP,
-    packet::{ETH_P_IP, TCP_FLAG_SYN},
+    packet::{ETH_P_IP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{frame, ipv4, tcp},
 };
 use portcullis_tests::{
@@ -281,6 +281,22 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         metrics.contains("portcullis_xdp_malformed_total{reason=\"bad_key_share\"} 0"),
         "malformed counters are exported per reason:\n{metrics}"
     );
+    // The pinned program gives the same verdict to packet files through `bpftool prog run`: a SYN records
+    // the flow, the captured ClientHello as its first segment is dropped (XDP_DROP, 1).
+    let syn_file = files.path().join("syn.bin");
+    std::fs::write(&syn_file, syn_frame(&veth.a.addr, listener.port())).expect("write frame");
+    let hello_file = files.path().join("hello-segment.bin");
+    std::fs::write(
+        &hello_file,
+        first_segment_frame(&veth.a.addr, listener.port(), &hello),
+    )
+    .expect("write frame");
+    assert!(bpftool_run(pin_dir.path(), &syn_file).contains("Return value: 2"));
+    let run_out = bpftool_run(pin_dir.path(), &hello_file);
+    assert!(
+        run_out.contains("Return value: 1"),
+        "bpftool prog run on the blocked ClientHello: expected XDP_DROP (1):\n{run_out}"
+    );
 
     cli(pin_dir.path(), &["block-fingerprint", "del", &unordered]);
     assert!(
@@ -304,6 +320,36 @@ fn syn_frame(src: &Ipv4Addr, port: u16) -> Vec<u8> {
     let mut ip = ipv4(6, 5, 0);
     ip[12..16].copy_from_slice(&src.octets());
     frame(&[], ETH_P_IP, &ip, &tcp(port, TCP_FLAG_SYN))
+}
+
+/// The first data segment (sequence number ISN + 1 after [`syn_frame`]'s ISN 0) of the same flow, carrying
+/// `payload`, with the IPv4 total length filled in.
+fn first_segment_frame(src: &Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut ip = ipv4(6, 5, 0);
+    ip[12..16].copy_from_slice(&src.octets());
+    let mut segment = tcp(port, TCP_FLAG_ACK | 0x08);
+    segment[4..8].copy_from_slice(&1u32.to_be_bytes());
+    segment.extend_from_slice(payload);
+    let total = u16::try_from(20 + segment.len()).expect("one segment");
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    frame(&[], ETH_P_IP, &ip, &segment)
+}
+
+/// `bpftool prog run` of the pinned program on `frame_file`; its output.
+fn bpftool_run(pin_dir: &Path, frame_file: &Path) -> String {
+    let out = Command::new("bpftool")
+        .args(["prog", "run", "pinned"])
+        .arg(pin_dir.join(PROG_XDP))
+        .arg("data_in")
+        .arg(frame_file)
+        .output()
+        .expect("run bpftool (install bpftool)");
+    assert!(out.status.success(), "bpftool prog run failed: {out:?}");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 fn run(cmd: &mut Command) -> Output {
