@@ -4,8 +4,10 @@
 //! - [`privileged`]: root detection; a skipped privileged test fails the run under `CI=true`.
 //! - [`netns`]: one network namespace guard per test (veth pairs, torn down on drop).
 //! - [`pki`]: a test CA with an ECDSA and an RSA server certificate.
+//! - [`bpffs`]: a per-test pin directory on bpffs.
 //! - [`daemon`]: starts the daemon binary, waits for its readiness notification, stops it.
 
+pub mod bpffs;
 pub mod daemon;
 pub mod netns;
 pub mod pki;

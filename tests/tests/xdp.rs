@@ -5,9 +5,8 @@
 use std::{
     collections::HashMap,
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
@@ -16,6 +15,7 @@ use portcullis_abi::{
     verdict::Verdict,
 };
 use portcullis_tests::{
+    bpffs::BpfDir,
     daemon::{Daemon, DaemonOptions, TempDir, metric_value},
     netns::{NetNsGuard, veth_pair},
     pki::Pki,
@@ -38,7 +38,7 @@ fn xdp_counts_traffic() {
     let client = NetNsGuard::new().expect("client namespace");
     let server = NetNsGuard::new().expect("server namespace");
     let veth = veth_pair(&client, &server).expect("veth pair between client and server");
-    let pin_dir = BpfDir::new();
+    let pin_dir = BpfDir::new("test");
     let pki_dir = TempDir::new("xdp-pki").expect("tempdir");
     let pki = Pki::generate(pki_dir.path()).expect("test PKI");
 
@@ -256,33 +256,6 @@ fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> Option<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     done().then_some(())
-}
-
-/// A per-test directory path on bpffs, `/sys/fs/bpf/portcullis-test-<pid>-<n>`, removed (with anything left in
-/// it) on drop. Not created here: the daemon creates it, and must remove it when it stops.
-struct BpfDir(PathBuf);
-
-impl BpfDir {
-    fn new() -> BpfDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/portcullis-test-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        BpfDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for BpfDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 #[test]

@@ -6,9 +6,8 @@
 use std::{
     io::Read as _,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output, Stdio},
-    sync::atomic::{AtomicU32, Ordering},
     time::Duration,
 };
 
@@ -18,6 +17,7 @@ use portcullis_abi::{
     packet_fixtures::{frame, ipv4, tcp},
 };
 use portcullis_tests::{
+    bpffs::BpfDir,
     daemon::{Daemon, DaemonOptions, TempDir, binary, metric_value},
     netns::{NetNsGuard, veth_pair},
     pki::Pki,
@@ -35,7 +35,7 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     let client = NetNsGuard::new().expect("client namespace");
     let server = NetNsGuard::new().expect("server namespace");
     let veth = veth_pair(&client, &server).expect("veth pair between client and server");
-    let pin_dir = BpfDir::new();
+    let pin_dir = BpfDir::new("guard-test");
     let pki_dir = TempDir::new("xdp-guard-pki").expect("tempdir");
     let pki = Pki::generate(pki_dir.path()).expect("test PKI");
     let config = format!(
@@ -187,7 +187,7 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
     let client = NetNsGuard::new().expect("client namespace");
     let server = NetNsGuard::new().expect("server namespace");
     let veth = veth_pair(&client, &server).expect("veth pair between client and server");
-    let pin_dir = BpfDir::new();
+    let pin_dir = BpfDir::new("guard-test");
     let pki_dir = TempDir::new("xdp-fp-pki").expect("tempdir");
     let pki = Pki::generate(pki_dir.path()).expect("test PKI");
     let config = format!(
@@ -410,30 +410,4 @@ fn s_client_command(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr, mut cmd: Comma
         );
     }
     out.status.success()
-}
-
-/// A per-test pin directory path on bpffs, removed (with anything left in it) on drop; the daemon creates it.
-struct BpfDir(PathBuf);
-
-impl BpfDir {
-    fn new() -> BpfDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/portcullis-guard-test-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        BpfDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for BpfDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
