@@ -5,9 +5,11 @@
 //! - [`netns`]: one network namespace guard per test (veth pairs, torn down on drop).
 //! - [`pki`]: a test CA with an ECDSA and an RSA server certificate.
 //! - [`bpffs`]: a per-test pin directory on bpffs.
+//! - [`clients`]: real clients (openssl s_client) run from a test's namespace.
 //! - [`daemon`]: starts the daemon binary, waits for its readiness notification, stops it.
 
 pub mod bpffs;
+pub mod clients;
 pub mod daemon;
 pub mod netns;
 pub mod pki;

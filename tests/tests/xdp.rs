@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -16,6 +16,7 @@ use portcullis_abi::{
 };
 use portcullis_tests::{
     bpffs::BpfDir,
+    clients::s_client,
     daemon::{Daemon, DaemonOptions, TempDir, metric_value},
     netns::{NetNsGuard, veth_pair},
     pki::Pki,
@@ -83,7 +84,10 @@ fn xdp_counts_traffic() {
     );
 
     for _ in 0..HANDSHAKES {
-        s_client(&client, &pki, listener);
+        assert!(
+            s_client(&client, &pki, listener, 30),
+            "handshake across the veth"
+        );
     }
     let closed_port = if listener.port() == u16::MAX {
         1
@@ -168,32 +172,6 @@ fn xdp_counts_traffic() {
         let pin = pin_dir.path().join(name);
         assert!(!pin.exists(), "{} left behind after SIGTERM", pin.display());
     }
-}
-
-/// One TLS handshake with `openssl s_client`, started inside `ns`, verified against the test CA.
-fn s_client(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr) {
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-connect",
-        &addr.to_string(),
-        "-servername",
-        "ecdsa.test",
-        "-verify_return_error",
-    ])
-    .arg("-CAfile")
-    .arg(&pki.ca)
-    .stdin(Stdio::null());
-    ns.enter_on_spawn(&mut cmd).expect("enter client namespace");
-    let out = cmd
-        .output()
-        .expect("run openssl s_client (install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl s_client to {addr} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Runs `bpftool <args> <path>` and returns its stdout.

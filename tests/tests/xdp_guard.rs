@@ -5,7 +5,7 @@
 
 use std::{
     io::Read as _,
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{Ipv4Addr, TcpListener, TcpStream},
     path::Path,
     process::{Command, Output, Stdio},
     time::Duration,
@@ -18,6 +18,7 @@ use portcullis_abi::{
 };
 use portcullis_tests::{
     bpffs::BpfDir,
+    clients::s_client,
     daemon::{Daemon, DaemonOptions, TempDir, binary, metric_value},
     netns::{NetNsGuard, veth_pair},
     pki::Pki,
@@ -57,7 +58,7 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     let listener = daemon.addr();
 
     assert!(
-        s_client(&client, &pki, listener),
+        s_client(&client, &pki, listener, 30),
         "handshake before any block"
     );
 
@@ -135,7 +136,7 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     cli(pin_dir.path(), &["block", "del", &cidr]);
     assert!(cli(pin_dir.path(), &["block", "list"]).trim().is_empty());
     assert!(
-        s_client(&client, &pki, listener),
+        s_client(&client, &pki, listener, 30),
         "handshake after the block was removed"
     );
 
@@ -205,7 +206,7 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
     .expect("daemon starts with XDP in the server namespace");
     let listener = daemon.addr();
     assert!(
-        s_client(&client, &pki, listener),
+        s_client(&client, &pki, listener, 30),
         "handshake before any block"
     );
 
@@ -264,7 +265,7 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
     );
     // The program looks the set up per ClientHello: the very next handshake is dropped.
     assert!(
-        !s_client_within(&client, &pki, listener, 3),
+        !s_client(&client, &pki, listener, 3),
         "a handshake with blocked fingerprint {unordered} completed"
     );
     let metrics = daemon.metrics_text().expect("GET /metrics");
@@ -305,7 +306,7 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
             .is_empty()
     );
     assert!(
-        s_client(&client, &pki, listener),
+        s_client(&client, &pki, listener, 30),
         "handshake after the fingerprint block was removed"
     );
     let status = daemon.terminate().expect("daemon stops on SIGTERM");
@@ -371,43 +372,4 @@ fn cli(pin_dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// One TLS handshake with `openssl s_client` from `ns`; whether it succeeded.
-fn s_client(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr) -> bool {
-    s_client_command(ns, pki, addr, Command::new("openssl"))
-}
-
-/// [`s_client`] given up after `secs` seconds (a dropped ClientHello would otherwise leave it waiting on TCP
-/// retransmissions for minutes).
-fn s_client_within(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr, secs: u32) -> bool {
-    let mut cmd = Command::new("timeout");
-    cmd.arg(secs.to_string()).arg("openssl");
-    s_client_command(ns, pki, addr, cmd)
-}
-
-fn s_client_command(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr, mut cmd: Command) -> bool {
-    cmd.args([
-        "s_client",
-        "-connect",
-        &addr.to_string(),
-        "-servername",
-        "ecdsa.test",
-        "-verify_return_error",
-    ])
-    .arg("-CAfile")
-    .arg(&pki.ca)
-    .stdin(Stdio::null());
-    ns.enter_on_spawn(&mut cmd).expect("enter client namespace");
-    let out = cmd
-        .output()
-        .expect("run openssl s_client (install openssl)");
-    if !out.status.success() {
-        eprintln!(
-            "openssl s_client to {addr} failed:\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out.status.success()
 }
