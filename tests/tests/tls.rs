@@ -186,6 +186,23 @@ fn rustls_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+/// A rustls connection to `ecdsa.test` at `addr` with the handshake finished and nothing sent yet.
+fn establish(
+    pki: &Pki,
+    addr: SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let server_name = rustls::pki_types::ServerName::try_from("ecdsa.test").expect("name");
+    let conn = rustls::ClientConnection::new(rustls_client(pki), server_name).expect("conn");
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    tls
+}
+
 fn rustls_get(
     config: &Arc<rustls::ClientConfig>,
     addr: SocketAddr,
@@ -366,17 +383,8 @@ fn sigterm_stops_accepting_drains_open_connections_and_exits_0() {
     let pki = Pki::generate(dir.path()).expect("pki");
     let mut d = start_with(&pki, "", "[shutdown]\ndrain_timeout = \"20s\"\n");
     let addr = d.addr();
-    let config = rustls_client(&pki);
     // An established connection with its request not yet sent.
-    let server_name = rustls::pki_types::ServerName::try_from("ecdsa.test").expect("name");
-    let conn = rustls::ClientConnection::new(config, server_name).expect("conn");
-    let tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).expect("handshake");
-    }
+    let mut tls = establish(&pki, addr);
     assert_eq!(d.admin_get("/readyz").expect("readyz").0, 200);
 
     d.signal(nix::sys::signal::Signal::SIGTERM).expect("signal");
@@ -472,16 +480,7 @@ fn idle_established_connection_is_closed_after_idle_timeout() {
     let dir = TempDir::new("pki").expect("tempdir");
     let pki = Pki::generate(dir.path()).expect("pki");
     let d = start_with(&pki, "", "[upstream]\nidle_timeout = \"300ms\"\n");
-    let config = rustls_client(&pki);
-    let server_name = rustls::pki_types::ServerName::try_from("ecdsa.test").expect("name");
-    let conn = rustls::ClientConnection::new(config, server_name).expect("conn");
-    let tcp = TcpStream::connect(d.addr()).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).expect("handshake");
-    }
+    let mut tls = establish(&pki, d.addr());
     let start = Instant::now();
     // Silent client: the server must end the connection on its own (EOF, possibly without close_notify).
     let mut buf = [0u8; 64];
@@ -501,16 +500,7 @@ fn idle_established_connection_is_closed_after_idle_timeout() {
 
 /// Handshakes, then closes without sending a byte.
 fn handshake_and_leave(pki: &Pki, addr: SocketAddr) {
-    let config = rustls_client(pki);
-    let server_name = rustls::pki_types::ServerName::try_from("ecdsa.test").expect("name");
-    let conn = rustls::ClientConnection::new(config, server_name).expect("conn");
-    let tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut tls = rustls::StreamOwned::new(conn, tcp);
-    while tls.conn.is_handshaking() {
-        tls.conn.complete_io(&mut tls.sock).expect("handshake");
-    }
+    let mut tls = establish(pki, addr);
     tls.conn.send_close_notify();
     let _ = tls.conn.complete_io(&mut tls.sock);
     // Wait for the server's side of the close, so the daemon has finished with the connection.
