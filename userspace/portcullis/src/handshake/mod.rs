@@ -139,7 +139,7 @@ async fn read_client_hello(tcp: &TcpStream) -> Result<(Accepted, Vec<u8>), Hands
             return Err(HandshakeError::new(Failure::Internal, "read past buffer"));
         };
         if n == 0 {
-            let failure = if looks_like(&raw) {
+            let failure = if inspect::looks_like_tls(&raw) {
                 Failure::ClientClosed
             } else {
                 Failure::NotTls
@@ -151,7 +151,7 @@ async fn read_client_hello(tcp: &TcpStream) -> Result<(Accepted, Vec<u8>), Hands
         }
         let room = MAX_RAW_HELLO.saturating_sub(raw.len());
         raw.extend_from_slice(chunk.get(..room.min(n)).unwrap_or_default());
-        if !looks_like(&raw) {
+        if !inspect::looks_like_tls(&raw) {
             return Err(HandshakeError::new(
                 Failure::NotTls,
                 "first bytes are not a TLS handshake record",
@@ -175,10 +175,6 @@ async fn read_client_hello(tcp: &TcpStream) -> Result<(Accepted, Vec<u8>), Hands
             }
         }
     }
-}
-
-fn looks_like(raw: &[u8]) -> bool {
-    inspect::looks_like_tls(raw)
 }
 
 /// Step 4: exchange the remaining flights until the handshake completes.
