@@ -14,6 +14,11 @@ use crate::kind::Kind;
 
 /// How long the preflight connection may take.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
+/// Retries of a preflight connection the server reset or closed (it may be shedding load); backoff doubles from
+/// [`RETRY_BACKOFF`], so at most 0.2 + 0.4 + 0.8 + 1.6 = 3 s of waiting.
+const TRANSIENT_RETRIES: u32 = 4;
+/// First wait before retrying a reset preflight connection.
+const RETRY_BACKOFF: Duration = Duration::from_millis(200);
 
 /// A target that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -80,15 +85,29 @@ pub async fn check(
             let Some(config) = configs.of(*kind) else {
                 continue;
             };
-            let out = connection::run_one(
-                *kind,
-                config,
-                i,
-                target.clone(),
-                spec.clone(),
-                Instant::now(),
-            )
-            .await;
+            let mut attempt = 0;
+            let out = loop {
+                let out = connection::run_one(
+                    *kind,
+                    config.clone(),
+                    i,
+                    target.clone(),
+                    spec.clone(),
+                    Instant::now(),
+                )
+                .await;
+                // A server shedding load resets or closes connections before any crypto, by design, and expects
+                // clients to come back: a reset is not a wrong target. Retry those, bounded, with backoff.
+                let transient = matches!(
+                    &out.result,
+                    Err(f) if matches!(f.cause, Cause::IoError | Cause::ServerClosed)
+                );
+                if !transient || attempt >= TRANSIENT_RETRIES {
+                    break out;
+                }
+                tokio::time::sleep(RETRY_BACKOFF * (1 << attempt)).await;
+                attempt += 1;
+            };
             if let Err(f) = out.result {
                 let addr = target.addr.to_string();
                 let message = format!("{kind}: {}", f.message);
