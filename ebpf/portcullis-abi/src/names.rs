@@ -43,6 +43,11 @@ pub const MAP_XDP_HELLO_BUDGET: &str = "xdp_ch_budget";
 /// [`crate::client_hello::fingerprint`]) -> `u8` (1). Written by `portcullis xdp block-fingerprint add|del`.
 pub const MAP_XDP_BLOCK_FP: &str = "xdp_block_fp";
 
+/// LRU hash of flows whose SYN load shedding dropped: [`crate::flow::FlowKey`] -> the client's initial sequence
+/// number (`u32`). A SYN that matches one is the client's TCP retransmitting it (verdict `drop_syn_retry_shed`
+/// when dropped again).
+pub const MAP_XDP_SYN_SHED: &str = "xdp_syn_shed";
+
 /// Per-CPU scratch of the ClientHello parse inside XDP (not read by userspace).
 pub const MAP_XDP_HELLO_WS: &str = "xdp_hello_ws";
 
@@ -57,6 +62,7 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_HELLO_BUDGET,
     MAP_XDP_BLOCK_FP,
     MAP_XDP_HELLO_WS,
+    MAP_XDP_SYN_SHED,
 ];
 
 /// Default directory on the BPF filesystem where the daemon pins its maps, one file per map named as the map.

@@ -40,11 +40,15 @@ pub enum Verdict {
     /// The first payload segment of a tracked connection was judged as a ClientHello (whole or cut short) and
     /// passed.
     PassClientHello = 12,
+    /// A retransmitted SYN (same flow, same initial sequence number) of a connection whose earlier SYN load
+    /// shedding dropped, dropped again (`XdpConfig::syn_retry_shed_ppm`): under overload fresh clients go first
+    /// ("adaptive LIFO"), since a retrying client has already waited a second or more.
+    DropSynRetryShed = 13,
 }
 
 impl Verdict {
     /// Number of verdicts, and so the number of entries of the counter array.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every verdict, in counter-index order.
     pub const ALL: [Verdict; Verdict::COUNT] = [
@@ -61,6 +65,7 @@ impl Verdict {
         Verdict::DropHelloRate,
         Verdict::DropBlockedFingerprint,
         Verdict::PassClientHello,
+        Verdict::DropSynRetryShed,
     ];
 
     /// The snake_case label of this verdict, used as the `verdict` label value of
@@ -80,6 +85,7 @@ impl Verdict {
             Verdict::DropHelloRate => "drop_hello_rate",
             Verdict::DropBlockedFingerprint => "drop_blocked_fingerprint",
             Verdict::PassClientHello => "pass_client_hello",
+            Verdict::DropSynRetryShed => "drop_syn_retry_shed",
         }
     }
 
@@ -100,6 +106,7 @@ impl Verdict {
             10 => Some(Verdict::DropHelloRate),
             11 => Some(Verdict::DropBlockedFingerprint),
             12 => Some(Verdict::PassClientHello),
+            13 => Some(Verdict::DropSynRetryShed),
             _ => None,
         }
     }
@@ -111,6 +118,7 @@ impl Verdict {
             Verdict::DropBlockedSource
                 | Verdict::DropSynRate
                 | Verdict::DropSynShed
+                | Verdict::DropSynRetryShed
                 | Verdict::DropMalformedHello
                 | Verdict::DropHelloRate
                 | Verdict::DropBlockedFingerprint

@@ -18,7 +18,7 @@ pub const XDP_CONFIG_KEY: u32 = 0;
 ///
 /// Layout (80 bytes): `ports` at 0, `port_count` at 32, `syn_shed_ppm` at 36, `syn_rate` at 40, `syn_burst` at 44,
 /// `v4_prefix_len` at 48, `v6_prefix_len` at 52, `enforce` at 56, `hello_rate` at 60, `hello_burst` at 64,
-/// `hello_resume_cost_milli` at 68, `_pad2` at 72. Host byte order throughout
+/// `hello_resume_cost_milli` at 68, `syn_retry_shed_ppm` at 72, `_pad2` at 76. Host byte order throughout
 /// so that `bpftool map dump` prints values as an operator types them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +51,13 @@ pub struct XdpConfig {
     /// What a resumption offer (TLS 1.3 PSK or TLS 1.2 ticket, cheap to serve) costs, in thousandths of a full
     /// handshake: 1000 = the same, 250 = four resumptions per full handshake; 0 is read as 1000.
     pub hello_resume_cost_milli: u32,
+    /// Load shedding of retransmitted SYNs: parts per million of the SYNs that repeat a flow (same addresses,
+    /// ports and initial sequence number) whose SYN was shed, to drop again (verdict `drop_syn_retry_shed`).
+    /// The larger of this and `syn_shed_ppm` applies to them. Written by admission control, which keeps it up
+    /// for a while after a storm so the storm's retransmissions do not crowd out clients arriving afterwards.
+    pub syn_retry_shed_ppm: u32,
     /// Explicit padding; always 0.
-    pub _pad2: [u32; 2],
+    pub _pad2: u32,
 }
 
 const _: () = assert!(size_of::<XdpConfig>() == 80);
@@ -92,7 +97,8 @@ impl XdpConfig {
         hello_rate: 0,
         hello_burst: 0,
         hello_resume_cost_milli: 0,
-        _pad2: [0; 2],
+        syn_retry_shed_ppm: 0,
+        _pad2: 0,
     };
 
     /// Builds the configuration for these listener ports, with no SYN budget and enforcement on. Duplicates are dropped (two listeners on different

@@ -44,7 +44,7 @@ static XDP_BLOCK_FP: HashMap<u64, u8, 16384> = HashMap::new();
 
 /// The flow of a classified TCP packet.
 #[inline(always)]
-fn flow_key(packet: &Classification) -> FlowKey {
+pub(crate) fn flow_key(packet: &Classification) -> FlowKey {
     FlowKey {
         src: packet.src,
         dst: packet.dst,

@@ -16,11 +16,12 @@
 
 mod flow;
 mod hello;
+mod shed;
 
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
@@ -99,12 +100,9 @@ fn guard(packet: &Classification, config: &XdpConfig) -> Verdict {
     if packet.is_syn() && config.syn_rate != 0 && !syn_within_budget(packet, config) {
         return Verdict::DropSynRate;
     }
-    // SAFETY: a helper without arguments.
-    if packet.is_syn()
-        && config.syn_shed_ppm != 0
-        && unsafe { bpf_get_prandom_u32() } % 1_000_000 < config.syn_shed_ppm
-    {
-        return Verdict::DropSynShed;
+    if packet.is_syn() && (config.syn_shed_ppm | config.syn_retry_shed_ppm) != 0 {
+        // Load shedding, fresh SYNs before retransmitted ones (`shed.rs`).
+        return shed::syn(packet, config);
     }
     Verdict::PassListenerTcp
 }

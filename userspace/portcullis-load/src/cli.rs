@@ -77,6 +77,11 @@ struct RunArgs {
     /// Per-connection bound from intended start to handshake done (and first byte), seconds.
     #[arg(long, value_name = "SECONDS", default_value = "10")]
     timeout: f64,
+    /// Local address to connect from (repeatable; used in turn). Each address has its own ephemeral ports, so a
+    /// storm with many connections waiting at once (SYNs the server dropped) does not run out of ports, e.g.
+    /// --source 127.0.0.2 --source 127.0.0.3. Default: the kernel's choice.
+    #[arg(long = "source", value_name = "ADDR")]
+    sources: Vec<std::net::IpAddr>,
     /// After the handshake send `GET PATH HTTP/1.1` (Host = SNI, Connection: close) and time the first byte.
     #[arg(long, value_name = "PATH")]
     http: Option<String>,
@@ -231,6 +236,7 @@ fn run_spec(args: &RunArgs) -> Result<RunSpec> {
             request,
             keep: seconds_or_zero("--keep", args.keep)?,
             timeout: seconds("--timeout", args.timeout)?,
+            sources: args.sources.clone().into(),
         },
         load,
         max_connections: args.max_connections,

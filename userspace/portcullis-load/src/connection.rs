@@ -41,6 +41,40 @@ pub struct ConnSpec {
     pub keep: Duration,
     /// The whole connection (connect, handshake, first byte) must finish within this, from intended start.
     pub timeout: Duration,
+    /// Local addresses to connect from, in turn; empty: the kernel's choice.
+    pub sources: std::sync::Arc<[std::net::IpAddr]>,
+}
+
+/// Connects to `addr`, from the next of `sources` when there are any. The port is left to `connect`
+/// (`IP_BIND_ADDRESS_NO_PORT`), so each source address has its own ephemeral port range towards `addr`.
+async fn connect(addr: SocketAddr, sources: &[std::net::IpAddr]) -> std::io::Result<TcpStream> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    if sources.is_empty() {
+        return TcpStream::connect(addr).await;
+    }
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let source = sources[n % sources.len()];
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor owned by `socket`, and a pointer to a c_int with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
 }
 
 /// A connection that completed.
@@ -101,7 +135,14 @@ pub async fn run_one(
     let deadline = intended + spec.timeout;
     let established = tokio::time::timeout_at(
         deadline,
-        establish(&mut out, kind, config, &target, spec.request.as_deref()),
+        establish(
+            &mut out,
+            kind,
+            config,
+            &target,
+            spec.request.as_deref(),
+            &spec.sources,
+        ),
     )
     .await;
     match established {
@@ -136,9 +177,10 @@ async fn establish(
     config: Arc<ClientConfig>,
     target: &Target,
     request: Option<&[u8]>,
+    sources: &[std::net::IpAddr],
 ) -> Result<(Done, TcpStream, ClientConnection), Failure> {
     let intended = out.intended;
-    let mut tcp = TcpStream::connect(target.addr)
+    let mut tcp = connect(target.addr, sources)
         .await
         .map_err(|e| Failure::connect(&e))?;
     // Small flights: do not let Nagle hold the client's Finished behind the server's ACK.

@@ -79,6 +79,7 @@ pub async fn check(
         request: conn.request.clone(),
         keep: Duration::ZERO,
         timeout: TIMEOUT,
+        sources: conn.sources.clone(),
     });
     for (i, target) in targets.iter().enumerate() {
         for kind in &full {

@@ -78,6 +78,13 @@ pub struct Second {
     pub errors: BTreeMap<Cause, u64>,
     /// Handshake latency (from intended start) of the connections completed in this second, per kind.
     pub handshake: BTreeMap<Kind, Histogram<u64>>,
+    /// Of the connections meant to start in this second: completed.
+    pub started_ok: u64,
+    /// Of the connections meant to start in this second: failed.
+    pub started_failed: u64,
+    /// Handshake latency (from intended start) of the completed connections meant to start in this second, all
+    /// kinds: what a client arriving in this second got, however late the answer came.
+    pub started_handshake: Option<Histogram<u64>>,
 }
 
 /// Totals of the connections meant to start within one phase (so a storm's queue is charged to the storm).
@@ -93,6 +100,13 @@ pub struct PhaseStats {
     pub failed: u64,
     /// Handshake latency from intended start, all kinds.
     pub handshake: Histogram<u64>,
+    /// TCP connected to handshake complete, all kinds: the server's share once it took the connection (a SYN
+    /// the server dropped and the client's TCP retransmitted is not in it).
+    pub tls: Histogram<u64>,
+    /// Of the completed ones, kinds that wanted resumption and had something to offer (resumed or rejected).
+    pub resumption_offered: u64,
+    /// Of those, refused by the server (a full handshake instead).
+    pub resumption_rejected: u64,
 }
 
 impl Default for PhaseStats {
@@ -103,6 +117,9 @@ impl Default for PhaseStats {
             resumed: 0,
             failed: 0,
             handshake: new_histogram(),
+            tls: new_histogram(),
+            resumption_offered: 0,
+            resumption_rejected: 0,
         }
     }
 }
@@ -163,12 +180,31 @@ impl Recorder {
                 Ok(done) => {
                     p.ok += 1;
                     p.resumed += u64::from(done.resumed);
+                    let rejected = done.fallback == Some(Fallback::Rejected);
+                    p.resumption_offered += u64::from(done.resumed || rejected);
+                    p.resumption_rejected += u64::from(rejected);
                     if let Some(d) = outcome.handshake {
                         record(&mut p.handshake, d);
+                    }
+                    if let (Some(h), Some(c)) = (outcome.handshake, outcome.connect) {
+                        record(&mut p.tls, h.saturating_sub(c));
                     }
                 }
                 Err(_) => p.failed += 1,
             }
+        }
+        let started = self.second(outcome.intended);
+        match &outcome.result {
+            Ok(_) => {
+                started.started_ok += 1;
+                if let Some(d) = outcome.handshake {
+                    record(
+                        started.started_handshake.get_or_insert_with(new_histogram),
+                        d,
+                    );
+                }
+            }
+            Err(_) => started.started_failed += 1,
         }
         let stats = self.kinds.entry(outcome.kind).or_default();
         stats.attempted += 1;

@@ -84,6 +84,30 @@ pub struct SecondReport {
     pub errors: BTreeMap<&'static str, u64>,
     /// Handshake latency (from intended start) per kind, µs.
     pub handshake_us: BTreeMap<&'static str, Percentiles>,
+    /// The connections meant to start in this second, however late they ended.
+    pub started: StartedReport,
+}
+
+/// The connections meant to start in one second: what a client arriving then got.
+#[derive(Clone, Debug, Serialize)]
+pub struct StartedReport {
+    /// Completed.
+    pub ok: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Handshake latency from intended start of the completed ones, all kinds, µs.
+    pub handshake_us: Percentiles,
+}
+
+/// Resumption within one phase: of the completed connections that offered a session, how many the server took.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResumptionReport {
+    /// Completed connections that offered a ticket or session ID.
+    pub offered: u64,
+    /// Of those, resumed.
+    pub resumed: u64,
+    /// Of those, refused (full handshake instead).
+    pub rejected: u64,
 }
 
 /// Totals of the connections meant to start within one phase.
@@ -109,6 +133,10 @@ pub struct PhaseReport {
     pub goodput: f64,
     /// Handshake latency from intended start, µs.
     pub handshake_us: Percentiles,
+    /// TCP connected to handshake complete, µs: the server's share once it took the connection.
+    pub tls_us: Percentiles,
+    /// Resumption offers and how the server answered them.
+    pub resumption: ResumptionReport,
 }
 
 /// Everything a run reports.
@@ -170,6 +198,15 @@ impl Report {
                     .iter()
                     .map(|(k, h)| (k.name(), Percentiles::of(h)))
                     .collect(),
+                started: StartedReport {
+                    ok: s.started_ok,
+                    failed: s.started_failed,
+                    handshake_us: s
+                        .started_handshake
+                        .as_ref()
+                        .map(Percentiles::of)
+                        .unwrap_or_default(),
+                },
             })
             .collect();
         let mut start_s = 0.0;
@@ -188,6 +225,12 @@ impl Report {
                     failed: s.failed,
                     goodput: s.ok as f64 / p.duration_s,
                     handshake_us: Percentiles::of(&s.handshake),
+                    tls_us: Percentiles::of(&s.tls),
+                    resumption: ResumptionReport {
+                        offered: s.resumption_offered,
+                        resumed: s.resumption_offered - s.resumption_rejected,
+                        rejected: s.resumption_rejected,
+                    },
                 };
                 start_s += p.duration_s;
                 r

@@ -33,6 +33,7 @@ fn spec(targets: &[SocketAddr], mix: &str, rate: f64, seconds: f64) -> RunSpec {
             request: None,
             keep: Duration::ZERO,
             timeout: Duration::from_secs(5),
+            sources: Vec::new().into(),
         },
         load: Load::Open(vec![Phase {
             name: "run".into(),

@@ -93,7 +93,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     for server in &ctx.servers {
         let name = server.name();
-        let s = servers::start(ctx, *server, &ecdsa, None)?;
+        let s = servers::start(ctx, *server, &ecdsa)?;
         for (kind, label) in KINDS {
             let cell = saturate(ctx, &s, &ecdsa, kind, secs)?;
             table.set(label, name, cell.cpu_us);
@@ -156,7 +156,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         }
         drop(s);
 
-        let s = servers::start(ctx, *server, &rsa, None)?;
+        let s = servers::start(ctx, *server, &rsa)?;
         let cell = saturate(ctx, &s, &rsa, "full13", secs)?;
         table.set(RSA_ROW, name, cell.cpu_us);
         raw.insert(format!("{name}.full13.rsa2048"), cell.json());

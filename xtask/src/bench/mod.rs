@@ -7,21 +7,20 @@
 //!
 //! # Layout
 //! - [`handshakes`]: `bench handshakes`, the CPU-per-handshake table with the three ratios, JSON and SVG.
-//! - [`storm`]: `bench storm`, steady -> 5x storm -> recovery against each server under a CPU quota.
+//! - [`storm`]: `bench storm`, steady -> 10x storm -> recovery against each server (portcullis with admission
+//!   control on and off), RSA-4096.
 //! - [`fleet`]: `bench fleet`, three portcullis instances, cross-instance resumption through a rolling restart
 //!   and a key rotation, `fleet` vs `per-process` tickets; session cache cost beside rustls'.
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
 //! - [`procstat`]: CPU time of a process tree from `/proc/PID/stat`.
-//! - [`cgroup`]: a cgroup v1 CPU quota (`cpu.cfs_quota_us`) for the storm.
 //! - [`svg`]: a small hand-written bar chart (no plotting dependency in xtask).
 //! - [`xdp`]: `bench xdp`, the XDP guard's ns/packet per fixture class beside the userspace rejection cost.
 //!
 //! Room for more: `xdp` and `fleet` benchmarks are new files here plus a variant of [`Bench`].
 
 mod certs;
-mod cgroup;
 mod fleet;
 mod handshakes;
 mod load;
@@ -47,7 +46,8 @@ pub enum Bench {
     /// Server CPU per handshake (full, resumed TLS 1.3/1.2; ECDSA and RSA), latency at 50% and 90% of
     /// capacity, for portcullis, nginx, HAProxy and rustls in memory; table with ratios, JSON and SVG.
     Handshakes(Common),
-    /// Steady load at 50% capacity -> open-loop storm at 5x -> recovery, per server under a CPU quota;
+    /// Steady load at 50% capacity -> open-loop storm at 10x -> recovery, per server (portcullis with admission
+    /// control on and off);
     /// summary (goodput, p99 during the storm, time to recover) and a chart per server.
     Storm(Common),
     /// Three portcullis instances, clients resuming round robin across them through a rolling restart and a

@@ -57,13 +57,18 @@ pub struct Server {
     log: PathBuf,
 }
 
-/// Starts `kind` with `cert`, optionally inside the cgroup whose `cgroup.procs` is `cgroup_procs` (joined by the
-/// launching shell before exec, so every process and thread of the server is inside from the start).
-pub fn start(
+/// Starts `kind` with `cert`.
+pub fn start(ctx: &Ctx, kind: ServerKind, cert: &Cert) -> Result<Server> {
+    start_with(ctx, kind, cert, None)
+}
+
+/// [`start`], with portcullis reading `portcullis_config` (a TOML file; the flags still set listener, metrics,
+/// worker count, certificate and state directory). Ignored for the other servers.
+pub fn start_with(
     ctx: &Ctx,
     kind: ServerKind,
     cert: &Cert,
-    cgroup_procs: Option<&Path>,
+    portcullis_config: Option<&Path>,
 ) -> Result<Server> {
     let dir = ctx.out.join(kind.name());
     std::fs::create_dir_all(&dir)?;
@@ -85,7 +90,10 @@ pub fn start(
                 path(&cert.key),
                 "--state-dir".into(),
                 path(&dir.join("state")),
-            ],
+            ]
+            .into_iter()
+            .chain(portcullis_config.map(|c| format!("--config={}", c.display())))
+            .collect(),
         ),
         ServerKind::Nginx => {
             let conf = dir.join("nginx.conf");
@@ -113,13 +121,12 @@ pub fn start(
     };
     let log = dir.join(format!("{}.log", kind.name()));
     let log_file = File::create(&log)?;
-    // sh joins the cgroup, raises the descriptor limit, then execs taskset, which execs the server: the child's
-    // PID is the server's.
-    let join = cgroup_procs.map_or(String::new(), |p| format!("echo $$ > {} && ", p.display()));
+    // sh raises the descriptor limit, then execs taskset, which execs the server: the child's PID is the
+    // server's.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!(
-            "{join}ulimit -n 20000; exec taskset -c {SERVER_CPU} \"$@\""
+            "ulimit -n 20000; exec taskset -c {SERVER_CPU} \"$@\""
         ))
         .arg("sh")
         .arg(&program)

@@ -304,7 +304,7 @@ impl Drop for EmptyProgram {
 /// The daemon's CPU time per rejected connection carrying the malformed ClientHello, in ns.
 fn userspace_rejection(ctx: &Ctx, connections: u32) -> Result<f64> {
     let cert = certs::ensure(&ctx.out, KeyType::Ecdsa)?;
-    let server = servers::start(ctx, ServerKind::Portcullis, &cert, None)?;
+    let server = servers::start(ctx, ServerKind::Portcullis, &cert)?;
     let (_, bytes) = malformed_cases()
         .into_iter()
         .find(|c| c.0 == Malformed::BadKeyShare)

@@ -26,10 +26,17 @@ pub struct AdmissionConfig {
     pub queue_budget: Duration,
     /// Handshakes one worker may have in flight (admitted, not finished). Unit: handshakes. Default: 1024.
     pub max_in_flight_per_worker: usize,
-    /// With XDP attached: the fraction of new SYNs (0.0 to 1.0) the XDP program drops while shedding, half that
-    /// while recovering. Their clients' TCP retransmits after 1 s, 3 s, ...: the cheapest shedding there is.
-    /// Default: `0.5`.
+    /// With XDP attached: the largest fraction of new SYNs (0.0 to 1.0) the XDP program may drop. Every
+    /// `interval` admission control sets the fraction so that about 25% more connections reach userspace than
+    /// it admits (see `admission::syn_shed`); their clients' TCP retransmits after 1 s, 3 s, ...: the cheapest
+    /// shedding there is. 0.0 turns SYN shedding off. Default: `0.95` (enough for a 10x storm to reach
+    /// userspace at about capacity).
     pub syn_shed: f64,
+    /// With XDP attached: how long after the last interval that shed new SYNs the XDP program goes on dropping
+    /// retransmitted SYNs of flows it shed (at `syn_shed`), so a storm's retransmissions (1 s, 3 s, 7 s after
+    /// each first SYN) do not crowd out clients arriving after it. A duration. Default: `"4s"`.
+    #[serde(with = "humantime_serde")]
+    pub syn_retry_hold: Duration,
 }
 
 impl Default for AdmissionConfig {
@@ -41,7 +48,8 @@ impl Default for AdmissionConfig {
             recover_intervals: 5,
             queue_budget: Duration::from_millis(20),
             max_in_flight_per_worker: 1024,
-            syn_shed: 0.5,
+            syn_shed: 0.95,
+            syn_retry_hold: Duration::from_secs(4),
         }
     }
 }

@@ -3,8 +3,12 @@
 //! each `interval`, track the *minimum* time a job waited in a ring (its sojourn time). A minimum above
 //! `target` means even the luckiest job queued: a standing queue, not a burst. Then shed new full handshakes.
 //!
+//! A queue only stands if jobs keep coming: an interval with fewer than [`MIN_SAMPLES`] jobs is never bad, so
+//! one handshake delayed on a busy host (its crypto thread descheduled for a few milliseconds) does not make an
+//! almost idle server shed.
+//!
 //! States, with hysteresis so the controller does not flap:
-//! - `Normal` -> `Shedding` after one bad interval (minimum sojourn > target).
+//! - `Normal` -> `Shedding` after one bad interval (minimum sojourn > target over at least [`MIN_SAMPLES`] jobs).
 //! - `Shedding` -> `Recovering` after one good interval (minimum <= target, or no job queued at all).
 //! - `Recovering` -> `Normal` after `recover_intervals` consecutive good intervals; one bad interval sends it
 //!   back to `Shedding`.
@@ -14,6 +18,9 @@
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+/// Fewest jobs in an interval for it to count as a standing queue.
+pub const MIN_SAMPLES: u32 = 5;
 
 /// The controller's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +62,7 @@ pub struct Controller {
     state: State,
     interval_start: Instant,
     min_sojourn: Option<Duration>,
+    samples: u32,
     good_streak: u32,
 }
 
@@ -68,6 +76,7 @@ impl Controller {
             state: State::Normal,
             interval_start: now,
             min_sojourn: None,
+            samples: 0,
             good_streak: 0,
         }
     }
@@ -81,6 +90,7 @@ impl Controller {
     pub fn observe(&mut self, sojourn: Duration, now: Instant) -> Option<State> {
         let changed = self.tick(now);
         self.min_sojourn = Some(self.min_sojourn.map_or(sojourn, |m| m.min(sojourn)));
+        self.samples = self.samples.saturating_add(1);
         changed
     }
 
@@ -88,7 +98,8 @@ impl Controller {
     pub fn tick(&mut self, now: Instant) -> Option<State> {
         let before = self.state;
         while now.saturating_duration_since(self.interval_start) >= self.interval {
-            let bad = self.min_sojourn.is_some_and(|m| m > self.target);
+            let bad =
+                self.samples >= MIN_SAMPLES && self.min_sojourn.is_some_and(|m| m > self.target);
             self.state = match (self.state, bad) {
                 (_, true) => {
                     self.good_streak = 0;
@@ -113,6 +124,7 @@ impl Controller {
                 }
             };
             self.min_sojourn = None;
+            self.samples = 0;
             self.interval_start += self.interval;
             // After a long idle gap, skip ahead rather than replaying empty intervals one by one.
             if now.saturating_duration_since(self.interval_start) > self.interval * 64 {
@@ -132,6 +144,24 @@ mod tests {
 
     const TARGET: Duration = Duration::from_millis(5);
     const INTERVAL: Duration = Duration::from_millis(100);
+
+    /// Observes `MIN_SAMPLES` jobs that each waited `sojourn`.
+    fn observe_n(c: &mut Controller, sojourn: Duration) {
+        for _ in 0..MIN_SAMPLES {
+            c.observe(sojourn, Instant::now());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_few_late_jobs_are_no_standing_queue() {
+        let mut c = Controller::new(TARGET, INTERVAL, 3, Instant::now());
+        for _ in 0..MIN_SAMPLES - 1 {
+            c.observe(Duration::from_millis(50), Instant::now());
+        }
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), None);
+        assert_eq!(c.state(), State::Normal);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bursts_do_not_shed_but_a_standing_queue_does() {
@@ -153,7 +183,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn recovery_needs_consecutive_good_intervals() {
         let mut c = Controller::new(TARGET, INTERVAL, 3, Instant::now());
-        c.observe(Duration::from_millis(50), Instant::now());
+        observe_n(&mut c, Duration::from_millis(50));
         tokio::time::advance(INTERVAL).await;
         assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
         // One good interval: recovering, not normal yet.
@@ -161,7 +191,7 @@ mod tests {
         tokio::time::advance(INTERVAL).await;
         assert_eq!(c.tick(Instant::now()), Some(State::Recovering));
         // A relapse goes straight back to shedding.
-        c.observe(Duration::from_millis(9), Instant::now());
+        observe_n(&mut c, Duration::from_millis(9));
         tokio::time::advance(INTERVAL).await;
         assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
         // Three good intervals in a row: normal.
@@ -175,7 +205,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_idle_interval_counts_as_good() {
         let mut c = Controller::new(TARGET, INTERVAL, 2, Instant::now());
-        c.observe(Duration::from_millis(50), Instant::now());
+        observe_n(&mut c, Duration::from_millis(50));
         tokio::time::advance(INTERVAL).await;
         assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
         tokio::time::advance(INTERVAL * 2).await;

@@ -11,8 +11,8 @@
 //! Decisions, cheapest first, per handshake (classified from the raw ClientHello, see `handshake::class`):
 //! 1. the worker's in-flight limit (`max_in_flight_per_worker`);
 //! 2. while `shedding`, new full handshakes are shed; resumptions go on;
-//! 3. (before all of these, in the kernel) while shedding, the XDP program drops `admission.syn_shed` of new
-//!    SYNs, half that while recovering ([`SynShedControl`]);
+//! 3. (before all of these, in the kernel) the XDP program drops a fraction of new SYNs, set every interval by
+//!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]);
 //! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
 //!    `queue_budget` per engine instance for full handshakes, 1.5x that for resumptions.
 //!
@@ -23,6 +23,7 @@
 pub mod config;
 pub mod controller;
 pub mod cost;
+pub mod syn_shed;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -41,6 +42,7 @@ use tokio::time::Instant;
 pub use config::AdmissionConfig;
 use controller::{Controller, State};
 use cost::CostTable;
+use syn_shed::{SynShed, SynShedLoop};
 
 use crate::handshake::class::HandshakeClass;
 use crate::handshake::engine::{EngineError, HandshakeEngine, Job, JobResult, ShedReason};
@@ -71,13 +73,14 @@ struct ClassLabel {
 /// Something that drops a fraction of new SYNs before they become connections: the XDP program's
 /// `syn_shed_ppm` knob ([`crate::xdp::SynShed`]). The cheapest shedding action: the client's TCP backs off.
 pub trait SynShedControl: Send + Sync {
-    /// Drops `ppm` parts per million of new SYNs from now on.
-    fn set_syn_shed_ppm(&self, ppm: u32) -> anyhow::Result<()>;
+    /// From now on drops `shed.ppm` parts per million of new SYNs and `shed.retry_ppm` of retransmitted SYNs of
+    /// flows already shed.
+    fn set_syn_shed(&self, shed: SynShed) -> anyhow::Result<()>;
 }
 
 impl SynShedControl for crate::xdp::SynShed {
-    fn set_syn_shed_ppm(&self, ppm: u32) -> anyhow::Result<()> {
-        self.set_ppm(ppm)
+    fn set_syn_shed(&self, shed: SynShed) -> anyhow::Result<()> {
+        self.set_ppm(shed.ppm, shed.retry_ppm)
     }
 }
 
@@ -94,6 +97,9 @@ pub struct Admission {
     transitions: Family<StateLabel, Counter>,
     state_gauge: Gauge,
     syn_shed: Option<Arc<dyn SynShedControl>>,
+    syn_loop: Mutex<SynShedLoop>,
+    syn_shed_gauge: Gauge,
+    syn_retry_shed_gauge: Gauge,
 }
 
 impl Admission {
@@ -129,6 +135,18 @@ impl Admission {
             "Controller state: 0 normal, 1 shedding (full handshakes shed), 2 recovering",
             state_gauge.clone(),
         );
+        let syn_shed_gauge = Gauge::default();
+        registry.register(
+            "portcullis_admission_syn_shed_ppm",
+            "Parts per million of new SYNs the XDP program is told to drop (0 without XDP)",
+            syn_shed_gauge.clone(),
+        );
+        let syn_retry_shed_gauge = Gauge::default();
+        registry.register(
+            "portcullis_admission_syn_retry_shed_ppm",
+            "Parts per million of retransmitted SYNs of already shed flows the XDP program is told to drop",
+            syn_retry_shed_gauge.clone(),
+        );
         let costs = CostTable::new(registry);
         let budget_ns = u64::try_from(config.queue_budget.as_nanos())
             .unwrap_or(u64::MAX)
@@ -140,6 +158,12 @@ impl Admission {
                 config.recover_intervals,
                 Instant::now(),
             )),
+            syn_loop: Mutex::new(SynShedLoop::new(
+                config.interval,
+                config.syn_shed,
+                config.syn_retry_hold,
+                Instant::now(),
+            )),
             config,
             costs,
             outstanding_ns: AtomicU64::new(0),
@@ -149,6 +173,8 @@ impl Admission {
             transitions,
             state_gauge,
             syn_shed,
+            syn_shed_gauge,
+            syn_retry_shed_gauge,
         })
     }
 
@@ -166,28 +192,85 @@ impl Admission {
         self.transitions
             .get_or_create(&StateLabel { to: state.name() })
             .inc();
-        // Cheapest action first: while shedding, the XDP program drops a fraction of new SYNs (their clients
-        // retry after 1 s, 3 s, ...); half that while recovering; none in normal operation.
-        let full = (self.config.syn_shed.clamp(0.0, 1.0) * 1_000_000.0) as u32;
-        let ppm = match state {
-            State::Shedding => full,
-            State::Recovering => full / 2,
-            State::Normal => 0,
-        };
-        if let Some(knob) = &self.syn_shed
-            && let Err(e) = knob.set_syn_shed_ppm(ppm)
-        {
-            tracing::warn!(error = %format!("{e:#}"), "cannot set the XDP SYN shed fraction");
-        }
         tracing::warn!(
             state = state.name(),
-            syn_shed_ppm = ppm,
+            syn_shed_ppm = self.syn_shed_gauge.get(),
             "admission control state changed"
         );
     }
 
     /// Decides on a handshake of `class`. `Ok` carries the cost reserved, to release when it finishes.
     pub fn admit(&self, class: HandshakeClass) -> Result<u64, ShedReason> {
+        let decision = self.decide(class);
+        if let Some(knob) = &self.syn_shed {
+            let changed = self
+                .syn_loop
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(decision.is_ok(), Instant::now());
+            if let Some(shed) = changed {
+                self.set_syn_shed(knob.as_ref(), shed);
+            }
+        }
+        decision
+    }
+
+    /// Starts the thread that calls [`Admission::tick`] every `interval` while `admission` lives.
+    pub fn start_ticker(admission: &Arc<Self>) {
+        let weak = Arc::downgrade(admission);
+        let interval = admission.config.interval;
+        let spawned = std::thread::Builder::new()
+            .name("admission-tick".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(interval);
+                    match weak.upgrade() {
+                        Some(a) => a.tick(),
+                        None => return,
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the admission ticker: states change only when handshakes arrive");
+        }
+    }
+
+    /// Closes the controller's and the SYN shed loop's intervals if they ended: called every `interval` by a
+    /// timer, so an idle server returns to `normal` and SYN shedding ends when nothing reaches userspace.
+    pub fn tick(&self) {
+        let _ = self.state();
+        if let Some(knob) = &self.syn_shed {
+            let changed = self
+                .syn_loop
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .tick(Instant::now());
+            if let Some(shed) = changed {
+                self.set_syn_shed(knob.as_ref(), shed);
+            }
+        }
+    }
+
+    /// Cheapest action first: the XDP program drops a fraction of new SYNs (their clients retry after 1 s,
+    /// 3 s, ...), and of retransmitted ones.
+    fn set_syn_shed(&self, knob: &dyn SynShedControl, shed: SynShed) {
+        if let Err(e) = knob.set_syn_shed(shed) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot set the XDP SYN shed fractions");
+            return;
+        }
+        let before = self.syn_shed_gauge.set(i64::from(shed.ppm));
+        self.syn_retry_shed_gauge.set(i64::from(shed.retry_ppm));
+        if (before == 0) != (shed.ppm == 0) {
+            tracing::warn!(
+                syn_shed_ppm = shed.ppm,
+                syn_retry_shed_ppm = shed.retry_ppm,
+                "XDP SYN shedding {}",
+                if shed.ppm == 0 { "off" } else { "on" }
+            );
+        }
+    }
+
+    fn decide(&self, class: HandshakeClass) -> Result<u64, ShedReason> {
         if IN_FLIGHT.get() >= self.config.max_in_flight_per_worker {
             return Err(self.count_shed(class, ShedReason::InFlightLimit));
         }
@@ -310,13 +393,13 @@ mod tests {
     async fn shedding_drops_full_handshakes_but_admits_resumptions() {
         let a = admission(1000);
         // A standing queue for a whole interval.
-        for _ in 0..5 {
+        for _ in 0..2 * controller::MIN_SAMPLES {
             a.completed(
                 HandshakeClass::FullEcdsa,
                 Duration::from_millis(20),
                 Duration::from_micros(150),
             );
-            tokio::time::advance(Duration::from_millis(25)).await;
+            tokio::time::advance(Duration::from_millis(12)).await;
         }
         assert_eq!(a.state(), State::Shedding);
         assert_eq!(
@@ -385,33 +468,53 @@ mod tests {
     struct Knob(std::sync::Mutex<Vec<u32>>);
 
     impl SynShedControl for Knob {
-        fn set_syn_shed_ppm(&self, ppm: u32) -> anyhow::Result<()> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).push(ppm);
+        fn set_syn_shed(&self, shed: SynShed) -> anyhow::Result<()> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(shed.ppm);
             Ok(())
         }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn syn_shed_follows_the_state() {
+    async fn syn_shed_follows_what_userspace_admits() {
         let knob = Arc::new(Knob::default());
         let config = AdmissionConfig {
-            syn_shed: 0.4,
-            recover_intervals: 2,
+            syn_shed: 0.9,
+            max_in_flight_per_worker: 10,
             ..AdmissionConfig::default()
         };
         let a = Admission::new(config, 1, &mut Registry::default(), Some(knob.clone()));
-        a.completed(
-            HandshakeClass::FullEcdsa,
-            Duration::from_millis(50),
-            Duration::from_micros(150),
+        // One interval in which 100 handshakes arrive on a worker that may have 10 in flight: 10 admitted.
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            if let Ok(cost) = a.admit(HandshakeClass::FullEcdsa) {
+                IN_FLIGHT.set(IN_FLIGHT.get() + 1);
+                held.push(cost);
+            }
+        }
+        assert_eq!(held.len(), 10);
+        tokio::time::advance(Duration::from_millis(100)).await;
+        // The next arrival closes the interval: keep 10 * 1.25 / 100 = 12.5%, floored at 1 - 0.9.
+        let _ = a.admit(HandshakeClass::FullEcdsa);
+        assert_eq!(
+            knob.0.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            vec![875_000]
         );
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(a.state(), State::Shedding);
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(a.state(), State::Recovering);
-        tokio::time::advance(Duration::from_millis(100)).await;
-        assert_eq!(a.state(), State::Normal);
+        // The storm is over: the slots free up, a few arrive and are admitted; shedding is released.
+        for cost in held {
+            IN_FLIGHT.set(IN_FLIGHT.get() - 1);
+            a.release(cost);
+        }
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            if let Ok(cost) = a.admit(HandshakeClass::FullEcdsa) {
+                a.release(cost);
+            }
+        }
         let seen = knob.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        assert_eq!(seen, vec![400_000, 200_000, 0]);
+        assert_eq!(seen.last(), Some(&0), "{seen:?}");
+        assert_eq!(a.syn_shed_gauge.get(), 0);
     }
 }

@@ -53,6 +53,7 @@ pub fn build(
         )));
     }
     let gate = Admission::new(admission.clone(), instances, registry, syn_shed);
+    Admission::start_ticker(&gate);
     let observer: Arc<dyn Observer> = gate.clone();
     let offload = OffloadHandshakes::new(software, policy, metrics, Some(observer));
     Ok(Arc::new(AdmissionEngine::new(offload, gate)))

@@ -14,10 +14,11 @@ use aya::maps::{Array, Map, MapData};
 use portcullis_abi::names::MAP_XDP_CONFIG;
 use portcullis_abi::xdp_config::{XDP_CONFIG_KEY, XdpConfig};
 
-/// A handle on the SYN shed fraction of a running XDP program.
+/// A handle on the SYN shed fractions of a running XDP program.
 pub struct SynShed {
     map: Mutex<Array<MapData, XdpConfig>>,
     current: AtomicU32,
+    current_retry: AtomicU32,
 }
 
 impl std::fmt::Debug for SynShed {
@@ -35,13 +36,13 @@ impl SynShed {
         let map: Array<MapData, XdpConfig> = Map::Array(data).try_into().context(
             "the pinned config map is not an array of XdpConfig: rebuild with `cargo xtask build`",
         )?;
-        let current = map
+        let config = map
             .get(&XDP_CONFIG_KEY, 0)
-            .context("cannot read the XDP config map")?
-            .syn_shed_ppm;
+            .context("cannot read the XDP config map")?;
         Ok(Self {
             map: Mutex::new(map),
-            current: AtomicU32::new(current),
+            current: AtomicU32::new(config.syn_shed_ppm),
+            current_retry: AtomicU32::new(config.syn_retry_shed_ppm),
         })
     }
 
@@ -50,11 +51,14 @@ impl SynShed {
         self.current.load(Ordering::Relaxed)
     }
 
-    /// Sets the fraction of SYNs to drop, in parts per million (clamped to 1,000,000). A no-op when unchanged;
-    /// otherwise one map read and one write.
-    pub fn set_ppm(&self, ppm: u32) -> anyhow::Result<()> {
-        let ppm = ppm.min(1_000_000);
-        if self.current.load(Ordering::Relaxed) == ppm {
+    /// Sets the fractions of new SYNs (`ppm`) and of retransmitted SYNs of shed flows (`retry_ppm`) to drop,
+    /// in parts per million (clamped to 1,000,000). A no-op when unchanged; otherwise one map read and one
+    /// write.
+    pub fn set_ppm(&self, ppm: u32, retry_ppm: u32) -> anyhow::Result<()> {
+        let (ppm, retry_ppm) = (ppm.min(1_000_000), retry_ppm.min(1_000_000));
+        if self.current.load(Ordering::Relaxed) == ppm
+            && self.current_retry.load(Ordering::Relaxed) == retry_ppm
+        {
             return Ok(());
         }
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,9 +66,11 @@ impl SynShed {
             .get(&XDP_CONFIG_KEY, 0)
             .context("cannot read the XDP config map")?;
         config.syn_shed_ppm = ppm;
+        config.syn_retry_shed_ppm = retry_ppm;
         map.set(XDP_CONFIG_KEY, config, 0)
             .context("cannot write the XDP config map")?;
         self.current.store(ppm, Ordering::Relaxed);
+        self.current_retry.store(retry_ppm, Ordering::Relaxed);
         Ok(())
     }
 }

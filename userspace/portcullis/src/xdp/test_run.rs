@@ -367,3 +367,47 @@ fn syn_shed_drops_the_configured_fraction_of_syns_only() {
     }
     assert!(counted > 0, "dry run counts shed SYNs");
 }
+
+#[test]
+fn retransmitted_syns_of_shed_flows_are_told_apart_from_new_ones() {
+    if skip_reason("retransmitted_syns_of_shed_flows_are_told_apart_from_new_ones").is_some() {
+        return;
+    }
+    let mut config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
+    config.syn_shed_ppm = 1_000_000;
+    let (mut ebpf, counters) = load(config);
+    let syn = v4_from([10, 4, 0, 1], TCP_FLAG_SYN);
+    assert_eq!(
+        run(&mut ebpf, &counters, &syn),
+        (XDP_DROP, Verdict::DropSynShed)
+    );
+    // The storm is over for new clients, not yet for the ones shed during it.
+    config.syn_shed_ppm = 0;
+    config.syn_retry_shed_ppm = 1_000_000;
+    write_config(&mut ebpf, config);
+    assert_eq!(
+        run(&mut ebpf, &counters, &syn),
+        (XDP_DROP, Verdict::DropSynRetryShed),
+        "the same SYN again is the client's TCP retransmitting it"
+    );
+    // Same addresses and ports, another initial sequence number: a new connection.
+    let mut reused_port = syn.clone();
+    let seq = 14 + 20 + 4;
+    reused_port[seq..seq + 4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    assert_eq!(
+        run(&mut ebpf, &counters, &reused_port),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    // A source never shed passes.
+    assert_eq!(
+        run(&mut ebpf, &counters, &v4_from([10, 4, 0, 2], TCP_FLAG_SYN)),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    // Retry shedding off: the retransmission gets in.
+    config.syn_retry_shed_ppm = 0;
+    write_config(&mut ebpf, config);
+    assert_eq!(
+        run(&mut ebpf, &counters, &syn),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+}
