@@ -210,20 +210,11 @@ fn knock(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) {
     }
 }
 
-#[test]
-fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
-    let tmp = TempDir::new("admission").expect("tempdir");
-    let pki = Pki::generate_with_rsa(tmp.path(), rcgen::RsaKeySize::_4096).expect("pki");
-    let d = Daemon::start(DaemonOptions {
-        config_toml: Some(config(&pki)),
-        ..Default::default()
-    })
-    .expect("daemon starts");
-    let addr = d.addr();
-
-    // 1. Capacity: a closed loop of full handshakes, two in flight: one in service, at most one queued, so
-    // the controller (target 20 ms of minimum wait) does not shed and this measures service, not shedding.
-    let cap = load(
+/// A closed loop of full handshakes for 2 s, two in flight: one in service, at most one queued, so the
+/// controller (target 20 ms of minimum wait) does not shed and this measures service, not shedding (a stalled
+/// host may make the cost budget refuse one or two). Returns the completed rate per second.
+fn measure_capacity(addr: SocketAddr) -> f64 {
+    let report = load(
         &[
             "--mix",
             "full13",
@@ -236,14 +227,30 @@ fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
         ],
         addr,
     );
-    let capacity = num(&cap, &["rate_ok"]);
+    let capacity = num(&report, &["rate_ok"]);
     println!(
         "capacity: {capacity:.0} full handshakes/s ({} failed)",
-        num(&cap, &["failed"])
+        num(&report, &["failed"])
     );
+    capacity
+}
+
+#[test]
+fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
+    let tmp = TempDir::new("admission").expect("tempdir");
+    let pki = Pki::generate_with_rsa(tmp.path(), rcgen::RsaKeySize::_4096).expect("pki");
+    let d = Daemon::start(DaemonOptions {
+        config_toml: Some(config(&pki)),
+        ..Default::default()
+    })
+    .expect("daemon starts");
+    let addr = d.addr();
+
+    // 1. Capacity: what the daemon completes with no queue to speak of.
+    let capacity = measure_capacity(addr);
     assert!(
         capacity >= 20.0,
-        "capacity {capacity:.1}/s: the daemon barely served; report {cap}"
+        "capacity {capacity:.1}/s: the daemon barely served"
     );
 
     // 2. The storm: open loop at 5x capacity, half full handshakes, half resumptions. resume13 connections
@@ -352,10 +359,14 @@ fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
     );
     println!("normal again {recovery:?} after the storm's last connection");
 
-    // ...and half the capacity is served in full again: nothing shed, nothing failed. Half leaves room for a
-    // host busier now than during the capacity run.
+    // ...and half the capacity is served in full again: nothing shed, nothing failed. Capacity is measured
+    // again first and the lower figure used: on a shared host other work can halve the daemon's speed within
+    // seconds (a build starting), and half of a capacity it no longer has would be an overload, not calm.
+    // (Once, at a load average of 10 on 2 cores, half the first figure was already above what the crypto
+    // thread could serve: the cost budget shed two thirds.)
+    let capacity_now = measure_capacity(addr).min(capacity);
     let calm_before = Scrape::of(&d);
-    let calm_rate = format!("{:.0}", capacity * 0.5);
+    let calm_rate = format!("{:.0}", capacity_now * 0.5);
     let calm = load(
         &[
             "--mix",
