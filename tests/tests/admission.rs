@@ -1,13 +1,13 @@
 //! Admission control on loopback (issue 6): `portcullis-load` offers five times the daemon's measured capacity
-//! for a bounded time, and the daemon's own metrics must show that it shed (and only then), that no engine
-//! ring ever held more than its depth, that resumptions got at least the share of full handshakes, that no
-//! served handshake waited longer than the configured deadline, and that it is back to normal afterwards.
+//! for a bounded time, and the daemon's own metrics must show that it shed, that no engine ring ever held more
+//! than its depth, that resumptions got at least the share of full handshakes, that no served handshake waited
+//! longer than the configured deadline, and that it is back to normal afterwards.
 //!
 //! Unprivileged: loopback only, port 0, readiness by notification. The daemon is the debug build with one
-//! worker and one crypto thread serving an RSA-4096 certificate: about 5 ms of signing per full handshake on
-//! the crypto thread while the client only verifies, so one client process on a small shared host can
-//! overload it. (With RSA-2048 the client, a debug build too, was the bottleneck of the capacity run on a
-//! busy 2-core host, so "5x capacity" was barely 1.5x of what the daemon could serve.)
+//! worker and one crypto thread serving an RSA-4096 certificate: 2-5 ms of signing per full handshake on the
+//! crypto thread, depending on the host's other work, while the client only verifies, so one client process
+//! on a small shared host can overload it. (With RSA-2048 the client, a debug build too, was the bottleneck of
+//! the capacity run on a busy 2-core host, so "5x capacity" was barely 1.5x of what the daemon could serve.)
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -322,7 +322,7 @@ fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
         "the client saw no resumption"
     );
 
-    // The ring never held more than its depth, and it did fill up.
+    // The ring never held more than its depth, and it was used (in every run so far it filled: 8).
     let ring_max = after.sum("portcullis_engine_ring_depth_max", &[]);
     assert!(
         ring_max > 0.0 && ring_max <= f64::from(RING_DEPTH),
