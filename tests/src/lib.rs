@@ -7,10 +7,12 @@
 //! - [`bpffs`]: a per-test pin directory on bpffs.
 //! - [`clients`]: real clients (openssl s_client) run from a test's namespace.
 //! - [`daemon`]: starts the daemon binary, waits for its readiness notification, stops it.
+//! - [`load`]: runs the `portcullis-load` binary and reads its JSON report.
 
 pub mod bpffs;
 pub mod clients;
 pub mod daemon;
+pub mod load;
 pub mod netns;
 pub mod pki;
 pub mod privileged;

@@ -1,10 +1,10 @@
-//! A throwaway PKI for tests: one CA and two server certificates, ECDSA P-256 for `ecdsa.test` and RSA-2048
-//! for `rsa.test`, written as PEM files, so clients can verify for real instead of skipping verification.
+//! A throwaway PKI for tests: one CA and two server certificates, ECDSA P-256 for `ecdsa.test` and RSA (2048
+//! bits unless asked otherwise) for `rsa.test`, written as PEM files, so clients can verify for real instead of skipping verification.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, RsaKeySize};
 
 /// Paths of the generated files.
 #[derive(Debug, Clone)]
@@ -18,8 +18,15 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// Generates everything into `dir`.
+    /// Generates everything into `dir`, with an RSA-2048 key for `rsa.test`.
     pub fn generate(dir: &Path) -> anyhow::Result<Pki> {
+        Self::generate_with_rsa(dir, RsaKeySize::_2048)
+    }
+
+    /// Generates everything into `dir`, with an RSA key of `rsa_bits` for `rsa.test` (a 4096-bit key makes
+    /// the server's signature about five times dearer than a 2048-bit one while the client's verification
+    /// stays cheap: how a test overloads a server from one client).
+    pub fn generate_with_rsa(dir: &Path, rsa_bits: RsaKeySize) -> anyhow::Result<Pki> {
         let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -31,11 +38,7 @@ impl Pki {
         let ca = dir.join("ca.pem");
         std::fs::write(&ca, ca_cert.pem())?;
 
-        let leaf = |name: &str,
-                    alg: &'static rcgen::SignatureAlgorithm|
-         -> anyhow::Result<(PathBuf, PathBuf)> {
-            let key =
-                KeyPair::generate_for(alg).with_context(|| format!("generating the {name} key"))?;
+        let leaf = |name: &str, key: KeyPair| -> anyhow::Result<(PathBuf, PathBuf)> {
             let params = CertificateParams::new(vec![name.to_owned()])?;
             let cert = params.signed_by(&key, &issuer)?;
             let (c, k) = (
@@ -47,8 +50,16 @@ impl Pki {
             Ok((c, k))
         };
         Ok(Pki {
-            ecdsa: leaf("ecdsa.test", &rcgen::PKCS_ECDSA_P256_SHA256)?,
-            rsa: leaf("rsa.test", &rcgen::PKCS_RSA_SHA256)?,
+            ecdsa: leaf(
+                "ecdsa.test",
+                KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+                    .context("generating the ECDSA key")?,
+            )?,
+            rsa: leaf(
+                "rsa.test",
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rsa_bits)
+                    .context("generating the RSA key")?,
+            )?,
             ca,
         })
     }

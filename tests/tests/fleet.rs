@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use portcullis::tickets::{format, key::TicketKey, keyfile};
 use portcullis_tests::daemon::{Daemon, DaemonOptions, TempDir, binary, http_get};
+use portcullis_tests::load;
 use portcullis_tests::pki::Pki;
 
 const DEMO_BODY: &str = "hello from the portcullis demo upstream";
@@ -576,18 +577,10 @@ fn tls12_session_ids_resume_from_the_cache() {
     assert!(d.terminate().expect("stop").success());
 }
 
-/// The load generator binary: `$PORTCULLIS_LOAD_BIN`, else the workspace's debug build.
-fn load_binary() -> PathBuf {
-    match std::env::var_os("PORTCULLIS_LOAD_BIN") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/portcullis-load"),
-    }
-}
-
 /// Starts `portcullis-load` resuming TLS 1.3 and TLS 1.2 ticket sessions round robin over `targets`, one
 /// shared session store (so a ticket from one instance is offered to the next), `seconds` long.
 fn start_load(targets: &[SocketAddr], seconds: u32, json: &Path) -> std::process::Child {
-    let mut cmd = Command::new(load_binary());
+    let mut cmd = Command::new(load::binary());
     cmd.args(["run", "--quiet", "--no-preflight", "--sni", "ecdsa.test"])
         .args(["--mix", "resume13:1,resume12-ticket:1", "--rate", "40"])
         .args(["--duration", &seconds.to_string(), "--timeout", "5"])
@@ -602,7 +595,7 @@ fn start_load(targets: &[SocketAddr], seconds: u32, json: &Path) -> std::process
         .unwrap_or_else(|e| {
             panic!(
                 "cannot start {} ({e}): build it with `cargo build -p portcullis-load`",
-                load_binary().display()
+                load::binary().display()
             )
         })
 }

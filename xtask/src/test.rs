@@ -70,7 +70,7 @@ pub fn test(ws: &Workspace, test_args: &[OsString]) -> Result<()> {
 fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsString]) -> Result<()> {
     let mut cmd = build::host_cargo(ws, object)?;
     cmd.env(DAEMON_BIN_VAR, daemon)
-        // tests/fleet.rs drives the load generator built next to the daemon.
+        // tests/fleet.rs and tests/admission.rs drive the load generator built next to the daemon.
         .env(
             "PORTCULLIS_LOAD_BIN",
             daemon.with_file_name("portcullis-load"),

@@ -43,7 +43,7 @@ pub enum EngineError {
 pub enum ShedReason {
     /// Every engine ring was full (full-ring policy `reject`).
     RingFull,
-    /// No ring slot freed up within the wait deadline (full-ring policy `wait`).
+    /// Waited longer than the wait deadline (full-ring policy `wait`), for a ring slot or in the ring.
     WaitDeadline,
     /// The engine is shutting down.
     EngineClosed,

@@ -22,7 +22,8 @@ pub enum FullRingPolicyConfig {
     Reject,
     /// Run the step on the worker thread instead.
     Inline,
-    /// Wait for a free slot until `wait_deadline`, then reject.
+    /// Wait for a free slot; a handshake whose queue wait (for the slot and in the ring) passes
+    /// `wait_deadline` is rejected, without any crypto.
     Wait,
 }
 
@@ -38,7 +39,9 @@ pub struct EngineConfig {
     pub ring_depth: usize,
     /// `"reject"`, `"inline"` or `"wait"`. Default: `"reject"`.
     pub full_ring: FullRingPolicyConfig,
-    /// With `full_ring = "wait"`: the longest a handshake waits for a slot. A duration. Default: `"50ms"`.
+    /// With `full_ring = "wait"`: the longest a handshake waits before a crypto thread starts on it, for a
+    /// ring slot and in the ring together; a handshake that reaches its crypto thread later is dropped there
+    /// unserved. A duration. Default: `"50ms"`.
     #[serde(with = "humantime_serde")]
     pub wait_deadline: Duration,
 }

@@ -1,4 +1,4 @@
-//! Metrics of the offload engine: ring depth per instance, queue wait and service time per class, retries,
+//! Metrics of the offload engine: ring depth per instance (now and its high-water mark), queue wait and service time per class, retries,
 //! rejections by reason, inline fallbacks, lost jobs and crypto-thread restarts.
 
 use std::sync::Arc;
@@ -41,10 +41,12 @@ pub struct EngineMetrics {
 }
 
 impl EngineMetrics {
-    /// Registers the engine metrics. `depth` and `restarts` are read at scrape time.
+    /// Registers the engine metrics. `depth` (jobs queued now, per instance), `depth_max` (the most ever queued,
+    /// per instance) and `restarts` are read at scrape time.
     pub fn register(
         registry: &mut Registry,
-        depth: Arc<dyn Fn() -> Vec<u64> + Send + Sync>,
+        depth: PerInstance,
+        depth_max: PerInstance,
         restarts: Arc<dyn Fn() -> u64 + Send + Sync>,
     ) -> Self {
         let wait = Family::<ClassLabel, Histogram>::new_with_constructor(
@@ -93,7 +95,16 @@ impl EngineMetrics {
             "engine",
             move || Ok(vec![("software", restarts())]),
         )));
-        registry.register_collector(Box::new(DepthCollector(depth)));
+        registry.register_collector(Box::new(DepthCollector {
+            name: "portcullis_engine_ring_depth",
+            help: "Jobs queued now in each engine instance's ring",
+            read: depth,
+        }));
+        registry.register_collector(Box::new(DepthCollector {
+            name: "portcullis_engine_ring_depth_max",
+            help: "The most jobs ever queued at once in each engine instance's ring, since start (never above ring_depth)",
+            read: depth_max,
+        }));
         Self {
             wait,
             service,
@@ -106,7 +117,12 @@ impl EngineMetrics {
 
     /// Metrics that go nowhere (tests, inline engine).
     pub fn unregistered() -> Self {
-        Self::register(&mut Registry::default(), Arc::new(Vec::new), Arc::new(|| 0))
+        Self::register(
+            &mut Registry::default(),
+            Arc::new(Vec::new),
+            Arc::new(Vec::new),
+            Arc::new(|| 0),
+        )
     }
 
     pub(crate) fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration) {
@@ -145,11 +161,19 @@ impl EngineMetrics {
     }
 }
 
-struct DepthCollector(Arc<dyn Fn() -> Vec<u64> + Send + Sync>);
+/// A per-instance reading taken at scrape time: one value per engine instance, in instance order.
+pub type PerInstance = Arc<dyn Fn() -> Vec<u64> + Send + Sync>;
+
+/// A gauge with an `instance` label, read at scrape time.
+struct DepthCollector {
+    name: &'static str,
+    help: &'static str,
+    read: PerInstance,
+}
 
 impl std::fmt::Debug for DepthCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("DepthCollector")
+        f.write_str(self.name)
     }
 }
 
@@ -160,10 +184,10 @@ impl prometheus_client::collector::Collector for DepthCollector {
     ) -> Result<(), std::fmt::Error> {
         use prometheus_client::encoding::EncodeMetric;
         use prometheus_client::metrics::gauge::ConstGauge;
-        let depths = (self.0)();
+        let depths = (self.read)();
         let mut family = encoder.encode_descriptor(
-            "portcullis_engine_ring_depth",
-            "Jobs queued now in each engine instance's ring",
+            self.name,
+            self.help,
             None,
             prometheus_client::metrics::MetricType::Gauge,
         )?;

@@ -35,12 +35,18 @@ pub fn build(
             .context("cannot start the offload engine's crypto threads")?,
     );
     let depth_of = software.clone();
+    let depth_max_of = software.clone();
     let restarts_of = software.clone();
     let metrics = EngineMetrics::register(
         registry,
         Arc::new(move || {
             (0..depth_of.instances())
                 .map(|i| depth_of.depth(i) as u64)
+                .collect()
+        }),
+        Arc::new(move || {
+            (0..depth_max_of.instances())
+                .map(|i| depth_max_of.depth_max(i) as u64)
                 .collect()
         }),
         Arc::new(move || restarts_of.restarts()),

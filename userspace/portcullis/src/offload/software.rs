@@ -20,6 +20,8 @@ use super::{OffloadEngine, SubmitError, Work};
 struct Ring {
     tx: Option<Sender<Work>>,
     depth: Arc<AtomicUsize>,
+    /// The most jobs ever seen queued in the ring, read from the channel right after a successful submit.
+    depth_max: AtomicUsize,
     supervisor: Option<JoinHandle<()>>,
 }
 
@@ -46,6 +48,7 @@ impl SoftwareEngine {
             rings.push(Ring {
                 tx: Some(tx),
                 depth,
+                depth_max: AtomicUsize::new(0),
                 supervisor: Some(supervisor),
             });
         }
@@ -56,6 +59,15 @@ impl SoftwareEngine {
             freed,
             restarts,
         })
+    }
+
+    /// The most jobs ever queued at once in `instance`'s ring, since start (0 for an unknown instance). Read
+    /// from the ring itself after each successful submit, not from the depth counter, which may briefly count
+    /// a submission that is about to be refused: so it never exceeds `ring_depth` unless the ring does.
+    pub fn depth_max(&self, instance: usize) -> usize {
+        self.rings
+            .get(instance)
+            .map_or(0, |r| r.depth_max.load(Ordering::Relaxed))
     }
 
     /// Crypto threads restarted after a panic, since start.
@@ -143,7 +155,10 @@ impl OffloadEngine for SoftwareEngine {
             // Count before sending so the crypto thread's decrement can never go below zero.
             ring.depth.fetch_add(1, Ordering::Relaxed);
             match tx.try_send(work) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    ring.depth_max.fetch_max(tx.len(), Ordering::Relaxed);
+                    return Ok(());
+                }
                 Err(TrySendError::Full(w)) => {
                     ring.depth.fetch_sub(1, Ordering::Relaxed);
                     work = w;
@@ -240,6 +255,8 @@ mod tests {
                 "ring bound exceeded"
             );
         }
+        // Both rings were filled exactly: the high-water mark saw it, and no more.
+        assert_eq!((engine.depth_max(0), engine.depth_max(1)), (4, 4));
         assert_eq!(accepted, engine.capacity());
         assert_eq!(retries, 20 - engine.capacity());
         open(&g);
