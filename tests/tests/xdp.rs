@@ -5,8 +5,6 @@
 use std::{
     collections::HashMap,
     net::{SocketAddr, TcpStream},
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -15,12 +13,10 @@ use portcullis_abi::{
     verdict::Verdict,
 };
 use portcullis_tests::{
-    bpffs::BpfDir,
-    clients::s_client,
-    daemon::{Daemon, DaemonOptions, TempDir, metric_value},
-    netns::{NetNsGuard, veth_pair},
-    pki::Pki,
+    bpftool::{bpftool, parse_per_cpu_sums},
+    daemon::metric_value,
     privileged::require_root,
+    testbed::XdpTestbed,
 };
 
 /// TLS handshakes the client makes to the listener.
@@ -36,27 +32,12 @@ fn xdp_counts_traffic() {
     if !require_root("xdp_counts_traffic") {
         return;
     }
-    let client = NetNsGuard::new().expect("client namespace");
-    let server = NetNsGuard::new().expect("server namespace");
-    let veth = veth_pair(&client, &server).expect("veth pair between client and server");
-    let pin_dir = BpfDir::new("test");
-    let pki_dir = TempDir::new("xdp-pki").expect("tempdir");
-    let pki = Pki::generate(pki_dir.path()).expect("test PKI");
-
-    let config = format!(
-        "{tls}\n[[listeners]]\naddress = \"{addr}:0\"\n\n[xdp]\ninterfaces = [\"{iface}\"]\nmode = \"auto\"\n\
-         pin_dir = {pin_dir:?}\n",
-        tls = pki.tls_section(""),
-        addr = veth.b.addr,
-        iface = veth.b.name,
-        pin_dir = pin_dir.path(),
-    );
-    let daemon = Daemon::start(DaemonOptions {
-        config_toml: Some(config),
-        netns: Some(server.name().to_owned()),
-        ..Default::default()
-    })
-    .expect("daemon starts with XDP in the server namespace");
+    let bed = XdpTestbed::builder("xdp")
+        .xdp("mode = \"auto\"")
+        .build()
+        .expect("XDP testbed");
+    let (veth, server, pin_dir) = (&bed.veth, &bed.server, &bed.pin_dir);
+    let daemon = bed.start_daemon();
     let listener = daemon.addr();
     assert_eq!(
         listener.ip(),
@@ -84,10 +65,7 @@ fn xdp_counts_traffic() {
     );
 
     for _ in 0..HANDSHAKES {
-        assert!(
-            s_client(&client, &pki, listener, 30),
-            "handshake across the veth"
-        );
+        assert!(bed.s_client(listener, 30), "handshake across the veth");
     }
     let closed_port = if listener.port() == u16::MAX {
         1
@@ -96,7 +74,8 @@ fn xdp_counts_traffic() {
     };
     for _ in 0..REFUSED_CONNECTS {
         let target = SocketAddr::from((veth.b.addr, closed_port));
-        let refused = client
+        let refused = bed
+            .client
             .run(|| TcpStream::connect_timeout(&target, Duration::from_secs(5)))
             .expect("enter client namespace");
         let error = refused.expect_err("nothing listens on the closed port");
@@ -174,54 +153,22 @@ fn xdp_counts_traffic() {
     }
 }
 
-/// Runs `bpftool <args> <path>` and returns its stdout.
-fn bpftool(args: &[&str], path: &Path) -> String {
-    let out = Command::new("bpftool")
-        .args(args)
-        .arg(path)
-        .output()
-        .expect("run bpftool (install bpftool)");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?} {} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Sums the per-CPU values of `bpftool -j map dump` of the verdict map, by verdict. Reads the BTF-formatted part
-/// (`"formatted":{"key":K,"values":[{"cpu":C,"value":V},..]}`), which exists because the object carries BTF.
+/// The verdict map's `bpftool -j map dump`, summed over CPUs, by verdict; one entry per verdict.
 fn verdict_counts(json: &str) -> HashMap<Verdict, u64> {
-    let compact: String = json.chars().filter(|c| !c.is_whitespace()).collect();
-    let mut counts = HashMap::new();
-    for entry in compact.split("\"formatted\":").skip(1) {
-        let key = number_after(entry, "\"key\":").unwrap_or_else(|| panic!("no key in {entry}"));
-        let values = entry.split_once("\"values\":[").map_or("", |(_, v)| v);
-        let values = values.split_once(']').map_or(values, |(v, _)| v);
-        let total = values
-            .split("\"value\":")
-            .skip(1)
-            .map(|v| number_after(v, "").unwrap_or(0))
-            .sum();
-        let index = u32::try_from(key).expect("key fits u32");
-        let verdict =
-            Verdict::from_u32(index).unwrap_or_else(|| panic!("map key {key} is no verdict"));
-        counts.insert(verdict, total);
-    }
+    let counts: HashMap<Verdict, u64> = parse_per_cpu_sums(json)
+        .into_iter()
+        .map(|(key, total)| {
+            let verdict =
+                Verdict::from_u32(key).unwrap_or_else(|| panic!("map key {key} is no verdict"));
+            (verdict, total)
+        })
+        .collect();
     assert_eq!(
         counts.len(),
         Verdict::COUNT,
         "not one entry per verdict in:\n{json}"
     );
     counts
-}
-
-/// The decimal number right after the first `prefix` in `s`.
-fn number_after(s: &str, prefix: &str) -> Option<u64> {
-    let rest = &s[s.find(prefix)? + prefix.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 /// Polls `done` until it holds or `timeout` passes; `None` on timeout.
