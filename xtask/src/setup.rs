@@ -8,7 +8,8 @@
 //! 3. clippy and rustfmt in the rustup toolchain (`cargo xtask test` runs both; rustup here cannot download, so
 //!    this only checks and says what to run).
 //! 4. `bpf-linker` [`BPF_LINKER_VERSION`], built by `cargo install` against Debian's libLLVM 22.
-//! 5. bpffs mounted at [`BPFFS`] (the daemon pins maps and programs there).
+//! 5. `cargo-fuzz` [`CARGO_FUZZ_VERSION`] (the `fuzz` step of `cargo xtask test`), built by `cargo install`.
+//! 6. bpffs mounted at [`BPFFS`] (the daemon pins maps and programs there).
 //!
 //! Steps that need root (apt, mount) run directly as root, through `sudo` when it is installed, or fail with the
 //! exact command to run.
@@ -23,7 +24,7 @@ use crate::{cmd, env};
 /// Debian packages every build, run and test needs: Debian's Rust toolchain with std sources (builds the BPF
 /// crate with `-Z build-std=core`), libLLVM 22 headers (bpf-linker builds against them), bpftool and iproute2
 /// (inspect programs, set up test namespaces), openssl and curl (poke the TLS listener), prometheus (its
-/// `promtool` checks the metrics output).
+/// `promtool` checks the metrics output), g++ (libfuzzer-sys compiles libFuzzer for the fuzz targets).
 pub const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -34,6 +35,7 @@ pub const PACKAGES: &[&str] = &[
     "openssl",
     "curl",
     "prometheus",
+    "g++",
 ];
 
 /// Packages only the benchmarks need (reference TLS front ends to compare against). Installed by
@@ -43,6 +45,9 @@ pub const BENCH_PACKAGES: &[&str] = &["nginx", "haproxy"];
 
 /// The bpf-linker release that links against LLVM 22, the LLVM of Debian's rustc-web.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The cargo-fuzz release `cargo xtask test` fuzzes with; builds on rustup stable 1.95 (about 70 s on 2 cores).
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Where Debian's llvm-22-dev lives; bpf-linker's build looks in /usr and fails on `-lLLVM` without it.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -74,6 +79,7 @@ pub fn setup(options: Options) -> Result<()> {
     debian_toolchain()?;
     rustup_components()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs()?;
     Ok(())
 }
@@ -185,6 +191,45 @@ fn bpf_linker() -> Result<()> {
         Some(v) if reports_version(&v, BPF_LINKER_VERSION) => Ok(()),
         other => bail!(
             "bpf-linker was installed but PATH finds one reporting `{}`; remove the other bpf-linker from PATH",
+            other.as_deref().unwrap_or("nothing").trim()
+        ),
+    }
+}
+
+/// Installs cargo-fuzz [`CARGO_FUZZ_VERSION`] with `cargo install --locked` unless `cargo-fuzz --version`
+/// reports it.
+fn cargo_fuzz() -> Result<()> {
+    let path = env::path_with_cargo_bin()?;
+    let version = || {
+        cmd::probe(
+            Command::new("cargo-fuzz")
+                .arg("--version")
+                .env("PATH", &path),
+        )
+    };
+    match version() {
+        Some(v) if reports_version(&v, CARGO_FUZZ_VERSION) => {
+            eprintln!("ok: cargo-fuzz {CARGO_FUZZ_VERSION} already present");
+            return Ok(());
+        }
+        Some(v) => eprintln!(
+            "setup: cargo-fuzz reports `{}`, want {CARGO_FUZZ_VERSION}: installing",
+            v.trim()
+        ),
+        None => eprintln!("setup: cargo-fuzz not found: installing {CARGO_FUZZ_VERSION}"),
+    }
+    let mut install = env::host_cargo();
+    install
+        .arg("install")
+        .arg(format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"))
+        .arg("--locked");
+    cmd::run(&mut install).context(
+        "building cargo-fuzz failed; it needs crates.io (check the network and the registry settings in ~/.cargo)",
+    )?;
+    match version() {
+        Some(v) if reports_version(&v, CARGO_FUZZ_VERSION) => Ok(()),
+        other => bail!(
+            "cargo-fuzz was installed but PATH finds one reporting `{}`; remove the other cargo-fuzz from PATH",
             other.as_deref().unwrap_or("nothing").trim()
         ),
     }
