@@ -156,80 +156,81 @@ fn rustup_components() -> Result<()> {
     Ok(())
 }
 
-/// Installs bpf-linker [`BPF_LINKER_VERSION`] with `cargo install` unless `bpf-linker --version` reports it.
-fn bpf_linker() -> Result<()> {
-    let path = env::path_with_cargo_bin()?;
-    let version = || {
-        cmd::probe(
-            Command::new("bpf-linker")
-                .arg("--version")
-                .env("PATH", &path),
-        )
-    };
-    match version() {
-        Some(v) if reports_version(&v, BPF_LINKER_VERSION) => {
-            eprintln!("ok: bpf-linker {BPF_LINKER_VERSION} already present");
-            return Ok(());
-        }
-        Some(v) => eprintln!(
-            "setup: bpf-linker reports `{}`, want {BPF_LINKER_VERSION}: installing",
-            v.trim()
-        ),
-        None => eprintln!(
-            "setup: bpf-linker not found: installing {BPF_LINKER_VERSION} (about 75 s on 2 cores)"
-        ),
-    }
-    let mut install = env::host_cargo();
-    install
-        .env("LLVM_PREFIX", LLVM_PREFIX)
-        .arg("install")
-        .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
-        .args(["--locked", "--no-default-features", "--features", "llvm-22"]);
-    cmd::run(&mut install)
-        .context("building bpf-linker failed; it needs llvm-22-dev (rerun setup to install it)")?;
-    match version() {
-        Some(v) if reports_version(&v, BPF_LINKER_VERSION) => Ok(()),
-        other => bail!(
-            "bpf-linker was installed but PATH finds one reporting `{}`; remove the other bpf-linker from PATH",
-            other.as_deref().unwrap_or("nothing").trim()
-        ),
-    }
+/// A tool `cargo install` builds, pinned to one version.
+struct CargoTool {
+    /// The crate, which is also the binary's name.
+    name: &'static str,
+    /// The version to install and to find in `<name> --version`.
+    version: &'static str,
+    /// Arguments after `cargo install <name>@<version>`.
+    install_args: &'static [&'static str],
+    /// Variables the build needs.
+    install_env: &'static [(&'static str, &'static str)],
+    /// Said when installing, e.g. how long it takes.
+    note: &'static str,
+    /// Added to the error when the build fails: what to check.
+    failure_hint: &'static str,
 }
 
-/// Installs cargo-fuzz [`CARGO_FUZZ_VERSION`] with `cargo install --locked` unless `cargo-fuzz --version`
-/// reports it.
+/// bpf-linker [`BPF_LINKER_VERSION`], built against Debian's libLLVM 22.
+const BPF_LINKER: CargoTool = CargoTool {
+    name: "bpf-linker",
+    version: BPF_LINKER_VERSION,
+    install_args: &["--locked", "--no-default-features", "--features", "llvm-22"],
+    install_env: &[("LLVM_PREFIX", LLVM_PREFIX)],
+    note: " (about 75 s on 2 cores)",
+    failure_hint: "it needs llvm-22-dev (rerun setup to install it)",
+};
+
+/// cargo-fuzz [`CARGO_FUZZ_VERSION`].
+const CARGO_FUZZ: CargoTool = CargoTool {
+    name: "cargo-fuzz",
+    version: CARGO_FUZZ_VERSION,
+    install_args: &["--locked"],
+    install_env: &[],
+    note: "",
+    failure_hint: "it needs crates.io (check the network and the registry settings in ~/.cargo)",
+};
+
+/// Installs bpf-linker [`BPF_LINKER_VERSION`] unless it is there.
+fn bpf_linker() -> Result<()> {
+    cargo_install(&BPF_LINKER)
+}
+
+/// Installs cargo-fuzz [`CARGO_FUZZ_VERSION`] (the `fuzz` step of `cargo xtask test`) unless it is there.
 fn cargo_fuzz() -> Result<()> {
+    cargo_install(&CARGO_FUZZ)
+}
+
+/// Installs `tool` with `cargo install` unless `<name> --version` (PATH with the cargo bin dir) reports its
+/// version; afterwards checks that PATH finds the installed one.
+fn cargo_install(tool: &CargoTool) -> Result<()> {
+    let (name, want) = (tool.name, tool.version);
     let path = env::path_with_cargo_bin()?;
-    let version = || {
-        cmd::probe(
-            Command::new("cargo-fuzz")
-                .arg("--version")
-                .env("PATH", &path),
-        )
-    };
+    let version = || cmd::probe(Command::new(name).arg("--version").env("PATH", &path));
     match version() {
-        Some(v) if reports_version(&v, CARGO_FUZZ_VERSION) => {
-            eprintln!("ok: cargo-fuzz {CARGO_FUZZ_VERSION} already present");
+        Some(v) if reports_version(&v, want) => {
+            eprintln!("ok: {name} {want} already present");
             return Ok(());
         }
         Some(v) => eprintln!(
-            "setup: cargo-fuzz reports `{}`, want {CARGO_FUZZ_VERSION}: installing",
+            "setup: {name} reports `{}`, want {want}: installing",
             v.trim()
         ),
-        None => eprintln!("setup: cargo-fuzz not found: installing {CARGO_FUZZ_VERSION}"),
+        None => eprintln!("setup: {name} not found: installing {want}{}", tool.note),
     }
     let mut install = env::host_cargo();
     install
+        .envs(tool.install_env.iter().copied())
         .arg("install")
-        .arg(format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"))
-        .arg("--locked");
-    cmd::run(&mut install).context(
-        "building cargo-fuzz failed; it needs crates.io (check the network and the registry settings in ~/.cargo)",
-    )?;
+        .arg(format!("{name}@{want}"))
+        .args(tool.install_args);
+    cmd::run(&mut install)
+        .with_context(|| format!("building {name} failed; {}", tool.failure_hint))?;
     match version() {
-        Some(v) if reports_version(&v, CARGO_FUZZ_VERSION) => Ok(()),
+        Some(v) if reports_version(&v, want) => Ok(()),
         other => bail!(
-            "cargo-fuzz was installed but PATH finds one reporting `{}`; remove the other cargo-fuzz from PATH",
+            "{name} was installed but PATH finds one reporting `{}`; remove the other {name} from PATH",
             other.as_deref().unwrap_or("nothing").trim()
         ),
     }
