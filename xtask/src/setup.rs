@@ -46,7 +46,7 @@ pub const BENCH_PACKAGES: &[&str] = &["nginx", "haproxy"];
 /// The bpf-linker release that links against LLVM 22, the LLVM of Debian's rustc-web.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// The cargo-fuzz release `cargo xtask test` fuzzes with; builds on rustup stable 1.95 (about 70 s on 2 cores).
+/// The cargo-fuzz release `cargo xtask test` fuzzes with; `cargo install --locked` builds it on rustup stable 1.95.
 pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Where Debian's llvm-22-dev lives; bpf-linker's build looks in /usr and fails on `-lLLVM` without it.
