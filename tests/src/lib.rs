@@ -8,11 +8,17 @@
 //! - [`clients`]: real clients (openssl s_client) run from a test's namespace.
 //! - [`daemon`]: starts the daemon binary, waits for its readiness notification, stops it.
 //! - [`load`]: runs the `portcullis-load` binary and reads its JSON report.
+//! - [`testbed`]: the XDP end-to-end bed (two namespaces, a veth, pins, PKI, config) the XDP tests share.
+//! - [`bpftool`]: reads the pinned maps with `bpftool`, runs the pinned program on a packet file.
+//! - [`raw`]: crafted IPv4/TCP packets (floods, malformed first segments) sent through a raw socket.
 
 pub mod bpffs;
+pub mod bpftool;
 pub mod clients;
 pub mod daemon;
 pub mod load;
 pub mod netns;
 pub mod pki;
 pub mod privileged;
+pub mod raw;
+pub mod testbed;

@@ -1,26 +1,27 @@
 //! The XDP classifier end to end: the real daemon in a server namespace with XDP on its veth, real TCP and TLS
 //! from a client namespace, and the counters read two ways (`/metrics` and `bpftool` on the pinned map) that must
-//! agree. Then SIGTERM must detach the program and remove the pins.
+//! agree: the verdict counters, and the malformed-ClientHello counters per reason after crafted first segments
+//! of every reason (sent through a raw socket) were dropped. Then SIGTERM must detach the program and remove the
+//! pins.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{SocketAddr, TcpStream},
-    path::Path,
-    process::Command,
     time::{Duration, Instant},
 };
 
 use portcullis_abi::{
-    names::{MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP},
+    client_hello::Malformed,
+    hello_fixtures::malformed_cases,
+    names::{MAP_XDP_CONFIG, MAP_XDP_MALFORMED, MAP_XDP_VERDICTS, PROG_XDP},
     verdict::Verdict,
 };
 use portcullis_tests::{
-    bpffs::BpfDir,
-    clients::s_client,
-    daemon::{Daemon, DaemonOptions, TempDir, metric_value},
-    netns::{NetNsGuard, veth_pair},
-    pki::Pki,
+    bpftool::{bpftool, parse_per_cpu_sums, per_cpu_sums},
+    daemon::{Daemon, metric_value},
     privileged::require_root,
+    raw::{PSH_ACK, RawSender, SYN, tcp_packet},
+    testbed::XdpTestbed,
 };
 
 /// TLS handshakes the client makes to the listener.
@@ -30,33 +31,21 @@ const HANDSHAKES: u64 = 3;
 const PACKETS_PER_HANDSHAKE: u64 = 2;
 /// Connection attempts to a port nobody listens on; each SYN is answered by a RST, so it reached the server.
 const REFUSED_CONNECTS: u64 = 2;
+/// Source port of the first crafted malformed flow; the next case takes the next port.
+const MALFORMED_FIRST_PORT: u16 = 41_000;
 
 #[test]
 fn xdp_counts_traffic() {
     if !require_root("xdp_counts_traffic") {
         return;
     }
-    let client = NetNsGuard::new().expect("client namespace");
-    let server = NetNsGuard::new().expect("server namespace");
-    let veth = veth_pair(&client, &server).expect("veth pair between client and server");
-    let pin_dir = BpfDir::new("test");
-    let pki_dir = TempDir::new("xdp-pki").expect("tempdir");
-    let pki = Pki::generate(pki_dir.path()).expect("test PKI");
-
-    let config = format!(
-        "{tls}\n[[listeners]]\naddress = \"{addr}:0\"\n\n[xdp]\ninterfaces = [\"{iface}\"]\nmode = \"auto\"\n\
-         pin_dir = {pin_dir:?}\n",
-        tls = pki.tls_section(""),
-        addr = veth.b.addr,
-        iface = veth.b.name,
-        pin_dir = pin_dir.path(),
-    );
-    let daemon = Daemon::start(DaemonOptions {
-        config_toml: Some(config),
-        netns: Some(server.name().to_owned()),
-        ..Default::default()
-    })
-    .expect("daemon starts with XDP in the server namespace");
+    let bed = XdpTestbed::builder("xdp")
+        .xdp("mode = \"auto\"")
+        .extra_client_addrs(1)
+        .build()
+        .expect("XDP testbed");
+    let (veth, server, pin_dir) = (&bed.veth, &bed.server, &bed.pin_dir);
+    let daemon = bed.start_daemon();
     let listener = daemon.addr();
     assert_eq!(
         listener.ip(),
@@ -84,10 +73,7 @@ fn xdp_counts_traffic() {
     );
 
     for _ in 0..HANDSHAKES {
-        assert!(
-            s_client(&client, &pki, listener, 30),
-            "handshake across the veth"
-        );
+        assert!(bed.s_client(listener, 30), "handshake across the veth");
     }
     let closed_port = if listener.port() == u16::MAX {
         1
@@ -96,7 +82,8 @@ fn xdp_counts_traffic() {
     };
     for _ in 0..REFUSED_CONNECTS {
         let target = SocketAddr::from((veth.b.addr, closed_port));
-        let refused = client
+        let refused = bed
+            .client
             .run(|| TcpStream::connect_timeout(&target, Duration::from_secs(5)))
             .expect("enter client namespace");
         let error = refused.expect_err("nothing listens on the closed port");
@@ -106,6 +93,8 @@ fn xdp_counts_traffic() {
             "{error}"
         );
     }
+
+    let malformed_sent = send_malformed_first_segments(&bed, listener);
 
     // Counters only grow, and stray packets (IPv6 neighbour discovery) may arrive at any time: bracket the
     // /metrics read between two bpftool reads instead of expecting equality.
@@ -136,6 +125,18 @@ fn xdp_counts_traffic() {
         after[&Verdict::PassOtherPort] >= REFUSED_CONNECTS,
         "only {} packets to other ports counted after {REFUSED_CONNECTS} refused connects",
         after[&Verdict::PassOtherPort]
+    );
+
+    malformed_counters_agree(
+        &daemon,
+        &pin_dir.path().join(MAP_XDP_MALFORMED),
+        &malformed_sent,
+    );
+    let verdicts = verdict_counts(&bpftool(&["-j", "map", "dump", "pinned"], &map_path));
+    assert_eq!(
+        verdicts[&Verdict::DropMalformedHello],
+        malformed_sent.values().sum::<u64>(),
+        "drop_malformed_hello verdicts vs crafted malformed segments"
     );
 
     // The BPF program's aya-log debug line reached the daemon's log through tracing (the daemon logs at debug
@@ -174,54 +175,93 @@ fn xdp_counts_traffic() {
     }
 }
 
-/// Runs `bpftool <args> <path>` and returns its stdout.
-fn bpftool(args: &[&str], path: &Path) -> String {
-    let out = Command::new("bpftool")
-        .args(args)
-        .arg(path)
-        .output()
-        .expect("run bpftool (install bpftool)");
-    assert!(
-        out.status.success(),
-        "bpftool {args:?} {} failed: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// From the client's second address, through a raw socket: for every crafted malformed ClientHello a SYN (which
+/// records the flow) and a first segment (ISN + 1) carrying it, which XDP must drop and count under its reason.
+/// Returns how many were sent per reason.
+fn send_malformed_first_segments(
+    bed: &XdpTestbed,
+    listener: SocketAddr,
+) -> HashMap<Malformed, u64> {
+    let SocketAddr::V4(dst) = listener else {
+        panic!("listener {listener} is not IPv4")
+    };
+    let src = bed.extra_client_addrs[0];
+    let sender = RawSender::open(&bed.client).expect("raw socket in the client namespace");
+    let mut sent = HashMap::new();
+    for (port, (reason, hello)) in (MALFORMED_FIRST_PORT..).zip(malformed_cases()) {
+        let isn = u32::from(port) << 12;
+        for packet in [
+            tcp_packet(src, port, dst, isn, SYN, &[]),
+            tcp_packet(src, port, dst, isn.wrapping_add(1), PSH_ACK, &hello),
+        ] {
+            sender
+                .send(&packet)
+                .unwrap_or_else(|e| panic!("send a crafted {} flow: {e}", reason.name()));
+        }
+        *sent.entry(reason).or_insert(0) += 1;
+    }
+    assert!(sent.len() >= 5, "too few malformed reasons sent: {sent:?}");
+    sent
 }
 
-/// Sums the per-CPU values of `bpftool -j map dump` of the verdict map, by verdict. Reads the BTF-formatted part
-/// (`"formatted":{"key":K,"values":[{"cpu":C,"value":V},..]}`), which exists because the object carries BTF.
-fn verdict_counts(json: &str) -> HashMap<Verdict, u64> {
-    let compact: String = json.chars().filter(|c| !c.is_whitespace()).collect();
-    let mut counts = HashMap::new();
-    for entry in compact.split("\"formatted\":").skip(1) {
-        let key = number_after(entry, "\"key\":").unwrap_or_else(|| panic!("no key in {entry}"));
-        let values = entry.split_once("\"values\":[").map_or("", |(_, v)| v);
-        let values = values.split_once(']').map_or(values, |(v, _)| v);
-        let total = values
-            .split("\"value\":")
-            .skip(1)
-            .map(|v| number_after(v, "").unwrap_or(0))
-            .sum();
-        let index = u32::try_from(key).expect("key fits u32");
-        let verdict =
-            Verdict::from_u32(index).unwrap_or_else(|| panic!("map key {key} is no verdict"));
-        counts.insert(verdict, total);
+/// `portcullis_xdp_malformed_total{reason}` on /metrics equals the per-CPU sum `bpftool` reads from the pinned
+/// map for every reason, and each reason counts exactly the crafted segments sent with it (nothing else on the
+/// veth is malformed, so the counters stand still once those arrived).
+fn malformed_counters_agree(
+    daemon: &Daemon,
+    map: &std::path::Path,
+    sent: &HashMap<Malformed, u64>,
+) {
+    let expected: BTreeMap<u32, u64> = Malformed::ALL
+        .iter()
+        .map(|r| (*r as u32, sent.get(r).copied().unwrap_or(0)))
+        .collect();
+    // The frames cross the veth asynchronously: wait (bounded) until all were counted.
+    let arrived = wait_for(Duration::from_secs(10), || per_cpu_sums(map) == expected);
+    let counted = per_cpu_sums(map);
+    assert!(
+        arrived.is_some(),
+        "bpftool's xdp_malformed sums {counted:?}, expected the crafted segments {expected:?}"
+    );
+    let metrics = daemon.metrics_text().expect("GET /metrics");
+    let after = per_cpu_sums(map);
+    assert_eq!(
+        counted, after,
+        "xdp_malformed moved while /metrics was read"
+    );
+    for reason in Malformed::ALL {
+        let exported = metric_value(
+            &metrics,
+            "portcullis_xdp_malformed_total",
+            &[("reason", reason.name())],
+        );
+        let dumped = counted[&(reason as u32)];
+        assert_eq!(
+            exported,
+            dumped as f64,
+            "{}: /metrics says {exported}, bpftool says {dumped}\n{metrics}",
+            reason.name()
+        );
     }
+    eprintln!("xdp_malformed after the crafted segments (bpftool): {counted:?}");
+}
+
+/// The verdict map's `bpftool -j map dump`, summed over CPUs, by verdict; one entry per verdict.
+fn verdict_counts(json: &str) -> HashMap<Verdict, u64> {
+    let counts: HashMap<Verdict, u64> = parse_per_cpu_sums(json)
+        .into_iter()
+        .map(|(key, total)| {
+            let verdict =
+                Verdict::from_u32(key).unwrap_or_else(|| panic!("map key {key} is no verdict"));
+            (verdict, total)
+        })
+        .collect();
     assert_eq!(
         counts.len(),
         Verdict::COUNT,
         "not one entry per verdict in:\n{json}"
     );
     counts
-}
-
-/// The decimal number right after the first `prefix` in `s`.
-fn number_after(s: &str, prefix: &str) -> Option<u64> {
-    let rest = &s[s.find(prefix)? + prefix.len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
 }
 
 /// Polls `done` until it holds or `timeout` passes; `None` on timeout.

@@ -17,12 +17,10 @@ use portcullis_abi::{
     packet_fixtures::{frame, ipv4, tcp},
 };
 use portcullis_tests::{
-    bpffs::BpfDir,
-    clients::s_client,
-    daemon::{Daemon, DaemonOptions, TempDir, binary, metric_value},
-    netns::{NetNsGuard, veth_pair},
-    pki::Pki,
+    bpftool::prog_run,
+    daemon::{TempDir, binary, metric_value},
     privileged::require_root,
+    testbed::XdpTestbed,
 };
 
 /// How long a blocked connect may wait for the SYN-ACK that must not come.
@@ -33,38 +31,18 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     if !require_root("blocked_prefix_cannot_handshake_until_removed") {
         return;
     }
-    let client = NetNsGuard::new().expect("client namespace");
-    let server = NetNsGuard::new().expect("server namespace");
-    let veth = veth_pair(&client, &server).expect("veth pair between client and server");
-    let pin_dir = BpfDir::new("guard-test");
-    let pki_dir = TempDir::new("xdp-guard-pki").expect("tempdir");
-    let pki = Pki::generate(pki_dir.path()).expect("test PKI");
-    let config = format!(
-        "{tls}\n[[listeners]]\naddress = \"{addr}:0\"\n\n[xdp]\ninterfaces = [\"{iface}\"]\npin_dir = {pin_dir:?}\n",
-        tls = pki.tls_section(""),
-        addr = veth.b.addr,
-        iface = veth.b.name,
-        pin_dir = pin_dir.path(),
-    );
-    let start = || {
-        Daemon::start(DaemonOptions {
-            config_toml: Some(config.clone()),
-            netns: Some(server.name().to_owned()),
-            ..Default::default()
-        })
-        .expect("daemon starts with XDP in the server namespace")
-    };
-    let daemon = start();
+    let bed = XdpTestbed::builder("guard-prefix")
+        .build()
+        .expect("XDP testbed");
+    let (client, veth) = (&bed.client, &bed.veth);
+    let daemon = bed.start_daemon();
     let listener = daemon.addr();
 
-    assert!(
-        s_client(&client, &pki, listener, 30),
-        "handshake before any block"
-    );
+    assert!(bed.s_client(listener, 30), "handshake before any block");
 
     let cidr = format!("{}/24", veth.a.addr);
-    cli(pin_dir.path(), &["block", "add", &cidr]);
-    let listed = cli(pin_dir.path(), &["block", "list"]);
+    bed.cli(&["block", "add", &cidr]);
+    let listed = bed.cli(&["block", "list"]);
     assert!(
         listed.lines().count() == 1 && listed.contains("/24"),
         "block list after add: {listed}"
@@ -91,25 +69,14 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     let frame_dir = TempDir::new("xdp-guard-frame").expect("tempdir");
     let syn_file = frame_dir.path().join("syn.bin");
     std::fs::write(&syn_file, syn_frame(&veth.a.addr, listener.port())).expect("write frame");
-    let run = Command::new("bpftool")
-        .args(["prog", "run", "pinned"])
-        .arg(pin_dir.path().join(PROG_XDP))
-        .arg("data_in")
-        .arg(&syn_file)
-        .output()
-        .expect("run bpftool (install bpftool)");
-    let run_out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let run_out = prog_run(&bed.pin_dir.path().join(PROG_XDP), &syn_file);
     assert!(
-        run.status.success() && run_out.contains("Return value: 1"),
+        run_out.contains("Return value: 1"),
         "bpftool prog run on a SYN from {cidr}: expected XDP_DROP (1):\n{run_out}"
     );
-    let stats = cli(pin_dir.path(), &["stats"]);
+    let stats = bed.cli(&["stats"]);
     assert!(stats.contains("drop_blocked_source"), "stats: {stats}");
-    let status = cli(pin_dir.path(), &["status"]);
+    let status = bed.cli(&["status"]);
     assert!(status.contains("blocked prefixes 1"), "status: {status}");
 
     // A restart reuses the pinned blocklist: the block holds across it.
@@ -118,10 +85,10 @@ fn blocked_prefix_cannot_handshake_until_removed() {
         status.success(),
         "daemon exit status after SIGTERM: {status}"
     );
-    let daemon = start();
+    let daemon = bed.start_daemon();
     let listener = daemon.addr();
     assert_eq!(
-        cli(pin_dir.path(), &["block", "list"]),
+        bed.cli(&["block", "list"]),
         listed,
         "the blocklist did not survive a restart"
     );
@@ -133,10 +100,10 @@ fn blocked_prefix_cannot_handshake_until_removed() {
         "after a restart, a TCP connect from blocked {cidr} completed"
     );
 
-    cli(pin_dir.path(), &["block", "del", &cidr]);
-    assert!(cli(pin_dir.path(), &["block", "list"]).trim().is_empty());
+    bed.cli(&["block", "del", &cidr]);
+    assert!(bed.cli(&["block", "list"]).trim().is_empty());
     assert!(
-        s_client(&client, &pki, listener, 30),
+        bed.s_client(listener, 30),
         "handshake after the block was removed"
     );
 
@@ -185,30 +152,13 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
     if !require_root("blocked_fingerprint_cannot_handshake_until_removed") {
         return;
     }
-    let client = NetNsGuard::new().expect("client namespace");
-    let server = NetNsGuard::new().expect("server namespace");
-    let veth = veth_pair(&client, &server).expect("veth pair between client and server");
-    let pin_dir = BpfDir::new("guard-test");
-    let pki_dir = TempDir::new("xdp-fp-pki").expect("tempdir");
-    let pki = Pki::generate(pki_dir.path()).expect("test PKI");
-    let config = format!(
-        "{tls}\n[[listeners]]\naddress = \"{addr}:0\"\n\n[xdp]\ninterfaces = [\"{iface}\"]\npin_dir = {pin_dir:?}\n",
-        tls = pki.tls_section(""),
-        addr = veth.b.addr,
-        iface = veth.b.name,
-        pin_dir = pin_dir.path(),
-    );
-    let daemon = Daemon::start(DaemonOptions {
-        config_toml: Some(config),
-        netns: Some(server.name().to_owned()),
-        ..Default::default()
-    })
-    .expect("daemon starts with XDP in the server namespace");
+    let bed = XdpTestbed::builder("guard-fp")
+        .build()
+        .expect("XDP testbed");
+    let (client, veth) = (&bed.client, &bed.veth);
+    let daemon = bed.start_daemon();
     let listener = daemon.addr();
-    assert!(
-        s_client(&client, &pki, listener, 30),
-        "handshake before any block"
-    );
+    assert!(bed.s_client(listener, 30), "handshake before any block");
 
     // What an operator does: capture the client's first bytes, print their fingerprint, block it.
     let capture = client
@@ -258,14 +208,11 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|| panic!("no unordered fingerprint printed: {printed}"));
 
-    cli(pin_dir.path(), &["block-fingerprint", "add", &unordered]);
-    assert_eq!(
-        cli(pin_dir.path(), &["block-fingerprint", "list"]).trim(),
-        unordered
-    );
+    bed.cli(&["block-fingerprint", "add", &unordered]);
+    assert_eq!(bed.cli(&["block-fingerprint", "list"]).trim(), unordered);
     // The program looks the set up per ClientHello: the very next handshake is dropped.
     assert!(
-        !s_client(&client, &pki, listener, 3),
+        !bed.s_client(listener, 3),
         "a handshake with blocked fingerprint {unordered} completed"
     );
     let metrics = daemon.metrics_text().expect("GET /metrics");
@@ -292,21 +239,17 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         first_segment_frame(&veth.a.addr, listener.port(), &hello),
     )
     .expect("write frame");
-    assert!(bpftool_run(pin_dir.path(), &syn_file).contains("Return value: 2"));
-    let run_out = bpftool_run(pin_dir.path(), &hello_file);
+    assert!(bpftool_run(&bed, &syn_file).contains("Return value: 2"));
+    let run_out = bpftool_run(&bed, &hello_file);
     assert!(
         run_out.contains("Return value: 1"),
         "bpftool prog run on the blocked ClientHello: expected XDP_DROP (1):\n{run_out}"
     );
 
-    cli(pin_dir.path(), &["block-fingerprint", "del", &unordered]);
+    bed.cli(&["block-fingerprint", "del", &unordered]);
+    assert!(bed.cli(&["block-fingerprint", "list"]).trim().is_empty());
     assert!(
-        cli(pin_dir.path(), &["block-fingerprint", "list"])
-            .trim()
-            .is_empty()
-    );
-    assert!(
-        s_client(&client, &pki, listener, 30),
+        bed.s_client(listener, 30),
         "handshake after the fingerprint block was removed"
     );
     let status = daemon.terminate().expect("daemon stops on SIGTERM");
@@ -336,40 +279,13 @@ fn first_segment_frame(src: &Ipv4Addr, port: u16, payload: &[u8]) -> Vec<u8> {
     frame(&[], ETH_P_IP, &ip, &segment)
 }
 
-/// `bpftool prog run` of the pinned program on `frame_file`; its output.
-fn bpftool_run(pin_dir: &Path, frame_file: &Path) -> String {
-    let out = Command::new("bpftool")
-        .args(["prog", "run", "pinned"])
-        .arg(pin_dir.join(PROG_XDP))
-        .arg("data_in")
-        .arg(frame_file)
-        .output()
-        .expect("run bpftool (install bpftool)");
-    assert!(out.status.success(), "bpftool prog run failed: {out:?}");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+/// `bpftool prog run` of the bed's pinned program on `frame_file`; its output.
+fn bpftool_run(bed: &XdpTestbed, frame_file: &Path) -> String {
+    prog_run(&bed.pin_dir.path().join(PROG_XDP), frame_file)
 }
 
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
         .expect("run the portcullis binary")
-}
-
-/// `portcullis xdp --pin-dir DIR ARGS`, which must succeed; returns its stdout.
-fn cli(pin_dir: &Path, args: &[&str]) -> String {
-    let out = run(Command::new(binary())
-        .arg("xdp")
-        .arg("--pin-dir")
-        .arg(pin_dir)
-        .args(args));
-    assert!(
-        out.status.success(),
-        "portcullis xdp {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -122,8 +122,9 @@ fn effective_uid(status: &str) -> Option<u32> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-/// `$CARGO_HOME/bin`, or `$HOME/.cargo/bin` when `CARGO_HOME` is unset.
-fn cargo_bin_dir() -> Option<PathBuf> {
+/// `$CARGO_HOME/bin`, or `$HOME/.cargo/bin` when `CARGO_HOME` is unset: where `cargo install` puts binaries
+/// and rustup its proxies (`cargo`, `rustc`, which honour `RUSTUP_TOOLCHAIN`).
+pub fn cargo_bin_dir() -> Option<PathBuf> {
     let home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo")))?;

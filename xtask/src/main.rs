@@ -5,6 +5,7 @@
 //! - [`build`]: the BPF object with Debian's toolchain, then the userspace crates with rustup's.
 //! - [`run`]: setup + build, then exec the daemon on its embedded defaults.
 //! - [`test`]: setup + build, then tests, clippy and rustfmt; what `.ci/run` runs.
+//! - [`fuzz`]: the cargo-fuzz targets of the ABI crate for a bounded time each (also a step of `test`).
 //! - [`bench`]: portcullis beside nginx and HAProxy, measured with `portcullis-load` (`bench handshakes|storm`).
 //! - [`cmd`]: running commands and named steps, echoing each; [`env`]: the environment children inherit;
 //!   [`workspace`]: where things live.
@@ -13,6 +14,7 @@ mod bench;
 mod build;
 mod cmd;
 mod env;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -57,11 +59,18 @@ enum Task {
         #[arg(last = true)]
         daemon_args: Vec<OsString>,
     },
-    /// Setup, build, then all tests, clippy and rustfmt: what CI runs.
+    /// Setup, build, then all tests, clippy, rustfmt, the fuzz targets (bounded) and the quick benchmarks: what CI
+    /// runs.
     Test {
         /// Extra arguments for `cargo test`, after `--`.
         #[arg(last = true)]
         test_args: Vec<OsString>,
+    },
+    /// Run every cargo-fuzz target of the ABI crate for a bounded time, seeded with the ClientHello fixtures.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::TEST_SECONDS)]
+        seconds: u64,
     },
     /// Benchmarks against nginx and HAProxy (release build, results under target/bench/).
     Bench {
@@ -90,6 +99,7 @@ fn dispatch(task: Task) -> Result<ExitCode> {
             daemon_args,
         } => run::run(&ws, Profile::from_release_flag(release), &daemon_args)?,
         Task::Test { test_args } => test::test(&ws, &test_args)?,
+        Task::Fuzz { seconds } => fuzz::fuzz(&ws, seconds)?,
         Task::Bench { what } => bench::bench(&ws, what)?,
     }
     Ok(ExitCode::SUCCESS)

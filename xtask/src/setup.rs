@@ -8,7 +8,8 @@
 //! 3. clippy and rustfmt in the rustup toolchain (`cargo xtask test` runs both; rustup here cannot download, so
 //!    this only checks and says what to run).
 //! 4. `bpf-linker` [`BPF_LINKER_VERSION`], built by `cargo install` against Debian's libLLVM 22.
-//! 5. bpffs mounted at [`BPFFS`] (the daemon pins maps and programs there).
+//! 5. `cargo-fuzz` [`CARGO_FUZZ_VERSION`] (the `fuzz` step of `cargo xtask test`), built by `cargo install`.
+//! 6. bpffs mounted at [`BPFFS`] (the daemon pins maps and programs there).
 //!
 //! Steps that need root (apt, mount) run directly as root, through `sudo` when it is installed, or fail with the
 //! exact command to run.
@@ -23,7 +24,7 @@ use crate::{cmd, env};
 /// Debian packages every build, run and test needs: Debian's Rust toolchain with std sources (builds the BPF
 /// crate with `-Z build-std=core`), libLLVM 22 headers (bpf-linker builds against them), bpftool and iproute2
 /// (inspect programs, set up test namespaces), openssl and curl (poke the TLS listener), prometheus (its
-/// `promtool` checks the metrics output).
+/// `promtool` checks the metrics output), g++ (libfuzzer-sys compiles libFuzzer for the fuzz targets).
 pub const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -34,6 +35,7 @@ pub const PACKAGES: &[&str] = &[
     "openssl",
     "curl",
     "prometheus",
+    "g++",
 ];
 
 /// Packages only the benchmarks need (reference TLS front ends to compare against). Installed by
@@ -43,6 +45,9 @@ pub const BENCH_PACKAGES: &[&str] = &["nginx", "haproxy"];
 
 /// The bpf-linker release that links against LLVM 22, the LLVM of Debian's rustc-web.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The cargo-fuzz release `cargo xtask test` fuzzes with; `cargo install --locked` builds it on rustup stable 1.95.
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Where Debian's llvm-22-dev lives; bpf-linker's build looks in /usr and fails on `-lLLVM` without it.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -74,6 +79,7 @@ pub fn setup(options: Options) -> Result<()> {
     debian_toolchain()?;
     rustup_components()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     bpffs()?;
     Ok(())
 }
@@ -150,41 +156,81 @@ fn rustup_components() -> Result<()> {
     Ok(())
 }
 
-/// Installs bpf-linker [`BPF_LINKER_VERSION`] with `cargo install` unless `bpf-linker --version` reports it.
+/// A tool `cargo install` builds, pinned to one version.
+struct CargoTool {
+    /// The crate, which is also the binary's name.
+    name: &'static str,
+    /// The version to install and to find in `<name> --version`.
+    version: &'static str,
+    /// Arguments after `cargo install <name>@<version>`.
+    install_args: &'static [&'static str],
+    /// Variables the build needs.
+    install_env: &'static [(&'static str, &'static str)],
+    /// Said when installing, e.g. how long it takes.
+    note: &'static str,
+    /// Added to the error when the build fails: what to check.
+    failure_hint: &'static str,
+}
+
+/// bpf-linker [`BPF_LINKER_VERSION`], built against Debian's libLLVM 22.
+const BPF_LINKER: CargoTool = CargoTool {
+    name: "bpf-linker",
+    version: BPF_LINKER_VERSION,
+    install_args: &["--locked", "--no-default-features", "--features", "llvm-22"],
+    install_env: &[("LLVM_PREFIX", LLVM_PREFIX)],
+    note: " (about 75 s on 2 cores)",
+    failure_hint: "it needs llvm-22-dev (rerun setup to install it)",
+};
+
+/// cargo-fuzz [`CARGO_FUZZ_VERSION`].
+const CARGO_FUZZ: CargoTool = CargoTool {
+    name: "cargo-fuzz",
+    version: CARGO_FUZZ_VERSION,
+    install_args: &["--locked"],
+    install_env: &[],
+    note: "",
+    failure_hint: "it needs crates.io (check the network and the registry settings in ~/.cargo)",
+};
+
+/// Installs bpf-linker [`BPF_LINKER_VERSION`] unless it is there.
 fn bpf_linker() -> Result<()> {
+    cargo_install(&BPF_LINKER)
+}
+
+/// Installs cargo-fuzz [`CARGO_FUZZ_VERSION`] (the `fuzz` step of `cargo xtask test`) unless it is there.
+fn cargo_fuzz() -> Result<()> {
+    cargo_install(&CARGO_FUZZ)
+}
+
+/// Installs `tool` with `cargo install` unless `<name> --version` (PATH with the cargo bin dir) reports its
+/// version; afterwards checks that PATH finds the installed one.
+fn cargo_install(tool: &CargoTool) -> Result<()> {
+    let (name, want) = (tool.name, tool.version);
     let path = env::path_with_cargo_bin()?;
-    let version = || {
-        cmd::probe(
-            Command::new("bpf-linker")
-                .arg("--version")
-                .env("PATH", &path),
-        )
-    };
+    let version = || cmd::probe(Command::new(name).arg("--version").env("PATH", &path));
     match version() {
-        Some(v) if reports_version(&v, BPF_LINKER_VERSION) => {
-            eprintln!("ok: bpf-linker {BPF_LINKER_VERSION} already present");
+        Some(v) if reports_version(&v, want) => {
+            eprintln!("ok: {name} {want} already present");
             return Ok(());
         }
         Some(v) => eprintln!(
-            "setup: bpf-linker reports `{}`, want {BPF_LINKER_VERSION}: installing",
+            "setup: {name} reports `{}`, want {want}: installing",
             v.trim()
         ),
-        None => eprintln!(
-            "setup: bpf-linker not found: installing {BPF_LINKER_VERSION} (about 75 s on 2 cores)"
-        ),
+        None => eprintln!("setup: {name} not found: installing {want}{}", tool.note),
     }
     let mut install = env::host_cargo();
     install
-        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .envs(tool.install_env.iter().copied())
         .arg("install")
-        .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
-        .args(["--locked", "--no-default-features", "--features", "llvm-22"]);
+        .arg(format!("{name}@{want}"))
+        .args(tool.install_args);
     cmd::run(&mut install)
-        .context("building bpf-linker failed; it needs llvm-22-dev (rerun setup to install it)")?;
+        .with_context(|| format!("building {name} failed; {}", tool.failure_hint))?;
     match version() {
-        Some(v) if reports_version(&v, BPF_LINKER_VERSION) => Ok(()),
+        Some(v) if reports_version(&v, want) => Ok(()),
         other => bail!(
-            "bpf-linker was installed but PATH finds one reporting `{}`; remove the other bpf-linker from PATH",
+            "{name} was installed but PATH finds one reporting `{}`; remove the other {name} from PATH",
             other.as_deref().unwrap_or("nothing").trim()
         ),
     }

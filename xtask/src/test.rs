@@ -1,6 +1,6 @@
 //! `cargo xtask test`: what CI runs (`.ci/run`). Setup, build, then every check that can fail a submission:
-//! all tests (unit, integration, privileged), clippy with warnings denied, rustfmt, and the benchmark harness in
-//! its quick form (every cell must produce a number).
+//! all tests (unit, integration, privileged), clippy with warnings denied, rustfmt, the cargo-fuzz targets for
+//! [`fuzz::TEST_SECONDS`] each, and the benchmark harness in its quick form (every cell must produce a number).
 //!
 //! Each step prints its name and duration. Setup and build stop the run when they fail (nothing after them can
 //! work); the checks after them all run even when an earlier one fails, so one CI run reports every kind of breakage.
@@ -12,7 +12,7 @@ use std::path::Path;
 use anyhow::{Result, bail};
 
 use crate::workspace::{Profile, Workspace};
-use crate::{build, cmd, env, setup};
+use crate::{build, cmd, env, fuzz, setup};
 
 /// The variable through which the integration tests find the daemon binary.
 const DAEMON_BIN_VAR: &str = "PORTCULLIS_BIN";
@@ -44,6 +44,7 @@ pub fn test(ws: &Workspace, test_args: &[OsString]) -> Result<()> {
         cmd::step("cargo test", || cargo_test(ws, &object, &daemon, test_args)),
         cmd::step("clippy", || clippy(ws, &object)),
         cmd::step("fmt", || fmt(ws)),
+        cmd::step("fuzz", || fuzz::fuzz(ws, fuzz::TEST_SECONDS)),
         cmd::step("bench --quick", || bench_smoke(ws)),
     ];
     let mut failed = Vec::new();
