@@ -16,6 +16,7 @@
 
 mod flow;
 mod hello;
+mod reuseport;
 
 use aya_ebpf::{
     bindings::xdp_action,
