@@ -11,6 +11,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+use nix::unistd::Pid;
 use portcullis_tests::{
     bpffs::BpfDir,
     daemon::{Daemon, DaemonOptions, binary, metric_value},
@@ -112,9 +114,65 @@ fn without_steering_the_kernel_hash_spreads_connections() {
     daemon.terminate().expect("daemon stops");
 }
 
-/// A daemon with two workers in `ns`, `listeners` listeners on loopback port 0.
+#[test]
+fn prefer_local_cpu_steers_to_the_receiving_cpus_worker() {
+    if !require_root("prefer_local_cpu_steers_to_the_receiving_cpus_worker") {
+        return;
+    }
+    // Workers are pinned to the first two CPUs this process may use; on loopback the SYN is received on the
+    // CPU of the thread that sends it, so a client pinned to worker 1's CPU reaches worker 1.
+    let cpus = allowed_cpus();
+    assert!(
+        cpus.len() >= 2,
+        "this test needs two CPUs to pin the daemon's two workers to, found {cpus:?}"
+    );
+    let ns = NetNsGuard::new().expect("namespace");
+    let pin_dir = BpfDir::new("local");
+    let daemon = start_with(
+        &ns,
+        &pin_dir,
+        true,
+        "pin_workers = true",
+        "prefer_local_cpu = true\n",
+        1,
+    );
+    let (w0, w1) = connect_round_on(&ns, &daemon, Some(cpus[1]));
+    assert_eq!(
+        (w0, w1),
+        (0, CONNECTIONS as u64),
+        "client on worker 1's CPU"
+    );
+    let text = daemon.metrics_text().expect("metrics");
+    assert!(
+        metric_value(
+            &text,
+            "portcullis_steering_total",
+            &[("outcome", "steered_local_cpu")]
+        ) >= CONNECTIONS as f64,
+        "{text}"
+    );
+    // A saturated local worker is skipped like any other.
+    steering_cli(pin_dir.path(), &["saturate", "1"]);
+    let (w0, w1) = connect_round_on(&ns, &daemon, Some(cpus[1]));
+    assert_eq!((w0, w1), (CONNECTIONS as u64, 0), "worker 1 saturated");
+    daemon.terminate().expect("daemon stops");
+}
+
+/// A daemon with two unpinned workers in `ns`, `listeners` listeners on loopback port 0.
 fn start(ns: &NetNsGuard, pin_dir: &BpfDir, steering: bool, listeners: usize) -> Daemon {
-    let mut config = String::from("workers = 2\npin_workers = false\n");
+    start_with(ns, pin_dir, steering, "pin_workers = false", "", listeners)
+}
+
+/// As [`start`], with an extra top-level line `top` and extra `[steering]` lines.
+fn start_with(
+    ns: &NetNsGuard,
+    pin_dir: &BpfDir,
+    steering: bool,
+    top: &str,
+    steering_lines: &str,
+    listeners: usize,
+) -> Daemon {
+    let mut config = format!("workers = 2\n{top}\n");
     for i in 0..listeners {
         config.push_str(&format!(
             "[[listeners]]\naddress = \"127.0.0.{}:0\"\n",
@@ -122,7 +180,7 @@ fn start(ns: &NetNsGuard, pin_dir: &BpfDir, steering: bool, listeners: usize) ->
         ));
     }
     config.push_str(&format!(
-        "[steering]\nenabled = {steering}\n[xdp]\npin_dir = {:?}\n",
+        "[steering]\nenabled = {steering}\n{steering_lines}[xdp]\npin_dir = {:?}\n",
         pin_dir.path()
     ));
     Daemon::start(DaemonOptions {
@@ -136,10 +194,20 @@ fn start(ns: &NetNsGuard, pin_dir: &BpfDir, steering: bool, listeners: usize) ->
 /// Opens [`CONNECTIONS`] TCP connections, spread over the daemon's listeners, waits until the daemon accepted
 /// all of them, and returns how many each worker accepted.
 fn connect_round(ns: &NetNsGuard, daemon: &Daemon) -> (u64, u64) {
+    connect_round_on(ns, daemon, None)
+}
+
+/// As [`connect_round`], from a thread pinned to `cpu` if given.
+fn connect_round_on(ns: &NetNsGuard, daemon: &Daemon, cpu: Option<usize>) -> (u64, u64) {
     let before = per_worker(daemon);
     let targets: Vec<SocketAddr> = daemon.listen.clone();
     let open = ns
         .run(|| {
+            if let Some(cpu) = cpu {
+                let mut set = CpuSet::new();
+                set.set(cpu).expect("CPU number in range");
+                sched_setaffinity(Pid::from_raw(0), &set).expect("pin the client thread");
+            }
             (0..CONNECTIONS)
                 .map(|i| TcpStream::connect(targets[i % targets.len()]))
                 .collect::<Result<Vec<_>, _>>()
@@ -160,6 +228,14 @@ fn connect_round(ns: &NetNsGuard, daemon: &Daemon) -> (u64, u64) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The CPUs this process may run on, in order (the daemon pins worker `i` to the `i`-th).
+fn allowed_cpus() -> Vec<usize> {
+    let set = sched_getaffinity(Pid::from_raw(0)).expect("sched_getaffinity");
+    (0..CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .collect()
 }
 
 fn per_worker(daemon: &Daemon) -> (u64, u64) {

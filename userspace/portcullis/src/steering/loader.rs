@@ -102,6 +102,11 @@ impl Steering {
             .set(RP_CONFIG_KEY, config, 0)
             .with_context(|| format!("cannot write map `{MAP_RP_CONFIG}`"))?;
 
+        if settings.prefer_local_cpu && settings.worker_cpus.iter().all(Option::is_none) {
+            tracing::warn!(
+                "[steering] prefer_local_cpu has no effect: no worker is pinned to a CPU (set pin_workers = true)"
+            );
+        }
         if settings.prefer_local_cpu {
             let mut cpu_map: Array<_, u32> = ebpf
                 .map_mut(MAP_RP_CPU_WORKER)
