@@ -15,7 +15,7 @@ use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
 use nix::unistd::Pid;
 use portcullis_tests::{
     bpffs::BpfDir,
-    daemon::{Daemon, DaemonOptions, binary, metric_value},
+    daemon::{Daemon, DaemonOptions, TempDir, binary, metric_value},
     netns::NetNsGuard,
     privileged::require_root,
 };
@@ -42,6 +42,14 @@ fn saturated_worker_gets_no_new_connections() {
         daemon.stderr()
     );
 
+    let no_such_worker = Command::new(binary())
+        .arg("steering")
+        .arg("--pin-dir")
+        .arg(pin_dir.path())
+        .args(["saturate", "2"])
+        .output()
+        .expect("run portcullis steering");
+    assert_eq!(no_such_worker.status.code(), Some(1), "{no_such_worker:?}");
     steering_cli(pin_dir.path(), &["saturate", "0"]);
     let status = steering_cli(pin_dir.path(), &["status"]);
     assert!(status.contains("saturated         [0]"), "{status}");
@@ -109,6 +117,34 @@ fn without_steering_the_kernel_hash_spreads_connections() {
     let daemon = start(&ns, &pin_dir, false, 1);
     let text = daemon.metrics_text().expect("metrics");
     assert!(!text.contains("portcullis_steering_total"), "{text}");
+    let (w0, w1) = connect_round(&ns, &daemon);
+    assert!(w0 > 0 && w1 > 0, "kernel hash: {w0}, {w1}");
+    daemon.terminate().expect("daemon stops");
+}
+
+#[test]
+fn steering_that_cannot_start_leaves_the_kernel_hash() {
+    if !require_root("steering_that_cannot_start_leaves_the_kernel_hash") {
+        return;
+    }
+    let ns = NetNsGuard::new().expect("namespace");
+    // A pin directory that is not on bpffs: steering fails before attaching, the daemon runs on.
+    let not_bpffs = TempDir::new("steer-not-bpffs").expect("tempdir");
+    let config = format!(
+        "workers = 2\npin_workers = false\n[steering]\nenabled = true\n[xdp]\npin_dir = {:?}\n",
+        not_bpffs.path().join("pins")
+    );
+    let daemon = Daemon::start(DaemonOptions {
+        config_toml: Some(config),
+        netns: Some(ns.name().to_owned()),
+        ..Default::default()
+    })
+    .expect("daemon starts although steering cannot");
+    assert!(
+        daemon.stderr().contains("reuseport steering is off"),
+        "{}",
+        daemon.stderr()
+    );
     let (w0, w1) = connect_round(&ns, &daemon);
     assert!(w0 > 0 && w1 > 0, "kernel hash: {w0}, {w1}");
     daemon.terminate().expect("daemon stops");

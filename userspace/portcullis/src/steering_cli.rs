@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use aya::maps::{Array, Map, MapData, PerCpuArray};
 use clap::{Args, Subcommand};
 use portcullis_abi::names::{DEFAULT_PIN_DIR, MAP_RP_CONFIG, MAP_RP_OUTCOMES};
@@ -46,12 +46,8 @@ enum SteeringCommand {
 pub fn run(args: SteeringArgs) -> ExitCode {
     let result = match args.command {
         SteeringCommand::Status => status(&args.pin_dir),
-        SteeringCommand::Saturate { worker } => {
-            SaturatedWorkers::open(&args.pin_dir).and_then(|map| map.set(worker, true))
-        }
-        SteeringCommand::Clear { worker } => {
-            SaturatedWorkers::open(&args.pin_dir).and_then(|map| map.set(worker, false))
-        }
+        SteeringCommand::Saturate { worker } => mark(&args.pin_dir, worker, true),
+        SteeringCommand::Clear { worker } => mark(&args.pin_dir, worker, false),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -62,13 +58,27 @@ pub fn run(args: SteeringArgs) -> ExitCode {
     }
 }
 
-fn status(dir: &Path) -> anyhow::Result<()> {
+/// Sets or clears worker `worker`'s mark, refusing a worker the daemon does not have.
+fn mark(dir: &Path, worker: usize, saturated: bool) -> anyhow::Result<()> {
+    let workers = config(dir)?.workers as usize;
+    if worker >= workers {
+        bail!("the daemon has workers 0..{workers}; there is no worker {worker}");
+    }
+    SaturatedWorkers::open(dir)?.set(worker, saturated)
+}
+
+/// The steering config as the program sees it.
+fn config(dir: &Path) -> anyhow::Result<ReuseportConfig> {
     let config: Array<MapData, ReuseportConfig> = Map::Array(open(dir, MAP_RP_CONFIG)?)
         .try_into()
         .context("the pinned steering config is not an array of ReuseportConfig")?;
-    let config = config
+    config
         .get(&RP_CONFIG_KEY, 0)
-        .context("cannot read the steering config")?;
+        .context("cannot read the steering config")
+}
+
+fn status(dir: &Path) -> anyhow::Result<()> {
+    let config = config(dir)?;
     let outcomes: PerCpuArray<MapData, u64> = Map::PerCpuArray(open(dir, MAP_RP_OUTCOMES)?)
         .try_into()
         .context("the pinned steering counters are not a per-CPU array of u64")?;

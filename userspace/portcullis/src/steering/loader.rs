@@ -39,7 +39,7 @@ pub struct SteeringSettings {
 pub struct Steering {
     /// Keeps the maps and program open for the daemon's lifetime.
     _ebpf: aya::Ebpf,
-    pins: Pins,
+    pins: PinsOnDrop,
     saturated: Arc<SaturatedWorkers>,
     outcomes: OutcomeCounters,
 }
@@ -73,8 +73,9 @@ impl Steering {
             bail!("every listener must have one socket per worker");
         }
         let object = object::embedded()?;
-        let mut pins = Pins::default();
-        pins.prepare_dir(&settings.pin_dir)?;
+        // Removes what was pinned if a later step fails (and when the steering handle drops).
+        let mut pins = PinsOnDrop(Pins::default());
+        pins.0.prepare_dir(&settings.pin_dir)?;
         let mut loader = EbpfLoader::new();
         // The XDP program is not loaded from this instance: its maps need not be big.
         for name in XDP_ONLY_MAPS {
@@ -142,7 +143,7 @@ impl Steering {
             let map = ebpf
                 .map(name)
                 .with_context(|| format!("the BPF object has no map `{name}`"))?;
-            pins.pin_map(map, &settings.pin_dir, name)?;
+            pins.0.pin_map(map, &settings.pin_dir, name)?;
         }
         let program: &mut SkReuseport = ebpf
             .program_mut(PROG_REUSEPORT)
@@ -151,7 +152,7 @@ impl Steering {
         program
             .load()
             .with_context(|| format!("the kernel refused to load `{PROG_REUSEPORT}`"))?;
-        pins.pin_with(&settings.pin_dir, PROG_REUSEPORT, |path| {
+        pins.0.pin_with(&settings.pin_dir, PROG_REUSEPORT, |path| {
             program
                 .pin(path)
                 .with_context(|| format!("cannot pin `{PROG_REUSEPORT}` at {}", path.display()))
@@ -202,17 +203,20 @@ impl Steering {
     }
 }
 
-impl Drop for Steering {
+/// The pins of one steering instance, removed on drop.
+struct PinsOnDrop(Pins);
+
+impl Drop for PinsOnDrop {
     fn drop(&mut self) {
         // Failures were logged by `remove_all`.
-        let _ = self.pins.remove_all();
+        let _ = self.0.remove_all();
     }
 }
 
 impl std::fmt::Debug for Steering {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Steering")
-            .field("pins", &self.pins)
+            .field("pins", &self.pins.0)
             .finish()
     }
 }
