@@ -73,7 +73,22 @@ fn saturated_worker_gets_no_new_connections() {
         1.0
     );
 
+    // Every worker saturated: the kernel's hash decides, nothing is dropped.
+    steering_cli(pin_dir.path(), &["saturate", "1"]);
+    let (w0, w1) = connect_round(&ns, &daemon);
+    assert!(w0 > 0 && w1 > 0, "all saturated, kernel hash: {w0}, {w1}");
+    let text = daemon.metrics_text().expect("metrics");
+    assert!(
+        metric_value(
+            &text,
+            "portcullis_steering_total",
+            &[("outcome", "all_saturated_fallback")]
+        ) >= CONNECTIONS as f64,
+        "{text}"
+    );
+
     steering_cli(pin_dir.path(), &["clear", "0"]);
+    steering_cli(pin_dir.path(), &["clear", "1"]);
     let (w0, w1) = connect_round(&ns, &daemon);
     assert!(
         w0 > 0 && w1 > 0,
