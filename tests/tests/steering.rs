@@ -8,7 +8,7 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
@@ -42,13 +42,7 @@ fn saturated_worker_gets_no_new_connections() {
         daemon.stderr()
     );
 
-    let no_such_worker = Command::new(binary())
-        .arg("steering")
-        .arg("--pin-dir")
-        .arg(pin_dir.path())
-        .args(["saturate", "2"])
-        .output()
-        .expect("run portcullis steering");
+    let no_such_worker = steering_cli_output(pin_dir.path(), &["saturate", "2"]);
     assert_eq!(no_such_worker.status.code(), Some(1), "{no_such_worker:?}");
     steering_cli(pin_dir.path(), &["saturate", "0"]);
     let status = steering_cli(pin_dir.path(), &["status"]);
@@ -60,14 +54,7 @@ fn saturated_worker_gets_no_new_connections() {
         "worker 0 is marked saturated and must get no new connection"
     );
     let text = daemon.metrics_text().expect("metrics");
-    assert!(
-        metric_value(
-            &text,
-            "portcullis_steering_total",
-            &[("outcome", "skipped_saturated")]
-        ) > 0.0,
-        "{text}"
-    );
+    assert!(outcome(&text, "skipped_saturated") > 0.0, "{text}");
     assert_eq!(
         metric_value(&text, "portcullis_steering_saturated_workers", &[]),
         1.0
@@ -79,11 +66,7 @@ fn saturated_worker_gets_no_new_connections() {
     assert!(w0 > 0 && w1 > 0, "all saturated, kernel hash: {w0}, {w1}");
     let text = daemon.metrics_text().expect("metrics");
     assert!(
-        metric_value(
-            &text,
-            "portcullis_steering_total",
-            &[("outcome", "all_saturated_fallback")]
-        ) >= CONNECTIONS as f64,
+        outcome(&text, "all_saturated_fallback") >= CONNECTIONS as f64,
         "{text}"
     );
 
@@ -107,11 +90,7 @@ fn saturated_worker_gets_no_new_connections() {
     );
     assert!(steered >= (CONNECTIONS * 2) as f64, "{text}");
     assert_eq!(
-        metric_value(
-            &text,
-            "portcullis_steering_total",
-            &[("outcome", "no_socket_fallback")]
-        ),
+        outcome(&text, "no_socket_fallback"),
         0.0,
         "every connection found its listener group's socket"
     );
@@ -195,11 +174,7 @@ fn prefer_local_cpu_steers_to_the_receiving_cpus_worker() {
     );
     let text = daemon.metrics_text().expect("metrics");
     assert!(
-        metric_value(
-            &text,
-            "portcullis_steering_total",
-            &[("outcome", "steered_local_cpu")]
-        ) >= CONNECTIONS as f64,
+        outcome(&text, "steered_local_cpu") >= CONNECTIONS as f64,
         "{text}"
     );
     // A saturated local worker is skipped like any other.
@@ -289,6 +264,11 @@ fn allowed_cpus() -> Vec<usize> {
         .collect()
 }
 
+/// `portcullis_steering_total{outcome}` in a metrics text.
+fn outcome(text: &str, outcome: &str) -> f64 {
+    metric_value(text, "portcullis_steering_total", &[("outcome", outcome)])
+}
+
 fn per_worker(daemon: &Daemon) -> (u64, u64) {
     let text = daemon.metrics_text().expect("metrics");
     let n = |w: &str| metric_value(&text, ACCEPTED, &[("worker", w)]) as u64;
@@ -297,17 +277,22 @@ fn per_worker(daemon: &Daemon) -> (u64, u64) {
 
 /// Runs `portcullis steering --pin-dir DIR ARGS` and returns its stdout; fails the test if it fails.
 fn steering_cli(pin_dir: &Path, args: &[&str]) -> String {
-    let out = Command::new(binary())
-        .arg("steering")
-        .arg("--pin-dir")
-        .arg(pin_dir)
-        .args(args)
-        .output()
-        .expect("run portcullis steering");
+    let out = steering_cli_output(pin_dir, args);
     assert!(
         out.status.success(),
         "portcullis steering {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `portcullis steering --pin-dir DIR ARGS`.
+fn steering_cli_output(pin_dir: &Path, args: &[&str]) -> Output {
+    Command::new(binary())
+        .arg("steering")
+        .arg("--pin-dir")
+        .arg(pin_dir)
+        .args(args)
+        .output()
+        .expect("run portcullis steering")
 }

@@ -88,18 +88,14 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_RP_OUTCOMES,
 ];
 
-/// The maps of the XDP program only: the steering loader shrinks them to one entry, since it loads the same
-/// object but never runs the XDP program.
-pub const XDP_ONLY_MAPS: &[&str] = &[
-    MAP_XDP_VERDICTS,
-    MAP_XDP_CONFIG,
-    MAP_XDP_SYN_BUDGET,
-    MAP_XDP_BLOCK_NET,
-    MAP_XDP_FLOWS,
-    MAP_XDP_MALFORMED,
-    MAP_XDP_HELLO_BUDGET,
-    MAP_XDP_BLOCK_FP,
-    MAP_XDP_HELLO_WS,
+/// The maps of the steering program; every other map in [`ALL_MAPS`] belongs to the XDP program, so the steering
+/// loader (which never loads the XDP program) shrinks those to one entry.
+pub const RP_MAPS: &[&str] = &[
+    MAP_RP_SOCKS,
+    MAP_RP_CONFIG,
+    MAP_RP_SATURATED,
+    MAP_RP_CPU_WORKER,
+    MAP_RP_OUTCOMES,
 ];
 
 /// Default directory on the BPF filesystem where the daemon pins its maps, one file per map named as the map.
@@ -120,3 +116,15 @@ const _: () = {
         i += 1;
     }
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steering_maps_are_in_all_maps() {
+        for name in RP_MAPS {
+            assert!(ALL_MAPS.contains(name), "{name} missing from ALL_MAPS");
+        }
+    }
+}

@@ -11,8 +11,8 @@ use aya::EbpfLoader;
 use aya::maps::{Array, PerCpuArray, ReusePortSockArray};
 use aya::programs::SkReuseport;
 use portcullis_abi::names::{
-    MAP_RP_CONFIG, MAP_RP_CPU_WORKER, MAP_RP_OUTCOMES, MAP_RP_SATURATED, MAP_RP_SOCKS,
-    PROG_REUSEPORT, XDP_ONLY_MAPS,
+    ALL_MAPS, MAP_RP_CONFIG, MAP_RP_CPU_WORKER, MAP_RP_OUTCOMES, MAP_RP_SATURATED, MAP_RP_SOCKS,
+    PROG_REUSEPORT, RP_MAPS,
 };
 use portcullis_abi::steering::{
     MAX_CPUS, MAX_GROUPS, MAX_WORKERS, RP_CONFIG_KEY, ReuseportConfig, sock_key,
@@ -78,7 +78,7 @@ impl Steering {
         pins.0.prepare_dir(&settings.pin_dir)?;
         let mut loader = EbpfLoader::new();
         // The XDP program is not loaded from this instance: its maps need not be big.
-        for name in XDP_ONLY_MAPS {
+        for name in ALL_MAPS.iter().filter(|name| !RP_MAPS.contains(name)) {
             loader.map_max_entries(name, 1);
         }
         let mut ebpf = loader
