@@ -2,8 +2,8 @@
 //!
 //! Start-up: certificates -> session tickets (key dir loaded and watched) -> demo upstream (if no backend) ->
 //! listening sockets (all workers' SO_REUSEPORT sockets, so port 0 resolves once) -> XDP (told the resolved
-//! ports) -> reuseport steering (optional, fails open) -> metrics endpoint -> workers -> ready (`/readyz`, sd_notify; with fleet tickets, only once a valid
-//! key set is loaded). The main thread keeps a current-thread runtime for the control plane (signals, metrics
+//! ports) -> reuseport steering (optional, fails open) -> metrics endpoint -> workers -> ready (`/readyz`,
+//! sd_notify; with fleet tickets, only once a valid key set is loaded). The main thread keeps a current-thread runtime for the control plane (signals, metrics
 //! endpoint, demo upstream); workers never touch it.
 
 use std::net::SocketAddr;
