@@ -7,6 +7,8 @@
 //!   SYN budget, source prefix lengths, enforcement).
 //! - [`flow`]: the key of the connection tracking map (a SYN records a flow, its first segment is parsed).
 //! - [`limits`]: per-source token buckets and the blocklist key, the map layouts and the arithmetic.
+//! - [`steering`]: the reuseport steering pick (flow hash, skip saturated workers), its config and outcome
+//!   counters, shared by the SK_REUSEPORT program and the daemon.
 //! - [`packet`]: the Ethernet/IP/TCP classifier the XDP program runs, unit-tested here on the host.
 //! - `hello_fixtures` (host only: `user` feature or tests): crafted and captured ClientHellos, one malformed
 //!   input per reason, shared by the parser's tests and the daemon's BPF_PROG_TEST_RUN test.
@@ -30,5 +32,6 @@ pub mod names;
 pub mod packet;
 #[cfg(any(test, feature = "user"))]
 pub mod packet_fixtures;
+pub mod steering;
 pub mod verdict;
 pub mod xdp_config;

@@ -9,8 +9,13 @@
 /// [`MAP_XDP_VERDICTS`]. Pinned under the pin directory by this name while the daemon runs.
 pub const PROG_XDP: &str = "portcullis_xdp";
 
+/// The SK_REUSEPORT steering program: picks each new connection's worker socket among the unsaturated ones by
+/// flow hash ([`crate::steering::pick`]), counting the outcome in [`MAP_RP_OUTCOMES`]. Attached to every
+/// listener's SO_REUSEPORT group and pinned under the pin directory by this name while the daemon steers.
+pub const PROG_REUSEPORT: &str = "portcullis_rp";
+
 /// Every program in the object, for the ELF name check and for operators' tooling.
-pub const ALL_PROGRAMS: &[&str] = &[PROG_XDP];
+pub const ALL_PROGRAMS: &[&str] = &[PROG_XDP, PROG_REUSEPORT];
 
 /// Per-CPU array of `u64` packet counters, indexed by [`crate::verdict::Verdict`]; summed over CPUs by the daemon.
 pub const MAP_XDP_VERDICTS: &str = "xdp_verdicts";
@@ -51,6 +56,25 @@ pub const MAP_XDP_SYN_SHED: &str = "xdp_syn_shed";
 /// Per-CPU scratch of the ClientHello parse inside XDP (not read by userspace).
 pub const MAP_XDP_HELLO_WS: &str = "xdp_hello_ws";
 
+/// REUSEPORT_SOCKARRAY of the workers' listening sockets: `u32` key
+/// [`crate::steering::sock_key`]`(group, worker)` -> socket (written by the daemon with the socket's fd).
+pub const MAP_RP_SOCKS: &str = "rp_socks";
+
+/// Array of one [`crate::steering::ReuseportConfig`] (worker and group counts, `prefer_local_cpu`).
+pub const MAP_RP_CONFIG: &str = "rp_config";
+
+/// Array of [`crate::steering::SATURATED_WORDS`] `u64` words: bit `w % 64` of word `w / 64` set = worker `w`
+/// is saturated and gets no new connections. Written by the daemon's admission hook and
+/// `portcullis steering saturate|clear`.
+pub const MAP_RP_SATURATED: &str = "rp_saturated";
+
+/// Array of [`crate::steering::MAX_CPUS`] `u32`: CPU -> its pinned worker + 1 (0 = none), for
+/// `prefer_local_cpu`.
+pub const MAP_RP_CPU_WORKER: &str = "rp_cpu_worker";
+
+/// Per-CPU array of `u64` counters, indexed by [`crate::steering::Outcome`]; summed over CPUs by the daemon.
+pub const MAP_RP_OUTCOMES: &str = "rp_outcomes";
+
 /// Every map the daemon opens by name (aya-log's own `AYA_LOGS` ring buffer is not ours and not listed).
 pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_VERDICTS,
@@ -63,6 +87,21 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_BLOCK_FP,
     MAP_XDP_HELLO_WS,
     MAP_XDP_SYN_SHED,
+    MAP_RP_SOCKS,
+    MAP_RP_CONFIG,
+    MAP_RP_SATURATED,
+    MAP_RP_CPU_WORKER,
+    MAP_RP_OUTCOMES,
+];
+
+/// The maps of the steering program; every other map in [`ALL_MAPS`] belongs to the XDP program, so the steering
+/// loader (which never loads the XDP program) shrinks those to one entry.
+pub const RP_MAPS: &[&str] = &[
+    MAP_RP_SOCKS,
+    MAP_RP_CONFIG,
+    MAP_RP_SATURATED,
+    MAP_RP_CPU_WORKER,
+    MAP_RP_OUTCOMES,
 ];
 
 /// Default directory on the BPF filesystem where the daemon pins its maps, one file per map named as the map.
@@ -83,3 +122,15 @@ const _: () = {
         i += 1;
     }
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steering_maps_are_in_all_maps() {
+        for name in RP_MAPS {
+            assert!(ALL_MAPS.contains(name), "{name} missing from ALL_MAPS");
+        }
+    }
+}

@@ -17,6 +17,7 @@
 mod flow;
 mod hello;
 mod shed;
+mod reuseport;
 
 use aya_ebpf::{
     bindings::xdp_action,

@@ -1,5 +1,5 @@
-//! The command line: `portcullis run`, `portcullis check-config`, `portcullis keys`, `portcullis xdp` and
-//! `portcullis fingerprint`.
+//! The command line: `portcullis run`, `portcullis check-config`, `portcullis keys`, `portcullis xdp`,
+//! `portcullis steering` and `portcullis fingerprint`.
 //!
 //! Exit codes: 0 success; 1 runtime failure; 2 bad configuration, bad flags, or an unusable certificate/key
 //! file (the message names the field or file).
@@ -35,6 +35,8 @@ enum Command {
     Keys(crate::keys_cli::KeysArgs),
     /// Inspect and steer the XDP guard of a running daemon through its pinned maps: status, stats, block.
     Xdp(crate::xdp_cli::XdpArgs),
+    /// Inspect and mark workers of the reuseport steering of a running daemon: status, saturate, clear.
+    Steering(crate::steering_cli::SteeringArgs),
     /// Print the fingerprints of the ClientHello in a file (the values the guard and metrics use).
     Fingerprint(crate::xdp_cli::FingerprintArgs),
 }
@@ -91,6 +93,7 @@ pub fn main() -> ExitCode {
         },
         Command::Keys(args) => crate::keys_cli::run(args),
         Command::Xdp(args) => crate::xdp_cli::run(args),
+        Command::Steering(args) => crate::steering_cli::run(args),
         Command::Fingerprint(args) => crate::xdp_cli::fingerprint(args),
         Command::Run(args) => {
             let config = match args.into_config() {

@@ -84,6 +84,8 @@ pub struct Config {
     pub engine: crate::offload::EngineConfig,
     /// Admission control in front of the offload engine (`[admission]`).
     pub admission: crate::admission::AdmissionConfig,
+    /// Reuseport steering of new connections to unsaturated workers (`[steering]`).
+    pub steering: crate::steering::SteeringConfig,
 }
 
 impl Default for Config {
@@ -100,6 +102,7 @@ impl Default for Config {
             xdp: XdpConfig::default(),
             engine: crate::offload::EngineConfig::default(),
             admission: crate::admission::AdmissionConfig::default(),
+            steering: crate::steering::SteeringConfig::default(),
         }
     }
 }

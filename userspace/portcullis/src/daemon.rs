@@ -2,8 +2,8 @@
 //!
 //! Start-up: certificates -> session tickets (key dir loaded and watched) -> demo upstream (if no backend) ->
 //! listening sockets (all workers' SO_REUSEPORT sockets, so port 0 resolves once) -> XDP (told the resolved
-//! ports) -> metrics endpoint -> workers -> ready (`/readyz`, sd_notify; with fleet tickets, only once a valid
-//! key set is loaded). The main thread keeps a current-thread runtime for the control plane (signals, metrics
+//! ports) -> reuseport steering (optional, fails open) -> metrics endpoint -> workers -> ready (`/readyz`,
+//! sd_notify; with fleet tickets, only once a valid key set is loaded). The main thread keeps a current-thread runtime for the control plane (signals, metrics
 //! endpoint, demo upstream); workers never touch it.
 
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use crate::handshake::engine::{HandshakeEngine, InlineEngine};
 use crate::metrics::Metrics;
 use crate::proxy::upstream::Upstreams;
 use crate::shutdown::{self, Phase};
-use crate::{demo_upstream, listener, notify, offload, tickets, tls, worker, xdp};
+use crate::{demo_upstream, listener, notify, offload, steering, tickets, tls, worker, xdp};
 
 /// A failure that is the operator's to fix in the configuration or files (exit code 2), or any other failure
 /// (exit code 1).
@@ -124,6 +124,36 @@ pub fn run(config: Config) -> Result<(), RunError> {
         Some(xdp::XdpGuard::start(&settings).context("cannot start the XDP handshake guard")?)
     };
     let xdp_collector = xdp_guard.as_ref().map(|g| g.counters().collector());
+
+    // Reuseport steering (independent of XDP); fail open: without it the kernel's hash spreads connections.
+    let worker_cpus: Vec<Option<usize>> = (0..workers)
+        .map(|index| {
+            if config.pin_workers && !cpus.is_empty() {
+                cpus.get(index % cpus.len()).copied()
+            } else {
+                None
+            }
+        })
+        .collect();
+    let steering = if config.steering.enabled {
+        let settings = steering::SteeringSettings {
+            prefer_local_cpu: config.steering.prefer_local_cpu,
+            worker_cpus: worker_cpus.clone(),
+            pin_dir: config.xdp.pin_dir.clone(),
+        };
+        match steering::Steering::start(&settings, &groups) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    "reuseport steering is off: the kernel's hash spreads new connections over the workers"
+                );
+                None
+            }
+        }
+    } else {
+        None
+    };
     // Admission control turns the XDP program's SYN shed knob while it sheds.
     let syn_shed: Option<Arc<dyn crate::admission::SynShedControl>> = match &xdp_guard {
         Some(_) => Some(Arc::new(
@@ -134,6 +164,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let mut engine = None;
     let metrics = Metrics::new_with(xdp_collector, |registry| {
         tickets.register(registry);
+        if let Some(s) = &steering {
+            registry.register_collector(s.collector());
+        }
         engine = Some(offload::setup::build(
             &config.engine,
             &config.admission,
@@ -194,16 +227,16 @@ pub fn run(config: Config) -> Result<(), RunError> {
         }
     }
     for (index, listeners) in per_worker.into_iter().enumerate() {
-        let cpu = if config.pin_workers && !cpus.is_empty() {
-            cpus.get(index % cpus.len()).copied()
-        } else {
-            None
-        };
+        let saturation = steering
+            .as_ref()
+            .map(|s| s.saturated() as Arc<dyn steering::SaturationMap>);
         handles.push(worker::spawn(
             worker::WorkerSpec {
                 index,
-                cpu,
+                cpu: worker_cpus.get(index).copied().flatten(),
                 listeners,
+                accepted: metrics.worker_accepted(index),
+                saturation,
             },
             phase_rx.clone(),
         )?);
@@ -256,6 +289,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let _ = joined.await;
         watcher.abort();
     });
+    // The workers closed their sockets, so the program is detached; this removes its pins.
+    drop(steering);
     if let Some(guard) = xdp_guard {
         guard.detach().context("detaching XDP")?;
     }

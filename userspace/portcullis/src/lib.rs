@@ -12,6 +12,8 @@
 //! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`.
 //! - [`xdp`]: the XDP program's loader, pins and counters; [`notify`]: sd_notify readiness.
+//! - [`steering`]: the SK_REUSEPORT program that picks each connection's worker, skipping saturated ones;
+//!   [`steering_cli`]: `portcullis steering status|saturate|clear`.
 //! - [`tickets`]: fleet-wide session resumption (ticket keys from a watched directory, the session cache);
 //!   [`keys_cli`]: `portcullis keys init|rotate|prune|list`; [`xdp_cli`]: `portcullis xdp status|stats|block`
 //!   and `portcullis fingerprint`.
@@ -31,6 +33,8 @@ pub mod notify;
 pub mod offload;
 pub mod proxy;
 pub mod shutdown;
+pub mod steering;
+pub mod steering_cli;
 pub mod tickets;
 pub mod tls;
 pub mod tls_io;

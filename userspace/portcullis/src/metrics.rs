@@ -103,6 +103,11 @@ struct ListenerLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BytesLabels {
     listener: Arc<str>,
     direction: &'static str,
@@ -128,6 +133,7 @@ pub struct Metrics {
     handshake_duration: Family<DurationLabels, Histogram>,
     active: Family<ListenerLabel, Gauge>,
     accepted: Family<ListenerLabel, Counter>,
+    worker_accepted: Family<WorkerLabel, Counter>,
     forwarded: Family<BytesLabels, Counter>,
     offers: Family<OfferLabels, Counter>,
     upstream_errors: Family<UpstreamLabels, Counter>,
@@ -174,6 +180,12 @@ impl Metrics {
             "TCP connections accepted",
             accepted.clone(),
         );
+        let worker_accepted = Family::<WorkerLabel, Counter>::default();
+        registry.register(
+            "portcullis_worker_connections_accepted",
+            "TCP connections accepted, by worker (all listeners): shows how connections are spread over workers",
+            worker_accepted.clone(),
+        );
         let forwarded = Family::<BytesLabels, Counter>::default();
         registry.register(
             "portcullis_forwarded_bytes",
@@ -210,6 +222,7 @@ impl Metrics {
             handshake_duration,
             active,
             accepted,
+            worker_accepted,
             forwarded,
             offers,
             upstream_errors,
@@ -218,6 +231,15 @@ impl Metrics {
     }
 
     /// Handles for one listener, resolved once.
+    /// Worker `index`'s accepted-connections counter (`portcullis_worker_connections_accepted_total{worker}`).
+    pub fn worker_accepted(&self, index: usize) -> Counter {
+        self.worker_accepted
+            .get_or_create(&WorkerLabel {
+                worker: index.to_string(),
+            })
+            .clone()
+    }
+
     pub fn listener(&self, name: &str) -> ListenerMetrics {
         let listener: Arc<str> = Arc::from(name);
         let label = ListenerLabel {

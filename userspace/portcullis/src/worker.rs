@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
@@ -21,6 +22,10 @@ pub struct WorkerSpec {
     pub cpu: Option<usize>,
     /// This worker's socket of each listener, with the listener's context.
     pub listeners: Vec<(std::net::TcpListener, Arc<ListenerContext>)>,
+    /// This worker's accepted-connections counter (all listeners).
+    pub accepted: Counter,
+    /// Where admission control marks this worker saturated for reuseport steering, when steering runs.
+    pub saturation: Option<Arc<dyn crate::steering::SaturationMap>>,
 }
 
 /// The CPUs this process may run on, in order.
@@ -68,6 +73,9 @@ fn run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) {
             return;
         }
     };
+    if let Some(map) = spec.saturation {
+        crate::steering::register_worker(spec.index, map);
+    }
     let tracker = Arc::new(Tracker::default());
     rt.block_on(async {
         for (socket, ctx) in spec.listeners {
@@ -78,7 +86,13 @@ fn run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) {
                     continue;
                 }
             };
-            tokio::spawn(accept_loop(listener, ctx, tracker.clone(), phase.clone()));
+            tokio::spawn(accept_loop(
+                listener,
+                ctx,
+                spec.accepted.clone(),
+                tracker.clone(),
+                phase.clone(),
+            ));
         }
         // Run until told to stop, then drain.
         let final_phase = loop {
@@ -116,6 +130,7 @@ async fn wait_for_stop(phase: &mut watch::Receiver<Phase>) {
 async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ListenerContext>,
+    accepted_total: Counter,
     tracker: Arc<Tracker>,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -130,6 +145,7 @@ async fn accept_loop(
             }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    accepted_total.inc();
                     let guard = tracker.enter();
                     let ctx = ctx.clone();
                     tokio::spawn(async move {

@@ -356,6 +356,10 @@ struct InFlight<'a> {
 impl<'a> InFlight<'a> {
     fn enter(admission: &'a Admission, cost: u64) -> Self {
         IN_FLIGHT.set(IN_FLIGHT.get() + 1);
+        crate::steering::in_flight_changed(
+            IN_FLIGHT.get(),
+            admission.config.max_in_flight_per_worker,
+        );
         Self { admission, cost }
     }
 }
@@ -363,6 +367,10 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         IN_FLIGHT.set(IN_FLIGHT.get().saturating_sub(1));
+        crate::steering::in_flight_changed(
+            IN_FLIGHT.get(),
+            self.admission.config.max_in_flight_per_worker,
+        );
         self.admission.release(self.cost);
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`settings`]: [`XdpSettings`] and [`XdpMode`], what the daemon's `[xdp]` config section turns into.
-//! - [`object`]: the BPF object embedded at build time (see `build.rs`).
+//! - [`object`]: the BPF object embedded at build time (see `build.rs`); the steering loader
+//!   (`crate::steering`) loads it too, and pins with [`pins`].
 //! - [`guard`]: [`XdpGuard`], which owns the loaded program for the daemon's lifetime and detaches on drop.
 //! - [`attach`]: attaching to one interface in the requested mode (native, generic, or native then generic).
 //! - [`pins`]: the pin directory on bpffs and the map pins the guard creates and removes.
@@ -29,8 +30,8 @@ mod attach;
 mod counters;
 mod guard;
 mod logs;
-mod object;
-mod pins;
+pub(crate) mod object;
+pub(crate) mod pins;
 mod settings;
 mod shed;
 #[cfg(test)]

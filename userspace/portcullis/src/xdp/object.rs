@@ -40,7 +40,7 @@ mod tests {
             return;
         }
         let programs = symbols_in_section(EMBEDDED, |section| {
-            section == "xdp" || section.starts_with("xdp/")
+            section == "xdp" || section.starts_with("xdp/") || section.starts_with("sk_reuseport")
         })
         .expect("the embedded object is a valid ELF64 file");
         for name in ALL_PROGRAMS {

@@ -68,10 +68,23 @@ impl Pins {
         dir: &Path,
         name: &str,
     ) -> anyhow::Result<()> {
+        self.pin_with(dir, name, |path| {
+            program
+                .pin(path)
+                .with_context(|| format!("cannot pin XDP program `{name}` at {}", path.display()))
+        })
+    }
+
+    /// Pins something else at `dir/name` with `pin` (aya's program types have no common pin trait), replacing a
+    /// stale pin; the file is removed with the others.
+    pub(crate) fn pin_with(
+        &mut self,
+        dir: &Path,
+        name: &str,
+        pin: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let path = clear_stale(dir, name)?;
-        program
-            .pin(&path)
-            .with_context(|| format!("cannot pin XDP program `{name}` at {}", path.display()))?;
+        pin(&path)?;
         self.files.push(path);
         Ok(())
     }
