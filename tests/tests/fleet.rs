@@ -600,11 +600,9 @@ fn start_load(targets: &[SocketAddr], seconds: u32, json: &Path) -> std::process
         })
 }
 
-/// Waits for the load generator and returns (resumed, rejected fallbacks, full handshakes, failures) over
-/// the resuming kinds.
+/// Waits for the load generator and returns its totals over all kinds: (resumed, resumption offers the server
+/// refused, full handshakes, failed connections).
 fn finish_load(child: std::process::Child, json: &Path) -> (u64, u64, u64, u64) {
-    // Sums every occurrence of the field, so totals and per-kind entries may both count: callers compare
-    // against zero or a lower bound only.
     let out = child.wait_with_output().expect("load generator");
     assert!(
         out.status.success(),
@@ -612,21 +610,25 @@ fn finish_load(child: std::process::Child, json: &Path) -> (u64, u64, u64, u64) 
         String::from_utf8_lossy(&out.stderr)
     );
     let text = std::fs::read_to_string(json).expect("load report");
-    // The report's per-kind totals, read without a JSON dependency: "resumed":N, "rejected":N, ...
-    let sum = |field: &str| -> u64 {
-        text.match_indices(&format!("\"{field}\":"))
-            .filter_map(|(at, m)| {
-                let rest = text.get(at + m.len()..)?;
-                let digits: String = rest
-                    .trim_start()
-                    .chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect();
-                digits.parse::<u64>().ok()
-            })
-            .sum()
+    let report: serde_json::Value = serde_json::from_str(&text).expect("load report is JSON");
+    let kinds = report["kinds"].as_object().expect("report.kinds");
+    let sum = |f: &dyn Fn(&serde_json::Value) -> Option<u64>| -> u64 {
+        kinds.values().filter_map(f).sum()
     };
-    (sum("resumed"), sum("rejected"), sum("full"), sum("failed"))
+    (
+        sum(&|k| k["resumed"].as_u64()),
+        sum(&|k| k["fallback"]["rejected"].as_u64()),
+        sum(&|k| k["full"].as_u64()),
+        sum(&|k| {
+            Some(
+                k["errors"]
+                    .as_object()?
+                    .values()
+                    .filter_map(|v| v.as_u64())
+                    .sum(),
+            )
+        }),
+    )
 }
 
 #[test]
