@@ -16,8 +16,8 @@
 
 mod flow;
 mod hello;
-mod shed;
 mod reuseport;
+mod shed;
 
 use aya_ebpf::{
     bindings::xdp_action,

@@ -20,8 +20,10 @@ pub struct AdmissionConfig {
     /// Consecutive good intervals before `recovering` returns to `normal`. Unit: intervals. Default: 5.
     pub recover_intervals: u32,
     /// Estimated work (sum of each admitted handshake's learned cost) allowed queued or in service per engine
-    /// instance. Full handshakes may fill it; resumptions may go 50% beyond, so they are served first under
-    /// pressure. A duration. Default: `"20ms"`.
+    /// instance in normal operation: it bounds how long an admitted handshake can wait, and is large enough
+    /// that bursts at moderate load are queued, not shed. Resumptions may go 50% beyond (and the engine serves
+    /// them first); while recovering from a standing queue, full handshakes get only twice `target`. A
+    /// duration. Default: `"20ms"`.
     #[serde(with = "humantime_serde")]
     pub queue_budget: Duration,
     /// Handshakes one worker may have in flight (admitted, not finished). Unit: handshakes. Default: 1024.

@@ -22,6 +22,29 @@ use tokio::time::Instant;
 /// Fewest jobs in an interval for it to count as a standing queue.
 pub const MIN_SAMPLES: u32 = 5;
 
+/// The engine serves resumptions before full handshakes, so each has its own queue: a standing queue of full
+/// handshakes is invisible in the minimum over both (resumptions jump it), and is judged on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// Full handshakes.
+    Full,
+    /// Resumptions (served first).
+    Resumptions,
+}
+
+/// One queue's minimum sojourn time over the current interval.
+#[derive(Debug, Default, Clone, Copy)]
+struct Sojourn {
+    min: Option<Duration>,
+    samples: u32,
+}
+
+impl Sojourn {
+    fn standing(&self, target: Duration) -> bool {
+        self.samples >= MIN_SAMPLES && self.min.is_some_and(|m| m > target)
+    }
+}
+
 /// The controller's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -61,8 +84,8 @@ pub struct Controller {
     recover_intervals: u32,
     state: State,
     interval_start: Instant,
-    min_sojourn: Option<Duration>,
-    samples: u32,
+    /// Per [`Queue`], indexed by `Queue as usize`.
+    sojourn: [Sojourn; 2],
     good_streak: u32,
 }
 
@@ -75,8 +98,7 @@ impl Controller {
             recover_intervals: recover_intervals.max(1),
             state: State::Normal,
             interval_start: now,
-            min_sojourn: None,
-            samples: 0,
+            sojourn: [Sojourn::default(); 2],
             good_streak: 0,
         }
     }
@@ -87,10 +109,11 @@ impl Controller {
     }
 
     /// Records one job's sojourn time. Returns the new state if it changed.
-    pub fn observe(&mut self, sojourn: Duration, now: Instant) -> Option<State> {
+    pub fn observe(&mut self, queue: Queue, sojourn: Duration, now: Instant) -> Option<State> {
         let changed = self.tick(now);
-        self.min_sojourn = Some(self.min_sojourn.map_or(sojourn, |m| m.min(sojourn)));
-        self.samples = self.samples.saturating_add(1);
+        let q = &mut self.sojourn[queue as usize];
+        q.min = Some(q.min.map_or(sojourn, |m| m.min(sojourn)));
+        q.samples = q.samples.saturating_add(1);
         changed
     }
 
@@ -98,8 +121,7 @@ impl Controller {
     pub fn tick(&mut self, now: Instant) -> Option<State> {
         let before = self.state;
         while now.saturating_duration_since(self.interval_start) >= self.interval {
-            let bad =
-                self.samples >= MIN_SAMPLES && self.min_sojourn.is_some_and(|m| m > self.target);
+            let bad = self.sojourn.iter().any(|q| q.standing(self.target));
             self.state = match (self.state, bad) {
                 (_, true) => {
                     self.good_streak = 0;
@@ -123,8 +145,7 @@ impl Controller {
                     }
                 }
             };
-            self.min_sojourn = None;
-            self.samples = 0;
+            self.sojourn = [Sojourn::default(); 2];
             self.interval_start += self.interval;
             // After a long idle gap, skip ahead rather than replaying empty intervals one by one.
             if now.saturating_duration_since(self.interval_start) > self.interval * 64 {
@@ -148,7 +169,7 @@ mod tests {
     /// Observes `MIN_SAMPLES` jobs that each waited `sojourn`.
     fn observe_n(c: &mut Controller, sojourn: Duration) {
         for _ in 0..MIN_SAMPLES {
-            c.observe(sojourn, Instant::now());
+            c.observe(Queue::Full, sojourn, Instant::now());
         }
     }
 
@@ -156,7 +177,7 @@ mod tests {
     async fn a_few_late_jobs_are_no_standing_queue() {
         let mut c = Controller::new(TARGET, INTERVAL, 3, Instant::now());
         for _ in 0..MIN_SAMPLES - 1 {
-            c.observe(Duration::from_millis(50), Instant::now());
+            c.observe(Queue::Full, Duration::from_millis(50), Instant::now());
         }
         tokio::time::advance(INTERVAL).await;
         assert_eq!(c.tick(Instant::now()), None);
@@ -164,17 +185,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_standing_queue_of_full_handshakes_shows_behind_prompt_resumptions() {
+        let mut c = Controller::new(TARGET, INTERVAL, 3, Instant::now());
+        for _ in 0..MIN_SAMPLES {
+            c.observe(
+                Queue::Resumptions,
+                Duration::from_micros(500),
+                Instant::now(),
+            );
+            c.observe(Queue::Full, Duration::from_millis(9), Instant::now());
+        }
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn bursts_do_not_shed_but_a_standing_queue_does() {
         let mut c = Controller::new(TARGET, INTERVAL, 3, Instant::now());
         // A burst: some jobs wait long, but one got through quickly in the interval.
-        c.observe(Duration::from_millis(40), Instant::now());
-        c.observe(Duration::from_millis(1), Instant::now());
+        c.observe(Queue::Full, Duration::from_millis(40), Instant::now());
+        c.observe(Queue::Full, Duration::from_millis(1), Instant::now());
         tokio::time::advance(INTERVAL).await;
         assert_eq!(c.tick(Instant::now()), None);
         assert_eq!(c.state(), State::Normal);
         // A standing queue: every job waited more than the target for a whole interval.
         for _ in 0..10 {
-            c.observe(Duration::from_millis(8), Instant::now());
+            c.observe(Queue::Full, Duration::from_millis(8), Instant::now());
             tokio::time::advance(Duration::from_millis(10)).await;
         }
         assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
@@ -187,7 +223,7 @@ mod tests {
         tokio::time::advance(INTERVAL).await;
         assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
         // One good interval: recovering, not normal yet.
-        c.observe(Duration::from_millis(1), Instant::now());
+        c.observe(Queue::Full, Duration::from_millis(1), Instant::now());
         tokio::time::advance(INTERVAL).await;
         assert_eq!(c.tick(Instant::now()), Some(State::Recovering));
         // A relapse goes straight back to shedding.
@@ -196,7 +232,7 @@ mod tests {
         assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
         // Three good intervals in a row: normal.
         for expected in [Some(State::Recovering), None, Some(State::Normal)] {
-            c.observe(Duration::from_millis(1), Instant::now());
+            c.observe(Queue::Full, Duration::from_millis(1), Instant::now());
             tokio::time::advance(INTERVAL).await;
             assert_eq!(c.tick(Instant::now()), expected);
         }

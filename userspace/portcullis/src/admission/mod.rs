@@ -14,7 +14,9 @@
 //! 3. (before all of these, in the kernel) the XDP program drops a fraction of new SYNs, set every interval by
 //!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]);
 //! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
-//!    `queue_budget` per engine instance for full handshakes, 1.5x that for resumptions.
+//!    `queue_budget` per engine instance for full handshakes (burst-tolerant: the budget of normal operation),
+//!    twice `target` per instance while recovering from a standing queue (so admitted full handshakes wait
+//!    little), and 1.5x `queue_budget` for resumptions, which the engine also serves first.
 //!
 //! A shed handshake's connection is reset before any crypto (see ARCHITECTURE.md for why a reset). Traffic on
 //! established connections never waits behind handshakes: the expensive step runs on crypto threads, not on
@@ -92,6 +94,8 @@ pub struct Admission {
     /// Admitted work not yet finished, in nanoseconds of learned cost.
     outstanding_ns: AtomicU64,
     budget_ns: u64,
+    /// The budget for full handshakes while recovering: twice the target per instance.
+    recovering_budget_ns: u64,
     shed: Family<ShedLabels, Counter>,
     admitted: Family<ClassLabel, Counter>,
     transitions: Family<StateLabel, Counter>,
@@ -151,7 +155,12 @@ impl Admission {
         let budget_ns = u64::try_from(config.queue_budget.as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_mul(instances.max(1) as u64);
+        let recovering_budget_ns = u64::try_from(config.target.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(2)
+            .saturating_mul(instances.max(1) as u64);
         Arc::new(Self {
+            recovering_budget_ns,
             controller: Mutex::new(Controller::new(
                 config.target,
                 config.interval,
@@ -274,12 +283,17 @@ impl Admission {
         if IN_FLIGHT.get() >= self.config.max_in_flight_per_worker {
             return Err(self.count_shed(class, ShedReason::InFlightLimit));
         }
-        if self.state() == State::Shedding && !class.is_resumption() {
+        let state = self.state();
+        if state == State::Shedding && !class.is_resumption() {
             return Err(self.count_shed(class, ShedReason::Overload));
         }
         let cost = self.costs.estimate_ns(class);
         let limit = if class.is_resumption() {
             self.budget_ns.saturating_add(self.budget_ns / 2)
+        } else if state == State::Recovering {
+            // Out of a standing queue: full handshakes only into a short one, so those admitted wait about
+            // twice the target at most, not the whole burst-tolerant budget.
+            self.budget_ns.min(self.recovering_budget_ns)
         } else {
             self.budget_ns
         };
@@ -321,7 +335,12 @@ impl Observer for Admission {
     fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration) {
         self.costs.observe(class, service);
         let mut c = self.controller.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = c.observe(wait, Instant::now()) {
+        let queue = if class.is_resumption() {
+            controller::Queue::Resumptions
+        } else {
+            controller::Queue::Full
+        };
+        if let Some(s) = c.observe(queue, wait, Instant::now()) {
             self.entered(s);
         }
     }

@@ -10,9 +10,9 @@
 //! little more than it can take (so it always has work, and sheds the excess by class, resumptions last),
 //! and XDP drops the rest before it costs anything.
 //!
-//! Multiplicative both ways, like TCP's congestion window turned around: cut to the measured ratio at once
-//! when overloaded (a storm arrives within one interval), double back when nothing had to be shed (a storm
-//! ends within a few intervals), probe up gently in between.
+//! Cut to the measured ratio at once when overloaded (a storm arrives within one interval), let every SYN in
+//! again as soon as an interval needed (almost) no shedding in userspace (a storm ends within one interval:
+//! every SYN dropped after that is a client kept waiting a second for nothing), probe up gently in between.
 //!
 //! Retransmitted SYNs of flows XDP already shed go last: while shedding, and for `retry_hold` after the last
 //! interval that shed, XDP drops them at the largest fraction allowed (`retry_ppm`). A shed client has waited a
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 /// How much more than it admits userspace should see: the excess it sheds itself, by class.
 pub const HEADROOM: f64 = 0.25;
 
-/// Below this share of arrivals shed by userspace, the loop gives SYNs back quickly.
+/// At or below this share of arrivals shed by userspace, the storm is over: every SYN is let in again.
 const RELAX_BELOW: f64 = 0.05;
 
 /// What XDP should drop, in parts per million.
@@ -112,7 +112,7 @@ impl SynShedLoop {
             let ratio = admitted.max(1.0) * (1.0 + HEADROOM) / arrived;
             self.keep = (self.keep * ratio).clamp(floor, 1.0);
         } else if arrived - admitted <= arrived * RELAX_BELOW {
-            self.keep = (self.keep * 2.0).min(1.0);
+            self.keep = 1.0;
         } else {
             self.keep = (self.keep * 1.1).min(1.0);
         }
@@ -169,15 +169,8 @@ mod tests {
         // Now about 125 arrive (10x * 12.5%), 100 admitted: in the band, probe up a little.
         let ppm = interval(&mut l, &mut now, 125, 100);
         assert!(ppm > 850_000 && ppm < 875_000, "{ppm}");
-        // The storm ends: 5 arrive, all admitted -> keep doubles each interval, back to 0 within 4.
-        let mut released = 0;
-        for i in 1..=4 {
-            if interval(&mut l, &mut now, 5, 5) == 0 {
-                released = i;
-                break;
-            }
-        }
-        assert_eq!(released, 3, "keep 0.1375 doubles to 0.275, 0.55, 1.0");
+        // The storm ends: 5 arrive, all admitted -> every SYN let in at once.
+        assert_eq!(interval(&mut l, &mut now, 5, 5), 0);
     }
 
     #[test]
@@ -222,7 +215,7 @@ mod tests {
             }
             if l.shed().retry_ppm == 0 {
                 let released = released_at.expect("new SYNs first");
-                assert!(released <= 4, "new SYNs back after {released} intervals");
+                assert_eq!(released, 1, "new SYNs back after the first quiet interval");
                 assert!(
                     i >= 40,
                     "retransmissions back after {i} intervals, hold is 4 s"

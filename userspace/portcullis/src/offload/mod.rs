@@ -26,6 +26,16 @@ pub use config::{EngineConfig, EngineKind, FullRingPolicyConfig};
 /// A unit of work for an engine: the closure moves its state in and sends its result out itself.
 pub type Work = Box<dyn FnOnce() + Send + 'static>;
 
+/// Which jobs an instance serves first. Resumptions are cheap and, under pressure, the handshakes to keep:
+/// they never wait behind queued full handshakes (QAT serves several rings per instance the same way).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// Served before any `Normal` job queued on the same instance.
+    High,
+    /// Full handshakes.
+    Normal,
+}
+
 /// Why a submission was not taken. The work comes back so the caller can run it elsewhere or retry.
 pub enum SubmitError {
     /// Every ring is full: try again later (QAT's `CPA_STATUS_RETRY`).
@@ -48,8 +58,8 @@ pub trait OffloadEngine: Send + Sync + 'static {
     /// Name for logs and metrics (`software`, ...).
     fn name(&self) -> &'static str;
 
-    /// Queues `work` without blocking, or gives it back.
-    fn submit(&self, work: Work) -> Result<(), SubmitError>;
+    /// Queues `work` at `priority` without blocking, or gives it back.
+    fn submit(&self, work: Work, priority: Priority) -> Result<(), SubmitError>;
 
     /// Drives completions for engines that need polling (a hardware backend's response rings). Returns the
     /// number of completions delivered. The software engine completes on its own threads and returns 0.
@@ -74,8 +84,8 @@ impl<E: OffloadEngine + ?Sized> OffloadEngine for Arc<E> {
     fn name(&self) -> &'static str {
         (**self).name()
     }
-    fn submit(&self, work: Work) -> Result<(), SubmitError> {
-        (**self).submit(work)
+    fn submit(&self, work: Work, priority: Priority) -> Result<(), SubmitError> {
+        (**self).submit(work, priority)
     }
     fn poll(&self) -> usize {
         (**self).poll()

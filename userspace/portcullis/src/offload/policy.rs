@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::metrics::EngineMetrics;
-use super::{FullRingPolicyConfig, OffloadEngine, SubmitError, Work};
+use super::{FullRingPolicyConfig, OffloadEngine, Priority, SubmitError, Work};
 use crate::handshake::class::HandshakeClass;
 use crate::handshake::engine::{EngineError, HandshakeEngine, Job, JobResult, ShedReason};
 
@@ -126,7 +126,12 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             tokio::pin!(freed);
             // Register for the wake-up before trying, so a slot freed in between is not missed.
             freed.as_mut().enable();
-            match self.engine.submit(work) {
+            let priority = if class.is_resumption() {
+                Priority::High
+            } else {
+                Priority::Normal
+            };
+            match self.engine.submit(work, priority) {
                 Ok(()) => break,
                 Err(SubmitError::Closed(_)) => {
                     self.metrics.rejected(class, ShedReason::EngineClosed);

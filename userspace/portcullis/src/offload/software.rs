@@ -1,8 +1,9 @@
 //! The software offload engine: `instances` crypto threads, each draining its own bounded ring.
 //!
-//! - Bounded: a ring is a bounded channel of `ring_depth` slots; `submit` uses `try_send` and never blocks.
-//!   Submission tries every ring once, starting round robin, so one slow instance does not refuse work another
-//!   could take.
+//! - Bounded: an instance's ring holds `ring_depth` jobs; `submit` never blocks. Submission tries every
+//!   instance once, starting round robin, so one slow instance does not refuse work another could take.
+//! - Prioritised: a ring is two channels, resumptions ([`Priority::High`]) and full handshakes, sharing the
+//!   `ring_depth` slots; the crypto thread always takes a queued resumption first.
 //! - Supervised: each crypto thread runs under a supervisor thread. A panic inside a job unwinds the crypto
 //!   thread: the job that panicked is lost (its completion channel drops, so only that connection fails), the
 //!   panic is counted, and the supervisor starts a fresh thread on the same ring, so queued jobs are kept.
@@ -12,15 +13,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select_biased};
 use tokio::sync::Notify;
 
-use super::{OffloadEngine, SubmitError, Work};
+use super::{OffloadEngine, Priority, SubmitError, Work};
+
+/// The sending side of a ring: high and normal priority, `ring_depth` slots between them.
+struct Senders {
+    high: Sender<Work>,
+    normal: Sender<Work>,
+}
+
+/// The receiving side, for the crypto thread.
+#[derive(Clone)]
+struct Receivers {
+    high: Receiver<Work>,
+    normal: Receiver<Work>,
+}
 
 struct Ring {
-    tx: Option<Sender<Work>>,
+    tx: Option<Senders>,
+    /// Jobs queued (both priorities); a submit reserves a slot here first, so it never exceeds `ring_depth`.
     depth: Arc<AtomicUsize>,
-    /// The most jobs ever seen queued in the ring, read from the channel right after a successful submit.
+    /// The most jobs ever queued at once, recorded at each successful submit.
     depth_max: AtomicUsize,
     supervisor: Option<JoinHandle<()>>,
 }
@@ -41,12 +56,18 @@ impl SoftwareEngine {
         let restarts = Arc::new(AtomicU64::new(0));
         let mut rings = Vec::with_capacity(instances);
         for i in 0..instances.max(1) {
-            let (tx, rx) = bounded::<Work>(ring_depth);
+            // Each channel could hold the whole ring; the shared `depth` keeps their sum within it.
+            let (high, high_rx) = bounded::<Work>(ring_depth);
+            let (normal, normal_rx) = bounded::<Work>(ring_depth);
+            let rx = Receivers {
+                high: high_rx,
+                normal: normal_rx,
+            };
             let depth = Arc::new(AtomicUsize::new(0));
             let supervisor =
                 spawn_supervisor(i, rx, depth.clone(), freed.clone(), restarts.clone())?;
             rings.push(Ring {
-                tx: Some(tx),
+                tx: Some(Senders { high, normal }),
                 depth,
                 depth_max: AtomicUsize::new(0),
                 supervisor: Some(supervisor),
@@ -61,9 +82,8 @@ impl SoftwareEngine {
         })
     }
 
-    /// The most jobs ever queued at once in `instance`'s ring, since start (0 for an unknown instance). Read
-    /// from the ring itself after each successful submit, not from the depth counter, which may briefly count
-    /// a submission that is about to be refused: so it never exceeds `ring_depth` unless the ring does.
+    /// The most jobs ever queued at once in `instance`'s ring, since start (0 for an unknown instance). Recorded
+    /// only by submissions that got a slot, so it never exceeds `ring_depth` unless the ring does.
     pub fn depth_max(&self, instance: usize) -> usize {
         self.rings
             .get(instance)
@@ -96,7 +116,7 @@ impl Drop for SoftwareEngine {
 
 fn spawn_supervisor(
     index: usize,
-    rx: Receiver<Work>,
+    rx: Receivers,
     depth: Arc<AtomicUsize>,
     freed: Arc<Notify>,
     restarts: Arc<AtomicU64>,
@@ -129,12 +149,38 @@ fn spawn_supervisor(
         })
 }
 
-fn crypto_loop(rx: &Receiver<Work>, depth: &AtomicUsize, freed: &Notify) {
-    while let Ok(work) = rx.recv() {
+/// Serves the ring until both channels are closed and drained, a queued resumption always first.
+fn crypto_loop(rx: &Receivers, depth: &AtomicUsize, freed: &Notify) {
+    while let Some(work) = next(rx) {
         depth.fetch_sub(1, Ordering::Relaxed);
         freed.notify_waiters();
         work();
     }
+}
+
+/// The next job: high priority if one is queued, else whichever arrives first (high still preferred when
+/// both are ready); `None` once both channels are closed and empty.
+fn next(rx: &Receivers) -> Option<Work> {
+    if let Ok(work) = rx.high.try_recv() {
+        return Some(work);
+    }
+    let (mut high_open, mut normal_open) = (true, true);
+    while high_open || normal_open {
+        let never = crossbeam_channel::never();
+        let high = if high_open { &rx.high } else { &never };
+        let normal = if normal_open { &rx.normal } else { &never };
+        select_biased! {
+            recv(high) -> r => match r {
+                Ok(work) => return Some(work),
+                Err(_) => high_open = false,
+            },
+            recv(normal) -> r => match r {
+                Ok(work) => return Some(work),
+                Err(_) => normal_open = false,
+            },
+        }
+    }
+    None
 }
 
 impl OffloadEngine for SoftwareEngine {
@@ -142,7 +188,7 @@ impl OffloadEngine for SoftwareEngine {
         "software"
     }
 
-    fn submit(&self, mut work: Work) -> Result<(), SubmitError> {
+    fn submit(&self, mut work: Work, priority: Priority) -> Result<(), SubmitError> {
         let n = self.rings.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for k in 0..n {
@@ -152,11 +198,20 @@ impl OffloadEngine for SoftwareEngine {
             let Some(tx) = &ring.tx else {
                 return Err(SubmitError::Closed(work));
             };
-            // Count before sending so the crypto thread's decrement can never go below zero.
-            ring.depth.fetch_add(1, Ordering::Relaxed);
-            match tx.try_send(work) {
+            // Reserve a slot before sending, so the ring never holds more than `ring_depth` and the crypto
+            // thread's decrement can never go below zero.
+            let queued = ring.depth.fetch_add(1, Ordering::Relaxed) + 1;
+            if queued > self.ring_depth {
+                ring.depth.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            }
+            let channel = match priority {
+                Priority::High => &tx.high,
+                Priority::Normal => &tx.normal,
+            };
+            match channel.try_send(work) {
                 Ok(()) => {
-                    ring.depth_max.fetch_max(tx.len(), Ordering::Relaxed);
+                    ring.depth_max.fetch_max(queued, Ordering::Relaxed);
                     return Ok(());
                 }
                 Err(TrySendError::Full(w)) => {
@@ -236,16 +291,22 @@ mod tests {
         let engine = SoftwareEngine::start(2, 4).expect("start");
         let (g, blocker) = gate();
         // One blocking job in service per instance...
-        engine.submit(blocker()).expect("first");
-        engine.submit(blocker()).expect("second");
+        engine.submit(blocker(), Priority::Normal).expect("first");
+        engine.submit(blocker(), Priority::Normal).expect("second");
         eventually("both crypto threads busy", || {
             engine.depth(0) == 0 && engine.depth(1) == 0
         });
         // ...then exactly capacity() more fit.
         let mut accepted = 0;
         let mut retries = 0;
-        for _ in 0..20 {
-            match engine.submit(Box::new(|| {})) {
+        for i in 0..20 {
+            // Both priorities share an instance's slots.
+            let priority = if i % 2 == 0 {
+                Priority::High
+            } else {
+                Priority::Normal
+            };
+            match engine.submit(Box::new(|| {}), priority) {
                 Ok(()) => accepted += 1,
                 Err(SubmitError::Retry(_)) => retries += 1,
                 Err(SubmitError::Closed(_)) => panic!("closed"),
@@ -266,6 +327,36 @@ mod tests {
     }
 
     #[test]
+    fn resumptions_go_before_queued_full_handshakes() {
+        let engine = SoftwareEngine::start(1, 16).expect("start");
+        let (g, blocker) = gate();
+        engine.submit(blocker(), Priority::Normal).expect("blocker");
+        eventually("crypto thread busy", || engine.depth(0) == 0);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        for (name, priority) in [
+            ("full 1", Priority::Normal),
+            ("full 2", Priority::Normal),
+            ("resumption", Priority::High),
+        ] {
+            let order = order.clone();
+            engine
+                .submit(
+                    Box::new(move || order.lock().unwrap_or_else(|e| e.into_inner()).push(name)),
+                    priority,
+                )
+                .expect("queued");
+        }
+        open(&g);
+        eventually("all ran", || {
+            order.lock().unwrap_or_else(|e| e.into_inner()).len() == 3
+        });
+        assert_eq!(
+            *order.lock().unwrap_or_else(|e| e.into_inner()),
+            ["resumption", "full 1", "full 2"]
+        );
+    }
+
+    #[test]
     fn completions_reach_the_right_submitter() {
         let engine = SoftwareEngine::start(2, 64).expect("start");
         let mut rxs = Vec::new();
@@ -275,7 +366,7 @@ mod tests {
                 let _ = tx.send(i * 2);
             });
             loop {
-                match engine.submit(work) {
+                match engine.submit(work, Priority::Normal) {
                     Ok(()) => break,
                     Err(SubmitError::Retry(w)) => {
                         work = w;
@@ -295,20 +386,26 @@ mod tests {
     fn a_panicking_job_fails_alone_and_the_thread_is_restarted() {
         let engine = SoftwareEngine::start(1, 16).expect("start");
         let (g, blocker) = gate();
-        engine.submit(blocker()).expect("blocker");
+        engine.submit(blocker(), Priority::Normal).expect("blocker");
         eventually("crypto thread busy", || engine.depth(0) == 0);
         let (tx_a, rx_a) = mpsc::channel::<u32>();
         engine
-            .submit(Box::new(move || {
-                let _keep = tx_a;
-                panic!("injected engine failure");
-            }))
+            .submit(
+                Box::new(move || {
+                    let _keep = tx_a;
+                    panic!("injected engine failure");
+                }),
+                Priority::Normal,
+            )
             .expect("panicker");
         let (tx_b, rx_b) = mpsc::channel();
         engine
-            .submit(Box::new(move || {
-                let _ = tx_b.send(7u32);
-            }))
+            .submit(
+                Box::new(move || {
+                    let _ = tx_b.send(7u32);
+                }),
+                Priority::Normal,
+            )
             .expect("queued behind the panic");
         open(&g);
         // The panicking job's completion channel is dropped: its submitter sees a failure, not a hang.
@@ -325,16 +422,19 @@ mod tests {
         for _ in 0..50 {
             let done = done.clone();
             engine
-                .submit(Box::new(move || {
-                    std::thread::sleep(Duration::from_micros(100));
-                    done.fetch_add(1, Ordering::Relaxed);
-                }))
+                .submit(
+                    Box::new(move || {
+                        std::thread::sleep(Duration::from_micros(100));
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }),
+                    Priority::Normal,
+                )
                 .expect("submit");
         }
         engine.shutdown();
         assert_eq!(done.load(Ordering::Relaxed), 50);
         assert!(matches!(
-            engine.submit(Box::new(|| {})),
+            engine.submit(Box::new(|| {}), Priority::Normal),
             Err(SubmitError::Closed(_))
         ));
     }
