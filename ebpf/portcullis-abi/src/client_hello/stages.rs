@@ -1,10 +1,11 @@
-//! The parse as four stages over a [`Workspace`], so that the XDP program can run each stage as a
+//! The parse as a few steps over a [`Workspace`], so that the XDP program can run each stage as a
 //! BPF function of its own.
 //!
-//! The [`Step`]s, in order: the headers up to the cipher suites, the cipher suites (hashed), the
-//! compression methods, the extensions (up to [`EXTENSIONS_PER_STEP`] per call), the two
-//! list extensions (supported_versions and key_share, in wire order), the checks that need the
-//! whole ClientHello, and the supported_groups list into the fingerprint. [`drive`] runs them
+//! The [`Step`]s, in order: the headers and the cipher suites (hashed), the compression methods, the
+//! extensions (up to [`EXTENSIONS_PER_STEP`] per call), the two list extensions (supported_versions
+//! and key_share, in wire order), and the checks that need the whole ClientHello with the
+//! supported_groups list into the fingerprint. Steps without a loop of their own are folded into a
+//! neighbour: each step is a call in XDP, which reloads the workspace. [`drive`] runs them
 //! through the [`Stages`] trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse)
 //! does), the XDP program calls one global BPF function per step, each verified once from an
 //! unknown workspace. At most one bounded loop runs per step: the verifier walks a loop after a
@@ -51,10 +52,8 @@ pub const fn malformed(status: i32) -> Option<Malformed> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Resets the workspace; record header, handshake header, legacy_version, random, session id,
-    /// cipher suites length.
+    /// then the cipher suites, hashed into the fingerprint.
     Head,
-    /// The cipher suites, hashed into the fingerprint.
-    Suites,
     /// The compression methods; locates the extensions block.
     Compression,
     /// Up to [`EXTENSIONS_PER_STEP`] extensions, stopping at the end of the block ([`DONE`]).
@@ -63,10 +62,9 @@ pub enum Step {
     FirstList,
     /// The other one.
     SecondList,
-    /// How the extension walk ended and the checks that need the whole ClientHello.
+    /// How the extension walk ended and the checks that need the whole ClientHello, then the
+    /// supported_groups list into the fingerprint; [`DONE`] with a complete summary.
     Checks,
-    /// The supported_groups list into the fingerprint; [`DONE`] with a complete summary.
-    Groups,
 }
 
 /// Runs the steps of one parse; the BPF program implements it with one global function per step.
@@ -79,7 +77,7 @@ pub trait Stages {
 /// malformation.
 #[inline(always)]
 pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
-    for step in [Step::Head, Step::Suites, Step::Compression] {
+    for step in [Step::Head, Step::Compression] {
         let status = stages.run(step);
         if status != CONTINUE {
             return status;
@@ -94,13 +92,13 @@ pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
     }
     // Run even when the walk stopped: a truncated ClientHello still reports the key_share groups
     // and versions that arrived; `Checks` then reports how the walk ended.
-    for step in [Step::FirstList, Step::SecondList, Step::Checks] {
+    for step in [Step::FirstList, Step::SecondList] {
         let status = stages.run(step);
         if status != CONTINUE {
             return status;
         }
     }
-    stages.run(Step::Groups)
+    stages.run(Step::Checks)
 }
 
 /// Runs one step of the parse of `input` in `workspace`.
@@ -108,7 +106,9 @@ pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
 pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Workspace) -> i32 {
     if step == Step::Head {
         *workspace = Workspace::NEW;
-        return status(head_into(input, workspace));
+        if let Err(halt) = head_into(input, workspace) {
+            return status(Err(halt));
+        }
     }
     // After the record header, the input ends at the first record: later bytes are ignored.
     let input = &Prefix {
@@ -116,24 +116,24 @@ pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Worksp
         len: workspace.record_end,
     };
     match step {
-        Step::Head => CONTINUE,
-        Step::Suites => status(suites_into(input, workspace)),
+        Step::Head => status(suites_into(input, workspace)),
         Step::Compression => status(compression_into(input, workspace)),
         Step::Extension => extension(input, workspace),
         Step::FirstList => status(list_into(input, workspace, true)),
         Step::SecondList => status(list_into(input, workspace, false)),
         Step::Checks => match workspace.walk_status {
-            DONE => status(checks_into(input, workspace)),
+            DONE => {
+                match checks_into(input, workspace).and_then(|()| groups_into(input, workspace)) {
+                    Ok(()) => DONE,
+                    Err(halt) => status(Err(halt)),
+                }
+            }
             // A driver that stopped calling `Extension` early leaves the walk unfinished: more
             // extensions than it walked.
             CONTINUE => MALFORMED_BASE + Malformed::TooManyExtensions as i32,
             // Truncated or malformed: passed on as it is (no round trip through `Malformed`,
             // whose table lookup the BPF verifier cannot bound).
             halted => halted,
-        },
-        Step::Groups => match groups_into(input, workspace) {
-            Ok(()) => DONE,
-            Err(halt) => status(Err(halt)),
         },
     }
 }
@@ -294,7 +294,7 @@ fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Re
     Ok(())
 }
 
-/// [`Step::Suites`]: the cipher suites in `workspace.list`.
+/// The cipher suites in `workspace.list`, at the end of [`Step::Head`].
 fn suites_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
     // Worked on in locals and written back once, so that the hash stays in a register instead of making a
     // round trip through the workspace (a BPF map value in XDP) for every suite.
@@ -384,7 +384,7 @@ fn checks_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> 
     Ok(())
 }
 
-/// [`Step::Groups`].
+/// The supported_groups list into the fingerprint, at the end of [`Step::Checks`].
 fn groups_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
     let fingerprint = &mut workspace.fingerprint;
     if let Some((start, end)) = workspace.found.supported_groups {
