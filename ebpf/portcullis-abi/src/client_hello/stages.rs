@@ -268,6 +268,11 @@ fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Re
     }
     summary.legacy_version = legacy_version;
     workspace.fingerprint = FingerprintBuilder::new(legacy_version);
+    // A fingerprint is reported only for a whole ClientHello: for one cut short (a post-quantum first
+    // segment) or continued in a second record, the hashing would be thrown away.
+    if input.arrived() < hello_end {
+        workspace.fingerprint.pause();
+    }
 
     summary.stage = Stage::Random;
     body.skip(input, 32)?;
