@@ -183,20 +183,31 @@ fn status(result: Result<(), Halt>) -> i32 {
 
 /// [`Step::Extension`]; the outcome of the walk is kept for [`Step::Checks`].
 fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i32 {
+    // The walk's cursor, bitmap and count in locals, written back once (see `suites_into`). The
+    // fingerprint stays in the workspace: as a local too it took the XDP step's stack past what the
+    // verifier allows a call chain (512 bytes).
+    let mut block = workspace.block;
+    let mut seen = workspace.seen;
+    let mut walked = workspace.walked;
     let Workspace {
         summary,
         found,
         fingerprint,
-        block,
-        seen,
-        walked,
         ..
     } = workspace;
     // Several extensions per call: in XDP each call is a global function that looks its workspace up again
     // and reloads the walk's state from it, which cost more than a small extension's walk.
     let mut walk = CONTINUE;
     for _ in 0..EXTENSIONS_PER_STEP {
-        walk = match extensions::step(input, block, seen, walked, summary, fingerprint, found) {
+        walk = match extensions::step(
+            input,
+            &mut block,
+            &mut seen,
+            &mut walked,
+            summary,
+            fingerprint,
+            found,
+        ) {
             Ok(true) => CONTINUE,
             Ok(false) => DONE,
             Err(halt) => status(Err(halt)),
@@ -205,6 +216,9 @@ fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i3
             break;
         }
     }
+    workspace.block = block;
+    workspace.seen = seen;
+    workspace.walked = walked;
     workspace.walk_status = walk;
     walk
 }
