@@ -31,9 +31,10 @@ pub const MAP_XDP_SYN_BUDGET: &str = "xdp_syn_budget";
 /// IPv4-mapped (`::ffff:a.b.c.d/96+len`), so one trie serves both families.
 pub const MAP_XDP_BLOCK_NET: &str = "xdp_block_net";
 
-/// LRU hash of connections whose SYN reached a listener port: [`crate::flow::FlowKey`] -> the client's initial
-/// sequence number (`u64`). The segment that starts the byte stream (sequence number ISN + 1) of a tracked flow is
-/// parsed as a ClientHello; untracked flows and later segments pass.
+/// Array of [`crate::flow::FlowSet`]s (indexed by [`crate::flow::flow_set`]) recording connections whose SYN
+/// reached a listener port, as tags of flow and initial sequence number ([`crate::flow::flow_tag`]). The segment
+/// that starts the byte stream (sequence number ISN + 1) of a tracked flow is parsed as a ClientHello; untracked
+/// flows and later segments pass.
 pub const MAP_XDP_FLOWS: &str = "xdp_flows";
 
 /// Per-CPU array of `u64` counters of malformed ClientHellos, indexed by

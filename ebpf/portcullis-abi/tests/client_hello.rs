@@ -609,3 +609,62 @@ fn random_mutations_never_panic_and_rustls_accepted_hellos_are_never_malformed()
         "too few mutants were valid for rustls ({compared}) to compare"
     );
 }
+
+/// The fingerprints of the captured ClientHellos, as first computed: blocklists in the field hold such values, so
+/// a change to how the parser computes them (for speed in XDP) must leave every one as it was.
+#[test]
+fn fingerprints_of_the_captured_client_hellos_are_stable() {
+    const EXPECTED: &[(&str, u64, u64)] = &[
+        ("curl_no_sni", 0x06720329ce690d3b, 0x2ed5fe07d3d0dfeb),
+        ("curl_sni", 0xb94ce84f980517d2, 0x1fe487ba404e0690),
+        ("openssl_tls12", 0x04427f73dd92a997, 0xc635842ebe0689d5),
+        (
+            "openssl_tls12_ticket",
+            0x04427f73dd92a997,
+            0xc635842ebe0689d5,
+        ),
+        ("openssl_tls13", 0x5c7a204dedbf9bf6, 0x8f5a9b1e7fe61f2f),
+        (
+            "openssl_tls13_psk_early_data",
+            0x83a358d433f78c61,
+            0x43bd4c18818acd49,
+        ),
+        ("python_default", 0x1886d609a5597390, 0xcfded4386e5c702f),
+        (
+            "rustls_tls12_ticket",
+            0x6ece0fb40bf9b13a,
+            0x8e7cebee69f53d91,
+        ),
+        ("rustls_tls13_psk", 0xb43493f76b3d77a0, 0x6647015c1f0cb8c4),
+        (
+            "rustls_tls13_psk_early_data",
+            0x857b892ac7845ea1,
+            0xf701ed7cc7132d81,
+        ),
+        ("rustls_x25519", 0x9d800db005eca2fa, 0x73c7003b18feaf53),
+        (
+            "rustls_x25519mlkem768",
+            0x8369fb9e376b8e8e,
+            0x804bdcd2c4e4954f,
+        ),
+    ];
+    let captured = hello_fixtures::CAPTURED;
+    assert_eq!(
+        captured.len(),
+        EXPECTED.len(),
+        "a capture without a golden value"
+    );
+    for (name, ordered, unordered) in EXPECTED {
+        let (_, bytes, _) = captured
+            .iter()
+            .find(|c| c.0 == *name)
+            .expect("captured fixture");
+        let summary = parse(bytes).expect("captures parse");
+        let got = summary.fingerprint.expect("captures are complete");
+        assert_eq!(
+            (got.ordered, got.unordered),
+            (*ordered, *unordered),
+            "{name}"
+        );
+    }
+}

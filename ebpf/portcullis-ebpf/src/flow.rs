@@ -1,21 +1,25 @@
 //! Connection tracking and the ClientHello verdict.
 //!
-//! A SYN that passed the source checks records its flow and initial sequence number in [`XDP_FLOWS`]; the segment
+//! A SYN that passed the source checks records its flow and initial sequence number in [`XDP_FLOWS`] (a
+//! set-associative table of tags, see `portcullis_abi::flow`); the segment
 //! that starts the flow's byte stream (ISN + 1) is parsed ([`crate::hello::judge`]) and judged: malformed (counted
 //! by reason in [`XDP_MALFORMED`]), over the source's ClientHello budget ([`XDP_HELLO_BUDGET`], resumption offers
 //! cost less), or a blocked fingerprint ([`XDP_BLOCK_FP`]) drops; anything else passes, a ClientHello cut short
 //! included. A retransmission of that segment is judged again (a dropped one is dropped again); any other
-//! segment, a reordered later one included, passes after one lookup. Flows are left to the LRU to age out.
+//! segment, a reordered later one included, passes after one lookup. Flows are never deleted: newer SYNs push
+//! them out of their set.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
     programs::XdpContext,
 };
 use portcullis_abi::{
     client_hello::{Malformed, stages},
-    flow::{FULL_HELLO_COST_MILLI, FlowKey},
+    flow::{
+        FLOW_SETS, FULL_HELLO_COST_MILLI, FlowKey, FlowSet, contains, flow_set, flow_tag, record,
+    },
     limits::{SourceKey, TokenBucket, source_key},
     packet::Classification,
     verdict::Verdict,
@@ -24,11 +28,11 @@ use portcullis_abi::{
 
 use crate::hello;
 
-/// Flows whose SYN passed, value the client's initial sequence number; the name must match
-/// `portcullis_abi::names::MAP_XDP_FLOWS`.
-/// LRU: under a SYN flood the oldest entries go first, and their connections merely pass unparsed (fail open).
+/// Flows whose SYN passed, as tags of (flow, ISN) in sets of two (`portcullis_abi::flow`); the name must match
+/// `portcullis_abi::names::MAP_XDP_FLOWS`. Under a SYN flood newer flows push older ones out of their set, and
+/// those connections merely pass unparsed (fail open).
 #[btf_map(name = "xdp_flows")]
-static XDP_FLOWS: LruHashMap<FlowKey, u64, 65536> = LruHashMap::new();
+static XDP_FLOWS: Array<FlowSet, FLOW_SETS> = Array::new();
 
 /// Malformed ClientHellos per reason and CPU; the name must match `portcullis_abi::names::MAP_XDP_MALFORMED`.
 #[btf_map(name = "xdp_malformed")]
@@ -58,20 +62,24 @@ pub(crate) fn flow_key(packet: &Classification) -> FlowKey {
 #[inline(always)]
 pub fn inspect(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
     if packet.is_syn() {
-        // A failed insert only leaves the flow untracked: it passes unparsed (fail open).
-        let _ = XDP_FLOWS.insert(flow_key(packet), u64::from(packet.seq), 0);
+        let hash = flow_key(packet).hash();
+        if let Some(set) = XDP_FLOWS.get_ptr_mut(flow_set(hash)) {
+            // SAFETY: a pointer to a live map value, plain integers. Another CPU recording into the same set at
+            // once can only lose one of the two flows (each tag is one aligned 8-byte store): fail open.
+            unsafe { record(&mut *set, flow_tag(hash, packet.seq)) };
+        }
         return Verdict::PassListenerTcp;
     }
     if packet.payload_len == 0 {
         return Verdict::PassListenerTcp;
     }
-    let Some(isn) = XDP_FLOWS.get_ptr(flow_key(packet)) else {
+    let hash = flow_key(packet).hash();
+    let Some(set) = XDP_FLOWS.get_ptr(flow_set(hash)) else {
         return Verdict::PassListenerTcp;
     };
-    // SAFETY: a pointer to a live map value, a plain integer.
-    let isn = unsafe { *isn } as u32;
     // The SYN takes one sequence number: the byte stream, and so the ClientHello, starts at ISN + 1.
-    if packet.seq != isn.wrapping_add(1) {
+    // SAFETY: a pointer to a live map value, plain integers.
+    if !contains(unsafe { &*set }, flow_tag(hash, packet.seq.wrapping_sub(1))) {
         return Verdict::PassListenerTcp;
     }
     judge(ctx, packet, config)

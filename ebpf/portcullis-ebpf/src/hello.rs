@@ -12,9 +12,7 @@
 //! are not preempted on a CPU, so no other parse touches the slot in between.
 
 use aya_ebpf::{
-    bindings::xdp_md,
-    btf_maps::PerCpuArray,
-    helpers::generated::{bpf_xdp_get_buff_len, bpf_xdp_load_bytes},
+    bindings::xdp_md, btf_maps::PerCpuArray, helpers::generated::bpf_xdp_load_bytes,
     macros::btf_map,
 };
 use portcullis_abi::client_hello::{
@@ -33,8 +31,8 @@ struct Scratch {
     base: u32,
     /// Payload bytes copied into `bytes` (declared by IP, cut to what the packet holds and to [`COPY`]).
     len: u32,
-    /// The payload, copied once by [`judge`] with one `bpf_xdp_load_bytes` (which also reads fragments of
-    /// multi-buffer frames); reads index it masked by `COPY - 1`, the slack covers the widest read past that.
+    /// The payload, copied once by [`judge`] with one `bpf_xdp_load_bytes` (frames are linear: the program is
+    /// not frags-aware); reads index it masked by `COPY - 1`, the slack covers the widest read past that.
     bytes: [u8; COPY + 8],
     /// The parser's state between stages.
     workspace: Workspace,
@@ -136,13 +134,11 @@ macro_rules! global_steps {
 
 global_steps! {
     portcullis_hello_head => Head,
-    portcullis_hello_suites => Suites,
     portcullis_hello_compression => Compression,
     portcullis_hello_ext => Extension,
     portcullis_hello_list1 => FirstList,
     portcullis_hello_list2 => SecondList,
     portcullis_hello_checks => Checks,
-    portcullis_hello_groups => Groups,
 }
 
 /// What the XDP program needs from one parse.
@@ -169,8 +165,11 @@ pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16) -> Judged {
     };
     slot.base = u32::from(offset);
     slot.len = 0;
-    // SAFETY: a helper taking the context.
-    let buffer = unsafe { bpf_xdp_get_buff_len(ctx) };
+    // The program is not frags-aware (`#[xdp]`, not `#[xdp(frags)]`): the kernel hands it linear frames only, so
+    // the frame's length is `data_end - data`, read from the context where a `bpf_xdp_get_buff_len` call cost
+    // 10-20 ns more (BENCHMARKS.md). A frags-aware program must go back to the helper.
+    // SAFETY: `ctx` is the XDP context the kernel passed to the program, valid for the run.
+    let buffer = unsafe { u64::from((*ctx).data_end.wrapping_sub((*ctx).data)) };
     let present = buffer.saturating_sub(u64::from(offset));
     let mut copy = u64::from(len);
     if copy > present {

@@ -6,7 +6,8 @@
 //! post-quantum ClientHello (rustls X25519MLKEM768, cut at 1,440 bytes), a malformed ClientHello (a crafted bad
 //! key_share: the parse walks every extension before it finds the fault), and a ClientHello whose fingerprint is
 //! blocked. A data segment is re-judged on every repeat: the flow is recorded once by its SYN and the segment
-//! sits at ISN + 1, where a retransmission would. JSON in `target/bench/xdp.json`.
+//! sits at ISN + 1, where a retransmission would. The program logs at the daemon's default level (info), as in
+//! production. JSON in `target/bench/xdp.json`.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -40,6 +41,12 @@ const ISN: u32 = 0x1000_0000;
 /// Target from issue 3: one core at 10GbE line rate (64-byte frames) leaves 67 ns per packet.
 const TARGET_NS: f64 = 67.0;
 
+/// The aya-log global holding the BPF program's log level (`aya_log::LEVEL`).
+const BPF_LOG_LEVEL_GLOBAL: &str = "AYA_LOG_LEVEL";
+/// `aya_log::Level::Info`: what the daemon sets at its default `PORTCULLIS_LOG=info`. Left at the object's
+/// default (every level), each SYN would also write a debug record into the log ring buffer.
+const BPF_LOG_LEVEL_INFO: u8 = 3;
+
 /// One class: its name, the frame timed, and a frame run once before (the SYN that records the flow).
 struct Class {
     name: &'static str,
@@ -70,6 +77,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     let classes = classes()?;
     let mut ebpf = EbpfLoader::new()
+        .override_global(BPF_LOG_LEVEL_GLOBAL, &BPF_LOG_LEVEL_INFO, true)
         .load(&object)
         .context("cannot load the BPF object (run as root: BPF_PROG_TEST_RUN needs CAP_BPF)")?;
     let mut config = XdpConfig::new(&[LISTENER]).context("one port")?;

@@ -1,10 +1,11 @@
-//! The parse as four stages over a [`Workspace`], so that the XDP program can run each stage as a
+//! The parse as a few steps over a [`Workspace`], so that the XDP program can run each stage as a
 //! BPF function of its own.
 //!
-//! The [`Step`]s, in order: the headers up to the cipher suites, the cipher suites (hashed), the
-//! compression methods, the extensions (one per call, at most [`MAX_EXTENSIONS`] + 1 calls), the two
-//! list extensions (supported_versions and key_share, in wire order), the checks that need the
-//! whole ClientHello, and the supported_groups list into the fingerprint. [`drive`] runs them
+//! The [`Step`]s, in order: the headers and the cipher suites (hashed), the compression methods, the
+//! extensions (up to [`EXTENSIONS_PER_STEP`] per call), the two list extensions (supported_versions
+//! and key_share, in wire order), and the checks that need the whole ClientHello with the
+//! supported_groups list into the fingerprint. Steps without a loop of their own are folded into a
+//! neighbour: each step is a call in XDP, which reloads the workspace. [`drive`] runs them
 //! through the [`Stages`] trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse)
 //! does), the XDP program calls one global BPF function per step, each verified once from an
 //! unknown workspace. At most one bounded loop runs per step: the verifier walks a loop after a
@@ -20,6 +21,15 @@ use super::{
     HANDSHAKE_HEADER_LEN, MAX_EXTENSIONS, MAX_HASHED_CIPHER_SUITES, MAX_HASHED_GROUPS,
     MAX_HELLO_LEN, MAX_RECORD_LEN, Malformed, RECORD_HEADER_LEN, Stage, Workspace,
 };
+
+/// Extensions one [`Step::Extension`] walks at most: real clients send 10–25, so one or two calls. Each more
+/// adds ≈ 6k instructions to the verification of the XDP program (211k in all at 16); a call less saved ≈ 40 ns
+/// of reloading the walk's state in XDP (`BENCHMARKS.md`).
+pub const EXTENSIONS_PER_STEP: usize = 16;
+
+/// Calls of [`Step::Extension`] [`drive`] makes at most: enough to walk [`MAX_EXTENSIONS`] + 1.
+const EXTENSION_CALLS: usize = MAX_EXTENSIONS / EXTENSIONS_PER_STEP + 1;
+const _: () = assert!(EXTENSION_CALLS * EXTENSIONS_PER_STEP > MAX_EXTENSIONS);
 
 /// The stage succeeded; run the next one (or, for [`Step::Extension`], the next extension).
 pub const CONTINUE: i32 = 0;
@@ -42,22 +52,19 @@ pub const fn malformed(status: i32) -> Option<Malformed> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Resets the workspace; record header, handshake header, legacy_version, random, session id,
-    /// cipher suites length.
+    /// then the cipher suites, hashed into the fingerprint.
     Head,
-    /// The cipher suites, hashed into the fingerprint.
-    Suites,
     /// The compression methods; locates the extensions block.
     Compression,
-    /// One extension, or the end of the block ([`DONE`]).
+    /// Up to [`EXTENSIONS_PER_STEP`] extensions, stopping at the end of the block ([`DONE`]).
     Extension,
     /// The list extension (supported_versions or key_share) that comes first on the wire.
     FirstList,
     /// The other one.
     SecondList,
-    /// How the extension walk ended and the checks that need the whole ClientHello.
+    /// How the extension walk ended and the checks that need the whole ClientHello, then the
+    /// supported_groups list into the fingerprint; [`DONE`] with a complete summary.
     Checks,
-    /// The supported_groups list into the fingerprint; [`DONE`] with a complete summary.
-    Groups,
 }
 
 /// Runs the steps of one parse; the BPF program implements it with one global function per step.
@@ -70,28 +77,28 @@ pub trait Stages {
 /// malformation.
 #[inline(always)]
 pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
-    for step in [Step::Head, Step::Suites, Step::Compression] {
+    for step in [Step::Head, Step::Compression] {
         let status = stages.run(step);
         if status != CONTINUE {
             return status;
         }
     }
-    // One call per extension and one to find the end (or too many): the walk ends inside the
-    // bound, whatever the input.
-    for _ in 0..=MAX_EXTENSIONS {
+    // Room for MAX_EXTENSIONS extensions and one more walk to find the end (or too many): the walk ends inside
+    // the bound, whatever the input.
+    for _ in 0..EXTENSION_CALLS {
         if stages.run(Step::Extension) != CONTINUE {
             break;
         }
     }
     // Run even when the walk stopped: a truncated ClientHello still reports the key_share groups
     // and versions that arrived; `Checks` then reports how the walk ended.
-    for step in [Step::FirstList, Step::SecondList, Step::Checks] {
+    for step in [Step::FirstList, Step::SecondList] {
         let status = stages.run(step);
         if status != CONTINUE {
             return status;
         }
     }
-    stages.run(Step::Groups)
+    stages.run(Step::Checks)
 }
 
 /// Runs one step of the parse of `input` in `workspace`.
@@ -99,7 +106,9 @@ pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
 pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Workspace) -> i32 {
     if step == Step::Head {
         *workspace = Workspace::NEW;
-        return status(head_into(input, workspace));
+        if let Err(halt) = head_into(input, workspace) {
+            return status(Err(halt));
+        }
     }
     // After the record header, the input ends at the first record: later bytes are ignored.
     let input = &Prefix {
@@ -107,24 +116,24 @@ pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Worksp
         len: workspace.record_end,
     };
     match step {
-        Step::Head => CONTINUE,
-        Step::Suites => status(suites_into(input, workspace)),
+        Step::Head => status(suites_into(input, workspace)),
         Step::Compression => status(compression_into(input, workspace)),
         Step::Extension => extension(input, workspace),
         Step::FirstList => status(list_into(input, workspace, true)),
         Step::SecondList => status(list_into(input, workspace, false)),
         Step::Checks => match workspace.walk_status {
-            DONE => status(checks_into(input, workspace)),
+            DONE => {
+                match checks_into(input, workspace).and_then(|()| groups_into(input, workspace)) {
+                    Ok(()) => DONE,
+                    Err(halt) => status(Err(halt)),
+                }
+            }
             // A driver that stopped calling `Extension` early leaves the walk unfinished: more
             // extensions than it walked.
             CONTINUE => MALFORMED_BASE + Malformed::TooManyExtensions as i32,
             // Truncated or malformed: passed on as it is (no round trip through `Malformed`,
             // whose table lookup the BPF verifier cannot bound).
             halted => halted,
-        },
-        Step::Groups => match groups_into(input, workspace) {
-            Ok(()) => DONE,
-            Err(halt) => status(Err(halt)),
         },
     }
 }
@@ -174,22 +183,44 @@ fn status(result: Result<(), Halt>) -> i32 {
 
 /// [`Step::Extension`]; the outcome of the walk is kept for [`Step::Checks`].
 fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i32 {
+    // The walk's cursor, bitmap and count in locals, written back once (see `suites_into`). The
+    // fingerprint stays in the workspace: as a local too it took the XDP step's stack past what the
+    // verifier allows a call chain (512 bytes).
+    let mut block = workspace.block;
+    let mut seen = workspace.seen;
+    let mut walked = workspace.walked;
     let Workspace {
         summary,
         found,
         fingerprint,
-        block,
-        seen,
-        walked,
         ..
     } = workspace;
-    let status = match extensions::step(input, block, seen, walked, summary, fingerprint, found) {
-        Ok(true) => CONTINUE,
-        Ok(false) => DONE,
-        Err(halt) => status(Err(halt)),
-    };
-    workspace.walk_status = status;
-    status
+    // Several extensions per call: in XDP each call is a global function that looks its workspace up again
+    // and reloads the walk's state from it, which cost more than a small extension's walk.
+    let mut walk = CONTINUE;
+    for _ in 0..EXTENSIONS_PER_STEP {
+        walk = match extensions::step(
+            input,
+            &mut block,
+            &mut seen,
+            &mut walked,
+            summary,
+            fingerprint,
+            found,
+        ) {
+            Ok(true) => CONTINUE,
+            Ok(false) => DONE,
+            Err(halt) => status(Err(halt)),
+        };
+        if walk != CONTINUE {
+            break;
+        }
+    }
+    workspace.block = block;
+    workspace.seen = seen;
+    workspace.walked = walked;
+    workspace.walk_status = walk;
+    walk
 }
 
 /// [`Step::Head`], updating the summary as each field arrives, so that a truncated input leaves a
@@ -251,6 +282,11 @@ fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Re
     }
     summary.legacy_version = legacy_version;
     workspace.fingerprint = FingerprintBuilder::new(legacy_version);
+    // A fingerprint is reported only for a whole ClientHello: for one cut short (a post-quantum first
+    // segment) or continued in a second record, the hashing would be thrown away.
+    if input.arrived() < hello_end {
+        workspace.fingerprint.pause();
+    }
 
     summary.stage = Stage::Random;
     body.skip(input, 32)?;
@@ -277,17 +313,21 @@ fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Re
     Ok(())
 }
 
-/// [`Step::Suites`]: the cipher suites in `workspace.list`.
+/// The cipher suites in `workspace.list`, at the end of [`Step::Head`].
 fn suites_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
-    let suites = &mut workspace.list;
-    let fingerprint = &mut workspace.fingerprint;
+    // Worked on in locals and written back once, so that the hash stays in a register instead of making a
+    // round trip through the workspace (a BPF map value in XDP) for every suite.
+    let mut suites = workspace.list;
+    let mut fingerprint = workspace.fingerprint;
     for _ in 0..MAX_HASHED_CIPHER_SUITES {
         if suites.is_empty() {
             break;
         }
-        fingerprint.list_item(suites.u16(input)?);
+        fingerprint.shared_item(suites.u16(input)?);
     }
-    fingerprint.end_list();
+    fingerprint.end_shared_list();
+    workspace.list = suites;
+    workspace.fingerprint = fingerprint;
     Ok(())
 }
 
@@ -363,7 +403,7 @@ fn checks_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> 
     Ok(())
 }
 
-/// [`Step::Groups`].
+/// The supported_groups list into the fingerprint, at the end of [`Step::Checks`].
 fn groups_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
     let fingerprint = &mut workspace.fingerprint;
     if let Some((start, end)) = workspace.found.supported_groups {
