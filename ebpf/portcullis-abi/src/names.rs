@@ -49,8 +49,8 @@ pub const MAP_XDP_HELLO_BUDGET: &str = "xdp_ch_budget";
 /// [`crate::client_hello::fingerprint`]) -> `u8` (1). Written by `portcullis xdp block-fingerprint add|del`.
 pub const MAP_XDP_BLOCK_FP: &str = "xdp_block_fp";
 
-/// LRU hash of flows whose SYN load shedding dropped: [`crate::flow::FlowKey`] -> the client's initial sequence
-/// number (`u32`). A SYN that matches one is the client's TCP retransmitting it (verdict `drop_syn_retry_shed`
+/// LRU hash of flows whose SYN load shedding dropped: the flow's hash ([`crate::flow::FlowKey::hash`], `u64`) ->
+/// the client's initial sequence number (`u32`). A SYN that matches one is the client's TCP retransmitting it (verdict `drop_syn_retry_shed`
 /// when dropped again).
 pub const MAP_XDP_SYN_SHED: &str = "xdp_syn_shed";
 

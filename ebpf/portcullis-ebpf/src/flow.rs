@@ -58,11 +58,15 @@ pub(crate) fn flow_key(packet: &Classification) -> FlowKey {
 }
 
 /// For a packet to a listener port that passed the source checks: records a SYN's flow, judges the first payload
-/// segment of a recorded flow, passes everything else.
+/// segment of a recorded flow, passes everything else. `hash` is `flow_key(packet).hash()`.
 #[inline(always)]
-pub fn inspect(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
+pub fn inspect(
+    ctx: &XdpContext,
+    packet: &Classification,
+    config: &XdpConfig,
+    hash: u64,
+) -> Verdict {
     if packet.is_syn() {
-        let hash = flow_key(packet).hash();
         if let Some(set) = XDP_FLOWS.get_ptr_mut(flow_set(hash)) {
             // SAFETY: a pointer to a live map value, plain integers. Another CPU recording into the same set at
             // once can only lose one of the two flows (each tag is one aligned 8-byte store): fail open.
@@ -73,7 +77,6 @@ pub fn inspect(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) ->
     if packet.payload_len == 0 {
         return Verdict::PassListenerTcp;
     }
-    let hash = flow_key(packet).hash();
     let Some(set) = XDP_FLOWS.get_ptr(flow_set(hash)) else {
         return Verdict::PassListenerTcp;
     };

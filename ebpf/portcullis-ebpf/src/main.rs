@@ -63,9 +63,11 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     let config = XDP_CONFIG.get(XDP_CONFIG_KEY).unwrap_or(&XdpConfig::EMPTY);
     let classification = classify(&packet, config);
     let verdict = if classification.verdict == Verdict::PassListenerTcp {
-        match guard(&classification, config) {
+        // One flow hash per packet, for SYN shedding and flow tracking both.
+        let flow_hash = flow::flow_key(&classification).hash();
+        match guard(&classification, config, flow_hash) {
             // Past the source checks: flow tracking and the ClientHello check (`flow.rs`).
-            Verdict::PassListenerTcp => flow::inspect(&ctx, &classification, config),
+            Verdict::PassListenerTcp => flow::inspect(&ctx, &classification, config, flow_hash),
             dropped => dropped,
         }
     } else {
@@ -93,7 +95,7 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
 
 /// The verdict for TCP to a listener port: blocked source, SYN over budget, or pass.
 #[inline(always)]
-fn guard(packet: &Classification, config: &XdpConfig) -> Verdict {
+fn guard(packet: &Classification, config: &XdpConfig, flow_hash: u64) -> Verdict {
     let key = Key::new(128, packet.src);
     if XDP_BLOCK_NET.get(&key).is_some() {
         return Verdict::DropBlockedSource;
@@ -103,7 +105,12 @@ fn guard(packet: &Classification, config: &XdpConfig) -> Verdict {
     }
     if packet.is_syn() && (config.syn_shed_ppm | config.syn_retry_shed_ppm) != 0 {
         // Load shedding, fresh SYNs before retransmitted ones (`shed.rs`).
-        return shed::syn(packet, config);
+        return shed::syn(
+            flow_hash,
+            packet.seq,
+            config.syn_shed_ppm,
+            config.syn_retry_shed_ppm,
+        );
     }
     Verdict::PassListenerTcp
 }
