@@ -124,11 +124,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             &[
                 "--mix".into(),
                 MIX.into(),
-                // Four in flight keep the server busy (one handshake served, the next ones waiting), and leave
-                // admission control next to nothing to shed: capacity is what the server completes, not what
-                // it turns away.
+                // Eight in flight keep the server busy (one handshake served, the next ones waiting, while the
+                // client works on the others), and stay within admission control's normal budget, so it has
+                // next to nothing to shed: capacity is what the server completes, not what it turns away.
                 "--concurrency".into(),
-                "4".into(),
+                "8".into(),
                 "--duration".into(),
                 cap_s.to_string(),
             ],

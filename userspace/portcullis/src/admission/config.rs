@@ -22,7 +22,8 @@ pub struct AdmissionConfig {
     /// Estimated work (sum of each admitted handshake's learned cost) allowed queued or in service per engine
     /// instance in normal operation: it bounds how long an admitted handshake can wait, and is large enough
     /// that bursts at moderate load are queued, not shed. Resumptions may go 50% beyond (and the engine serves
-    /// them first); while recovering from a standing queue, full handshakes get only twice `target`. A
+    /// them first); while overloaded (recovering from a standing queue, or XDP shedding SYNs), the budget is
+    /// only twice `target`. A
     /// duration. Default: `"20ms"`.
     #[serde(with = "humantime_serde")]
     pub queue_budget: Duration,

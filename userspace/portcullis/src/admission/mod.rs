@@ -14,9 +14,9 @@
 //! 3. (before all of these, in the kernel) the XDP program drops a fraction of new SYNs, set every interval by
 //!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]);
 //! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
-//!    `queue_budget` per engine instance for full handshakes (burst-tolerant: the budget of normal operation),
-//!    twice `target` per instance while recovering from a standing queue (so admitted full handshakes wait
-//!    little), and 1.5x `queue_budget` for resumptions, which the engine also serves first.
+//!    `queue_budget` per engine instance (burst-tolerant: the budget of normal operation), twice `target` per
+//!    instance while overloaded (recovering from a standing queue, or XDP shedding SYNs: so admitted
+//!    handshakes wait little); resumptions may use 1.5x that, and the engine serves them first.
 //!
 //! A shed handshake's connection is reset before any crypto (see ARCHITECTURE.md for why a reset). Traffic on
 //! established connections never waits behind handshakes: the expensive step runs on crypto threads, not on
@@ -94,8 +94,8 @@ pub struct Admission {
     /// Admitted work not yet finished, in nanoseconds of learned cost.
     outstanding_ns: AtomicU64,
     budget_ns: u64,
-    /// The budget for full handshakes while recovering: twice the target per instance.
-    recovering_budget_ns: u64,
+    /// The budget for full handshakes while overloaded: twice the target per instance.
+    overload_budget_ns: u64,
     shed: Family<ShedLabels, Counter>,
     admitted: Family<ClassLabel, Counter>,
     transitions: Family<StateLabel, Counter>,
@@ -155,12 +155,12 @@ impl Admission {
         let budget_ns = u64::try_from(config.queue_budget.as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_mul(instances.max(1) as u64);
-        let recovering_budget_ns = u64::try_from(config.target.as_nanos())
+        let overload_budget_ns = u64::try_from(config.target.as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_mul(2)
             .saturating_mul(instances.max(1) as u64);
         Arc::new(Self {
-            recovering_budget_ns,
+            overload_budget_ns,
             controller: Mutex::new(Controller::new(
                 config.target,
                 config.interval,
@@ -168,7 +168,7 @@ impl Admission {
                 Instant::now(),
             )),
             syn_loop: Mutex::new(SynShedLoop::new(
-                config.interval,
+                syn_shed::loop_interval(config.interval),
                 config.syn_shed,
                 config.syn_retry_hold,
                 Instant::now(),
@@ -227,7 +227,8 @@ impl Admission {
     /// Starts the thread that calls [`Admission::tick`] every `interval` while `admission` lives.
     pub fn start_ticker(admission: &Arc<Self>) {
         let weak = Arc::downgrade(admission);
-        let interval = admission.config.interval;
+        // The SYN shed loop's interval, the shorter of the two.
+        let interval = syn_shed::loop_interval(admission.config.interval);
         let spawned = std::thread::Builder::new()
             .name("admission-tick".into())
             .spawn(move || {
@@ -288,14 +289,18 @@ impl Admission {
             return Err(self.count_shed(class, ShedReason::Overload));
         }
         let cost = self.costs.estimate_ns(class);
-        let limit = if class.is_resumption() {
-            self.budget_ns.saturating_add(self.budget_ns / 2)
-        } else if state == State::Recovering {
-            // Out of a standing queue: full handshakes only into a short one, so those admitted wait about
-            // twice the target at most, not the whole burst-tolerant budget.
-            self.budget_ns.min(self.recovering_budget_ns)
+        // Overloaded (recovering from a standing queue, or XDP shedding SYNs): admit only into a short queue,
+        // so those admitted wait about twice the target at most, not the whole burst-tolerant budget of
+        // normal operation.
+        let budget = if state == State::Recovering || self.syn_shed_gauge.get() > 0 {
+            self.budget_ns.min(self.overload_budget_ns)
         } else {
             self.budget_ns
+        };
+        let limit = if class.is_resumption() {
+            budget.saturating_add(budget / 2)
+        } else {
+            budget
         };
         let reserved = self
             .outstanding_ns
@@ -522,7 +527,7 @@ mod tests {
             }
         }
         assert_eq!(held.len(), 10);
-        tokio::time::advance(Duration::from_millis(100)).await;
+        tokio::time::advance(syn_shed::loop_interval(Duration::from_millis(100))).await;
         // The next arrival closes the interval: keep 10 * 1.25 / 100 = 12.5%, floored at 1 - 0.9.
         let _ = a.admit(HandshakeClass::FullEcdsa);
         assert_eq!(

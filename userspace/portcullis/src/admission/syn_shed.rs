@@ -4,7 +4,7 @@
 //! Every connection that reaches admission control costs a socket, an accept, a read and, when it is shed
 //! there, a reset: tens of microseconds. At 10x overload those costs alone exceed the CPU a full handshake
 //! budget leaves, and goodput collapses. A SYN dropped in XDP costs a few hundred nanoseconds and the client's
-//! TCP retransmits it after 1 s, 3 s, ...: the cheapest shedding there is. So each `interval` the loop compares
+//! TCP retransmits it after 1 s, 3 s, ...: the cheapest shedding there is. So each [`loop_interval`] the loop compares
 //! the connections that *arrived* at admission control with those it *admitted*, and moves the fraction of SYNs
 //! XDP keeps (`keep`, 1.0 = all) towards `admitted * (1 + HEADROOM) / arrived`: userspace goes on seeing a
 //! little more than it can take (so it always has work, and sheds the excess by class, resumptions last),
@@ -15,7 +15,7 @@
 //! every SYN dropped after that is a client kept waiting a second for nothing), probe up gently in between.
 //!
 //! Retransmitted SYNs of flows XDP already shed go last: while shedding, and for `retry_hold` after the last
-//! interval that shed, XDP drops them at the largest fraction allowed (`retry_ppm`). A shed client has waited a
+//! interval that shed, XDP drops them all (`retry_ppm`; `max_shed` bounds new SYNs only, and 0 turns both off). A shed client has waited a
 //! second already; and after a storm its retransmissions keep coming for seconds (1 s, 3 s, 7 s after the
 //! first SYN), which would otherwise crowd out the clients arriving after the storm.
 
@@ -28,6 +28,14 @@ pub const HEADROOM: f64 = 0.25;
 
 /// At or below this share of arrivals shed by userspace, the storm is over: every SYN is let in again.
 const RELAX_BELOW: f64 = 0.05;
+
+/// The loop's interval for a controller `interval`: a quarter of it (25 ms for the default 100 ms). A storm's
+/// first interval is the one that reaches userspace unshed and queues up: the shorter, the smaller that burst.
+/// The sojourn-time controller needs the longer interval (a standing queue must stand); this loop compares two
+/// counts, which a few dozen connections already make meaningful.
+pub fn loop_interval(interval: Duration) -> Duration {
+    (interval / 4).max(Duration::from_millis(1))
+}
 
 /// What XDP should drop, in parts per million.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,8 +89,10 @@ impl SynShedLoop {
         let holding = self.last_shed.is_some();
         SynShed {
             ppm: self.ppm(),
-            retry_ppm: if holding {
-                (self.max_shed * 1_000_000.0).round() as u32
+            // Every retransmission while holding: letting a share of them in would only hand the slots new clients
+            // need to ones that have already waited a second or more (and are about to give up).
+            retry_ppm: if holding && self.max_shed > 0.0 {
+                1_000_000
             } else {
                 0
             },
@@ -194,7 +204,7 @@ mod tests {
             l.tick(now),
             Some(SynShed {
                 ppm: 0,
-                retry_ppm: 990_000
+                retry_ppm: 1_000_000
             })
         );
     }
@@ -205,7 +215,7 @@ mod tests {
         let mut l = SynShedLoop::new(MS100, 0.95, HOLD, now);
         assert_eq!(l.shed().retry_ppm, 0, "nothing shed yet");
         interval(&mut l, &mut now, 1000, 100);
-        assert_eq!(l.shed().retry_ppm, 950_000);
+        assert_eq!(l.shed().retry_ppm, 1_000_000);
         // New SYNs are let in again within a few intervals; retransmissions only after the hold.
         let mut released_at = None;
         for i in 1..=60 {
