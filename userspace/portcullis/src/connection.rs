@@ -12,11 +12,14 @@ use crate::metrics::{ListenerMetrics, ModeLabel, VersionLabel};
 use crate::proxy::proxy_v2::{self, ProxyInfo};
 use crate::proxy::relay::{self, OnMoved};
 use crate::proxy::upstream::Upstreams;
+use crate::tls::resolver::SniResolver;
 
 /// Everything a connection on one listener needs, shared by the worker's connections.
 pub struct ListenerContext {
     /// TLS configuration.
     pub tls: Arc<ServerConfig>,
+    /// The certificate choice inside `tls`, asked again (cheaply) to classify handshakes.
+    pub certs: Arc<SniResolver>,
     /// The expensive-step engine.
     pub engine: Arc<dyn HandshakeEngine>,
     /// Backends.
@@ -58,7 +61,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::run(&tcp, &ctx.tls, &*ctx.engine, |hello| count_offers(m, hello)),
+        handshake::run(&tcp, &ctx.tls, &ctx.certs, &*ctx.engine, |hello| {
+            count_offers(m, hello)
+        }),
     )
     .await;
     let mut est = match outcome {
