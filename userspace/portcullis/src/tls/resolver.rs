@@ -19,61 +19,11 @@ use rustls::{SignatureAlgorithm, SignatureScheme};
 
 use super::certs::LoadedCert;
 
-/// Every signature scheme this rustls version names. A signing key can only offer schemes from this enum, so
-/// probing a key with each of them finds everything it can sign with.
-const ALL_SCHEMES: [SignatureScheme; 16] = [
-    SignatureScheme::RSA_PKCS1_SHA1,
-    SignatureScheme::ECDSA_SHA1_Legacy,
-    SignatureScheme::RSA_PKCS1_SHA256,
-    SignatureScheme::ECDSA_NISTP256_SHA256,
-    SignatureScheme::RSA_PKCS1_SHA384,
-    SignatureScheme::ECDSA_NISTP384_SHA384,
-    SignatureScheme::RSA_PKCS1_SHA512,
-    SignatureScheme::ECDSA_NISTP521_SHA512,
-    SignatureScheme::RSA_PSS_SHA256,
-    SignatureScheme::RSA_PSS_SHA384,
-    SignatureScheme::RSA_PSS_SHA512,
-    SignatureScheme::ED25519,
-    SignatureScheme::ED448,
-    SignatureScheme::ML_DSA_44,
-    SignatureScheme::ML_DSA_65,
-    SignatureScheme::ML_DSA_87,
-];
-
 /// Resolves a certificate from the SNI and signature schemes of a ClientHello.
 #[derive(Debug)]
 pub struct SniResolver {
     by_name: HashMap<String, Vec<Candidate>>,
     default: Vec<Candidate>,
-}
-
-/// One certificate with what it can sign, worked out at load.
-#[derive(Debug, Clone)]
-struct Candidate {
-    key: Arc<CertifiedKey>,
-    algorithm: SignatureAlgorithm,
-    /// The schemes `key.key.choose_scheme` accepts, one by one.
-    schemes: Vec<SignatureScheme>,
-}
-
-impl Candidate {
-    fn new(key: &Arc<CertifiedKey>) -> Self {
-        let schemes = ALL_SCHEMES
-            .into_iter()
-            .filter(|s| key.key.choose_scheme(&[*s]).is_some())
-            .collect();
-        Self {
-            key: key.clone(),
-            algorithm: key.key.algorithm(),
-            schemes,
-        }
-    }
-
-    /// Whether the key can sign with one of `offered` (what `choose_scheme(offered).is_some()` says, without
-    /// building a signer).
-    fn can_sign(&self, offered: &[SignatureScheme]) -> bool {
-        self.schemes.iter().any(|s| offered.contains(s))
-    }
 }
 
 impl SniResolver {
@@ -145,6 +95,57 @@ impl ResolvesServerCert for SniResolver {
             .map(|c| c.key.clone())
     }
 }
+
+/// One certificate with what it can sign, worked out at load.
+#[derive(Debug, Clone)]
+struct Candidate {
+    key: Arc<CertifiedKey>,
+    algorithm: SignatureAlgorithm,
+    /// The schemes `key.key.choose_scheme` accepts, one by one.
+    schemes: Vec<SignatureScheme>,
+}
+
+impl Candidate {
+    fn new(key: &Arc<CertifiedKey>) -> Self {
+        let schemes = ALL_SCHEMES
+            .into_iter()
+            .filter(|s| key.key.choose_scheme(&[*s]).is_some())
+            .collect();
+        Self {
+            key: key.clone(),
+            algorithm: key.key.algorithm(),
+            schemes,
+        }
+    }
+
+    /// Whether the key can sign with one of `offered` (what `choose_scheme(offered).is_some()` says, without
+    /// building a signer).
+    fn can_sign(&self, offered: &[SignatureScheme]) -> bool {
+        self.schemes.iter().any(|s| offered.contains(s))
+    }
+}
+
+/// Every signature scheme this rustls version names. The provider's keys (aws-lc-rs) sign only with named
+/// schemes, so probing a key with each of these finds everything it can sign with (a test checks the table
+/// against `choose_scheme`).
+const ALL_SCHEMES: [SignatureScheme; 16] = [
+    SignatureScheme::RSA_PKCS1_SHA1,
+    SignatureScheme::ECDSA_SHA1_Legacy,
+    SignatureScheme::RSA_PKCS1_SHA256,
+    SignatureScheme::ECDSA_NISTP256_SHA256,
+    SignatureScheme::RSA_PKCS1_SHA384,
+    SignatureScheme::ECDSA_NISTP384_SHA384,
+    SignatureScheme::RSA_PKCS1_SHA512,
+    SignatureScheme::ECDSA_NISTP521_SHA512,
+    SignatureScheme::RSA_PSS_SHA256,
+    SignatureScheme::RSA_PSS_SHA384,
+    SignatureScheme::RSA_PSS_SHA512,
+    SignatureScheme::ED25519,
+    SignatureScheme::ED448,
+    SignatureScheme::ML_DSA_44,
+    SignatureScheme::ML_DSA_65,
+    SignatureScheme::ML_DSA_87,
+];
 
 #[cfg(test)]
 pub(crate) mod tests {
