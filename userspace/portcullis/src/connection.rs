@@ -12,11 +12,14 @@ use crate::metrics::{ListenerMetrics, ModeLabel, VersionLabel};
 use crate::proxy::proxy_v2::{self, ProxyInfo};
 use crate::proxy::relay::{self, OnMoved};
 use crate::proxy::upstream::Upstreams;
+use crate::tls::resolver::SniResolver;
 
 /// Everything a connection on one listener needs, shared by the worker's connections.
 pub struct ListenerContext {
     /// TLS configuration.
     pub tls: Arc<ServerConfig>,
+    /// The certificate choice inside `tls`, asked again (cheaply) to classify handshakes.
+    pub certs: Arc<SniResolver>,
     /// The expensive-step engine.
     pub engine: Arc<dyn HandshakeEngine>,
     /// Backends.
@@ -58,7 +61,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::run(&tcp, &ctx.tls, &*ctx.engine, |hello| count_offers(m, hello)),
+        handshake::run(&tcp, &ctx.tls, &ctx.certs, &*ctx.engine, |hello| {
+            count_offers(m, hello)
+        }),
     )
     .await;
     let mut est = match outcome {
@@ -100,8 +105,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
                 // The client left without sending anything: no upstream connection was ever needed.
-                est.conn.send_close_notify();
-                let _ = crate::tls_io::flush(&tcp, &mut est.conn).await;
+                close_tls(&tcp, &mut est.conn).await;
                 return;
             }
             Ok(Err(e)) => {
@@ -122,8 +126,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         Err((cause, e)) => {
             m.upstream_error(backend, cause.name());
             tracing::warn!(%peer, upstream = %backend, cause = cause.name(), error = %e, "upstream connect failed");
-            est.conn.send_close_notify();
-            let _ = crate::tls_io::flush(&tcp, &mut est.conn).await;
+            close_tls(&tcp, &mut est.conn).await;
             return;
         }
     };
@@ -179,6 +182,13 @@ async fn first_client_bytes(
             return Ok(false);
         }
     }
+}
+
+/// Ends the TLS session cleanly: queues close_notify and sends it with whatever else rustls still holds. Best
+/// effort: the connection is closing anyway, so a write error changes nothing.
+async fn close_tls(tcp: &TcpStream, conn: &mut rustls::ServerConnection) {
+    conn.send_close_notify();
+    let _ = crate::tls_io::flush(tcp, conn).await;
 }
 
 fn count_offers(m: &ListenerMetrics, hello: &handshake::inspect::HelloInfo) {

@@ -62,7 +62,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
     for c in &certs {
         tracing::info!(cert = %c.source.display(), names = ?c.names, "certificate loaded");
     }
-    let tls_config = tls::server_config(&config.tls, &certs, provider)
+    let resolver = tls::resolver(&certs).context("building the TLS configuration")?;
+    let tls_config = tls::server_config(&config.tls, resolver.clone(), provider)
         .context("building the TLS configuration")?;
     let tickets = tickets::Tickets::start(&config.tls).context("setting up session tickets")?;
 
@@ -206,6 +207,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .map(|i| {
             Arc::new(ListenerContext {
                 tls: tickets.server_config(&tls_config, &config.listener_name(i)),
+                certs: resolver.clone(),
                 engine: engine.clone(),
                 upstreams: upstreams.clone(),
                 metrics: metrics.listener(&config.listener_name(i)),

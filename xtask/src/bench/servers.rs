@@ -1,5 +1,6 @@
 //! The servers under test: portcullis (release build, `--workers 1`), nginx and HAProxy from Debian, each with
-//! one worker pinned to CPU 0, on a free loopback port, with its config and log under `target/bench/<server>/`.
+//! one worker pinned to CPU 0, on a free loopback port, with its config and log under `target/bench/<label>/`
+//! (`<label>` is the server's name unless the bench runs one server in several configurations).
 //! Stopped by PID (never by name) when the [`Server`] is dropped.
 
 use std::fmt;
@@ -57,20 +58,23 @@ pub struct Server {
     log: PathBuf,
 }
 
-/// Starts `kind` with `cert`.
+/// Starts `kind` with `cert`, its files under `target/bench/<server name>/`.
 pub fn start(ctx: &Ctx, kind: ServerKind, cert: &Cert) -> Result<Server> {
-    start_with(ctx, kind, cert, None)
+    start_with(ctx, kind, cert, kind.name(), None)
 }
 
-/// [`start`], with portcullis reading `portcullis_config` (a TOML file; the flags still set listener, metrics,
-/// worker count, certificate and state directory). Ignored for the other servers.
+/// [`start`], with its config, log and state under `target/bench/<label>/` (one directory per configuration
+/// when a bench starts the same server more than once), and portcullis reading `portcullis_config` (a TOML
+/// file; the flags still set listener, metrics, worker count, certificate and state directory; ignored for
+/// the other servers).
 pub fn start_with(
     ctx: &Ctx,
     kind: ServerKind,
     cert: &Cert,
+    label: &str,
     portcullis_config: Option<&Path>,
 ) -> Result<Server> {
-    let dir = ctx.out.join(kind.name());
+    let dir = ctx.out.join(label);
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
     let (program, args): (PathBuf, Vec<String>) = match kind {

@@ -54,7 +54,7 @@ const TARGET_RECOVER_S: f64 = 1.0;
 /// One server under test, in one configuration.
 struct Contender {
     server: ServerKind,
-    /// Row label and file name stem.
+    /// Row label, file name stem and directory under `target/bench/`.
     label: &'static str,
     /// portcullis only: the TOML config file.
     config: Option<String>,
@@ -116,7 +116,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             }
             None => None,
         };
-        let s = servers::start_with(ctx, c.server, &rsa, config.as_deref())?;
+        let s = servers::start_with(ctx, c.server, &rsa, name, config.as_deref())?;
         let cap_report = load::run(
             ctx,
             s.port,

@@ -20,6 +20,7 @@ use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
 use tokio::net::TcpStream;
 
 use crate::metrics::{ModeLabel, VersionLabel};
+use crate::tls::resolver::SniResolver;
 use crate::tls_io;
 use class::HandshakeClass;
 use engine::{EngineError, HandshakeEngine, Job};
@@ -60,11 +61,13 @@ impl HandshakeError {
     }
 }
 
-/// Runs the whole handshake on `tcp`. `on_hello` sees every inspected ClientHello, before the expensive step,
+/// Runs the whole handshake on `tcp`. `certs` is the certificate choice inside `config`, asked for the key type
+/// to classify the handshake. `on_hello` sees every inspected ClientHello, before the expensive step,
 /// whatever the outcome (offers are counted there, so a rate of accepted / offered resumptions is honest).
 pub async fn run(
     tcp: &TcpStream,
     config: &Arc<ServerConfig>,
+    certs: &SniResolver,
     engine: &dyn HandshakeEngine,
     on_hello: impl FnOnce(&HelloInfo),
 ) -> Result<Established, HandshakeError> {
@@ -72,7 +75,7 @@ pub async fn run(
     let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
     drop(raw);
     on_hello(&hello);
-    let class = HandshakeClass::classify(&hello, &accepted, config);
+    let class = HandshakeClass::classify(&hello, &accepted, certs);
     let job = Job {
         accepted,
         config: config.clone(),

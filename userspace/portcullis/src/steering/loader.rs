@@ -20,7 +20,7 @@ use portcullis_abi::steering::{
 use prometheus_client::collector::Collector;
 
 use super::{OutcomeCounters, SaturatedWorkers, counters};
-use crate::xdp::{object, pins::Pins};
+use crate::xdp::{object, pins::Pins, refusal};
 
 /// What [`Steering::start`] needs.
 #[derive(Clone, Debug)]
@@ -151,6 +151,8 @@ impl Steering {
             .try_into()?;
         program
             .load()
+            .map_err(anyhow::Error::new)
+            .map_err(|e| refusal::explain(&format!("reuseport program `{PROG_REUSEPORT}`"), e))
             .with_context(|| format!("the kernel refused to load `{PROG_REUSEPORT}`"))?;
         pins.0.pin_with(&settings.pin_dir, PROG_REUSEPORT, |path| {
             program

@@ -35,14 +35,20 @@ pub fn load_certificates(
         .collect()
 }
 
-/// Builds the server configuration shared by every worker.
+/// Builds the certificate choice shared by the server configuration and handshake classification (one table,
+/// so both see the same choice).
+pub fn resolver(certs: &[LoadedCert]) -> anyhow::Result<Arc<SniResolver>> {
+    SniResolver::new(certs)
+        .map(Arc::new)
+        .ok_or_else(|| anyhow::anyhow!("no certificate loaded"))
+}
+
+/// Builds the server configuration shared by every worker, choosing certificates with `resolver`.
 pub fn server_config(
     tls: &TlsConfig,
-    certs: &[LoadedCert],
+    resolver: Arc<SniResolver>,
     provider: Arc<CryptoProvider>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
-    let resolver =
-        SniResolver::new(certs).ok_or_else(|| anyhow::anyhow!("no certificate loaded"))?;
     let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls
         .versions
         .iter()
@@ -54,7 +60,7 @@ pub fn server_config(
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&versions)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+        .with_cert_resolver(resolver);
     config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     // The ticketer and session cache are set per listener by `tickets::Tickets::server_config`.
     Ok(Arc::new(config))

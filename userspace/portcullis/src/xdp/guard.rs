@@ -21,6 +21,7 @@ use super::{
     logs::{LogPump, bpf_log_level},
     object,
     pins::{Persistent, Pins, reusable_pin},
+    refusal,
 };
 
 /// Maps pinned for good (not removed on detach) and reused by the next start: per-source SYN and ClientHello
@@ -110,7 +111,7 @@ impl XdpGuard {
         let ebpf = loader
             .load(object)
             .map_err(anyhow::Error::new)
-            .map_err(privilege_hint)
+            .map_err(|e| refusal::explain("the embedded BPF object (maps, BTF)", e))
             .context("cannot load the embedded BPF object (maps, BTF)")?;
         // From here on, an early return drops `running`, which undoes what was done so far.
         let mut running = Running {
@@ -141,7 +142,7 @@ impl XdpGuard {
         program
             .load()
             .map_err(anyhow::Error::new)
-            .map_err(privilege_hint)
+            .map_err(|e| refusal::explain(&format!("XDP program `{PROG_XDP}`"), e))
             .with_context(|| format!("the kernel refused to load XDP program `{PROG_XDP}`"))?;
         running
             .pins
@@ -259,19 +260,5 @@ impl std::fmt::Debug for Running {
             .field("attachments", &self.attachments)
             .field("pins", &self.pins)
             .finish()
-    }
-}
-
-/// Adds what to do when the kernel said "permission denied": the usual cause is a missing capability.
-fn privilege_hint(error: anyhow::Error) -> anyhow::Error {
-    let denied = error.chain().any(|cause| {
-        cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
-    });
-    if denied {
-        error.context("permission denied: run the daemon as root or grant it CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON")
-    } else {
-        error
     }
 }

@@ -9,6 +9,8 @@
 //! - [`pins`]: the pin directory on bpffs and the map pins the guard creates and removes.
 //! - [`counters`]: [`XdpCounters`], a cheap handle that sums the per-CPU verdict counters.
 //! - [`shed`]: [`SynShed`], the SYN shed fraction admission control turns while it sheds.
+//! - [`refusal`]: what to say when the kernel refuses a program with "permission denied": the verifier's
+//!   verdict when it left a log, else the privileges the daemon needs (the steering loader uses it too).
 //! - [`logs`]: forwards the BPF program's aya-log records to `tracing` from a small thread.
 //! - `test_run` (tests only): the ABI's packet fixture table run through the loaded program (`BPF_PROG_TEST_RUN`).
 //! - `test_hello` (tests only): SYN then first segment of real, crafted-malformed, cut-short and blocked
@@ -32,6 +34,7 @@ mod guard;
 mod logs;
 pub(crate) mod object;
 pub(crate) mod pins;
+pub(crate) mod refusal;
 mod settings;
 mod shed;
 #[cfg(test)]
