@@ -58,6 +58,11 @@ struct Contender {
     label: &'static str,
     /// portcullis only: the TOML config file.
     config: Option<String>,
+    /// Take the capacity measured for this earlier contender instead of probing: portcullis with admission
+    /// control is the same server on the same CPU as without, and a closed-loop probe would only measure how
+    /// its shedding (SYNs dropped, clients waiting out TCP's 1 s retransmission) slows a client that never
+    /// backs off.
+    capacity_of: Option<&'static str>,
 }
 
 fn contenders(ctx: &Ctx) -> Vec<Contender> {
@@ -67,6 +72,15 @@ fn contenders(ctx: &Ctx) -> Vec<Contender> {
             ServerKind::Portcullis => {
                 out.push(Contender {
                     server: *server,
+                    label: "portcullis-noadm",
+                    config: Some(
+                        "# cargo xtask bench storm: admission control off, no XDP.\n[admission]\nenabled = false\n"
+                            .to_owned(),
+                    ),
+                    capacity_of: None,
+                });
+                out.push(Contender {
+                    server: *server,
                     label: "portcullis",
                     config: Some(
                         "# cargo xtask bench storm: admission control on, the XDP guard on lo for SYN shedding.\n\
@@ -74,20 +88,14 @@ fn contenders(ctx: &Ctx) -> Vec<Contender> {
                          [admission]\nenabled = true\n"
                             .to_owned(),
                     ),
-                });
-                out.push(Contender {
-                    server: *server,
-                    label: "portcullis-noadm",
-                    config: Some(
-                        "# cargo xtask bench storm: admission control off, no XDP.\n[admission]\nenabled = false\n"
-                            .to_owned(),
-                    ),
+                    capacity_of: Some("portcullis-noadm"),
                 });
             }
             other => out.push(Contender {
                 server: *other,
                 label: other.name(),
                 config: None,
+                capacity_of: None,
             }),
         }
     }
@@ -117,23 +125,33 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             None => None,
         };
         let s = servers::start_with(ctx, c.server, &rsa, name, config.as_deref())?;
-        let cap_report = load::run(
-            ctx,
-            s.port,
-            &ctx.out.join(format!("storm-{name}-capacity.json")),
-            &[
-                "--mix".into(),
-                MIX.into(),
-                // Eight in flight keep the server busy (one handshake served, the next ones waiting, while the
-                // client works on the others), and stay within admission control's normal budget, so it has
-                // next to nothing to shed: capacity is what the server completes, not what it turns away.
-                "--concurrency".into(),
-                "8".into(),
-                "--duration".into(),
-                cap_s.to_string(),
-            ],
-        )?;
-        let capacity = cap_report["rate_ok"].as_f64().unwrap_or(1.0).max(1.0);
+        let measured = c.capacity_of.and_then(|of| {
+            summary
+                .iter()
+                .find(|v: &&Value| v["server"] == of)
+                .and_then(|v| v["capacity_per_s"].as_f64())
+        });
+        let capacity = match measured {
+            Some(capacity) => capacity,
+            None => {
+                let cap_report = load::run(
+                    ctx,
+                    s.port,
+                    &ctx.out.join(format!("storm-{name}-capacity.json")),
+                    &[
+                        "--mix".into(),
+                        MIX.into(),
+                        // Eight in flight keep the server busy (one handshake served, the next ones waiting,
+                        // while the client works on the others).
+                        "--concurrency".into(),
+                        "8".into(),
+                        "--duration".into(),
+                        cap_s.to_string(),
+                    ],
+                )?;
+                cap_report["rate_ok"].as_f64().unwrap_or(1.0).max(1.0)
+            }
+        };
         let steady = (capacity * 0.5).max(1.0);
         let storm = capacity * STORM_FACTOR;
         let mut args: Vec<String> = vec![
