@@ -94,8 +94,10 @@ pub struct Admission {
     /// Admitted work not yet finished, in nanoseconds of learned cost.
     outstanding_ns: AtomicU64,
     budget_ns: u64,
-    /// The budget for full handshakes while overloaded: twice the target per instance.
+    /// The budget while overloaded: twice the target per instance.
     overload_budget_ns: u64,
+    /// Engine instances the budgets are for.
+    instances: usize,
     shed: Family<ShedLabels, Counter>,
     admitted: Family<ClassLabel, Counter>,
     transitions: Family<StateLabel, Counter>,
@@ -161,6 +163,7 @@ impl Admission {
             .saturating_mul(instances.max(1) as u64);
         Arc::new(Self {
             overload_budget_ns,
+            instances: instances.max(1),
             controller: Mutex::new(Controller::new(
                 config.target,
                 config.interval,
@@ -319,6 +322,16 @@ impl Admission {
         Ok(cost)
     }
 
+    /// While overloaded, the longest an admitted handshake may wait in an engine queue before it is dropped
+    /// there, before any crypto: the overload budget (twice `target`). The budget bounds the *estimated* work
+    /// ahead of a job; when the estimate runs behind (the crypto thread gets less of the core than usual, as when
+    /// the workers' accepts and resets take their share in a storm), this bounds the wait itself. `None` in
+    /// normal operation.
+    pub fn max_wait(&self) -> Option<Duration> {
+        let overloaded = self.syn_shed_gauge.get() > 0 || self.state() != State::Normal;
+        overloaded.then(|| Duration::from_nanos(self.overload_budget_ns / self.instances as u64))
+    }
+
     /// Returns a reservation made by [`Admission::admit`].
     pub fn release(&self, cost: u64) {
         self.outstanding_ns.fetch_sub(cost, Ordering::Relaxed);
@@ -363,9 +376,10 @@ impl<E: HandshakeEngine> AdmissionEngine<E> {
         Self { inner, admission }
     }
 
-    async fn run_job(&self, job: Job) -> JobResult {
+    async fn run_job(&self, mut job: Job) -> JobResult {
         let cost = self.admission.admit(job.class).map_err(EngineError::Shed)?;
         let _guard = InFlight::enter(&self.admission, cost);
+        job.max_wait = self.admission.max_wait();
         self.inner.run(job).await
     }
 }

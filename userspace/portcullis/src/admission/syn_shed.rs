@@ -10,9 +10,10 @@
 //! little more than it can take (so it always has work, and sheds the excess by class, resumptions last),
 //! and XDP drops the rest before it costs anything.
 //!
-//! Cut to the measured ratio at once when overloaded (a storm arrives within one interval), let every SYN in
-//! again as soon as an interval needed (almost) no shedding in userspace (a storm ends within one interval:
-//! every SYN dropped after that is a client kept waiting a second for nothing), probe up gently in between.
+//! Cut to the measured ratio at once when overloaded (a storm arrives within one interval), double back while
+//! intervals need (almost) no shedding in userspace (from 5% kept, all SYNs are let in after five quiet
+//! intervals, 125 ms: a storm ends quickly, but one quiet interval within a storm does not let it all in at
+//! once), probe up gently in between.
 //!
 //! Retransmitted SYNs of flows XDP already shed go last: while shedding, and for `retry_hold` after the last
 //! interval that shed, XDP drops them all (`retry_ppm`; `max_shed` bounds new SYNs only, and 0 turns both off). A shed client has waited a
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 /// How much more than it admits userspace should see: the excess it sheds itself, by class.
 pub const HEADROOM: f64 = 0.25;
 
-/// At or below this share of arrivals shed by userspace, the storm is over: every SYN is let in again.
+/// At or below this share of arrivals shed by userspace, the interval was quiet: twice as many SYNs are let in.
 const RELAX_BELOW: f64 = 0.05;
 
 /// The loop's interval for a controller `interval`: a quarter of it (25 ms for the default 100 ms). A storm's
@@ -122,7 +123,7 @@ impl SynShedLoop {
             let ratio = admitted.max(1.0) * (1.0 + HEADROOM) / arrived;
             self.keep = (self.keep * ratio).clamp(floor, 1.0);
         } else if arrived - admitted <= arrived * RELAX_BELOW {
-            self.keep = 1.0;
+            self.keep = (self.keep * 2.0).min(1.0);
         } else {
             self.keep = (self.keep * 1.1).min(1.0);
         }
@@ -179,8 +180,15 @@ mod tests {
         // Now about 125 arrive (10x * 12.5%), 100 admitted: in the band, probe up a little.
         let ppm = interval(&mut l, &mut now, 125, 100);
         assert!(ppm > 850_000 && ppm < 875_000, "{ppm}");
-        // The storm ends: 5 arrive, all admitted -> every SYN let in at once.
-        assert_eq!(interval(&mut l, &mut now, 5, 5), 0);
+        // The storm ends: 5 arrive, all admitted -> keep doubles each interval: 0.1375, 0.275, 0.55, 1.
+        let mut released = 0;
+        for i in 1..=4 {
+            if interval(&mut l, &mut now, 5, 5) == 0 {
+                released = i;
+                break;
+            }
+        }
+        assert_eq!(released, 3);
     }
 
     #[test]
@@ -225,7 +233,10 @@ mod tests {
             }
             if l.shed().retry_ppm == 0 {
                 let released = released_at.expect("new SYNs first");
-                assert_eq!(released, 1, "new SYNs back after the first quiet interval");
+                assert!(
+                    released <= 5,
+                    "new SYNs back after {released} quiet intervals"
+                );
                 assert!(
                     i >= 40,
                     "retransmissions back after {i} intervals, hold is 4 s"

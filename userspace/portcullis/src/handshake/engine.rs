@@ -26,6 +26,9 @@ pub struct Job {
     pub hello: HelloInfo,
     /// The handshake's cost class, decided before any crypto.
     pub class: HandshakeClass,
+    /// Shed it, before any crypto, if it waits longer than this in an engine queue (set by admission control
+    /// while overloaded; `None`: no bound beyond the engine's own policy).
+    pub max_wait: Option<std::time::Duration>,
 }
 
 /// Why an engine did not produce a connection.
@@ -53,6 +56,9 @@ pub enum ShedReason {
     InFlightLimit,
     /// Admitting it would exceed the queued-work budget.
     CostBudget,
+    /// Waited in the engine queue longer than admission control's bound while overloaded (dropped when a
+    /// crypto thread took it, before any crypto: CoDel's drop at dequeue).
+    QueueDeadline,
 }
 
 impl ShedReason {
@@ -65,6 +71,7 @@ impl ShedReason {
             Self::Overload => "overload",
             Self::InFlightLimit => "in_flight_limit",
             Self::CostBudget => "cost_budget",
+            Self::QueueDeadline => "queue_deadline",
         }
     }
 }

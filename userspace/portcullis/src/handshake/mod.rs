@@ -81,6 +81,7 @@ pub async fn run(
         config: config.clone(),
         hello: hello.clone(),
         class,
+        max_wait: None,
     };
     let mut conn = match engine.run(job).await {
         Ok(conn) => conn,

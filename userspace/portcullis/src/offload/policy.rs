@@ -101,11 +101,25 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let submitted = Instant::now();
         let Job {
-            accepted, config, ..
+            accepted,
+            config,
+            max_wait,
+            ..
         } = job;
-        let expire_after = match self.policy {
+        let policy_wait = match self.policy {
             FullRingPolicy::Wait(d) => Some(d),
             FullRingPolicy::Reject | FullRingPolicy::Inline => None,
+        };
+        // The tighter of the policy's deadline and admission control's bound; which one expired decides the
+        // reason counted.
+        let expire_after = match (policy_wait, max_wait) {
+            (Some(p), Some(m)) => Some(p.min(m)),
+            (p, m) => p.or(m),
+        };
+        let expired_reason = if max_wait.is_some() && expire_after == max_wait {
+            ShedReason::QueueDeadline
+        } else {
+            ShedReason::WaitDeadline
         };
         let mut work: Work = Box::new(move || {
             let start = Instant::now();
@@ -169,8 +183,8 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             // controller still sees the standing queue in the served jobs' waits (all above its target long
             // before any job reaches the deadline).
             Ok(Served::Expired) => {
-                self.metrics.rejected(class, ShedReason::WaitDeadline);
-                Err(EngineError::Shed(ShedReason::WaitDeadline))
+                self.metrics.rejected(class, expired_reason);
+                Err(EngineError::Shed(expired_reason))
             }
             Ok(Served::Done(result, wait, service)) => {
                 self.metrics.completed(class, wait, service);
