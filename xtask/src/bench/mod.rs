@@ -14,6 +14,7 @@
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
+//! - [`merge`]: one report from the reports of load generator processes that shared a run.
 //! - [`procstat`]: CPU time of a process tree from `/proc/PID/stat`.
 //! - [`svg`]: a small hand-written bar chart (no plotting dependency in xtask).
 //! - [`xdp`]: `bench xdp`, the XDP guard's ns/packet per fixture class beside the userspace rejection cost.
@@ -24,6 +25,7 @@ mod certs;
 mod fleet;
 mod handshakes;
 mod load;
+mod merge;
 mod procstat;
 mod servers;
 mod storm;

@@ -27,14 +27,17 @@ use serde_json::{Value, json};
 
 use super::certs::{self, KeyType};
 use super::servers::{self, ServerKind};
-use super::{Ctx, load};
+use super::{Ctx, load, merge};
 
 /// Clients give up on a connection after this many seconds (browsers wait longer, mobile clients about 10 s; the
 /// bound keeps the connections one client process holds open within its descriptor limit at 10x).
 pub const CLIENT_TIMEOUT_S: u64 = 3;
 
-/// Connections the load generator keeps open at once, below the 20,000 descriptors it may have here.
+/// Connections one load generator process keeps open at once, below the 20,000 descriptors it may have here.
 const MAX_INFLIGHT: u32 = 18_000;
+
+/// Load generator processes sharing the offered load (each with its own descriptor limit).
+const LOAD_PROCESSES: usize = 2;
 
 /// Storm multiplier of the capacity.
 pub const STORM_FACTOR: f64 = 10.0;
@@ -110,8 +113,9 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         (5.0, 10.0, 10.0, 15.0)
     };
     let rsa = certs::ensure(&ctx.out, KeyType::Rsa4096)?;
+    // One entry per address ("--source=ADDR"), dealt out to the load generator processes in turn.
     let sources: Vec<String> = (1..=SOURCES)
-        .flat_map(|i| ["--source".to_owned(), format!("127.0.0.{i}")])
+        .map(|i| format!("--source=127.0.0.{i}"))
         .collect();
     let mut summary = Vec::new();
     for c in contenders(ctx) {
@@ -154,33 +158,68 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         };
         let steady = (capacity * 0.5).max(1.0);
         let storm = capacity * STORM_FACTOR;
-        let mut args: Vec<String> = vec![
-            "--mix".into(),
-            MIX.into(),
-            "--phase".into(),
-            format!("steady:{steady_s}:{steady:.0}:poisson"),
-            "--phase".into(),
-            format!("storm:{storm_s}:{storm:.0}:poisson"),
-            "--phase".into(),
-            format!("recovery:{recovery_s}:{steady:.0}:poisson"),
-            "--timeout".into(),
-            CLIENT_TIMEOUT_S.to_string(),
-            "--max-inflight".into(),
-            MAX_INFLIGHT.to_string(),
-            "--svg".into(),
-            ctx.out
-                .join(format!("storm-{name}.svg"))
-                .display()
-                .to_string(),
-            "--title".into(),
-            format!("{name}: RSA-4096, CPU 0; steady {steady:.0}/s, storm {storm:.0}/s"),
-        ];
-        args.extend(sources.iter().cloned());
-        let report = load::run(
-            ctx,
-            s.port,
-            &ctx.out.join(format!("storm-{name}.json")),
-            &args,
+        // Two load generator processes, half the rate each (own seeds, own source addresses): one process
+        // may hold 20,000 descriptors here, and at 10x the clients whose SYNs were dropped hold one each
+        // until they give up.
+        let args = |part: usize| -> Vec<String> {
+            let (steady, storm) = (
+                steady / LOAD_PROCESSES as f64,
+                storm / LOAD_PROCESSES as f64,
+            );
+            let mut args: Vec<String> = vec![
+                "--mix".into(),
+                MIX.into(),
+                "--seed".into(),
+                (part + 1).to_string(),
+                "--phase".into(),
+                format!("steady:{steady_s}:{steady:.1}:poisson"),
+                "--phase".into(),
+                format!("storm:{storm_s}:{storm:.1}:poisson"),
+                "--phase".into(),
+                format!("recovery:{recovery_s}:{steady:.1}:poisson"),
+                "--timeout".into(),
+                CLIENT_TIMEOUT_S.to_string(),
+                "--max-inflight".into(),
+                MAX_INFLIGHT.to_string(),
+            ];
+            if part == 0 {
+                args.extend([
+                    "--svg".into(),
+                    ctx.out
+                        .join(format!("storm-{name}.svg"))
+                        .display()
+                        .to_string(),
+                    "--title".into(),
+                    format!(
+                        "{name}: RSA-4096, CPU 0; steady {:.0}/s, storm {:.0}/s (one of {LOAD_PROCESSES} clients)",
+                        steady, storm
+                    ),
+                ]);
+            }
+            args.extend(sources.iter().skip(part).step_by(LOAD_PROCESSES).cloned());
+            args
+        };
+        let port = s.port;
+        let reports = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..LOAD_PROCESSES)
+                .map(|part| {
+                    let args = args(part);
+                    let json = ctx.out.join(format!("storm-{name}-{part}.json"));
+                    scope.spawn(move || load::run(ctx, port, &json, &args))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| anyhow::bail!("a load generator thread panicked"))
+                })
+                .collect::<Result<Vec<Value>>>()
+        })?;
+        let report = merge::reports(&reports);
+        std::fs::write(
+            ctx.out.join(format!("storm-{name}.json")),
+            serde_json::to_string_pretty(&report)?,
         )?;
         drop(s);
         summary.push(summarize(name, capacity, &report));

@@ -110,17 +110,9 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             FullRingPolicy::Wait(d) => Some(d),
             FullRingPolicy::Reject | FullRingPolicy::Inline => None,
         };
-        // The tighter of the policy's deadline and admission control's bound; which one expired decides the
-        // reason counted.
-        let expire_after = match (policy_wait, max_wait) {
-            (Some(p), Some(m)) => Some(p.min(m)),
-            (p, m) => p.or(m),
-        };
-        let expired_reason = if max_wait.is_some() && expire_after == max_wait {
-            ShedReason::QueueDeadline
-        } else {
-            ShedReason::WaitDeadline
-        };
+        let expiry = expiry(policy_wait, max_wait);
+        let expire_after = expiry.map(|(d, _)| d);
+        let expired_reason = expiry.map_or(ShedReason::WaitDeadline, |(_, r)| r);
         let mut work: Work = Box::new(move || {
             let start = Instant::now();
             let wait = start.saturating_duration_since(submitted);
@@ -208,5 +200,46 @@ impl<E: OffloadEngine> HandshakeEngine for OffloadHandshakes<E> {
 
     fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = JobResult> + Send + '_>> {
         Box::pin(self.run_job(job))
+    }
+}
+
+/// How long a job may wait in a ring before the crypto thread drops it, and the reason counted then: the
+/// tighter of the full-ring policy's deadline (`wait`) and admission control's bound while overloaded.
+fn expiry(
+    policy_wait: Option<Duration>,
+    max_wait: Option<Duration>,
+) -> Option<(Duration, ShedReason)> {
+    match (policy_wait, max_wait) {
+        (Some(p), Some(m)) if m <= p => Some((m, ShedReason::QueueDeadline)),
+        (Some(p), _) => Some((p, ShedReason::WaitDeadline)),
+        (None, Some(m)) => Some((m, ShedReason::QueueDeadline)),
+        (None, None) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tighter_bound_expires_a_job_and_names_the_reason() {
+        let ms = Duration::from_millis;
+        assert_eq!(expiry(None, None), None);
+        assert_eq!(
+            expiry(Some(ms(50)), None),
+            Some((ms(50), ShedReason::WaitDeadline))
+        );
+        assert_eq!(
+            expiry(None, Some(ms(10))),
+            Some((ms(10), ShedReason::QueueDeadline))
+        );
+        assert_eq!(
+            expiry(Some(ms(50)), Some(ms(10))),
+            Some((ms(10), ShedReason::QueueDeadline))
+        );
+        assert_eq!(
+            expiry(Some(ms(5)), Some(ms(10))),
+            Some((ms(5), ShedReason::WaitDeadline))
+        );
     }
 }
