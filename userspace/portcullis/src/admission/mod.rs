@@ -5,6 +5,7 @@
 //!   `recovering`, with hysteresis.
 //! - [`cost`]: each handshake class's cost, learned online (EWMA of measured service time).
 //! - [`config`]: the `[admission]` config section.
+//! - [`syn_shed`]: the loop that sets how many SYNs the XDP program drops.
 //! - this file: [`Admission`] (shared state, fed by the engine's completions) and [`AdmissionEngine`], which
 //!   wraps any `HandshakeEngine` and sheds before delegating.
 //!
@@ -16,7 +17,9 @@
 //! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
 //!    `queue_budget` per engine instance (burst-tolerant: the budget of normal operation), twice `target` per
 //!    instance while overloaded (recovering from a standing queue, or XDP shedding SYNs: so admitted
-//!    handshakes wait little); resumptions may use 1.5x that, and the engine serves them first.
+//!    handshakes wait little); resumptions may use 1.5x that, and the engine serves them first;
+//! 5. while overloaded, a job that still waited longer than `target` in an engine queue is dropped when a
+//!    crypto thread takes it, before any crypto ([`Admission::max_wait`]).
 //!
 //! A shed handshake's connection is reset before any crypto (see ARCHITECTURE.md for why a reset). Traffic on
 //! established connections never waits behind handshakes: the expensive step runs on crypto threads, not on
@@ -96,8 +99,6 @@ pub struct Admission {
     budget_ns: u64,
     /// The budget while overloaded: twice the target per instance.
     overload_budget_ns: u64,
-    /// Engine instances the budgets are for.
-    instances: usize,
     shed: Family<ShedLabels, Counter>,
     admitted: Family<ClassLabel, Counter>,
     transitions: Family<StateLabel, Counter>,
@@ -163,7 +164,6 @@ impl Admission {
             .saturating_mul(instances.max(1) as u64);
         Arc::new(Self {
             overload_budget_ns,
-            instances: instances.max(1),
             controller: Mutex::new(Controller::new(
                 config.target,
                 config.interval,
@@ -323,13 +323,13 @@ impl Admission {
     }
 
     /// While overloaded, the longest an admitted handshake may wait in an engine queue before it is dropped
-    /// there, before any crypto: the overload budget (twice `target`). The budget bounds the *estimated* work
+    /// there, before any crypto: `target`. The overload budget (twice `target`) bounds the *estimated* work
     /// ahead of a job; when the estimate runs behind (the crypto thread gets less of the core than usual, as when
-    /// the workers' accepts and resets take their share in a storm), this bounds the wait itself. `None` in
-    /// normal operation.
+    /// the workers' accepts and resets take their share in a storm), this bounds the wait itself, at the delay
+    /// the controller aims for. `None` in normal operation.
     pub fn max_wait(&self) -> Option<Duration> {
         let overloaded = self.syn_shed_gauge.get() > 0 || self.state() != State::Normal;
-        overloaded.then(|| Duration::from_nanos(self.overload_budget_ns / self.instances as u64))
+        overloaded.then_some(self.config.target)
     }
 
     /// Returns a reservation made by [`Admission::admit`].
