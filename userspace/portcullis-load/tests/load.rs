@@ -230,3 +230,42 @@ fn an_unreachable_target_fails_the_preflight_clearly() {
         other => panic!("expected a TLS refusal, got {other:?}"),
     }
 }
+
+#[test]
+fn connections_come_from_the_given_source_addresses_in_turn() {
+    // A plain TCP listener that records each peer's address and closes: the handshakes fail, which is fine,
+    // only where they came from matters here.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = peers.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(6).flatten() {
+            if let Ok(peer) = stream.peer_addr() {
+                seen.lock().unwrap_or_else(|e| e.into_inner()).push(peer.ip());
+            }
+        }
+    });
+    let sources: Vec<std::net::IpAddr> = ["127.0.0.2", "127.0.0.3"]
+        .iter()
+        .map(|a| a.parse().expect("address"))
+        .collect();
+    let mut s = spec(&[addr], "full13", 20.0, 0.3);
+    s.conn.sources = sources.clone().into();
+    s.conn.timeout = Duration::from_secs(2);
+    let report = run(s);
+    assert_eq!(report.ok + report.failed, 6, "{}", report.table());
+    assert!(
+        common::eventually(|| peers.lock().unwrap_or_else(|e| e.into_inner()).len() == 6),
+        "the listener saw {:?}",
+        peers.lock().unwrap_or_else(|e| e.into_inner())
+    );
+    let peers = peers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for source in &sources {
+        assert_eq!(
+            peers.iter().filter(|p| *p == source).count(),
+            3,
+            "connections from {source}: {peers:?}"
+        );
+    }
+}
