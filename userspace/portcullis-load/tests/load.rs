@@ -242,7 +242,9 @@ fn connections_come_from_the_given_source_addresses_in_turn() {
     std::thread::spawn(move || {
         for stream in listener.incoming().take(6).flatten() {
             if let Ok(peer) = stream.peer_addr() {
-                seen.lock().unwrap_or_else(|e| e.into_inner()).push(peer.ip());
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(peer.ip());
             }
         }
     });
