@@ -19,7 +19,7 @@
 //!    instance while overloaded (recovering from a standing queue, or XDP shedding SYNs: so admitted
 //!    handshakes wait little); resumptions may use 1.5x that, and the engine serves them first;
 //! 5. while overloaded, a job that still waited longer than `target` in an engine queue is dropped when a
-//!    crypto thread takes it, before any crypto ([`Admission::max_wait`]).
+//!    crypto thread takes it, before any crypto ([`Admitted::max_wait`]).
 //!
 //! A shed handshake's connection is reset before any crypto (see ARCHITECTURE.md for why a reset). Traffic on
 //! established connections never waits behind handshakes: the expensive step runs on crypto threads, not on
@@ -87,6 +87,19 @@ impl SynShedControl for crate::xdp::SynShed {
     fn set_syn_shed(&self, shed: SynShed) -> anyhow::Result<()> {
         self.set_ppm(shed.ppm, shed.retry_ppm)
     }
+}
+
+/// An admitted handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// The learned cost reserved, to give back with [`Admission::release`] when the handshake step finishes.
+    pub cost: u64,
+    /// While overloaded, the longest it may wait in an engine queue before it is dropped there, before any
+    /// crypto: `target`. The overload budget (twice `target`) bounds the *estimated* work ahead of a job; when
+    /// the estimate runs behind (the crypto thread gets less of the core than usual, as when the workers'
+    /// accepts and resets take their share in a storm), this bounds the wait itself, at the delay the controller
+    /// aims for. `None` in normal operation.
+    pub max_wait: Option<Duration>,
 }
 
 /// Admission control's shared state.
@@ -211,20 +224,24 @@ impl Admission {
         );
     }
 
-    /// Decides on a handshake of `class`. `Ok` carries the cost reserved, to release when it finishes.
-    pub fn admit(&self, class: HandshakeClass) -> Result<u64, ShedReason> {
+    /// Decides on a handshake of `class`.
+    pub fn admit(&self, class: HandshakeClass) -> Result<Admitted, ShedReason> {
         let decision = self.decide(class);
+        self.step_syn_loop(|l, now| l.record(decision.is_ok(), now));
+        decision
+    }
+
+    /// Runs one step of the SYN shed loop (with XDP only) and hands a changed drop fraction to the XDP program.
+    fn step_syn_loop(&self, step: impl FnOnce(&mut SynShedLoop, Instant) -> Option<SynShed>) {
         if let Some(knob) = &self.syn_shed {
-            let changed = self
-                .syn_loop
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(decision.is_ok(), Instant::now());
+            let changed = step(
+                &mut self.syn_loop.lock().unwrap_or_else(|e| e.into_inner()),
+                Instant::now(),
+            );
             if let Some(shed) = changed {
                 self.set_syn_shed(knob.as_ref(), shed);
             }
         }
-        decision
     }
 
     /// Starts the thread that calls [`Admission::tick`] every `interval` while `admission` lives.
@@ -252,16 +269,7 @@ impl Admission {
     /// timer, so an idle server returns to `normal` and SYN shedding ends when nothing reaches userspace.
     pub fn tick(&self) {
         let _ = self.state();
-        if let Some(knob) = &self.syn_shed {
-            let changed = self
-                .syn_loop
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .tick(Instant::now());
-            if let Some(shed) = changed {
-                self.set_syn_shed(knob.as_ref(), shed);
-            }
-        }
+        self.step_syn_loop(SynShedLoop::tick);
     }
 
     /// Cheapest action first: the XDP program drops a fraction of new SYNs (their clients retry after 1 s,
@@ -283,7 +291,7 @@ impl Admission {
         }
     }
 
-    fn decide(&self, class: HandshakeClass) -> Result<u64, ShedReason> {
+    fn decide(&self, class: HandshakeClass) -> Result<Admitted, ShedReason> {
         if IN_FLIGHT.get() >= self.config.max_in_flight_per_worker {
             return Err(self.count_shed(class, ShedReason::InFlightLimit));
         }
@@ -292,10 +300,11 @@ impl Admission {
             return Err(self.count_shed(class, ShedReason::Overload));
         }
         let cost = self.costs.estimate_ns(class);
+        let shedding_syns = self.syn_shed_gauge.get() > 0;
         // Overloaded (recovering from a standing queue, or XDP shedding SYNs): admit only into a short queue,
         // so those admitted wait about twice the target at most, not the whole burst-tolerant budget of
         // normal operation.
-        let budget = if state == State::Recovering || self.syn_shed_gauge.get() > 0 {
+        let budget = if state == State::Recovering || shedding_syns {
             self.budget_ns.min(self.overload_budget_ns)
         } else {
             self.budget_ns
@@ -319,17 +328,10 @@ impl Admission {
                 class: class.name(),
             })
             .inc();
-        Ok(cost)
-    }
-
-    /// While overloaded, the longest an admitted handshake may wait in an engine queue before it is dropped
-    /// there, before any crypto: `target`. The overload budget (twice `target`) bounds the *estimated* work
-    /// ahead of a job; when the estimate runs behind (the crypto thread gets less of the core than usual, as when
-    /// the workers' accepts and resets take their share in a storm), this bounds the wait itself, at the delay
-    /// the controller aims for. `None` in normal operation.
-    pub fn max_wait(&self) -> Option<Duration> {
-        let overloaded = self.syn_shed_gauge.get() > 0 || self.state() != State::Normal;
-        overloaded.then_some(self.config.target)
+        Ok(Admitted {
+            cost,
+            max_wait: (state != State::Normal || shedding_syns).then_some(self.config.target),
+        })
     }
 
     /// Returns a reservation made by [`Admission::admit`].
@@ -377,9 +379,9 @@ impl<E: HandshakeEngine> AdmissionEngine<E> {
     }
 
     async fn run_job(&self, mut job: Job) -> JobResult {
-        let cost = self.admission.admit(job.class).map_err(EngineError::Shed)?;
-        let _guard = InFlight::enter(&self.admission, cost);
-        job.max_wait = self.admission.max_wait();
+        let admitted = self.admission.admit(job.class).map_err(EngineError::Shed)?;
+        let _guard = InFlight::enter(&self.admission, admitted.cost);
+        job.max_wait = admitted.max_wait;
         self.inner.run(job).await
     }
 }
@@ -498,9 +500,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn reservations_are_returned() {
         let a = admission(1);
-        let costs: Vec<u64> = std::iter::from_fn(|| a.admit(HandshakeClass::FullRsa).ok())
-            .take(1000)
-            .collect();
+        let costs: Vec<u64> =
+            std::iter::from_fn(|| a.admit(HandshakeClass::FullRsa).ok().map(|a| a.cost))
+                .take(1000)
+                .collect();
         assert!(!costs.is_empty());
         assert!(a.admit(HandshakeClass::FullRsa).is_err());
         for c in costs {
@@ -535,7 +538,7 @@ mod tests {
         // One interval in which 100 handshakes arrive on a worker that may have 10 in flight: 10 admitted.
         let mut held = Vec::new();
         for _ in 0..100 {
-            if let Ok(cost) = a.admit(HandshakeClass::FullEcdsa) {
+            if let Ok(Admitted { cost, .. }) = a.admit(HandshakeClass::FullEcdsa) {
                 IN_FLIGHT.set(IN_FLIGHT.get() + 1);
                 held.push(cost);
             }
@@ -555,7 +558,7 @@ mod tests {
         }
         for _ in 0..4 {
             tokio::time::advance(Duration::from_millis(100)).await;
-            if let Ok(cost) = a.admit(HandshakeClass::FullEcdsa) {
+            if let Ok(Admitted { cost, .. }) = a.admit(HandshakeClass::FullEcdsa) {
                 a.release(cost);
             }
         }
