@@ -251,21 +251,25 @@ fn test_run(fd: RawFd, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
     attr[16..24].copy_from_slice(&(frame.as_ptr() as u64).to_ne_bytes());
     attr[24..32].copy_from_slice(&(out.as_mut_ptr() as u64).to_ne_bytes());
     attr[32..36].copy_from_slice(&repeat.to_ne_bytes());
-    // SAFETY: `attr` is a bpf_attr for BPF_PROG_TEST_RUN whose pointers stay valid for the call.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            attr.as_mut_ptr(),
-            attr.len() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error()).context("BPF_PROG_TEST_RUN");
-    }
+    // SAFETY: `attr` is a bpf_attr for BPF_PROG_TEST_RUN whose pointers (`frame`, `out`) outlive the call.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }.context("BPF_PROG_TEST_RUN")?;
     let retval = u32::from_ne_bytes(attr[4..8].try_into()?);
     let duration = u32::from_ne_bytes(attr[36..40].try_into()?);
     Ok((retval, f64::from(duration)))
+}
+
+/// `bpf(cmd, attr, size)`: the return value (a descriptor for loads), or the errno as an error.
+///
+/// # Safety
+/// `attr` must be a valid `bpf_attr` for `cmd` whose pointers stay valid for the call.
+unsafe fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller's promise, and the size passed is `attr`'s own.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len() as u32) };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -285,19 +289,9 @@ impl EmptyProgram {
         attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
         attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
         attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
-        // SAFETY: `attr` is a bpf_attr for BPF_PROG_LOAD whose pointers stay valid for the call.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                attr.as_mut_ptr(),
-                attr.len() as u32,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("BPF_PROG_LOAD of the empty program");
-        }
+        // SAFETY: `attr` is a bpf_attr for BPF_PROG_LOAD whose pointers (`insns`, `license`) outlive the call.
+        let fd = unsafe { bpf(BPF_PROG_LOAD, &mut attr) }
+            .context("BPF_PROG_LOAD of the empty program")?;
         Ok(Self(fd as RawFd))
     }
 }

@@ -122,6 +122,15 @@ fn hello(
     run(ebpf, counters, &conn.first_segment(payload))
 }
 
+/// The captured curl ClientHello (with SNI), the fixture several tests vary.
+fn curl_hello() -> &'static [u8] {
+    CAPTURED
+        .iter()
+        .find(|c| c.0 == "curl_sni")
+        .expect("curl fixture")
+        .1
+}
+
 #[test]
 fn captured_client_hellos_pass_and_only_the_first_segment_is_parsed() {
     if skip_reason("captured_client_hellos_pass_and_only_the_first_segment_is_parsed").is_some() {
@@ -232,10 +241,7 @@ fn untracked_and_cut_short_segments_pass() {
         (XDP_PASS, Verdict::PassClientHello)
     );
     // A ClientHello cut anywhere is judged on what arrived: never dropped for truncation.
-    let (_, curl, _) = CAPTURED
-        .iter()
-        .find(|c| c.0 == "curl_sni")
-        .expect("curl fixture");
+    let curl = curl_hello();
     for (i, len) in [1, 5, 9, 43, 60, 120, curl.len() - 1]
         .into_iter()
         .enumerate()
@@ -255,10 +261,7 @@ fn ipv6_and_vlan_frames_are_judged_too() {
         return;
     }
     let (mut ebpf, counters) = load(config());
-    let (_, curl, _) = CAPTURED
-        .iter()
-        .find(|c| c.0 == "curl_sni")
-        .expect("curl fixture");
+    let curl = curl_hello();
     let (reason, bad) = malformed_cases().swap_remove(0);
     for (i, (v6, vlan)) in [(true, false), (false, true), (true, true)]
         .into_iter()
@@ -289,10 +292,7 @@ fn blocked_fingerprints_drop_until_removed() {
         return;
     }
     let (mut ebpf, counters) = load(config());
-    let (_, curl, _) = CAPTURED
-        .iter()
-        .find(|c| c.0 == "curl_sni")
-        .expect("curl fixture");
+    let curl = curl_hello();
     let fingerprint = parse(curl)
         .expect("curl parses")
         .fingerprint
