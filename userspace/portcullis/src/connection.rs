@@ -89,12 +89,14 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         }
         Ok(Ok(est)) => est,
     };
+    let done = Instant::now();
     m.handshake(
         est.version,
         est.mode,
         "ok",
-        Some(started.elapsed().as_secs_f64()),
+        Some(done.saturating_duration_since(started).as_secs_f64()),
     );
+    m.stages(est.mode, &est.stages.durations(done));
     if let Some(reason) = est.hello.malformed {
         tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
     }

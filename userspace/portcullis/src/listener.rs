@@ -39,6 +39,9 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpList
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted sockets inherit it: the first ClientHello bytes carry the kernel's receive time
+    // (`portcullis_handshake_stage_seconds{stage="socket"}`).
+    crate::handshake::arrival::enable(&socket)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(socket.into())

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rustls::ServerConfig;
 use rustls::server::{Accepted, AcceptedAlert, ServerConnection};
@@ -76,8 +77,18 @@ impl ShedReason {
     }
 }
 
-/// What the expensive step produced: the connection with its first server flight queued, or why not.
-pub type JobResult = Result<ServerConnection, EngineError>;
+/// The expensive step, done: the connection with its first server flight queued, and when the step ran.
+pub struct Completed {
+    /// The connection.
+    pub conn: ServerConnection,
+    /// When the step started on its thread (a crypto thread, or the worker for the inline engine).
+    pub started: Instant,
+    /// When it finished there; the worker resumes the connection some time after.
+    pub finished: Instant,
+}
+
+/// What the expensive step produced, or why not.
+pub type JobResult = Result<Completed, EngineError>;
 
 /// Runs the expensive step. Implementations must not block the calling worker.
 pub trait HandshakeEngine: Send + Sync + 'static {
@@ -98,9 +109,16 @@ impl HandshakeEngine for InlineEngine {
     }
 
     fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = JobResult> + Send + '_>> {
+        let started = Instant::now();
+        let result = job.accepted.into_connection(job.config);
+        let finished = Instant::now();
         Box::pin(std::future::ready(
-            job.accepted
-                .into_connection(job.config)
+            result
+                .map(|conn| Completed {
+                    conn,
+                    started,
+                    finished,
+                })
                 .map_err(|(e, alert)| EngineError::Tls(e, alert)),
         ))
     }

@@ -8,10 +8,12 @@
 //! Each step is a function here; only the expensive step is behind a trait ([`engine::HandshakeEngine`]) so
 //! the offload engine and admission control plug in there without touching the rest.
 
+pub mod arrival;
 pub mod class;
 pub mod engine;
 pub mod failure;
 pub mod inspect;
+pub mod stages;
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ use class::HandshakeClass;
 use engine::{EngineError, HandshakeEngine, Job};
 use failure::Failure;
 use inspect::HelloInfo;
+use stages::StageClock;
 
 /// Most bytes of the client's first flight kept for our own parse: a full ClientHello record (2^14 bytes of
 /// payload plus its header), more than any real one (post-quantum ones are ~1.2-1.9 KB).
@@ -41,6 +44,8 @@ pub struct Established {
     pub version: VersionLabel,
     /// Full or resumed.
     pub mode: ModeLabel,
+    /// When it passed each stage (completed now).
+    pub stages: StageClock,
 }
 
 /// A failed handshake: the cause, and the version when it was already negotiated.
@@ -71,7 +76,9 @@ pub async fn run(
     engine: &dyn HandshakeEngine,
     on_hello: impl FnOnce(&HelloInfo),
 ) -> Result<Established, HandshakeError> {
-    let (accepted, raw) = read_client_hello(tcp).await?;
+    let mut stages = StageClock::default();
+    let (accepted, raw) = read_client_hello(tcp, &mut stages).await?;
+    stages.hello();
     let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
     drop(raw);
     on_hello(&hello);
@@ -84,7 +91,10 @@ pub async fn run(
         max_wait: None,
     };
     let mut conn = match engine.run(job).await {
-        Ok(conn) => conn,
+        Ok(done) => {
+            stages.crypto(done.started, done.finished);
+            done.conn
+        }
         Err(EngineError::Tls(err, mut alert)) => {
             // Best effort: tell the client why before closing.
             let _ = alert.write(&mut tls_io::TcpWrite(tcp));
@@ -103,7 +113,7 @@ pub async fn run(
             ));
         }
     };
-    finish(tcp, &mut conn).await?;
+    finish(tcp, &mut conn, &mut stages).await?;
     let version = match conn.protocol_version() {
         Some(ProtocolVersion::TLSv1_3) => VersionLabel::Tls13,
         Some(ProtocolVersion::TLSv1_2) => VersionLabel::Tls12,
@@ -119,18 +129,25 @@ pub async fn run(
         hello,
         version,
         mode,
+        stages,
     })
 }
 
 /// Step 1: read until rustls has a whole ClientHello, keeping the raw bytes for our own parse.
-async fn read_client_hello(tcp: &TcpStream) -> Result<(Accepted, Vec<u8>), HandshakeError> {
+async fn read_client_hello(
+    tcp: &TcpStream,
+    stages: &mut StageClock,
+) -> Result<(Accepted, Vec<u8>), HandshakeError> {
     let mut acceptor = Acceptor::default();
     let mut raw = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         let n = loop {
-            match tcp.try_read(&mut buf) {
-                Ok(n) => break n,
+            match arrival::try_read(tcp, &mut buf) {
+                Ok((n, stamp)) => {
+                    stages.first_read(stamp);
+                    break n;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     tcp.readable()
                         .await
@@ -182,10 +199,15 @@ async fn read_client_hello(tcp: &TcpStream) -> Result<(Accepted, Vec<u8>), Hands
 }
 
 /// Step 4: exchange the remaining flights until the handshake completes.
-async fn finish(tcp: &TcpStream, conn: &mut ServerConnection) -> Result<(), HandshakeError> {
+async fn finish(
+    tcp: &TcpStream,
+    conn: &mut ServerConnection,
+    stages: &mut StageClock,
+) -> Result<(), HandshakeError> {
     let io_err = |e: std::io::Error| HandshakeError::new(Failure::from_io(&e), e.to_string());
     loop {
         tls_io::flush(tcp, conn).await.map_err(io_err)?;
+        stages.flight();
         if !conn.is_handshaking() {
             return Ok(());
         }

@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 use super::metrics::EngineMetrics;
 use super::{FullRingPolicyConfig, OffloadEngine, Priority, SubmitError, Work};
 use crate::handshake::class::HandshakeClass;
-use crate::handshake::engine::{EngineError, HandshakeEngine, Job, JobResult, ShedReason};
+use crate::handshake::engine::{
+    Completed, EngineError, HandshakeEngine, Job, JobResult, ShedReason,
+};
 
 /// What to do when every ring is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +53,11 @@ impl FullRingPolicy {
               bytes in a slot that exists once"
 )]
 enum Served {
-    /// The expensive step ran: its result, the queue wait and the service time.
+    /// The expensive step ran: its result, when it started and when it finished.
     Done(
         Result<rustls::server::ServerConnection, (rustls::Error, rustls::server::AcceptedAlert)>,
-        Duration,
-        Duration,
+        Instant,
+        Instant,
     ),
     /// The job waited past the `wait` policy's deadline and was dropped unserved.
     Expired,
@@ -121,7 +123,7 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
                 return;
             }
             let result = accepted.into_connection(config);
-            let _ = tx.send(Served::Done(result, wait, start.elapsed()));
+            let _ = tx.send(Served::Done(result, start, Instant::now()));
         });
         let deadline = match self.policy {
             FullRingPolicy::Wait(d) => Some(tokio::time::Instant::now() + d),
@@ -178,12 +180,20 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
                 self.metrics.rejected(class, expired_reason);
                 Err(EngineError::Shed(expired_reason))
             }
-            Ok(Served::Done(result, wait, service)) => {
+            Ok(Served::Done(result, started, finished)) => {
+                let wait = started.saturating_duration_since(submitted);
+                let service = finished.saturating_duration_since(started);
                 self.metrics.completed(class, wait, service);
                 if let Some(o) = &self.observer {
                     o.completed(class, wait, service);
                 }
-                result.map_err(|(e, alert)| EngineError::Tls(e, alert))
+                result
+                    .map(|conn| Completed {
+                        conn,
+                        started,
+                        finished,
+                    })
+                    .map_err(|(e, alert)| EngineError::Tls(e, alert))
             }
             Err(_) => {
                 self.metrics.lost();
