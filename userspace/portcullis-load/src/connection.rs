@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use crate::cause::{Cause, Failure, Fallback};
 use crate::kind::Kind;
-use crate::store;
+use crate::{stamp, store};
 
 /// How long the close waits for the server's tickets and its close after ours.
 pub const LINGER: Duration = Duration::from_secs(1);
@@ -99,6 +99,9 @@ pub struct Outcome {
     pub intended: Instant,
     /// Intended start to TCP connected.
     pub connect: Option<Duration>,
+    /// Intended start to the server's first flight reaching this host's kernel (its receive timestamp, so
+    /// the client's own delay in reading it is not in it).
+    pub server_flight: Option<Duration>,
     /// Intended start to handshake complete.
     pub handshake: Option<Duration>,
     /// Intended start to the first response byte.
@@ -115,6 +118,7 @@ impl Outcome {
             target,
             intended,
             connect: None,
+            server_flight: None,
             handshake: None,
             first_byte: None,
             result: Err(Failure::new(cause, "not started")),
@@ -186,6 +190,8 @@ async fn establish(
     // Small flights: do not let Nagle hold the client's Finished behind the server's ACK.
     tcp.set_nodelay(true).map_err(|e| Failure::io(&e))?;
     out.connect = Some(intended.elapsed());
+    // Best effort: without stamps the server-flight time is simply not recorded.
+    let mut stamp_next = stamp::enable(&tcp).is_ok();
 
     store::take_offered();
     let mut tls =
@@ -198,7 +204,17 @@ async fn establish(
         if !tls.is_handshaking() {
             break;
         }
-        if read_some(&mut tcp, &mut tls, &mut buf).await? {
+        let closed = if stamp_next {
+            stamp_next = false;
+            let (n, at) = stamp::read(&tcp, &mut buf)
+                .await
+                .map_err(|e| Failure::io(&e))?;
+            out.server_flight = at.map(|at| at.saturating_duration_since(intended));
+            feed(&mut tcp, &mut tls, buf.get(..n).unwrap_or_default()).await?
+        } else {
+            read_some(&mut tcp, &mut tls, &mut buf).await?
+        };
+        if closed {
             return Err(Failure::new(
                 Cause::ServerClosed,
                 "the server closed the connection during the handshake",
@@ -288,10 +304,20 @@ async fn read_some(
     buf: &mut [u8],
 ) -> Result<bool, Failure> {
     let n = tcp.read(buf).await.map_err(|e| Failure::io(&e))?;
-    if n == 0 {
+    feed(tcp, tls, buf.get(..n).unwrap_or_default()).await
+}
+
+/// Feeds bytes read to rustls; no bytes is the end of stream (true). A TLS error is answered with the alert
+/// rustls queued (best effort) and returned.
+async fn feed(
+    tcp: &mut TcpStream,
+    tls: &mut ClientConnection,
+    bytes: &[u8],
+) -> Result<bool, Failure> {
+    if bytes.is_empty() {
         return Ok(true);
     }
-    let mut rest = buf.get(..n).unwrap_or_default();
+    let mut rest = bytes;
     while !rest.is_empty() {
         tls.read_tls(&mut rest).map_err(|e| Failure::io(&e))?;
         if let Err(e) = tls.process_new_packets() {

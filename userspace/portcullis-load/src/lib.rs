@@ -38,5 +38,6 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod schedule;
+pub mod stamp;
 pub mod store;
 pub mod verifier;

@@ -103,6 +103,9 @@ pub struct PhaseStats {
     /// TCP connected to handshake complete, all kinds: the server's share once it took the connection (a SYN
     /// the server dropped and the client's TCP retransmitted is not in it).
     pub tls: Histogram<u64>,
+    /// TCP connected to the server's first flight received (kernel timestamp), all kinds: the server's share
+    /// without the client's own delay in reading and answering it.
+    pub flight: Histogram<u64>,
     /// Of the completed ones, kinds that wanted resumption and had something to offer (resumed or rejected).
     pub resumption_offered: u64,
     /// Of those, refused by the server (a full handshake instead).
@@ -118,6 +121,7 @@ impl Default for PhaseStats {
             failed: 0,
             handshake: new_histogram(),
             tls: new_histogram(),
+            flight: new_histogram(),
             resumption_offered: 0,
             resumption_rejected: 0,
         }
@@ -188,6 +192,9 @@ impl Recorder {
                     }
                     if let (Some(h), Some(c)) = (outcome.handshake, outcome.connect) {
                         record(&mut p.tls, h.saturating_sub(c));
+                    }
+                    if let (Some(f), Some(c)) = (outcome.server_flight, outcome.connect) {
+                        record(&mut p.flight, f.saturating_sub(c));
                     }
                 }
                 Err(_) => p.failed += 1,

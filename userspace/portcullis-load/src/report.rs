@@ -135,6 +135,9 @@ pub struct PhaseReport {
     pub handshake_us: Percentiles,
     /// TCP connected to handshake complete, µs: the server's share once it took the connection.
     pub tls_us: Percentiles,
+    /// TCP connected to the server's first flight received by the kernel, µs: the server's share without the
+    /// client's delay in reading it (a saturated load generator's own latency is not in it).
+    pub flight_us: Percentiles,
     /// Resumption offers and how the server answered them.
     pub resumption: ResumptionReport,
 }
@@ -226,6 +229,7 @@ impl Report {
                     goodput: s.ok as f64 / p.duration_s,
                     handshake_us: Percentiles::of(&s.handshake),
                     tls_us: Percentiles::of(&s.tls),
+                    flight_us: Percentiles::of(&s.flight),
                     resumption: ResumptionReport {
                         offered: s.resumption_offered,
                         resumed: s.resumption_offered - s.resumption_rejected,

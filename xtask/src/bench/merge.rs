@@ -40,6 +40,7 @@ fn phase(ps: &[&Value]) -> Value {
         "goodput": sum_f64(ps, |p| &p["goodput"]),
         "handshake_us": percentiles(ps, |p| &p["handshake_us"]),
         "tls_us": percentiles(ps, |p| &p["tls_us"]),
+        "flight_us": percentiles(ps, |p| &p["flight_us"]),
         "resumption": {
             "offered": sum_u64(ps, |p| &p["resumption"]["offered"]),
             "resumed": sum_u64(ps, |p| &p["resumption"]["resumed"]),

@@ -28,6 +28,7 @@ mod load;
 mod merge;
 mod procstat;
 mod servers;
+mod stages;
 mod storm;
 mod svg;
 mod xdp;

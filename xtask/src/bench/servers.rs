@@ -54,6 +54,8 @@ pub struct Server {
     pub kind: ServerKind,
     /// Its TLS port on 127.0.0.1.
     pub port: u16,
+    /// portcullis: its `/metrics` port on 127.0.0.1.
+    pub metrics_port: Option<u16>,
     child: Child,
     log: PathBuf,
 }
@@ -77,6 +79,10 @@ pub fn start_with(
     let dir = ctx.out.join(label);
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
+    let metrics_port = match kind {
+        ServerKind::Portcullis => Some(free_port()?),
+        _ => None,
+    };
     let (program, args): (PathBuf, Vec<String>) = match kind {
         ServerKind::Portcullis => (
             ctx.daemon.clone(),
@@ -85,7 +91,7 @@ pub fn start_with(
                 "--listen".into(),
                 format!("127.0.0.1:{port}"),
                 "--metrics".into(),
-                format!("127.0.0.1:{}", free_port()?),
+                format!("127.0.0.1:{}", metrics_port.unwrap_or_default()),
                 "--workers".into(),
                 "1".into(),
                 "--cert".into(),
@@ -151,6 +157,7 @@ pub fn start_with(
     let mut server = Server {
         kind,
         port,
+        metrics_port,
         child,
         log,
     };
@@ -180,7 +187,13 @@ impl Server {
                     std::fs::read_to_string(&self.log).unwrap_or_default()
                 );
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            // portcullis binds its listeners first and loads its XDP program after (the verifier takes a while):
+            // ready means `/readyz` says so, not that the port answers.
+            let ready = match self.metrics_port {
+                Some(mp) => http_get(mp, "/readyz").is_ok_and(|(status, _)| status == 200),
+                None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            if ready {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -194,6 +207,27 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// One plain HTTP/1.0 GET on 127.0.0.1:`port`: the status and the body.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .with_context(|| format!("reading the answer to GET {path} from 127.0.0.1:{port}"))?;
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("GET {path} on 127.0.0.1:{port}: an answer without a body");
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("GET {path} on 127.0.0.1:{port}: no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
 }
 
 impl Drop for Server {

@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 
 use super::certs::{self, KeyType};
 use super::servers::{self, ServerKind};
-use super::{Ctx, load, merge};
+use super::{Ctx, load, merge, stages};
 
 /// Clients give up on a connection after this many seconds (browsers wait longer, mobile clients about 10 s; the
 /// bound keeps the connections one client process holds open within its descriptor limit at 10x).
@@ -200,7 +200,24 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             args
         };
         let port = s.port;
-        let reports = std::thread::scope(|scope| {
+        let metrics_port = s.metrics_port;
+        let (reports, scrapes) = std::thread::scope(|scope| {
+            // portcullis: its stage histograms at the start, the end of the steady phase and the end of the
+            // storm, so each phase's server-side stages can be read beside the client's view.
+            let scraper = metrics_port.map(|mp| {
+                scope.spawn(move || {
+                    let t0 = std::time::Instant::now();
+                    [0.0, steady_s, steady_s + storm_s]
+                        .into_iter()
+                        .map(|at| {
+                            let wait =
+                                std::time::Duration::from_secs_f64(at).saturating_sub(t0.elapsed());
+                            std::thread::sleep(wait);
+                            stages::scrape(mp)
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            });
             let handles: Vec<_> = (0..LOAD_PROCESSES)
                 .map(|part| {
                     let args = args(part);
@@ -208,21 +225,39 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                     scope.spawn(move || load::run(ctx, port, &json, &args))
                 })
                 .collect();
-            handles
+            let reports = handles
                 .into_iter()
                 .map(|h| {
                     h.join()
                         .unwrap_or_else(|_| anyhow::bail!("a load generator thread panicked"))
                 })
-                .collect::<Result<Vec<Value>>>()
-        })?;
+                .collect::<Result<Vec<Value>>>();
+            let scrapes = scraper.map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| anyhow::bail!("the metrics scraper panicked"))
+            });
+            (reports, scrapes)
+        });
+        let reports = reports?;
+        let server_stages = match scrapes.transpose()? {
+            Some(v) => match v.as_slice() {
+                [start, steady_end, storm_end] => json!({
+                    "steady": steady_end.since(start).summary(),
+                    "storm": storm_end.since(steady_end).summary(),
+                }),
+                _ => Value::Null,
+            },
+            None => Value::Null,
+        };
         let report = merge::reports(&reports);
         std::fs::write(
             ctx.out.join(format!("storm-{name}.json")),
             serde_json::to_string_pretty(&report)?,
         )?;
         drop(s);
-        summary.push(summarize(name, capacity, &report));
+        let mut row = summarize(name, capacity, &report);
+        row["server_stages"] = server_stages;
+        summary.push(row);
     }
     let text = render(&summary);
     println!("\n{text}");
@@ -258,6 +293,11 @@ fn summarize(name: &str, capacity: f64, report: &Value) -> Value {
     let steady_p99_ms = ms(&steady["handshake_us"]["p99"]).unwrap_or(0.0);
     let steady_tls_p99_ms = ms(&steady["tls_us"]["p99"]).unwrap_or(0.0);
     let storm_tls_p99_ms = ms(&storm["tls_us"]["p99"]);
+    let steady_flight_p99_ms = ms(&steady["flight_us"]["p99"]).unwrap_or(0.0);
+    let storm_flight_p99_ms = ms(&storm["flight_us"]["p99"]);
+    let flight_ratio = storm_flight_p99_ms
+        .filter(|_| steady_flight_p99_ms > 0.0)
+        .map(|p| p / steady_flight_p99_ms);
     let threshold_ms = steady_p99_ms * 2.0 + 20.0;
     let recovery_start = recovery["start_s"].as_f64().unwrap_or(0.0);
     let recovery_end = recovery_start + recovery["duration_s"].as_f64().unwrap_or(0.0);
@@ -291,6 +331,9 @@ fn summarize(name: &str, capacity: f64, report: &Value) -> Value {
         "storm_p99_ms": ms(&storm["handshake_us"]["p99"]),
         "storm_tls_p99_ms": storm_tls_p99_ms,
         "storm_tls_p99_ratio": p99_ratio,
+        "steady_flight_p99_ms": steady_flight_p99_ms,
+        "storm_flight_p99_ms": storm_flight_p99_ms,
+        "storm_flight_p99_ratio": flight_ratio,
         "storm_resumption": storm["resumption"],
         "storm_resumption_success": resumption_success,
         "recovery_p99_ms": ms(&recovery["handshake_us"]["p99"]),
@@ -355,11 +398,13 @@ fn render(summary: &[Value]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<17} {:>8} {:>9} {:>14} {:>9} {:>15} {:>10} {:>9} {:>11} {:>9}",
+        "{:<17} {:>8} {:>9} {:>14} {:>9} {:>13} {:>9} {:>15} {:>10} {:>9} {:>11} {:>9}",
         "server",
         "capacity",
         "goodput",
         "admitted p99",
+        "x steady",
+        "to flight p99",
         "x steady",
         "resumed/offered",
         "recovered",
@@ -374,7 +419,7 @@ fn render(summary: &[Value]) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<17} {:>8} {:>8}% {:>11} ms {:>8}x {:>14}% {:>10} {:>9} {:>8} ms {:>7}/4",
+            "{:<17} {:>8} {:>8}% {:>11} ms {:>8}x {:>10} ms {:>8}x {:>14}% {:>10} {:>9} {:>8} ms {:>7}/4",
             s["server"].as_str().unwrap_or("?"),
             f(&s["capacity_per_s"], 0),
             s["storm_goodput_share"]
@@ -382,6 +427,8 @@ fn render(summary: &[Value]) -> String {
                 .map_or("-".to_owned(), |x| format!("{:.0}", x * 100.0)),
             f(&s["storm_tls_p99_ms"], 1),
             f(&s["storm_tls_p99_ratio"], 1),
+            f(&s["storm_flight_p99_ms"], 1),
+            f(&s["storm_flight_p99_ratio"], 1),
             s["storm_resumption_success"]
                 .as_f64()
                 .map_or("-".to_owned(), |x| format!("{:.1}", x * 100.0)),
@@ -396,12 +443,41 @@ fn render(summary: &[Value]) -> String {
     let _ = writeln!(
         out,
         "goodput: completions/s during the storm / capacity (target >= {:.0}%); admitted p99: TCP connected to \
-         handshake done, storm vs steady (target <= {TARGET_P99_RATIO}x); resumed/offered: resumptions the server took \
+         handshake done, storm vs steady (target <= {TARGET_P99_RATIO}x); to flight: TCP connected to the server's flight \
+         received (kernel timestamp: without the load generator's own delay); resumed/offered: resumptions the server took \
          (target >= {:.0}%); recovered: until clients arriving after the storm are served as before (target <= \
          {TARGET_RECOVER_S} s); storm p99*: from intended start, SYN retransmissions included",
         TARGET_GOODPUT * 100.0,
         TARGET_RESUMPTION * 100.0
     );
+    for s in summary {
+        let st = &s["server_stages"];
+        if st.is_null() {
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "\n{}: server-side stages of completed handshakes, p99 ms steady -> storm (portcullis_handshake_stage_seconds)",
+            s["server"].as_str().unwrap_or("?")
+        );
+        for stage in stages::STAGES {
+            let f = |phase: &str, q: &str| {
+                st[phase][stage][q]
+                    .as_f64()
+                    .map_or("-".to_owned(), |x| format!("{x:.2}"))
+            };
+            let _ = writeln!(
+                out,
+                "  {stage:<7} p99 {:>8} -> {:>8}   p50 {:>7} -> {:>7}   n {} -> {}",
+                f("steady", "p99_ms"),
+                f("storm", "p99_ms"),
+                f("steady", "p50_ms"),
+                f("storm", "p50_ms"),
+                st["steady"][stage]["count"],
+                st["storm"][stage]["count"],
+            );
+        }
+    }
     out
 }
 
