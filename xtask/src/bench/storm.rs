@@ -18,6 +18,13 @@
 //! (target >= 95%), admitted p99 during the storm against the steady p99 (target <= 2x), resumption success
 //! (target >= 99%), and the time after the storm until a newly arriving client is served as in steady state
 //! again (target <= 1 s).
+//!
+//! The admitted p99 is measured two ways. *To flight*: TCP connected to the server's first flight received,
+//! stamped by the kernel (`SO_TIMESTAMPNS`): the server's response, what the target is judged on. *Handshake
+//! done*: TCP connected to the client's Finished sent, which adds the load generator's own delay in reading
+//! and answering the flight; during the storm its core is saturated (10x the server's capacity in connection
+//! attempts), so that delay grows with the load generator's load, not the server's. For portcullis the
+//! server's own stage histograms are scraped at the phase boundaries and printed beside them.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -110,7 +117,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let (cap_s, steady_s, storm_s, recovery_s) = if ctx.quick {
         (2.0, 3.0, 3.0, 6.0)
     } else {
-        (5.0, 10.0, 10.0, 15.0)
+        // A 20 s steady phase: its p99, the denominator of the storm ratio, from ~10,000 handshakes.
+        (5.0, 20.0, 10.0, 15.0)
     };
     let rsa = certs::ensure(&ctx.out, KeyType::Rsa4096)?;
     // One entry per address ("--source=ADDR"), dealt out to the load generator processes in turn.
@@ -314,7 +322,9 @@ fn summarize(name: &str, capacity: f64, report: &Value) -> Value {
     let goodput_share = goodput / capacity;
     let targets = json!({
         "goodput": goodput_share >= TARGET_GOODPUT,
-        "admitted_p99": p99_ratio.is_some_and(|r| r <= TARGET_P99_RATIO),
+        // Judged on the server's response (connected -> its flight on the wire): the load generator's core is
+        // saturated during the storm, and its delay in answering the flight is its own (BENCHMARKS.md).
+        "admitted_p99": flight_ratio.is_some_and(|r| r <= TARGET_P99_RATIO),
         "resumption": resumption_success.is_some_and(|r| r >= TARGET_RESUMPTION),
         "recovery": recover_s.is_some_and(|s| s <= TARGET_RECOVER_S),
     });

@@ -16,8 +16,8 @@
 //!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]);
 //! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
 //!    `queue_budget` per engine instance (burst-tolerant: the budget of normal operation), twice `target` per
-//!    instance while overloaded (recovering from a standing queue, or XDP shedding SYNs: so admitted
-//!    handshakes wait little); resumptions may use 1.5x that, and the engine serves them first;
+//!    instance while overloaded (any state but `normal`, or XDP shedding SYNs: so admitted handshakes wait
+//!    little); resumptions may use 1.5x that, and the engine serves them first;
 //! 5. while overloaded, a job that still waited longer than `target` in an engine queue is dropped when a
 //!    crypto thread takes it, before any crypto ([`Admitted::max_wait`]).
 //!
@@ -33,7 +33,7 @@ pub mod syn_shed;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -118,6 +118,8 @@ pub struct Admission {
     state_gauge: Gauge,
     syn_shed: Option<Arc<dyn SynShedControl>>,
     syn_loop: Mutex<SynShedLoop>,
+    /// The fraction of new SYNs the XDP program was last told to drop (ppm); `> 0` means overloaded.
+    syn_shed_ppm: AtomicU32,
     syn_shed_gauge: Gauge,
     syn_retry_shed_gauge: Gauge,
 }
@@ -198,6 +200,7 @@ impl Admission {
             transitions,
             state_gauge,
             syn_shed,
+            syn_shed_ppm: AtomicU32::new(0),
             syn_shed_gauge,
             syn_retry_shed_gauge,
         })
@@ -219,7 +222,7 @@ impl Admission {
             .inc();
         tracing::warn!(
             state = state.name(),
-            syn_shed_ppm = self.syn_shed_gauge.get(),
+            syn_shed_ppm = self.syn_shed_ppm.load(Ordering::Relaxed),
             "admission control state changed"
         );
     }
@@ -279,7 +282,8 @@ impl Admission {
             tracing::warn!(error = %format!("{e:#}"), "cannot set the XDP SYN shed fractions");
             return;
         }
-        let before = self.syn_shed_gauge.set(i64::from(shed.ppm));
+        let before = self.syn_shed_ppm.swap(shed.ppm, Ordering::Relaxed);
+        self.syn_shed_gauge.set(i64::from(shed.ppm));
         self.syn_retry_shed_gauge.set(i64::from(shed.retry_ppm));
         if (before == 0) != (shed.ppm == 0) {
             tracing::warn!(
@@ -300,11 +304,11 @@ impl Admission {
             return Err(self.count_shed(class, ShedReason::Overload));
         }
         let cost = self.costs.estimate_ns(class);
-        let shedding_syns = self.syn_shed_gauge.get() > 0;
-        // Overloaded (recovering from a standing queue, or XDP shedding SYNs): admit only into a short queue,
-        // so those admitted wait about twice the target at most, not the whole burst-tolerant budget of
-        // normal operation.
-        let budget = if state == State::Recovering || shedding_syns {
+        // Overloaded (a standing queue: shedding or recovering from one; or XDP shedding SYNs): admit only into
+        // a short queue, so those admitted wait about twice the target at most, not the whole burst-tolerant
+        // budget of normal operation; and bound the wait itself at the target ([`Admitted::max_wait`]).
+        let overloaded = state != State::Normal || self.syn_shed_ppm.load(Ordering::Relaxed) > 0;
+        let budget = if overloaded {
             self.budget_ns.min(self.overload_budget_ns)
         } else {
             self.budget_ns
@@ -330,7 +334,7 @@ impl Admission {
             .inc();
         Ok(Admitted {
             cost,
-            max_wait: (state != State::Normal || shedding_syns).then_some(self.config.target),
+            max_wait: overloaded.then_some(self.config.target),
         })
     }
 
@@ -457,6 +461,44 @@ mod tests {
         assert_eq!(a.admit(HandshakeClass::FullRsa), Err(ShedReason::Overload));
         assert!(a.admit(HandshakeClass::Tls13Psk).is_ok());
         assert!(a.admit(HandshakeClass::Tls12Resumption).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_shedding_resumptions_get_the_overload_budget_and_the_wait_bound() {
+        // A 1 s budget in normal operation; overloaded: 2 x target (5 ms) = 10 ms, 15 ms for resumptions.
+        let a = admission(1000);
+        for _ in 0..50 {
+            a.completed(
+                HandshakeClass::Tls13Psk,
+                Duration::ZERO,
+                Duration::from_millis(1),
+            );
+        }
+        for _ in 0..2 * controller::MIN_SAMPLES {
+            a.completed(
+                HandshakeClass::FullEcdsa,
+                Duration::from_millis(20),
+                Duration::from_micros(150),
+            );
+            tokio::time::advance(Duration::from_millis(12)).await;
+        }
+        assert_eq!(a.state(), State::Shedding);
+        let mut admitted = Vec::new();
+        while let Ok(ok) = a.admit(HandshakeClass::Tls13Psk) {
+            admitted.push(ok);
+            assert!(admitted.len() < 100, "the overload budget never filled");
+        }
+        // ~1 ms each against 15 ms (the learned cost is an EWMA, so within a couple).
+        assert!(
+            (13..=17).contains(&admitted.len()),
+            "{} resumptions admitted while shedding",
+            admitted.len()
+        );
+        assert!(
+            admitted
+                .iter()
+                .all(|ok| ok.max_wait == Some(AdmissionConfig::default().target))
+        );
     }
 
     #[tokio::test(start_paused = true)]
