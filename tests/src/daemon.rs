@@ -77,6 +77,8 @@ pub struct Daemon {
     child: Option<Child>,
     netns: Option<String>,
     dir: TempDir,
+    /// The daemon's own pin directory (removed after the daemon, fields drop after `Drop::drop`).
+    _pins: Option<crate::bpffs::BpfDir>,
 }
 
 impl Daemon {
@@ -97,7 +99,18 @@ impl Daemon {
                 .as_deref()
                 .is_some_and(|c| c.contains(section))
         };
-        if let Some(toml) = &opts.config_toml {
+        // Every daemon pins its BPF objects (the steering program, on by default; XDP when configured) in a
+        // directory of its own, unless the test chose one: parallel tests must never share or delete each
+        // other's pins, nor touch a production daemon's default pin_dir.
+        let own_pins = (!config_has("pin_dir")).then(|| crate::bpffs::BpfDir::new("daemon"));
+        let toml = match &own_pins {
+            Some(pins) => Some(with_pin_dir(
+                opts.config_toml.as_deref().unwrap_or_default(),
+                pins.path(),
+            )),
+            None => opts.config_toml.clone(),
+        };
+        if let Some(toml) = &toml {
             let path = dir.path().join("portcullis.toml");
             std::fs::write(&path, toml)?;
             args.extend(["--config".into(), path.display().to_string()]);
@@ -142,6 +155,7 @@ impl Daemon {
             child: Some(child),
             netns: opts.netns.clone(),
             dir,
+            _pins: own_pins,
         };
         daemon.wait_ready(&notify)?;
         Ok(daemon)
@@ -295,6 +309,18 @@ impl Drop for Daemon {
     }
 }
 
+/// `toml` with `[xdp] pin_dir` set to `dir`: under the `[xdp]` table if it has one, else in a new one.
+fn with_pin_dir(toml: &str, dir: &Path) -> String {
+    let line = format!("pin_dir = {:?}\n", dir.display().to_string());
+    match toml.find("[xdp]\n") {
+        Some(at) => {
+            let (head, tail) = toml.split_at(at + "[xdp]\n".len());
+            format!("{head}{line}{tail}")
+        }
+        None => format!("{toml}\n[xdp]\n{line}"),
+    }
+}
+
 /// A minimal HTTP/1.0 GET; returns (status, body).
 pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
@@ -337,4 +363,26 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             value.parse::<f64>().ok()
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pin_dir_goes_into_the_xdp_table_or_a_new_one() {
+        let dir = Path::new("/sys/fs/bpf/x");
+        assert_eq!(
+            with_pin_dir("workers = 2\n[xdp]\ninterfaces = [\"v\"]\n", dir),
+            "workers = 2\n[xdp]\npin_dir = \"/sys/fs/bpf/x\"\ninterfaces = [\"v\"]\n"
+        );
+        assert_eq!(
+            with_pin_dir("[admission]\nenabled = true\n", dir),
+            "[admission]\nenabled = true\n\n[xdp]\npin_dir = \"/sys/fs/bpf/x\"\n"
+        );
+        assert_eq!(
+            with_pin_dir("", dir),
+            "\n[xdp]\npin_dir = \"/sys/fs/bpf/x\"\n"
+        );
+    }
 }

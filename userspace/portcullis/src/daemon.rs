@@ -136,7 +136,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
             }
         })
         .collect();
-    let steering = if config.steering.enabled {
+    let steering = if config.steering.enabled && workers < 2 {
+        tracing::debug!("reuseport steering not loaded: one worker, nothing to steer");
+        None
+    } else if config.steering.enabled {
         let settings = steering::SteeringSettings {
             prefer_local_cpu: config.steering.prefer_local_cpu,
             worker_cpus: worker_cpus.clone(),
