@@ -257,6 +257,10 @@ impl Daemon {
 
     /// Sends `signal` and waits (bounded) for the process to exit.
     pub fn stop_with(mut self, signal: nix::sys::signal::Signal) -> anyhow::Result<ExitStatus> {
+        self.stop_in_place(signal)
+    }
+
+    fn stop_in_place(&mut self, signal: nix::sys::signal::Signal) -> anyhow::Result<ExitStatus> {
         let mut child = self.child.take().context("daemon already stopped")?;
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id())?);
         nix::sys::signal::kill(pid, signal)?;
@@ -297,6 +301,18 @@ impl Daemon {
     /// SIGTERM (graceful drain), then wait.
     pub fn terminate(self) -> anyhow::Result<ExitStatus> {
         self.stop_with(nix::sys::signal::Signal::SIGTERM)
+    }
+
+    /// The tail of a test: SIGTERM, and the daemon must drain and exit 0; panics with its stderr otherwise.
+    pub fn stop_ok(mut self) {
+        match self.stop_in_place(nix::sys::signal::Signal::SIGTERM) {
+            Ok(s) if s.success() => {}
+            Ok(s) => panic!(
+                "daemon exited with {s} after SIGTERM; stderr:\n{}",
+                self.stderr()
+            ),
+            Err(e) => panic!("stopping the daemon: {e:#}"),
+        }
     }
 }
 

@@ -402,5 +402,5 @@ fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
         calm_after.sum("portcullis_admission_transitions_total", &[])
             - calm_before.sum("portcullis_admission_transitions_total", &[]),
     );
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }

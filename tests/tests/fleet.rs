@@ -227,7 +227,7 @@ fn a_ticket_from_any_instance_resumes_on_the_other_two() {
     // 2 versions x 3 issuers x 2 other instances (rustls) + 2 versions x 2 instances (openssl).
     assert_eq!(resumed, 16.0);
     for d in daemons {
-        assert!(d.terminate().expect("stop").success());
+        d.stop_ok();
     }
 }
 
@@ -261,8 +261,8 @@ fn per_process_tickets_do_not_resume_elsewhere_and_count_unknown_key() {
         "per-process keys: only {rejected} refused resumptions"
     );
     assert!(rejections(&a, "unknown_key") + rejections(&b, "unknown_key") >= rejected as f64);
-    assert!(a.terminate().expect("stop").success());
-    assert!(b.terminate().expect("stop").success());
+    a.stop_ok();
+    b.stop_ok();
 }
 
 /// A TLS 1.2 ClientHello for `ecdsa.test` offering `ticket` (RFC 5077) with a 32-byte session ID.
@@ -387,7 +387,7 @@ fn bad_tickets_get_a_full_handshake_and_their_cause() {
         rustls_get(&client, d.addr()),
         rustls::HandshakeKind::Resumed
     );
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 /// One change to the key directory.
@@ -482,7 +482,7 @@ fn bad_key_dir_changes_keep_the_last_good_set() {
     assert!(d.stderr().contains("has mode 0644"));
     assert!(d.stderr().contains("is 47 bytes"));
     assert!(d.stderr().contains("no key is valid for encryption"));
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 #[test]
@@ -558,7 +558,7 @@ fn a_staged_key_takes_over_at_its_activation_moment() {
         "{list}"
     );
     assert_eq!(rejections(&d, "unknown_key"), 0.0);
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 #[test]
@@ -574,7 +574,7 @@ fn tls12_session_ids_resume_from_the_cache() {
     assert!(out.contains("Reused, TLSv1.2,"), "{out}");
     assert_eq!(metric(&d, "portcullis_session_cache_hits_total", &[]), 1.0);
     assert_eq!(metric(&d, "portcullis_tickets_issued_total", &[]), 0.0);
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 /// Starts `portcullis-load` resuming TLS 1.3 and TLS 1.2 ticket sessions round robin over `targets`, one
@@ -666,7 +666,7 @@ fn rotation_under_load_loses_no_resumption() {
         );
     }
     for d in daemons {
-        assert!(d.terminate().expect("stop").success());
+        d.stop_ok();
     }
 }
 
@@ -684,7 +684,7 @@ fn rolling_restart_under_load_loses_no_resumption_to_keys() {
         std::thread::sleep(Duration::from_secs(2));
         let old = daemons.remove(i);
         let addr = old.addr().to_string();
-        assert!(old.terminate().expect("stop").success());
+        old.stop_ok();
         let new = fleet.start(
             "",
             &["--listen", &addr, "--ticket-keys", &dir, "--workers", "1"],
@@ -705,7 +705,7 @@ fn rolling_restart_under_load_loses_no_resumption_to_keys() {
         }
     }
     for d in daemons {
-        assert!(d.terminate().expect("stop").success());
+        d.stop_ok();
     }
 }
 
@@ -756,8 +756,8 @@ fn nginx_key_files_are_shared_across_instances() {
         !list.contains(&portcullis::tickets::key::hex(&current[16..])),
         "key bytes listed:\n{list}"
     );
-    assert!(a.terminate().expect("stop").success());
-    assert!(b.terminate().expect("stop").success());
+    a.stop_ok();
+    b.stop_ok();
 }
 
 #[test]
@@ -788,5 +788,5 @@ fn keys_prune_removes_only_expired_keys_and_list_shows_states() {
         metric(&d, "portcullis_ticket_keys", &[("state", "pending")]),
         1.0
     );
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }

@@ -94,7 +94,7 @@ fn saturated_worker_gets_no_new_connections() {
         0.0,
         "every connection found its listener group's socket"
     );
-    daemon.terminate().expect("daemon stops");
+    daemon.stop_ok();
     assert!(
         !pin_dir.path().join("rp_saturated").exists(),
         "steering pins removed on shutdown"
@@ -113,7 +113,7 @@ fn without_steering_the_kernel_hash_spreads_connections() {
     assert!(!text.contains("portcullis_steering_total"), "{text}");
     let (w0, w1) = connect_round(&ns, &daemon);
     assert!(w0 > 0 && w1 > 0, "kernel hash: {w0}, {w1}");
-    daemon.terminate().expect("daemon stops");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -141,7 +141,7 @@ fn steering_that_cannot_start_leaves_the_kernel_hash() {
     );
     let (w0, w1) = connect_round(&ns, &daemon);
     assert!(w0 > 0 && w1 > 0, "kernel hash: {w0}, {w1}");
-    daemon.terminate().expect("daemon stops");
+    daemon.stop_ok();
 }
 
 #[test]
@@ -181,7 +181,7 @@ fn prefer_local_cpu_steers_to_the_receiving_cpus_worker() {
     steering_cli(pin_dir.path(), &["saturate", "1"]);
     let (w0, w1) = connect_round_on(&ns, &daemon, Some(cpus[1]));
     assert_eq!((w0, w1), (CONNECTIONS as u64, 0), "worker 1 saturated");
-    daemon.terminate().expect("daemon stops");
+    daemon.stop_ok();
 }
 
 /// A daemon with two unpinned workers in `ns`, `listeners` listeners on loopback port 0.
