@@ -441,10 +441,8 @@ mod tests {
         Admission::new(config, 1, &mut Registry::default(), None)
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn shedding_drops_full_handshakes_but_admits_resumptions() {
-        let a = admission(1000);
-        // A standing queue for a whole interval.
+    /// A standing queue of full handshakes for a whole interval: the controller enters `shedding`.
+    async fn shed_full_handshakes(a: &Admission) {
         for _ in 0..2 * controller::MIN_SAMPLES {
             a.completed(
                 HandshakeClass::FullEcdsa,
@@ -454,6 +452,12 @@ mod tests {
             tokio::time::advance(Duration::from_millis(12)).await;
         }
         assert_eq!(a.state(), State::Shedding);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shedding_drops_full_handshakes_but_admits_resumptions() {
+        let a = admission(1000);
+        shed_full_handshakes(&a).await;
         assert_eq!(
             a.admit(HandshakeClass::FullEcdsa),
             Err(ShedReason::Overload)
@@ -474,15 +478,7 @@ mod tests {
                 Duration::from_millis(1),
             );
         }
-        for _ in 0..2 * controller::MIN_SAMPLES {
-            a.completed(
-                HandshakeClass::FullEcdsa,
-                Duration::from_millis(20),
-                Duration::from_micros(150),
-            );
-            tokio::time::advance(Duration::from_millis(12)).await;
-        }
-        assert_eq!(a.state(), State::Shedding);
+        shed_full_handshakes(&a).await;
         let mut admitted = Vec::new();
         while let Ok(ok) = a.admit(HandshakeClass::Tls13Psk) {
             admitted.push(ok);
