@@ -47,6 +47,11 @@ impl Stage {
         Self::Client,
     ];
 
+    /// Position in [`Stage::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// Label value.
     pub fn name(self) -> &'static str {
         match self {
@@ -160,6 +165,13 @@ mod tests {
         assert!(get(Stage::Client) >= Some(Duration::from_millis(4)));
         // The worker resumed before the crypto thread's `finished` in this synthetic clock: counted as zero.
         assert_eq!(get(Stage::Wake), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, stage) in Stage::ALL.into_iter().enumerate() {
+            assert_eq!(stage.index(), i);
+        }
     }
 
     #[test]
