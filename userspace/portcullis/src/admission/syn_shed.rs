@@ -10,7 +10,8 @@
 //! little more than it can take (so it always has work, and sheds the excess by class, resumptions last),
 //! and XDP drops the rest before it costs anything.
 //!
-//! Cut to the measured ratio at once when overloaded (a storm arrives within one interval), double back while
+//! Cut to the measured ratio at once when overloaded (a storm arrives within one interval; at least [`MIN_SHED`]
+//! connections shed in userspace, so a few resets at half load do not start it), double back while
 //! intervals need (almost) no shedding in userspace (from 5% kept, all SYNs are let in after five quiet
 //! intervals, 125 ms: a storm ends quickly, but one quiet interval within a storm does not let it all in at
 //! once), probe up gently in between.
@@ -29,6 +30,11 @@ pub const HEADROOM: f64 = 0.25;
 
 /// At or below this share of arrivals shed by userspace, the interval was quiet: twice as many SYNs are let in.
 const RELAX_BELOW: f64 = 0.05;
+
+/// Fewer connections shed in userspace than this in one interval do not start SYN shedding: a few resets in a
+/// burst at half load (the cost budget at work) are not a storm, and a SYN shed then costs its client a
+/// timeout (its retransmissions are held back for `retry_hold`). A storm sheds hundreds per interval.
+pub const MIN_SHED: u64 = 8;
 
 /// The loop's interval for a controller `interval`: a quarter of it (25 ms for the default 100 ms). A storm's
 /// first interval is the one that reaches userspace unshed and queues up: the shorter, the smaller that burst.
@@ -118,7 +124,8 @@ impl SynShedLoop {
         let before = self.shed();
         let (arrived, admitted) = (self.arrived as f64, self.admitted as f64);
         let floor = 1.0 - self.max_shed;
-        if arrived > admitted * (1.0 + HEADROOM) {
+        let engaged = self.keep < 1.0 || self.arrived.saturating_sub(self.admitted) >= MIN_SHED;
+        if engaged && arrived > admitted * (1.0 + HEADROOM) {
             // Overloaded: keep only what userspace can take, plus the headroom.
             let ratio = admitted.max(1.0) * (1.0 + HEADROOM) / arrived;
             self.keep = (self.keep * ratio).clamp(floor, 1.0);
@@ -189,6 +196,18 @@ mod tests {
             }
         }
         assert_eq!(released, 3);
+    }
+
+    #[test]
+    fn a_few_resets_at_half_load_do_not_start_shedding() {
+        let mut now = Instant::now();
+        let mut l = SynShedLoop::new(MS100, 0.95, HOLD, now);
+        // 12 arrive, 5 reset by the cost budget: above the headroom, below MIN_SHED.
+        assert_eq!(interval(&mut l, &mut now, 12, 5), 0);
+        assert_eq!(l.shed().retry_ppm, 0, "no flow was shed, nothing to hold");
+        // As many resets as MIN_SHED start it.
+        let ppm = interval(&mut l, &mut now, 2 * MIN_SHED, MIN_SHED);
+        assert!(ppm > 0, "{ppm}");
     }
 
     #[test]
