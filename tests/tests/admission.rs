@@ -402,5 +402,28 @@ fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
         calm_after.sum("portcullis_admission_transitions_total", &[])
             - calm_before.sum("portcullis_admission_transitions_total", &[]),
     );
+    // Every reservation of the storm came back (shed, expired, completed or cut by the handshake timeout): the
+    // budget is whole again once the last connection is done. Polled, bounded: the calm load's last
+    // connections may still be finishing.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let outstanding = loop {
+        let scrape = Scrape::of(&d);
+        assert!(
+            scrape
+                .0
+                .lines()
+                .any(|l| l.starts_with("portcullis_admission_outstanding_seconds ")),
+            "no portcullis_admission_outstanding_seconds on /metrics"
+        );
+        let o = scrape.sum("portcullis_admission_outstanding_seconds", &[]);
+        if o == 0.0 || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        outstanding, 0.0,
+        "admitted work still reserved after everything finished: {outstanding} s"
+    );
     d.stop_ok();
 }

@@ -109,6 +109,8 @@ pub struct Admission {
     costs: CostTable,
     /// Admitted work not yet finished, in nanoseconds of learned cost.
     outstanding_ns: AtomicU64,
+    /// `outstanding_ns` for `/metrics`, in seconds.
+    outstanding_gauge: Gauge<f64, AtomicU64>,
     budget_ns: u64,
     /// The budget while overloaded: twice the target per instance.
     overload_budget_ns: u64,
@@ -169,6 +171,12 @@ impl Admission {
             "Parts per million of retransmitted SYNs of already shed flows the XDP program is told to drop",
             syn_retry_shed_gauge.clone(),
         );
+        let outstanding_gauge = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "portcullis_admission_outstanding_seconds",
+            "Admitted handshake work queued or in service, in learned cost (what the queue budget bounds)",
+            outstanding_gauge.clone(),
+        );
         let costs = CostTable::new(registry);
         let budget_ns = u64::try_from(config.queue_budget.as_nanos())
             .unwrap_or(u64::MAX)
@@ -194,6 +202,7 @@ impl Admission {
             config,
             costs,
             outstanding_ns: AtomicU64::new(0),
+            outstanding_gauge,
             budget_ns,
             shed,
             admitted,
@@ -327,6 +336,7 @@ impl Admission {
             self.outstanding_ns.fetch_sub(cost, Ordering::Relaxed);
             return Err(self.count_shed(class, ShedReason::CostBudget));
         }
+        self.outstanding_gauge.set(reserved as f64 / 1e9);
         self.admitted
             .get_or_create(&ClassLabel {
                 class: class.name(),
@@ -340,7 +350,11 @@ impl Admission {
 
     /// Returns a reservation made by [`Admission::admit`].
     pub fn release(&self, cost: u64) {
-        self.outstanding_ns.fetch_sub(cost, Ordering::Relaxed);
+        let left = self
+            .outstanding_ns
+            .fetch_sub(cost, Ordering::Relaxed)
+            .saturating_sub(cost);
+        self.outstanding_gauge.set(left as f64 / 1e9);
     }
 
     fn count_shed(&self, class: HandshakeClass, reason: ShedReason) -> ShedReason {
@@ -544,10 +558,12 @@ mod tests {
                 .collect();
         assert!(!costs.is_empty());
         assert!(a.admit(HandshakeClass::FullRsa).is_err());
+        assert!(a.outstanding_gauge.get() > 0.0);
         for c in costs {
             a.release(c);
         }
         assert_eq!(a.outstanding_ns.load(Ordering::Relaxed), 0);
+        assert_eq!(a.outstanding_gauge.get(), 0.0);
         assert!(a.admit(HandshakeClass::FullRsa).is_ok());
     }
 
