@@ -105,7 +105,9 @@ pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
 #[inline(always)]
 pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Workspace) -> i32 {
     if step == Step::Head {
+        let fingerprint_wanted = workspace.fingerprint_wanted;
         *workspace = Workspace::NEW;
+        workspace.fingerprint_wanted = fingerprint_wanted;
         if let Err(halt) = head_into(input, workspace) {
             return status(Err(halt));
         }
@@ -284,7 +286,7 @@ fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Re
     workspace.fingerprint = FingerprintBuilder::new(legacy_version);
     // A fingerprint is reported only for a whole ClientHello: for one cut short (a post-quantum first
     // segment) or continued in a second record, the hashing would be thrown away.
-    if input.arrived() < hello_end {
+    if input.arrived() < hello_end || !workspace.fingerprint_wanted {
         workspace.fingerprint.pause();
     }
 
@@ -406,7 +408,9 @@ fn checks_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> 
 /// The supported_groups list into the fingerprint, at the end of [`Step::Checks`].
 fn groups_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
     let fingerprint = &mut workspace.fingerprint;
-    if let Some((start, end)) = workspace.found.supported_groups {
+    // Paused here only when no fingerprint was wanted: a ClientHello cut short stops at the checks.
+    let hashing = !fingerprint.is_paused();
+    if let (true, Some((start, end))) = (hashing, workspace.found.supported_groups) {
         let mut groups = Reader::new(start, end, Malformed::BadSupportedGroups);
         for _ in 0..MAX_HASHED_GROUPS {
             if groups.is_empty() {
@@ -417,7 +421,7 @@ fn groups_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> 
     }
     fingerprint.end_list();
     let summary = &mut workspace.summary;
-    summary.fingerprint = Some(fingerprint.finish());
+    summary.fingerprint = hashing.then(|| fingerprint.finish());
     summary.complete = true;
     summary.stage = Stage::Done;
     Ok(())
