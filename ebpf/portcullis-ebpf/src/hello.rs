@@ -135,11 +135,11 @@ macro_rules! global_steps {
 
 global_steps! {
     portcullis_hello_head => Head,
-    portcullis_hello_compression => Compression,
+    portcullis_hello_suites => Suites,
     portcullis_hello_ext => Extension,
     portcullis_hello_list1 => FirstList,
     portcullis_hello_list2 => SecondList,
-    portcullis_hello_checks => Checks,
+    portcullis_hello_groups => Groups,
 }
 
 /// What the XDP program needs from one parse.
