@@ -1,6 +1,7 @@
 //! The XDP guard's operator controls end to end: the real daemon with XDP in a server namespace, a client in
 //! another, and `portcullis xdp block add|del` (the CLI on the pinned maps) cutting and restoring the client's
-//! handshakes without a reload; the block survives a daemon restart (pinned map reused). Also
+//! handshakes without a reload; the block survives a daemon restart (pinned map reused; for fingerprints,
+//! recounted). Also
 //! `portcullis fingerprint` on the captured ClientHello fixtures.
 
 use std::{
@@ -18,7 +19,7 @@ use portcullis_abi::{
 };
 use portcullis_tests::{
     bpftool::prog_run,
-    daemon::{TempDir, binary, metric_value},
+    daemon::{Daemon, TempDir, binary, metric_value},
     privileged::require_root,
     testbed::XdpTestbed,
 };
@@ -80,12 +81,7 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     assert!(status.contains("blocked prefixes 1"), "status: {status}");
 
     // A restart reuses the pinned blocklist: the block holds across it.
-    let status = daemon.terminate().expect("daemon stops on SIGTERM");
-    assert!(
-        status.success(),
-        "daemon exit status after SIGTERM: {status}"
-    );
-    let daemon = bed.start_daemon();
+    let daemon = restart(&bed, daemon);
     let listener = daemon.addr();
     assert_eq!(
         bed.cli(&["block", "list"]),
@@ -246,6 +242,15 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         "bpftool prog run on the blocked ClientHello: expected XDP_DROP (1):\n{run_out}"
     );
 
+    // A restart reuses the pinned blocklist and recounts it (the program fingerprints only while the count
+    // of blocked fingerprints is non-zero): the block holds across it.
+    let daemon = restart(&bed, daemon);
+    let listener = daemon.addr();
+    assert!(
+        !bed.s_client(listener, 3),
+        "after a restart, a handshake with blocked fingerprint {unordered} completed"
+    );
+
     bed.cli(&["block-fingerprint", "del", &unordered]);
     assert!(bed.cli(&["block-fingerprint", "list"]).trim().is_empty());
     assert!(
@@ -257,6 +262,16 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         status.success(),
         "daemon exit status after SIGTERM: {status}"
     );
+}
+
+/// Stops `daemon` with SIGTERM (a clean exit) and starts another on the same testbed.
+fn restart(bed: &XdpTestbed, daemon: Daemon) -> Daemon {
+    let status = daemon.terminate().expect("daemon stops on SIGTERM");
+    assert!(
+        status.success(),
+        "daemon exit status after SIGTERM: {status}"
+    );
+    bed.start_daemon()
 }
 
 /// An Ethernet/IPv4/TCP SYN from `src` to the listener port, as the program sees it on the wire.

@@ -49,6 +49,14 @@ pub const MAP_XDP_HELLO_BUDGET: &str = "xdp_ch_budget";
 /// [`crate::client_hello::fingerprint`]) -> `u8` (1). Written by `portcullis xdp block-fingerprint add|del`.
 pub const MAP_XDP_BLOCK_FP: &str = "xdp_block_fp";
 
+/// Array of one `u32`: how many fingerprints [`MAP_XDP_BLOCK_FP`] holds, as counted by whoever last changed it
+/// (`portcullis xdp block-fingerprint add|del` recounts after each change, the daemon at start). While it is 0
+/// the XDP program skips fingerprinting a ClientHello altogether (nothing could match). A separate map, not a
+/// field of [`crate::xdp_config::XdpConfig`]: the daemon rewrites that value every 25 ms while shedding SYNs
+/// and would overwrite a count the CLI put there. An entry written into [`MAP_XDP_BLOCK_FP`] by other means
+/// (bpftool) blocks only once this count is non-zero.
+pub const MAP_XDP_BLOCK_FP_COUNT: &str = "xdp_block_fp_n";
+
 /// LRU hash of flows whose SYN load shedding dropped: the flow's hash ([`crate::flow::FlowKey::hash`], `u64`) ->
 /// the client's initial sequence number (`u32`). A SYN that matches one is the client's TCP retransmitting it (verdict `drop_syn_retry_shed`
 /// when dropped again).
@@ -86,6 +94,7 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_MALFORMED,
     MAP_XDP_HELLO_BUDGET,
     MAP_XDP_BLOCK_FP,
+    MAP_XDP_BLOCK_FP_COUNT,
     MAP_XDP_HELLO_WS,
     MAP_XDP_SYN_SHED,
     MAP_RP_SOCKS,

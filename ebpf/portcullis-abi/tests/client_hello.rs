@@ -668,3 +668,37 @@ fn fingerprints_of_the_captured_client_hellos_are_stable() {
         );
     }
 }
+
+/// Without the fingerprint (what XDP does while no fingerprint is blocked) every parse, of every prefix of every
+/// capture and of every malformed case, says the same as with it, except that it has no fingerprint.
+#[test]
+fn a_parse_without_the_fingerprint_differs_only_in_the_fingerprint() {
+    let without = |input: &[u8]| {
+        let mut workspace = client_hello::Workspace::NEW;
+        workspace.want_fingerprint(false);
+        client_hello::parse_in(input, &mut workspace)
+    };
+    let mut inputs: Vec<Vec<u8>> = malformed_cases().into_iter().map(|c| c.1).collect();
+    for (_, bytes, _) in hello_fixtures::CAPTURED {
+        inputs.extend((0..=bytes.len()).map(|len| bytes[..len].to_vec()));
+    }
+    for input in &inputs {
+        let expected = parse(input).map(|s| ClientHelloSummary {
+            fingerprint: None,
+            ..s
+        });
+        assert_eq!(without(input), expected, "{input:02x?}");
+    }
+    // The same workspace asked again computes it again, and a reset at the next parse keeps the choice.
+    let (_, curl, _) = hello_fixtures::CAPTURED[0];
+    let mut workspace = client_hello::Workspace::NEW;
+    workspace.want_fingerprint(false);
+    for _ in 0..2 {
+        let summary = client_hello::parse_in(curl, &mut workspace).expect("curl parses");
+        assert_eq!(summary.fingerprint, None);
+    }
+    workspace.want_fingerprint(true);
+    let summary = client_hello::parse_in(curl, &mut workspace).expect("curl parses");
+    assert_eq!(summary.fingerprint, parse(curl).expect("curl").fingerprint);
+    assert!(summary.fingerprint.is_some());
+}

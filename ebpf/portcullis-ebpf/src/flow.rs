@@ -46,6 +46,12 @@ static XDP_HELLO_BUDGET: LruHashMap<SourceKey, TokenBucket, 65536> = LruHashMap:
 #[btf_map(name = "xdp_block_fp")]
 static XDP_BLOCK_FP: HashMap<u64, u8, 16384> = HashMap::new();
 
+/// How many fingerprints [`XDP_BLOCK_FP`] holds, kept by the CLI and the daemon; the name must match
+/// `portcullis_abi::names::MAP_XDP_BLOCK_FP_COUNT`. While it is 0 the parse computes no fingerprint (nothing
+/// could match). Its own map: the daemon rewrites `XdpConfig` every 25 ms while shedding SYNs.
+#[btf_map(name = "xdp_block_fp_n")]
+static XDP_BLOCK_FP_COUNT: Array<u32, 1> = Array::new();
+
 /// The flow of a classified TCP packet.
 #[inline(always)]
 pub(crate) fn flow_key(packet: &Classification) -> FlowKey {
@@ -91,7 +97,14 @@ pub fn inspect(
 /// The verdict on the first payload segment of a tracked flow.
 #[inline(always)]
 fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
-    let judged = hello::judge(ctx.ctx, packet.payload_offset, packet.payload_len);
+    // A missing count (it cannot be: index 0 of an array) reads as "some blocked": fingerprint (fail safe).
+    let fingerprinting = XDP_BLOCK_FP_COUNT.get(0).is_none_or(|n| *n != 0);
+    let judged = hello::judge(
+        ctx.ctx,
+        packet.payload_offset,
+        packet.payload_len,
+        fingerprinting,
+    );
     if judged.status >= stages::MALFORMED_BASE {
         let reason = (judged.status - stages::MALFORMED_BASE) as u32;
         if let Some(counter) = XDP_MALFORMED.get_ptr_mut(reason) {
@@ -100,8 +113,8 @@ fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdi
         }
         return Verdict::DropMalformedHello;
     }
-    if judged.status == stages::DONE {
-        for fingerprint in judged.fingerprints {
+    if let Some(fingerprints) = judged.fingerprints {
+        for fingerprint in fingerprints {
             // SAFETY: the value is a plain u8 and only compared for presence.
             if unsafe { XDP_BLOCK_FP.get(fingerprint) }.is_some() {
                 return Verdict::DropBlockedFingerprint;

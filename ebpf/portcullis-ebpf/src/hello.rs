@@ -55,7 +55,8 @@ fn scratch() -> Option<&'static mut Scratch> {
     let words = XDP_HELLO_WS.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, valid for the program run, 8-byte aligned and large enough (SCRATCH_WORDS);
     // the parse never runs concurrently with itself on one CPU. The bytes form a valid `Scratch` once `head`
-    // has reset the workspace, and no stage reads it before that.
+    // has reset the workspace (keeping only the fingerprint choice `judge` wrote before it), and no stage
+    // reads it before that.
     Some(unsafe { &mut *words.cast::<Scratch>() })
 }
 
@@ -134,11 +135,11 @@ macro_rules! global_steps {
 
 global_steps! {
     portcullis_hello_head => Head,
-    portcullis_hello_compression => Compression,
+    portcullis_hello_suites => Suites,
     portcullis_hello_ext => Extension,
     portcullis_hello_list1 => FirstList,
     portcullis_hello_list2 => SecondList,
-    portcullis_hello_checks => Checks,
+    portcullis_hello_groups => Groups,
 }
 
 /// What the XDP program needs from one parse.
@@ -148,23 +149,25 @@ pub struct Judged {
     pub status: i32,
     /// A TLS 1.3 PSK or TLS 1.2 ticket offer was seen (a resumption: cheap to serve).
     pub resumption: bool,
-    /// Both fingerprints, when the whole ClientHello was present; `[0, 0]` otherwise.
-    pub fingerprints: [u64; 2],
+    /// Both fingerprints, when the whole ClientHello was present and they were asked for.
+    pub fingerprints: Option<[u64; 2]>,
 }
 
-/// Parses the TCP payload at `offset` (declared `len` bytes) of the packet as a ClientHello.
+/// Parses the TCP payload at `offset` (declared `len` bytes) of the packet as a ClientHello, with its
+/// fingerprints when `fingerprint` (they are most of the hashing).
 #[inline(always)]
-pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16) -> Judged {
+pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16, fingerprint: bool) -> Judged {
     let not_judged = Judged {
         status: stages::TRUNCATED,
         resumption: false,
-        fingerprints: [0, 0],
+        fingerprints: None,
     };
     let Some(slot) = scratch() else {
         return not_judged;
     };
     slot.base = u32::from(offset);
     slot.len = 0;
+    slot.workspace.want_fingerprint(fingerprint);
     // The program is not frags-aware (`#[xdp]`, not `#[xdp(frags)]`): the kernel hands it linear frames only, so
     // the frame's length is `data_end - data`, read from the context where a `bpf_xdp_get_buff_len` call cost
     // 10-20 ns more (BENCHMARKS.md). A frags-aware program must go back to the helper.
@@ -205,8 +208,8 @@ pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16) -> Judged {
         status,
         resumption: summary.offers_psk || summary.tls12_ticket,
         fingerprints: match summary.fingerprint {
-            Some(f) if status == stages::DONE => [f.ordered, f.unordered],
-            _ => [0, 0],
+            Some(f) if status == stages::DONE => Some([f.ordered, f.unordered]),
+            _ => None,
         },
     }
 }

@@ -19,8 +19,8 @@ use portcullis_abi::{
     client_hello::{self, Malformed, fingerprint_hex},
     limits::{ADDR_LEN, block_entry, block_network},
     names::{
-        DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_MALFORMED,
-        MAP_XDP_VERDICTS,
+        DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET,
+        MAP_XDP_CONFIG, MAP_XDP_MALFORMED, MAP_XDP_VERDICTS,
     },
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -240,19 +240,35 @@ fn fingerprint_blocklist(dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u8>
     )
 }
 
+/// Recounts the fingerprint blocklist after a change and stores the count the XDP program reads: while it is 0
+/// the program computes no fingerprint, so an added one would not block without it (`xdp::fp_count`).
+fn store_fingerprint_count(
+    dir: &Path,
+    blocklist: &HashMap<MapData, u64, u8>,
+) -> anyhow::Result<()> {
+    let mut count: Array<MapData, u32> = open(dir, MAP_XDP_BLOCK_FP_COUNT)?.try_into().context(
+        "the pinned count of blocked fingerprints is not an array of u32: daemon and CLI versions differ",
+    )?;
+    crate::xdp::fp_count::store(&mut count, crate::xdp::fp_count::count(blocklist))
+}
+
 fn block_fingerprint(dir: &Path, action: FingerprintAction) -> anyhow::Result<()> {
     match action {
         FingerprintAction::Add { hex: text } => {
             let value = parse_fingerprint(&text)?;
-            fingerprint_blocklist(dir)?
+            let mut blocklist = fingerprint_blocklist(dir)?;
+            blocklist
                 .insert(value, 1, 0)
                 .with_context(|| format!("cannot block fingerprint {text} (is the list full?)"))?;
+            store_fingerprint_count(dir, &blocklist)?;
         }
         FingerprintAction::Del { hex: text } => {
             let value = parse_fingerprint(&text)?;
-            fingerprint_blocklist(dir)?
+            let mut blocklist = fingerprint_blocklist(dir)?;
+            blocklist
                 .remove(&value)
                 .with_context(|| format!("fingerprint {text} is not blocked"))?;
+            store_fingerprint_count(dir, &blocklist)?;
         }
         FingerprintAction::List => {
             for key in fingerprint_blocklist(dir)?.keys() {

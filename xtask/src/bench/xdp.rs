@@ -2,10 +2,11 @@
 //! `BPF_PROG_TEST_RUN` with many repeats, minus an empty XDP program's time (the harness itself); beside it, the
 //! daemon's CPU time to reject the same malformed ClientHello in userspace (accept, read, parse error, close).
 //!
-//! Classes: a SYN to a listener port (flow recorded), a real ClientHello (curl, whole), the first segment of a
+//! Classes: a SYN to a listener port (flow recorded), a real ClientHello (curl, whole) with no fingerprint
+//! blocked (the default: no fingerprint computed) and with one blocked (fingerprinted), the first segment of a
 //! post-quantum ClientHello (rustls X25519MLKEM768, cut at 1,440 bytes), a malformed ClientHello (a crafted bad
 //! key_share: the parse walks every extension before it finds the fault), and a ClientHello whose fingerprint is
-//! blocked. A data segment is re-judged on every repeat: the flow is recorded once by its SYN and the segment
+//! blocked. `PORTCULLIS_BPF_OBJECT` measures another object than the build's. A data segment is re-judged on every repeat: the flow is recorded once by its SYN and the segment
 //! sits at ISN + 1, where a retransmission would. The program logs at the daemon's default level (info), as in
 //! production. JSON in `target/bench/xdp.json`.
 
@@ -23,7 +24,7 @@ use aya::{
 use portcullis_abi::{
     client_hello::{Malformed, parse},
     hello_fixtures::{CAPTURED, malformed_cases},
-    names::{MAP_XDP_BLOCK_FP, MAP_XDP_CONFIG, PROG_XDP},
+    names::{MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_CONFIG, PROG_XDP},
     packet::{ETH_P_IP, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{LISTENER, frame, ipv4},
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -54,15 +55,23 @@ struct Class {
     setup: Option<Vec<u8>>,
     /// XDP action expected (1 drop, 2 pass).
     action: u32,
+    /// The count of blocked fingerprints the program sees (`xdp_block_fp_n`): 0, the default, skips the
+    /// fingerprint; the blocklist always holds the one of the blocked class.
+    fingerprints_blocked: u32,
 }
 
 /// Runs the benchmark.
 pub fn run(ctx: &Ctx) -> Result<()> {
-    let object_path = ctx
-        .out
-        .parent()
-        .context("target/bench has a parent")?
-        .join("bpf/bpfel-unknown-none/release/portcullis-ebpf");
+    // `PORTCULLIS_BPF_OBJECT` (as for the tests) measures another build, e.g. a copy of the object before a
+    // change, so two variants can be alternated within the same minutes on a noisy machine.
+    let object_path = match std::env::var_os("PORTCULLIS_BPF_OBJECT") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => ctx
+            .out
+            .parent()
+            .context("target/bench has a parent")?
+            .join("bpf/bpfel-unknown-none/release/portcullis-ebpf"),
+    };
     let object = std::fs::read(&object_path).with_context(|| {
         format!(
             "cannot read the BPF object {}; run `cargo xtask build`",
@@ -100,9 +109,16 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let baseline = median(rounds, || {
         test_run(empty.0, &classes[0].frame, repeat).map(|r| r.1)
     })?;
-    eprintln!("empty XDP program (harness): {baseline:.1} ns/run");
+    eprintln!(
+        "object {}; empty XDP program (harness): {baseline:.1} ns/run",
+        object_path.display()
+    );
     let mut rows = Vec::new();
     for class in &classes {
+        // An object from before the count (`PORTCULLIS_BPF_OBJECT`) always fingerprints.
+        if let Some(map) = ebpf.map_mut(MAP_XDP_BLOCK_FP_COUNT) {
+            Array::<_, u32>::try_from(map)?.set(0, class.fingerprints_blocked, 0)?;
+        }
         if let Some(setup) = &class.setup {
             test_run(fd, setup, 1)?;
         }
@@ -128,12 +144,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "\nXDP guard, ns/packet (BPF_PROG_TEST_RUN, {repeat} repeats, median of {rounds}; harness {baseline:.1} ns subtracted)"
     );
     println!(
-        "{:<26} {:>10} {:>10} {:>8}",
+        "{:<40} {:>10} {:>10} {:>8}",
         "class", "total ns", "net ns", "<= 67?"
     );
     for (name, total, net) in &rows {
         let ok = if *net <= TARGET_NS { "yes" } else { "no" };
-        println!("{name:<26} {total:>10.1} {net:>10.1} {ok:>8}");
+        println!("{name:<40} {total:>10.1} {net:>10.1} {ok:>8}");
     }
     println!(
         "\nuserspace rejection of the same malformed ClientHello (daemon CPU per connection: accept, read, \
@@ -184,6 +200,7 @@ fn classes() -> Result<Vec<Class>> {
         ),
         setup: Some(segment(port, TCP_FLAG_SYN, ISN, &[])),
         action,
+        fingerprints_blocked: 0,
     };
     Ok(vec![
         Class {
@@ -191,10 +208,16 @@ fn classes() -> Result<Vec<Class>> {
             frame: segment(50000, TCP_FLAG_SYN, ISN, &[]),
             setup: None,
             action: 2,
+            fingerprints_blocked: 0,
         },
         Class {
             name: "client_hello (curl)",
             ..hello(50001, captured("curl_sni")?, 2)
+        },
+        Class {
+            name: "client_hello (curl), fp blocklist in use",
+            fingerprints_blocked: 1,
+            ..hello(50005, captured("curl_sni")?, 2)
         },
         Class {
             name: "pq_first_segment (rustls)",
@@ -206,6 +229,7 @@ fn classes() -> Result<Vec<Class>> {
         },
         Class {
             name: "blocked_fingerprint",
+            fingerprints_blocked: 1,
             ..hello(50004, captured("openssl_tls13")?, 1)
         },
     ])

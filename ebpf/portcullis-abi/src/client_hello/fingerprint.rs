@@ -117,17 +117,23 @@ impl FingerprintBuilder {
 
     /// Adds one cipher suite or supported group (GREASE is skipped here).
     pub(super) fn list_item(&mut self, value: u16) {
-        if !is_grease(value) {
+        if !self.paused && !is_grease(value) {
             self.both(value);
             self.count = self.count.wrapping_add(1);
         }
     }
 
     /// Stops hashing: the parser calls it when the ClientHello cannot be complete, so its fingerprint,
-    /// reported only for a complete one, would never be read. Saves the multiplications, which are
-    /// a good part of the parse in XDP.
+    /// reported only for a complete one, would never be read, and when the caller asked for no
+    /// fingerprint ([`Workspace::want_fingerprint`](super::Workspace::want_fingerprint)). Saves the
+    /// multiplications, which are a good part of the parse in XDP.
     pub(super) fn pause(&mut self) {
         self.paused = true;
+    }
+
+    /// Whether [`Self::pause`] was called: the result is not a fingerprint.
+    pub(super) const fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// Adds one cipher suite (GREASE is skipped here) to the prefix both fingerprints share: only `ordered`
@@ -142,6 +148,9 @@ impl FingerprintBuilder {
     /// Closes the cipher suite list, the end of the shared prefix (legacy_version and cipher suites): from
     /// here on the two fingerprints differ, so `unordered` starts from `ordered`'s state.
     pub(super) fn end_shared_list(&mut self) {
+        if self.paused {
+            return;
+        }
         self.ordered.bytes(&self.count.to_be_bytes());
         self.count = 0;
         self.unordered = self.ordered;
@@ -149,6 +158,9 @@ impl FingerprintBuilder {
 
     /// Closes the supported_groups list.
     pub(super) fn end_list(&mut self) {
+        if self.paused {
+            return;
+        }
         self.both(self.count);
         self.count = 0;
     }
@@ -164,6 +176,9 @@ impl FingerprintBuilder {
 
     /// Closes the extension type list.
     pub(super) fn end_extensions(&mut self) {
+        if self.paused {
+            return;
+        }
         self.unordered.bytes(&self.extension_set.to_be_bytes());
         self.end_list();
     }

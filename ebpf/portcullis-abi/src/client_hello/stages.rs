@@ -1,18 +1,20 @@
 //! The parse as a few steps over a [`Workspace`], so that the XDP program can run each stage as a
 //! BPF function of its own.
 //!
-//! The [`Step`]s, in order: the headers and the cipher suites (hashed), the compression methods, the
-//! extensions (up to [`EXTENSIONS_PER_STEP`] per call), the two list extensions (supported_versions
-//! and key_share, in wire order), and the checks that need the whole ClientHello with the
-//! supported_groups list into the fingerprint. Steps without a loop of their own are folded into a
-//! neighbour: each step is a call in XDP, which reloads the workspace. [`drive`] runs them
+//! The [`Step`]s, in order: the headers and the compression methods; the cipher suites into the
+//! fingerprint; the extensions (up to [`EXTENSIONS_PER_STEP`] per call); the two list extensions
+//! (supported_versions and key_share, in wire order), the second with the checks that need the whole
+//! ClientHello; the supported_groups list into the fingerprint. The two fingerprint steps run only
+//! while a fingerprint is computed ([`HASH`] asks for them), so a parse without one is four calls in
+//! XDP instead of six. Steps without a loop of their own are folded into a neighbour: each step is a
+//! call in XDP, which reloads the workspace and returns through the kernel's return thunk. [`drive`] runs them
 //! through the [`Stages`] trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse)
 //! does), the XDP program calls one global BPF function per step, each verified once from an
 //! unknown workspace. At most one bounded loop runs per step: the verifier walks a loop after a
 //! loop once per way out of the first, so two in one function multiply.
 //!
 //! Every stage returns an `i32` status, because that is what a global BPF function may return:
-//! [`CONTINUE`], [`DONE`], [`TRUNCATED`], or [`MALFORMED_BASE`] plus the [`Malformed`] reason.
+//! [`CONTINUE`], [`HASH`], [`DONE`], [`TRUNCATED`], or [`MALFORMED_BASE`] plus the [`Malformed`] reason.
 
 use super::extensions;
 use super::reader::{Halt, HelloBytes, Prefix, Reader};
@@ -23,7 +25,7 @@ use super::{
 };
 
 /// Extensions one [`Step::Extension`] walks at most: real clients send 10–25, so one or two calls. Each more
-/// adds ≈ 6k instructions to the verification of the XDP program (211k in all at 16); a call less saved ≈ 40 ns
+/// adds ≈ 6k instructions to the verification of the XDP program (303k in all at 16); a call less saved ≈ 40 ns
 /// of reloading the walk's state in XDP (`BENCHMARKS.md`).
 pub const EXTENSIONS_PER_STEP: usize = 16;
 
@@ -37,6 +39,9 @@ pub const CONTINUE: i32 = 0;
 pub const DONE: i32 = 1;
 /// The input ended first: not an error, the summary so far is the answer.
 pub const TRUNCATED: i32 = 2;
+/// The stage succeeded and the fingerprint is being computed: run the step that hashes what it found
+/// ([`Step::Suites`] after [`Step::Head`], [`Step::Groups`] after [`Step::SecondList`]).
+pub const HASH: i32 = 3;
 /// `MALFORMED_BASE + reason as i32`: the bytes present prove the ClientHello malformed.
 pub const MALFORMED_BASE: i32 = 16;
 
@@ -52,19 +57,20 @@ pub const fn malformed(status: i32) -> Option<Malformed> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Resets the workspace; record header, handshake header, legacy_version, random, session id,
-    /// then the cipher suites, hashed into the fingerprint.
+    /// cipher suites (their length, and that they arrived), compression methods; locates the
+    /// extensions block. [`HASH`] when the fingerprint is computed.
     Head,
-    /// The compression methods; locates the extensions block.
-    Compression,
+    /// The cipher suites into the fingerprint.
+    Suites,
     /// Up to [`EXTENSIONS_PER_STEP`] extensions, stopping at the end of the block ([`DONE`]).
     Extension,
     /// The list extension (supported_versions or key_share) that comes first on the wire.
     FirstList,
-    /// The other one.
+    /// The other one, then how the extension walk ended and the checks that need the whole
+    /// ClientHello: [`DONE`] with a complete summary, or [`HASH`] when the fingerprint is computed.
     SecondList,
-    /// How the extension walk ended and the checks that need the whole ClientHello, then the
-    /// supported_groups list into the fingerprint; [`DONE`] with a complete summary.
-    Checks,
+    /// The supported_groups list into the fingerprint, which it finishes; [`DONE`].
+    Groups,
 }
 
 /// Runs the steps of one parse; the BPF program implements it with one global function per step.
@@ -77,11 +83,12 @@ pub trait Stages {
 /// malformation.
 #[inline(always)]
 pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
-    for step in [Step::Head, Step::Compression] {
-        let status = stages.run(step);
-        if status != CONTINUE {
-            return status;
-        }
+    let mut status = stages.run(Step::Head);
+    if status == HASH {
+        status = stages.run(Step::Suites);
+    }
+    if status != CONTINUE {
+        return status;
     }
     // Room for MAX_EXTENSIONS extensions and one more walk to find the end (or too many): the walk ends inside
     // the bound, whatever the input.
@@ -92,20 +99,23 @@ pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
     }
     // Run even when the walk stopped: a truncated ClientHello still reports the key_share groups
     // and versions that arrived; `Checks` then reports how the walk ended.
-    for step in [Step::FirstList, Step::SecondList] {
-        let status = stages.run(step);
-        if status != CONTINUE {
-            return status;
-        }
+    let status = stages.run(Step::FirstList);
+    if status != CONTINUE {
+        return status;
     }
-    stages.run(Step::Checks)
+    match stages.run(Step::SecondList) {
+        HASH => stages.run(Step::Groups),
+        status => status,
+    }
 }
 
 /// Runs one step of the parse of `input` in `workspace`.
 #[inline(always)]
 pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Workspace) -> i32 {
     if step == Step::Head {
+        let fingerprint_wanted = workspace.fingerprint_wanted;
         *workspace = Workspace::NEW;
+        workspace.fingerprint_wanted = fingerprint_wanted;
         if let Err(halt) = head_into(input, workspace) {
             return status(Err(halt));
         }
@@ -115,25 +125,36 @@ pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Worksp
         inner: input,
         len: workspace.record_end,
     };
+    let hashing = !workspace.fingerprint.is_paused();
     match step {
-        Step::Head => status(suites_into(input, workspace)),
-        Step::Compression => status(compression_into(input, workspace)),
+        Step::Head => match compression_into(input, workspace) {
+            Ok(()) if hashing => HASH,
+            result => status(result),
+        },
+        Step::Suites => status(suites_into(input, workspace)),
         Step::Extension => extension(input, workspace),
         Step::FirstList => status(list_into(input, workspace, true)),
-        Step::SecondList => status(list_into(input, workspace, false)),
-        Step::Checks => match workspace.walk_status {
-            DONE => {
-                match checks_into(input, workspace).and_then(|()| groups_into(input, workspace)) {
+        Step::SecondList => {
+            if let Err(halt) = list_into(input, workspace, false) {
+                return status(Err(halt));
+            }
+            match workspace.walk_status {
+                DONE => match checks_into(input, workspace) {
+                    Ok(()) if hashing => HASH,
                     Ok(()) => DONE,
                     Err(halt) => status(Err(halt)),
-                }
+                },
+                // A driver that stopped calling `Extension` early leaves the walk unfinished: more
+                // extensions than it walked.
+                CONTINUE => MALFORMED_BASE + Malformed::TooManyExtensions as i32,
+                // Truncated or malformed: passed on as it is (no round trip through `Malformed`,
+                // whose table lookup the BPF verifier cannot bound).
+                halted => halted,
             }
-            // A driver that stopped calling `Extension` early leaves the walk unfinished: more
-            // extensions than it walked.
-            CONTINUE => MALFORMED_BASE + Malformed::TooManyExtensions as i32,
-            // Truncated or malformed: passed on as it is (no round trip through `Malformed`,
-            // whose table lookup the BPF verifier cannot bound).
-            halted => halted,
+        }
+        Step::Groups => match groups_into(input, workspace) {
+            Ok(()) => DONE,
+            Err(halt) => status(Err(halt)),
         },
     }
 }
@@ -181,7 +202,7 @@ fn status(result: Result<(), Halt>) -> i32 {
     }
 }
 
-/// [`Step::Extension`]; the outcome of the walk is kept for [`Step::Checks`].
+/// [`Step::Extension`]; the outcome of the walk is kept for the checks in [`Step::SecondList`].
 fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i32 {
     // The walk's cursor, bitmap and count in locals, written back once (see `suites_into`). The
     // fingerprint stays in the workspace: as a local too it took the XDP step's stack past what the
@@ -284,7 +305,7 @@ fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Re
     workspace.fingerprint = FingerprintBuilder::new(legacy_version);
     // A fingerprint is reported only for a whole ClientHello: for one cut short (a post-quantum first
     // segment) or continued in a second record, the hashing would be thrown away.
-    if input.arrived() < hello_end {
+    if input.arrived() < hello_end || !workspace.fingerprint_wanted {
         workspace.fingerprint.pause();
     }
 
@@ -308,12 +329,19 @@ fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Re
         return Err(Malformed::CipherSuitesEmpty.into());
     }
     summary.cipher_suite_count = suites_len / 2;
-    workspace.list = body.split(usize::from(suites_len), Malformed::HandshakeLengthMismatch)?;
+    let suites = body.split(usize::from(suites_len), Malformed::HandshakeLengthMismatch)?;
+    // The suites [`Step::Suites`] hashes must have arrived; checked here, with one comparison, so that a
+    // parse without the fingerprint needs no walk of them and stops in the same place (a read fails only
+    // when its bytes did not arrive: the list's length is even and inside the body).
+    let mut hashed = suites;
+    hashed.skip(input, suites.left().min(2 * MAX_HASHED_CIPHER_SUITES))?;
+    workspace.list = suites;
     workspace.block = body;
     Ok(())
 }
 
-/// The cipher suites in `workspace.list`, at the end of [`Step::Head`].
+/// [`Step::Suites`]: the cipher suites in `workspace.list` into the fingerprint ([`Step::Head`] checked
+/// that they arrived).
 fn suites_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
     // Worked on in locals and written back once, so that the hash stays in a register instead of making a
     // round trip through the workspace (a BPF map value in XDP) for every suite.
@@ -331,8 +359,8 @@ fn suites_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> 
     Ok(())
 }
 
-/// [`Step::Compression`]: the compression methods at `workspace.block` (the rest of the body), then
-/// the extensions block, which replaces it in `workspace.block`.
+/// The compression methods at `workspace.block` (the rest of the body), at the end of [`Step::Head`],
+/// then the extensions block, which replaces it in `workspace.block`.
 fn compression_into<I: HelloBytes + ?Sized>(
     input: &I,
     workspace: &mut Workspace,
@@ -376,7 +404,7 @@ fn compression_into<I: HelloBytes + ?Sized>(
     Ok(())
 }
 
-/// [`Step::FirstList`] (`first`) or [`Step::SecondList`].
+/// The list extension of [`Step::FirstList`] (`first`) or [`Step::SecondList`].
 fn list_into<I: HelloBytes + ?Sized>(
     input: &I,
     workspace: &mut Workspace,
@@ -385,7 +413,8 @@ fn list_into<I: HelloBytes + ?Sized>(
     extensions::parse_deferred(input, &workspace.found, &mut workspace.summary, first)
 }
 
-/// [`Step::Checks`] once the extension walk finished.
+/// The checks at the end of [`Step::SecondList`], once the extension walk finished; the summary is then
+/// complete but for the fingerprint.
 fn checks_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
     let summary = &mut workspace.summary;
     let found = &workspace.found;
@@ -400,10 +429,12 @@ fn checks_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> 
     if summary.offers_early_data && !summary.offers_psk {
         return Err(Malformed::EarlyDataWithoutPsk.into());
     }
+    summary.complete = true;
+    summary.stage = Stage::Done;
     Ok(())
 }
 
-/// The supported_groups list into the fingerprint, at the end of [`Step::Checks`].
+/// [`Step::Groups`]: the supported_groups list into the fingerprint, which it finishes.
 fn groups_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
     let fingerprint = &mut workspace.fingerprint;
     if let Some((start, end)) = workspace.found.supported_groups {
@@ -416,9 +447,6 @@ fn groups_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> 
         }
     }
     fingerprint.end_list();
-    let summary = &mut workspace.summary;
-    summary.fingerprint = Some(fingerprint.finish());
-    summary.complete = true;
-    summary.stage = Stage::Done;
+    workspace.summary.fingerprint = Some(fingerprint.finish());
     Ok(())
 }

@@ -3,14 +3,14 @@
 use anyhow::{Context as _, bail};
 use aya::{
     EbpfLoader,
-    maps::{Array, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::Xdp,
 };
 use portcullis_abi::{
     limits::{ADDR_LEN, SourceKey, TokenBucket},
     names::{
-        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET,
-        MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP,
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_FLOWS,
+        MAP_XDP_HELLO_BUDGET, MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP,
     },
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
@@ -18,6 +18,7 @@ use portcullis_abi::{
 use super::{
     XdpCounters, XdpSettings,
     attach::{Attachment, attach},
+    fp_count,
     logs::{LogPump, bpf_log_level},
     object,
     pins::{Persistent, Pins, reusable_pin},
@@ -131,6 +132,21 @@ impl XdpGuard {
             .set(XDP_CONFIG_KEY, config, 0)
             .with_context(|| format!("cannot write map `{MAP_XDP_CONFIG}`"))?;
 
+        // The blocklist is pinned for good and may have changed while the daemon was down: recount it before
+        // the program runs, or a blocked fingerprint would not be computed (`fp_count`).
+        let blocked: HashMap<&MapData, u64, u8> = ebpf
+            .map(MAP_XDP_BLOCK_FP)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP}`; rebuild it with `cargo xtask build`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP}` is not a hash of u64; rebuild with `cargo xtask build`"))?;
+        let blocked = fp_count::count(&blocked);
+        let mut count: Array<&mut MapData, u32> = ebpf
+            .map_mut(MAP_XDP_BLOCK_FP_COUNT)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_COUNT}`; rebuild it with `cargo xtask build`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_COUNT}` is not an array of u32; rebuild with `cargo xtask build`"))?;
+        fp_count::store(&mut count, blocked)?;
+
         // The logger must own the ring buffer before the program runs, or its first records are lost.
         running.logs = Some(LogPump::start(ebpf)?);
 
@@ -158,6 +174,7 @@ impl XdpGuard {
             MAP_XDP_CONFIG,
             MAP_XDP_MALFORMED,
             MAP_XDP_FLOWS,
+            MAP_XDP_BLOCK_FP_COUNT,
         ] {
             let map = ebpf
                 .map(name)
@@ -187,6 +204,7 @@ impl XdpGuard {
             hello_rate = config.hello_rate,
             hello_burst = config.hello_burst,
             enforce = settings.enforce,
+            blocked_fingerprints = blocked,
             "XDP handshake guard running"
         );
         Ok(XdpGuard { counters, running })

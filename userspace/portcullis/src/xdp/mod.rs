@@ -7,6 +7,8 @@
 //! - [`guard`]: [`XdpGuard`], which owns the loaded program for the daemon's lifetime and detaches on drop.
 //! - [`attach`]: attaching to one interface in the requested mode (native, generic, or native then generic).
 //! - [`pins`]: the pin directory on bpffs and the map pins the guard creates and removes.
+//! - [`fp_count`]: the count of blocked fingerprints beside the blocklist, which lets the program skip
+//!   fingerprinting while none is blocked (the CLI shares it).
 //! - [`counters`]: [`XdpCounters`], a cheap handle that sums the per-CPU verdict counters.
 //! - [`shed`]: [`SynShed`], the SYN shed fraction admission control turns while it sheds.
 //! - [`refusal`]: what to say when the kernel refuses a program with "permission denied": the verifier's
@@ -23,13 +25,15 @@
 //!   when the process dies, whatever happens.
 //! - State pins (`xdp_syn_budget`, `xdp_ch_budget`, `xdp_block_net`, `xdp_block_fp`) are never removed: the next
 //!   start reuses them (after checking their key and value sizes), so budgets and blocklists survive restarts and
-//!   upgrades. `xdp_malformed` and `xdp_flows` are pinned per run like the verdict counters.
+//!   upgrades. `xdp_malformed`, `xdp_flows` and `xdp_block_fp_n` (the blocklist's count, recounted at start)
+//!   are pinned per run like the verdict counters.
 //! - The program fails open: it drops only blocked sources and fingerprints, over-budget SYNs and ClientHellos and
 //!   proven-malformed ClientHellos (never one cut short), and `[xdp] enforce = false` turns even that into
 //!   counting.
 
 mod attach;
 mod counters;
+pub(crate) mod fp_count;
 mod guard;
 mod logs;
 pub(crate) mod object;

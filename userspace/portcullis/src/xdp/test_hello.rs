@@ -8,12 +8,12 @@
 
 use aya::{
     Ebpf,
-    maps::{HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
 };
 use portcullis_abi::{
     client_hello::{Malformed, parse},
     hello_fixtures::{CAPTURED, malformed_cases},
-    names::{MAP_XDP_BLOCK_FP, MAP_XDP_MALFORMED},
+    names::{MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_MALFORMED},
     packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, frame, ipv4, ipv6},
     verdict::Verdict,
@@ -307,6 +307,18 @@ fn blocked_fingerprints_drop_until_removed() {
             .try_into()
             .expect("fingerprint map type");
         blocked.insert(value, 1, 0).expect("block");
+        // Not counted yet: the program computes no fingerprint while the count is 0, so nothing blocks.
+        assert_eq!(
+            hello(
+                &mut ebpf,
+                &counters,
+                Conn::v4(30, 44003 + 10 * n as u16),
+                curl
+            ),
+            (XDP_PASS, Verdict::PassClientHello),
+            "blocked but not counted"
+        );
+        set_blocked_count(&mut ebpf, 1);
         let conn = Conn::v4(30, 44000 + 10 * n as u16);
         assert_eq!(
             hello(&mut ebpf, &counters, conn, curl),
@@ -333,6 +345,7 @@ fn blocked_fingerprints_drop_until_removed() {
             .try_into()
             .expect("fingerprint map type");
         blocked.remove(&value).expect("unblock");
+        set_blocked_count(&mut ebpf, 0);
         assert_eq!(
             hello(
                 &mut ebpf,
@@ -344,6 +357,16 @@ fn blocked_fingerprints_drop_until_removed() {
             "unblocked"
         );
     }
+}
+
+/// Stores the count of blocked fingerprints, as `portcullis xdp block-fingerprint` does after a change.
+fn set_blocked_count(ebpf: &mut Ebpf, blocked: u32) {
+    let mut count: Array<_, u32> = ebpf
+        .map_mut(MAP_XDP_BLOCK_FP_COUNT)
+        .expect("fingerprint count map")
+        .try_into()
+        .expect("fingerprint count map type");
+    count.set(0, blocked, 0).expect("count");
 }
 
 #[test]
