@@ -61,6 +61,12 @@ const TARGET_P99_RATIO: f64 = 2.0;
 const TARGET_RESUMPTION: f64 = 0.99;
 const TARGET_RECOVER_S: f64 = 1.0;
 
+/// A second of arrivals is served "as before the storm" with at most this share failed. The steady phase
+/// itself, before any storm, loses 0.07-0.8% of its connections here (resets by the cost budget when Poisson
+/// arrivals bunch up, and host hiccups), in a few of its seconds: "back to normal" cannot ask for fewer. A
+/// collapsed server fails most of them. The strict figure (not one failure) is reported beside it.
+const RECOVERED_MAX_FAILED: f64 = 0.01;
+
 /// One server under test, in one configuration.
 struct Contender {
     server: ServerKind,
@@ -309,7 +315,14 @@ fn summarize(name: &str, capacity: f64, report: &Value) -> Value {
     let threshold_ms = steady_p99_ms * 2.0 + 20.0;
     let recovery_start = recovery["start_s"].as_f64().unwrap_or(0.0);
     let recovery_end = recovery_start + recovery["duration_s"].as_f64().unwrap_or(0.0);
-    let recover_s = time_to_recover(report, recovery_start, recovery_end, threshold_ms);
+    let recover_s = time_to_recover(
+        report,
+        recovery_start,
+        recovery_end,
+        threshold_ms,
+        RECOVERED_MAX_FAILED,
+    );
+    let recover_strict_s = time_to_recover(report, recovery_start, recovery_end, threshold_ms, 0.0);
     let storm_start = storm["start_s"].as_f64().unwrap_or(0.0);
     let storm_len = storm["duration_s"].as_f64().unwrap_or(1.0).max(1.0);
     let goodput = completions_per_second(report, storm_start, storm_start + storm_len);
@@ -350,6 +363,7 @@ fn summarize(name: &str, capacity: f64, report: &Value) -> Value {
         "recovery_failed": recovery["failed"],
         "recover_threshold_ms": threshold_ms,
         "time_to_recover_s": recover_s,
+        "time_to_recover_strict_s": recover_strict_s,
         "targets_met": targets,
     })
 }
@@ -380,14 +394,15 @@ fn time_to_recover(
     recovery_start: f64,
     recovery_end: f64,
     threshold_ms: f64,
+    max_failed: f64,
 ) -> Option<f64> {
     let series = report["series"].as_array()?;
     let healthy = |s: &Value| {
         let started = &s["started"];
         let p99_ms = started["handshake_us"]["p99"].as_f64().unwrap_or(f64::MAX) / 1000.0;
-        started["failed"].as_u64() == Some(0)
-            && started["ok"].as_u64().unwrap_or(0) > 0
-            && p99_ms <= threshold_ms
+        let ok = started["ok"].as_u64().unwrap_or(0) as f64;
+        let failed = started["failed"].as_u64().unwrap_or(u64::MAX) as f64;
+        ok > 0.0 && failed <= max_failed * (ok + failed) && p99_ms <= threshold_ms
     };
     let start = recovery_start as usize;
     let end = (recovery_end as usize).min(series.len());
@@ -408,7 +423,7 @@ fn render(summary: &[Value]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<17} {:>8} {:>9} {:>14} {:>9} {:>13} {:>9} {:>15} {:>10} {:>9} {:>11} {:>9}",
+        "{:<17} {:>8} {:>9} {:>14} {:>9} {:>13} {:>9} {:>15} {:>14} {:>9} {:>11} {:>9}",
         "server",
         "capacity",
         "goodput",
@@ -429,7 +444,7 @@ fn render(summary: &[Value]) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<17} {:>8} {:>8}% {:>11} ms {:>8}x {:>10} ms {:>8}x {:>14}% {:>10} {:>9} {:>8} ms {:>7}/4",
+            "{:<17} {:>8} {:>8}% {:>11} ms {:>8}x {:>10} ms {:>8}x {:>14}% {:>14} {:>9} {:>8} ms {:>7}/4",
             s["server"].as_str().unwrap_or("?"),
             f(&s["capacity_per_s"], 0),
             s["storm_goodput_share"]
@@ -442,9 +457,18 @@ fn render(summary: &[Value]) -> String {
             s["storm_resumption_success"]
                 .as_f64()
                 .map_or("-".to_owned(), |x| format!("{:.1}", x * 100.0)),
-            s["time_to_recover_s"]
-                .as_f64()
-                .map_or("not".to_owned(), |x| format!("{x:.0} s")),
+            {
+                let secs = |v: &Value| v.as_f64().map_or("not".to_owned(), |x| format!("{x:.0} s"));
+                let (lax, strict) = (
+                    secs(&s["time_to_recover_s"]),
+                    secs(&s["time_to_recover_strict_s"]),
+                );
+                if lax == strict {
+                    lax
+                } else {
+                    format!("{lax} ({strict})")
+                }
+            },
             s["storm_failed"],
             f(&s["storm_p99_ms"], 0),
             met,
@@ -455,10 +479,11 @@ fn render(summary: &[Value]) -> String {
         "goodput: completions/s during the storm / capacity (target >= {:.0}%); admitted p99: TCP connected to \
          handshake done, storm vs steady (target <= {TARGET_P99_RATIO}x); to flight: TCP connected to the server's flight \
          received (kernel timestamp: without the load generator's own delay); resumed/offered: resumptions the server took \
-         (target >= {:.0}%); recovered: until clients arriving after the storm are served as before (target <= \
-         {TARGET_RECOVER_S} s); storm p99*: from intended start, SYN retransmissions included",
+         (target >= {:.0}%); recovered: until clients arriving after the storm are served as before, at most {:.0}% of a \
+         second's arrivals failing (in parentheses when it differs: not one failing) (target <= {TARGET_RECOVER_S} s); storm p99*: from intended start, SYN retransmissions included",
         TARGET_GOODPUT * 100.0,
-        TARGET_RESUMPTION * 100.0
+        TARGET_RESUMPTION * 100.0,
+        RECOVERED_MAX_FAILED * 100.0
     );
     for s in summary {
         let st = &s["server_stages"];
@@ -502,11 +527,15 @@ mod tests {
             sec(10, 1000, 0), sec(10, 900_000, 5), sec(10, 800_000, 0), sec(10, 2000, 0), sec(10, 1500, 0),
             sec(3, 900_000, 3)
         ]});
-        assert_eq!(time_to_recover(&report, 1.0, 5.0, 25.0), Some(2.0));
-        assert_eq!(time_to_recover(&report, 3.0, 5.0, 25.0), Some(0.0));
+        assert_eq!(time_to_recover(&report, 1.0, 5.0, 25.0, 0.0), Some(2.0));
+        assert_eq!(time_to_recover(&report, 3.0, 5.0, 25.0, 0.0), Some(0.0));
         // The second after the recovery phase (the drain) does not count.
-        assert_eq!(time_to_recover(&report, 3.0, 6.0, 25.0), None);
+        assert_eq!(time_to_recover(&report, 3.0, 6.0, 25.0, 0.0), None);
         let never = json!({ "series": [sec(10, 900_000, 0), sec(10, 900_000, 0), sec(1, 1, 0)] });
-        assert_eq!(time_to_recover(&never, 0.0, 2.0, 25.0), None);
+        assert_eq!(time_to_recover(&never, 0.0, 2.0, 25.0, 0.0), None);
+        // One reset in 500 is within 1%, not in the strict reading; 30 of 500 is not, either way.
+        let sporadic = json!({ "series": [sec(470, 1000, 30), sec(500, 1000, 0), sec(499, 1000, 1), sec(500, 1000, 0)] });
+        assert_eq!(time_to_recover(&sporadic, 0.0, 4.0, 25.0, 0.01), Some(1.0));
+        assert_eq!(time_to_recover(&sporadic, 0.0, 4.0, 25.0, 0.0), Some(3.0));
     }
 }
