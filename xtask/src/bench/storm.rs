@@ -2,7 +2,7 @@
 //! admission control on and off.
 //!
 //! One client core must offer 10x what one server core completes, so the certificate is RSA-4096: the server's
-//! signature costs about 2 ms, the client's verification a few microseconds. Every server runs on CPU 0 alone,
+//! signature costs about 1.4 ms, the client's verification a few microseconds. Every server runs on CPU 0 alone,
 //! the load generator on CPU 1. (An earlier version throttled the servers with a cgroup CPU quota instead; at
 //! 100% of its quota a server is stopped for part of every CFS period, which adds milliseconds of its own to
 //! every latency measured.) Per server: the saturated rate of the mix is its capacity; then steady at 50% of it
