@@ -204,8 +204,18 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|| panic!("no unordered fingerprint printed: {printed}"));
 
+    let status = bed.cli(&["status"]);
+    assert!(
+        status.contains("fingerprinting   off (nothing blocked"),
+        "status before a block: {status}"
+    );
     bed.cli(&["block-fingerprint", "add", &unordered]);
     assert_eq!(bed.cli(&["block-fingerprint", "list"]).trim(), unordered);
+    let status = bed.cli(&["status"]);
+    assert!(
+        status.contains("blocked fingerprints 1") && status.contains("fingerprinting   on"),
+        "status after a block: {status}"
+    );
     // The program looks the set up per ClientHello: the very next handshake is dropped.
     assert!(
         !bed.s_client(listener, 3),
@@ -253,6 +263,10 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
 
     bed.cli(&["block-fingerprint", "del", &unordered]);
     assert!(bed.cli(&["block-fingerprint", "list"]).trim().is_empty());
+    assert!(
+        bed.cli(&["status"]).contains("fingerprinting   off"),
+        "fingerprinting still on with an empty blocklist"
+    );
     assert!(
         bed.s_client(listener, 30),
         "handshake after the fingerprint block was removed"

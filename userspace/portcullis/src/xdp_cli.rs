@@ -226,12 +226,37 @@ fn status(dir: &Path) -> anyhow::Result<()> {
             config.hello_rate, config.hello_burst, config.hello_resume_cost_milli
         );
     }
-    println!("blocked prefixes {blocked}");
     println!(
-        "blocked fingerprints {}",
-        fingerprint_blocklist(dir)?.keys().count()
+        "syn shedding     {} of new SYNs, {} of retransmitted SYNs of shed flows (set by admission control)",
+        ppm_percent(config.syn_shed_ppm),
+        ppm_percent(config.syn_retry_shed_ppm)
     );
+    println!("blocked prefixes {blocked}");
+    let listed = crate::xdp::fp_count::count(&fingerprint_blocklist(dir)?);
+    println!("blocked fingerprints {listed}");
+    let counted = fingerprint_count(dir)?.get(&0, 0).context(
+        "cannot read the pinned count of blocked fingerprints: daemon and CLI versions differ",
+    )?;
+    match (counted, listed) {
+        (0, 0) => println!("fingerprinting   off (nothing blocked: the program skips it)"),
+        (c, l) if (c == 0) == (l == 0) => println!("fingerprinting   on"),
+        (c, l) => println!(
+            "fingerprinting   {} but the list holds {l}: the count the program reads ({c}) is stale (an entry \
+             written with bpftool?); any `block-fingerprint add|del` or a daemon restart recounts",
+            if c == 0 { "off" } else { "on" }
+        ),
+    }
     Ok(())
+}
+
+fn ppm_percent(ppm: u32) -> String {
+    format!("{:.1}%", f64::from(ppm) / 10_000.0)
+}
+
+fn fingerprint_count(dir: &Path) -> anyhow::Result<Array<MapData, u32>> {
+    open(dir, MAP_XDP_BLOCK_FP_COUNT)?.try_into().context(
+        "the pinned count of blocked fingerprints is not an array of u32: daemon and CLI versions differ",
+    )
 }
 
 fn fingerprint_blocklist(dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u8>> {
@@ -246,9 +271,7 @@ fn store_fingerprint_count(
     dir: &Path,
     blocklist: &HashMap<MapData, u64, u8>,
 ) -> anyhow::Result<()> {
-    let mut count: Array<MapData, u32> = open(dir, MAP_XDP_BLOCK_FP_COUNT)?.try_into().context(
-        "the pinned count of blocked fingerprints is not an array of u32: daemon and CLI versions differ",
-    )?;
+    let mut count = fingerprint_count(dir)?;
     crate::xdp::fp_count::store(&mut count, crate::xdp::fp_count::count(blocklist))
 }
 
