@@ -493,6 +493,9 @@ fn readyz_waits_for_a_valid_key_set() {
     let log = tmp.path().join("stderr.log");
     let mut child = Command::new(binary())
         .args(["run", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        // One worker: no steering program to pin (this daemon is started by hand, without `Daemon`'s own pin
+        // directory, and is killed at the end).
+        .args(["--workers", "1"])
         .arg("--state-dir")
         .arg(tmp.path().join("state"))
         .arg("--ticket-keys")
