@@ -96,7 +96,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         "ok",
         Some(done.saturating_duration_since(started).as_secs_f64()),
     );
-    m.stages(est.mode, &est.stages.durations(done));
+    m.stages(est.mode, est.stages.durations(done));
     if let Some(reason) = est.hello.malformed {
         tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
     }

@@ -405,13 +405,17 @@ impl ListenerMetrics {
     }
 
     /// Observes where a completed handshake's time went.
-    pub fn stages(&self, mode: ModeLabel, durations: &[(Stage, std::time::Duration)]) {
+    pub fn stages(
+        &self,
+        mode: ModeLabel,
+        durations: impl IntoIterator<Item = (Stage, std::time::Duration)>,
+    ) {
         let handles = match mode {
             ModeLabel::Full => self.stage_handles.first(),
             ModeLabel::Resumed => self.stage_handles.get(1),
             ModeLabel::None => None,
         };
-        for &(stage, d) in durations {
+        for (stage, d) in durations {
             match handles.and_then(|h| h.get(stage.index())) {
                 Some(h) => h.observe(d.as_secs_f64()),
                 None => self

@@ -107,8 +107,9 @@ impl StageClock {
     }
 
     /// Each stage's duration, for a handshake completed at `done`. A stage whose ends are unknown is left out
-    /// (`socket` without a kernel timestamp); clock steps count as zero.
-    pub fn durations(&self, done: Instant) -> Vec<(Stage, Duration)> {
+    /// (`socket` without a kernel timestamp); clock steps count as zero. An iterator, not a collection: this
+    /// runs once per handshake and allocates nothing.
+    pub fn durations(&self, done: Instant) -> impl Iterator<Item = (Stage, Duration)> {
         let span = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
             (Some(a), Some(b)) => Some(b.saturating_duration_since(a)),
             _ => None,
@@ -131,7 +132,6 @@ impl StageClock {
         ]
         .into_iter()
         .filter_map(|(stage, d)| Some((stage, d?)))
-        .collect()
     }
 }
 
@@ -151,7 +151,7 @@ mod tests {
         clock.crypto(started, finished);
         clock.flight();
         let done = Instant::now() + Duration::from_millis(5);
-        let d = clock.durations(done);
+        let d: Vec<_> = clock.durations(done).collect();
         let names: Vec<_> = d.iter().map(|(s, _)| s.name()).collect();
         assert_eq!(
             names,
@@ -179,7 +179,7 @@ mod tests {
         let mut clock = StageClock::default();
         clock.first_read(None);
         clock.hello();
-        let d = clock.durations(Instant::now());
+        let d: Vec<_> = clock.durations(Instant::now()).collect();
         assert!(d.iter().all(|(s, _)| *s != Stage::Socket));
         assert!(d.iter().any(|(s, _)| *s == Stage::Read));
         // No crypto marks: queue, crypto, wake, flight and client are unknown.
