@@ -112,7 +112,7 @@ pub struct Admission {
     /// `outstanding_ns` for `/metrics`, in seconds.
     outstanding_gauge: Gauge<f64, AtomicU64>,
     budget_ns: u64,
-    /// The budget while overloaded: twice the target per instance.
+    /// The budget while overloaded: twice the target per instance (never above `budget_ns`).
     overload_budget_ns: u64,
     shed: Family<ShedLabels, Counter>,
     admitted: Family<ClassLabel, Counter>,
@@ -184,7 +184,8 @@ impl Admission {
         let overload_budget_ns = u64::try_from(config.target.as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_mul(2)
-            .saturating_mul(instances.max(1) as u64);
+            .saturating_mul(instances.max(1) as u64)
+            .min(budget_ns);
         Arc::new(Self {
             overload_budget_ns,
             controller: Mutex::new(Controller::new(
@@ -318,7 +319,7 @@ impl Admission {
         // budget of normal operation; and bound the wait itself at the target ([`Admitted::max_wait`]).
         let overloaded = state != State::Normal || self.syn_shed_ppm.load(Ordering::Relaxed) > 0;
         let budget = if overloaded {
-            self.budget_ns.min(self.overload_budget_ns)
+            self.overload_budget_ns
         } else {
             self.budget_ns
         };

@@ -125,20 +125,17 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             let result = accepted.into_connection(config);
             let _ = tx.send(Served::Done(result, start, Instant::now()));
         });
-        let deadline = match self.policy {
-            FullRingPolicy::Wait(d) => Some(tokio::time::Instant::now() + d),
-            _ => None,
+        let deadline = policy_wait.map(|d| tokio::time::Instant::now() + d);
+        let priority = if class.is_resumption() {
+            Priority::High
+        } else {
+            Priority::Normal
         };
         loop {
             let freed = self.engine.capacity_freed();
             tokio::pin!(freed);
             // Register for the wake-up before trying, so a slot freed in between is not missed.
             freed.as_mut().enable();
-            let priority = if class.is_resumption() {
-                Priority::High
-            } else {
-                Priority::Normal
-            };
             match self.engine.submit(work, priority) {
                 Ok(()) => break,
                 Err(SubmitError::Closed(_)) => {
