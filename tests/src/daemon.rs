@@ -298,11 +298,6 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM (graceful drain), then wait.
-    pub fn terminate(self) -> anyhow::Result<ExitStatus> {
-        self.stop_with(nix::sys::signal::Signal::SIGTERM)
-    }
-
     /// The tail of a test: SIGTERM, and the daemon must drain and exit 0; panics with its stderr otherwise.
     pub fn stop_ok(mut self) {
         match self.stop_in_place(nix::sys::signal::Signal::SIGTERM) {

@@ -70,11 +70,7 @@ fn syn_shed_drops_its_fraction_and_retransmissions_of_shed_flows_only() {
     assert_eq!(counter("drop_syn_shed"), shed, "no new SYN shed at 0 ppm");
 
     knob.set_ppm(0, 0).expect("shedding off");
-    let status = daemon.terminate().expect("daemon stops on SIGTERM");
-    assert!(
-        status.success(),
-        "daemon exit status after SIGTERM: {status}"
-    );
+    daemon.stop_ok();
 }
 
 /// Sends [`SYNS`] SYNs from `src` to `dst`, flow `n` from port 20000 + n with ISN derived from `n` (so a second

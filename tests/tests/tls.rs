@@ -142,7 +142,7 @@ fn curl_and_openssl_negotiate_versions_certificates_and_alpn() {
             .expect("m"),
         7.0
     );
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 /// `promtool check metrics` (Debian package `prometheus`, installed by `cargo xtask setup`) must find nothing.
@@ -327,7 +327,7 @@ fn garbage_instead_of_client_hello_is_closed_and_counted() {
     assert_eq!(count("not_tls"), 1.0, "{text}");
     assert_eq!(count("protocol_error"), 1.0, "{text}");
     assert_eq!(count("ok"), 0.0, "{text}");
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 #[test]
@@ -355,7 +355,7 @@ fn stalled_client_is_cut_at_the_handshake_timeout() {
         d.metric("portcullis_connections_active", &[]).expect("m"),
         0.0
     );
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 #[test]
@@ -368,7 +368,7 @@ fn proxy_protocol_v2_carries_client_sni_and_alpn_upstream() {
     assert!(body.contains("client=127.0.0.1:"), "{body}");
     assert!(body.contains("sni=rsa.test"), "{body}");
     assert!(body.contains("alpn=http/1.1"), "{body}");
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 #[test]
@@ -395,7 +395,7 @@ fn upstream_connect_failure_is_counted() {
         )
         .expect("m");
     assert_eq!(n, 1.0);
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 #[test]
@@ -516,7 +516,7 @@ fn idle_established_connection_is_closed_after_idle_timeout() {
     }
     let took = start.elapsed();
     assert!(took >= Duration::from_millis(250), "closed after {took:?}");
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 /// Handshakes, then closes without sending a byte.
@@ -545,7 +545,7 @@ fn upstream_is_connected_on_the_first_client_byte_only() {
     let d = start_with(&pki, "", &format!("[upstream]\nbackends = [\"{dead}\"]\n"));
     handshake_and_leave(&pki, d.addr());
     assert_eq!(errors(&d), 0.0);
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
     // Eager: the same client costs an upstream connect (here: a refused one).
     let d = start_with(
         &pki,
@@ -561,7 +561,7 @@ fn upstream_is_connected_on_the_first_client_byte_only() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }
 
 /// The request travels in the same TCP segment as the client's Finished, so the server has it decrypted the
@@ -600,5 +600,5 @@ fn request_in_the_same_segment_as_finished_is_forwarded() {
     }
     let text = String::from_utf8_lossy(&response);
     assert!(text.contains(DEMO_BODY), "{text}");
-    assert!(d.terminate().expect("stop").success());
+    d.stop_ok();
 }

@@ -103,11 +103,7 @@ fn blocked_prefix_cannot_handshake_until_removed() {
         "handshake after the block was removed"
     );
 
-    let status = daemon.terminate().expect("daemon stops on SIGTERM");
-    assert!(
-        status.success(),
-        "daemon exit status after SIGTERM: {status}"
-    );
+    daemon.stop_ok();
 }
 
 #[test]
@@ -271,20 +267,12 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         bed.s_client(listener, 30),
         "handshake after the fingerprint block was removed"
     );
-    let status = daemon.terminate().expect("daemon stops on SIGTERM");
-    assert!(
-        status.success(),
-        "daemon exit status after SIGTERM: {status}"
-    );
+    daemon.stop_ok();
 }
 
 /// Stops `daemon` with SIGTERM (a clean exit) and starts another on the same testbed.
 fn restart(bed: &XdpTestbed, daemon: Daemon) -> Daemon {
-    let status = daemon.terminate().expect("daemon stops on SIGTERM");
-    assert!(
-        status.success(),
-        "daemon exit status after SIGTERM: {status}"
-    );
+    daemon.stop_ok();
     bed.start_daemon()
 }
 
