@@ -23,9 +23,14 @@ pub const MAP_XDP_VERDICTS: &str = "xdp_verdicts";
 /// Array of one [`crate::xdp_config::XdpConfig`] (the listener TCP ports), written by the daemon before attaching.
 pub const MAP_XDP_CONFIG: &str = "xdp_config";
 
-/// LRU hash of per-source SYN token buckets: [`crate::limits::SourceKey`] -> [`crate::limits::TokenBucket`].
-/// Evicting a bucket only forgets that source's spent budget (fail open).
+/// Array of [`crate::limits::BUDGET_SLOTS`] per-source SYN token buckets ([`crate::limits::BudgetSlot`]), indexed
+/// by [`crate::limits::budget_slot`]. A source taking over another's slot only forgets that one's spent budget
+/// (fail open).
 pub const MAP_XDP_SYN_BUDGET: &str = "xdp_syn_budget";
+
+/// Array of one `u64`: the key of the budget tables' slot hash ([`crate::limits::budget_slot`]). Written once, at
+/// random, by the first daemon that finds it 0, and pinned for good with the tables it indexes.
+pub const MAP_XDP_BUDGET_SEED: &str = "xdp_budget_seed";
 
 /// LPM trie of blocked source prefixes: [`crate::limits::BlockKey`] -> `u8` (1). IPv4 prefixes are stored
 /// IPv4-mapped (`::ffff:a.b.c.d/96+len`), so one trie serves both families.
@@ -41,8 +46,8 @@ pub const MAP_XDP_FLOWS: &str = "xdp_flows";
 /// [`crate::client_hello::Malformed`]; summed over CPUs by the daemon.
 pub const MAP_XDP_MALFORMED: &str = "xdp_malformed";
 
-/// LRU hash of per-source ClientHello token buckets: [`crate::limits::SourceKey`] ->
-/// [`crate::limits::TokenBucket`].
+/// Array of [`crate::limits::BUDGET_SLOTS`] per-source ClientHello token buckets ([`crate::limits::BudgetSlot`]),
+/// indexed like [`MAP_XDP_SYN_BUDGET`].
 pub const MAP_XDP_HELLO_BUDGET: &str = "xdp_ch_budget";
 
 /// Hash set of blocked ClientHello fingerprints: `u64` (either variant, see
@@ -89,6 +94,7 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_VERDICTS,
     MAP_XDP_CONFIG,
     MAP_XDP_SYN_BUDGET,
+    MAP_XDP_BUDGET_SEED,
     MAP_XDP_BLOCK_NET,
     MAP_XDP_FLOWS,
     MAP_XDP_MALFORMED,

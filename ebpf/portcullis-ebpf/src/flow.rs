@@ -10,8 +10,8 @@
 //! them out of their set.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
-    helpers::bpf_ktime_get_ns,
+    btf_maps::{Array, HashMap, PerCpuArray},
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::btf_map,
     programs::XdpContext,
 };
@@ -20,7 +20,7 @@ use portcullis_abi::{
     flow::{
         FLOW_SETS, FULL_HELLO_COST_MILLI, FlowKey, FlowSet, contains, flow_set, flow_tag, record,
     },
-    limits::{SourceKey, TokenBucket, source_key},
+    limits::{BUDGET_SLOTS, BudgetSlot},
     packet::Classification,
     verdict::Verdict,
     xdp_config::XdpConfig,
@@ -38,9 +38,10 @@ static XDP_FLOWS: Array<FlowSet, FLOW_SETS> = Array::new();
 #[btf_map(name = "xdp_malformed")]
 static XDP_MALFORMED: PerCpuArray<u64, { Malformed::COUNT }> = PerCpuArray::new();
 
-/// Per-source ClientHello token buckets; the name must match `portcullis_abi::names::MAP_XDP_HELLO_BUDGET`.
+/// Per-source ClientHello token buckets, slotted like the SYN budget (`crate::budget`); the name must match
+/// `portcullis_abi::names::MAP_XDP_HELLO_BUDGET`.
 #[btf_map(name = "xdp_ch_budget")]
-static XDP_HELLO_BUDGET: LruHashMap<SourceKey, TokenBucket, 65536> = LruHashMap::new();
+static XDP_HELLO_BUDGET: Array<BudgetSlot, BUDGET_SLOTS> = Array::new();
 
 /// Blocked fingerprints (either variant), value 1; the name must match `portcullis_abi::names::MAP_XDP_BLOCK_FP`.
 #[btf_map(name = "xdp_block_fp")]
@@ -97,6 +98,12 @@ pub fn inspect(
 /// The verdict on the first payload segment of a tracked flow.
 #[inline(always)]
 fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
+    // A source without budget left for even the cheapest ClientHello is dropped before the parse: a flood from
+    // one source costs a bucket lookup per packet, not a parse. (Its malformed or blocked ClientHellos are then
+    // counted as over budget.)
+    if config.hello_rate != 0 && !hello_affordable(packet, config) {
+        return Verdict::DropHelloRate;
+    }
     // A missing count (it cannot be: index 0 of an array) reads as "some blocked": fingerprint (fail safe).
     let fingerprinting = XDP_BLOCK_FP_COUNT.get(0).is_none_or(|n| *n != 0);
     let judged = hello::judge(
@@ -127,32 +134,58 @@ fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdi
     Verdict::PassClientHello
 }
 
-/// Spends one ClientHello (a resumption offer at its configured discount) from the source's bucket.
+/// The cost of one ClientHello in thousandths of a token: a resumption offer at its configured discount.
 #[inline(always)]
-fn hello_within_budget(packet: &Classification, config: &XdpConfig, resumption: bool) -> bool {
-    let key = source_key(&packet.src, config.v4_prefix_len, config.v6_prefix_len);
-    let burst = if config.hello_burst == 0 {
-        1
-    } else {
-        config.hello_burst
-    };
-    let cost = if resumption && config.hello_resume_cost_milli != 0 {
+fn hello_cost(config: &XdpConfig, resumption: bool) -> u64 {
+    if resumption && config.hello_resume_cost_milli != 0 {
         u64::from(config.hello_resume_cost_milli)
     } else {
         FULL_HELLO_COST_MILLI
+    }
+}
+
+/// Whether the source's bucket, refilled, holds the cost of the cheapest ClientHello (a source new to its slot has
+/// a full one). Spends nothing.
+#[inline(always)]
+fn hello_affordable(packet: &Classification, config: &XdpConfig) -> bool {
+    // A missing slot (it cannot be: the index is masked to the table) passes: fail open.
+    let Some((slot, source)) = crate::budget(&XDP_HELLO_BUDGET, packet, config) else {
+        return true;
     };
+    let cheapest = hello_cost(config, true).min(FULL_HELLO_COST_MILLI);
+    // SAFETY: a helper without arguments (the coarse clock: see `syn_within_budget`).
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token or tear
+    // the slot, never make the value invalid (plain integers).
+    unsafe {
+        (*slot).take(
+            &source,
+            now,
+            config.hello_rate,
+            config.hello_burst.max(1),
+            0,
+        );
+        (*slot).bucket.tokens_milli >= cheapest
+    }
+}
+
+/// Spends one ClientHello (a resumption offer at its configured discount) from the source's bucket.
+#[inline(always)]
+fn hello_within_budget(packet: &Classification, config: &XdpConfig, resumption: bool) -> bool {
+    let Some((slot, source)) = crate::budget(&XDP_HELLO_BUDGET, packet, config) else {
+        return true;
+    };
+    let cost = hello_cost(config, resumption);
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match XDP_HELLO_BUDGET.get_ptr_mut(&key) {
-        Some(bucket) => {
-            // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token.
-            unsafe { (*bucket).take(now, config.hello_rate, burst, cost) }
-        }
-        None => {
-            let mut bucket = TokenBucket::full(burst, now);
-            let allowed = bucket.take(now, config.hello_rate, burst, cost);
-            let _ = XDP_HELLO_BUDGET.insert(&key, &bucket, 0);
-            allowed
-        }
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: as in `hello_affordable`.
+    unsafe {
+        (*slot).take(
+            &source,
+            now,
+            config.hello_rate,
+            config.hello_burst.max(1),
+            cost,
+        )
     }
 }

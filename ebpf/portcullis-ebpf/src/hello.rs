@@ -9,10 +9,12 @@
 //!
 //! A global function may take only the context and scalars, so the parse state lives in this CPU's slot of
 //! [`XDP_HELLO_WS`] (a [`Workspace`] plus where the payload lies), looked up again by each stage. XDP programs
-//! are not preempted on a CPU, so no other parse touches the slot in between.
+//! are not preempted on a CPU, so no other parse touches the slot in between. Each stage reads the payload in
+//! place, from `data`/`data_end` of its context: copying it into the slot first (`bpf_xdp_load_bytes`) cost more
+//! than every bounds check it saved (`BENCHMARKS.md`).
 
 use aya_ebpf::{
-    bindings::xdp_md, btf_maps::PerCpuArray, helpers::generated::bpf_xdp_load_bytes,
+    bindings::xdp_md, btf_maps::PerCpuArray, helpers::generated::bpf_xdp_adjust_tail,
     macros::btf_map,
 };
 use portcullis_abi::client_hello::{
@@ -20,23 +22,26 @@ use portcullis_abi::client_hello::{
     stages::{self, Stages, Step},
 };
 
-/// Payload bytes copied out of the packet for the parse: a first segment at Ethernet MTU is at most 1,460; a
-/// longer one (jumbo frames) is judged on its first `COPY` bytes, as a ClientHello cut short (fail open).
-const COPY: usize = 2048;
+/// Most payload bytes judged, a power of two: reads mask their offset with `PAYLOAD - 1` for the verifier. A first
+/// segment at Ethernet MTU holds at most 1,460; the program is not frags-aware, so the kernel hands it linear
+/// frames of at most a page. A longer payload is not judged (fail open).
+const PAYLOAD: usize = 4096;
 
-/// One parse's state: the payload bytes and the parser's workspace.
+/// One parse's state: where the payload lies and the parser's workspace.
 #[repr(C)]
 struct Scratch {
-    /// Offset of the TCP payload from the start of the frame.
+    /// Offset of the TCP payload from the start of the frame, at most [`MAX_BASE`].
     base: u32,
-    /// Payload bytes copied into `bytes` (declared by IP, cut to what the packet holds and to [`COPY`]).
+    /// Payload bytes judged: from `base` to the end of the frame, which [`judge`] cut to the IP length.
     len: u32,
-    /// The payload, copied once by [`judge`] with one `bpf_xdp_load_bytes` (frames are linear: the program is
-    /// not frags-aware); reads index it masked by `COPY - 1`, the slack covers the widest read past that.
-    bytes: [u8; COPY + 8],
     /// The parser's state between stages.
     workspace: Workspace,
 }
+
+/// Most header bytes before the TCP payload the parse reads past (Ethernet + 802.1Q 18, IPv6 with extension
+/// headers or IPv4 with options, TCP with options 60): larger offsets are not judged (fail open). A mask for the
+/// verifier, which must bound the packet offset of every read.
+const MAX_BASE: u32 = 511;
 
 /// 64-bit words of a [`Scratch`]: the map value is declared as plain words so its BTF is an array of `u64`,
 /// not the parser's Rust types (enums with data have no BTF the kernel accepts).
@@ -60,12 +65,17 @@ fn scratch() -> Option<&'static mut Scratch> {
     Some(unsafe { &mut *words.cast::<Scratch>() })
 }
 
-/// The TCP payload of the packet being judged, as copied into the scratch.
+/// The TCP payload of the packet being judged, read in place.
 ///
-/// A read is a masked index into the map value: the mask bounds the offset for the verifier whatever path led
-/// there, and costs one instruction, where a `bpf_xdp_load_bytes` call per field cost a helper call each.
+/// [`judge`] cut the frame to the payload's end, so the comparison with `data_end` the verifier needs before a
+/// load is also the parser's "did these bytes arrive". Offsets are checked against [`PAYLOAD`] (and masked with
+/// it, so the verifier bounds them whatever path led there).
 struct Payload {
-    bytes: *const u8,
+    /// Address of the payload's first byte: `data + base`.
+    start: usize,
+    /// The frame's end (`data_end`), which is the payload's.
+    end: usize,
+    /// Bytes in the payload: `end - start`.
     len: u32,
 }
 
@@ -77,16 +87,29 @@ impl HelloBytes for Payload {
 
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let len = self.len as usize;
-        if N > len || offset > len - N {
+        if offset > PAYLOAD - N {
             return None;
         }
-        // `offset < len <= COPY` already; the mask says so to the verifier.
-        let offset = offset & (COPY - 1);
-        // SAFETY: `bytes` points at `COPY + 8` bytes of this CPU's scratch and `offset + N <= COPY + 8` (N is at
-        // most 3); `[u8; N]` has alignment 1.
-        Some(unsafe { core::ptr::read_unaligned(self.bytes.add(offset).cast::<[u8; N]>()) })
+        let at = self.start + (offset & (PAYLOAD - 1));
+        if opaque(at + N) > self.end {
+            return None;
+        }
+        // SAFETY: `at..at + N` lies inside the frame (`data..data_end`); `[u8; N]` has alignment 1.
+        Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
     }
+}
+
+/// `x`, through a register move LLVM cannot see into, so that it cannot rewrite the comparison of `at + N` with
+/// `data_end`: its `at + 1 > end` becomes `at >= end`, from which the verifier learns no readable range. (An empty
+/// `asm!` gives two line-info records one instruction, which the kernel refuses.)
+#[inline(always)]
+fn opaque(mut x: usize) -> usize {
+    // SAFETY: one register move of `x` to itself; no memory, stack or flags touched.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack, preserves_flags));
+    }
+    x
 }
 
 /// Runs one step on this CPU's scratch; a missing scratch reads as truncation (pass: fail open).
@@ -95,13 +118,11 @@ fn run(ctx: *mut xdp_md, step: Step) -> i32 {
     let Some(scratch) = scratch() else {
         return stages::TRUNCATED;
     };
-    // Every step must use `ctx`: no step reads the packet any more (the payload was copied by `judge`), and
-    // LLVM, seeing the whole object, would leave the argument register unset at the call, which the verifier
-    // rejects ("Caller passes invalid args"). A volatile read of one context field is the cheapest use.
     // SAFETY: `ctx` is the XDP context the kernel passed to the program, valid for the run.
-    let _ = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*ctx).data_end)) };
+    let (data, end) = unsafe { ((*ctx).data as usize, (*ctx).data_end as usize) };
     let payload = Payload {
-        bytes: scratch.bytes.as_ptr(),
+        start: data + (scratch.base & MAX_BASE) as usize,
+        end,
         len: scratch.len,
     };
     stages::run(step, &payload, &mut scratch.workspace)
@@ -165,39 +186,33 @@ pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16, fingerprint: bool) -> Judg
     let Some(slot) = scratch() else {
         return not_judged;
     };
-    slot.base = u32::from(offset);
-    slot.len = 0;
     slot.workspace.want_fingerprint(fingerprint);
+    if u32::from(offset) > MAX_BASE {
+        return not_judged;
+    }
+    slot.base = u32::from(offset);
     // The program is not frags-aware (`#[xdp]`, not `#[xdp(frags)]`): the kernel hands it linear frames only, so
-    // the frame's length is `data_end - data`, read from the context where a `bpf_xdp_get_buff_len` call cost
-    // 10-20 ns more (BENCHMARKS.md). A frags-aware program must go back to the helper.
+    // the frame's length is `data_end - data`. A frags-aware program must read past the linear part.
     // SAFETY: `ctx` is the XDP context the kernel passed to the program, valid for the run.
-    let buffer = unsafe { u64::from((*ctx).data_end.wrapping_sub((*ctx).data)) };
-    let present = buffer.saturating_sub(u64::from(offset));
-    let mut copy = u64::from(len);
-    if copy > present {
-        copy = present;
-    }
-    if copy > COPY as u64 {
-        copy = COPY as u64;
-    }
-    // The verifier wants the size provably in 1..=COPY on the register handed to the helper. Checked with
-    // `if`, LLVM folds the checks into a comparison on another register; masked like this, it cannot (it does
-    // not know `copy >= 1`). `copy == 0` (nothing present) becomes COPY, which the helper refuses: nothing
-    // copied, `len` stays 0.
-    let size = (copy.wrapping_sub(1) & (COPY as u64 - 1)) + 1;
-    // SAFETY: `bytes` has room for COPY >= size bytes; the helper checks the packet range and fails cleanly.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx,
-            u32::from(offset),
-            slot.bytes.as_mut_ptr().cast(),
-            size as u32,
-        )
+    let frame = unsafe { (*ctx).data_end.wrapping_sub((*ctx).data) };
+    let Some(present) = frame.checked_sub(u32::from(offset)) else {
+        return not_judged;
     };
-    if rc == 0 {
-        slot.len = size as u32;
+    let len = u32::from(len);
+    if present > len {
+        // Bytes after the IP packet: Ethernet padding of a short frame, or junk. IP drops them anyway
+        // (`ip_rcv_core` trims the skb to the IP length); cut here, the frame's end is the payload's, which
+        // spares every read of the parse a second comparison. A failed cut leaves the segment unjudged.
+        // SAFETY: `ctx` is the XDP context; the helper checks the new length and fails cleanly.
+        if unsafe { bpf_xdp_adjust_tail(ctx, -((present - len) as i32)) } != 0 {
+            return not_judged;
+        }
     }
+    let judged = if present < len { present } else { len };
+    if judged as usize > PAYLOAD {
+        return not_judged;
+    }
+    slot.len = judged;
     let status = stages::drive(&mut Global(ctx));
     // Looked up again: the verifier forgets map value pointers' contents across the calls anyway.
     let Some(slot) = scratch() else {

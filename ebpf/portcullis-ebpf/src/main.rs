@@ -12,7 +12,7 @@
 //!
 //! Built only by `cargo xtask build` (Debian rustc, `-Z build-std=core`, `bpfel-unknown-none`). On the host this
 //! crate still type-checks (so `cargo check --workspace` and clippy cover it) and links to an empty `main`.
-#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+#![cfg_attr(target_arch = "bpf", no_std, no_main, feature(asm_experimental_arch))]
 
 mod flow;
 mod hello;
@@ -21,14 +21,16 @@ mod shed;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{Array, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
-    helpers::bpf_ktime_get_ns,
+    btf_maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
+    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use portcullis_abi::{
-    limits::{ADDR_LEN, SYN_COST_MILLI, SourceKey, TokenBucket, source_key},
+    limits::{
+        ADDR_LEN, BUDGET_SLOTS, BudgetSlot, SYN_COST_MILLI, SourceKey, budget_slot, source_key,
+    },
     packet::{Classification, PacketBytes, classify},
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -45,10 +47,29 @@ static XDP_VERDICTS: PerCpuArray<u64, { Verdict::COUNT }> = PerCpuArray::new();
 #[btf_map(name = "xdp_config")]
 static XDP_CONFIG: Array<XdpConfig, 1> = Array::new();
 
-/// Per-source SYN token buckets; the name must match `portcullis_abi::names::MAP_XDP_SYN_BUDGET`. LRU: under a
-/// spoofed-source flood the oldest buckets are evicted, which only forgets budget already spent (fail open).
+/// Per-source SYN token buckets, a slot per keyed hash of the source (`portcullis_abi::limits::BudgetSlot`); the name
+/// must match `portcullis_abi::names::MAP_XDP_SYN_BUDGET`. Under a spoofed-source flood sources take each other's
+/// slots, which only forgets budget already spent (fail open).
 #[btf_map(name = "xdp_syn_budget")]
-static XDP_SYN_BUDGET: LruHashMap<SourceKey, TokenBucket, 65536> = LruHashMap::new();
+static XDP_SYN_BUDGET: Array<BudgetSlot, BUDGET_SLOTS> = Array::new();
+
+/// The key of the budget tables' slot hash, written by the daemon; the name must match
+/// `portcullis_abi::names::MAP_XDP_BUDGET_SEED`.
+#[btf_map(name = "xdp_budget_seed")]
+static XDP_BUDGET_SEED: Array<u64, 1> = Array::new();
+
+/// The slot of `packet`'s source (masked to the configured prefix) in `table`, and the source.
+#[inline(always)]
+pub(crate) fn budget(
+    table: &Array<BudgetSlot, BUDGET_SLOTS>,
+    packet: &Classification,
+    config: &XdpConfig,
+) -> Option<(*mut BudgetSlot, SourceKey)> {
+    let source = source_key(&packet.src, config.v4_prefix_len, config.v6_prefix_len);
+    let seed = XDP_BUDGET_SEED.get(0).copied().unwrap_or(0);
+    let slot = table.get_ptr_mut(budget_slot(&source, seed))?;
+    Some((slot, source))
+}
 
 /// Blocked source prefixes (IPv4-mapped for IPv4), value 1; the name must match
 /// `portcullis_abi::names::MAP_XDP_BLOCK_NET`. Written by `portcullis xdp block add|del`.
@@ -115,30 +136,27 @@ fn guard(packet: &Classification, config: &XdpConfig, flow_hash: u64) -> Verdict
     Verdict::PassListenerTcp
 }
 
-/// Spends one SYN from the source's bucket, creating a full one for a new source.
+/// Spends one SYN from the source's bucket (a full one for a source new to its slot).
 #[inline(always)]
 fn syn_within_budget(packet: &Classification, config: &XdpConfig) -> bool {
-    let key = source_key(&packet.src, config.v4_prefix_len, config.v6_prefix_len);
-    let burst = if config.syn_burst == 0 {
-        1
-    } else {
-        config.syn_burst
+    // A missing slot (it cannot be: the index is masked to the table) passes: fail open.
+    let Some((slot, source)) = budget(&XDP_SYN_BUDGET, packet, config) else {
+        return true;
     };
+    // The coarse clock (a tick, 4 ms at HZ=250) is plenty for budgets of a few per second, and reads a variable
+    // where `bpf_ktime_get_ns` reads the clocksource.
     // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    match XDP_SYN_BUDGET.get_ptr_mut(&key) {
-        Some(bucket) => {
-            // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token
-            // (see `TokenBucket`), never make the value invalid (plain integers).
-            unsafe { (*bucket).take(now, config.syn_rate, burst, SYN_COST_MILLI) }
-        }
-        None => {
-            let mut bucket = TokenBucket::full(burst, now);
-            let allowed = bucket.take(now, config.syn_rate, burst, SYN_COST_MILLI);
-            // A failed insert (map full of concurrent inserts) only forgets this SYN: fail open.
-            let _ = XDP_SYN_BUDGET.insert(&key, &bucket, 0);
-            allowed
-        }
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token or tear
+    // the slot (see `BudgetSlot`), never make the value invalid (plain integers).
+    unsafe {
+        (*slot).take(
+            &source,
+            now,
+            config.syn_rate,
+            config.syn_burst.max(1),
+            SYN_COST_MILLI,
+        )
     }
 }
 

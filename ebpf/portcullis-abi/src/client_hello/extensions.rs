@@ -79,10 +79,14 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
         return Err(Malformed::TooManyExtensions.into());
     }
     *walked += 1;
-    let kind = block.u16(input)?;
-    let len = usize::from(block.u16(input)?);
-    let body = block.split(len, overrun_reason(kind))?;
-    summary.extension_count = summary.extension_count.saturating_add(1);
+    // Both fields at once: when the block ends inside them, either way of reading them gives the block's
+    // overrun reason; when the input does, truncation.
+    let (kind, len) = block.u16_pair(input)?;
+    let len = usize::from(len);
+    // The reason for a body that overruns the block is worked out only when one does.
+    let (start, end) = block.take(len, || overrun_reason(kind))?;
+    // At most MAX_EXTENSIONS are walked: no saturation needed.
+    summary.extension_count += 1;
     if let Some(bit) = 1u64.checked_shl(u32::from(kind)) {
         if *seen & bit != 0 {
             return Err(Malformed::DuplicateExtension.into());
@@ -91,9 +95,16 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
     }
     fingerprint.extension(kind);
     match kind {
-        extension_type::SERVER_NAME => server_name(input, body, summary)?,
+        extension_type::SERVER_NAME => server_name(
+            input,
+            Reader::new(start, end, Malformed::BadSniFraming),
+            summary,
+        )?,
         extension_type::SUPPORTED_GROUPS => {
-            found.supported_groups = Some(supported_groups(input, body)?)
+            found.supported_groups = Some(supported_groups(
+                input,
+                Reader::new(start, end, Malformed::BadSupportedGroups),
+            )?)
         }
         extension_type::SIGNATURE_ALGORITHMS => summary.signature_algorithms_present = true,
         extension_type::ALPN => summary.alpn_present = true,
@@ -105,7 +116,7 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
                 return Err(Malformed::PskNotLast.into());
             }
             summary.offers_psk = true;
-            pre_shared_key(input, body)?;
+            pre_shared_key(input, Reader::new(start, end, Malformed::BadPskFraming))?;
         }
         extension_type::EARLY_DATA => {
             // RFC 8446 §4.2.10: in a ClientHello the extension_data is `struct {} Empty`.
@@ -114,9 +125,9 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
             }
             summary.offers_early_data = true;
         }
-        extension_type::SUPPORTED_VERSIONS => found.supported_versions = Some(body.span()),
+        extension_type::SUPPORTED_VERSIONS => found.supported_versions = Some((start, end)),
         extension_type::PSK_KEY_EXCHANGE_MODES => found.psk_key_exchange_modes = true,
-        extension_type::KEY_SHARE => found.key_share = Some(body.span()),
+        extension_type::KEY_SHARE => found.key_share = Some((start, end)),
         _ => {}
     }
     Ok(true)

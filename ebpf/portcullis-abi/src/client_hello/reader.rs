@@ -57,7 +57,8 @@ impl<I: HelloBytes + ?Sized> HelloBytes for Prefix<'_, I> {
 
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        if N > self.len || offset > self.len - N {
+        // Offsets come from a `Reader`, inside a declared end of at most 2^16 + a few bytes: no overflow.
+        if offset + N > self.len {
             return None;
         }
         self.inner.read::<N>(offset)
@@ -104,14 +105,10 @@ impl Reader {
         self.pos
     }
 
-    /// `(next offset, declared end)`: enough to make the same reader again with [`Reader::new`].
-    pub(super) const fn span(&self) -> (usize, usize) {
-        (self.pos, self.end)
-    }
-
     /// Bytes left before the declared end, whether or not they arrived.
     pub(super) const fn left(&self) -> usize {
-        self.end.saturating_sub(self.pos)
+        // `pos <= end` always: `new` is given ordered bounds and every move stops at `end`.
+        self.end.wrapping_sub(self.pos)
     }
 
     /// Whether the declared end is reached.
@@ -152,6 +149,15 @@ impl Reader {
         Ok(u16::from_be_bytes(self.array::<I, 2>(input)?))
     }
 
+    /// Reads two big-endian `u16`s (an extension's type and length) with one bounds check.
+    pub(super) fn u16_pair<I: HelloBytes + ?Sized>(
+        &mut self,
+        input: &I,
+    ) -> Result<(u16, u16), Halt> {
+        let [a, b, c, d] = self.array::<I, 4>(input)?;
+        Ok((u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d])))
+    }
+
     /// Reads a big-endian 24-bit length, as handshake headers carry.
     pub(super) fn u24<I: HelloBytes + ?Sized>(&mut self, input: &I) -> Result<u32, Halt> {
         let [hi, mid, lo] = self.array::<I, 3>(input)?;
@@ -168,6 +174,22 @@ impl Reader {
         let field = Self::new(self.pos, stop, overrun);
         self.pos = stop;
         Ok(field)
+    }
+
+    /// Steps over the next `n` bytes as a field of its own and returns its `(start, end)`; crossing the declared
+    /// end is `overrun()` (worked out only then). Like [`Reader::split`], only the declared end is checked.
+    #[inline(always)]
+    pub(super) fn take(
+        &mut self,
+        n: usize,
+        overrun: impl FnOnce() -> Malformed,
+    ) -> Result<(usize, usize), Halt> {
+        if n > self.left() {
+            return Err(Halt::Malformed(overrun()));
+        }
+        let start = self.pos;
+        self.pos += n;
+        Ok((start, self.pos))
     }
 
     /// `pos + n`, if that stays inside the declared end.

@@ -7,10 +7,11 @@ use aya::{
     programs::Xdp,
 };
 use portcullis_abi::{
-    limits::{ADDR_LEN, SourceKey, TokenBucket},
+    limits::{ADDR_LEN, BudgetSlot},
     names::{
-        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_FLOWS,
-        MAP_XDP_HELLO_BUDGET, MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP,
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_BUDGET_SEED,
+        MAP_XDP_CONFIG, MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET, MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET,
+        MAP_XDP_VERDICTS, PROG_XDP,
     },
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
@@ -18,7 +19,7 @@ use portcullis_abi::{
 use super::{
     XdpCounters, XdpSettings,
     attach::{Attachment, attach},
-    fp_count,
+    budget_seed, fp_count,
     logs::{LogPump, bpf_log_level},
     object,
     pins::{Persistent, Pins, reusable_pin},
@@ -27,11 +28,17 @@ use super::{
 
 /// Maps pinned for good (not removed on detach) and reused by the next start: per-source SYN and ClientHello
 /// budgets, so a restart does not hand every flooding source a fresh burst, and the operator's blocklists.
-const PERSISTENT_MAPS: [Persistent; 4] = [
+const PERSISTENT_MAPS: [Persistent; 5] = [
     Persistent {
         name: MAP_XDP_SYN_BUDGET,
-        key_size: size_of::<SourceKey>() as u32,
-        value_size: size_of::<TokenBucket>() as u32,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<BudgetSlot>() as u32,
+    },
+    // The key of the budget tables' slots: a new seed would move every source to another slot, losing its budget.
+    Persistent {
+        name: MAP_XDP_BUDGET_SEED,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<u64>() as u32,
     },
     Persistent {
         name: MAP_XDP_BLOCK_NET,
@@ -41,8 +48,8 @@ const PERSISTENT_MAPS: [Persistent; 4] = [
     },
     Persistent {
         name: MAP_XDP_HELLO_BUDGET,
-        key_size: size_of::<SourceKey>() as u32,
-        value_size: size_of::<TokenBucket>() as u32,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<BudgetSlot>() as u32,
     },
     Persistent {
         name: MAP_XDP_BLOCK_FP,
@@ -146,6 +153,15 @@ impl XdpGuard {
             .try_into()
             .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_COUNT}` is not an array of u32; rebuild with `cargo xtask build`"))?;
         fp_count::store(&mut count, blocked)?;
+
+        // The budget tables' slot hash is keyed (`portcullis_abi::limits::BudgetSlot`): the first start draws the
+        // key, later ones keep the pinned one so every source keeps its slot and budget.
+        let mut seed: Array<&mut MapData, u64> = ebpf
+            .map_mut(MAP_XDP_BUDGET_SEED)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BUDGET_SEED}`; rebuild it with `cargo xtask build`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_BUDGET_SEED}` is not an array of u64; rebuild with `cargo xtask build`"))?;
+        budget_seed::ensure(&mut seed)?;
 
         // The logger must own the ring buffer before the program runs, or its first records are lost.
         running.logs = Some(LogPump::start(ebpf)?);

@@ -7,6 +7,7 @@
 //! - [`guard`]: [`XdpGuard`], which owns the loaded program for the daemon's lifetime and detaches on drop.
 //! - [`attach`]: attaching to one interface in the requested mode (native, generic, or native then generic).
 //! - [`pins`]: the pin directory on bpffs and the map pins the guard creates and removes.
+//! - [`budget_seed`]: the random key of the budget tables' slot hash, drawn once and pinned with them.
 //! - [`fp_count`]: the count of blocked fingerprints beside the blocklist, which lets the program skip
 //!   fingerprinting while none is blocked (the CLI shares it).
 //! - [`counters`]: [`XdpCounters`], a cheap handle that sums the per-CPU verdict counters.
@@ -23,7 +24,8 @@
 //!   and it is empty) are removed by [`XdpGuard::detach`] or its `Drop`. A crash leaves them behind; the next
 //!   start replaces them with a warning. The links are bpf_links owned by this process: the kernel detaches them
 //!   when the process dies, whatever happens.
-//! - State pins (`xdp_syn_budget`, `xdp_ch_budget`, `xdp_block_net`, `xdp_block_fp`) are never removed: the next
+//! - State pins (`xdp_syn_budget`, `xdp_ch_budget` and their hash key `xdp_budget_seed`, `xdp_block_net`,
+//!   `xdp_block_fp`) are never removed: the next
 //!   start reuses them (after checking their key and value sizes), so budgets and blocklists survive restarts and
 //!   upgrades. `xdp_malformed`, `xdp_flows` and `xdp_block_fp_n` (the blocklist's count, recounted at start)
 //!   are pinned per run like the verdict counters.
@@ -32,6 +34,7 @@
 //!   counting.
 
 mod attach;
+mod budget_seed;
 mod counters;
 pub(crate) mod fp_count;
 mod guard;

@@ -240,6 +240,30 @@ fn untracked_and_cut_short_segments_pass() {
         run(&mut ebpf, &counters, &split.first_segment(pq)),
         (XDP_PASS, Verdict::PassClientHello)
     );
+    // A first segment shorter than a minimum Ethernet frame arrives padded with zeros: the padding is not
+    // ClientHello bytes (read as a record length of 0 it would look malformed). Judged on the 3 bytes sent.
+    let padded = Conn::v4(9, 42002);
+    assert_eq!(
+        run(&mut ebpf, &counters, &padded.syn()).1,
+        Verdict::PassListenerTcp
+    );
+    let mut short = padded.first_segment(&[0x16, 0x03, 0x01]);
+    assert!(short.len() < 60, "a frame short enough to be padded");
+    short.resize(60, 0);
+    assert_eq!(
+        run(&mut ebpf, &counters, &short),
+        (XDP_PASS, Verdict::PassClientHello),
+        "a record header cut short, padded"
+    );
+    let junk = Conn::v4(9, 42003);
+    run(&mut ebpf, &counters, &junk.syn());
+    let mut short = junk.first_segment(b"G");
+    short.resize(60, 0);
+    assert_eq!(
+        run(&mut ebpf, &counters, &short),
+        (XDP_DROP, Verdict::DropMalformedHello),
+        "one byte of plaintext, padded"
+    );
     // A ClientHello cut anywhere is judged on what arrived: never dropped for truncation.
     let curl = curl_hello();
     for (i, len) in [1, 5, 9, 43, 60, 120, curl.len() - 1]
@@ -406,6 +430,15 @@ fn resumption_offers_cost_less_of_the_client_hello_budget() {
         );
     }
     assert_eq!(take(&mut ebpf, 41, 45108, resume), Verdict::DropHelloRate);
+    // A source without budget for even a resumption is dropped before the parse: its malformed ClientHello is
+    // counted as over budget, not as malformed.
+    let (_, bad) = malformed_cases()
+        .into_iter()
+        .find(|c| c.0 == Malformed::BadKeyShare)
+        .expect("a bad key_share case");
+    let before = malformed_counters(&ebpf);
+    assert_eq!(take(&mut ebpf, 41, 45109, &bad), Verdict::DropHelloRate);
+    assert_eq!(malformed_counters(&ebpf), before, "not parsed");
 
     // Dry run: counted, not dropped.
     config.enforce = 0;
