@@ -2,13 +2,20 @@
 //! `BPF_PROG_TEST_RUN` with many repeats, minus an empty XDP program's time (the harness itself); beside it, the
 //! daemon's CPU time to reject the same malformed ClientHello in userspace (accept, read, parse error, close).
 //!
-//! Classes: a SYN to a listener port (flow recorded), a real ClientHello (curl, whole) with no fingerprint
-//! blocked (the default: no fingerprint computed) and with one blocked (fingerprinted), the first segment of a
-//! post-quantum ClientHello (rustls X25519MLKEM768, cut at 1,440 bytes), a malformed ClientHello (a crafted bad
-//! key_share: the parse walks every extension before it finds the fault), and a ClientHello whose fingerprint is
-//! blocked. `PORTCULLIS_BPF_OBJECT` measures another object than the build's. A data segment is re-judged on every repeat: the flow is recorded once by its SYN and the segment
-//! sits at ISN + 1, where a retransmission would. The program logs at the daemon's default level (info), as in
-//! production. JSON in `target/bench/xdp.json`.
+//! Classes: a SYN to a listener port (flow recorded), without and with the per-source SYN budget (always within
+//! it: the slot lookup and the spend), a real ClientHello (curl, whole) with no fingerprint blocked (the default:
+//! no fingerprint computed) and with one blocked (fingerprinted), the first segment of a post-quantum ClientHello
+//! (rustls X25519MLKEM768, cut at 1,440 bytes), a malformed ClientHello (a crafted bad key_share: the parse walks
+//! every extension before it finds the fault), a ClientHello whose fingerprint is blocked, and the curl
+//! ClientHello from a source over its ClientHello budget (dropped before the parse: a one-source flood). A data
+//! segment is re-judged on every repeat: the flow is recorded once by its SYN and the segment sits at ISN + 1,
+//! where a retransmission would. The program logs at the daemon's default level (info), as in production. JSON in
+//! `target/bench/xdp.json`.
+//!
+//! `PORTCULLIS_BPF_OBJECT` measures another object than the build's; `PORTCULLIS_BPF_OBJECT_BEFORE=<object>` also
+//! loads that one and alternates the two run for run, printing both columns and the change (and skipping the
+//! userspace rejection): on a VM whose speed drifts by tens of percent over minutes, only runs interleaved this
+//! way compare two objects fairly.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -64,12 +71,94 @@ struct Class {
     /// The count of blocked fingerprints the program sees (`xdp_block_fp_n`): 0, the default, skips the
     /// fingerprint; the blocklist always holds the one of the blocked class.
     fingerprints_blocked: u32,
+    /// The per-source ClientHello budget (`hello_rate` per second, burst 1), 0 for none (the default): with one,
+    /// the source is over budget after the first repeat.
+    hello_rate: u32,
+    /// The per-source SYN budget: with one (rate and burst the maximum, so every SYN is within it), each SYN
+    /// looks its source's slot up and spends a token.
+    syn_budget: bool,
+}
+
+/// A BPF object loaded and configured for the bench: listener port, enforcing, the blocked class's fingerprint in
+/// the blocklist.
+struct Loaded {
+    ebpf: aya::Ebpf,
+    fd: RawFd,
+    path: std::path::PathBuf,
+}
+
+impl Loaded {
+    fn load(path: std::path::PathBuf) -> Result<Self> {
+        let object = std::fs::read(&path).with_context(|| {
+            format!(
+                "cannot read the BPF object {}; run `cargo xtask build`",
+                path.display()
+            )
+        })?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(BPF_LOG_LEVEL_GLOBAL, &BPF_LOG_LEVEL_INFO, true)
+            .load(&object)
+            .with_context(|| {
+                format!(
+                    "cannot load the BPF object {} (run as root: BPF_PROG_TEST_RUN needs CAP_BPF)",
+                    path.display()
+                )
+            })?;
+        let blocked = fingerprint_of("openssl_tls13")?;
+        HashMap::<_, u64, u8>::try_from(
+            ebpf.map_mut(MAP_XDP_BLOCK_FP).context("fingerprint map")?,
+        )?
+        .insert(blocked, 1, 0)?;
+        let program: &mut Xdp = ebpf.program_mut(PROG_XDP).context("program")?.try_into()?;
+        program.load().with_context(|| {
+            format!("the verifier refused the XDP program of {}", path.display())
+        })?;
+        let fd = program.fd()?.as_fd().as_raw_fd();
+        Ok(Self { ebpf, fd, path })
+    }
+
+    /// Writes the config and the blocked-fingerprint count `class` runs with, records its flow, and checks its
+    /// verdict.
+    fn prepare(&mut self, class: &Class) -> Result<()> {
+        let mut config = XdpConfig::new(&[LISTENER]).context("one port")?;
+        config.enforce = 1;
+        config.hello_rate = class.hello_rate;
+        config.hello_burst = 1;
+        if class.syn_budget {
+            config.syn_rate = u32::MAX;
+            config.syn_burst = u32::MAX;
+        }
+        Array::<_, XdpConfig>::try_from(self.ebpf.map_mut(MAP_XDP_CONFIG).context("config map")?)?
+            .set(XDP_CONFIG_KEY, config, 0)?;
+        // An object from before the count (`PORTCULLIS_BPF_OBJECT`) always fingerprints.
+        if let Some(map) = self.ebpf.map_mut(MAP_XDP_BLOCK_FP_COUNT) {
+            Array::<_, u32>::try_from(map)?.set(0, class.fingerprints_blocked, 0)?;
+        }
+        if let Some(setup) = &class.setup {
+            test_run(self.fd, setup, 1)?;
+        }
+        if class.hello_rate != 0 {
+            // Spends the burst of one: every later run is over budget.
+            test_run(self.fd, &class.frame, 1)?;
+        }
+        let (action, _) = test_run(self.fd, &class.frame, 1)?;
+        if action != class.action && std::env::var_os("XDP_ONLY").is_none() {
+            bail!(
+                "{}: XDP action {action}, expected {} ({})",
+                class.name,
+                class.action,
+                self.path.display()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Runs the benchmark.
 pub fn run(ctx: &Ctx) -> Result<()> {
-    // `PORTCULLIS_BPF_OBJECT` (as for the tests) measures another build, e.g. a copy of the object before a
-    // change, so two variants can be alternated within the same minutes on a noisy machine.
+    // `PORTCULLIS_BPF_OBJECT` (as for the tests) measures another build; `PORTCULLIS_BPF_OBJECT_BEFORE` measures a
+    // second object interleaved with the first, run for run, so that a change is judged against its parent in the
+    // same seconds on a noisy machine (the userspace rejection is then not measured).
     let object_path = match std::env::var_os("PORTCULLIS_BPF_OBJECT") {
         Some(path) => std::path::PathBuf::from(path),
         None => ctx
@@ -78,12 +167,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             .context("target/bench has a parent")?
             .join("bpf/bpfel-unknown-none/release/portcullis-ebpf"),
     };
-    let object = std::fs::read(&object_path).with_context(|| {
-        format!(
-            "cannot read the BPF object {}; run `cargo xtask build`",
-            object_path.display()
-        )
-    })?;
+    let before = std::env::var_os("PORTCULLIS_BPF_OBJECT_BEFORE").map(std::path::PathBuf::from);
     let (repeat, rounds, rejections) = if ctx.quick {
         (20_000, 3, 500)
     } else {
@@ -91,59 +175,65 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     };
 
     let classes = classes()?;
-    let mut ebpf = EbpfLoader::new()
-        .override_global(BPF_LOG_LEVEL_GLOBAL, &BPF_LOG_LEVEL_INFO, true)
-        .load(&object)
-        .context("cannot load the BPF object (run as root: BPF_PROG_TEST_RUN needs CAP_BPF)")?;
-    let mut config = XdpConfig::new(&[LISTENER]).context("one port")?;
-    config.enforce = 1;
-    Array::<_, XdpConfig>::try_from(ebpf.map_mut(MAP_XDP_CONFIG).context("config map")?)?.set(
-        XDP_CONFIG_KEY,
-        config,
-        0,
-    )?;
-    let blocked = fingerprint_of("openssl_tls13")?;
-    HashMap::<_, u64, u8>::try_from(ebpf.map_mut(MAP_XDP_BLOCK_FP).context("fingerprint map")?)?
-        .insert(blocked, 1, 0)?;
-    let program: &mut Xdp = ebpf.program_mut(PROG_XDP).context("program")?.try_into()?;
-    program
-        .load()
-        .context("the verifier refused the XDP program")?;
-    let fd = program.fd()?.as_fd().as_raw_fd();
+    let mut objects = vec![Loaded::load(object_path)?];
+    if let Some(before) = before {
+        objects.push(Loaded::load(before)?);
+    }
     let empty = EmptyProgram::load()?;
 
     let baseline = median(rounds, || {
         test_run(empty.0, &classes[0].frame, repeat).map(|r| r.1)
     })?;
-    eprintln!(
-        "object {}; empty XDP program (harness): {baseline:.1} ns/run",
-        object_path.display()
-    );
-    let mut rows = Vec::new();
+    eprintln!("empty XDP program (harness): {baseline:.1} ns/run");
+    // Per class, the median total of each object.
+    let mut totals: Vec<Vec<f64>> = Vec::new();
     for class in &classes {
-        // An object from before the count (`PORTCULLIS_BPF_OBJECT`) always fingerprints.
-        if let Some(map) = ebpf.map_mut(MAP_XDP_BLOCK_FP_COUNT) {
-            Array::<_, u32>::try_from(map)?.set(0, class.fingerprints_blocked, 0)?;
+        for object in &mut objects {
+            object.prepare(class)?;
         }
-        if let Some(setup) = &class.setup {
-            test_run(fd, setup, 1)?;
+        let mut runs = vec![Vec::with_capacity(rounds); objects.len()];
+        for _ in 0..rounds {
+            for (object, runs) in objects.iter().zip(&mut runs) {
+                runs.push(test_run(object.fd, &class.frame, repeat)?.1);
+            }
         }
-        let (action, _) = test_run(fd, &class.frame, 1)?;
-        if action != class.action {
-            bail!(
-                "{}: XDP action {action}, expected {}",
+        totals.push(runs.into_iter().map(median_of).collect());
+    }
+
+    if objects.len() > 1 {
+        println!(
+            "\nXDP guard, ns/packet net of the harness ({baseline:.1} ns), {repeat} repeats, median of {rounds} runs \
+             interleaved run for run\n  now:    {}\n  before: {}",
+            objects[0].path.display(),
+            objects[1].path.display()
+        );
+        println!(
+            "{:<40} {:>10} {:>10} {:>8}",
+            "class", "now", "before", "change"
+        );
+        for (class, totals) in classes.iter().zip(&totals) {
+            let (now, before) = (totals[0] - baseline, totals[1] - baseline);
+            println!(
+                "{:<40} {now:>10.1} {before:>10.1} {:>7.0}%",
                 class.name,
-                class.action
+                100.0 * (now - before) / before
             );
         }
-        let total = median(rounds, || test_run(fd, &class.frame, repeat).map(|r| r.1))?;
-        rows.push((
-            class.name,
-            total,
-            total - baseline,
-            wire_ns_10g(&class.frame),
-        ));
+        return Ok(());
     }
+    eprintln!("object {}", objects[0].path.display());
+    let rows: Vec<_> = classes
+        .iter()
+        .zip(&totals)
+        .map(|(class, totals)| {
+            (
+                class.name,
+                totals[0],
+                totals[0] - baseline,
+                wire_ns_10g(&class.frame),
+            )
+        })
+        .collect();
 
     let rejection_ns = userspace_rejection(ctx, rejections)?;
     let malformed_ns = rows
@@ -220,6 +310,8 @@ fn classes() -> Result<Vec<Class>> {
         setup: Some(segment(port, TCP_FLAG_SYN, ISN, &[])),
         action,
         fingerprints_blocked: 0,
+        hello_rate: 0,
+        syn_budget: false,
     };
     Ok(vec![
         Class {
@@ -228,6 +320,17 @@ fn classes() -> Result<Vec<Class>> {
             setup: None,
             action: 2,
             fingerprints_blocked: 0,
+            hello_rate: 0,
+            syn_budget: false,
+        },
+        Class {
+            name: "syn, per-source budget on",
+            frame: segment(50007, TCP_FLAG_SYN, ISN, &[]),
+            setup: None,
+            action: 2,
+            fingerprints_blocked: 0,
+            hello_rate: 0,
+            syn_budget: true,
         },
         Class {
             name: "client_hello (curl)",
@@ -250,6 +353,11 @@ fn classes() -> Result<Vec<Class>> {
             name: "blocked_fingerprint",
             fingerprints_blocked: 1,
             ..hello(50004, captured("openssl_tls13")?, 1)
+        },
+        Class {
+            name: "client_hello (curl), source over budget",
+            hello_rate: 1,
+            ..hello(50006, captured("curl_sni")?, 1)
         },
     ])
 }
@@ -277,9 +385,14 @@ fn segment(port: u16, flags: u8, seq: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 fn median(rounds: usize, mut one: impl FnMut() -> Result<f64>) -> Result<f64> {
-    let mut values = (0..rounds).map(|_| one()).collect::<Result<Vec<_>>>()?;
+    let values = (0..rounds).map(|_| one()).collect::<Result<Vec<_>>>()?;
+    Ok(median_of(values))
+}
+
+/// The median of `values` (the upper one of an even count); NaN for none.
+fn median_of(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
-    Ok(values[values.len() / 2])
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// `BPF_PROG_TEST_RUN` of `frame` `repeat` times: the XDP action and the kernel's average ns per run.
