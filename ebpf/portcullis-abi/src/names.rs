@@ -62,9 +62,9 @@ pub const MAP_XDP_BLOCK_FP: &str = "xdp_block_fp";
 /// (bpftool) blocks only once this count is non-zero.
 pub const MAP_XDP_BLOCK_FP_COUNT: &str = "xdp_block_fp_n";
 
-/// LRU hash of flows whose SYN load shedding dropped: the flow's hash ([`crate::flow::FlowKey::hash`], `u64`) ->
-/// the client's initial sequence number (`u32`). A SYN that matches one is the client's TCP retransmitting it (verdict `drop_syn_retry_shed`
-/// when dropped again).
+/// Array of [`crate::flow::FLOW_SETS`] sets ([`crate::flow::FlowSet`]) of the flows whose SYN load shedding
+/// dropped, as [`crate::flow::flow_tag`]s of (flow hash, initial sequence number). A SYN that matches one is the
+/// client's TCP retransmitting it (verdict `drop_syn_retry_shed` when dropped again).
 pub const MAP_XDP_SYN_SHED: &str = "xdp_syn_shed";
 
 /// Per-CPU scratch of the ClientHello parse inside XDP (not read by userspace).
