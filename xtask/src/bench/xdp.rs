@@ -77,6 +77,12 @@ struct Class {
     /// The per-source SYN budget: with one (rate and burst the maximum, so every SYN is within it), each SYN
     /// looks its source's slot up and spends a token.
     syn_budget: bool,
+    /// Shed every SYN of a new flow (`syn_shed_ppm` 1,000,000): each is remembered for its retry.
+    shed: bool,
+    /// 0: `frame` is run `repeat` times. Otherwise every run is a new flow from a new source: this many variants
+    /// of `frame` (source address, port and ISN changed, new ones each round), one `BPF_PROG_TEST_RUN` each, so
+    /// map inserts for new flows and sources are timed; net of the empty program run the same way.
+    distinct: u32,
 }
 
 /// A BPF object loaded and configured for the bench: listener port, enforcing, the blocked class's fingerprint in
@@ -127,6 +133,9 @@ impl Loaded {
         if class.syn_budget {
             config.syn_rate = u32::MAX;
             config.syn_burst = u32::MAX;
+        }
+        if class.shed {
+            config.syn_shed_ppm = 1_000_000;
         }
         Array::<_, XdpConfig>::try_from(self.ebpf.map_mut(MAP_XDP_CONFIG).context("config map")?)?
             .set(XDP_CONFIG_KEY, config, 0)?;
@@ -184,20 +193,36 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let baseline = median(rounds, || {
         test_run(empty.0, &classes[0].frame, repeat).map(|r| r.1)
     })?;
-    eprintln!("empty XDP program (harness): {baseline:.1} ns/run");
-    // Per class, the median total of each object.
+    let single_baseline = median(rounds, || {
+        one_run_each(empty.0, &variants(&classes[0].frame, DISTINCT, 0))
+    })?;
+    eprintln!(
+        "empty XDP program (harness): {baseline:.1} ns/run repeated, {single_baseline:.1} ns/run one at a time"
+    );
+    // Per class, the median total of each object, and the harness to subtract.
     let mut totals: Vec<Vec<f64>> = Vec::new();
+    let mut harness = Vec::new();
     for class in &classes {
         for object in &mut objects {
             object.prepare(class)?;
         }
         let mut runs = vec![Vec::with_capacity(rounds); objects.len()];
-        for _ in 0..rounds {
+        for round in 0..rounds {
+            let frames = variants(&class.frame, class.distinct, round as u32 + 1);
             for (object, runs) in objects.iter().zip(&mut runs) {
-                runs.push(test_run(object.fd, &class.frame, repeat)?.1);
+                runs.push(if class.distinct == 0 {
+                    test_run(object.fd, &class.frame, repeat)?.1
+                } else {
+                    one_run_each(object.fd, &frames)?
+                });
             }
         }
         totals.push(runs.into_iter().map(median_of).collect());
+        harness.push(if class.distinct == 0 {
+            baseline
+        } else {
+            single_baseline
+        });
     }
 
     if objects.len() > 1 {
@@ -211,8 +236,8 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             "{:<40} {:>10} {:>10} {:>8}",
             "class", "now", "before", "change"
         );
-        for (class, totals) in classes.iter().zip(&totals) {
-            let (now, before) = (totals[0] - baseline, totals[1] - baseline);
+        for ((class, totals), harness) in classes.iter().zip(&totals).zip(&harness) {
+            let (now, before) = (totals[0] - harness, totals[1] - harness);
             println!(
                 "{:<40} {now:>10.1} {before:>10.1} {:>7.0}%",
                 class.name,
@@ -225,11 +250,12 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let rows: Vec<_> = classes
         .iter()
         .zip(&totals)
-        .map(|(class, totals)| {
+        .zip(&harness)
+        .map(|((class, totals), harness)| {
             (
                 class.name,
                 totals[0],
-                totals[0] - baseline,
+                totals[0] - harness,
                 wire_ns_10g(&class.frame),
             )
         })
@@ -312,6 +338,8 @@ fn classes() -> Result<Vec<Class>> {
         fingerprints_blocked: 0,
         hello_rate: 0,
         syn_budget: false,
+        shed: false,
+        distinct: 0,
     };
     Ok(vec![
         Class {
@@ -322,6 +350,8 @@ fn classes() -> Result<Vec<Class>> {
             fingerprints_blocked: 0,
             hello_rate: 0,
             syn_budget: false,
+            shed: false,
+            distinct: 0,
         },
         Class {
             name: "syn, per-source budget on",
@@ -331,6 +361,30 @@ fn classes() -> Result<Vec<Class>> {
             fingerprints_blocked: 0,
             hello_rate: 0,
             syn_budget: true,
+            shed: false,
+            distinct: 0,
+        },
+        Class {
+            name: "syn, budget on, every one a new source",
+            frame: segment(50008, TCP_FLAG_SYN, ISN, &[]),
+            setup: None,
+            action: 2,
+            fingerprints_blocked: 0,
+            hello_rate: 0,
+            syn_budget: true,
+            shed: false,
+            distinct: DISTINCT,
+        },
+        Class {
+            name: "syn shed, every one a new flow",
+            frame: segment(50009, TCP_FLAG_SYN, ISN, &[]),
+            setup: None,
+            action: 1,
+            fingerprints_blocked: 0,
+            hello_rate: 0,
+            syn_budget: false,
+            shed: true,
+            distinct: DISTINCT,
         },
         Class {
             name: "client_hello (curl)",
@@ -393,6 +447,33 @@ fn median(rounds: usize, mut one: impl FnMut() -> Result<f64>) -> Result<f64> {
 fn median_of(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// New flows per round of a `distinct` class.
+const DISTINCT: u32 = 20_000;
+
+/// `n` variants of the IPv4 SYN `frame` for round `round`: each from another source (10.r.x.y), port and ISN, so
+/// that no two runs of a bench share a flow or a source; none for `n == 0`.
+fn variants(frame: &[u8], n: u32, round: u32) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|i| {
+            let mut f = frame.to_vec();
+            // Ethernet 14 bytes, IPv4 20 (source at 12), TCP (source port at 0, sequence number at 4).
+            f[26..30].copy_from_slice(&[10, round as u8, (i >> 8) as u8, i as u8]);
+            f[34..36].copy_from_slice(&(1024 + (i % 60_000) as u16).to_be_bytes());
+            f[38..42].copy_from_slice(&(round.wrapping_mul(n).wrapping_add(i)).to_be_bytes());
+            f
+        })
+        .collect()
+}
+
+/// The mean of one `BPF_PROG_TEST_RUN` of each of `frames` (the kernel's time for the run).
+fn one_run_each(fd: RawFd, frames: &[Vec<u8>]) -> Result<f64> {
+    let mut sum = 0.0;
+    for frame in frames {
+        sum += test_run(fd, frame, 1)?.1;
+    }
+    Ok(sum / frames.len().max(1) as f64)
 }
 
 /// `BPF_PROG_TEST_RUN` of `frame` `repeat` times: the XDP action and the kernel's average ns per run.
