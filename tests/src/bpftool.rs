@@ -66,6 +66,22 @@ pub fn parse_per_cpu_sums(json: &str) -> BTreeMap<u32, u64> {
     sums
 }
 
+/// The value of the one-element `u64` array pinned at `path` (`bpftool -j map dump pinned <path>`).
+pub fn single_u64(path: &Path) -> u64 {
+    parse_single_u64(&bpftool(&["-j", "map", "dump", "pinned"], path))
+}
+
+/// The value of a `bpftool -j map dump` of a one-element array, from its BTF-formatted part
+/// (`"formatted":{"key":0,"value":V}`). Panics without one.
+pub fn parse_single_u64(json: &str) -> u64 {
+    let compact: String = json.chars().filter(|c| !c.is_whitespace()).collect();
+    let formatted = compact
+        .split_once("\"formatted\":")
+        .unwrap_or_else(|| panic!("no formatted entry in {json}"))
+        .1;
+    number_after(formatted, "\"value\":").unwrap_or_else(|| panic!("no value in {json}"))
+}
+
 /// The decimal number right after the first `prefix` in `s`.
 fn number_after(s: &str, prefix: &str) -> Option<u64> {
     let rest = &s[s.find(prefix)? + prefix.len()..];
@@ -85,5 +101,12 @@ mod tests {
         {"formatted":{"key":7,"values":[{"cpu":0,"value":4},{"cpu":1,"value":1}]}}]"#;
         let sums = parse_per_cpu_sums(json);
         assert_eq!(sums, BTreeMap::from([(0, 3), (1, 0), (7, 5)]));
+    }
+
+    #[test]
+    fn reads_the_formatted_value_of_a_single_entry() {
+        let json = r#"[{"key":["0x00","0x00","0x00","0x00"],"value":["0x2a","0x00","0x00","0x00","0x00","0x00",
+        "0x00","0x00"],"formatted":{"key":0,"value":18446744073709551615}}]"#;
+        assert_eq!(parse_single_u64(json), u64::MAX);
     }
 }

@@ -13,12 +13,12 @@ use std::{
 };
 
 use portcullis_abi::{
-    names::PROG_XDP,
+    names::{MAP_XDP_BUDGET_SEED, PROG_XDP},
     packet::{ETH_P_IP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{frame, ipv4, tcp},
 };
 use portcullis_tests::{
-    bpftool::prog_run,
+    bpftool::{prog_run, single_u64},
     daemon::{Daemon, TempDir, binary, metric_value},
     privileged::require_root,
     testbed::XdpTestbed,
@@ -80,6 +80,11 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     let status = bed.cli(&["status"]);
     assert!(status.contains("blocked prefixes 1"), "status: {status}");
 
+    // The budget tables' hash key was drawn (0 would be an unkeyed hash)...
+    let seed_pin = bed.pin_dir.path().join(MAP_XDP_BUDGET_SEED);
+    let seed = single_u64(&seed_pin);
+    assert_ne!(seed, 0, "the daemon drew no budget hash key");
+
     // A restart reuses the pinned blocklist: the block holds across it.
     let daemon = restart(&bed, daemon);
     let listener = daemon.addr();
@@ -87,6 +92,12 @@ fn blocked_prefix_cannot_handshake_until_removed() {
         bed.cli(&["block", "list"]),
         listed,
         "the blocklist did not survive a restart"
+    );
+    // ...and kept across it, so every source keeps its budget slot.
+    assert_eq!(
+        single_u64(&seed_pin),
+        seed,
+        "a restart drew another budget hash key"
     );
     let connect = client
         .run(|| TcpStream::connect_timeout(&listener, BLOCKED_CONNECT_TIMEOUT))

@@ -40,7 +40,7 @@ const _: () = assert!(size_of::<SourceKey>() == 16);
 pub struct TokenBucket {
     /// Tokens left, in thousandths of a token.
     pub tokens_milli: u64,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last refill, in nanoseconds.
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC, one tick of resolution) of the last refill, in nanoseconds.
     pub last_ns: u64,
 }
 
