@@ -75,11 +75,18 @@ impl TokenBucket {
             tokens = cap;
         }
         self.last_ns = now_ns;
-        if tokens >= cost_milli {
-            self.tokens_milli = tokens - cost_milli;
+        self.tokens_milli = tokens;
+        self.spend(cost_milli)
+    }
+
+    /// Spends `cost_milli` thousandths of a token if that many are left, without refilling. Returns whether they
+    /// were.
+    #[inline(always)]
+    pub fn spend(&mut self, cost_milli: u64) -> bool {
+        if self.tokens_milli >= cost_milli {
+            self.tokens_milli -= cost_milli;
             true
         } else {
-            self.tokens_milli = tokens;
             false
         }
     }

@@ -20,7 +20,7 @@ use portcullis_abi::{
     flow::{
         FLOW_SETS, FULL_HELLO_COST_MILLI, FlowKey, FlowSet, contains, flow_set, flow_tag, record,
     },
-    limits::{BUDGET_SLOTS, BudgetSlot},
+    limits::{BUDGET_SLOTS, BudgetSlot, TokenBucket},
     packet::Classification,
     verdict::Verdict,
     xdp_config::XdpConfig,
@@ -98,11 +98,20 @@ pub fn inspect(
 /// The verdict on the first payload segment of a tracked flow.
 #[inline(always)]
 fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
-    // A source without budget left for even the cheapest ClientHello is dropped before the parse: a flood from
-    // one source costs a bucket lookup per packet, not a parse. (Its malformed or blocked ClientHellos are then
-    // counted as over budget.)
-    if config.hello_rate != 0 && !hello_affordable(packet, config) {
-        return Verdict::DropHelloRate;
+    // The source's bucket, refilled, when there is a ClientHello budget. A source without enough left for even
+    // the cheapest ClientHello is dropped before the parse: a flood from one source costs a slot lookup per
+    // packet, not a parse. (Its malformed or blocked ClientHellos are then counted as over budget.)
+    let bucket = if config.hello_rate != 0 {
+        hello_bucket(packet, config)
+    } else {
+        None
+    };
+    if let Some(bucket) = bucket {
+        let cheapest = hello_cost(config, true).min(FULL_HELLO_COST_MILLI);
+        // SAFETY: a pointer to a live map value (see `hello_bucket`).
+        if unsafe { (*bucket).tokens_milli } < cheapest {
+            return Verdict::DropHelloRate;
+        }
     }
     // A missing count (it cannot be: index 0 of an array) reads as "some blocked": fingerprint (fail safe).
     let fingerprinting = XDP_BLOCK_FP_COUNT.get(0).is_none_or(|n| *n != 0);
@@ -128,8 +137,12 @@ fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdi
             }
         }
     }
-    if config.hello_rate != 0 && !hello_within_budget(packet, config, judged.resumption) {
-        return Verdict::DropHelloRate;
+    if let Some(bucket) = bucket {
+        // SAFETY: a pointer to a live map value (see `hello_bucket`); the slot is the one refilled above, unless
+        // another CPU took it over meanwhile, which only spends from a fresh bucket (fail open).
+        if !unsafe { (*bucket).spend(hello_cost(config, judged.resumption)) } {
+            return Verdict::DropHelloRate;
+        }
     }
     Verdict::PassClientHello
 }
@@ -144,15 +157,11 @@ fn hello_cost(config: &XdpConfig, resumption: bool) -> u64 {
     }
 }
 
-/// Whether the source's bucket, refilled, holds the cost of the cheapest ClientHello (a source new to its slot has
-/// a full one). Spends nothing.
+/// The source's ClientHello bucket, refilled to now (a full one for a source new to its slot); `None` only if the
+/// slot cannot be found (it cannot: the index is masked to the table), which passes: fail open.
 #[inline(always)]
-fn hello_affordable(packet: &Classification, config: &XdpConfig) -> bool {
-    // A missing slot (it cannot be: the index is masked to the table) passes: fail open.
-    let Some((slot, source)) = crate::budget(&XDP_HELLO_BUDGET, packet, config) else {
-        return true;
-    };
-    let cheapest = hello_cost(config, true).min(FULL_HELLO_COST_MILLI);
+fn hello_bucket(packet: &Classification, config: &XdpConfig) -> Option<*mut TokenBucket> {
+    let (slot, source) = crate::budget(&XDP_HELLO_BUDGET, packet, config)?;
     // SAFETY: a helper without arguments (the coarse clock: see `syn_within_budget`).
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token or tear
@@ -165,27 +174,6 @@ fn hello_affordable(packet: &Classification, config: &XdpConfig) -> bool {
             config.hello_burst.max(1),
             0,
         );
-        (*slot).bucket.tokens_milli >= cheapest
-    }
-}
-
-/// Spends one ClientHello (a resumption offer at its configured discount) from the source's bucket.
-#[inline(always)]
-fn hello_within_budget(packet: &Classification, config: &XdpConfig, resumption: bool) -> bool {
-    let Some((slot, source)) = crate::budget(&XDP_HELLO_BUDGET, packet, config) else {
-        return true;
-    };
-    let cost = hello_cost(config, resumption);
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: as in `hello_affordable`.
-    unsafe {
-        (*slot).take(
-            &source,
-            now,
-            config.hello_rate,
-            config.hello_burst.max(1),
-            cost,
-        )
+        Some(core::ptr::addr_of_mut!((*slot).bucket))
     }
 }

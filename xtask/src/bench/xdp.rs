@@ -72,7 +72,7 @@ struct Class {
     /// fingerprint; the blocklist always holds the one of the blocked class.
     fingerprints_blocked: u32,
     /// The per-source ClientHello budget (`hello_rate` per second, burst 1), 0 for none (the default): with one,
-    /// the source is over budget after the first repeat.
+    /// the source is over budget after the first repeat; `u32::MAX` (and that burst) never runs out.
     hello_rate: u32,
     /// The per-source SYN budget: with one (rate and burst the maximum, so every SYN is within it), each SYN
     /// looks its source's slot up and spends a token.
@@ -129,7 +129,12 @@ impl Loaded {
         let mut config = XdpConfig::new(&[LISTENER]).context("one port")?;
         config.enforce = 1;
         config.hello_rate = class.hello_rate;
-        config.hello_burst = 1;
+        // A budget of the maximum never runs out; any other is spent by its first ClientHello.
+        config.hello_burst = if class.hello_rate == u32::MAX {
+            u32::MAX
+        } else {
+            1
+        };
         if class.syn_budget {
             config.syn_rate = u32::MAX;
             config.syn_burst = u32::MAX;
@@ -146,7 +151,7 @@ impl Loaded {
         if let Some(setup) = &class.setup {
             test_run(self.fd, setup, 1)?;
         }
-        if class.hello_rate != 0 {
+        if class.hello_rate != 0 && class.hello_rate != u32::MAX {
             // Spends the burst of one: every later run is over budget.
             test_run(self.fd, &class.frame, 1)?;
         }
@@ -407,6 +412,11 @@ fn classes() -> Result<Vec<Class>> {
             name: "blocked_fingerprint",
             fingerprints_blocked: 1,
             ..hello(50004, captured("openssl_tls13")?, 1)
+        },
+        Class {
+            name: "client_hello (curl), budget on (within)",
+            hello_rate: u32::MAX,
+            ..hello(50010, captured("curl_sni")?, 2)
         },
         Class {
             name: "client_hello (curl), source over budget",
