@@ -13,10 +13,7 @@
 //! place, from `data`/`data_end` of its context: copying it into the slot first (`bpf_xdp_load_bytes`) cost more
 //! than every bounds check it saved (`BENCHMARKS.md`).
 
-use aya_ebpf::{
-    bindings::xdp_md, btf_maps::PerCpuArray, helpers::generated::bpf_xdp_adjust_tail,
-    macros::btf_map,
-};
+use aya_ebpf::{bindings::xdp_md, btf_maps::PerCpuArray, macros::btf_map};
 use portcullis_abi::client_hello::{
     HelloBytes, Workspace,
     stages::{self, Stages, Step},
@@ -32,7 +29,7 @@ const PAYLOAD: usize = 4096;
 struct Scratch {
     /// Offset of the TCP payload from the start of the frame, at most [`MAX_BASE`].
     base: u32,
-    /// Payload bytes judged: from `base` to the end of the frame, which [`judge`] cut to the IP length.
+    /// Payload bytes judged: the IP length's, cut to what the frame holds; at most [`PAYLOAD`].
     len: u32,
     /// The parser's state between stages.
     workspace: Workspace,
@@ -67,15 +64,18 @@ fn scratch() -> Option<&'static mut Scratch> {
 
 /// The TCP payload of the packet being judged, read in place.
 ///
-/// [`judge`] cut the frame to the payload's end, so the comparison with `data_end` the verifier needs before a
-/// load is also the parser's "did these bytes arrive". Offsets are checked against [`PAYLOAD`] (and masked with
-/// it, so the verifier bounds them whatever path led there).
+/// A read checks its end against the payload's length (the parser's "did these bytes arrive"; as the length is
+/// at most [`PAYLOAD`], masking the offset with `PAYLOAD - 1` then changes nothing, but bounds it for the
+/// verifier whatever path led there), then against `data_end` (what the verifier needs before a load). The
+/// frame may hold more than the payload (Ethernet padding of a short frame, a trailer): the length check keeps
+/// those bytes out. Cutting the frame instead (`bpf_xdp_adjust_tail`) would leave a driver's CHECKSUM_COMPLETE
+/// sum covering bytes no longer there.
 struct Payload {
     /// Address of the payload's first byte: `data + base`.
     start: usize,
-    /// The frame's end (`data_end`), which is the payload's.
+    /// The frame's end (`data_end`).
     end: usize,
-    /// Bytes in the payload: `end - start`.
+    /// Bytes in the payload (`Scratch::len`).
     len: u32,
 }
 
@@ -87,7 +87,8 @@ impl HelloBytes for Payload {
 
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        if offset > PAYLOAD - N {
+        // Offsets come from the parser's readers, below 2^17: no overflow.
+        if offset + N > self.len as usize {
             return None;
         }
         let at = self.start + (offset & (PAYLOAD - 1));
@@ -199,15 +200,6 @@ pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16, fingerprint: bool) -> Judg
         return not_judged;
     };
     let len = u32::from(len);
-    if present > len {
-        // Bytes after the IP packet: Ethernet padding of a short frame, or junk. IP drops them anyway
-        // (`ip_rcv_core` trims the skb to the IP length); cut here, the frame's end is the payload's, which
-        // spares every read of the parse a second comparison. A failed cut leaves the segment unjudged.
-        // SAFETY: `ctx` is the XDP context; the helper checks the new length and fails cleanly.
-        if unsafe { bpf_xdp_adjust_tail(ctx, -((present - len) as i32)) } != 0 {
-            return not_judged;
-        }
-    }
     let judged = if present < len { present } else { len };
     if judged as usize > PAYLOAD {
         return not_judged;
