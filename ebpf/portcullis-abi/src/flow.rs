@@ -14,7 +14,7 @@
 //! the first (reordering), which is not the start of a ClientHello. The check fails open by construction. Flows
 //! are never deleted: newer SYNs overwrite them.
 
-use crate::limits::ADDR_LEN;
+use crate::limits::{ADDR_LEN, address_half};
 
 /// One TCP connection as the server sees it arrive: source and destination address (IPv4-mapped for IPv4,
 /// see [`crate::limits`]) and ports in host byte order. 36 bytes, no padding.
@@ -55,15 +55,8 @@ impl FlowKey {
     /// a SYN flood does.
     #[inline(always)]
     pub fn hash(&self) -> u64 {
-        let word = |bytes: &[u8; ADDR_LEN], half: usize| {
-            let mut w = [0u8; 8];
-            let mut i = 0;
-            while i < 8 {
-                w[i] = bytes[half * 8 + i];
-                i += 1;
-            }
-            u64::from_le_bytes(w)
-        };
+        let word =
+            |bytes: &[u8; ADDR_LEN], half: usize| u64::from_le_bytes(address_half(bytes, half));
         let ports = (u64::from(self.src_port) << 16) | u64::from(self.dst_port);
         let mut h = ports;
         for w in [

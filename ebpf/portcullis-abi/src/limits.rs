@@ -231,13 +231,19 @@ pub fn source_key(src: &[u8; ADDR_LEN], v4_prefix_len: u32, v6_prefix_len: u32) 
 /// Bytes `8 * i .. 8 * i + 8` of `addr` as a big-endian `u64`.
 #[inline(always)]
 fn half(addr: &[u8; ADDR_LEN], i: usize) -> u64 {
+    u64::from_be_bytes(address_half(addr, i))
+}
+
+/// Bytes `8 * i .. 8 * i + 8` of `addr` (`i` is 0 or 1), by constant indices (no slice a BPF verifier must bound).
+#[inline(always)]
+pub(crate) const fn address_half(addr: &[u8; ADDR_LEN], i: usize) -> [u8; 8] {
     let mut w = [0u8; 8];
     let mut j = 0;
     while j < 8 {
         w[j] = addr[i * 8 + j];
         j += 1;
     }
-    u64::from_be_bytes(w)
+    w
 }
 
 /// Returned by [`block_entry`] for a prefix length longer than the address.

@@ -330,15 +330,11 @@ fn classes() -> Result<Vec<Class>> {
         .find(|c| c.0 == Malformed::BadKeyShare)
         .context("a bad key_share case")?;
     let data = TCP_FLAG_ACK | 0x08;
-    let hello = |port: u16, bytes: &[u8], action: u32| Class {
+    // A SYN to the listener from `port`, with every option off.
+    let syn = |port: u16, action: u32| Class {
         name: "",
-        frame: segment(
-            port,
-            data,
-            ISN.wrapping_add(1),
-            bytes.get(..MSS).unwrap_or(bytes),
-        ),
-        setup: Some(segment(port, TCP_FLAG_SYN, ISN, &[])),
+        frame: segment(port, TCP_FLAG_SYN, ISN, &[]),
+        setup: None,
         action,
         fingerprints_blocked: 0,
         hello_rate: 0,
@@ -346,50 +342,38 @@ fn classes() -> Result<Vec<Class>> {
         shed: false,
         distinct: 0,
     };
+    // The first segment of `bytes` from `port`, its flow recorded by that SYN first.
+    let hello = |port: u16, bytes: &[u8], action: u32| Class {
+        frame: segment(
+            port,
+            data,
+            ISN.wrapping_add(1),
+            bytes.get(..MSS).unwrap_or(bytes),
+        ),
+        setup: Some(segment(port, TCP_FLAG_SYN, ISN, &[])),
+        ..syn(port, action)
+    };
     Ok(vec![
         Class {
             name: "syn",
-            frame: segment(50000, TCP_FLAG_SYN, ISN, &[]),
-            setup: None,
-            action: 2,
-            fingerprints_blocked: 0,
-            hello_rate: 0,
-            syn_budget: false,
-            shed: false,
-            distinct: 0,
+            ..syn(50000, 2)
         },
         Class {
             name: "syn, per-source budget on",
-            frame: segment(50007, TCP_FLAG_SYN, ISN, &[]),
-            setup: None,
-            action: 2,
-            fingerprints_blocked: 0,
-            hello_rate: 0,
             syn_budget: true,
-            shed: false,
-            distinct: 0,
+            ..syn(50007, 2)
         },
         Class {
             name: "syn, budget on, every one a new source",
-            frame: segment(50008, TCP_FLAG_SYN, ISN, &[]),
-            setup: None,
-            action: 2,
-            fingerprints_blocked: 0,
-            hello_rate: 0,
             syn_budget: true,
-            shed: false,
             distinct: DISTINCT,
+            ..syn(50008, 2)
         },
         Class {
             name: "syn shed, every one a new flow",
-            frame: segment(50009, TCP_FLAG_SYN, ISN, &[]),
-            setup: None,
-            action: 1,
-            fingerprints_blocked: 0,
-            hello_rate: 0,
-            syn_budget: false,
             shed: true,
             distinct: DISTINCT,
+            ..syn(50009, 1)
         },
         Class {
             name: "client_hello (curl)",
