@@ -702,3 +702,39 @@ fn a_parse_without_the_fingerprint_differs_only_in_the_fingerprint() {
     assert_eq!(summary.fingerprint, parse(curl).expect("curl").fingerprint);
     assert!(summary.fingerprint.is_some());
 }
+
+/// The XDP program keeps one workspace per CPU and parses every ClientHello in it: a parse must not see what the
+/// one before left there. Every captured ClientHello (whole and cut at every length) and every malformed case, each
+/// parsed after each other in one reused workspace, gives what a fresh parse gives.
+#[test]
+fn a_reused_workspace_parses_like_a_fresh_one() {
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for (_, bytes, _) in hello_fixtures::CAPTURED {
+        for cut in [
+            1,
+            5,
+            9,
+            44,
+            80,
+            bytes.len() / 2,
+            bytes.len() - 1,
+            bytes.len(),
+        ] {
+            inputs.push(bytes[..cut.min(bytes.len())].to_vec());
+        }
+    }
+    inputs.extend(malformed_cases().into_iter().map(|(_, bytes)| bytes));
+    let mut workspace = client_hello::Workspace::NEW;
+    for before in &inputs {
+        for input in &inputs {
+            let _ = client_hello::parse_in(&before[..], &mut workspace);
+            assert_eq!(
+                client_hello::parse_in(&input[..], &mut workspace),
+                parse(input),
+                "{} bytes after {} bytes",
+                input.len(),
+                before.len()
+            );
+        }
+    }
+}
