@@ -29,7 +29,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use super::certs::{self, KeyType};
@@ -98,12 +98,11 @@ fn contenders(ctx: &Ctx) -> Vec<Contender> {
                 out.push(Contender {
                     server: *server,
                     label: "portcullis",
-                    config: Some(
+                    config: Some(format!(
                         "# cargo xtask bench storm: admission control on, the XDP guard on lo for SYN shedding.\n\
-                         [xdp]\ninterfaces = [\"lo\"]\npin_dir = \"/sys/fs/bpf/portcullis-bench-storm\"\n\
+                         [xdp]\ninterfaces = [\"lo\"]\npin_dir = \"{STORM_PIN_DIR}\"\n\
                          [admission]\nenabled = true\n"
-                            .to_owned(),
-                    ),
+                    )),
                     capacity_of: Some("portcullis-noadm"),
                 });
             }
@@ -119,7 +118,28 @@ fn contenders(ctx: &Ctx) -> Vec<Contender> {
 }
 
 /// Runs the storm against every server; writes `storm-<server>.json/.svg` and `storm.json`.
+/// Where the storm's portcullis pins its XDP maps. The daemon leaves the state pins (budgets, blocklists) for its
+/// next start by design; the bench removes them before and after, so every run starts from empty state and leaves
+/// nothing pinned.
+const STORM_PIN_DIR: &str = "/sys/fs/bpf/portcullis-bench-storm";
+
+/// Removes `dir` and the pins in it, if it exists.
+fn remove_pins(dir: &str) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {dir}")),
+    };
+    for entry in entries {
+        let path = entry.with_context(|| format!("cannot list {dir}"))?.path();
+        std::fs::remove_file(&path)
+            .with_context(|| format!("cannot remove the pin {}", path.display()))?;
+    }
+    std::fs::remove_dir(dir).with_context(|| format!("cannot remove {dir}"))
+}
+
 pub fn run(ctx: &Ctx) -> Result<()> {
+    remove_pins(STORM_PIN_DIR)?;
     let (cap_s, steady_s, storm_s, recovery_s) = if ctx.quick {
         (2.0, 3.0, 3.0, 6.0)
     } else {
@@ -273,6 +293,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         row["server_stages"] = server_stages;
         summary.push(row);
     }
+    remove_pins(STORM_PIN_DIR)?;
     let text = render(&summary);
     println!("\n{text}");
     std::fs::write(ctx.out.join("storm.txt"), &text)?;
