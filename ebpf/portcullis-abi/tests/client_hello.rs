@@ -738,3 +738,21 @@ fn a_reused_workspace_parses_like_a_fresh_one() {
         }
     }
 }
+
+/// An extension whose length runs past the extensions block breaks the block's framing, whatever its type: the
+/// reason names the block, not the extension (whose own framing is never reached).
+#[test]
+fn an_extension_overrunning_the_block_is_broken_framing_whatever_its_type() {
+    for kind in [0u16, 10, 13, 16, 21, 35, 41, 42, 43, 45, 51, 0xfe0d] {
+        let bytes = Hello {
+            tail: vec16(&[(kind >> 8) as u8, kind as u8, 0, 9, 1, 2]),
+            ..Hello::valid()
+        }
+        .encode();
+        assert_eq!(
+            parse(&bytes),
+            Err(Malformed::ExtensionFramingBroken),
+            "extension type {kind}"
+        );
+    }
+}

@@ -83,8 +83,8 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
     // overrun reason; when the input does, truncation.
     let (kind, len) = block.u16_pair(input)?;
     let len = usize::from(len);
-    // The reason for a body that overruns the block is worked out only when one does.
-    let (start, end) = block.take(len, || overrun_reason(kind))?;
+    // A body that runs past the block breaks the block's framing; each body read below has its own reason.
+    let (start, end) = block.take(len)?;
     // At most MAX_EXTENSIONS are walked: no saturation needed.
     summary.extension_count += 1;
     if let Some(bit) = 1u64.checked_shl(u32::from(kind)) {
@@ -181,18 +181,6 @@ fn deferred_key_share<I: HelloBytes + ?Sized>(
             summary,
         ),
         None => Ok(()),
-    }
-}
-
-/// The reason for an extension whose own contents overrun its length.
-const fn overrun_reason(kind: u16) -> Malformed {
-    match kind {
-        extension_type::SERVER_NAME => Malformed::BadSniFraming,
-        extension_type::SUPPORTED_GROUPS => Malformed::BadSupportedGroups,
-        extension_type::PRE_SHARED_KEY => Malformed::BadPskFraming,
-        extension_type::SUPPORTED_VERSIONS => Malformed::BadSupportedVersions,
-        extension_type::KEY_SHARE => Malformed::BadKeyShare,
-        _ => Malformed::ExtensionFramingBroken,
     }
 }
 

@@ -170,26 +170,18 @@ impl Reader {
     /// reader will report that as [`Halt::Truncated`] when it gets there. This lets a
     /// truncated key_share still report the groups whose headers did arrive.
     pub(super) fn split(&mut self, n: usize, overrun: Malformed) -> Result<Self, Halt> {
-        let stop = self.checked_stop(n)?;
-        let field = Self::new(self.pos, stop, overrun);
-        self.pos = stop;
-        Ok(field)
+        let (start, end) = self.take(n)?;
+        Ok(Self::new(start, end, overrun))
     }
 
-    /// Steps over the next `n` bytes as a field of its own and returns its `(start, end)`; crossing the declared
-    /// end is `overrun()` (worked out only then). Like [`Reader::split`], only the declared end is checked.
+    /// Steps over the next `n` bytes and returns their `(start, end)`, for a field of its own. Like
+    /// [`Reader::split`], only the declared end is checked, and crossing it is this reader's overrun.
     #[inline(always)]
-    pub(super) fn take(
-        &mut self,
-        n: usize,
-        overrun: impl FnOnce() -> Malformed,
-    ) -> Result<(usize, usize), Halt> {
-        if n > self.left() {
-            return Err(Halt::Malformed(overrun()));
-        }
+    pub(super) fn take(&mut self, n: usize) -> Result<(usize, usize), Halt> {
+        let stop = self.checked_stop(n)?;
         let start = self.pos;
-        self.pos += n;
-        Ok((start, self.pos))
+        self.pos = stop;
+        Ok((start, stop))
     }
 
     /// `pos + n`, if that stays inside the declared end.
