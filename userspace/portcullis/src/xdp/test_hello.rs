@@ -325,12 +325,7 @@ fn blocked_fingerprints_drop_until_removed() {
         .into_iter()
         .enumerate()
     {
-        let mut blocked: HashMap<_, u64, u8> = ebpf
-            .map_mut(MAP_XDP_BLOCK_FP)
-            .expect("fingerprint map")
-            .try_into()
-            .expect("fingerprint map type");
-        blocked.insert(value, 1, 0).expect("block");
+        blocklist(&mut ebpf).insert(value, 1, 0).expect("block");
         // Not counted yet: the program computes no fingerprint while the count is 0, so nothing blocks.
         assert_eq!(
             hello(
@@ -363,12 +358,7 @@ fn blocked_fingerprints_drop_until_removed() {
             (XDP_PASS, Verdict::PassClientHello),
             "another client's fingerprint"
         );
-        let mut blocked: HashMap<_, u64, u8> = ebpf
-            .map_mut(MAP_XDP_BLOCK_FP)
-            .expect("fingerprint map")
-            .try_into()
-            .expect("fingerprint map type");
-        blocked.remove(&value).expect("unblock");
+        blocklist(&mut ebpf).remove(&value).expect("unblock");
         set_blocked_count(&mut ebpf, 0);
         assert_eq!(
             hello(
@@ -381,6 +371,14 @@ fn blocked_fingerprints_drop_until_removed() {
             "unblocked"
         );
     }
+}
+
+/// The fingerprint blocklist of the loaded program.
+fn blocklist(ebpf: &mut Ebpf) -> HashMap<&mut MapData, u64, u8> {
+    ebpf.map_mut(MAP_XDP_BLOCK_FP)
+        .expect("fingerprint map")
+        .try_into()
+        .expect("fingerprint map type")
 }
 
 /// Stores the count of blocked fingerprints, as `portcullis xdp block-fingerprint` does after a change.
