@@ -11,22 +11,21 @@ use aya::maps::{Array, MapData};
 use portcullis_abi::names::MAP_XDP_BUDGET_SEED;
 use ring::rand::{SecureRandom as _, SystemRandom};
 
-/// Draws the key into `map` unless it holds one already (non-zero). Returns whether it drew one.
+/// Draws the key into `map` unless it holds one already (non-zero).
 ///
 /// # Errors
 /// The map cannot be read or written (not the one-element array this version pins), or the system's random
 /// source failed.
-pub(crate) fn ensure<T: BorrowMut<MapData>>(map: &mut Array<T, u64>) -> anyhow::Result<bool> {
+pub(crate) fn ensure<T: BorrowMut<MapData>>(map: &mut Array<T, u64>) -> anyhow::Result<()> {
     let current = map
         .get(&0, 0)
         .with_context(|| format!("cannot read map `{MAP_XDP_BUDGET_SEED}`"))?;
     if current != 0 {
-        return Ok(false);
+        return Ok(());
     }
     let seed = draw()?;
     map.set(0, seed, 0)
-        .with_context(|| format!("cannot write map `{MAP_XDP_BUDGET_SEED}`"))?;
-    Ok(true)
+        .with_context(|| format!("cannot write map `{MAP_XDP_BUDGET_SEED}`"))
 }
 
 /// A random non-zero `u64` (0 means "none drawn yet").
