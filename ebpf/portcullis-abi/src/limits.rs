@@ -173,16 +173,26 @@ pub const fn v4_mapped(v4: [u8; 4]) -> [u8; ADDR_LEN] {
 
 /// Zeroes every bit of `addr` after the first `bits` (clamped to 128).
 ///
-/// A fixed 16-step loop with constant indices, so the BPF verifier sees no variable offset.
+/// Two 64-bit halves at once, with constant indices (no variable offset for the BPF verifier), where a byte at a
+/// time cost ≈ 30 ns on the XDP budget paths.
 #[inline(always)]
 pub fn mask(addr: &mut [u8; ADDR_LEN], bits: u32) {
+    let halves = [half(addr, 0), half(addr, 1)];
     let mut i = 0;
-    while i < ADDR_LEN {
-        let first_bit = (i * 8) as u32;
-        if bits <= first_bit {
-            addr[i] = 0;
-        } else if bits < first_bit + 8 {
-            addr[i] &= 0xffu8 << (8 - (bits - first_bit));
+    while i < 2 {
+        let first_bit = i as u32 * 64;
+        let kept = if bits <= first_bit {
+            0
+        } else if bits >= first_bit + 64 {
+            u64::MAX
+        } else {
+            u64::MAX << (64 - (bits - first_bit))
+        };
+        let bytes = (halves[i] & kept).to_be_bytes();
+        let mut j = 0;
+        while j < 8 {
+            addr[i * 8 + j] = bytes[j];
+            j += 1;
         }
         i += 1;
     }
@@ -205,26 +215,7 @@ pub fn source_key(src: &[u8; ADDR_LEN], v4_prefix_len: u32, v6_prefix_len: u32) 
     } else {
         v6_prefix_len
     };
-    // Two 64-bit halves masked at once, where `mask` steps byte by byte (≈ 30 ns in XDP for the budget paths).
-    let halves = [half(&addr, 0), half(&addr, 1)];
-    let mut i = 0;
-    while i < 2 {
-        let first_bit = i as u32 * 64;
-        let kept = if bits <= first_bit {
-            0
-        } else if bits >= first_bit + 64 {
-            u64::MAX
-        } else {
-            u64::MAX << (64 - (bits - first_bit))
-        };
-        let bytes = (halves[i] & kept).to_be_bytes();
-        let mut j = 0;
-        while j < 8 {
-            addr[i * 8 + j] = bytes[j];
-            j += 1;
-        }
-        i += 1;
-    }
+    mask(&mut addr, bits);
     SourceKey { addr }
 }
 
@@ -361,19 +352,28 @@ mod tests {
     }
 
     #[test]
-    fn source_keys_mask_like_the_byte_mask_at_every_length() {
+    fn source_keys_mask_like_u128_arithmetic_at_every_length() {
+        // The same masking in 128-bit arithmetic, independent of `mask`'s two halves.
+        let masked = |addr: [u8; ADDR_LEN], bits: u32| {
+            let keep = u128::MAX.checked_shl(128 - bits.min(128)).unwrap_or(0);
+            (u128::from_be_bytes(addr) & keep).to_be_bytes()
+        };
         let v6 = [
             0x20, 0x01, 0x0d, 0xb8, 0xff, 0xee, 0xdd, 0xcc, 0xbb, 0xaa, 0x99, 0x88, 0x77, 0x66,
             0x55, 0x44,
         ];
         let v4 = v4_mapped([203, 0, 113, 255]);
         for len in 0..=130 {
-            let mut want = v6;
-            mask(&mut want, len.min(128));
-            assert_eq!(source_key(&v6, 32, len).addr, want, "IPv6 /{len}");
-            let mut want = v4;
-            mask(&mut want, 96 + len.min(32));
-            assert_eq!(source_key(&v4, len, 64).addr, want, "IPv4 /{len}");
+            assert_eq!(
+                source_key(&v6, 32, len).addr,
+                masked(v6, len),
+                "IPv6 /{len}"
+            );
+            assert_eq!(
+                source_key(&v4, len, 64).addr,
+                masked(v4, 96 + len.min(32)),
+                "IPv4 /{len}"
+            );
         }
     }
 
