@@ -13,9 +13,10 @@
 //! `target/bench/xdp.json`.
 //!
 //! `PORTCULLIS_BPF_OBJECT` measures another object than the build's; `PORTCULLIS_BPF_OBJECT_BEFORE=<object>` also
-//! loads that one and alternates the two run for run, printing both columns and the change (and skipping the
-//! userspace rejection): on a VM whose speed drifts by tens of percent over minutes, only runs interleaved this
-//! way compare two objects fairly.
+//! loads that one and alternates the two run for run (25 shorter runs each, which runs first alternating), printing
+//! both medians, both minima and the change as the median of the pairs' ratios (and skipping the userspace
+//! rejection): on a VM whose speed drifts by tens of percent between seconds, only runs paired this way compare
+//! two objects fairly (the medians of separate runs moved by ±15% between two identical comparisons).
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -182,10 +183,11 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             .join("bpf/bpfel-unknown-none/release/portcullis-ebpf"),
     };
     let before = std::env::var_os("PORTCULLIS_BPF_OBJECT_BEFORE").map(std::path::PathBuf::from);
-    let (repeat, rounds, rejections) = if ctx.quick {
-        (20_000, 3, 500)
-    } else {
-        (500_000, 7, 5_000)
+    let (repeat, rounds, rejections) = match (ctx.quick, before.is_some()) {
+        (true, _) => (20_000, 3, 500),
+        // Shorter runs, more of them: paired run for run, the change is judged on each pair's ratio.
+        (false, true) => (100_000, COMPARE_ROUNDS, 0),
+        (false, false) => (500_000, 7, 5_000),
     };
 
     let classes = classes()?;
@@ -205,7 +207,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         "empty XDP program (harness): {baseline:.1} ns/run repeated, {single_baseline:.1} ns/run one at a time"
     );
     // Per class, the median total of each object, and the harness to subtract.
-    let mut totals: Vec<Vec<f64>> = Vec::new();
+    let mut all_runs: Vec<Vec<Vec<f64>>> = Vec::new();
     let mut harness = Vec::new();
     for class in &classes {
         for object in &mut objects {
@@ -214,39 +216,61 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         let mut runs = vec![Vec::with_capacity(rounds); objects.len()];
         for round in 0..rounds {
             let frames = variants(&class.frame, class.distinct, round as u32 + 1);
-            for (object, runs) in objects.iter().zip(&mut runs) {
-                runs.push(if class.distinct == 0 {
-                    test_run(object.fd, &class.frame, repeat)?.1
+            // Which object runs first alternates, so that a drift within a round favours neither.
+            for k in 0..objects.len() {
+                let i = if round % 2 == 0 {
+                    k
                 } else {
-                    one_run_each(object.fd, &frames)?
+                    objects.len() - 1 - k
+                };
+                runs[i].push(if class.distinct == 0 {
+                    test_run(objects[i].fd, &class.frame, repeat)?.1
+                } else {
+                    one_run_each(objects[i].fd, &frames)?
                 });
             }
         }
-        totals.push(runs.into_iter().map(median_of).collect());
         harness.push(if class.distinct == 0 {
             baseline
         } else {
             single_baseline
         });
+        all_runs.push(runs);
     }
+    let totals: Vec<Vec<f64>> = all_runs
+        .iter()
+        .map(|runs| runs.iter().cloned().map(median_of).collect())
+        .collect();
 
     if objects.len() > 1 {
         println!(
-            "\nXDP guard, ns/packet net of the harness ({baseline:.1} ns), {repeat} repeats, median of {rounds} runs \
+            "\nXDP guard, ns/packet net of the harness ({baseline:.1} ns), {repeat} repeats, {rounds} runs of each \
              interleaved run for run\n  now:    {}\n  before: {}",
             objects[0].path.display(),
             objects[1].path.display()
         );
         println!(
-            "{:<40} {:>10} {:>10} {:>8}",
-            "class", "now", "before", "change"
+            "{:<40} {:>10} {:>10} {:>8} {:>10} {:>10}",
+            "class", "now", "before", "change", "now min", "before min"
         );
-        for ((class, totals), harness) in classes.iter().zip(&totals).zip(&harness) {
-            let (now, before) = (totals[0] - harness, totals[1] - harness);
+        for ((class, runs), harness) in classes.iter().zip(&all_runs).zip(&harness) {
+            let net = |object: usize, round: usize| runs[object][round] - harness;
+            let median = |object: usize| median_of((0..rounds).map(|r| net(object, r)).collect());
+            let least = |object: usize| {
+                (0..rounds)
+                    .map(|r| net(object, r))
+                    .fold(f64::INFINITY, f64::min)
+            };
+            // The change is the median of the pairs' ratios: each pair ran within milliseconds of each other.
+            let change = median_of((0..rounds).map(|r| net(0, r) / net(1, r) - 1.0).collect());
             println!(
-                "{:<40} {now:>10.1} {before:>10.1} {:>7.0}%",
+                "{:<40} {:>10.1} {:>10.1} {:>7.1}% {:>10.1} {:>10.1}",
                 class.name,
-                100.0 * (now - before) / before
+                median(0),
+                median(1),
+                100.0 * change,
+                least(0),
+                least(1)
             );
         }
         return Ok(());
@@ -442,6 +466,9 @@ fn median_of(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
+
+/// Runs of each object per class when two are compared (`PORTCULLIS_BPF_OBJECT_BEFORE`).
+const COMPARE_ROUNDS: usize = 25;
 
 /// New flows per round of a `distinct` class.
 const DISTINCT: u32 = 20_000;
