@@ -1,17 +1,22 @@
-//! The ClientHello parse inside XDP: the ABI crate's parser, run stage by stage.
+//! The ClientHello parse inside XDP: the ABI crate's parser, run stage by stage in one global BPF function.
 //!
-//! The parser's [`stages`] each become one *global* BPF function (`#[unsafe(no_mangle)] extern "C"`, so the
-//! object's BTF gives it global linkage). The verifier checks a global function once, on its own, from
-//! arguments it knows only by type, and a call to it costs the caller one instruction of verification. The
-//! whole ClientHello walk inlined into the program exceeded the one-million-instruction budget on 6.18: every
-//! path out of the cipher-suite and extension loops was walked again through everything after them. Split, each
-//! stage is verified once.
+//! [`portcullis_hello_parse`] is *global* (`#[unsafe(no_mangle)] extern "C"`, so the object's BTF gives it global
+//! linkage): the verifier checks it once, on its own, from arguments it knows only by type, and a call to it
+//! costs the program one instruction of verification whatever path led there. (Inlined into the program it is
+//! walked once per way of reaching it, far past the budget.)
 //!
-//! A global function may take only the context and scalars, so the parse state lives in this CPU's slot of
-//! [`XDP_HELLO_WS`] (a [`Workspace`] plus where the payload lies), looked up again by each stage. XDP programs
-//! are not preempted on a CPU, so no other parse touches the slot in between. Each stage reads the payload in
-//! place, from `data`/`data_end` of its context: copying it into the slot first (`bpf_xdp_load_bytes`) cost more
-//! than every bounds check it saved (`BENCHMARKS.md`).
+//! Inside it the parser's [`stages`] run one after another, and each begins by looking this CPU's slot of
+//! [`XDP_HELLO_WS`] up again. That lookup is what keeps the verification linear: a helper call makes LLVM reload
+//! the parse state from the map value instead of carrying it over in registers, and the verifier does not track
+//! what a map value holds, so every way the previous step ended reaches the next one in the same state, and the
+//! verifier walks the rest once instead of once per way (≈ 360k instructions; with one lookup for the whole
+//! parse, past one million). This is also why the state lives in a map value and not on the stack.
+//! Running the steps as one global function each instead cost a call (through the kernel's return thunk) and a
+//! reload per step: 15–24% of every parsing row (`BENCHMARKS.md`).
+//!
+//! XDP programs are not preempted on a CPU, so no other parse touches the slot in between. Each stage reads the
+//! payload in place, from `data`/`data_end` of its context: copying it into the slot first
+//! (`bpf_xdp_load_bytes`) cost more than every bounds check it saved (`BENCHMARKS.md`).
 
 use aya_ebpf::{bindings::xdp_md, btf_maps::PerCpuArray, macros::btf_map};
 use portcullis_abi::client_hello::{
@@ -113,7 +118,8 @@ fn opaque(mut x: usize) -> usize {
     x
 }
 
-/// Runs one step on this CPU's scratch; a missing scratch reads as truncation (pass: fail open).
+/// Runs one step on this CPU's scratch, looked up again (see the module docs); a missing scratch reads as
+/// truncation (pass: fail open).
 #[inline(always)]
 fn run(ctx: *mut xdp_md, step: Step) -> i32 {
     let Some(scratch) = scratch() else {
@@ -129,39 +135,21 @@ fn run(ctx: *mut xdp_md, step: Step) -> i32 {
     stages::run(step, &payload, &mut scratch.workspace)
 }
 
-/// Defines one global BPF function per parse step.
-macro_rules! global_steps {
-    ($($name:ident => $step:ident),* $(,)?) => {
-        $(
-            #[doc = concat!("[`Step::", stringify!($step), "`] of the parse, a global BPF function.")]
-            #[unsafe(no_mangle)]
-            #[inline(never)]
-            pub extern "C" fn $name(ctx: *mut xdp_md) -> i32 {
-                run(ctx, Step::$step)
-            }
-        )*
+/// The steps run in place, one after another, each on its own lookup of the scratch.
+struct InPlace(*mut xdp_md);
 
-        /// The steps as calls to the global functions.
-        struct Global(*mut xdp_md);
-
-        impl Stages for Global {
-            #[inline(always)]
-            fn run(&mut self, step: Step) -> i32 {
-                match step {
-                    $(Step::$step => $name(self.0),)*
-                }
-            }
-        }
-    };
+impl Stages for InPlace {
+    #[inline(always)]
+    fn run(&mut self, step: Step) -> i32 {
+        run(self.0, step)
+    }
 }
 
-global_steps! {
-    portcullis_hello_head => Head,
-    portcullis_hello_suites => Suites,
-    portcullis_hello_ext => Extension,
-    portcullis_hello_list1 => FirstList,
-    portcullis_hello_list2 => SecondList,
-    portcullis_hello_groups => Groups,
+/// The whole parse of the payload [`judge`] described in this CPU's scratch: the final [`stages`] status.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn portcullis_hello_parse(ctx: *mut xdp_md) -> i32 {
+    stages::drive(&mut InPlace(ctx))
 }
 
 /// What the XDP program needs from one parse.
@@ -205,8 +193,8 @@ pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16, fingerprint: bool) -> Judg
         return not_judged;
     }
     slot.len = judged;
-    let status = stages::drive(&mut Global(ctx));
-    // Looked up again: the verifier forgets map value pointers' contents across the calls anyway.
+    let status = portcullis_hello_parse(ctx);
+    // Looked up again: the verifier forgets map value pointers' contents across the call anyway.
     let Some(slot) = scratch() else {
         return not_judged;
     };

@@ -135,6 +135,7 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
 
 /// Walks one of the list-carrying extensions [`step`] located: the one first in wire order when
 /// `first`, else the other, so that the first malformation found is still the first on the wire.
+#[inline(always)]
 pub(super) fn parse_deferred<I: HelloBytes + ?Sized>(
     input: &I,
     found: &Extensions,
@@ -153,6 +154,7 @@ pub(super) fn parse_deferred<I: HelloBytes + ?Sized>(
 }
 
 /// supported_versions, if [`step`] found it.
+#[inline(always)]
 fn deferred_versions<I: HelloBytes + ?Sized>(
     input: &I,
     found: &Extensions,
@@ -169,6 +171,7 @@ fn deferred_versions<I: HelloBytes + ?Sized>(
 }
 
 /// key_share, if [`step`] found it.
+#[inline(always)]
 fn deferred_key_share<I: HelloBytes + ?Sized>(
     input: &I,
     found: &Extensions,
@@ -238,6 +241,7 @@ fn supported_groups<I: HelloBytes + ?Sized>(
 }
 
 /// supported_versions (RFC 8446 §4.2.1): `ProtocolVersion versions<2..254>`.
+#[inline(always)]
 fn supported_versions<I: HelloBytes + ?Sized>(
     input: &I,
     mut body: Reader,
@@ -265,6 +269,7 @@ fn supported_versions<I: HelloBytes + ?Sized>(
 /// Each group is recorded as soon as its entry header arrives, so a ClientHello cut inside a
 /// large post-quantum key still reports the groups offered so far. Entries after the first
 /// [`MAX_KEY_SHARES`] are not examined.
+#[inline(always)]
 fn key_share<I: HelloBytes + ?Sized>(
     input: &I,
     mut body: Reader,

@@ -1,17 +1,16 @@
-//! The parse as a few steps over a [`Workspace`], so that the XDP program can run each stage as a
-//! BPF function of its own.
+//! The parse as a few steps over a [`Workspace`], so that the XDP program can run each stage on a
+//! fresh lookup of its workspace.
 //!
 //! The [`Step`]s, in order: the headers and the compression methods; the cipher suites into the
-//! fingerprint; the extensions (up to [`EXTENSIONS_PER_STEP`] per call); the two list extensions
+//! fingerprint; the extensions (up to [`EXTENSIONS_PER_STEP`] per step); the two list extensions
 //! (supported_versions and key_share, in wire order), the second with the checks that need the whole
 //! ClientHello; the supported_groups list into the fingerprint. The two fingerprint steps run only
-//! while a fingerprint is computed ([`HASH`] asks for them), so a parse without one is four calls in
-//! XDP instead of six. Steps without a loop of their own are folded into a neighbour: each step is a
-//! call in XDP, which reloads the workspace and returns through the kernel's return thunk. [`drive`] runs them
-//! through the [`Stages`] trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse)
-//! does), the XDP program calls one global BPF function per step, each verified once from an
-//! unknown workspace. At most one bounded loop runs per step: the verifier walks a loop after a
-//! loop once per way out of the first, so two in one function multiply.
+//! while a fingerprint is computed ([`HASH`] asks for them). [`drive`] runs them through the [`Stages`]
+//! trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse) does); the XDP program runs
+//! them one after another in one BPF function, each on its own lookup of the per-CPU workspace, which
+//! makes every way a step can end reach the next step in one verifier state (`portcullis-ebpf`'s
+//! `hello.rs`). Within a step there is no such reset, so at most one bounded loop runs per step: the
+//! verifier walks a loop after a loop once per way out of the first, so two in one step multiply.
 //!
 //! Every stage returns an `i32` status, because that is what a global BPF function may return:
 //! [`CONTINUE`], [`HASH`], [`DONE`], [`TRUNCATED`], or [`MALFORMED_BASE`] plus the [`Malformed`] reason.
@@ -24,14 +23,14 @@ use super::{
     MAX_HELLO_LEN, MAX_RECORD_LEN, Malformed, RECORD_HEADER_LEN, Stage, Workspace,
 };
 
-/// Extensions one [`Step::Extension`] walks at most: real clients send 10–25, so one or two calls. Each more
-/// adds ≈ 6k instructions to the verification of the XDP program (303k in all at 16); a call less saved ≈ 40 ns
-/// of reloading the walk's state in XDP (`BENCHMARKS.md`).
+/// Extensions one [`Step::Extension`] walks at most: real clients send 10–25, so one or two steps. Each more
+/// adds ≈ 6k instructions to the verification of the XDP program; a step less saves a reload of the walk's
+/// state (`BENCHMARKS.md`).
 pub const EXTENSIONS_PER_STEP: usize = 16;
 
-/// Calls of [`Step::Extension`] [`drive`] makes at most: enough to walk [`MAX_EXTENSIONS`] + 1.
-const EXTENSION_CALLS: usize = MAX_EXTENSIONS / EXTENSIONS_PER_STEP + 1;
-const _: () = assert!(EXTENSION_CALLS * EXTENSIONS_PER_STEP > MAX_EXTENSIONS);
+/// Steps of [`Step::Extension`] [`drive`] runs at most: enough to walk [`MAX_EXTENSIONS`] + 1.
+const EXTENSION_STEPS: usize = MAX_EXTENSIONS / EXTENSIONS_PER_STEP + 1;
+const _: () = assert!(EXTENSION_STEPS * EXTENSIONS_PER_STEP > MAX_EXTENSIONS);
 
 /// The stage succeeded; run the next one (or, for [`Step::Extension`], the next extension).
 pub const CONTINUE: i32 = 0;
@@ -73,7 +72,7 @@ pub enum Step {
     Groups,
 }
 
-/// Runs the steps of one parse; the BPF program implements it with one global function per step.
+/// Runs the steps of one parse; the BPF program implements it with a fresh lookup of its workspace per step.
 pub trait Stages {
     /// Runs `step` and returns its status.
     fn run(&mut self, step: Step) -> i32;
@@ -92,7 +91,7 @@ pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
     }
     // Room for MAX_EXTENSIONS extensions and one more walk to find the end (or too many): the walk ends inside
     // the bound, whatever the input.
-    for _ in 0..EXTENSION_CALLS {
+    for _ in 0..EXTENSION_STEPS {
         if stages.run(Step::Extension) != CONTINUE {
             break;
         }
@@ -205,7 +204,7 @@ fn status(result: Result<(), Halt>) -> i32 {
 /// [`Step::Extension`]; the outcome of the walk is kept for the checks in [`Step::SecondList`].
 fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i32 {
     // The walk's cursor, bitmap and count in locals, written back once (see `suites_into`). The
-    // fingerprint stays in the workspace: as a local too it took the XDP step's stack past what the
+    // fingerprint stays in the workspace: as a local too it took the XDP parse's stack past what the
     // verifier allows a call chain (512 bytes).
     let mut block = workspace.block;
     let mut seen = workspace.seen;
@@ -216,7 +215,7 @@ fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i3
         fingerprint,
         ..
     } = workspace;
-    // Several extensions per call: in XDP each call is a global function that looks its workspace up again
+    // Several extensions per step: in XDP each step looks its workspace up again
     // and reloads the walk's state from it, which cost more than a small extension's walk.
     let mut walk = CONTINUE;
     for _ in 0..EXTENSIONS_PER_STEP {
