@@ -100,9 +100,43 @@ impl HelloBytes for Payload {
         if opaque(at + N) > self.end {
             return None;
         }
-        // SAFETY: `at..at + N` lies inside the frame (`data..data_end`); `[u8; N]` has alignment 1.
-        Some(unsafe { core::ptr::read_unaligned(at as *const [u8; N]) })
+        // SAFETY: `at..at + N` lies inside the frame (`data..data_end`).
+        Some(unsafe { load::<N>(at) })
     }
+}
+
+/// The `N` bytes at `at`: 2 and 4 as one load each (LLVM loads an unaligned `[u8; N]` byte by byte, as BPF
+/// targets may not allow unaligned loads; the kernel allows them from packets where the CPU does, as on x86).
+///
+/// # Safety
+/// `at..at + N` must lie inside the frame, checked against `data_end` so that the verifier knows it.
+#[inline(always)]
+unsafe fn load<const N: usize>(at: usize) -> [u8; N] {
+    #[cfg(target_arch = "bpf")]
+    {
+        if N == 2 {
+            let word: u64;
+            // SAFETY: the caller's promise; a load into a register, no stack or flags touched.
+            unsafe {
+                core::arch::asm!("{0} = *(u16 *)({1} + 0)", out(reg) word, in(reg) at,
+                    options(pure, readonly, nostack, preserves_flags));
+            }
+            // SAFETY: `N == 2`: the same type.
+            return unsafe { core::mem::transmute_copy(&(word as u16).to_le_bytes()) };
+        }
+        if N == 4 {
+            let word: u64;
+            // SAFETY: as above.
+            unsafe {
+                core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) word, in(reg) at,
+                    options(pure, readonly, nostack, preserves_flags));
+            }
+            // SAFETY: `N == 4`: the same type.
+            return unsafe { core::mem::transmute_copy(&(word as u32).to_le_bytes()) };
+        }
+    }
+    // SAFETY: the caller's promise; `[u8; N]` has alignment 1.
+    unsafe { core::ptr::read_unaligned(at as *const [u8; N]) }
 }
 
 /// `x`, through a register move LLVM cannot see into, so that it cannot rewrite the comparison of `at + N` with

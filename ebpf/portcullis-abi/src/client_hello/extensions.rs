@@ -60,13 +60,13 @@ impl Extensions {
 /// `seen` has one bit per extension type below 64: every type this parser interprets is in that range, and
 /// a bitmap keeps the duplicate check O(1) without storing the types (RFC 8446 §4.2: "There MUST NOT be
 /// more than one extension of the same type"). `walked` counts the extensions walked, at most
-/// [`MAX_EXTENSIONS`].
+/// [`MAX_EXTENSIONS`] (the summary's `extension_count`, which the caller keeps in a register meanwhile).
 #[inline(always)]
 pub(super) fn step<I: HelloBytes + ?Sized>(
     input: &I,
     block: &mut Reader,
     seen: &mut u64,
-    walked: &mut u32,
+    walked: &mut u16,
     summary: &mut ClientHelloSummary,
     fingerprint: &mut FingerprintBuilder,
     found: &mut Extensions,
@@ -75,10 +75,9 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
         fingerprint.end_extensions();
         return Ok(false);
     }
-    if *walked as usize >= MAX_EXTENSIONS {
+    if usize::from(*walked) >= MAX_EXTENSIONS {
         return Err(Malformed::TooManyExtensions.into());
     }
-    *walked += 1;
     // Both fields at once: when the block ends inside them, either way of reading them gives the block's
     // overrun reason; when the input does, truncation.
     let (kind, len) = block.u16_pair(input)?;
@@ -86,7 +85,7 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
     // A body that runs past the block breaks the block's framing; each body read below has its own reason.
     let (start, end) = block.take(len)?;
     // At most MAX_EXTENSIONS are walked: no saturation needed.
-    summary.extension_count += 1;
+    *walked += 1;
     if let Some(bit) = 1u64.checked_shl(u32::from(kind)) {
         if *seen & bit != 0 {
             return Err(Malformed::DuplicateExtension.into());

@@ -133,8 +133,6 @@ pub struct Workspace {
     list: Reader,
     /// Extension types 0..=63 seen so far, one bit each.
     seen: u64,
-    /// Extensions walked so far.
-    walked: u32,
     /// How the extension walk ended: a [`stages`] status ([`stages::CONTINUE`] while walking).
     walk_status: i32,
     /// Whether the parse computes the fingerprint; kept across the reset at [`stages::Step::Head`].
@@ -152,7 +150,6 @@ impl Workspace {
         block: Reader::new(0, 0, Malformed::ExtensionFramingBroken),
         list: Reader::new(0, 0, Malformed::HandshakeLengthMismatch),
         seen: 0,
-        walked: 0,
         walk_status: stages::CONTINUE,
         fingerprint_wanted: true,
     };

@@ -208,7 +208,7 @@ fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i3
     // verifier allows a call chain (512 bytes).
     let mut block = workspace.block;
     let mut seen = workspace.seen;
-    let mut walked = workspace.walked;
+    let mut walked = workspace.summary.extension_count;
     let Workspace {
         summary,
         found,
@@ -238,7 +238,7 @@ fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i3
     }
     workspace.block = block;
     workspace.seen = seen;
-    workspace.walked = walked;
+    workspace.summary.extension_count = walked;
     workspace.walk_status = walk;
     walk
 }
