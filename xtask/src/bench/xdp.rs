@@ -7,7 +7,9 @@
 //! no fingerprint computed) and with one blocked (fingerprinted), the first segment of a post-quantum ClientHello
 //! (rustls X25519MLKEM768, cut at 1,440 bytes), a malformed ClientHello (a crafted bad key_share: the parse walks
 //! every extension before it finds the fault), a ClientHello whose fingerprint is blocked, and the curl
-//! ClientHello from a source over its ClientHello budget (dropped before the parse: a one-source flood). A data
+//! ClientHello from a source over its ClientHello budget (dropped before the parse: a one-source flood); last, a
+//! SYN and the curl ClientHello with 10,000 source prefixes in the CIDR blocklist, none covering the source (every
+//! listener packet looks its source up there; the classes before run with the blocklist empty). A data
 //! segment is re-judged on every repeat: the flow is recorded once by its SYN and the segment sits at ISN + 1,
 //! where a retransmission would. The program logs at the daemon's default level (info), as in production. JSON in
 //! `target/bench/xdp.json`.
@@ -26,13 +28,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap},
+    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
     programs::Xdp,
 };
 use portcullis_abi::{
     client_hello::{Malformed, parse},
     hello_fixtures::{CAPTURED, malformed_cases},
-    names::{MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_CONFIG, PROG_XDP},
+    limits::block_entry,
+    names::{
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, PROG_XDP,
+    },
     packet::{ETH_P_IP, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{LISTENER, frame, ipv4},
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -80,6 +85,10 @@ struct Class {
     syn_budget: bool,
     /// Shed every SYN of a new flow (`syn_shed_ppm` 1,000,000): each is remembered for its retry.
     shed: bool,
+    /// Source prefixes in the CIDR blocklist (`xdp_block_net`) from this class on, none covering the frame's
+    /// source: a production blocklist's size, so that the LPM trie lookup every listener packet makes is timed
+    /// with one (the classes before it run with an empty trie).
+    blocked_prefixes: u32,
     /// 0: `frame` is run `repeat` times. Otherwise every run is a new flow from a new source: this many variants
     /// of `frame` (source address, port and ISN changed, new ones each round), one `BPF_PROG_TEST_RUN` each, so
     /// map inserts for new flows and sources are timed; net of the empty program run the same way.
@@ -148,6 +157,17 @@ impl Loaded {
         // An object from before the count (`PORTCULLIS_BPF_OBJECT`) always fingerprints.
         if let Some(map) = self.ebpf.map_mut(MAP_XDP_BLOCK_FP_COUNT) {
             Array::<_, u32>::try_from(map)?.set(0, class.fingerprints_blocked, 0)?;
+        }
+        if class.blocked_prefixes != 0 {
+            let mut trie = LpmTrie::<_, [u8; 16], u8>::try_from(
+                self.ebpf
+                    .map_mut(MAP_XDP_BLOCK_NET)
+                    .context("CIDR blocklist map")?,
+            )?;
+            for (bits, addr) in blocklist(class.blocked_prefixes)? {
+                trie.insert(&Key::new(bits, addr), 1, 0)
+                    .context("filling the CIDR blocklist")?;
+            }
         }
         if let Some(setup) = &class.setup {
             test_run(self.fd, setup, 1)?;
@@ -340,6 +360,28 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// `n` distinct IPv4 prefixes (IPv4-mapped, as the blocklist keys them) shaped like a production blocklist: /16 to
+/// /32 from a fixed pseudo-random sequence, none inside 10.0.0.0/8, where the bench's sources are.
+fn blocklist(n: u32) -> Result<Vec<(u32, [u8; 16])>> {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut entries = std::collections::BTreeSet::new();
+    while entries.len() < n as usize {
+        // splitmix64: a fixed sequence, so every run blocks the same prefixes.
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let net = std::net::Ipv4Addr::from(z as u32);
+        if net.octets()[0] == 10 {
+            continue;
+        }
+        let len = 16 + (z >> 59) as u8 % 17;
+        entries.insert(block_entry(net.into(), len)?);
+    }
+    Ok(entries.into_iter().collect())
+}
+
 /// The fixture classes, in table order.
 fn classes() -> Result<Vec<Class>> {
     let captured = |name: &str| -> Result<&'static [u8]> {
@@ -364,6 +406,7 @@ fn classes() -> Result<Vec<Class>> {
         hello_rate: 0,
         syn_budget: false,
         shed: false,
+        blocked_prefixes: 0,
         distinct: 0,
     };
     // The first segment of `bytes` from `port`, its flow recorded by that SYN first.
@@ -431,6 +474,16 @@ fn classes() -> Result<Vec<Class>> {
             hello_rate: 1,
             ..hello(50006, captured("curl_sni")?, 1)
         },
+        // Last: the blocklist stays filled for the classes after it.
+        Class {
+            name: "syn, 10,000 prefixes blocked (not it)",
+            blocked_prefixes: BLOCKED_PREFIXES,
+            ..syn(50011, 2)
+        },
+        Class {
+            name: "client_hello (curl), 10,000 blocked",
+            ..hello(50012, captured("curl_sni")?, 2)
+        },
     ])
 }
 
@@ -466,6 +519,10 @@ fn median_of(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
+
+/// Prefixes in the CIDR blocklist of the last classes: a large production list (Spamhaus DROP is ≈ 1,000; abuse
+/// feeds of single addresses run to tens of thousands; the map holds 16,384).
+const BLOCKED_PREFIXES: u32 = 10_000;
 
 /// Runs of each object per class when two are compared (`PORTCULLIS_BPF_OBJECT_BEFORE`).
 const COMPARE_ROUNDS: usize = 25;
