@@ -79,6 +79,10 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     assert!(stats.contains("drop_blocked_source"), "stats: {stats}");
     let status = bed.cli(&["status"]);
     assert!(status.contains("blocked prefixes 1"), "status: {status}");
+    assert!(
+        status.contains("prefilter        2 of 131072 bits set"),
+        "the prefilter should hold the prefix's IPv4 /16 and its IPv6 hash bit: {status}"
+    );
 
     // The budget tables' hash key was drawn (0 would be an unkeyed hash)...
     let seed_pin = bed.pin_dir.path().join(MAP_XDP_BUDGET_SEED);

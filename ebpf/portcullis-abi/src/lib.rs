@@ -23,6 +23,7 @@
 #[cfg(any(test, feature = "user"))]
 extern crate alloc;
 
+pub mod block_filter;
 pub mod client_hello;
 pub mod flow;
 #[cfg(any(test, feature = "user"))]

@@ -36,6 +36,11 @@ pub const MAP_XDP_BUDGET_SEED: &str = "xdp_budget_seed";
 /// IPv4-mapped (`::ffff:a.b.c.d/96+len`), so one trie serves both families.
 pub const MAP_XDP_BLOCK_NET: &str = "xdp_block_net";
 
+/// Array of [`crate::block_filter::FILTER_WORDS`] `u64`: the prefilter of [`MAP_XDP_BLOCK_NET`] (a bit per IPv4
+/// /16 and per hashed IPv6 /32 that a blocked prefix may cover; [`crate::block_filter`]). Set from the trie by
+/// `portcullis xdp block add|del` after each change and by the daemon at start.
+pub const MAP_XDP_BLOCK_NET_FILTER: &str = "xdp_block_pre";
+
 /// Array of [`crate::flow::FlowSet`]s (indexed by [`crate::flow::flow_set`]) recording connections whose SYN
 /// reached a listener port, as tags of flow and initial sequence number ([`crate::flow::flow_tag`]). The segment
 /// that starts the byte stream (sequence number ISN + 1) of a tracked flow is parsed as a ClientHello; untracked
@@ -96,6 +101,7 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_SYN_BUDGET,
     MAP_XDP_BUDGET_SEED,
     MAP_XDP_BLOCK_NET,
+    MAP_XDP_BLOCK_NET_FILTER,
     MAP_XDP_FLOWS,
     MAP_XDP_MALFORMED,
     MAP_XDP_HELLO_BUDGET,

@@ -28,6 +28,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use portcullis_abi::{
+    block_filter::{FILTER_WORDS, source_bit},
     limits::{
         ADDR_LEN, BUDGET_SLOTS, BudgetSlot, SYN_COST_MILLI, SourceKey, budget_slot, source_key,
     },
@@ -76,6 +77,22 @@ pub(crate) fn budget(
 #[btf_map(name = "xdp_block_net")]
 static XDP_BLOCK_NET: LpmTrie<[u8; ADDR_LEN], u8, 16384> = LpmTrie::new();
 
+/// The prefilter of [`XDP_BLOCK_NET`] (`portcullis_abi::block_filter`): a clear bit proves no blocked prefix
+/// covers the source, and saves the trie lookup. The name must match `portcullis_abi::names::MAP_XDP_BLOCK_NET_FILTER`.
+#[btf_map(name = "xdp_block_pre")]
+static XDP_BLOCK_NET_FILTER: Array<u64, FILTER_WORDS> = Array::new();
+
+/// Whether a blocked prefix covers `src`: the trie is looked up only when the prefilter's bit for it is set.
+#[inline(always)]
+fn source_blocked(src: &[u8; ADDR_LEN]) -> bool {
+    let bit = source_bit(src);
+    // A missing word (it cannot be: the bit is below FILTER_BITS) reads as set: look the trie up (fail safe).
+    let maybe = XDP_BLOCK_NET_FILTER
+        .get(bit / 64)
+        .is_none_or(|word| word & (1 << (bit % 64)) != 0);
+    maybe && XDP_BLOCK_NET.get(&Key::new(128, *src)).is_some()
+}
+
 /// The XDP entry point; its name must match `portcullis_abi::names::PROG_XDP`. Returns `XDP_DROP` for `Drop*`
 /// verdicts when the config enforces, `XDP_PASS` otherwise.
 #[xdp]
@@ -117,8 +134,7 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
 /// The verdict for TCP to a listener port: blocked source, SYN over budget, or pass.
 #[inline(always)]
 fn guard(packet: &Classification, config: &XdpConfig, flow_hash: u64) -> Verdict {
-    let key = Key::new(128, packet.src);
-    if XDP_BLOCK_NET.get(&key).is_some() {
+    if source_blocked(&packet.src) {
         return Verdict::DropBlockedSource;
     }
     if packet.is_syn() && config.syn_rate != 0 && !syn_within_budget(packet, config) {

@@ -16,11 +16,12 @@ use anyhow::{Context as _, bail};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
 use clap::{Args, Subcommand};
 use portcullis_abi::{
+    block_filter::{FILTER_BITS, FILTER_WORDS, Filter},
     client_hello::{self, Malformed, fingerprint_hex},
     limits::{ADDR_LEN, block_entry, block_network},
     names::{
         DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET,
-        MAP_XDP_CONFIG, MAP_XDP_MALFORMED, MAP_XDP_VERDICTS,
+        MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_MALFORMED, MAP_XDP_VERDICTS,
     },
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -197,6 +198,22 @@ fn blocklist(dir: &Path) -> anyhow::Result<LpmTrie<MapData, [u8; ADDR_LEN], u8>>
     )
 }
 
+fn block_filter(dir: &Path) -> anyhow::Result<Array<MapData, u64>> {
+    open(dir, MAP_XDP_BLOCK_NET_FILTER)?.try_into().context(
+        "the pinned prefilter of the blocklist is not an array of u64: daemon and CLI versions differ",
+    )
+}
+
+/// Rebuilds the blocklist's prefilter after a change: the XDP program looks a source up in the trie only when its
+/// bit is set, so an added prefix would not block without it (`xdp::block_filter`).
+fn store_block_filter(
+    dir: &Path,
+    trie: &LpmTrie<MapData, [u8; ADDR_LEN], u8>,
+) -> anyhow::Result<()> {
+    let filter = crate::xdp::block_filter::of(trie)?;
+    crate::xdp::block_filter::store(&mut block_filter(dir)?, &filter)
+}
+
 fn status(dir: &Path) -> anyhow::Result<()> {
     let config = config(dir)?;
     let blocked = blocklist(dir)?.keys().count();
@@ -232,6 +249,26 @@ fn status(dir: &Path) -> anyhow::Result<()> {
         ppm_percent(config.syn_retry_shed_ppm)
     );
     println!("blocked prefixes {blocked}");
+    // What the program reads against what the trie needs: a stale prefilter lets blocked sources through.
+    let pinned = block_filter(dir)?;
+    let mut read: Box<Filter> = Box::new([0; FILTER_WORDS]);
+    for (index, word) in (0u32..).zip(read.iter_mut()) {
+        *word = pinned.get(&index, 0).context(
+            "cannot read the pinned prefilter of the blocklist: daemon and CLI versions differ",
+        )?;
+    }
+    let needed = crate::xdp::block_filter::of(&blocklist(dir)?)?;
+    let set = crate::xdp::block_filter::bits_set(&read);
+    if read.iter().zip(needed.iter()).all(|(r, n)| r & n == *n) {
+        println!(
+            "prefilter        {set} of {FILTER_BITS} bits set (a source whose bit is clear skips the trie lookup)"
+        );
+    } else {
+        println!(
+            "prefilter        STALE: the trie holds prefixes whose bits are clear, so they do not block (an entry \
+             written with bpftool?); any `block add|del` or a daemon restart rebuilds it"
+        );
+    }
     let listed = crate::xdp::fp_count::count(&fingerprint_blocklist(dir)?);
     println!("blocked fingerprints {listed}");
     let counted = fingerprint_count(dir)?.get(&0, 0).context(
@@ -349,15 +386,17 @@ fn block(dir: &Path, action: BlockAction) -> anyhow::Result<()> {
     match action {
         BlockAction::Add { cidr } => {
             let (bits, addr) = parse_cidr(&cidr)?;
-            blocklist(dir)?
-                .insert(&Key::new(bits, addr), 1, 0)
+            let mut trie = blocklist(dir)?;
+            trie.insert(&Key::new(bits, addr), 1, 0)
                 .with_context(|| format!("cannot add {cidr} to the blocklist (is it full?)"))?;
+            store_block_filter(dir, &trie)?;
         }
         BlockAction::Del { cidr } => {
             let (bits, addr) = parse_cidr(&cidr)?;
-            blocklist(dir)?
-                .remove(&Key::new(bits, addr))
+            let mut trie = blocklist(dir)?;
+            trie.remove(&Key::new(bits, addr))
                 .with_context(|| format!("{cidr} is not in the blocklist"))?;
+            store_block_filter(dir, &trie)?;
         }
         BlockAction::List => {
             for key in blocklist(dir)?.keys() {

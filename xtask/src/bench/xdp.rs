@@ -8,8 +8,9 @@
 //! (rustls X25519MLKEM768, cut at 1,440 bytes), a malformed ClientHello (a crafted bad key_share: the parse walks
 //! every extension before it finds the fault), a ClientHello whose fingerprint is blocked, and the curl
 //! ClientHello from a source over its ClientHello budget (dropped before the parse: a one-source flood); last, a
-//! SYN and the curl ClientHello with 10,000 source prefixes in the CIDR blocklist, none covering the source (every
-//! listener packet looks its source up there; the classes before run with the blocklist empty). A data
+//! SYN and the curl ClientHello with 10,000 source prefixes in the CIDR blocklist, none covering the source nor in
+//! its /16 (the prefilter spares them the trie lookup; the classes before run with the blocklist empty), and a
+//! SYN with one more prefix in its /16 (the prefilter's bit set: the trie lookup every source paid before). A data
 //! segment is re-judged on every repeat: the flow is recorded once by its SYN and the segment sits at ISN + 1,
 //! where a retransmission would. The program logs at the daemon's default level (info), as in production. JSON in
 //! `target/bench/xdp.json`.
@@ -32,11 +33,13 @@ use aya::{
     programs::Xdp,
 };
 use portcullis_abi::{
+    block_filter::{FILTER_WORDS, Filter, mark},
     client_hello::{Malformed, parse},
     hello_fixtures::{CAPTURED, malformed_cases},
     limits::block_entry,
     names::{
-        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, PROG_XDP,
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER,
+        MAP_XDP_CONFIG, PROG_XDP,
     },
     packet::{ETH_P_IP, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{LISTENER, frame, ipv4},
@@ -89,6 +92,9 @@ struct Class {
     /// source: a production blocklist's size, so that the LPM trie lookup every listener packet makes is timed
     /// with one (the classes before it run with an empty trie).
     blocked_prefixes: u32,
+    /// With `blocked_prefixes`, one more in the source's /16 (not covering it): its prefilter bit is set, so the
+    /// trie is looked up.
+    prefix_near_source: bool,
     /// 0: `frame` is run `repeat` times. Otherwise every run is a new flow from a new source: this many variants
     /// of `frame` (source address, port and ISN changed, new ones each round), one `BPF_PROG_TEST_RUN` each, so
     /// map inserts for new flows and sources are timed; net of the empty program run the same way.
@@ -159,14 +165,29 @@ impl Loaded {
             Array::<_, u32>::try_from(map)?.set(0, class.fingerprints_blocked, 0)?;
         }
         if class.blocked_prefixes != 0 {
+            let mut entries = blocklist(class.blocked_prefixes)?;
+            if class.prefix_near_source {
+                // The source is 10.0.0.7: a prefix in its /16 that does not cover it.
+                entries.push(block_entry([10, 0, 99, 0].into(), 24)?);
+            }
             let mut trie = LpmTrie::<_, [u8; 16], u8>::try_from(
                 self.ebpf
                     .map_mut(MAP_XDP_BLOCK_NET)
                     .context("CIDR blocklist map")?,
             )?;
-            for (bits, addr) in blocklist(class.blocked_prefixes)? {
+            let mut filter: Box<Filter> = Box::new([0; FILTER_WORDS]);
+            for (bits, addr) in entries {
                 trie.insert(&Key::new(bits, addr), 1, 0)
                     .context("filling the CIDR blocklist")?;
+                mark(&mut filter, bits, &addr);
+            }
+            // As the daemon and the CLI do (`portcullis::xdp::block_filter`); an object from before the prefilter
+            // has no such map and looks every source up.
+            if let Some(map) = self.ebpf.map_mut(MAP_XDP_BLOCK_NET_FILTER) {
+                let mut map = Array::<_, u64>::try_from(map)?;
+                for (index, word) in (0u32..).zip(filter.iter()) {
+                    map.set(index, *word, 0)?;
+                }
             }
         }
         if let Some(setup) = &class.setup {
@@ -407,6 +428,7 @@ fn classes() -> Result<Vec<Class>> {
         syn_budget: false,
         shed: false,
         blocked_prefixes: 0,
+        prefix_near_source: false,
         distinct: 0,
     };
     // The first segment of `bytes` from `port`, its flow recorded by that SYN first.
@@ -483,6 +505,12 @@ fn classes() -> Result<Vec<Class>> {
         Class {
             name: "client_hello (curl), 10,000 blocked",
             ..hello(50012, captured("curl_sni")?, 2)
+        },
+        Class {
+            name: "syn, 10,000 blocked, one in its /16",
+            blocked_prefixes: BLOCKED_PREFIXES,
+            prefix_near_source: true,
+            ..syn(50013, 2)
         },
     ])
 }

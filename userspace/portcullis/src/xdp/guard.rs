@@ -3,15 +3,15 @@
 use anyhow::{Context as _, bail};
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray},
     programs::Xdp,
 };
 use portcullis_abi::{
     limits::{ADDR_LEN, BudgetSlot},
     names::{
-        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_BUDGET_SEED,
-        MAP_XDP_CONFIG, MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET, MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET,
-        MAP_XDP_VERDICTS, PROG_XDP,
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER,
+        MAP_XDP_BUDGET_SEED, MAP_XDP_CONFIG, MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET,
+        MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP,
     },
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
@@ -19,7 +19,7 @@ use portcullis_abi::{
 use super::{
     XdpCounters, XdpSettings,
     attach::{Attachment, attach},
-    budget_seed, fp_count,
+    block_filter, budget_seed, fp_count,
     logs::{LogPump, bpf_log_level},
     object,
     pins::{Persistent, Pins, reusable_pin},
@@ -154,6 +154,20 @@ impl XdpGuard {
             .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_COUNT}` is not an array of u32; rebuild with `cargo xtask build`"))?;
         fp_count::store(&mut count, blocked)?;
 
+        // Likewise the CIDR blocklist's prefilter, or a prefix blocked while the daemon was down would not block.
+        let trie: LpmTrie<&MapData, [u8; ADDR_LEN], u8> = ebpf
+            .map(MAP_XDP_BLOCK_NET)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_NET}`; rebuild it with `cargo xtask build`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_BLOCK_NET}` is not an LPM trie of 16-byte keys; rebuild with `cargo xtask build`"))?;
+        let prefilter = block_filter::of(&trie)?;
+        let mut filter: Array<&mut MapData, u64> = ebpf
+            .map_mut(MAP_XDP_BLOCK_NET_FILTER)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_NET_FILTER}`; rebuild it with `cargo xtask build`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_BLOCK_NET_FILTER}` is not an array of u64; rebuild with `cargo xtask build`"))?;
+        block_filter::store(&mut filter, &prefilter)?;
+
         // The budget tables' slot hash is keyed (`portcullis_abi::limits::BudgetSlot`): the first start draws the
         // key, later ones keep the pinned one so every source keeps its slot and budget.
         let mut seed: Array<&mut MapData, u64> = ebpf
@@ -191,6 +205,7 @@ impl XdpGuard {
             MAP_XDP_MALFORMED,
             MAP_XDP_FLOWS,
             MAP_XDP_BLOCK_FP_COUNT,
+            MAP_XDP_BLOCK_NET_FILTER,
         ] {
             let map = ebpf
                 .map(name)

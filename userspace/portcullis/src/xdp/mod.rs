@@ -10,6 +10,8 @@
 //! - [`budget_seed`]: the random key of the budget tables' slot hash, drawn once and pinned with them.
 //! - [`fp_count`]: the count of blocked fingerprints beside the blocklist, which lets the program skip
 //!   fingerprinting while none is blocked (the CLI shares it).
+//! - [`block_filter`]: the prefilter of the CIDR blocklist, rebuilt from the trie, which lets the program skip the
+//!   trie lookup for sources no blocked prefix can cover (the CLI shares it).
 //! - [`counters`]: [`XdpCounters`], a cheap handle that sums the per-CPU verdict counters.
 //! - [`shed`]: [`SynShed`], the SYN shed fraction admission control turns while it sheds.
 //! - [`refusal`]: what to say when the kernel refuses a program with "permission denied": the verifier's
@@ -27,13 +29,15 @@
 //! - State pins (`xdp_syn_budget`, `xdp_ch_budget` and their hash key `xdp_budget_seed`, `xdp_block_net`,
 //!   `xdp_block_fp`) are never removed: the next
 //!   start reuses them (after checking their key and value sizes), so budgets and blocklists survive restarts and
-//!   upgrades. `xdp_malformed`, `xdp_flows` and `xdp_block_fp_n` (the blocklist's count, recounted at start)
-//!   are pinned per run like the verdict counters.
+//!   upgrades. `xdp_malformed`, `xdp_flows`, `xdp_block_fp_n` (the blocklist's count, recounted at start) and
+//!   `xdp_block_pre` (the CIDR blocklist's prefilter, rebuilt at start) are pinned per run like the verdict
+//!   counters.
 //! - The program fails open: it drops only blocked sources and fingerprints, over-budget SYNs and ClientHellos and
 //!   proven-malformed ClientHellos (never one cut short), and `[xdp] enforce = false` turns even that into
 //!   counting.
 
 mod attach;
+pub(crate) mod block_filter;
 mod budget_seed;
 mod counters;
 pub(crate) mod fp_count;

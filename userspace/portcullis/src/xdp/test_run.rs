@@ -12,7 +12,9 @@ use aya::{
 };
 use portcullis_abi::{
     limits::block_entry,
-    names::{MAP_XDP_BLOCK_NET, MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP},
+    names::{
+        MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP,
+    },
     packet::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, fixtures, frame, ipv4, ipv6, tcp},
     verdict::Verdict,
@@ -212,7 +214,9 @@ fn blocked_prefixes_drop_until_removed() {
     let (mut ebpf, counters) = load(config);
     let syn = v4_from([10, 0, 0, 1], TCP_FLAG_SYN);
     let ack = v4_from([10, 0, 0, 1], TCP_FLAG_ACK);
+    // In the blocked prefix's /16 (its prefilter bit set: the trie decides), and in another /16 (bit clear).
     let outside = v4_from([10, 0, 1, 1], TCP_FLAG_SYN);
+    let far = v4_from([192, 0, 2, 1], TCP_FLAG_SYN);
     let mut v6_ip = ipv6(6);
     v6_ip[8..24].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1]);
     let v6 = frame(&[], ETH_P_IPV6, &v6_ip, &tcp(LISTENER, TCP_FLAG_SYN));
@@ -234,6 +238,14 @@ fn blocked_prefixes_drop_until_removed() {
                 trie.remove(&key).expect("remove");
             }
         }
+        // As the CLI does after each change: the program looks at the trie only where the prefilter says.
+        let filter = crate::xdp::block_filter::of(&trie).expect("read the trie");
+        let mut map: Array<_, u64> = Array::try_from(
+            ebpf.map_mut(MAP_XDP_BLOCK_NET_FILTER)
+                .expect("prefilter map"),
+        )
+        .expect("array");
+        crate::xdp::block_filter::store(&mut map, &filter).expect("write the prefilter");
     };
     set(&mut ebpf, true);
     assert_eq!(
@@ -250,6 +262,10 @@ fn blocked_prefixes_drop_until_removed() {
     );
     assert_eq!(
         run(&mut ebpf, &counters, &outside),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &far),
         (XDP_PASS, Verdict::PassListenerTcp)
     );
     assert_eq!(

@@ -1,0 +1,53 @@
+//! The prefilter of the CIDR blocklist (`xdp_block_pre`, `portcullis_abi::block_filter`): set from the trie's
+//! entries by whoever changes the trie, `portcullis xdp block add|del` after each change, the daemon at start
+//! (the trie is pinned for good and may have changed while it was down).
+//!
+//! Rebuilt whole rather than updated bit by bit, so a filter that went wrong (two CLIs at once, an entry written
+//! with bpftool) is right again after the next change or start. Every word is written with its final value, so
+//! while it is rewritten a bit still needed is never cleared: an added prefix blocks once its bits are written,
+//! a removed one's bits clear only where no other prefix needs them.
+
+use std::borrow::{Borrow, BorrowMut};
+
+use anyhow::Context as _;
+use aya::maps::{Array, LpmTrie, MapData};
+use portcullis_abi::{
+    block_filter::{FILTER_WORDS, Filter, mark},
+    limits::ADDR_LEN,
+    names::{MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER},
+};
+
+/// The filter of every entry of `trie`.
+///
+/// # Errors
+/// The trie could not be read.
+pub(crate) fn of<T: Borrow<MapData>>(
+    trie: &LpmTrie<T, [u8; ADDR_LEN], u8>,
+) -> anyhow::Result<Box<Filter>> {
+    let mut filter: Box<Filter> = Box::new([0; FILTER_WORDS]);
+    for key in trie.keys() {
+        let key = key.with_context(|| format!("cannot read map `{MAP_XDP_BLOCK_NET}`"))?;
+        mark(&mut filter, key.prefix_len(), &key.data());
+    }
+    Ok(filter)
+}
+
+/// Writes `filter` into the map the XDP program reads, word by word.
+///
+/// # Errors
+/// The kernel refused a write (the map is not the array this version pins).
+pub(crate) fn store<T: BorrowMut<MapData>>(
+    map: &mut Array<T, u64>,
+    filter: &Filter,
+) -> anyhow::Result<()> {
+    for (index, word) in (0u32..).zip(filter.iter()) {
+        map.set(index, *word, 0)
+            .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_NET_FILTER}`"))?;
+    }
+    Ok(())
+}
+
+/// Bits set in `filter`, for `portcullis xdp status`.
+pub(crate) fn bits_set(filter: &Filter) -> u32 {
+    filter.iter().map(|w| w.count_ones()).sum()
+}
