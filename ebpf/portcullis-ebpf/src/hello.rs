@@ -5,12 +5,14 @@
 //! costs the program one instruction of verification whatever path led there. (Inlined into the program it is
 //! walked once per way of reaching it, far past the budget.)
 //!
-//! Inside it the parser's [`stages`] run one after another, and each begins by looking this CPU's slot of
-//! [`XDP_HELLO_WS`] up again. That lookup is what keeps the verification linear: a helper call makes LLVM reload
-//! the parse state from the map value instead of carrying it over in registers, and the verifier does not track
-//! what a map value holds, so every way the previous step ended reaches the next one in the same state, and the
-//! verifier walks the rest once instead of once per way (≈ 360k instructions; with one lookup for the whole
-//! parse, past one million). This is also why the state lives in a map value and not on the stack.
+//! Inside it the parser's [`stages`] run one after another on this CPU's slot of [`XDP_HELLO_WS`], and each
+//! begins by passing the slot's pointer through [`forget`], an `asm!` register move LLVM must assume reads and
+//! writes memory. That is what keeps the verification linear: LLVM reloads the parse state from the map value
+//! instead of carrying it over in registers, and the verifier does not track what a map value holds, so every
+//! way the previous step ended reaches the next one in the same state, and the verifier walks the rest once
+//! instead of once per way (≈ 380k instructions; without the barrier, past one million). A fresh lookup of the
+//! slot per step did the same at the cost of the lookup (2–5% of a parse). This is also why the state lives in a
+//! map value and not on the stack.
 //! Running the steps as one global function each instead cost a call (through the kernel's return thunk) and a
 //! reload per step: 15–24% of every parsing row (`BENCHMARKS.md`).
 //!
@@ -152,13 +154,11 @@ fn opaque(mut x: usize) -> usize {
     x
 }
 
-/// Runs one step on this CPU's scratch, looked up again (see the module docs); a missing scratch reads as
-/// truncation (pass: fail open).
+/// Runs one step on `scratch`; see the module docs for why it goes through [`forget`] first.
 #[inline(always)]
-fn run(ctx: *mut xdp_md, step: Step) -> i32 {
-    let Some(scratch) = scratch() else {
-        return stages::TRUNCATED;
-    };
+fn run(ctx: *mut xdp_md, scratch: *mut Scratch, step: Step) -> i32 {
+    // SAFETY: this CPU's slot (see `scratch`), valid for the run.
+    let scratch = unsafe { &mut *forget(scratch) };
     // SAFETY: `ctx` is the XDP context the kernel passed to the program, valid for the run.
     let (data, end) = unsafe { ((*ctx).data as usize, (*ctx).data_end as usize) };
     let payload = Payload {
@@ -169,13 +169,29 @@ fn run(ctx: *mut xdp_md, step: Step) -> i32 {
     stages::run(step, &payload, &mut scratch.workspace)
 }
 
-/// The steps run in place, one after another, each on its own lookup of the scratch.
-struct InPlace(*mut xdp_md);
+/// `scratch`, through a register move that LLVM must assume reads and writes memory: what it knew of the
+/// scratch's contents is forgotten and reloaded.
+#[inline(always)]
+fn forget(mut scratch: *mut Scratch) -> *mut Scratch {
+    // SAFETY: one register move of the pointer to itself; no stack or flags touched. Without `nomem`, LLVM
+    // assumes the move may read and write any memory the pointer reaches.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) scratch, options(nostack, preserves_flags));
+    }
+    scratch
+}
+
+/// The steps run in place, one after another, each forgetting what the one before left in registers.
+struct InPlace {
+    ctx: *mut xdp_md,
+    scratch: *mut Scratch,
+}
 
 impl Stages for InPlace {
     #[inline(always)]
     fn run(&mut self, step: Step) -> i32 {
-        run(self.0, step)
+        run(self.ctx, self.scratch, step)
     }
 }
 
@@ -183,7 +199,10 @@ impl Stages for InPlace {
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn portcullis_hello_parse(ctx: *mut xdp_md) -> i32 {
-    stages::drive(&mut InPlace(ctx))
+    let Some(scratch) = scratch() else {
+        return stages::TRUNCATED;
+    };
+    stages::drive(&mut InPlace { ctx, scratch })
 }
 
 /// What the XDP program needs from one parse.

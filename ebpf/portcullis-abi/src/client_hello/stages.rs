@@ -1,5 +1,5 @@
-//! The parse as a few steps over a [`Workspace`], so that the XDP program can run each stage on a
-//! fresh lookup of its workspace.
+//! The parse as a few steps over a [`Workspace`], so that the XDP program can start each stage from
+//! what it stored in its workspace, not from registers.
 //!
 //! The [`Step`]s, in order: the headers and the compression methods; the cipher suites into the
 //! fingerprint; the extensions (up to [`EXTENSIONS_PER_STEP`] per step); the two list extensions
@@ -7,9 +7,9 @@
 //! ClientHello; the supported_groups list into the fingerprint. The two fingerprint steps run only
 //! while a fingerprint is computed ([`HASH`] asks for them). [`drive`] runs them through the [`Stages`]
 //! trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse) does); the XDP program runs
-//! them one after another in one BPF function, each on its own lookup of the per-CPU workspace, which
-//! makes every way a step can end reach the next step in one verifier state (`portcullis-ebpf`'s
-//! `hello.rs`). Within a step there is no such reset, so at most one bounded loop runs per step: the
+//! them one after another in one BPF function, each reloading its state from the per-CPU workspace
+//! after a compiler barrier, which makes every way a step can end reach the next step in one verifier
+//! state (`portcullis-ebpf`'s `hello.rs`). Within a step there is no such reset, so at most one bounded loop runs per step: the
 //! verifier walks a loop after a loop once per way out of the first, so two in one step multiply.
 //!
 //! Every stage returns an `i32` status, because that is what a global BPF function may return:
@@ -72,7 +72,7 @@ pub enum Step {
     Groups,
 }
 
-/// Runs the steps of one parse; the BPF program implements it with a fresh lookup of its workspace per step.
+/// Runs the steps of one parse; the BPF program implements it with a compiler barrier before each step.
 pub trait Stages {
     /// Runs `step` and returns its status.
     fn run(&mut self, step: Step) -> i32;
@@ -215,8 +215,8 @@ fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i3
         fingerprint,
         ..
     } = workspace;
-    // Several extensions per step: in XDP each step looks its workspace up again
-    // and reloads the walk's state from it, which cost more than a small extension's walk.
+    // Several extensions per step: in XDP each step reloads the walk's state from the workspace, which
+    // cost more than a small extension's walk.
     let mut walk = CONTINUE;
     for _ in 0..EXTENSIONS_PER_STEP {
         walk = match extensions::step(

@@ -464,9 +464,10 @@ fn the_program_stays_far_from_the_verifier_budget() {
         .verified_instruction_count()
         .expect("kernel reports verified instructions (5.16+)");
     eprintln!("verifier processed {verified} instructions (limit 1000000)");
-    // The parse with one workspace lookup for all its steps went past 1,000,000; with a lookup per step (each
-    // step then starts from what the verifier knows of a map value, whatever way the step before it ended) it
-    // is ≈ 360,000. A regression that multiplies states shows up here long before the load fails.
+    // The parse with its steps' state carried in registers from one step to the next went past 1,000,000; with
+    // a compiler barrier before each step (which then reloads its state from the map value, and so starts from
+    // what the verifier knows of one, whatever way the step before it ended) it is ≈ 380,000. A regression that
+    // multiplies states shows up here long before the load fails.
     assert!(
         verified < 400_000,
         "{verified} verified instructions: a parse step has started to multiply verifier states"
