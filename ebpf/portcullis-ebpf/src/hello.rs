@@ -115,27 +115,20 @@ impl HelloBytes for Payload {
 #[inline(always)]
 unsafe fn load<const N: usize>(at: usize) -> [u8; N] {
     #[cfg(target_arch = "bpf")]
-    {
-        if N == 2 {
-            let word: u64;
-            // SAFETY: the caller's promise; a load into a register, no stack or flags touched.
-            unsafe {
+    if N == 2 || N == 4 {
+        let word: u64;
+        // SAFETY: the caller's promise; a load into a register (zero-extended), no stack or flags touched.
+        unsafe {
+            if N == 2 {
                 core::arch::asm!("{0} = *(u16 *)({1} + 0)", out(reg) word, in(reg) at,
                     options(pure, readonly, nostack, preserves_flags));
-            }
-            // SAFETY: `N == 2`: the same type.
-            return unsafe { core::mem::transmute_copy(&(word as u16).to_le_bytes()) };
-        }
-        if N == 4 {
-            let word: u64;
-            // SAFETY: as above.
-            unsafe {
+            } else {
                 core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) word, in(reg) at,
                     options(pure, readonly, nostack, preserves_flags));
             }
-            // SAFETY: `N == 4`: the same type.
-            return unsafe { core::mem::transmute_copy(&(word as u32).to_le_bytes()) };
         }
+        // SAFETY: `N <= 8`: the first `N` of the word's little-endian bytes, the ones loaded, in memory order.
+        return unsafe { core::mem::transmute_copy(&word.to_le_bytes()) };
     }
     // SAFETY: the caller's promise; `[u8; N]` has alignment 1.
     unsafe { core::ptr::read_unaligned(at as *const [u8; N]) }
