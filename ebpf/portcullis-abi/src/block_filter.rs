@@ -7,9 +7,9 @@
 //! prefix covers the source, so the filter never lets a blocked source through; a set bit only means "look": a
 //! source sharing a /16 (or a /32's hash) with a blocked prefix pays the lookup as before.
 //!
-//! The filter is derived state: whoever changes the trie sets it from the trie's entries ([`mark`] on a zeroed
-//! [`Filter`]), the `portcullis xdp block add|del` CLI after each change, the daemon at start. An entry written
-//! into the trie by other means (bpftool) blocks only once one of them has run.
+//! The filter is derived state: whoever changes the trie sets it from the trie's entries ([`mark`]): `portcullis
+//! xdp block add` the new prefix's bits, `block del` and the daemon at start the whole filter, rebuilt. An entry
+//! written into the trie by other means (bpftool) blocks only once a rebuild has run.
 //!
 //! Bits `0..65536` are IPv4 (`a.b` of `a.b.c.d` as a 16-bit number), bits `65536..131072` IPv6 (a multiplicative
 //! hash of the first 32 bits; not keyed: addresses chosen to collide with a blocked /32 only pay the lookup).

@@ -37,8 +37,8 @@ pub const MAP_XDP_BUDGET_SEED: &str = "xdp_budget_seed";
 pub const MAP_XDP_BLOCK_NET: &str = "xdp_block_net";
 
 /// Array of [`crate::block_filter::FILTER_WORDS`] `u64`: the prefilter of [`MAP_XDP_BLOCK_NET`] (a bit per IPv4
-/// /16 and per hashed IPv6 /32 that a blocked prefix may cover; [`crate::block_filter`]). Set from the trie by
-/// `portcullis xdp block add|del` after each change and by the daemon at start.
+/// /16 and per hashed IPv6 /32 that a blocked prefix may cover; [`crate::block_filter`]). `portcullis xdp block
+/// add` sets a new prefix's bits; `block del` and the daemon at start rebuild it from the trie.
 pub const MAP_XDP_BLOCK_NET_FILTER: &str = "xdp_block_pre";
 
 /// Array of [`crate::flow::FlowSet`]s (indexed by [`crate::flow::flow_set`]) recording connections whose SYN

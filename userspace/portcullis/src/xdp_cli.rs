@@ -204,8 +204,7 @@ fn block_filter(dir: &Path) -> anyhow::Result<Array<MapData, u64>> {
     )
 }
 
-/// Rebuilds the blocklist's prefilter after a change: the XDP program looks a source up in the trie only when its
-/// bit is set, so an added prefix would not block without it (`xdp::block_filter`).
+/// Rebuilds the blocklist's prefilter after a removal (`xdp::block_filter`).
 fn store_block_filter(
     dir: &Path,
     trie: &LpmTrie<MapData, [u8; ADDR_LEN], u8>,
@@ -266,7 +265,7 @@ fn status(dir: &Path) -> anyhow::Result<()> {
     } else {
         println!(
             "prefilter        STALE: the trie holds prefixes whose bits are clear, so they do not block (an entry \
-             written with bpftool?); any `block add|del` or a daemon restart rebuilds it"
+             written with bpftool?); a `block del` or a daemon restart rebuilds it"
         );
     }
     let listed = crate::xdp::fp_count::count(&fingerprint_blocklist(dir)?);
@@ -386,10 +385,11 @@ fn block(dir: &Path, action: BlockAction) -> anyhow::Result<()> {
     match action {
         BlockAction::Add { cidr } => {
             let (bits, addr) = parse_cidr(&cidr)?;
-            let mut trie = blocklist(dir)?;
-            trie.insert(&Key::new(bits, addr), 1, 0)
+            blocklist(dir)?
+                .insert(&Key::new(bits, addr), 1, 0)
                 .with_context(|| format!("cannot add {cidr} to the blocklist (is it full?)"))?;
-            store_block_filter(dir, &trie)?;
+            // The program looks a source up only where the prefilter says (`xdp::block_filter`).
+            crate::xdp::block_filter::add(&mut block_filter(dir)?, bits, &addr)?;
         }
         BlockAction::Del { cidr } => {
             let (bits, addr) = parse_cidr(&cidr)?;

@@ -1,11 +1,13 @@
 //! The prefilter of the CIDR blocklist (`xdp_block_pre`, `portcullis_abi::block_filter`): set from the trie's
-//! entries by whoever changes the trie, `portcullis xdp block add|del` after each change, the daemon at start
+//! entries by whoever changes the trie, `portcullis xdp block add|del` with each change, the daemon at start
 //! (the trie is pinned for good and may have changed while it was down).
 //!
-//! Rebuilt whole rather than updated bit by bit, so a filter that went wrong (two CLIs at once, an entry written
-//! with bpftool) is right again after the next change or start. Every word is written with its final value, so
-//! while it is rewritten a bit still needed is never cleared: an added prefix blocks once its bits are written,
-//! a removed one's bits clear only where no other prefix needs them.
+//! An added prefix ORs its bits into the words it touches ([`add`]: a few map updates, so loading a long list one
+//! `block add` at a time stays cheap); a removal rebuilds the whole filter from the trie ([`of`], [`store`]), as
+//! the daemon does at start, so a filter that went wrong (two CLIs at once, an entry written with bpftool) is
+//! right again after the next removal or start. Every word is written with its final value, so while the filter
+//! is rewritten a bit still needed is never cleared: an added prefix blocks once its bits are written, a removed
+//! one's bits clear only where no other prefix needs them.
 
 use std::borrow::{Borrow, BorrowMut};
 
@@ -42,6 +44,31 @@ pub(crate) fn store<T: BorrowMut<MapData>>(
 ) -> anyhow::Result<()> {
     for (index, word) in (0u32..).zip(filter.iter()) {
         map.set(index, *word, 0)
+            .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_NET_FILTER}`"))?;
+    }
+    Ok(())
+}
+
+/// Sets the bits of the trie entry `(prefix_bits, addr)` in the map the XDP program reads, word by word (read,
+/// OR, write), leaving the others as they are.
+///
+/// # Errors
+/// The kernel refused a read or a write (the map is not the array this version pins).
+pub(crate) fn add<T: BorrowMut<MapData>>(
+    map: &mut Array<T, u64>,
+    prefix_bits: u32,
+    addr: &[u8; ADDR_LEN],
+) -> anyhow::Result<()> {
+    let mut entry: Box<Filter> = Box::new([0; FILTER_WORDS]);
+    mark(&mut entry, prefix_bits, addr);
+    for (index, bits) in (0u32..).zip(entry.iter()) {
+        if *bits == 0 {
+            continue;
+        }
+        let word = map
+            .get(&index, 0)
+            .with_context(|| format!("cannot read map `{MAP_XDP_BLOCK_NET_FILTER}`"))?;
+        map.set(index, word | bits, 0)
             .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_NET_FILTER}`"))?;
     }
     Ok(())

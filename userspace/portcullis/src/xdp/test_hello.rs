@@ -466,10 +466,11 @@ fn the_program_stays_far_from_the_verifier_budget() {
     eprintln!("verifier processed {verified} instructions (limit 1000000)");
     // The parse with its steps' state carried in registers from one step to the next went past 1,000,000; with
     // a compiler barrier before each step (which then reloads its state from the map value, and so starts from
-    // what the verifier knows of one, whatever way the step before it ended) it is ≈ 380,000. A regression that
-    // multiplies states shows up here long before the load fails.
+    // what the verifier knows of one, whatever way the step before it ended) it is ≈ 380,000 (313,000 to 379,000
+    // as the code generation moved this session). A regression that multiplies states at least doubles it, so
+    // half the limit catches it long before the load fails.
     assert!(
-        verified < 400_000,
+        verified < 500_000,
         "{verified} verified instructions: a parse step has started to multiply verifier states"
     );
 }
