@@ -198,19 +198,17 @@ fn blocklist(dir: &Path) -> anyhow::Result<LpmTrie<MapData, [u8; ADDR_LEN], u8>>
     )
 }
 
-fn block_filter(dir: &Path) -> anyhow::Result<Array<MapData, u64>> {
-    open(dir, MAP_XDP_BLOCK_NET_FILTER)?.try_into().context(
+/// The pinned prefilter of the blocklist (`xdp::block_filter`); `None` when the blocklist is pinned without it: no
+/// daemon runs (it is pinned per run; the next start rebuilds it from the trie) or the running daemon's program
+/// predates it (it looks every source up in the trie).
+fn block_filter(dir: &Path) -> anyhow::Result<Option<Array<MapData, u64>>> {
+    if !dir.join(MAP_XDP_BLOCK_NET_FILTER).exists() && dir.join(MAP_XDP_BLOCK_NET).exists() {
+        return Ok(None);
+    }
+    let map = open(dir, MAP_XDP_BLOCK_NET_FILTER)?.try_into().context(
         "the pinned prefilter of the blocklist is not an array of u64: daemon and CLI versions differ",
-    )
-}
-
-/// Rebuilds the blocklist's prefilter after a removal (`xdp::block_filter`).
-fn store_block_filter(
-    dir: &Path,
-    trie: &LpmTrie<MapData, [u8; ADDR_LEN], u8>,
-) -> anyhow::Result<()> {
-    let filter = crate::xdp::block_filter::of(trie)?;
-    crate::xdp::block_filter::store(&mut block_filter(dir)?, &filter)
+    )?;
+    Ok(Some(map))
 }
 
 fn status(dir: &Path) -> anyhow::Result<()> {
@@ -249,7 +247,12 @@ fn status(dir: &Path) -> anyhow::Result<()> {
     );
     println!("blocked prefixes {blocked}");
     // What the program reads against what the trie needs: a stale prefilter lets blocked sources through.
-    let pinned = block_filter(dir)?;
+    let Some(pinned) = block_filter(dir)? else {
+        println!(
+            "prefilter        none (the running daemon's program looks every source up in the trie)"
+        );
+        return fingerprint_status(dir);
+    };
     let mut read: Box<Filter> = Box::new([0; FILTER_WORDS]);
     for (index, word) in (0u32..).zip(read.iter_mut()) {
         *word = pinned.get(&index, 0).context(
@@ -268,6 +271,11 @@ fn status(dir: &Path) -> anyhow::Result<()> {
              written with bpftool?); a `block del` or a daemon restart rebuilds it"
         );
     }
+    fingerprint_status(dir)
+}
+
+/// The fingerprint lines of `portcullis xdp status`.
+fn fingerprint_status(dir: &Path) -> anyhow::Result<()> {
     let listed = crate::xdp::fp_count::count(&fingerprint_blocklist(dir)?);
     println!("blocked fingerprints {listed}");
     let counted = fingerprint_count(dir)?.get(&0, 0).context(
@@ -385,18 +393,26 @@ fn block(dir: &Path, action: BlockAction) -> anyhow::Result<()> {
     match action {
         BlockAction::Add { cidr } => {
             let (bits, addr) = parse_cidr(&cidr)?;
-            blocklist(dir)?
-                .insert(&Key::new(bits, addr), 1, 0)
+            // Both maps opened before either changes, so a version mismatch changes nothing.
+            let mut trie = blocklist(dir)?;
+            let filter = block_filter(dir)?;
+            trie.insert(&Key::new(bits, addr), 1, 0)
                 .with_context(|| format!("cannot add {cidr} to the blocklist (is it full?)"))?;
             // The program looks a source up only where the prefilter says (`xdp::block_filter`).
-            crate::xdp::block_filter::add(&mut block_filter(dir)?, bits, &addr)?;
+            if let Some(mut filter) = filter {
+                crate::xdp::block_filter::add(&mut filter, bits, &addr)?;
+            }
         }
         BlockAction::Del { cidr } => {
             let (bits, addr) = parse_cidr(&cidr)?;
             let mut trie = blocklist(dir)?;
+            let filter = block_filter(dir)?;
             trie.remove(&Key::new(bits, addr))
                 .with_context(|| format!("{cidr} is not in the blocklist"))?;
-            store_block_filter(dir, &trie)?;
+            if let Some(mut filter) = filter {
+                let rebuilt = crate::xdp::block_filter::of(&trie)?;
+                crate::xdp::block_filter::store(&mut filter, &rebuilt)?;
+            }
         }
         BlockAction::List => {
             for key in blocklist(dir)?.keys() {
