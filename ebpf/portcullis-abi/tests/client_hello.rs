@@ -554,6 +554,33 @@ fn rustls_acceptor_takes_every_fixture() {
 }
 
 #[test]
+fn record_versions_rustls_takes_are_not_malformed() {
+    // rustls' record layer takes 0x03XX and the versions it has names for (found by the differential fuzz
+    // target with 0x0002): a ClientHello in such a record is one the daemon would serve.
+    let curl = FIXTURES
+        .iter()
+        .find(|f| f.name == "curl_sni")
+        .expect("the curl fixture");
+    for version in [0x0002u16, 0xfeff, 0xfefd, 0xfefc, 0x0300, 0x0304] {
+        let mut bytes = curl.bytes.to_vec();
+        bytes[1..3].copy_from_slice(&version.to_be_bytes());
+        assert!(rustls_accepts(&bytes), "{version:#06x}: rustls rejects it");
+        assert!(parse(&bytes).is_ok(), "{version:#06x}: called malformed");
+    }
+    // What rustls rejects stays malformed here.
+    for version in [0x0000u16, 0x0201, 0x0400, 0xfefe] {
+        let mut bytes = curl.bytes.to_vec();
+        bytes[1..3].copy_from_slice(&version.to_be_bytes());
+        assert!(!rustls_accepts(&bytes), "{version:#06x}: rustls takes it");
+        assert_eq!(
+            parse(&bytes).map(|_| ()),
+            Err(Malformed::BadRecordVersion),
+            "{version:#06x}"
+        );
+    }
+}
+
+#[test]
 fn random_mutations_never_panic_and_rustls_accepted_hellos_are_never_malformed() {
     // Where this parser is stricter than rustls' Acceptor by design. Acceptor takes any
     // legacy_version (RFC 8446 §4.1.2 fixes it at 0x0303; major 3 is the least a TLS client

@@ -14,7 +14,8 @@ pub enum Malformed {
     /// The first record's content type is not handshake (22): plaintext HTTP, an SSLv2-style
     /// hello, or another protocol on the TLS port.
     NotHandshakeRecord = 0,
-    /// The record's legacy_record_version is not 0x03XX (SSLv3/TLS).
+    /// The record's legacy_record_version is not 0x03XX (SSLv3/TLS), nor one of the few others rustls takes
+    /// (0x0002, and the DTLS versions 0xFEFF, 0xFEFD, 0xFEFC).
     BadRecordVersion = 1,
     /// The record is empty; RFC 8446 §5.1 forbids zero-length handshake fragments.
     EmptyRecord = 2,

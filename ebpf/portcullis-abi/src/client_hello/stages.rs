@@ -191,6 +191,12 @@ pub fn outcome<I: HelloBytes + ?Sized>(
     Ok(*summary)
 }
 
+/// Record versions outside 0x03XX that rustls' record layer takes (the ones it has names for: SSLv2, DTLS 1.0,
+/// 1.2, 1.3), and so the daemon would serve a ClientHello in: the parser must not call them malformed, or XDP would
+/// drop handshakes the daemon accepts (the differential fuzz target found 0x0002). No TLS client sends them: RFC
+/// 8446 §5.1 has 0x0301 or 0x0303, and says the field "MUST be ignored for all purposes".
+const RUSTLS_RECORD_VERSIONS: [u16; 4] = [0x0002, 0xfeff, 0xfefd, 0xfefc];
+
 /// The status of a stage's result.
 #[inline(always)]
 fn status(result: Result<(), Halt>) -> i32 {
@@ -254,7 +260,7 @@ fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Re
         return Err(Malformed::NotHandshakeRecord.into());
     }
     let record_version = record.u16(input)?;
-    if record_version >> 8 != 3 {
+    if record_version >> 8 != 3 && !RUSTLS_RECORD_VERSIONS.contains(&record_version) {
         return Err(Malformed::BadRecordVersion.into());
     }
     summary.record_version = record_version;
