@@ -39,6 +39,12 @@ pub fn source_bit(src: &[u8; ADDR_LEN]) -> u32 {
     }
 }
 
+/// The word of the filter that holds `bit`, and the bit's mask in it.
+#[inline(always)]
+pub const fn word_of(bit: u32) -> (u32, u64) {
+    (bit / 64, 1 << (bit % 64))
+}
+
 /// The IPv6 bit of addresses whose first 32 bits are `top`.
 #[inline(always)]
 const fn v6_bit(top: u32) -> u32 {
@@ -96,15 +102,16 @@ pub fn mark(filter: &mut Filter, prefix_bits: u32, addr: &[u8; ADDR_LEN]) {
         let end = first + count;
         let mut bit = first;
         while bit < end {
-            let Some(word) = filter.get_mut((bit / 64) as usize) else {
+            let (index, mask) = word_of(bit);
+            let Some(word) = filter.get_mut(index as usize) else {
                 return;
             };
             // Whole words where the run covers them (a run of 64 or more is a power of two, aligned).
-            if bit % 64 == 0 && end - bit >= 64 {
+            if mask == 1 && end - bit >= 64 {
                 *word = u64::MAX;
                 bit += 64;
             } else {
-                *word |= 1 << (bit % 64);
+                *word |= mask;
                 bit += 1;
             }
         }
@@ -113,9 +120,10 @@ pub fn mark(filter: &mut Filter, prefix_bits: u32, addr: &[u8; ADDR_LEN]) {
 
 /// Whether `filter` has `bit` set (what the XDP program tests, from the map).
 pub fn is_set(filter: &Filter, bit: u32) -> bool {
+    let (index, mask) = word_of(bit);
     filter
-        .get((bit / 64) as usize)
-        .is_some_and(|word| word & (1 << (bit % 64)) != 0)
+        .get(index as usize)
+        .is_some_and(|word| word & mask != 0)
 }
 
 #[cfg(test)]

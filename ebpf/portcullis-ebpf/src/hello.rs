@@ -14,7 +14,7 @@
 //! slot per step did the same at the cost of the lookup (2–5% of a parse). This is also why the state lives in a
 //! map value and not on the stack.
 //! Running the steps as one global function each instead cost a call (through the kernel's return thunk) and a
-//! reload per step: 15–24% of every parsing row (`BENCHMARKS.md`).
+//! reload per step: 21–40% of every parsing row (`BENCHMARKS.md`).
 //!
 //! XDP programs are not preempted on a CPU, so no other parse touches the slot in between. Each stage reads the
 //! payload in place, from `data`/`data_end` of its context: copying it into the slot first

@@ -28,7 +28,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use portcullis_abi::{
-    block_filter::{FILTER_WORDS, source_bit},
+    block_filter::{FILTER_WORDS, source_bit, word_of},
     limits::{
         ADDR_LEN, BUDGET_SLOTS, BudgetSlot, SYN_COST_MILLI, SourceKey, budget_slot, source_key,
     },
@@ -85,11 +85,11 @@ static XDP_BLOCK_NET_FILTER: Array<u64, FILTER_WORDS> = Array::new();
 /// Whether a blocked prefix covers `src`: the trie is looked up only when the prefilter's bit for it is set.
 #[inline(always)]
 fn source_blocked(src: &[u8; ADDR_LEN]) -> bool {
-    let bit = source_bit(src);
+    let (index, mask) = word_of(source_bit(src));
     // A missing word (it cannot be: the bit is below FILTER_BITS) reads as set: look the trie up (fail safe).
     let maybe = XDP_BLOCK_NET_FILTER
-        .get(bit / 64)
-        .is_none_or(|word| word & (1 << (bit % 64)) != 0);
+        .get(index)
+        .is_none_or(|word| word & mask != 0);
     maybe && XDP_BLOCK_NET.get(&Key::new(128, *src)).is_some()
 }
 
