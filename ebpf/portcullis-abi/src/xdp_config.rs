@@ -18,8 +18,8 @@ pub const XDP_CONFIG_KEY: u32 = 0;
 ///
 /// Layout (80 bytes): `ports` at 0, `port_count` at 32, `syn_shed_ppm` at 36, `syn_rate` at 40, `syn_burst` at 44,
 /// `v4_prefix_len` at 48, `v6_prefix_len` at 52, `enforce` at 56, `hello_rate` at 60, `hello_burst` at 64,
-/// `hello_resume_cost_milli` at 68, `syn_retry_shed_ppm` at 72, `_pad2` at 76. Host byte order throughout
-/// so that `bpftool map dump` prints values as an operator types them.
+/// `hello_resume_cost_milli` at 68, `syn_retry_shed_ppm` at 72, `jiffy_ns` at 76, `jiffies_origin` at 80, `_pad2`
+/// at 84. Host byte order throughout so that `bpftool map dump` prints values as an operator types them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpConfig {
@@ -56,12 +56,40 @@ pub struct XdpConfig {
     /// The larger of this and `syn_shed_ppm` applies to them. Written by admission control, which keeps it up
     /// for a while after a storm so the storm's retransmissions do not crowd out clients arriving afterwards.
     pub syn_retry_shed_ppm: u32,
+    /// Nanoseconds per jiffy (the kernel's tick, `clock_getres(CLOCK_MONOTONIC_COARSE)`): the budgets read the
+    /// time as jiffies (`bpf_jiffies64`, which the verifier turns into one load) instead of calling
+    /// `bpf_ktime_get_coarse_ns` (≈ 17 ns of a SYN's 41 with a budget). 0: call it. See [`clock_ns`].
+    pub jiffy_ns: u32,
+    /// `INITIAL_JIFFIES`, the jiffies count at boot, for [`clock_ns`]: set with `jiffy_ns` ([`jiffies_clock`]).
+    pub jiffies_origin: u32,
     /// Explicit padding; always 0.
     pub _pad2: u32,
 }
 
-const _: () = assert!(size_of::<XdpConfig>() == 80);
+const _: () = assert!(size_of::<XdpConfig>() == 88);
 const _: () = assert!(align_of::<XdpConfig>() == 4);
+
+/// `(jiffy_ns, jiffies_origin)` for a kernel whose tick is `tick_ns` nanoseconds: `INITIAL_JIFFIES` is
+/// `(unsigned int)(-300 * HZ)` (include/linux/jiffies.h: the count wraps 32 bits five minutes after boot), and the
+/// tick `(10^9 + HZ / 2) / HZ` ns (`TICK_NSEC`), so HZ is the nearest whole number of ticks per second.
+pub const fn jiffies_clock(tick_ns: u32) -> (u32, u32) {
+    if tick_ns == 0 {
+        return (0, 0);
+    }
+    let hz = (1_000_000_000 + tick_ns / 2) / tick_ns;
+    (tick_ns, (300u32.wrapping_mul(hz)).wrapping_neg())
+}
+
+/// CLOCK_MONOTONIC, in nanoseconds to within a tick, from the jiffies count: the kernel advances jiffies by whole
+/// `TICK_NSEC`s of the monotonic clock, counting from `INITIAL_JIFFIES` at boot, so the budgets' timestamps agree
+/// with those of `bpf_ktime_get_coarse_ns` (the clock when `jiffy_ns` is 0, and in earlier versions, whose pinned
+/// buckets a new daemon reuses).
+#[inline(always)]
+pub const fn clock_ns(jiffies: u64, config: &XdpConfig) -> u64 {
+    jiffies
+        .wrapping_sub(config.jiffies_origin as u64)
+        .wrapping_mul(config.jiffy_ns as u64)
+}
 
 /// Returned by [`XdpConfig::new`] when more listener ports are given than the map value holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +126,8 @@ impl XdpConfig {
         hello_burst: 0,
         hello_resume_cost_milli: 0,
         syn_retry_shed_ppm: 0,
+        jiffy_ns: 0,
+        jiffies_origin: 0,
         _pad2: 0,
     };
 
@@ -199,5 +229,16 @@ mod tests {
             !c.is_listener_port(0),
             "unused slots hold 0, which must never match"
         );
+    }
+
+    #[test]
+    fn jiffies_clock_matches_the_kernels_constants() {
+        use super::jiffies_clock;
+        // TICK_NSEC and INITIAL_JIFFIES for the usual HZ values (x86-64: unsigned long of the unsigned int).
+        assert_eq!(jiffies_clock(4_000_000), (4_000_000, 4_294_892_296)); // HZ=250
+        assert_eq!(jiffies_clock(1_000_000), (1_000_000, 4_294_667_296)); // HZ=1000
+        assert_eq!(jiffies_clock(3_333_333), (3_333_333, 4_294_877_296)); // HZ=300
+        assert_eq!(jiffies_clock(10_000_000), (10_000_000, 4_294_937_296)); // HZ=100
+        assert_eq!(jiffies_clock(0), (0, 0));
     }
 }

@@ -11,7 +11,6 @@
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap, PerCpuArray},
-    helpers::generated::bpf_ktime_get_coarse_ns,
     macros::btf_map,
     programs::XdpContext,
 };
@@ -162,8 +161,7 @@ fn hello_cost(config: &XdpConfig, resumption: bool) -> u64 {
 #[inline(always)]
 fn hello_bucket(packet: &Classification, config: &XdpConfig) -> Option<*mut TokenBucket> {
     let (slot, source) = crate::budget(&XDP_HELLO_BUDGET, packet, config)?;
-    // SAFETY: a helper without arguments (the coarse clock: see `syn_within_budget`).
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = crate::now_ns(config);
     // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token or tear
     // the slot, never make the value invalid (plain integers).
     unsafe {

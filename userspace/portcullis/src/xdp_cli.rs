@@ -240,6 +240,14 @@ fn status(dir: &Path) -> anyhow::Result<()> {
             config.hello_rate, config.hello_burst, config.hello_resume_cost_milli
         );
     }
+    if config.jiffy_ns == 0 {
+        println!("budget clock     bpf_ktime_get_coarse_ns");
+    } else {
+        println!(
+            "budget clock     jiffies, {} ns a tick (one load, no helper call)",
+            config.jiffy_ns
+        );
+    }
     println!(
         "syn shedding     {} of new SYNs, {} of retransmitted SYNs of shed flows (set by admission control)",
         ppm_percent(config.syn_shed_ppm),

@@ -43,7 +43,7 @@ use portcullis_abi::{
     },
     packet::{ETH_P_IP, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{LISTENER, frame, ipv4},
-    xdp_config::{XDP_CONFIG_KEY, XdpConfig},
+    xdp_config::{XDP_CONFIG_KEY, XdpConfig, jiffies_clock},
 };
 use serde_json::json;
 
@@ -144,6 +144,8 @@ impl Loaded {
     fn prepare(&mut self, class: &Class) -> Result<()> {
         let mut config = XdpConfig::new(&[LISTENER]).context("one port")?;
         config.enforce = 1;
+        // As the daemon does (`portcullis::xdp::clock`): the budgets read jiffies.
+        (config.jiffy_ns, config.jiffies_origin) = jiffies_clock(tick_ns()?);
         config.hello_rate = class.hello_rate;
         // A budget of the maximum never runs out; any other is spent by its first ClientHello.
         config.hello_burst = if class.hello_rate == u32::MAX {
@@ -208,6 +210,22 @@ impl Loaded {
         }
         Ok(())
     }
+}
+
+/// The kernel's tick: the resolution of CLOCK_MONOTONIC_COARSE.
+fn tick_ns() -> Result<u32> {
+    let mut res = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `res` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+        bail!(
+            "clock_getres(CLOCK_MONOTONIC_COARSE): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(u32::try_from(res.tv_nsec).unwrap_or(0))
 }
 
 /// Runs the benchmark.

@@ -101,6 +101,7 @@ impl XdpGuard {
         config.v4_prefix_len = u32::from(settings.source_prefix_v4);
         config.v6_prefix_len = u32::from(settings.source_prefix_v6);
         config.enforce = u32::from(settings.enforce);
+        (config.jiffy_ns, config.jiffies_origin) = super::clock::jiffies();
         let object = object::embedded()?;
 
         // The pin directory must exist before loading: the loader opens (or creates and pins) the persistent maps.

@@ -10,6 +10,7 @@
 //! - [`budget_seed`]: the random key of the budget tables' slot hash, drawn once and pinned with them.
 //! - [`fp_count`]: the count of blocked fingerprints beside the blocklist, which lets the program skip
 //!   fingerprinting while none is blocked (the CLI shares it).
+//! - [`clock`]: the kernel's tick, so the budgets read the time as jiffies (one load) instead of a helper call.
 //! - [`block_filter`]: the prefilter of the CIDR blocklist, rebuilt from the trie, which lets the program skip the
 //!   trie lookup for sources no blocked prefix can cover (the CLI shares it).
 //! - [`counters`]: [`XdpCounters`], a cheap handle that sums the per-CPU verdict counters.
@@ -39,6 +40,7 @@
 mod attach;
 pub(crate) mod block_filter;
 mod budget_seed;
+pub(crate) mod clock;
 mod counters;
 pub(crate) mod fp_count;
 mod guard;

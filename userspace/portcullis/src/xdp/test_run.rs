@@ -11,9 +11,10 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use portcullis_abi::{
-    limits::block_entry,
+    limits::{BudgetSlot, TokenBucket, block_entry, budget_slot, source_key, v4_mapped},
     names::{
-        MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_VERDICTS, PROG_XDP,
+        MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_SYN_BUDGET,
+        MAP_XDP_VERDICTS, PROG_XDP,
     },
     packet::{ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, fixtures, frame, ipv4, ipv6, tcp},
@@ -202,6 +203,55 @@ fn syn_budget_limits_one_source_and_not_the_others() {
     assert_eq!(
         run(&mut ebpf, &counters, &other),
         (XDP_PASS, Verdict::DropSynRate)
+    );
+}
+
+#[test]
+fn the_jiffies_clock_agrees_with_the_monotonic_clock() {
+    if skip_reason("the_jiffies_clock_agrees_with_the_monotonic_clock").is_some() {
+        return;
+    }
+    let mut config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
+    config.syn_rate = 1;
+    config.syn_burst = 1;
+    // What the daemon sets: the budgets read jiffies.
+    (config.jiffy_ns, config.jiffies_origin) = crate::xdp::clock::jiffies();
+    assert_ne!(config.jiffy_ns, 0, "this kernel reports no tick");
+    let (mut ebpf, counters) = load(config);
+    let src = [10, 0, 0, 1];
+    let source = source_key(&v4_mapped(src), 32, 64);
+    // A fresh load's slot hash key is 0 (the daemon draws one; nothing here does).
+    let index = budget_slot(&source, 0);
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).expect("clock");
+    let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
+    let minute = 60_000_000_000;
+    let stamp = |ebpf: &mut Ebpf, last_ns: u64| {
+        let slot = BudgetSlot {
+            source,
+            bucket: TokenBucket {
+                tokens_milli: 0,
+                last_ns,
+            },
+        };
+        Array::<_, BudgetSlot>::try_from(ebpf.map_mut(MAP_XDP_SYN_BUDGET).expect("SYN budget map"))
+            .expect("array of slots")
+            .set(index, slot, 0)
+            .expect("write the slot");
+    };
+    // An empty bucket stamped a minute from now: a clock that agrees refills nothing (one far ahead would).
+    stamp(&mut ebpf, now_ns + minute);
+    let syn = v4_from(src, TCP_FLAG_SYN);
+    assert_eq!(
+        run(&mut ebpf, &counters, &syn),
+        (XDP_DROP, Verdict::DropSynRate),
+        "the program's clock is a minute or more ahead of CLOCK_MONOTONIC_COARSE"
+    );
+    // Stamped a minute ago: a minute's refill (one far behind would see the stamp in its future).
+    stamp(&mut ebpf, now_ns - minute);
+    assert_eq!(
+        run(&mut ebpf, &counters, &syn),
+        (XDP_PASS, Verdict::PassListenerTcp),
+        "the program's clock is a minute or more behind CLOCK_MONOTONIC_COARSE"
     );
 }
 
