@@ -19,7 +19,9 @@
 //! loads that one and alternates the two run for run (25 shorter runs each, which runs first alternating), printing
 //! both medians, both minima and the change as the median of the pairs' ratios (and skipping the userspace
 //! rejection): on a VM whose speed drifts by tens of percent between seconds, only runs paired this way compare
-//! two objects fairly (the medians of separate runs moved by ±15% between two identical comparisons).
+//! two objects fairly (the medians of separate runs moved by ±15% between two identical comparisons). The config
+//! is written cut to each object's map value size, so an object from before fields were appended to `XdpConfig`
+//! loads and runs with the ones it knows.
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -160,8 +162,7 @@ impl Loaded {
         if class.shed {
             config.syn_shed_ppm = 1_000_000;
         }
-        Array::<_, XdpConfig>::try_from(self.ebpf.map_mut(MAP_XDP_CONFIG).context("config map")?)?
-            .set(XDP_CONFIG_KEY, config, 0)?;
+        write_config(&self.ebpf, &config)?;
         // An object from before the count (`PORTCULLIS_BPF_OBJECT`) always fingerprints.
         if let Some(map) = self.ebpf.map_mut(MAP_XDP_BLOCK_FP_COUNT) {
             Array::<_, u32>::try_from(map)?.set(0, class.fingerprints_blocked, 0)?;
@@ -210,6 +211,34 @@ impl Loaded {
         }
         Ok(())
     }
+}
+
+/// Writes `config` into the object's config map, cut to the map's value size: an object from before fields were
+/// appended (`PORTCULLIS_BPF_OBJECT_BEFORE`) reads the ones it knows.
+fn write_config(ebpf: &aya::Ebpf, config: &XdpConfig) -> Result<()> {
+    let aya::maps::Map::Array(map) = ebpf.map(MAP_XDP_CONFIG).context("config map")? else {
+        bail!("map {MAP_XDP_CONFIG} is not an array");
+    };
+    let size = map.info()?.value_size() as usize;
+    // SAFETY: `XdpConfig` is `#[repr(C)]` plain integers with explicit padding: every byte is initialised.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (config as *const XdpConfig).cast::<u8>(),
+            size_of::<XdpConfig>(),
+        )
+    };
+    let value = bytes
+        .get(..size)
+        .with_context(|| format!("map {MAP_XDP_CONFIG} holds {size} bytes, more than XdpConfig"))?;
+    let key = XDP_CONFIG_KEY;
+    // struct bpf_attr for BPF_MAP_UPDATE_ELEM: map_fd, pad, key, value, flags.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(map.fd().as_fd().as_raw_fd() as u32).to_ne_bytes());
+    attr[8..16].copy_from_slice(&(&key as *const u32 as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(value.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: `attr` is a bpf_attr for BPF_MAP_UPDATE_ELEM whose pointers (`key`, `value`) outlive the call.
+    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.context("BPF_MAP_UPDATE_ELEM of the config")?;
+    Ok(())
 }
 
 /// The kernel's tick: the resolution of CLOCK_MONOTONIC_COARSE.
@@ -635,6 +664,8 @@ unsafe fn bpf(cmd: libc::c_long, attr: &mut [u8; 128]) -> std::io::Result<libc::
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
+/// `BPF_MAP_UPDATE_ELEM`.
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 
 /// `r0 = XDP_PASS; exit`, loaded straight through `bpf(2)`: the harness baseline.
