@@ -16,7 +16,7 @@ pub const XDP_CONFIG_KEY: u32 = 0;
 /// The XDP program's configuration: the set of TCP ports the daemon's listeners own and the per-source SYN
 /// budget. Rewritten by the daemon at any time; the program reads it on every packet, so no reload is needed.
 ///
-/// Layout (80 bytes): `ports` at 0, `port_count` at 32, `syn_shed_ppm` at 36, `syn_rate` at 40, `syn_burst` at 44,
+/// Layout (88 bytes): `ports` at 0, `port_count` at 32, `syn_shed_ppm` at 36, `syn_rate` at 40, `syn_burst` at 44,
 /// `v4_prefix_len` at 48, `v6_prefix_len` at 52, `enforce` at 56, `hello_rate` at 60, `hello_burst` at 64,
 /// `hello_resume_cost_milli` at 68, `syn_retry_shed_ppm` at 72, `jiffy_ns` at 76, `jiffies_origin` at 80, `_pad2`
 /// at 84. Host byte order throughout so that `bpftool map dump` prints values as an operator types them.
