@@ -6,7 +6,7 @@
 //!   source's budget in [`XDP_SYN_BUDGET`]; it counts the verdict in the per-CPU array [`XDP_VERDICTS`] and
 //!   passes everything else. Past those checks, `flow` tracks connections (a SYN records the flow) and judges
 //!   the first payload segment of a tracked flow as a ClientHello, parsed by `hello` with the ABI crate's parser
-//!   run as one global BPF function per stage.
+//!   run stage by stage in one global BPF function.
 //! - [`XDP_CONFIG`]: the listener ports and limits, written by the daemon (before attaching, and whenever they
 //!   change).
 //!

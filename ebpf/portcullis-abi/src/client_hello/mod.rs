@@ -30,11 +30,11 @@
 //! # BPF constraints
 //! No recursion, no allocation, no indexing or unwrapping of input, and every loop runs at most a
 //! `MAX_*` constant number of times, so the same code can be verified inside an XDP program.
-//! The input is read through [`HelloBytes`] (a slice here, the payload copied into a per-CPU map
-//! value in XDP) and the parse runs as the [`stages`] over a [`Workspace`]: in
-//! place for [`parse`], one global BPF function per stage over a per-CPU map value in XDP, where
-//! each stage is verified once (the parse inlined whole exceeded the verifier's budget of one
-//! million instructions on 6.18).
+//! The input is read through [`HelloBytes`] (a slice here, the packet's payload in place in XDP)
+//! and the parse runs as the [`stages`] over a [`Workspace`]: on the stack for [`parse`], in a
+//! per-CPU map value in XDP, where one BPF function runs the stages, each reloading its state from
+//! the map value, so that the verifier walks each stage once (with the state carried in registers
+//! from stage to stage, it exceeded the verifier's budget of one million instructions on 6.18).
 
 mod extensions;
 pub mod fingerprint;
@@ -115,8 +115,8 @@ pub fn parse_from<I: HelloBytes + ?Sized>(input: &I) -> Result<ClientHelloSummar
 /// built, where the extension walk is, and where the list extensions are.
 ///
 /// [`parse`] keeps it on the stack. The XDP program keeps it in a per-CPU map value instead and
-/// runs each stage as a separate BPF function, so the verifier checks each stage once, from a
-/// workspace whose contents it does not know, instead of once per path through earlier stages.
+/// reloads it before each stage, so the verifier checks each stage once, from a workspace whose
+/// contents it does not know, instead of once per path through earlier stages.
 #[derive(Clone, Copy, Debug)]
 pub struct Workspace {
     summary: ClientHelloSummary,
