@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key};
 use clap::{Args, Subcommand};
 use portcullis_abi::{
-    block_filter::{FILTER_BITS, FILTER_WORDS, Filter},
+    block_filter::FILTER_BITS,
     client_hello::{self, Malformed, fingerprint_hex},
     limits::{ADDR_LEN, block_entry, block_network},
     names::{
@@ -213,7 +213,8 @@ fn block_filter(dir: &Path) -> anyhow::Result<Option<Array<MapData, u64>>> {
 
 fn status(dir: &Path) -> anyhow::Result<()> {
     let config = config(dir)?;
-    let blocked = blocklist(dir)?.keys().count();
+    let trie = blocklist(dir)?;
+    let blocked = trie.keys().count();
     println!("pin_dir          {}", dir.display());
     println!("listener ports   {:?}", config.listener_ports());
     if config.syn_rate == 0 {
@@ -261,13 +262,9 @@ fn status(dir: &Path) -> anyhow::Result<()> {
         );
         return fingerprint_status(dir);
     };
-    let mut read: Box<Filter> = Box::new([0; FILTER_WORDS]);
-    for (index, word) in (0u32..).zip(read.iter_mut()) {
-        *word = pinned.get(&index, 0).context(
-            "cannot read the pinned prefilter of the blocklist: daemon and CLI versions differ",
-        )?;
-    }
-    let needed = crate::xdp::block_filter::of(&blocklist(dir)?)?;
+    let read = crate::xdp::block_filter::load(&pinned)
+        .context("the pinned prefilter of the blocklist: daemon and CLI versions differ")?;
+    let needed = crate::xdp::block_filter::of(&trie)?;
     let set = crate::xdp::block_filter::bits_set(&read);
     if read.iter().zip(needed.iter()).all(|(r, n)| r & n == *n) {
         println!(

@@ -49,6 +49,20 @@ pub(crate) fn store<T: BorrowMut<MapData>>(
     Ok(())
 }
 
+/// The filter the XDP program reads, word by word.
+///
+/// # Errors
+/// The kernel refused a read (the map is not the array this version pins).
+pub(crate) fn load<T: Borrow<MapData>>(map: &Array<T, u64>) -> anyhow::Result<Box<Filter>> {
+    let mut filter: Box<Filter> = Box::new([0; FILTER_WORDS]);
+    for (index, word) in (0u32..).zip(filter.iter_mut()) {
+        *word = map
+            .get(&index, 0)
+            .with_context(|| format!("cannot read map `{MAP_XDP_BLOCK_NET_FILTER}`"))?;
+    }
+    Ok(filter)
+}
+
 /// Sets the bits of the trie entry `(prefix_bits, addr)` in the map the XDP program reads, word by word (read,
 /// OR, write), leaving the others as they are.
 ///
