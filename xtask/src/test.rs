@@ -106,7 +106,14 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
     storm.no_setup = true;
     crate::bench::bench(ws, crate::bench::Bench::Storm(storm.clone()))?;
     // bench xdp fails when the program does not load or a class gets the wrong XDP action.
-    crate::bench::bench(ws, crate::bench::Bench::Xdp(storm))
+    crate::bench::bench(
+        ws,
+        crate::bench::Bench::Xdp(crate::bench::XdpArgs {
+            common: storm,
+            profile: None,
+            seconds: 10,
+        }),
+    )
 }
 
 /// clippy over every userspace target, warnings denied.

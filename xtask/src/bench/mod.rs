@@ -17,7 +17,8 @@
 //! - [`merge`]: one report from the reports of load generator processes that shared a run.
 //! - [`procstat`]: CPU time of a process tree from `/proc/PID/stat`.
 //! - [`svg`]: a small hand-written bar chart (no plotting dependency in xtask).
-//! - [`xdp`]: `bench xdp`, the XDP guard's ns/packet per fixture class beside the userspace rejection cost.
+//! - [`xdp`]: `bench xdp`, the XDP guard's ns/packet per fixture class beside the userspace rejection cost; with
+//!   `--profile CLASS`, where one class's time goes in the JIT'd program.
 //!
 //! Room for more: `xdp` and `fleet` benchmarks are new files here plus a variant of [`Bench`].
 
@@ -59,8 +60,24 @@ pub enum Bench {
     Fleet(Common),
     /// XDP guard ns/packet by fixture class (SYN, ClientHello, post-quantum first segment, malformed, blocked
     /// fingerprint) through BPF_PROG_TEST_RUN minus an empty program, beside the daemon's CPU per userspace
-    /// rejection of the same malformed ClientHello; table, ratio, JSON. Needs root.
-    Xdp(Common),
+    /// rejection of the same malformed ClientHello; table, ratio, JSON. Needs root. With `--profile CLASS`: where
+    /// the JIT'd program spends that class's time instead, by function and instruction.
+    Xdp(XdpArgs),
+}
+
+/// Options of `bench xdp`.
+#[derive(Args, Debug, Clone)]
+pub struct XdpArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Instead of the table: run this class (its name as the table prints it, e.g. "client_hello (curl)") under
+    /// `perf record` and report where the JIT'd program spends the time, by function and by instruction
+    /// (`target/bench/xdp-profile.txt`). x86-64 only.
+    #[arg(long, value_name = "CLASS")]
+    pub profile: Option<String>,
+    /// How long the profile samples, in seconds.
+    #[arg(long, default_value_t = 10, requires = "profile", value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub seconds: u64,
 }
 
 /// Options every benchmark takes.
@@ -93,6 +110,8 @@ pub struct Ctx {
     pub servers: Vec<ServerKind>,
     /// Smoke-run lengths.
     pub quick: bool,
+    /// `bench xdp --profile CLASS --seconds N`: the class to profile, and for how many seconds.
+    pub profile: Option<(String, u64)>,
 }
 
 /// Runs one benchmark.
@@ -101,7 +120,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Handshakes(c) => (c, handshakes::run),
         Bench::Storm(c) => (c, storm::run),
         Bench::Fleet(c) => (c, fleet::run),
-        Bench::Xdp(c) => (c, xdp::run),
+        Bench::Xdp(a) => (&a.common, xdp::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;
@@ -124,6 +143,10 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
             common.servers.clone()
         },
         quick: common.quick,
+        profile: match &what {
+            Bench::Xdp(a) => a.profile.clone().map(|class| (class, a.seconds)),
+            _ => None,
+        },
     };
     for bin in [&ctx.daemon, &ctx.load] {
         if !bin.is_file() {

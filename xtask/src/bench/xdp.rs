@@ -22,6 +22,9 @@
 //! two objects fairly (the medians of separate runs moved by ±15% between two identical comparisons). The config
 //! is written cut to each object's map value size, so an object from before fields were appended to `XdpConfig`
 //! loads and runs with the ones it knows.
+//!
+//! `--profile CLASS` runs one class under `perf record` instead and reports where the JIT'd program spends its time,
+//! by function and instruction (`profile`).
 
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
@@ -48,6 +51,8 @@ use portcullis_abi::{
     xdp_config::{XDP_CONFIG_KEY, XdpConfig, jiffies_clock},
 };
 use serde_json::json;
+
+mod profile;
 
 use super::Ctx;
 use super::certs::{self, KeyType};
@@ -280,6 +285,21 @@ pub fn run(ctx: &Ctx) -> Result<()> {
 
     let classes = classes()?;
     let mut objects = vec![Loaded::load(object_path)?];
+    if let Some((name, seconds)) = &ctx.profile {
+        let class = classes
+            .iter()
+            .find(|class| class.name == name)
+            .with_context(|| {
+                let names: Vec<_> = classes.iter().map(|class| class.name).collect();
+                format!("no class {name:?} to profile; the classes are {names:?}")
+            })?;
+        return profile::run(
+            &mut objects[0],
+            class,
+            &ctx.out,
+            Duration::from_secs(*seconds),
+        );
+    }
     if let Some(before) = before {
         objects.push(Loaded::load(before)?);
     }
