@@ -7,8 +7,12 @@
 //! the instruction that was next to retire, which after a long stall (a mispredicted return, a cache miss) is the
 //! one *after* the culprit. Read the hot spots with that in mind. x86-64 only (objdump's machine).
 //!
-//! Writes `target/bench/xdp-profile.txt` (the summary, then every instruction with its samples) and prints the
-//! summary.
+//! The program's BTF line info (`lines`) puts each instruction under the source line it came from, so the summary
+//! also adds the samples up by source line. LLVM interleaves the code of neighbouring lines, and a line record
+//! covers every instruction up to the next record, so a line's total is a guide, not an exact cost.
+//!
+//! Writes `target/bench/xdp-profile.txt` (the summary, then every instruction with its samples under its source
+//! line) and prints the summary.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -20,8 +24,12 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{Class, Loaded, bpf, test_run};
 
+mod lines;
+
 /// `BPF_OBJ_GET_INFO_BY_FD`.
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// Bytes of `struct bpf_prog_info` read: up to `jited_line_info_rec_size` (@176), rounded up.
+const INFO_LEN: usize = 184;
 /// Repeats per `BPF_PROG_TEST_RUN` while sampling: ≈ 0.1 s a call.
 const REPEAT: u32 = 1_000_000;
 /// Hottest instructions in the printed summary.
@@ -107,7 +115,8 @@ pub(super) fn run(object: &mut Loaded, class: &Class, out: &Path, seconds: Durat
     let samples = parse_samples(&String::from_utf8_lossy(&script.stdout));
     let mut functions = jit_image(object.fd)?;
     name_functions(&mut functions)?;
-    let report = report(class.name, seconds, runs, &samples, &functions, out)?;
+    let lines = lines::Lines::of(object.fd)?;
+    let report = report(class.name, seconds, runs, &samples, &functions, &lines, out)?;
     let path = out.join("xdp-profile.txt");
     std::fs::write(&path, &report.full)
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -163,7 +172,7 @@ fn program_name(symbol: &str) -> Option<&str> {
 fn jit_image(fd: std::os::fd::RawFd) -> Result<Vec<Function>> {
     // struct bpf_prog_info: jited_prog_len @16, jited_prog_insns @24, nr_jited_ksyms @104, nr_jited_func_lens
     // @108, jited_ksyms @112, jited_func_lens @120.
-    let mut info = [0u8; 128];
+    let mut info = [0u8; INFO_LEN];
     prog_info(fd, &mut info)?;
     let image_len = u32::from_ne_bytes(info[16..20].try_into()?) as usize;
     let count = u32::from_ne_bytes(info[104..108].try_into()?) as usize;
@@ -175,7 +184,7 @@ fn jit_image(fd: std::os::fd::RawFd) -> Result<Vec<Function>> {
     let mut image = vec![0u8; image_len];
     let mut starts = vec![0u64; count];
     let mut lens = vec![0u32; count];
-    let mut info = [0u8; 128];
+    let mut info = [0u8; INFO_LEN];
     info[16..20].copy_from_slice(&(image_len as u32).to_ne_bytes());
     info[24..32].copy_from_slice(&(image.as_mut_ptr() as u64).to_ne_bytes());
     info[104..108].copy_from_slice(&(count as u32).to_ne_bytes());
@@ -202,16 +211,20 @@ fn jit_image(fd: std::os::fd::RawFd) -> Result<Vec<Function>> {
     Ok(functions)
 }
 
-/// `BPF_OBJ_GET_INFO_BY_FD` of `fd` into `info` (a `struct bpf_prog_info` prefix).
-fn prog_info(fd: std::os::fd::RawFd, info: &mut [u8; 128]) -> Result<()> {
+/// `BPF_OBJ_GET_INFO_BY_FD` of `fd` into `info` (a `struct bpf_prog_info` prefix, or of another object's info).
+fn prog_info(fd: std::os::fd::RawFd, info: &mut [u8; INFO_LEN]) -> Result<()> {
+    obj_info(fd, info).context("BPF_OBJ_GET_INFO_BY_FD of the XDP program (needs root)")
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of any object `fd` into `info`.
+fn obj_info(fd: std::os::fd::RawFd, info: &mut [u8]) -> Result<()> {
     let mut attr = [0u8; 128];
     attr[0..4].copy_from_slice(&(fd as u32).to_ne_bytes());
     attr[4..8].copy_from_slice(&(info.len() as u32).to_ne_bytes());
     attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
     // SAFETY: `attr` is a bpf_attr for BPF_OBJ_GET_INFO_BY_FD whose pointer (`info`, and the buffers `info` points
     // to, sized as `info` says) outlive the call.
-    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }
-        .context("BPF_OBJ_GET_INFO_BY_FD of the XDP program (needs root)")?;
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }.context("BPF_OBJ_GET_INFO_BY_FD")?;
     Ok(())
 }
 
@@ -263,6 +276,7 @@ fn report(
     runs: u64,
     samples: &[(u64, String)],
     functions: &[Function],
+    lines: &lines::Lines,
     out: &Path,
 ) -> Result<Report> {
     // Samples per function and per offset in it.
@@ -311,19 +325,45 @@ fn report(
     }
     let mut full = String::new();
     let mut hottest = Vec::new();
+    // Samples per source line, in order of first appearance.
+    let mut by_line: Vec<(usize, u64)> = Vec::new();
     let scratch = out.join("xdp-profile.jit.bin");
     for (function, counts) in functions.iter().zip(&per_function) {
         let listing = disassemble(&function.code, &scratch)?;
         writeln!(full, "\n{} ({} bytes)", function.name, function.code.len())?;
+        let mut current = None;
         for (offset, text) in &listing {
+            let line = lines.at(function.start + offset);
+            if line != current {
+                if let Some(line) = line {
+                    writeln!(full, "                       ; {}", lines.text(line))?;
+                }
+                current = line;
+            }
             let n = counts.get(offset).copied().unwrap_or(0);
             writeln!(full, "{n:>8} {:>6.2}%  {offset:>5x}  {text}", share(n))?;
             if n > 0 {
                 hottest.push((n, function.name.as_str(), *offset, text.clone()));
+                if let Some(line) = line {
+                    match by_line.iter_mut().find(|(l, _)| *l == line) {
+                        Some((_, total)) => *total += n,
+                        None => by_line.push((line, n)),
+                    }
+                }
             }
         }
     }
     let _ = std::fs::remove_file(&scratch);
+    if !by_line.is_empty() {
+        by_line.sort_by_key(|&(_, n)| std::cmp::Reverse(n));
+        writeln!(
+            summary,
+            "\nhottest source lines (samples of every instruction the line compiled to):"
+        )?;
+        for (line, n) in by_line.iter().take(HOTTEST) {
+            writeln!(summary, "{n:>8} {:>5.1}%  {}", share(*n), lines.text(*line))?;
+        }
+    }
     hottest.sort_by_key(|hot| std::cmp::Reverse(hot.0));
     writeln!(
         summary,
