@@ -80,6 +80,10 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     let status = bed.cli(&["status"]);
     assert!(status.contains("blocked prefixes 1"), "status: {status}");
     assert!(
+        status.contains("hello check      on: portcullis_ch (program id "),
+        "the daemon should have put the ClientHello program in its program array: {status}"
+    );
+    assert!(
         status.contains("prefilter        2 of 131072 bits set"),
         "the prefilter should hold the prefix's IPv4 /16 and its IPv6 hash bit: {status}"
     );

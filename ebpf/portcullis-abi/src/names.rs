@@ -14,8 +14,14 @@ pub const PROG_XDP: &str = "portcullis_xdp";
 /// listener's SO_REUSEPORT group and pinned under the pin directory by this name while the daemon steers.
 pub const PROG_REUSEPORT: &str = "portcullis_rp";
 
+/// The ClientHello program: [`PROG_XDP`] tail-calls it (through [`MAP_XDP_HELLO_PROG`]) with the first payload
+/// segment of a tracked flow; it parses the segment as a ClientHello, decides and counts the packet's verdict, and
+/// returns its action. Pinned under the pin directory by this name while the daemon runs ("ch": ClientHello, for
+/// the kernel's 15 bytes).
+pub const PROG_XDP_HELLO: &str = "portcullis_ch";
+
 /// Every program in the object, for the ELF name check and for operators' tooling.
-pub const ALL_PROGRAMS: &[&str] = &[PROG_XDP, PROG_REUSEPORT];
+pub const ALL_PROGRAMS: &[&str] = &[PROG_XDP, PROG_XDP_HELLO, PROG_REUSEPORT];
 
 /// Per-CPU array of `u64` packet counters, indexed by [`crate::verdict::Verdict`]; summed over CPUs by the daemon.
 pub const MAP_XDP_VERDICTS: &str = "xdp_verdicts";
@@ -75,6 +81,10 @@ pub const MAP_XDP_SYN_SHED: &str = "xdp_syn_shed";
 /// Per-CPU scratch of the ClientHello parse inside XDP (not read by userspace).
 pub const MAP_XDP_HELLO_WS: &str = "xdp_hello_ws";
 
+/// Program array of one entry, [`PROG_XDP_HELLO`], which [`PROG_XDP`] tail-calls; filled by the daemon after
+/// loading both. Empty (no daemon filled it), first payload segments pass unjudged (verdict `pass_listener_tcp`).
+pub const MAP_XDP_HELLO_PROG: &str = "xdp_hello_prog";
+
 /// REUSEPORT_SOCKARRAY of the workers' listening sockets: `u32` key
 /// [`crate::steering::sock_key`]`(group, worker)` -> socket (written by the daemon with the socket's fd).
 pub const MAP_RP_SOCKS: &str = "rp_socks";
@@ -108,6 +118,7 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_BLOCK_FP,
     MAP_XDP_BLOCK_FP_COUNT,
     MAP_XDP_HELLO_WS,
+    MAP_XDP_HELLO_PROG,
     MAP_XDP_SYN_SHED,
     MAP_RP_SOCKS,
     MAP_RP_CONFIG,

@@ -94,7 +94,10 @@ pub fn inspect(
     judge(ctx, packet, config)
 }
 
-/// The verdict on the first payload segment of a tracked flow.
+/// The first payload segment of a tracked flow: dropped here when its source has too little ClientHello budget left
+/// for even the cheapest one, otherwise handed to [`hello::portcullis_ch`] by tail call, which parses it and
+/// finishes the packet ([`after_parse`]); this returns only when the tail call fails (the program array is empty:
+/// no daemon filled it), and the segment then passes unjudged (fail open).
 #[inline(always)]
 fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
     // The source's bucket, refilled, when there is a ClientHello budget. A source without enough left for even
@@ -105,7 +108,7 @@ fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdi
     } else {
         None
     };
-    if let Some(bucket) = bucket {
+    if let Some((_, bucket)) = bucket {
         let cheapest = hello_cost(config, true).min(FULL_HELLO_COST_MILLI);
         // SAFETY: a pointer to a live map value (see `hello_bucket`).
         if unsafe { (*bucket).tokens_milli } < cheapest {
@@ -114,12 +117,27 @@ fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdi
     }
     // A missing count (it cannot be: index 0 of an array) reads as "some blocked": fingerprint (fail safe).
     let fingerprinting = XDP_BLOCK_FP_COUNT.get(0).is_none_or(|n| *n != 0);
-    let judged = hello::judge(
+    if hello::start(
         ctx.ctx,
         packet.payload_offset,
         packet.payload_len,
         fingerprinting,
-    );
+        bucket.map(|(index, _)| index),
+        packet.dst_port,
+    ) {
+        hello::judge_by_tail_call(ctx);
+    }
+    Verdict::PassListenerTcp
+}
+
+/// The verdict on a parsed first segment: the parse's final `status`, what it found, the source's ClientHello
+/// bucket (its slot index, when there is a budget).
+#[inline(always)]
+pub(crate) fn after_parse(
+    judged: &hello::Judged,
+    bucket: Option<u32>,
+    config: &XdpConfig,
+) -> Verdict {
     if judged.status >= stages::MALFORMED_BASE {
         let reason = (judged.status - stages::MALFORMED_BASE) as u32;
         if let Some(counter) = XDP_MALFORMED.get_ptr_mut(reason) {
@@ -136,10 +154,14 @@ fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdi
             }
         }
     }
-    if let Some(bucket) = bucket {
-        // SAFETY: a pointer to a live map value (see `hello_bucket`); the slot is the one refilled above, unless
-        // another CPU took it over meanwhile, which only spends from a fresh bucket (fail open).
-        if !unsafe { (*bucket).spend(hello_cost(config, judged.resumption)) } {
+    if let Some(bucket) = bucket.and_then(|index| XDP_HELLO_BUDGET.get_ptr_mut(index)) {
+        // SAFETY: a pointer to a live map value, the slot refilled before the parse, unless another CPU took it
+        // over meanwhile, which only spends from a fresh bucket (fail open).
+        if !unsafe {
+            (*bucket)
+                .bucket
+                .spend(hello_cost(config, judged.resumption))
+        } {
             return Verdict::DropHelloRate;
         }
     }
@@ -156,11 +178,11 @@ fn hello_cost(config: &XdpConfig, resumption: bool) -> u64 {
     }
 }
 
-/// The source's ClientHello bucket, refilled to now (a full one for a source new to its slot); `None` only if the
-/// slot cannot be found (it cannot: the index is masked to the table), which passes: fail open.
+/// The source's ClientHello bucket, refilled to now (a full one for a source new to its slot), and its slot index;
+/// `None` only if the slot cannot be found (it cannot: the index is masked to the table), which passes: fail open.
 #[inline(always)]
-fn hello_bucket(packet: &Classification, config: &XdpConfig) -> Option<*mut TokenBucket> {
-    let (slot, source) = crate::budget(&XDP_HELLO_BUDGET, packet, config)?;
+fn hello_bucket(packet: &Classification, config: &XdpConfig) -> Option<(u32, *mut TokenBucket)> {
+    let (slot, index, source) = crate::budget(&XDP_HELLO_BUDGET, packet, config)?;
     let now = crate::now_ns(config);
     // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token or tear
     // the slot, never make the value invalid (plain integers).
@@ -172,6 +194,6 @@ fn hello_bucket(packet: &Classification, config: &XdpConfig) -> Option<*mut Toke
             config.hello_burst.max(1),
             0,
         );
-        Some(core::ptr::addr_of_mut!((*slot).bucket))
+        Some((index, core::ptr::addr_of_mut!((*slot).bucket)))
     }
 }

@@ -1,16 +1,20 @@
-//! The ClientHello parse inside XDP: the ABI crate's parser, run stage by stage in one global BPF function.
+//! The ClientHello parse inside XDP: the ABI crate's parser, run stage by stage in a program of its own,
+//! [`portcullis_ch`], which the XDP program tail-calls (through [`XDP_HELLO_PROG`]) after [`start`] described the
+//! payload in this CPU's scratch.
 //!
-//! [`portcullis_hello_parse`] is *global* (`#[unsafe(no_mangle)] extern "C"`, so the object's BTF gives it global
-//! linkage): the verifier checks it once, on its own, from arguments it knows only by type, and a call to it
-//! costs the program one instruction of verification whatever path led there. (Inlined into the program it is
-//! walked once per way of reaching it, far past the budget.)
+//! A program of its own, entered by a jump: the verifier checks it once, from its own entry, whatever path led to
+//! the tail call. (Inlined into the XDP program the parse is walked once per way of reaching it, far past the
+//! budget.) It was a global BPF function before, which the verifier also checks once; but the return from a call
+//! goes through the kernel's return thunk (`spec_rstack_overflow: Safe RET` here) and was the hottest spot of a
+//! ClientHello's profile: the tail call took 2–7% off a valid ClientHello and 8–10% off a malformed one
+//! (`BENCHMARKS.md`). The ClientHello program finishes the packet itself: verdict, counters, drop log, action.
 //!
-//! Inside it the parser's [`stages`] run one after another on this CPU's slot of [`XDP_HELLO_WS`], and each
+//! In it the parser's [`stages`] run one after another on this CPU's slot of [`XDP_HELLO_WS`], and each
 //! begins by passing the slot's pointer through [`forget`], an `asm!` register move LLVM must assume reads and
 //! writes memory. That is what keeps the verification linear: LLVM reloads the parse state from the map value
 //! instead of carrying it over in registers, and the verifier does not track what a map value holds, so every
 //! way the previous step ended reaches the next one in the same state, and the verifier walks the rest once
-//! instead of once per way (≈ 380k instructions; without the barrier, past one million). A fresh lookup of the
+//! instead of once per way (≈ 344k instructions; without the barrier, past one million). A fresh lookup of the
 //! slot per step did the same at the cost of the lookup (2–5% of a parse). This is also why the state lives in a
 //! map value and not on the stack.
 //! Running the steps as one global function each instead cost a call (through the kernel's return thunk) and a
@@ -20,10 +24,18 @@
 //! payload in place, from `data`/`data_end` of its context: copying it into the slot first
 //! (`bpf_xdp_load_bytes`) cost more than every bounds check it saved (`BENCHMARKS.md`).
 
-use aya_ebpf::{bindings::xdp_md, btf_maps::PerCpuArray, macros::btf_map};
-use portcullis_abi::client_hello::{
-    HelloBytes, Workspace,
-    stages::{self, Stages, Step},
+use aya_ebpf::{
+    bindings::xdp_md,
+    btf_maps::{PerCpuArray, ProgramArray},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use portcullis_abi::{
+    client_hello::{
+        HelloBytes, Workspace,
+        stages::{self, Stages, Step},
+    },
+    verdict::Verdict,
 };
 
 /// Most payload bytes judged, a power of two: reads mask their offset with `PAYLOAD - 1` for the verifier. A first
@@ -31,13 +43,17 @@ use portcullis_abi::client_hello::{
 /// frames of at most a page. A longer payload is not judged (fail open).
 const PAYLOAD: usize = 4096;
 
-/// One parse's state: where the payload lies and the parser's workspace.
+/// One parse's state: where the payload lies, what the verdict after it needs, and the parser's workspace.
 #[repr(C)]
 struct Scratch {
     /// Offset of the TCP payload from the start of the frame, at most [`MAX_BASE`].
     base: u32,
     /// Payload bytes judged: the IP length's, cut to what the frame holds; at most [`PAYLOAD`].
     len: u32,
+    /// The source's slot in the ClientHello budget table, or [`NO_BUCKET`].
+    bucket: u32,
+    /// The TCP destination port, for the drop log.
+    dst_port: u32,
     /// The parser's state between stages.
     workspace: Workspace,
 }
@@ -46,6 +62,9 @@ struct Scratch {
 /// headers or IPv4 with options, TCP with options 60): larger offsets are not judged (fail open). A mask for the
 /// verifier, which must bound the packet offset of every read.
 const MAX_BASE: u32 = 511;
+
+/// [`Scratch::bucket`] when there is no ClientHello budget.
+const NO_BUCKET: u32 = u32::MAX;
 
 /// 64-bit words of a [`Scratch`]: the map value is declared as plain words so its BTF is an array of `u64`,
 /// not the parser's Rust types (enums with data have no BTF the kernel accepts).
@@ -188,17 +207,57 @@ impl Stages for InPlace {
     }
 }
 
-/// The whole parse of the payload [`judge`] described in this CPU's scratch: the final [`stages`] status.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn portcullis_hello_parse(ctx: *mut xdp_md) -> i32 {
-    let Some(scratch) = scratch() else {
-        return stages::TRUNCATED;
-    };
-    stages::drive(&mut InPlace { ctx, scratch })
+/// The program [`judge_by_tail_call`] jumps to; the name must match `portcullis_abi::names::MAP_XDP_HELLO_PROG`.
+/// Filled by the daemon (index 0: [`portcullis_ch`]); empty, the first segment passes unjudged.
+#[btf_map(name = "xdp_hello_prog")]
+static XDP_HELLO_PROG: ProgramArray<1> = ProgramArray::new();
+
+/// Tail-calls [`portcullis_ch`] on the segment [`start`] described; returns only if the call fails (the
+/// program array is empty).
+#[inline(always)]
+pub fn judge_by_tail_call(ctx: &XdpContext) {
+    // SAFETY: a tail call to an XDP program on the same context; nothing here needs dropping.
+    unsafe { XDP_HELLO_PROG.tail_call(ctx, 0) };
 }
 
-/// What the XDP program needs from one parse.
+/// The ClientHello program: parses the TCP payload [`start`] described in this CPU's scratch, decides the packet's
+/// verdict ([`crate::flow::after_parse`]) and finishes it as the main program would have ([`crate::finish`]). Its
+/// name must match `portcullis_abi::names::PROG_XDP_HELLO`.
+///
+/// A program of its own, entered by a tail call, rather than a function the main program calls: a tail call is a
+/// jump, and the return from a call goes through the kernel's return thunk (`spec_rstack_overflow: Safe RET`),
+/// whose misprediction cost ≈ 6% of a ClientHello's time (`BENCHMARKS.md`). The verifier checks it from its own
+/// entry, once, as it did the global function the parse was before.
+#[xdp]
+pub fn portcullis_ch(ctx: XdpContext) -> u32 {
+    let config = crate::config();
+    let Some(slot) = scratch() else {
+        return crate::finish(&ctx, config, Verdict::PassListenerTcp, 0, false);
+    };
+    let status = stages::drive(&mut InPlace {
+        ctx: ctx.ctx,
+        scratch: slot,
+    });
+    // Looked up again: the steps left the workspace behind the compiler barrier.
+    let Some(slot) = scratch() else {
+        return crate::finish(&ctx, config, Verdict::PassListenerTcp, 0, false);
+    };
+    let summary = slot.workspace.summary();
+    let judged = Judged {
+        status,
+        resumption: summary.offers_psk || summary.tls12_ticket,
+        fingerprints: match summary.fingerprint {
+            Some(f) if status == stages::DONE => Some([f.ordered, f.unordered]),
+            _ => None,
+        },
+    };
+    let bucket = (slot.bucket != NO_BUCKET).then_some(slot.bucket);
+    let dst_port = slot.dst_port as u16;
+    let verdict = crate::flow::after_parse(&judged, bucket, config);
+    crate::finish(&ctx, config, verdict, dst_port, false)
+}
+
+/// What the verdict needs from one parse.
 #[derive(Clone, Copy)]
 pub struct Judged {
     /// The final [`stages`] status: [`stages::DONE`], [`stages::TRUNCATED`] or a malformation.
@@ -209,48 +268,41 @@ pub struct Judged {
     pub fingerprints: Option<[u64; 2]>,
 }
 
-/// Parses the TCP payload at `offset` (declared `len` bytes) of the packet as a ClientHello, with its
-/// fingerprints when `fingerprint` (they are most of the hashing).
+/// Describes the TCP payload at `offset` (declared `len` bytes) of the packet in this CPU's scratch for
+/// [`portcullis_ch`], with whether to compute the fingerprints (they are most of the hashing), the source's
+/// ClientHello budget slot and the destination port. `false` when the payload is not judged (fail open): it lies
+/// past [`MAX_BASE`], or is longer than [`PAYLOAD`].
 #[inline(always)]
-pub fn judge(ctx: *mut xdp_md, offset: u16, len: u16, fingerprint: bool) -> Judged {
-    let not_judged = Judged {
-        status: stages::TRUNCATED,
-        resumption: false,
-        fingerprints: None,
-    };
+pub fn start(
+    ctx: *mut xdp_md,
+    offset: u16,
+    len: u16,
+    fingerprint: bool,
+    bucket: Option<u32>,
+    dst_port: u16,
+) -> bool {
     let Some(slot) = scratch() else {
-        return not_judged;
+        return false;
     };
-    slot.workspace.want_fingerprint(fingerprint);
     if u32::from(offset) > MAX_BASE {
-        return not_judged;
+        return false;
     }
-    slot.base = u32::from(offset);
     // The program is not frags-aware (`#[xdp]`, not `#[xdp(frags)]`): the kernel hands it linear frames only, so
     // the frame's length is `data_end - data`. A frags-aware program must read past the linear part.
     // SAFETY: `ctx` is the XDP context the kernel passed to the program, valid for the run.
     let frame = unsafe { (*ctx).data_end.wrapping_sub((*ctx).data) };
     let Some(present) = frame.checked_sub(u32::from(offset)) else {
-        return not_judged;
+        return false;
     };
     let len = u32::from(len);
     let judged = if present < len { present } else { len };
     if judged as usize > PAYLOAD {
-        return not_judged;
+        return false;
     }
+    slot.workspace.want_fingerprint(fingerprint);
+    slot.base = u32::from(offset);
     slot.len = judged;
-    let status = portcullis_hello_parse(ctx);
-    // Looked up again: the verifier forgets map value pointers' contents across the call anyway.
-    let Some(slot) = scratch() else {
-        return not_judged;
-    };
-    let summary = slot.workspace.summary();
-    Judged {
-        status,
-        resumption: summary.offers_psk || summary.tls12_ticket,
-        fingerprints: match summary.fingerprint {
-            Some(f) if status == stages::DONE => Some([f.ordered, f.unordered]),
-            _ => None,
-        },
-    }
+    slot.bucket = bucket.unwrap_or(NO_BUCKET);
+    slot.dst_port = u32::from(dst_port);
+    true
 }

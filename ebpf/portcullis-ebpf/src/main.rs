@@ -4,9 +4,11 @@
 //! - [`portcullis_xdp`]: the XDP guard. It runs the ABI crate's [`classify`] (the same code the host unit
 //!   tests); for TCP to a listener port it drops sources in the blocklist [`XDP_BLOCK_NET`] and SYNs over their
 //!   source's budget in [`XDP_SYN_BUDGET`]; it counts the verdict in the per-CPU array [`XDP_VERDICTS`] and
-//!   passes everything else. Past those checks, `flow` tracks connections (a SYN records the flow) and judges
-//!   the first payload segment of a tracked flow as a ClientHello, parsed by `hello` with the ABI crate's parser
-//!   run stage by stage in one global BPF function.
+//!   passes everything else. Past those checks, `flow` tracks connections (a SYN records the flow) and hands the
+//!   first payload segment of a tracked flow to `hello`'s ClientHello program by tail call.
+//! - `portcullis_ch` (`hello`): the ClientHello program. It parses the segment with the ABI crate's parser, run
+//!   stage by stage, decides the verdict (`flow::after_parse`) and finishes the packet as the XDP guard would
+//!   ([`finish`]).
 //! - [`XDP_CONFIG`]: the listener ports and limits, written by the daemon (before attaching, and whenever they
 //!   change).
 //!
@@ -59,17 +61,18 @@ static XDP_SYN_BUDGET: Array<BudgetSlot, BUDGET_SLOTS> = Array::new();
 #[btf_map(name = "xdp_budget_seed")]
 static XDP_BUDGET_SEED: Array<u64, 1> = Array::new();
 
-/// The slot of `packet`'s source (masked to the configured prefix) in `table`, and the source.
+/// The slot of `packet`'s source (masked to the configured prefix) in `table`, its index, and the source.
 #[inline(always)]
 pub(crate) fn budget(
     table: &Array<BudgetSlot, BUDGET_SLOTS>,
     packet: &Classification,
     config: &XdpConfig,
-) -> Option<(*mut BudgetSlot, SourceKey)> {
+) -> Option<(*mut BudgetSlot, u32, SourceKey)> {
     let source = source_key(&packet.src, config.v4_prefix_len, config.v6_prefix_len);
     let seed = XDP_BUDGET_SEED.get(0).copied().unwrap_or(0);
-    let slot = table.get_ptr_mut(budget_slot(&source, seed))?;
-    Some((slot, source))
+    let index = budget_slot(&source, seed);
+    let slot = table.get_ptr_mut(index)?;
+    Some((slot, index, source))
 }
 
 /// Blocked source prefixes (IPv4-mapped for IPv4), value 1; the name must match
@@ -94,11 +97,12 @@ fn source_blocked(src: &[u8; ADDR_LEN]) -> bool {
 }
 
 /// The XDP entry point; its name must match `portcullis_abi::names::PROG_XDP`. Returns `XDP_DROP` for `Drop*`
-/// verdicts when the config enforces, `XDP_PASS` otherwise.
+/// verdicts when the config enforces, `XDP_PASS` otherwise. The first payload segment of a tracked flow is judged by
+/// [`hello::portcullis_ch`], which this program tail-calls and which finishes the packet itself.
 #[xdp]
 pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     let packet = Packet(&ctx);
-    let config = XDP_CONFIG.get(XDP_CONFIG_KEY).unwrap_or(&XdpConfig::EMPTY);
+    let config = config();
     let classification = classify(&packet, config);
     let verdict = if classification.verdict == Verdict::PassListenerTcp {
         // One flow hash per packet, for SYN shedding and flow tracking both.
@@ -111,24 +115,46 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     } else {
         classification.verdict
     };
+    finish(
+        &ctx,
+        config,
+        verdict,
+        classification.dst_port,
+        classification.is_syn(),
+    )
+}
+
+/// Counts `verdict`, logs it when it is a sampled drop or (at debug) a SYN to a listener port, and returns the XDP
+/// action: `XDP_DROP` for `Drop*` verdicts when the config enforces, `XDP_PASS` otherwise.
+#[inline(always)]
+pub(crate) fn finish(
+    ctx: &XdpContext,
+    config: &XdpConfig,
+    verdict: Verdict,
+    dst_port: u16,
+    syn: bool,
+) -> u32 {
     count(verdict);
     if verdict.drops() {
         // Sampled: one line per 64 drops on a CPU, at debug, so a flood cannot flood the log ring too.
         if sample_drop() {
-            debug!(
-                &ctx,
-                "XDP drop ({}) to port {}", verdict as u32, classification.dst_port
-            );
+            debug!(ctx, "XDP drop ({}) to port {}", verdict as u32, dst_port);
         }
         if config.enforce != 0 {
             return xdp_action::XDP_DROP;
         }
-    } else if verdict == Verdict::PassListenerTcp && classification.is_syn() {
+    } else if verdict == Verdict::PassListenerTcp && syn {
         // One line per new connection to a listener, at debug: the daemon sets AYA_LOG_LEVEL from its tracing
         // filter, so this costs a global load and a branch unless debug logging is on.
-        debug!(&ctx, "SYN to listener port {}", classification.dst_port);
+        debug!(ctx, "SYN to listener port {}", dst_port);
     }
     xdp_action::XDP_PASS
+}
+
+/// The runtime configuration, or the empty one (no listener port) if the lookup fails (it cannot: index 0).
+#[inline(always)]
+pub(crate) fn config() -> &'static XdpConfig {
+    XDP_CONFIG.get(XDP_CONFIG_KEY).unwrap_or(&XdpConfig::EMPTY)
 }
 
 /// The verdict for TCP to a listener port: blocked source, SYN over budget, or pass.
@@ -156,7 +182,7 @@ fn guard(packet: &Classification, config: &XdpConfig, flow_hash: u64) -> Verdict
 #[inline(always)]
 fn syn_within_budget(packet: &Classification, config: &XdpConfig) -> bool {
     // A missing slot (it cannot be: the index is masked to the table) passes: fail open.
-    let Some((slot, source)) = budget(&XDP_SYN_BUDGET, packet, config) else {
+    let Some((slot, _, source)) = budget(&XDP_SYN_BUDGET, packet, config) else {
         return true;
     };
     let now = now_ns(config);

@@ -21,7 +21,8 @@ use portcullis_abi::{
     limits::{ADDR_LEN, block_entry, block_network},
     names::{
         DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET,
-        MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_MALFORMED, MAP_XDP_VERDICTS,
+        MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED,
+        MAP_XDP_VERDICTS, PROG_XDP_HELLO,
     },
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -254,6 +255,7 @@ fn status(dir: &Path) -> anyhow::Result<()> {
         ppm_percent(config.syn_shed_ppm),
         ppm_percent(config.syn_retry_shed_ppm)
     );
+    hello_status(dir)?;
     println!("blocked prefixes {blocked}");
     // What the program reads against what the trie needs: a stale prefilter lets blocked sources through.
     let Some(pinned) = block_filter(dir)? else {
@@ -277,6 +279,27 @@ fn status(dir: &Path) -> anyhow::Result<()> {
         );
     }
     fingerprint_status(dir)
+}
+
+/// The ClientHello check line of `portcullis xdp status`: whether the XDP program has its ClientHello program to
+/// tail-call (without it first payload segments pass unjudged).
+fn hello_status(dir: &Path) -> anyhow::Result<()> {
+    if !dir.join(MAP_XDP_HELLO_PROG).exists() {
+        println!(
+            "hello check      in the XDP program (the running daemon predates the ClientHello program)"
+        );
+        return Ok(());
+    }
+    match crate::xdp::hello_prog::installed(dir)? {
+        Some(id) => println!(
+            "hello check      on: {PROG_XDP_HELLO} (program id {id}) judges first segments"
+        ),
+        None => println!(
+            "hello check      OFF: the program array {MAP_XDP_HELLO_PROG} is empty, so first segments pass \
+             unjudged; restart the daemon"
+        ),
+    }
+    Ok(())
 }
 
 /// The fingerprint lines of `portcullis xdp status`.

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, ProgramArray, lpm_trie::Key},
     programs::Xdp,
 };
 use portcullis_abi::{
@@ -44,7 +44,7 @@ use portcullis_abi::{
     limits::block_entry,
     names::{
         MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER,
-        MAP_XDP_CONFIG, PROG_XDP,
+        MAP_XDP_CONFIG, MAP_XDP_HELLO_PROG, PROG_XDP, PROG_XDP_HELLO,
     },
     packet::{ETH_P_IP, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{LISTENER, frame, ipv4},
@@ -112,7 +112,10 @@ struct Class {
 /// the blocklist.
 struct Loaded {
     ebpf: aya::Ebpf,
+    /// The main program, run by `BPF_PROG_TEST_RUN`.
     fd: RawFd,
+    /// The ClientHello program it tail-calls, if the object has one (not run directly; the profile reads it).
+    hello_fd: Option<RawFd>,
     path: std::path::PathBuf,
 }
 
@@ -138,12 +141,34 @@ impl Loaded {
             ebpf.map_mut(MAP_XDP_BLOCK_FP).context("fingerprint map")?,
         )?
         .insert(blocked, 1, 0)?;
+        // The ClientHello program the main one tail-calls, as the daemon installs it (objects from before it had
+        // the parse as a function of the main program).
+        let mut hello_fd = None;
+        if let Some(hello) = ebpf.program_mut(PROG_XDP_HELLO) {
+            let hello: &mut Xdp = hello.try_into()?;
+            hello.load().with_context(|| {
+                format!(
+                    "the verifier refused the ClientHello program of {}",
+                    path.display()
+                )
+            })?;
+            // The program's own descriptor, which lives as long as `ebpf`; the clone is the array's to take.
+            hello_fd = Some(hello.fd()?.as_fd().as_raw_fd());
+            let fd = hello.fd()?.try_clone()?;
+            ProgramArray::try_from(ebpf.map_mut(MAP_XDP_HELLO_PROG).context("program array")?)?
+                .set(0, &fd, 0)?;
+        }
         let program: &mut Xdp = ebpf.program_mut(PROG_XDP).context("program")?.try_into()?;
         program.load().with_context(|| {
             format!("the verifier refused the XDP program of {}", path.display())
         })?;
         let fd = program.fd()?.as_fd().as_raw_fd();
-        Ok(Self { ebpf, fd, path })
+        Ok(Self {
+            ebpf,
+            fd,
+            hello_fd,
+            path,
+        })
     }
 
     /// Writes the config and the blocked-fingerprint count `class` runs with, records its flow, and checks its

@@ -32,7 +32,7 @@
 //! `MAX_*` constant number of times, so the same code can be verified inside an XDP program.
 //! The input is read through [`HelloBytes`] (a slice here, the packet's payload in place in XDP)
 //! and the parse runs as the [`stages`] over a [`Workspace`]: on the stack for [`parse`], in a
-//! per-CPU map value in XDP, where one BPF function runs the stages, each reloading its state from
+//! per-CPU map value in XDP, where one BPF program runs the stages, each reloading its state from
 //! the map value, so that the verifier walks each stage once (with the state carried in registers
 //! from stage to stage, it exceeded the verifier's budget of one million instructions on 6.18).
 

@@ -6,14 +6,14 @@
 //! (supported_versions and key_share, in wire order), the second with the checks that need the whole
 //! ClientHello; the supported_groups list into the fingerprint. The two fingerprint steps run only
 //! while a fingerprint is computed ([`HASH`] asks for them). [`drive`] runs them through the [`Stages`]
-//! trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse) does); the XDP program runs
-//! them one after another in one BPF function, each reloading its state from the per-CPU workspace
+//! trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse) does); the XDP ClientHello
+//! program runs them one after another, each reloading its state from the per-CPU workspace
 //! after a compiler barrier, which makes every way a step can end reach the next step in one verifier
 //! state (`portcullis-ebpf`'s `hello.rs`). Within a step there is no such reset, so at most one
 //! bounded loop runs per step: the verifier walks a loop after a loop once per way out of the first,
 //! so two in one step multiply.
 //!
-//! Every stage returns an `i32` status, the status the global BPF function running the parse returns:
+//! Every stage returns an `i32` status, and the parse its last:
 //! [`CONTINUE`], [`HASH`], [`DONE`], [`TRUNCATED`], or [`MALFORMED_BASE`] plus the [`Malformed`] reason.
 
 use super::extensions;

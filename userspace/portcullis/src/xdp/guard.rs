@@ -11,7 +11,8 @@ use portcullis_abi::{
     names::{
         MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER,
         MAP_XDP_BUDGET_SEED, MAP_XDP_CONFIG, MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET,
-        MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP,
+        MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP,
+        PROG_XDP_HELLO,
     },
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
@@ -19,7 +20,7 @@ use portcullis_abi::{
 use super::{
     XdpCounters, XdpSettings,
     attach::{Attachment, attach},
-    block_filter, budget_seed, fp_count,
+    block_filter, budget_seed, fp_count, hello_prog,
     logs::{LogPump, bpf_log_level},
     object,
     pins::{Persistent, Pins, reusable_pin},
@@ -181,6 +182,12 @@ impl XdpGuard {
         // The logger must own the ring buffer before the program runs, or its first records are lost.
         running.logs = Some(LogPump::start(ebpf)?);
 
+        // The ClientHello program, in the program array before the XDP program sees a packet (`hello_prog`).
+        let hello = hello_prog::install(ebpf)?;
+        running
+            .pins
+            .pin_program(hello, &settings.pin_dir, PROG_XDP_HELLO)?;
+
         let program: &mut Xdp = ebpf
             .program_mut(PROG_XDP)
             .with_context(|| format!("the BPF object has no program `{PROG_XDP}`; rebuild it with `cargo xtask build`"))?
@@ -207,6 +214,7 @@ impl XdpGuard {
             MAP_XDP_FLOWS,
             MAP_XDP_BLOCK_FP_COUNT,
             MAP_XDP_BLOCK_NET_FILTER,
+            MAP_XDP_HELLO_PROG,
         ] {
             let map = ebpf
                 .map(name)

@@ -5,6 +5,7 @@
 //! - [`object`]: the BPF object embedded at build time (see `build.rs`); the steering loader
 //!   (`crate::steering`) loads it too, and pins with [`pins`].
 //! - [`guard`]: [`XdpGuard`], which owns the loaded program for the daemon's lifetime and detaches on drop.
+//! - [`hello_prog`]: the ClientHello program the XDP program tail-calls, put in its program array.
 //! - [`attach`]: attaching to one interface in the requested mode (native, generic, or native then generic).
 //! - [`pins`]: the pin directory on bpffs and the map pins the guard creates and removes.
 //! - [`budget_seed`]: the random key of the budget tables' slot hash, drawn once and pinned with them.
@@ -30,9 +31,10 @@
 //! - State pins (`xdp_syn_budget`, `xdp_ch_budget` and their hash key `xdp_budget_seed`, `xdp_block_net`,
 //!   `xdp_block_fp`) are never removed: the next
 //!   start reuses them (after checking their key and value sizes), so budgets and blocklists survive restarts and
-//!   upgrades. `xdp_malformed`, `xdp_flows`, `xdp_block_fp_n` (the blocklist's count, recounted at start) and
-//!   `xdp_block_pre` (the CIDR blocklist's prefilter, rebuilt at start) are pinned per run like the verdict
-//!   counters.
+//!   upgrades. `xdp_malformed`, `xdp_flows`, `xdp_block_fp_n` (the blocklist's count, recounted at start),
+//!   `xdp_block_pre` (the CIDR blocklist's prefilter, rebuilt at start) and `xdp_hello_prog` (the program array
+//!   holding the ClientHello program `portcullis_ch`, pinned beside `portcullis_xdp`) are pinned per run like the
+//!   verdict counters.
 //! - The program fails open: it drops only blocked sources and fingerprints, over-budget SYNs and ClientHellos and
 //!   proven-malformed ClientHellos (never one cut short), and `[xdp] enforce = false` turns even that into
 //!   counting.
@@ -44,6 +46,7 @@ pub(crate) mod clock;
 mod counters;
 pub(crate) mod fp_count;
 mod guard;
+pub(crate) mod hello_prog;
 mod logs;
 pub(crate) mod object;
 pub(crate) mod pins;

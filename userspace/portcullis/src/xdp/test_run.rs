@@ -58,6 +58,7 @@ pub(super) fn load(config: XdpConfig) -> (Ebpf, PerCpuArray<MapData, u64>) {
         .expect("verdict map")
         .try_into()
         .expect("verdict map type");
+    super::hello_prog::install(&mut ebpf).expect("the verifier accepts the ClientHello program");
     program(&mut ebpf)
         .load()
         .expect("the verifier accepts the program");

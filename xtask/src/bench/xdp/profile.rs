@@ -113,9 +113,14 @@ pub(super) fn run(object: &mut Loaded, class: &Class, out: &Path, seconds: Durat
         );
     }
     let samples = parse_samples(&String::from_utf8_lossy(&script.stdout));
-    let mut functions = jit_image(object.fd)?;
+    // The main program, and the ClientHello program it tail-calls.
+    let programs: Vec<_> = std::iter::once(object.fd).chain(object.hello_fd).collect();
+    let mut functions = Vec::new();
+    for &fd in &programs {
+        functions.extend(jit_image(fd)?);
+    }
     name_functions(&mut functions)?;
-    let lines = lines::Lines::of(object.fd)?;
+    let lines = lines::Lines::of(&programs)?;
     let report = report(class.name, seconds, runs, &samples, &functions, &lines, out)?;
     let path = out.join("xdp-profile.txt");
     std::fs::write(&path, &report.full)
@@ -168,7 +173,8 @@ fn program_name(symbol: &str) -> Option<&str> {
     Some(name)
 }
 
-/// The functions of the loaded program `fd`, from the kernel: address, length and machine code of each.
+/// The functions of the loaded program `fd` (its main function, then its subprograms), from the kernel: address,
+/// length and machine code of each.
 fn jit_image(fd: std::os::fd::RawFd) -> Result<Vec<Function>> {
     // struct bpf_prog_info: jited_prog_len @16, jited_prog_insns @24, nr_jited_ksyms @104, nr_jited_func_lens
     // @108, jited_ksyms @112, jited_func_lens @120.

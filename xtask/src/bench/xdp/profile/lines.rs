@@ -16,7 +16,7 @@ const BPF_BTF_GET_FD_BY_ID: libc::c_long = 19;
 /// Bytes of one `struct bpf_line_info`.
 const LINE_INFO_LEN: usize = 16;
 
-/// The source lines of one program's machine code.
+/// The source lines of some programs' machine code.
 pub(super) struct Lines {
     /// Kernel address where each line record's code starts, and the record's index in `texts`; by address.
     starts: Vec<(u64, usize)>,
@@ -25,8 +25,28 @@ pub(super) struct Lines {
 }
 
 impl Lines {
+    /// The line info of the loaded programs `fds`; empty for one without (no BTF).
+    pub(super) fn of(fds: &[RawFd]) -> Result<Self> {
+        let mut lines = Self {
+            starts: Vec::new(),
+            texts: Vec::new(),
+        };
+        for &fd in fds {
+            let one = Self::of_one(fd)?;
+            let base = lines.texts.len();
+            lines.starts.extend(
+                one.starts
+                    .into_iter()
+                    .map(|(address, i)| (address, base + i)),
+            );
+            lines.texts.extend(one.texts);
+        }
+        lines.starts.sort_unstable();
+        Ok(lines)
+    }
+
     /// The line info of the loaded program `fd`; empty when it has none (no BTF).
-    pub(super) fn of(fd: RawFd) -> Result<Self> {
+    fn of_one(fd: RawFd) -> Result<Self> {
         // struct bpf_prog_info: btf_id @128, nr_line_info @148, line_info @152, jited_line_info @160,
         // nr_jited_line_info @168, line_info_rec_size @172, jited_line_info_rec_size @176.
         let mut info = [0u8; INFO_LEN];
