@@ -12,7 +12,8 @@ use hello_fixtures::{
 };
 use portcullis_abi::client_hello;
 use portcullis_abi::client_hello::{
-    ClientHelloSummary, HANDSHAKE_HEADER_LEN, Malformed, RECORD_HEADER_LEN, Stage, group, parse,
+    ClientHelloSummary, HANDSHAKE_HEADER_LEN, MAX_EXTENSIONS, Malformed, RECORD_HEADER_LEN, Stage,
+    Workspace, group, parse,
 };
 
 /// One captured ClientHello and what the parser must say about it.
@@ -782,4 +783,26 @@ fn an_extension_overrunning_the_block_is_broken_framing_whatever_its_type() {
             "extension type {kind}"
         );
     }
+}
+
+#[test]
+fn exactly_the_extension_limit_parses_and_one_more_is_too_many() {
+    let extensions = |count: u16| {
+        Hello::with_extensions(&(0..count).map(|i| (100 + i, vec![])).collect::<Vec<_>>()).encode()
+    };
+    let limit = MAX_EXTENSIONS as u16;
+    let s = parse(&extensions(limit)).expect("the limit itself is allowed");
+    assert!(
+        s.complete && s.extension_count == limit && s.fingerprint.is_some(),
+        "{s:?}"
+    );
+    assert_eq!(
+        parse(&extensions(limit + 1)),
+        Err(Malformed::TooManyExtensions)
+    );
+    // Without the fingerprint too (the XDP program's default), whose walk ends the same way.
+    let mut workspace = Workspace::NEW;
+    workspace.want_fingerprint(false);
+    let s = client_hello::parse_in(&extensions(limit)[..], &mut workspace).expect("allowed");
+    assert!(s.complete && s.extension_count == limit, "{s:?}");
 }

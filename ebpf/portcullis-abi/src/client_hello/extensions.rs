@@ -1,9 +1,11 @@
 //! The extension list: each extension the summary needs is parsed just far enough to check its
 //! framing; the others are stepped over by their length.
 
+#[cfg(doc)]
+use super::MAX_EXTENSIONS;
 use super::fingerprint::{FingerprintBuilder, is_grease};
 use super::reader::{Halt, HelloBytes, Reader};
-use super::{ClientHelloSummary, MAX_EXTENSIONS, MAX_KEY_SHARES, Malformed, SniRange};
+use super::{ClientHelloSummary, MAX_KEY_SHARES, Malformed, SniRange};
 
 /// Extension type code points (IANA "TLS ExtensionType Values").
 mod extension_type {
@@ -59,8 +61,9 @@ impl Extensions {
 ///
 /// `seen` has one bit per extension type below 64: every type this parser interprets is in that range, and
 /// a bitmap keeps the duplicate check O(1) without storing the types (RFC 8446 §4.2: "There MUST NOT be
-/// more than one extension of the same type"). `walked` counts the extensions walked, at most
-/// [`MAX_EXTENSIONS`] (the summary's `extension_count`, which the caller keeps in a register meanwhile).
+/// more than one extension of the same type"). `walked` counts the extensions walked (the summary's
+/// `extension_count`, which the caller keeps in a register meanwhile); the caller calls this at most
+/// [`MAX_EXTENSIONS`] times, and then finds out whether the block ended there.
 #[inline(always)]
 pub(super) fn step<I: HelloBytes + ?Sized>(
     input: &I,
@@ -74,9 +77,6 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
     if block.is_empty() {
         fingerprint.end_extensions();
         return Ok(false);
-    }
-    if usize::from(*walked) >= MAX_EXTENSIONS {
-        return Err(Malformed::TooManyExtensions.into());
     }
     // Both fields at once: when the block ends inside them, either way of reading them gives the block's
     // overrun reason; when the input does, truncation.

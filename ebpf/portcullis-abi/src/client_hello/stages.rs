@@ -29,9 +29,10 @@ use super::{
 /// state (`BENCHMARKS.md`).
 pub const EXTENSIONS_PER_STEP: usize = 16;
 
-/// Steps of [`Step::Extension`] [`drive`] runs at most: enough to walk [`MAX_EXTENSIONS`] + 1.
-const EXTENSION_STEPS: usize = MAX_EXTENSIONS / EXTENSIONS_PER_STEP + 1;
-const _: () = assert!(EXTENSION_STEPS * EXTENSIONS_PER_STEP > MAX_EXTENSIONS);
+/// Steps of [`Step::Extension`] [`drive`] runs at most: they walk [`MAX_EXTENSIONS`], and no extension checks the
+/// count; [`Step::SecondList`] then finds out whether the block ended there.
+const EXTENSION_STEPS: usize = MAX_EXTENSIONS / EXTENSIONS_PER_STEP;
+const _: () = assert!(EXTENSION_STEPS * EXTENSIONS_PER_STEP == MAX_EXTENSIONS);
 
 /// The stage succeeded; run the next one (or, for [`Step::Extension`], the next extension).
 pub const CONTINUE: i32 = 0;
@@ -90,8 +91,7 @@ pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
     if status != CONTINUE {
         return status;
     }
-    // Room for MAX_EXTENSIONS extensions and one more walk to find the end (or too many): the walk ends inside
-    // the bound, whatever the input.
+    // Room for MAX_EXTENSIONS extensions: the walk ends inside the bound, whatever the input.
     for _ in 0..EXTENSION_STEPS {
         if stages.run(Step::Extension) != CONTINUE {
             break;
@@ -138,15 +138,22 @@ pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Worksp
             if let Err(halt) = list_into(input, workspace, false) {
                 return status(Err(halt));
             }
-            match workspace.walk_status {
+            let walk = match workspace.walk_status {
+                // MAX_EXTENSIONS walked (or fewer, by a driver that stopped calling `Extension` early): the
+                // block must end there.
+                CONTINUE if workspace.block.is_empty() => {
+                    workspace.fingerprint.end_extensions();
+                    DONE
+                }
+                CONTINUE => MALFORMED_BASE + Malformed::TooManyExtensions as i32,
+                walk => walk,
+            };
+            match walk {
                 DONE => match checks_into(input, workspace) {
                     Ok(()) if hashing => HASH,
                     Ok(()) => DONE,
                     Err(halt) => status(Err(halt)),
                 },
-                // A driver that stopped calling `Extension` early leaves the walk unfinished: more
-                // extensions than it walked.
-                CONTINUE => MALFORMED_BASE + Malformed::TooManyExtensions as i32,
                 // Truncated or malformed: passed on as it is (no round trip through `Malformed`,
                 // whose table lookup the BPF verifier cannot bound).
                 halted => halted,
