@@ -1,19 +1,20 @@
 //! The ClientHello check through the loaded BPF program (`BPF_PROG_TEST_RUN`): a SYN records the flow, then the
 //! first data segment of the same flow is judged. Real captured ClientHellos (the post-quantum one cut to its first
 //! segment) pass, one crafted input per [`Malformed`] reason drops and is counted under its reason, cut-short and
-//! untracked segments pass, IPv6 and VLAN frames are handled, a blocked fingerprint drops, and the ClientHello
-//! budget charges resumption offers less.
+//! untracked segments pass, IPv6 and VLAN frames are handled, a blocked fingerprint drops, the ClientHello
+//! budget charges resumption offers less, and without the ClientHello program in its array first segments pass
+//! unjudged (fail open).
 //!
 //! Privileged like `test_run`, whose loader and runner it uses.
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray},
 };
 use portcullis_abi::{
     client_hello::{Malformed, parse},
     hello_fixtures::{CAPTURED, malformed_cases},
-    names::{MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_MALFORMED},
+    names::{MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED},
     packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, frame, ipv4, ipv6},
     verdict::Verdict,
@@ -201,6 +202,33 @@ fn each_malformed_reason_drops_and_counts_under_its_reason() {
             );
         }
     }
+}
+
+#[test]
+fn without_the_client_hello_program_first_segments_pass_unjudged() {
+    if skip_reason("without_the_client_hello_program_first_segments_pass_unjudged").is_some() {
+        return;
+    }
+    let (mut ebpf, counters) = load(config());
+    let (reason, bytes) = malformed_cases()
+        .into_iter()
+        .next()
+        .expect("a malformed case");
+    assert_eq!(
+        hello(&mut ebpf, &counters, Conn::v4(9, 42000), &bytes),
+        (XDP_DROP, Verdict::DropMalformedHello),
+        "{reason:?} with the ClientHello program installed"
+    );
+    // Emptied, as when no daemon filled it: the tail call fails and the XDP program passes the segment.
+    ProgramArray::try_from(ebpf.map_mut(MAP_XDP_HELLO_PROG).expect("program array"))
+        .expect("program array type")
+        .clear_index(&0)
+        .expect("empty the program array");
+    assert_eq!(
+        hello(&mut ebpf, &counters, Conn::v4(9, 42001), &bytes),
+        (XDP_PASS, Verdict::PassListenerTcp),
+        "{reason:?} without it"
+    );
 }
 
 #[test]
