@@ -2,7 +2,8 @@
 //!
 //! A SYN that passed the source checks records its flow and initial sequence number in [`XDP_FLOWS`] (a
 //! set-associative table of tags, see `portcullis_abi::flow`); the segment
-//! that starts the flow's byte stream (ISN + 1) is parsed ([`crate::hello::judge`]) and judged: malformed (counted
+//! that starts the flow's byte stream (ISN + 1) is handed to the ClientHello program ([`crate::hello::portcullis_ch`],
+//! by tail call), which parses it and judges it ([`after_parse`]): malformed (counted
 //! by reason in [`XDP_MALFORMED`]), over the source's ClientHello budget ([`XDP_HELLO_BUDGET`], resumption offers
 //! cost less), or a blocked fingerprint ([`XDP_BLOCK_FP`]) drops; anything else passes, a ClientHello cut short
 //! included. A retransmission of that segment is judged again (a dropped one is dropped again); any other

@@ -83,7 +83,7 @@ fn scratch() -> Option<&'static mut Scratch> {
     let words = XDP_HELLO_WS.get_ptr_mut(0)?;
     // SAFETY: this CPU's slot, valid for the program run, 8-byte aligned and large enough (SCRATCH_WORDS);
     // the parse never runs concurrently with itself on one CPU. The bytes form a valid `Scratch` once `head`
-    // has reset the workspace (keeping only the fingerprint choice `judge` wrote before it), and no stage
+    // has reset the workspace (keeping only the fingerprint choice `start` wrote before it), and no stage
     // reads it before that.
     Some(unsafe { &mut *words.cast::<Scratch>() })
 }
@@ -225,9 +225,9 @@ pub fn judge_by_tail_call(ctx: &XdpContext) {
 /// name must match `portcullis_abi::names::PROG_XDP_HELLO`.
 ///
 /// A program of its own, entered by a tail call, rather than a function the main program calls: a tail call is a
-/// jump, and the return from a call goes through the kernel's return thunk (`spec_rstack_overflow: Safe RET`),
-/// whose misprediction cost ≈ 6% of a ClientHello's time (`BENCHMARKS.md`). The verifier checks it from its own
-/// entry, once, as it did the global function the parse was before.
+/// jump, and the return from a call goes through the kernel's return thunk (`spec_rstack_overflow: Safe RET`):
+/// after the parse it was the hottest spot of a ClientHello's profile, ≈ 6% of its samples (`BENCHMARKS.md`). The
+/// verifier checks it from its own entry, once, as it did the global function the parse was before.
 #[xdp]
 pub fn portcullis_ch(ctx: XdpContext) -> u32 {
     let config = crate::config();
