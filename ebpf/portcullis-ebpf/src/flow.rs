@@ -97,8 +97,9 @@ pub fn inspect(
 
 /// The first payload segment of a tracked flow: dropped here when its source has too little ClientHello budget left
 /// for even the cheapest one, otherwise handed to [`hello::portcullis_ch`] by tail call, which parses it and
-/// finishes the packet ([`after_parse`]); this returns only when the tail call fails (the program array is empty:
-/// no daemon filled it), and the segment then passes unjudged (fail open).
+/// finishes the packet ([`after_parse`]). Returns a verdict when the payload is out of the parse's reach (judged as
+/// cut short), and when the tail call fails (the program array is empty: no daemon filled it): the segment then
+/// passes unjudged and uncharged (fail open).
 #[inline(always)]
 fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdict {
     // The source's bucket, refilled, when there is a ClientHello budget. A source without enough left for even
@@ -118,16 +119,25 @@ fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdi
     }
     // A missing count (it cannot be: index 0 of an array) reads as "some blocked": fingerprint (fail safe).
     let fingerprinting = XDP_BLOCK_FP_COUNT.get(0).is_none_or(|n| *n != 0);
-    if hello::start(
+    let bucket = bucket.map(|(index, _)| index);
+    if !hello::start(
         ctx.ctx,
         packet.payload_offset,
         packet.payload_len,
         fingerprinting,
-        bucket.map(|(index, _)| index),
+        bucket,
         packet.dst_port,
     ) {
-        hello::judge_by_tail_call(ctx);
+        // A payload the parse cannot reach (behind more than 511 header bytes, or longer than 4 KiB) counts as a
+        // ClientHello cut short: it passes, and pays for a full handshake from the budget.
+        let unparsed = hello::Judged {
+            status: stages::TRUNCATED,
+            resumption: false,
+            fingerprints: None,
+        };
+        return after_parse(&unparsed, bucket, config);
     }
+    hello::judge_by_tail_call(ctx);
     Verdict::PassListenerTcp
 }
 
