@@ -218,8 +218,9 @@ fn status(result: Result<(), Halt>) -> i32 {
 /// [`Step::Extension`]; the outcome of the walk is kept for the checks in [`Step::SecondList`].
 fn extension<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> i32 {
     // The walk's cursor, bitmap and count in locals, written back once (see `suites_into`). The
-    // fingerprint stays in the workspace: as a local too it took the XDP parse's stack past what the
-    // verifier allows a call chain (512 bytes).
+    // fingerprint stays in the workspace: as a local too it took the stack past the 512 bytes a call
+    // chain may use while the parse was a function the XDP program called (not tried again since the
+    // parse became a program of its own, with its own 512 bytes).
     let mut block = workspace.block;
     let mut seen = workspace.seen;
     let mut walked = workspace.summary.extension_count;
