@@ -13,7 +13,7 @@ use std::{
 };
 
 use portcullis_abi::{
-    names::{MAP_XDP_BUDGET_SEED, PROG_XDP},
+    names::{MAP_XDP_BLOCK_FP, MAP_XDP_BUDGET_SEED, PROG_XDP},
     packet::{ETH_P_IP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{frame, ipv4, tcp},
 };
@@ -149,6 +149,29 @@ fn fingerprint_prints_both_hashes_of_a_captured_hello() {
             .all(|h| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit())),
         "{text}"
     );
+    // This version's format, in the top byte: an operator can tell the values apart from older ones.
+    assert!(hashes.iter().all(|h| h.starts_with("02")), "{text}");
+    // A value of the old format (curl's, as printed before 2026-11-23) is refused, naming the problem, before any
+    // map is opened.
+    let out = run(Command::new(binary()).args([
+        "xdp",
+        "--pin-dir",
+        "/nonexistent",
+        "block-fingerprint",
+        "add",
+        "1fe487ba404e0690",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an old-format value exits 2: {stderr}"
+    );
+    assert!(
+        stderr.contains("not a fingerprint of this version's format")
+            && stderr.contains("portcullis fingerprint"),
+        "{stderr}"
+    );
 
     let junk = TempDir::new("fingerprint").expect("tempdir");
     let file = junk.path().join("http.bin");
@@ -228,7 +251,9 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
     assert_eq!(bed.cli(&["block-fingerprint", "list"]).trim(), unordered);
     let status = bed.cli(&["status"]);
     assert!(
-        status.contains("blocked fingerprints 1") && status.contains("fingerprinting   on"),
+        status.contains("blocked fingerprints 1")
+            && status.contains("fingerprinting   on")
+            && status.contains("shapes           1 of 4096"),
         "status after a block: {status}"
     );
     // The program looks the set up per ClientHello: the very next handshake is dropped.
@@ -267,14 +292,49 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         "bpftool prog run on the blocked ClientHello: expected XDP_DROP (1):\n{run_out}"
     );
 
-    // A restart reuses the pinned blocklist and recounts it (the program fingerprints only while the count
-    // of blocked fingerprints is non-zero): the block holds across it.
+    // An upgrade's leftover: the pinned blocklist also holds a value an older version blocked (curl's fingerprint in
+    // format 1, from before 2026-11-23), written as that version would have.
+    let stale = 0x1fe4_87ba_404e_0690_u64;
+    let key: Vec<String> = stale
+        .to_le_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let out = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(bed.pin_dir.path().join(MAP_XDP_BLOCK_FP))
+        .args(["key", "hex"])
+        .args(&key)
+        .args(["value", "hex", "01"])
+        .output()
+        .expect("run bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool map update: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A restart reuses the pinned blocklist and rebuilds its count and shapes (the program fingerprints only while
+    // the count is non-zero, and hashes only ClientHellos of a blocked shape): the block holds across it, and the
+    // stale value is reported, not silently kept as if it blocked.
     let daemon = restart(&bed, daemon);
     let listener = daemon.addr();
     assert!(
         !bed.s_client(listener, 3),
         "after a restart, a handshake with blocked fingerprint {unordered} completed"
     );
+    let status = bed.cli(&["status"]);
+    assert!(
+        status.contains("blocked fingerprints 2, 1 of them NOT of this version's format")
+            && status.contains("shapes           1 of 4096"),
+        "status with a format-1 value in the blocklist: {status}"
+    );
+    let listed = bed.cli(&["block-fingerprint", "list"]);
+    assert!(
+        listed.contains("1fe487ba404e0690  (not format 2: blocks nothing"),
+        "{listed}"
+    );
+    bed.cli(&["block-fingerprint", "del", "1fe487ba404e0690"]);
 
     bed.cli(&["block-fingerprint", "del", &unordered]);
     assert!(bed.cli(&["block-fingerprint", "list"]).trim().is_empty());

@@ -6,6 +6,8 @@
 //! - [`xdp_config`]: the `#[repr(C)]` configuration the daemon writes into the XDP config map (listener ports,
 //!   SYN budget, source prefix lengths, enforcement).
 //! - [`flow`]: the key of the connection tracking map (a SYN records a flow, its first segment is parsed).
+//! - [`fp_shapes`]: the fingerprint blocklist indexed by shape, which spares the XDP program the hashing of most
+//!   ClientHellos and the hash map lookups of the rest.
 //! - [`limits`]: per-source token buckets and the blocklist key, the map layouts and the arithmetic.
 //! - [`steering`]: the reuseport steering pick (flow hash, skip saturated workers), its config and outcome
 //!   counters, shared by the SK_REUSEPORT program and the daemon.
@@ -26,6 +28,7 @@ extern crate alloc;
 pub mod block_filter;
 pub mod client_hello;
 pub mod flow;
+pub mod fp_shapes;
 #[cfg(any(test, feature = "user"))]
 pub mod hello_fixtures;
 pub mod limits;

@@ -73,6 +73,13 @@ pub const MAP_XDP_BLOCK_FP: &str = "xdp_block_fp";
 /// (bpftool) blocks only once this count is non-zero.
 pub const MAP_XDP_BLOCK_FP_COUNT: &str = "xdp_block_fp_n";
 
+/// Array of [`crate::client_hello::fingerprint::SHAPES`] [`crate::fp_shapes::ShapeSet`]s: for each
+/// [shape](crate::client_hello::fingerprint::shape), the fingerprints in [`MAP_XDP_BLOCK_FP`] that have it, rebuilt
+/// from the blocklist by whoever changes it (as [`MAP_XDP_BLOCK_FP_COUNT`] is recounted). The XDP program hashes a
+/// complete ClientHello only when its shape's set is not empty, and looks the blocklist up only when the set
+/// overflowed.
+pub const MAP_XDP_BLOCK_FP_SHAPES: &str = "xdp_block_fp_sh";
+
 /// Array of [`crate::flow::FLOW_SETS`] sets ([`crate::flow::FlowSet`]) of the flows whose SYN load shedding
 /// dropped, as [`crate::flow::flow_tag`]s of (flow hash, initial sequence number). A SYN that matches one is the
 /// client's TCP retransmitting it (verdict `drop_syn_retry_shed` when dropped again).
@@ -117,6 +124,7 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_HELLO_BUDGET,
     MAP_XDP_BLOCK_FP,
     MAP_XDP_BLOCK_FP_COUNT,
+    MAP_XDP_BLOCK_FP_SHAPES,
     MAP_XDP_HELLO_WS,
     MAP_XDP_HELLO_PROG,
     MAP_XDP_SYN_SHED,

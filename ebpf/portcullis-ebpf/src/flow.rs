@@ -16,10 +16,11 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portcullis_abi::{
-    client_hello::{Malformed, stages},
+    client_hello::{Malformed, fingerprint::SHAPES, stages},
     flow::{
         FLOW_SETS, FULL_HELLO_COST_MILLI, FlowKey, FlowSet, contains, flow_set, flow_tag, record,
     },
+    fp_shapes::{Membership, ShapeSet},
     limits::{BUDGET_SLOTS, BudgetSlot, TokenBucket},
     packet::Classification,
     verdict::Verdict,
@@ -52,6 +53,32 @@ static XDP_BLOCK_FP: HashMap<u64, u8, 16384> = HashMap::new();
 /// could match). Its own map: the daemon rewrites `XdpConfig` every 25 ms while shedding SYNs.
 #[btf_map(name = "xdp_block_fp_n")]
 static XDP_BLOCK_FP_COUNT: Array<u32, 1> = Array::new();
+
+/// The blocked fingerprints by shape, rebuilt with the count; the name must match
+/// `portcullis_abi::names::MAP_XDP_BLOCK_FP_SHAPES`. A complete ClientHello whose shape's set is empty is not hashed.
+#[btf_map(name = "xdp_block_fp_sh")]
+static XDP_BLOCK_FP_SHAPES: Array<ShapeSet, SHAPES> = Array::new();
+
+/// Whether some blocked fingerprint has `shape`, so that a ClientHello of that shape must be hashed. A lookup that
+/// fails (it cannot: the shape is below [`SHAPES`]) reads as "yes" (fail safe, as for the count).
+#[inline(always)]
+pub(crate) fn shape_blocked(shape: u16) -> bool {
+    XDP_BLOCK_FP_SHAPES
+        .get(u32::from(shape))
+        .is_none_or(ShapeSet::any)
+}
+
+/// Whether `fingerprint`, of a ClientHello of `shape`, is blocked: from the shape's set, or from the blocklist when
+/// the set overflowed (or could not be read: it cannot).
+#[inline(always)]
+fn fingerprint_blocked(shapes: Option<&ShapeSet>, fingerprint: u64) -> bool {
+    match shapes.map(|set| set.membership(fingerprint)) {
+        Some(Membership::Blocked) => true,
+        Some(Membership::Clear) => false,
+        // SAFETY: the value is a plain u8 and only compared for presence.
+        Some(Membership::Unknown) | None => unsafe { XDP_BLOCK_FP.get(fingerprint) }.is_some(),
+    }
+}
 
 /// The flow of a classified TCP packet.
 #[inline(always)]
@@ -134,6 +161,7 @@ fn judge(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) -> Verdi
             status: stages::TRUNCATED,
             resumption: false,
             fingerprints: None,
+            shape: 0,
         };
         return after_parse(&unparsed, bucket, config);
     }
@@ -158,9 +186,9 @@ pub(crate) fn after_parse(
         return Verdict::DropMalformedHello;
     }
     if let Some(fingerprints) = judged.fingerprints {
+        let shapes = XDP_BLOCK_FP_SHAPES.get(u32::from(judged.shape));
         for fingerprint in fingerprints {
-            // SAFETY: the value is a plain u8 and only compared for presence.
-            if unsafe { XDP_BLOCK_FP.get(fingerprint) }.is_some() {
+            if fingerprint_blocked(shapes, fingerprint) {
                 return Verdict::DropBlockedFingerprint;
             }
         }

@@ -126,7 +126,7 @@ impl HelloBytes for Payload {
     }
 }
 
-/// The `N` bytes at `at`: 2 and 4 as one load each (LLVM loads an unaligned `[u8; N]` byte by byte, as BPF
+/// The `N` bytes at `at`: 2, 4 and 8 as one load each (LLVM loads an unaligned `[u8; N]` byte by byte, as BPF
 /// targets may not allow unaligned loads; the kernel allows them from packets where the CPU does, as on x86).
 ///
 /// # Safety
@@ -134,15 +134,18 @@ impl HelloBytes for Payload {
 #[inline(always)]
 unsafe fn load<const N: usize>(at: usize) -> [u8; N] {
     #[cfg(target_arch = "bpf")]
-    if N == 2 || N == 4 {
+    if N == 2 || N == 4 || N == 8 {
         let word: u64;
         // SAFETY: the caller's promise; a load into a register (zero-extended), no stack or flags touched.
         unsafe {
             if N == 2 {
                 core::arch::asm!("{0} = *(u16 *)({1} + 0)", out(reg) word, in(reg) at,
                     options(pure, readonly, nostack, preserves_flags));
-            } else {
+            } else if N == 4 {
                 core::arch::asm!("{0} = *(u32 *)({1} + 0)", out(reg) word, in(reg) at,
+                    options(pure, readonly, nostack, preserves_flags));
+            } else {
+                core::arch::asm!("{0} = *(u64 *)({1} + 0)", out(reg) word, in(reg) at,
                     options(pure, readonly, nostack, preserves_flags));
             }
         }
@@ -205,6 +208,14 @@ impl Stages for InPlace {
     fn run(&mut self, step: Step) -> i32 {
         run(self.ctx, self.scratch, step)
     }
+
+    /// Only when a blocked fingerprint has the ClientHello's shape: any other fingerprint is known to pass.
+    #[inline(always)]
+    fn hash_wanted(&mut self) -> bool {
+        // SAFETY: this CPU's slot (see `scratch`), valid for the run.
+        let scratch = unsafe { &*forget(self.scratch) };
+        crate::flow::shape_blocked(scratch.workspace.shape())
+    }
 }
 
 /// The program [`judge_by_tail_call`] jumps to; the name must match `portcullis_abi::names::MAP_XDP_HELLO_PROG`.
@@ -251,6 +262,7 @@ pub fn portcullis_ch(ctx: XdpContext) -> u32 {
             Some(f) if status == stages::DONE => Some([f.ordered, f.unordered]),
             _ => None,
         },
+        shape: slot.workspace.shape(),
     };
     let bucket = (slot.bucket != NO_BUCKET).then_some(slot.bucket);
     let dst_port = slot.dst_port as u16;
@@ -267,6 +279,8 @@ pub struct Judged {
     pub resumption: bool,
     /// Both fingerprints, when the whole ClientHello was present and they were asked for.
     pub fingerprints: Option<[u64; 2]>,
+    /// Their shape, which files them in the blocklist's index (`fp_shapes`).
+    pub shape: u16,
 }
 
 /// Describes the TCP payload at `offset` (declared `len` bytes) of the packet in this CPU's scratch for

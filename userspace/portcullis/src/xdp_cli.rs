@@ -17,12 +17,17 @@ use aya::maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Ke
 use clap::{Args, Subcommand};
 use portcullis_abi::{
     block_filter::FILTER_BITS,
-    client_hello::{self, Malformed, fingerprint_hex},
+    client_hello::{
+        self, Malformed,
+        fingerprint::{FORMAT, SHAPES, shape_of},
+        fingerprint_hex,
+    },
+    fp_shapes::{SHAPE_WAYS, ShapeSet},
     limits::{ADDR_LEN, block_entry, block_network},
     names::{
-        DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET,
-        MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED,
-        MAP_XDP_VERDICTS, PROG_XDP_HELLO,
+        DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES,
+        MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_HELLO_PROG,
+        MAP_XDP_MALFORMED, MAP_XDP_VERDICTS, PROG_XDP_HELLO,
     },
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -59,17 +64,18 @@ enum XdpCommand {
 
 #[derive(Debug, Subcommand)]
 enum FingerprintAction {
-    /// Block a fingerprint: 16 hex digits, e.g. `0123456789abcdef`.
+    /// Block a fingerprint: the 16 hex digits `portcullis fingerprint` prints, e.g. `027cc046e3adee47` (this
+    /// version's fingerprints start with `02`, their format).
     Add {
         /// The fingerprint.
         hex: String,
     },
-    /// Unblock a fingerprint added before.
+    /// Unblock a fingerprint added before (any 16 hex digits: values of an older format can be removed too).
     Del {
         /// The fingerprint.
         hex: String,
     },
-    /// List blocked fingerprints, one per line.
+    /// List blocked fingerprints, one per line; a value of another format is marked, as it blocks nothing.
     List,
 }
 
@@ -304,8 +310,18 @@ fn hello_status(dir: &Path) -> anyhow::Result<()> {
 
 /// The fingerprint lines of `portcullis xdp status`.
 fn fingerprint_status(dir: &Path) -> anyhow::Result<()> {
-    let listed = crate::xdp::fp_count::count(&fingerprint_blocklist(dir)?);
-    println!("blocked fingerprints {listed}");
+    let index = crate::xdp::fp_index::of(&fingerprint_blocklist(dir)?);
+    let listed = index.count;
+    if index.other_format == 0 {
+        println!("blocked fingerprints {listed}");
+    } else {
+        println!(
+            "blocked fingerprints {listed}, {} of them NOT of this version's format (format {FORMAT}: 16 hex digits \
+             starting with 0{FORMAT}): they block nothing; `block-fingerprint list` marks them, `block-fingerprint \
+             del` removes them, and `portcullis fingerprint` prints the values to block now",
+            index.other_format
+        );
+    }
     let counted = fingerprint_count(dir)?.get(&0, 0).context(
         "cannot read the pinned count of blocked fingerprints: daemon and CLI versions differ",
     )?;
@@ -317,6 +333,36 @@ fn fingerprint_status(dir: &Path) -> anyhow::Result<()> {
              written with bpftool?); any `block-fingerprint add|del` or a daemon restart recounts",
             if c == 0 { "off" } else { "on" }
         ),
+    }
+    if listed == 0 {
+        return Ok(());
+    }
+    // What the program reads against what the blocklist needs: a shape left clear lets its fingerprints through.
+    let Some(pinned) = fingerprint_shapes(dir)? else {
+        println!(
+            "shapes           none (the running daemon's program hashes every complete ClientHello)"
+        );
+        return Ok(());
+    };
+    let read = crate::xdp::fp_index::load_shapes(&pinned)?;
+    let wanted = index.shapes_set();
+    if index.covered_by(&read) {
+        println!(
+            "shapes           {wanted} of {SHAPES} (a complete ClientHello of another shape is not hashed: no \
+             blocked fingerprint could match it)"
+        );
+        let overflowed = index.shapes_overflowed();
+        if overflowed != 0 {
+            println!(
+                "                 {overflowed} of them with more than {SHAPE_WAYS} blocked fingerprints: their \
+                 ClientHellos are looked up in the blocklist (slower; still correct)"
+            );
+        }
+    } else {
+        println!(
+            "shapes           STALE: blocked fingerprints have shapes the program does not hash, so they do not \
+             block (an entry written with bpftool?); any `block-fingerprint add|del` or a daemon restart rebuilds them"
+        );
     }
     Ok(())
 }
@@ -331,31 +377,58 @@ fn fingerprint_count(dir: &Path) -> anyhow::Result<Array<MapData, u32>> {
     )
 }
 
+/// The pinned blocklist by shape, or `None` when the running daemon predates it (its program hashes every
+/// ClientHello).
+fn fingerprint_shapes(dir: &Path) -> anyhow::Result<Option<Array<MapData, ShapeSet>>> {
+    if !dir.join(MAP_XDP_BLOCK_FP_SHAPES).exists() {
+        return Ok(None);
+    }
+    let shapes = open(dir, MAP_XDP_BLOCK_FP_SHAPES)?.try_into().context(
+        "the pinned blocklist by shape is not an array of 64-byte sets: daemon and CLI versions differ",
+    )?;
+    Ok(Some(shapes))
+}
+
 fn fingerprint_blocklist(dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u8>> {
     open(dir, MAP_XDP_BLOCK_FP)?.try_into().context(
         "the pinned fingerprint blocklist is not a hash of u64 keys: daemon and CLI versions differ",
     )
 }
 
-/// Recounts the fingerprint blocklist after a change and stores the count the XDP program reads: while it is 0
-/// the program computes no fingerprint, so an added one would not block without it (`xdp::fp_count`).
-fn store_fingerprint_count(
+/// Rebuilds the count and shapes of the fingerprint blocklist after a change and stores them for the XDP program:
+/// while the count is 0 the program computes no fingerprint, and it hashes only ClientHellos of a flagged shape,
+/// so an added fingerprint would not block without them (`xdp::fp_index`). A daemon from before the shapes has
+/// no shape map: its program hashes every ClientHello, and only the count is stored.
+fn store_fingerprint_index(
     dir: &Path,
     blocklist: &HashMap<MapData, u64, u8>,
 ) -> anyhow::Result<()> {
     let mut count = fingerprint_count(dir)?;
-    crate::xdp::fp_count::store(&mut count, crate::xdp::fp_count::count(blocklist))
+    let index = crate::xdp::fp_index::of(blocklist);
+    match fingerprint_shapes(dir)? {
+        Some(mut shapes) => crate::xdp::fp_index::store(&index, &mut count, &mut shapes),
+        None => count
+            .set(0, index.count, 0)
+            .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_FP_COUNT}`")),
+    }
 }
 
 fn block_fingerprint(dir: &Path, action: FingerprintAction) -> anyhow::Result<()> {
     match action {
         FingerprintAction::Add { hex: text } => {
             let value = parse_fingerprint(&text)?;
+            if shape_of(value).is_none() {
+                bail!(BadArgument(format!(
+                    "`{text}` is not a fingerprint of this version's format: its first two digits must be \
+                     0{FORMAT} (format {FORMAT}, since 2026-11-23; older fingerprints never match). Print the \
+                     client's fingerprint again with `portcullis fingerprint`"
+                )));
+            }
             let mut blocklist = fingerprint_blocklist(dir)?;
             blocklist
                 .insert(value, 1, 0)
                 .with_context(|| format!("cannot block fingerprint {text} (is the list full?)"))?;
-            store_fingerprint_count(dir, &blocklist)?;
+            store_fingerprint_index(dir, &blocklist)?;
         }
         FingerprintAction::Del { hex: text } => {
             let value = parse_fingerprint(&text)?;
@@ -363,14 +436,18 @@ fn block_fingerprint(dir: &Path, action: FingerprintAction) -> anyhow::Result<()
             blocklist
                 .remove(&value)
                 .with_context(|| format!("fingerprint {text} is not blocked"))?;
-            store_fingerprint_count(dir, &blocklist)?;
+            store_fingerprint_index(dir, &blocklist)?;
         }
         FingerprintAction::List => {
             for key in fingerprint_blocklist(dir)?.keys() {
-                println!(
-                    "{}",
-                    hex(key.context("cannot read the fingerprint blocklist")?)
-                );
+                let value = key.context("cannot read the fingerprint blocklist")?;
+                match shape_of(value) {
+                    Some(_) => println!("{}", hex(value)),
+                    None => println!(
+                        "{}  (not format {FORMAT}: blocks nothing; `block-fingerprint del` it)",
+                        hex(value)
+                    ),
+                }
             }
         }
     }

@@ -4,7 +4,8 @@
 //!
 //! Classes: a SYN to a listener port (flow recorded), without and with the per-source SYN budget (always within
 //! it: the slot lookup and the spend), a real ClientHello (curl, whole) with no fingerprint blocked (the default:
-//! no fingerprint computed) and with one blocked (fingerprinted), the first segment of a post-quantum ClientHello
+//! no fingerprint computed), with one blocked of another shape (not hashed: the shape table says no blocked
+//! fingerprint could match) and with one blocked of its own shape (hashed, passed), the first segment of a post-quantum ClientHello
 //! (rustls X25519MLKEM768, cut at 1,440 bytes), a malformed ClientHello (a crafted bad key_share: the parse walks
 //! every extension before it finds the fault), a ClientHello whose fingerprint is blocked, and the curl
 //! ClientHello from a source over its ClientHello budget (dropped before the parse: a one-source flood); last, a
@@ -39,12 +40,13 @@ use aya::{
 };
 use portcullis_abi::{
     block_filter::{FILTER_WORDS, Filter, mark},
-    client_hello::{Malformed, parse},
+    client_hello::{Malformed, fingerprint::SHAPES, parse},
+    fp_shapes::{ShapeSet, shape_index},
     hello_fixtures::{CAPTURED, malformed_cases},
     limits::block_entry,
     names::{
-        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER,
-        MAP_XDP_CONFIG, MAP_XDP_HELLO_PROG, PROG_XDP, PROG_XDP_HELLO,
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES, MAP_XDP_BLOCK_NET,
+        MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_HELLO_PROG, PROG_XDP, PROG_XDP_HELLO,
     },
     packet::{ETH_P_IP, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{LISTENER, frame, ipv4},
@@ -85,8 +87,12 @@ struct Class {
     /// XDP action expected (1 drop, 2 pass).
     action: u32,
     /// The count of blocked fingerprints the program sees (`xdp_block_fp_n`): 0, the default, skips the
-    /// fingerprint; the blocklist always holds the one of the blocked class.
+    /// fingerprint; the blocklist always holds the one of the blocked class (openssl's), filed under its shape
+    /// (`xdp_block_fp_sh`).
     fingerprints_blocked: u32,
+    /// A fingerprint of curl's shape (not curl's) is filed under that shape too: curl's ClientHello is then hashed
+    /// and compared, the worst case for a client that is not blocked.
+    curl_shape_blocked: bool,
     /// The per-source ClientHello budget (`hello_rate` per second, burst 1), 0 for none (the default): with one,
     /// the source is over budget after the first repeat; `u32::MAX` (and that burst) never runs out.
     hello_rate: u32,
@@ -136,11 +142,11 @@ impl Loaded {
                     path.display()
                 )
             })?;
-        let blocked = fingerprint_of("openssl_tls13")?;
-        HashMap::<_, u64, u8>::try_from(
+        let mut blocklist = HashMap::<_, u64, u8>::try_from(
             ebpf.map_mut(MAP_XDP_BLOCK_FP).context("fingerprint map")?,
-        )?
-        .insert(blocked, 1, 0)?;
+        )?;
+        blocklist.insert(fingerprint_of("openssl_tls13")?, 1, 0)?;
+        blocklist.insert(fingerprint_of("curl_sni")? ^ 1, 1, 0)?;
         // The ClientHello program the main one tail-calls, as the daemon installs it (objects from before it had
         // the parse as a function of the main program).
         let mut hello_fd = None;
@@ -171,8 +177,8 @@ impl Loaded {
         })
     }
 
-    /// Writes the config and the blocked-fingerprint count `class` runs with, records its flow, and checks its
-    /// verdict.
+    /// Writes the config and the blocked-fingerprint count and shapes `class` runs with, records its flow, and
+    /// checks its verdict.
     fn prepare(&mut self, class: &Class) -> Result<()> {
         let mut config = XdpConfig::new(&[LISTENER]).context("one port")?;
         config.enforce = 1;
@@ -196,6 +202,23 @@ impl Loaded {
         // An object from before the count (`PORTCULLIS_BPF_OBJECT`) always fingerprints.
         if let Some(map) = self.ebpf.map_mut(MAP_XDP_BLOCK_FP_COUNT) {
             Array::<_, u32>::try_from(map)?.set(0, class.fingerprints_blocked, 0)?;
+        }
+        // An object from before the shapes hashes every complete ClientHello while the count is not 0.
+        if let Some(map) = self.ebpf.map_mut(MAP_XDP_BLOCK_FP_SHAPES) {
+            let mut shapes = Array::<_, ShapeSet>::try_from(map)?;
+            for shape in 0..SHAPES as u32 {
+                shapes.set(shape, ShapeSet::EMPTY, 0)?;
+            }
+            let mut filed = vec![fingerprint_of("openssl_tls13")?];
+            if class.curl_shape_blocked {
+                filed.push(fingerprint_of("curl_sni")? ^ 1);
+            }
+            for fingerprint in filed {
+                let shape = shape_index(fingerprint).context("a fingerprint of this format")?;
+                let mut set = shapes.get(&shape, 0)?;
+                set.insert(fingerprint);
+                shapes.set(shape, set, 0)?;
+            }
         }
         if class.blocked_prefixes != 0 {
             let mut entries = blocklist(class.blocked_prefixes)?;
@@ -516,6 +539,7 @@ fn classes() -> Result<Vec<Class>> {
         setup: None,
         action,
         fingerprints_blocked: 0,
+        curl_shape_blocked: false,
         hello_rate: 0,
         syn_budget: false,
         shed: false,
@@ -564,6 +588,12 @@ fn classes() -> Result<Vec<Class>> {
             name: "client_hello (curl), fp blocklist in use",
             fingerprints_blocked: 1,
             ..hello(50005, captured("curl_sni")?, 2)
+        },
+        Class {
+            name: "client_hello (curl), a blocked fp of its shape",
+            fingerprints_blocked: 2,
+            curl_shape_blocked: true,
+            ..hello(50014, captured("curl_sni")?, 2)
         },
         Class {
             name: "pq_first_segment (rustls)",

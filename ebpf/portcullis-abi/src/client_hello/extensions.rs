@@ -3,7 +3,7 @@
 
 #[cfg(doc)]
 use super::MAX_EXTENSIONS;
-use super::fingerprint::{FingerprintBuilder, is_grease};
+use super::fingerprint::is_grease;
 use super::reader::{Halt, HelloBytes, Reader};
 use super::{ClientHelloSummary, MAX_KEY_SHARES, Malformed, SniRange};
 
@@ -51,8 +51,8 @@ impl Extensions {
     };
 }
 
-/// Walks one extension of the block, filling `summary` and feeding its type to `fingerprint`;
-/// `Ok(false)` once the block is finished (the extension types are then closed in `fingerprint`).
+/// Walks one extension of the block, filling `summary`; `Ok(false)` once the block is finished. (The fingerprint
+/// walks the types again after the checks, when it is computed: see `stages`.)
 ///
 /// On [`Halt::Truncated`] the summary keeps what the extensions that arrived told, and `found` what they
 /// were. The two extensions whose bodies hold lists (supported_versions, key_share) are only located here;
@@ -71,11 +71,9 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
     seen: &mut u64,
     walked: &mut u16,
     summary: &mut ClientHelloSummary,
-    fingerprint: &mut FingerprintBuilder,
     found: &mut Extensions,
 ) -> Result<bool, Halt> {
     if block.is_empty() {
-        fingerprint.end_extensions();
         return Ok(false);
     }
     // Both fields at once: when the block ends inside them, either way of reading them gives the block's
@@ -92,7 +90,6 @@ pub(super) fn step<I: HelloBytes + ?Sized>(
         }
         *seen |= bit;
     }
-    fingerprint.extension(kind);
     match kind {
         extension_type::SERVER_NAME => server_name(
             input,

@@ -149,6 +149,12 @@ impl Reader {
         Ok(u16::from_be_bytes(self.array::<I, 2>(input)?))
     }
 
+    /// Reads four big-endian `u16`s (list entries the fingerprint hashes) with one bounds check, as one
+    /// big-endian `u64`, the first entry in its top 16 bits.
+    pub(super) fn u16_quad<I: HelloBytes + ?Sized>(&mut self, input: &I) -> Result<u64, Halt> {
+        Ok(u64::from_be_bytes(self.array::<I, 8>(input)?))
+    }
+
     /// Reads two big-endian `u16`s (an extension's type and length) with one bounds check.
     pub(super) fn u16_pair<I: HelloBytes + ?Sized>(
         &mut self,

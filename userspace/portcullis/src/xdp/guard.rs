@@ -7,12 +7,13 @@ use aya::{
     programs::Xdp,
 };
 use portcullis_abi::{
+    fp_shapes::ShapeSet,
     limits::{ADDR_LEN, BudgetSlot},
     names::{
-        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER,
-        MAP_XDP_BUDGET_SEED, MAP_XDP_CONFIG, MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET,
-        MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP,
-        PROG_XDP_HELLO,
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES, MAP_XDP_BLOCK_NET,
+        MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_BUDGET_SEED, MAP_XDP_CONFIG, MAP_XDP_FLOWS,
+        MAP_XDP_HELLO_BUDGET, MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET,
+        MAP_XDP_VERDICTS, PROG_XDP, PROG_XDP_HELLO,
     },
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
@@ -20,7 +21,7 @@ use portcullis_abi::{
 use super::{
     XdpCounters, XdpSettings,
     attach::{Attachment, attach},
-    block_filter, budget_seed, fp_count, hello_prog,
+    block_filter, budget_seed, fp_index, hello_prog,
     logs::{LogPump, bpf_log_level},
     object,
     pins::{Persistent, Pins, reusable_pin},
@@ -141,20 +142,35 @@ impl XdpGuard {
             .set(XDP_CONFIG_KEY, config, 0)
             .with_context(|| format!("cannot write map `{MAP_XDP_CONFIG}`"))?;
 
-        // The blocklist is pinned for good and may have changed while the daemon was down: recount it before
-        // the program runs, or a blocked fingerprint would not be computed (`fp_count`).
+        // The blocklist is pinned for good and may have changed while the daemon was down: rebuild its count and
+        // shapes before the program runs, or a blocked fingerprint would not be computed (`fp_index`).
         let blocked: HashMap<&MapData, u64, u8> = ebpf
             .map(MAP_XDP_BLOCK_FP)
             .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP}`; rebuild it with `cargo xtask build`"))?
             .try_into()
             .with_context(|| format!("map `{MAP_XDP_BLOCK_FP}` is not a hash of u64; rebuild with `cargo xtask build`"))?;
-        let blocked = fp_count::count(&blocked);
-        let mut count: Array<&mut MapData, u32> = ebpf
-            .map_mut(MAP_XDP_BLOCK_FP_COUNT)
+        let index = fp_index::of(&blocked);
+        if index.other_format != 0 {
+            tracing::warn!(
+                stale = index.other_format,
+                "the pinned fingerprint blocklist holds {} value(s) that are not fingerprints of this version's format \
+                 (format 1, from before 2026-11-23, or written with bpftool): they block nothing. List them with \
+                 `portcullis xdp block-fingerprint list`, remove them with `block-fingerprint del`, and block what \
+                 `portcullis fingerprint` prints now",
+                index.other_format
+            );
+        }
+        let [count, shapes] =
+            ebpf.maps_disjoint_mut([MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES]);
+        let mut count: Array<&mut MapData, u32> = count
             .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_COUNT}`; rebuild it with `cargo xtask build`"))?
             .try_into()
             .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_COUNT}` is not an array of u32; rebuild with `cargo xtask build`"))?;
-        fp_count::store(&mut count, blocked)?;
+        let mut shapes: Array<&mut MapData, ShapeSet> = shapes
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_SHAPES}`; rebuild it with `cargo xtask build`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_SHAPES}` is not an array of 64-byte sets; rebuild with `cargo xtask build`"))?;
+        fp_index::store(&index, &mut count, &mut shapes)?;
 
         // Likewise the CIDR blocklist's prefilter, or a prefix blocked while the daemon was down would not block.
         let trie: LpmTrie<&MapData, [u8; ADDR_LEN], u8> = ebpf
@@ -213,6 +229,7 @@ impl XdpGuard {
             MAP_XDP_MALFORMED,
             MAP_XDP_FLOWS,
             MAP_XDP_BLOCK_FP_COUNT,
+            MAP_XDP_BLOCK_FP_SHAPES,
             MAP_XDP_BLOCK_NET_FILTER,
             MAP_XDP_HELLO_PROG,
         ] {
@@ -244,7 +261,8 @@ impl XdpGuard {
             hello_rate = config.hello_rate,
             hello_burst = config.hello_burst,
             enforce = settings.enforce,
-            blocked_fingerprints = blocked,
+            blocked_fingerprints = index.count,
+            blocked_shapes = index.shapes_set(),
             "XDP handshake guard running"
         );
         Ok(XdpGuard { counters, running })

@@ -9,8 +9,9 @@
 //! - [`attach`]: attaching to one interface in the requested mode (native, generic, or native then generic).
 //! - [`pins`]: the pin directory on bpffs and the map pins the guard creates and removes.
 //! - [`budget_seed`]: the random key of the budget tables' slot hash, drawn once and pinned with them.
-//! - [`fp_count`]: the count of blocked fingerprints beside the blocklist, which lets the program skip
-//!   fingerprinting while none is blocked (the CLI shares it).
+//! - [`fp_index`]: the count and the shapes of the blocked fingerprints, rebuilt from the blocklist, which let the
+//!   program skip fingerprinting while none is blocked and hash only ClientHellos of a blocked shape (the CLI
+//!   shares it).
 //! - [`clock`]: the kernel's tick, so the budgets read the time as jiffies (one load) instead of a helper call.
 //! - [`block_filter`]: the prefilter of the CIDR blocklist, rebuilt from the trie, which lets the program skip the
 //!   trie lookup for sources no blocked prefix can cover (the CLI shares it).
@@ -31,8 +32,8 @@
 //! - State pins (`xdp_syn_budget`, `xdp_ch_budget` and their hash key `xdp_budget_seed`, `xdp_block_net`,
 //!   `xdp_block_fp`) are never removed: the next
 //!   start reuses them (after checking their key and value sizes), so budgets and blocklists survive restarts and
-//!   upgrades. `xdp_malformed`, `xdp_flows`, `xdp_block_fp_n` (the blocklist's count, recounted at start),
-//!   `xdp_block_pre` (the CIDR blocklist's prefilter, rebuilt at start) and `xdp_hello_prog` (the program array
+//!   upgrades. `xdp_malformed`, `xdp_flows`, `xdp_block_fp_n` and `xdp_block_fp_sh` (the blocklist's count and
+//!   shapes, rebuilt at start), `xdp_block_pre` (the CIDR blocklist's prefilter, rebuilt at start) and `xdp_hello_prog` (the program array
 //!   holding the ClientHello program `portcullis_ch`, pinned beside `portcullis_xdp`) are pinned per run like the
 //!   verdict counters.
 //! - The program fails open: it drops only blocked sources and fingerprints, over-budget SYNs and ClientHellos and
@@ -44,7 +45,7 @@ pub(crate) mod block_filter;
 mod budget_seed;
 pub(crate) mod clock;
 mod counters;
-pub(crate) mod fp_count;
+pub(crate) mod fp_index;
 mod guard;
 pub(crate) mod hello_prog;
 mod logs;

@@ -12,9 +12,13 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray},
 };
 use portcullis_abi::{
-    client_hello::{Malformed, parse},
+    client_hello::{Malformed, fingerprint::SHAPES, parse},
+    fp_shapes::{ShapeSet, shape_index},
     hello_fixtures::{CAPTURED, malformed_cases},
-    names::{MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED},
+    names::{
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES, MAP_XDP_HELLO_PROG,
+        MAP_XDP_MALFORMED,
+    },
     packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, frame, ipv4, ipv6},
     verdict::Verdict,
@@ -349,52 +353,61 @@ fn blocked_fingerprints_drop_until_removed() {
         .expect("curl parses")
         .fingerprint
         .expect("complete");
+    let (_, other, _) = CAPTURED
+        .iter()
+        .find(|c| c.0 == "rustls_x25519")
+        .expect("rustls fixture");
     for (n, value) in [fingerprint.unordered, fingerprint.ordered]
         .into_iter()
         .enumerate()
     {
+        let port = |k: u16| 44000 + 10 * n as u16 + k;
         blocklist(&mut ebpf).insert(value, 1, 0).expect("block");
-        // Not counted yet: the program computes no fingerprint while the count is 0, so nothing blocks.
+        // Not indexed yet: the program computes no fingerprint while the count is 0, and compares only with the
+        // fingerprints filed under the ClientHello's shape, so nothing blocks until both are stored.
+        let unindexed: [(u32, &[u64]); 2] = [(0, &[value]), (1, &[])];
+        for (k, (count, filed)) in (3..).zip(unindexed) {
+            set_index(&mut ebpf, count, filed, false);
+            assert_eq!(
+                hello(&mut ebpf, &counters, Conn::v4(30, port(k)), curl),
+                (XDP_PASS, Verdict::PassClientHello),
+                "blocked, count {count}, filed {filed:x?}"
+            );
+        }
+        set_index(&mut ebpf, 1, &[value], false);
         assert_eq!(
-            hello(
-                &mut ebpf,
-                &counters,
-                Conn::v4(30, 44003 + 10 * n as u16),
-                curl
-            ),
-            (XDP_PASS, Verdict::PassClientHello),
-            "blocked but not counted"
-        );
-        set_blocked_count(&mut ebpf, 1);
-        let conn = Conn::v4(30, 44000 + 10 * n as u16);
-        assert_eq!(
-            hello(&mut ebpf, &counters, conn, curl),
+            hello(&mut ebpf, &counters, Conn::v4(30, port(0)), curl),
             (XDP_DROP, Verdict::DropBlockedFingerprint),
             "fingerprint {value:016x}"
         );
-        let (_, other, _) = CAPTURED
-            .iter()
-            .find(|c| c.0 == "rustls_x25519")
-            .expect("rustls fixture");
         assert_eq!(
-            hello(
-                &mut ebpf,
-                &counters,
-                Conn::v4(30, 44001 + 10 * n as u16),
-                other
-            ),
+            hello(&mut ebpf, &counters, Conn::v4(30, port(1)), other),
             (XDP_PASS, Verdict::PassClientHello),
-            "another client's fingerprint"
+            "another client's fingerprint (another shape)"
+        );
+        // Another fingerprint of curl's shape filed, not curl's: curl is hashed, compared, and passes.
+        set_index(&mut ebpf, 1, &[value ^ 1], false);
+        assert_eq!(
+            hello(&mut ebpf, &counters, Conn::v4(30, port(2)), curl),
+            (XDP_PASS, Verdict::PassClientHello),
+            "a blocked fingerprint of curl's shape, not curl's"
+        );
+        // A shape with more blocked fingerprints than its set holds sends the program to the blocklist.
+        set_index(&mut ebpf, 9, &[value ^ 1], true);
+        assert_eq!(
+            hello(&mut ebpf, &counters, Conn::v4(30, port(5)), curl),
+            (XDP_DROP, Verdict::DropBlockedFingerprint),
+            "an overflowed shape, fingerprint {value:016x} in the blocklist"
         );
         blocklist(&mut ebpf).remove(&value).expect("unblock");
-        set_blocked_count(&mut ebpf, 0);
         assert_eq!(
-            hello(
-                &mut ebpf,
-                &counters,
-                Conn::v4(30, 44002 + 10 * n as u16),
-                curl
-            ),
+            hello(&mut ebpf, &counters, Conn::v4(30, port(6)), curl),
+            (XDP_PASS, Verdict::PassClientHello),
+            "an overflowed shape, fingerprint {value:016x} not in the blocklist"
+        );
+        set_index(&mut ebpf, 0, &[], false);
+        assert_eq!(
+            hello(&mut ebpf, &counters, Conn::v4(30, port(7)), curl),
             (XDP_PASS, Verdict::PassClientHello),
             "unblocked"
         );
@@ -409,14 +422,33 @@ fn blocklist(ebpf: &mut Ebpf) -> HashMap<&mut MapData, u64, u8> {
         .expect("fingerprint map type")
 }
 
-/// Stores the count of blocked fingerprints, as `portcullis xdp block-fingerprint` does after a change.
-fn set_blocked_count(ebpf: &mut Ebpf, blocked: u32) {
+/// Stores the count of blocked fingerprints and files `filed` under their shapes, as `portcullis xdp
+/// block-fingerprint` does after a change; with `overflow`, the shape of the first is marked as holding more than
+/// its set has room for.
+fn set_index(ebpf: &mut Ebpf, blocked: u32, filed: &[u64], overflow: bool) {
     let mut count: Array<_, u32> = ebpf
         .map_mut(MAP_XDP_BLOCK_FP_COUNT)
         .expect("fingerprint count map")
         .try_into()
         .expect("fingerprint count map type");
     count.set(0, blocked, 0).expect("count");
+    let mut shapes: Array<_, ShapeSet> = ebpf
+        .map_mut(MAP_XDP_BLOCK_FP_SHAPES)
+        .expect("fingerprint shape map")
+        .try_into()
+        .expect("fingerprint shape map type");
+    for shape in 0..SHAPES as u32 {
+        shapes.set(shape, ShapeSet::EMPTY, 0).expect("shape");
+    }
+    for (n, value) in filed.iter().enumerate() {
+        let shape = shape_index(*value).expect("format 2");
+        let mut set = shapes.get(&shape, 0).expect("shape");
+        set.insert(*value);
+        if overflow && n == 0 {
+            set.len = ShapeSet::OVERFLOW;
+        }
+        shapes.set(shape, set, 0).expect("shape");
+    }
 }
 
 #[test]
