@@ -131,8 +131,8 @@ pub struct Workspace {
     block: Reader,
     /// The cipher suites list.
     list: Reader,
-    /// The whole extensions block, walked again for the fingerprint.
-    extensions: Reader,
+    /// Where the extensions block starts (it ends with the ClientHello), walked again for the fingerprint.
+    extensions_start: usize,
     /// Extension types 0..=63 seen so far, one bit each.
     seen: u64,
     /// How the extension walk ended: a [`stages`] status ([`stages::CONTINUE`] while walking).
@@ -151,7 +151,7 @@ impl Workspace {
         hello_end: 0,
         block: Reader::new(0, 0, Malformed::ExtensionFramingBroken),
         list: Reader::new(0, 0, Malformed::HandshakeLengthMismatch),
-        extensions: Reader::new(0, 0, Malformed::ExtensionFramingBroken),
+        extensions_start: 0,
         seen: 0,
         walk_status: stages::CONTINUE,
         fingerprint_wanted: true,

@@ -391,13 +391,17 @@ fn each_u16<I: HelloBytes + ?Sized, const MAX: usize>(
     Ok(())
 }
 
-/// [`Step::ExtensionTypes`]: the extension types into the fingerprint, walking `workspace.extensions` again
-/// (the extension walk found it well framed, and all of it arrived).
+/// [`Step::ExtensionTypes`]: the extension types into the fingerprint, walking the extensions block again (the
+/// extension walk found it well framed, and all of it arrived).
 fn extension_types_into<I: HelloBytes + ?Sized>(
     input: &I,
     workspace: &mut Workspace,
 ) -> Result<(), Halt> {
-    let mut block = workspace.extensions;
+    let mut block = Reader::new(
+        workspace.extensions_start,
+        workspace.hello_end,
+        Malformed::ExtensionFramingBroken,
+    );
     let mut fingerprint = workspace.fingerprint;
     for _ in 0..MAX_EXTENSIONS {
         if block.is_empty() {
@@ -442,7 +446,7 @@ fn compression_into<I: HelloBytes + ?Sized>(
     summary.stage = Stage::Extensions;
     // RFC 5246 §7.4.1.2 lets a TLS 1.2 ClientHello end here without an extensions block; an
     // empty block stands in for it.
-    *body = if body.is_empty() {
+    let block = if body.is_empty() {
         Reader::new(hello_end, hello_end, Malformed::ExtensionFramingBroken)
     } else {
         if body.left() < 2 {
@@ -454,7 +458,9 @@ fn compression_into<I: HelloBytes + ?Sized>(
         }
         body.split(block_len, Malformed::ExtensionFramingBroken)?
     };
-    workspace.extensions = *body;
+    // The block ends where the ClientHello does: its start is all the fingerprint's second walk needs.
+    workspace.extensions_start = block.position();
+    *body = block;
     Ok(())
 }
 
