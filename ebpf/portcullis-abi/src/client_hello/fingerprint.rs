@@ -27,8 +27,9 @@
 //! 2. the cipher suites in wire order (at most the first
 //!    [`MAX_HASHED_CIPHER_SUITES`](super::MAX_HASHED_CIPHER_SUITES)), then their count;
 //! 3. the extension types — for [`Fingerprint::ordered`] in wire order, then their count; for
-//!    [`Fingerprint::unordered`] the wrapping sum of [`mix`]`(type)` over the types as four units, most
-//!    significant first, then their count;
+//!    [`Fingerprint::unordered`] the set of types below 64 as a 64-bit bitmap (bit `t` for type `t`), then the
+//!    wrapping sum of [`mix`]`(type)` over the other types, each `u64` as four units, most significant first,
+//!    then the count of all;
 //! 4. the supported_groups in wire order (at most the first
 //!    [`MAX_HASHED_GROUPS`](super::MAX_HASHED_GROUPS); none if the extension is absent), then
 //!    their count.
@@ -38,8 +39,9 @@
 //!
 //! The unordered variant exists because Chrome (since version 110) shuffles its extension order on
 //! every connection, so the ordered hash gives one Chrome build many values; JA4 sorts the
-//! extensions for the same reason. Summing per-type mixes is order-independent without the
-//! storage and nested loops a sort would cost in BPF.
+//! extensions for the same reason. A bitmap and a sum of per-type mixes are order-independent without the
+//! storage and nested loops a sort would cost in BPF; the bitmap is the one the parser keeps anyway to find
+//! duplicate extensions, and most types are below 64 (the sum gets renegotiation_info, ECH, ALPS).
 //!
 //! # Shape
 //! `min(cipher suites, 63) << 6 | min(extensions, 63)`, both counted as declared, GREASE included (the counts the
@@ -152,7 +154,7 @@ impl Fnv {
 pub(super) struct FingerprintBuilder {
     ordered: Fnv,
     unordered: Fnv,
-    /// Wrapping sum of [`mix`] over the extension types seen so far.
+    /// Wrapping sum of [`mix`] over the extension types of 64 and above seen so far.
     extension_set: u64,
     /// Non-GREASE values hashed in the current list.
     count: u16,
@@ -195,18 +197,21 @@ impl FingerprintBuilder {
     pub(super) fn extension(&mut self, extension_type: u16) {
         if !is_grease(extension_type) {
             self.ordered.unit(extension_type);
-            self.extension_set = self
-                .extension_set
-                .wrapping_add(mix(u64::from(extension_type)));
+            if extension_type >= 64 {
+                self.extension_set = self
+                    .extension_set
+                    .wrapping_add(mix(u64::from(extension_type)));
+            }
             self.count = self.count.wrapping_add(1);
         }
     }
 
-    /// Closes the extension type list.
-    pub(super) fn end_extensions(&mut self) {
-        let set = self.extension_set;
-        for unit in [set >> 48, set >> 32, set >> 16, set] {
-            self.unordered.unit(unit as u16);
+    /// Closes the extension type list; `below_64` has bit `t` set for each type `t` below 64 in it.
+    pub(super) fn end_extensions(&mut self, below_64: u64) {
+        for word in [below_64, self.extension_set] {
+            for unit in [word >> 48, word >> 32, word >> 16, word] {
+                self.unordered.unit(unit as u16);
+            }
         }
         self.end_list();
     }

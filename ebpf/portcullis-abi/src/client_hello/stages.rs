@@ -411,7 +411,8 @@ fn extension_types_into<I: HelloBytes + ?Sized>(
         block.take(usize::from(len))?;
         fingerprint.extension(kind);
     }
-    fingerprint.end_extensions();
+    // The walk's duplicate bitmap is the set of types below 64.
+    fingerprint.end_extensions(workspace.seen);
     workspace.fingerprint = fingerprint;
     Ok(())
 }
