@@ -40,6 +40,27 @@ pub fn prog_run(program: &Path, frame_file: &Path) -> String {
     text
 }
 
+/// `bpftool map update pinned <map> key hex .. value hex ..`, which must succeed: an entry written as another
+/// version of the daemon or an operator's script would, behind the CLI's back.
+pub fn map_update(map: &Path, key: &[u8], value: &[u8]) {
+    let hex = |bytes: &[u8]| bytes.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>();
+    let out = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(map)
+        .args(["key", "hex"])
+        .args(hex(key))
+        .args(["value", "hex"])
+        .args(hex(value))
+        .output()
+        .expect("run bpftool (install bpftool)");
+    assert!(
+        out.status.success(),
+        "bpftool map update {} failed: {}",
+        map.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The per-CPU array pinned at `path`, summed over CPUs, by key: `bpftool -j map dump pinned <path>`.
 pub fn per_cpu_sums(path: &Path) -> BTreeMap<u32, u64> {
     parse_per_cpu_sums(&bpftool(&["-j", "map", "dump", "pinned"], path))

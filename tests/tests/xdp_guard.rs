@@ -18,7 +18,7 @@ use portcullis_abi::{
     packet_fixtures::{frame, ipv4, tcp},
 };
 use portcullis_tests::{
-    bpftool::{prog_run, single_u64},
+    bpftool::{map_update, prog_run, single_u64},
     daemon::{Daemon, TempDir, binary, metric_value},
     privileged::require_root,
     testbed::XdpTestbed,
@@ -295,23 +295,10 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
     // An upgrade's leftover: the pinned blocklist also holds a value an older version blocked (curl's fingerprint in
     // format 1, from before 2026-11-23), written as that version would have.
     let stale = 0x1fe4_87ba_404e_0690_u64;
-    let key: Vec<String> = stale
-        .to_le_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let out = Command::new("bpftool")
-        .args(["map", "update", "pinned"])
-        .arg(bed.pin_dir.path().join(MAP_XDP_BLOCK_FP))
-        .args(["key", "hex"])
-        .args(&key)
-        .args(["value", "hex", "01"])
-        .output()
-        .expect("run bpftool");
-    assert!(
-        out.status.success(),
-        "bpftool map update: {}",
-        String::from_utf8_lossy(&out.stderr)
+    map_update(
+        &bed.pin_dir.path().join(MAP_XDP_BLOCK_FP),
+        &stale.to_le_bytes(),
+        &[1],
     );
 
     // A restart reuses the pinned blocklist and rebuilds its count and shapes (the program fingerprints only while

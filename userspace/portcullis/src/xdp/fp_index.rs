@@ -60,14 +60,19 @@ impl Index {
 
 /// The index of `blocklist`.
 pub(crate) fn of<T: Borrow<MapData>>(blocklist: &HashMap<T, u64, u8>) -> Index {
+    of_keys(blocklist.keys().map(|key| key.ok()))
+}
+
+/// The index of a blocklist's keys (`None` for a key that could not be read).
+fn of_keys(keys: impl Iterator<Item = Option<u64>>) -> Index {
     let mut index = Index {
         count: 0,
         other_format: 0,
         shapes: vec![ShapeSet::EMPTY; SHAPES],
     };
-    for key in blocklist.keys() {
+    for key in keys {
         index.count = index.count.saturating_add(1);
-        let Ok(fingerprint) = key else { continue };
+        let Some(fingerprint) = key else { continue };
         match shape_index(fingerprint).and_then(|shape| index.shapes.get_mut(shape as usize)) {
             Some(set) => set.insert(fingerprint),
             None => index.other_format = index.other_format.saturating_add(1),
@@ -109,4 +114,50 @@ pub(crate) fn load_shapes<S: Borrow<MapData>>(
                 .with_context(|| format!("cannot read map `{MAP_XDP_BLOCK_FP_SHAPES}`"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_abi::{
+        client_hello::fingerprint::{shape, shape_of},
+        fp_shapes::SHAPE_WAYS,
+    };
+
+    use super::*;
+
+    /// A format-2 fingerprint of `shape` with hash bits `n`.
+    fn fingerprint(shape: u16, n: u64) -> u64 {
+        0x0200_0000_0000_0000 | u64::from(shape) << 44 | n
+    }
+
+    #[test]
+    fn every_blocked_fingerprint_is_found_where_the_program_looks() {
+        let crowded = shape(16, 18);
+        let mut blocked: Vec<u64> = (1..=SHAPE_WAYS as u64 + 3)
+            .map(|n| fingerprint(crowded, n))
+            .collect();
+        blocked.extend([fingerprint(shape(31, 12), 7), fingerprint(shape(4, 10), 7)]);
+        let stale = [0x1fe4_87ba_404e_0690, 0x5c7a_204d_edbf_9bf6];
+        let keys = blocked.iter().chain(&stale).map(|k| Some(*k)).chain([None]);
+        let index = of_keys(keys);
+        assert_eq!(
+            index.count,
+            blocked.len() as u32 + 3,
+            "unreadable keys count"
+        );
+        assert_eq!(index.other_format, 2);
+        assert_eq!(index.shapes_set(), 3);
+        assert_eq!(index.shapes_overflowed(), 1);
+        for value in &blocked {
+            let set = &index.shapes[shape_of(*value).expect("format 2") as usize];
+            assert_ne!(set.membership(*value), Membership::Clear, "{value:016x}");
+        }
+        let clear = fingerprint(shape(31, 12), 8);
+        assert_eq!(
+            index.shapes[usize::from(shape(31, 12))].membership(clear),
+            Membership::Clear
+        );
+        assert!(index.covered_by(&index.shapes));
+        assert!(!index.covered_by(&vec![ShapeSet::EMPTY; SHAPES]));
+    }
 }
