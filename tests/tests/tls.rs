@@ -287,6 +287,45 @@ fn rustls_client_gets_through_and_resumes() {
     d.stop_ok();
 }
 
+#[test]
+fn recent_client_hello_fingerprints_are_listed_for_operators() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let d = start_with(&pki, "", "");
+    let (code, empty) = d.admin_get("/fingerprints").expect("GET /fingerprints");
+    assert_eq!(code, 200, "{empty}");
+    // A full handshake, then a resumed one: the resumption adds pre_shared_key, so two fingerprints, once each.
+    let config = rustls_client(&pki);
+    for _ in 0..2 {
+        let (body, _) = rustls_get(&config, d.addr(), "ecdsa.test");
+        assert!(body.contains(DEMO_BODY), "{body}");
+    }
+    let (code, listed) = d.admin_get("/fingerprints").expect("GET /fingerprints");
+    assert_eq!(code, 200, "{listed}");
+    let rows: Vec<Vec<&str>> = listed
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    for row in &rows {
+        // last window + this window: the two may straddle a window's end.
+        let count: u64 =
+            row[0].parse::<u64>().expect("count") + row[1].parse::<u64>().expect("count");
+        assert_eq!(count, 1, "{listed}");
+        // Both variants in this version's format, as `portcullis xdp block-fingerprint add` takes them.
+        assert!(
+            row[2..4]
+                .iter()
+                .all(|h| h.len() == 16 && h.starts_with("02")),
+            "{listed}"
+        );
+    }
+    assert_ne!(rows[0][2], rows[1][2], "{listed}");
+    d.stop_ok();
+}
+
 /// Reads until the server closes; returns how long that took. Bounded: fails after `limit`.
 fn wait_closed(mut s: &TcpStream, limit: Duration) -> Duration {
     let start = Instant::now();

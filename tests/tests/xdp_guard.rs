@@ -242,6 +242,19 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|| panic!("no unordered fingerprint printed: {printed}"));
 
+    // Without a capture: the daemon lists the fingerprints of the ClientHellos it got, the handshake above's among
+    // them, where an operator under attack finds the one to block.
+    let (code, seen) = daemon
+        .admin_get("/fingerprints")
+        .expect("GET /fingerprints");
+    assert!(
+        code == 200
+            && seen
+                .lines()
+                .any(|l| l.split_whitespace().nth(2) == Some(unordered.as_str())),
+        "{unordered} not in /fingerprints ({code}):\n{seen}"
+    );
+
     let status = bed.cli(&["status"]);
     assert!(
         status.contains("fingerprinting   off (nothing blocked"),

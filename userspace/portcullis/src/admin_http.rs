@@ -1,6 +1,7 @@
-//! The plain-HTTP admin endpoint on its own listener: `/metrics` (Prometheus text), `/healthz` (the process
-//! is alive), `/readyz` (listeners bound and certificates loaded, and not draining: a load balancer should
-//! stop sending us connections as soon as it turns false).
+//! The plain-HTTP admin endpoint on its own listener: `/metrics` (Prometheus text), `/fingerprints` (the most
+//! frequent ClientHello fingerprints lately, `seen_fingerprints`), `/healthz` (the process is alive), `/readyz`
+//! (listeners bound and certificates loaded, and not draining: a load balancer should stop sending us connections
+//! as soon as it turns false).
 //!
 //! Deliberately tiny: GET only, one request per connection, requests bounded in size and time.
 
@@ -100,6 +101,13 @@ async fn handle(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
                 .await
             }
         }
+        "/fingerprints" => {
+            let body = crate::seen_fingerprints::render(
+                admin.metrics.seen_fingerprints(),
+                std::time::Instant::now(),
+            );
+            respond(&mut stream, 200, "text/plain; charset=utf-8", &body).await
+        }
         "/healthz" => respond(&mut stream, 200, "text/plain", "ok\n").await,
         "/readyz" => {
             if admin.ready.load(Ordering::Acquire) {
@@ -113,7 +121,7 @@ async fn handle(mut stream: TcpStream, admin: &Admin) -> std::io::Result<()> {
                 &mut stream,
                 404,
                 "text/plain",
-                "not found: try /metrics, /healthz, /readyz\n",
+                "not found: try /metrics, /fingerprints, /healthz, /readyz\n",
             )
             .await
         }

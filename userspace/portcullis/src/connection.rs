@@ -206,6 +206,9 @@ fn count_offers(m: &ListenerMetrics, hello: &handshake::inspect::HelloInfo) {
     if hello.offers_tls12_ticket {
         m.offer("tls12_ticket");
     }
+    if let Some(fingerprint) = hello.fingerprint {
+        m.fingerprint(fingerprint);
+    }
 }
 
 async fn write_all(tcp: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {

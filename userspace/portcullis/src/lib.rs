@@ -10,7 +10,8 @@
 //! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
 //! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio sockets.
 //! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
-//! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`, `/fingerprints`
+//!   ([`seen_fingerprints`]: the most frequent ClientHello fingerprints lately, for operators to block).
 //! - [`xdp`]: the XDP program's loader, pins and counters; [`notify`]: sd_notify readiness.
 //! - [`steering`]: the SK_REUSEPORT program that picks each connection's worker, skipping saturated ones;
 //!   [`steering_cli`]: `portcullis steering status|saturate|clear`.
@@ -32,6 +33,7 @@ pub mod metrics;
 pub mod notify;
 pub mod offload;
 pub mod proxy;
+pub mod seen_fingerprints;
 pub mod shutdown;
 pub mod steering;
 pub mod steering_cli;

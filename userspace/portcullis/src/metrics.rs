@@ -6,6 +6,9 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
+
+use portcullis_abi::client_hello::Fingerprint;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -18,6 +21,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::handshake::stages::Stage;
+use crate::seen_fingerprints::SeenFingerprints;
 
 /// TLS version label.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
@@ -147,6 +151,8 @@ pub struct Metrics {
     forwarded: Family<BytesLabels, Counter>,
     offers: Family<OfferLabels, Counter>,
     upstream_errors: Family<UpstreamLabels, Counter>,
+    /// Not a Prometheus metric (a fingerprint label would be unbounded): served at `/fingerprints`.
+    seen: Arc<SeenFingerprints>,
     registry: Arc<Registry>,
 }
 
@@ -253,8 +259,14 @@ impl Metrics {
             forwarded,
             offers,
             upstream_errors,
+            seen: Arc::default(),
             registry: Arc::new(registry),
         }
+    }
+
+    /// The recent ClientHello fingerprints, which `/fingerprints` reports.
+    pub fn seen_fingerprints(&self) -> &SeenFingerprints {
+        &self.seen
     }
 
     /// Handles for one listener, resolved once.
@@ -300,6 +312,7 @@ impl Metrics {
             handshake_stages: self.handshake_stages.clone(),
             offers: self.offers.clone(),
             upstream_errors: self.upstream_errors.clone(),
+            seen: self.seen.clone(),
             listener,
         }
     }
@@ -374,6 +387,7 @@ pub struct ListenerMetrics {
     handshake_stages: Family<StageLabels, Histogram>,
     offers: Family<OfferLabels, Counter>,
     upstream_errors: Family<UpstreamLabels, Counter>,
+    seen: Arc<SeenFingerprints>,
 }
 
 impl ListenerMetrics {
@@ -437,6 +451,11 @@ impl ListenerMetrics {
                 offer,
             })
             .inc();
+    }
+
+    /// Counts a ClientHello's fingerprint among the recent ones (`/fingerprints`).
+    pub fn fingerprint(&self, fingerprint: Fingerprint) {
+        self.seen.record(fingerprint, Instant::now());
     }
 
     /// Counts a failed upstream connect.

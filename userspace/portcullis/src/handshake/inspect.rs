@@ -4,6 +4,8 @@
 //! early_data, a TLS 1.2 session ticket, the fingerprint) comes from our own parse of the raw record with the
 //! same no_std parser the XDP program uses (`portcullis_abi::client_hello`).
 
+use portcullis_abi::client_hello::Fingerprint;
+
 /// What we learned from a ClientHello before any crypto.
 #[derive(Debug, Clone, Default)]
 pub struct HelloInfo {
@@ -19,9 +21,9 @@ pub struct HelloInfo {
     pub offers_tls12_ticket: bool,
     /// A non-empty legacy session id (TLS 1.2 session-ID resumption attempt, or TLS 1.3 middlebox compat).
     pub session_id_len: u8,
-    /// Stable fingerprint (legacy version, ciphers, extension types as a set, groups; GREASE removed), from a
-    /// complete ClientHello.
-    pub fingerprint: Option<u64>,
+    /// Both fingerprints (legacy version, ciphers, extension types in order or as a set, groups; GREASE
+    /// removed), from a complete ClientHello: the values `portcullis xdp block-fingerprint` blocks.
+    pub fingerprint: Option<Fingerprint>,
     /// Our parser found the ClientHello malformed although rustls accepted it (the reason's name). The XDP
     /// guard would drop such a hello; here it is only logged.
     pub malformed: Option<&'static str>,
@@ -59,8 +61,7 @@ fn raw_facts(raw: &[u8], info: &mut HelloInfo) {
             info.offers_early_data = summary.offers_early_data;
             info.offers_tls12_ticket = summary.tls12_ticket;
             info.session_id_len = summary.session_id_len;
-            // The order-independent one: stable per client build even when extensions are shuffled.
-            info.fingerprint = summary.fingerprint.map(|f| f.unordered);
+            info.fingerprint = summary.fingerprint;
             info.malformed = None;
         }
         Err(reason) => info.malformed = Some(reason.name()),
