@@ -429,6 +429,13 @@ fn block_fingerprint(dir: &Path, action: FingerprintAction) -> anyhow::Result<()
                 .insert(value, 1, 0)
                 .with_context(|| format!("cannot block fingerprint {text} (is the list full?)"))?;
             store_fingerprint_index(dir, &blocklist)?;
+            if !dir.join(MAP_XDP_BLOCK_FP_SHAPES).exists() {
+                eprintln!(
+                    "warning: the running daemon's XDP program predates fingerprint format {FORMAT} (no \
+                     {MAP_XDP_BLOCK_FP_SHAPES} is pinned): it computes older fingerprints, so {text} is stored but \
+                     blocks nothing until the daemon runs this version"
+                );
+            }
         }
         FingerprintAction::Del { hex: text } => {
             let value = parse_fingerprint(&text)?;
