@@ -340,7 +340,8 @@ fn fingerprint_status(dir: &Path) -> anyhow::Result<()> {
     // What the program reads against what the blocklist needs: a shape left clear lets its fingerprints through.
     let Some(pinned) = fingerprint_shapes(dir)? else {
         println!(
-            "shapes           none (the running daemon's program hashes every complete ClientHello)"
+            "shapes           none: the running daemon predates fingerprint format {FORMAT} and matches only \
+             older fingerprints; restart it with this version"
         );
         return Ok(());
     };
@@ -377,8 +378,8 @@ fn fingerprint_count(dir: &Path) -> anyhow::Result<Array<MapData, u32>> {
     )
 }
 
-/// The pinned blocklist by shape, or `None` when the running daemon predates it (its program hashes every
-/// ClientHello).
+/// The pinned blocklist by shape, or `None` when the running daemon predates it (and format 2: its program hashes
+/// every complete ClientHello into an older fingerprint).
 fn fingerprint_shapes(dir: &Path) -> anyhow::Result<Option<Array<MapData, ShapeSet>>> {
     if !dir.join(MAP_XDP_BLOCK_FP_SHAPES).exists() {
         return Ok(None);
@@ -396,9 +397,9 @@ fn fingerprint_blocklist(dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u8>
 }
 
 /// Rebuilds the count and shapes of the fingerprint blocklist after a change and stores them for the XDP program:
-/// while the count is 0 the program computes no fingerprint, and it hashes only ClientHellos of a flagged shape,
-/// so an added fingerprint would not block without them (`xdp::fp_index`). A daemon from before the shapes has
-/// no shape map: its program hashes every ClientHello, and only the count is stored.
+/// while the count is 0 the program computes no fingerprint, and it hashes only ClientHellos of a shape with blocked
+/// fingerprints, so an added fingerprint would not block without them (`xdp::fp_index`). A daemon from before the
+/// shapes has no shape map: only the count is stored.
 fn store_fingerprint_index(
     dir: &Path,
     blocklist: &HashMap<MapData, u64, u8>,
