@@ -21,6 +21,8 @@
 //!   verdict when it left a log, else the privileges the daemon needs (the steering loader uses it too).
 //! - [`logs`]: forwards the BPF program's aya-log records to `tracing` from a small thread.
 //! - `test_run` (tests only): the ABI's packet fixture table run through the loaded program (`BPF_PROG_TEST_RUN`).
+//! - `test_differential` (tests only): prefixes and seeded random mutants of the captured ClientHellos, judged by
+//!   the loaded program and by the host build of the parser, which must agree.
 //! - `test_hello` (tests only): SYN then first segment of real, crafted-malformed, cut-short and blocked
 //!   ClientHellos through the loaded program: the ClientHello check, flow tracking and the ClientHello budget.
 //!
@@ -54,6 +56,8 @@ pub(crate) mod pins;
 pub(crate) mod refusal;
 mod settings;
 mod shed;
+#[cfg(test)]
+mod test_differential;
 #[cfg(test)]
 mod test_hello;
 #[cfg(test)]

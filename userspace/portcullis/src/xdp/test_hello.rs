@@ -29,7 +29,7 @@ use super::test_run::{XDP_DROP, XDP_PASS, load, run, skip_reason, write_config};
 
 /// TCP payload bytes in one segment: an Ethernet MTU of 1500 minus 40 bytes of IPv6 and 20 of TCP, so every
 /// family and tag fits the same cut.
-const MSS: usize = 1440;
+pub(super) const MSS: usize = 1440;
 /// TCP PSH | ACK, the flags of a data segment.
 const DATA: u8 = TCP_FLAG_ACK | 0x08;
 /// The clients' initial sequence number: near the wrap, so ISN + 1 arithmetic is exercised.
@@ -37,7 +37,7 @@ const ISN: u32 = u32::MAX - 100;
 
 /// One client connection to the listener, as frames.
 #[derive(Clone, Copy)]
-struct Conn {
+pub(super) struct Conn {
     /// Last byte of the client address (10.0.0.x, or 2001:db8::x for IPv6).
     host: u8,
     src_port: u16,
@@ -46,7 +46,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn v4(host: u8, src_port: u16) -> Conn {
+    pub(super) fn v4(host: u8, src_port: u16) -> Conn {
         Conn {
             host,
             src_port,
@@ -96,11 +96,11 @@ impl Conn {
     }
 }
 
-fn config() -> XdpConfig {
+pub(super) fn config() -> XdpConfig {
     XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit")
 }
 
-fn malformed_counters(ebpf: &Ebpf) -> Vec<u64> {
+pub(super) fn malformed_counters(ebpf: &Ebpf) -> Vec<u64> {
     let map: PerCpuArray<&MapData, u64> = ebpf
         .map(MAP_XDP_MALFORMED)
         .expect("malformed map")
@@ -113,7 +113,7 @@ fn malformed_counters(ebpf: &Ebpf) -> Vec<u64> {
 }
 
 /// Runs the SYN and then `payload`'s first segment on `conn`; returns the verdict of the segment.
-fn hello(
+pub(super) fn hello(
     ebpf: &mut Ebpf,
     counters: &PerCpuArray<MapData, u64>,
     conn: Conn,
@@ -128,7 +128,7 @@ fn hello(
 }
 
 /// The captured curl ClientHello (with SNI), the fixture several tests vary.
-fn curl_hello() -> &'static [u8] {
+pub(super) fn curl_hello() -> &'static [u8] {
     CAPTURED
         .iter()
         .find(|c| c.0 == "curl_sni")
@@ -415,7 +415,7 @@ fn blocked_fingerprints_drop_until_removed() {
 }
 
 /// The fingerprint blocklist of the loaded program.
-fn blocklist(ebpf: &mut Ebpf) -> HashMap<&mut MapData, u64, u8> {
+pub(super) fn blocklist(ebpf: &mut Ebpf) -> HashMap<&mut MapData, u64, u8> {
     ebpf.map_mut(MAP_XDP_BLOCK_FP)
         .expect("fingerprint map")
         .try_into()
@@ -425,7 +425,7 @@ fn blocklist(ebpf: &mut Ebpf) -> HashMap<&mut MapData, u64, u8> {
 /// Stores the count of blocked fingerprints and files `filed` under their shapes, as `portcullis xdp
 /// block-fingerprint` does after a change; with `overflow`, the shape of the first is marked as holding more than
 /// its set has room for.
-fn set_index(ebpf: &mut Ebpf, blocked: u32, filed: &[u64], overflow: bool) {
+pub(super) fn set_index(ebpf: &mut Ebpf, blocked: u32, filed: &[u64], overflow: bool) {
     let mut count: Array<_, u32> = ebpf
         .map_mut(MAP_XDP_BLOCK_FP_COUNT)
         .expect("fingerprint count map")

@@ -1,0 +1,143 @@
+//! The parser as the loaded BPF program runs it, against the host build of the same code, on thousands of inputs:
+//! prefixes of every captured ClientHello and seeded random mutants of them, each the first segment of a flow of its
+//! own, with a fingerprint blocked so that the hashing steps and the shape index run too.
+//!
+//! The host's `Err(reason)` must be a drop counted under `reason`, a fingerprint the host computes that is blocked a
+//! drop as a blocked fingerprint, anything else a pass. This is where the two builds of the parser could part ways
+//! unseen by the fixture tables: the loads, masks and bounds only the BPF side has, its verifier-shaped steps, the
+//! shape index in front of the hashing.
+//!
+//! Privileged like `test_run`, whose loader and runner it uses.
+
+use portcullis_abi::{
+    client_hello::{ClientHelloSummary, Malformed, parse},
+    hello_fixtures::CAPTURED,
+    verdict::Verdict,
+};
+
+use super::test_hello::{
+    Conn, MSS, blocklist, config, curl_hello, hello, malformed_counters, set_index,
+};
+use super::test_run::{XDP_DROP, XDP_PASS, load, skip_reason};
+
+/// Random mutants judged, beside the prefixes.
+const MUTANTS: usize = 3000;
+
+/// xorshift64*: deterministic, so a failure reproduces from the case it prints.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// `bytes` with one to three bytes changed, at positions biased to the start, where the lengths and headers are,
+/// and cut short one time in four.
+fn mutant(rng: &mut Rng, bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    for _ in 0..=rng.below(3) {
+        let window = out.len().min(16 << rng.below(7));
+        let at = rng.below(window);
+        out[at] = match rng.below(4) {
+            0 => out[at] ^ (1 << rng.below(8)),
+            1 => out[at].wrapping_add(1),
+            2 => 0,
+            _ => rng.next() as u8,
+        };
+    }
+    if rng.below(4) == 0 {
+        out.truncate(1 + rng.below(out.len()));
+    }
+    out
+}
+
+/// What the program must do with a first segment the host parses to `parsed`, while `blocked` is blocked.
+fn expected(parsed: &Result<ClientHelloSummary, Malformed>, blocked: u64) -> (u32, Verdict) {
+    match parsed {
+        Err(_) => (XDP_DROP, Verdict::DropMalformedHello),
+        Ok(summary) => match summary.fingerprint {
+            Some(f) if f.ordered == blocked || f.unordered == blocked => {
+                (XDP_DROP, Verdict::DropBlockedFingerprint)
+            }
+            _ => (XDP_PASS, Verdict::PassClientHello),
+        },
+    }
+}
+
+#[test]
+fn the_program_judges_as_the_host_parser_does() {
+    if skip_reason("the_program_judges_as_the_host_parser_does").is_some() {
+        return;
+    }
+    let (mut ebpf, counters) = load(config());
+    let blocked = parse(curl_hello())
+        .expect("curl parses")
+        .fingerprint
+        .expect("complete")
+        .unordered;
+    blocklist(&mut ebpf).insert(blocked, 1, 0).expect("block");
+    set_index(&mut ebpf, 1, &[blocked], false);
+
+    let segments: Vec<&[u8]> = CAPTURED
+        .iter()
+        .map(|(_, bytes, _)| bytes.get(..MSS).unwrap_or(bytes))
+        .collect();
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for segment in &segments {
+        // Every seventh prefix, and the whole segment: cut inside every field of the headers and many extensions.
+        inputs.extend((1..segment.len()).step_by(7).map(|n| segment[..n].to_vec()));
+        inputs.push(segment.to_vec());
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..MUTANTS {
+        let segment = segments[rng.below(segments.len())];
+        inputs.push(mutant(&mut rng, segment));
+    }
+
+    let (mut malformed, mut blocked_seen, mut passed) = (0, 0, 0);
+    let mut reasons = std::collections::BTreeSet::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let parsed = parse(input);
+        let want = expected(&parsed, blocked);
+        let before = parsed.is_err().then(|| malformed_counters(&ebpf));
+        // A flow of its own per input: 100 sources of 60,000 ports.
+        let conn = Conn::v4(100 + (i / 60_000) as u8, 1024 + (i % 60_000) as u16);
+        let got = hello(&mut ebpf, &counters, conn, input);
+        assert_eq!(
+            got,
+            want,
+            "input {i} ({} bytes) judged unlike the host parse {parsed:?}: {input:02x?}",
+            input.len()
+        );
+        match (parsed, before) {
+            (Err(reason), Some(before)) => {
+                let after = malformed_counters(&ebpf);
+                let counted: Vec<_> = Malformed::ALL
+                    .iter()
+                    .zip(after.iter().zip(&before))
+                    .filter(|(_, (a, b))| a != b)
+                    .map(|(r, _)| *r)
+                    .collect();
+                assert_eq!(counted, [reason], "input {i}: counted under {counted:?}");
+                malformed += 1;
+                reasons.insert(reason.name());
+            }
+            _ if want.1 == Verdict::DropBlockedFingerprint => blocked_seen += 1,
+            _ => passed += 1,
+        }
+    }
+    // The mix must exercise every outcome and many reasons, or the comparison proves little.
+    assert!(
+        malformed > 500 && passed > 500 && blocked_seen >= 1 && reasons.len() >= 15,
+        "{malformed} malformed ({reasons:?}), {passed} passed, {blocked_seen} blocked"
+    );
+}
