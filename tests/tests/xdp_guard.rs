@@ -261,7 +261,10 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         "status before a block: {status}"
     );
     bed.cli(&["block-fingerprint", "add", &unordered]);
-    assert_eq!(bed.cli(&["block-fingerprint", "list"]).trim(), unordered);
+    assert_eq!(
+        bed.cli(&["block-fingerprint", "list"]).trim(),
+        format!("{unordered}  dropped 0")
+    );
     let status = bed.cli(&["status"]);
     assert!(
         status.contains("blocked fingerprints 1")
@@ -283,6 +286,28 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
     assert!(
         dropped >= 1.0,
         "no drop_blocked_fingerprint on /metrics:\n{metrics}"
+    );
+    // ...and each of those drops is counted for the fingerprint that caused it.
+    let listed = bed.cli(&["block-fingerprint", "list"]);
+    let for_it: f64 = listed
+        .trim()
+        .strip_prefix(&format!("{unordered}  dropped "))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no drop count for {unordered}: {listed}"));
+    assert!(
+        (1.0..=dropped).contains(&for_it),
+        "{for_it} drops for {unordered}, {dropped} in all"
+    );
+    // The same count on /metrics (nothing more reached the program in between: the client gave up).
+    let metrics = daemon.metrics_text().expect("GET /metrics");
+    assert_eq!(
+        metric_value(
+            &metrics,
+            "portcullis_xdp_fingerprint_drops_total",
+            &[("fingerprint", unordered.as_str())],
+        ),
+        for_it,
+        "per-fingerprint drops on /metrics:\n{metrics}"
     );
     assert!(
         metrics.contains("portcullis_xdp_malformed_total{reason=\"bad_key_share\"} 0"),
@@ -331,7 +356,7 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
     );
     let listed = bed.cli(&["block-fingerprint", "list"]);
     assert!(
-        listed.contains("1fe487ba404e0690  (not format 2: blocks nothing"),
+        listed.contains("1fe487ba404e0690  not format 2: blocks nothing"),
         "{listed}"
     );
     bed.cli(&["block-fingerprint", "del", "1fe487ba404e0690"]);

@@ -8,6 +8,12 @@
 //! ([`ShapeSet::OVERFLOW`]) and the program looks the fingerprints up in the blocklist (`xdp_block_fp`, a hash map:
 //! a kernel function call each, ≈ 15 ns here with the return through the kernel's return thunk).
 //!
+//! Each way of each set has a per-CPU drop counter (`xdp_block_fp_hits`, [`hit_slot`]), so `portcullis xdp
+//! block-fingerprint list` can say which blocked fingerprint drops what. A fingerprint keeps its way while it stays
+//! blocked: a rebuild leaves the others where they are, puts a new one in a free way and zeroes the counter of a way
+//! that changes hands. A shape with more than [`SHAPE_WAYS`] blocked fingerprints counts its drops in the verdict
+//! total only.
+//!
 //! Derived state, like the CIDR blocklist's prefilter: the blocklist is the truth, and whoever changes it rebuilds
 //! every entry from it (`portcullis xdp block-fingerprint add|del`, the daemon at start). An entry is replaced by one
 //! map update; a ClientHello judged while its entry is being rewritten may compare against a mix of the old and new
@@ -19,16 +25,25 @@ use crate::client_hello::fingerprint::{SHAPES, shape_of};
 /// Blocked fingerprints one [`ShapeSet`] holds: seven and the length fill one 64-byte cache line.
 pub const SHAPE_WAYS: usize = 7;
 
+/// Drop counters in `xdp_block_fp_hits`: one per way of every shape's set.
+pub const HIT_SLOTS: usize = SHAPES * SHAPE_WAYS;
+
+/// The drop counter of `way` of the set of `shape`.
+#[inline(always)]
+pub const fn hit_slot(shape: u32, way: u32) -> u32 {
+    shape * SHAPE_WAYS as u32 + way
+}
+
 /// The blocked fingerprints of one shape, as the XDP program reads them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ShapeSet {
-    /// How many of `fingerprints` are blocked ones (the rest are 0, which no fingerprint equals: its top byte is the
-    /// format), or [`Self::OVERFLOW`].
+    /// How many of `fingerprints` are blocked ones, or [`Self::OVERFLOW`].
     pub len: u32,
     /// Explicit padding, always 0.
     pub _pad: u32,
-    /// The blocked fingerprints of this shape, the first `len` of them.
+    /// The blocked fingerprints of this shape, each in its way; a free way is 0, which no fingerprint equals (its
+    /// top byte is the format).
     pub fingerprints: [u64; SHAPE_WAYS],
 }
 
@@ -42,8 +57,11 @@ const _: () = assert!(SHAPES <= u32::MAX as usize);
 /// What a [`ShapeSet`] says of one fingerprint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Membership {
-    /// Listed: blocked.
-    Blocked,
+    /// Listed, in this way: blocked.
+    Blocked {
+        /// Its way in the set, which picks its drop counter ([`hit_slot`]).
+        way: u32,
+    },
     /// Not listed, and the set is complete: not blocked.
     Clear,
     /// The set overflowed: ask the blocklist.
@@ -73,30 +91,58 @@ impl ShapeSet {
         if self.len == Self::OVERFLOW {
             return Membership::Unknown;
         }
-        // Every slot compared, the unused ones 0: no loop bound for the verifier to follow, no branch per slot.
-        let mut found = false;
-        for listed in self.fingerprints {
-            found |= listed == fingerprint;
+        // Every way compared, the free ones 0: a fixed count for the verifier, a select rather than a branch each.
+        let mut found = SHAPE_WAYS as u32;
+        for (way, listed) in (0u32..).zip(self.fingerprints) {
+            if listed == fingerprint {
+                found = way;
+            }
         }
-        if found {
-            Membership::Blocked
+        if found < SHAPE_WAYS as u32 {
+            Membership::Blocked { way: found }
         } else {
             Membership::Clear
         }
     }
 
-    /// Adds `fingerprint` (of this set's shape) to the set, or marks it overflowed when it is full.
-    pub fn insert(&mut self, fingerprint: u64) {
+    /// The way of `fingerprint`, if the set holds it (and has not overflowed).
+    pub fn way_of(&self, fingerprint: u64) -> Option<u32> {
+        match self.membership(fingerprint) {
+            Membership::Blocked { way } => Some(way),
+            _ => None,
+        }
+    }
+
+    /// Adds `fingerprint` (of this set's shape) to the set in its first free way, which it returns, or marks the set
+    /// overflowed when no way is free. `None` too when it was there already or the set had overflowed.
+    pub fn insert(&mut self, fingerprint: u64) -> Option<u32> {
         if self.len == Self::OVERFLOW || self.fingerprints.contains(&fingerprint) {
-            return;
+            return None;
         }
-        match self.fingerprints.get_mut(self.len as usize) {
-            Some(slot) => {
-                *slot = fingerprint;
+        match (0u32..)
+            .zip(self.fingerprints.iter_mut())
+            .find(|(_, f)| **f == 0)
+        {
+            Some((way, free)) => {
+                *free = fingerprint;
                 self.len += 1;
+                Some(way)
             }
-            None => self.len = Self::OVERFLOW,
+            None => {
+                self.len = Self::OVERFLOW;
+                None
+            }
         }
+    }
+
+    /// Removes `fingerprint` from its way, which it returns, leaving the other ways as they are.
+    pub fn remove(&mut self, fingerprint: u64) -> Option<u32> {
+        let way = self.way_of(fingerprint)?;
+        if let Some(listed) = self.fingerprints.get_mut(way as usize) {
+            *listed = 0;
+            self.len -= 1;
+        }
+        Some(way)
     }
 }
 
@@ -116,11 +162,20 @@ mod tests {
         assert!(!set.any());
         assert_eq!(set.membership(0x0200_0000_0000_0001), Membership::Clear);
         for n in 1..=SHAPE_WAYS as u64 {
-            set.insert(0x0200_0000_0000_0000 | n);
-            set.insert(0x0200_0000_0000_0000 | n);
+            assert_eq!(set.insert(0x0200_0000_0000_0000 | n), Some(n as u32 - 1));
+            assert_eq!(set.insert(0x0200_0000_0000_0000 | n), None);
         }
         assert_eq!(set.len, SHAPE_WAYS as u32, "duplicates are stored once");
-        assert_eq!(set.membership(0x0200_0000_0000_0003), Membership::Blocked);
+        assert_eq!(
+            set.membership(0x0200_0000_0000_0003),
+            Membership::Blocked { way: 2 }
+        );
+        // A removal frees its way alone; the next insert takes it.
+        assert_eq!(set.remove(0x0200_0000_0000_0003), Some(2));
+        assert_eq!(set.way_of(0x0200_0000_0000_0005), Some(4));
+        assert_eq!(set.insert(0x0200_0000_0000_0011), Some(2));
+        assert_eq!(set.remove(0x0200_0000_0000_0011), Some(2));
+        assert_eq!(set.insert(0x0200_0000_0000_0003), Some(2));
         assert_eq!(set.membership(0x0200_0000_0000_0009), Membership::Clear);
         set.insert(0x0200_0000_0000_0009);
         assert_eq!(set.len, ShapeSet::OVERFLOW);

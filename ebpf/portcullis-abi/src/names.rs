@@ -80,6 +80,11 @@ pub const MAP_XDP_BLOCK_FP_COUNT: &str = "xdp_block_fp_n";
 /// overflowed.
 pub const MAP_XDP_BLOCK_FP_SHAPES: &str = "xdp_block_fp_sh";
 
+/// Per-CPU array of [`crate::fp_shapes::HIT_SLOTS`] `u64`s: ClientHellos dropped for each way of each set of
+/// [`MAP_XDP_BLOCK_FP_SHAPES`] ([`crate::fp_shapes::hit_slot`]), so per blocked fingerprint while it keeps its way.
+/// Zeroed for a way that changes hands by whoever rebuilds the sets.
+pub const MAP_XDP_BLOCK_FP_DROPS: &str = "xdp_fp_drops";
+
 /// Array of [`crate::flow::FLOW_SETS`] sets ([`crate::flow::FlowSet`]) of the flows whose SYN load shedding
 /// dropped, as [`crate::flow::flow_tag`]s of (flow hash, initial sequence number). A SYN that matches one is the
 /// client's TCP retransmitting it (verdict `drop_syn_retry_shed` when dropped again).
@@ -125,6 +130,7 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_BLOCK_FP,
     MAP_XDP_BLOCK_FP_COUNT,
     MAP_XDP_BLOCK_FP_SHAPES,
+    MAP_XDP_BLOCK_FP_DROPS,
     MAP_XDP_HELLO_WS,
     MAP_XDP_HELLO_PROG,
     MAP_XDP_SYN_SHED,

@@ -20,7 +20,7 @@ use portcullis_abi::{
     flow::{
         FLOW_SETS, FULL_HELLO_COST_MILLI, FlowKey, FlowSet, contains, flow_set, flow_tag, record,
     },
-    fp_shapes::{Membership, ShapeSet},
+    fp_shapes::{HIT_SLOTS, Membership, ShapeSet, hit_slot},
     limits::{BUDGET_SLOTS, BudgetSlot, TokenBucket},
     packet::Classification,
     verdict::Verdict,
@@ -68,12 +68,23 @@ pub(crate) fn shape_blocked(shape: u16) -> bool {
         .is_none_or(ShapeSet::any)
 }
 
-/// Whether `fingerprint`, of a ClientHello of `shape`, is blocked: from the shape's set, or from the blocklist when
-/// the set overflowed (or could not be read: it cannot).
+/// Drops per way of each blocked-fingerprint set, per CPU; the name must match
+/// `portcullis_abi::names::MAP_XDP_BLOCK_FP_DROPS`.
+#[btf_map(name = "xdp_fp_drops")]
+static XDP_BLOCK_FP_DROPS: PerCpuArray<u64, HIT_SLOTS> = PerCpuArray::new();
+
+/// Whether `fingerprint`, of a ClientHello of `shape`, is blocked: from the shape's set (counting the drop under its
+/// way), or from the blocklist when the set overflowed (or could not be read: it cannot).
 #[inline(always)]
-fn fingerprint_blocked(shapes: Option<&ShapeSet>, fingerprint: u64) -> bool {
+fn fingerprint_blocked(shape: u16, shapes: Option<&ShapeSet>, fingerprint: u64) -> bool {
     match shapes.map(|set| set.membership(fingerprint)) {
-        Some(Membership::Blocked) => true,
+        Some(Membership::Blocked { way }) => {
+            if let Some(drops) = XDP_BLOCK_FP_DROPS.get_ptr_mut(hit_slot(u32::from(shape), way)) {
+                // SAFETY: this CPU's slot of a per-CPU array; XDP runs are not preempted on a CPU.
+                unsafe { *drops += 1 };
+            }
+            true
+        }
         Some(Membership::Clear) => false,
         // SAFETY: the value is a plain u8 and only compared for presence.
         Some(Membership::Unknown) | None => unsafe { XDP_BLOCK_FP.get(fingerprint) }.is_some(),
@@ -188,7 +199,7 @@ pub(crate) fn after_parse(
     if let Some(fingerprints) = judged.fingerprints {
         let shapes = XDP_BLOCK_FP_SHAPES.get(u32::from(judged.shape));
         for fingerprint in fingerprints {
-            if fingerprint_blocked(shapes, fingerprint) {
+            if fingerprint_blocked(judged.shape, shapes, fingerprint) {
                 return Verdict::DropBlockedFingerprint;
             }
         }

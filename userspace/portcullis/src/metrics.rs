@@ -4,6 +4,7 @@
 //! in `_total` (prometheus-client appends it). Hot-path counters are resolved to plain handles at start-up so a
 //! connection pays an atomic add, not a label lookup.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
@@ -500,7 +501,7 @@ impl<F> fmt::Debug for ConstCounterCollector<F> {
 
 impl<F> Collector for ConstCounterCollector<F>
 where
-    F: Fn() -> anyhow::Result<Vec<(&'static str, u64)>> + Send + Sync + 'static,
+    F: Fn() -> anyhow::Result<Vec<(Cow<'static, str>, u64)>> + Send + Sync + 'static,
 {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
         self.encode_to(&mut encoder)
@@ -529,7 +530,7 @@ impl Collector for CounterFamilies {
 
 impl<F> EncodeCounters for ConstCounterCollector<F>
 where
-    F: Fn() -> anyhow::Result<Vec<(&'static str, u64)>> + Send + Sync + 'static,
+    F: Fn() -> anyhow::Result<Vec<(Cow<'static, str>, u64)>> + Send + Sync + 'static,
 {
     fn encode_to(&self, encoder: &mut DescriptorEncoder) -> Result<(), fmt::Error> {
         let values = match (self.read)() {
@@ -546,7 +547,7 @@ where
             prometheus_client::metrics::MetricType::Counter,
         )?;
         for (value_label, count) in values {
-            let labels = [(self.label, value_label)];
+            let labels = [(self.label, value_label.as_ref())];
             let counter = ConstCounter::new(count);
             counter.encode(family.encode_family(&labels)?)?;
         }

@@ -25,9 +25,9 @@ use portcullis_abi::{
     fp_shapes::{SHAPE_WAYS, ShapeSet},
     limits::{ADDR_LEN, block_entry, block_network},
     names::{
-        DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES,
-        MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_HELLO_PROG,
-        MAP_XDP_MALFORMED, MAP_XDP_VERDICTS, PROG_XDP_HELLO,
+        DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_DROPS,
+        MAP_XDP_BLOCK_FP_SHAPES, MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG,
+        MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED, MAP_XDP_VERDICTS, PROG_XDP_HELLO,
     },
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -75,7 +75,8 @@ enum FingerprintAction {
         /// The fingerprint.
         hex: String,
     },
-    /// List blocked fingerprints, one per line; a value of another format is marked, as it blocks nothing.
+    /// List blocked fingerprints, one per line, each with the ClientHellos dropped for it since it was blocked (or
+    /// the daemon started); a value of another format is marked, as it blocks nothing.
     List,
 }
 
@@ -184,7 +185,7 @@ fn open(dir: &Path, name: &str) -> anyhow::Result<Map> {
         )
     })?;
     Ok(match name {
-        MAP_XDP_VERDICTS | MAP_XDP_MALFORMED => Map::PerCpuArray(data),
+        MAP_XDP_VERDICTS | MAP_XDP_MALFORMED | MAP_XDP_BLOCK_FP_DROPS => Map::PerCpuArray(data),
         MAP_XDP_BLOCK_NET => Map::LpmTrie(data),
         MAP_XDP_BLOCK_FP => Map::HashMap(data),
         _ => Map::Array(data),
@@ -390,6 +391,17 @@ fn fingerprint_shapes(dir: &Path) -> anyhow::Result<Option<Array<MapData, ShapeS
     Ok(Some(shapes))
 }
 
+/// The pinned drop counters of the blocked fingerprints, or `None` when the running daemon predates them.
+fn fingerprint_drops(dir: &Path) -> anyhow::Result<Option<PerCpuArray<MapData, u64>>> {
+    if !dir.join(MAP_XDP_BLOCK_FP_DROPS).exists() {
+        return Ok(None);
+    }
+    let drops = open(dir, MAP_XDP_BLOCK_FP_DROPS)?.try_into().context(
+        "the pinned fingerprint drop counters are not a per-CPU array of u64: daemon and CLI versions differ",
+    )?;
+    Ok(Some(drops))
+}
+
 fn fingerprint_blocklist(dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u8>> {
     open(dir, MAP_XDP_BLOCK_FP)?.try_into().context(
         "the pinned fingerprint blocklist is not a hash of u64 keys: daemon and CLI versions differ",
@@ -407,7 +419,10 @@ fn store_fingerprint_index(
     let mut count = fingerprint_count(dir)?;
     let index = crate::xdp::fp_index::of(blocklist);
     match fingerprint_shapes(dir)? {
-        Some(mut shapes) => crate::xdp::fp_index::store(&index, &mut count, &mut shapes),
+        Some(mut shapes) => {
+            let mut drops = fingerprint_drops(dir)?;
+            crate::xdp::fp_index::store(&index, &mut count, &mut shapes, drops.as_mut())
+        }
         None => count
             .set(0, index.count, 0)
             .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_FP_COUNT}`")),
@@ -447,12 +462,31 @@ fn block_fingerprint(dir: &Path, action: FingerprintAction) -> anyhow::Result<()
             store_fingerprint_index(dir, &blocklist)?;
         }
         FingerprintAction::List => {
+            // Drops per fingerprint, where the running daemon counts them.
+            let counted = match (fingerprint_shapes(dir)?, fingerprint_drops(dir)?) {
+                (Some(shapes), Some(drops)) => {
+                    Some((crate::xdp::fp_index::load_shapes(&shapes)?, drops))
+                }
+                _ => None,
+            };
             for key in fingerprint_blocklist(dir)?.keys() {
                 let value = key.context("cannot read the fingerprint blocklist")?;
-                match shape_of(value) {
-                    Some(_) => println!("{}", hex(value)),
+                if shape_of(value).is_none() {
+                    println!(
+                        "{}  not format {FORMAT}: blocks nothing; `block-fingerprint del` it",
+                        hex(value)
+                    );
+                    continue;
+                }
+                let Some((sets, drops)) = &counted else {
+                    println!("{}", hex(value));
+                    continue;
+                };
+                match crate::xdp::fp_index::drops_of(sets, drops, value)? {
+                    Some(n) => println!("{}  dropped {n}", hex(value)),
                     None => println!(
-                        "{}  (not format {FORMAT}: blocks nothing; `block-fingerprint del` it)",
+                        "{}  dropped ? (its shape holds more than {SHAPE_WAYS} blocked fingerprints, or the index \
+                         is stale: counted in the verdict total only)",
                         hex(value)
                     ),
                 }

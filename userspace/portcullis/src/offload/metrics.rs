@@ -93,7 +93,7 @@ impl EngineMetrics {
             "portcullis_engine_thread_restarts",
             "Crypto threads restarted after a panic",
             "engine",
-            move || Ok(vec![("software", restarts())]),
+            move || Ok(vec![("software".into(), restarts())]),
         )));
         registry.register_collector(Box::new(DepthCollector {
             name: "portcullis_engine_ring_depth",

@@ -64,7 +64,7 @@ pub(crate) fn collector(
                 Ok(outcomes
                     .read()?
                     .into_iter()
-                    .map(|(o, n)| (o.name(), n))
+                    .map(|(o, n)| (o.name().into(), n))
                     .collect())
             },
         )),

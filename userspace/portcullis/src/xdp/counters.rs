@@ -1,11 +1,13 @@
-//! [`XdpCounters`]: reads the per-CPU verdict and malformed-ClientHello counters.
+//! [`XdpCounters`]: reads the per-CPU verdict and malformed-ClientHello counters, and the drops per blocked
+//! fingerprint.
 
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{Array, MapData, PerCpuArray};
 use portcullis_abi::{
-    client_hello::Malformed,
+    client_hello::{Malformed, fingerprint_hex},
+    fp_shapes::ShapeSet,
     names::{MAP_XDP_MALFORMED, MAP_XDP_VERDICTS},
     verdict::Verdict,
 };
@@ -19,17 +21,42 @@ use crate::metrics::{ConstCounterCollector, CounterFamilies};
 pub struct XdpCounters {
     map: Arc<PerCpuArray<MapData, u64>>,
     malformed: Arc<PerCpuArray<MapData, u64>>,
+    /// The blocked fingerprints by shape and their drop counters (`crate::xdp::fp_index`).
+    fingerprints: Arc<(Array<MapData, ShapeSet>, PerCpuArray<MapData, u64>)>,
 }
 
 impl XdpCounters {
     pub(crate) fn new(
         map: PerCpuArray<MapData, u64>,
         malformed: PerCpuArray<MapData, u64>,
+        shapes: Array<MapData, ShapeSet>,
+        drops: PerCpuArray<MapData, u64>,
     ) -> XdpCounters {
         XdpCounters {
             map: Arc::new(map),
             malformed: Arc::new(malformed),
+            fingerprints: Arc::new((shapes, drops)),
         }
+    }
+
+    /// The drops of every blocked fingerprint that has a way of its own (its shape holds at most
+    /// `SHAPE_WAYS`), since it was blocked or the program loaded, summed over CPUs.
+    ///
+    /// # Errors
+    /// When the kernel refuses a map lookup (it should not while the maps are open).
+    pub fn read_fingerprint_drops(&self) -> anyhow::Result<Vec<(u64, u64)>> {
+        let (shapes, drops) = &*self.fingerprints;
+        let sets = crate::xdp::fp_index::load_shapes(shapes)?;
+        let mut out = Vec::new();
+        for fingerprint in sets.iter().flat_map(|set| set.fingerprints) {
+            if fingerprint == 0 {
+                continue;
+            }
+            if let Some(n) = crate::xdp::fp_index::drops_of(&sets, drops, fingerprint)? {
+                out.push((fingerprint, n));
+            }
+        }
+        Ok(out)
     }
 
     /// Both families for `/metrics`, read at scrape time: `portcullis_xdp_packets_total{verdict}` and
@@ -37,6 +64,7 @@ impl XdpCounters {
     pub fn collector(&self) -> Box<dyn Collector> {
         let verdicts = self.clone();
         let malformed = self.clone();
+        let fingerprints = self.clone();
         Box::new(CounterFamilies(vec![
             Box::new(ConstCounterCollector::new(
                 "portcullis_xdp_packets",
@@ -46,7 +74,7 @@ impl XdpCounters {
                     Ok(verdicts
                         .read()?
                         .into_iter()
-                        .map(|(v, n)| (v.name(), n))
+                        .map(|(v, n)| (v.name().into(), n))
                         .collect())
                 },
             )),
@@ -58,7 +86,28 @@ impl XdpCounters {
                     Ok(malformed
                         .read_malformed()?
                         .into_iter()
-                        .map(|(r, n)| (r.name(), n))
+                        .map(|(r, n)| (r.name().into(), n))
+                        .collect())
+                },
+            )),
+            Box::new(ConstCounterCollector::new(
+                "portcullis_xdp_fingerprint_drops",
+                "ClientHellos the XDP program dropped for each blocked fingerprint, since it was blocked (or the \
+                 program loaded); a fingerprint whose shape holds more than 7 blocked ones is counted only in \
+                 portcullis_xdp_packets_total{verdict=\"drop_blocked_fingerprint\"}",
+                "fingerprint",
+                move || {
+                    Ok(fingerprints
+                        .read_fingerprint_drops()?
+                        .into_iter()
+                        .map(|(f, n)| {
+                            (
+                                String::from_utf8_lossy(&fingerprint_hex(f))
+                                    .into_owned()
+                                    .into(),
+                                n,
+                            )
+                        })
                         .collect())
                 },
             )),

@@ -12,11 +12,11 @@
 use std::borrow::{Borrow, BorrowMut};
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use portcullis_abi::{
     client_hello::fingerprint::SHAPES,
-    fp_shapes::{Membership, ShapeSet, shape_index},
-    names::{MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES},
+    fp_shapes::{Membership, SHAPE_WAYS, ShapeSet, hit_slot, shape_index},
+    names::{MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_DROPS, MAP_XDP_BLOCK_FP_SHAPES},
 };
 
 /// What the program needs to know of a fingerprint blocklist.
@@ -51,8 +51,10 @@ impl Index {
     pub(crate) fn covered_by(&self, read: &[ShapeSet]) -> bool {
         self.shapes.iter().zip(read).all(|(needed, read)| {
             needed.len == ShapeSet::OVERFLOW && read.len == ShapeSet::OVERFLOW
-                || needed.fingerprints[..needed.len.min(needed.fingerprints.len() as u32) as usize]
+                || needed
+                    .fingerprints
                     .iter()
+                    .filter(|f| **f != 0)
                     .all(|f| read.membership(*f) != Membership::Clear)
         }) && read.len() == self.shapes.len()
     }
@@ -74,30 +76,120 @@ fn of_keys(keys: impl Iterator<Item = Option<u64>>) -> Index {
         index.count = index.count.saturating_add(1);
         let Some(fingerprint) = key else { continue };
         match shape_index(fingerprint).and_then(|shape| index.shapes.get_mut(shape as usize)) {
-            Some(set) => set.insert(fingerprint),
+            Some(set) => {
+                set.insert(fingerprint);
+            }
             None => index.other_format = index.other_format.saturating_add(1),
         }
     }
     index
 }
 
-/// Stores `index` for the program: every shape's set, then the count.
+/// How the set `now` becomes the one `needed` describes, every fingerprint in both keeping its way: the next set,
+/// the ways given to a new fingerprint and the ways freed (each way's drop counter must start from 0 for its new
+/// holder).
+fn settle(needed: &ShapeSet, now: &ShapeSet) -> (ShapeSet, Vec<u32>, Vec<u32>) {
+    let all_ways = || (0..SHAPE_WAYS as u32).collect::<Vec<_>>();
+    if needed.len == ShapeSet::OVERFLOW {
+        // Counted in the verdict total only: whatever the ways counted is stale.
+        let freed = if now.len == ShapeSet::OVERFLOW {
+            Vec::new()
+        } else {
+            all_ways()
+        };
+        return (*needed, Vec::new(), freed);
+    }
+    let (mut next, mut freed) = if now.len == ShapeSet::OVERFLOW {
+        (ShapeSet::EMPTY, all_ways())
+    } else {
+        (*now, Vec::new())
+    };
+    for gone in now.fingerprints {
+        if gone != 0 && needed.way_of(gone).is_none() {
+            freed.extend(next.remove(gone));
+        }
+    }
+    let mut assigned = Vec::new();
+    for new in needed.fingerprints {
+        if new != 0 && next.way_of(new).is_none() {
+            // At most SHAPE_WAYS are needed and the others left: a way is free.
+            assigned.extend(next.insert(new));
+        }
+    }
+    (next, assigned, freed)
+}
+
+/// Stores `index` for the program: every shape's set that changes, each blocked fingerprint kept in the way it has
+/// in the pinned set (so its drop counter goes on counting it), then the count. A way's drop counter is zeroed before
+/// a new fingerprint is put in it and after its fingerprint left it (the program may count one more drop in
+/// between).
 ///
 /// # Errors
-/// The kernel refused a write (the maps are not the arrays this version pins).
-pub(crate) fn store<C: BorrowMut<MapData>, S: BorrowMut<MapData>>(
+/// The kernel refused a read or a write (the maps are not the arrays this version pins).
+pub(crate) fn store<C: BorrowMut<MapData>, S: BorrowMut<MapData>, D: BorrowMut<MapData>>(
     index: &Index,
     count: &mut Array<C, u32>,
     shapes: &mut Array<S, ShapeSet>,
+    mut drops: Option<&mut PerCpuArray<D, u64>>,
 ) -> anyhow::Result<()> {
-    for (shape, set) in (0u32..).zip(&index.shapes) {
+    let current = load_shapes(shapes)?;
+    let cpus =
+        aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("cannot read {path}: {e}"))?;
+    let mut zero = |shape: u32, ways: &[u32]| -> anyhow::Result<()> {
+        let Some(drops) = drops.as_deref_mut() else {
+            return Ok(());
+        };
+        for way in ways {
+            let zeros = PerCpuValues::try_from(vec![0u64; cpus])
+                .with_context(|| format!("cannot build {cpus} per-CPU zeros"))?;
+            drops
+                .set(hit_slot(shape, *way), zeros, 0)
+                .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_FP_DROPS}`"))?;
+        }
+        Ok(())
+    };
+    for (shape, (needed, now)) in (0u32..).zip(index.shapes.iter().zip(&current)) {
+        let (next, assigned, freed) = settle(needed, now);
+        if next == *now {
+            continue;
+        }
+        zero(shape, &assigned)?;
         shapes
-            .set(shape, set, 0)
+            .set(shape, next, 0)
             .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_FP_SHAPES}`"))?;
+        zero(shape, &freed)?;
     }
     count
         .set(0, index.count, 0)
         .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_FP_COUNT}`"))
+}
+
+/// ClientHellos the program dropped for `fingerprint` since it took its way in `sets` (read with
+/// [`load_shapes`]), summed over CPUs; `None` when its shape holds more blocked fingerprints than a set (counted in
+/// the verdict total only) or it is not in its set (not indexed: a stale index).
+///
+/// # Errors
+/// The kernel refused a read.
+pub(crate) fn drops_of<D: Borrow<MapData>>(
+    sets: &[ShapeSet],
+    drops: &PerCpuArray<D, u64>,
+    fingerprint: u64,
+) -> anyhow::Result<Option<u64>> {
+    let Some(shape) = shape_index(fingerprint) else {
+        return Ok(None);
+    };
+    let Some(way) = sets
+        .get(shape as usize)
+        .and_then(|set| set.way_of(fingerprint))
+    else {
+        return Ok(None);
+    };
+    let per_cpu = drops
+        .get(&hit_slot(shape, way), 0)
+        .with_context(|| format!("cannot read map `{MAP_XDP_BLOCK_FP_DROPS}`"))?;
+    Ok(Some(
+        per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n)),
+    ))
 }
 
 /// The sets the program reads now, to compare with what the blocklist needs ([`Index::covered_by`]).
@@ -159,5 +251,37 @@ mod tests {
         );
         assert!(index.covered_by(&index.shapes));
         assert!(!index.covered_by(&vec![ShapeSet::EMPTY; SHAPES]));
+    }
+
+    #[test]
+    fn a_rebuild_keeps_every_blocked_fingerprint_in_its_way() {
+        let s = shape(31, 12);
+        let [a, b, c, d] = [1, 2, 3, 4].map(|n| fingerprint(s, n));
+        let set = |fps: &[u64]| {
+            let mut set = ShapeSet::EMPTY;
+            for fp in fps {
+                set.insert(*fp);
+            }
+            set
+        };
+        let now = set(&[a, b, c]);
+        // b unblocked, d blocked: a and c stay put, d takes b's way, whose counter restarts from 0.
+        let (next, assigned, freed) = settle(&set(&[d, c, a]), &now);
+        assert_eq!(
+            [a, b, c, d].map(|fp| next.way_of(fp)),
+            [Some(0), None, Some(2), Some(1)]
+        );
+        assert_eq!((assigned, freed), (vec![1], vec![1]));
+        // Nothing changed: nothing moves, no counter is touched.
+        assert_eq!(settle(&set(&[c, a, b]), &now), (now, vec![], vec![]));
+        // Overflowing (counted in the total only) frees every way; leaving overflow starts afresh.
+        let crowded = of_keys((1..=SHAPE_WAYS as u64 + 1).map(|n| Some(fingerprint(s, n))));
+        let needed = &crowded.shapes[usize::from(s)];
+        let (over, assigned, freed) = settle(needed, &now);
+        assert_eq!(over.len, ShapeSet::OVERFLOW);
+        assert!(assigned.is_empty() && freed.len() == SHAPE_WAYS);
+        let (back, assigned, freed) = settle(&set(&[c]), &over);
+        assert_eq!(back.way_of(c), Some(0));
+        assert_eq!((assigned, freed.len()), (vec![0], SHAPE_WAYS));
     }
 }

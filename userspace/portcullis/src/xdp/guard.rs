@@ -10,10 +10,10 @@ use portcullis_abi::{
     fp_shapes::ShapeSet,
     limits::{ADDR_LEN, BudgetSlot},
     names::{
-        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES, MAP_XDP_BLOCK_NET,
-        MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_BUDGET_SEED, MAP_XDP_CONFIG, MAP_XDP_FLOWS,
-        MAP_XDP_HELLO_BUDGET, MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET,
-        MAP_XDP_VERDICTS, PROG_XDP, PROG_XDP_HELLO,
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_DROPS, MAP_XDP_BLOCK_FP_SHAPES,
+        MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_BUDGET_SEED, MAP_XDP_CONFIG,
+        MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET, MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED,
+        MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP, PROG_XDP_HELLO,
     },
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
@@ -160,8 +160,11 @@ impl XdpGuard {
                 index.other_format
             );
         }
-        let [count, shapes] =
-            ebpf.maps_disjoint_mut([MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES]);
+        let [count, shapes, drops] = ebpf.maps_disjoint_mut([
+            MAP_XDP_BLOCK_FP_COUNT,
+            MAP_XDP_BLOCK_FP_SHAPES,
+            MAP_XDP_BLOCK_FP_DROPS,
+        ]);
         let mut count: Array<&mut MapData, u32> = count
             .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_COUNT}`; rebuild it with `cargo xtask build`"))?
             .try_into()
@@ -170,7 +173,11 @@ impl XdpGuard {
             .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_SHAPES}`; rebuild it with `cargo xtask build`"))?
             .try_into()
             .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_SHAPES}` is not an array of 64-byte sets; rebuild with `cargo xtask build`"))?;
-        fp_index::store(&index, &mut count, &mut shapes)?;
+        let mut drops: PerCpuArray<&mut MapData, u64> = drops
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_DROPS}`; rebuild it with `cargo xtask build`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_DROPS}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
+        fp_index::store(&index, &mut count, &mut shapes, Some(&mut drops))?;
 
         // Likewise the CIDR blocklist's prefilter, or a prefix blocked while the daemon was down would not block.
         let trie: LpmTrie<&MapData, [u8; ADDR_LEN], u8> = ebpf
@@ -230,6 +237,7 @@ impl XdpGuard {
             MAP_XDP_FLOWS,
             MAP_XDP_BLOCK_FP_COUNT,
             MAP_XDP_BLOCK_FP_SHAPES,
+            MAP_XDP_BLOCK_FP_DROPS,
             MAP_XDP_BLOCK_NET_FILTER,
             MAP_XDP_HELLO_PROG,
         ] {
@@ -249,7 +257,17 @@ impl XdpGuard {
             .with_context(|| format!("the BPF object has no map `{MAP_XDP_MALFORMED}`"))?
             .try_into()
             .with_context(|| format!("map `{MAP_XDP_MALFORMED}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
-        let counters = XdpCounters::new(verdicts, malformed);
+        let shapes: Array<_, ShapeSet> = ebpf
+            .take_map(MAP_XDP_BLOCK_FP_SHAPES)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_SHAPES}`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_SHAPES}` is not an array of 64-byte sets; rebuild with `cargo xtask build`"))?;
+        let drops: PerCpuArray<_, u64> = ebpf
+            .take_map(MAP_XDP_BLOCK_FP_DROPS)
+            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_DROPS}`"))?
+            .try_into()
+            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_DROPS}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
+        let counters = XdpCounters::new(verdicts, malformed, shapes, drops);
 
         tracing::info!(
             interfaces = ?settings.interfaces,

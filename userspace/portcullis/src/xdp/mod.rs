@@ -35,9 +35,9 @@
 //!   `xdp_block_fp`) are never removed: the next
 //!   start reuses them (after checking their key and value sizes), so budgets and blocklists survive restarts and
 //!   upgrades. `xdp_malformed`, `xdp_flows`, `xdp_block_fp_n` and `xdp_block_fp_sh` (the blocklist's count and
-//!   shapes, rebuilt at start), `xdp_block_pre` (the CIDR blocklist's prefilter, rebuilt at start) and `xdp_hello_prog` (the program array
-//!   holding the ClientHello program `portcullis_ch`, pinned beside `portcullis_xdp`) are pinned per run like the
-//!   verdict counters.
+//!   shapes, rebuilt at start), `xdp_fp_drops` (drops per blocked fingerprint), `xdp_block_pre` (the CIDR
+//!   blocklist's prefilter, rebuilt at start) and `xdp_hello_prog` (the program array holding the ClientHello
+//!   program `portcullis_ch`, pinned beside `portcullis_xdp`) are pinned per run like the verdict counters.
 //! - The program fails open: it drops only blocked sources and fingerprints, over-budget SYNs and ClientHellos and
 //!   proven-malformed ClientHellos (never one cut short), and `[xdp] enforce = false` turns even that into
 //!   counting.

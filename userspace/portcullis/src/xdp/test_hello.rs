@@ -13,11 +13,11 @@ use aya::{
 };
 use portcullis_abi::{
     client_hello::{Malformed, fingerprint::SHAPES, parse},
-    fp_shapes::{ShapeSet, shape_index},
+    fp_shapes::{ShapeSet, hit_slot, shape_index},
     hello_fixtures::{CAPTURED, malformed_cases},
     names::{
-        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES, MAP_XDP_HELLO_PROG,
-        MAP_XDP_MALFORMED,
+        MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_DROPS, MAP_XDP_BLOCK_FP_SHAPES,
+        MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED,
     },
     packet::{ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{FIXTURE_LISTENER_PORTS, LISTENER, frame, ipv4, ipv6},
@@ -375,10 +375,16 @@ fn blocked_fingerprints_drop_until_removed() {
             );
         }
         set_index(&mut ebpf, 1, &[value], false);
+        let before = drops_of_way_0(&ebpf, value);
         assert_eq!(
             hello(&mut ebpf, &counters, Conn::v4(30, port(0)), curl),
             (XDP_DROP, Verdict::DropBlockedFingerprint),
             "fingerprint {value:016x}"
+        );
+        assert_eq!(
+            drops_of_way_0(&ebpf, value),
+            before + 1,
+            "the drop counted for the fingerprint's way"
         );
         assert_eq!(
             hello(&mut ebpf, &counters, Conn::v4(30, port(1)), other),
@@ -412,6 +418,22 @@ fn blocked_fingerprints_drop_until_removed() {
             "unblocked"
         );
     }
+}
+
+/// The drops counted for way 0 of the set of `fingerprint`'s shape (where [`set_index`] files the first), summed
+/// over CPUs.
+fn drops_of_way_0(ebpf: &Ebpf, fingerprint: u64) -> u64 {
+    let drops: PerCpuArray<&MapData, u64> = ebpf
+        .map(MAP_XDP_BLOCK_FP_DROPS)
+        .expect("fingerprint drop map")
+        .try_into()
+        .expect("fingerprint drop map type");
+    let shape = shape_index(fingerprint).expect("format 2");
+    drops
+        .get(&hit_slot(shape, 0), 0)
+        .expect("read")
+        .iter()
+        .sum()
 }
 
 /// The fingerprint blocklist of the loaded program.
