@@ -1,5 +1,6 @@
 //! Crafted ClientHellos for tests: a builder ([`Hello`]) and one malformed input per
-//! [`Malformed`] reason ([`malformed_cases`]), plus the captured real ClientHellos ([`CAPTURED`]).
+//! [`Malformed`] reason ([`malformed_cases`]), plus the captured real ClientHellos ([`CAPTURED`]) and a seeded
+//! mutator of them ([`Rng`], [`mutate`]).
 //!
 //! Host only (`user` feature or tests): it allocates. Shared by the parser's host tests
 //! (`tests/client_hello.rs` includes this file by path) and the daemon's privileged test that wraps
@@ -317,4 +318,43 @@ pub fn malformed_cases() -> Vec<(Malformed, Vec<u8>)> {
     longer_record.push(0);
     cases.push((HandshakeLengthMismatch, longer_record));
     cases
+}
+
+/// xorshift64*: a tiny deterministic generator, so a failure reproduces from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}
+
+/// Applies 1–4 random edits: bit flips, byte overwrites (often at length fields' small values),
+/// insertions, deletions and truncation.
+pub fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
+    let mut bytes = input.to_vec();
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(bytes.len());
+        match rng.below(5) {
+            0 if !bytes.is_empty() => bytes[at] ^= 1 << rng.below(8),
+            1 if !bytes.is_empty() => {
+                bytes[at] = [0, 1, 0xff, 0x0a, 0x29, rng.next_u64() as u8][rng.below(6)]
+            }
+            2 => bytes.insert(at, rng.next_u64() as u8),
+            3 if !bytes.is_empty() => {
+                bytes.remove(at);
+            }
+            _ => bytes.truncate(at),
+        }
+    }
+    bytes
 }

@@ -8,7 +8,7 @@ extern crate alloc;
 mod hello_fixtures;
 
 use hello_fixtures::{
-    Hello, alpn, key_share, malformed_cases, psk, sni, u16_list, u16s, vec16, versions,
+    Hello, Rng, alpn, key_share, malformed_cases, mutate, psk, sni, u16_list, u16s, vec16, versions,
 };
 use portcullis_abi::client_hello;
 use portcullis_abi::client_hello::{
@@ -516,43 +516,6 @@ fn only_the_unordered_fingerprint_survives_extension_permutation() {
         .fingerprint
         .expect("complete");
     assert_ne!(fc, fd);
-}
-
-/// xorshift64*: a tiny deterministic generator, so a failure reproduces from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-/// Applies 1–4 random edits: bit flips, byte overwrites (often at length fields' small values),
-/// insertions, deletions and truncation.
-fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
-    let mut bytes = input.to_vec();
-    for _ in 0..=rng.below(4) {
-        let at = rng.below(bytes.len());
-        match rng.below(5) {
-            0 if !bytes.is_empty() => bytes[at] ^= 1 << rng.below(8),
-            1 if !bytes.is_empty() => {
-                bytes[at] = [0, 1, 0xff, 0x0a, 0x29, rng.next() as u8][rng.below(6)]
-            }
-            2 => bytes.insert(at, rng.next() as u8),
-            3 if !bytes.is_empty() => {
-                bytes.remove(at);
-            }
-            _ => bytes.truncate(at),
-        }
-    }
-    bytes
 }
 
 /// Whether rustls' server-side Acceptor takes `bytes` as a complete, valid ClientHello.
