@@ -508,6 +508,12 @@ where
     }
 }
 
+/// The total of a per-CPU counter (a BPF per-CPU array's slot): wrapping, as a metric must never panic and a `u64`
+/// count does not overflow in practice.
+pub(crate) fn per_cpu_total(per_cpu: &aya::maps::PerCpuValues<u64>) -> u64 {
+    per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v))
+}
+
 /// A counter family that can write itself into a scrape; lets [`CounterFamilies`] hold several
 /// [`ConstCounterCollector`]s with different read closures.
 pub trait EncodeCounters: fmt::Debug + Send + Sync + 'static {

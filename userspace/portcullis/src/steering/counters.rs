@@ -14,7 +14,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::SaturatedWorkers;
-use crate::metrics::{ConstCounterCollector, EncodeCounters};
+use crate::metrics::{ConstCounterCollector, EncodeCounters, per_cpu_total};
 
 /// A handle on the per-CPU outcome counters. Cheap to clone.
 #[derive(Clone)]
@@ -40,10 +40,7 @@ impl OutcomeCounters {
                         outcome.name()
                     )
                 })?;
-                Ok((
-                    outcome,
-                    per_cpu.iter().fold(0u64, |s, v| s.wrapping_add(*v)),
-                ))
+                Ok((outcome, per_cpu_total(&per_cpu)))
             })
             .collect()
     }

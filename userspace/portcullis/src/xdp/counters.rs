@@ -13,7 +13,7 @@ use portcullis_abi::{
 };
 use prometheus_client::collector::Collector;
 
-use crate::metrics::{ConstCounterCollector, CounterFamilies};
+use crate::metrics::{ConstCounterCollector, CounterFamilies, per_cpu_total};
 
 /// A handle on the XDP verdict counters. Cheap to clone (one `Arc`), `Send + Sync`; it keeps the map open, so it
 /// stays readable after the guard detached (the values then stop moving).
@@ -47,16 +47,7 @@ impl XdpCounters {
     pub fn read_fingerprint_drops(&self) -> anyhow::Result<Vec<(u64, u64)>> {
         let (shapes, drops) = &*self.fingerprints;
         let sets = crate::xdp::fp_index::load_shapes(shapes)?;
-        let mut out = Vec::new();
-        for fingerprint in sets.iter().flat_map(|set| set.fingerprints) {
-            if fingerprint == 0 {
-                continue;
-            }
-            if let Some(n) = crate::xdp::fp_index::drops_of(&sets, drops, fingerprint)? {
-                out.push((fingerprint, n));
-            }
-        }
-        Ok(out)
+        crate::xdp::fp_index::all_drops(&sets, drops)
     }
 
     /// Both families for `/metrics`, read at scrape time: `portcullis_xdp_packets_total{verdict}` and
@@ -129,8 +120,7 @@ impl XdpCounters {
                         reason.name()
                     )
                 })?;
-                let total = per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v));
-                Ok((reason, total))
+                Ok((reason, per_cpu_total(&per_cpu)))
             })
             .collect()
     }
@@ -150,9 +140,7 @@ impl XdpCounters {
                         verdict.name()
                     )
                 })?;
-                // Wrapping: a u64 packet count does not overflow in practice, and a metric must never panic.
-                let total = per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v));
-                Ok((verdict, total))
+                Ok((verdict, per_cpu_total(&per_cpu)))
             })
             .collect()
     }

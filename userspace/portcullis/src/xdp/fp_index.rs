@@ -184,12 +184,42 @@ pub(crate) fn drops_of<D: Borrow<MapData>>(
     else {
         return Ok(None);
     };
+    way_drops(drops, shape, way).map(Some)
+}
+
+/// Every blocked fingerprint with a way of its own in `sets` (read with [`load_shapes`]; overflowed shapes are
+/// counted in the verdict total only), with its drops as [`drops_of`] gives them, in one pass over the sets.
+///
+/// # Errors
+/// The kernel refused a read.
+pub(crate) fn all_drops<D: Borrow<MapData>>(
+    sets: &[ShapeSet],
+    drops: &PerCpuArray<D, u64>,
+) -> anyhow::Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for (shape, set) in (0u32..).zip(sets) {
+        if set.len == ShapeSet::OVERFLOW {
+            continue;
+        }
+        for (way, fingerprint) in (0u32..).zip(set.fingerprints) {
+            if fingerprint != 0 {
+                out.push((fingerprint, way_drops(drops, shape, way)?));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The drops counted for `way` of the set of `shape`, summed over CPUs.
+fn way_drops<D: Borrow<MapData>>(
+    drops: &PerCpuArray<D, u64>,
+    shape: u32,
+    way: u32,
+) -> anyhow::Result<u64> {
     let per_cpu = drops
         .get(&hit_slot(shape, way), 0)
         .with_context(|| format!("cannot read map `{MAP_XDP_BLOCK_FP_DROPS}`"))?;
-    Ok(Some(
-        per_cpu.iter().fold(0u64, |sum, n| sum.wrapping_add(*n)),
-    ))
+    Ok(crate::metrics::per_cpu_total(&per_cpu))
 }
 
 /// The sets the program reads now, to compare with what the blocklist needs ([`Index::covered_by`]).
