@@ -379,27 +379,38 @@ fn fingerprint_count(dir: &Path) -> anyhow::Result<Array<MapData, u32>> {
     )
 }
 
+/// The pinned map `name` as a `T`, or `None` when it is not pinned: the running daemon predates it. `what` names
+/// the map in the error when the pin holds something else.
+fn open_if_pinned<T>(dir: &Path, name: &str, what: &str) -> anyhow::Result<Option<T>>
+where
+    T: TryFrom<Map>,
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    if !dir.join(name).exists() {
+        return Ok(None);
+    }
+    let map = T::try_from(open(dir, name)?)
+        .with_context(|| format!("the pinned {what}: daemon and CLI versions differ"))?;
+    Ok(Some(map))
+}
+
 /// The pinned blocklist by shape, or `None` when the running daemon predates it (and format 2: its program hashes
 /// every complete ClientHello into an older fingerprint).
 fn fingerprint_shapes(dir: &Path) -> anyhow::Result<Option<Array<MapData, ShapeSet>>> {
-    if !dir.join(MAP_XDP_BLOCK_FP_SHAPES).exists() {
-        return Ok(None);
-    }
-    let shapes = open(dir, MAP_XDP_BLOCK_FP_SHAPES)?.try_into().context(
-        "the pinned blocklist by shape is not an array of 64-byte sets: daemon and CLI versions differ",
-    )?;
-    Ok(Some(shapes))
+    open_if_pinned(
+        dir,
+        MAP_XDP_BLOCK_FP_SHAPES,
+        "blocklist by shape is not an array of 64-byte sets",
+    )
 }
 
 /// The pinned drop counters of the blocked fingerprints, or `None` when the running daemon predates them.
 fn fingerprint_drops(dir: &Path) -> anyhow::Result<Option<PerCpuArray<MapData, u64>>> {
-    if !dir.join(MAP_XDP_BLOCK_FP_DROPS).exists() {
-        return Ok(None);
-    }
-    let drops = open(dir, MAP_XDP_BLOCK_FP_DROPS)?.try_into().context(
-        "the pinned fingerprint drop counters are not a per-CPU array of u64: daemon and CLI versions differ",
-    )?;
-    Ok(Some(drops))
+    open_if_pinned(
+        dir,
+        MAP_XDP_BLOCK_FP_DROPS,
+        "fingerprint drop counters are not a per-CPU array of u64",
+    )
 }
 
 fn fingerprint_blocklist(dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u8>> {
@@ -411,21 +422,26 @@ fn fingerprint_blocklist(dir: &Path) -> anyhow::Result<HashMap<MapData, u64, u8>
 /// Rebuilds the count and shapes of the fingerprint blocklist after a change and stores them for the XDP program:
 /// while the count is 0 the program computes no fingerprint, and it hashes only ClientHellos of a shape with blocked
 /// fingerprints, so an added fingerprint would not block without them (`xdp::fp_index`). A daemon from before the
-/// shapes has no shape map: only the count is stored.
+/// shapes has no shape map: only the count is stored, and this returns `false` (its program computes format-1
+/// fingerprints).
 fn store_fingerprint_index(
     dir: &Path,
     blocklist: &HashMap<MapData, u64, u8>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let mut count = fingerprint_count(dir)?;
     let index = crate::xdp::fp_index::of(blocklist);
     match fingerprint_shapes(dir)? {
         Some(mut shapes) => {
             let mut drops = fingerprint_drops(dir)?;
-            crate::xdp::fp_index::store(&index, &mut count, &mut shapes, drops.as_mut())
+            crate::xdp::fp_index::store(&index, &mut count, &mut shapes, drops.as_mut())?;
+            Ok(true)
         }
-        None => count
-            .set(0, index.count, 0)
-            .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_FP_COUNT}`")),
+        None => {
+            count
+                .set(0, index.count, 0)
+                .with_context(|| format!("cannot write map `{MAP_XDP_BLOCK_FP_COUNT}`"))?;
+            Ok(false)
+        }
     }
 }
 
@@ -444,8 +460,7 @@ fn block_fingerprint(dir: &Path, action: FingerprintAction) -> anyhow::Result<()
             blocklist
                 .insert(value, 1, 0)
                 .with_context(|| format!("cannot block fingerprint {text} (is the list full?)"))?;
-            store_fingerprint_index(dir, &blocklist)?;
-            if !dir.join(MAP_XDP_BLOCK_FP_SHAPES).exists() {
+            if !store_fingerprint_index(dir, &blocklist)? {
                 eprintln!(
                     "warning: the running daemon's XDP program predates fingerprint format {FORMAT} (no \
                      {MAP_XDP_BLOCK_FP_SHAPES} is pinned): it computes older fingerprints, so {text} is stored but \
