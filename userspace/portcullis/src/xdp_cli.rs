@@ -222,7 +222,9 @@ fn block_filter(dir: &Path) -> anyhow::Result<Option<Array<MapData, u64>>> {
 fn status(dir: &Path) -> anyhow::Result<()> {
     let config = config(dir)?;
     let trie = blocklist(dir)?;
-    let blocked = trie.keys().count();
+    // Read once: counted here, checked against the prefilter below.
+    let prefixes = crate::xdp::block_filter::keys(&trie)?;
+    let blocked = prefixes.len();
     println!("pin_dir          {}", dir.display());
     println!("listener ports   {:?}", config.listener_ports());
     if config.syn_rate == 0 {
@@ -273,7 +275,7 @@ fn status(dir: &Path) -> anyhow::Result<()> {
     };
     let read = crate::xdp::block_filter::load(&pinned)
         .context("the pinned prefilter of the blocklist: daemon and CLI versions differ")?;
-    let needed = crate::xdp::block_filter::of(&trie)?;
+    let needed = crate::xdp::block_filter::of_keys(&prefixes);
     let set = crate::xdp::block_filter::bits_set(&read);
     if read.iter().zip(needed.iter()).all(|(r, n)| r & n == *n) {
         println!(

@@ -91,14 +91,11 @@ impl Steering {
             prefer_local_cpu: u32::from(settings.prefer_local_cpu),
             _pad: 0,
         };
-        let mut config_map: Array<_, ReuseportConfig> = ebpf
-            .map_mut(MAP_RP_CONFIG)
-            .with_context(|| {
-                format!(
-                    "the BPF object has no map `{MAP_RP_CONFIG}`; rebuild with `cargo xtask build`"
-                )
-            })?
-            .try_into()?;
+        let mut config_map: Array<_, ReuseportConfig> = crate::xdp::object::typed_map(
+            ebpf.map_mut(MAP_RP_CONFIG),
+            MAP_RP_CONFIG,
+            "an array of ReuseportConfig",
+        )?;
         config_map
             .set(RP_CONFIG_KEY, config, 0)
             .with_context(|| format!("cannot write map `{MAP_RP_CONFIG}`"))?;

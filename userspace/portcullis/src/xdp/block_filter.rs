@@ -12,7 +12,7 @@
 use std::borrow::{Borrow, BorrowMut};
 
 use anyhow::Context as _;
-use aya::maps::{Array, LpmTrie, MapData};
+use aya::maps::{Array, LpmTrie, MapData, lpm_trie::Key};
 use portcullis_abi::{
     block_filter::{FILTER_WORDS, Filter, mark},
     limits::ADDR_LEN,
@@ -26,12 +26,28 @@ use portcullis_abi::{
 pub(crate) fn of<T: Borrow<MapData>>(
     trie: &LpmTrie<T, [u8; ADDR_LEN], u8>,
 ) -> anyhow::Result<Box<Filter>> {
+    Ok(of_keys(&keys(trie)?))
+}
+
+/// Every entry of `trie`, read once (`portcullis xdp status` counts them and checks the filter against them).
+///
+/// # Errors
+/// The trie could not be read.
+pub(crate) fn keys<T: Borrow<MapData>>(
+    trie: &LpmTrie<T, [u8; ADDR_LEN], u8>,
+) -> anyhow::Result<Vec<Key<[u8; ADDR_LEN]>>> {
+    trie.keys()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("cannot read map `{MAP_XDP_BLOCK_NET}`"))
+}
+
+/// The filter of `keys`.
+pub(crate) fn of_keys(keys: &[Key<[u8; ADDR_LEN]>]) -> Box<Filter> {
     let mut filter: Box<Filter> = Box::new([0; FILTER_WORDS]);
-    for key in trie.keys() {
-        let key = key.with_context(|| format!("cannot read map `{MAP_XDP_BLOCK_NET}`"))?;
+    for key in keys {
         mark(&mut filter, key.prefix_len(), &key.data());
     }
-    Ok(filter)
+    filter
 }
 
 /// Writes `filter` into the map the XDP program reads, word by word.

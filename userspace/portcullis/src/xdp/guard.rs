@@ -133,22 +133,22 @@ impl XdpGuard {
         };
         let ebpf = running.ebpf.insert(ebpf);
 
-        let mut config_map: Array<_, XdpConfig> = ebpf
-            .map_mut(MAP_XDP_CONFIG)
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_CONFIG}`; rebuild it with `cargo xtask build`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_CONFIG}` is not an array of XdpConfig; rebuild with `cargo xtask build`"))?;
+        let mut config_map: Array<_, XdpConfig> = object::typed_map(
+            ebpf.map_mut(MAP_XDP_CONFIG),
+            MAP_XDP_CONFIG,
+            "an array of XdpConfig",
+        )?;
         config_map
             .set(XDP_CONFIG_KEY, config, 0)
             .with_context(|| format!("cannot write map `{MAP_XDP_CONFIG}`"))?;
 
         // The blocklist is pinned for good and may have changed while the daemon was down: rebuild its count and
         // shapes before the program runs, or a blocked fingerprint would not be computed (`fp_index`).
-        let blocked: HashMap<&MapData, u64, u8> = ebpf
-            .map(MAP_XDP_BLOCK_FP)
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP}`; rebuild it with `cargo xtask build`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP}` is not a hash of u64; rebuild with `cargo xtask build`"))?;
+        let blocked: HashMap<&MapData, u64, u8> = object::typed_map(
+            ebpf.map(MAP_XDP_BLOCK_FP),
+            MAP_XDP_BLOCK_FP,
+            "a hash of u64",
+        )?;
         let index = fp_index::of(&blocked);
         if index.other_format != 0 {
             tracing::warn!(
@@ -165,41 +165,35 @@ impl XdpGuard {
             MAP_XDP_BLOCK_FP_SHAPES,
             MAP_XDP_BLOCK_FP_DROPS,
         ]);
-        let mut count: Array<&mut MapData, u32> = count
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_COUNT}`; rebuild it with `cargo xtask build`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_COUNT}` is not an array of u32; rebuild with `cargo xtask build`"))?;
-        let mut shapes: Array<&mut MapData, ShapeSet> = shapes
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_SHAPES}`; rebuild it with `cargo xtask build`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_SHAPES}` is not an array of 64-byte sets; rebuild with `cargo xtask build`"))?;
-        let mut drops: PerCpuArray<&mut MapData, u64> = drops
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_DROPS}`; rebuild it with `cargo xtask build`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_DROPS}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
+        let mut count: Array<&mut MapData, u32> =
+            object::typed_map(count, MAP_XDP_BLOCK_FP_COUNT, "an array of u32")?;
+        let mut shapes: Array<&mut MapData, ShapeSet> =
+            object::typed_map(shapes, MAP_XDP_BLOCK_FP_SHAPES, "an array of 64-byte sets")?;
+        let mut drops: PerCpuArray<&mut MapData, u64> =
+            object::typed_map(drops, MAP_XDP_BLOCK_FP_DROPS, "a per-CPU array of u64")?;
         fp_index::store(&index, &mut count, &mut shapes, Some(&mut drops))?;
 
         // Likewise the CIDR blocklist's prefilter, or a prefix blocked while the daemon was down would not block.
-        let trie: LpmTrie<&MapData, [u8; ADDR_LEN], u8> = ebpf
-            .map(MAP_XDP_BLOCK_NET)
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_NET}`; rebuild it with `cargo xtask build`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_BLOCK_NET}` is not an LPM trie of 16-byte keys; rebuild with `cargo xtask build`"))?;
+        let trie: LpmTrie<&MapData, [u8; ADDR_LEN], u8> = object::typed_map(
+            ebpf.map(MAP_XDP_BLOCK_NET),
+            MAP_XDP_BLOCK_NET,
+            "an LPM trie of 16-byte keys",
+        )?;
         let prefilter = block_filter::of(&trie)?;
-        let mut filter: Array<&mut MapData, u64> = ebpf
-            .map_mut(MAP_XDP_BLOCK_NET_FILTER)
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_NET_FILTER}`; rebuild it with `cargo xtask build`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_BLOCK_NET_FILTER}` is not an array of u64; rebuild with `cargo xtask build`"))?;
+        let mut filter: Array<&mut MapData, u64> = object::typed_map(
+            ebpf.map_mut(MAP_XDP_BLOCK_NET_FILTER),
+            MAP_XDP_BLOCK_NET_FILTER,
+            "an array of u64",
+        )?;
         block_filter::store(&mut filter, &prefilter)?;
 
         // The budget tables' slot hash is keyed (`portcullis_abi::limits::BudgetSlot`): the first start draws the
         // key, later ones keep the pinned one so every source keeps its slot and budget.
-        let mut seed: Array<&mut MapData, u64> = ebpf
-            .map_mut(MAP_XDP_BUDGET_SEED)
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BUDGET_SEED}`; rebuild it with `cargo xtask build`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_BUDGET_SEED}` is not an array of u64; rebuild with `cargo xtask build`"))?;
+        let mut seed: Array<&mut MapData, u64> = object::typed_map(
+            ebpf.map_mut(MAP_XDP_BUDGET_SEED),
+            MAP_XDP_BUDGET_SEED,
+            "an array of u64",
+        )?;
         budget_seed::ensure(&mut seed)?;
 
         // The logger must own the ring buffer before the program runs, or its first records are lost.
@@ -247,26 +241,26 @@ impl XdpGuard {
             running.pins.pin_map(map, &settings.pin_dir, name)?;
         }
 
-        let verdicts: PerCpuArray<_, u64> = ebpf
-            .take_map(MAP_XDP_VERDICTS)
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_VERDICTS}`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_VERDICTS}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
-        let malformed: PerCpuArray<_, u64> = ebpf
-            .take_map(MAP_XDP_MALFORMED)
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_MALFORMED}`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_MALFORMED}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
-        let shapes: Array<_, ShapeSet> = ebpf
-            .take_map(MAP_XDP_BLOCK_FP_SHAPES)
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_SHAPES}`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_SHAPES}` is not an array of 64-byte sets; rebuild with `cargo xtask build`"))?;
-        let drops: PerCpuArray<_, u64> = ebpf
-            .take_map(MAP_XDP_BLOCK_FP_DROPS)
-            .with_context(|| format!("the BPF object has no map `{MAP_XDP_BLOCK_FP_DROPS}`"))?
-            .try_into()
-            .with_context(|| format!("map `{MAP_XDP_BLOCK_FP_DROPS}` is not a per-CPU array of u64; rebuild with `cargo xtask build`"))?;
+        let verdicts: PerCpuArray<_, u64> = object::typed_map(
+            ebpf.take_map(MAP_XDP_VERDICTS),
+            MAP_XDP_VERDICTS,
+            "a per-CPU array of u64",
+        )?;
+        let malformed: PerCpuArray<_, u64> = object::typed_map(
+            ebpf.take_map(MAP_XDP_MALFORMED),
+            MAP_XDP_MALFORMED,
+            "a per-CPU array of u64",
+        )?;
+        let shapes: Array<_, ShapeSet> = object::typed_map(
+            ebpf.take_map(MAP_XDP_BLOCK_FP_SHAPES),
+            MAP_XDP_BLOCK_FP_SHAPES,
+            "an array of 64-byte sets",
+        )?;
+        let drops: PerCpuArray<_, u64> = object::typed_map(
+            ebpf.take_map(MAP_XDP_BLOCK_FP_DROPS),
+            MAP_XDP_BLOCK_FP_DROPS,
+            "a per-CPU array of u64",
+        )?;
         let counters = XdpCounters::new(verdicts, malformed, shapes, drops);
 
         tracing::info!(

@@ -3,7 +3,7 @@
 //! `build.rs` points `PORTCULLIS_BPF_OBJECT_EMBEDDED` at the object `cargo xtask build` produced, or at an empty
 //! file when the binary was built without the BPF toolchain; the daemon then refuses to start XDP.
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 /// The object's bytes, 8-byte aligned as aya's ELF parser wants them; empty when built without it.
 static EMBEDDED: &[u8] = aya::include_bytes_aligned!(env!("PORTCULLIS_BPF_OBJECT_EMBEDDED"));
@@ -17,6 +17,20 @@ pub(crate) fn embedded() -> anyhow::Result<&'static [u8]> {
         );
     }
     Ok(EMBEDDED)
+}
+
+/// The object's map `name` (`map`, as `Ebpf::map`, `map_mut`, `take_map` or `maps_disjoint_mut` found it) as the
+/// typed map `T`, which `what` describes for the error. Either failure means this binary and its embedded object
+/// disagree, which only a rebuild mends, and the error says so.
+pub(crate) fn typed_map<M, T>(map: Option<M>, name: &str, what: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<M, Error = aya::maps::MapError>,
+{
+    map.with_context(|| {
+        format!("the BPF object has no map `{name}`; rebuild it with `cargo xtask build`")
+    })?
+    .try_into()
+    .with_context(|| format!("map `{name}` is not {what}; rebuild with `cargo xtask build`"))
 }
 
 #[cfg(test)]
