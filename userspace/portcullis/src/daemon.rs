@@ -166,8 +166,13 @@ pub fn run(config: Config) -> Result<(), RunError> {
         None => None,
     };
     let mut engine = None;
+    let xdp_attachments = xdp_guard
+        .as_ref()
+        .map(xdp::XdpGuard::attachments)
+        .unwrap_or_default();
     let metrics = Metrics::new_with(xdp_collector, |registry| {
         tickets.register(registry);
+        xdp::register_attached(registry, &xdp_attachments);
         if let Some(s) = &steering {
             registry.register_collector(s.collector());
         }

@@ -153,3 +153,39 @@ impl std::fmt::Debug for XdpCounters {
             .finish()
     }
 }
+
+/// Labels of `portcullis_xdp_attached`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct AttachedLabels {
+    /// The network interface.
+    interface: String,
+    /// `native` (in the driver) or `generic` (after the kernel built an skb).
+    mode: &'static str,
+}
+
+/// Registers `portcullis_xdp_attached{interface,mode}`: 1 for each interface the guard is attached to. An alert can
+/// then see a guard that runs in generic mode (`mode = "auto"` falls back to it, with one log line, when the driver
+/// refuses native XDP), or hosts where it is not attached at all.
+pub(crate) fn register_attached(
+    registry: &mut prometheus_client::registry::Registry,
+    attachments: &[(String, crate::xdp::XdpMode)],
+) {
+    let family = prometheus_client::metrics::family::Family::<
+        AttachedLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    >::default();
+    for (interface, mode) in attachments {
+        family
+            .get_or_create(&AttachedLabels {
+                interface: interface.clone(),
+                mode: mode.name(),
+            })
+            .set(1);
+    }
+    registry.register(
+        "portcullis_xdp_attached",
+        "Interfaces the XDP handshake guard is attached to, by mode (native: in the driver; generic: after the \
+         kernel built an skb, same verdicts at a higher cost per packet), 1 each",
+        family,
+    );
+}

@@ -285,6 +285,16 @@ impl XdpGuard {
         self.counters.clone()
     }
 
+    /// Where the program is attached: each interface and the mode it runs in there (`auto` may have fallen back
+    /// to generic), for `portcullis_xdp_attached`.
+    pub fn attachments(&self) -> Vec<(String, super::XdpMode)> {
+        self.running
+            .attachments
+            .iter()
+            .map(|a| (a.interface.clone(), a.mode))
+            .collect()
+    }
+
     /// Detaches from every interface and removes the pins this guard created, reporting the first failure.
     ///
     /// # Errors

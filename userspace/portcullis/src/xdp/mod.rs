@@ -64,6 +64,7 @@ mod test_hello;
 mod test_run;
 
 pub use counters::XdpCounters;
+pub(crate) use counters::register_attached;
 pub use guard::XdpGuard;
 pub use settings::{XdpMode, XdpSettings};
 pub use shed::SynShed;
