@@ -1,7 +1,7 @@
 //! The XDP guard's operator controls end to end: the real daemon with XDP in a server namespace, a client in
 //! another, and `portcullis xdp block add|del` (the CLI on the pinned maps) cutting and restoring the client's
 //! handshakes without a reload; the block survives a daemon restart (pinned map reused; for fingerprints,
-//! recounted). Also
+//! recounted); `portcullis xdp set` turns the guard's knobs live (the dry-run switch). Also
 //! `portcullis fingerprint` on the captured ClientHello fixtures.
 
 use std::{
@@ -371,6 +371,92 @@ fn blocked_fingerprint_cannot_handshake_until_removed() {
         bed.s_client(listener, 30),
         "handshake after the fingerprint block was removed"
     );
+    daemon.stop_ok();
+}
+
+/// The incident switch: `portcullis xdp set enforce=false` on a live host turns a drop into a count on the next
+/// packet (a blocked source handshakes, and its packets still count as `drop_blocked_source`), `enforce=true`
+/// turns it back, and a bad assignment is refused whole (exit 2, nothing written). Budgets are knobs too.
+#[test]
+fn set_enforce_turns_drops_into_counts_and_back() {
+    if !require_root("set_enforce_turns_drops_into_counts_and_back") {
+        return;
+    }
+    let bed = XdpTestbed::builder("guard-set")
+        .build()
+        .expect("XDP testbed");
+    let daemon = bed.start_daemon();
+    let listener = daemon.addr();
+    let connect = || {
+        bed.client
+            .run(|| TcpStream::connect_timeout(&listener, BLOCKED_CONNECT_TIMEOUT))
+            .expect("enter client namespace")
+    };
+    let cidr = format!("{}/32", bed.veth.a.addr);
+    bed.cli(&["block", "add", &cidr]);
+    assert!(
+        connect().is_err(),
+        "a connect from blocked {cidr} completed"
+    );
+
+    let out = bed.cli(&["set", "enforce=false"]);
+    assert!(out.contains("xdp.enforce: true -> false"), "{out}");
+    assert!(
+        bed.cli(&["status"])
+            .contains("enforce          no (count only)"),
+        "status after enforce=false"
+    );
+    let counted = |daemon: &Daemon| {
+        daemon
+            .metric(
+                "portcullis_xdp_packets_total",
+                &[("verdict", "drop_blocked_source")],
+            )
+            .expect("GET /metrics")
+    };
+    let before = counted(&daemon);
+    assert!(
+        bed.s_client(listener, 30),
+        "a blocked source could not handshake with enforce=false"
+    );
+    assert!(
+        counted(&daemon) > before,
+        "a dry run must still count what it would drop"
+    );
+
+    // Refused whole: the valid half is not written either.
+    let out = run(Command::new(binary()).args([
+        "xdp",
+        "--pin-dir",
+        bed.pin_dir.path().to_str().expect("utf-8 pin dir"),
+        "set",
+        "enforce=true",
+        "syn_burst=0",
+    ]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a bad knob exits 2: {stderr}");
+    assert!(
+        stderr.contains("xdp.syn_burst = 0: must be at least 1"),
+        "{stderr}"
+    );
+    assert!(
+        bed.cli(&["status"])
+            .contains("enforce          no (count only)"),
+        "a refused set wrote part of itself"
+    );
+
+    let out = bed.cli(&["set", "syn_rate=50", "syn_burst=5", "enforce=true"]);
+    assert!(out.contains("xdp.enforce: false -> true"), "{out}");
+    let status = bed.cli(&["status"]);
+    assert!(
+        status.contains("syn budget       50/s, burst 5,"),
+        "status after syn_rate=50 syn_burst=5: {status}"
+    );
+    assert!(
+        connect().is_err(),
+        "a connect from blocked {cidr} completed after enforce=true"
+    );
+
     daemon.stop_ok();
 }
 

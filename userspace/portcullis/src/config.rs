@@ -348,6 +348,33 @@ pub struct XdpConfig {
 }
 
 impl XdpConfig {
+    /// Checks the budget and enforcement fields (those `portcullis xdp set` may change at run time too): the
+    /// field at fault, without the `xdp.` prefix, and why.
+    ///
+    /// # Errors
+    /// The first field out of its range.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.syn_burst == 0 {
+            return Err(("syn_burst", "must be at least 1"));
+        }
+        if self.hello_burst == 0 {
+            return Err(("hello_burst", "must be at least 1"));
+        }
+        if !(self.hello_resume_cost > 0.0 && self.hello_resume_cost <= 1.0) {
+            return Err((
+                "hello_resume_cost",
+                "must be greater than 0 and at most 1 (a fraction of a full handshake)",
+            ));
+        }
+        if self.source_prefix_v4 > 32 {
+            return Err(("source_prefix_v4", "must be 0 to 32"));
+        }
+        if self.source_prefix_v6 > 128 {
+            return Err(("source_prefix_v6", "must be 0 to 128"));
+        }
+        Ok(())
+    }
+
     /// [`XdpConfig::hello_resume_cost`] in the thousandths of a full handshake the XDP program counts in
     /// (1..=1000; the value is validated to lie in (0, 1]).
     pub fn hello_resume_cost_milli(&self) -> u32 {
@@ -506,32 +533,8 @@ impl Config {
                 ));
             }
         }
-        if self.xdp.syn_burst == 0 {
-            return Err(ConfigError::invalid("xdp.syn_burst", "must be at least 1"));
-        }
-        if self.xdp.hello_burst == 0 {
-            return Err(ConfigError::invalid(
-                "xdp.hello_burst",
-                "must be at least 1",
-            ));
-        }
-        if !(self.xdp.hello_resume_cost > 0.0 && self.xdp.hello_resume_cost <= 1.0) {
-            return Err(ConfigError::invalid(
-                "xdp.hello_resume_cost",
-                "must be greater than 0 and at most 1 (a fraction of a full handshake)",
-            ));
-        }
-        if self.xdp.source_prefix_v4 > 32 {
-            return Err(ConfigError::invalid(
-                "xdp.source_prefix_v4",
-                "must be 0 to 32",
-            ));
-        }
-        if self.xdp.source_prefix_v6 > 128 {
-            return Err(ConfigError::invalid(
-                "xdp.source_prefix_v6",
-                "must be 0 to 128",
-            ));
+        if let Err((field, reason)) = self.xdp.validate() {
+            return Err(ConfigError::invalid(format!("xdp.{field}"), reason));
         }
         if let Err((field, reason)) = self.engine.validate() {
             return Err(ConfigError::invalid(field, reason));

@@ -1,4 +1,4 @@
-//! `portcullis xdp status|stats|block ...|block-fingerprint ...` and `portcullis fingerprint FILE`: operating the XDP guard of a
+//! `portcullis xdp status|stats|set ...|block ...|block-fingerprint ...` and `portcullis fingerprint FILE`: operating the XDP guard of a
 //! running daemon through its pinned maps (`[xdp] pin_dir`, default `/sys/fs/bpf/portcullis`), and computing
 //! the ClientHello fingerprint the guard and the handshake inspector use.
 //!
@@ -6,7 +6,7 @@
 //! program looks the maps up per packet). Needs root (or CAP_BPF) to open the pins.
 //!
 //! Exit codes: 0 done; 1 the pins cannot be opened or written (daemon not running with XDP, no privileges);
-//! 2 bad arguments (an unparsable CIDR or fingerprint) or, for `fingerprint`, a malformed ClientHello.
+//! 2 bad arguments (an unparsable CIDR, fingerprint or knob) or, for `fingerprint`, a malformed ClientHello.
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -60,6 +60,16 @@ enum XdpCommand {
         #[command(subcommand)]
         action: FingerprintAction,
     },
+    /// Turn knobs of the running guard, effective on the next packet: `enforce=false` (dry run: drops are only
+    /// counted), `syn_rate=200`, `hello_burst=40`, ... (the keys and values of the config file's [xdp] section:
+    /// enforce, syn_rate, syn_burst, hello_rate, hello_burst, hello_resume_cost, source_prefix_v4,
+    /// source_prefix_v6). All are checked before any is written. Lasts until the daemon restarts, which applies
+    /// its config file again.
+    Set {
+        /// KEY=VALUE assignments.
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        assignments: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -111,6 +121,7 @@ pub fn run(args: XdpArgs) -> ExitCode {
         XdpCommand::Stats => stats(&args.pin_dir),
         XdpCommand::Block { action } => block(&args.pin_dir, action),
         XdpCommand::BlockFingerprint { action } => block_fingerprint(&args.pin_dir, action),
+        XdpCommand::Set { assignments } => set(&args.pin_dir, &assignments),
     };
     report(result)
 }
@@ -198,6 +209,67 @@ fn config(dir: &Path) -> anyhow::Result<XdpConfig> {
     )?;
     map.get(&XDP_CONFIG_KEY, 0)
         .context("cannot read the pinned config map")
+}
+
+/// How long `set` waits before reading its write back (see there).
+const SET_VERIFY_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Writes that `set` tries before it gives up.
+const SET_ATTEMPTS: usize = 3;
+
+/// `portcullis xdp set KEY=VALUE ...`: every assignment parsed and checked first (all or none), then one write
+/// of the config map value read just before (keeping what the daemon owns in it: ports, SYN shed fractions).
+/// The daemon's admission control rewrites the same value while it sheds (a read-modify-write of its own), so
+/// the write is read back a moment later and made again if one of the two was lost.
+fn set(dir: &Path, assignments: &[String]) -> anyhow::Result<()> {
+    let parsed = assignments
+        .iter()
+        .map(|text| crate::xdp::knobs::parse(text).map_err(|e| BadArgument(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut map: Array<MapData, XdpConfig> = open(dir, MAP_XDP_CONFIG)?.try_into().context(
+        "the pinned config map is not an array of XdpConfig: daemon and CLI versions differ",
+    )?;
+    let before = map
+        .get(&XDP_CONFIG_KEY, 0)
+        .context("cannot read the pinned config map")?;
+    let mut wanted = before;
+    for assignment in &parsed {
+        assignment.apply(&mut wanted);
+    }
+    for _ in 0..SET_ATTEMPTS {
+        let mut config = map
+            .get(&XDP_CONFIG_KEY, 0)
+            .context("cannot read the pinned config map")?;
+        for assignment in &parsed {
+            assignment.apply(&mut config);
+        }
+        map.set(XDP_CONFIG_KEY, config, 0)
+            .context("cannot write the pinned config map")?;
+        std::thread::sleep(SET_VERIFY_AFTER);
+        let now = map
+            .get(&XDP_CONFIG_KEY, 0)
+            .context("cannot read the pinned config map back")?;
+        if crate::xdp::knobs::holds(&now, &wanted) {
+            for assignment in &parsed {
+                let key = assignment.key();
+                println!(
+                    "xdp.{key}: {} -> {}",
+                    crate::xdp::knobs::show(key, &before),
+                    crate::xdp::knobs::show(key, &now)
+                );
+            }
+            println!(
+                "in effect now, until the daemon restarts (it applies its config file's [xdp] at start: change \
+                 the file too to keep it)"
+            );
+            return Ok(());
+        }
+    }
+    bail!(
+        "the change did not hold after {SET_ATTEMPTS} writes: something else keeps rewriting {} (another \
+         `portcullis xdp set`?); `portcullis xdp status` shows what the program reads",
+        dir.join(MAP_XDP_CONFIG).display()
+    )
 }
 
 fn blocklist(dir: &Path) -> anyhow::Result<LpmTrie<MapData, [u8; ADDR_LEN], u8>> {

@@ -40,7 +40,7 @@
 //!   program `portcullis_ch`, pinned beside `portcullis_xdp`) are pinned per run like the verdict counters.
 //! - The program fails open: it drops only blocked sources and fingerprints, over-budget SYNs and ClientHellos and
 //!   proven-malformed ClientHellos (never one cut short), and `[xdp] enforce = false` turns even that into
-//!   counting.
+//!   counting (on a live host too: `portcullis xdp set enforce=false`, `knobs`).
 
 mod attach;
 pub(crate) mod block_filter;
@@ -50,6 +50,7 @@ mod counters;
 pub(crate) mod fp_index;
 mod guard;
 pub(crate) mod hello_prog;
+pub(crate) mod knobs;
 mod logs;
 pub(crate) mod object;
 pub(crate) mod pins;
