@@ -77,6 +77,15 @@ fn blocked_prefix_cannot_handshake_until_removed() {
     );
     let stats = bed.cli(&["stats"]);
     assert!(stats.contains("drop_blocked_source"), "stats: {stats}");
+    // Who was dropped: the first drop of each verdict on a CPU is sampled, with its source.
+    let drops = bed.cli(&["drops"]);
+    assert!(
+        drops
+            .lines()
+            .any(|l| l.starts_with(&veth.a.addr.to_string()) && l.contains("drop_blocked_source")),
+        "`xdp drops` does not show {} dropped as drop_blocked_source:\n{drops}",
+        veth.a.addr
+    );
     let status = bed.cli(&["status"]);
     assert!(status.contains("blocked prefixes 1"), "status: {status}");
     assert!(

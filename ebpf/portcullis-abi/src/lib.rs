@@ -8,6 +8,7 @@
 //! - [`flow`]: the key of the connection tracking map (a SYN records a flow, its first segment is parsed).
 //! - [`fp_shapes`]: the fingerprint blocklist indexed by shape, which spares the XDP program the hashing of most
 //!   ClientHellos and the hash map lookups of the rest.
+//! - [`drop_samples`]: one drop in 64 per CPU, its source, verdict and time, for `portcullis xdp drops`.
 //! - [`limits`]: per-source token buckets and the blocklist key, the map layouts and the arithmetic.
 //! - [`steering`]: the reuseport steering pick (flow hash, skip saturated workers), its config and outcome
 //!   counters, shared by the SK_REUSEPORT program and the daemon.
@@ -27,6 +28,7 @@ extern crate alloc;
 
 pub mod block_filter;
 pub mod client_hello;
+pub mod drop_samples;
 pub mod flow;
 pub mod fp_shapes;
 #[cfg(any(test, feature = "user"))]

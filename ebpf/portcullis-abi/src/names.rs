@@ -116,6 +116,11 @@ pub const MAP_RP_CPU_WORKER: &str = "rp_cpu_worker";
 /// Per-CPU array of `u64` counters, indexed by [`crate::steering::Outcome`]; summed over CPUs by the daemon.
 pub const MAP_RP_OUTCOMES: &str = "rp_outcomes";
 
+/// Per-CPU array of one [`crate::drop_samples::DropRing`]: each CPU's drop count and its last sampled drops (one in
+/// [`crate::drop_samples::SAMPLE_EVERY`]: source, verdict, port, time), read by `portcullis xdp drops`. Pinned
+/// per run, like the verdict counters.
+pub const MAP_XDP_DROP_RING: &str = "xdp_drop_ring";
+
 /// Every map the daemon opens by name (aya-log's own `AYA_LOGS` ring buffer is not ours and not listed).
 pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_VERDICTS,
@@ -134,6 +139,7 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_HELLO_WS,
     MAP_XDP_HELLO_PROG,
     MAP_XDP_SYN_SHED,
+    MAP_XDP_DROP_RING,
     MAP_RP_SOCKS,
     MAP_RP_CONFIG,
     MAP_RP_SATURATED,

@@ -22,7 +22,7 @@ mod reuseport;
 mod shed;
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, xdp_md},
     btf_maps::{Array, LpmTrie, PerCpuArray, lpm_trie::Key},
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
     macros::{btf_map, xdp},
@@ -31,10 +31,11 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use portcullis_abi::{
     block_filter::{FILTER_WORDS, source_bit, word_of},
+    drop_samples::{DropRing, DropSample, next_slot, sampled},
     limits::{
         ADDR_LEN, BUDGET_SLOTS, BudgetSlot, SYN_COST_MILLI, SourceKey, budget_slot, source_key,
     },
-    packet::{Classification, PacketBytes, classify},
+    packet::{Classification, PacketBytes, classify, source_and_port},
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig, clock_ns},
 };
@@ -124,7 +125,8 @@ pub fn portcullis_xdp(ctx: XdpContext) -> u32 {
     )
 }
 
-/// Counts `verdict`, logs it when it is a sampled drop or (at debug) a SYN to a listener port, and returns the XDP
+/// Counts `verdict`, samples it when it is a drop (one in `SAMPLE_EVERY` of each verdict per CPU: who, into
+/// [`XDP_DROP_RING`], and a log line at debug) or logs (at debug) a SYN to a listener port, and returns the XDP
 /// action: `XDP_DROP` for `Drop*` verdicts when the config enforces, `XDP_PASS` otherwise.
 #[inline(always)]
 pub(crate) fn finish(
@@ -134,10 +136,10 @@ pub(crate) fn finish(
     dst_port: u16,
     syn: bool,
 ) -> u32 {
-    count(verdict);
+    let count = count(verdict);
     if verdict.drops() {
-        // Sampled: one line per 64 drops on a CPU, at debug, so a flood cannot flood the log ring too.
-        if sample_drop() {
+        if sampled(count) {
+            sample_drop(ctx.ctx, config, verdict);
             debug!(ctx, "XDP drop ({}) to port {}", verdict as u32, dst_port);
         }
         if config.enforce != 0 {
@@ -213,32 +215,58 @@ pub(crate) fn now_ns(config: &XdpConfig) -> u64 {
     }
 }
 
-/// Whether this drop is the one in 64 on this CPU that gets a log line.
-#[inline(always)]
-fn sample_drop() -> bool {
-    match XDP_DROP_SAMPLE.get_ptr_mut(0) {
-        Some(n) => {
-            // SAFETY: this CPU's slot of a per-CPU array; XDP runs are not preempted on a CPU.
-            unsafe {
-                *n = (*n).wrapping_add(1);
-                *n % 64 == 1
-            }
-        }
-        None => false,
+/// Records who a sampled drop hit, for `portcullis xdp drops`.
+///
+/// A subprogram of its own, called for sampled drops only, which reads the source and port from the packet again
+/// (`source_and_port`, a few small reads: `classify` there took the call chain's stack past 512 bytes): passing
+/// them down from the verdict, or keeping them in the ClientHello program's scratch, slowed every passing SYN and
+/// ClientHello by a quarter (paired), from the registers and stack they took.
+#[inline(never)]
+fn sample_drop(mut ctx: *mut xdp_md, config: &XdpConfig, verdict: Verdict) {
+    // The context pointer through a register move LLVM cannot see into: otherwise it passes `data` and
+    // `data_end` down instead of the pointer, zero-extending them with shifts the verifier refuses on a packet
+    // pointer ("pointer arithmetic on pkt_end prohibited").
+    // SAFETY: one register move of the pointer to itself; no memory, stack or flags touched.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::arch::asm!("{0} = {0}", inout(reg) ctx, options(pure, nomem, nostack, preserves_flags));
     }
+    let ctx = XdpContext::new(ctx);
+    let Some((src, dst_port)) = source_and_port(&Packet(&ctx)) else {
+        return;
+    };
+    let Some(ring) = XDP_DROP_RING.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array, valid for the run; XDP runs are not preempted on a CPU.
+    let ring = unsafe { &mut *ring };
+    if let Some(sample) = ring.samples.get_mut(next_slot(ring.taken)) {
+        *sample = DropSample {
+            src,
+            at_ns: now_ns(config),
+            verdict: verdict as u32,
+            dst_port,
+            _pad: 0,
+        };
+    }
+    ring.taken = ring.taken.wrapping_add(1);
 }
 
-/// Per-CPU drop counter for log sampling only (not exported).
-#[btf_map(name = "xdp_drop_sample")]
-static XDP_DROP_SAMPLE: PerCpuArray<u64, 1> = PerCpuArray::new();
+/// Each CPU's sampled drops; the name must match `portcullis_abi::names::MAP_XDP_DROP_RING`.
+#[btf_map(name = "xdp_drop_ring")]
+static XDP_DROP_RING: PerCpuArray<DropRing, 1> = PerCpuArray::new();
 
-/// Adds one to this CPU's counter of `verdict`.
+/// Adds one to this CPU's counter of `verdict`; returns the new count (0 if the counter cannot be found: it can).
 #[inline(always)]
-fn count(verdict: Verdict) {
-    if let Some(counter) = XDP_VERDICTS.get_ptr_mut(verdict.index()) {
+fn count(verdict: Verdict) -> u64 {
+    match XDP_VERDICTS.get_ptr_mut(verdict.index()) {
         // SAFETY: the pointer is this CPU's slot of a per-CPU array, valid for the program's run, and XDP
         // programs are not preempted on a CPU, so nothing else writes this slot concurrently.
-        unsafe { *counter += 1 };
+        Some(counter) => unsafe {
+            *counter += 1;
+            *counter
+        },
+        None => 0,
     }
 }
 

@@ -1,4 +1,4 @@
-//! `portcullis xdp status|stats|set ...|block ...|block-fingerprint ...` and `portcullis fingerprint FILE`: operating the XDP guard of a
+//! `portcullis xdp status|stats|drops|set ...|block ...|block-fingerprint ...` and `portcullis fingerprint FILE`: operating the XDP guard of a
 //! running daemon through its pinned maps (`[xdp] pin_dir`, default `/sys/fs/bpf/portcullis`), and computing
 //! the ClientHello fingerprint the guard and the handshake inspector use.
 //!
@@ -22,12 +22,13 @@ use portcullis_abi::{
         fingerprint::{FORMAT, SHAPES, shape_of},
         fingerprint_hex,
     },
+    drop_samples::{DROP_SAMPLES, DropRing, SAMPLE_EVERY},
     fp_shapes::{SHAPE_WAYS, ShapeSet},
     limits::{ADDR_LEN, block_entry, block_network},
     names::{
         DEFAULT_PIN_DIR, MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_DROPS,
         MAP_XDP_BLOCK_FP_SHAPES, MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG,
-        MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED, MAP_XDP_VERDICTS, PROG_XDP_HELLO,
+        MAP_XDP_DROP_RING, MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED, MAP_XDP_VERDICTS, PROG_XDP_HELLO,
     },
     verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -49,6 +50,13 @@ enum XdpCommand {
     Status,
     /// Show the packet count of every verdict since the program was loaded (summed over CPUs).
     Stats,
+    /// Show who was dropped and why: the sampled drops (one in 64 per CPU, the newest 64 per CPU) of the last
+    /// seconds, by source and verdict. Dropped packets reach neither a socket nor tcpdump; this is where they show.
+    Drops {
+        /// How far back to look, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Manage the source blocklist: TCP from a blocked prefix to a listener port is dropped.
     Block {
         #[command(subcommand)]
@@ -119,6 +127,7 @@ pub fn run(args: XdpArgs) -> ExitCode {
     let result = match args.command {
         XdpCommand::Status => status(&args.pin_dir),
         XdpCommand::Stats => stats(&args.pin_dir),
+        XdpCommand::Drops { seconds } => drops(&args.pin_dir, seconds),
         XdpCommand::Block { action } => block(&args.pin_dir, action),
         XdpCommand::BlockFingerprint { action } => block_fingerprint(&args.pin_dir, action),
         XdpCommand::Set { assignments } => set(&args.pin_dir, &assignments),
@@ -196,7 +205,9 @@ fn open(dir: &Path, name: &str) -> anyhow::Result<Map> {
         )
     })?;
     Ok(match name {
-        MAP_XDP_VERDICTS | MAP_XDP_MALFORMED | MAP_XDP_BLOCK_FP_DROPS => Map::PerCpuArray(data),
+        MAP_XDP_VERDICTS | MAP_XDP_MALFORMED | MAP_XDP_BLOCK_FP_DROPS | MAP_XDP_DROP_RING => {
+            Map::PerCpuArray(data)
+        }
         MAP_XDP_BLOCK_NET => Map::LpmTrie(data),
         MAP_XDP_BLOCK_FP => Map::HashMap(data),
         _ => Map::Array(data),
@@ -621,6 +632,56 @@ fn stats(dir: &Path) -> anyhow::Result<()> {
         if total != 0 {
             println!("malformed {:<30} {total}", reason.name());
         }
+    }
+    Ok(())
+}
+
+/// `portcullis xdp drops`: the sampled drops of the last `seconds`, by source and verdict (`xdp::drop_report`).
+fn drops(dir: &Path, seconds: u64) -> anyhow::Result<()> {
+    let map: PerCpuArray<MapData, DropRing> = open(dir, MAP_XDP_DROP_RING)?.try_into().context(
+        "the pinned drop samples are not a per-CPU array of drop rings: daemon and CLI versions differ",
+    )?;
+    let rings = map
+        .get(&0, 0)
+        .context("cannot read the pinned drop samples")?;
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .context("cannot read CLOCK_MONOTONIC")?;
+    let now_ns = u64::try_from(std::time::Duration::from(now).as_nanos()).unwrap_or(u64::MAX);
+    let window_ns = seconds.saturating_mul(1_000_000_000);
+    let rings: Vec<DropRing> = rings.iter().copied().collect();
+    let rows = crate::xdp::drop_report::report(&rings, now_ns, window_ns);
+    let verdicts: PerCpuArray<MapData, u64> = open(dir, MAP_XDP_VERDICTS)?.try_into().context(
+        "the pinned verdict map is not a per-CPU array of u64: daemon and CLI versions differ",
+    )?;
+    let mut total = 0u64;
+    for verdict in Verdict::ALL.into_iter().filter(|v| v.drops()) {
+        let per_cpu = verdicts
+            .get(&verdict.index(), 0)
+            .with_context(|| format!("cannot read counter {}", verdict.name()))?;
+        total = total.wrapping_add(crate::metrics::per_cpu_total(&per_cpu));
+    }
+    println!(
+        "{total} drops since the program was loaded; one drop of each verdict in {SAMPLE_EVERY} per CPU is \
+         sampled, the newest {DROP_SAMPLES} samples per CPU kept (a flood's cover its last moments only)"
+    );
+    if rows.is_empty() {
+        println!("no drop sampled in the last {seconds} s");
+        return Ok(());
+    }
+    println!(
+        "{:<40} {:<24} {:>8} {:>10} {:>10}",
+        "source", "verdict", "samples", "~drops", "last"
+    );
+    for row in &rows {
+        let ago = now_ns.saturating_sub(row.last_ns) as f64 / 1e9;
+        println!(
+            "{:<40} {:<24} {:>8} {:>10} {:>8.1} s",
+            row.src.to_string(),
+            row.verdict,
+            row.samples,
+            row.estimated_drops(),
+            ago
+        );
     }
     Ok(())
 }

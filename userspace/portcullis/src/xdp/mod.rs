@@ -47,6 +47,7 @@ pub(crate) mod block_filter;
 mod budget_seed;
 pub(crate) mod clock;
 mod counters;
+pub(crate) mod drop_report;
 pub(crate) mod fp_index;
 mod guard;
 pub(crate) mod hello_prog;

@@ -478,3 +478,82 @@ fn retransmitted_syns_of_shed_flows_are_told_apart_from_new_ones() {
         (XDP_PASS, Verdict::PassListenerTcp)
     );
 }
+
+/// A drop of each verdict in `SAMPLE_EVERY` per CPU is sampled into that CPU's ring, with the source (IPv4-mapped), the
+/// verdict, the port and the time (what `portcullis xdp drops` reads); a pass is not sampled.
+#[test]
+fn one_drop_in_sample_every_is_recorded_with_its_source() {
+    use portcullis_abi::drop_samples::{DropRing, SAMPLE_EVERY};
+    use portcullis_abi::names::MAP_XDP_DROP_RING;
+
+    if skip_reason("one_drop_in_sample_every_is_recorded_with_its_source").is_some() {
+        return;
+    }
+    // BPF_PROG_TEST_RUN runs on the calling thread's CPU: one CPU, so one ring and its exact numbering.
+    let mut cpus = nix::sched::CpuSet::new();
+    cpus.set(0).expect("CPU 0");
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus).expect("pin to CPU 0");
+
+    let config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
+    let (mut ebpf, counters) = load(config);
+    let entry = block_entry("10.0.0.0".parse().expect("address"), 24).expect("valid /24");
+    {
+        let mut trie: LpmTrie<_, [u8; 16], u8> =
+            LpmTrie::try_from(ebpf.map_mut(MAP_XDP_BLOCK_NET).expect("block map")).expect("trie");
+        trie.insert(&Key::new(entry.0, entry.1), 1, 0)
+            .expect("insert");
+        let filter = crate::xdp::block_filter::of(&trie).expect("read the trie");
+        let mut map: Array<_, u64> = Array::try_from(
+            ebpf.map_mut(MAP_XDP_BLOCK_NET_FILTER)
+                .expect("prefilter map"),
+        )
+        .expect("array");
+        crate::xdp::block_filter::store(&mut map, &filter).expect("write the prefilter");
+    }
+    let ring = |ebpf: &Ebpf| -> DropRing {
+        let map: PerCpuArray<_, DropRing> =
+            PerCpuArray::try_from(ebpf.map(MAP_XDP_DROP_RING).expect("drop ring")).expect("type");
+        map.get(&0, 0).expect("read")[0]
+    };
+    let before_ns = monotonic_ns();
+    let passing = v4_from([192, 0, 2, 1], TCP_FLAG_SYN);
+    assert_eq!(
+        run(&mut ebpf, &counters, &passing),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    assert_eq!(ring(&ebpf).taken, 0, "a pass was sampled");
+
+    let blocked = v4_from([10, 0, 0, 9], TCP_FLAG_SYN);
+    let runs = 2 * SAMPLE_EVERY + 1;
+    for _ in 0..runs {
+        assert_eq!(
+            run(&mut ebpf, &counters, &blocked),
+            (XDP_DROP, Verdict::DropBlockedSource)
+        );
+    }
+    let after_ns = monotonic_ns();
+    let ring = ring(&ebpf);
+    assert_eq!(ring.taken, 3, "drops 1, 65 and 129 are sampled");
+    let written: Vec<_> = ring.samples.iter().filter(|s| s.at_ns != 0).collect();
+    assert_eq!(
+        written.len(),
+        3,
+        "drops 1, 65 and 129 are sampled: {written:?}"
+    );
+    for sample in written {
+        assert_eq!(sample.src, v4_mapped([10, 0, 0, 9]));
+        assert_eq!(sample.verdict, Verdict::DropBlockedSource as u32);
+        assert_eq!(sample.dst_port, LISTENER);
+        // The coarse clock (the test's config gives no tick) runs up to a tick behind.
+        assert!(
+            sample.at_ns + 20_000_000 >= before_ns && sample.at_ns <= after_ns,
+            "sampled at {} ns, outside [{before_ns}, {after_ns}]",
+            sample.at_ns
+        );
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
+    u64::try_from(std::time::Duration::from(now).as_nanos()).expect("fits")
+}
