@@ -20,9 +20,17 @@ fn deploy(path: &str) -> PathBuf {
 
 #[test]
 fn alert_rules_pass_promtool() {
+    promtool(
+        &["check", "rules"],
+        &deploy("prometheus/portcullis-alerts.yml"),
+    );
+}
+
+/// `promtool ARGS FILE`, which must succeed.
+fn promtool(args: &[&str], file: &Path) {
     let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(deploy("prometheus/portcullis-alerts.yml"))
+        .args(args)
+        .arg(file)
         .output()
         .expect("promtool (run `cargo xtask setup`)");
     assert!(
@@ -47,17 +55,7 @@ fn alert_rules_pass_their_unit_tests() {
     std::fs::write(dir.path().join("portcullis-alerts.yml"), stripped).expect("write rules");
     let tests = dir.path().join("portcullis-alerts.test.yml");
     std::fs::copy(deploy("prometheus/portcullis-alerts.test.yml"), &tests).expect("copy tests");
-    let out = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(&tests)
-        .output()
-        .expect("promtool (run `cargo xtask setup`)");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool(&["test", "rules"], &tests);
 }
 
 /// `rules` without any `annotations:` block (the key and every line indented deeper than it).

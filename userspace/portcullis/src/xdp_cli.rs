@@ -662,7 +662,7 @@ fn drops(dir: &Path, seconds: u64) -> anyhow::Result<()> {
     }
     println!(
         "{total} drops since the program was loaded; one drop of each verdict in {SAMPLE_EVERY} per CPU is \
-         sampled, the newest {DROP_SAMPLES} samples per CPU kept (a flood's cover its last moments only)"
+         sampled, the newest {DROP_SAMPLES} samples per CPU kept (under a flood they cover its last moments only)"
     );
     if rows.is_empty() {
         println!("no drop sampled in the last {seconds} s");

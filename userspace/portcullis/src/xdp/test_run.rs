@@ -277,27 +277,7 @@ fn blocked_prefixes_drop_until_removed() {
         block_entry("10.0.0.0".parse().expect("address"), 24).expect("valid /24"),
         block_entry("2001:db8:0:7::".parse().expect("address"), 64).expect("valid /64"),
     ];
-    let set = |ebpf: &mut Ebpf, add: bool| {
-        let mut trie: LpmTrie<_, [u8; 16], u8> =
-            LpmTrie::try_from(ebpf.map_mut(MAP_XDP_BLOCK_NET).expect("block map"))
-                .expect("LPM trie");
-        for (bits, addr) in entries {
-            let key = Key::new(bits, addr);
-            if add {
-                trie.insert(&key, 1, 0).expect("insert");
-            } else {
-                trie.remove(&key).expect("remove");
-            }
-        }
-        // As the CLI does after each change: the program looks at the trie only where the prefilter says.
-        let filter = crate::xdp::block_filter::of(&trie).expect("read the trie");
-        let mut map: Array<_, u64> = Array::try_from(
-            ebpf.map_mut(MAP_XDP_BLOCK_NET_FILTER)
-                .expect("prefilter map"),
-        )
-        .expect("array");
-        crate::xdp::block_filter::store(&mut map, &filter).expect("write the prefilter");
-    };
+    let set = |ebpf: &mut Ebpf, add: bool| set_blocked(ebpf, &entries, add);
     set(&mut ebpf, true);
     assert_eq!(
         run(&mut ebpf, &counters, &syn),
@@ -497,19 +477,7 @@ fn one_drop_in_sample_every_is_recorded_with_its_source() {
     let config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
     let (mut ebpf, counters) = load(config);
     let entry = block_entry("10.0.0.0".parse().expect("address"), 24).expect("valid /24");
-    {
-        let mut trie: LpmTrie<_, [u8; 16], u8> =
-            LpmTrie::try_from(ebpf.map_mut(MAP_XDP_BLOCK_NET).expect("block map")).expect("trie");
-        trie.insert(&Key::new(entry.0, entry.1), 1, 0)
-            .expect("insert");
-        let filter = crate::xdp::block_filter::of(&trie).expect("read the trie");
-        let mut map: Array<_, u64> = Array::try_from(
-            ebpf.map_mut(MAP_XDP_BLOCK_NET_FILTER)
-                .expect("prefilter map"),
-        )
-        .expect("array");
-        crate::xdp::block_filter::store(&mut map, &filter).expect("write the prefilter");
-    }
+    set_blocked(&mut ebpf, &[entry], true);
     let ring = |ebpf: &Ebpf| -> DropRing {
         let map: PerCpuArray<_, DropRing> =
             PerCpuArray::try_from(ebpf.map(MAP_XDP_DROP_RING).expect("drop ring")).expect("type");
@@ -551,6 +519,28 @@ fn one_drop_in_sample_every_is_recorded_with_its_source() {
             sample.at_ns
         );
     }
+}
+
+/// Adds (`add`) or removes `entries` in the CIDR blocklist, then rewrites its prefilter as the CLI does after each
+/// change: the program looks at the trie only where the prefilter says.
+fn set_blocked(ebpf: &mut Ebpf, entries: &[(u32, [u8; 16])], add: bool) {
+    let mut trie: LpmTrie<_, [u8; 16], u8> =
+        LpmTrie::try_from(ebpf.map_mut(MAP_XDP_BLOCK_NET).expect("block map")).expect("LPM trie");
+    for &(bits, addr) in entries {
+        let key = Key::new(bits, addr);
+        if add {
+            trie.insert(&key, 1, 0).expect("insert");
+        } else {
+            trie.remove(&key).expect("remove");
+        }
+    }
+    let filter = crate::xdp::block_filter::of(&trie).expect("read the trie");
+    let mut map: Array<_, u64> = Array::try_from(
+        ebpf.map_mut(MAP_XDP_BLOCK_NET_FILTER)
+            .expect("prefilter map"),
+    )
+    .expect("array");
+    crate::xdp::block_filter::store(&mut map, &filter).expect("write the prefilter");
 }
 
 fn monotonic_ns() -> u64 {
