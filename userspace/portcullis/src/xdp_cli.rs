@@ -653,13 +653,14 @@ fn drops(dir: &Path, seconds: u64) -> anyhow::Result<()> {
     let verdicts: PerCpuArray<MapData, u64> = open(dir, MAP_XDP_VERDICTS)?.try_into().context(
         "the pinned verdict map is not a per-CPU array of u64: daemon and CLI versions differ",
     )?;
-    let mut total = 0u64;
+    let mut totals = std::collections::HashMap::new();
     for verdict in Verdict::ALL.into_iter().filter(|v| v.drops()) {
         let per_cpu = verdicts
             .get(&verdict.index(), 0)
             .with_context(|| format!("cannot read counter {}", verdict.name()))?;
-        total = total.wrapping_add(crate::metrics::per_cpu_total(&per_cpu));
+        totals.insert(verdict.name(), crate::metrics::per_cpu_total(&per_cpu));
     }
+    let total = totals.values().fold(0u64, |sum, n| sum.wrapping_add(*n));
     println!(
         "{total} drops since the program was loaded; one drop of each verdict in {SAMPLE_EVERY} per CPU is \
          sampled, the newest {DROP_SAMPLES} samples per CPU kept (under a flood they cover its last moments only)"
@@ -672,14 +673,16 @@ fn drops(dir: &Path, seconds: u64) -> anyhow::Result<()> {
         "{:<40} {:<24} {:>8} {:>10} {:>10}",
         "source", "verdict", "samples", "~drops", "last"
     );
-    for row in &rows {
+    let estimates =
+        crate::xdp::drop_report::estimated_drops(&rows, |verdict| totals.get(verdict).copied());
+    for (row, estimate) in rows.iter().zip(estimates) {
         let ago = now_ns.saturating_sub(row.last_ns) as f64 / 1e9;
         println!(
             "{:<40} {:<24} {:>8} {:>10} {:>8.1} s",
             row.src.to_string(),
             row.verdict,
             row.samples,
-            row.estimated_drops(),
+            estimate,
             ago
         );
     }

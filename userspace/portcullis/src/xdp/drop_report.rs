@@ -23,11 +23,32 @@ pub(crate) struct DropRow {
     pub(crate) last_ns: u64,
 }
 
-impl DropRow {
-    /// The drops the samples stand for (each sample is one drop of its verdict in `SAMPLE_EVERY` on its CPU).
-    pub(crate) fn estimated_drops(&self) -> u64 {
-        self.samples.saturating_mul(SAMPLE_EVERY)
+/// The drops each row stands for: `SAMPLE_EVERY` per sample, except where that makes more than its verdict's
+/// counter says were dropped (the first drop of a verdict on each CPU is sampled, so a handful of drops would read
+/// as a multiple of `SAMPLE_EVERY`): then the verdict's total shared among its rows by their samples, rounded up.
+/// `total(verdict)` is that total (summed over CPUs), `None` for a verdict it does not know.
+pub(crate) fn estimated_drops(rows: &[DropRow], total: impl Fn(&str) -> Option<u64>) -> Vec<u64> {
+    let mut samples_of: HashMap<&str, u64> = HashMap::new();
+    for row in rows {
+        *samples_of.entry(row.verdict.as_str()).or_default() += row.samples;
     }
+    rows.iter()
+        .map(|row| {
+            let by_rate = row.samples.saturating_mul(SAMPLE_EVERY);
+            let all = samples_of
+                .get(row.verdict.as_str())
+                .copied()
+                .unwrap_or(row.samples);
+            match total(&row.verdict) {
+                Some(total) if all.saturating_mul(SAMPLE_EVERY) > total => (u128::from(total)
+                    * u128::from(row.samples))
+                .div_ceil(u128::from(all.max(1)))
+                .try_into()
+                .unwrap_or(u64::MAX),
+                _ => by_rate,
+            }
+        })
+        .collect()
 }
 
 /// Merges the CPUs' rings: the samples taken within `window_ns` before `now_ns` (both CLOCK_MONOTONIC ns), by
@@ -116,16 +137,17 @@ mod tests {
         cpu1.samples[1] = sample(v4(7), Verdict::DropHelloRate, 96);
 
         let report = report(&[cpu0, cpu1], 100_000_000_000, 10_000_000_000);
+        // drop_syn_rate's counter says 1,000 (more than its 4 samples x 64); the others say fewer.
+        let totals = |verdict: &str| match verdict {
+            "drop_syn_rate" => Some(1_000),
+            "drop_blocked_source" => Some(2),
+            _ => None,
+        };
+        let estimates = estimated_drops(&report, totals);
         let rows: Vec<(String, &str, u64, u64)> = report
             .iter()
-            .map(|r| {
-                (
-                    r.src.to_string(),
-                    r.verdict.as_str(),
-                    r.samples,
-                    r.estimated_drops(),
-                )
-            })
+            .zip(estimates)
+            .map(|(r, estimate)| (r.src.to_string(), r.verdict.as_str(), r.samples, estimate))
             .collect();
         assert_eq!(
             rows,
@@ -136,12 +158,7 @@ mod tests {
                     3,
                     3 * SAMPLE_EVERY
                 ),
-                (
-                    "198.51.100.8".to_owned(),
-                    "drop_blocked_source",
-                    1,
-                    SAMPLE_EVERY
-                ),
+                ("198.51.100.8".to_owned(), "drop_blocked_source", 1, 2),
                 (
                     "198.51.100.7".to_owned(),
                     "drop_hello_rate",
