@@ -18,7 +18,7 @@ use clap::{Args, Subcommand};
 use portcullis_abi::{
     block_filter::FILTER_BITS,
     client_hello::{
-        self, Malformed,
+        self,
         fingerprint::{FORMAT, SHAPES, shape_of},
         fingerprint_hex,
     },
@@ -30,9 +30,10 @@ use portcullis_abi::{
         MAP_XDP_BLOCK_FP_SHAPES, MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG,
         MAP_XDP_DROP_RING, MAP_XDP_HELLO_PROG, MAP_XDP_MALFORMED, MAP_XDP_VERDICTS, PROG_XDP_HELLO,
     },
-    verdict::Verdict,
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
+
+use crate::xdp::counters::{malformed_totals, verdict_totals};
 
 /// `portcullis xdp ...`.
 #[derive(Debug, Args)]
@@ -215,9 +216,18 @@ fn open(dir: &Path, name: &str) -> anyhow::Result<Map> {
 }
 
 fn config(dir: &Path) -> anyhow::Result<XdpConfig> {
-    let map: Array<MapData, XdpConfig> = open(dir, MAP_XDP_CONFIG)?.try_into().context(
+    read_config(&config_map(dir)?)
+}
+
+/// The pinned config map (`status` reads it, `set` writes it).
+fn config_map(dir: &Path) -> anyhow::Result<Array<MapData, XdpConfig>> {
+    open(dir, MAP_XDP_CONFIG)?.try_into().context(
         "the pinned config map is not an array of XdpConfig: daemon and CLI versions differ",
-    )?;
+    )
+}
+
+/// The config the program reads now.
+fn read_config(map: &Array<MapData, XdpConfig>) -> anyhow::Result<XdpConfig> {
     map.get(&XDP_CONFIG_KEY, 0)
         .context("cannot read the pinned config map")
 }
@@ -237,29 +247,21 @@ fn set(dir: &Path, assignments: &[String]) -> anyhow::Result<()> {
         .iter()
         .map(|text| crate::xdp::knobs::parse(text).map_err(|e| BadArgument(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut map: Array<MapData, XdpConfig> = open(dir, MAP_XDP_CONFIG)?.try_into().context(
-        "the pinned config map is not an array of XdpConfig: daemon and CLI versions differ",
-    )?;
-    let before = map
-        .get(&XDP_CONFIG_KEY, 0)
-        .context("cannot read the pinned config map")?;
+    let mut map = config_map(dir)?;
+    let before = read_config(&map)?;
     let mut wanted = before;
     for assignment in &parsed {
         assignment.apply(&mut wanted);
     }
     for _ in 0..SET_ATTEMPTS {
-        let mut config = map
-            .get(&XDP_CONFIG_KEY, 0)
-            .context("cannot read the pinned config map")?;
+        let mut config = read_config(&map)?;
         for assignment in &parsed {
             assignment.apply(&mut config);
         }
         map.set(XDP_CONFIG_KEY, config, 0)
             .context("cannot write the pinned config map")?;
         std::thread::sleep(SET_VERIFY_AFTER);
-        let now = map
-            .get(&XDP_CONFIG_KEY, 0)
-            .context("cannot read the pinned config map back")?;
+        let now = read_config(&map).context("reading it back")?;
         if crate::xdp::knobs::holds(&now, &wanted) {
             for assignment in &parsed {
                 let key = assignment.key();
@@ -609,31 +611,25 @@ fn parse_fingerprint(text: &str) -> anyhow::Result<u64> {
 }
 
 fn stats(dir: &Path) -> anyhow::Result<()> {
-    let map: PerCpuArray<MapData, u64> = open(dir, MAP_XDP_VERDICTS)?.try_into().context(
-        "the pinned verdict map is not a per-CPU array of u64: daemon and CLI versions differ",
-    )?;
-    for verdict in Verdict::ALL {
-        let total: u64 = map
-            .get(&verdict.index(), 0)
-            .with_context(|| format!("cannot read counter {}", verdict.name()))?
-            .iter()
-            .fold(0, |sum, v| sum.wrapping_add(*v));
+    for (verdict, total) in verdict_totals(&verdict_map(dir)?)? {
         println!("{:<26} {total}", verdict.name());
     }
     let malformed: PerCpuArray<MapData, u64> = open(dir, MAP_XDP_MALFORMED)?.try_into().context(
         "the pinned malformed-ClientHello map is not a per-CPU array of u64: daemon and CLI versions differ",
     )?;
-    for reason in Malformed::ALL {
-        let total: u64 = malformed
-            .get(&(reason as u32), 0)
-            .with_context(|| format!("cannot read counter {}", reason.name()))?
-            .iter()
-            .fold(0, |sum, v| sum.wrapping_add(*v));
+    for (reason, total) in malformed_totals(&malformed)? {
         if total != 0 {
             println!("malformed {:<30} {total}", reason.name());
         }
     }
     Ok(())
+}
+
+/// The pinned verdict counters (`stats` prints them, `drops` totals the drop verdicts).
+fn verdict_map(dir: &Path) -> anyhow::Result<PerCpuArray<MapData, u64>> {
+    open(dir, MAP_XDP_VERDICTS)?.try_into().context(
+        "the pinned verdict map is not a per-CPU array of u64: daemon and CLI versions differ",
+    )
 }
 
 /// `portcullis xdp drops`: the sampled drops of the last `seconds`, by source and verdict (`xdp::drop_report`).
@@ -644,22 +640,15 @@ fn drops(dir: &Path, seconds: u64) -> anyhow::Result<()> {
     let rings = map
         .get(&0, 0)
         .context("cannot read the pinned drop samples")?;
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .context("cannot read CLOCK_MONOTONIC")?;
-    let now_ns = u64::try_from(std::time::Duration::from(now).as_nanos()).unwrap_or(u64::MAX);
+    let now_ns = crate::xdp::clock::monotonic_ns().context("cannot read CLOCK_MONOTONIC")?;
     let window_ns = seconds.saturating_mul(1_000_000_000);
     let rings: Vec<DropRing> = rings.iter().copied().collect();
     let rows = crate::xdp::drop_report::report(&rings, now_ns, window_ns);
-    let verdicts: PerCpuArray<MapData, u64> = open(dir, MAP_XDP_VERDICTS)?.try_into().context(
-        "the pinned verdict map is not a per-CPU array of u64: daemon and CLI versions differ",
-    )?;
-    let mut totals = std::collections::HashMap::new();
-    for verdict in Verdict::ALL.into_iter().filter(|v| v.drops()) {
-        let per_cpu = verdicts
-            .get(&verdict.index(), 0)
-            .with_context(|| format!("cannot read counter {}", verdict.name()))?;
-        totals.insert(verdict.name(), crate::metrics::per_cpu_total(&per_cpu));
-    }
+    let totals: std::collections::HashMap<&str, u64> = verdict_totals(&verdict_map(dir)?)?
+        .into_iter()
+        .filter(|(verdict, _)| verdict.drops())
+        .map(|(verdict, n)| (verdict.name(), n))
+        .collect();
     let total = totals.values().fold(0u64, |sum, n| sum.wrapping_add(*n));
     println!(
         "{total} drops since the program was loaded; one drop of each verdict in {SAMPLE_EVERY} per CPU is \

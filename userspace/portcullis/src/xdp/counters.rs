@@ -1,6 +1,7 @@
 //! [`XdpCounters`]: reads the per-CPU verdict and malformed-ClientHello counters, and the drops per blocked
 //! fingerprint.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -111,18 +112,7 @@ impl XdpCounters {
     /// # Errors
     /// When the kernel refuses the map lookup (it should not while the map is open).
     pub fn read_malformed(&self) -> anyhow::Result<Vec<(Malformed, u64)>> {
-        Malformed::ALL
-            .iter()
-            .map(|&reason| {
-                let per_cpu = self.malformed.get(&(reason as u32), 0).with_context(|| {
-                    format!(
-                        "cannot read counter `{}` from map `{MAP_XDP_MALFORMED}`",
-                        reason.name()
-                    )
-                })?;
-                Ok((reason, per_cpu_total(&per_cpu)))
-            })
-            .collect()
+        malformed_totals(&*self.malformed)
     }
 
     /// The packet count of every verdict since the program was loaded, summed over CPUs, in
@@ -131,19 +121,51 @@ impl XdpCounters {
     /// # Errors
     /// When the kernel refuses the map lookup (it should not while the map is open).
     pub fn read(&self) -> anyhow::Result<Vec<(Verdict, u64)>> {
-        Verdict::ALL
-            .iter()
-            .map(|&verdict| {
-                let per_cpu = self.map.get(&verdict.index(), 0).with_context(|| {
-                    format!(
-                        "cannot read XDP counter `{}` from map `{MAP_XDP_VERDICTS}`",
-                        verdict.name()
-                    )
-                })?;
-                Ok((verdict, per_cpu_total(&per_cpu)))
-            })
-            .collect()
+        verdict_totals(&*self.map)
     }
+}
+
+/// The count of every verdict in `map` (the daemon's own, or the pin `portcullis xdp` opens), summed over CPUs, in
+/// [`Verdict::ALL`] order.
+///
+/// # Errors
+/// When the kernel refuses a map lookup.
+pub(crate) fn verdict_totals<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> anyhow::Result<Vec<(Verdict, u64)>> {
+    Verdict::ALL
+        .iter()
+        .map(|&verdict| {
+            let per_cpu = map.get(&verdict.index(), 0).with_context(|| {
+                format!(
+                    "cannot read XDP counter `{}` from map `{MAP_XDP_VERDICTS}`",
+                    verdict.name()
+                )
+            })?;
+            Ok((verdict, per_cpu_total(&per_cpu)))
+        })
+        .collect()
+}
+
+/// The count of every malformed-ClientHello reason in `map`, summed over CPUs, in [`Malformed::ALL`] order.
+///
+/// # Errors
+/// When the kernel refuses a map lookup.
+pub(crate) fn malformed_totals<T: Borrow<MapData>>(
+    map: &PerCpuArray<T, u64>,
+) -> anyhow::Result<Vec<(Malformed, u64)>> {
+    Malformed::ALL
+        .iter()
+        .map(|&reason| {
+            let per_cpu = map.get(&(reason as u32), 0).with_context(|| {
+                format!(
+                    "cannot read counter `{}` from map `{MAP_XDP_MALFORMED}`",
+                    reason.name()
+                )
+            })?;
+            Ok((reason, per_cpu_total(&per_cpu)))
+        })
+        .collect()
 }
 
 impl std::fmt::Debug for XdpCounters {

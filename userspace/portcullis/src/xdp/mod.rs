@@ -36,7 +36,7 @@
 //!   start reuses them (after checking their key and value sizes), so budgets and blocklists survive restarts and
 //!   upgrades. `xdp_malformed`, `xdp_flows`, `xdp_block_fp_n` and `xdp_block_fp_sh` (the blocklist's count and
 //!   shapes, rebuilt at start), `xdp_fp_drops` (drops per blocked fingerprint), `xdp_block_pre` (the CIDR
-//!   blocklist's prefilter, rebuilt at start) and `xdp_hello_prog` (the program array holding the ClientHello
+//!   blocklist's prefilter, rebuilt at start), `xdp_drop_ring` (the sampled drops, `drop_report`) and `xdp_hello_prog` (the program array holding the ClientHello
 //!   program `portcullis_ch`, pinned beside `portcullis_xdp`) are pinned per run like the verdict counters.
 //! - The program fails open: it drops only blocked sources and fingerprints, over-budget SYNs and ClientHellos and
 //!   proven-malformed ClientHellos (never one cut short), and `[xdp] enforce = false` turns even that into
@@ -46,7 +46,7 @@ mod attach;
 pub(crate) mod block_filter;
 mod budget_seed;
 pub(crate) mod clock;
-mod counters;
+pub(crate) mod counters;
 pub(crate) mod drop_report;
 pub(crate) mod fp_index;
 mod guard;

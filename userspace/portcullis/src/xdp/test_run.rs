@@ -483,7 +483,7 @@ fn one_drop_in_sample_every_is_recorded_with_its_source() {
             PerCpuArray::try_from(ebpf.map(MAP_XDP_DROP_RING).expect("drop ring")).expect("type");
         map.get(&0, 0).expect("read")[0]
     };
-    let before_ns = monotonic_ns();
+    let before_ns = super::clock::monotonic_ns().expect("clock");
     let passing = v4_from([192, 0, 2, 1], TCP_FLAG_SYN);
     assert_eq!(
         run(&mut ebpf, &counters, &passing),
@@ -499,7 +499,7 @@ fn one_drop_in_sample_every_is_recorded_with_its_source() {
             (XDP_DROP, Verdict::DropBlockedSource)
         );
     }
-    let after_ns = monotonic_ns();
+    let after_ns = super::clock::monotonic_ns().expect("clock");
     let ring = ring(&ebpf);
     assert_eq!(ring.taken, 3, "drops 1, 65 and 129 are sampled");
     let written: Vec<_> = ring.samples.iter().filter(|s| s.at_ns != 0).collect();
@@ -541,9 +541,4 @@ fn set_blocked(ebpf: &mut Ebpf, entries: &[(u32, [u8; 16])], add: bool) {
     )
     .expect("array");
     crate::xdp::block_filter::store(&mut map, &filter).expect("write the prefilter");
-}
-
-fn monotonic_ns() -> u64 {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
-    u64::try_from(std::time::Duration::from(now).as_nanos()).expect("fits")
 }
