@@ -222,16 +222,11 @@ pub(crate) fn now_ns(config: &XdpConfig) -> u64 {
 /// them down from the verdict, or keeping them in the ClientHello program's scratch, slowed every passing SYN and
 /// ClientHello by a quarter (paired), from the registers and stack they took.
 #[inline(never)]
-fn sample_drop(mut ctx: *mut xdp_md, config: &XdpConfig, verdict: Verdict) {
-    // The context pointer through a register move LLVM cannot see into: otherwise it passes `data` and
-    // `data_end` down instead of the pointer, zero-extending them with shifts the verifier refuses on a packet
-    // pointer ("pointer arithmetic on pkt_end prohibited").
-    // SAFETY: one register move of the pointer to itself; no memory, stack or flags touched.
-    #[cfg(target_arch = "bpf")]
-    unsafe {
-        core::arch::asm!("{0} = {0}", inout(reg) ctx, options(pure, nomem, nostack, preserves_flags));
-    }
-    let ctx = XdpContext::new(ctx);
+fn sample_drop(ctx: *mut xdp_md, config: &XdpConfig, verdict: Verdict) {
+    // The context pointer through a register move LLVM cannot see into (`hello::opaque`): otherwise it passes
+    // `data` and `data_end` down instead of the pointer, zero-extending them with shifts the verifier refuses on a
+    // packet pointer ("pointer arithmetic on pkt_end prohibited").
+    let ctx = XdpContext::new(hello::opaque(ctx as usize) as *mut xdp_md);
     let Some((src, dst_port)) = source_and_port(&Packet(&ctx)) else {
         return;
     };
