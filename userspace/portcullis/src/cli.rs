@@ -32,13 +32,13 @@ enum Command {
         file: PathBuf,
     },
     /// Manage a session-ticket key directory: init, rotate, prune, list.
-    Keys(crate::keys_cli::KeysArgs),
+    Keys(crate::tickets::cli::KeysArgs),
     /// Inspect and steer the XDP guard of a running daemon through its pinned maps: status, stats, block.
-    Xdp(crate::xdp_cli::XdpArgs),
+    Xdp(crate::xdp::cli::XdpArgs),
     /// Inspect and mark workers of the reuseport steering of a running daemon: status, saturate, clear.
-    Steering(crate::steering_cli::SteeringArgs),
+    Steering(crate::steering::cli::SteeringArgs),
     /// Print the fingerprints of the ClientHello in a file (the values the guard and metrics use).
-    Fingerprint(crate::xdp_cli::FingerprintArgs),
+    Fingerprint(crate::xdp::cli::FingerprintArgs),
 }
 
 /// Flags of `portcullis run`; each overrides the config file.
@@ -91,10 +91,10 @@ pub fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Keys(args) => crate::keys_cli::run(args),
-        Command::Xdp(args) => crate::xdp_cli::run(args),
-        Command::Steering(args) => crate::steering_cli::run(args),
-        Command::Fingerprint(args) => crate::xdp_cli::fingerprint(args),
+        Command::Keys(args) => crate::tickets::cli::run(args),
+        Command::Xdp(args) => crate::xdp::cli::run(args),
+        Command::Steering(args) => crate::steering::cli::run(args),
+        Command::Fingerprint(args) => crate::xdp::cli::fingerprint(args),
         Command::Run(args) => {
             let config = match args.into_config() {
                 Ok(c) => c,

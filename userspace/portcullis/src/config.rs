@@ -14,8 +14,6 @@ use serde::Deserialize;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 /// Default metrics/health listener address.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9090";
-/// Default pin directory of the XDP maps on bpffs.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/portcullis";
 
 /// A configuration problem, caused by the operator: the message names the field or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -389,7 +387,7 @@ impl Default for XdpConfig {
         Self {
             interfaces: Vec::new(),
             mode: XdpAttachMode::Auto,
-            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            pin_dir: PathBuf::from(portcullis_abi::names::DEFAULT_PIN_DIR),
             syn_rate: 0,
             syn_burst: 100,
             hello_rate: 0,

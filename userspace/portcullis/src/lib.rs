@@ -13,11 +13,12 @@
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`, `/fingerprints`
 //!   ([`seen_fingerprints`]: the most frequent ClientHello fingerprints lately, for operators to block).
 //! - [`xdp`]: the XDP program's loader, pins and counters; [`notify`]: sd_notify readiness.
-//! - [`steering`]: the SK_REUSEPORT program that picks each connection's worker, skipping saturated ones;
-//!   [`steering_cli`]: `portcullis steering status|saturate|clear`.
-//! - [`tickets`]: fleet-wide session resumption (ticket keys from a watched directory, the session cache);
-//!   [`keys_cli`]: `portcullis keys init|rotate|prune|list`; [`xdp_cli`]: `portcullis xdp status|stats|block`
-//!   and `portcullis fingerprint`.
+//! - [`steering`]: the SK_REUSEPORT program that picks each connection's worker, skipping saturated ones
+//!   (`steering::cli`: `portcullis steering status|saturate|clear`).
+//! - [`tickets`]: fleet-wide session resumption (ticket keys from a watched directory, the session cache;
+//!   `tickets::cli`: `portcullis keys init|rotate|prune|list`).
+//! - Each operator CLI lives in the module it drives: `xdp::cli` is `portcullis xdp ...` and
+//!   `portcullis fingerprint`.
 
 pub mod admin_http;
 pub mod admission;
@@ -27,7 +28,6 @@ pub mod connection;
 pub mod daemon;
 pub mod demo_upstream;
 pub mod handshake;
-pub mod keys_cli;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
@@ -36,10 +36,8 @@ pub mod proxy;
 pub mod seen_fingerprints;
 pub mod shutdown;
 pub mod steering;
-pub mod steering_cli;
 pub mod tickets;
 pub mod tls;
 pub mod tls_io;
 pub mod worker;
 pub mod xdp;
-pub mod xdp_cli;

@@ -3,6 +3,7 @@
 //! `portcullis_abi::steering`).
 //!
 //! # Layout
+//! - [`cli`]: `portcullis steering status|saturate|clear`, operating the pinned maps of a running daemon.
 //! - [`config`]: the `[steering]` config section.
 //! - [`loader`]: [`Steering`], which loads the program from the embedded object (independently of XDP), fills
 //!   the socket array with every worker's socket of every listener (key `group * MAX_WORKERS + worker`),
@@ -17,6 +18,7 @@
 //!   spreads connections; the program itself never drops (all workers saturated = kernel hash).
 //! - The program stays attached until the listening sockets close; pins are removed when [`Steering`] drops.
 
+pub mod cli;
 pub mod config;
 pub mod counters;
 pub mod hook;

@@ -5,20 +5,15 @@
 //! `portcullis_handshakes_total{mode="resumed"} / portcullis_client_hello_offers_total{offer=~"psk|tls12_ticket"}`.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::format::Rejection;
-use super::keyset::KeyState;
-use super::store::KeyStore;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabel {
@@ -82,8 +77,8 @@ impl TicketMetrics {
         }
     }
 
-    /// Adds every metric to `registry`; with a key `store`, also the key set state read at scrape time.
-    pub fn register(&self, registry: &mut Registry, store: Option<Arc<KeyStore>>) {
+    /// Adds every metric to `registry` (the key set's own gauges are [`super::key_gauges`]).
+    pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "portcullis_tickets_issued",
             "Session tickets sealed, by listener",
@@ -127,9 +122,6 @@ impl TicketMetrics {
             "Sessions held in the session-ID cache now",
             self.cache.entries.clone(),
         );
-        if let Some(store) = store {
-            registry.register_collector(Box::new(KeySetCollector { store }));
-        }
     }
 
     /// Handles for one listener, resolved once; every rejection cause starts at 0.
@@ -193,44 +185,5 @@ impl ListenerTicketMetrics {
     /// A ticket opened with a key this old.
     pub fn opened(&self, key_age: std::time::Duration) {
         self.key_age.observe(key_age.as_secs_f64());
-    }
-}
-
-/// Reads the key set at scrape time: windows move with the clock, not with reloads.
-#[derive(Debug)]
-struct KeySetCollector {
-    store: Arc<KeyStore>,
-}
-
-impl Collector for KeySetCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let now = SystemTime::now();
-        let set = self.store.current();
-        let states = set.states(now);
-        let mut family = encoder.encode_descriptor(
-            "portcullis_ticket_keys",
-            "Ticket keys loaded, by state (pending, encrypting, decrypt_only)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for state in [
-            KeyState::Pending,
-            KeyState::Encrypting,
-            KeyState::DecryptOnly,
-        ] {
-            let n = states.iter().filter(|(_, s)| *s == state).count();
-            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX))
-                .encode(family.encode_family(&[("state", state.name())])?)?;
-        }
-        if let Some(secs) = set.next_activation(now) {
-            let metric = encoder.encode_descriptor(
-                "portcullis_ticket_key_next_activation_seconds",
-                "Seconds until the next staged key starts encrypting (absent when none is staged: run `portcullis keys rotate`)",
-                None,
-                MetricType::Gauge,
-            )?;
-            ConstGauge::new(secs).encode(metric)?;
-        }
-        Ok(())
     }
 }

@@ -2,19 +2,23 @@
 //! validity windows, and a sharded session-ID cache.
 //!
 //! # Layout
+//! - [`cli`]: `portcullis keys init|rotate|prune|list`, managing a key directory.
 //! - [`key`]: one key (name, zeroized secret, window); [`keyset`]: which key encrypts/decrypts when.
 //! - [`format`]: the ticket bytes (name || nonce || AES-256-GCM(issue time || state)) and rejection causes.
 //! - [`keyfile`]: the directory on disk (portcullis `.toml` keys, nginx 48/80-byte files, permissions).
 //! - [`store`]: the live set, swapped whole, and the watcher thread; [`ticketer`]: rustls `ProducesTickets`.
-//! - [`cache`]: the sharded O(1) LRU `StoresServerSessions`; [`metrics`]: everything counted here.
+//! - [`cache`]: the sharded O(1) LRU `StoresServerSessions`; [`metrics`]: everything counted here;
+//!   [`key_gauges`]: the key set's gauges, read from the store at scrape time.
 //!
 //! Modes (`tls.tickets`): `fleet` (keys from `tls.ticket_keys_dir`, the default when it is set),
 //! `per-process` (one random key per process: tickets resume only on the instance that issued them, the
 //! anti-pattern kept for comparison), `off` (no tickets: TLS 1.3 resumes statefully from the cache).
 
 pub mod cache;
+pub mod cli;
 pub mod format;
 pub mod key;
+pub mod key_gauges;
 pub mod keyfile;
 pub mod keyset;
 pub mod metrics;
@@ -98,7 +102,10 @@ impl Tickets {
             TicketMode::Fleet => self.store.clone(),
             _ => None,
         };
-        self.metrics.register(registry, store);
+        self.metrics.register(registry);
+        if let Some(store) = store {
+            registry.register_collector(Box::new(key_gauges::KeySetCollector { store }));
+        }
     }
 
     /// Becomes true once a valid key set is loaded; `None` when nothing needs waiting for.

@@ -120,7 +120,10 @@ mod tests {
         let set = KeySet::new(vec![windowed(Duration::from_secs(7200))], SystemTime::now())
             .expect("valid");
         let store = Arc::new(KeyStore::fixed(set));
-        metrics.register(&mut registry, Some(store.clone()));
+        metrics.register(&mut registry);
+        registry.register_collector(Box::new(crate::tickets::key_gauges::KeySetCollector {
+            store: store.clone(),
+        }));
         let t = Ticketer::new(
             store,
             Duration::from_secs(6 * 3600),

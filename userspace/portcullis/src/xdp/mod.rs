@@ -1,6 +1,8 @@
 //! The XDP handshake guard, userspace side: loads the embedded BPF object, attaches it, exposes its counters.
 //!
 //! # Layout
+//! - [`cli`]: `portcullis xdp ...` and `portcullis fingerprint FILE`, operating a running daemon's guard through its
+//!   pins.
 //! - [`settings`]: [`XdpSettings`] and [`XdpMode`], what the daemon's `[xdp]` config section turns into.
 //! - [`object`]: the BPF object embedded at build time (see `build.rs`); the steering loader
 //!   (`crate::steering`) loads it too, and pins with [`pins`].
@@ -43,15 +45,16 @@
 //!   counting (on a live host too: `portcullis xdp set enforce=false`, `knobs`).
 
 mod attach;
-pub(crate) mod block_filter;
+mod block_filter;
 mod budget_seed;
-pub(crate) mod clock;
-pub(crate) mod counters;
-pub(crate) mod drop_report;
-pub(crate) mod fp_index;
+pub mod cli;
+mod clock;
+mod counters;
+mod drop_report;
+mod fp_index;
 mod guard;
-pub(crate) mod hello_prog;
-pub(crate) mod knobs;
+mod hello_prog;
+mod knobs;
 mod logs;
 pub(crate) mod object;
 pub(crate) mod pins;
