@@ -77,7 +77,7 @@ pub struct Config {
     /// Graceful shutdown.
     pub shutdown: ShutdownConfig,
     /// The XDP handshake guard. Disabled unless `interfaces` is non-empty.
-    pub xdp: XdpConfig,
+    pub xdp: crate::xdp::XdpSection,
     /// Where the expensive handshake step runs (`[engine]`: software offload engine or inline).
     pub engine: crate::offload::EngineConfig,
     /// Admission control in front of the offload engine (`[admission]`).
@@ -97,7 +97,7 @@ impl Default for Config {
             upstream: UpstreamConfig::default(),
             metrics: MetricsConfig::default(),
             shutdown: ShutdownConfig::default(),
-            xdp: XdpConfig::default(),
+            xdp: crate::xdp::XdpSection::default(),
             engine: crate::offload::EngineConfig::default(),
             admission: crate::admission::AdmissionConfig::default(),
             steering: crate::steering::SteeringConfig::default(),
@@ -292,110 +292,6 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         Self {
             drain_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// How the XDP program is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpAttachMode {
-    /// Native (driver) mode, falling back to generic mode with a log line saying so.
-    #[default]
-    Auto,
-    /// Native (driver) mode only; fail if the driver cannot.
-    Native,
-    /// Generic (SKB) mode: works everywhere, slower.
-    Generic,
-}
-
-/// The XDP handshake guard.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct XdpConfig {
-    /// Interfaces to attach to. Default: none (XDP disabled).
-    pub interfaces: Vec<String>,
-    /// Attach mode: `"auto"`, `"native"` or `"generic"`. Default: `"auto"`.
-    pub mode: XdpAttachMode,
-    /// Directory on bpffs where maps are pinned (inspect with `bpftool map dump pinned DIR/NAME`).
-    /// Default: `/sys/fs/bpf/portcullis`.
-    pub pin_dir: PathBuf,
-    /// SYNs per second each source prefix may send to the listener ports; over budget they are dropped in
-    /// XDP (`portcullis_xdp_packets_total{verdict="drop_syn_rate"}`). 0 turns the budget off. Default: 0.
-    pub syn_rate: u32,
-    /// SYNs a source prefix may send at once after being idle (the token bucket size), at least 1.
-    /// Default: 100.
-    pub syn_burst: u32,
-    /// ClientHellos per second each source prefix (the same prefixes as the SYN budget) may send, counted in
-    /// full handshakes; over budget the first segment is dropped in XDP
-    /// (`portcullis_xdp_packets_total{verdict="drop_hello_rate"}`). 0 turns the budget off. Default: 0.
-    pub hello_rate: u32,
-    /// ClientHellos (full handshakes) a source prefix may send at once after being idle, at least 1.
-    /// Default: 20.
-    pub hello_burst: u32,
-    /// What a resumption offer (TLS 1.3 PSK or TLS 1.2 ticket: no certificate signature to pay for) costs of
-    /// the ClientHello budget, as a fraction of a full handshake, greater than 0 and at most 1. Default: 0.25.
-    pub hello_resume_cost: f64,
-    /// Bits of an IPv4 source address that share one budget, 0 to 32. Default: 32 (per address).
-    pub source_prefix_v4: u8,
-    /// Bits of an IPv6 source address that share one budget, 0 to 128. Default: 64 (per /64).
-    pub source_prefix_v6: u8,
-    /// `true`: drop what the guard rejects. `false`: only count it (dry run; the drop verdicts still move).
-    /// Default: `true`.
-    pub enforce: bool,
-}
-
-impl XdpConfig {
-    /// Checks the budget and enforcement fields (those `portcullis xdp set` may change at run time too): the
-    /// field at fault, without the `xdp.` prefix, and why.
-    ///
-    /// # Errors
-    /// The first field out of its range.
-    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
-        if self.syn_burst == 0 {
-            return Err(("syn_burst", "must be at least 1"));
-        }
-        if self.hello_burst == 0 {
-            return Err(("hello_burst", "must be at least 1"));
-        }
-        if !(self.hello_resume_cost > 0.0 && self.hello_resume_cost <= 1.0) {
-            return Err((
-                "hello_resume_cost",
-                "must be greater than 0 and at most 1 (a fraction of a full handshake)",
-            ));
-        }
-        if self.source_prefix_v4 > 32 {
-            return Err(("source_prefix_v4", "must be 0 to 32"));
-        }
-        if self.source_prefix_v6 > 128 {
-            return Err(("source_prefix_v6", "must be 0 to 128"));
-        }
-        Ok(())
-    }
-
-    /// [`XdpConfig::hello_resume_cost`] in the thousandths of a full handshake the XDP program counts in
-    /// (1..=1000; the value is validated to lie in (0, 1]).
-    pub fn hello_resume_cost_milli(&self) -> u32 {
-        // In range after `validate`; the clamp keeps an unvalidated value from reaching the program as 0
-        // (which the program reads as "full price").
-        (self.hello_resume_cost * 1000.0).round().clamp(1.0, 1000.0) as u32
-    }
-}
-
-impl Default for XdpConfig {
-    fn default() -> Self {
-        Self {
-            interfaces: Vec::new(),
-            mode: XdpAttachMode::Auto,
-            pin_dir: PathBuf::from(portcullis_abi::names::DEFAULT_PIN_DIR),
-            syn_rate: 0,
-            syn_burst: 100,
-            hello_rate: 0,
-            hello_burst: 20,
-            hello_resume_cost: 0.25,
-            source_prefix_v4: 32,
-            source_prefix_v6: 64,
-            enforce: true,
         }
     }
 }
@@ -620,7 +516,7 @@ mod tests {
         assert_eq!(c.tls.handshake_timeout, Duration::from_millis(250));
         assert_eq!(c.tls.versions, vec![TlsVersion::Tls13]);
         assert_eq!(c.upstream.backends.len(), 2);
-        assert_eq!(c.xdp.mode, XdpAttachMode::Generic);
+        assert_eq!(c.xdp.mode, crate::xdp::XdpMode::Generic);
         assert_eq!(c.listener_name(0), "edge");
     }
 

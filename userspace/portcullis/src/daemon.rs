@@ -15,7 +15,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::admin_http::{self, Admin};
-use crate::config::{Config, XdpAttachMode};
+use crate::config::Config;
 use crate::connection::ListenerContext;
 use crate::handshake::engine::{HandshakeEngine, InlineEngine};
 use crate::metrics::Metrics;
@@ -104,25 +104,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
         let mut ports: Vec<u16> = bound.iter().map(SocketAddr::port).collect();
         ports.sort_unstable();
         ports.dedup();
-        let settings = xdp::XdpSettings {
-            interfaces: config.xdp.interfaces.clone(),
-            mode: match config.xdp.mode {
-                XdpAttachMode::Auto => xdp::XdpMode::Auto,
-                XdpAttachMode::Native => xdp::XdpMode::Native,
-                XdpAttachMode::Generic => xdp::XdpMode::Generic,
-            },
-            ports,
-            pin_dir: config.xdp.pin_dir.clone(),
-            syn_rate: config.xdp.syn_rate,
-            syn_burst: config.xdp.syn_burst,
-            hello_rate: config.xdp.hello_rate,
-            hello_burst: config.xdp.hello_burst,
-            hello_resume_cost_milli: config.xdp.hello_resume_cost_milli(),
-            source_prefix_v4: config.xdp.source_prefix_v4,
-            source_prefix_v6: config.xdp.source_prefix_v6,
-            enforce: config.xdp.enforce,
-        };
-        Some(xdp::XdpGuard::start(&settings).context("cannot start the XDP handshake guard")?)
+        Some(
+            xdp::XdpGuard::start(&config.xdp, &ports)
+                .context("cannot start the XDP handshake guard")?,
+        )
     };
     let xdp_collector = xdp_guard.as_ref().map(|g| g.counters().collector());
 

@@ -3,7 +3,7 @@
 use anyhow::{Context as _, anyhow};
 use aya::programs::{Xdp, XdpMode as AyaMode, xdp::XdpLinkId};
 
-use super::settings::XdpMode;
+use super::config::XdpMode;
 
 /// One interface the program is attached to.
 #[derive(Debug)]

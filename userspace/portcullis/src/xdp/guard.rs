@@ -19,7 +19,7 @@ use portcullis_abi::{
 };
 
 use super::{
-    XdpCounters, XdpSettings,
+    XdpCounters, XdpSection,
     attach::{Attachment, attach},
     block_filter, budget_seed, fp_index, hello_prog,
     logs::{LogPump, bpf_log_level},
@@ -80,38 +80,30 @@ struct Running {
 
 impl XdpGuard {
     /// Loads the embedded BPF object, writes the listener ports into its config map, attaches it to every
-    /// configured interface, pins its maps under `settings.pin_dir` and starts forwarding its logs to `tracing`.
+    /// configured interface, pins its maps under `section.pin_dir` and starts forwarding its logs to `tracing`.
     ///
     /// # Errors
     /// Each names the interface, path or setting at fault and what to do: the binary was built without the BPF
     /// object, no interface or too many ports are configured, an interface does not exist, the process lacks
     /// root/CAP_BPF, the pin directory is not on bpffs, the verifier rejected the program. Whatever was set up
     /// before the failure is torn down again.
-    pub fn start(settings: &XdpSettings) -> anyhow::Result<XdpGuard> {
-        if settings.interfaces.is_empty() {
+    pub fn start(section: &XdpSection, ports: &[u16]) -> anyhow::Result<XdpGuard> {
+        if section.interfaces.is_empty() {
             bail!(
                 "[xdp] interfaces is empty; name at least one interface or remove the [xdp] section"
             );
         }
-        let mut config =
-            XdpConfig::new(&settings.ports).context("invalid listener ports for XDP")?;
-        config.syn_rate = settings.syn_rate;
-        config.syn_burst = settings.syn_burst;
-        config.hello_rate = settings.hello_rate;
-        config.hello_burst = settings.hello_burst;
-        config.hello_resume_cost_milli = settings.hello_resume_cost_milli;
-        config.v4_prefix_len = u32::from(settings.source_prefix_v4);
-        config.v6_prefix_len = u32::from(settings.source_prefix_v6);
-        config.enforce = u32::from(settings.enforce);
+        let mut config = XdpConfig::new(ports).context("invalid listener ports for XDP")?;
+        section.write_knobs(&mut config);
         (config.jiffy_ns, config.jiffies_origin) = super::clock::jiffies();
         let object = object::embedded()?;
 
         // The pin directory must exist before loading: the loader opens (or creates and pins) the persistent maps.
         let mut pins = Pins::default();
-        pins.prepare_dir(&settings.pin_dir)?;
+        pins.prepare_dir(&section.pin_dir)?;
         let mut persistent = Vec::new();
         for map in PERSISTENT_MAPS {
-            persistent.push((map.name, reusable_pin(&settings.pin_dir, map)?));
+            persistent.push((map.name, reusable_pin(&section.pin_dir, map)?));
         }
         let log_level = bpf_log_level();
         let mut loader = EbpfLoader::new();
@@ -203,7 +195,7 @@ impl XdpGuard {
         let hello = hello_prog::install(ebpf)?;
         running
             .pins
-            .pin_program(hello, &settings.pin_dir, PROG_XDP_HELLO)?;
+            .pin_program(hello, &section.pin_dir, PROG_XDP_HELLO)?;
 
         let program: &mut Xdp = ebpf
             .program_mut(PROG_XDP)
@@ -217,9 +209,9 @@ impl XdpGuard {
             .with_context(|| format!("the kernel refused to load XDP program `{PROG_XDP}`"))?;
         running
             .pins
-            .pin_program(program, &settings.pin_dir, PROG_XDP)?;
-        for interface in &settings.interfaces {
-            let attachment = attach(program, interface, settings.mode)?;
+            .pin_program(program, &section.pin_dir, PROG_XDP)?;
+        for interface in &section.interfaces {
+            let attachment = attach(program, interface, section.mode)?;
             running.attachments.push(attachment);
         }
 
@@ -239,7 +231,7 @@ impl XdpGuard {
             let map = ebpf
                 .map(name)
                 .with_context(|| format!("the BPF object has no map `{name}`"))?;
-            running.pins.pin_map(map, &settings.pin_dir, name)?;
+            running.pins.pin_map(map, &section.pin_dir, name)?;
         }
 
         let verdicts: PerCpuArray<_, u64> = object::typed_map(
@@ -265,15 +257,15 @@ impl XdpGuard {
         let counters = XdpCounters::new(verdicts, malformed, shapes, drops);
 
         tracing::info!(
-            interfaces = ?settings.interfaces,
+            interfaces = ?section.interfaces,
             ports = ?config.listener_ports(),
-            pin_dir = %settings.pin_dir.display(),
+            pin_dir = %section.pin_dir.display(),
             pins = ?running.pins.files(),
             syn_rate = config.syn_rate,
             syn_burst = config.syn_burst,
             hello_rate = config.hello_rate,
             hello_burst = config.hello_burst,
-            enforce = settings.enforce,
+            enforce = section.enforce,
             blocked_fingerprints = index.count,
             blocked_shapes = index.shapes_set(),
             "XDP handshake guard running"

@@ -4,7 +4,7 @@
 //! `enforce=false` makes every drop verdict a count (a dry run) when the guard misjudges real traffic.
 //!
 //! Keys and values are those of the config file's `[xdp]` section, parsed and checked by the same code
-//! (`crate::config::XdpConfig`, `deny_unknown_fields`, `validate`), so the CLI accepts exactly what the file does.
+//! (`super::config::XdpSection`, `deny_unknown_fields`, `validate`), so the CLI accepts exactly what the file does.
 //! What the daemon owns is not settable here: the listener ports (learned at bind), the SYN shed fractions
 //! (admission control's), the budget clock; nor is what takes a restart (interfaces, mode, pin_dir).
 //!
@@ -12,19 +12,7 @@
 
 use portcullis_abi::xdp_config::XdpConfig;
 
-use crate::config;
-
-/// The keys `portcullis xdp set` takes, as in the config file's `[xdp]` section.
-pub(crate) const KEYS: [&str; 8] = [
-    "enforce",
-    "syn_rate",
-    "syn_burst",
-    "hello_rate",
-    "hello_burst",
-    "hello_resume_cost",
-    "source_prefix_v4",
-    "source_prefix_v6",
-];
+use super::config::{KNOBS as KEYS, XdpSection};
 
 /// `[xdp]` keys that take a restart.
 const RESTART_KEYS: [&str; 3] = ["interfaces", "mode", "pin_dir"];
@@ -60,7 +48,7 @@ pub(crate) enum KnobError {
 #[derive(Debug, Clone)]
 pub(crate) struct Assignment {
     key: &'static str,
-    parsed: config::XdpConfig,
+    parsed: XdpSection,
 }
 
 impl Assignment {
@@ -71,19 +59,7 @@ impl Assignment {
 
     /// Writes the value into `config` (the program's view).
     pub(crate) fn apply(&self, config: &mut XdpConfig) {
-        let p = &self.parsed;
-        match self.key {
-            "enforce" => config.enforce = u32::from(p.enforce),
-            "syn_rate" => config.syn_rate = p.syn_rate,
-            "syn_burst" => config.syn_burst = p.syn_burst,
-            "hello_rate" => config.hello_rate = p.hello_rate,
-            "hello_burst" => config.hello_burst = p.hello_burst,
-            "hello_resume_cost" => config.hello_resume_cost_milli = p.hello_resume_cost_milli(),
-            "source_prefix_v4" => config.v4_prefix_len = u32::from(p.source_prefix_v4),
-            "source_prefix_v6" => config.v6_prefix_len = u32::from(p.source_prefix_v6),
-            // `parse` only makes assignments of `KEYS`.
-            _ => {}
-        }
+        self.parsed.write_knob(self.key, config);
     }
 }
 
@@ -110,7 +86,7 @@ pub(crate) fn parse(text: &str) -> Result<Assignment, KnobError> {
         value: value.to_owned(),
         reason,
     };
-    let parsed: config::XdpConfig = toml::from_str(&format!("{key} = {value}"))
+    let parsed: XdpSection = toml::from_str(&format!("{key} = {value}"))
         .map_err(|_| bad(format!("expected {}", expected(key))))?;
     // The other fields are the defaults, which pass: an error is about this key.
     parsed

@@ -3,7 +3,8 @@
 //! # Layout
 //! - [`cli`]: `portcullis xdp ...` and `portcullis fingerprint FILE`, operating a running daemon's guard through its
 //!   pins.
-//! - [`settings`]: [`XdpSettings`] and [`XdpMode`], what the daemon's `[xdp]` config section turns into.
+//! - [`config`]: the `[xdp]` config section ([`XdpSection`]), [`XdpMode`], and the one mapping of its knobs onto the
+//!   ABI's `XdpConfig` the program reads.
 //! - [`object`]: the BPF object embedded at build time (see `build.rs`); the steering loader
 //!   (`crate::steering`) loads it too, and pins with [`pins`].
 //! - [`guard`]: [`XdpGuard`], which owns the loaded program for the daemon's lifetime and detaches on drop.
@@ -49,6 +50,7 @@ mod block_filter;
 mod budget_seed;
 pub mod cli;
 mod clock;
+mod config;
 mod counters;
 mod drop_report;
 mod fp_index;
@@ -59,7 +61,6 @@ mod logs;
 pub(crate) mod object;
 pub(crate) mod pins;
 pub(crate) mod refusal;
-mod settings;
 mod shed;
 #[cfg(test)]
 mod test_differential;
@@ -68,8 +69,8 @@ mod test_hello;
 #[cfg(test)]
 mod test_run;
 
+pub use config::{XdpMode, XdpSection};
 pub use counters::XdpCounters;
 pub(crate) use counters::register_attached;
 pub use guard::XdpGuard;
-pub use settings::{XdpMode, XdpSettings};
 pub use shed::SynShed;

@@ -1,0 +1,157 @@
+//! The daemon's `[xdp]` config section ([`XdpSection`]), its attach mode, and the one mapping of its knobs onto
+//! the value the program reads (the ABI's [`XdpConfig`]).
+
+use std::path::PathBuf;
+
+use portcullis_abi::xdp_config::XdpConfig;
+use serde::Deserialize;
+
+/// The knobs of `[xdp]` the program reads from its config map on every packet: `portcullis xdp set` may change
+/// them on a live host (`super::knobs`); the other keys take a restart.
+pub(crate) const KNOBS: [&str; 8] = [
+    "enforce",
+    "syn_rate",
+    "syn_burst",
+    "hello_rate",
+    "hello_burst",
+    "hello_resume_cost",
+    "source_prefix_v4",
+    "source_prefix_v6",
+];
+
+/// How the XDP program is attached to an interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode if the driver supports it, else generic; the mode used is logged per interface.
+    #[default]
+    Auto,
+    /// Native (driver, `XDP_FLAGS_DRV_MODE`) only: starting fails on a driver without XDP support.
+    Native,
+    /// Generic (`XDP_FLAGS_SKB_MODE`): runs after the kernel allocated the skb; works on any interface, slower.
+    Generic,
+}
+
+impl XdpMode {
+    /// The config spelling of this mode (`auto`, `native`, `generic`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        }
+    }
+}
+
+/// The `[xdp]` section of the config file: the XDP handshake guard. Disabled unless `interfaces` is non-empty.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpSection {
+    /// Interfaces to attach to. Default: none (XDP disabled).
+    pub interfaces: Vec<String>,
+    /// Attach mode: `"auto"`, `"native"` or `"generic"`. Default: `"auto"`.
+    pub mode: XdpMode,
+    /// Directory on bpffs where maps are pinned (inspect with `bpftool map dump pinned DIR/NAME`).
+    /// Default: `/sys/fs/bpf/portcullis`.
+    pub pin_dir: PathBuf,
+    /// SYNs per second each source prefix may send to the listener ports; over budget they are dropped in
+    /// XDP (`portcullis_xdp_packets_total{verdict="drop_syn_rate"}`). 0 turns the budget off. Default: 0.
+    pub syn_rate: u32,
+    /// SYNs a source prefix may send at once after being idle (the token bucket size), at least 1.
+    /// Default: 100.
+    pub syn_burst: u32,
+    /// ClientHellos per second each source prefix (the same prefixes as the SYN budget) may send, counted in
+    /// full handshakes; over budget the first segment is dropped in XDP
+    /// (`portcullis_xdp_packets_total{verdict="drop_hello_rate"}`). 0 turns the budget off. Default: 0.
+    pub hello_rate: u32,
+    /// ClientHellos (full handshakes) a source prefix may send at once after being idle, at least 1.
+    /// Default: 20.
+    pub hello_burst: u32,
+    /// What a resumption offer (TLS 1.3 PSK or TLS 1.2 ticket: no certificate signature to pay for) costs of
+    /// the ClientHello budget, as a fraction of a full handshake, greater than 0 and at most 1. Default: 0.25.
+    pub hello_resume_cost: f64,
+    /// Bits of an IPv4 source address that share one budget, 0 to 32. Default: 32 (per address).
+    pub source_prefix_v4: u8,
+    /// Bits of an IPv6 source address that share one budget, 0 to 128. Default: 64 (per /64).
+    pub source_prefix_v6: u8,
+    /// `true`: drop what the guard rejects. `false`: only count it (dry run; the drop verdicts still move).
+    /// Default: `true`.
+    pub enforce: bool,
+}
+
+impl XdpSection {
+    /// Checks the budget and enforcement fields (those `portcullis xdp set` may change at run time too): the
+    /// field at fault, without the `xdp.` prefix, and why.
+    ///
+    /// # Errors
+    /// The first field out of its range.
+    pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.syn_burst == 0 {
+            return Err(("syn_burst", "must be at least 1"));
+        }
+        if self.hello_burst == 0 {
+            return Err(("hello_burst", "must be at least 1"));
+        }
+        if !(self.hello_resume_cost > 0.0 && self.hello_resume_cost <= 1.0) {
+            return Err((
+                "hello_resume_cost",
+                "must be greater than 0 and at most 1 (a fraction of a full handshake)",
+            ));
+        }
+        if self.source_prefix_v4 > 32 {
+            return Err(("source_prefix_v4", "must be 0 to 32"));
+        }
+        if self.source_prefix_v6 > 128 {
+            return Err(("source_prefix_v6", "must be 0 to 128"));
+        }
+        Ok(())
+    }
+
+    /// [`XdpSection::hello_resume_cost`] in the thousandths of a full handshake the XDP program counts in
+    /// (1..=1000; the value is validated to lie in (0, 1]).
+    pub fn hello_resume_cost_milli(&self) -> u32 {
+        // In range after `validate`; the clamp keeps an unvalidated value from reaching the program as 0
+        // (which the program reads as "full price").
+        (self.hello_resume_cost * 1000.0).round().clamp(1.0, 1000.0) as u32
+    }
+    /// Writes every knob of this section into the value the program reads (the one mapping from the file's
+    /// section to the ABI's [`XdpConfig`]; `portcullis xdp set` writes one knob through [`Self::write_knob`]).
+    pub(crate) fn write_knobs(&self, abi: &mut XdpConfig) {
+        for key in KNOBS {
+            self.write_knob(key, abi);
+        }
+    }
+
+    /// Writes the knob `key` (one of [`KNOBS`]) of this section into `abi`; any other key writes nothing.
+    pub(crate) fn write_knob(&self, key: &str, abi: &mut XdpConfig) {
+        match key {
+            "enforce" => abi.enforce = u32::from(self.enforce),
+            "syn_rate" => abi.syn_rate = self.syn_rate,
+            "syn_burst" => abi.syn_burst = self.syn_burst,
+            "hello_rate" => abi.hello_rate = self.hello_rate,
+            "hello_burst" => abi.hello_burst = self.hello_burst,
+            "hello_resume_cost" => abi.hello_resume_cost_milli = self.hello_resume_cost_milli(),
+            "source_prefix_v4" => abi.v4_prefix_len = u32::from(self.source_prefix_v4),
+            "source_prefix_v6" => abi.v6_prefix_len = u32::from(self.source_prefix_v6),
+            _ => {}
+        }
+    }
+}
+
+impl Default for XdpSection {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            mode: XdpMode::Auto,
+            pin_dir: PathBuf::from(portcullis_abi::names::DEFAULT_PIN_DIR),
+            syn_rate: 0,
+            syn_burst: 100,
+            hello_rate: 0,
+            hello_burst: 20,
+            hello_resume_cost: 0.25,
+            source_prefix_v4: 32,
+            source_prefix_v6: 64,
+            enforce: true,
+        }
+    }
+}
