@@ -13,17 +13,18 @@
 //! - [`steering`]: the reuseport steering pick (flow hash, skip saturated workers), its config and outcome
 //!   counters, shared by the SK_REUSEPORT program and the daemon.
 //! - [`packet`]: the Ethernet/IP/TCP classifier the XDP program runs, unit-tested here on the host.
-//! - `hello_fixtures` (host only: `user` feature or tests): crafted and captured ClientHellos, one malformed
+//! - `hello_fixtures` (host only: `fixtures` feature or tests): crafted and captured ClientHellos, one malformed
 //!   input per reason, shared by the parser's tests and the daemon's BPF_PROG_TEST_RUN test.
-//! - `packet_fixtures` (host only: `user` feature or tests): the classifier's fixture table, also run through the
+//! - `packet_fixtures` (host only: `fixtures` feature or tests): the classifier's fixture table, also run through the
 //!   loaded BPF program by the daemon's privileged test.
 //!
 //! Everything but `packet_fixtures` is `no_std`, allocation-free and compiles for `bpfel-unknown-none` as well as
 //! the host.
-//! The `user` feature implements `aya::Pod` for the shared structs, for the daemon, and adds the fixture table.
+//! The `user` feature implements `aya::Pod` for the shared structs, for the daemon. The `fixtures` feature adds the
+//! fixture tables, for tests, benchmarks and fuzzing only: the daemon's build never carries them.
 #![no_std]
 
-#[cfg(any(test, feature = "user"))]
+#[cfg(any(test, feature = "user", feature = "fixtures"))]
 extern crate alloc;
 
 pub mod block_filter;
@@ -31,12 +32,12 @@ pub mod client_hello;
 pub mod drop_samples;
 pub mod flow;
 pub mod fp_shapes;
-#[cfg(any(test, feature = "user"))]
+#[cfg(any(test, feature = "fixtures"))]
 pub mod hello_fixtures;
 pub mod limits;
 pub mod names;
 pub mod packet;
-#[cfg(any(test, feature = "user"))]
+#[cfg(any(test, feature = "fixtures"))]
 pub mod packet_fixtures;
 pub mod steering;
 pub mod verdict;
