@@ -93,29 +93,8 @@ impl XdpGuard {
                 "[xdp] interfaces is empty; name at least one interface or remove the [xdp] section"
             );
         }
-        let mut config = XdpConfig::new(ports).context("invalid listener ports for XDP")?;
-        section.write_knobs(&mut config);
-        (config.jiffy_ns, config.jiffies_origin) = super::clock::jiffies();
-        let object = object::embedded()?;
-
-        // The pin directory must exist before loading: the loader opens (or creates and pins) the persistent maps.
-        let mut pins = Pins::default();
-        pins.prepare_dir(&section.pin_dir)?;
-        let mut persistent = Vec::new();
-        for map in PERSISTENT_MAPS {
-            persistent.push((map.name, reusable_pin(&section.pin_dir, map)?));
-        }
-        let log_level = bpf_log_level();
-        let mut loader = EbpfLoader::new();
-        loader.override_global(aya_log::LEVEL, &log_level, true);
-        for (name, path) in &persistent {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let ebpf = loader
-            .load(object)
-            .map_err(anyhow::Error::new)
-            .map_err(|e| refusal::explain("the embedded BPF object (maps, BTF)", e))
-            .context("cannot load the embedded BPF object (maps, BTF)")?;
+        let config = program_config(section, ports)?;
+        let (ebpf, pins) = load(section)?;
         // From here on, an early return drops `running`, which undoes what was done so far.
         let mut running = Running {
             ebpf: None,
@@ -124,138 +103,11 @@ impl XdpGuard {
             logs: None,
         };
         let ebpf = running.ebpf.insert(ebpf);
-
-        let mut config_map: Array<_, XdpConfig> = object::typed_map(
-            ebpf.map_mut(MAP_XDP_CONFIG),
-            MAP_XDP_CONFIG,
-            "an array of XdpConfig",
-        )?;
-        config_map
-            .set(XDP_CONFIG_KEY, config, 0)
-            .with_context(|| format!("cannot write map `{MAP_XDP_CONFIG}`"))?;
-
-        // The blocklist is pinned for good and may have changed while the daemon was down: rebuild its count and
-        // shapes before the program runs, or a blocked fingerprint would not be computed (`fp_index`).
-        let blocked: HashMap<&MapData, u64, u8> = object::typed_map(
-            ebpf.map(MAP_XDP_BLOCK_FP),
-            MAP_XDP_BLOCK_FP,
-            "a hash of u64",
-        )?;
-        let index = fp_index::of(&blocked);
-        if index.other_format != 0 {
-            tracing::warn!(
-                stale = index.other_format,
-                "the pinned fingerprint blocklist holds {} value(s) that are not fingerprints of this version's format \
-                 (format 1, from before 2026-11-23, or written with bpftool): they block nothing. List them with \
-                 `portcullis xdp block-fingerprint list`, remove them with `block-fingerprint del`, and block what \
-                 `portcullis fingerprint` prints now",
-                index.other_format
-            );
-        }
-        let [count, shapes, drops] = ebpf.maps_disjoint_mut([
-            MAP_XDP_BLOCK_FP_COUNT,
-            MAP_XDP_BLOCK_FP_SHAPES,
-            MAP_XDP_BLOCK_FP_DROPS,
-        ]);
-        let mut count: Array<&mut MapData, u32> =
-            object::typed_map(count, MAP_XDP_BLOCK_FP_COUNT, "an array of u32")?;
-        let mut shapes: Array<&mut MapData, ShapeSet> =
-            object::typed_map(shapes, MAP_XDP_BLOCK_FP_SHAPES, "an array of 64-byte sets")?;
-        let mut drops: PerCpuArray<&mut MapData, u64> =
-            object::typed_map(drops, MAP_XDP_BLOCK_FP_DROPS, "a per-CPU array of u64")?;
-        fp_index::store(&index, &mut count, &mut shapes, Some(&mut drops))?;
-
-        // Likewise the CIDR blocklist's prefilter, or a prefix blocked while the daemon was down would not block.
-        let trie: LpmTrie<&MapData, [u8; ADDR_LEN], u8> = object::typed_map(
-            ebpf.map(MAP_XDP_BLOCK_NET),
-            MAP_XDP_BLOCK_NET,
-            "an LPM trie of 16-byte keys",
-        )?;
-        let prefilter = block_filter::of(&trie)?;
-        let mut filter: Array<&mut MapData, u64> = object::typed_map(
-            ebpf.map_mut(MAP_XDP_BLOCK_NET_FILTER),
-            MAP_XDP_BLOCK_NET_FILTER,
-            "an array of u64",
-        )?;
-        block_filter::store(&mut filter, &prefilter)?;
-
-        // The budget tables' slot hash is keyed (`portcullis_abi::limits::BudgetSlot`): the first start draws the
-        // key, later ones keep the pinned one so every source keeps its slot and budget.
-        let mut seed: Array<&mut MapData, u64> = object::typed_map(
-            ebpf.map_mut(MAP_XDP_BUDGET_SEED),
-            MAP_XDP_BUDGET_SEED,
-            "an array of u64",
-        )?;
-        budget_seed::ensure(&mut seed)?;
-
-        // The logger must own the ring buffer before the program runs, or its first records are lost.
-        running.logs = Some(LogPump::start(ebpf)?);
-
-        // The ClientHello program, in the program array before the XDP program sees a packet (`hello_prog`).
-        let hello = hello_prog::install(ebpf)?;
-        running
-            .pins
-            .pin_program(hello, &section.pin_dir, PROG_XDP_HELLO)?;
-
-        let program: &mut Xdp = ebpf
-            .program_mut(PROG_XDP)
-            .with_context(|| format!("the BPF object has no program `{PROG_XDP}`; rebuild it with `cargo xtask build`"))?
-            .try_into()
-            .with_context(|| format!("program `{PROG_XDP}` is not an XDP program; rebuild it with `cargo xtask build`"))?;
-        program
-            .load()
-            .map_err(anyhow::Error::new)
-            .map_err(|e| refusal::explain(&format!("XDP program `{PROG_XDP}`"), e))
-            .with_context(|| format!("the kernel refused to load XDP program `{PROG_XDP}`"))?;
-        running
-            .pins
-            .pin_program(program, &section.pin_dir, PROG_XDP)?;
-        for interface in &section.interfaces {
-            let attachment = attach(program, interface, section.mode)?;
-            running.attachments.push(attachment);
-        }
-
-        // Counters and config describe this run only: pinned for operators while it lasts, removed on detach.
-        for name in [
-            MAP_XDP_VERDICTS,
-            MAP_XDP_CONFIG,
-            MAP_XDP_MALFORMED,
-            MAP_XDP_FLOWS,
-            MAP_XDP_BLOCK_FP_COUNT,
-            MAP_XDP_BLOCK_FP_SHAPES,
-            MAP_XDP_BLOCK_FP_DROPS,
-            MAP_XDP_BLOCK_NET_FILTER,
-            MAP_XDP_HELLO_PROG,
-            MAP_XDP_DROP_RING,
-        ] {
-            let map = ebpf
-                .map(name)
-                .with_context(|| format!("the BPF object has no map `{name}`"))?;
-            running.pins.pin_map(map, &section.pin_dir, name)?;
-        }
-
-        let verdicts: PerCpuArray<_, u64> = object::typed_map(
-            ebpf.take_map(MAP_XDP_VERDICTS),
-            MAP_XDP_VERDICTS,
-            "a per-CPU array of u64",
-        )?;
-        let malformed: PerCpuArray<_, u64> = object::typed_map(
-            ebpf.take_map(MAP_XDP_MALFORMED),
-            MAP_XDP_MALFORMED,
-            "a per-CPU array of u64",
-        )?;
-        let shapes: Array<_, ShapeSet> = object::typed_map(
-            ebpf.take_map(MAP_XDP_BLOCK_FP_SHAPES),
-            MAP_XDP_BLOCK_FP_SHAPES,
-            "an array of 64-byte sets",
-        )?;
-        let drops: PerCpuArray<_, u64> = object::typed_map(
-            ebpf.take_map(MAP_XDP_BLOCK_FP_DROPS),
-            MAP_XDP_BLOCK_FP_DROPS,
-            "a per-CPU array of u64",
-        )?;
-        let counters = XdpCounters::new(verdicts, malformed, shapes, drops);
-
+        write_config(ebpf, config)?;
+        let index = restore_blocklists(ebpf)?;
+        attach_programs(&mut running, section)?;
+        pin_run_maps(&mut running, section)?;
+        let counters = take_counters(&mut running)?;
         tracing::info!(
             interfaces = ?section.interfaces,
             ports = ?config.listener_ports(),
@@ -295,6 +147,202 @@ impl XdpGuard {
     pub fn detach(mut self) -> anyhow::Result<()> {
         self.running.teardown()
     }
+}
+
+/// The value the program reads: the listener ports, the section's knobs, the budget clock.
+fn program_config(section: &XdpSection, ports: &[u16]) -> anyhow::Result<XdpConfig> {
+    let mut config = XdpConfig::new(ports).context("invalid listener ports for XDP")?;
+    section.write_knobs(&mut config);
+    (config.jiffy_ns, config.jiffies_origin) = super::clock::jiffies();
+    Ok(config)
+}
+
+/// Loads the embedded object with its persistent maps opened from (or pinned to) the pin directory, which must
+/// exist before loading.
+fn load(section: &XdpSection) -> anyhow::Result<(aya::Ebpf, Pins)> {
+    let object = object::embedded()?;
+    let mut pins = Pins::default();
+    pins.prepare_dir(&section.pin_dir)?;
+    let mut persistent = Vec::new();
+    for map in PERSISTENT_MAPS {
+        persistent.push((map.name, reusable_pin(&section.pin_dir, map)?));
+    }
+    let log_level = bpf_log_level();
+    let mut loader = EbpfLoader::new();
+    loader.override_global(aya_log::LEVEL, &log_level, true);
+    for (name, path) in &persistent {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let ebpf = loader
+        .load(object)
+        .map_err(anyhow::Error::new)
+        .map_err(|e| refusal::explain("the embedded BPF object (maps, BTF)", e))
+        .context("cannot load the embedded BPF object (maps, BTF)")?;
+    Ok((ebpf, pins))
+}
+
+/// Writes the program's config value, before it sees a packet.
+fn write_config(ebpf: &mut aya::Ebpf, config: XdpConfig) -> anyhow::Result<()> {
+    let mut config_map: Array<_, XdpConfig> = object::typed_map(
+        ebpf.map_mut(MAP_XDP_CONFIG),
+        MAP_XDP_CONFIG,
+        "an array of XdpConfig",
+    )?;
+    config_map
+        .set(XDP_CONFIG_KEY, config, 0)
+        .with_context(|| format!("cannot write map `{MAP_XDP_CONFIG}`"))
+}
+
+/// The blocklists are pinned for good and may have changed while the daemon was down: rebuilds the fingerprint
+/// blocklist's count and shapes (or a blocked fingerprint would not be computed, `fp_index`) and the CIDR
+/// blocklist's prefilter (or a prefix blocked meanwhile would not block), and keeps the budget tables' hash key.
+fn restore_blocklists(ebpf: &mut aya::Ebpf) -> anyhow::Result<fp_index::Index> {
+    let blocked: HashMap<&MapData, u64, u8> = object::typed_map(
+        ebpf.map(MAP_XDP_BLOCK_FP),
+        MAP_XDP_BLOCK_FP,
+        "a hash of u64",
+    )?;
+    let index = fp_index::of(&blocked);
+    if index.other_format != 0 {
+        tracing::warn!(
+            stale = index.other_format,
+            "the pinned fingerprint blocklist holds {} value(s) that are not fingerprints of this version's format \
+             (format 1, from before 2026-11-23, or written with bpftool): they block nothing. List them with \
+             `portcullis xdp block-fingerprint list`, remove them with `block-fingerprint del`, and block what \
+             `portcullis fingerprint` prints now",
+            index.other_format
+        );
+    }
+    let [count, shapes, drops] = ebpf.maps_disjoint_mut([
+        MAP_XDP_BLOCK_FP_COUNT,
+        MAP_XDP_BLOCK_FP_SHAPES,
+        MAP_XDP_BLOCK_FP_DROPS,
+    ]);
+    let mut count: Array<&mut MapData, u32> =
+        object::typed_map(count, MAP_XDP_BLOCK_FP_COUNT, "an array of u32")?;
+    let mut shapes: Array<&mut MapData, ShapeSet> =
+        object::typed_map(shapes, MAP_XDP_BLOCK_FP_SHAPES, "an array of 64-byte sets")?;
+    let mut drops: PerCpuArray<&mut MapData, u64> =
+        object::typed_map(drops, MAP_XDP_BLOCK_FP_DROPS, "a per-CPU array of u64")?;
+    fp_index::store(&index, &mut count, &mut shapes, Some(&mut drops))?;
+
+    let trie: LpmTrie<&MapData, [u8; ADDR_LEN], u8> = object::typed_map(
+        ebpf.map(MAP_XDP_BLOCK_NET),
+        MAP_XDP_BLOCK_NET,
+        "an LPM trie of 16-byte keys",
+    )?;
+    let prefilter = block_filter::of(&trie)?;
+    let mut filter: Array<&mut MapData, u64> = object::typed_map(
+        ebpf.map_mut(MAP_XDP_BLOCK_NET_FILTER),
+        MAP_XDP_BLOCK_NET_FILTER,
+        "an array of u64",
+    )?;
+    block_filter::store(&mut filter, &prefilter)?;
+
+    // The budget tables' slot hash is keyed (`portcullis_abi::limits::BudgetSlot`): the first start draws the
+    // key, later ones keep the pinned one so every source keeps its slot and budget.
+    let mut seed: Array<&mut MapData, u64> = object::typed_map(
+        ebpf.map_mut(MAP_XDP_BUDGET_SEED),
+        MAP_XDP_BUDGET_SEED,
+        "an array of u64",
+    )?;
+    budget_seed::ensure(&mut seed)?;
+    Ok(index)
+}
+
+/// Starts the log pump, installs the ClientHello program, loads, pins and attaches the XDP program.
+fn attach_programs(running: &mut Running, section: &XdpSection) -> anyhow::Result<()> {
+    let Some(ebpf) = running.ebpf.as_mut() else {
+        bail!("the BPF object was torn down before its programs were attached");
+    };
+    // The logger must own the ring buffer before the program runs, or its first records are lost.
+    running.logs = Some(LogPump::start(ebpf)?);
+
+    // The ClientHello program, in the program array before the XDP program sees a packet (`hello_prog`).
+    let hello = hello_prog::install(ebpf)?;
+    running
+        .pins
+        .pin_program(hello, &section.pin_dir, PROG_XDP_HELLO)?;
+
+    let program: &mut Xdp = ebpf
+        .program_mut(PROG_XDP)
+        .with_context(|| {
+            format!(
+                "the BPF object has no program `{PROG_XDP}`; rebuild it with `cargo xtask build`"
+            )
+        })?
+        .try_into()
+        .with_context(|| {
+            format!(
+                "program `{PROG_XDP}` is not an XDP program; rebuild it with `cargo xtask build`"
+            )
+        })?;
+    program
+        .load()
+        .map_err(anyhow::Error::new)
+        .map_err(|e| refusal::explain(&format!("XDP program `{PROG_XDP}`"), e))
+        .with_context(|| format!("the kernel refused to load XDP program `{PROG_XDP}`"))?;
+    running
+        .pins
+        .pin_program(program, &section.pin_dir, PROG_XDP)?;
+    for interface in &section.interfaces {
+        let attachment = attach(program, interface, section.mode)?;
+        running.attachments.push(attachment);
+    }
+    Ok(())
+}
+
+/// Pins the maps that describe this run only, for operators while it lasts (removed on detach).
+fn pin_run_maps(running: &mut Running, section: &XdpSection) -> anyhow::Result<()> {
+    let Some(ebpf) = running.ebpf.as_ref() else {
+        bail!("the BPF object was torn down before its maps were pinned");
+    };
+    for name in [
+        MAP_XDP_VERDICTS,
+        MAP_XDP_CONFIG,
+        MAP_XDP_MALFORMED,
+        MAP_XDP_FLOWS,
+        MAP_XDP_BLOCK_FP_COUNT,
+        MAP_XDP_BLOCK_FP_SHAPES,
+        MAP_XDP_BLOCK_FP_DROPS,
+        MAP_XDP_BLOCK_NET_FILTER,
+        MAP_XDP_HELLO_PROG,
+        MAP_XDP_DROP_RING,
+    ] {
+        let map = ebpf
+            .map(name)
+            .with_context(|| format!("the BPF object has no map `{name}`"))?;
+        running.pins.pin_map(map, &section.pin_dir, name)?;
+    }
+    Ok(())
+}
+
+/// Takes the counter maps out of the object for [`XdpCounters`] (`/metrics`).
+fn take_counters(running: &mut Running) -> anyhow::Result<XdpCounters> {
+    let Some(ebpf) = running.ebpf.as_mut() else {
+        bail!("the BPF object was torn down before its counters were taken");
+    };
+    let verdicts: PerCpuArray<_, u64> = object::typed_map(
+        ebpf.take_map(MAP_XDP_VERDICTS),
+        MAP_XDP_VERDICTS,
+        "a per-CPU array of u64",
+    )?;
+    let malformed: PerCpuArray<_, u64> = object::typed_map(
+        ebpf.take_map(MAP_XDP_MALFORMED),
+        MAP_XDP_MALFORMED,
+        "a per-CPU array of u64",
+    )?;
+    let shapes: Array<_, ShapeSet> = object::typed_map(
+        ebpf.take_map(MAP_XDP_BLOCK_FP_SHAPES),
+        MAP_XDP_BLOCK_FP_SHAPES,
+        "an array of 64-byte sets",
+    )?;
+    let drops: PerCpuArray<_, u64> = object::typed_map(
+        ebpf.take_map(MAP_XDP_BLOCK_FP_DROPS),
+        MAP_XDP_BLOCK_FP_DROPS,
+        "a per-CPU array of u64",
+    )?;
+    Ok(XdpCounters::new(verdicts, malformed, shapes, drops))
 }
 
 impl Running {
