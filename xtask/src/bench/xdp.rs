@@ -310,27 +310,26 @@ fn tick_ns() -> Result<u32> {
     Ok(u32::try_from(res.tv_nsec).unwrap_or(0))
 }
 
-/// Runs the benchmark.
-pub fn run(ctx: &Ctx) -> Result<()> {
-    // `PORTCULLIS_BPF_OBJECT` (as for the tests) measures another build; `PORTCULLIS_BPF_OBJECT_BEFORE` measures a
-    // second object interleaved with the first, run for run, so that a change is judged against its parent in the
-    // same seconds on a noisy machine (the userspace rejection is then not measured).
-    let object_path = match std::env::var_os("PORTCULLIS_BPF_OBJECT") {
-        Some(path) => std::path::PathBuf::from(path),
-        None => ctx
-            .out
-            .parent()
-            .context("target/bench has a parent")?
-            .join("bpf/bpfel-unknown-none/release/portcullis-ebpf"),
-    };
-    let before = std::env::var_os("PORTCULLIS_BPF_OBJECT_BEFORE").map(std::path::PathBuf::from);
-    let (repeat, rounds, rejections) = match (ctx.quick, before.is_some()) {
-        (true, _) => (20_000, 3, 500),
-        // Shorter runs, more of them: paired run for run, the change is judged on each pair's ratio.
-        (false, true) => (100_000, COMPARE_ROUNDS, 0),
-        (false, false) => (500_000, 7, 5_000),
-    };
+/// How much to measure: repeats per run, runs per class, connections for the userspace rejection.
+struct Plan {
+    repeat: u32,
+    rounds: usize,
+    rejections: u32,
+}
 
+/// What a measurement gives: per class, each object's run totals (ns, harness included) and the harness to
+/// subtract; the harness of a repeated run.
+struct Measured {
+    runs: Vec<Vec<Vec<f64>>>,
+    harness: Vec<f64>,
+    baseline: f64,
+}
+
+/// Runs the benchmark: one object (`PORTCULLIS_BPF_OBJECT` or the build's) by class, or two interleaved run for
+/// run (`PORTCULLIS_BPF_OBJECT_BEFORE`), or one class under `perf` (`--profile`).
+pub fn run(ctx: &Ctx) -> Result<()> {
+    let (object_path, before) = object_paths(ctx)?;
+    let plan = plan(ctx.quick, before.is_some());
     let classes = classes()?;
     let mut objects = vec![Loaded::load(object_path)?];
     if let Some((name, seconds)) = &ctx.profile {
@@ -351,8 +350,50 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     if let Some(before) = before {
         objects.push(Loaded::load(before)?);
     }
-    let empty = EmptyProgram::load()?;
+    let measured = measure(&classes, &mut objects, &plan)?;
+    if objects.len() > 1 {
+        print_paired(&classes, &objects, &measured, &plan);
+        return Ok(());
+    }
+    eprintln!("object {}", objects[0].path.display());
+    report(ctx, &classes, &measured, &plan)
+}
 
+/// The object to measure and the one to pair it with: `PORTCULLIS_BPF_OBJECT` (as for the tests) measures another
+/// build; `PORTCULLIS_BPF_OBJECT_BEFORE` measures a second object interleaved with the first, run for run, so that
+/// a change is judged against its parent in the same seconds on a noisy machine.
+fn object_paths(ctx: &Ctx) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>)> {
+    let object_path = match std::env::var_os("PORTCULLIS_BPF_OBJECT") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => ctx
+            .out
+            .parent()
+            .context("target/bench has a parent")?
+            .join("bpf/bpfel-unknown-none/release/portcullis-ebpf"),
+    };
+    let before = std::env::var_os("PORTCULLIS_BPF_OBJECT_BEFORE").map(std::path::PathBuf::from);
+    Ok((object_path, before))
+}
+
+/// Quick runs for smoke; paired runs shorter and more of them (the change is judged on each pair's ratio) and
+/// without the userspace rejection.
+fn plan(quick: bool, paired: bool) -> Plan {
+    let (repeat, rounds, rejections) = match (quick, paired) {
+        (true, _) => (20_000, 3, 500),
+        (false, true) => (100_000, COMPARE_ROUNDS, 0),
+        (false, false) => (500_000, 7, 5_000),
+    };
+    Plan {
+        repeat,
+        rounds,
+        rejections,
+    }
+}
+
+/// Every class through every object, the harness (an empty XDP program) measured the same two ways.
+fn measure(classes: &[Class], objects: &mut [Loaded], plan: &Plan) -> Result<Measured> {
+    let Plan { repeat, rounds, .. } = *plan;
+    let empty = EmptyProgram::load()?;
     let baseline = median(rounds, || {
         test_run(empty.0, &classes[0].frame, repeat).map(|r| r.1)
     })?;
@@ -362,11 +403,10 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     eprintln!(
         "empty XDP program (harness): {baseline:.1} ns/run repeated, {single_baseline:.1} ns/run one at a time"
     );
-    // Per class, the median total of each object, and the harness to subtract.
     let mut all_runs: Vec<Vec<Vec<f64>>> = Vec::new();
     let mut harness = Vec::new();
-    for class in &classes {
-        for object in &mut objects {
+    for class in classes {
+        for object in objects.iter_mut() {
             object.prepare(class)?;
         }
         let mut runs = vec![Vec::with_capacity(rounds); objects.len()];
@@ -393,54 +433,72 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         });
         all_runs.push(runs);
     }
-    let totals: Vec<Vec<f64>> = all_runs
-        .iter()
-        .map(|runs| runs.iter().cloned().map(median_of).collect())
-        .collect();
+    Ok(Measured {
+        runs: all_runs,
+        harness,
+        baseline,
+    })
+}
 
-    if objects.len() > 1 {
+/// Two objects side by side: medians, minima and the change as the median of the pairs' ratios.
+fn print_paired(classes: &[Class], objects: &[Loaded], measured: &Measured, plan: &Plan) {
+    let Plan { repeat, rounds, .. } = *plan;
+    let baseline = measured.baseline;
+    println!(
+        "\nXDP guard, ns/packet net of the harness ({baseline:.1} ns), {repeat} repeats, {rounds} runs of each \
+         interleaved run for run\n  now:    {}\n  before: {}",
+        objects[0].path.display(),
+        objects[1].path.display()
+    );
+    println!(
+        "{:<40} {:>10} {:>10} {:>8} {:>10} {:>10}",
+        "class", "now", "before", "change", "now min", "before min"
+    );
+    for ((class, runs), harness) in classes.iter().zip(&measured.runs).zip(&measured.harness) {
+        let net = |object: usize, round: usize| runs[object][round] - harness;
+        let median = |object: usize| median_of((0..rounds).map(|r| net(object, r)).collect());
+        let least = |object: usize| {
+            (0..rounds)
+                .map(|r| net(object, r))
+                .fold(f64::INFINITY, f64::min)
+        };
+        // The change is the median of the pairs' ratios: each pair ran within milliseconds of each other.
+        let change = median_of((0..rounds).map(|r| net(0, r) / net(1, r) - 1.0).collect());
         println!(
-            "\nXDP guard, ns/packet net of the harness ({baseline:.1} ns), {repeat} repeats, {rounds} runs of each \
-             interleaved run for run\n  now:    {}\n  before: {}",
-            objects[0].path.display(),
-            objects[1].path.display()
+            "{:<40} {:>10.1} {:>10.1} {:>7.1}% {:>10.1} {:>10.1}",
+            class.name,
+            median(0),
+            median(1),
+            100.0 * change,
+            least(0),
+            least(1)
         );
-        println!(
-            "{:<40} {:>10} {:>10} {:>8} {:>10} {:>10}",
-            "class", "now", "before", "change", "now min", "before min"
-        );
-        for ((class, runs), harness) in classes.iter().zip(&all_runs).zip(&harness) {
-            let net = |object: usize, round: usize| runs[object][round] - harness;
-            let median = |object: usize| median_of((0..rounds).map(|r| net(object, r)).collect());
-            let least = |object: usize| {
-                (0..rounds)
-                    .map(|r| net(object, r))
-                    .fold(f64::INFINITY, f64::min)
-            };
-            // The change is the median of the pairs' ratios: each pair ran within milliseconds of each other.
-            let change = median_of((0..rounds).map(|r| net(0, r) / net(1, r) - 1.0).collect());
-            println!(
-                "{:<40} {:>10.1} {:>10.1} {:>7.1}% {:>10.1} {:>10.1}",
-                class.name,
-                median(0),
-                median(1),
-                100.0 * change,
-                least(0),
-                least(1)
-            );
-        }
-        return Ok(());
     }
-    eprintln!("object {}", objects[0].path.display());
+}
+
+/// One object's table against the 67 ns target and the 10GbE wire time, the userspace rejection beside it, and
+/// `xdp.json`.
+fn report(ctx: &Ctx, classes: &[Class], measured: &Measured, plan: &Plan) -> Result<()> {
+    let Plan {
+        repeat,
+        rounds,
+        rejections,
+    } = *plan;
+    let baseline = measured.baseline;
+    let totals: Vec<f64> = measured
+        .runs
+        .iter()
+        .map(|runs| median_of(runs[0].clone()))
+        .collect();
     let rows: Vec<_> = classes
         .iter()
         .zip(&totals)
-        .zip(&harness)
-        .map(|((class, totals), harness)| {
+        .zip(&measured.harness)
+        .map(|((class, total), harness)| {
             (
                 class.name,
-                totals[0],
-                totals[0] - harness,
+                *total,
+                total - harness,
                 wire_ns_10g(&class.frame),
             )
         })
