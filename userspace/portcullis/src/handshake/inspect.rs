@@ -1,10 +1,21 @@
 //! Inspection of the ClientHello, between reading it and paying for it.
 //!
 //! rustls' `ClientHello` exposes SNI, ALPN, cipher suites and signature schemes; what it hides (a PSK offer,
-//! early_data, a TLS 1.2 session ticket, the fingerprint) comes from our own parse of the raw record with the
+//! early_data, a TLS 1.2 session ticket, the fingerprint) comes from our own parse of the raw bytes with the
 //! same no_std parser the XDP program uses (`portcullis_abi::client_hello`).
+//!
+//! A ClientHello may span records (RFC 8446 §5.1). The parser judges one record, so [`HelloInfo::new`] first
+//! reassembles the handshake message (records' headers stripped, payloads joined) and hands the parser that
+//! message as a single record. The parser's offsets are 16-bit (it also runs in XDP), so a message longer than
+//! one record may be ([`MAX_RECORD_LEN`], 2^14 + 2048 bytes) is judged on its first [`MAX_RECORD_LEN`] bytes:
+//! facts past them stay unknown, and such a ClientHello has no fingerprint.
 
-use portcullis_abi::client_hello::Fingerprint;
+use portcullis_abi::client_hello::{
+    Fingerprint, HANDSHAKE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN,
+};
+
+/// Content type of a handshake record.
+const HANDSHAKE: u8 = 22;
 
 /// What we learned from a ClientHello before any crypto.
 #[derive(Debug, Clone, Default)]
@@ -30,13 +41,14 @@ pub struct HelloInfo {
 }
 
 impl HelloInfo {
-    /// Builds the inspection from rustls' view and the raw bytes the client sent first.
+    /// Builds the inspection from rustls' view and the raw bytes the client sent first (records and all: the
+    /// ClientHello is reassembled here).
     pub fn new(sni: Option<&str>, raw: &[u8]) -> Self {
         let mut info = HelloInfo {
             sni: sni.map(str::to_owned),
             ..Default::default()
         };
-        raw_facts(raw, &mut info);
+        raw_facts(&as_one_record(raw), &mut info);
         info
     }
 
@@ -46,10 +58,77 @@ impl HelloInfo {
     }
 }
 
-/// Whether the first bytes can be the start of a TLS handshake record (content type 22, major version 3).
-/// Used to label garbage as `not_tls` rather than a protocol error.
+/// Whether the first bytes can be the start of a TLS record (a content type of RFC 8446 §5.1 or heartbeat,
+/// 20..=24, then major version 3). Used to close on garbage silently, labelled `not_tls`, while TLS that is
+/// wrong (an alert or ChangeCipherSpec record first) gets rustls' answer and counts as a protocol error.
 pub fn looks_like_tls(raw: &[u8]) -> bool {
-    matches!(raw, [] | [22] | [22, 3, ..])
+    match raw {
+        [] => true,
+        [typ] => (20..=24).contains(typ),
+        [typ, major, ..] => (20..=24).contains(typ) && *major == 3,
+    }
+}
+
+/// The length of the first handshake message in `raw` (the bytes a client sent first), header included, once
+/// its 4-byte header has arrived, however the records split it; `None` before, or when a record of another
+/// type comes first (rustls refuses that). Reads at most the headers of the first four records.
+pub fn first_message_len(raw: &[u8]) -> Option<usize> {
+    let mut header = [0u8; HANDSHAKE_HEADER_LEN];
+    let mut have = 0;
+    for payload in handshake_payloads(raw) {
+        for &byte in payload.iter().take(HANDSHAKE_HEADER_LEN - have) {
+            *header.get_mut(have)? = byte;
+            have += 1;
+        }
+        if have == HANDSHAKE_HEADER_LEN {
+            let [_, a, b, c] = header;
+            return Some(
+                HANDSHAKE_HEADER_LEN
+                    + (usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c)),
+            );
+        }
+    }
+    None
+}
+
+/// The leading handshake records' payloads in `raw`, the last one possibly cut short; ends at the first record
+/// of another content type.
+fn handshake_payloads(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = raw;
+    std::iter::from_fn(move || {
+        let (&[typ, _, _, hi, lo], body) = rest.split_first_chunk::<RECORD_HEADER_LEN>()?;
+        if typ != HANDSHAKE {
+            return None;
+        }
+        let len = usize::from(u16::from_be_bytes([hi, lo]));
+        let (payload, next) = body.split_at_checked(len).unwrap_or((body, &[]));
+        rest = next;
+        Some(payload)
+    })
+}
+
+/// The first handshake message of `raw`, reassembled from its records and framed as one record for the parser
+/// (with the first record's version), cut at [`MAX_RECORD_LEN`] bytes (see the module docs). Bytes before the
+/// first whole record header, or when the message has not all arrived, come back as they were.
+fn as_one_record(raw: &[u8]) -> Vec<u8> {
+    let (Some(version), Some(len)) = (raw.get(1..3), first_message_len(raw)) else {
+        return raw.to_vec();
+    };
+    let message: Vec<u8> = handshake_payloads(raw)
+        .flatten()
+        .copied()
+        .take(len)
+        .collect();
+    if message.len() < len {
+        return raw.to_vec();
+    }
+    let kept = message.len().min(MAX_RECORD_LEN);
+    let mut record = Vec::with_capacity(RECORD_HEADER_LEN + kept);
+    record.push(HANDSHAKE);
+    record.extend_from_slice(version);
+    record.extend_from_slice(&u16::try_from(kept).unwrap_or(u16::MAX).to_be_bytes());
+    record.extend_from_slice(message.get(..kept).unwrap_or_default());
+    record
 }
 
 fn raw_facts(raw: &[u8], info: &mut HelloInfo) {
@@ -134,5 +213,87 @@ mod tests {
         assert!(!looks_like_tls(b"GET / HTTP/1.1\r\n"));
         assert!(looks_like_tls(&[22, 3]));
         assert!(looks_like_tls(&[22]));
+    }
+
+    /// The first record of `raw` re-framed as records whose payloads end at `cuts` (offsets into its payload),
+    /// then the rest of `raw`.
+    fn in_records(raw: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let (header, rest) = raw.split_at(RECORD_HEADER_LEN);
+        let (message, after) =
+            rest.split_at(usize::from(u16::from_be_bytes([header[3], header[4]])));
+        let mut out = Vec::new();
+        let mut start = 0;
+        for end in cuts.iter().copied().chain([message.len()]) {
+            let payload = &message[start..end];
+            out.extend_from_slice(&header[..3]);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            out.extend_from_slice(payload);
+            start = end;
+        }
+        out.extend_from_slice(after);
+        out
+    }
+
+    #[test]
+    fn a_hello_split_into_records_reads_as_the_whole() {
+        for (name, hello, _) in portcullis_abi::hello_fixtures::CAPTURED {
+            let whole = HelloInfo::new(None, hello);
+            let len = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
+            for cuts in [
+                vec![1],
+                vec![3],
+                vec![4],
+                vec![40],
+                vec![len / 2],
+                vec![1, 2, 3, len - 1],
+            ] {
+                let split = in_records(hello, &cuts);
+                assert_eq!(first_message_len(&split), Some(len), "{name} {cuts:?}");
+                let info = HelloInfo::new(None, &split);
+                assert_eq!(info.malformed, None, "{name} {cuts:?}");
+                assert_eq!(info.fingerprint, whole.fingerprint, "{name} {cuts:?}");
+                assert_eq!(info.offers_psk, whole.offers_psk, "{name} {cuts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_hello_longer_than_the_parser_record_is_judged_on_its_start() {
+        use portcullis_abi::hello_fixtures::Hello;
+        let mut hello = Hello::valid();
+        // An unknown extension of 40 KiB, then a PSK offer past the parser's reach: in three records.
+        hello.tail = portcullis_abi::hello_fixtures::extensions(&[
+            (43, portcullis_abi::hello_fixtures::versions(&[0x0304])),
+            (0xfe00, vec![0; 40 * 1024]),
+        ]);
+        let record = hello.encode();
+        let split = in_records(&record, &[16 * 1024, 32 * 1024]);
+        assert_eq!(
+            first_message_len(&split),
+            Some(record.len() - RECORD_HEADER_LEN)
+        );
+        let info = HelloInfo::new(None, &split);
+        assert_eq!(info.malformed, None);
+        assert!(info.offers_tls13);
+        assert_eq!(
+            info.fingerprint, None,
+            "a fingerprint needs the whole ClientHello"
+        );
+    }
+
+    #[test]
+    fn first_message_len_needs_the_whole_handshake_header() {
+        let hello = fixture("curl_sni.bin");
+        let len = hello.len() - RECORD_HEADER_LEN;
+        for cut in 0..RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN {
+            assert_eq!(first_message_len(&hello[..cut]), None, "{cut}");
+        }
+        assert_eq!(first_message_len(&hello[..9]), Some(len));
+        assert_eq!(first_message_len(&[21, 3, 3, 0, 2, 2, 40]), None);
+        assert!(
+            looks_like_tls(&[21, 3, 3]),
+            "an alert is TLS, refused by rustls"
+        );
+        assert!(!looks_like_tls(&[22, 4]));
     }
 }

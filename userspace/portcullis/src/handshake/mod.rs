@@ -13,6 +13,7 @@ pub mod class;
 pub mod engine;
 pub mod failure;
 pub mod inspect;
+pub mod refusal;
 pub mod stages;
 
 use std::sync::Arc;
@@ -29,10 +30,6 @@ use engine::{EngineError, HandshakeEngine, Job};
 use failure::Failure;
 use inspect::HelloInfo;
 use stages::StageClock;
-
-/// Most bytes of the client's first flight kept for our own parse: a full ClientHello record (2^14 bytes of
-/// payload plus its header), more than any real one (post-quantum ones are ~1.2-1.9 KB).
-const MAX_RAW_HELLO: usize = 16 * 1024 + 5;
 
 /// A finished handshake.
 pub struct Established {
@@ -67,17 +64,18 @@ impl HandshakeError {
 }
 
 /// Runs the whole handshake on `tcp`. `certs` is the certificate choice inside `config`, asked for the key type
-/// to classify the handshake. `on_hello` sees every inspected ClientHello, before the expensive step,
+/// to classify the handshake. `max_hello` is `tls.max_client_hello_size`: a longer ClientHello is refused. `on_hello` sees every inspected ClientHello, before the expensive step,
 /// whatever the outcome (offers are counted there, so a rate of accepted / offered resumptions is honest).
 pub async fn run(
     tcp: &TcpStream,
     config: &Arc<ServerConfig>,
     certs: &SniResolver,
     engine: &dyn HandshakeEngine,
+    max_hello: usize,
     on_hello: impl FnOnce(&HelloInfo),
 ) -> Result<Established, HandshakeError> {
     let mut stages = StageClock::default();
-    let (accepted, raw) = read_client_hello(tcp, &mut stages).await?;
+    let (accepted, raw) = read_client_hello(tcp, config, max_hello, &mut stages).await?;
     stages.hello();
     let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
     drop(raw);
@@ -133,31 +131,43 @@ pub async fn run(
     })
 }
 
-/// Step 1: read until rustls has a whole ClientHello, keeping the raw bytes for our own parse.
+/// Step 1: read until rustls has a whole ClientHello, however many records and segments it spans, keeping the
+/// raw bytes for our own parse.
+///
+/// rustls reads into its own buffer, as much as its deframer takes (4 KiB at a time), and `accept` runs after
+/// every read, as `Acceptor::read_tls` asks: feeding it a whole socket read before `accept` overran that buffer at
+/// the end of a full first record ("message buffer full"), which refused every ClientHello longer than one record
+/// without an alert (issue 17). A first handshake message declared longer than `max_hello` is refused with
+/// `decode_error` as soon as its header arrives.
 async fn read_client_hello(
     tcp: &TcpStream,
+    config: &Arc<ServerConfig>,
+    max_hello: usize,
     stages: &mut StageClock,
 ) -> Result<(Accepted, Vec<u8>), HandshakeError> {
     let mut acceptor = Acceptor::default();
     let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
     loop {
-        let n = loop {
-            match arrival::try_read(tcp, &mut buf) {
-                Ok((n, stamp)) => {
-                    stages.first_read(stamp);
-                    break n;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    tcp.readable()
-                        .await
-                        .map_err(|e| HandshakeError::new(Failure::from_io(&e), e.to_string()))?;
-                }
-                Err(e) => return Err(HandshakeError::new(Failure::from_io(&e), e.to_string())),
-            }
+        let mut source = Recorder {
+            tcp,
+            raw: &mut raw,
+            stages: &mut *stages,
+            called: false,
         };
-        let Some(chunk) = buf.get(..n) else {
-            return Err(HandshakeError::new(Failure::Internal, "read past buffer"));
+        let n = match acceptor.read_tls(&mut source) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tcp.readable()
+                    .await
+                    .map_err(|e| HandshakeError::new(Failure::from_io(&e), e.to_string()))?;
+                continue;
+            }
+            // rustls refused to buffer more before reading (its 64 KiB handshake buffer is full: records too
+            // small for the message they carry). Only reachable with `max_hello` near rustls' own limit.
+            Err(e) if !source.called => {
+                return Err(refusal::too_large(tcp, format!("rustls: {e}")));
+            }
+            Err(e) => return Err(HandshakeError::new(Failure::from_io(&e), e.to_string())),
         };
         if n == 0 {
             let failure = if inspect::looks_like_tls(&raw) {
@@ -170,31 +180,47 @@ async fn read_client_hello(
                 "end of stream before a whole ClientHello",
             ));
         }
-        let room = MAX_RAW_HELLO.saturating_sub(raw.len());
-        raw.extend_from_slice(chunk.get(..room.min(n)).unwrap_or_default());
         if !inspect::looks_like_tls(&raw) {
             return Err(HandshakeError::new(
                 Failure::NotTls,
-                "first bytes are not a TLS handshake record",
+                "first bytes are not a TLS record",
             ));
         }
-        let mut rd: &[u8] = chunk;
-        while !rd.is_empty() {
-            if let Err(e) = acceptor.read_tls(&mut rd) {
-                return Err(HandshakeError::new(Failure::ProtocolError, e.to_string()));
-            }
+        if let Some(len) = inspect::first_message_len(&raw)
+            && len > max_hello
+        {
+            return Err(refusal::too_large(
+                tcp,
+                format!(
+                    "first handshake message of {len} bytes, more than tls.max_client_hello_size = {max_hello}"
+                ),
+            ));
         }
         match acceptor.accept() {
             Ok(Some(accepted)) => return Ok((accepted, raw)),
             Ok(None) => {}
-            Err((err, mut alert)) => {
-                let _ = alert.write(&mut tls_io::TcpWrite(tcp));
-                return Err(HandshakeError::new(
-                    Failure::from_rustls(&err),
-                    err.to_string(),
-                ));
-            }
+            Err((err, alert)) => return Err(refusal::refuse(tcp, config, &raw, err, alert)),
         }
+    }
+}
+
+/// The socket as rustls' reader during step 1: records each read's bytes in `raw` and the kernel's receive
+/// stamp in `stages`.
+struct Recorder<'a> {
+    tcp: &'a TcpStream,
+    raw: &'a mut Vec<u8>,
+    stages: &'a mut StageClock,
+    /// rustls called `read` (an error without a call is rustls refusing to buffer more).
+    called: bool,
+}
+
+impl std::io::Read for Recorder<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.called = true;
+        let (n, stamp) = arrival::try_read(self.tcp, buf)?;
+        self.stages.first_read(stamp);
+        self.raw.extend_from_slice(buf.get(..n).unwrap_or_default());
+        Ok(n)
     }
 }
 
