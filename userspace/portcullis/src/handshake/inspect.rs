@@ -70,8 +70,8 @@ pub fn looks_like_tls(raw: &[u8]) -> bool {
 }
 
 /// The length of the first handshake message in `raw` (the bytes a client sent first), header included, once
-/// its 4-byte header has arrived, however the records split it; `None` before, or when a record of another
-/// type comes first (rustls refuses that). Reads at most the headers of the first four records.
+/// its 4-byte header has arrived, however the records split it; `None` before. Reads at most the headers of
+/// the records before it and of its first four records.
 pub fn first_message_len(raw: &[u8]) -> Option<usize> {
     let mut header = [0u8; HANDSHAKE_HEADER_LEN];
     let mut have = 0;
@@ -91,10 +91,27 @@ pub fn first_message_len(raw: &[u8]) -> Option<usize> {
     None
 }
 
-/// The leading handshake records' payloads in `raw`, the last one possibly cut short; ends at the first record
-/// of another content type.
+/// Where the first handshake record starts in `raw`: after the whole records of other types before it (warning
+/// alerts rustls skips), or at the end of the last whole record when no handshake record has arrived.
+pub fn leading_records_end(raw: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some(&[typ, _, _, hi, lo]) = raw
+        .get(at..)
+        .and_then(|r| r.first_chunk::<RECORD_HEADER_LEN>())
+    {
+        let end = at + RECORD_HEADER_LEN + usize::from(u16::from_be_bytes([hi, lo]));
+        if typ == HANDSHAKE || end > raw.len() {
+            break;
+        }
+        at = end;
+    }
+    at
+}
+
+/// The handshake records' payloads in `raw` after [`leading_records_end`], the last one possibly cut short;
+/// ends at the next record of another content type.
 fn handshake_payloads(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
-    let mut rest = raw;
+    let mut rest = raw.get(leading_records_end(raw)..).unwrap_or_default();
     std::iter::from_fn(move || {
         let (&[typ, _, _, hi, lo], body) = rest.split_first_chunk::<RECORD_HEADER_LEN>()?;
         if typ != HANDSHAKE {
@@ -111,7 +128,8 @@ fn handshake_payloads(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// (with the first record's version), cut at [`MAX_RECORD_LEN`] bytes (see the module docs). Bytes before the
 /// first whole record header, or when the message has not all arrived, come back as they were.
 fn as_one_record(raw: &[u8]) -> Vec<u8> {
-    let (Some(version), Some(len)) = (raw.get(1..3), first_message_len(raw)) else {
+    let start = leading_records_end(raw);
+    let (Some(version), Some(len)) = (raw.get(start + 1..start + 3), first_message_len(raw)) else {
         return raw.to_vec();
     };
     let message: Vec<u8> = handshake_payloads(raw)
@@ -290,6 +308,10 @@ mod tests {
         }
         assert_eq!(first_message_len(&hello[..9]), Some(len));
         assert_eq!(first_message_len(&[21, 3, 3, 0, 2, 2, 40]), None);
+        let warning_first = [&[21, 3, 3, 0, 2, 1, 90][..], &hello].concat();
+        assert_eq!(leading_records_end(&warning_first), 7);
+        assert_eq!(first_message_len(&warning_first), Some(len));
+        assert_eq!(leading_records_end(&warning_first[..6]), 0);
         assert!(
             looks_like_tls(&[21, 3, 3]),
             "an alert is TLS, refused by rustls"

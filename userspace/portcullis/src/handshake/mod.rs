@@ -147,6 +147,7 @@ async fn read_client_hello(
 ) -> Result<(Accepted, Vec<u8>), HandshakeError> {
     let mut acceptor = Acceptor::default();
     let mut raw = Vec::new();
+    let mut restarts = 0;
     loop {
         let mut source = Recorder {
             tcp,
@@ -199,10 +200,46 @@ async fn read_client_hello(
         match acceptor.accept() {
             Ok(Some(accepted)) => return Ok((accepted, raw)),
             Ok(None) => {}
-            Err((err, alert)) => return Err(refusal::refuse(tcp, config, &raw, err, alert)),
+            Err((err, alert)) => {
+                let answer = refusal::replay(config, &raw);
+                if !answer.goes_on() || restarts == MAX_RESTARTS {
+                    return Err(refusal::refuse(tcp, answer, err, alert));
+                }
+                restarts += 1;
+                acceptor = Acceptor::default();
+                if let Some(accepted) = restart(tcp, config, &mut acceptor, &raw)? {
+                    return Ok((accepted, raw));
+                }
+            }
         }
     }
 }
+
+/// Starts step 1 again on `acceptor` (a new one) from the first handshake record in `raw`: the Acceptor refuses
+/// any record before the ClientHello, where a bare rustls server skips warning alerts and goes on.
+fn restart(
+    tcp: &TcpStream,
+    config: &Arc<ServerConfig>,
+    acceptor: &mut Acceptor,
+    raw: &[u8],
+) -> Result<Option<Accepted>, HandshakeError> {
+    let mut rest = raw
+        .get(inspect::leading_records_end(raw)..)
+        .unwrap_or_default();
+    while !rest.is_empty() {
+        if let Err(e) = acceptor.read_tls(&mut rest) {
+            return Err(HandshakeError::new(Failure::ProtocolError, e.to_string()));
+        }
+    }
+    acceptor.accept().map_err(|(err, alert)| {
+        let answer = refusal::replay(config, raw);
+        refusal::refuse(tcp, answer, err, alert)
+    })
+}
+
+/// How many times step 1 starts again after records a bare rustls server skips before the ClientHello (its
+/// own tolerance ends the connection earlier: 4 warning alerts).
+const MAX_RESTARTS: u32 = 4;
 
 /// The socket as rustls' reader during step 1: records each read's bytes in `raw` and the kernel's receive
 /// stamp in `stages`.
@@ -224,7 +261,9 @@ impl std::io::Read for Recorder<'_> {
     }
 }
 
-/// Step 4: exchange the remaining flights until the handshake completes.
+/// Step 4: exchange the remaining flights until the handshake completes. Bytes the client sent after its
+/// ClientHello may already be in rustls (they came in the same reads): they are processed before waiting for
+/// more, as a bare rustls server does, so an error in them is answered with its alert.
 async fn finish(
     tcp: &TcpStream,
     conn: &mut ServerConnection,
@@ -232,6 +271,14 @@ async fn finish(
 ) -> Result<(), HandshakeError> {
     let io_err = |e: std::io::Error| HandshakeError::new(Failure::from_io(&e), e.to_string());
     loop {
+        if let Err(err) = conn.process_new_packets() {
+            // rustls queued an alert describing the error: send it, then fail.
+            let _ = tls_io::flush(tcp, conn).await;
+            return Err(HandshakeError::new(
+                Failure::from_rustls(&err),
+                err.to_string(),
+            ));
+        }
         tls_io::flush(tcp, conn).await.map_err(io_err)?;
         stages.flight();
         if !conn.is_handshaking() {
@@ -241,14 +288,6 @@ async fn finish(
             return Err(HandshakeError::new(
                 Failure::ClientClosed,
                 "end of stream during the handshake",
-            ));
-        }
-        if let Err(err) = conn.process_new_packets() {
-            // rustls queued an alert describing the error: send it, then fail.
-            let _ = tls_io::flush(tcp, conn).await;
-            return Err(HandshakeError::new(
-                Failure::from_rustls(&err),
-                err.to_string(),
             ));
         }
     }

@@ -2,14 +2,17 @@
 //!
 //! rustls' `Acceptor` queues an alert only for some refusals: a first handshake message of another type than
 //! ClientHello, or a first record of another content type, comes back as an error with no alert, where a
-//! `ServerConnection` (the bare rustls server) answers `unexpected_message` (RFC 8446 §6). So when the
-//! `Acceptor` has no alert, the bytes the client sent are replayed into a `ServerConnection` with the same
-//! configuration and whatever it queues is sent. The replay's configuration chooses no certificate, so no input
-//! can make it do the key exchange or sign on the worker, past admission control: an input the replay would
-//! accept (leading records rustls skips, then a valid ClientHello) ends at certificate choice with
-//! `access_denied` instead.
+//! `ServerConnection` (the bare rustls server) answers `unexpected_message` (RFC 8446 §6); and where it has one,
+//! it may differ (`decode_error` for any undecodable message). So the bytes the client sent are replayed into a
+//! `ServerConnection` with the same configuration and whatever it queues is sent, the `Acceptor`'s alert only
+//! when the replay has none. The replay's configuration chooses no certificate, so no input can make it do the
+//! key exchange or sign on the worker, past admission control. A replay that gets as far as choosing the
+//! certificate, or waits for more bytes, tells that a bare server would go on although the `Acceptor` refused:
+//! it skips warning alerts before the ClientHello, which the `Acceptor` does not, so step 1 starts again from
+//! the first handshake record.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustls::server::{AcceptedAlert, ClientHello, ResolvesServerCert, ServerConnection};
 use rustls::sign::CertifiedKey;
@@ -19,19 +22,37 @@ use tokio::net::TcpStream;
 use super::HandshakeError;
 use super::failure::Failure;
 
+/// What a bare rustls server answers to the bytes a client sent first.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// It refuses them, sending these bytes (its alert; empty when it sends none).
+    Refuses(Vec<u8>),
+    /// It waits for more, or it would choose a certificate: it goes on.
+    GoesOn,
+}
+
+impl Answer {
+    /// Whether a bare rustls server would not refuse (yet).
+    pub fn goes_on(&self) -> bool {
+        *self == Self::GoesOn
+    }
+}
+
 /// Sends the alert for a ClientHello rustls' `Acceptor` refused with `err` (best effort: the connection is
-/// closing anyway) and returns the failure to count.
+/// closing anyway) and returns the failure to count. The replay's alert comes first: the `Acceptor` has its own
+/// (e.g. `decode_error` for every undecodable message, where a `ServerConnection` names the field's problem).
 pub fn refuse(
     tcp: &TcpStream,
-    config: &Arc<ServerConfig>,
-    raw: &[u8],
+    answer: Answer,
     err: rustls::Error,
     mut alert: AcceptedAlert,
 ) -> HandshakeError {
-    let mut bytes = Vec::new();
-    let _ = alert.write(&mut bytes);
+    let mut bytes = match answer {
+        Answer::Refuses(bytes) => bytes,
+        Answer::GoesOn => Vec::new(),
+    };
     if bytes.is_empty() {
-        bytes = replay(config, raw);
+        let _ = alert.write(&mut bytes);
     }
     send(tcp, &bytes);
     HandshakeError::new(Failure::from_rustls(&err), err.to_string())
@@ -44,12 +65,13 @@ pub fn too_large(tcp: &TcpStream, detail: String) -> HandshakeError {
     HandshakeError::new(Failure::HelloTooLarge, detail)
 }
 
-/// What a bare rustls server with `config` (but no certificate) sends after reading `raw`, when it fails.
-fn replay(config: &Arc<ServerConfig>, raw: &[u8]) -> Vec<u8> {
+/// What a bare rustls server with `config` (but no certificate: it stops there) answers after reading `raw`.
+pub fn replay(config: &Arc<ServerConfig>, raw: &[u8]) -> Answer {
+    let chosen = Arc::new(NoCertificate::default());
     let mut without_certificate = (**config).clone();
-    without_certificate.cert_resolver = Arc::new(NoCertificate);
+    without_certificate.cert_resolver = chosen.clone();
     let Ok(mut conn) = ServerConnection::new(Arc::new(without_certificate)) else {
-        return Vec::new();
+        return Answer::Refuses(Vec::new());
     };
     let mut rest = raw;
     let failed = loop {
@@ -63,15 +85,16 @@ fn replay(config: &Arc<ServerConfig>, raw: &[u8]) -> Vec<u8> {
             break true;
         }
     };
+    if !failed || chosen.asked.load(Ordering::Relaxed) {
+        return Answer::GoesOn;
+    }
     let mut out = Vec::new();
-    if failed {
-        while conn.wants_write() {
-            if conn.write_tls(&mut out).is_err() {
-                break;
-            }
+    while conn.wants_write() {
+        if conn.write_tls(&mut out).is_err() {
+            break;
         }
     }
-    out
+    Answer::Refuses(out)
 }
 
 /// A fatal alert record as sent before any keys (RFC 8446 §6: level 2, fatal).
@@ -89,12 +112,16 @@ fn send(tcp: &TcpStream, mut bytes: &[u8]) {
     }
 }
 
-/// The replay's certificate choice: none, so it stops before any key exchange or signature.
-#[derive(Debug)]
-struct NoCertificate;
+/// The replay's certificate choice: none, so it stops before any key exchange or signature; `asked` tells
+/// that the ClientHello got that far.
+#[derive(Debug, Default)]
+struct NoCertificate {
+    asked: AtomicBool,
+}
 
 impl ResolvesServerCert for NoCertificate {
     fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.asked.store(true, Ordering::Relaxed);
         None
     }
 }
@@ -109,7 +136,7 @@ mod tests {
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(NoCertificate));
+            .with_cert_resolver(Arc::new(NoCertificate::default()));
         Arc::new(config)
     }
 
@@ -130,8 +157,8 @@ mod tests {
             raw[5] = typ;
             let sent = replay(&config(), &raw);
             assert!(
-                sent == alert_record(AlertDescription::UnexpectedMessage)
-                    || sent == alert_record(AlertDescription::DecodeError),
+                sent == Answer::Refuses(alert_record(AlertDescription::UnexpectedMessage))
+                    || sent == Answer::Refuses(alert_record(AlertDescription::DecodeError)),
                 "type {typ}: {sent:?}"
             );
         }
@@ -139,21 +166,20 @@ mod tests {
         raw[5] = 255;
         assert_eq!(
             replay(&config(), &raw),
-            alert_record(AlertDescription::UnexpectedMessage)
+            Answer::Refuses(alert_record(AlertDescription::UnexpectedMessage))
         );
     }
 
     #[test]
     fn a_valid_hello_ends_at_certificate_choice_without_crypto() {
-        assert_eq!(
-            replay(&config(), &hello()),
-            alert_record(AlertDescription::AccessDenied)
-        );
+        assert_eq!(replay(&config(), &hello()), Answer::GoesOn);
+        let warning_first = [&[21, 3, 3, 0, 2, 1, 90][..], &hello()].concat();
+        assert_eq!(replay(&config(), &warning_first), Answer::GoesOn);
     }
 
     #[test]
-    fn an_incomplete_hello_sends_nothing() {
+    fn an_incomplete_hello_goes_on() {
         let raw = hello();
-        assert!(replay(&config(), &raw[..raw.len() - 1]).is_empty());
+        assert_eq!(replay(&config(), &raw[..raw.len() - 1]), Answer::GoesOn);
     }
 }
