@@ -437,6 +437,7 @@ fn client_hellos_longer_than_a_record_are_served() {
     assert_eq!((wire.len(), record_boundaries(&wire).len()), (41_312, 3));
     let (ours, _) = servers.answers(&segments(&wire, &record_boundaries(&wire)));
     assert_eq!(items(&ours).first(), Some(&Item::Record(22)), "ServerHello");
+    assert_eq!(ours.get(5), Some(&2), "the first handshake message is a ServerHello");
     let count = |result| {
         servers
             .daemon
@@ -537,28 +538,43 @@ fn records_after_the_handshake_are_answered_as_bare_rustls() {
         ]
         .concat()
     };
-    let probes: [(&str, Vec<u8>); 6] = [
-        ("nothing", vec![]),
-        ("ChangeCipherSpec after Finished", vec![20, 3, 3, 0, 1, 1]),
+    // (probe, its bytes, what the client must see: so that two servers both failing the same way cannot pass)
+    let probes: [(&str, Vec<u8>, &str); 6] = [
+        ("nothing", vec![], "close_notify"),
+        (
+            "ChangeCipherSpec after Finished",
+            vec![20, 3, 3, 0, 1, 1],
+            "received fatal alert: UnexpectedMessage",
+        ),
         (
             "plaintext alert after Finished",
             vec![21, 3, 3, 0, 2, 2, 40],
+            "received fatal alert: BadRecordMac",
         ),
         (
             "undecryptable record of the maximum size, 2^14 + 256",
             junk(MAX_FRAGMENT + 256),
+            "received fatal alert: BadRecordMac",
         ),
-        ("record of 2^14 + 256 + 1 bytes", junk(MAX_FRAGMENT + 257)),
-        ("record of 2^14 + 2048 + 1 bytes", junk(MAX_FRAGMENT + 2049)),
+        (
+            "record of 2^14 + 256 + 1 bytes",
+            junk(MAX_FRAGMENT + 257),
+            "received fatal alert: BadRecordMac",
+        ),
+        (
+            "record of 2^14 + 2048 + 1 bytes",
+            junk(MAX_FRAGMENT + 2049),
+            "received fatal alert: DecodeError",
+        ),
     ];
     let mut diffs = Vec::new();
     for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
-        for (what, probe) in &probes {
+        for (what, probe, expected) in &probes {
             let ours = probe_after_handshake(&servers.pki, servers.daemon.addr(), version, probe);
             let theirs = probe_after_handshake(&servers.pki, servers.bare.addr, version, probe);
-            if ours != theirs {
+            if ours != theirs || ours.1 != *expected {
                 diffs.push(format!(
-                    "{version:?} {what}: portcullis {ours:?}, rustls {theirs:?}"
+                    "{version:?} {what}: portcullis {ours:?}, rustls {theirs:?}, expected {expected}"
                 ));
             }
         }
