@@ -437,7 +437,11 @@ fn client_hellos_longer_than_a_record_are_served() {
     assert_eq!((wire.len(), record_boundaries(&wire).len()), (41_312, 3));
     let (ours, _) = servers.answers(&segments(&wire, &record_boundaries(&wire)));
     assert_eq!(items(&ours).first(), Some(&Item::Record(22)), "ServerHello");
-    assert_eq!(ours.get(5), Some(&2), "the first handshake message is a ServerHello");
+    assert_eq!(
+        ours.get(5),
+        Some(&2),
+        "the first handshake message is a ServerHello"
+    );
     let count = |result| {
         servers
             .daemon
@@ -577,6 +581,172 @@ fn records_after_the_handshake_are_answered_as_bare_rustls() {
                     "{version:?} {what}: portcullis {ours:?}, rustls {theirs:?}, expected {expected}"
                 ));
             }
+        }
+    }
+    assert!(diffs.is_empty(), "{}", diffs.join("\n"));
+    servers.daemon.stop_ok();
+}
+
+// --- Padding and plaintext-size probes, sealed by hand ----------------------------------------------------
+
+/// A TLS 1.3 AES-128-GCM traffic key taken from a finished rustls client (RFC 8446 §5.2-5.3), to seal records
+/// rustls will not send (all-zero or maximal padding, oversized plaintext) and open the server's answer.
+struct RecordKey {
+    key: ring::aead::LessSafeKey,
+    iv: [u8; 12],
+    seq: u64,
+}
+
+impl RecordKey {
+    fn new((seq, secrets): (u64, rustls::ConnectionTrafficSecrets)) -> Self {
+        let rustls::ConnectionTrafficSecrets::Aes128Gcm { key, iv } = secrets else {
+            panic!("the probe client offers TLS_AES_128_GCM_SHA256 only");
+        };
+        let key = ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, key.as_ref()).expect("key");
+        Self {
+            key: ring::aead::LessSafeKey::new(key),
+            iv: iv.as_ref().try_into().expect("12-byte IV"),
+            seq,
+        }
+    }
+
+    fn nonce(&mut self) -> ring::aead::Nonce {
+        let mut nonce = self.iv;
+        for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
+            *n ^= s;
+        }
+        self.seq += 1;
+        ring::aead::Nonce::assume_unique_for_key(nonce)
+    }
+
+    /// A record carrying `inner` as its TLSInnerPlaintext (content, type, padding: the caller's choice).
+    fn seal(&mut self, inner: &[u8]) -> Vec<u8> {
+        let len = (inner.len() + 16) as u16;
+        let header = [23, 3, 3, (len >> 8) as u8, len as u8];
+        let mut body = inner.to_vec();
+        let nonce = self.nonce();
+        self.key
+            .seal_in_place_append_tag(nonce, ring::aead::Aad::from(header), &mut body)
+            .expect("seal");
+        [header.to_vec(), body].concat()
+    }
+
+    /// What each record in `bytes` carries: `alert <level> <description>`, the inner content type, or `opaque`.
+    fn open_all(&mut self, bytes: &[u8]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut rest = bytes;
+        while let Some((header, body)) = rest.split_first_chunk::<5>() {
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            let Some((payload, next)) = body.split_at_checked(len) else {
+                out.push(format!("{} trailing bytes", rest.len()));
+                break;
+            };
+            rest = next;
+            let mut inner = payload.to_vec();
+            let nonce = self.nonce();
+            let Ok(plain) =
+                self.key
+                    .open_in_place(nonce, ring::aead::Aad::from(*header), &mut inner)
+            else {
+                out.push("opaque".to_owned());
+                continue;
+            };
+            let end = plain.iter().rposition(|b| *b != 0).unwrap_or(0);
+            out.push(match (plain.get(end), plain.get(..end)) {
+                (Some(21), Some(&[level, description])) => format!("alert {level} {description}"),
+                (Some(typ), _) => format!("type {typ}"),
+                (None, _) => "empty".to_owned(),
+            });
+        }
+        out
+    }
+}
+
+/// Completes a TLS 1.3 handshake, sends `probe` (given the client's key to seal records) and ends the stream;
+/// returns what each record the server sent afterwards carries.
+fn sealed_probe(
+    pki: &Pki,
+    addr: SocketAddr,
+    probe: impl Fn(&mut RecordKey) -> Vec<u8>,
+) -> Vec<String> {
+    use std::io::Write;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&pki.ca).expect("CA");
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+        roots.add(cert.expect("CA PEM")).expect("CA certificate");
+    }
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: vec![rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.enable_secret_extraction = true;
+    let name = "ecdsa.test".try_into().expect("server name");
+    let mut client = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.set_nodelay(true).expect("nodelay");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    while client.is_handshaking() {
+        client.complete_io(&mut tcp).expect("handshake");
+    }
+    while client.wants_write() {
+        client.write_tls(&mut tcp).expect("client Finished");
+    }
+    let secrets = client.dangerous_extract_secrets().expect("secrets");
+    let mut tx = RecordKey::new(secrets.tx);
+    let mut rx = RecordKey::new(secrets.rx);
+    let _ = tcp.write_all(&probe(&mut tx));
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    rx.open_all(&read_to_close(&mut tcp))
+}
+
+#[test]
+fn padding_and_plaintext_size_probes_are_answered_as_bare_rustls() {
+    let servers = Servers::start();
+    let with_type =
+        |content: &[u8], typ: u8, padding: usize| [content, &[typ], &vec![0; padding]].concat();
+    // (probe, TLSInnerPlaintext, what the last record the client gets carries; RFC 8446 §5.4: at most 2^14 + 1
+    // bytes, padding included, and a content type that is not all zeros). After an all-zero plaintext rustls 0.23
+    // closes without the unexpected_message §5.4 asks for (its error, IllegalTlsInnerPlaintext, queues no
+    // alert), so only the session tickets come back; portcullis answers as rustls does.
+    let probes: [(&str, Vec<u8>, &str); 5] = [
+        ("all-zero inner plaintext", vec![0; 64], "type 22"),
+        (
+            "empty application data, padded to 2^14 + 1",
+            with_type(&[], 23, MAX_FRAGMENT),
+            "alert 1 0",
+        ),
+        (
+            "empty application data, padded to 2^14 + 2",
+            with_type(&[], 23, MAX_FRAGMENT + 1),
+            "alert 2 22",
+        ),
+        (
+            "2^14 + 1 bytes of application data",
+            with_type(&[b'x'; MAX_FRAGMENT + 1], 23, 0),
+            "alert 2 22",
+        ),
+        (
+            "a handshake message of another type, padded",
+            with_type(&[0, 0, 0, 0], 22, 100),
+            "alert 2 10",
+        ),
+    ];
+    let mut diffs = Vec::new();
+    for (what, inner, expected_last) in &probes {
+        let ours = sealed_probe(&servers.pki, servers.daemon.addr(), |k| k.seal(inner));
+        let theirs = sealed_probe(&servers.pki, servers.bare.addr, |k| k.seal(inner));
+        let last = ours.last().map(String::as_str);
+        if ours != theirs || last != Some(*expected_last) {
+            diffs.push(format!(
+                "{what}: portcullis {ours:?}, rustls {theirs:?}, expected to end with {expected_last}"
+            ));
         }
     }
     assert!(diffs.is_empty(), "{}", diffs.join("\n"));
