@@ -292,3 +292,107 @@ async fn finish(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_abi::hello_fixtures::{
+        Hello, alpn, extensions, key_share, sni, u16_list, versions,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TLS 1.3 ClientHello of about `padding` bytes more than usual (an unknown extension), in records of at
+    /// most 2^14 bytes.
+    fn hello_in_records(padding: usize) -> Vec<u8> {
+        let mut hello = Hello::valid();
+        hello.tail = extensions(&[
+            (0, sni("example.com")),
+            (10, u16_list(&[0x001d])),
+            (13, u16_list(&[0x0403, 0x0804])),
+            (16, alpn()),
+            (43, versions(&[0x0304])),
+            (51, key_share(&[(0x001d, 32)])),
+            (0x7777, vec![0x5a; padding]),
+        ]);
+        let record = hello.encode();
+        let mut out = Vec::new();
+        for payload in record[5..].chunks(1 << 14) {
+            out.extend_from_slice(&record[..3]);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            out.extend_from_slice(payload);
+        }
+        out
+    }
+
+    /// Sends `segments` (one write each) and runs step 1 on the server side with `max_hello`; returns its
+    /// outcome (the raw bytes' length, or the failure) and what the client received until the server closed.
+    async fn step_one(
+        segments: Vec<Vec<u8>>,
+        max_hello: usize,
+    ) -> (Result<usize, Failure>, Vec<u8>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback test socket");
+        let addr = listener.local_addr().expect("loopback test socket");
+        let client = tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("loopback test socket");
+            tcp.set_nodelay(true).expect("loopback test socket");
+            for segment in segments {
+                if tcp.write_all(&segment).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let mut answer = Vec::new();
+            let _ = tcp.read_to_end(&mut answer).await;
+            answer
+        });
+        let (server, _) = listener.accept().await.expect("loopback test socket");
+        let config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));
+        let outcome = read_client_hello(
+            &server,
+            &Arc::new(config),
+            max_hello,
+            &mut StageClock::default(),
+        )
+        .await
+        .map(|(_, raw)| raw.len())
+        .map_err(|e| e.failure);
+        drop(server);
+        (outcome, client.await.expect("client task"))
+    }
+
+    #[tokio::test]
+    async fn a_hello_in_three_records_and_segments_is_read_whole() {
+        let wire = hello_in_records(40 * 1024);
+        let segments: Vec<Vec<u8>> = wire.chunks((1 << 14) + 5).map(<[u8]>::to_vec).collect();
+        assert_eq!(segments.len(), 3);
+        let (outcome, _) = step_one(segments, 64 * 1024).await;
+        assert_eq!(outcome, Ok(wire.len()));
+        // What inspect sees is the reassembled message: not malformed, and the facts of its start.
+        let info = HelloInfo::new(None, &wire);
+        assert_eq!(info.malformed, None);
+        assert!(info.offers_tls13);
+    }
+
+    #[tokio::test]
+    async fn a_hello_over_the_limit_gets_decode_error() {
+        let wire = hello_in_records(5000);
+        let (outcome, answer) = step_one(vec![wire], 4096).await;
+        assert_eq!(outcome, Err(Failure::HelloTooLarge));
+        assert_eq!(answer, [21, 3, 3, 0, 2, 2, 50]);
+    }
+
+    #[tokio::test]
+    async fn another_handshake_type_gets_an_alert() {
+        let mut wire = hello_in_records(0);
+        wire[5] = 255;
+        let (outcome, answer) = step_one(vec![wire], 64 * 1024).await;
+        assert_eq!(outcome, Err(Failure::ProtocolError));
+        assert_eq!(answer, [21, 3, 3, 0, 2, 2, 10], "unexpected_message");
+    }
+}
