@@ -163,8 +163,9 @@ async fn read_client_hello(
                     .map_err(|e| HandshakeError::new(Failure::from_io(&e), e.to_string()))?;
                 continue;
             }
-            // rustls refused to buffer more before reading (its 64 KiB handshake buffer is full: records too
-            // small for the message they carry). Only reachable with `max_hello` near rustls' own limit.
+            // rustls refused to buffer more before reading: its 64 KiB buffer holds the records' headers too, so
+            // a ClientHello near that size, or one cut into tiny records, fills it. A bare rustls server closes
+            // without an alert there; the RFC 8446 §6 one for a message too long to take is decode_error.
             Err(e) if !source.called => {
                 return Err(refusal::too_large(tcp, format!("rustls: {e}")));
             }
