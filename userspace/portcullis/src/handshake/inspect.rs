@@ -7,8 +7,10 @@
 //! A ClientHello may span records (RFC 8446 §5.1). The parser judges one record, so [`HelloInfo::new`] first
 //! reassembles the handshake message (records' headers stripped, payloads joined) and hands the parser that
 //! message as a single record. The parser's offsets are 16-bit (it also runs in XDP), so a message longer than
-//! one record may be ([`MAX_RECORD_LEN`], 2^14 + 2048 bytes) is judged on its first [`MAX_RECORD_LEN`] bytes:
-//! facts past them stay unknown, and such a ClientHello has no fingerprint.
+//! one record may be ([`MAX_RECORD_LEN`], 2^14 + 2048 bytes) first loses the bodies of the extensions the
+//! parser reads the type of only (padding, ECH, cookies, ...: [`without_unread_bodies`]), which keeps every
+//! fact and the fingerprint; if it is still too long, or its framing does not add up, it is judged on its first
+//! [`MAX_RECORD_LEN`] bytes: facts past them stay unknown, and it has no fingerprint.
 
 use portcullis_abi::client_hello::{
     Fingerprint, HANDSHAKE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN,
@@ -16,6 +18,13 @@ use portcullis_abi::client_hello::{
 
 /// Content type of a handshake record.
 const HANDSHAKE: u8 = 22;
+
+/// The extensions whose bodies `portcullis_abi::client_hello` reads (its `extensions.rs`): server_name,
+/// supported_groups, pre_shared_key, early_data, supported_versions, key_share. Of session_ticket (35) it reads
+/// whether the body is empty. It reads only the type of any other.
+const BODIES_READ: [u16; 6] = [0, 10, 41, 42, 43, 51];
+/// session_ticket.
+const SESSION_TICKET: u16 = 35;
 
 /// What we learned from a ClientHello before any crypto.
 #[derive(Debug, Clone, Default)]
@@ -140,6 +149,10 @@ fn as_one_record(raw: &[u8]) -> Vec<u8> {
     if message.len() < len {
         return raw.to_vec();
     }
+    let message = match without_unread_bodies(&message) {
+        Some(compact) if message.len() > MAX_RECORD_LEN => compact,
+        _ => message,
+    };
     let kept = message.len().min(MAX_RECORD_LEN);
     let mut record = Vec::with_capacity(RECORD_HEADER_LEN + kept);
     record.push(HANDSHAKE);
@@ -147,6 +160,52 @@ fn as_one_record(raw: &[u8]) -> Vec<u8> {
     record.extend_from_slice(&u16::try_from(kept).unwrap_or(u16::MAX).to_be_bytes());
     record.extend_from_slice(message.get(..kept).unwrap_or_default());
     record
+}
+
+/// A whole ClientHello `message` with the bodies of the extensions the parser does not read emptied (a
+/// session_ticket cut to one byte) and its lengths adjusted: the parser finds the same facts and fingerprint
+/// in it. `None` when the fixed fields or the extension framing do not add up to the message's length.
+fn without_unread_bodies(message: &[u8]) -> Option<Vec<u8>> {
+    let u16_at = |at: usize| {
+        Some(usize::from(u16::from_be_bytes(
+            *message.get(at..)?.first_chunk()?,
+        )))
+    };
+    // type, length, legacy_version, random; then session id, cipher suites, compression methods.
+    let mut at = HANDSHAKE_HEADER_LEN + 2 + 32;
+    at += 1 + usize::from(*message.get(at)?);
+    at += 2 + u16_at(at)?;
+    at += 1 + usize::from(*message.get(at)?);
+    let extensions_len = u16_at(at)?;
+    let head = message.get(..at)?;
+    let mut rest = message.get(at + 2..)?;
+    if rest.len() != extensions_len {
+        return None;
+    }
+    let mut extensions = Vec::new();
+    while !rest.is_empty() {
+        let (&[t0, t1, l0, l1], tail) = rest.split_first_chunk::<4>()?;
+        let (body, next) = tail.split_at_checked(usize::from(u16::from_be_bytes([l0, l1])))?;
+        let kind = u16::from_be_bytes([t0, t1]);
+        let kept = match kind {
+            k if BODIES_READ.contains(&k) => body,
+            SESSION_TICKET => body.get(..1).unwrap_or_default(),
+            _ => &[],
+        };
+        extensions.extend_from_slice(&[t0, t1]);
+        extensions.extend_from_slice(&u16::try_from(kept.len()).ok()?.to_be_bytes());
+        extensions.extend_from_slice(kept);
+        rest = next;
+    }
+    let mut out = head.to_vec();
+    out.extend_from_slice(&u16::try_from(extensions.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(&extensions);
+    let body_len = u32::try_from(out.len() - HANDSHAKE_HEADER_LEN)
+        .ok()?
+        .to_be_bytes();
+    out.get_mut(1..HANDSHAKE_HEADER_LEN)?
+        .copy_from_slice(body_len.get(1..)?);
+    Some(out)
 }
 
 fn raw_facts(raw: &[u8], info: &mut HelloInfo) {
@@ -275,14 +334,67 @@ mod tests {
         }
     }
 
+    /// `raw`'s ClientHello with an unknown extension of `padding` bytes put first, as one record (its 16-bit
+    /// length wraps above 64 KiB: callers re-frame it).
+    fn padded(raw: &[u8], padding: usize) -> Vec<u8> {
+        let len = usize::from(u16::from_be_bytes([raw[3], raw[4]]));
+        let message = &raw[5..5 + len];
+        let mut at = 4 + 2 + 32;
+        at += 1 + usize::from(message[at]);
+        at += 2 + usize::from(u16::from_be_bytes([message[at], message[at + 1]]));
+        at += 1 + usize::from(message[at]);
+        let mut out = message[..at].to_vec();
+        let ext_len = usize::from(u16::from_be_bytes([message[at], message[at + 1]])) + 4 + padding;
+        out.extend_from_slice(&(ext_len as u16).to_be_bytes());
+        out.extend_from_slice(&[0x77, 0x77]);
+        out.extend_from_slice(&(padding as u16).to_be_bytes());
+        out.extend(std::iter::repeat_n(0x5a, padding));
+        out.extend_from_slice(&message[at + 2..]);
+        let body_len = (out.len() - 4) as u32;
+        out[1..4].copy_from_slice(&body_len.to_be_bytes()[1..]);
+        [&raw[..3], &(out.len() as u16).to_be_bytes(), &out].concat()
+    }
+
     #[test]
-    fn a_hello_longer_than_the_parser_record_is_judged_on_its_start() {
+    fn a_hello_longer_than_the_parser_record_keeps_its_facts() {
+        for (name, hello, _) in portcullis_abi::hello_fixtures::CAPTURED {
+            // The same extensions, one of them 40 KiB long in the second: three records.
+            let small = HelloInfo::new(None, &padded(hello, 100));
+            let big = padded(hello, 40 * 1024);
+            let info = HelloInfo::new(None, &in_records(&big, &[16 * 1024, 32 * 1024]));
+            assert_eq!(small.malformed, None, "{name}");
+            assert!(small.fingerprint.is_some(), "{name}");
+            assert_eq!(info.malformed, None, "{name}");
+            assert_eq!(info.fingerprint, small.fingerprint, "{name}");
+            assert_eq!(
+                (
+                    info.offers_tls13,
+                    info.offers_psk,
+                    info.offers_early_data,
+                    info.offers_tls12_ticket
+                ),
+                (
+                    small.offers_tls13,
+                    small.offers_psk,
+                    small.offers_early_data,
+                    small.offers_tls12_ticket
+                ),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_hello_too_long_even_without_unread_bodies_is_judged_on_its_start() {
         use portcullis_abi::hello_fixtures::Hello;
         let mut hello = Hello::valid();
-        // An unknown extension of 40 KiB, then a PSK offer past the parser's reach: in three records.
+        // supported_versions, then a 40 KiB key share (a body the parser reads): in three records.
         hello.tail = portcullis_abi::hello_fixtures::extensions(&[
             (43, portcullis_abi::hello_fixtures::versions(&[0x0304])),
-            (0xfe00, vec![0; 40 * 1024]),
+            (
+                51,
+                portcullis_abi::hello_fixtures::key_share(&[(0x001d, 32), (0x0200, 40 * 1024)]),
+            ),
         ]);
         let record = hello.encode();
         let split = in_records(&record, &[16 * 1024, 32 * 1024]);

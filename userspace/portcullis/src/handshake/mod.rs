@@ -374,10 +374,11 @@ mod tests {
         assert_eq!(segments.len(), 3);
         let (outcome, _) = step_one(segments, 64 * 1024).await;
         assert_eq!(outcome, Ok(wire.len()));
-        // What inspect sees is the reassembled message: not malformed, and the facts of its start.
+        // What inspect sees is the reassembled message, the padding's body left out: whole, fingerprinted.
         let info = HelloInfo::new(None, &wire);
         assert_eq!(info.malformed, None);
         assert!(info.offers_tls13);
+        assert!(info.fingerprint.is_some());
     }
 
     #[tokio::test]
