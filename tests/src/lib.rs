@@ -10,8 +10,10 @@
 //! - [`load`]: runs the `portcullis-load` binary and reads its JSON report.
 //! - [`testbed`]: the XDP end-to-end bed (two namespaces, a veth, pins, PKI, config) the XDP tests share.
 //! - [`bpftool`]: reads the pinned maps with `bpftool`, runs the pinned program on a packet file.
+//! - [`bare_rustls`]: the differential test's reference, a bare rustls server, and the records a server sent.
 //! - [`raw`]: crafted IPv4/TCP packets (floods, malformed first segments) sent through a raw socket.
 
+pub mod bare_rustls;
 pub mod bpffs;
 pub mod bpftool;
 pub mod clients;

@@ -153,6 +153,12 @@ pub struct TlsConfig {
     /// as a `timeout` failure. A duration such as `"10s"` or `"500ms"`. Default: `"10s"`.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// Longest ClientHello accepted, in bytes of the handshake message (its 4-byte header and body; the records
+    /// carrying it may add 5 bytes each). A longer one is refused with a `decode_error` alert and counted as
+    /// `hello_too_large`; it may span any number of records and TCP segments up to this size (RFC 8446 §5.1).
+    /// From 1024 to 65539 (rustls' own limit: a body of 65,535 bytes). Default: 65536 (64 KiB; post-quantum key
+    /// shares make real ones 1.2 to 10 KB).
+    pub max_client_hello_size: usize,
     /// Session tickets: `"fleet"` (keys from `ticket_keys_dir`, shared by every instance), `"per-process"`
     /// (a random key per process: tickets resume only on the instance that issued them), or `"off"` (no
     /// tickets; TLS 1.3 resumes statefully from the session cache). Default: `"fleet"` when
@@ -204,6 +210,7 @@ impl Default for TlsConfig {
             alpn: vec!["http/1.1".to_owned()],
             versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
             handshake_timeout: Duration::from_secs(10),
+            max_client_hello_size: 64 * 1024,
             tickets: None,
             ticket_keys_dir: None,
             ticket_lifetime: Duration::from_secs(6 * 3600),
@@ -383,6 +390,12 @@ impl Config {
                 "must be greater than zero",
             ));
         }
+        if !(1024..=65_539).contains(&self.tls.max_client_hello_size) {
+            return Err(ConfigError::invalid(
+                "tls.max_client_hello_size",
+                "must be from 1024 to 65539 bytes (rustls refuses a longer ClientHello itself)",
+            ));
+        }
         if self.tls.ticket_mode() == TicketMode::Fleet && self.tls.ticket_keys_dir.is_none() {
             return Err(ConfigError::invalid(
                 "tls.ticket_keys_dir",
@@ -545,6 +558,14 @@ mod tests {
             ("[tls]\nversions = []", "tls.versions"),
             ("[tls]\nalpn = [\"\"]", "tls.alpn[0]"),
             ("[tls]\nhandshake_timeout = \"0s\"", "tls.handshake_timeout"),
+            (
+                "[tls]\nmax_client_hello_size = 1023",
+                "tls.max_client_hello_size",
+            ),
+            (
+                "[tls]\nmax_client_hello_size = 65540",
+                "tls.max_client_hello_size",
+            ),
             (
                 "[upstream]\nconnect_timeout = \"0s\"",
                 "upstream.connect_timeout",

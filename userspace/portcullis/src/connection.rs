@@ -28,6 +28,8 @@ pub struct ListenerContext {
     pub metrics: ListenerMetrics,
     /// `tls.handshake_timeout`.
     pub handshake_timeout: std::time::Duration,
+    /// `tls.max_client_hello_size`, in bytes.
+    pub max_client_hello_size: usize,
     /// Send a PROXY v2 header upstream.
     pub proxy_protocol: bool,
     /// `upstream.idle_timeout`.
@@ -61,9 +63,14 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::run(&tcp, &ctx.tls, &ctx.certs, &*ctx.engine, |hello| {
-            count_offers(m, hello)
-        }),
+        handshake::run(
+            &tcp,
+            &ctx.tls,
+            &ctx.certs,
+            &*ctx.engine,
+            ctx.max_client_hello_size,
+            |hello| count_offers(m, hello),
+        ),
     )
     .await;
     let mut est = match outcome {
@@ -170,9 +177,15 @@ async fn first_client_bytes(
     loop {
         // Check before reading: the request often arrives with the client's Finished, in which case it is already
         // decrypted and waiting in rustls (reading first would wait for bytes the client will never send).
-        let state = conn
-            .process_new_packets()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let state = match conn.process_new_packets() {
+            Ok(state) => state,
+            Err(e) => {
+                // rustls queued the alert describing the error (e.g. unexpected_message for a
+                // ChangeCipherSpec after the client's Finished): send it with anything still queued before it.
+                let _ = crate::tls_io::flush(tcp, conn).await;
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+        };
         if state.plaintext_bytes_to_read() > 0 {
             return Ok(true);
         }

@@ -205,6 +205,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 upstreams: upstreams.clone(),
                 metrics: metrics.listener(&config.listener_name(i)),
                 handshake_timeout: config.tls.handshake_timeout,
+                max_client_hello_size: config.tls.max_client_hello_size,
                 proxy_protocol: config.upstream.proxy_protocol,
                 idle_timeout: config.upstream.idle_timeout,
                 lazy_connect: config.upstream.lazy_connect,

@@ -11,6 +11,8 @@ pub enum Failure {
     NotTls,
     /// The client violated the protocol after a valid start.
     ProtocolError,
+    /// The first handshake message is longer than `tls.max_client_hello_size` (answered with `decode_error`).
+    HelloTooLarge,
     /// No common protocol version, cipher suite, key exchange group or ALPN protocol.
     Incompatible,
     /// The client sent a fatal alert (often: it does not trust our certificate).
@@ -31,6 +33,7 @@ impl Failure {
             Self::ClientClosed => "client_closed",
             Self::NotTls => "not_tls",
             Self::ProtocolError => "protocol_error",
+            Self::HelloTooLarge => "hello_too_large",
             Self::Incompatible => "incompatible",
             Self::ClientAlert => "client_alert",
             Self::Io => "io_error",

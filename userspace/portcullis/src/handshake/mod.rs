@@ -13,6 +13,7 @@ pub mod class;
 pub mod engine;
 pub mod failure;
 pub mod inspect;
+pub mod refusal;
 pub mod stages;
 
 use std::sync::Arc;
@@ -29,10 +30,6 @@ use engine::{EngineError, HandshakeEngine, Job};
 use failure::Failure;
 use inspect::HelloInfo;
 use stages::StageClock;
-
-/// Most bytes of the client's first flight kept for our own parse: a full ClientHello record (2^14 bytes of
-/// payload plus its header), more than any real one (post-quantum ones are ~1.2-1.9 KB).
-const MAX_RAW_HELLO: usize = 16 * 1024 + 5;
 
 /// A finished handshake.
 pub struct Established {
@@ -67,17 +64,18 @@ impl HandshakeError {
 }
 
 /// Runs the whole handshake on `tcp`. `certs` is the certificate choice inside `config`, asked for the key type
-/// to classify the handshake. `on_hello` sees every inspected ClientHello, before the expensive step,
+/// to classify the handshake. `max_hello` is `tls.max_client_hello_size`: a longer ClientHello is refused. `on_hello` sees every inspected ClientHello, before the expensive step,
 /// whatever the outcome (offers are counted there, so a rate of accepted / offered resumptions is honest).
 pub async fn run(
     tcp: &TcpStream,
     config: &Arc<ServerConfig>,
     certs: &SniResolver,
     engine: &dyn HandshakeEngine,
+    max_hello: usize,
     on_hello: impl FnOnce(&HelloInfo),
 ) -> Result<Established, HandshakeError> {
     let mut stages = StageClock::default();
-    let (accepted, raw) = read_client_hello(tcp, &mut stages).await?;
+    let (accepted, raw) = read_client_hello(tcp, config, max_hello, &mut stages).await?;
     stages.hello();
     let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
     drop(raw);
@@ -133,31 +131,45 @@ pub async fn run(
     })
 }
 
-/// Step 1: read until rustls has a whole ClientHello, keeping the raw bytes for our own parse.
+/// Step 1: read until rustls has a whole ClientHello, however many records and segments it spans, keeping the
+/// raw bytes for our own parse.
+///
+/// rustls reads into its own buffer, as much as its deframer takes (4 KiB at a time), and `accept` runs after
+/// every read, as `Acceptor::read_tls` asks: feeding it a whole socket read before `accept` overran that buffer at
+/// the end of a full first record ("message buffer full"), which refused every ClientHello longer than one record
+/// without an alert (issue 17). A first handshake message declared longer than `max_hello` is refused with
+/// `decode_error` as soon as its header arrives.
 async fn read_client_hello(
     tcp: &TcpStream,
+    config: &Arc<ServerConfig>,
+    max_hello: usize,
     stages: &mut StageClock,
 ) -> Result<(Accepted, Vec<u8>), HandshakeError> {
     let mut acceptor = Acceptor::default();
     let mut raw = Vec::new();
-    let mut buf = [0u8; 4096];
+    let mut restarts = 0;
     loop {
-        let n = loop {
-            match arrival::try_read(tcp, &mut buf) {
-                Ok((n, stamp)) => {
-                    stages.first_read(stamp);
-                    break n;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    tcp.readable()
-                        .await
-                        .map_err(|e| HandshakeError::new(Failure::from_io(&e), e.to_string()))?;
-                }
-                Err(e) => return Err(HandshakeError::new(Failure::from_io(&e), e.to_string())),
-            }
+        let mut source = Recorder {
+            tcp,
+            raw: &mut raw,
+            stages: &mut *stages,
+            called: false,
         };
-        let Some(chunk) = buf.get(..n) else {
-            return Err(HandshakeError::new(Failure::Internal, "read past buffer"));
+        let n = match acceptor.read_tls(&mut source) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tcp.readable()
+                    .await
+                    .map_err(|e| HandshakeError::new(Failure::from_io(&e), e.to_string()))?;
+                continue;
+            }
+            // rustls refused to buffer more before reading: its 64 KiB buffer holds the records' headers too, so
+            // a ClientHello near that size, or one cut into tiny records, fills it. A bare rustls server closes
+            // without an alert there; the RFC 8446 §6 one for a message too long to take is decode_error.
+            Err(e) if !source.called => {
+                return Err(refusal::too_large(tcp, format!("rustls: {e}")));
+            }
+            Err(e) => return Err(HandshakeError::new(Failure::from_io(&e), e.to_string())),
         };
         if n == 0 {
             let failure = if inspect::looks_like_tls(&raw) {
@@ -170,35 +182,89 @@ async fn read_client_hello(
                 "end of stream before a whole ClientHello",
             ));
         }
-        let room = MAX_RAW_HELLO.saturating_sub(raw.len());
-        raw.extend_from_slice(chunk.get(..room.min(n)).unwrap_or_default());
         if !inspect::looks_like_tls(&raw) {
             return Err(HandshakeError::new(
                 Failure::NotTls,
-                "first bytes are not a TLS handshake record",
+                "first bytes are not a TLS record",
             ));
         }
-        let mut rd: &[u8] = chunk;
-        while !rd.is_empty() {
-            if let Err(e) = acceptor.read_tls(&mut rd) {
-                return Err(HandshakeError::new(Failure::ProtocolError, e.to_string()));
-            }
+        if let Some(len) = inspect::first_message_len(&raw)
+            && len > max_hello
+        {
+            return Err(refusal::too_large(
+                tcp,
+                format!(
+                    "first handshake message of {len} bytes, more than tls.max_client_hello_size = {max_hello}"
+                ),
+            ));
         }
         match acceptor.accept() {
             Ok(Some(accepted)) => return Ok((accepted, raw)),
             Ok(None) => {}
-            Err((err, mut alert)) => {
-                let _ = alert.write(&mut tls_io::TcpWrite(tcp));
-                return Err(HandshakeError::new(
-                    Failure::from_rustls(&err),
-                    err.to_string(),
-                ));
+            Err((err, alert)) => {
+                let answer = refusal::replay(config, &raw);
+                if !answer.goes_on() || restarts == MAX_RESTARTS {
+                    return Err(refusal::refuse(tcp, answer, err, alert));
+                }
+                restarts += 1;
+                acceptor = Acceptor::default();
+                if let Some(accepted) = restart(tcp, config, &mut acceptor, &raw)? {
+                    return Ok((accepted, raw));
+                }
             }
         }
     }
 }
 
-/// Step 4: exchange the remaining flights until the handshake completes.
+/// Starts step 1 again on `acceptor` (a new one) from the first handshake record in `raw`: the Acceptor refuses
+/// any record before the ClientHello, where a bare rustls server skips warning alerts and goes on.
+fn restart(
+    tcp: &TcpStream,
+    config: &Arc<ServerConfig>,
+    acceptor: &mut Acceptor,
+    raw: &[u8],
+) -> Result<Option<Accepted>, HandshakeError> {
+    let mut rest = raw
+        .get(inspect::leading_records_end(raw)..)
+        .unwrap_or_default();
+    while !rest.is_empty() {
+        if let Err(e) = acceptor.read_tls(&mut rest) {
+            return Err(HandshakeError::new(Failure::ProtocolError, e.to_string()));
+        }
+    }
+    acceptor.accept().map_err(|(err, alert)| {
+        let answer = refusal::replay(config, raw);
+        refusal::refuse(tcp, answer, err, alert)
+    })
+}
+
+/// How many times step 1 starts again after records a bare rustls server skips before the ClientHello (its
+/// own tolerance ends the connection earlier: 4 warning alerts).
+const MAX_RESTARTS: u32 = 4;
+
+/// The socket as rustls' reader during step 1: records each read's bytes in `raw` and the kernel's receive
+/// stamp in `stages`.
+struct Recorder<'a> {
+    tcp: &'a TcpStream,
+    raw: &'a mut Vec<u8>,
+    stages: &'a mut StageClock,
+    /// rustls called `read` (an error without a call is rustls refusing to buffer more).
+    called: bool,
+}
+
+impl std::io::Read for Recorder<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.called = true;
+        let (n, stamp) = arrival::try_read(self.tcp, buf)?;
+        self.stages.first_read(stamp);
+        self.raw.extend_from_slice(buf.get(..n).unwrap_or_default());
+        Ok(n)
+    }
+}
+
+/// Step 4: exchange the remaining flights until the handshake completes. Bytes the client sent after its
+/// ClientHello may already be in rustls (they came in the same reads): they are processed before waiting for
+/// more, as a bare rustls server does, so an error in them is answered with its alert.
 async fn finish(
     tcp: &TcpStream,
     conn: &mut ServerConnection,
@@ -206,6 +272,14 @@ async fn finish(
 ) -> Result<(), HandshakeError> {
     let io_err = |e: std::io::Error| HandshakeError::new(Failure::from_io(&e), e.to_string());
     loop {
+        if let Err(err) = conn.process_new_packets() {
+            // rustls queued an alert describing the error: send it, then fail.
+            let _ = tls_io::flush(tcp, conn).await;
+            return Err(HandshakeError::new(
+                Failure::from_rustls(&err),
+                err.to_string(),
+            ));
+        }
         tls_io::flush(tcp, conn).await.map_err(io_err)?;
         stages.flight();
         if !conn.is_handshaking() {
@@ -217,13 +291,110 @@ async fn finish(
                 "end of stream during the handshake",
             ));
         }
-        if let Err(err) = conn.process_new_packets() {
-            // rustls queued an alert describing the error: send it, then fail.
-            let _ = tls_io::flush(tcp, conn).await;
-            return Err(HandshakeError::new(
-                Failure::from_rustls(&err),
-                err.to_string(),
-            ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_abi::hello_fixtures::{
+        Hello, alpn, extensions, key_share, sni, u16_list, versions,
+    };
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A TLS 1.3 ClientHello of about `padding` bytes more than usual (an unknown extension), in records of at
+    /// most 2^14 bytes.
+    fn hello_in_records(padding: usize) -> Vec<u8> {
+        let mut hello = Hello::valid();
+        hello.tail = extensions(&[
+            (0, sni("example.com")),
+            (10, u16_list(&[0x001d])),
+            (13, u16_list(&[0x0403, 0x0804])),
+            (16, alpn()),
+            (43, versions(&[0x0304])),
+            (51, key_share(&[(0x001d, 32)])),
+            (0x7777, vec![0x5a; padding]),
+        ]);
+        let record = hello.encode();
+        let mut out = Vec::new();
+        for payload in record[5..].chunks(1 << 14) {
+            out.extend_from_slice(&record[..3]);
+            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            out.extend_from_slice(payload);
         }
+        out
+    }
+
+    /// Sends `segments` (one write each) and runs step 1 on the server side with `max_hello`; returns its
+    /// outcome (the raw bytes' length, or the failure) and what the client received until the server closed.
+    async fn step_one(
+        segments: Vec<Vec<u8>>,
+        max_hello: usize,
+    ) -> (Result<usize, Failure>, Vec<u8>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback test socket");
+        let addr = listener.local_addr().expect("loopback test socket");
+        let client = tokio::spawn(async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr)
+                .await
+                .expect("loopback test socket");
+            tcp.set_nodelay(true).expect("loopback test socket");
+            for segment in segments {
+                if tcp.write_all(&segment).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            let mut answer = Vec::new();
+            let _ = tcp.read_to_end(&mut answer).await;
+            answer
+        });
+        let (server, _) = listener.accept().await.expect("loopback test socket");
+        let config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));
+        let outcome = read_client_hello(
+            &server,
+            &Arc::new(config),
+            max_hello,
+            &mut StageClock::default(),
+        )
+        .await
+        .map(|(_, raw)| raw.len())
+        .map_err(|e| e.failure);
+        drop(server);
+        (outcome, client.await.expect("client task"))
+    }
+
+    #[tokio::test]
+    async fn a_hello_in_three_records_and_segments_is_read_whole() {
+        let wire = hello_in_records(40 * 1024);
+        let segments: Vec<Vec<u8>> = wire.chunks((1 << 14) + 5).map(<[u8]>::to_vec).collect();
+        assert_eq!(segments.len(), 3);
+        let (outcome, _) = step_one(segments, 64 * 1024).await;
+        assert_eq!(outcome, Ok(wire.len()));
+        // What inspect sees is the reassembled message, the padding's body left out: whole, fingerprinted.
+        let info = HelloInfo::new(None, &wire);
+        assert_eq!(info.malformed, None);
+        assert!(info.offers_tls13);
+        assert!(info.fingerprint.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_hello_over_the_limit_gets_decode_error() {
+        let wire = hello_in_records(5000);
+        let (outcome, answer) = step_one(vec![wire], 4096).await;
+        assert_eq!(outcome, Err(Failure::HelloTooLarge));
+        assert_eq!(answer, [21, 3, 3, 0, 2, 2, 50]);
+    }
+
+    #[tokio::test]
+    async fn another_handshake_type_gets_an_alert() {
+        let mut wire = hello_in_records(0);
+        wire[5] = 255;
+        let (outcome, answer) = step_one(vec![wire], 64 * 1024).await;
+        assert_eq!(outcome, Err(Failure::ProtocolError));
+        assert_eq!(answer, [21, 3, 3, 0, 2, 2, 10], "unexpected_message");
     }
 }
