@@ -14,7 +14,7 @@
 //! writes memory. That is what keeps the verification linear: LLVM reloads the parse state from the map value
 //! instead of carrying it over in registers, and the verifier does not track what a map value holds, so every
 //! way the previous step ended reaches the next one in the same state, and the verifier walks the rest once
-//! instead of once per way (≈ 216k instructions; without the barrier, past one million). A fresh lookup of the
+//! instead of once per way (≈ 236k instructions; without the barrier, past one million). A fresh lookup of the
 //! slot per step did the same at the cost of the lookup (2–5% of a parse). This is also why the state lives in a
 //! map value and not on the stack.
 //! Running the steps as one global function each instead cost a call (through the kernel's return thunk) and a
