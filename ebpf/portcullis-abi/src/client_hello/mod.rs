@@ -23,8 +23,10 @@
 //! judged by their headers alone ([`stages::Step::Record`]): a record of another type before the
 //! ClientHello's last byte (a ChangeCipherSpec, an alert, application data), an empty or oversized
 //! record, a record version rustls refuses, or records carrying more than the ClientHello's length
-//! prove it malformed; anything else is `Ok` with `complete == false`, like a ClientHello cut short,
-//! so it gets no fingerprint. Why not reassemble the fields across records: in BPF every read would
+//! prove it malformed; anything else is `Ok` with `complete == false`, like a ClientHello cut short:
+//! judged on what is visible and passed without a fingerprint, since a hash of the visible part would
+//! change with where the client split it (so it could not be blocked), and the XDP program still charges
+//! the source's ClientHello budget for it. Why not reassemble the fields across records: in BPF every read would
 //! have to map its offset across record headers, for ClientHellos that, when legitimate, are split
 //! only past 2^14 bytes and so span TCP segments and are judged on a prefix anyway. Bytes after the
 //! ClientHello's last record (a ChangeCipherSpec, early data) are ignored.
