@@ -1,5 +1,5 @@
 //! Crafted ClientHellos for tests: a builder ([`Hello`]) and one malformed input per
-//! [`Malformed`] reason ([`malformed_cases`]), plus the captured real ClientHellos ([`CAPTURED`]) and a seeded
+//! [`Malformed`] reason ([`malformed_cases`]), ClientHellos spanning records ([`split_cases`]), plus the captured real ClientHellos ([`CAPTURED`]) and a seeded
 //! mutator of them ([`Rng`], [`mutate`]).
 //!
 //! Host only (`user` feature or tests): it allocates. Shared by the parser's host tests
@@ -8,7 +8,9 @@
 
 use alloc::{vec, vec::Vec};
 
-use super::client_hello::{MAX_EXTENSIONS, Malformed, RECORD_HEADER_LEN, group};
+use super::client_hello::{
+    HANDSHAKE_HEADER_LEN, MAX_EXTENSIONS, MAX_RECORD_LEN, Malformed, RECORD_HEADER_LEN, group,
+};
 
 /// The captured ClientHellos of `fixtures/client_hello/` (see its README): name, bytes, and whether
 /// the client offers resumption (a TLS 1.3 PSK or a TLS 1.2 ticket).
@@ -318,6 +320,163 @@ pub fn malformed_cases() -> Vec<(Malformed, Vec<u8>)> {
     longer_record.push(0);
     cases.push((HandshakeLengthMismatch, longer_record));
     cases
+}
+
+/// One row of the table of ClientHellos spanning TLS records (RFC 8446 §5.1), as the first bytes of a connection.
+pub struct SplitCase {
+    /// What the row checks, for failure messages.
+    pub description: &'static str,
+    /// The client's first bytes (a first TCP segment takes at most its first MSS bytes).
+    pub bytes: Vec<u8>,
+    /// `None`: a legal ClientHello (or a prefix of one), to pass; else the reason it must be dropped for.
+    pub malformed: Option<Malformed>,
+}
+
+/// The captured ClientHello `name`.
+pub fn captured(name: &str) -> &'static [u8] {
+    CAPTURED
+        .iter()
+        .find(|c| c.0 == name)
+        .unwrap_or_else(|| panic!("no capture {name}"))
+        .1
+}
+
+/// The handshake message of a ClientHello that fits its first record (the record header and any later records cut
+/// off).
+pub fn handshake_of(hello: &[u8]) -> &[u8] {
+    let len = u32::from_be_bytes([0, hello[6], hello[7], hello[8]]) as usize;
+    &hello[RECORD_HEADER_LEN..RECORD_HEADER_LEN + HANDSHAKE_HEADER_LEN + len]
+}
+
+/// `handshake` in records of version 0x0301 carrying `sizes` bytes each, in order, then the rest (if any) in one
+/// more record.
+pub fn in_records(handshake: &[u8], sizes: &[usize]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut rest = handshake;
+    for size in sizes.iter().copied().chain([usize::MAX]) {
+        if rest.is_empty() {
+            break;
+        }
+        let (part, tail) = rest.split_at(size.min(rest.len()));
+        out.extend_from_slice(&record(22, part));
+        rest = tail;
+    }
+    out
+}
+
+/// A record of content type `kind` (version 0x0303) carrying `payload`.
+pub fn record(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind, 3, if kind == 22 { 1 } else { 3 }];
+    out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The handshake message of the single-record ClientHello `hello` with one more extension, an unknown type carrying
+/// `pad` bytes, as its first (so that a pre_shared_key stays last): `pad + 4` bytes longer.
+fn with_padding_extension(hello: &[u8], pad: usize) -> Vec<u8> {
+    let handshake = handshake_of(hello);
+    // msg_type, length, legacy_version, random, then the session id.
+    let mut at = HANDSHAKE_HEADER_LEN + 2 + 32;
+    at += 1 + usize::from(handshake[at]);
+    at += 2 + usize::from(u16::from_be_bytes([handshake[at], handshake[at + 1]]));
+    at += 1 + usize::from(handshake[at]);
+    // `at` is the extensions block's length.
+    let block = usize::from(u16::from_be_bytes([handshake[at], handshake[at + 1]]));
+    let mut out = handshake[..at].to_vec();
+    out.extend_from_slice(&((block + 4 + pad) as u16).to_be_bytes());
+    out.extend_from_slice(&0xfe77u16.to_be_bytes());
+    out.extend_from_slice(&(pad as u16).to_be_bytes());
+    out.extend(core::iter::repeat_n(0u8, pad));
+    out.extend_from_slice(&handshake[at + 2..]);
+    let body = (out.len() - HANDSHAKE_HEADER_LEN) as u32;
+    out[1..4].copy_from_slice(&body.to_be_bytes()[1..]);
+    out
+}
+
+/// The single-record ClientHello `hello` grown by an unknown extension to `total` handshake bytes (header included)
+/// and framed in records of at most 2^14 bytes, as a TLS stack frames a message that does not fit one: a
+/// ClientHello of `total` bytes in `total.div_ceil(16384)` records. `total` must exceed `hello`'s message by 4.
+pub fn enlarged(hello: &[u8], total: usize) -> Vec<u8> {
+    let pad = total - handshake_of(hello).len() - 4;
+    let message = with_padding_extension(hello, pad);
+    assert_eq!(message.len(), total);
+    in_records(&message, &vec![1 << 14; total / (1 << 14)])
+}
+
+/// A TLS 1.3 ClientHello offering ML-KEM-1024 (group 0x0202, a 1,568-byte key) and SecP384r1MLKEM1024 (0x11ed,
+/// 1,665 bytes) key shares, as post-quantum clients will: 3.3 KB, more than a TCP segment.
+pub fn mlkem1024_hello() -> Vec<u8> {
+    Hello::with_extensions(&[
+        (0, sni("example.com")),
+        (10, u16_list(&[0x0202, 0x11ed, group::X25519])),
+        (13, u16_list(&[0x0403, 0x0804])),
+        (43, versions(&[0x0304])),
+        (51, key_share(&[(0x0202, 1568), (0x11ed, 1665)])),
+    ])
+    .encode()
+}
+
+/// The table of ClientHellos spanning records: legal ones, cut at or after a record boundary or not, pass; the
+/// ones where the records contradict the message (a record of another type before its last byte, lengths that
+/// disagree) are dropped for their reason. Run by the parser's host tests, through the loaded BPF program and in
+/// the differential test of the two.
+#[rustfmt::skip]
+pub fn split_cases() -> Vec<SplitCase> {
+    use Malformed::*;
+    let curl = handshake_of(captured("curl_sni"));
+    let pq = handshake_of(captured("rustls_x25519mlkem768"));
+    let tls12 = handshake_of(captured("openssl_tls12"));
+    let mlkem = mlkem1024_hello();
+    let mlkem = handshake_of(&mlkem);
+    let two = in_records(curl, &[100]);
+    let first = RECORD_HEADER_LEN + 100;
+    let ccs = record(20, &[1]);
+    let alert = record(21, &[2, 10]);
+    let app = record(23, &[0x17; 40]);
+    // The curl ClientHello's first 100 bytes, then `next` in place of the rest.
+    let then = |next: &[u8]| [&two[..first], next].concat();
+    let with_len = |len: usize| {
+        let mut header = record(22, &[])[..3].to_vec();
+        header.extend_from_slice(&(len as u16).to_be_bytes());
+        header
+    };
+    let row = |description, bytes: Vec<u8>, malformed| SplitCase {
+        description,
+        bytes,
+        malformed,
+    };
+    vec![
+        // What a first segment holds of legal ClientHellos spanning records.
+        row("segment ends with the first of two records", two[..first].to_vec(), None),
+        row("segment ends in the second record's header", two[..first + 3].to_vec(), None),
+        row("both records in the segment", two.clone(), None),
+        row("three records", in_records(curl, &[60, 150]), None),
+        row("first record ends inside the handshake header", in_records(curl, &[2]), None),
+        row("one-byte records first", in_records(curl, &[1, 1, 1, 1, 1]), None),
+        row("a record per extension-sized chunk", in_records(curl, &[45, 45, 45, 45, 45, 45]), None),
+        row("TLS 1.2 ClientHello in two records", in_records(tls12, &[80]), None),
+        row("segment ends inside the first record", in_records(curl, &[150])[..90].to_vec(), None),
+        row("then a ChangeCipherSpec and early data after the last byte", [in_records(curl, &[100]), ccs.clone(), app.clone()].concat(), None),
+        row("post-quantum key share across two records", in_records(pq, &[600]), None),
+        row("ML-KEM-1024 key shares across records", in_records(mlkem, &[1000, 1000]), None),
+        row("ML-KEM-1024 key share split at the first record's end", in_records(mlkem, &[200]), None),
+        row("40 KiB ClientHello in three records", enlarged(captured("rustls_x25519"), 40 * 1024), None),
+        row("18 KiB ClientHello in two records", enlarged(captured("curl_sni"), 18 * 1024), None),
+        // Records proving the ClientHello malformed before its last byte.
+        row("ChangeCipherSpec after the first record", then(&ccs), Some(NotHandshakeRecord)),
+        row("alert after the first record", then(&alert), Some(NotHandshakeRecord)),
+        row("application data after the first record", then(&app), Some(NotHandshakeRecord)),
+        row("only the type byte of a ChangeCipherSpec", then(&ccs[..1]), Some(NotHandshakeRecord)),
+        row("ChangeCipherSpec after the second of three", [in_records(&curl[..200], &[100]), ccs.clone()].concat(), Some(NotHandshakeRecord)),
+        row("ChangeCipherSpec after a cut handshake header", [in_records(&curl[..2], &[]), ccs.clone()].concat(), Some(NotHandshakeRecord)),
+        row("empty continuation record", then(&with_len(0)), Some(EmptyRecord)),
+        row("continuation record over 2^14 + 2048", then(&with_len(MAX_RECORD_LEN + 1)), Some(RecordTooLong)),
+        row("continuation record version 2.1", then(&{ let mut r = record(22, &curl[100..]); r[1] = 2; r }), Some(BadRecordVersion)),
+        row("records carry one byte past the ClientHello", then(&record(22, &[&curl[100..], &[0]].concat())), Some(HandshakeLengthMismatch)),
+        row("continuation longer than the ClientHello's rest", then(&with_len(curl.len() - 100 + 1)), Some(HandshakeLengthMismatch)),
+        row("third record one byte past the end", [in_records(&curl[..curl.len() - 50], &[100]), record(22, &[&curl[curl.len() - 50..], &[0]].concat())].concat(), Some(HandshakeLengthMismatch)),
+    ]
 }
 
 /// xorshift64*: a tiny deterministic generator, so a failure reproduces from its seed.

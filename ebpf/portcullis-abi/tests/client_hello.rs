@@ -8,7 +8,8 @@ extern crate alloc;
 mod hello_fixtures;
 
 use hello_fixtures::{
-    Hello, Rng, alpn, key_share, malformed_cases, mutate, psk, sni, u16_list, u16s, vec16, versions,
+    Hello, Rng, alpn, key_share, malformed_cases, mutate, psk, sni, split_cases, u16_list, u16s,
+    vec16, versions,
 };
 use portcullis_abi::client_hello;
 use portcullis_abi::client_hello::{
@@ -526,6 +527,14 @@ fn rustls_accepts(bytes: &[u8]) -> bool {
         if acceptor.read_tls(&mut reader).is_err() {
             return false;
         }
+        // rustls reads at most 4 KiB at a time and takes no more until it has processed them.
+        if !reader.is_empty() {
+            match acceptor.accept() {
+                Ok(None) => {}
+                Ok(Some(_)) => return true,
+                Err(_) => return false,
+            }
+        }
     }
     matches!(acceptor.accept(), Ok(Some(_)))
 }
@@ -814,4 +823,109 @@ fn exactly_the_extension_limit_parses_and_one_more_is_too_many() {
     workspace.want_fingerprint(false);
     let s = client_hello::parse_in(&extensions(limit)[..], &mut workspace).expect("allowed");
     assert!(s.complete && s.extension_count == limit, "{s:?}");
+}
+
+#[test]
+fn client_hellos_spanning_records_pass_and_contradicting_records_are_malformed() {
+    for case in split_cases() {
+        let parsed = parse(&case.bytes);
+        match case.malformed {
+            None => {
+                let s = parsed.unwrap_or_else(|reason| {
+                    panic!(
+                        "{}: legal (RFC 8446 §5.1), called {reason:?}",
+                        case.description
+                    )
+                });
+                assert!(
+                    !s.complete && s.fingerprint.is_none(),
+                    "{}: {s:?}",
+                    case.description
+                );
+                // Every prefix is legal too: a first segment may end anywhere.
+                for len in 0..case.bytes.len().min(2048) {
+                    assert!(
+                        parse(&case.bytes[..len]).is_ok(),
+                        "{}[..{len}] called malformed",
+                        case.description
+                    );
+                }
+                // Whole, rustls takes it (the cases cut short are prefixes of ones it takes).
+                let whole = case.bytes.len() >= hello_bytes_in(&case.bytes);
+                if whole {
+                    assert!(
+                        rustls_accepts(&case.bytes),
+                        "{}: rustls refuses it",
+                        case.description
+                    );
+                }
+            }
+            Some(reason) => {
+                assert_eq!(parsed.map(|_| ()), Err(reason), "{}", case.description);
+                assert!(
+                    !rustls_accepts(&case.bytes),
+                    "{}: rustls takes what we call {reason:?}",
+                    case.description
+                );
+            }
+        }
+    }
+}
+
+/// Bytes from the start of `bytes` to the end of the record that carries a multi-record ClientHello's last byte, as
+/// its record headers say (past the end of `bytes` when it was cut short).
+fn hello_bytes_in(bytes: &[u8]) -> usize {
+    let total =
+        HANDSHAKE_HEADER_LEN + u32::from_be_bytes([0, bytes[6], bytes[7], bytes[8]]) as usize;
+    let (mut at, mut carried) = (0, 0);
+    while carried < total && at + RECORD_HEADER_LEN <= bytes.len() {
+        let len = usize::from(u16::from_be_bytes([bytes[at + 3], bytes[at + 4]]));
+        carried += len;
+        at += RECORD_HEADER_LEN + len;
+    }
+    if carried < total { usize::MAX } else { at }
+}
+
+#[test]
+fn a_segment_ending_with_a_complete_first_record_is_not_malformed() {
+    // The outside conformance run's case (issue 17): the first of two records, whole, and nothing after it.
+    for (name, bytes, _) in hello_fixtures::CAPTURED {
+        let handshake = hello_fixtures::handshake_of(bytes);
+        for first in 1..handshake.len() {
+            let records = hello_fixtures::in_records(handshake, &[first]);
+            for end in [
+                RECORD_HEADER_LEN + first,
+                RECORD_HEADER_LEN + first + 1,
+                records.len(),
+            ] {
+                let s = parse(&records[..end]).unwrap_or_else(|reason| {
+                    panic!("{name} split at {first}, cut at {end}: {reason:?}")
+                });
+                assert!(
+                    s.fragmented && !s.complete,
+                    "{name} split at {first}, cut at {end}: {s:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn records_past_the_walked_ones_are_not_looked_at() {
+    use client_hello::stages::MAX_CONTINUATION_RECORDS;
+    let curl = hello_fixtures::handshake_of(hello_fixtures::captured("curl_sni"));
+    let ccs = hello_fixtures::record(20, &[1]);
+    // One-byte records: the first, then `after` more, then a ChangeCipherSpec before the ClientHello's end.
+    let split = |after: usize| {
+        let records = hello_fixtures::in_records(&curl[..=after], &vec![1; after + 1]);
+        [records, ccs.clone()].concat()
+    };
+    assert_eq!(
+        parse(&split(MAX_CONTINUATION_RECORDS - 1)).map(|_| ()),
+        Err(Malformed::NotHandshakeRecord),
+        "the last record walked"
+    );
+    // A client splitting this finely gains what a TCP segment cut there would: the rest is not judged here.
+    let s = parse(&split(MAX_CONTINUATION_RECORDS)).expect("one record past the walk");
+    assert!(s.fragmented && !s.complete, "{s:?}");
 }

@@ -6,7 +6,8 @@
 //! by tail call), which parses it and judges it ([`after_parse`]): malformed (counted
 //! by reason in [`XDP_MALFORMED`]), over the source's ClientHello budget ([`XDP_HELLO_BUDGET`], resumption offers
 //! cost less), or a blocked fingerprint ([`XDP_BLOCK_FP`]) drops; anything else passes, a ClientHello cut short
-//! included. A retransmission of that segment is judged again (a dropped one is dropped again); any other
+//! or continuing in another record included (charged to the budget, not fingerprinted: see
+//! `portcullis_abi::client_hello`'s "Records"). A retransmission of that segment is judged again (a dropped one is dropped again); any other
 //! segment, a reordered later one included, passes after one lookup. Flows are never deleted: newer SYNs push
 //! them out of their set.
 

@@ -14,7 +14,7 @@
 //! writes memory. That is what keeps the verification linear: LLVM reloads the parse state from the map value
 //! instead of carrying it over in registers, and the verifier does not track what a map value holds, so every
 //! way the previous step ended reaches the next one in the same state, and the verifier walks the rest once
-//! instead of once per way (≈ 216k instructions; without the barrier, past one million). A fresh lookup of the
+//! instead of once per way (≈ 236k instructions; without the barrier, past one million). A fresh lookup of the
 //! slot per step did the same at the cost of the lookup (2–5% of a parse). This is also why the state lives in a
 //! map value and not on the stack.
 //! Running the steps as one global function each instead cost a call (through the kernel's return thunk) and a
@@ -54,6 +54,8 @@ struct Scratch {
     bucket: u32,
     /// The TCP destination port, for the drop log.
     dst_port: u32,
+    /// The parse's final status, passed through memory (see [`portcullis_ch`]).
+    status: i32,
     /// The parser's state between stages.
     workspace: Workspace,
 }
@@ -251,10 +253,16 @@ pub fn portcullis_ch(ctx: XdpContext) -> u32 {
         ctx: ctx.ctx,
         scratch: slot,
     });
-    // The same slot, through the barrier so that the summary is read from it (a second lookup cost 2% of a
-    // ClientHello, paired).
+    // The status through the slot and back behind the barrier: each way the parse ends has a status of its own
+    // (a reason per record after the first, for one), and from each the verifier would walk the verdict and the
+    // finish again; read back from the map value, all reach them in one state.
     // SAFETY: this CPU's slot (see `scratch`), valid for the run; the steps are done with it.
+    unsafe { (*slot).status = status };
+    // The same slot, through the barrier so that the summary and the status are read from it (a second lookup cost
+    // 2% of a ClientHello, paired).
+    // SAFETY: as above.
     let slot = unsafe { &*forget(slot) };
+    let status = slot.status;
     let summary = slot.workspace.summary();
     let judged = Judged {
         status,

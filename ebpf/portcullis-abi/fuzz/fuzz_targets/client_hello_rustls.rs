@@ -37,6 +37,15 @@ fn rustls_accepts(bytes: &[u8]) -> bool {
             Ok(0) | Err(_) => return false,
             Ok(_) => {}
         }
+        // rustls reads at most 4 KiB at a time and takes no more until it has processed them: a ClientHello
+        // spanning records can be longer.
+        if !reader.is_empty() {
+            match acceptor.accept() {
+                Ok(None) => {}
+                Ok(Some(_)) => return true,
+                Err(_) => return false,
+            }
+        }
     }
     matches!(acceptor.accept(), Ok(Some(_)))
 }

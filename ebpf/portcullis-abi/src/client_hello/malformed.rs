@@ -12,21 +12,26 @@ use core::fmt;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Malformed {
     /// The first record's content type is not handshake (22): plaintext HTTP, an SSLv2-style
-    /// hello, or another protocol on the TLS port.
+    /// hello, or another protocol on the TLS port. Or a record after it is of another type
+    /// (ChangeCipherSpec, alert, application data) before the ClientHello's last byte: RFC 8446
+    /// §5.1, "Handshake messages MUST NOT be interleaved with other record types".
     NotHandshakeRecord = 0,
-    /// The record's legacy_record_version is not 0x03XX (SSLv3/TLS), nor one of the few others rustls takes
-    /// (0x0002, and the DTLS versions 0xFEFF, 0xFEFD, 0xFEFC).
+    /// A record's legacy_record_version is not 0x03XX (SSLv3/TLS), nor one of the few others rustls takes
+    /// (0x0002, and the DTLS versions 0xFEFF, 0xFEFD, 0xFEFC): the first record's, or that of a record
+    /// carrying the rest of the ClientHello.
     BadRecordVersion = 1,
-    /// The record is empty; RFC 8446 §5.1 forbids zero-length handshake fragments.
+    /// A record carrying the ClientHello is empty; RFC 8446 §5.1 forbids zero-length handshake
+    /// fragments.
     EmptyRecord = 2,
-    /// The record is longer than [`MAX_RECORD_LEN`](super::MAX_RECORD_LEN).
+    /// A record carrying the ClientHello is longer than [`MAX_RECORD_LEN`](super::MAX_RECORD_LEN).
     RecordTooLong = 3,
     /// The handshake message is not a ClientHello (type 1).
     NotClientHello = 4,
     /// The ClientHello's 24-bit length exceeds [`MAX_HELLO_LEN`](super::MAX_HELLO_LEN).
     HandshakeTooLong = 5,
-    /// The handshake length disagrees with the record (the record carries bytes after the
-    /// ClientHello) or with the ClientHello's own fields (one runs past its end).
+    /// The handshake length disagrees with the records (they carry bytes after the ClientHello,
+    /// in the first record or in the handshake records after it) or with the ClientHello's own
+    /// fields (one runs past its end).
     HandshakeLengthMismatch = 6,
     /// legacy_version's major byte is not 3: not a TLS or SSLv3 version.
     BadLegacyVersion = 7,
@@ -148,15 +153,15 @@ impl Malformed {
     pub const fn description(self) -> &'static str {
         match self {
             Self::NotHandshakeRecord => {
-                "first TLS record is not a handshake record (content type 22)"
+                "a TLS record carrying the ClientHello is not a handshake record (content type 22)"
             }
-            Self::BadRecordVersion => "TLS record version is not 3.x",
+            Self::BadRecordVersion => "TLS record version is not 3.x (nor one rustls takes)",
             Self::EmptyRecord => "TLS handshake record has length 0",
             Self::RecordTooLong => "TLS record is longer than 2^14 + 2048 bytes",
             Self::NotClientHello => "first handshake message is not a ClientHello",
             Self::HandshakeTooLong => "ClientHello length exceeds 65535 bytes",
             Self::HandshakeLengthMismatch => {
-                "ClientHello length disagrees with its record or with its own fields"
+                "ClientHello length disagrees with its records or with its own fields"
             }
             Self::BadLegacyVersion => "ClientHello legacy_version is not 3.x",
             Self::SessionIdTooLong => "ClientHello legacy_session_id is longer than 32 bytes",

@@ -15,8 +15,21 @@
 //! does: a ClientHello whose record was split across TCP segments (post-quantum key shares make
 //! real ones 1.2–1.9 KB) yields `Ok` with `complete == false`, even for zero bytes, and
 //! [`ClientHelloSummary::needs_more_bytes`] tells the caller that more bytes would help.
-//! Bytes after the first record (a second record, early data) are ignored; a ClientHello that
-//! continues into a second record is reported as `fragmented` and judged on the first record.
+//!
+//! # Records
+//! A ClientHello may span records (RFC 8446 §5.1), and the TCP segment being judged may end at, or
+//! after, any of their boundaries. Its fields are parsed in the first record only; when that record
+//! ends first, the ClientHello is reported as `fragmented`, and the records after it that arrived are
+//! judged by their headers alone ([`stages::Step::Record`]): a record of another type before the
+//! ClientHello's last byte (a ChangeCipherSpec, an alert, application data), an empty or oversized
+//! record, a record version rustls refuses, or records carrying more than the ClientHello's length
+//! prove it malformed; anything else is `Ok` with `complete == false`, like a ClientHello cut short:
+//! judged on what is visible and passed without a fingerprint, since a hash of the visible part would
+//! change with where the client split it (so it could not be blocked), and the XDP program still charges
+//! the source's ClientHello budget for it. Why not reassemble the fields across records: in BPF every read would
+//! have to map its offset across record headers, for ClientHellos that, when legitimate, are split
+//! only past 2^14 bytes and so span TCP segments and are judged on a prefix anyway. Bytes after the
+//! ClientHello's last record (a ChangeCipherSpec, early data) are ignored.
 //!
 //! # Choices
 //! - Any legacy_record_version 0x03XX is accepted, 0x0300 and 0x0304+ included: RFC 5246
@@ -137,6 +150,12 @@ pub struct Workspace {
     seen: u64,
     /// How the extension walk ended: a [`stages`] status ([`stages::CONTINUE`] while walking).
     walk_status: i32,
+    /// Where the next record after the first starts, from the start of the input; 0 before
+    /// [`stages::Step::Record`] looked at any.
+    next_record: usize,
+    /// Handshake bytes the records walked so far carry, counted from the start of the input as if
+    /// they were all in the first record (which [`Workspace::hello_end`] counts the same way).
+    carried: usize,
     /// Whether the parse computes the fingerprint; kept across the reset at [`stages::Step::Head`].
     fingerprint_wanted: bool,
 }
@@ -154,6 +173,8 @@ impl Workspace {
         extensions_start: 0,
         seen: 0,
         walk_status: stages::CONTINUE,
+        next_record: 0,
+        carried: 0,
         fingerprint_wanted: true,
     };
 

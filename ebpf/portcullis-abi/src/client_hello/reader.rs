@@ -36,7 +36,7 @@ impl HelloBytes for [u8] {
     }
 }
 
-/// The first `len` bytes of another input (the parser ignores bytes after the first record).
+/// The first `len` bytes of another input (the parser reads the fields of the first record only).
 pub(super) struct Prefix<'a, I: HelloBytes + ?Sized> {
     /// The whole input.
     pub(super) inner: &'a I,

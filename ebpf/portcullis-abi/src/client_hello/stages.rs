@@ -5,7 +5,8 @@
 //! [`EXTENSIONS_PER_STEP`] per step); the two list extensions (supported_versions and key_share, in wire
 //! order), the second with the checks that need the whole ClientHello; then, for a complete ClientHello whose
 //! fingerprint is computed, the three that hash it: the cipher suites, the extension types (a second walk of
-//! the block, which by then is known to be well framed), the supported_groups. The parse proper knows nothing
+//! the block, which by then is known to be well framed), the supported_groups; and, when the parse of the first record
+//! stopped short, [`Step::Record`] for each record after it, which reads its header. The parse proper knows nothing
 //! of the fingerprint, so a ClientHello that is not fingerprinted pays nothing for it; one that is pays a
 //! second walk of its extension headers. [`HASH`] asks for the fingerprint steps, and [`Stages::hash_wanted`]
 //! may still decline them (the XDP program does when no blocked fingerprint has the ClientHello's
@@ -78,7 +79,20 @@ pub enum Step {
     ExtensionTypes,
     /// The supported_groups list into the fingerprint, which it finishes; [`DONE`].
     Groups,
+    /// Run when the parse of the first record stopped short, once per record after it: if the first record fully
+    /// arrived (the ClientHello goes on in the next one, RFC 8446 §5.1), the header of the next record: it must be
+    /// a non-empty handshake record of a version rustls takes and at most [`MAX_RECORD_LEN`] long, and the records
+    /// must not carry more than the ClientHello's length. Their contents are not parsed (see the `client_hello`
+    /// module docs). [`CONTINUE`] when another record may follow, [`TRUNCATED`] when the walk is over (the input
+    /// or the ClientHello ended), or a malformation. A step per record, like the extensions, so that the verifier
+    /// walks one record from what it knows of the workspace, not each record once per way the one before ended.
+    Record,
 }
+
+/// Records after the first that [`Step::Record`] looks at. A legitimate client splits a ClientHello only past 2^14
+/// bytes, into two to four records, so a segment shows at most two of them; in the XDP program's 4 KiB payload a
+/// client splitting finer has records after these that are not looked at (judged on the ones before).
+pub const MAX_CONTINUATION_RECORDS: usize = 8;
 
 /// Runs the steps of one parse; the BPF program implements it with a compiler barrier before each step.
 pub trait Stages {
@@ -93,9 +107,26 @@ pub trait Stages {
 }
 
 /// Runs every stage of one parse and returns the final status: [`DONE`], [`TRUNCATED`] or a
-/// malformation.
+/// malformation. A parse of the first record that stops short ends with [`Step::Record`] for each record after it.
 #[inline(always)]
 pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
+    let status = first_record(stages);
+    if status != TRUNCATED {
+        return status;
+    }
+    for _ in 0..MAX_CONTINUATION_RECORDS {
+        let status = stages.run(Step::Record);
+        if status != CONTINUE {
+            return status;
+        }
+    }
+    // Records not looked at may follow: judged on those before, as a ClientHello cut short.
+    TRUNCATED
+}
+
+/// The steps that parse the ClientHello in the first record.
+#[inline(always)]
+fn first_record<S: Stages + ?Sized>(stages: &mut S) -> i32 {
     let status = stages.run(Step::Head);
     if status != CONTINUE {
         return status;
@@ -132,6 +163,15 @@ pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
 /// Runs one step of the parse of `input` in `workspace`.
 #[inline(always)]
 pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Workspace) -> i32 {
+    if step == Step::Record {
+        // Reads past the first record: the whole input.
+        return match record(input, workspace) {
+            Ok(()) => CONTINUE,
+            Err(Halt::Malformed(reason)) => MALFORMED_BASE + reason as i32,
+            // Not parsed whole, wherever the walk ended: judged as a ClientHello cut short.
+            Err(Halt::Truncated) => TRUNCATED,
+        };
+    }
     if step == Step::Head {
         let fingerprint_wanted = workspace.fingerprint_wanted;
         *workspace = Workspace::NEW;
@@ -177,6 +217,8 @@ pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Worksp
             Ok(()) => DONE,
             Err(halt) => status(Err(halt)),
         },
+        // Handled above, on the whole input.
+        Step::Record => TRUNCATED,
     }
 }
 
@@ -206,7 +248,7 @@ pub fn outcome<I: HelloBytes + ?Sized>(
     }
     if status == TRUNCATED {
         // Stopping at the end of a record that fully arrived means the ClientHello goes on in the
-        // next record, which this parser does not read.
+        // next record, whose contents this parser does not read.
         let record_end = RECORD_HEADER_LEN + usize::from(summary.record_len);
         summary.fragmented = summary.record_len != 0 && input.arrived() >= record_end;
     }
@@ -218,6 +260,65 @@ pub fn outcome<I: HelloBytes + ?Sized>(
 /// drop handshakes the daemon accepts (the differential fuzz target found 0x0002). No TLS client sends them: RFC
 /// 8446 §5.1 has 0x0301 or 0x0303, and says the field "MUST be ignored for all purposes".
 const RUSTLS_RECORD_VERSIONS: [u16; 4] = [0x0002, 0xfeff, 0xfefd, 0xfefc];
+
+/// Whether rustls' record layer takes a record of `version` (0x03XX or one of [`RUSTLS_RECORD_VERSIONS`]).
+#[inline(always)]
+fn record_version_taken(version: u16) -> bool {
+    version >> 8 == 3 || RUSTLS_RECORD_VERSIONS.contains(&version)
+}
+
+/// [`Step::Record`]: `Ok` when the next record's header was read and found right, [`Halt::Truncated`] when there is
+/// none to read (the input or the ClientHello ended), else why it proves the ClientHello malformed.
+fn record<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Result<(), Halt> {
+    let record_end = workspace.record_end;
+    if workspace.next_record == 0 {
+        // Nothing follows a first record that did not fully arrive (or whose header did not).
+        if record_end == 0 || input.arrived() < record_end {
+            return Err(Halt::Truncated);
+        }
+        workspace.next_record = record_end;
+        workspace.carried = record_end;
+    }
+    // Where the record starts in the input, and the handshake bytes carried so far in the first record's
+    // coordinates, where each record's payload continues the one before.
+    let at = workspace.next_record;
+    let carried = workspace.carried;
+    // The ClientHello's end in those coordinates; unknown (0) when the first record ended inside the handshake
+    // header, and then unbounded here.
+    let hello_end = match workspace.hello_end {
+        0 => usize::MAX,
+        end => end,
+    };
+    // The ClientHello ends here: what follows (early data, a ChangeCipherSpec) is not its business.
+    if carried >= hello_end {
+        return Err(Halt::Truncated);
+    }
+    // A fixed-size header: its reader cannot overrun, the reason is unused.
+    let mut header = Reader::new(at, at + RECORD_HEADER_LEN, Malformed::NotHandshakeRecord);
+    // RFC 8446 §5.1: "Handshake messages MUST NOT be interleaved with other record types". Checked on the type
+    // byte alone, like the first record's.
+    if header.u8(input)? != CONTENT_TYPE_HANDSHAKE {
+        return Err(Malformed::NotHandshakeRecord.into());
+    }
+    if !record_version_taken(header.u16(input)?) {
+        return Err(Malformed::BadRecordVersion.into());
+    }
+    let len = usize::from(header.u16(input)?);
+    if len == 0 {
+        return Err(Malformed::EmptyRecord.into());
+    }
+    if len > MAX_RECORD_LEN {
+        return Err(Malformed::RecordTooLong.into());
+    }
+    // Record bytes past the ClientHello: a wrong length, as in the first record (the client sends nothing after
+    // its ClientHello until the server answers, but records of other types).
+    if len > hello_end - carried {
+        return Err(Malformed::HandshakeLengthMismatch.into());
+    }
+    workspace.carried = carried + len;
+    workspace.next_record = at + RECORD_HEADER_LEN + len;
+    Ok(())
+}
 
 /// The status of a stage's result.
 #[inline(always)]
@@ -270,7 +371,7 @@ fn head_into<I: HelloBytes + ?Sized>(input: &I, workspace: &mut Workspace) -> Re
         return Err(Malformed::NotHandshakeRecord.into());
     }
     let record_version = record.u16(input)?;
-    if record_version >> 8 != 3 && !RUSTLS_RECORD_VERSIONS.contains(&record_version) {
+    if !record_version_taken(record_version) {
         return Err(Malformed::BadRecordVersion.into());
     }
     summary.record_version = record_version;

@@ -71,8 +71,9 @@ pub struct ClientHelloSummary {
     /// The whole ClientHello was present and parsed; every field below is final.
     pub complete: bool,
     /// The ClientHello continues in a second TLS record (RFC 8446 §5.1 allows handshake
-    /// fragmentation; DPI-evasion tools use it). Only the first record was judged, and more
-    /// bytes will not change that.
+    /// fragmentation; ClientHellos over 2^14 bytes need it, DPI-evasion tools use it). Its fields
+    /// were judged in the first record, the records after it by their headers (see the
+    /// `client_hello` module docs), and more bytes will not change that.
     pub fragmented: bool,
     /// The field in which the input or the first record ended; [`Stage::Done`] when complete.
     pub stage: Stage,
