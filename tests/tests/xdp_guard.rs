@@ -527,9 +527,8 @@ fn client_hellos_spanning_records_pass_native_xdp() {
     daemon.stop_ok();
 }
 
-/// Issue 17's acceptance: a ClientHello of 40 KiB in three records, over native XDP, is answered. Needs the
-/// userspace half of issue 17 (the handshake reads ClientHellos over several records): until then the daemon
-/// resets the connection after XDP passed it.
+/// Issue 17's acceptance: a ClientHello of 40 KiB in three records, over native XDP, is answered (XDP passes it,
+/// the handshake reads it across the records).
 #[test]
 fn a_40_kib_client_hello_in_three_records_is_answered_over_xdp() {
     if !require_root("a_40_kib_client_hello_in_three_records_is_answered_over_xdp") {
