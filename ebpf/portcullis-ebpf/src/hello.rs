@@ -10,7 +10,7 @@
 //! (`BENCHMARKS.md`). The ClientHello program finishes the packet itself: verdict, counters, drop log, action.
 //!
 //! In it the parser's [`stages`] run one after another on this CPU's slot of [`XDP_HELLO_WS`], and each
-//! begins by passing the slot's pointer through [`forget`], an `asm!` register move LLVM must assume reads and
+//! begins by passing the slot's pointer through `barrier::forget`, an `asm!` register move LLVM must assume reads and
 //! writes memory. That is what keeps the verification linear: LLVM reloads the parse state from the map value
 //! instead of carrying it over in registers, and the verifier does not track what a map value holds, so every
 //! way the previous step ended reaches the next one in the same state, and the verifier walks the rest once
@@ -37,6 +37,11 @@ use portcullis_abi::{
     },
     verdict::Verdict,
 };
+
+use crate::barrier::{forget, opaque};
+use crate::config::config;
+use crate::finish::finish;
+use crate::judge;
 
 /// Most payload bytes judged, a power of two: reads mask their offset with `PAYLOAD - 1` for the verifier. A first
 /// segment at Ethernet MTU holds at most 1,460; the program is not frags-aware, so the kernel hands it linear
@@ -158,20 +163,6 @@ unsafe fn load<const N: usize>(at: usize) -> [u8; N] {
     unsafe { core::ptr::read_unaligned(at as *const [u8; N]) }
 }
 
-/// `x`, through a register move LLVM cannot see into. Here, so that it cannot rewrite the comparison of `at + N`
-/// with `data_end`: its `at + 1 > end` becomes `at >= end`, from which the verifier learns no readable range;
-/// `main.rs`'s drop sampler passes its context pointer through it too. (An empty `asm!` gives two line-info records
-/// one instruction, which the kernel refuses.)
-#[inline(always)]
-pub(crate) fn opaque(mut x: usize) -> usize {
-    // SAFETY: one register move of `x` to itself; no memory, stack or flags touched.
-    #[cfg(target_arch = "bpf")]
-    unsafe {
-        core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack, preserves_flags));
-    }
-    x
-}
-
 /// Runs one step on `scratch`; see the module docs for why it goes through [`forget`] first.
 #[inline(always)]
 fn run(ctx: *mut xdp_md, scratch: *mut Scratch, step: Step) -> i32 {
@@ -185,19 +176,6 @@ fn run(ctx: *mut xdp_md, scratch: *mut Scratch, step: Step) -> i32 {
         len: scratch.len,
     };
     stages::run(step, &payload, &mut scratch.workspace)
-}
-
-/// `scratch`, through a register move that LLVM must assume reads and writes memory: what it knew of the
-/// scratch's contents is forgotten and reloaded.
-#[inline(always)]
-fn forget(mut scratch: *mut Scratch) -> *mut Scratch {
-    // SAFETY: one register move of the pointer to itself; no stack or flags touched. Without `nomem`, LLVM
-    // assumes the move may read and write any memory the pointer reaches.
-    #[cfg(target_arch = "bpf")]
-    unsafe {
-        core::arch::asm!("{0} = {0}", inout(reg) scratch, options(nostack, preserves_flags));
-    }
-    scratch
 }
 
 /// The steps run in place, one after another, each forgetting what the one before left in registers.
@@ -217,7 +195,7 @@ impl Stages for InPlace {
     fn hash_wanted(&mut self) -> bool {
         // SAFETY: this CPU's slot (see `scratch`), valid for the run.
         let scratch = unsafe { &*forget(self.scratch) };
-        crate::flow::shape_blocked(scratch.workspace.shape())
+        judge::shape_blocked(scratch.workspace.shape())
     }
 }
 
@@ -235,7 +213,7 @@ pub fn judge_by_tail_call(ctx: &XdpContext) {
 }
 
 /// The ClientHello program: parses the TCP payload [`start`] described in this CPU's scratch, decides the packet's
-/// verdict ([`crate::flow::after_parse`]) and finishes it as the main program would have ([`crate::finish`]). Its
+/// verdict ([`crate::judge::after_parse`]) and finishes it as the main program would have ([`crate::finish::finish`]). Its
 /// name must match `portcullis_abi::names::PROG_XDP_HELLO`.
 ///
 /// A program of its own, entered by a tail call, rather than a function the main program calls: a tail call is a
@@ -244,9 +222,9 @@ pub fn judge_by_tail_call(ctx: &XdpContext) {
 /// verifier checks it from its own entry, once, as it did the global function the parse was before.
 #[xdp]
 pub fn portcullis_ch(ctx: XdpContext) -> u32 {
-    let config = crate::config();
+    let config = config();
     let Some(slot) = scratch() else {
-        return crate::finish(&ctx, config, Verdict::PassListenerTcp, 0, false);
+        return finish(&ctx, config, Verdict::PassListenerTcp, 0, false);
     };
     let slot: *mut Scratch = slot;
     let status = stages::drive(&mut InPlace {
@@ -264,7 +242,7 @@ pub fn portcullis_ch(ctx: XdpContext) -> u32 {
     let slot = unsafe { &*forget(slot) };
     let status = slot.status;
     let summary = slot.workspace.summary();
-    let judged = Judged {
+    let judged = judge::Judged {
         status,
         resumption: summary.offers_psk || summary.tls12_ticket,
         fingerprints: match summary.fingerprint {
@@ -275,21 +253,8 @@ pub fn portcullis_ch(ctx: XdpContext) -> u32 {
     };
     let bucket = (slot.bucket != NO_BUCKET).then_some(slot.bucket);
     let dst_port = slot.dst_port as u16;
-    let verdict = crate::flow::after_parse(&judged, bucket, config);
-    crate::finish(&ctx, config, verdict, dst_port, false)
-}
-
-/// What the verdict needs from one parse.
-#[derive(Clone, Copy)]
-pub struct Judged {
-    /// The final [`stages`] status: [`stages::DONE`], [`stages::TRUNCATED`] or a malformation.
-    pub status: i32,
-    /// A TLS 1.3 PSK or TLS 1.2 ticket offer was seen (a resumption: cheap to serve).
-    pub resumption: bool,
-    /// Both fingerprints, when the whole ClientHello was present and they were asked for.
-    pub fingerprints: Option<[u64; 2]>,
-    /// Their shape, which files them in the blocklist's index (`fp_shapes`).
-    pub shape: u16,
+    let verdict = judge::after_parse(&judged, bucket, config);
+    finish(&ctx, config, verdict, dst_port, false)
 }
 
 /// Describes the TCP payload at `offset` (declared `len` bytes) of the packet in this CPU's scratch for

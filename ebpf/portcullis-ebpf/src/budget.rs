@@ -1,0 +1,46 @@
+//! Per-source budgets' shared parts: the slot of a source in a budget table (a keyed hash of its prefix) and the
+//! budgets' clock. The SYN budget lives in `main.rs`, the ClientHello budget in `judge.rs`.
+
+use aya_ebpf::{
+    btf_maps::Array,
+    helpers::generated::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    macros::btf_map,
+};
+use portcullis_abi::{
+    limits::{BUDGET_SLOTS, BudgetSlot, SourceKey, budget_slot, source_key},
+    packet::Classification,
+    xdp_config::{XdpConfig, clock_ns},
+};
+
+/// The key of the budget tables' slot hash, written by the daemon; the name must match
+/// `portcullis_abi::names::MAP_XDP_BUDGET_SEED`.
+#[btf_map(name = "xdp_budget_seed")]
+static XDP_BUDGET_SEED: Array<u64, 1> = Array::new();
+
+/// The slot of `packet`'s source (masked to the configured prefix) in `table`, its index, and the source.
+#[inline(always)]
+pub(crate) fn budget(
+    table: &Array<BudgetSlot, BUDGET_SLOTS>,
+    packet: &Classification,
+    config: &XdpConfig,
+) -> Option<(*mut BudgetSlot, u32, SourceKey)> {
+    let source = source_key(&packet.src, config.v4_prefix_len, config.v6_prefix_len);
+    let seed = XDP_BUDGET_SEED.get(0).copied().unwrap_or(0);
+    let index = budget_slot(&source, seed);
+    let slot = table.get_ptr_mut(index)?;
+    Some((slot, index, source))
+}
+
+/// The budgets' clock: CLOCK_MONOTONIC to within a tick (4 ms at HZ=250), plenty for budgets of a few per second.
+/// Read as jiffies when the daemon gave the tick (`XdpConfig::jiffy_ns`): `bpf_jiffies64` becomes one load in
+/// the verifier, where `bpf_ktime_get_coarse_ns` is a helper call (≈ 17 ns of a SYN's 41 with a budget).
+#[inline(always)]
+pub(crate) fn now_ns(config: &XdpConfig) -> u64 {
+    if config.jiffy_ns != 0 {
+        // SAFETY: a helper without arguments.
+        clock_ns(unsafe { bpf_jiffies64() }, config)
+    } else {
+        // SAFETY: a helper without arguments.
+        unsafe { bpf_ktime_get_coarse_ns() }
+    }
+}
