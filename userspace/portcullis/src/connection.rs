@@ -34,6 +34,8 @@ pub struct ListenerContext {
     pub idle_timeout: std::time::Duration,
     /// `upstream.lazy_connect`: connect upstream on the client's first byte.
     pub lazy_connect: bool,
+    /// `mode = "http"`: the HTTP front end serves the connection after the handshake; `None` is `tcp` mode.
+    pub http: Option<Arc<crate::http::HttpContext>>,
 }
 
 impl OnMoved for ListenerMetrics {
@@ -99,6 +101,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     m.stages(est.mode, est.stages.durations(done));
     if let Some(reason) = est.hello.malformed {
         tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
+    }
+    if let Some(http) = &ctx.http {
+        let handshake = done.saturating_duration_since(started);
+        return crate::http::serve(tcp, peer, est, started, handshake, http.clone()).await;
     }
 
     if ctx.lazy_connect {

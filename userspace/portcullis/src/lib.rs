@@ -27,6 +27,7 @@ pub mod connection;
 pub mod daemon;
 pub mod demo_upstream;
 pub mod handshake;
+pub mod http;
 pub mod keys_cli;
 pub mod listener;
 pub mod metrics;
