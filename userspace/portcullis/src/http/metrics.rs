@@ -43,6 +43,17 @@ struct CauseLabels {
     cause: &'static str,
 }
 
+/// Every `cause` of `portcullis_http_upstream_errors_total` (see `proxy.rs`).
+pub const UPSTREAM_ERROR_CAUSES: [&str; 7] = [
+    "refused",
+    "connect_timeout",
+    "connect_other",
+    "handshake",
+    "response_timeout",
+    "response",
+    "no_upstream",
+];
+
 /// The registered families; one per daemon, cloned into each listener.
 #[derive(Clone)]
 pub struct HttpMetrics {
@@ -97,9 +108,16 @@ impl HttpMetrics {
         registry.register(
             "portcullis_http_upstream_errors",
             "Requests answered 502/504 by the proxy, by cause (refused, connect_timeout, connect_other, handshake, \
-             response_timeout, response)",
+             response_timeout, response, no_upstream)",
             upstream_errors.clone(),
         );
+        // Every cause and connection kind exported from the start, at 0: rates and alerts need the series.
+        for cause in UPSTREAM_ERROR_CAUSES {
+            let _ = upstream_errors.get_or_create(&CauseLabels { cause });
+        }
+        for connection in ["reused", "new"] {
+            let _ = upstream_requests.get_or_create(&ConnectionLabels { connection });
+        }
         let access_log_dropped = Counter::default();
         registry.register(
             "portcullis_access_log_dropped",

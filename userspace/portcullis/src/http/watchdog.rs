@@ -20,6 +20,8 @@ pub struct Activity {
     idle_since: AtomicU64,
     /// Track request heads (HTTP/1.1 only: h2 sends frames of its own while idle).
     track_heads: bool,
+    /// Wakes the watchdog when a head starts: its deadline may come before the idle one it sleeps towards.
+    head_began: tokio::sync::Notify,
 }
 
 /// Why the watchdog fired.
@@ -40,6 +42,7 @@ impl Activity {
             head_started: AtomicU64::new(0),
             idle_since: AtomicU64::new(1),
             track_heads,
+            head_began: tokio::sync::Notify::new(),
         }
     }
 
@@ -56,6 +59,7 @@ impl Activity {
             && self.head_started.load(Ordering::Relaxed) == 0
         {
             self.head_started.store(self.now(), Ordering::Relaxed);
+            self.head_began.notify_one();
         }
     }
 
@@ -97,7 +101,10 @@ impl Activity {
                     wait = Duration::from_nanos(due - now);
                 }
             }
-            tokio::time::sleep(wait).await;
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.head_began.notified() => {}
+            }
         }
     }
 }
@@ -129,6 +136,27 @@ mod tests {
             .await;
         assert_eq!(got, Expired::Head);
         assert!(started.elapsed() < Duration::from_secs(11));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_starting_while_idle_times_out_on_its_own_deadline() {
+        let a = std::sync::Arc::new(Activity::new(true));
+        let started = tokio::time::Instant::now();
+        let watch = tokio::spawn({
+            let a = a.clone();
+            async move {
+                a.expired(Duration::from_secs(60), Duration::from_secs(10))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        a.bytes_in();
+        assert_eq!(watch.await.ok(), Some(Expired::Head));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(15) && waited < Duration::from_secs(16),
+            "{waited:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
