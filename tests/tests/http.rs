@@ -640,6 +640,11 @@ fn metrics_with_the_http_families_are_promtool_clean() {
         ),
         1.0
     );
+    // The dashboard's quantiles read the buckets (tests/deploy.rs relies on this test for the name).
+    assert!(
+        m.contains("portcullis_http_first_byte_seconds_bucket{"),
+        "{m}"
+    );
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())

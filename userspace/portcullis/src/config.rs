@@ -696,6 +696,16 @@ mod tests {
             ("workers = 0", "workers"),
             ("[tls]\nversions = []", "tls.versions"),
             ("[tls]\nalpn = [\"\"]", "tls.alpn[0]"),
+            (
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\nmode = \"http\"\n[tls]\nalpn = [\"spdy/3\"]",
+                "tls.alpn[0]",
+            ),
+            ("[http]\nmax_head_bytes = 1024", "http.max_head_bytes"),
+            (
+                "[http]\nheader_read_timeout = \"0s\"",
+                "http.header_read_timeout",
+            ),
+            ("[http]\nh2_stream_window = 1000", "http.h2_stream_window"),
             ("[tls]\nhandshake_timeout = \"0s\"", "tls.handshake_timeout"),
             (
                 "[upstream]\nconnect_timeout = \"0s\"",
