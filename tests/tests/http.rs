@@ -712,3 +712,52 @@ fn sigterm_drains_h1_with_connection_close_and_h2_with_goaway() {
         );
     });
 }
+
+#[test]
+fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
+    let bed = Bed::start("[http]\nidle_timeout = \"1s\"\n");
+    rt().block_on(async {
+        let mut tls = bed.tls(&[b"http/1.1"]).await;
+        tls.write_all(format!("GET /a HTTP/1.1\r\nHost: {NAME}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let answer = read_until(&mut tls, "ok /a\n", Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let idle = Instant::now();
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(10), tls.read(&mut buf)).await;
+        assert!(
+            matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+            "not closed: {closed:?}"
+        );
+        let waited = idle.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+            "closed after {waited:?}"
+        );
+        // h2: a GOAWAY, then the connection ends; the client sees its connection future finish.
+        let tls = bed.tls(&[b"h2"]).await;
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .expect("h2 handshake");
+        let driver = tokio::spawn(conn);
+        let req = Request::get(format!("https://{NAME}/b"))
+            .body(empty())
+            .expect("request");
+        assert_eq!(
+            text(sender.send_request(req).await.expect("response"))
+                .await
+                .1,
+            "ok /b\n"
+        );
+        let idle = Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(10), driver).await;
+        assert!(ended.is_ok(), "h2 connection still open after 10 s idle");
+        assert!(
+            idle.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            idle.elapsed()
+        );
+    });
+}

@@ -54,7 +54,7 @@ struct Answered {
 
 /// Handles one request to the end of its response head; the body streams afterwards.
 pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Reported> {
-    conn.activity.request_started();
+    let in_flight = InFlight::start(conn.activity.clone());
     let started = Instant::now();
     let time = SystemTime::now();
     let protocol = if req.version() == Version::HTTP_2 {
@@ -109,6 +109,7 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
     }
     let status = response.status().as_u16();
     let end = RequestEnd {
+        _in_flight: in_flight,
         conn: conn.clone(),
         time,
         started,
@@ -268,8 +269,26 @@ async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgr
     }
 }
 
+/// A request in flight for the connection's timeouts, until dropped: also when the client cancels it (an h2
+/// stream reset) before its response exists.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.request_started();
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
 /// Logs and counts a request when its response body ends.
 struct RequestEnd {
+    _in_flight: InFlight,
     conn: Arc<ConnInfo>,
     time: SystemTime,
     started: Instant,
@@ -313,6 +332,5 @@ impl OnEnd for RequestEnd {
                 tls: &self.conn.facts,
             });
         }
-        self.conn.activity.request_finished();
     }
 }
