@@ -34,6 +34,10 @@ impl Bed {
     }
 
     fn start_with(more: &str, upstream_override: Option<SocketAddr>) -> Bed {
+        Self::start_mode("http", more, upstream_override)
+    }
+
+    fn start_mode(mode: &str, more: &str, upstream_override: Option<SocketAddr>) -> Bed {
         let dir = TempDir::new("http").expect("tempdir");
         let pki = Pki::generate(dir.path()).expect("pki");
         let upstream = HttpUpstream::start().expect("upstream");
@@ -42,7 +46,7 @@ impl Bed {
             config_toml: Some(format!("{}\n{more}", pki.tls_section(""))),
             args: vec![
                 "--mode".into(),
-                "http".into(),
+                mode.into(),
                 "--upstream".into(),
                 backend.to_string(),
                 "--workers".into(),
@@ -611,6 +615,43 @@ fn access_log_lines_parse_as_json_with_every_field() {
     assert_eq!(
         metric_value(&bed.metrics(), "portcullis_access_log_dropped_total", &[]),
         0.0
+    );
+}
+
+/// Waits until `path` holds at least `lines` lines (the writer thread is asynchronous), at most 10 s.
+fn read_log(path: &std::path::Path, lines: usize) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.lines().count() >= lines || Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn tcp_mode_logs_one_line_per_connection() {
+    let dir = TempDir::new("access-tcp").expect("tempdir");
+    let log = dir.path().join("access.log");
+    let bed = Bed::start_mode(
+        "tcp",
+        &format!("[log]\naccess = {:?}\n", log.display().to_string()),
+        None,
+    );
+    let body = curl(&bed, &["--http1.1"], "/relayed");
+    assert_eq!(body, "ok /relayed\n");
+    let text = read_log(&log, 1);
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    assert_eq!(line["protocol"], "tcp", "{line}");
+    assert_eq!(line["alpn"], "http/1.1", "{line}");
+    assert_eq!(line["upstream"], bed.upstream.addr.to_string());
+    assert!(line["bytes_in"].as_u64().is_some_and(|n| n > 20), "{line}");
+    assert!(line["bytes_out"].as_u64().is_some_and(|n| n > 20), "{line}");
+    assert!(
+        line["tls_version"].is_string() && line["handshake_ms"].is_number(),
+        "{line}"
     );
 }
 

@@ -254,6 +254,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 .map(|p| p.as_bytes().to_vec())
                 .collect();
             Arc::new(ListenerContext {
+                access_log: (mode == ListenerMode::Tcp)
+                    .then(|| access_log.clone())
+                    .flatten(),
                 http,
                 tls: tickets.server_config(&base, &name),
                 certs: resolver.clone(),

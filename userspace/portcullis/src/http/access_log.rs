@@ -18,6 +18,26 @@ use serde_json::json;
 use super::config::AccessLogTarget;
 use super::facts::TlsFacts;
 
+/// One `tcp` mode connection, as logged (a relay has no requests).
+pub struct ConnectionEntry<'a> {
+    /// When the connection was accepted.
+    pub time: SystemTime,
+    /// The listener's name.
+    pub listener: &'a str,
+    /// Client address.
+    pub client: std::net::SocketAddr,
+    /// Bytes from the client to the upstream.
+    pub bytes_in: u64,
+    /// Bytes from the upstream to the client.
+    pub bytes_out: u64,
+    /// Accept to close, seconds.
+    pub duration: f64,
+    /// The upstream chosen.
+    pub upstream: std::net::SocketAddr,
+    /// The connection's TLS facts.
+    pub tls: &'a TlsFacts,
+}
+
 /// Lines that may wait for the writer; beyond this, lines are dropped.
 const QUEUE: usize = 8192;
 
@@ -143,6 +163,35 @@ impl AccessLog {
             "early_data": e.tls.early_data,
         })
         .to_string();
+        self.send(line);
+    }
+
+    /// Queues one line for a `tcp` mode connection (same fields, `protocol` = `tcp`, no request fields).
+    pub fn log_connection(&self, e: &ConnectionEntry<'_>) {
+        let line = json!({
+            "time": humantime::format_rfc3339_millis(e.time).to_string(),
+            "listener": e.listener,
+            "client": e.client.to_string(),
+            "protocol": "tcp",
+            "bytes_in": e.bytes_in,
+            "bytes_out": e.bytes_out,
+            "duration_ms": ms(e.duration),
+            "upstream": e.upstream.to_string(),
+            "tls_version": e.tls.version,
+            "cipher": e.tls.cipher,
+            "alpn": e.tls.alpn,
+            "sni": e.tls.sni,
+            "handshake": e.tls.mode.name(),
+            "resumption": e.tls.resumption,
+            "handshake_ms": ms(e.tls.handshake.as_secs_f64()),
+            "fingerprint": e.tls.fingerprint,
+            "early_data": e.tls.early_data,
+        })
+        .to_string();
+        self.send(line);
+    }
+
+    fn send(&self, line: String) {
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
