@@ -271,7 +271,8 @@ pub struct UpstreamConfig {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Send a PROXY protocol v2 header first on every upstream connection, carrying the client address, the
-    /// SNI (as PP2_TYPE_AUTHORITY) and the negotiated ALPN (PP2_TYPE_ALPN). Default: `false`.
+    /// SNI (as PP2_TYPE_AUTHORITY) and the negotiated ALPN (PP2_TYPE_ALPN). `tcp` listeners only (`http` ones
+    /// send `Forwarded`). Default: `false`.
     pub proxy_protocol: bool,
     /// An established connection on which no byte moves in either direction for this long is closed (as
     /// nginx's stream `proxy_timeout`). A duration. Default: `"10m"`.
