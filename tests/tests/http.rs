@@ -530,27 +530,20 @@ fn access_log_lines_parse_as_json_with_every_field() {
         let (status, _) = text(h1.send_request(get("/plain")).await.expect("response")).await;
         assert_eq!(status, StatusCode::OK);
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.lines().count() >= 2 || Instant::now() > deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let logged = read_log(&log, 2);
     assert!(
-        !text.contains("hunter"),
-        "a secret reached the access log:\n{text}"
+        !logged.contains("hunter"),
+        "a secret reached the access log:\n{logged}"
     );
     assert!(
-        !text.contains("token"),
-        "the query reached the access log:\n{text}"
+        !logged.contains("token"),
+        "the query reached the access log:\n{logged}"
     );
-    let lines: Vec<serde_json::Value> = text
+    let lines: Vec<serde_json::Value> = logged
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
-    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines.len(), 2, "{logged}");
     let fields = [
         "time",
         "listener",
@@ -615,6 +608,39 @@ fn access_log_lines_parse_as_json_with_every_field() {
     assert_eq!(
         metric_value(&bed.metrics(), "portcullis_access_log_dropped_total", &[]),
         0.0
+    );
+
+    // logrotate: the file is moved, SIGUSR1 makes the daemon write to a new one at the old path.
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    bed.daemon
+        .signal(nix::sys::signal::Signal::SIGUSR1)
+        .expect("SIGUSR1");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let runtime = rt();
+    while !log.exists() && Instant::now() < deadline {
+        // The reopen happens before the first line after the signal was handled.
+        runtime.block_on(async {
+            let mut h1 = bed.h1().await;
+            text(
+                h1.send_request(get("/after-rotate"))
+                    .await
+                    .expect("response"),
+            )
+            .await;
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = read_log(&log, 1);
+    assert!(
+        text.contains("/after-rotate"),
+        "new file after SIGUSR1: {text:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&rotated)
+            .map(|t| t.lines().count())
+            .ok(),
+        Some(2)
     );
 }
 
