@@ -141,8 +141,9 @@ impl Inner {
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            // rustls takes what fits under its buffer limit (64 KiB): that limit is the backpressure.
+        // rustls takes what fits under its buffer limit (64 KiB): that limit is the backpressure. A full buffer
+        // flushed completely takes bytes on the second try; if it still takes none, say so (0) rather than spin.
+        for _ in 0..2 {
             let n = self.conn.writer().write(buf)?;
             let flushed = self.poll_flush_tls(cx)?;
             if n > 0 || buf.is_empty() {
@@ -152,6 +153,7 @@ impl Inner {
                 return Poll::Pending;
             }
         }
+        Poll::Ready(Ok(0))
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
