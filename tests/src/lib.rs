@@ -7,6 +7,7 @@
 //! - [`bpffs`]: a per-test pin directory on bpffs.
 //! - [`clients`]: real clients (openssl s_client) run from a test's namespace.
 //! - [`daemon`]: starts the daemon binary, waits for its readiness notification, stops it.
+//! - [`http_upstream`]: an HTTP/1.1 upstream with routes the HTTP tests need (headers, echo, upgrade, slow).
 //! - [`load`]: runs the `portcullis-load` binary and reads its JSON report.
 //! - [`testbed`]: the XDP end-to-end bed (two namespaces, a veth, pins, PKI, config) the XDP tests share.
 //! - [`bpftool`]: reads the pinned maps with `bpftool`, runs the pinned program on a packet file.
@@ -18,6 +19,7 @@ pub mod bpffs;
 pub mod bpftool;
 pub mod clients;
 pub mod daemon;
+pub mod http_upstream;
 pub mod load;
 pub mod netns;
 pub mod pki;

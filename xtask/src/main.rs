@@ -52,10 +52,10 @@ enum Task {
     },
     /// Setup, build, then run the daemon on its defaults (TLS on 127.0.0.1:8443, metrics on 127.0.0.1:9090).
     Run {
-        /// Run the release build.
+        /// Run the debug build (the default is the release build: a debug build's handshakes are ~10x slower).
         #[arg(long)]
-        release: bool,
-        /// Extra arguments for `portcullis run`, after `--`.
+        debug: bool,
+        /// Extra arguments for `portcullis run`, after `--` (without `--mode` or `--config`, `--mode http`).
         #[arg(last = true)]
         daemon_args: Vec<OsString>,
     },
@@ -94,10 +94,9 @@ fn dispatch(task: Task) -> Result<ExitCode> {
     match task {
         Task::Setup { bench } => setup::setup(setup::Options { bench })?,
         Task::Build { release } => drop(build::build(&ws, Profile::from_release_flag(release))?),
-        Task::Run {
-            release,
-            daemon_args,
-        } => run::run(&ws, Profile::from_release_flag(release), &daemon_args)?,
+        Task::Run { debug, daemon_args } => {
+            run::run(&ws, Profile::from_release_flag(!debug), &daemon_args)?
+        }
         Task::Test { test_args } => test::test(&ws, &test_args)?,
         Task::Fuzz { seconds } => fuzz::fuzz(&ws, seconds)?,
         Task::Bench { what } => bench::bench(&ws, what)?,

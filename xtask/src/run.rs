@@ -1,4 +1,5 @@
-//! `cargo xtask run`: set up, build, and replace this process with the daemon on its embedded defaults.
+//! `cargo xtask run`: set up, build (release unless `--debug`), and replace this process with the daemon on its
+//! embedded defaults, in `http` mode in front of the demo upstream unless the arguments choose a mode or config.
 //!
 //! The daemon is started with `exec`, so it keeps this process's pid: Ctrl-C and `kill <pid>` reach it directly,
 //! and its exit status is the status of `cargo xtask run` (cargo and rustup exec their children too).
@@ -12,8 +13,8 @@ use anyhow::{Context as _, Result};
 use crate::workspace::{Profile, Workspace};
 use crate::{build, cmd, env, setup};
 
-/// Runs `portcullis run --state-dir <target>/portcullis-state <daemon_args>` built in `profile`. Only returns on
-/// failure: setup, build, or the exec itself.
+/// Runs `portcullis run --state-dir <target>/portcullis-state [--mode http] <daemon_args>` built in `profile`.
+/// Only returns on failure: setup, build, or the exec itself.
 pub fn run(ws: &Workspace, profile: Profile, daemon_args: &[OsString]) -> Result<()> {
     setup::setup(setup::Options::default())?;
     build::build(ws, profile)?;
@@ -27,11 +28,16 @@ pub fn run(ws: &Workspace, profile: Profile, daemon_args: &[OsString]) -> Result
     let bin = ws.daemon_bin(profile);
     let mut daemon = Command::new(&bin);
     env::forget_cargo_run(&mut daemon);
-    daemon
-        .arg("run")
-        .arg("--state-dir")
-        .arg(&state_dir)
-        .args(daemon_args);
+    daemon.arg("run").arg("--state-dir").arg(&state_dir);
+    let chooses = |flag: &str| {
+        daemon_args
+            .iter()
+            .any(|a| a == flag || a.to_string_lossy().starts_with(&format!("{flag}=")))
+    };
+    if !chooses("--mode") && !chooses("--config") && !chooses("-c") {
+        daemon.args(["--mode", "http"]);
+    }
+    daemon.args(daemon_args);
     eprintln!("+ exec {}", cmd::display(&daemon));
     let err = daemon.exec();
     Err(err).with_context(|| {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{CertificateConfig, Config, ListenerConfig};
+use crate::config::{CertificateConfig, Config, ListenerConfig, ListenerMode};
 use crate::daemon::{self, RunError};
 
 /// portcullis: edge TLS front end.
@@ -74,6 +74,13 @@ struct RunArgs {
     /// Session-ticket key directory shared by the fleet; selects tls.tickets = "fleet".
     #[arg(long = "ticket-keys", value_name = "DIR")]
     ticket_keys: Option<PathBuf>,
+    /// Listener mode (`tcp` byte relay, `http` termination) for the --listen listeners, or for every listener
+    /// without --listen; replaces listeners[].mode.
+    #[arg(long, value_enum, value_name = "MODE")]
+    mode: Option<ListenerMode>,
+    /// Access log: `off`, `stderr` or a file path; replaces log.access.
+    #[arg(long = "access-log", value_name = "off|stderr|PATH")]
+    access_log: Option<String>,
 }
 
 /// Parses arguments, runs, and maps the outcome to an exit code.
@@ -132,8 +139,18 @@ impl RunArgs {
                     name: None,
                     address,
                     backlog: 4096,
+                    mode: ListenerMode::default(),
                 })
                 .collect();
+        }
+        if let Some(mode) = self.mode {
+            config = config.with_defaults();
+            for l in &mut config.listeners {
+                l.mode = mode;
+            }
+        }
+        if let Some(target) = self.access_log {
+            config.log.access = target.into();
         }
         if !self.upstream.is_empty() {
             config.upstream.backends = self.upstream;

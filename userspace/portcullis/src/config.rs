@@ -84,6 +84,10 @@ pub struct Config {
     pub admission: crate::admission::AdmissionConfig,
     /// Reuseport steering of new connections to unsaturated workers (`[steering]`).
     pub steering: crate::steering::SteeringConfig,
+    /// Limits and the upstream pool of `mode = "http"` listeners (`[http]`).
+    pub http: crate::http::HttpConfig,
+    /// The access log (`[log]`).
+    pub log: crate::http::LogConfig,
 }
 
 impl Default for Config {
@@ -101,6 +105,8 @@ impl Default for Config {
             engine: crate::offload::EngineConfig::default(),
             admission: crate::admission::AdmissionConfig::default(),
             steering: crate::steering::SteeringConfig::default(),
+            http: crate::http::HttpConfig::default(),
+            log: crate::http::LogConfig::default(),
         }
     }
 }
@@ -117,6 +123,21 @@ pub struct ListenerConfig {
     /// Listen backlog. Unit: connections. Default: 4096 (the kernel caps it at `net.core.somaxconn`).
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// `"tcp"`: relay the decrypted bytes (optionally after a PROXY v2 header); `"http"`: terminate HTTP/1.1 and
+    /// h2 and proxy requests (`[http]`). Default: `"tcp"`.
+    #[serde(default)]
+    pub mode: ListenerMode,
+}
+
+/// What a listener does with a decrypted connection (`listeners[].mode`, `portcullis run --mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerMode {
+    /// Byte relay to the upstream.
+    #[default]
+    Tcp,
+    /// HTTP/1.1 and h2 termination, HTTP/1.1 to the upstream.
+    Http,
 }
 
 fn default_backlog() -> u32 {
@@ -144,9 +165,10 @@ pub struct TlsConfig {
     /// `127.0.0.1` is generated on first start into `state_dir` and reused afterwards.
     pub certificates: Vec<CertificateConfig>,
     /// ALPN protocols offered, in server preference order. A client offering none of them fails the handshake
-    /// with `no_application_protocol`; a client offering no ALPN at all is accepted. Default: `["http/1.1"]`
-    /// (the built-in demo upstream speaks HTTP/1.1 only; add `"h2"` when the upstream speaks HTTP/2).
-    pub alpn: Vec<String>,
+    /// with `no_application_protocol`; a client offering no ALPN at all is accepted. Default: `["h2", "http/1.1"]`
+    /// on `http` listeners (served by the proxy itself), `["http/1.1"]` on `tcp` listeners (the built-in demo
+    /// upstream speaks HTTP/1.1 only; add `"h2"` when the upstream speaks HTTP/2).
+    pub alpn: Option<Vec<String>>,
     /// Protocol versions enabled. Default: `["1.2", "1.3"]`.
     pub versions: Vec<TlsVersion>,
     /// Time a client has from TCP accept to a finished handshake before the connection is closed and counted
@@ -193,6 +215,15 @@ pub enum TicketMode {
 }
 
 impl TlsConfig {
+    /// The ALPN protocols a listener in `mode` offers: the configured ones, else its mode's default.
+    pub fn alpn_for(&self, mode: ListenerMode) -> Vec<String> {
+        match (&self.alpn, mode) {
+            (Some(list), _) => list.clone(),
+            (None, ListenerMode::Http) => vec!["h2".to_owned(), "http/1.1".to_owned()],
+            (None, ListenerMode::Tcp) => vec!["http/1.1".to_owned()],
+        }
+    }
+
     /// The effective ticket mode: the configured one, else `fleet` with a key dir and `per-process` without.
     pub fn ticket_mode(&self) -> TicketMode {
         match (self.tickets, &self.ticket_keys_dir) {
@@ -207,7 +238,7 @@ impl Default for TlsConfig {
     fn default() -> Self {
         Self {
             certificates: Vec::new(),
-            alpn: vec!["http/1.1".to_owned()],
+            alpn: None,
             versions: vec![TlsVersion::Tls12, TlsVersion::Tls13],
             handshake_timeout: Duration::from_secs(10),
             max_client_hello_size: 64 * 1024,
@@ -245,7 +276,8 @@ pub struct UpstreamConfig {
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Send a PROXY protocol v2 header first on every upstream connection, carrying the client address, the
-    /// SNI (as PP2_TYPE_AUTHORITY) and the negotiated ALPN (PP2_TYPE_ALPN). Default: `false`.
+    /// SNI (as PP2_TYPE_AUTHORITY) and the negotiated ALPN (PP2_TYPE_ALPN). `tcp` listeners only (`http` ones
+    /// send `Forwarded`). Default: `false`.
     pub proxy_protocol: bool,
     /// An established connection on which no byte moves in either direction for this long is closed (as
     /// nginx's stream `proxy_timeout`). A duration. Default: `"10m"`.
@@ -337,6 +369,7 @@ impl Config {
                 name: None,
                 address: parse_const_addr(DEFAULT_LISTEN),
                 backlog: default_backlog(),
+                mode: ListenerMode::default(),
             });
         }
         self
@@ -376,7 +409,7 @@ impl Config {
                 "enable at least one of \"1.2\", \"1.3\"",
             ));
         }
-        for (i, p) in self.tls.alpn.iter().enumerate() {
+        for (i, p) in self.tls.alpn.iter().flatten().enumerate() {
             if p.is_empty() || p.len() > 255 {
                 return Err(ConfigError::invalid(
                     format!("tls.alpn[{i}]"),
@@ -449,6 +482,19 @@ impl Config {
         if let Err((field, reason)) = self.admission.validate() {
             return Err(ConfigError::invalid(field, reason));
         }
+        if let Err((field, reason)) = self.http.validate() {
+            return Err(ConfigError::invalid(field, reason));
+        }
+        if self.listeners.iter().any(|l| l.mode == ListenerMode::Http) {
+            for (i, p) in self.tls.alpn.iter().flatten().enumerate() {
+                if p != "h2" && p != "http/1.1" {
+                    return Err(ConfigError::invalid(
+                        format!("tls.alpn[{i}]"),
+                        "an http listener serves only \"h2\" and \"http/1.1\"",
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -476,7 +522,8 @@ mod tests {
         assert_eq!(c.listeners[0].address.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.metrics.address.to_string(), DEFAULT_METRICS);
         assert_eq!(c.tls.handshake_timeout, Duration::from_secs(10));
-        assert_eq!(c.tls.alpn, vec!["http/1.1".to_owned()]);
+        assert_eq!(c.tls.alpn_for(ListenerMode::Tcp), ["http/1.1"]);
+        assert_eq!(c.tls.alpn_for(ListenerMode::Http), ["h2", "http/1.1"]);
         assert_eq!(c.shutdown.drain_timeout, Duration::from_secs(30));
         assert!(c.xdp.interfaces.is_empty());
         assert!(c.pin_workers);
@@ -557,6 +604,16 @@ mod tests {
             ("workers = 0", "workers"),
             ("[tls]\nversions = []", "tls.versions"),
             ("[tls]\nalpn = [\"\"]", "tls.alpn[0]"),
+            (
+                "[[listeners]]\naddress = \"127.0.0.1:0\"\nmode = \"http\"\n[tls]\nalpn = [\"spdy/3\"]",
+                "tls.alpn[0]",
+            ),
+            ("[http]\nmax_head_bytes = 1024", "http.max_head_bytes"),
+            (
+                "[http]\nheader_read_timeout = \"0s\"",
+                "http.header_read_timeout",
+            ),
+            ("[http]\nh2_stream_window = 1000", "http.h2_stream_window"),
             ("[tls]\nhandshake_timeout = \"0s\"", "tls.handshake_timeout"),
             (
                 "[tls]\nmax_client_hello_size = 1023",

@@ -36,6 +36,10 @@ pub struct ListenerContext {
     pub idle_timeout: std::time::Duration,
     /// `upstream.lazy_connect`: connect upstream on the client's first byte.
     pub lazy_connect: bool,
+    /// `mode = "http"`: the HTTP front end serves the connection after the handshake; `None` is `tcp` mode.
+    pub http: Option<Arc<crate::http::HttpContext>>,
+    /// `tcp` mode's access log (one line per connection), when `[log] access` is on.
+    pub access_log: Option<crate::http::AccessLog>,
 }
 
 impl OnMoved for ListenerMetrics {
@@ -107,6 +111,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     if let Some(reason) = est.hello.malformed {
         tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
     }
+    if let Some(http) = &ctx.http {
+        let handshake = done.saturating_duration_since(started);
+        return crate::http::serve(tcp, peer, est, started, handshake, http.clone()).await;
+    }
 
     if ctx.lazy_connect {
         match tokio::time::timeout(ctx.idle_timeout, first_client_bytes(&tcp, &mut est.conn)).await
@@ -160,11 +168,39 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             return;
         }
     }
-    match relay::relay(&tcp, &mut est.conn, &upstream, m, ctx.idle_timeout).await {
+    // The access log's facts are read before the relay, which keeps the connection.
+    let facts = ctx.access_log.as_ref().map(|_| {
+        crate::http::facts::TlsFacts::new(
+            &est.conn,
+            &est.hello,
+            est.version,
+            est.mode,
+            done.saturating_duration_since(started),
+        )
+    });
+    let moved = match relay::relay(&tcp, &mut est.conn, &upstream, m, ctx.idle_timeout).await {
         Ok(moved) => {
-            tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed")
+            tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed");
+            Some(moved)
         }
-        Err(e) => tracing::debug!(%peer, error = %e, "relay ended with an error"),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "relay ended with an error");
+            None
+        }
+    };
+    if let (Some(log), Some(facts)) = (&ctx.access_log, &facts) {
+        log.log_connection(&crate::http::access_log::ConnectionEntry {
+            time: std::time::SystemTime::now()
+                .checked_sub(started.elapsed())
+                .unwrap_or_else(std::time::SystemTime::now),
+            listener: m.name(),
+            client: peer,
+            bytes_in: moved.as_ref().map_or(0, |m| m.to_upstream),
+            bytes_out: moved.as_ref().map_or(0, |m| m.to_client),
+            duration: started.elapsed().as_secs_f64(),
+            upstream: backend,
+            tls: facts,
+        });
     }
 }
 

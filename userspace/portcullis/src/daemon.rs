@@ -15,7 +15,7 @@ use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::admin_http::{self, Admin};
-use crate::config::Config;
+use crate::config::{Config, ListenerMode};
 use crate::connection::ListenerContext;
 use crate::handshake::engine::{HandshakeEngine, InlineEngine};
 use crate::metrics::Metrics;
@@ -151,6 +151,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         None => None,
     };
     let mut engine = None;
+    let mut http_metrics = None;
     let xdp_attachments = xdp_guard
         .as_ref()
         .map(xdp::XdpGuard::attachments)
@@ -161,6 +162,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         if let Some(s) = &steering {
             registry.register_collector(s.collector());
         }
+        http_metrics = Some(crate::http::HttpMetrics::register(registry));
         engine = Some(offload::setup::build(
             &config.engine,
             &config.admission,
@@ -195,11 +197,53 @@ pub fn run(config: Config) -> Result<(), RunError> {
         }),
     ));
 
+    // The access log of http listeners, reopened on SIGUSR1.
+    let http_metrics = match http_metrics {
+        Some(m) => m,
+        None => unreachable!("Metrics::new_with runs its closure"),
+    };
+    let access_log = crate::http::AccessLog::start(
+        &config.log.access,
+        config.log.log_query,
+        http_metrics.access_log_dropped.clone(),
+    )
+    .map_err(|e| RunError::Config(format!("log.access: {e}")))?;
+    if let Some(log) = &access_log {
+        rt.spawn(log.clone().reopen_on_sigusr1());
+    }
+
     // Workers.
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let contexts: Vec<Arc<ListenerContext>> = (0..config.listeners.len())
         .map(|i| {
+            let mode = config
+                .listeners
+                .get(i)
+                .map_or(ListenerMode::Tcp, |l| l.mode);
+            let name = config.listener_name(i);
+            let http = (mode == ListenerMode::Http).then(|| {
+                Arc::new(crate::http::HttpContext::new(
+                    &name,
+                    config.http.clone(),
+                    upstreams.clone(),
+                    http_metrics.clone(),
+                    access_log.clone(),
+                    phase_rx.clone(),
+                ))
+            });
+            let mut base = (*tls_config).clone();
+            base.alpn_protocols = config
+                .tls
+                .alpn_for(mode)
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect();
             Arc::new(ListenerContext {
-                tls: tickets.server_config(&tls_config, &config.listener_name(i)),
+                access_log: (mode == ListenerMode::Tcp)
+                    .then(|| access_log.clone())
+                    .flatten(),
+                http,
+                tls: tickets.server_config(&base, &name),
                 certs: resolver.clone(),
                 engine: engine.clone(),
                 upstreams: upstreams.clone(),
@@ -212,7 +256,6 @@ pub fn run(config: Config) -> Result<(), RunError> {
             })
         })
         .collect();
-    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let mut handles = Vec::new();
     let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
     for (sockets, ctx) in groups.into_iter().zip(&contexts) {

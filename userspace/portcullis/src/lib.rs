@@ -4,7 +4,8 @@
 //! - [`cli`]: the command line and exit codes; [`config`]: the typed TOML config.
 //! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what SIGTERM and SIGINT do.
 //! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime.
-//! - [`connection`]: one connection from accept to close.
+//! - [`connection`]: one connection from accept to close; [`http`]: `mode = "http"` listeners (HTTP/1.1 and h2
+//!   on hyper, the per-worker upstream pool, access log, request metrics).
 //! - [`offload`]: the QAT-style offload engine (bounded rings on crypto threads); [`admission`]: admission
 //!   control in front of it (cost classes, queue-delay controller, shedding).
 //! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
@@ -28,6 +29,7 @@ pub mod connection;
 pub mod daemon;
 pub mod demo_upstream;
 pub mod handshake;
+pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod notify;

@@ -392,6 +392,11 @@ pub struct ListenerMetrics {
 }
 
 impl ListenerMetrics {
+    /// The listener's name (its `listener` label).
+    pub fn name(&self) -> &str {
+        &self.listener
+    }
+
     /// Counts a finished handshake; `duration` is observed for successful ones.
     pub fn handshake(
         &self,

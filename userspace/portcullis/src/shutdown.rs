@@ -4,6 +4,7 @@
 //!   listening sockets), let open connections finish for up to `shutdown.drain_timeout` (default 30 s), close
 //!   the rest, detach XDP, exit 0. A second SIGTERM or a SIGINT during the drain stops at once.
 //! - **SIGINT** (Ctrl-C): fast stop. Close everything now, detach XDP, exit 0.
+//! - **SIGUSR1**: reopen a file access log (`http::AccessLog::reopen_on_sigusr1`), watched only when it is on.
 //!
 //! In both cases XDP is detached and pins removed before exit, so no program is left attached to an interface
 //! without a daemon behind it.

@@ -61,7 +61,11 @@ pub fn server_config(
         .with_protocol_versions(&versions)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    // The ticketer and session cache are set per listener by `tickets::Tickets::server_config`.
+    config.alpn_protocols = tls
+        .alpn_for(crate::config::ListenerMode::Tcp)
+        .iter()
+        .map(|p| p.as_bytes().to_vec())
+        .collect();
+    // `http` listeners replace the ALPN list (`daemon.rs`); the ticketer and session cache are set per listener by `tickets::Tickets::server_config`.
     Ok(Arc::new(config))
 }

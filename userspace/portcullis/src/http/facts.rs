@@ -1,0 +1,77 @@
+//! TLS facts of a connection, carried to every request on it (access log, metric labels, and the next issue's
+//! 0-RTT decisions).
+
+use std::time::Duration;
+
+use rustls::ServerConnection;
+
+use crate::handshake::inspect::HelloInfo;
+use crate::metrics::{ModeLabel, VersionLabel};
+
+/// What the handshake established, once per connection.
+#[derive(Debug, Clone)]
+pub struct TlsFacts {
+    /// `tls1.3`, `tls1.2`.
+    pub version: &'static str,
+    /// IANA name of the cipher suite, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher: String,
+    /// Negotiated ALPN protocol, if any (`h2`, `http/1.1`).
+    pub alpn: Option<String>,
+    /// Server name the client asked for.
+    pub sni: Option<String>,
+    /// Full or resumed.
+    pub mode: ModeLabel,
+    /// How a resumed handshake resumed: `psk` (TLS 1.3), `ticket` or `session_id` (TLS 1.2); `none` if full.
+    pub resumption: &'static str,
+    /// TCP accept to finished handshake.
+    pub handshake: Duration,
+    /// The ClientHello's unordered fingerprint in hex (what `portcullis xdp block-fingerprint` takes).
+    pub fingerprint: Option<String>,
+    /// Whether the request came in 0-RTT early data (always `false` until 0-RTT is served).
+    pub early_data: bool,
+}
+
+impl TlsFacts {
+    /// Reads the facts of an established connection.
+    pub fn new(
+        conn: &ServerConnection,
+        hello: &HelloInfo,
+        version: VersionLabel,
+        mode: ModeLabel,
+        handshake: Duration,
+    ) -> Self {
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .map(|s| {
+                let suite = s.suite();
+                suite
+                    .as_str()
+                    .map_or_else(|| format!("{suite:?}"), str::to_owned)
+            })
+            .unwrap_or_default();
+        let resumption = match (mode, version) {
+            (ModeLabel::Resumed, VersionLabel::Tls13) => "psk",
+            (ModeLabel::Resumed, _) if hello.offers_tls12_ticket => "ticket",
+            (ModeLabel::Resumed, _) => "session_id",
+            _ => "none",
+        };
+        Self {
+            version: version.name(),
+            cipher,
+            alpn: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            sni: hello.sni.clone(),
+            mode,
+            resumption,
+            handshake,
+            fingerprint: hello.fingerprint.map(|f| format!("{:016x}", f.unordered)),
+            early_data: false,
+        }
+    }
+
+    /// Whether ALPN chose h2.
+    pub fn is_h2(&self) -> bool {
+        self.alpn.as_deref() == Some("h2")
+    }
+}

@@ -1,0 +1,190 @@
+//! `mode = "http"` listeners: HTTP/1.1 and h2 from clients (chosen by ALPN) on hyper, HTTP/1.1 to upstreams over
+//! a per-worker keep-alive pool, per-request TLS facts, the access log and request metrics.
+//!
+//! ```text
+//! handshake::run ─► TlsStream (rustls as AsyncRead/Write) ─► hyper server (h1 | h2 by ALPN) ─► proxy::handle
+//!                    tls_stream.rs                             serve() below                    proxy.rs
+//!   ─► headers.rs (hop-by-hop, Forwarded) ─► pool.rs (per-worker HTTP/1.1 keep-alive) ─► upstream
+//!   ◄─ body.rs (streamed, counted; at its end: metrics.rs, access_log.rs)
+//! ```
+//!
+//! Timeouts: `watchdog.rs` (idle keep-alive; a stalled request head gets 408), `upstream_response_timeout` in
+//! `proxy.rs` (504), the connect timeout in `proxy/upstream.rs` (504). Drain: on SIGTERM `serve` asks hyper for
+//! a graceful shutdown (HTTP/1.1 `Connection: close` on the next response, h2 GOAWAY).
+
+pub mod access_log;
+pub mod body;
+pub mod config;
+pub mod facts;
+pub mod headers;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod tls_stream;
+pub mod watchdog;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::handshake::Established;
+use crate::proxy::upstream::Upstreams;
+use crate::shutdown::Phase;
+pub use access_log::AccessLog;
+pub use config::{AccessLogTarget, HttpConfig, LogConfig};
+use facts::TlsFacts;
+pub use metrics::HttpMetrics;
+use proxy::ConnInfo;
+use tls_stream::TlsStream;
+use watchdog::{Activity, Expired};
+
+/// The answer to a request head that did not arrive within `header_read_timeout` (RFC 9110 §15.5.9).
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+/// What every connection of one `http` listener shares.
+pub struct HttpContext {
+    /// The listener's metric label.
+    pub listener: Arc<str>,
+    /// `[http]`.
+    pub config: HttpConfig,
+    /// Backends, round robin.
+    pub upstreams: Arc<Upstreams>,
+    /// Request metrics.
+    pub metrics: HttpMetrics,
+    /// The access log, when on.
+    pub access_log: Option<AccessLog>,
+    /// The daemon's phase: draining starts the graceful shutdown of every connection.
+    pub phase: watch::Receiver<Phase>,
+    h1: auto::Builder<TokioExecutor>,
+    h2: auto::Builder<TokioExecutor>,
+}
+
+impl HttpContext {
+    /// A listener's context; hyper's builders are made once here from `config`.
+    pub fn new(
+        listener: &str,
+        config: HttpConfig,
+        upstreams: Arc<Upstreams>,
+        metrics: HttpMetrics,
+        access_log: Option<AccessLog>,
+        phase: watch::Receiver<Phase>,
+    ) -> Self {
+        let mut base = auto::Builder::new(TokioExecutor::new());
+        base.http1()
+            .timer(TokioTimer::new())
+            // The watchdog measures head reads (hyper's timer would also run while idle, and only closes).
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_buf_size(config.max_head_bytes)
+            .max_headers(config.max_headers);
+        base.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.h2_max_concurrent_streams)
+            .initial_stream_window_size(config.h2_stream_window)
+            .initial_connection_window_size(config.h2_connection_window)
+            .max_header_list_size(config.h2_max_header_list_bytes);
+        Self {
+            listener: Arc::from(listener),
+            h1: base.clone().http1_only(),
+            h2: base.http2_only(),
+            config,
+            upstreams,
+            metrics,
+            access_log,
+            phase,
+        }
+    }
+}
+
+/// Serves HTTP on an established TLS connection until it closes, the idle timeout, or the drain ends it.
+pub async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    est: Established,
+    accepted: Instant,
+    handshake: Duration,
+    ctx: Arc<HttpContext>,
+) {
+    let facts = TlsFacts::new(&est.conn, &est.hello, est.version, est.mode, handshake);
+    let h2 = facts.is_h2();
+    let activity = Arc::new(Activity::new(!h2));
+    let stream = TlsStream::new(tcp, est.conn, activity.clone());
+    let info = Arc::new(ConnInfo {
+        ctx: ctx.clone(),
+        peer,
+        facts,
+        accepted,
+        activity: activity.clone(),
+        first: AtomicBool::new(true),
+        upgraded: std::sync::Mutex::new(None),
+    });
+    let expired = drive(&ctx, h2, stream.clone(), info.clone(), &activity).await;
+    if expired == Some(Expired::Head) {
+        tracing::debug!(%peer, "request head not received in time: 408");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), stream.last_words(REQUEST_TIMEOUT)).await;
+        return;
+    }
+    let relay = info.upgraded.lock().ok().and_then(|mut r| r.take());
+    if let Some(relay) = relay {
+        let _ = relay.await;
+    }
+}
+
+/// Runs hyper on the connection; returns which timeout, if any, ended it. hyper's connection (and its handle on
+/// the stream) is dropped on return.
+async fn drive(
+    ctx: &HttpContext,
+    h2: bool,
+    stream: TlsStream,
+    info: Arc<ConnInfo>,
+    activity: &Activity,
+) -> Option<Expired> {
+    let service = service_fn(move |req| {
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(info, req).await) }
+    });
+    let builder = if h2 { &ctx.h2 } else { &ctx.h1 };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    let mut phase = ctx.phase.clone();
+    let mut closing = *phase.borrow_and_update() != Phase::Running;
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "http connection ended with an error");
+                }
+                return None;
+            }
+            changed = phase.changed(), if !closing => {
+                if changed.is_err() || *phase.borrow() != Phase::Running {
+                    // h1: `Connection: close` on the response in flight, or closed now if idle; h2: GOAWAY.
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+            expired = activity.expired(ctx.config.idle_timeout, ctx.config.header_read_timeout), if !closing => {
+                match expired {
+                    Expired::Head => return Some(Expired::Head),
+                    Expired::Idle => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                    }
+                }
+            }
+        }
+    }
+}

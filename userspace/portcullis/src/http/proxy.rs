@@ -1,0 +1,336 @@
+//! One request: rewrite its head, send it upstream over the worker's pool, stream the answer back; answer
+//! 502/504 ourselves when the upstream fails, and pass an HTTP/1.1 upgrade through as a byte relay after 101.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::HttpContext;
+use super::body::{Counted, OnEnd, Reported, UpBody, full};
+use super::facts::TlsFacts;
+use super::headers;
+use super::pool::{self, CheckoutError, PoolSettings};
+use super::watchdog::Activity;
+use crate::proxy::upstream::ConnectFailure;
+
+/// What every request on one client connection shares.
+pub struct ConnInfo {
+    /// The listener's context.
+    pub ctx: Arc<HttpContext>,
+    /// Client address.
+    pub peer: SocketAddr,
+    /// The handshake's facts.
+    pub facts: TlsFacts,
+    /// When TCP accepted the connection (for the first request's time to first byte).
+    pub accepted: Instant,
+    /// Timeouts' view of the connection.
+    pub activity: Arc<Activity>,
+    /// The first request's response head is still to come.
+    pub first: AtomicBool,
+    /// An upgraded (101) connection's byte relay, awaited before the connection counts as closed.
+    pub upgraded: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The proxy's own answer when the upstream could not give one.
+struct Failed {
+    status: StatusCode,
+    cause: &'static str,
+    upstream: Option<SocketAddr>,
+}
+
+/// The upstream's answer.
+struct Answered {
+    response: Response<Incoming>,
+    upstream: SocketAddr,
+    upstream_time: f64,
+}
+
+/// Handles one request to the end of its response head; the body streams afterwards.
+pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Reported> {
+    let in_flight = InFlight::start(conn.activity.clone());
+    let started = Instant::now();
+    let time = SystemTime::now();
+    let protocol = if req.version() == Version::HTTP_2 {
+        "h2"
+    } else {
+        "h1"
+    };
+    let method = req.method().clone();
+    let authority = authority(&req);
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    let bytes_in = Arc::new(AtomicU64::new(0));
+
+    let outcome = forward(&conn, req, authority.as_deref(), &target, &bytes_in).await;
+    let (response, upstream, upstream_time) = match outcome {
+        Ok(a) => {
+            let (mut parts, body) = a.response.into_parts();
+            let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
+            headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+            if protocol == "h2" {
+                parts.version = Version::HTTP_2;
+            }
+            (
+                Response::from_parts(parts, body.boxed()),
+                Some(a.upstream),
+                Some(a.upstream_time),
+            )
+        }
+        Err(f) => {
+            conn.ctx.metrics.upstream_error(f.cause);
+            tracing::debug!(peer = %conn.peer, upstream = ?f.upstream, cause = f.cause, status = f.status.as_u16(), "answered for the upstream");
+            let mut r = Response::new(full(format!(
+                "{} {}: upstream {}\n",
+                f.status.as_u16(),
+                f.status.canonical_reason().unwrap_or(""),
+                f.cause
+            )));
+            *r.status_mut() = f.status;
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            (r, f.upstream, None)
+        }
+    };
+    if conn.first.swap(false, Ordering::Relaxed) {
+        conn.ctx.metrics.first_byte(
+            &conn.ctx.listener,
+            conn.facts.mode,
+            conn.accepted.elapsed().as_secs_f64(),
+        );
+    }
+    let status = response.status().as_u16();
+    let end = RequestEnd {
+        _in_flight: in_flight,
+        conn: conn.clone(),
+        time,
+        started,
+        protocol,
+        method,
+        authority,
+        target,
+        status,
+        bytes_in,
+        upstream,
+        upstream_time,
+    };
+    response.map(|body| Reported::new(body, Box::new(end)))
+}
+
+/// Host (h1) or :authority (h2).
+fn authority(req: &Request<Incoming>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+async fn forward(
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+    authority: Option<&str>,
+    target: &str,
+    bytes_in: &Arc<AtomicU64>,
+) -> Result<Answered, Failed> {
+    let ctx = &conn.ctx;
+    let upgrade = req.version() != Version::HTTP_2 && headers::wants_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarded(
+        &mut parts.headers,
+        conn.peer,
+        authority,
+        ctx.config.trusted_forwarded,
+    );
+    if !parts.headers.contains_key(header::HOST)
+        && let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok())
+    {
+        parts.headers.insert(header::HOST, host);
+    }
+    // HTTP/1.1 upstream: origin form (RFC 9112 §3.2.1), whatever form the client used.
+    parts.uri = target
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    let body: UpBody = Counted::new(body, bytes_in.clone()).boxed();
+    let mut request = Request::from_parts(parts, body);
+
+    let Some(addr) = ctx.upstreams.pick() else {
+        return Err(Failed {
+            status: StatusCode::BAD_GATEWAY,
+            cause: "no_upstream",
+            upstream: None,
+        });
+    };
+    let fail = |status, cause| Failed {
+        status,
+        cause,
+        upstream: Some(addr),
+    };
+    let settings = PoolSettings {
+        max_idle: ctx.config.pool_max_idle,
+        idle_timeout: ctx.config.pool_idle_timeout,
+    };
+    // A pooled connection the upstream closed meanwhile fails before the request is written: hyper hands the
+    // request back and it goes once more, on a new connection.
+    for attempt in 0..2 {
+        let (mut sender, reused) = match pool::checkout(&ctx.upstreams, addr, settings).await {
+            Ok(s) => s,
+            Err(CheckoutError::Connect(ConnectFailure::Timeout)) => {
+                return Err(fail(StatusCode::GATEWAY_TIMEOUT, "connect_timeout"));
+            }
+            Err(CheckoutError::Connect(ConnectFailure::Refused)) => {
+                return Err(fail(StatusCode::BAD_GATEWAY, "refused"));
+            }
+            Err(CheckoutError::Connect(ConnectFailure::Other)) => {
+                return Err(fail(StatusCode::BAD_GATEWAY, "connect_other"));
+            }
+            Err(CheckoutError::Handshake) => {
+                return Err(fail(StatusCode::BAD_GATEWAY, "handshake"));
+            }
+        };
+        if !reused && sender.ready().await.is_err() {
+            return Err(fail(StatusCode::BAD_GATEWAY, "handshake"));
+        }
+        ctx.metrics.upstream_request(reused);
+        let sent = Instant::now();
+        let answer = tokio::time::timeout(
+            ctx.config.upstream_response_timeout,
+            sender.try_send_request(request),
+        )
+        .await;
+        let mut response = match answer {
+            Err(_) => return Err(fail(StatusCode::GATEWAY_TIMEOUT, "response_timeout")),
+            Ok(Ok(r)) => r,
+            Ok(Err(mut e)) => {
+                if reused
+                    && attempt == 0
+                    && let Some(again) = e.take_message()
+                {
+                    request = again;
+                    continue;
+                }
+                tracing::debug!(upstream = %addr, error = %e.error(), "upstream request failed");
+                return Err(fail(StatusCode::BAD_GATEWAY, "response"));
+            }
+        };
+        let upstream_time = sent.elapsed().as_secs_f64();
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            match client_upgrade {
+                Some(client) => {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    let relay = tokio::spawn(relay_upgraded(client, upstream));
+                    if let Ok(mut slot) = conn.upgraded.lock() {
+                        *slot = Some(relay);
+                    }
+                }
+                // 101 to a request that did not ask for it (RFC 9110 §15.2.2): not passed on.
+                None => return Err(fail(StatusCode::BAD_GATEWAY, "response")),
+            }
+        } else {
+            pool::checkin_when_ready(addr, sender, settings);
+        }
+        return Ok(Answered {
+            response,
+            upstream: addr,
+            upstream_time,
+        });
+    }
+    Err(fail(StatusCode::BAD_GATEWAY, "response"))
+}
+
+/// Relays bytes both ways between an upgraded client connection and the upstream's, until both close.
+async fn relay_upgraded(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(error = %e, "upgraded relay ended with an error");
+    }
+}
+
+/// A request in flight for the connection's timeouts, until dropped: also when the client cancels it (an h2
+/// stream reset) before its response exists.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.request_started();
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// Logs and counts a request when its response body ends.
+struct RequestEnd {
+    _in_flight: InFlight,
+    conn: Arc<ConnInfo>,
+    time: SystemTime,
+    started: Instant,
+    protocol: &'static str,
+    method: http::Method,
+    authority: Option<String>,
+    target: String,
+    status: u16,
+    bytes_in: Arc<AtomicU64>,
+    upstream: Option<SocketAddr>,
+    upstream_time: Option<f64>,
+}
+
+impl OnEnd for RequestEnd {
+    fn ended(self: Box<Self>, bytes: u64, _complete: bool) {
+        let duration = self.started.elapsed().as_secs_f64();
+        let ctx = &self.conn.ctx;
+        ctx.metrics.request(
+            &ctx.listener,
+            self.protocol,
+            &self.method,
+            self.status,
+            self.conn.facts.mode,
+            duration,
+        );
+        if let Some(log) = &ctx.access_log {
+            log.log(&super::access_log::Entry {
+                time: self.time,
+                listener: &ctx.listener,
+                client: self.conn.peer,
+                protocol: self.protocol,
+                method: self.method.as_str(),
+                authority: self.authority.as_deref(),
+                path_and_query: &self.target,
+                status: self.status,
+                bytes_in: self.bytes_in.load(Ordering::Relaxed),
+                bytes_out: bytes,
+                duration,
+                upstream: self.upstream,
+                upstream_time: self.upstream_time,
+                tls: &self.conn.facts,
+            });
+        }
+    }
+}
