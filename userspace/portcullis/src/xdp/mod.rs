@@ -23,11 +23,10 @@
 //! - [`refusal`]: what to say when the kernel refuses a program with "permission denied": the verifier's
 //!   verdict when it left a log, else the privileges the daemon needs (the steering loader uses it too).
 //! - [`logs`]: forwards the BPF program's aya-log records to `tracing` from a small thread.
-//! - `test_run` (tests only): the ABI's packet fixture table run through the loaded program (`BPF_PROG_TEST_RUN`).
-//! - `test_differential` (tests only): prefixes and seeded random mutants of the captured ClientHellos, judged by
-//!   the loaded program and by the host build of the parser, which must agree.
-//! - `test_hello` (tests only): SYN then first segment of real, crafted-malformed, cut-short and blocked
-//!   ClientHellos through the loaded program: the ClientHello check, flow tracking and the ClientHello budget.
+//! - `tests/` (tests only): `run`, the ABI's packet fixture table through the loaded program (`BPF_PROG_TEST_RUN`);
+//!   `hello`, SYN then first segment of real, crafted-malformed, cut-short, split and blocked ClientHellos (the
+//!   ClientHello check, flow tracking, the ClientHello budget); `differential`, prefixes and seeded mutants of the
+//!   captured ClientHellos judged by the loaded program and by the host build of the parser, which must agree.
 //!
 //! # Invariants
 //! - The links, the counter and config pins (`xdp_verdicts`, `xdp_config`) and the pin directory (if it made it
@@ -63,11 +62,7 @@ pub(crate) mod pins;
 pub(crate) mod refusal;
 mod shed;
 #[cfg(test)]
-mod test_differential;
-#[cfg(test)]
-mod test_hello;
-#[cfg(test)]
-mod test_run;
+mod tests;
 
 pub use config::{XdpMode, XdpSection};
 pub use counters::XdpCounters;

@@ -17,10 +17,10 @@ use portcullis_abi::{
     verdict::Verdict,
 };
 
-use super::test_hello::{
+use super::hello::{
     Conn, MSS, blocklist, config, curl_hello, hello, malformed_counters, set_index,
 };
-use super::test_run::{XDP_DROP, XDP_PASS, load, skip_reason};
+use super::run::{XDP_DROP, XDP_PASS, load, skip_reason};
 
 /// Random mutants judged, beside the prefixes.
 const MUTANTS: usize = 3000;

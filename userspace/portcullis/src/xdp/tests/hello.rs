@@ -27,7 +27,7 @@ use portcullis_abi::{
     xdp_config::XdpConfig,
 };
 
-use super::test_run::{XDP_DROP, XDP_PASS, load, run, skip_reason, write_config};
+use super::run::{XDP_DROP, XDP_PASS, load, run, skip_reason, write_config};
 
 /// TCP payload bytes in one segment: an Ethernet MTU of 1500 minus 40 bytes of IPv6 and 20 of TCP, so every
 /// family and tag fits the same cut.

@@ -22,7 +22,7 @@ use portcullis_abi::{
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
 };
 
-use super::object;
+use crate::xdp::object;
 
 /// `XDP_DROP`.
 pub(super) const XDP_DROP: u32 = 1;
@@ -58,7 +58,8 @@ pub(super) fn load(config: XdpConfig) -> (Ebpf, PerCpuArray<MapData, u64>) {
         .expect("verdict map")
         .try_into()
         .expect("verdict map type");
-    super::hello_prog::install(&mut ebpf).expect("the verifier accepts the ClientHello program");
+    crate::xdp::hello_prog::install(&mut ebpf)
+        .expect("the verifier accepts the ClientHello program");
     program(&mut ebpf)
         .load()
         .expect("the verifier accepts the program");
@@ -483,7 +484,7 @@ fn one_drop_in_sample_every_is_recorded_with_its_source() {
             PerCpuArray::try_from(ebpf.map(MAP_XDP_DROP_RING).expect("drop ring")).expect("type");
         map.get(&0, 0).expect("read")[0]
     };
-    let before_ns = super::clock::monotonic_ns().expect("clock");
+    let before_ns = crate::xdp::clock::monotonic_ns().expect("clock");
     let passing = v4_from([192, 0, 2, 1], TCP_FLAG_SYN);
     assert_eq!(
         run(&mut ebpf, &counters, &passing),
@@ -499,7 +500,7 @@ fn one_drop_in_sample_every_is_recorded_with_its_source() {
             (XDP_DROP, Verdict::DropBlockedSource)
         );
     }
-    let after_ns = super::clock::monotonic_ns().expect("clock");
+    let after_ns = crate::xdp::clock::monotonic_ns().expect("clock");
     let ring = ring(&ebpf);
     assert_eq!(ring.taken, 3, "drops 1, 65 and 129 are sampled");
     let written: Vec<_> = ring.samples.iter().filter(|s| s.at_ns != 0).collect();

@@ -1,0 +1,5 @@
+//! The XDP program as loaded, through `BPF_PROG_TEST_RUN` (root or CAP_BPF; skipped otherwise, failed under CI).
+
+mod differential;
+mod hello;
+mod run;
