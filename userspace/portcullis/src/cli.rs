@@ -74,6 +74,9 @@ struct RunArgs {
     /// Session-ticket key directory shared by the fleet; selects tls.tickets = "fleet".
     #[arg(long = "ticket-keys", value_name = "DIR")]
     ticket_keys: Option<PathBuf>,
+    /// Redis URL of the fleet's 0-RTT session store; selects tls.session_store.kind = "redis".
+    #[arg(long = "session-store", value_name = "URL")]
+    session_store: Option<String>,
 }
 
 /// Parses arguments, runs, and maps the outcome to an exit code.
@@ -125,13 +128,19 @@ impl RunArgs {
             None => Config::default(),
         };
         if !self.listen.is_empty() {
+            // The file's listeners keep their settings (early data, names) and take the addresses in order.
+            let mut from_file = std::mem::take(&mut config.listeners).into_iter();
             config.listeners = self
                 .listen
                 .iter()
-                .map(|&address| ListenerConfig {
-                    name: None,
-                    address,
-                    backlog: 4096,
+                .map(|&address| match from_file.next() {
+                    Some(l) => ListenerConfig { address, ..l },
+                    None => ListenerConfig {
+                        name: None,
+                        address,
+                        backlog: 4096,
+                        early_data: Default::default(),
+                    },
                 })
                 .collect();
         }
@@ -172,6 +181,10 @@ impl RunArgs {
         if let Some(dir) = self.ticket_keys {
             config.tls.ticket_keys_dir = Some(dir);
             config.tls.tickets = Some(crate::config::TicketMode::Fleet);
+        }
+        if let Some(url) = self.session_store {
+            config.tls.session_store.url = Some(url);
+            config.tls.session_store.kind = crate::tickets::session_store::StoreKind::Redis;
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

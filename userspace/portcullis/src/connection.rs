@@ -34,6 +34,8 @@ pub struct ListenerContext {
     pub idle_timeout: std::time::Duration,
     /// `upstream.lazy_connect`: connect upstream on the client's first byte.
     pub lazy_connect: bool,
+    /// The listener's 0-RTT step (`[listeners.early_data]`).
+    pub early: crate::handshake::early_data::EarlyData,
 }
 
 impl OnMoved for ListenerMetrics {
@@ -61,9 +63,14 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::run(&tcp, &ctx.tls, &ctx.certs, &*ctx.engine, |hello| {
-            count_offers(m, hello)
-        }),
+        handshake::run(
+            &tcp,
+            &ctx.tls,
+            &ctx.certs,
+            &*ctx.engine,
+            &ctx.early,
+            |hello| count_offers(m, hello),
+        ),
     )
     .await;
     let mut est = match outcome {
@@ -101,7 +108,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
     }
 
-    if ctx.lazy_connect {
+    // Early data already counts as the client's first bytes.
+    if ctx.lazy_connect && est.early_data.is_empty() {
         match tokio::time::timeout(ctx.idle_timeout, first_client_bytes(&tcp, &mut est.conn)).await
         {
             Ok(Ok(true)) => {}
@@ -152,6 +160,16 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
             return;
         }
+    }
+    // Early data goes upstream only now, after the client's Finished (README "0-RTT"): until the HTTP mode
+    // can tell safe requests apart, a replayed flight must never reach the upstream.
+    if !est.early_data.is_empty() {
+        if let Err(e) = write_all(&upstream, &est.early_data).await {
+            tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
+            return;
+        }
+        m.to_upstream(est.early_data.len() as u64);
+        est.early_data = Vec::new();
     }
     match relay::relay(&tcp, &mut est.conn, &upstream, m, ctx.idle_timeout).await {
         Ok(moved) => {

@@ -27,6 +27,8 @@ pub struct HelloInfo {
     /// Our parser found the ClientHello malformed although rustls accepted it (the reason's name). The XDP
     /// guard would drop such a hello; here it is only logged.
     pub malformed: Option<&'static str>,
+    /// The first PSK identity and its obfuscated ticket age (for the early-data step's store fetch).
+    pub psk: Option<super::psk::PskOffer>,
 }
 
 impl HelloInfo {
@@ -37,6 +39,9 @@ impl HelloInfo {
             ..Default::default()
         };
         raw_facts(raw, &mut info);
+        if info.offers_psk {
+            info.psk = super::psk::first_psk(raw);
+        }
         info
     }
 
