@@ -10,6 +10,7 @@
 //! - [`load`]: runs the `portcullis-load` binary and reads its JSON report.
 //! - [`testbed`]: the XDP end-to-end bed (two namespaces, a veth, pins, PKI, config) the XDP tests share.
 //! - [`bpftool`]: reads the pinned maps with `bpftool`, runs the pinned program on a packet file.
+//! - [`redis`]: a real `redis-server` per test on a free port (stopped or killed in fault tests).
 //! - [`raw`]: crafted IPv4/TCP packets (floods, malformed first segments) sent through a raw socket.
 
 pub mod bpffs;
@@ -21,4 +22,5 @@ pub mod netns;
 pub mod pki;
 pub mod privileged;
 pub mod raw;
+pub mod redis;
 pub mod testbed;
