@@ -325,46 +325,105 @@ fn a_stopped_store_means_full_handshakes_within_the_fetch_timeout() {
     d.stop_ok();
 }
 
+/// `deploy/examples/zero-rtt.toml` with the command line over it (what the README shows): two instances share
+/// one Redis, a session `openssl s_client` got from one sends early data to the other, accepted.
 #[test]
-fn openssl_early_data_is_accepted() {
+fn openssl_early_data_across_two_instances_of_the_example_config() {
+    if !require_redis("openssl_early_data_across_two_instances_of_the_example_config") {
+        return;
+    }
+    let redis = RedisServer::start().expect("redis");
     let bed = Bed::new();
-    let d = bed.daemon(None);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/zero-rtt.toml");
+    let toml = std::fs::read_to_string(&example).expect("read the example");
+    let start = || {
+        let args = [
+            "--listen".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--metrics".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--upstream".to_owned(),
+            bed.upstream.addr.to_string(),
+            "--ticket-keys".to_owned(),
+            bed.keys.display().to_string(),
+            "--session-store".to_owned(),
+            redis.url(),
+            "--cert".to_owned(),
+            bed.pki.ecdsa.0.display().to_string(),
+            "--key".to_owned(),
+            bed.pki.ecdsa.1.display().to_string(),
+            "--workers".to_owned(),
+            "1".to_owned(),
+        ];
+        Daemon::start(DaemonOptions {
+            config_toml: Some(toml.clone()),
+            args: args.to_vec(),
+            ..Default::default()
+        })
+        .expect("daemon starts from the example")
+    };
+    let (a, b) = (start(), start());
     let dir = bed.tmp.path();
     let sess = dir.join("sess.pem");
-    let out = s_client(&bed.pki.ca, d.addr(), &["-sess_out"], &sess, None);
-    assert!(out.contains("ok"), "{out}");
+    let out = s_client(&bed.pki.ca, a.addr(), &["-sess_out"], &sess, None, true);
+    assert!(out.contains("\r\n\r\nok") || out.ends_with("ok"), "{out}");
+    eventually("the session in Redis", || {
+        redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= 1
+    });
     let req = dir.join("req.txt");
     std::fs::write(&req, request("/openssl-early")).expect("write request");
-    let out = s_client(&bed.pki.ca, d.addr(), &["-sess_in"], &sess, Some(&req));
+    let out = s_client(
+        &bed.pki.ca,
+        b.addr(),
+        &["-sess_in"],
+        &sess,
+        Some(&req),
+        true,
+    );
     assert!(out.contains("Early data was accepted"), "{out}");
     assert!(out.contains("Reused, TLSv1.3"), "{out}");
     eventually("the early request upstream", || {
         bed.upstream.count("/openssl-early") == 1
     });
-    assert_eq!(early(&d, "accepted"), 1.0);
-    d.stop_ok();
+    assert_eq!(early(&b, "accepted"), 1.0);
+    // The same session file again, on either instance: its ticket is spent.
+    for d in [&a, &b] {
+        let out = s_client(
+            &bed.pki.ca,
+            d.addr(),
+            &["-sess_in"],
+            &sess,
+            Some(&req),
+            false,
+        );
+        assert!(out.contains("Early data was rejected"), "{out}");
+    }
+    eventually("both replays counted", || {
+        early(&a, "replay") + early(&b, "replay") >= 2.0
+    });
+    assert_eq!(bed.upstream.count("/openssl-early"), 1);
+    a.stop_ok();
+    b.stop_ok();
 }
 
 /// `openssl s_client` with a session file (`-sess_out`/`-sess_in`) and, optionally, early data from a file.
+/// With `wait` it waits for the server to close (after the response); without, it leaves once the handshake is
+/// done and reported.
 fn s_client(
     ca: &Path,
     addr: SocketAddr,
     sess: &[&str],
     file: &Path,
     early: Option<&Path>,
+    wait: bool,
 ) -> String {
     let mut cmd = Command::new("timeout");
     cmd.args(["20", "openssl", "s_client", "-connect", &addr.to_string()])
-        .args([
-            "-servername",
-            "ecdsa.test",
-            "-verify_return_error",
-            "-ign_eof",
-        ])
-        .arg("-CAfile")
-        .arg(ca)
-        .args(sess)
-        .arg(file);
+        .args(["-servername", "ecdsa.test", "-verify_return_error"]);
+    if wait {
+        cmd.arg("-ign_eof");
+    }
+    cmd.arg("-CAfile").arg(ca).args(sess).arg(file);
     if let Some(f) = early {
         cmd.arg("-early_data").arg(f);
     }
