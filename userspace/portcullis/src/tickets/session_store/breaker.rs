@@ -17,7 +17,9 @@ pub struct Breaker {
 struct State {
     consecutive: u32,
     open_until: Option<Instant>,
-    probing: bool,
+    /// When the current probe started: a probe whose answer never came (its handshake was dropped) stops
+    /// counting after a cooldown, so the breaker cannot stay open for good.
+    probing: Option<Instant>,
 }
 
 impl Breaker {
@@ -35,9 +37,10 @@ impl Breaker {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match s.open_until {
             None => true,
-            Some(until) if now < until || s.probing => false,
+            Some(until) if now < until => false,
+            Some(_) if s.probing.is_some_and(|p| now < p + self.cooldown) => false,
             Some(_) => {
-                s.probing = true;
+                s.probing = Some(now);
                 true
             }
         }
@@ -53,9 +56,9 @@ impl Breaker {
     pub fn failure(&self, now: Instant) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.consecutive = s.consecutive.saturating_add(1);
-        if s.probing || s.consecutive >= self.failures {
+        if s.probing.is_some() || s.consecutive >= self.failures {
             s.open_until = Some(now + self.cooldown);
-            s.probing = false;
+            s.probing = None;
         }
     }
 
@@ -94,5 +97,13 @@ mod tests {
         b.success();
         assert!(!b.is_open());
         assert!(b.allow(t2) && b.allow(t2));
+        // A probe that never answers: another one a cooldown later.
+        for _ in 0..3 {
+            b.failure(t2);
+        }
+        let t3 = t2 + Duration::from_secs(1);
+        assert!(b.allow(t3));
+        assert!(!b.allow(t3 + Duration::from_millis(999)));
+        assert!(b.allow(t3 + Duration::from_secs(1)));
     }
 }

@@ -276,6 +276,10 @@ impl StoresServerSessions for SessionStore {
         self.tls12.get(key)
     }
 
+    /// Only what the early-data step staged: never a wait, and a session the store handed to one handshake.
+    /// Two handshakes racing with the same identity (a flight replayed while the original is in progress)
+    /// share the one staged entry: whichever takes it first resumes, the other gets a full handshake, so the
+    /// session is still used once.
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.shard(key).remove(key).map(|s| s.to_vec())
     }
