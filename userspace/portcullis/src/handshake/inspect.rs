@@ -74,10 +74,11 @@ fn raw_facts(raw: &[u8], info: &mut HelloInfo) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> Vec<u8> {
+    /// A captured ClientHello from the ABI crate's fixtures.
+    pub(crate) fn fixture(name: &str) -> Vec<u8> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../ebpf/portcullis-abi/fixtures/client_hello/"

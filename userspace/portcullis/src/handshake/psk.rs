@@ -88,14 +88,7 @@ pub fn first_psk(raw: &[u8]) -> Option<PskOffer> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn fixture(name: &str) -> Vec<u8> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../ebpf/portcullis-abi/fixtures/client_hello/"
-        );
-        std::fs::read(format!("{path}{name}")).unwrap_or_else(|e| panic!("fixture {name}: {e}"))
-    }
+    use crate::handshake::inspect::tests::fixture;
 
     #[test]
     fn reads_the_identity_of_real_hellos_and_never_panics() {
