@@ -126,6 +126,13 @@ impl RedisServer {
         self.signal(Signal::SIGCONT)
     }
 
+    /// SIGKILL: connections are refused from now on.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().context("killing redis-server")?;
+        self.child.wait().context("reaping redis-server")?;
+        Ok(())
+    }
+
     fn signal(&self, signal: Signal) -> anyhow::Result<()> {
         let pid = i32::try_from(self.child.id()).context("pid")?;
         kill(Pid::from_raw(pid), signal).context("signalling redis-server")

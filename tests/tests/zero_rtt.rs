@@ -283,7 +283,7 @@ fn a_stopped_store_means_full_handshakes_within_the_fetch_timeout() {
     if !require_redis("a_stopped_store_means_full_handshakes_within_the_fetch_timeout") {
         return;
     }
-    let redis = RedisServer::start().expect("redis");
+    let mut redis = RedisServer::start().expect("redis");
     let bed = Bed::new();
     let d = bed.daemon(Some(&redis.url()));
     let client = bed.client();
@@ -322,6 +322,23 @@ fn a_stopped_store_means_full_handshakes_within_the_fetch_timeout() {
     eventually("resumption again once Redis answers", || {
         get(&client, d.addr(), "/back") == rustls::HandshakeKind::Resumed
     });
+
+    // Killed: refused connections fail (or time out while the client reconnects), full handshakes again.
+    let failed = |d: &Daemon| {
+        ["error", "timeout", "breaker_open"]
+            .iter()
+            .map(|r| store(d, "fetch", r))
+            .sum::<f64>()
+    };
+    let errors = failed(&d);
+    redis.kill().expect("kill redis");
+    for i in 0..3 {
+        let started = Instant::now();
+        let kind = get(&client, d.addr(), &format!("/dead{i}"));
+        assert_eq!(kind, rustls::HandshakeKind::Full, "attempt {i}");
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+    assert!(failed(&d) >= errors + 3.0);
     d.stop_ok();
 }
 
