@@ -1,7 +1,7 @@
 //! Metrics of the session store and of 0-RTT:
 //! - `portcullis_session_store_requests_total{op, result}`: `op="fetch"` with `hit`, `miss`, `replay` (a
 //!   second use of a ticket we issued, within its lifetime), `timeout`, `error`, `breaker_open`, `unsealed`
-//!   (a value that did not open); `op="put"` with `ok`, `error`, `dropped` (queue full), `no_key`.
+//!   (a value that did not open), `queued` (taken on this instance before its write reached Redis); `op="put"` with `ok`, `error`, `dropped` (queue full), `no_key`.
 //! - `portcullis_session_store_request_seconds{op}`: latency of answered requests.
 //! - `portcullis_session_store_breaker_open`: 1 while the circuit breaker keeps handshakes off the store.
 //! - `portcullis_early_data_total{listener, outcome}`: each 0-RTT attempt, `accepted` or why not.
@@ -132,7 +132,7 @@ impl StoreMetrics {
         }
         registry.register(
             "portcullis_session_store_requests",
-            "Session store requests by operation and result (fetch: hit, miss, replay, timeout, error, breaker_open, unsealed; put: ok, error, dropped, no_key)",
+            "Session store requests by operation and result (fetch: hit, miss, replay, timeout, error, breaker_open, unsealed, queued; put: ok, error, dropped, no_key)",
             self.requests.clone(),
         );
         registry.register(

@@ -158,6 +158,17 @@ impl SessionStore {
                 keys,
                 breaker,
             } => {
+                if let Some(sealed) = redis.take_queued(identity) {
+                    let set = keys.current();
+                    let lookup =
+                        match seal::open(&set, identity, &sealed, SystemTime::now(), self.lifetime)
+                        {
+                            Ok(plain) => Lookup::Hit(plain),
+                            Err(_) => Lookup::Miss,
+                        };
+                    self.metrics.fetch("queued", None);
+                    return lookup;
+                }
                 if !breaker.allow(started) {
                     self.metrics.fetch("breaker_open", None);
                     return Lookup::Down;

@@ -6,7 +6,13 @@
 //! instance) is told apart from an unknown one in the same round trip. Writes are asynchronous (rustls'
 //! `put` is synchronous): a bounded queue drained by a thread of our own, where the connection manager and its
 //! reconnects live too.
+//!
+//! A session still waiting in the queue is in no other instance's reach, so a client that comes back at once
+//! takes it from the queue's side table here (no round trip); the writer then stores a tombstone instead of
+//! the session, and a replay elsewhere is still recognised. One lock decides who has it: writer or taker.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -34,17 +40,14 @@ pub enum RedisStoreError {
     Thread(String),
 }
 
-/// A session write waiting for Redis.
-struct Write {
-    key: Vec<u8>,
-    value: Vec<u8>,
-    ttl_secs: u64,
-}
+/// Sealed sessions queued for Redis, by identity: the writer or a handshake on this instance takes each.
+type Pending = Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
 
 /// The Redis backend: a connection manager shared by every worker, and the write queue.
 pub struct RedisBackend {
     conn: ConnectionManager,
-    writes: mpsc::Sender<Write>,
+    writes: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
     ttl_secs: u64,
 }
 
@@ -70,6 +73,9 @@ impl RedisBackend {
             source,
         })?;
         let (tx, rx) = mpsc::channel(queue.max(1));
+        let pending: Pending = Arc::default();
+        let writer_pending = pending.clone();
+        let ttl_secs = ttl.as_secs().max(1);
         let (conn_tx, conn_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("session-store".into())
@@ -99,7 +105,16 @@ impl RedisBackend {
                     }
                 };
                 let _ = conn_tx.send(Ok(conn.clone()));
-                rt.block_on(write_loop(conn, rx, metrics));
+                // Connect now, not on the first handshake's fetch (which would spend its whole timeout on it).
+                let mut first = conn.clone();
+                rt.spawn(async move {
+                    let pong: redis::RedisResult<String> =
+                        redis::cmd("PING").query_async(&mut first).await;
+                    if let Err(e) = pong {
+                        tracing::warn!(error = %e, "the session store's Redis does not answer yet: resumptions on early-data listeners are full handshakes until it does");
+                    }
+                });
+                rt.block_on(write_loop(conn, rx, writer_pending, ttl_secs, metrics));
             })
             .map_err(|e| RedisStoreError::Thread(e.to_string()))?;
         let conn = conn_rx
@@ -109,19 +124,24 @@ impl RedisBackend {
         Ok(Self {
             conn,
             writes: tx,
-            ttl_secs: ttl.as_secs().max(1),
+            pending,
+            ttl_secs,
         })
     }
 
     /// Queues a sealed session; `false` when the queue is full (the write is dropped).
     pub fn put(&self, identity: &[u8], sealed: Vec<u8>) -> bool {
-        self.writes
-            .try_send(Write {
-                key: key(identity),
-                value: sealed,
-                ttl_secs: self.ttl_secs,
-            })
-            .is_ok()
+        lock(&self.pending).insert(identity.to_vec(), sealed);
+        if self.writes.try_send(identity.to_vec()).is_ok() {
+            return true;
+        }
+        lock(&self.pending).remove(identity);
+        false
+    }
+
+    /// A sealed session still queued for Redis, taken on this instance (the writer will store a tombstone).
+    pub fn take_queued(&self, identity: &[u8]) -> Option<Vec<u8>> {
+        lock(&self.pending).remove(identity)
     }
 
     /// Takes the sealed session under `identity` (one round trip). Errors are the caller's to time and count.
@@ -150,15 +170,27 @@ fn key(identity: &[u8]) -> Vec<u8> {
     k
 }
 
-async fn write_loop(conn: ConnectionManager, mut rx: mpsc::Receiver<Write>, metrics: StoreMetrics) {
-    while let Some(w) = rx.recv().await {
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<u8>>> {
+    pending.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn write_loop(
+    conn: ConnectionManager,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    pending: Pending,
+    ttl_secs: u64,
+    metrics: StoreMetrics,
+) {
+    while let Some(identity) = rx.recv().await {
+        // Taken on this instance while queued: store the tombstone, so a replay elsewhere is seen as one.
+        let value = lock(&pending).remove(&identity).unwrap_or_default();
         let mut c = conn.clone();
         let started = Instant::now();
         let done: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(&w.key)
-            .arg(&w.value)
+            .arg(key(&identity))
+            .arg(&value)
             .arg("EX")
-            .arg(w.ttl_secs)
+            .arg(ttl_secs)
             .query_async(&mut c)
             .await;
         match done {
