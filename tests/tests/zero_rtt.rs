@@ -127,6 +127,13 @@ impl Bed {
     }
 
     fn client(&self) -> Arc<rustls::ClientConfig> {
+        self.client_of(&rustls::version::TLS13)
+    }
+
+    fn client_of(
+        &self,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         let ca = std::fs::read(&self.pki.ca).expect("read ca");
         use rustls::pki_types::pem::PemObject;
@@ -135,7 +142,7 @@ impl Bed {
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
+            .with_protocol_versions(&[version])
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -378,6 +385,19 @@ fn a_stopped_store_means_full_handshakes_within_the_fetch_timeout() {
         assert!(started.elapsed() < Duration::from_millis(500));
     }
     assert!(failed(&d) >= errors + 2.0);
+    d.stop_ok();
+}
+
+/// rustls has one ticketer for both versions, off on an early-data listener: TLS 1.2 resumes by session ID
+/// from the instance's cache instead, and does not touch the 0-RTT store.
+#[test]
+fn tls12_on_an_early_data_listener_resumes_by_session_id() {
+    let bed = Bed::new();
+    let d = bed.daemon(None);
+    let client = bed.client_of(&rustls::version::TLS12);
+    assert_eq!(get(&client, d.addr(), "/a"), rustls::HandshakeKind::Full);
+    assert_eq!(get(&client, d.addr(), "/b"), rustls::HandshakeKind::Resumed);
+    assert_eq!(store(&d, "put", "ok"), 0.0);
     d.stop_ok();
 }
 

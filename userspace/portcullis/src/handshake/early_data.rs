@@ -193,6 +193,10 @@ mod tests {
     }
 
     fn fixture(freshness: Duration) -> Fixture {
+        fixture_with(freshness, None)
+    }
+
+    fn fixture_with(freshness: Duration, shedding: Option<Shedding>) -> Fixture {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
@@ -236,7 +240,7 @@ mod tests {
             Tickets::early_data_config(&base, store.clone(), 1024),
             Tickets::early_data_config(&base, store.clone(), 0),
             freshness,
-            None,
+            shedding,
             metrics.listener("https"),
         );
         Fixture {
@@ -402,5 +406,25 @@ mod tests {
             .as_millis() as u64;
         let skew = value::age_skew_ms(&session, psk.obfuscated_age, now_ms).expect("tail");
         assert!(skew < 2_000, "{skew} ms");
+    }
+
+    #[tokio::test]
+    async fn no_early_data_while_admission_sheds() {
+        let f = fixture_with(Duration::from_secs(10), Some(Arc::new(|| true)));
+        let mut c = client(&f);
+        let flight = first_flight(&mut c);
+        let (mut s, _p) = serve(&f, &flight, |_| {}).await;
+        pump(&mut c, &mut s);
+        let mut c2 = client(&f);
+        let flight = first_flight(&mut c2);
+        let (mut s2, p2) = serve(&f, &flight, |_| {}).await;
+        pump(&mut c2, &mut s2);
+        f.step.count(&p2, Some(&mut s2), false);
+        assert!(!c2.is_early_data_accepted());
+        assert_eq!(s2.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        assert!(
+            text(&f)
+                .contains("portcullis_early_data_total{listener=\"https\",outcome=\"shedding\"} 1")
+        );
     }
 }
