@@ -320,6 +320,15 @@ mod tests {
         .expect("client")
     }
 
+    /// A full handshake, after which the fixture's client holds the tickets it was sent.
+    async fn warm(f: &Fixture) {
+        let mut c = client(f);
+        let flight = first_flight(&mut c);
+        let (mut s, _p) = serve(f, &flight, |_| {}).await;
+        pump(&mut c, &mut s);
+        assert!(!c.is_handshaking() && !s.is_handshaking());
+    }
+
     fn text(f: &Fixture) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &f.registry).expect("encode");
@@ -330,13 +339,7 @@ mod tests {
     async fn zero_rtt_once_then_replay_refused() {
         let f = fixture(Duration::from_secs(10));
         // First connection: full handshake, tickets stored.
-        let mut c = client(&f);
-        let flight = first_flight(&mut c);
-        let (mut s, p) = serve(&f, &flight, |_| {}).await;
-        pump(&mut c, &mut s);
-        assert!(!c.is_handshaking() && !s.is_handshaking());
-        f.step.count(&p, Some(&mut s), false);
-        drop(p);
+        warm(&f).await;
         // Second: resumes with early data, accepted once.
         let mut c2 = client(&f);
         let flight = first_flight(&mut c2);
@@ -371,10 +374,7 @@ mod tests {
     #[tokio::test]
     async fn stale_ticket_resumes_without_early_data() {
         let f = fixture(Duration::from_secs(10));
-        let mut c = client(&f);
-        let flight = first_flight(&mut c);
-        let (mut s, _p) = serve(&f, &flight, |_| {}).await;
-        pump(&mut c, &mut s);
+        warm(&f).await;
         let mut c2 = client(&f);
         let flight = first_flight(&mut c2);
         // As if the client's clock said the ticket is 30 s older than we think.
@@ -411,10 +411,7 @@ mod tests {
     #[tokio::test]
     async fn no_early_data_while_admission_sheds() {
         let f = fixture_with(Duration::from_secs(10), Some(Arc::new(|| true)));
-        let mut c = client(&f);
-        let flight = first_flight(&mut c);
-        let (mut s, _p) = serve(&f, &flight, |_| {}).await;
-        pump(&mut c, &mut s);
+        warm(&f).await;
         let mut c2 = client(&f);
         let flight = first_flight(&mut c2);
         let (mut s2, p2) = serve(&f, &flight, |_| {}).await;
