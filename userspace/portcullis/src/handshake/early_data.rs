@@ -189,6 +189,7 @@ mod tests {
         base: Arc<ServerConfig>,
         step: EarlyData,
         store: Arc<SessionStore>,
+        metrics: StoreMetrics,
         registry: prometheus_client::registry::Registry,
     }
 
@@ -248,6 +249,7 @@ mod tests {
             base,
             step,
             store,
+            metrics,
             registry,
         }
     }
@@ -422,6 +424,23 @@ mod tests {
         assert!(
             text(&f)
                 .contains("portcullis_early_data_total{listener=\"https\",outcome=\"shedding\"} 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listener_without_early_data_counts_off() {
+        let f = fixture(Duration::from_secs(10));
+        let off = EarlyData::off(f.metrics.listener("plain"));
+        let hello = HelloInfo::new(
+            None,
+            &crate::handshake::inspect::tests::fixture("openssl_tls13_psk_early_data.bin"),
+        );
+        assert!(hello.offers_early_data);
+        let prepared = off.prepare(&hello, &f.base).await;
+        assert!(Arc::ptr_eq(&prepared.config, &f.base));
+        off.count(&prepared, None, false);
+        assert!(
+            text(&f).contains("portcullis_early_data_total{listener=\"plain\",outcome=\"off\"} 1")
         );
     }
 }
