@@ -40,7 +40,7 @@ use super::store::KeyStore;
 use breaker::Breaker;
 use local::LocalStore;
 use metrics::StoreMetrics;
-use redis::RedisBackend;
+use redis::{FromQueue, RedisBackend};
 
 /// rustls tells clients a stateful ticket lives 24 h (`server/tls13.rs`, "a bit of a punt"); we keep
 /// sessions no longer than that nor than `tls.ticket_lifetime`.
@@ -158,22 +158,31 @@ impl SessionStore {
                 keys,
                 breaker,
             } => {
-                if let Some(sealed) = redis.take_queued(identity) {
-                    let set = keys.current();
-                    let lookup =
-                        match seal::open(&set, identity, &sealed, SystemTime::now(), self.lifetime)
-                        {
+                let landing = match redis.take_queued(identity) {
+                    FromQueue::Taken(sealed) => {
+                        let set = keys.current();
+                        let now = SystemTime::now();
+                        let lookup = match seal::open(&set, identity, &sealed, now, self.lifetime) {
                             Ok(plain) => Lookup::Hit(plain),
                             Err(_) => Lookup::Miss,
                         };
-                    self.metrics.fetch("queued", None);
-                    return lookup;
-                }
+                        self.metrics.fetch("queued", None);
+                        return lookup;
+                    }
+                    FromQueue::Landing(wait) => Some(wait),
+                    FromQueue::Absent => None,
+                };
                 if !breaker.allow(started) {
                     self.metrics.fetch("breaker_open", None);
                     return Lookup::Down;
                 }
-                let answer = tokio::time::timeout(self.fetch_timeout, redis.take(identity)).await;
+                let answer = tokio::time::timeout(self.fetch_timeout, async {
+                    if let Some(wait) = landing {
+                        wait.await;
+                    }
+                    redis.take(identity).await
+                })
+                .await;
                 let lookup = match answer {
                     Ok(Ok(lookup)) => {
                         breaker.success();

@@ -40,8 +40,26 @@ pub enum RedisStoreError {
     Thread(String),
 }
 
-/// Sealed sessions queued for Redis, by identity: the writer or a handshake on this instance takes each.
-type Pending = Arc<Mutex<HashMap<Vec<u8>, Vec<u8>>>>;
+/// Sessions queued for Redis, by identity: the writer or a handshake on this instance takes each.
+type Pending = Arc<Mutex<HashMap<Vec<u8>, Queued>>>;
+
+/// A queued session's state.
+enum Queued {
+    /// Waiting for the writer: a handshake here may take it.
+    Waiting(Vec<u8>),
+    /// Being written: a fetch waits for the write to land (notified), then asks Redis.
+    Writing(Arc<tokio::sync::Notify>),
+}
+
+/// What the write queue had for an identity.
+pub enum FromQueue {
+    /// The sealed session, taken here (the writer will store a tombstone).
+    Taken(Vec<u8>),
+    /// Its write is in flight: await this, then ask Redis (asking at once could overtake the write).
+    Landing(tokio::sync::futures::OwnedNotified),
+    /// Not queued.
+    Absent,
+}
 
 /// The Redis backend: a connection manager shared by every worker, and the write queue.
 pub struct RedisBackend {
@@ -131,7 +149,7 @@ impl RedisBackend {
 
     /// Queues a sealed session; `false` when the queue is full (the write is dropped).
     pub fn put(&self, identity: &[u8], sealed: Vec<u8>) -> bool {
-        lock(&self.pending).insert(identity.to_vec(), sealed);
+        lock(&self.pending).insert(identity.to_vec(), Queued::Waiting(sealed));
         if self.writes.try_send(identity.to_vec()).is_ok() {
             return true;
         }
@@ -139,9 +157,19 @@ impl RedisBackend {
         false
     }
 
-    /// A sealed session still queued for Redis, taken on this instance (the writer will store a tombstone).
-    pub fn take_queued(&self, identity: &[u8]) -> Option<Vec<u8>> {
-        lock(&self.pending).remove(identity)
+    /// A sealed session still queued for Redis, taken on this instance, or the wait for its write to land.
+    pub fn take_queued(&self, identity: &[u8]) -> FromQueue {
+        let mut pending = lock(&self.pending);
+        match pending.remove(identity) {
+            Some(Queued::Waiting(sealed)) => FromQueue::Taken(sealed),
+            Some(Queued::Writing(landed)) => {
+                // Created under the lock, so the writer's notification cannot come before it.
+                let wait = landed.clone().notified_owned();
+                pending.insert(identity.to_vec(), Queued::Writing(landed));
+                FromQueue::Landing(wait)
+            }
+            None => FromQueue::Absent,
+        }
     }
 
     /// Takes the sealed session under `identity` (one round trip). Errors are the caller's to time and count.
@@ -170,7 +198,7 @@ fn key(identity: &[u8]) -> Vec<u8> {
     k
 }
 
-fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Vec<u8>>> {
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Queued>> {
     pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -183,7 +211,11 @@ async fn write_loop(
 ) {
     while let Some(identity) = rx.recv().await {
         // Taken on this instance while queued: store the tombstone, so a replay elsewhere is seen as one.
-        let value = lock(&pending).remove(&identity).unwrap_or_default();
+        let landed = Arc::new(tokio::sync::Notify::new());
+        let value = match lock(&pending).insert(identity.clone(), Queued::Writing(landed.clone())) {
+            Some(Queued::Waiting(sealed)) => sealed,
+            _ => Vec::new(),
+        };
         let mut c = conn.clone();
         let started = Instant::now();
         let done: redis::RedisResult<()> = redis::cmd("SET")
@@ -193,6 +225,8 @@ async fn write_loop(
             .arg(ttl_secs)
             .query_async(&mut c)
             .await;
+        lock(&pending).remove(&identity);
+        landed.notify_waiters();
         match done {
             Ok(()) => metrics.put("ok", Some(started.elapsed())),
             Err(e) => {
