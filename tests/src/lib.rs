@@ -12,6 +12,7 @@
 //! - [`testbed`]: the XDP end-to-end bed (two namespaces, a veth, pins, PKI, config) the XDP tests share.
 //! - [`bpftool`]: reads the pinned maps with `bpftool`, runs the pinned program on a packet file.
 //! - [`bare_rustls`]: the differential test's reference, a bare rustls server, and the records a server sent.
+//! - [`redis`]: a real `redis-server` per test on a free port (stopped or killed in fault tests).
 //! - [`raw`]: crafted IPv4/TCP packets (floods, malformed first segments) sent through a raw socket.
 
 pub mod bare_rustls;
@@ -25,4 +26,5 @@ pub mod netns;
 pub mod pki;
 pub mod privileged;
 pub mod raw;
+pub mod redis;
 pub mod testbed;

@@ -7,9 +7,15 @@ pub fn require_root(test: &str) -> bool {
     if nix::unistd::Uid::effective().is_root() {
         return true;
     }
-    let why = format!("privileged test `{test}` needs root (CAP_BPF, CAP_NET_ADMIN)");
+    skip(&format!(
+        "privileged test `{test}` needs root (CAP_BPF, CAP_NET_ADMIN)"
+    ))
+}
+
+/// Skips a test, printing `why`, and returns `false`; panics under `CI=true`, where skipping is not allowed.
+pub fn skip(why: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{why}; CI=true forbids skipping privileged tests");
+        panic!("{why}; CI=true forbids skipping tests");
     }
     eprintln!("SKIP: {why}");
     false

@@ -24,7 +24,8 @@ use crate::{cmd, env};
 /// Debian packages every build, run and test needs: Debian's Rust toolchain with std sources (builds the BPF
 /// crate with `-Z build-std=core`), libLLVM 22 headers (bpf-linker builds against them), bpftool and iproute2
 /// (inspect programs, set up test namespaces), openssl and curl (poke the TLS listener), prometheus (its
-/// `promtool` checks the metrics output), g++ (libfuzzer-sys compiles libFuzzer for the fuzz targets).
+/// `promtool` checks the metrics output), g++ (libfuzzer-sys compiles libFuzzer for the fuzz targets),
+/// redis-server (the 0-RTT tests start their own on a free port: the fleet's session store, never a mock).
 pub const PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
@@ -36,6 +37,7 @@ pub const PACKAGES: &[&str] = &[
     "curl",
     "prometheus",
     "g++",
+    "redis-server",
 ];
 
 /// Packages only the benchmarks need: reference TLS front ends to compare against, and perf and objdump for

@@ -81,6 +81,9 @@ struct RunArgs {
     /// Access log: `off`, `stderr` or a file path; replaces log.access.
     #[arg(long = "access-log", value_name = "off|stderr|PATH")]
     access_log: Option<String>,
+    /// Redis URL of the fleet's 0-RTT session store; selects tls.session_store.kind = "redis".
+    #[arg(long = "session-store", value_name = "URL")]
+    session_store: Option<String>,
 }
 
 /// Parses arguments, runs, and maps the outcome to an exit code.
@@ -132,14 +135,20 @@ impl RunArgs {
             None => Config::default(),
         };
         if !self.listen.is_empty() {
+            // The file's listeners keep their settings (early data, names) and take the addresses in order.
+            let mut from_file = std::mem::take(&mut config.listeners).into_iter();
             config.listeners = self
                 .listen
                 .iter()
-                .map(|&address| ListenerConfig {
-                    name: None,
-                    address,
-                    backlog: 4096,
-                    mode: ListenerMode::default(),
+                .map(|&address| match from_file.next() {
+                    Some(l) => ListenerConfig { address, ..l },
+                    None => ListenerConfig {
+                        name: None,
+                        address,
+                        backlog: 4096,
+                        mode: ListenerMode::default(),
+                        early_data: Default::default(),
+                    },
                 })
                 .collect();
         }
@@ -189,6 +198,10 @@ impl RunArgs {
         if let Some(dir) = self.ticket_keys {
             config.tls.ticket_keys_dir = Some(dir);
             config.tls.tickets = Some(crate::config::TicketMode::Fleet);
+        }
+        if let Some(url) = self.session_store {
+            config.tls.session_store.url = Some(url);
+            config.tls.session_store.kind = crate::tickets::session_store::StoreKind::Redis;
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

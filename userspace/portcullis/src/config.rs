@@ -127,6 +127,9 @@ pub struct ListenerConfig {
     /// h2 and proxy requests (`[http]`). Default: `"tcp"`.
     #[serde(default)]
     pub mode: ListenerMode,
+    /// TLS 1.3 0-RTT on this listener (`[listeners.early_data]`). Default: off.
+    #[serde(default)]
+    pub early_data: crate::tickets::session_store::EarlyDataConfig,
 }
 
 /// What a listener does with a decrypted connection (`listeners[].mode`, `portcullis run --mode`).
@@ -200,6 +203,8 @@ pub struct TlsConfig {
     /// Sessions kept for TLS 1.2 session-ID resumption (and TLS 1.3 when `tickets = "off"`), least recently
     /// used evicted first. Unit: sessions; 0 disables the cache. Default: 4096.
     pub session_cache_size: usize,
+    /// Where the sessions of early-data listeners live (`[tls.session_store]`).
+    pub session_store: crate::tickets::session_store::SessionStoreConfig,
 }
 
 /// How session tickets are sealed (`tls.tickets`).
@@ -247,6 +252,7 @@ impl Default for TlsConfig {
             ticket_lifetime: Duration::from_secs(6 * 3600),
             ticket_key_lead: Duration::from_secs(3600),
             session_cache_size: 4096,
+            session_store: crate::tickets::session_store::SessionStoreConfig::default(),
         }
     }
 }
@@ -370,6 +376,7 @@ impl Config {
                 address: parse_const_addr(DEFAULT_LISTEN),
                 backlog: default_backlog(),
                 mode: ListenerMode::default(),
+                early_data: Default::default(),
             });
         }
         self
@@ -473,6 +480,7 @@ impl Config {
                 ));
             }
         }
+        self.validate_early_data()?;
         if let Err((field, reason)) = self.xdp.validate() {
             return Err(ConfigError::invalid(format!("xdp.{field}"), reason));
         }
@@ -493,6 +501,41 @@ impl Config {
                         "an http listener serves only \"h2\" and \"http/1.1\"",
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `[tls.session_store]` and every `[listeners.early_data]`: 0-RTT needs TLS 1.3, and Redis needs the
+    /// fleet's ticket keys to seal sessions with.
+    fn validate_early_data(&self) -> Result<(), ConfigError> {
+        use crate::tickets::session_store::StoreKind;
+        if let Err((field, reason)) = self.tls.session_store.validate() {
+            return Err(ConfigError::invalid(
+                format!("tls.session_store.{field}"),
+                reason,
+            ));
+        }
+        if self.tls.session_store.kind == StoreKind::Redis
+            && self.tls.ticket_mode() != TicketMode::Fleet
+        {
+            return Err(ConfigError::invalid(
+                "tls.session_store.kind",
+                "\"redis\" seals sessions with the fleet's ticket keys: set tls.ticket_keys_dir (or --ticket-keys DIR)",
+            ));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if let Err((field, reason)) = l.early_data.validate() {
+                return Err(ConfigError::invalid(
+                    format!("listeners[{i}].early_data.{field}"),
+                    reason,
+                ));
+            }
+            if l.early_data.enabled() && !self.tls.versions.contains(&TlsVersion::Tls13) {
+                return Err(ConfigError::invalid(
+                    format!("listeners[{i}].early_data.max_size"),
+                    "0-RTT needs TLS 1.3 in tls.versions",
+                ));
             }
         }
         Ok(())

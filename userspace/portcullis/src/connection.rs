@@ -40,6 +40,8 @@ pub struct ListenerContext {
     pub http: Option<Arc<crate::http::HttpContext>>,
     /// `tcp` mode's access log (one line per connection), when `[log] access` is on.
     pub access_log: Option<crate::http::AccessLog>,
+    /// The listener's 0-RTT step (`[listeners.early_data]`).
+    pub early: crate::handshake::early_data::EarlyData,
 }
 
 impl OnMoved for ListenerMetrics {
@@ -73,6 +75,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             &ctx.certs,
             &*ctx.engine,
             ctx.max_client_hello_size,
+            &ctx.early,
             |hello| count_offers(m, hello),
         ),
     )
@@ -116,7 +119,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         return crate::http::serve(tcp, peer, est, started, handshake, http.clone()).await;
     }
 
-    if ctx.lazy_connect {
+    // Early data already counts as the client's first bytes.
+    if ctx.lazy_connect && est.early_data.is_empty() {
         match tokio::time::timeout(ctx.idle_timeout, first_client_bytes(&tcp, &mut est.conn)).await
         {
             Ok(Ok(true)) => {}
@@ -167,6 +171,16 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
             return;
         }
+    }
+    // Early data goes upstream only now, after the client's Finished (README "0-RTT"): until the HTTP mode
+    // can tell safe requests apart, a replayed flight must never reach the upstream.
+    if !est.early_data.is_empty() {
+        if let Err(e) = write_all(&upstream, &est.early_data).await {
+            tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
+            return;
+        }
+        m.to_upstream(est.early_data.len() as u64);
+        est.early_data = Vec::new();
     }
     // The access log's facts are read before the relay, which keeps the connection.
     let facts = ctx.access_log.as_ref().map(|_| {

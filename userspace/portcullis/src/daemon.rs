@@ -156,8 +156,11 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .as_ref()
         .map(xdp::XdpGuard::attachments)
         .unwrap_or_default();
+    let store_metrics = tickets::session_store::metrics::StoreMetrics::new();
+    let session_store = start_session_store(&config, &tickets, store_metrics.clone())?;
     let metrics = Metrics::new_with(xdp_collector, |registry| {
         tickets.register(registry);
+        store_metrics.register(registry);
         xdp::register_attached(registry, &xdp_attachments);
         if let Some(s) = &steering {
             registry.register_collector(s.collector());
@@ -171,9 +174,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
             syn_shed,
         ));
     });
-    let engine: Arc<dyn HandshakeEngine> = match engine {
+    let (engine, admission): (Arc<dyn HandshakeEngine>, _) = match engine {
         Some(built) => built?,
-        None => Arc::new(InlineEngine),
+        None => (Arc::new(InlineEngine), None),
     };
 
     // The admin endpoint.
@@ -244,6 +247,14 @@ pub fn run(config: Config) -> Result<(), RunError> {
                     .flatten(),
                 http,
                 tls: tickets.server_config(&base, &name),
+                early: early_data_step(
+                    &config,
+                    i,
+                    &Arc::new(base.clone()),
+                    session_store.as_ref(),
+                    admission.clone(),
+                    &store_metrics,
+                ),
                 certs: resolver.clone(),
                 engine: engine.clone(),
                 upstreams: upstreams.clone(),
@@ -335,4 +346,53 @@ pub fn run(config: Config) -> Result<(), RunError> {
     }
     tracing::info!("portcullis stopped");
     Ok(())
+}
+
+/// The session store of early-data listeners, when any listener has 0-RTT.
+fn start_session_store(
+    config: &Config,
+    tickets: &tickets::Tickets,
+    metrics: tickets::session_store::metrics::StoreMetrics,
+) -> anyhow::Result<Option<Arc<tickets::session_store::SessionStore>>> {
+    if !config.listeners.iter().any(|l| l.early_data.enabled()) {
+        return Ok(None);
+    }
+    let store = tickets::session_store::SessionStore::start(
+        &config.tls.session_store,
+        tickets.fleet_keys(),
+        tickets.session_cache(),
+        config.tls.ticket_lifetime,
+        metrics,
+    )
+    .context("starting the 0-RTT session store ([tls.session_store])")?;
+    tracing::info!(store = ?store, "0-RTT session store ready");
+    Ok(Some(Arc::new(store)))
+}
+
+/// Listener `i`'s early-data step: its two configurations over the shared store, or `off`.
+fn early_data_step(
+    config: &Config,
+    i: usize,
+    base: &Arc<rustls::ServerConfig>,
+    store: Option<&Arc<tickets::session_store::SessionStore>>,
+    admission: Option<Arc<crate::admission::Admission>>,
+    metrics: &tickets::session_store::metrics::StoreMetrics,
+) -> crate::handshake::early_data::EarlyData {
+    use crate::handshake::early_data::{EarlyData, Shedding};
+    let counters = metrics.listener(&config.listener_name(i));
+    let early = config.listeners.get(i).map(|l| &l.early_data);
+    let (Some(early), Some(store)) = (early.filter(|e| e.enabled()), store) else {
+        return EarlyData::off(counters);
+    };
+    let shedding: Option<Shedding> = admission.map(|a| {
+        Arc::new(move || a.state() == crate::admission::controller::State::Shedding) as Shedding
+    });
+    EarlyData::on(
+        store.clone(),
+        tickets::Tickets::early_data_config(base, store.clone(), early.max_size),
+        tickets::Tickets::early_data_config(base, store.clone(), 0),
+        early.freshness,
+        shedding,
+        counters,
+    )
 }

@@ -47,6 +47,8 @@ pub struct HelloInfo {
     /// Our parser found the ClientHello malformed although rustls accepted it (the reason's name). The XDP
     /// guard would drop such a hello; here it is only logged.
     pub malformed: Option<&'static str>,
+    /// The first PSK identity and its obfuscated ticket age (for the early-data step's store fetch).
+    pub psk: Option<super::psk::PskOffer>,
 }
 
 impl HelloInfo {
@@ -57,7 +59,11 @@ impl HelloInfo {
             sni: sni.map(str::to_owned),
             ..Default::default()
         };
-        raw_facts(&as_one_record(raw), &mut info);
+        let record = as_one_record(raw);
+        raw_facts(&record, &mut info);
+        if info.offers_psk {
+            info.psk = super::psk::first_psk(&record);
+        }
         info
     }
 
@@ -225,10 +231,11 @@ fn raw_facts(raw: &[u8], info: &mut HelloInfo) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn fixture(name: &str) -> Vec<u8> {
+    /// A captured ClientHello from the ABI crate's fixtures.
+    pub(crate) fn fixture(name: &str) -> Vec<u8> {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../ebpf/portcullis-abi/fixtures/client_hello/"

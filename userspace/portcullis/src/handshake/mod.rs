@@ -10,9 +10,11 @@
 
 pub mod arrival;
 pub mod class;
+pub mod early_data;
 pub mod engine;
 pub mod failure;
 pub mod inspect;
+pub mod psk;
 pub mod refusal;
 pub mod stages;
 
@@ -26,6 +28,7 @@ use crate::metrics::{ModeLabel, VersionLabel};
 use crate::tls::resolver::SniResolver;
 use crate::tls_io;
 use class::HandshakeClass;
+use early_data::EarlyData;
 use engine::{EngineError, HandshakeEngine, Job};
 use failure::Failure;
 use inspect::HelloInfo;
@@ -43,6 +46,8 @@ pub struct Established {
     pub mode: ModeLabel,
     /// When it passed each stage (completed now).
     pub stages: StageClock,
+    /// Early data rustls accepted, held until now: the first bytes for the upstream.
+    pub early_data: Vec<u8>,
 }
 
 /// A failed handshake: the cause, and the version when it was already negotiated.
@@ -66,12 +71,14 @@ impl HandshakeError {
 /// Runs the whole handshake on `tcp`. `certs` is the certificate choice inside `config`, asked for the key type
 /// to classify the handshake. `max_hello` is `tls.max_client_hello_size`: a longer ClientHello is refused. `on_hello` sees every inspected ClientHello, before the expensive step,
 /// whatever the outcome (offers are counted there, so a rate of accepted / offered resumptions is honest).
+/// `early` is the listener's early-data step, which may choose another configuration than `config`.
 pub async fn run(
     tcp: &TcpStream,
     config: &Arc<ServerConfig>,
     certs: &SniResolver,
     engine: &dyn HandshakeEngine,
     max_hello: usize,
+    early: &EarlyData,
     on_hello: impl FnOnce(&HelloInfo),
 ) -> Result<Established, HandshakeError> {
     let mut stages = StageClock::default();
@@ -81,14 +88,19 @@ pub async fn run(
     drop(raw);
     on_hello(&hello);
     let class = HandshakeClass::classify(&hello, &accepted, certs);
+    let prepared = early.prepare(&hello, config).await;
     let job = Job {
         accepted,
-        config: config.clone(),
+        config: prepared.config.clone(),
         hello: hello.clone(),
         class,
         max_wait: None,
     };
-    let mut conn = match engine.run(job).await {
+    let ran = engine.run(job).await;
+    if ran.is_err() {
+        early.count(&prepared, None, false);
+    }
+    let mut conn = match ran {
         Ok(done) => {
             stages.crypto(done.started, done.finished);
             done.conn
@@ -111,7 +123,12 @@ pub async fn run(
             ));
         }
     };
-    finish(tcp, &mut conn, &mut stages).await?;
+    if let Err(e) = finish(tcp, &mut conn, &mut stages).await {
+        early.count(&prepared, None, e.detail == too_much_early_data());
+        return Err(e);
+    }
+    early.count(&prepared, Some(&mut conn), false);
+    let early_data = early_data::drain(&mut conn);
     let version = match conn.protocol_version() {
         Some(ProtocolVersion::TLSv1_3) => VersionLabel::Tls13,
         Some(ProtocolVersion::TLSv1_2) => VersionLabel::Tls12,
@@ -128,7 +145,13 @@ pub async fn run(
         version,
         mode,
         stages,
+        early_data,
     })
+}
+
+/// rustls' error for a client sending more early data than its ticket allowed.
+fn too_much_early_data() -> String {
+    rustls::Error::PeerMisbehaved(rustls::PeerMisbehaved::TooMuchEarlyDataReceived).to_string()
 }
 
 /// Step 1: read until rustls has a whole ClientHello, however many records and segments it spans, keeping the

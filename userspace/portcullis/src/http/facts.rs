@@ -27,7 +27,8 @@ pub struct TlsFacts {
     pub handshake: Duration,
     /// The ClientHello's unordered fingerprint in hex (what `portcullis xdp block-fingerprint` takes).
     pub fingerprint: Option<String>,
-    /// Whether the request came in 0-RTT early data (always `false` until 0-RTT is served).
+    /// Whether the connection's first flight carried 0-RTT early data (accepted once across the fleet, and held until
+    /// the client's Finished before any of it is served).
     pub early_data: bool,
 }
 

@@ -114,10 +114,11 @@ pub async fn serve(
     handshake: Duration,
     ctx: Arc<HttpContext>,
 ) {
-    let facts = TlsFacts::new(&est.conn, &est.hello, est.version, est.mode, handshake);
+    let mut facts = TlsFacts::new(&est.conn, &est.hello, est.version, est.mode, handshake);
+    facts.early_data = !est.early_data.is_empty();
     let h2 = facts.is_h2();
     let activity = Arc::new(Activity::new(!h2));
-    let stream = TlsStream::new(tcp, est.conn, activity.clone());
+    let stream = TlsStream::new(tcp, est.conn, activity.clone(), est.early_data);
     let info = Arc::new(ConnInfo {
         ctx: ctx.clone(),
         peer,

@@ -25,6 +25,9 @@ struct Inner {
     conn: ServerConnection,
     /// close_notify already queued.
     closing: bool,
+    /// Early data (0-RTT) the handshake stage took out of rustls, held until the client's Finished and read
+    /// before anything rustls releases after it.
+    early: bytes::Bytes,
 }
 
 /// A handle on one TLS connection; every handle reads and writes the same stream.
@@ -35,13 +38,20 @@ pub struct TlsStream {
 }
 
 impl TlsStream {
-    /// Takes over an established connection. `activity` learns when request bytes arrive.
-    pub fn new(tcp: TcpStream, conn: ServerConnection, activity: Arc<Activity>) -> Self {
+    /// Takes over an established connection. `activity` learns when request bytes arrive. `early` is the early
+    /// data the handshake stage took out of rustls (empty without 0-RTT): it is read first.
+    pub fn new(
+        tcp: TcpStream,
+        conn: ServerConnection,
+        activity: Arc<Activity>,
+        early: Vec<u8>,
+    ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 tcp,
                 conn,
                 closing: false,
+                early: bytes::Bytes::from(early),
             })),
             activity,
         }
@@ -91,6 +101,11 @@ impl Inner {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<usize>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            buf.put_slice(&self.early.split_to(n));
+            return Poll::Ready(Ok(n));
+        }
         loop {
             match self.conn.reader().read(buf.initialize_unfilled()) {
                 Ok(n) => {

@@ -12,22 +12,26 @@ use super::{EngineConfig, EngineKind, OffloadEngine};
 use crate::admission::{Admission, AdmissionConfig, AdmissionEngine, SynShedControl};
 use crate::handshake::engine::{HandshakeEngine, InlineEngine};
 
+/// The engine, and admission control when it is on.
+pub type Built = (Arc<dyn HandshakeEngine>, Option<Arc<Admission>>);
+
 /// Builds the engine the workers hand the expensive step to, registering its metrics. `workers` is the
-/// default number of engine instances.
+/// default number of engine instances. Also returns admission control, when on, for read-only questions
+/// (the early-data step refuses 0-RTT while it sheds).
 pub fn build(
     engine: &EngineConfig,
     admission: &AdmissionConfig,
     workers: usize,
     registry: &mut Registry,
     syn_shed: Option<Arc<dyn SynShedControl>>,
-) -> anyhow::Result<Arc<dyn HandshakeEngine>> {
+) -> anyhow::Result<Built> {
     if engine.kind == EngineKind::Inline {
         if admission.enabled {
             tracing::info!(
                 "engine.kind = \"inline\": admission control needs the offload engine's queue; it is off"
             );
         }
-        return Ok(Arc::new(InlineEngine));
+        return Ok((Arc::new(InlineEngine), None));
     }
     let instances = engine.instances.unwrap_or(workers).max(1);
     let software = Arc::new(
@@ -54,13 +58,17 @@ pub fn build(
     let policy = FullRingPolicy::from_config(engine);
     tracing::info!(instances, ring_depth = engine.ring_depth, policy = ?policy, admission = admission.enabled, "offload engine started");
     if !admission.enabled {
-        return Ok(Arc::new(OffloadHandshakes::new(
-            software, policy, metrics, None,
-        )));
+        return Ok((
+            Arc::new(OffloadHandshakes::new(software, policy, metrics, None)),
+            None,
+        ));
     }
     let gate = Admission::new(admission.clone(), instances, registry, syn_shed);
     Admission::start_ticker(&gate);
     let observer: Arc<dyn Observer> = gate.clone();
     let offload = OffloadHandshakes::new(software, policy, metrics, Some(observer));
-    Ok(Arc::new(AdmissionEngine::new(offload, gate)))
+    Ok((
+        Arc::new(AdmissionEngine::new(offload, gate.clone())),
+        Some(gate),
+    ))
 }

@@ -9,6 +9,7 @@
 //! - [`store`]: the live set, swapped whole, and the watcher thread; [`ticketer`]: rustls `ProducesTickets`.
 //! - [`cache`]: the sharded O(1) LRU `StoresServerSessions`; [`metrics`]: everything counted here;
 //!   [`key_gauges`]: the key set's gauges, read from the store at scrape time.
+//! - [`session_store`]: stateful TLS 1.3 sessions of early-data listeners (local or Redis), single use.
 //!
 //! Modes (`tls.tickets`): `fleet` (keys from `tls.ticket_keys_dir`, the default when it is set),
 //! `per-process` (one random key per process: tickets resume only on the instance that issued them, the
@@ -22,6 +23,7 @@ pub mod key_gauges;
 pub mod keyfile;
 pub mod keyset;
 pub mod metrics;
+pub mod session_store;
 pub mod store;
 pub mod ticketer;
 
@@ -116,6 +118,33 @@ impl Tickets {
         }
     }
 
+    /// The fleet's key store (in `fleet` mode), which also seals sessions for a shared session store.
+    pub fn fleet_keys(&self) -> Option<Arc<KeyStore>> {
+        match self.mode {
+            TicketMode::Fleet => self.store.clone(),
+            _ => None,
+        }
+    }
+
+    /// The session-ID cache (TLS 1.2 sessions of early-data listeners go there too).
+    pub fn session_cache(&self) -> Arc<SessionCache> {
+        self.cache.clone()
+    }
+
+    /// `base` for an early-data listener: no ticketer (TLS 1.3 tickets are IDs into `store`, the only way
+    /// rustls accepts 0-RTT) and `max_early_data_size` bytes of early data (0: resumes, refuses 0-RTT).
+    pub fn early_data_config(
+        base: &ServerConfig,
+        store: Arc<session_store::SessionStore>,
+        max_early_data_size: u32,
+    ) -> Arc<ServerConfig> {
+        let mut config = base.clone();
+        config.session_storage = store;
+        config.ticketer = Arc::new(NoTickets);
+        config.max_early_data_size = max_early_data_size;
+        Arc::new(config)
+    }
+
     /// `base` with this daemon's ticketer (labelled with `listener`) and session cache.
     pub fn server_config(&self, base: &ServerConfig, listener: &str) -> Arc<ServerConfig> {
         let mut config = base.clone();
@@ -128,5 +157,27 @@ impl Tickets {
             ));
         }
         Arc::new(config)
+    }
+}
+
+/// A disabled ticketer: TLS 1.3 tickets become IDs into the session store (rustls' own one is private).
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _plain: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _cipher: &[u8]) -> Option<Vec<u8>> {
+        None
     }
 }

@@ -1,0 +1,217 @@
+//! Metrics of the session store and of 0-RTT:
+//! - `portcullis_session_store_requests_total{op, result}`: `op="fetch"` with `hit`, `miss`, `replay` (a
+//!   second use of a ticket we issued, within its lifetime), `timeout`, `error`, `breaker_open`, `unsealed`
+//!   (a value that did not open), `queued` (taken on this instance before its write reached Redis); `op="put"` with `ok`, `error`, `dropped` (queue full), `no_key`.
+//! - `portcullis_session_store_request_seconds{op}`: latency of answered requests.
+//! - `portcullis_session_store_breaker_open`: 1 while the circuit breaker keeps handshakes off the store.
+//! - `portcullis_early_data_total{listener, outcome}`: each 0-RTT attempt, `accepted` or why not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    op: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EarlyLabels {
+    listener: Arc<str>,
+    outcome: &'static str,
+}
+
+/// What became of a 0-RTT attempt: the `outcome` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Early data accepted.
+    Accepted,
+    /// The listener has no early data (`max_size = 0`).
+    Off,
+    /// The client sent more than `max_size` (the handshake fails).
+    TooLarge,
+    /// The ticket ages differ by more than `freshness`: resumed without early data.
+    Stale,
+    /// The store does not know the ticket (expired, evicted, another store, or no PSK we could read).
+    StoreMiss,
+    /// The ticket was already used: a replayed 0-RTT flight.
+    Replay,
+    /// The store timed out, failed, or its breaker is open: full handshake.
+    StoreDown,
+    /// Admission control sheds: resumed without early data.
+    Shedding,
+    /// rustls refused it (ALPN, SNI, cipher suite differ from the session's).
+    Mismatch,
+}
+
+impl Outcome {
+    /// Every outcome, for pre-registering series.
+    pub const ALL: [Outcome; 9] = [
+        Self::Accepted,
+        Self::Off,
+        Self::TooLarge,
+        Self::Stale,
+        Self::StoreMiss,
+        Self::Replay,
+        Self::StoreDown,
+        Self::Shedding,
+        Self::Mismatch,
+    ];
+
+    /// The label value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Off => "off",
+            Self::TooLarge => "too_large",
+            Self::Stale => "stale",
+            Self::StoreMiss => "store_miss",
+            Self::Replay => "replay",
+            Self::StoreDown => "store_down",
+            Self::Shedding => "shedding",
+            Self::Mismatch => "mismatch",
+        }
+    }
+}
+
+/// The store's metrics (cheap clones).
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<OpLabel, Histogram>,
+    breaker_open: Gauge,
+    early: Family<EarlyLabels, Counter>,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 10 µs doubling to ~80 ms: a loopback Redis answers in tens of µs, the timeout is 5 ms.
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 14))
+}
+
+impl StoreMetrics {
+    /// Unregistered metrics.
+    pub fn new() -> Self {
+        Self {
+            requests: Family::default(),
+            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            breaker_open: Gauge::default(),
+            early: Family::default(),
+        }
+    }
+
+    /// Adds them to `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        for result in ["hit", "miss", "replay", "timeout", "error", "breaker_open"] {
+            let _ = self.requests.get_or_create(&RequestLabels {
+                op: "fetch",
+                result,
+            });
+        }
+        for result in ["ok", "error", "dropped"] {
+            let _ = self
+                .requests
+                .get_or_create(&RequestLabels { op: "put", result });
+        }
+        registry.register(
+            "portcullis_session_store_requests",
+            "Session store requests by operation and result (fetch: hit, miss, replay, timeout, error, breaker_open, unsealed, queued; put: ok, error, dropped, no_key)",
+            self.requests.clone(),
+        );
+        registry.register(
+            "portcullis_session_store_request_seconds",
+            "Latency of answered session store requests",
+            self.latency.clone(),
+        );
+        registry.register(
+            "portcullis_session_store_breaker_open",
+            "1 while the session store's circuit breaker keeps handshakes from asking it",
+            self.breaker_open.clone(),
+        );
+        registry.register(
+            "portcullis_early_data",
+            "TLS 1.3 0-RTT attempts by listener and outcome (accepted, or why not)",
+            self.early.clone(),
+        );
+    }
+
+    /// Counts a fetch with its `result`, and its latency when the store answered.
+    pub fn fetch(&self, result: &'static str, latency: Option<Duration>) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                op: "fetch",
+                result,
+            })
+            .inc();
+        if let Some(l) = latency {
+            self.latency
+                .get_or_create(&OpLabel { op: "fetch" })
+                .observe(l.as_secs_f64());
+        }
+    }
+
+    /// Counts a put with its `result`, and its latency when the store answered.
+    pub fn put(&self, result: &'static str, latency: Option<Duration>) {
+        self.requests
+            .get_or_create(&RequestLabels { op: "put", result })
+            .inc();
+        if let Some(l) = latency {
+            self.latency
+                .get_or_create(&OpLabel { op: "put" })
+                .observe(l.as_secs_f64());
+        }
+    }
+
+    /// Sets the breaker gauge.
+    pub fn breaker(&self, open: bool) {
+        self.breaker_open.set(i64::from(open));
+    }
+
+    /// The 0-RTT counters of `listener`, every outcome pre-registered.
+    pub fn listener(&self, listener: &str) -> EarlyDataCounters {
+        let listener: Arc<str> = Arc::from(listener);
+        EarlyDataCounters {
+            counters: Arc::new(Outcome::ALL.map(|outcome| {
+                self.early
+                    .get_or_create(&EarlyLabels {
+                        listener: listener.clone(),
+                        outcome: outcome.name(),
+                    })
+                    .clone()
+            })),
+        }
+    }
+}
+
+/// One listener's `portcullis_early_data_total` handles.
+#[derive(Clone, Debug)]
+pub struct EarlyDataCounters {
+    counters: Arc<[Counter; 9]>,
+}
+
+impl EarlyDataCounters {
+    /// Counts one attempt.
+    pub fn count(&self, outcome: Outcome) {
+        let i = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        if let Some(c) = self.counters.get(i) {
+            c.inc();
+        }
+    }
+}
