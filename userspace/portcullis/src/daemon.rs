@@ -207,6 +207,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         Arc::new(Admin {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            limits: admin_http::AdminLimits::default(),
         }),
     ));
 
