@@ -187,10 +187,10 @@ async fn first_client_bytes(
 }
 
 /// Ends the TLS session cleanly: queues close_notify and sends it with whatever else rustls still holds. Best
-/// effort: the connection is closing anyway, so a write error changes nothing.
+/// effort and bounded (`relay::CLOSE_FLUSH_TIMEOUT`): the connection is closing anyway.
 async fn close_tls(tcp: &TcpStream, conn: &mut rustls::ServerConnection) {
     conn.send_close_notify();
-    let _ = crate::tls_io::flush(tcp, conn).await;
+    relay::flush_before_close(tcp, conn).await;
 }
 
 fn count_offers(m: &ListenerMetrics, hello: &handshake::inspect::HelloInfo) {

@@ -1,0 +1,147 @@
+//! Hardening of the data path against clients that hold resources: stalled closes, connection caps, timeouts.
+//! Each test starts its own daemon on port 0 and a test upstream on a loopback port.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::clients::rustls_establish;
+use portcullis_tests::daemon::{Daemon, DaemonOptions, TempDir};
+use portcullis_tests::pki::Pki;
+
+/// What the daemon may take to close a connection whose client stopped reading (its close flush timeout is
+/// 2 s), with room for a busy host.
+const CLOSE_LIMIT: Duration = Duration::from_secs(6);
+
+/// An upstream that streams bytes at each connection as fast as the daemon takes them (at most 1 GiB) and
+/// reports when the daemon closes the connection.
+struct StreamingUpstream {
+    addr: SocketAddr,
+    written: Arc<AtomicU64>,
+    closed: mpsc::Receiver<Instant>,
+}
+
+impl StreamingUpstream {
+    fn start() -> StreamingUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let written = Arc::new(AtomicU64::new(0));
+        let (tx, closed) = mpsc::channel();
+        let counter = written.clone();
+        std::thread::spawn(move || {
+            let Ok((mut s, _)) = listener.accept() else {
+                return;
+            };
+            let mut reader = s.try_clone().expect("clone");
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while matches!(reader.read(&mut buf), Ok(n) if n > 0) {}
+                let _ = tx.send(Instant::now());
+            });
+            let chunk = vec![b'x'; 64 * 1024];
+            for _ in 0..16_384 {
+                match s.write(&chunk) {
+                    Ok(n) => counter.fetch_add(n as u64, Ordering::Relaxed),
+                    Err(_) => return,
+                };
+            }
+        });
+        StreamingUpstream {
+            addr,
+            written,
+            closed,
+        }
+    }
+
+    /// Waits until the daemon stops taking bytes (the client's and the daemon's buffers are full).
+    fn wait_stalled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut last = u64::MAX;
+        let mut still = 0;
+        while still < 3 {
+            assert!(Instant::now() < deadline, "the relay never stalled");
+            std::thread::sleep(Duration::from_millis(100));
+            let now = self.written.load(Ordering::Relaxed);
+            still = if now == last && now > 0 { still + 1 } else { 0 };
+            last = now;
+        }
+    }
+}
+
+/// A TCP connection to `addr` with a small receive buffer, so a client that does not read stalls the server
+/// quickly.
+fn connect_small(addr: SocketAddr) -> TcpStream {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    s.connect(&addr.into()).expect("connect");
+    s.into()
+}
+
+fn start(pki: &Pki, more: &str) -> Daemon {
+    Daemon::start(DaemonOptions {
+        config_toml: Some(format!("{}\n{more}", pki.tls_section(""))),
+        ..Default::default()
+    })
+    .expect("daemon starts")
+}
+
+/// Polls `/metrics` until `name` reads `want` (bounded); returns the last value.
+fn wait_metric(d: &Daemon, name: &str, labels: &[(&str, &str)], want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = d.metric(name, labels).expect("metrics");
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A client that stops reading while the upstream streams, then sends a corrupt record: the alert the server
+/// owes it cannot be delivered, and the connection and its upstream socket must still close within the close
+/// flush timeout, long before `idle_timeout`.
+#[test]
+fn a_corrupt_record_from_a_client_that_stopped_reading_closes_within_the_flush_timeout() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let upstream = StreamingUpstream::start();
+    let d = start(
+        &pki,
+        &format!(
+            "[upstream]\nbackends = [\"{}\"]\nidle_timeout = \"5m\"\n",
+            upstream.addr
+        ),
+    );
+    let mut tls = rustls_establish(&pki, connect_small(d.addr()));
+    tls.write_all(b"start streaming\n").expect("first bytes");
+    tls.flush().expect("flush");
+    upstream.wait_stalled();
+
+    // An application_data record that cannot decrypt: a protocol error, answered with an alert.
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    record.extend_from_slice(&[0xa5; 0x20]);
+    tls.sock
+        .write_all(&record)
+        .expect("send the corrupt record");
+    let sent = Instant::now();
+    let closed = upstream
+        .closed
+        .recv_timeout(CLOSE_LIMIT)
+        .unwrap_or_else(|_| {
+            panic!(
+                "the upstream socket was still open {CLOSE_LIMIT:?} after the client's protocol error; stderr:\n{}",
+                d.stderr()
+            )
+        });
+    assert!(closed.saturating_duration_since(sent) < CLOSE_LIMIT);
+    assert_eq!(
+        wait_metric(&d, "portcullis_connections_active", &[], 0.0),
+        0.0,
+        "the client connection is still open"
+    );
+    d.stop_ok();
+}
