@@ -38,7 +38,7 @@ pub async fn watch_signals(
     tokio::select! {
         _ = term.recv() => {
             tracing::info!(drain_timeout = ?drain_timeout, "SIGTERM: draining connections");
-            let _ = phase.send(Phase::Draining { deadline: Instant::now() + drain_timeout });
+            let _ = phase.send(Phase::Draining { deadline: drain_deadline(Instant::now(), drain_timeout) });
         }
         _ = int.recv() => {
             tracing::info!("SIGINT: stopping now");
@@ -52,4 +52,27 @@ pub async fn watch_signals(
     }
     let _ = phase.send(Phase::Stop);
     Ok(())
+}
+
+/// `now + drain_timeout`, saturating at an hour past the configured maximum: `Instant + Duration` panics on
+/// overflow, and a panic here would leave SIGTERM ignored (the config bounds the timeout; this holds without).
+fn drain_deadline(now: Instant, drain_timeout: Duration) -> Instant {
+    now.checked_add(drain_timeout)
+        .or_else(|| now.checked_add(crate::config::MAX_DRAIN_TIMEOUT))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_drain_timeout_does_not_panic() {
+        let now = Instant::now();
+        assert_eq!(
+            drain_deadline(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(drain_deadline(now, Duration::MAX) >= now);
+    }
 }
