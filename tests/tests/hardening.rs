@@ -145,3 +145,155 @@ fn a_corrupt_record_from_a_client_that_stopped_reading_closes_within_the_flush_t
     );
     d.stop_ok();
 }
+
+/// Reads until the server closes (EOF or reset); returns how long that took, or `None` if it stayed open for
+/// `limit`.
+fn closed_within(mut s: &TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(start.elapsed());
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Each cap: connections up to it are held open, the next one is reset at once and counted with its reason.
+#[test]
+fn connections_over_a_cap_are_reset_and_counted_by_reason() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    for (limits, held, reason) in [
+        ("max_connections = 2", 2, "process_limit"),
+        ("max_connections_per_worker = 2", 2, "worker_limit"),
+        ("max_connections_per_source = 1", 1, "source_limit"),
+    ] {
+        let d = Daemon::start(DaemonOptions {
+            config_toml: Some(format!(
+                "workers = 1\n{}\n[limits]\n{limits}\n",
+                pki.tls_section("")
+            )),
+            ..Default::default()
+        })
+        .expect("daemon starts");
+        let open: Vec<TcpStream> = (0..held)
+            .map(|_| TcpStream::connect(d.addr()).expect("connect"))
+            .collect();
+        let over = TcpStream::connect(d.addr()).expect("connect");
+        assert!(
+            closed_within(&over, Duration::from_secs(5)).is_some(),
+            "{limits}: the connection over the cap was not closed"
+        );
+        for s in &open {
+            assert!(
+                closed_within(s, Duration::from_millis(200)).is_none(),
+                "{limits}: a connection under the cap was closed"
+            );
+        }
+        assert_eq!(
+            d.metric(
+                "portcullis_connections_refused_total",
+                &[("reason", reason)]
+            )
+            .expect("metrics"),
+            1.0,
+            "{limits}"
+        );
+        assert_eq!(
+            d.metric("portcullis_connections_refused_total", &[])
+                .expect("metrics"),
+            1.0,
+            "{limits}: another reason counted too"
+        );
+        d.stop_ok();
+    }
+}
+
+/// A client that handshakes and sends nothing is closed at `first_byte_timeout`, long before `idle_timeout`;
+/// accepted client sockets carry TCP keepalive.
+#[test]
+fn a_silent_client_is_closed_at_the_first_byte_timeout_and_sockets_keep_alive() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let d = start(
+        &pki,
+        "[upstream]\nidle_timeout = \"5m\"\n[limits]\nfirst_byte_timeout = \"2s\"\ntcp_keepalive = \"45s\"\n",
+    );
+    let tls = rustls_establish(&pki, TcpStream::connect(d.addr()).expect("connect"));
+    let established = Instant::now();
+    let local = tls.sock.local_addr().expect("local");
+    // The daemon's end of this connection shows a keepalive timer (`ss -o`: `timer:(keepalive,...)`) once
+    // nothing is in flight (until then it shows the retransmission timer).
+    let mut ss = String::new();
+    while established.elapsed() < Duration::from_millis(1500) && !ss.contains("timer:(keepalive") {
+        let out = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established"])
+            .arg(format!("( dport = :{} )", local.port()))
+            .output()
+            .expect("run ss (iproute2)");
+        ss = String::from_utf8_lossy(&out.stdout).into_owned();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ss.contains("timer:(keepalive"), "no keepalive timer: {ss}");
+    let _ = closed_within(&tls.sock, Duration::from_secs(10)).expect("closed");
+    let took = established.elapsed();
+    assert!(
+        took >= Duration::from_millis(1800) && took < Duration::from_secs(6),
+        "closed after {took:?}"
+    );
+    assert_eq!(
+        wait_metric(
+            &d,
+            "portcullis_connections_closed_total",
+            &[("cause", "first_byte_timeout")],
+            1.0
+        ),
+        1.0
+    );
+    d.stop_ok();
+}
+
+/// A busy connection is still closed at `max_connection_lifetime`, its upstream socket with it.
+#[test]
+fn a_connection_is_closed_at_its_maximum_lifetime() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let upstream = StreamingUpstream::start();
+    let d = start(
+        &pki,
+        &format!(
+            "[upstream]\nbackends = [\"{}\"]\nidle_timeout = \"5m\"\n[limits]\nmax_connection_lifetime = \"1s\"\n",
+            upstream.addr
+        ),
+    );
+    let started = Instant::now();
+    let mut tls = rustls_establish(&pki, TcpStream::connect(d.addr()).expect("connect"));
+    tls.write_all(b"start streaming\n").expect("first bytes");
+    tls.flush().expect("flush");
+    // The client reads everything: the connection is busy, never idle.
+    let took = closed_within(&tls.sock, Duration::from_secs(10)).expect("closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "closed after {took:?}"
+    );
+    upstream
+        .closed
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the upstream socket closed too");
+    assert_eq!(
+        wait_metric(
+            &d,
+            "portcullis_connections_closed_total",
+            &[("cause", "lifetime")],
+            1.0
+        ),
+        1.0
+    );
+    d.stop_ok();
+}

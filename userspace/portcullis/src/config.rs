@@ -140,6 +140,8 @@ pub struct Config {
     pub admission: crate::admission::AdmissionConfig,
     /// Reuseport steering of new connections to unsaturated workers (`[steering]`).
     pub steering: crate::steering::SteeringConfig,
+    /// Connection caps, first-byte timeout, keepalive, lifetime (`[limits]`).
+    pub limits: crate::limits::LimitsConfig,
 }
 
 impl Default for Config {
@@ -157,6 +159,7 @@ impl Default for Config {
             engine: crate::offload::EngineConfig::default(),
             admission: crate::admission::AdmissionConfig::default(),
             steering: crate::steering::SteeringConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
         }
     }
 }
@@ -597,6 +600,9 @@ impl Config {
             return Err(ConfigError::invalid(field, reason));
         }
         if let Err((field, reason)) = self.admission.validate() {
+            return Err(ConfigError::invalid(field, reason));
+        }
+        if let Err((field, reason)) = self.limits.validate() {
             return Err(ConfigError::invalid(field, reason));
         }
         Ok(())

@@ -8,6 +8,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
 use crate::handshake::{self, engine::HandshakeEngine, failure::Failure};
+use crate::limits::Closed;
 use crate::metrics::{ListenerMetrics, ModeLabel, VersionLabel};
 use crate::proxy::proxy_v2::{self, ProxyInfo};
 use crate::proxy::relay::{self, OnMoved};
@@ -34,6 +35,8 @@ pub struct ListenerContext {
     pub idle_timeout: std::time::Duration,
     /// `upstream.lazy_connect`: connect upstream on the client's first byte.
     pub lazy_connect: bool,
+    /// Connection limits: the first-byte timeout, and the counters of limit closes.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl OnMoved for ListenerMetrics {
@@ -102,8 +105,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     }
 
     if ctx.lazy_connect {
-        match tokio::time::timeout(ctx.idle_timeout, first_client_bytes(&tcp, &mut est.conn)).await
-        {
+        let first_byte = ctx.limits.first_byte_timeout;
+        match tokio::time::timeout(first_byte, first_client_bytes(&tcp, &mut est.conn)).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
                 // The client left without sending anything: no upstream connection was ever needed.
@@ -115,7 +118,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
                 return;
             }
             Err(_) => {
-                tracing::debug!(%peer, "client idle after the handshake; closing");
+                ctx.limits.metrics.closed(Closed::FirstByteTimeout);
+                tracing::debug!(%peer, "client sent no data after the handshake; closing");
                 return;
             }
         }
@@ -157,7 +161,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         Ok(moved) => {
             tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed")
         }
-        Err(e) => tracing::debug!(%peer, error = %e, "relay ended with an error"),
+        Err(e) => {
+            if matches!(e, relay::RelayError::Idle(_)) {
+                ctx.limits.metrics.closed(Closed::Idle);
+            }
+            tracing::debug!(%peer, error = %e, "relay ended with an error");
+        }
     }
 }
 

@@ -170,7 +170,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .as_ref()
         .map(xdp::XdpGuard::attachments)
         .unwrap_or_default();
+    let limit_metrics = crate::limits::LimitMetrics::default();
     let metrics = Metrics::new_with(xdp_collector, |registry| {
+        limit_metrics.register(registry);
         tickets.register(registry);
         xdp::register_attached(registry, &xdp_attachments);
         if let Some(s) = &steering {
@@ -212,6 +214,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
     ));
 
     // Workers.
+    let limits = Arc::new(crate::limits::Limits::new(
+        &config.limits,
+        config.upstream.idle_timeout,
+        limit_metrics,
+    ));
+    tracing::debug!(max_connections = limits.process_cap(), "connection cap");
     let contexts: Vec<Arc<ListenerContext>> = (0..config.listeners.len())
         .map(|i| {
             Arc::new(ListenerContext {
@@ -224,6 +232,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 proxy_protocol: config.upstream.proxy_protocol,
                 idle_timeout: config.upstream.idle_timeout,
                 lazy_connect: config.upstream.lazy_connect,
+                limits: limits.clone(),
             })
         })
         .collect();
@@ -248,6 +257,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 listeners,
                 accepted: metrics.worker_accepted(index),
                 saturation,
+                limits: limits.clone(),
             },
             phase_rx.clone(),
         )?);

@@ -4,7 +4,8 @@
 //! - [`cli`]: the command line and exit codes; [`config`]: the typed TOML config.
 //! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what SIGTERM and SIGINT do.
 //! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime.
-//! - [`connection`]: one connection from accept to close.
+//! - [`connection`]: one connection from accept to close; [`limits`]: connection caps (process, worker,
+//!   source), first-byte timeout, keepalive, lifetime.
 //! - [`offload`]: the QAT-style offload engine (bounded rings on crypto threads); [`admission`]: admission
 //!   control in front of it (cost classes, queue-delay controller, shedding).
 //! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod demo_upstream;
 pub mod handshake;
 pub mod keys_cli;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
