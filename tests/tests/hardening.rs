@@ -297,3 +297,48 @@ fn a_connection_is_closed_at_its_maximum_lifetime() {
     );
     d.stop_ok();
 }
+
+/// A TLS private key that group or others may read, or that belongs to neither root nor the daemon's user,
+/// stops the start with exit code 2 and a message naming the file and what is wrong.
+#[test]
+fn exposed_or_foreign_private_keys_are_refused_naming_the_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let (cert, key) = &pki.ecdsa;
+    let start = || {
+        std::process::Command::new(portcullis_tests::daemon::binary())
+            .args(["run", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--cert")
+            .arg(cert)
+            .arg("--key")
+            .arg(key)
+            .env("PORTCULLIS_LOG", "error")
+            .output()
+            .expect("run portcullis")
+    };
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let out = start();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ecdsa.test.key") && stderr.contains("mode 0640"),
+        "{stderr}"
+    );
+
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    if nix::unistd::Uid::effective().is_root() {
+        nix::unistd::chown(key, Some(nix::unistd::Uid::from_raw(4242)), None).expect("chown");
+        let out = start();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("ecdsa.test.key") && stderr.contains("owned by uid 4242"),
+            "{stderr}"
+        );
+    } else {
+        portcullis_tests::privileged::require_root("foreign key owner (chown)");
+    }
+}

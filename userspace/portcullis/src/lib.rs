@@ -9,7 +9,8 @@
 //! - [`offload`]: the QAT-style offload engine (bounded rings on crypto threads); [`admission`]: admission
 //!   control in front of it (cost classes, queue-delay controller, shedding).
 //! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
-//! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio sockets.
+//! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio sockets;
+//!   [`secret_file`]: reading key files (owner, mode, size checked on the open file; zeroized buffers).
 //! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`, `/fingerprints`
 //!   ([`seen_fingerprints`]: the most frequent ClientHello fingerprints lately, for operators to block).
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod notify;
 pub mod offload;
 pub mod proxy;
+pub mod secret_file;
 pub mod seen_fingerprints;
 pub mod shutdown;
 pub mod steering;
