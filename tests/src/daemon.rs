@@ -88,6 +88,12 @@ impl Daemon {
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).context("binding the notify socket")?;
         notify.set_read_timeout(Some(Duration::from_millis(200)))?;
+        // A daemon that drops to an unprivileged user (`[process] user`) still announces readiness, as to
+        // systemd's world-writable notify socket.
+        std::fs::set_permissions(
+            &notify_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )?;
 
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -205,6 +211,11 @@ impl Daemon {
             }
             return Ok(());
         }
+    }
+
+    /// The daemon's process id (under a netns, `nsenter` execs the daemon: the same process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The first TLS listener's address.

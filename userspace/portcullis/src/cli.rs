@@ -74,6 +74,13 @@ struct RunArgs {
     /// Session-ticket key directory shared by the fleet; selects tls.tickets = "fleet".
     #[arg(long = "ticket-keys", value_name = "DIR")]
     ticket_keys: Option<PathBuf>,
+    /// Run as this user (name or uid) once listeners are bound and XDP attached, with no capability;
+    /// replaces process.user.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Run as this group (name or gid); replaces process.group. Default: the user's primary group.
+    #[arg(long, value_name = "GROUP", requires = "user")]
+    group: Option<String>,
 }
 
 /// Parses arguments, runs, and maps the outcome to an exit code.
@@ -172,6 +179,10 @@ impl RunArgs {
         if let Some(dir) = self.ticket_keys {
             config.tls.ticket_keys_dir = Some(dir);
             config.tls.tickets = Some(crate::config::TicketMode::Fleet);
+        }
+        if let Some(user) = self.user {
+            config.process.user = Some(user);
+            config.process.group = self.group;
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

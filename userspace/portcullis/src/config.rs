@@ -142,6 +142,8 @@ pub struct Config {
     pub steering: crate::steering::SteeringConfig,
     /// Connection caps, first-byte timeout, keepalive, lifetime (`[limits]`).
     pub limits: crate::limits::LimitsConfig,
+    /// The unprivileged user and group to run as after start-up (`[process]`).
+    pub process: crate::process::ProcessConfig,
 }
 
 impl Default for Config {
@@ -160,6 +162,7 @@ impl Default for Config {
             admission: crate::admission::AdmissionConfig::default(),
             steering: crate::steering::SteeringConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
+            process: crate::process::ProcessConfig::default(),
         }
     }
 }
@@ -603,6 +606,9 @@ impl Config {
             return Err(ConfigError::invalid(field, reason));
         }
         if let Err((field, reason)) = self.limits.validate() {
+            return Err(ConfigError::invalid(field, reason));
+        }
+        if let Err((field, reason)) = self.process.validate() {
             return Err(ConfigError::invalid(field, reason));
         }
         Ok(())

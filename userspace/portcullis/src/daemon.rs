@@ -56,6 +56,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .validate()
         .map_err(|e| RunError::Config(e.to_string()))?;
     let state_dir = config.state_dir.clone().unwrap_or_else(default_state_dir);
+    // Resolved first: a user that does not exist is a configuration error, found before anything starts.
+    let identity = crate::process::Identity::resolve(&config.process)
+        .map_err(|e| RunError::Config(format!("{e:#}")))?;
     let provider = tls::provider();
     let certs = tls::load_certificates(&config.tls, &state_dir, &provider)
         .map_err(|e| RunError::Config(e.to_string()))?;
@@ -212,6 +215,12 @@ pub fn run(config: Config) -> Result<(), RunError> {
             limits: admin_http::AdminLimits::default(),
         }),
     ));
+
+    // Least privilege: everything that needs root is done (listeners, XDP, steering, pins, admin socket).
+    if let Some(id) = &identity {
+        crate::process::drop_privileges(id, &[config.xdp.pin_dir.as_path(), state_dir.as_path()])
+            .context("dropping privileges ([process] user / --user)")?;
+    }
 
     // Workers.
     let limits = Arc::new(crate::limits::Limits::new(

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line and exit codes; [`config`]: the typed TOML config.
-//! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what SIGTERM and SIGINT do.
+//! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what SIGTERM and SIGINT do; [`process`]: the
+//!   drop to an unprivileged user with no capability after start-up.
 //! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime.
 //! - [`connection`]: one connection from accept to close; [`limits`]: connection caps (process, worker,
 //!   source), first-byte timeout, keepalive, lifetime.
@@ -35,6 +36,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod offload;
+pub mod process;
 pub mod proxy;
 pub mod secret_file;
 pub mod seen_fingerprints;

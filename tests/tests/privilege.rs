@@ -1,0 +1,64 @@
+//! Least privilege: with `[process] user`, the daemon binds, attaches XDP and steering, pins its maps, then runs
+//! as that user with no capability, and still serves, sheds, and cleans up its pins at exit.
+
+use portcullis_tests::privileged::require_root;
+use portcullis_tests::testbed::XdpTestbed;
+
+/// `nobody` on Debian; numeric, so the test does not depend on the passwd file.
+const NOBODY: u32 = 65534;
+
+fn status_of(path: &std::path::Path) -> portcullis::process::Status {
+    portcullis::process::Status::parse(&std::fs::read_to_string(path).expect("read status"))
+}
+
+#[test]
+fn the_running_daemon_has_no_root_and_no_capability() {
+    if !require_root("the_running_daemon_has_no_root_and_no_capability") {
+        return;
+    }
+    let bed = XdpTestbed::builder("privilege")
+        .xdp(&format!(
+            "\n[process]\nuser = \"{NOBODY}\"\ngroup = \"{NOBODY}\""
+        ))
+        .build()
+        .expect("XDP testbed");
+    let daemon = bed.start_daemon();
+    let pid = daemon.pid().expect("pid");
+
+    // Every thread: uid and gid nobody, no effective or permitted capability. The main thread (which did the
+    // drop) also has an empty bounding set and no_new_privs; threads started before the drop keep theirs.
+    let main = status_of(&std::path::PathBuf::from(format!("/proc/{pid}/status")));
+    assert_eq!(main.uid, Some(NOBODY), "{main:?}");
+    assert_eq!(main.gid, Some(NOBODY), "{main:?}");
+    assert_eq!(main.cap_eff, Some(0), "CapEff: {main:?}");
+    assert_eq!(main.cap_prm, Some(0), "CapPrm: {main:?}");
+    assert_eq!(main.cap_bnd, Some(0), "CapBnd: {main:?}");
+    assert_eq!(main.no_new_privs, Some(true), "{main:?}");
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks");
+    let mut threads = 0;
+    for task in tasks {
+        let s = status_of(&task.expect("task").path().join("status"));
+        assert_eq!(s.uid, Some(NOBODY), "a thread kept its uid: {s:?}");
+        assert_eq!(s.cap_eff, Some(0), "a thread kept capabilities: {s:?}");
+        threads += 1;
+    }
+    assert!(threads > 2, "only {threads} threads: workers missing?");
+
+    // Still serving through XDP and steering, and the maps stay readable through the fds it holds.
+    assert!(
+        bed.s_client(daemon.addr(), 10),
+        "no handshake after the drop"
+    );
+    let passed = daemon
+        .metric("portcullis_xdp_packets_total", &[("verdict", "pass_listener_tcp")])
+        .expect("metrics");
+    assert!(passed > 0.0, "XDP counters unreadable after the drop");
+    let status = bed.cli(&["status"]);
+    assert!(!status.is_empty());
+
+    // At exit it detaches and removes its pins as the unprivileged user.
+    daemon.stop_ok();
+    // (stop_ok: exit 0, so the pin removal did not fail.) The program's pin is gone.
+    let pin = bed.pin_dir.path().join(portcullis_abi::names::PROG_XDP);
+    assert!(!pin.exists(), "{} left behind", pin.display());
+}
