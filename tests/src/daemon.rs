@@ -65,6 +65,9 @@ pub struct DaemonOptions {
     pub config_toml: Option<String>,
     /// Network namespace name (under /run/netns) to run the daemon in.
     pub netns: Option<String>,
+    /// A command and its arguments that exec the daemon (e.g. `setpriv --reuid ...`), placed before the
+    /// binary; it must exec, so the daemon keeps its process id.
+    pub exec_through: Vec<String>,
 }
 
 /// A running daemon.
@@ -130,16 +133,18 @@ impl Daemon {
         args.extend(opts.args.iter().cloned());
 
         let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
-        let mut cmd = match &opts.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}"))
-                    .arg("--")
-                    .arg(binary());
-                c
-            }
-            None => Command::new(binary()),
-        };
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &opts.netns {
+            argv.extend([
+                "nsenter".into(),
+                format!("--net=/run/netns/{ns}").into(),
+                "--".into(),
+            ]);
+        }
+        argv.extend(opts.exec_through.iter().map(Into::into));
+        argv.push(binary().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.args(&args)
             .env("NOTIFY_SOCKET", &notify_path)
             .env(

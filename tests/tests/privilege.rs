@@ -50,7 +50,10 @@ fn the_running_daemon_has_no_root_and_no_capability() {
         "no handshake after the drop"
     );
     let passed = daemon
-        .metric("portcullis_xdp_packets_total", &[("verdict", "pass_listener_tcp")])
+        .metric(
+            "portcullis_xdp_packets_total",
+            &[("verdict", "pass_listener_tcp")],
+        )
         .expect("metrics");
     assert!(passed > 0.0, "XDP counters unreadable after the drop");
     let status = bed.cli(&["status"]);
@@ -61,4 +64,60 @@ fn the_running_daemon_has_no_root_and_no_capability() {
     // (stop_ok: exit 0, so the pin removal did not fail.) The program's pin is gone.
     let pin = bed.pin_dir.path().join(portcullis_abi::names::PROG_XDP);
     assert!(!pin.exists(), "{} left behind", pin.display());
+}
+
+/// The systemd unit's model: started as an unprivileged user with the start-up capabilities as ambient ones
+/// (`User=` + `AmbientCapabilities=`), the daemon sets up XDP and steering, then drops every capability.
+#[test]
+fn started_unprivileged_with_ambient_capabilities_it_drops_them_after_start_up() {
+    use portcullis_tests::daemon::{Daemon, DaemonOptions};
+    if !require_root("started_unprivileged_with_ambient_capabilities_it_drops_them_after_start_up")
+    {
+        return;
+    }
+    let bed = XdpTestbed::builder("ambient").build().expect("XDP testbed");
+    // What the unit's ExecStartPre and the operator do: the pin dir and the keys belong to the service user.
+    let nobody = Some(nix::unistd::Uid::from_raw(NOBODY));
+    let group = Some(nix::unistd::Gid::from_raw(NOBODY));
+    std::fs::create_dir_all(bed.pin_dir.path()).expect("pin dir");
+    for path in [
+        bed.pin_dir.path(),
+        bed.pki.ecdsa.1.as_path(),
+        bed.pki.rsa.1.as_path(),
+    ] {
+        nix::unistd::chown(path, nobody, group).expect("chown");
+    }
+    let caps = "+bpf,+net_admin,+perfmon,+net_bind_service";
+    let daemon = Daemon::start(DaemonOptions {
+        config_toml: Some(bed.config().to_owned()),
+        netns: Some(bed.server.name().to_owned()),
+        exec_through: [
+            "setpriv",
+            &format!("--reuid={NOBODY}"),
+            &format!("--regid={NOBODY}"),
+            "--clear-groups",
+            &format!("--inh-caps={caps}"),
+            &format!("--ambient-caps={caps}"),
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        ..Default::default()
+    })
+    .expect("the daemon starts unprivileged with ambient capabilities");
+    let pid = daemon.pid().expect("pid");
+    let main = status_of(&std::path::PathBuf::from(format!("/proc/{pid}/status")));
+    assert_eq!(main.uid, Some(NOBODY), "{main:?}");
+    assert_eq!(main.cap_eff, Some(0), "CapEff: {main:?}");
+    assert_eq!(main.cap_prm, Some(0), "CapPrm: {main:?}");
+    assert_eq!(main.no_new_privs, Some(true), "{main:?}");
+    assert!(
+        bed.s_client(daemon.addr(), 10),
+        "no handshake after the drop"
+    );
+    let steering = daemon.stderr();
+    assert!(
+        !steering.contains("reuseport steering is off"),
+        "steering did not load with the ambient capabilities:\n{steering}"
+    );
+    daemon.stop_ok();
 }

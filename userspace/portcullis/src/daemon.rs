@@ -37,6 +37,10 @@ pub enum RunError {
 
 /// Where state lives when `state_dir` is not configured.
 pub fn default_state_dir() -> PathBuf {
+    // systemd's StateDirectory= (the unit's /var/lib/portcullis, owned by its User=).
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(dir);
+    }
     if nix::unistd::Uid::effective().is_root() {
         return PathBuf::from("/var/lib/portcullis");
     }
@@ -217,9 +221,21 @@ pub fn run(config: Config) -> Result<(), RunError> {
     ));
 
     // Least privilege: everything that needs root is done (listeners, XDP, steering, pins, admin socket).
-    if let Some(id) = &identity {
-        crate::process::drop_privileges(id, &[config.xdp.pin_dir.as_path(), state_dir.as_path()])
+    match &identity {
+        Some(id) => {
+            crate::process::drop_privileges(
+                id,
+                &[config.xdp.pin_dir.as_path(), state_dir.as_path()],
+            )
             .context("dropping privileges ([process] user / --user)")?;
+        }
+        // Started unprivileged with ambient capabilities (the systemd unit): give them up now.
+        None if !nix::unistd::Uid::effective().is_root() => {
+            crate::process::drop_capabilities().context("dropping capabilities after start-up")?;
+        }
+        None => tracing::info!(
+            "running as root: set [process] user (or --user) to drop root after start-up"
+        ),
     }
 
     // Workers.

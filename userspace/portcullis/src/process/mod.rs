@@ -110,6 +110,68 @@ pub fn drop_privileges(id: &Identity, dirs: &[&Path]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// For a daemon started unprivileged with ambient capabilities (systemd `User=` + `AmbientCapabilities=`):
+/// gives every capability up once start-up is done: ambient set cleared, bounding set emptied where allowed,
+/// `PR_SET_NO_NEW_PRIVS`, then effective, permitted and inheritable sets zeroed (`capset`). Per thread, like
+/// the rest: threads started before keep theirs (module docs); the main thread and every worker have none.
+///
+/// # Errors
+/// A step that fails, or capabilities still there afterwards.
+pub fn drop_capabilities() -> anyhow::Result<()> {
+    match clear_capability_sets() {
+        Ok(()) => {}
+        // Emptying the bounding set needs CAP_SETPCAP, which a unit need not grant: NoNewPrivs and an empty
+        // permitted set already keep the bounding set from mattering.
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) => return Err(e).context("cannot clear the ambient capabilities"),
+    }
+    nix::sys::prctl::set_no_new_privs().context("cannot set PR_SET_NO_NEW_PRIVS")?;
+    zero_capabilities().context("capset")?;
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let now = Status::parse(&status);
+    if now.cap_eff != Some(0) || now.cap_prm != Some(0) {
+        bail!("capability drop did not take: {now:?}");
+    }
+    tracing::info!(uid = ?now.uid, "start-up done: dropped every capability");
+    Ok(())
+}
+
+/// `capset` with empty effective, permitted and inheritable sets for the calling thread.
+fn zero_capabilities() -> std::io::Result<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let data = [Data::default(); 2];
+    // SAFETY: `header` and `data` are valid for the call and laid out as the kernel's
+    // `__user_cap_header_struct` and two `__user_cap_data_struct`s (version 3).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            std::ptr::from_mut(&mut header),
+            data.as_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Chowns `dir` and its direct entries (pins, the self-signed certificate directory) to `id`; a missing
 /// directory is skipped.
 fn hand_over(dir: &Path, id: &Identity) -> std::io::Result<()> {
@@ -158,7 +220,12 @@ fn clear_capability_sets() -> std::io::Result<()> {
             )
         };
         if r != 0 {
-            return Err(std::io::Error::last_os_error());
+            let e = std::io::Error::last_os_error();
+            // EINVAL: past this kernel's last capability (cap_last_cap unreadable, e.g. under ProcSubset=pid).
+            if e.raw_os_error() == Some(libc::EINVAL) && cap > 0 {
+                break;
+            }
+            return Err(e);
         }
     }
     Ok(())
@@ -169,7 +236,7 @@ fn last_cap() -> u32 {
     std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40)
+        .unwrap_or(63)
 }
 
 /// The identity and capability lines of a `/proc/PID/status`.
