@@ -121,3 +121,29 @@ fn started_unprivileged_with_ambient_capabilities_it_drops_them_after_start_up()
     );
     daemon.stop_ok();
 }
+
+/// The DaemonSet's model: `[process] drop_capabilities` keeps uid 0 (root-only Secret files stay readable) but
+/// gives up every capability after start-up.
+#[test]
+fn root_with_drop_capabilities_keeps_uid_0_and_no_capability() {
+    if !require_root("root_with_drop_capabilities_keeps_uid_0_and_no_capability") {
+        return;
+    }
+    let bed = XdpTestbed::builder("dropcaps")
+        .xdp("\n[process]\ndrop_capabilities = true")
+        .build()
+        .expect("XDP testbed");
+    let daemon = bed.start_daemon();
+    let pid = daemon.pid().expect("pid");
+    let main = status_of(&std::path::PathBuf::from(format!("/proc/{pid}/status")));
+    assert_eq!(main.uid, Some(0), "{main:?}");
+    assert_eq!(main.cap_eff, Some(0), "CapEff: {main:?}");
+    assert_eq!(main.cap_prm, Some(0), "CapPrm: {main:?}");
+    assert_eq!(main.cap_bnd, Some(0), "CapBnd: {main:?}");
+    assert_eq!(main.no_new_privs, Some(true), "{main:?}");
+    assert!(
+        bed.s_client(daemon.addr(), 10),
+        "no handshake after the drop"
+    );
+    daemon.stop_ok();
+}

@@ -36,6 +36,10 @@ pub const PACKAGES: &[&str] = &[
     "curl",
     "prometheus",
     "g++",
+    // systemd-analyze scores the unit's hardening (tests/deploy.rs); setpriv starts the daemon the way the
+    // unit does, unprivileged with ambient capabilities (tests/privilege.rs).
+    "systemd",
+    "util-linux",
 ];
 
 /// Packages only the benchmarks need: reference TLS front ends to compare against, and perf and objdump for

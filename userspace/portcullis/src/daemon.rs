@@ -229,8 +229,8 @@ pub fn run(config: Config) -> Result<(), RunError> {
             )
             .context("dropping privileges ([process] user / --user)")?;
         }
-        // Started unprivileged with ambient capabilities (the systemd unit): give them up now.
-        None if !nix::unistd::Uid::effective().is_root() => {
+        // Started unprivileged with ambient capabilities (the systemd unit), or asked to: give them up now.
+        None if !nix::unistd::Uid::effective().is_root() || config.process.drop_capabilities => {
             crate::process::drop_capabilities().context("dropping capabilities after start-up")?;
         }
         None => tracing::info!(

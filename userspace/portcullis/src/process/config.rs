@@ -12,6 +12,11 @@ pub struct ProcessConfig {
     pub user: Option<String>,
     /// Group (name or numeric gid) to run as. Default: the user's primary group.
     pub group: Option<String>,
+    /// Without `user`, when started as root: still give up every capability after start-up, keeping uid 0.
+    /// For where the daemon must go on reading files only root may read, such as a Kubernetes Secret volume
+    /// of ticket keys rotated in place (root-owned, mode 0400). A daemon started unprivileged always drops
+    /// its capabilities. Default: `false`.
+    pub drop_capabilities: bool,
 }
 
 impl ProcessConfig {

@@ -306,6 +306,7 @@ mod tests {
         let nobody = Identity::resolve(&ProcessConfig {
             user: Some("65534".into()),
             group: Some("65534".into()),
+            ..ProcessConfig::default()
         })
         .expect("numeric")
         .expect("some");
@@ -313,12 +314,14 @@ mod tests {
         let err = Identity::resolve(&ProcessConfig {
             user: Some("root".into()),
             group: None,
+            ..ProcessConfig::default()
         })
         .expect_err("root");
         assert!(err.to_string().contains("root"), "{err}");
         let err = Identity::resolve(&ProcessConfig {
             user: Some("no-such-user-portcullis".into()),
             group: None,
+            ..ProcessConfig::default()
         })
         .expect_err("missing");
         assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
