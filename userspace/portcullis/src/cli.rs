@@ -42,7 +42,7 @@ enum Command {
 }
 
 /// Flags of `portcullis run`; each overrides the config file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct RunArgs {
     /// TOML config file (see deploy/portcullis.toml for every field, its unit and default).
     #[arg(long, short = 'c')]
@@ -103,6 +103,9 @@ pub fn main() -> ExitCode {
         Command::Steering(args) => crate::steering_cli::run(args),
         Command::Fingerprint(args) => crate::xdp_cli::fingerprint(args),
         Command::Run(args) => {
+            // SIGHUP reads the configuration again the same way: the file, then the flags over it.
+            let again = args.clone();
+            let load = Box::new(move || again.clone().into_config());
             let config = match args.into_config() {
                 Ok(c) => c,
                 Err(msg) => {
@@ -110,7 +113,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match daemon::run(config) {
+            match daemon::run(config, load) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(RunError::Config(msg)) => {
                     eprintln!("error: {msg}");

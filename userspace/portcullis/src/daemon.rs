@@ -53,8 +53,11 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
-/// Runs the daemon until a signal stops it.
-pub fn run(config: Config) -> Result<(), RunError> {
+/// Runs the daemon until a signal stops it; `load` reads the configuration again on SIGHUP (`reload`).
+pub fn run(
+    config: Config,
+    load: Box<dyn Fn() -> Result<Config, String> + Send>,
+) -> Result<(), RunError> {
     let config = config.with_defaults();
     config
         .validate()
@@ -70,7 +73,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         tracing::info!(cert = %c.source.display(), names = ?c.names, "certificate loaded");
     }
     let resolver = tls::resolver(&certs).context("building the TLS configuration")?;
-    let tls_config = tls::server_config(&config.tls, resolver.clone(), provider)
+    let reload_metrics = crate::reload::ReloadMetrics::default();
+    reload_metrics.loaded(&certs);
+    let tls_config = tls::server_config(&config.tls, resolver.clone(), provider.clone())
         .context("building the TLS configuration")?;
     let tickets = tickets::Tickets::start(&config.tls).context("setting up session tickets")?;
 
@@ -180,6 +185,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
     let limit_metrics = crate::limits::LimitMetrics::default();
     let metrics = Metrics::new_with(xdp_collector, |registry| {
         limit_metrics.register(registry);
+        reload_metrics.register(registry);
         tickets.register(registry);
         xdp::register_attached(registry, &xdp_attachments);
         if let Some(s) = &steering {
@@ -303,8 +309,23 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
     // Until a signal says stop and the workers are done.
     let drain_timeout = config.shutdown.drain_timeout;
+    let mut reloader = crate::reload::Reloader::new(
+        config.clone(),
+        load,
+        state_dir.clone(),
+        provider,
+        resolver.clone(),
+        reload_metrics,
+    );
+    let mut hangups = shutdown::hangups().context("cannot install the SIGHUP handler")?;
     rt.block_on(async {
         let watcher = tokio::spawn(shutdown::watch_signals(phase_tx.clone(), drain_timeout));
+        let reloads = tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                reloader.reload();
+            }
+        });
         let mut phase = phase_rx.clone();
         // With fleet tickets, not ready until a valid key set is loaded (or a signal stops us first).
         if let Some(mut loaded) = tickets.keys_loaded()
@@ -334,6 +355,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         });
         let _ = joined.await;
         watcher.abort();
+        reloads.abort();
     });
     // The workers closed their sockets, so the program is detached; this removes its pins.
     drop(steering);

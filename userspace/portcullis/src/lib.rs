@@ -2,7 +2,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line and exit codes; [`config`]: the typed TOML config.
-//! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what SIGTERM and SIGINT do; [`process`]: the
+//! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what the signals do; [`reload`]: SIGHUP; [`process`]: the
 //!   drop to an unprivileged user with no capability after start-up.
 //! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime.
 //! - [`connection`]: one connection from accept to close; [`limits`]: connection caps (process, worker,
@@ -38,6 +38,7 @@ pub mod notify;
 pub mod offload;
 pub mod process;
 pub mod proxy;
+pub mod reload;
 pub mod secret_file;
 pub mod seen_fingerprints;
 pub mod shutdown;

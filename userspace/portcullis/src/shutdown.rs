@@ -4,6 +4,8 @@
 //!   listening sockets), let open connections finish for up to `shutdown.drain_timeout` (default 30 s), close
 //!   the rest, detach XDP, exit 0. A second SIGTERM or a SIGINT during the drain stops at once.
 //! - **SIGINT** (Ctrl-C): fast stop. Close everything now, detach XDP, exit 0.
+//! - **SIGHUP** (`systemctl reload`): reload the configuration and certificates (`reload` module); the daemon
+//!   goes on serving, whatever the outcome.
 //!
 //! In both cases XDP is detached and pins removed before exit, so no program is left attached to an interface
 //! without a daemon behind it.
@@ -25,6 +27,14 @@ pub enum Phase {
     },
     /// Close everything now.
     Stop,
+}
+
+/// The SIGHUP stream; installing it stops SIGHUP from killing the process (its default action).
+///
+/// # Errors
+/// When the signal handler cannot be installed.
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    signal(SignalKind::hangup())
 }
 
 /// Waits for signals and moves `phase` along. Returns once the phase is `Stop` or drain was requested and

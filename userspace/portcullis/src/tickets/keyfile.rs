@@ -148,10 +148,9 @@ pub fn read_dir(dir: &Path) -> Result<Vec<TicketKey>, KeyDirError> {
     for (name, path, _) in files {
         let native = name.ends_with(".toml");
         let file = read_secret(&path, native)?;
-        if native {
-            keys.push(read_native(&path, &file.bytes, name)?);
-        } else {
-            keys.push(read_raw(&path, &file, name, first_raw)?);
+        let since = file.meta.modified().unwrap_or_else(|_| SystemTime::now());
+        keys.push(parse(&path, &file.bytes, name, first_raw, since)?);
+        if !native {
             first_raw = false;
         }
     }
@@ -184,6 +183,26 @@ fn read_secret(path: &Path, native: bool) -> Result<SecretFile, KeyDirError> {
             KeyDirError::Size { file: path, len }
         }
     })
+}
+
+/// Parses the contents of key file `file` (at `path`, for messages): a portcullis key file when the name ends
+/// in `.toml`, else an nginx-style raw key (`primary`: the first raw file in name order; `since`: its mtime).
+/// Never panics on any bytes (fuzzed: `userspace/portcullis/fuzz`).
+///
+/// # Errors
+/// What is wrong with the contents, naming the file; never quoting the secret.
+pub fn parse(
+    path: &Path,
+    bytes: &[u8],
+    file: String,
+    primary: bool,
+    since: SystemTime,
+) -> Result<TicketKey, KeyDirError> {
+    if file.ends_with(".toml") {
+        read_native(path, bytes, file)
+    } else {
+        read_raw(path, bytes, file, primary, since)
+    }
 }
 
 fn read_native(path: &Path, bytes: &[u8], file: String) -> Result<TicketKey, KeyDirError> {
@@ -237,15 +256,15 @@ fn read_native(path: &Path, bytes: &[u8], file: String) -> Result<TicketKey, Key
 
 fn read_raw(
     path: &Path,
-    secret: &SecretFile,
+    bytes: &[u8],
     file: String,
     primary: bool,
+    since: SystemTime,
 ) -> Result<TicketKey, KeyDirError> {
     let size_err = |len| KeyDirError::Size {
         file: path.to_owned(),
         len,
     };
-    let (bytes, meta) = (&secret.bytes, &secret.meta);
     let (name, rest) = bytes
         .split_at_checked(NAME_LEN)
         .ok_or_else(|| size_err(bytes.len() as u64))?;
@@ -257,7 +276,6 @@ fn read_raw(
         file: path.to_owned(),
         reason: "key derivation failed".into(),
     })?;
-    let since = meta.modified().unwrap_or_else(|_| SystemTime::now());
     Ok(TicketKey::new(
         KeyName(name),
         secret,
