@@ -245,6 +245,7 @@ pub fn run(
     }
 
     // Workers.
+    crate::limits::raise_nofile_limit();
     let limits = Arc::new(crate::limits::Limits::new(
         &config.limits,
         config.upstream.idle_timeout,

@@ -12,7 +12,7 @@ use crate::config::{at_most, count_at_most};
 pub struct LimitsConfig {
     /// Client connections the whole process may have open; one more is reset at accept and counted in
     /// `portcullis_connections_refused_total{reason="process_limit"}`. Unit: connections, 1 to 16777216.
-    /// Default: half of what `RLIMIT_NOFILE` leaves after 256 descriptors for the daemon itself (each
+    /// Default: half of what `RLIMIT_NOFILE` (its soft limit, raised to the hard one at start) leaves after 256 descriptors for the daemon itself (each
     /// connection may need a client and an upstream socket).
     pub max_connections: Option<usize>,
     /// Client connections one worker may have open (`reason="worker_limit"`). Unit: connections, 1 to

@@ -274,6 +274,18 @@ impl Drop for Admitted {
     }
 }
 
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (as Go's runtime does): the soft default of 1024 is for
+/// programs that use `select`, and the default process cap follows the soft limit. Best effort.
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(soft, hard, error = %e, "cannot raise RLIMIT_NOFILE");
+    }
+}
+
 /// Turns on TCP keepalive on an accepted client socket: first probe after `idle`, then every 10 s, 3 probes.
 pub fn set_keepalive(tcp: &tokio::net::TcpStream, idle: Duration) -> std::io::Result<()> {
     let keepalive = socket2::TcpKeepalive::new()
