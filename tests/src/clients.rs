@@ -37,3 +37,37 @@ pub fn s_client(ns: &NetNsGuard, pki: &Pki, addr: SocketAddr, secs: u32) -> bool
     }
     out.status.success()
 }
+
+/// A rustls client trusting the test CA, offering `http/1.1`.
+pub fn rustls_config(pki: &Pki) -> std::sync::Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let ca = std::fs::read(&pki.ca).expect("read the test CA");
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.expect("CA PEM")).expect("add root");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    std::sync::Arc::new(config)
+}
+
+/// A rustls connection to `ecdsa.test` over `tcp` (already connected), handshake finished, nothing sent yet.
+pub fn rustls_establish(
+    pki: &Pki,
+    tcp: std::net::TcpStream,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let server_name = rustls::pki_types::ServerName::try_from("ecdsa.test").expect("name");
+    let conn = rustls::ClientConnection::new(rustls_config(pki), server_name).expect("conn");
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock).expect("handshake");
+    }
+    tls
+}

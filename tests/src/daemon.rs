@@ -65,6 +65,9 @@ pub struct DaemonOptions {
     pub config_toml: Option<String>,
     /// Network namespace name (under /run/netns) to run the daemon in.
     pub netns: Option<String>,
+    /// A command and its arguments that exec the daemon (e.g. `setpriv --reuid ...`), placed before the
+    /// binary; it must exec, so the daemon keeps its process id.
+    pub exec_through: Vec<String>,
 }
 
 /// A running daemon.
@@ -88,6 +91,12 @@ impl Daemon {
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).context("binding the notify socket")?;
         notify.set_read_timeout(Some(Duration::from_millis(200)))?;
+        // A daemon that drops to an unprivileged user (`[process] user`) still announces readiness, as to
+        // systemd's world-writable notify socket.
+        std::fs::set_permissions(
+            &notify_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )?;
 
         let mut args: Vec<String> = vec![
             "run".into(),
@@ -124,16 +133,18 @@ impl Daemon {
         args.extend(opts.args.iter().cloned());
 
         let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
-        let mut cmd = match &opts.netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}"))
-                    .arg("--")
-                    .arg(binary());
-                c
-            }
-            None => Command::new(binary()),
-        };
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &opts.netns {
+            argv.extend([
+                "nsenter".into(),
+                format!("--net=/run/netns/{ns}").into(),
+                "--".into(),
+            ]);
+        }
+        argv.extend(opts.exec_through.iter().map(Into::into));
+        argv.push(binary().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         cmd.args(&args)
             .env("NOTIFY_SOCKET", &notify_path)
             .env(
@@ -205,6 +216,11 @@ impl Daemon {
             }
             return Ok(());
         }
+    }
+
+    /// The daemon's process id (under a netns, `nsenter` execs the daemon: the same process).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The first TLS listener's address.

@@ -47,6 +47,8 @@ impl Pki {
             );
             std::fs::write(&c, cert.pem())?;
             std::fs::write(&k, key.serialize_pem())?;
+            // The daemon refuses key files that group or others may read.
+            std::fs::set_permissions(&k, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
             Ok((c, k))
         };
         Ok(Pki {

@@ -213,3 +213,95 @@ fn kubernetes_config_map_passes_check_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The systemd unit stays hardened: `systemd-analyze security` scores it below 5.0 ("OK"), it runs as a user
+/// with only the start-up capabilities, and it grants nothing the code does not use.
+#[test]
+fn systemd_unit_scores_ok_in_systemd_analyze_security() {
+    let unit = deploy("systemd/portcullis.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(&unit)
+        .output()
+        .expect("run systemd-analyze (apt-get install systemd)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            let rest = l.split("Overall exposure level for").nth(1)?;
+            rest.split(':')
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no overall score in:\n{text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(score < 5.0, "exposure {score} is not OK (< 5.0):\n{text}");
+    let body = std::fs::read_to_string(&unit).expect("unit");
+    // The score recorded in the unit's header matches (docs move with the file).
+    assert!(
+        body.contains(&format!("{score:.1} OK")),
+        "record {score:.1} in the unit's header comment"
+    );
+    for line in [
+        "User=portcullis",
+        "NoNewPrivileges=yes",
+        "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_BIND_SERVICE",
+    ] {
+        assert!(body.lines().any(|l| l == line), "missing `{line}`");
+    }
+    assert!(
+        !body.contains("CAP_SYS_RESOURCE"),
+        "no code needs CAP_SYS_RESOURCE"
+    );
+}
+
+/// The DaemonSet keeps its security settings: capabilities dropped but the start-up ones, no privilege
+/// escalation, a read-only root, seccomp, resources, and the admin endpoint on loopback only.
+#[test]
+fn daemonset_is_least_privilege_and_keeps_admin_off_node_addresses() {
+    let manifest =
+        std::fs::read_to_string(deploy("kubernetes/portcullis-daemonset.yaml")).expect("manifest");
+    // The portcullis container: from its `- name:` to the next container's.
+    let start = manifest
+        .find("- name: portcullis\n")
+        .expect("the portcullis container");
+    let container = manifest.get(start..).unwrap_or_default();
+    let end = container
+        .find("- name: kube-rbac-proxy")
+        .unwrap_or(container.len());
+    let container = container.get(..end).unwrap_or_default();
+    for needle in [
+        "allowPrivilegeEscalation: false",
+        "readOnlyRootFilesystem: true",
+        "type: RuntimeDefault",
+        "drop: [\"ALL\"]",
+        "add: [\"BPF\", \"NET_ADMIN\", \"PERFMON\", \"NET_BIND_SERVICE\", \"SETPCAP\"]",
+        "resources:",
+        "requests:",
+        "limits:",
+        "memory:",
+        "host: 127.0.0.1",
+    ] {
+        assert!(
+            container.contains(needle),
+            "the portcullis container lacks `{needle}`"
+        );
+    }
+    assert!(
+        !manifest.contains("SYS_RESOURCE"),
+        "no code needs SYS_RESOURCE"
+    );
+    assert!(
+        !manifest.contains("0.0.0.0:9090"),
+        "admin bound to every node address"
+    );
+    assert!(manifest.contains("address = \"127.0.0.1:9090\""));
+    assert!(manifest.contains("drop_capabilities = true"));
+}

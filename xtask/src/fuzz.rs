@@ -1,7 +1,8 @@
-//! `cargo xtask fuzz` and the `fuzz` step of `cargo xtask test`: every cargo-fuzz target of the ABI crate's
-//! standalone fuzz crate (`ebpf/portcullis-abi/fuzz`, its own workspace, so the main build never compiles
-//! libFuzzer) runs for a bounded time, seeded with the captured ClientHello fixtures. A crash fails the step and
-//! names the artifact that reproduces it.
+//! `cargo xtask fuzz` and the `fuzz` step of `cargo xtask test`: every cargo-fuzz target of the standalone fuzz
+//! crates ([`FUZZ_CRATES`]: the ABI crate's ClientHello and packet parsers, the daemon's ticket, PROXY v2, key
+//! file and config parsers; each its own workspace, so the main build never compiles libFuzzer) runs for a
+//! bounded time, the ABI's seeded with the captured ClientHello fixtures. A crash fails the step and names the
+//! artifact that reproduces it.
 //!
 //! cargo-fuzz needs unstable rustc flags (`-Zsanitizer`, sancov passes): rustup's nightly when it is installed,
 //! else the stable toolchain with `RUSTC_BOOTSTRAP=1` (same flags, no download needed). Neither needs
@@ -18,14 +19,18 @@ use anyhow::{Context as _, Result, bail};
 use crate::workspace::Workspace;
 use crate::{cmd, env};
 
-/// How long `cargo xtask test` fuzzes each target, in seconds.
-pub const TEST_SECONDS: u64 = 30;
+/// How long `cargo xtask test` fuzzes each target, in seconds: seven targets keep the step near two minutes.
+pub const TEST_SECONDS: u64 = 15;
 
-/// The fuzz crate, relative to the workspace root.
-const FUZZ_DIR: &str = "ebpf/portcullis-abi/fuzz";
-
-/// The seed corpus (read only: libFuzzer writes new inputs into the first corpus dir only, a scratch one).
-const SEEDS: &str = "ebpf/portcullis-abi/fixtures/client_hello";
+/// The fuzz crates, relative to the workspace root, each with its seed corpus (read only: libFuzzer writes new
+/// inputs into the first corpus dir only, a scratch one), if any.
+const FUZZ_CRATES: &[(&str, Option<&str>)] = &[
+    (
+        "ebpf/portcullis-abi/fuzz",
+        Some("ebpf/portcullis-abi/fixtures/client_hello"),
+    ),
+    ("userspace/portcullis/fuzz", None),
+];
 
 /// Slowest a single input may be, in seconds, before libFuzzer calls it a hang (the parser is linear and
 /// bounded; anything near this is a bug).
@@ -49,7 +54,26 @@ pub fn fuzz(ws: &Workspace, seconds: u64) -> Result<()> {
         },
         toolchain.sanitizer
     );
-    let fuzz_dir = ws.root().join(FUZZ_DIR);
+    let mut failed = Vec::new();
+    for (dir, seeds) in FUZZ_CRATES {
+        failed.extend(fuzz_crate(ws, &toolchain, dir, *seeds, seconds)?);
+    }
+    if !failed.is_empty() {
+        bail!("fuzz target(s) failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Builds and runs every target of the fuzz crate in `dir`; returns the targets that failed, with their
+/// artifacts.
+fn fuzz_crate(
+    ws: &Workspace,
+    toolchain: &Toolchain,
+    dir: &str,
+    seeds: Option<&str>,
+    seconds: u64,
+) -> Result<Vec<String>> {
+    let fuzz_dir = ws.root().join(dir);
     let target_dir = ws.target_dir().join("fuzz");
 
     let list = cmd::probe(
@@ -85,7 +109,7 @@ pub fn fuzz(ws: &Workspace, seconds: u64) -> Result<()> {
             .arg("--target-dir")
             .arg(&target_dir)
             .arg(&corpus)
-            .arg(ws.root().join(SEEDS))
+            .args(seeds.map(|s| ws.root().join(s)))
             .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .arg(format!("-timeout={INPUT_TIMEOUT_SECS}"));
@@ -94,7 +118,7 @@ pub fn fuzz(ws: &Workspace, seconds: u64) -> Result<()> {
             eprintln!("fuzz: target `{target}` FAILED: {e:#}");
             for artifact in &found {
                 eprintln!(
-                    "fuzz: artifact {} (reproduce: cargo fuzz run --fuzz-dir {FUZZ_DIR} {target} {})",
+                    "fuzz: artifact {} (reproduce: cargo fuzz run --fuzz-dir {dir} {target} {})",
                     artifact.display(),
                     artifact.display()
                 );
@@ -105,10 +129,7 @@ pub fn fuzz(ws: &Workspace, seconds: u64) -> Result<()> {
             });
         }
     }
-    if !failed.is_empty() {
-        bail!("fuzz target(s) failed: {}", failed.join(", "));
-    }
-    Ok(())
+    Ok(failed)
 }
 
 /// Files in `dir` modified at or after `since` (the artifacts of this run), oldest first.

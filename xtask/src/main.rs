@@ -5,7 +5,8 @@
 //! - [`build`]: the BPF object with Debian's toolchain, then the userspace crates with rustup's.
 //! - [`run`]: setup + build, then exec the daemon on its embedded defaults.
 //! - [`test`]: setup + build, then tests, clippy and rustfmt; what `.ci/run` runs.
-//! - [`fuzz`]: the cargo-fuzz targets of the ABI crate for a bounded time each (also a step of `test`).
+//! - [`fuzz`]: the cargo-fuzz targets (ABI parsers; the daemon's ticket, PROXY v2, key file, config parsers) for a
+//!   bounded time each (also a step of `test`).
 //! - [`bench`]: portcullis beside nginx and HAProxy, measured with `portcullis-load` (`bench handshakes|storm`).
 //! - [`cmd`]: running commands and named steps, echoing each; [`env`]: the environment children inherit;
 //!   [`workspace`]: where things live.

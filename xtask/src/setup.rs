@@ -38,6 +38,10 @@ pub const PACKAGES: &[&str] = &[
     "prometheus",
     "g++",
     "redis-server",
+    // systemd-analyze scores the unit's hardening (tests/deploy.rs); setpriv starts the daemon the way the
+    // unit does, unprivileged with ambient capabilities (tests/privilege.rs).
+    "systemd",
+    "util-linux",
 ];
 
 /// Packages only the benchmarks need: reference TLS front ends to compare against, and perf and objdump for

@@ -25,7 +25,7 @@ pub struct Cli {
 enum Command {
     /// Run the daemon. Without --config, runs on embedded defaults: a self-signed certificate generated into
     /// the state dir, TLS on 127.0.0.1:8443, metrics on 127.0.0.1:9090, and a built-in demo upstream.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check a config file and exit: 0 if valid, 2 with the offending field named if not.
     CheckConfig {
         /// The TOML config file.
@@ -42,7 +42,7 @@ enum Command {
 }
 
 /// Flags of `portcullis run`; each overrides the config file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct RunArgs {
     /// TOML config file (see deploy/portcullis.toml for every field, its unit and default).
     #[arg(long, short = 'c')]
@@ -84,6 +84,13 @@ struct RunArgs {
     /// Redis URL of the fleet's 0-RTT session store; selects tls.session_store.kind = "redis".
     #[arg(long = "session-store", value_name = "URL")]
     session_store: Option<String>,
+    /// Run as this user (name or uid) once listeners are bound and XDP attached, with no capability;
+    /// replaces process.user.
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Run as this group (name or gid); replaces process.group. Default: the user's primary group.
+    #[arg(long, value_name = "GROUP", requires = "user")]
+    group: Option<String>,
 }
 
 /// Parses arguments, runs, and maps the outcome to an exit code.
@@ -106,6 +113,9 @@ pub fn main() -> ExitCode {
         Command::Steering(args) => crate::steering::cli::run(args),
         Command::Fingerprint(args) => crate::xdp::cli::fingerprint(args),
         Command::Run(args) => {
+            // SIGHUP reads the configuration again the same way: the file, then the flags over it.
+            let again = (*args).clone();
+            let load = Box::new(move || again.clone().into_config());
             let config = match args.into_config() {
                 Ok(c) => c,
                 Err(msg) => {
@@ -113,7 +123,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            match daemon::run(config) {
+            match daemon::run(config, load) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(RunError::Config(msg)) => {
                     eprintln!("error: {msg}");
@@ -202,6 +212,10 @@ impl RunArgs {
         if let Some(url) = self.session_store {
             config.tls.session_store.url = Some(url);
             config.tls.session_store.kind = crate::tickets::session_store::StoreKind::Redis;
+        }
+        if let Some(user) = self.user {
+            config.process.user = Some(user);
+            config.process.group = self.group;
         }
         config.validate().map_err(|e| e.to_string())?;
         Ok(config)

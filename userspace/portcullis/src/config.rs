@@ -44,6 +44,60 @@ pub enum ConfigError {
     },
 }
 
+/// Refuses a duration above `max`: beyond it a value is a typo (a missing unit, an extra digit), and an
+/// unbounded one reaches `Instant + Duration`, which panics on overflow.
+///
+/// # Errors
+/// `field` and the largest accepted value.
+pub fn at_most(
+    field: &'static str,
+    d: Duration,
+    max: Duration,
+) -> Result<(), (&'static str, String)> {
+    if d > max {
+        return Err((
+            field,
+            format!(
+                "{} is more than the largest accepted, {}",
+                humantime::format_duration(d),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a count above `max` (memory or threads a typo would otherwise reserve).
+///
+/// # Errors
+/// `field` and the largest accepted value.
+pub fn count_at_most(
+    field: &'static str,
+    n: usize,
+    max: usize,
+) -> Result<(), (&'static str, String)> {
+    if n > max {
+        return Err((
+            field,
+            format!("{n} is more than the largest accepted, {max}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Largest `workers` (and `engine.instances`): threads.
+pub const MAX_WORKERS: usize = 1024;
+/// Largest `tls.session_cache_size`: sessions (about 1 KiB each).
+pub const MAX_SESSION_CACHE: usize = 1 << 20;
+/// Largest `tls.handshake_timeout` and `upstream.connect_timeout`.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest `upstream.idle_timeout`.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Largest `shutdown.drain_timeout`.
+pub const MAX_DRAIN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Largest `tls.ticket_key_lead`.
+pub const MAX_TICKET_KEY_LEAD: Duration = Duration::from_secs(7 * 24 * 3600);
+
 impl ConfigError {
     fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Invalid {
@@ -58,7 +112,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Number of workers. Each is one OS thread with its own current-thread runtime and its own SO_REUSEPORT
-    /// listening socket per listener. Unit: threads. Default: the number of CPUs this process may run on.
+    /// listening socket per listener. Unit: threads, 1 to 1024. Default: the number of CPUs this process may run on.
     pub workers: Option<usize>,
     /// Pin worker `i` to the `i`-th CPU this process may run on. Default: `true`.
     pub pin_workers: bool,
@@ -88,6 +142,10 @@ pub struct Config {
     pub http: crate::http::HttpConfig,
     /// The access log (`[log]`).
     pub log: crate::http::LogConfig,
+    /// Connection caps, first-byte timeout, keepalive, lifetime (`[limits]`).
+    pub limits: crate::limits::LimitsConfig,
+    /// The unprivileged user and group to run as after start-up (`[process]`).
+    pub process: crate::process::ProcessConfig,
 }
 
 impl Default for Config {
@@ -107,6 +165,8 @@ impl Default for Config {
             steering: crate::steering::SteeringConfig::default(),
             http: crate::http::HttpConfig::default(),
             log: crate::http::LogConfig::default(),
+            limits: crate::limits::LimitsConfig::default(),
+            process: crate::process::ProcessConfig::default(),
         }
     }
 }
@@ -175,7 +235,7 @@ pub struct TlsConfig {
     /// Protocol versions enabled. Default: `["1.2", "1.3"]`.
     pub versions: Vec<TlsVersion>,
     /// Time a client has from TCP accept to a finished handshake before the connection is closed and counted
-    /// as a `timeout` failure. A duration such as `"10s"` or `"500ms"`. Default: `"10s"`.
+    /// as a `timeout` failure. A duration such as `"10s"` or `"500ms"`, at most `"5m"`. Default: `"10s"`.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Longest ClientHello accepted, in bytes of the handshake message (its 4-byte header and body; the records
@@ -197,11 +257,11 @@ pub struct TlsConfig {
     #[serde(with = "humantime_serde")]
     pub ticket_lifetime: Duration,
     /// How long before a new key starts encrypting `portcullis keys rotate --config` stages it, so it reaches
-    /// every node first. A duration. Default: `"1h"`.
+    /// every node first. A duration, at most `"7d"`. Default: `"1h"`.
     #[serde(with = "humantime_serde")]
     pub ticket_key_lead: Duration,
     /// Sessions kept for TLS 1.2 session-ID resumption (and TLS 1.3 when `tickets = "off"`), least recently
-    /// used evicted first. Unit: sessions; 0 disables the cache. Default: 4096.
+    /// used evicted first. Unit: sessions, at most 1048576; 0 disables the cache. Default: 4096.
     pub session_cache_size: usize,
     /// Where the sessions of early-data listeners live (`[tls.session_store]`).
     pub session_store: crate::tickets::session_store::SessionStoreConfig,
@@ -278,7 +338,7 @@ pub struct UpstreamConfig {
     /// Backend addresses, `IP:PORT`, used round robin. Default: empty, which starts the built-in demo upstream
     /// (an HTTP/1.1 responder on a loopback port) so a fresh install answers `curl -k https://127.0.0.1:8443/`.
     pub backends: Vec<SocketAddr>,
-    /// Time allowed for the TCP connect to a backend. A duration. Default: `"3s"`.
+    /// Time allowed for the TCP connect to a backend. A duration, at most `"5m"`. Default: `"3s"`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// Send a PROXY protocol v2 header first on every upstream connection, carrying the client address, the
@@ -286,7 +346,7 @@ pub struct UpstreamConfig {
     /// send `Forwarded`). Default: `false`.
     pub proxy_protocol: bool,
     /// An established connection on which no byte moves in either direction for this long is closed (as
-    /// nginx's stream `proxy_timeout`). A duration. Default: `"10m"`.
+    /// nginx's stream `proxy_timeout`). A duration, at most `"24h"`. Default: `"10m"`.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// Connect to the backend when the client sends its first byte after the handshake, not at once: a client
@@ -327,8 +387,8 @@ impl Default for MetricsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
-    /// After SIGTERM, how long open connections may finish before they are closed. A duration.
-    /// Default: `"30s"`.
+    /// After SIGTERM, how long open connections may finish before they are closed. A duration, at most
+    /// `"1h"`. Default: `"30s"`.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
 }
@@ -386,6 +446,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.workers == Some(0) {
             return Err(ConfigError::invalid("workers", "must be at least 1"));
+        }
+        if let Err((field, reason)) = self.check_bounds() {
+            return Err(ConfigError::invalid(field, reason));
         }
         let mut names = std::collections::HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
@@ -490,6 +553,12 @@ impl Config {
         if let Err((field, reason)) = self.admission.validate() {
             return Err(ConfigError::invalid(field, reason));
         }
+        if let Err((field, reason)) = self.limits.validate() {
+            return Err(ConfigError::invalid(field, reason));
+        }
+        if let Err((field, reason)) = self.process.validate() {
+            return Err(ConfigError::invalid(field, reason));
+        }
         if let Err((field, reason)) = self.http.validate() {
             return Err(ConfigError::invalid(field, reason));
         }
@@ -539,6 +608,42 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Upper bounds of the top-level and `[tls]`, `[upstream]`, `[shutdown]` sizes and durations (the other
+    /// sections bound their own in their `validate`).
+    fn check_bounds(&self) -> Result<(), (&'static str, String)> {
+        count_at_most("workers", self.workers.unwrap_or(1), MAX_WORKERS)?;
+        count_at_most(
+            "tls.session_cache_size",
+            self.tls.session_cache_size,
+            MAX_SESSION_CACHE,
+        )?;
+        at_most(
+            "tls.handshake_timeout",
+            self.tls.handshake_timeout,
+            MAX_CONNECT_TIMEOUT,
+        )?;
+        at_most(
+            "tls.ticket_key_lead",
+            self.tls.ticket_key_lead,
+            MAX_TICKET_KEY_LEAD,
+        )?;
+        at_most(
+            "upstream.connect_timeout",
+            self.upstream.connect_timeout,
+            MAX_CONNECT_TIMEOUT,
+        )?;
+        at_most(
+            "upstream.idle_timeout",
+            self.upstream.idle_timeout,
+            MAX_IDLE_TIMEOUT,
+        )?;
+        at_most(
+            "shutdown.drain_timeout",
+            self.shutdown.drain_timeout,
+            MAX_DRAIN_TIMEOUT,
+        )
     }
 
     /// The listener's metric label: its configured name, or `https` / `https-N`.
@@ -684,6 +789,46 @@ mod tests {
                 "[xdp]\ninterfaces = [\"a-very-long-interface-name\"]",
                 "xdp.interfaces[0]",
             ),
+            // Upper bounds (issue 20 defect 5): a huge value is refused, never left to panic at run time.
+            ("workers = 100000", "workers"),
+            (
+                "[tls]\nsession_cache_size = 100000000",
+                "tls.session_cache_size",
+            ),
+            ("[tls]\nhandshake_timeout = \"1h\"", "tls.handshake_timeout"),
+            ("[tls]\nticket_key_lead = \"30d\"", "tls.ticket_key_lead"),
+            (
+                "[upstream]\nconnect_timeout = \"1h\"",
+                "upstream.connect_timeout",
+            ),
+            (
+                "[upstream]\nidle_timeout = \"10y\"",
+                "upstream.idle_timeout",
+            ),
+            (
+                "[shutdown]\ndrain_timeout = \"18446744073709551615s\"",
+                "shutdown.drain_timeout",
+            ),
+            ("[engine]\ninstances = 5000", "engine.instances"),
+            ("[engine]\nwait_deadline = \"1h\"", "engine.wait_deadline"),
+            ("[admission]\ntarget = \"1h\"", "admission.target"),
+            ("[admission]\ninterval = \"1h\"", "admission.interval"),
+            (
+                "[admission]\nqueue_budget = \"1h\"",
+                "admission.queue_budget",
+            ),
+            (
+                "[admission]\nsyn_retry_hold = \"2h\"",
+                "admission.syn_retry_hold",
+            ),
+            (
+                "[admission]\nrecover_intervals = 1000000",
+                "admission.recover_intervals",
+            ),
+            (
+                "[admission]\nmax_in_flight_per_worker = 100000000",
+                "admission.max_in_flight_per_worker",
+            ),
         ];
         for (text, field) in cases {
             let c = Config::parse(text).expect("parses");
@@ -692,5 +837,15 @@ mod tests {
                 other => panic!("{text}: expected invalid {field}, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn the_largest_accepted_values_are_valid() {
+        let c = Config::parse(
+            "workers = 1024\n[tls]\nsession_cache_size = 1048576\nhandshake_timeout = \"5m\"\n\
+             [upstream]\nidle_timeout = \"24h\"\nconnect_timeout = \"5m\"\n[shutdown]\ndrain_timeout = \"1h\"\n",
+        )
+        .expect("parses");
+        c.validate().expect("the bounds themselves are accepted");
     }
 }

@@ -8,6 +8,7 @@ use rustls::ServerConfig;
 use tokio::net::TcpStream;
 
 use crate::handshake::{self, engine::HandshakeEngine, failure::Failure};
+use crate::limits::Closed;
 use crate::metrics::{ListenerMetrics, ModeLabel, VersionLabel};
 use crate::proxy::proxy_v2::{self, ProxyInfo};
 use crate::proxy::relay::{self, OnMoved};
@@ -42,6 +43,8 @@ pub struct ListenerContext {
     pub access_log: Option<crate::http::AccessLog>,
     /// The listener's 0-RTT step (`[listeners.early_data]`).
     pub early: crate::handshake::early_data::EarlyData,
+    /// Connection limits: the first-byte timeout, and the counters of limit closes.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl OnMoved for ListenerMetrics {
@@ -121,8 +124,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 
     // Early data already counts as the client's first bytes.
     if ctx.lazy_connect && est.early_data.is_empty() {
-        match tokio::time::timeout(ctx.idle_timeout, first_client_bytes(&tcp, &mut est.conn)).await
-        {
+        let first_byte = ctx.limits.first_byte_timeout;
+        match tokio::time::timeout(first_byte, first_client_bytes(&tcp, &mut est.conn)).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {
                 // The client left without sending anything: no upstream connection was ever needed.
@@ -134,7 +137,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
                 return;
             }
             Err(_) => {
-                tracing::debug!(%peer, "client idle after the handshake; closing");
+                ctx.limits.metrics.closed(Closed::FirstByteTimeout);
+                tracing::debug!(%peer, "client sent no data after the handshake; closing");
                 return;
             }
         }
@@ -198,6 +202,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             Some(moved)
         }
         Err(e) => {
+            if matches!(e, relay::RelayError::Idle(_)) {
+                ctx.limits.metrics.closed(Closed::Idle);
+            }
             tracing::debug!(%peer, error = %e, "relay ended with an error");
             None
         }
@@ -250,10 +257,10 @@ async fn first_client_bytes(
 }
 
 /// Ends the TLS session cleanly: queues close_notify and sends it with whatever else rustls still holds. Best
-/// effort: the connection is closing anyway, so a write error changes nothing.
+/// effort and bounded (`relay::CLOSE_FLUSH_TIMEOUT`): the connection is closing anyway.
 async fn close_tls(tcp: &TcpStream, conn: &mut rustls::ServerConnection) {
     conn.send_close_notify();
-    let _ = crate::tls_io::flush(tcp, conn).await;
+    relay::flush_before_close(tcp, conn).await;
 }
 
 fn count_offers(m: &ListenerMetrics, hello: &handshake::inspect::HelloInfo) {

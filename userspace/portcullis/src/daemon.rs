@@ -37,6 +37,10 @@ pub enum RunError {
 
 /// Where state lives when `state_dir` is not configured.
 pub fn default_state_dir() -> PathBuf {
+    // systemd's StateDirectory= (the unit's /var/lib/portcullis, owned by its User=).
+    if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+        return PathBuf::from(dir);
+    }
     if nix::unistd::Uid::effective().is_root() {
         return PathBuf::from("/var/lib/portcullis");
     }
@@ -49,13 +53,19 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
-/// Runs the daemon until a signal stops it.
-pub fn run(config: Config) -> Result<(), RunError> {
+/// Runs the daemon until a signal stops it; `load` reads the configuration again on SIGHUP (`reload`).
+pub fn run(
+    config: Config,
+    load: Box<dyn Fn() -> Result<Config, String> + Send>,
+) -> Result<(), RunError> {
     let config = config.with_defaults();
     config
         .validate()
         .map_err(|e| RunError::Config(e.to_string()))?;
     let state_dir = config.state_dir.clone().unwrap_or_else(default_state_dir);
+    // Resolved first: a user that does not exist is a configuration error, found before anything starts.
+    let identity = crate::process::Identity::resolve(&config.process)
+        .map_err(|e| RunError::Config(format!("{e:#}")))?;
     let provider = tls::provider();
     let certs = tls::load_certificates(&config.tls, &state_dir, &provider)
         .map_err(|e| RunError::Config(e.to_string()))?;
@@ -63,7 +73,9 @@ pub fn run(config: Config) -> Result<(), RunError> {
         tracing::info!(cert = %c.source.display(), names = ?c.names, "certificate loaded");
     }
     let resolver = tls::resolver(&certs).context("building the TLS configuration")?;
-    let tls_config = tls::server_config(&config.tls, resolver.clone(), provider)
+    let reload_metrics = crate::reload::ReloadMetrics::default();
+    reload_metrics.loaded(&certs);
+    let tls_config = tls::server_config(&config.tls, resolver.clone(), provider.clone())
         .context("building the TLS configuration")?;
     let tickets = tickets::Tickets::start(&config.tls).context("setting up session tickets")?;
 
@@ -158,7 +170,10 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .unwrap_or_default();
     let store_metrics = tickets::session_store::metrics::StoreMetrics::new();
     let session_store = start_session_store(&config, &tickets, store_metrics.clone())?;
+    let limit_metrics = crate::limits::LimitMetrics::default();
     let metrics = Metrics::new_with(xdp_collector, |registry| {
+        limit_metrics.register(registry);
+        reload_metrics.register(registry);
         tickets.register(registry);
         store_metrics.register(registry);
         xdp::register_attached(registry, &xdp_attachments);
@@ -197,6 +212,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         Arc::new(Admin {
             metrics: metrics.clone(),
             ready: ready.clone(),
+            limits: admin_http::AdminLimits::default(),
         }),
     ));
 
@@ -215,7 +231,32 @@ pub fn run(config: Config) -> Result<(), RunError> {
         rt.spawn(log.clone().reopen_on_sigusr1());
     }
 
+    // Least privilege: everything that needs root is done (listeners, XDP, steering, pins, admin socket).
+    match &identity {
+        Some(id) => {
+            crate::process::drop_privileges(
+                id,
+                &[config.xdp.pin_dir.as_path(), state_dir.as_path()],
+            )
+            .context("dropping privileges ([process] user / --user)")?;
+        }
+        // Started unprivileged with ambient capabilities (the systemd unit), or asked to: give them up now.
+        None if !nix::unistd::Uid::effective().is_root() || config.process.drop_capabilities => {
+            crate::process::drop_capabilities().context("dropping capabilities after start-up")?;
+        }
+        None => tracing::info!(
+            "running as root: set [process] user (or --user) to drop root after start-up"
+        ),
+    }
+
     // Workers.
+    crate::limits::raise_nofile_limit();
+    let limits = Arc::new(crate::limits::Limits::new(
+        &config.limits,
+        config.upstream.idle_timeout,
+        limit_metrics,
+    ));
+    tracing::debug!(max_connections = limits.process_cap(), "connection cap");
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
     let contexts: Vec<Arc<ListenerContext>> = (0..config.listeners.len())
         .map(|i| {
@@ -264,6 +305,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 proxy_protocol: config.upstream.proxy_protocol,
                 idle_timeout: config.upstream.idle_timeout,
                 lazy_connect: config.upstream.lazy_connect,
+                limits: limits.clone(),
             })
         })
         .collect();
@@ -287,6 +329,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
                 listeners,
                 accepted: metrics.worker_accepted(index),
                 saturation,
+                limits: limits.clone(),
             },
             phase_rx.clone(),
         )?);
@@ -307,8 +350,23 @@ pub fn run(config: Config) -> Result<(), RunError> {
 
     // Until a signal says stop and the workers are done.
     let drain_timeout = config.shutdown.drain_timeout;
+    let mut reloader = crate::reload::Reloader::new(
+        config.clone(),
+        load,
+        state_dir.clone(),
+        provider,
+        resolver.clone(),
+        reload_metrics,
+    );
+    let mut hangups = shutdown::hangups().context("cannot install the SIGHUP handler")?;
     rt.block_on(async {
         let watcher = tokio::spawn(shutdown::watch_signals(phase_tx.clone(), drain_timeout));
+        let reloads = tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration");
+                reloader.reload();
+            }
+        });
         let mut phase = phase_rx.clone();
         // With fleet tickets, not ready until a valid key set is loaded (or a signal stops us first).
         if let Some(mut loaded) = tickets.keys_loaded()
@@ -338,6 +396,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         });
         let _ = joined.await;
         watcher.abort();
+        reloads.abort();
     });
     // The workers closed their sockets, so the program is detached; this removes its pins.
     drop(steering);

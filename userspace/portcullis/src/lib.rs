@@ -2,14 +2,17 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line and exit codes; [`config`]: the typed TOML config.
-//! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what SIGTERM and SIGINT do.
+//! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what the signals do; [`reload`]: SIGHUP; [`process`]: the
+//!   drop to an unprivileged user with no capability after start-up.
 //! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime.
 //! - [`connection`]: one connection from accept to close; [`http`]: `mode = "http"` listeners (HTTP/1.1 and h2
 //!   on hyper, the per-worker upstream pool, access log, request metrics).
+//! - [`limits`]: connection caps (process, worker, source), first-byte timeout, keepalive, lifetime.
 //! - [`offload`]: the QAT-style offload engine (bounded rings on crypto threads); [`admission`]: admission
 //!   control in front of it (cost classes, queue-delay controller, shedding).
 //! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
-//! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio sockets.
+//! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio sockets;
+//!   [`secret_file`]: reading key files (owner, mode, size checked on the open file; zeroized buffers).
 //! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`, `/fingerprints`
 //!   ([`seen_fingerprints`]: the most frequent ClientHello fingerprints lately, for operators to block).
@@ -30,11 +33,15 @@ pub mod daemon;
 pub mod demo_upstream;
 pub mod handshake;
 pub mod http;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod offload;
+pub mod process;
 pub mod proxy;
+pub mod reload;
+pub mod secret_file;
 pub mod seen_fingerprints;
 pub mod shutdown;
 pub mod steering;

@@ -5,6 +5,8 @@
 //!   the rest, detach XDP, exit 0. A second SIGTERM or a SIGINT during the drain stops at once.
 //! - **SIGINT** (Ctrl-C): fast stop. Close everything now, detach XDP, exit 0.
 //! - **SIGUSR1**: reopen a file access log (`http::AccessLog::reopen_on_sigusr1`), watched only when it is on.
+//! - **SIGHUP** (`systemctl reload`): reload the configuration and certificates (`reload` module); the daemon
+//!   goes on serving, whatever the outcome.
 //!
 //! In both cases XDP is detached and pins removed before exit, so no program is left attached to an interface
 //! without a daemon behind it.
@@ -28,6 +30,14 @@ pub enum Phase {
     Stop,
 }
 
+/// The SIGHUP stream; installing it stops SIGHUP from killing the process (its default action).
+///
+/// # Errors
+/// When the signal handler cannot be installed.
+pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
+    signal(SignalKind::hangup())
+}
+
 /// Waits for signals and moves `phase` along. Returns once the phase is `Stop` or drain was requested and
 /// then `Stop` happened; the caller joins the workers meanwhile.
 pub async fn watch_signals(
@@ -39,7 +49,7 @@ pub async fn watch_signals(
     tokio::select! {
         _ = term.recv() => {
             tracing::info!(drain_timeout = ?drain_timeout, "SIGTERM: draining connections");
-            let _ = phase.send(Phase::Draining { deadline: Instant::now() + drain_timeout });
+            let _ = phase.send(Phase::Draining { deadline: drain_deadline(Instant::now(), drain_timeout) });
         }
         _ = int.recv() => {
             tracing::info!("SIGINT: stopping now");
@@ -53,4 +63,27 @@ pub async fn watch_signals(
     }
     let _ = phase.send(Phase::Stop);
     Ok(())
+}
+
+/// `now + drain_timeout`, saturating at an hour past the configured maximum: `Instant + Duration` panics on
+/// overflow, and a panic here would leave SIGTERM ignored (the config bounds the timeout; this holds without).
+fn drain_deadline(now: Instant, drain_timeout: Duration) -> Instant {
+    now.checked_add(drain_timeout)
+        .or_else(|| now.checked_add(crate::config::MAX_DRAIN_TIMEOUT))
+        .unwrap_or(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_drain_timeout_does_not_panic() {
+        let now = Instant::now();
+        assert_eq!(
+            drain_deadline(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert!(drain_deadline(now, Duration::MAX) >= now);
+    }
 }

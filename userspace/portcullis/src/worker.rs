@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::connection::{self, ListenerContext};
+use crate::limits::{Closed, Limits};
 use crate::shutdown::Phase;
 
 /// What one worker runs.
@@ -26,6 +27,8 @@ pub struct WorkerSpec {
     pub accepted: Counter,
     /// Where admission control marks this worker saturated for reuseport steering, when steering runs.
     pub saturation: Option<Arc<dyn crate::steering::SaturationMap>>,
+    /// Connection caps, keepalive and lifetime, shared by every worker.
+    pub limits: Arc<Limits>,
 }
 
 /// The CPUs this process may run on, in order.
@@ -90,6 +93,7 @@ fn run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) {
                 listener,
                 ctx,
                 spec.accepted.clone(),
+                spec.limits.clone(),
                 tracker.clone(),
                 phase.clone(),
             ));
@@ -131,6 +135,7 @@ async fn accept_loop(
     listener: TcpListener,
     ctx: Arc<ListenerContext>,
     accepted_total: Counter,
+    limits: Arc<Limits>,
     tracker: Arc<Tracker>,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -146,11 +151,31 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     accepted_total.inc();
+                    let Ok(admitted) = limits.admit(peer, tracker.count()) else {
+                        // Reset before any TLS work: nothing to keep, no TIME_WAIT (limits module docs).
+                        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                        continue;
+                    };
+                    if let Some(idle) = limits.tcp_keepalive
+                        && let Err(e) = crate::limits::set_keepalive(&tcp, idle)
+                    {
+                        tracing::debug!(%peer, error = %e, "cannot set TCP keepalive");
+                    }
                     let guard = tracker.enter();
                     let ctx = ctx.clone();
+                    let limits = limits.clone();
                     tokio::spawn(async move {
-                        connection::serve(tcp, peer, ctx).await;
-                        drop(guard);
+                        let serve = connection::serve(tcp, peer, ctx);
+                        match limits.lifetime {
+                            Some(lifetime) => {
+                                if tokio::time::timeout(lifetime, serve).await.is_err() {
+                                    limits.metrics.closed(Closed::Lifetime);
+                                    tracing::debug!(%peer, ?lifetime, "connection closed at its maximum lifetime");
+                                }
+                            }
+                            None => serve.await,
+                        }
+                        drop((guard, admitted));
                     });
                 }
                 Err(e) => {

@@ -81,5 +81,11 @@ pub fn ensure(out: &Path, key_type: KeyType) -> Result<Cert> {
         );
         std::fs::write(&cert.combined, combined)?;
     }
+    // portcullis refuses a key file that group or others may read (as nginx's and HAProxy's users should).
+    for private in [&cert.key, &cert.combined] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("chmod 600 {}", private.display()))?;
+    }
     Ok(cert)
 }

@@ -11,23 +11,23 @@ pub struct AdmissionConfig {
     /// Turn admission control on. Default: `true`.
     pub enabled: bool,
     /// Queue-delay target: when the minimum ring wait over `interval` exceeds it, new full handshakes are shed.
-    /// A duration. Default: `"5ms"`.
+    /// A duration, at most `"10s"`. Default: `"5ms"`.
     #[serde(with = "humantime_serde")]
     pub target: Duration,
-    /// Measurement interval of the controller. A duration. Default: `"100ms"`.
+    /// Measurement interval of the controller. A duration, at most `"60s"`. Default: `"100ms"`.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Consecutive good intervals before `recovering` returns to `normal`. Unit: intervals. Default: 5.
+    /// Consecutive good intervals before `recovering` returns to `normal`. Unit: intervals, at most 10000. Default: 5.
     pub recover_intervals: u32,
     /// Estimated work (sum of each admitted handshake's learned cost) allowed queued or in service per engine
     /// instance in normal operation: it bounds how long an admitted handshake can wait, and is large enough
     /// that bursts at moderate load are queued, not shed. Resumptions may go 50% beyond (and the engine serves
     /// them first); while overloaded (recovering from a standing queue, or XDP shedding SYNs), the budget is
     /// only twice `target`. A
-    /// duration. Default: `"20ms"`.
+    /// duration, at most `"10s"`. Default: `"20ms"`.
     #[serde(with = "humantime_serde")]
     pub queue_budget: Duration,
-    /// Handshakes one worker may have in flight (admitted, not finished). Unit: handshakes. Default: 1024.
+    /// Handshakes one worker may have in flight (admitted, not finished). Unit: handshakes, at most 1048576. Default: 1024.
     pub max_in_flight_per_worker: usize,
     /// With XDP attached: the largest fraction of new SYNs (0.0 to 1.0) the XDP program may drop. Every
     /// `interval` admission control sets the fraction so that about 25% more connections reach userspace than
@@ -37,7 +37,7 @@ pub struct AdmissionConfig {
     pub syn_shed: f64,
     /// With XDP attached: how long after the last interval that shed new SYNs the XDP program goes on dropping
     /// retransmitted SYNs of flows it shed (at `syn_shed`), so a storm's retransmissions (1 s, 3 s, 7 s after
-    /// each first SYN) do not crowd out clients arriving after it. A duration. Default: `"4s"`.
+    /// each first SYN) do not crowd out clients arriving after it. A duration, at most `"1h"`. Default: `"4s"`.
     #[serde(with = "humantime_serde")]
     pub syn_retry_hold: Duration,
 }
@@ -82,6 +82,28 @@ impl AdmissionConfig {
                 "a fraction from 0.0 to 1.0".to_owned(),
             ));
         }
+        crate::config::at_most("admission.target", self.target, Duration::from_secs(10))?;
+        crate::config::at_most("admission.interval", self.interval, Duration::from_secs(60))?;
+        crate::config::at_most(
+            "admission.queue_budget",
+            self.queue_budget,
+            Duration::from_secs(10),
+        )?;
+        crate::config::at_most(
+            "admission.syn_retry_hold",
+            self.syn_retry_hold,
+            Duration::from_secs(3600),
+        )?;
+        crate::config::count_at_most(
+            "admission.recover_intervals",
+            self.recover_intervals as usize,
+            10_000,
+        )?;
+        crate::config::count_at_most(
+            "admission.max_in_flight_per_worker",
+            self.max_in_flight_per_worker,
+            1 << 20,
+        )?;
         if self.max_in_flight_per_worker == 0 {
             return Err((
                 "admission.max_in_flight_per_worker",

@@ -33,7 +33,7 @@ pub enum FullRingPolicyConfig {
 pub struct EngineConfig {
     /// `"software"` or `"inline"`. Default: `"software"`.
     pub kind: EngineKind,
-    /// Engine instances (crypto threads, one ring each). Unit: threads. Default: the number of workers.
+    /// Engine instances (crypto threads, one ring each). Unit: threads, at most 1024. Default: the number of workers.
     pub instances: Option<usize>,
     /// Depth of each instance's request ring; a power of two. Unit: handshakes. Default: 256.
     pub ring_depth: usize,
@@ -41,7 +41,7 @@ pub struct EngineConfig {
     pub full_ring: FullRingPolicyConfig,
     /// With `full_ring = "wait"`: the longest a handshake waits before a crypto thread starts on it, for a
     /// ring slot and in the ring together; a handshake that reaches its crypto thread later is dropped there
-    /// unserved. A duration. Default: `"50ms"`.
+    /// unserved. A duration, at most `"60s"`. Default: `"50ms"`.
     #[serde(with = "humantime_serde")]
     pub wait_deadline: Duration,
 }
@@ -73,6 +73,16 @@ impl EngineConfig {
         if self.instances == Some(0) {
             return Err(("engine.instances", "must be at least 1".to_owned()));
         }
+        crate::config::count_at_most(
+            "engine.instances",
+            self.instances.unwrap_or(1),
+            crate::config::MAX_WORKERS,
+        )?;
+        crate::config::at_most(
+            "engine.wait_deadline",
+            self.wait_deadline,
+            Duration::from_secs(60),
+        )?;
         if self.full_ring == FullRingPolicyConfig::Wait && self.wait_deadline.is_zero() {
             return Err((
                 "engine.wait_deadline",

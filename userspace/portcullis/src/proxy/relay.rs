@@ -8,10 +8,13 @@
 //!
 //! Closing: a client close_notify or EOF half-closes the upstream (FIN) and we keep relaying the upstream's
 //! answer; an upstream EOF sends close_notify, flushes, and ends the relay. A connection on which nothing moves
-//! for `upstream.idle_timeout` is closed (as nginx's stream `proxy_timeout`).
+//! for `upstream.idle_timeout` is closed (as nginx's stream `proxy_timeout`). What rustls still holds when a
+//! connection ends (an alert after a client protocol error, close_notify) gets [`CLOSE_FLUSH_TIMEOUT`] to
+//! leave ([`flush_before_close`]): a client that stopped reading cannot pin its connection and upstream socket.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
+use std::time::Duration;
 
 use rustls::ServerConnection;
 use tokio::net::TcpStream;
@@ -23,6 +26,29 @@ const SCRATCH: usize = 16 * 1024;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
+}
+
+/// Longest a closing connection waits for the client to take what rustls still has queued for it. The alert
+/// or close_notify is a courtesy: a client that reads nothing for this long loses it, and the socket is reset.
+pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Sends what rustls has queued for a connection that is ending, for at most [`CLOSE_FLUSH_TIMEOUT`]; after
+/// that the socket is set to reset on close, so the kernel does not keep the unsent bytes either.
+pub async fn flush_before_close(client: &TcpStream, conn: &mut ServerConnection) {
+    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, tls_io::flush(client, conn))
+        .await
+        .is_err()
+    {
+        let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
+    }
+}
+
+/// `now + d`, or a year from now where `d` does not fit (a duration validated by the config never gets there;
+/// this keeps an unvalidated one from panicking in `Instant + Duration`).
+pub fn deadline_after(d: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(d)
+        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// Bytes moved by a relay.
@@ -64,7 +90,7 @@ pub async fn relay(
     counters: &dyn OnMoved,
     idle_timeout: std::time::Duration,
 ) -> Result<Moved, RelayError> {
-    let idle = tokio::time::sleep(idle_timeout);
+    let idle = tokio::time::sleep_until(deadline_after(idle_timeout));
     tokio::pin!(idle);
     let mut moved = Moved::default();
     let mut pending: Vec<u8> = Vec::new();
@@ -93,8 +119,7 @@ pub async fn relay(
         let read_upstream = upstream_open && flushed;
         let write_client = !flushed;
         // Every pass through the loop follows an event on one of the sockets: that is activity.
-        idle.as_mut()
-            .reset(tokio::time::Instant::now() + idle_timeout);
+        idle.as_mut().reset(deadline_after(idle_timeout));
         tokio::select! {
             () = &mut idle => return Err(RelayError::Idle(idle_timeout)),
             r = client.readable(), if read_client => {
@@ -102,7 +127,7 @@ pub async fn relay(
                 match tls_io::try_read(client, conn) {
                     Ok(Some(true)) => {
                         if let Err(e) = conn.process_new_packets() {
-                            let _ = tls_io::flush(client, conn).await;
+                            flush_before_close(client, conn).await;
                             return Err(RelayError::Client(e.to_string()));
                         }
                     }

@@ -14,10 +14,11 @@
 //!   accepted, but tickets nginx issued are not). In file-name order, the first encrypts, the rest decrypt.
 //! - names starting with `.` are ignored (editors' and our own temporary files, Kubernetes' `..data`), as are
 //!   directories. Symlinks are followed.
-//! - every key file must be unreadable by group and others (mode 0600 or 0400).
+//! - every key file must be unreadable by group and others (mode 0600 or 0400) and owned by root or the
+//!   daemon's user; it is opened once for those checks, its size and its read (`secret_file`).
 
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -26,6 +27,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::key::{KeyKind, KeyName, NAME_LEN, SECRET_LEN, TicketKey, hex, unhex};
 use super::keyset::KeySetError;
+use crate::secret_file::{self, SecretFile};
 
 /// Largest portcullis key file read.
 const MAX_TOML: u64 = 4096;
@@ -60,6 +62,18 @@ pub enum KeyDirError {
         file: PathBuf,
         /// Its permission bits.
         mode: u32,
+    },
+    /// A key file owned by someone other than root or the daemon's user.
+    #[error(
+        "ticket key file {file} is owned by uid {owner}: a key file must be owned by root or by the daemon's user (uid {daemon}); chown it"
+    )]
+    Owner {
+        /// The file.
+        file: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        daemon: u32,
     },
     /// A raw key file of the wrong size.
     #[error(
@@ -131,44 +145,72 @@ pub fn read_dir(dir: &Path) -> Result<Vec<TicketKey>, KeyDirError> {
     files.sort_by(|a, b| a.0.cmp(&b.0));
     let mut keys = Vec::new();
     let mut first_raw = true;
-    for (name, path, meta) in files {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeyDirError::Permissions { file: path, mode });
-        }
-        if name.ends_with(".toml") {
-            keys.push(read_native(&path, &meta, name)?);
-        } else {
-            keys.push(read_raw(&path, &meta, name, first_raw)?);
+    for (name, path, _) in files {
+        let native = name.ends_with(".toml");
+        let file = read_secret(&path, native)?;
+        let since = file.meta.modified().unwrap_or_else(|_| SystemTime::now());
+        keys.push(parse(&path, &file.bytes, name, first_raw, since)?);
+        if !native {
             first_raw = false;
         }
     }
     Ok(keys)
 }
 
-fn read_bytes(path: &Path) -> Result<Zeroizing<Vec<u8>>, KeyDirError> {
-    std::fs::read(path)
-        .map(Zeroizing::new)
-        .map_err(|source| KeyDirError::Read {
-            file: path.to_owned(),
-            source,
-        })
+/// One open of a key file: owner, mode and size checked on it, then its bytes (zeroized on drop).
+fn read_secret(path: &Path, native: bool) -> Result<SecretFile, KeyDirError> {
+    use crate::secret_file::SecretFileError as E;
+    // A raw file's size is checked exactly after the read (48 or 80 bytes); anything larger is not one.
+    let max = if native { MAX_TOML } else { 80 };
+    secret_file::read(path, max).map_err(|e| match e {
+        E::Read { path, source } => KeyDirError::Read { file: path, source },
+        E::Mode { path, mode } => KeyDirError::Permissions { file: path, mode },
+        E::Owner {
+            path,
+            owner,
+            daemon,
+        } => KeyDirError::Owner {
+            file: path,
+            owner,
+            daemon,
+        },
+        E::Shape { path, what } if native => KeyDirError::Parse {
+            file: path,
+            reason: format!("{what} (a portcullis key file is at most {MAX_TOML} bytes)"),
+        },
+        E::Shape { path, .. } => {
+            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+            KeyDirError::Size { file: path, len }
+        }
+    })
 }
 
-fn read_native(
+/// Parses the contents of key file `file` (at `path`, for messages): a portcullis key file when the name ends
+/// in `.toml`, else an nginx-style raw key (`primary`: the first raw file in name order; `since`: its mtime).
+/// Never panics on any bytes (fuzzed: `userspace/portcullis/fuzz`).
+///
+/// # Errors
+/// What is wrong with the contents, naming the file; never quoting the secret.
+pub fn parse(
     path: &Path,
-    meta: &std::fs::Metadata,
+    bytes: &[u8],
     file: String,
+    primary: bool,
+    since: SystemTime,
 ) -> Result<TicketKey, KeyDirError> {
+    if file.ends_with(".toml") {
+        read_native(path, bytes, file)
+    } else {
+        read_raw(path, bytes, file, primary, since)
+    }
+}
+
+fn read_native(path: &Path, bytes: &[u8], file: String) -> Result<TicketKey, KeyDirError> {
     let parse_err = |reason: String| KeyDirError::Parse {
         file: path.to_owned(),
         reason,
     };
-    if meta.len() > MAX_TOML {
-        return Err(parse_err(format!("larger than {MAX_TOML} bytes")));
-    }
-    let bytes = read_bytes(path)?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| parse_err("not UTF-8".into()))?;
+    let text = std::str::from_utf8(bytes).map_err(|_| parse_err("not UTF-8".into()))?;
     // The parser's message could quote the secret line: report only where it failed.
     let parsed: NativeFile = toml::from_str(text).map_err(|e| {
         parse_err(match e.span() {
@@ -214,18 +256,15 @@ fn read_native(
 
 fn read_raw(
     path: &Path,
-    meta: &std::fs::Metadata,
+    bytes: &[u8],
     file: String,
     primary: bool,
+    since: SystemTime,
 ) -> Result<TicketKey, KeyDirError> {
     let size_err = |len| KeyDirError::Size {
         file: path.to_owned(),
         len,
     };
-    if meta.len() != 48 && meta.len() != 80 {
-        return Err(size_err(meta.len()));
-    }
-    let bytes = read_bytes(path)?;
     let (name, rest) = bytes
         .split_at_checked(NAME_LEN)
         .ok_or_else(|| size_err(bytes.len() as u64))?;
@@ -237,7 +276,6 @@ fn read_raw(
         file: path.to_owned(),
         reason: "key derivation failed".into(),
     })?;
-    let since = meta.modified().unwrap_or_else(|_| SystemTime::now());
     Ok(TicketKey::new(
         KeyName(name),
         secret,
@@ -332,6 +370,7 @@ pub fn write_native(dir: &Path, key: &TicketKey) -> std::io::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     struct Dir(PathBuf);

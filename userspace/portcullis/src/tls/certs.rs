@@ -27,6 +27,9 @@ pub enum CertError {
         /// What went wrong.
         reason: String,
     },
+    /// The private key file is refused before it is parsed (owner, mode, size) or cannot be read.
+    #[error("unusable private key: {0}")]
+    KeyFile(#[from] crate::secret_file::SecretFileError),
     /// The key does not belong to the certificate, or is of an unsupported type.
     #[error("certificate {cert} and key {key} do not go together: {reason}")]
     Mismatch {
@@ -58,8 +61,13 @@ pub struct LoadedCert {
     pub source: PathBuf,
 }
 
+/// Largest private key file read: a PEM RSA-8192 key is under 7 KiB.
+const MAX_KEY_FILE: u64 = 64 * 1024;
+
 /// Loads a chain and key, checks that they match, and collects the names the certificate is for:
-/// `server_names` when given, else the DNS subjectAltNames of the leaf.
+/// `server_names` when given, else the DNS subjectAltNames of the leaf. The key file must be owned by root or
+/// the daemon's user and private (`secret_file`); our copies of its bytes are zeroized once loaded (the copy
+/// handed to the crypto provider is dropped there: aws-lc's own key object is cleansed when freed).
 pub fn load(
     cert_path: &Path,
     key_path: &Path,
@@ -67,7 +75,8 @@ pub fn load(
     provider: &CryptoProvider,
 ) -> Result<LoadedCert, CertError> {
     let chain = read_chain(cert_path)?;
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| CertError::File {
+    let pem = crate::secret_file::read(key_path, MAX_KEY_FILE)?;
+    let mut key = PrivateKeyDer::from_pem_slice(&pem.bytes).map_err(|e| CertError::File {
         what: "private key",
         path: key_path.to_owned(),
         reason: pem_reason(&e),
@@ -80,12 +89,13 @@ pub fn load(
     } else {
         server_names.to_vec()
     };
-    let certified =
-        CertifiedKey::from_der(chain, key, provider).map_err(|e| CertError::Mismatch {
-            cert: cert_path.to_owned(),
-            key: key_path.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let certified = CertifiedKey::from_der(chain, key.clone_key(), provider);
+    zeroize::Zeroize::zeroize(&mut key);
+    let certified = certified.map_err(|e| CertError::Mismatch {
+        cert: cert_path.to_owned(),
+        key: key_path.to_owned(),
+        reason: e.to_string(),
+    })?;
     Ok(LoadedCert {
         key: Arc::new(certified),
         names,
@@ -173,8 +183,11 @@ pub fn ensure_self_signed(state_dir: &Path) -> Result<(PathBuf, PathBuf), CertEr
         .self_signed(&key)
         .map_err(|e| fail(format!("signing: {e}")))?;
     // Write the key first and the certificate last: the certificate's presence marks a complete pair.
-    write_private(&key_path, key.serialize_pem().as_bytes())
-        .map_err(|e| fail(format!("write {}: {e}", key_path.display())))?;
+    write_private(
+        &key_path,
+        zeroize::Zeroizing::new(key.serialize_pem()).as_bytes(),
+    )
+    .map_err(|e| fail(format!("write {}: {e}", key_path.display())))?;
     fs::write(&cert_path, cert.pem())
         .map_err(|e| fail(format!("write {}: {e}", cert_path.display())))?;
     tracing::info!(cert = %cert_path.display(), "generated self-signed ECDSA P-256 certificate for localhost");
@@ -239,6 +252,13 @@ mod tests {
         assert!(err.to_string().contains("garbage.pem"), "{err}");
 
         // A key that belongs to another certificate.
+        // A key file others may read is refused, naming the file and the mode.
+        let (c0, k0) = ensure_self_signed(&dir.join("open")).expect("generate");
+        fs::set_permissions(&k0, fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = load(&c0, &k0, &[], &provider()).expect_err("world-readable key");
+        let text = err.to_string();
+        assert!(text.contains("key.pem") && text.contains("0644"), "{text}");
+
         let (c1, _) = ensure_self_signed(&dir.join("a")).expect("a");
         let (_, k2) = ensure_self_signed(&dir.join("b")).expect("b");
         let err = load(&c1, &k2, &[], &provider()).expect_err("mismatch");

@@ -5,13 +5,16 @@
 //! several certificates (say ECDSA and RSA), the first whose key can sign with a scheme the client offered wins,
 //! so modern clients get ECDSA and old ones still get RSA, as nginx does with several `ssl_certificate` lines.
 //!
+//! The table is swapped whole on reload ([`SniResolver::replace`]): a handshake resolves its certificate once,
+//! so one in flight keeps the certificate it got, and the next one sees the new table.
+//!
 //! The signature schemes each key can sign with are worked out once, when the certificates load, so the same
 //! choice can be asked for twice at the cost of a table lookup: by rustls (`resolve`, inside
 //! `Accepted::into_connection`) and, before that, by admission control, which only needs the key type
 //! ([`SniResolver::algorithm`]) to price the handshake.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -22,6 +25,12 @@ use super::certs::LoadedCert;
 /// Resolves a certificate from the SNI and signature schemes of a ClientHello.
 #[derive(Debug)]
 pub struct SniResolver {
+    table: RwLock<Arc<Table>>,
+}
+
+/// One certificate table, built at load and never changed (a reload builds a new one).
+#[derive(Debug)]
+struct Table {
     by_name: HashMap<String, Vec<Candidate>>,
     default: Vec<Candidate>,
 }
@@ -30,6 +39,45 @@ impl SniResolver {
     /// Builds the resolver. The first certificate is the default; certificates that share its names are
     /// alternatives to it for clients that cannot use its key type. Returns `None` when `certs` is empty.
     pub fn new(certs: &[LoadedCert]) -> Option<Self> {
+        Some(Self {
+            table: RwLock::new(Arc::new(Table::new(certs)?)),
+        })
+    }
+
+    /// Swaps in the table of `certs`, whole; `false` (and the old table kept) when `certs` is empty.
+    pub fn replace(&self, certs: &[LoadedCert]) -> bool {
+        let Some(table) = Table::new(certs) else {
+            return false;
+        };
+        let table = Arc::new(table);
+        match self.table.write() {
+            Ok(mut t) => *t = table,
+            Err(poisoned) => *poisoned.into_inner() = table,
+        }
+        true
+    }
+
+    fn current(&self) -> Arc<Table> {
+        // A poisoned lock only means a panic while swapping an `Arc`: the value is whole.
+        match self.table.read() {
+            Ok(t) => t.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// The signature algorithm of the certificate [`ResolvesServerCert::resolve`] chooses for this SNI and these
+    /// offered schemes: the same choice, from the table built at load, without a signer or a key clone.
+    pub fn algorithm(
+        &self,
+        sni: Option<&str>,
+        offered: &[SignatureScheme],
+    ) -> Option<SignatureAlgorithm> {
+        self.current().choose(sni, offered).map(|c| c.algorithm)
+    }
+}
+
+impl Table {
+    fn new(certs: &[LoadedCert]) -> Option<Self> {
         let first = certs.first()?;
         let candidates: Vec<Candidate> = certs.iter().map(|c| Candidate::new(&c.key)).collect();
         let mut by_name: HashMap<String, Vec<Candidate>> = HashMap::new();
@@ -48,16 +96,6 @@ impl SniResolver {
             }
         }
         Some(Self { by_name, default })
-    }
-
-    /// The signature algorithm of the certificate [`ResolvesServerCert::resolve`] chooses for this SNI and these
-    /// offered schemes: the same choice, from the table built at load, without a signer or a key clone.
-    pub fn algorithm(
-        &self,
-        sni: Option<&str>,
-        offered: &[SignatureScheme],
-    ) -> Option<SignatureAlgorithm> {
-        self.choose(sni, offered).map(|c| c.algorithm)
     }
 
     /// The one choice both `resolve` and [`Self::algorithm`] report.
@@ -91,7 +129,8 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.choose(hello.server_name(), hello.signature_schemes())
+        self.current()
+            .choose(hello.server_name(), hello.signature_schemes())
             .map(|c| c.key.clone())
     }
 }
@@ -205,7 +244,7 @@ pub(crate) mod tests {
 
     /// The choice as `resolve` made it before the scheme table existed: asking each key's `choose_scheme`.
     fn reference<'a>(
-        r: &'a SniResolver,
+        r: &'a Table,
         sni: Option<&str>,
         offered: &[SignatureScheme],
     ) -> Option<&'a Arc<CertifiedKey>> {
@@ -222,7 +261,8 @@ pub(crate) mod tests {
 
     #[test]
     fn choice_by_name_and_schemes() {
-        let r = SniResolver::new(certs()).expect("resolver");
+        let resolver = SniResolver::new(certs()).expect("resolver");
+        let r = resolver.current();
         let (ecdsa, rsa, ed) = (
             Some(SignatureAlgorithm::ECDSA),
             Some(SignatureAlgorithm::RSA),
@@ -249,7 +289,11 @@ pub(crate) mod tests {
             (None, &[], ecdsa),
         ];
         for (sni, offered, want) in cases {
-            assert_eq!(r.algorithm(sni, offered), want, "{sni:?} {offered:?}");
+            assert_eq!(
+                resolver.algorithm(sni, offered),
+                want,
+                "{sni:?} {offered:?}"
+            );
             let chosen = r.choose(sni, offered).map(|c| &c.key);
             let before = reference(&r, sni, offered);
             assert!(
@@ -260,8 +304,37 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn replace_swaps_the_whole_table_and_refuses_an_empty_one() {
+        let all = certs();
+        let r = SniResolver::new(all).expect("resolver");
+        let before = r.current();
+        // Only the RSA certificate of rsa.test: every name now resolves to it (it is the new default).
+        let rsa_only: Vec<LoadedCert> = all
+            .iter()
+            .filter(|c| c.names.iter().any(|n| n == "rsa.test"))
+            .map(|c| LoadedCert {
+                key: c.key.clone(),
+                names: c.names.clone(),
+                source: c.source.clone(),
+            })
+            .collect();
+        assert!(r.replace(&rsa_only));
+        assert_eq!(
+            r.algorithm(Some("a.test"), MODERN),
+            Some(SignatureAlgorithm::RSA)
+        );
+        // A table taken before the swap (a handshake in flight) still answers from the old certificates.
+        assert_eq!(
+            before.choose(Some("a.test"), MODERN).map(|c| c.algorithm),
+            Some(SignatureAlgorithm::ECDSA)
+        );
+        assert!(!r.replace(&[]), "an empty table must be refused");
+        assert_eq!(r.algorithm(None, MODERN), Some(SignatureAlgorithm::RSA));
+    }
+
+    #[test]
     fn scheme_table_agrees_with_choose_scheme() {
-        let r = SniResolver::new(certs()).expect("resolver");
+        let r = SniResolver::new(certs()).expect("resolver").current();
         let offers: Vec<Vec<SignatureScheme>> = ALL_SCHEMES
             .iter()
             .map(|s| vec![*s])

@@ -1,0 +1,370 @@
+//! What one client, one worker and the process may hold: caps on open connections (checked at accept, before
+//! any TLS work), the first-byte timeout after the handshake, TCP keepalive and the maximum connection
+//! lifetime, with the metrics that count what they refuse and close.
+//!
+//! # Layout
+//! - [`config`]: the `[limits]` config section.
+//! - this file: [`Limits`] (the process-wide counts, shared by the workers), [`Admitted`] (one connection's
+//!   place in them, given back on drop) and [`LimitMetrics`].
+//!
+//! A refused connection is reset (SO_LINGER 0) as soon as it is accepted: it costs no TLS work, leaves no
+//! TIME_WAIT, and the client sees ECONNRESET, as for a shed handshake.
+
+pub mod config;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+pub use config::LimitsConfig;
+
+/// Why a connection was refused at accept (`portcullis_connections_refused_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The process holds `limits.max_connections`.
+    ProcessLimit,
+    /// The accepting worker holds `limits.max_connections_per_worker`.
+    WorkerLimit,
+    /// The client's source holds `limits.max_connections_per_source`.
+    SourceLimit,
+}
+
+impl Refused {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ProcessLimit => "process_limit",
+            Self::WorkerLimit => "worker_limit",
+            Self::SourceLimit => "source_limit",
+        }
+    }
+}
+
+/// Why a limit closed an open connection (`portcullis_connections_closed_total{cause}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// No data within `limits.first_byte_timeout` after the handshake.
+    FirstByteTimeout,
+    /// Nothing moved for `upstream.idle_timeout`.
+    Idle,
+    /// Open for `limits.max_connection_lifetime`.
+    Lifetime,
+}
+
+impl Closed {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FirstByteTimeout => "first_byte_timeout",
+            Self::Idle => "idle",
+            Self::Lifetime => "lifetime",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
+/// The counters of refused and limit-closed connections.
+#[derive(Clone, Default)]
+pub struct LimitMetrics {
+    refused: Family<ReasonLabel, Counter>,
+    closed: Family<CauseLabel, Counter>,
+}
+
+impl LimitMetrics {
+    /// Registers the families in `registry`, every label present from the start (at 0).
+    pub fn register(&self, registry: &mut Registry) {
+        for r in [
+            Refused::ProcessLimit,
+            Refused::WorkerLimit,
+            Refused::SourceLimit,
+        ] {
+            let _ = self
+                .refused
+                .get_or_create(&ReasonLabel { reason: r.name() });
+        }
+        for c in [Closed::FirstByteTimeout, Closed::Idle, Closed::Lifetime] {
+            let _ = self.closed.get_or_create(&CauseLabel { cause: c.name() });
+        }
+        registry.register(
+            "portcullis_connections_refused",
+            "Client connections reset at accept by a connection cap, by reason (process_limit, worker_limit, \
+             source_limit)",
+            self.refused.clone(),
+        );
+        registry.register(
+            "portcullis_connections_closed",
+            "Client connections closed by a limit, by cause (first_byte_timeout, idle, lifetime)",
+            self.closed.clone(),
+        );
+    }
+
+    /// Counts a refusal.
+    pub fn refused(&self, reason: Refused) {
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.name(),
+            })
+            .inc();
+    }
+
+    /// Counts a close.
+    pub fn closed(&self, cause: Closed) {
+        self.closed
+            .get_or_create(&CauseLabel {
+                cause: cause.name(),
+            })
+            .inc();
+    }
+}
+
+/// Shards of the per-source counts: a worker locks one of them per accept and close.
+const SOURCE_SHARDS: usize = 16;
+
+/// The process-wide connection counts and the limits' settings, shared by every worker.
+pub struct Limits {
+    process_cap: usize,
+    worker_cap: Option<usize>,
+    source_cap: usize,
+    /// `limits.first_byte_timeout`.
+    pub first_byte_timeout: Duration,
+    /// `limits.tcp_keepalive`, `None` when off.
+    pub tcp_keepalive: Option<Duration>,
+    /// `limits.max_connection_lifetime`, `None` when unlimited.
+    pub lifetime: Option<Duration>,
+    open: AtomicUsize,
+    sources: [Mutex<HashMap<IpAddr, usize>>; SOURCE_SHARDS],
+    /// The counters.
+    pub metrics: LimitMetrics,
+}
+
+impl Limits {
+    /// The limits of `config`, with no connection open; the first-byte timeout is capped at `idle_timeout`.
+    pub fn new(config: &LimitsConfig, idle_timeout: Duration, metrics: LimitMetrics) -> Self {
+        Self {
+            process_cap: config.process_cap(),
+            worker_cap: config.max_connections_per_worker,
+            source_cap: config.max_connections_per_source,
+            first_byte_timeout: config.first_byte_timeout.min(idle_timeout),
+            tcp_keepalive: (!config.tcp_keepalive.is_zero()).then_some(config.tcp_keepalive),
+            lifetime: (!config.max_connection_lifetime.is_zero())
+                .then_some(config.max_connection_lifetime),
+            open: AtomicUsize::new(0),
+            sources: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            metrics,
+        }
+    }
+
+    /// The process cap in force.
+    pub fn process_cap(&self) -> usize {
+        self.process_cap
+    }
+
+    /// Takes a place for a connection from `peer` on a worker that has `worker_open` open already, or says
+    /// (and counts) which cap refuses it.
+    ///
+    /// # Errors
+    /// The cap that is full.
+    pub fn admit(
+        self: &Arc<Self>,
+        peer: SocketAddr,
+        worker_open: usize,
+    ) -> Result<Admitted, Refused> {
+        let refused = |reason| {
+            self.metrics.refused(reason);
+            Err(reason)
+        };
+        if self.worker_cap.is_some_and(|cap| worker_open >= cap) {
+            return refused(Refused::WorkerLimit);
+        }
+        if self
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.process_cap).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return refused(Refused::ProcessLimit);
+        }
+        let mut admitted = Admitted {
+            limits: self.clone(),
+            source: None,
+        };
+        if self.source_cap > 0 {
+            let source = source_key(peer.ip());
+            let mut shard = self.shard(&source);
+            let n = shard.entry(source).or_insert(0);
+            if *n >= self.source_cap {
+                drop(shard);
+                drop(admitted); // gives the process place back
+                return refused(Refused::SourceLimit);
+            }
+            *n += 1;
+            admitted.source = Some(source);
+        }
+        Ok(admitted)
+    }
+
+    /// Connections open in the process.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    fn shard(&self, source: &IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(source);
+        let index = usize::try_from(hash % SOURCE_SHARDS as u64).unwrap_or(0);
+        // A poisoned shard only means a panic elsewhere while it was held; its counts are still whole numbers.
+        match self.sources.get(index).unwrap_or(&self.sources[0]).lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// What the per-source cap counts as one source: the address for IPv4, the /64 for IPv6 (one subscriber
+/// usually has a whole /64).
+fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(bits.into())
+            }
+        },
+    }
+}
+
+/// One admitted connection's place in the process and source counts, given back on drop.
+pub struct Admitted {
+    limits: Arc<Limits>,
+    source: Option<IpAddr>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
+        if let Some(source) = self.source {
+            let mut shard = self.limits.shard(&source);
+            if let Some(n) = shard.get_mut(&source) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    shard.remove(&source);
+                }
+            }
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard one (as Go's runtime does): the soft default of 1024 is for
+/// programs that use `select`, and the default process cap follows the soft limit. Best effort.
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(soft, hard, error = %e, "cannot raise RLIMIT_NOFILE");
+    }
+}
+
+/// Turns on TCP keepalive on an accepted client socket: first probe after `idle`, then every 10 s, 3 probes.
+pub fn set_keepalive(tcp: &tokio::net::TcpStream, idle: Duration) -> std::io::Result<()> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(config: LimitsConfig) -> Arc<Limits> {
+        Arc::new(Limits::new(
+            &config,
+            Duration::from_secs(600),
+            LimitMetrics::default(),
+        ))
+    }
+
+    fn peer(s: &str) -> SocketAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn the_process_cap_refuses_until_a_place_is_given_back() {
+        let l = limits(LimitsConfig {
+            max_connections: Some(2),
+            ..LimitsConfig::default()
+        });
+        let a = l.admit(peer("10.0.0.1:1"), 0).expect("first");
+        let _b = l.admit(peer("10.0.0.2:1"), 0).expect("second");
+        assert_eq!(
+            l.admit(peer("10.0.0.3:1"), 0).err(),
+            Some(Refused::ProcessLimit)
+        );
+        drop(a);
+        assert_eq!(l.open(), 1);
+        assert!(l.admit(peer("10.0.0.3:1"), 0).is_ok());
+    }
+
+    #[test]
+    fn the_worker_cap_uses_the_worker_count() {
+        let l = limits(LimitsConfig {
+            max_connections_per_worker: Some(3),
+            ..LimitsConfig::default()
+        });
+        assert!(l.admit(peer("10.0.0.1:1"), 2).is_ok());
+        assert_eq!(
+            l.admit(peer("10.0.0.1:1"), 3).err(),
+            Some(Refused::WorkerLimit)
+        );
+    }
+
+    #[test]
+    fn the_source_cap_counts_ipv4_addresses_and_ipv6_slash_64s() {
+        let l = limits(LimitsConfig {
+            max_connections_per_source: 1,
+            ..LimitsConfig::default()
+        });
+        let _a = l.admit(peer("10.0.0.1:1"), 0).expect("first from 10.0.0.1");
+        assert_eq!(
+            l.admit(peer("10.0.0.1:2"), 0).err(),
+            Some(Refused::SourceLimit)
+        );
+        assert_eq!(l.open(), 1, "a refused source gives its process place back");
+        let _b = l.admit(peer("10.0.0.2:1"), 0).expect("another address");
+        let c = l
+            .admit(peer("[2001:db8::1]:1"), 0)
+            .expect("first in the /64");
+        assert_eq!(
+            l.admit(peer("[2001:db8::ffff]:1"), 0).err(),
+            Some(Refused::SourceLimit)
+        );
+        let _d = l
+            .admit(peer("[2001:db8:0:1::1]:1"), 0)
+            .expect("another /64");
+        drop(c);
+        assert!(l.admit(peer("[2001:db8::ffff]:1"), 0).is_ok());
+    }
+}
