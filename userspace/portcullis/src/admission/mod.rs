@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`controller`]: the queue-delay (sojourn time) controller and its states `normal`, `shedding`,
 //!   `recovering`, with hysteresis.
+//! - [`burst`]: the normal-operation budget sized from the spread of the learned costs, and when the load is
+//!   past it (overloaded).
 //! - [`cost`]: each handshake class's cost, learned online (EWMA of measured service time).
 //! - [`config`]: the `[admission]` config section.
 //! - [`syn_shed`]: the loop that sets how many SYNs the XDP program drops.
@@ -14,10 +16,11 @@
 //! 2. while `shedding`, new full handshakes are shed; resumptions go on;
 //! 3. (before all of these, in the kernel) the XDP program drops a fraction of new SYNs, set every interval by
 //!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]);
-//! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
-//!    `queue_budget` per engine instance (burst-tolerant: the budget of normal operation), twice `target` per
-//!    instance while overloaded (any state but `normal`, or XDP shedding SYNs: so admitted handshakes wait
-//!    little); resumptions may use 1.5x that, and the engine serves them first;
+//! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed, per engine
+//!    instance, the burst of normal operation (the larger of `queue_budget` and what Poisson arrivals at 80%
+//!    load stay within, [`burst`]: nothing is shed below overload), twice `target` while overloaded (the burst
+//!    exceeded, any state but `normal`, or XDP shedding SYNs: so admitted handshakes wait little);
+//!    resumptions may use 1.5x that, and the engine serves them first;
 //! 5. while overloaded, a job that still waited longer than `target` in an engine queue is dropped when a
 //!    crypto thread takes it, before any crypto ([`Admitted::max_wait`]).
 //!
