@@ -397,11 +397,13 @@ fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
     assert!(
         offered > 0.0 && ok == offered,
         "after the storm, {ok} of {offered} handshakes at {calm_rate}/s completed; errors {}; shed: overload {}, \
-         cost_budget {}, in_flight_limit {}; state transitions {}",
+         cost_budget {}, in_flight_limit {}; engine refused {}; state transitions {}",
         calm["kinds"]["full13"]["errors"],
         shed_by("overload"),
         shed_by("cost_budget"),
         shed_by("in_flight_limit"),
+        calm_after.sum("portcullis_engine_rejected_total", &[])
+            - calm_before.sum("portcullis_engine_rejected_total", &[]),
         calm_after.sum("portcullis_admission_transitions_total", &[])
             - calm_before.sum("portcullis_admission_transitions_total", &[]),
     );

@@ -36,6 +36,24 @@ pub const STANDING_UNITS: u64 = BURST_UNITS / 4;
 /// Weight of a new arrival in the moments, as a shift: 1/64, a memory of about a hundred arrivals.
 const MOMENT_SHIFT: u32 = 6;
 
+/// What the engine holds, which the burst never exceeds: work admitted beyond it would be refused there anyway
+/// (ring full, or expired past `wait_deadline`), after its accept and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineBounds {
+    /// Jobs one instance's ring holds (`engine.ring_depth`).
+    pub ring_depth: usize,
+    /// With `engine.full_ring = "wait"`: the longest a job may wait before a crypto thread starts it.
+    pub wait_deadline: Option<Duration>,
+}
+
+impl EngineBounds {
+    /// No bound beyond the burst itself.
+    pub const NONE: Self = Self {
+        ring_depth: usize::MAX,
+        wait_deadline: None,
+    };
+}
+
 /// The first two moments of the learned cost of arriving handshakes (shed or not), as EWMAs, lock-free.
 #[derive(Debug)]
 pub struct CostMoments {
@@ -75,9 +93,14 @@ impl CostMoments {
         self.square.load(Ordering::Relaxed) / mean
     }
 
-    /// The work one server may have queued in normal operation: [`BURST_UNITS`] size-biased mean costs, in ns.
-    pub fn burst_ns(&self) -> u64 {
-        self.size_biased_ns().saturating_mul(BURST_UNITS)
+    /// The work one server may have queued in normal operation: [`BURST_UNITS`] size-biased mean costs (no more
+    /// than the ring holds, nor than the engine lets wait), in ns.
+    pub fn burst_ns(&self, engine: EngineBounds) -> u64 {
+        let units = BURST_UNITS.min(u64::try_from(engine.ring_depth).unwrap_or(u64::MAX));
+        let burst = self.size_biased_ns().saturating_mul(units);
+        engine.wait_deadline.map_or(burst, |d| {
+            burst.min(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        })
     }
 
     /// The least minimum wait over an interval that makes a queue standing: [`STANDING_UNITS`] size-biased
@@ -157,14 +180,24 @@ mod tests {
         for i in 0..2_000 {
             m.observe(if i % 2 == 0 { 1_400_000 } else { 90_000 });
         }
-        let burst = m.burst_ns();
+        let burst = m.burst_ns(EngineBounds::NONE);
         assert!(
             (BURST_UNITS * 1_250_000..=BURST_UNITS * 1_400_000).contains(&burst),
             "{burst}"
         );
-        // All ECDSA-like: the burst is 48 costs.
+        // All ECDSA-like: the burst is 48 costs, or what the engine holds.
         let m = CostMoments::new(150_000);
-        assert_eq!(m.burst_ns(), BURST_UNITS * 150_000);
+        assert_eq!(m.burst_ns(EngineBounds::NONE), BURST_UNITS * 150_000);
+        let ring = EngineBounds {
+            ring_depth: 8,
+            wait_deadline: None,
+        };
+        assert_eq!(m.burst_ns(ring), 8 * 150_000);
+        let deadline = EngineBounds {
+            ring_depth: 256,
+            wait_deadline: Some(Duration::from_millis(5)),
+        };
+        assert_eq!(m.burst_ns(deadline), 5_000_000);
     }
 
     #[tokio::test(start_paused = true)]

@@ -51,6 +51,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
+pub use burst::EngineBounds;
 use burst::{CostMoments, Overload};
 pub use config::AdmissionConfig;
 use controller::{Controller, State};
@@ -134,6 +135,7 @@ pub struct Admission {
     /// `portcullis_admission_overloaded`: 1 while admitting into the short queue.
     overloaded_gauge: Gauge,
     instances: u64,
+    engine: EngineBounds,
     /// The budget while overloaded: twice the target per instance (never above `budget_ns`).
     overload_budget_ns: u64,
     shed: Family<ShedLabels, Counter>,
@@ -149,11 +151,12 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Creates the admission state for an engine with `instances` instances, registering its metrics.
-    /// `syn_shed`, when XDP runs, is turned up while shedding (see [`AdmissionConfig::syn_shed`]).
+    /// Creates the admission state for an engine with `instances` instances, each holding `engine`, registering
+    /// its metrics. `syn_shed`, when XDP runs, is turned up while shedding (see [`AdmissionConfig::syn_shed`]).
     pub fn new(
         config: AdmissionConfig,
         instances: usize,
+        engine: EngineBounds,
         registry: &mut Registry,
         syn_shed: Option<Arc<dyn SynShedControl>>,
     ) -> Arc<Self> {
@@ -226,6 +229,7 @@ impl Admission {
             )),
             overloaded_gauge,
             instances: instances.max(1) as u64,
+            engine,
             controller: Mutex::new(Controller::new(
                 config.target,
                 config.interval,
@@ -390,8 +394,11 @@ impl Admission {
     /// The budget of normal operation: the larger of `queue_budget` and the burst Poisson arrivals at 80% load
     /// stay within ([`burst`]), per instance.
     fn burst_budget_ns(&self) -> u64 {
-        self.budget_ns
-            .max(self.moments.burst_ns().saturating_mul(self.instances))
+        self.budget_ns.max(
+            self.moments
+                .burst_ns(self.engine)
+                .saturating_mul(self.instances),
+        )
     }
 
     fn decide(&self, class: HandshakeClass) -> Result<Admitted, ShedReason> {
@@ -551,7 +558,13 @@ mod tests {
             queue_budget: Duration::from_millis(budget_ms),
             ..AdmissionConfig::default()
         };
-        Admission::new(config, 1, &mut Registry::default(), None)
+        Admission::new(
+            config,
+            1,
+            EngineBounds::NONE,
+            &mut Registry::default(),
+            None,
+        )
     }
 
     /// A standing queue of full handshakes for a whole interval: the controller enters `shedding`.
@@ -700,7 +713,13 @@ mod tests {
             max_in_flight_per_worker: 10,
             ..AdmissionConfig::default()
         };
-        let a = Admission::new(config, 1, &mut Registry::default(), Some(knob.clone()));
+        let a = Admission::new(
+            config,
+            1,
+            EngineBounds::NONE,
+            &mut Registry::default(),
+            Some(knob.clone()),
+        );
         // One interval in which 100 handshakes arrive on a worker that may have 10 in flight: 10 admitted.
         let mut held = Vec::new();
         for _ in 0..100 {

@@ -147,6 +147,7 @@ async fn simulate(
     let admission = Admission::new(
         AdmissionConfig::default(),
         instances,
+        super::EngineBounds::NONE,
         &mut Registry::default(),
         None,
     );
