@@ -22,7 +22,8 @@
 //!    exceeded, any state but `normal`, or XDP shedding SYNs: so admitted handshakes wait little);
 //!    resumptions may use 1.5x that, and the engine serves them first;
 //! 5. while overloaded, a job that still waited longer than `target` in an engine queue is dropped when a
-//!    crypto thread takes it, before any crypto ([`Admitted::max_wait`]).
+//!    crypto thread takes it, before any crypto ([`Admitted::max_wait`]; judged again at dequeue through
+//!    `Observer::max_wait_now`, so the work queued in the burst before an overload began is not served late).
 //!
 //! A shed handshake's connection is reset before any crypto (see ARCHITECTURE.md for why a reset). Traffic on
 //! established connections never waits behind handshakes: the expensive step runs on crypto threads, not on
@@ -476,6 +477,12 @@ impl Admission {
 }
 
 impl Observer for Admission {
+    fn max_wait_now(&self) -> Option<Duration> {
+        // The gauge is the overload flag as last judged (every arrival and every tick): one atomic load on the
+        // crypto thread, no lock.
+        (self.overloaded_gauge.get() != 0).then_some(self.config.target)
+    }
+
     fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration) {
         self.costs.observe(class, service);
         let mut c = self.controller();

@@ -1,7 +1,8 @@
 //! A deterministic simulation of admission control in front of the offload engine, in tokio's paused time: a
 //! seeded Poisson arrival sequence of full handshakes and resumptions goes through the real [`Admission`]
 //! (controller, learned costs, budgets), into a model of the engine's rings (round robin over instances,
-//! resumptions first as in `offload::software`, jobs dropped at dequeue past their `max_wait`), whose
+//! resumptions first as in `offload::software`, jobs dropped at dequeue past their `max_wait` or, while
+//! overloaded, past `target`), whose
 //! completions feed the controller and release the reservations as `offload::policy` does.
 //!
 //! What it checks: below overload (50% and 80% of the crypto threads' capacity) nothing is shed in a minute
@@ -232,7 +233,12 @@ async fn simulate(
             for ring in &mut rings {
                 while ring.busy.is_none() {
                     let Some(job) = ring.next() else { break };
-                    if job.max_wait.is_some_and(|m| now - job.submitted > m) {
+                    // As `offload::policy`: the job's own bound or the one admission control sets now.
+                    let bound = match (job.max_wait, admission.max_wait_now()) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    if bound.is_some_and(|m| now - job.submitted > m) {
                         admission.release(job.cost);
                         report.expired += 1;
                         report.last_shed = Some(now - start);
