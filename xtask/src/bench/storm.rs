@@ -66,8 +66,9 @@ const TARGET_RESUMPTION: f64 = 0.99;
 const TARGET_RECOVER_S: f64 = 1.0;
 
 /// A second of arrivals is served "as before the storm" with at most this share failed. The steady phase
-/// itself, before any storm, loses 0.07-0.8% of its connections here (resets by the cost budget when Poisson
-/// arrivals bunch up, and host hiccups), in a few of its seconds: "back to normal" cannot ask for fewer. A
+/// itself, before any storm, lost 0.07-0.8% of its connections here (resets by the cost budget when Poisson
+/// arrivals bunched up, gone since its burst is sized from the learned costs; and host hiccups), in a few of its
+/// seconds: "back to normal" cannot ask for fewer. A
 /// collapsed server fails most of them. The strict figure (not one failure) is reported beside it.
 const RECOVERED_MAX_FAILED: f64 = 0.01;
 
