@@ -416,8 +416,8 @@ impl Admission {
         if state == State::Shedding && !class.is_resumption() {
             return Err(self.count_shed(class, ShedReason::Overload));
         }
-        // Overloaded (a standing queue: shedding or recovering from one; or XDP shedding SYNs): admit only into
-        // a short queue, so those admitted wait about twice the target at most, not the whole burst-tolerant
+        // Overloaded (the burst exceeded lately, a standing queue, or XDP shedding SYNs): admit only into a short
+        // queue, so those admitted wait about twice the target at most, not the whole burst-tolerant
         // budget of normal operation; and bound the wait itself at the target ([`Admitted::max_wait`]).
         let budget = if overloaded {
             self.overload_budget_ns
@@ -443,6 +443,7 @@ impl Admission {
             }
             return Err(self.count_shed(class, ShedReason::CostBudget));
         }
+        drop(overload);
         self.outstanding_gauge.set(reserved as f64 / 1e9);
         self.admitted
             .get_or_create(&ClassLabel {
