@@ -341,21 +341,24 @@ fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
         full.engine_rejected, resumed.engine_rejected
     );
 
-    // 3. Back to normal: the state gauge returns to 0 within RECOVERY. Each poll knocks with one handshake,
-    // since the controller only closes its intervals when a handshake arrives or completes.
+    // 3. Back to normal: the state gauge and the overload flag return to 0 within RECOVERY. Each poll knocks
+    // with one handshake, since the controller only closes its intervals when a handshake arrives or completes.
     let client = client_config(&pki);
-    let state = loop {
+    let (state, overloaded) = loop {
         knock(addr, &client);
-        let s = Scrape::of(&d).sum("portcullis_admission_state", &[]);
-        if s == 0.0 || storm_end.elapsed() > RECOVERY {
-            break s;
+        let scrape = Scrape::of(&d);
+        let s = scrape.sum("portcullis_admission_state", &[]);
+        let o = scrape.sum("portcullis_admission_overloaded", &[]);
+        if (s == 0.0 && o == 0.0) || storm_end.elapsed() > RECOVERY {
+            break (s, o);
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let recovery = storm_end.elapsed();
     assert_eq!(
-        state, 0.0,
-        "admission state {state} (1 shedding, 2 recovering) {recovery:?} after the storm"
+        (state, overloaded),
+        (0.0, 0.0),
+        "admission state {state} (1 shedding, 2 recovering), overloaded {overloaded}, {recovery:?} after the storm"
     );
     println!("normal again {recovery:?} after the storm's last connection");
 
@@ -394,11 +397,13 @@ fn five_times_capacity_sheds_full_handshakes_first_and_recovers() {
     assert!(
         offered > 0.0 && ok == offered,
         "after the storm, {ok} of {offered} handshakes at {calm_rate}/s completed; errors {}; shed: overload {}, \
-         cost_budget {}, in_flight_limit {}; state transitions {}",
+         cost_budget {}, in_flight_limit {}; engine refused {}; state transitions {}",
         calm["kinds"]["full13"]["errors"],
         shed_by("overload"),
         shed_by("cost_budget"),
         shed_by("in_flight_limit"),
+        calm_after.sum("portcullis_engine_rejected_total", &[])
+            - calm_before.sum("portcullis_engine_rejected_total", &[]),
         calm_after.sum("portcullis_admission_transitions_total", &[])
             - calm_before.sum("portcullis_admission_transitions_total", &[]),
     );

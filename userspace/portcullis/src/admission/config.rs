@@ -10,8 +10,8 @@ use serde::Deserialize;
 pub struct AdmissionConfig {
     /// Turn admission control on. Default: `true`.
     pub enabled: bool,
-    /// Queue-delay target: when the minimum ring wait over `interval` exceeds it, new full handshakes are shed.
-    /// A duration, at most `"10s"`. Default: `"5ms"`.
+    /// Queue-delay target: when the minimum ring wait over `interval` exceeds it (and 12 size-biased mean
+    /// handshake costs, see `admission::burst`), new full handshakes are shed. A duration, at most `"10s"`. Default: `"5ms"`.
     #[serde(with = "humantime_serde")]
     pub target: Duration,
     /// Measurement interval of the controller. A duration, at most `"60s"`. Default: `"100ms"`.
@@ -20,11 +20,11 @@ pub struct AdmissionConfig {
     /// Consecutive good intervals before `recovering` returns to `normal`. Unit: intervals, at most 10000. Default: 5.
     pub recover_intervals: u32,
     /// Estimated work (sum of each admitted handshake's learned cost) allowed queued or in service per engine
-    /// instance in normal operation: it bounds how long an admitted handshake can wait, and is large enough
-    /// that bursts at moderate load are queued, not shed. Resumptions may go 50% beyond (and the engine serves
-    /// them first); while overloaded (recovering from a standing queue, or XDP shedding SYNs), the budget is
-    /// only twice `target`. A
-    /// duration, at most `"10s"`. Default: `"20ms"`.
+    /// instance in normal operation, at least: it bounds how long an admitted handshake can wait. The budget
+    /// grows to what Poisson arrivals at 80% load stay within (see `admission::burst`), so bursts below
+    /// overload are queued, not shed. Resumptions may go 50% beyond (and the engine serves them first); while
+    /// overloaded (the burst exceeded, XDP shedding SYNs, or the controller not `normal`), the budget is only
+    /// twice `target`. A duration, at most `"10s"`. Default: `"20ms"`.
     #[serde(with = "humantime_serde")]
     pub queue_budget: Duration,
     /// Handshakes one worker may have in flight (admitted, not finished). Unit: handshakes, at most 1048576. Default: 1024.

@@ -103,6 +103,11 @@ impl Controller {
         }
     }
 
+    /// Sets the target for the intervals still to close (admission control scales it with the learned costs).
+    pub fn set_target(&mut self, target: Duration) {
+        self.target = target;
+    }
+
     /// The current state.
     pub fn state(&self) -> State {
         self.state

@@ -3,6 +3,8 @@
 //! # Layout
 //! - [`controller`]: the queue-delay (sojourn time) controller and its states `normal`, `shedding`,
 //!   `recovering`, with hysteresis.
+//! - [`burst`]: the normal-operation budget sized from the spread of the learned costs, and when the load is
+//!   past it (overloaded).
 //! - [`cost`]: each handshake class's cost, learned online (EWMA of measured service time).
 //! - [`config`]: the `[admission]` config section.
 //! - [`syn_shed`]: the loop that sets how many SYNs the XDP program drops.
@@ -14,21 +16,27 @@
 //! 2. while `shedding`, new full handshakes are shed; resumptions go on;
 //! 3. (before all of these, in the kernel) the XDP program drops a fraction of new SYNs, set every interval by
 //!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]);
-//! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed
-//!    `queue_budget` per engine instance (burst-tolerant: the budget of normal operation), twice `target` per
-//!    instance while overloaded (any state but `normal`, or XDP shedding SYNs: so admitted handshakes wait
-//!    little); resumptions may use 1.5x that, and the engine serves them first;
+//! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed, per engine
+//!    instance, the burst of normal operation (the larger of `queue_budget` and what Poisson arrivals at 80%
+//!    load stay within, [`burst`]: nothing is shed below overload), twice `target` while overloaded (the burst
+//!    exceeded, any state but `normal`, or XDP shedding SYNs: so admitted handshakes wait little);
+//!    resumptions may use 1.5x that, and the engine serves them first;
 //! 5. while overloaded, a job that still waited longer than `target` in an engine queue is dropped when a
-//!    crypto thread takes it, before any crypto ([`Admitted::max_wait`]).
+//!    crypto thread takes it, before any crypto ([`Admitted::max_wait`]; judged again at dequeue through
+//!    `Observer::max_wait_now`, so the work queued in the burst before an overload began is not served late).
 //!
 //! A shed handshake's connection is reset before any crypto (see ARCHITECTURE.md for why a reset). Traffic on
 //! established connections never waits behind handshakes: the expensive step runs on crypto threads, not on
 //! the workers that relay established connections.
 
+pub mod burst;
 pub mod config;
 pub mod controller;
 pub mod cost;
 pub mod syn_shed;
+
+#[cfg(test)]
+mod simulation;
 
 use std::cell::Cell;
 use std::future::Future;
@@ -44,6 +52,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
+pub use burst::EngineBounds;
+use burst::{CostMoments, Overload};
 pub use config::AdmissionConfig;
 use controller::{Controller, State};
 use cost::CostTable;
@@ -52,6 +62,12 @@ use syn_shed::{SynShed, SynShedLoop};
 use crate::handshake::class::HandshakeClass;
 use crate::handshake::engine::{EngineError, HandshakeEngine, Job, JobResult, ShedReason};
 use crate::offload::policy::Observer;
+
+/// How long overload outlasts the last window whose offered work reached capacity (or the last exceeded burst,
+/// or the last SYN XDP was told to shed), in controller intervals: 200 ms by default. Long enough that a storm
+/// relenting for a moment (the SYN shed loop letting all SYNs in for one interval) does not reopen the long
+/// queue of normal operation; short enough that recovery takes well under a second.
+const OVERLOAD_HOLD_INTERVALS: u32 = 2;
 
 thread_local! {
     /// Handshakes in flight on this worker thread (each worker is one thread with its own runtime).
@@ -111,7 +127,16 @@ pub struct Admission {
     outstanding_ns: AtomicU64,
     /// `outstanding_ns` for `/metrics`, in seconds.
     outstanding_gauge: Gauge<f64, AtomicU64>,
+    /// The floor of the normal-operation budget: `queue_budget` per instance.
     budget_ns: u64,
+    /// Learned cost of the arrivals, whose spread sizes the normal-operation budget ([`burst`]).
+    moments: CostMoments,
+    /// Whether the offered load is past what normal operation absorbs ([`burst`]).
+    overload: Mutex<Overload>,
+    /// `portcullis_admission_overloaded`: 1 while admitting into the short queue.
+    overloaded_gauge: Gauge,
+    instances: u64,
+    engine: EngineBounds,
     /// The budget while overloaded: twice the target per instance (never above `budget_ns`).
     overload_budget_ns: u64,
     shed: Family<ShedLabels, Counter>,
@@ -127,11 +152,12 @@ pub struct Admission {
 }
 
 impl Admission {
-    /// Creates the admission state for an engine with `instances` instances, registering its metrics.
-    /// `syn_shed`, when XDP runs, is turned up while shedding (see [`AdmissionConfig::syn_shed`]).
+    /// Creates the admission state for an engine with `instances` instances, each holding `engine`, registering
+    /// its metrics. `syn_shed`, when XDP runs, is turned up while shedding (see [`AdmissionConfig::syn_shed`]).
     pub fn new(
         config: AdmissionConfig,
         instances: usize,
+        engine: EngineBounds,
         registry: &mut Registry,
         syn_shed: Option<Arc<dyn SynShedControl>>,
     ) -> Arc<Self> {
@@ -177,6 +203,13 @@ impl Admission {
             "Admitted handshake work queued or in service, in learned cost (what the queue budget bounds)",
             outstanding_gauge.clone(),
         );
+        let overloaded_gauge = Gauge::default();
+        registry.register(
+            "portcullis_admission_overloaded",
+            "1 while overloaded (admitting into a queue of twice the target, the wait bounded): the normal burst \
+             was exceeded, the offered work reaches capacity, XDP sheds SYNs or the controller is not normal",
+            overloaded_gauge.clone(),
+        );
         let costs = CostTable::new(registry);
         let budget_ns = u64::try_from(config.queue_budget.as_nanos())
             .unwrap_or(u64::MAX)
@@ -188,6 +221,16 @@ impl Admission {
             .min(budget_ns);
         Arc::new(Self {
             overload_budget_ns,
+            moments: CostMoments::new(costs.estimate_ns(HandshakeClass::FullEcdsa)),
+            overload: Mutex::new(Overload::new(
+                config.interval,
+                config.interval * OVERLOAD_HOLD_INTERVALS,
+                instances,
+                Instant::now(),
+            )),
+            overloaded_gauge,
+            instances: instances.max(1) as u64,
+            engine,
             controller: Mutex::new(Controller::new(
                 config.target,
                 config.interval,
@@ -218,11 +261,19 @@ impl Admission {
 
     /// The controller's state now (closing any interval that has ended).
     pub fn state(&self) -> State {
-        let mut c = self.controller.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.controller();
         if let Some(s) = c.tick(Instant::now()) {
             self.entered(s);
         }
         c.state()
+    }
+
+    /// The controller, its target the larger of `target` and what the learned costs make a standing queue
+    /// ([`burst::STANDING_UNITS`]).
+    fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
+        let mut c = self.controller.lock().unwrap_or_else(|e| e.into_inner());
+        c.set_target(self.config.target.max(self.moments.standing()));
+        c
     }
 
     fn entered(&self, state: State) {
@@ -281,8 +332,12 @@ impl Admission {
     /// Closes the controller's and the SYN shed loop's intervals if they ended: called every `interval` by a
     /// timer, so an idle server returns to `normal` and SYN shedding ends when nothing reaches userspace.
     pub fn tick(&self) {
-        let _ = self.state();
+        let state = self.state();
         self.step_syn_loop(SynShedLoop::tick);
+        let now = Instant::now();
+        let mut overload = self.overload.lock().unwrap_or_else(|e| e.into_inner());
+        overload.tick(now);
+        self.judge_overload(&mut overload, state, now);
     }
 
     /// Cheapest action first: the XDP program drops a fraction of new SYNs (their clients retry after 1 s,
@@ -305,23 +360,69 @@ impl Admission {
         }
     }
 
+    /// Whether admission control is in overload: admitting into the short queue of twice `target`, with the
+    /// wait bound ([`Admitted::max_wait`]).
+    pub fn overloaded(&self) -> bool {
+        let state = self.state();
+        let mut overload = self.overload.lock().unwrap_or_else(|e| e.into_inner());
+        self.judge_overload(&mut overload, state, Instant::now())
+    }
+
+    /// Overloaded: the controller is not `normal`, or XDP sheds SYNs (which starts or extends the overload), or
+    /// an overload started by an exceeded burst lasts. Keeps the gauge and the log in step.
+    fn judge_overload(&self, overload: &mut Overload, state: State, now: Instant) -> bool {
+        if self.syn_shed_ppm.load(Ordering::Relaxed) > 0 {
+            overload.trigger(now);
+        }
+        let overloaded = state != State::Normal || overload.active(now);
+        let code = i64::from(overloaded);
+        if self.overloaded_gauge.set(code) != code {
+            tracing::warn!(
+                overloaded,
+                state = state.name(),
+                syn_shed_ppm = self.syn_shed_ppm.load(Ordering::Relaxed),
+                "admission control {}",
+                if overloaded {
+                    "overloaded: admitting into a short queue"
+                } else {
+                    "back to normal operation"
+                }
+            );
+        }
+        overloaded
+    }
+
+    /// The budget of normal operation: the larger of `queue_budget` and the burst Poisson arrivals at 80% load
+    /// stay within ([`burst`]), per instance.
+    fn burst_budget_ns(&self) -> u64 {
+        self.budget_ns.max(
+            self.moments
+                .burst_ns(self.engine)
+                .saturating_mul(self.instances),
+        )
+    }
+
     fn decide(&self, class: HandshakeClass) -> Result<Admitted, ShedReason> {
         if IN_FLIGHT.get() >= self.config.max_in_flight_per_worker {
             return Err(self.count_shed(class, ShedReason::InFlightLimit));
         }
+        let now = Instant::now();
+        let cost = self.costs.estimate_ns(class);
+        self.moments.observe(cost);
         let state = self.state();
+        let mut overload = self.overload.lock().unwrap_or_else(|e| e.into_inner());
+        overload.offered(cost, now);
+        let overloaded = self.judge_overload(&mut overload, state, now);
         if state == State::Shedding && !class.is_resumption() {
             return Err(self.count_shed(class, ShedReason::Overload));
         }
-        let cost = self.costs.estimate_ns(class);
-        // Overloaded (a standing queue: shedding or recovering from one; or XDP shedding SYNs): admit only into
-        // a short queue, so those admitted wait about twice the target at most, not the whole burst-tolerant
+        // Overloaded (the burst exceeded lately, a standing queue, or XDP shedding SYNs): admit only into a short
+        // queue, so those admitted wait about twice the target at most, not the whole burst-tolerant
         // budget of normal operation; and bound the wait itself at the target ([`Admitted::max_wait`]).
-        let overloaded = state != State::Normal || self.syn_shed_ppm.load(Ordering::Relaxed) > 0;
         let budget = if overloaded {
             self.overload_budget_ns
         } else {
-            self.budget_ns
+            self.burst_budget_ns()
         };
         let limit = if class.is_resumption() {
             budget.saturating_add(budget / 2)
@@ -335,8 +436,14 @@ impl Admission {
         // Always admit into an empty pipeline, so a class whose learned cost exceeds the budget still runs.
         if reserved > limit && reserved != cost {
             self.outstanding_ns.fetch_sub(cost, Ordering::Relaxed);
+            if !overloaded {
+                // More queued than 80% load makes with any likelihood: a storm, not a bunch of arrivals.
+                overload.trigger(now);
+                self.judge_overload(&mut overload, state, now);
+            }
             return Err(self.count_shed(class, ShedReason::CostBudget));
         }
+        drop(overload);
         self.outstanding_gauge.set(reserved as f64 / 1e9);
         self.admitted
             .get_or_create(&ClassLabel {
@@ -371,9 +478,15 @@ impl Admission {
 }
 
 impl Observer for Admission {
+    fn max_wait_now(&self) -> Option<Duration> {
+        // The gauge is the overload flag as last judged (every arrival and every tick): one atomic load on the
+        // crypto thread, no lock.
+        (self.overloaded_gauge.get() != 0).then_some(self.config.target)
+    }
+
     fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration) {
         self.costs.observe(class, service);
-        let mut c = self.controller.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.controller();
         let queue = if class.is_resumption() {
             controller::Queue::Resumptions
         } else {
@@ -453,7 +566,13 @@ mod tests {
             queue_budget: Duration::from_millis(budget_ms),
             ..AdmissionConfig::default()
         };
-        Admission::new(config, 1, &mut Registry::default(), None)
+        Admission::new(
+            config,
+            1,
+            EngineBounds::NONE,
+            &mut Registry::default(),
+            None,
+        )
     }
 
     /// A standing queue of full handshakes for a whole interval: the controller enters `shedding`.
@@ -514,7 +633,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_prefers_resumptions() {
-        // Budget 1 ms; learned costs: full ECDSA 150 µs, PSK 100 µs.
+        // Learned costs: full ECDSA 150 µs, PSK 100 µs; arrivals of full handshakes only: the burst is
+        // `BURST_UNITS` of them (above the 1 ms `queue_budget`).
         let a = admission(1);
         for _ in 0..50 {
             a.completed(
@@ -528,18 +648,30 @@ mod tests {
                 Duration::from_micros(100),
             );
         }
-        let mut full = 0;
-        while a.admit(HandshakeClass::FullEcdsa).is_ok() {
-            full += 1;
-            assert!(full < 100, "budget never filled");
+        let fill = |class| {
+            let mut held = Vec::new();
+            while let Ok(ok) = a.admit(class) {
+                held.push(ok.cost);
+                assert!(held.len() < 100, "budget never filled");
+            }
+            held
+        };
+        // Normal operation: full handshakes fill the burst, `BURST_UNITS` of them (above the 1 ms budget).
+        let held = fill(HandshakeClass::FullEcdsa);
+        let units = burst::BURST_UNITS as usize;
+        assert!(
+            (units - 2..=units + 1).contains(&held.len()),
+            "{} full handshakes admitted",
+            held.len()
+        );
+        // Exceeding the burst started an overload: the short queue (here 1 ms), resumptions 1.5x that.
+        assert!(a.overloaded());
+        for cost in held {
+            a.release(cost);
         }
-        // Full handshakes filled the budget (~1 ms / 150 µs); resumptions still get the extra half.
+        let full = fill(HandshakeClass::FullEcdsa).len();
         assert!((5..=8).contains(&full), "{full} full handshakes admitted");
-        let mut psk = 0;
-        while a.admit(HandshakeClass::Tls13Psk).is_ok() {
-            psk += 1;
-            assert!(psk < 100, "budget never filled");
-        }
+        let psk = fill(HandshakeClass::Tls13Psk).len();
         assert!(
             psk >= 3,
             "{psk} resumptions admitted after full handshakes filled the budget"
@@ -589,7 +721,13 @@ mod tests {
             max_in_flight_per_worker: 10,
             ..AdmissionConfig::default()
         };
-        let a = Admission::new(config, 1, &mut Registry::default(), Some(knob.clone()));
+        let a = Admission::new(
+            config,
+            1,
+            EngineBounds::NONE,
+            &mut Registry::default(),
+            Some(knob.clone()),
+        );
         // One interval in which 100 handshakes arrive on a worker that may have 10 in flight: 10 admitted.
         let mut held = Vec::new();
         for _ in 0..100 {

@@ -59,14 +59,22 @@ enum Served {
         Instant,
         Instant,
     ),
-    /// The job waited past the `wait` policy's deadline and was dropped unserved.
-    Expired,
+    /// The job waited past the `wait` policy's deadline or admission control's bound and was dropped unserved,
+    /// for this reason.
+    Expired(ShedReason),
 }
 
 /// Learns from completed jobs (admission control).
 pub trait Observer: Send + Sync + 'static {
     /// A job of `class` waited `wait` in a ring and took `service` on a crypto thread.
     fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration);
+
+    /// The longest a job may have waited when a crypto thread takes it, judged then (admission control: while
+    /// overloaded, `target`, so work queued before an overload began does not wait the whole burst out). `None`:
+    /// no bound beyond the job's own and the engine's policy.
+    fn max_wait_now(&self) -> Option<Duration> {
+        None
+    }
 }
 
 /// The handshake seam's engine, backed by an offload engine.
@@ -112,14 +120,19 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             FullRingPolicy::Wait(d) => Some(d),
             FullRingPolicy::Reject | FullRingPolicy::Inline => None,
         };
-        let expiry = expiry(policy_wait, max_wait);
-        let expire_after = expiry.map(|(d, _)| d);
-        let expired_reason = expiry.map_or(ShedReason::WaitDeadline, |(_, r)| r);
+        let observer = self.observer.clone();
         let mut work: Work = Box::new(move || {
             let start = Instant::now();
             let wait = start.saturating_duration_since(submitted);
-            if expire_after.is_some_and(|d| wait > d) {
-                let _ = tx.send(Served::Expired);
+            let now_bound = observer.as_ref().and_then(|o| o.max_wait_now());
+            let bound = match (max_wait, now_bound) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if let Some((limit, reason)) = expiry(policy_wait, bound)
+                && wait > limit
+            {
+                let _ = tx.send(Served::Expired(reason));
                 return;
             }
             let result = accepted.into_connection(config);
@@ -173,9 +186,9 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             // Not observed as a wait: the histogram and the controller see served jobs only, and the
             // controller still sees the standing queue in the served jobs' waits (all above its target long
             // before any job reaches the deadline).
-            Ok(Served::Expired) => {
-                self.metrics.rejected(class, expired_reason);
-                Err(EngineError::Shed(expired_reason))
+            Ok(Served::Expired(reason)) => {
+                self.metrics.rejected(class, reason);
+                Err(EngineError::Shed(reason))
             }
             Ok(Served::Done(result, started, finished)) => {
                 let wait = started.saturating_duration_since(submitted);

@@ -9,7 +9,7 @@ use super::metrics::EngineMetrics;
 use super::policy::{FullRingPolicy, Observer, OffloadHandshakes};
 use super::software::SoftwareEngine;
 use super::{EngineConfig, EngineKind, OffloadEngine};
-use crate::admission::{Admission, AdmissionConfig, AdmissionEngine, SynShedControl};
+use crate::admission::{Admission, AdmissionConfig, AdmissionEngine, EngineBounds, SynShedControl};
 use crate::handshake::engine::{HandshakeEngine, InlineEngine};
 
 /// The engine, and admission control when it is on.
@@ -63,7 +63,11 @@ pub fn build(
             None,
         ));
     }
-    let gate = Admission::new(admission.clone(), instances, registry, syn_shed);
+    let bounds = EngineBounds {
+        ring_depth: engine.ring_depth,
+        wait_deadline: matches!(policy, FullRingPolicy::Wait(_)).then_some(engine.wait_deadline),
+    };
+    let gate = Admission::new(admission.clone(), instances, bounds, registry, syn_shed);
     Admission::start_ticker(&gate);
     let observer: Arc<dyn Observer> = gate.clone();
     let offload = OffloadHandshakes::new(software, policy, metrics, Some(observer));
