@@ -212,6 +212,11 @@ impl Daemon {
         self.listen.first().copied().unwrap_or(self.metrics)
     }
 
+    /// The daemon's PID while it runs (to read its memory from `/proc`).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The daemon's private directory (its state dir is `state/` inside).
     pub fn dir(&self) -> &Path {
         self.dir.path()

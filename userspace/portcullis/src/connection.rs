@@ -61,16 +61,19 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     let _active = ActiveGuard(&ctx.metrics);
     let _ = tcp.set_nodelay(true);
 
+    // The handshake, the upstream connect and the relay are boxed: an async fn's state is as large as its
+    // largest await, and this future is the task an idle connection keeps, so unboxed the handshake's state
+    // (kilobytes) would stay allocated for the connection's whole life (BENCHMARKS.md, "Idle connections").
     let outcome = tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::run(
+        Box::pin(handshake::run(
             &tcp,
             &ctx.tls,
             &ctx.certs,
             &*ctx.engine,
             ctx.max_client_hello_size,
             |hello| count_offers(m, hello),
-        ),
+        )),
     )
     .await;
     let mut est = match outcome {
@@ -130,7 +133,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     let Some(backend) = ctx.upstreams.pick() else {
         return;
     };
-    let upstream = match ctx.upstreams.connect(backend).await {
+    let upstream = match Box::pin(ctx.upstreams.connect(backend)).await {
         Ok(s) => s,
         Err((cause, e)) => {
             m.upstream_error(backend, cause.name());
@@ -160,7 +163,15 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             return;
         }
     }
-    match relay::relay(&tcp, &mut est.conn, &upstream, m, ctx.idle_timeout).await {
+    match Box::pin(relay::relay(
+        &tcp,
+        &mut est.conn,
+        &upstream,
+        m,
+        ctx.idle_timeout,
+    ))
+    .await
+    {
         Ok(moved) => {
             tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed")
         }
