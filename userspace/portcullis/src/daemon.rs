@@ -49,6 +49,30 @@ pub fn default_state_dir() -> PathBuf {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: every connection is a descriptor (two once its upstream is
+/// connected), and the soft limit (often 1,024) is a default for programs that do not know that. The hard limit
+/// is the operator's (`LimitNOFILE=` in the unit, README "Idle connections"). Best effort: logged, never fatal.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return;
+    }
+    let soft = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } == 0 {
+        tracing::info!(from = soft, to = lim.rlim_max, "raised the open-file limit");
+    } else {
+        tracing::warn!(soft, hard = lim.rlim_max, error = %std::io::Error::last_os_error(), "cannot raise the open-file limit");
+    }
+}
+
 /// Runs the daemon until a signal stops it.
 pub fn run(config: Config) -> Result<(), RunError> {
     let config = config.with_defaults();
@@ -56,6 +80,7 @@ pub fn run(config: Config) -> Result<(), RunError> {
         .validate()
         .map_err(|e| RunError::Config(e.to_string()))?;
     let state_dir = config.state_dir.clone().unwrap_or_else(default_state_dir);
+    raise_open_file_limit();
     let provider = tls::provider();
     let certs = tls::load_certificates(&config.tls, &state_dir, &provider)
         .map_err(|e| RunError::Config(e.to_string()))?;
