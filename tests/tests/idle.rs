@@ -3,9 +3,9 @@
 //!
 //! One daemon (one worker, `tcp` mode, lazy upstream connect, admission control off: opening the connections is a
 //! deliberate burst), `portcullis-load hold` opens [`CONNECTIONS`] TLS 1.3 connections and holds them idle; the
-//! daemon's RSS delta divided by the connections must stay under [`BOUND_KIB`]. The bound holds for the debug and
-//! the release build and fails when the connection task keeps the handshake's state (the boxing in
-//! `connection::serve` reverted: about 20 KiB in the debug build).
+//! daemon's RSS delta divided by the connections must stay under [`BOUND_KIB`]. Measured here: 10.3 KiB in the
+//! debug build; with the boxing in `connection::serve` reverted (the connection task keeping the handshake's
+//! state) 20.6 KiB, which fails.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
@@ -16,7 +16,7 @@ use portcullis_tests::daemon::{Daemon, DaemonOptions};
 
 const CONNECTIONS: usize = 2_000;
 /// KiB of RSS per idle connection.
-const BOUND_KIB: f64 = 16.0;
+const BOUND_KIB: f64 = 14.0;
 
 fn rss_kib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -64,7 +64,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     // The handshake, the upstream connect and the relay are boxed: an async fn's state is as large as its
     // largest await, and this future is the task an idle connection keeps, so unboxed the handshake's state
     // (kilobytes) would stay allocated for the connection's whole life (BENCHMARKS.md, "Idle connections").
-    let outcome = tokio::time::timeout(
+    // Matched where it is awaited: a `let outcome` would keep a second Established-sized slot in this future
+    // for the connection's whole life (a moved-from local still has storage until its scope ends).
+    let mut est = match tokio::time::timeout(
         ctx.handshake_timeout,
         Box::pin(handshake::run(
             &tcp,
@@ -75,8 +77,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             |hello| count_offers(m, hello),
         )),
     )
-    .await;
-    let mut est = match outcome {
+    .await
+    {
         Err(_) => {
             m.handshake(
                 VersionLabel::None,
