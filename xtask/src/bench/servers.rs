@@ -270,9 +270,24 @@ impl Drop for Server {
     }
 }
 
-/// The servers' descriptor limit: 20,000, or room for `ctx.hold` client connections and as many upstream ones.
+/// The servers' descriptor limit: 20,000, or room for `ctx.hold` client connections and as many upstream ones;
+/// never above this process's hard limit (which a child cannot exceed).
 pub fn nofile(ctx: &Ctx) -> usize {
-    ctx.hold.map_or(20_000, |n| (2 * n + 10_000).max(20_000))
+    let want = ctx.hold.map_or(20_000, |n| (2 * n + 10_000).max(20_000));
+    want.min(hard_nofile())
+}
+
+/// This process's hard RLIMIT_NOFILE (`usize::MAX` when unlimited or unknown).
+pub fn hard_nofile() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        return usize::MAX;
+    }
+    usize::try_from(lim.rlim_max).unwrap_or(usize::MAX)
 }
 
 /// A port the kernel says is free now (bound to port 0, then released).
@@ -334,7 +349,7 @@ http {{
 fn haproxy_conf(dir: &Path, port: u16, cert: &Cert, hold: Option<usize>) -> String {
     let (maxconn, timeout) = match hold {
         None => (9_000, "30s"),
-        Some(n) => (n + 1_000, "10m"),
+        Some(n) => (n + 500, "10m"),
     };
     format!(
         r#"# Written by cargo xtask bench; one thread pinned to CPU 0.
