@@ -11,7 +11,8 @@
 //! it) and memory is read once more. nginx and HAProxy keep it buffered, waiting for the rest of the head;
 //! portcullis in `tcp` mode decrypts it, connects upstream (lazy connect: the first byte triggers it) and relays it
 //! to a sink in this process that accepts and never reads nor answers, so its figure includes the upstream socket
-//! and the relay's state; in `http` mode it waits for the rest of the head like nginx.
+//! and the relay's state; in `http` mode it waits for the rest of the head like nginx (its keep-alive request is
+//! answered by the daemon's built-in demo upstream, whose memory counts against portcullis).
 //!
 //! Descriptor limits: the servers get `ulimit -n` 2N + 10,000 (client and upstream sockets), nginx
 //! `worker_connections` N + 1,000, HAProxy `maxconn` N + 500 (it wants two descriptors per connection), and every
@@ -191,12 +192,17 @@ fn measure(ctx: &Ctx, cert: &certs::Cert, cell: &Cell, n: usize) -> Result<Figur
     let dir = ctx.out.join("idle");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join(format!("{}.toml", cell.label.replace(' ', "-")));
+    // `tcp`: the upstream is the sink. `http`: the keep-alive request needs an answer, so the built-in demo
+    // upstream (in the daemon's process: its memory counts against portcullis) serves it.
+    let upstream = if cell.request {
+        String::new()
+    } else {
+        format!("[upstream]\nbackends = [\"127.0.0.1:{}\"]\n", sink.port)
+    };
     std::fs::write(
         &config,
         format!(
-            "# cargo xtask bench idle: admission control off, the upstream is a sink that never reads.\n\
-             [admission]\nenabled = false\n[upstream]\nbackends = [\"127.0.0.1:{}\"]\n",
-            sink.port
+            "# cargo xtask bench idle: admission control off.\n[admission]\nenabled = false\n{upstream}"
         ),
     )?;
     let label = format!("idle-{}", cell.label.replace([' ', '(', ')'], ""));
@@ -210,6 +216,9 @@ fn measure(ctx: &Ctx, cert: &certs::Cert, cell: &Cell, n: usize) -> Result<Figur
     let idle = mem(&server);
     client.send("pending")?;
     client.expect(&format!("pending {n}"))?;
+    if cell.kind == ServerKind::Portcullis && !cell.request {
+        wait_relayed(&server, (n * PENDING_BYTES) as f64)?;
+    }
     std::thread::sleep(SETTLE);
     let pending = mem(&server);
     client.finish()?;
@@ -223,6 +232,33 @@ fn measure(ctx: &Ctx, cert: &certs::Cert, cell: &Cell, n: usize) -> Result<Figur
         idle: per(idle),
         pending: per(pending),
     })
+}
+
+/// Waits until portcullis has relayed `bytes` to its upstream (the pending heads), so the pending figure includes
+/// every upstream connection and relay.
+fn wait_relayed(server: &Server, bytes: f64) -> Result<()> {
+    let port = server
+        .metrics_port
+        .context("portcullis without a metrics port")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, text) = servers::http_get(port, "/metrics")?;
+        let relayed: f64 = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("portcullis_forwarded_bytes_total")
+                    && l.contains("\"client_to_upstream\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+            .sum();
+        if relayed >= bytes {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("portcullis relayed {relayed} of the {bytes} pending bytes upstream within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn table(rows: &[(&Cell, Figures)], n: usize) -> String {
