@@ -89,7 +89,7 @@ fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsStrin
 
 /// The benchmark harness in its `--quick` form (seconds per cell): `bench handshakes` fails when a cell has no
 /// number, `bench storm` when a server produced no summary, `bench xdp` when a fixture class gets the wrong XDP
-/// action. Installs nginx and HAProxy (`setup --bench`) and
+/// action, `bench idle` when a server cannot hold its idle connections. Installs nginx and HAProxy (`setup --bench`) and
 /// builds the release binaries first. The figures of a quick run are smoke, not results: BENCHMARKS.md records
 /// full runs.
 fn bench_smoke(ws: &Workspace) -> Result<()> {
@@ -109,9 +109,17 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
     crate::bench::bench(
         ws,
         crate::bench::Bench::Xdp(crate::bench::XdpArgs {
-            common: storm,
+            common: storm.clone(),
             profile: None,
             seconds: 10,
+        }),
+    )?;
+    // bench idle fails when a server cannot hold the connections or the client cannot open them.
+    crate::bench::bench(
+        ws,
+        crate::bench::Bench::Idle(crate::bench::IdleArgs {
+            common: storm,
+            connections: None,
         }),
     )
 }

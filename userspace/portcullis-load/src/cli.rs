@@ -11,8 +11,9 @@ use clap::{Args, Parser, Subcommand};
 use rustls::pki_types::ServerName;
 
 use crate::chart;
-use crate::client_config::{Group, TlsOptions};
+use crate::client_config::{ClientConfigs, Group, TlsOptions};
 use crate::connection::{ConnSpec, Target};
+use crate::hold::{self, HoldSpec};
 use crate::kind::{Kind, Mix};
 use crate::limit::{self, LimitSpec};
 use crate::phases::{self, Arrival, Phase};
@@ -34,6 +35,33 @@ enum Command {
     Run(Box<RunArgs>),
     /// Time rustls handshakes in memory, server side only: the "limit" column of the benchmarks.
     Limit(LimitArgs),
+    /// Hold N idle TLS 1.3 connections for a memory benchmark (stdin/stdout protocol: see the `hold` module).
+    Hold(HoldArgs),
+}
+
+#[derive(Args, Debug)]
+struct HoldArgs {
+    /// Target address.
+    #[arg(long, value_name = "HOST:PORT")]
+    target: String,
+    /// Server name sent as SNI.
+    #[arg(long, default_value = "localhost")]
+    sni: String,
+    /// Connections to open and hold.
+    #[arg(long, default_value = "2000")]
+    connections: usize,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value = "64")]
+    concurrency: usize,
+    /// Before holding, send one keep-alive `GET PATH HTTP/1.1` and read its whole response.
+    #[arg(long, value_name = "PATH")]
+    http: Option<String>,
+    /// Size in bytes of the unfinished request head sent on `pending`.
+    #[arg(long, default_value = "100")]
+    pending_bytes: usize,
+    /// Bound on each connection's connect, handshake and response, seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "30")]
+    timeout: f64,
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +174,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(*args),
         Command::Limit(args) => run_limit(&args),
+        Command::Hold(args) => run_hold(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -245,6 +274,59 @@ fn run_spec(args: &RunArgs) -> Result<RunSpec> {
         preflight: !args.no_preflight,
         progress: !args.quiet,
     })
+}
+
+fn run_hold(args: &HoldArgs) -> Result<()> {
+    let sni = ServerName::try_from(args.sni.clone())
+        .with_context(|| format!("--sni {:?} is not a DNS name or IP address", args.sni))?;
+    // Every held connection is a descriptor: raise the soft limit to the hard one (root may raise both).
+    raise_nofile(args.connections as u64 + 64)?;
+    let configs = ClientConfigs::new(&TlsOptions::default(), [Kind::Full13])
+        .context("building the TLS 1.3 client configuration")?;
+    let config = configs
+        .of(Kind::Full13)
+        .context("no TLS 1.3 configuration")?;
+    let spec = HoldSpec {
+        addr: resolve(&args.target)?,
+        connections: args.connections,
+        concurrency: args.concurrency,
+        request: args.http.as_ref().map(|path| {
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: portcullis-load\r\n\r\n",
+                args.sni
+            )
+            .into_bytes()
+        }),
+        pending: hold::unfinished_head(&args.sni, args.pending_bytes),
+        timeout: seconds("--timeout", args.timeout)?,
+        sni,
+    };
+    hold::run(spec, config).map_err(|f| anyhow::anyhow!("hold: {}", f.message))
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to at least `want` (and the hard one too when it is lower: needs root).
+fn raise_nofile(want: u64) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
+    }
+    if lim.rlim_cur >= want {
+        return Ok(());
+    }
+    let soft = lim.rlim_cur;
+    lim.rlim_cur = want;
+    lim.rlim_max = lim.rlim_max.max(want);
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!("cannot raise the open-file limit from {soft} to {want}: run as root or raise `ulimit -n`")
+        });
+    }
+    Ok(())
 }
 
 fn run_limit(args: &LimitArgs) -> Result<()> {

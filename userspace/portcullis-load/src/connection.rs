@@ -47,7 +47,10 @@ pub struct ConnSpec {
 
 /// Connects to `addr`, from the next of `sources` when there are any. The port is left to `connect`
 /// (`IP_BIND_ADDRESS_NO_PORT`), so each source address has its own ephemeral port range towards `addr`.
-async fn connect(addr: SocketAddr, sources: &[std::net::IpAddr]) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    sources: &[std::net::IpAddr],
+) -> std::io::Result<TcpStream> {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     if sources.is_empty() {
         return TcpStream::connect(addr).await;
@@ -285,7 +288,7 @@ async fn close(mut tcp: TcpStream, mut tls: ClientConnection, keep: Duration) {
 }
 
 /// Writes everything rustls has queued.
-async fn flush(tcp: &mut TcpStream, tls: &mut ClientConnection) -> Result<(), Failure> {
+pub(crate) async fn flush(tcp: &mut TcpStream, tls: &mut ClientConnection) -> Result<(), Failure> {
     let mut out = Vec::new();
     while tls.wants_write() {
         tls.write_tls(&mut out).map_err(|e| Failure::io(&e))?;
@@ -298,7 +301,7 @@ async fn flush(tcp: &mut TcpStream, tls: &mut ClientConnection) -> Result<(), Fa
 
 /// Reads once from the socket and feeds rustls. Returns true at end of stream. A TLS error is answered with the
 /// alert rustls queued (best effort) and returned.
-async fn read_some(
+pub(crate) async fn read_some(
     tcp: &mut TcpStream,
     tls: &mut ClientConnection,
     buf: &mut [u8],

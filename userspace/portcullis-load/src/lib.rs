@@ -20,6 +20,7 @@
 //! - [`preflight`]: one connection per target before the run, so unreachable targets fail with a clear error.
 //! - [`report`]: the JSON report and the human table; [`chart`]: the SVG chart.
 //! - [`limit`]: rustls in-memory handshakes, server-side CPU only: the "limit" a TLS server could reach here.
+//! - [`hold`]: `hold`, N idle connections held open for a memory benchmark (`cargo xtask bench idle`).
 //! - [`progress`]: a one-line progress display when stderr is a terminal.
 //! - [`cli`]: command-line parsing into a [`runner::RunSpec`].
 
@@ -28,6 +29,7 @@ pub mod chart;
 pub mod cli;
 pub mod client_config;
 pub mod connection;
+pub mod hold;
 pub mod kind;
 pub mod limit;
 pub mod phases;

@@ -70,9 +70,14 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     let _active = ActiveGuard(&ctx.metrics);
     let _ = tcp.set_nodelay(true);
 
-    let outcome = tokio::time::timeout(
+    // The handshake, the upstream connect and the relay are boxed: an async fn's state is as large as its
+    // largest await, and this future is the task an idle connection keeps, so unboxed the handshake's state
+    // (kilobytes) would stay allocated for the connection's whole life (BENCHMARKS.md, "Idle connections").
+    // Matched where it is awaited: a `let outcome` would keep a second Established-sized slot in this future
+    // for the connection's whole life (a moved-from local still has storage until its scope ends).
+    let mut est = match tokio::time::timeout(
         ctx.handshake_timeout,
-        handshake::run(
+        Box::pin(handshake::run(
             &tcp,
             &ctx.tls,
             &ctx.certs,
@@ -80,10 +85,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             ctx.max_client_hello_size,
             &ctx.early,
             |hello| count_offers(m, hello),
-        ),
+        )),
     )
-    .await;
-    let mut est = match outcome {
+    .await
+    {
         Err(_) => {
             m.handshake(
                 VersionLabel::None,
@@ -119,7 +124,16 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     }
     if let Some(http) = &ctx.http {
         let handshake = done.saturating_duration_since(started);
-        return crate::http::serve(tcp, peer, est, started, handshake, http.clone()).await;
+        // Boxed: the HTTP connection future is large, and an idle connection should cost its task little.
+        return Box::pin(crate::http::serve(
+            tcp,
+            peer,
+            est,
+            started,
+            handshake,
+            http.clone(),
+        ))
+        .await;
     }
 
     // Early data already counts as the client's first bytes.
@@ -146,7 +160,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     let Some(backend) = ctx.upstreams.pick() else {
         return;
     };
-    let upstream = match ctx.upstreams.connect(backend).await {
+    let upstream = match Box::pin(ctx.upstreams.connect(backend)).await {
         Ok(s) => s,
         Err((cause, e)) => {
             m.upstream_error(backend, cause.name());
@@ -196,7 +210,17 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             done.saturating_duration_since(started),
         )
     });
-    let moved = match relay::relay(&tcp, &mut est.conn, &upstream, m, ctx.idle_timeout).await {
+    // Boxed, like the handshake and the upstream connect: the task of an idle connection keeps only a pointer to
+    // each (BENCHMARKS.md "Idle connections").
+    let moved = match Box::pin(relay::relay(
+        &tcp,
+        &mut est.conn,
+        &upstream,
+        m,
+        ctx.idle_timeout,
+    ))
+    .await
+    {
         Ok(moved) => {
             tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed");
             Some(moved)

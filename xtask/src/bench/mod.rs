@@ -11,6 +11,7 @@
 //!   control on and off), RSA-4096.
 //! - [`fleet`]: `bench fleet`, three portcullis instances, cross-instance resumption through a rolling restart
 //!   and a key rotation, `fleet` vs `per-process` tickets; session cache cost beside rustls'.
+//! - [`idle`]: `bench idle`, memory per idle TLS connection (RSS and Pss deltas) beside nginx and HAProxy.
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
@@ -25,6 +26,7 @@
 mod certs;
 mod fleet;
 mod handshakes;
+mod idle;
 mod load;
 mod merge;
 mod procstat;
@@ -63,6 +65,28 @@ pub enum Bench {
     /// rejection of the same malformed ClientHello; table, ratio, JSON. Needs root. With `--profile CLASS`: where
     /// the JIT'd program spends that class's time instead, by function and instruction.
     Xdp(XdpArgs),
+    /// Memory per idle TLS 1.3 connection (20,000 held; `--quick` 2,000): RSS and Pss deltas of each server's
+    /// processes after the handshake (and after one keep-alive request), then with 100 bytes of an unfinished
+    /// request pending; ratio to nginx; whether portcullis meets 10 KiB.
+    Idle(IdleArgs),
+}
+
+/// Options of `bench idle`.
+#[derive(Args, Debug, Clone)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to hold per server (default 20,000; 2,000 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(100..=200_000))]
+    pub connections: Option<u64>,
+}
+
+impl IdleArgs {
+    /// The number of connections to hold.
+    pub fn connections(&self) -> usize {
+        let default = if self.common.quick { 2_000 } else { 20_000 };
+        self.connections.map_or(default, |n| n as usize)
+    }
 }
 
 /// Options of `bench xdp`.
@@ -112,6 +136,9 @@ pub struct Ctx {
     pub quick: bool,
     /// `bench xdp --profile CLASS --seconds N`: the class to profile, and for how many seconds.
     pub profile: Option<(String, u64)>,
+    /// `bench idle`: the servers must hold this many idle connections (descriptor limits, connection caps and
+    /// idle timeouts are raised to fit).
+    pub hold: Option<usize>,
 }
 
 /// Runs one benchmark.
@@ -121,6 +148,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Storm(c) => (c, storm::run),
         Bench::Fleet(c) => (c, fleet::run),
         Bench::Xdp(a) => (&a.common, xdp::run),
+        Bench::Idle(a) => (&a.common, idle::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;
@@ -145,6 +173,10 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         quick: common.quick,
         profile: match &what {
             Bench::Xdp(a) => a.profile.clone().map(|class| (class, a.seconds)),
+            _ => None,
+        },
+        hold: match &what {
+            Bench::Idle(a) => Some(a.connections()),
             _ => None,
         },
     };

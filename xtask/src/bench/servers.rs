@@ -76,6 +76,18 @@ pub fn start_with(
     label: &str,
     portcullis_config: Option<&Path>,
 ) -> Result<Server> {
+    start_with_args(ctx, kind, cert, label, portcullis_config, &[])
+}
+
+/// [`start_with`], with `extra` appended to portcullis' `run` flags (e.g. `--mode http`).
+pub fn start_with_args(
+    ctx: &Ctx,
+    kind: ServerKind,
+    cert: &Cert,
+    label: &str,
+    portcullis_config: Option<&Path>,
+    extra: &[String],
+) -> Result<Server> {
     let dir = ctx.out.join(label);
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
@@ -103,11 +115,12 @@ pub fn start_with(
             ]
             .into_iter()
             .chain(portcullis_config.map(|c| format!("--config={}", c.display())))
+            .chain(extra.iter().cloned())
             .collect(),
         ),
         ServerKind::Nginx => {
             let conf = dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_conf(&dir, port, cert))?;
+            std::fs::write(&conf, nginx_conf(&dir, port, cert, ctx.hold))?;
             (
                 PathBuf::from("/usr/sbin/nginx"),
                 vec![
@@ -122,7 +135,7 @@ pub fn start_with(
         }
         ServerKind::Haproxy => {
             let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, haproxy_conf(&dir, port, cert))?;
+            std::fs::write(&conf, haproxy_conf(&dir, port, cert, ctx.hold))?;
             (
                 PathBuf::from("/usr/sbin/haproxy"),
                 vec!["-db".into(), "-f".into(), path(&conf)],
@@ -136,7 +149,8 @@ pub fn start_with(
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!(
-            "ulimit -n 20000; exec taskset -c {SERVER_CPU} \"$@\""
+            "ulimit -n {}; exec taskset -c {SERVER_CPU} \"$@\"",
+            nofile(ctx)
         ))
         .arg("sh")
         .arg(&program)
@@ -256,6 +270,26 @@ impl Drop for Server {
     }
 }
 
+/// The servers' descriptor limit: 20,000, or room for `ctx.hold` client connections and as many upstream ones;
+/// never above this process's hard limit (which a child cannot exceed).
+pub fn nofile(ctx: &Ctx) -> usize {
+    let want = ctx.hold.map_or(20_000, |n| (2 * n + 10_000).max(20_000));
+    want.min(hard_nofile())
+}
+
+/// This process's hard RLIMIT_NOFILE (`usize::MAX` when unlimited or unknown).
+pub fn hard_nofile() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid pointer to an rlimit for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut lim) } != 0 {
+        return usize::MAX;
+    }
+    usize::try_from(lim.rlim_max).unwrap_or(usize::MAX)
+}
+
 /// A port the kernel says is free now (bound to port 0, then released).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -265,20 +299,29 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// One worker on CPU 0, access log off, TLS 1.2 and 1.3, session cache and tickets on, a fixed response.
-fn nginx_conf(dir: &Path, port: u16, cert: &Cert) -> String {
+/// One worker on CPU 0, access log off, TLS 1.2 and 1.3, session cache and tickets on, a fixed response. With
+/// `hold` (`bench idle`): room for that many connections, and idle ones kept for 10 minutes.
+fn nginx_conf(dir: &Path, port: u16, cert: &Cert, hold: Option<usize>) -> String {
+    let (nofile, connections, timeouts) = match hold {
+        None => (20_000, 16_000, String::new()),
+        Some(n) => (
+            2 * n + 10_000,
+            n + 1_000,
+            "    client_header_timeout 10m;\n    keepalive_timeout 10m;\n".to_owned(),
+        ),
+    };
     format!(
         r#"# Written by cargo xtask bench; one worker pinned to CPU 0.
 worker_processes 1;
 worker_cpu_affinity 1;
-worker_rlimit_nofile 20000;
+worker_rlimit_nofile {nofile};
 daemon off;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log warn;
-events {{ worker_connections 16000; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
-    ssl_protocols TLSv1.2 TLSv1.3;
+{timeouts}    ssl_protocols TLSv1.2 TLSv1.3;
     ssl_ecdh_curve X25519:prime256v1;
     ssl_session_cache shared:SSL:20m;
     ssl_session_tickets on;
@@ -301,14 +344,19 @@ http {{
     )
 }
 
-/// One thread on CPU 0, TLS 1.2 and 1.3, a fixed response.
-fn haproxy_conf(dir: &Path, port: u16, cert: &Cert) -> String {
+/// One thread on CPU 0, TLS 1.2 and 1.3, a fixed response. With `hold` (`bench idle`): room for that many
+/// connections, and idle ones kept for 10 minutes.
+fn haproxy_conf(dir: &Path, port: u16, cert: &Cert, hold: Option<usize>) -> String {
+    let (maxconn, timeout) = match hold {
+        None => (9_000, "30s"),
+        Some(n) => (n + 500, "10m"),
+    };
     format!(
         r#"# Written by cargo xtask bench; one thread pinned to CPU 0.
 global
     nbthread 1
     cpu-map 1/1 0
-    maxconn 9000
+    maxconn {maxconn}
     pidfile {dir}/haproxy.pid
     ssl-default-bind-options ssl-min-ver TLSv1.2
     ssl-default-bind-curves X25519:P-256
@@ -317,8 +365,10 @@ global
 defaults
     mode http
     timeout connect 5s
-    timeout client 30s
-    timeout server 30s
+    timeout client {timeout}
+    timeout server {timeout}
+    timeout http-keep-alive {timeout}
+    timeout http-request {timeout}
 
 frontend tls
     bind 127.0.0.1:{port} ssl crt {combined} backlog 4096

@@ -1,0 +1,101 @@
+//! Memory per idle TLS connection (issue 22): a regression bound, not the benchmark (`cargo xtask bench idle`
+//! measures release builds beside nginx and HAProxy; BENCHMARKS.md, "Idle connections").
+//!
+//! One daemon (one worker, `tcp` mode, lazy upstream connect, admission control off: opening the connections is a
+//! deliberate burst), `portcullis-load hold` opens [`CONNECTIONS`] TLS 1.3 connections and holds them idle; the
+//! daemon's RSS delta divided by the connections must stay under [`BOUND_KIB`]. Measured here: 10.3 KiB in the
+//! debug build; with the boxing in `connection::serve` reverted (the connection task keeping the handshake's
+//! state) 20.6 KiB, which fails.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::daemon::{Daemon, DaemonOptions};
+
+const CONNECTIONS: usize = 2_000;
+/// KiB of RSS per idle connection.
+const BOUND_KIB: f64 = 14.0;
+
+fn rss_kib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+#[test]
+fn an_idle_tls_connection_costs_less_than_the_bound() {
+    let d = Daemon::start(DaemonOptions {
+        args: vec!["--workers".into(), "1".into()],
+        config_toml: Some("[admission]\nenabled = false\n".into()),
+        ..Default::default()
+    })
+    .expect("daemon starts");
+    let pid = d.pid().expect("daemon pid");
+    let before = rss_kib(pid);
+
+    let mut client = Command::new(portcullis_tests::load::binary())
+        .args(["hold", "--target", &d.addr().to_string()])
+        .args(["--connections", &CONNECTIONS.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("portcullis-load starts (build it with `cargo build -p portcullis-load`)");
+    let stdout = client.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(180))
+        .expect("portcullis-load hold answers within 180 s");
+    assert_eq!(
+        line.trim(),
+        format!("held {CONNECTIONS}"),
+        "portcullis-load hold failed (its error is above); daemon log:\n{}",
+        d.stderr()
+    );
+    // The client is done when it has the server's Finished; the server when it has the client's: wait for the
+    // daemon to count every handshake, then for its idle wait to start.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ok = d
+            .metric("portcullis_handshakes_total", &[("result", "ok")])
+            .expect("metrics");
+        if ok >= CONNECTIONS as f64 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon counted {ok} of {CONNECTIONS} handshakes within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(pid);
+    let per = (after - before) / CONNECTIONS as f64;
+    eprintln!("RSS {before} KiB -> {after} KiB: {per:.2} KiB per idle connection");
+
+    let mut stdin = client.stdin.take().expect("stdin");
+    let _ = stdin.flush();
+    drop(stdin);
+    let status = client.wait().expect("portcullis-load exits");
+    assert!(status.success(), "portcullis-load hold: {status}");
+    assert!(
+        per > 0.5,
+        "{per:.2} KiB per connection is implausibly small: were the connections held?"
+    );
+    assert!(
+        per <= BOUND_KIB,
+        "an idle TLS connection costs {per:.2} KiB of RSS (bound {BOUND_KIB} KiB): see where the bytes go in \
+         BENCHMARKS.md (\"Idle connections\") and `connection::serve`"
+    );
+}
