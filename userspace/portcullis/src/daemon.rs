@@ -444,7 +444,7 @@ fn early_data_step(
         return EarlyData::off(counters);
     };
     let shedding: Option<Shedding> = admission.map(|a| {
-        Arc::new(move || a.state() == crate::admission::controller::State::Shedding) as Shedding
+        Arc::new(move || a.advance_to_now() == crate::admission::controller::State::Shedding) as Shedding
     });
     EarlyData::on(
         store.clone(),

@@ -259,8 +259,9 @@ impl Admission {
         })
     }
 
-    /// The controller's state now (closing any interval that has ended).
-    pub fn state(&self) -> State {
+    /// Advances the controller to now (closing any interval that has ended, which may change its state, log the
+    /// change and move the gauge), then returns its state. Not a plain getter: that is why it is not `state()`.
+    pub fn advance_to_now(&self) -> State {
         let mut c = self.controller();
         if let Some(s) = c.tick(Instant::now()) {
             self.entered(s);
@@ -332,7 +333,7 @@ impl Admission {
     /// Closes the controller's and the SYN shed loop's intervals if they ended: called every `interval` by a
     /// timer, so an idle server returns to `normal` and SYN shedding ends when nothing reaches userspace.
     pub fn tick(&self) {
-        let state = self.state();
+        let state = self.advance_to_now();
         self.step_syn_loop(SynShedLoop::tick);
         let now = Instant::now();
         let mut overload = self.overload.lock().unwrap_or_else(|e| e.into_inner());
@@ -363,7 +364,7 @@ impl Admission {
     /// Whether admission control is in overload: admitting into the short queue of twice `target`, with the
     /// wait bound ([`Admitted::max_wait`]).
     pub fn overloaded(&self) -> bool {
-        let state = self.state();
+        let state = self.advance_to_now();
         let mut overload = self.overload.lock().unwrap_or_else(|e| e.into_inner());
         self.judge_overload(&mut overload, state, Instant::now())
     }
@@ -409,7 +410,7 @@ impl Admission {
         let now = Instant::now();
         let cost = self.costs.estimate_ns(class);
         self.moments.observe(cost);
-        let state = self.state();
+        let state = self.advance_to_now();
         let mut overload = self.overload.lock().unwrap_or_else(|e| e.into_inner());
         overload.offered(cost, now);
         let overloaded = self.judge_overload(&mut overload, state, now);
@@ -585,7 +586,7 @@ mod tests {
             );
             tokio::time::advance(Duration::from_millis(12)).await;
         }
-        assert_eq!(a.state(), State::Shedding);
+        assert_eq!(a.advance_to_now(), State::Shedding);
     }
 
     #[tokio::test(start_paused = true)]

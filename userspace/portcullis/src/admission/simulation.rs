@@ -278,7 +278,7 @@ async fn sheds_nothing_below_overload(cert: Certificate, instances: usize) {
             r.refused,
             r.expired,
             r.last_shed,
-            admission.state(),
+            admission.advance_to_now(),
             r.overloaded_ticks,
         );
     }
@@ -342,6 +342,6 @@ async fn a_storm_is_shed_and_left_behind_within_a_second() {
         "still shedding {:?} after the storm: {after:?}",
         after.last_shed
     );
-    assert_eq!(admission.state(), State::Normal);
+    assert_eq!(admission.advance_to_now(), State::Normal);
     assert!(!admission.overloaded());
 }
