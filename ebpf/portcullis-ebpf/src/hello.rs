@@ -1,28 +1,14 @@
 //! The ClientHello parse inside XDP: the ABI crate's parser, run stage by stage in a program of its own,
 //! [`portcullis_ch`], which the XDP program tail-calls (through [`XDP_HELLO_PROG`]) after [`start`] described the
-//! payload in this CPU's scratch.
+//! payload in this CPU's scratch. The program finishes the packet itself: verdict, counters, drop log, action.
 //!
-//! A program of its own, entered by a jump: the verifier checks it once, from its own entry, whatever path led to
-//! the tail call. (Inlined into the XDP program the parse is walked once per way of reaching it, far past the
-//! budget.) It was a global BPF function before, which the verifier also checks once; but the return from a call
-//! goes through the kernel's return thunk (`spec_rstack_overflow: Safe RET` here) and was the hottest spot of a
-//! ClientHello's profile: the tail call took 2–7% off a valid ClientHello and 8–10% off a malformed one
-//! (`BENCHMARKS.md`). The ClientHello program finishes the packet itself: verdict, counters, drop log, action.
+//! Why a program of its own, entered by a jump: the verifier then checks the parse once, from its own entry, and a
+//! tail call costs no return through the kernel's return thunk (a call's did: `BENCHMARKS.md`).
 //!
-//! In it the parser's [`stages`] run one after another on this CPU's slot of [`XDP_HELLO_WS`], and each
-//! begins by passing the slot's pointer through `barrier::forget`, an `asm!` register move LLVM must assume reads and
-//! writes memory. That is what keeps the verification linear: LLVM reloads the parse state from the map value
-//! instead of carrying it over in registers, and the verifier does not track what a map value holds, so every
-//! way the previous step ended reaches the next one in the same state, and the verifier walks the rest once
-//! instead of once per way (≈ 236k instructions; without the barrier, past one million). A fresh lookup of the
-//! slot per step did the same at the cost of the lookup (2–5% of a parse). This is also why the state lives in a
-//! map value and not on the stack.
-//! Running the steps as one global function each instead cost a call (through the kernel's return thunk) and a
-//! reload per step: 21–40% of every parsing row (`BENCHMARKS.md`).
-//!
-//! XDP programs are not preempted on a CPU, so no other parse touches the slot in between. Each stage reads the
-//! payload in place, from `data`/`data_end` of its context: copying it into the slot first
-//! (`bpf_xdp_load_bytes`) cost more than every bounds check it saved (`BENCHMARKS.md`).
+//! Why every step first passes the slot's pointer through `barrier::forget`: LLVM then reloads the parse state from
+//! the map value, whose contents the verifier does not track, so every way one step ends reaches the next in one
+//! verifier state and the parse is walked once (verifier counts in `docs/xdp-guard.md`). That is also why the state
+//! lives in a map value and not on the stack. Each step reads the payload in place, from `data`/`data_end`.
 
 use aya_ebpf::{
     bindings::xdp_md,
