@@ -1,10 +1,12 @@
 //! Bringing the daemon up and down: the order of start-up, and who owns what while it runs.
 //!
-//! Start-up: certificates -> session tickets (key dir loaded and watched) -> demo upstream (if no backend) ->
-//! listening sockets (all workers' SO_REUSEPORT sockets, so port 0 resolves once) -> XDP (told the resolved
-//! ports) -> reuseport steering (optional, fails open) -> metrics endpoint -> workers -> ready (`/readyz`,
-//! sd_notify; with fleet tickets, only once a valid key set is loaded). The main thread keeps a current-thread runtime for the control plane (signals, metrics
-//! endpoint, demo upstream); workers never touch it.
+//! Start-up, each phase a function here: certificates -> session tickets (key dir loaded and watched) ->
+//! [`upstreams`] (the demo upstream if no backend) -> [`bind`] (all workers' SO_REUSEPORT sockets, so port 0
+//! resolves once) -> [`start_xdp`] (told the resolved ports) -> [`start_steering`] (optional, fails open) -> the
+//! engine and metrics (`offload::setup::build`) -> [`serve_admin`] -> [`drop_privileges`] ->
+//! [`listener_contexts`] -> [`spawn_workers`] -> ready (`/readyz`, sd_notify; with fleet tickets, only once a valid
+//! key set is loaded). The main thread keeps a current-thread runtime for the control plane (signals, SIGHUP
+//! reload, metrics endpoint, demo upstream); workers never touch it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -85,76 +87,17 @@ pub fn run(
         .context("cannot build the control runtime")?;
     let _enter = rt.enter();
 
-    // Backends, or the demo upstream.
-    let backends = if config.upstream.backends.is_empty() {
-        let (demo, addr) = rt
-            .block_on(demo_upstream::bind())
-            .context("cannot bind the demo upstream on 127.0.0.1")?;
-        rt.spawn(demo_upstream::serve(demo));
-        tracing::info!(%addr, "no upstream configured: serving the built-in demo upstream");
-        vec![addr]
-    } else {
-        config.upstream.backends.clone()
-    };
-    let upstreams = Arc::new(Upstreams::new(backends, config.upstream.connect_timeout));
+    let upstreams = upstreams(&config, &rt)?;
 
-    // Every worker's socket of every listener, bound before anything is announced.
     let cpus = worker::allowed_cpus();
     let workers = config.workers.unwrap_or(cpus.len().max(1));
-    let mut groups = Vec::new();
-    let mut bound = Vec::new();
-    for l in &config.listeners {
-        let (sockets, addr) = listener::bind_group(l.address, workers, l.backlog)?;
-        groups.push(sockets);
-        bound.push(addr);
-    }
+    let (groups, bound) = bind(&config, workers)?;
 
-    // XDP, told the resolved ports.
-    let xdp_guard = if config.xdp.interfaces.is_empty() {
-        None
-    } else {
-        let mut ports: Vec<u16> = bound.iter().map(SocketAddr::port).collect();
-        ports.sort_unstable();
-        ports.dedup();
-        Some(
-            xdp::XdpGuard::start(&config.xdp, &ports)
-                .context("cannot start the XDP handshake guard")?,
-        )
-    };
+    let xdp_guard = start_xdp(&config, &bound)?;
     let xdp_collector = xdp_guard.as_ref().map(|g| g.counters().collector());
 
-    // Reuseport steering (independent of XDP); fail open: without it the kernel's hash spreads connections.
-    let worker_cpus: Vec<Option<usize>> = (0..workers)
-        .map(|index| {
-            if config.pin_workers && !cpus.is_empty() {
-                cpus.get(index % cpus.len()).copied()
-            } else {
-                None
-            }
-        })
-        .collect();
-    let steering = if config.steering.enabled && workers < 2 {
-        tracing::debug!("reuseport steering not loaded: one worker, nothing to steer");
-        None
-    } else if config.steering.enabled {
-        let settings = steering::SteeringSettings {
-            prefer_local_cpu: config.steering.prefer_local_cpu,
-            worker_cpus: worker_cpus.clone(),
-            pin_dir: config.xdp.pin_dir.clone(),
-        };
-        match steering::Steering::start(&settings, &groups) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::warn!(
-                    error = %format!("{e:#}"),
-                    "reuseport steering is off: the kernel's hash spreads new connections over the workers"
-                );
-                None
-            }
-        }
-    } else {
-        None
-    };
+    let worker_cpus = worker_cpus(&config, workers, &cpus);
+    let steering = start_steering(&config, workers, &worker_cpus, &groups);
     // Admission control turns the XDP program's SYN shed knob while it sheds.
     let syn_shed: Option<Arc<dyn crate::admission::SynShedControl>> = match &xdp_guard {
         Some(_) => Some(Arc::new(
@@ -194,27 +137,8 @@ pub fn run(
         None => (Arc::new(InlineEngine), None),
     };
 
-    // The admin endpoint.
     let ready = Arc::new(AtomicBool::new(false));
-    let admin_listener = rt
-        .block_on(tokio::net::TcpListener::bind(config.metrics.address))
-        .with_context(|| {
-            format!(
-                "cannot listen for metrics on {} (metrics.address / --metrics)",
-                config.metrics.address
-            )
-        })?;
-    let metrics_addr = admin_listener
-        .local_addr()
-        .context("reading the metrics address")?;
-    rt.spawn(admin_http::serve(
-        admin_listener,
-        Arc::new(Admin {
-            metrics: metrics.clone(),
-            ready: ready.clone(),
-            limits: admin_http::AdminLimits::default(),
-        }),
-    ));
+    let metrics_addr = serve_admin(&rt, &config, &metrics, &ready)?;
 
     // The access log of http listeners, reopened on SIGUSR1.
     let http_metrics = match http_metrics {
@@ -232,22 +156,7 @@ pub fn run(
     }
 
     // Least privilege: everything that needs root is done (listeners, XDP, steering, pins, admin socket).
-    match &identity {
-        Some(id) => {
-            crate::process::drop_privileges(
-                id,
-                &[config.xdp.pin_dir.as_path(), state_dir.as_path()],
-            )
-            .context("dropping privileges ([process] user / --user)")?;
-        }
-        // Started unprivileged with ambient capabilities (the systemd unit), or asked to: give them up now.
-        None if !nix::unistd::Uid::effective().is_root() || config.process.drop_capabilities => {
-            crate::process::drop_capabilities().context("dropping capabilities after start-up")?;
-        }
-        None => tracing::info!(
-            "running as root: set [process] user (or --user) to drop root after start-up"
-        ),
-    }
+    drop_privileges(identity.as_ref(), &config, &state_dir)?;
 
     // Workers.
     crate::limits::raise_nofile_limit();
@@ -258,82 +167,31 @@ pub fn run(
     ));
     tracing::debug!(max_connections = limits.process_cap(), "connection cap");
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let contexts: Vec<Arc<ListenerContext>> = (0..config.listeners.len())
-        .map(|i| {
-            let mode = config
-                .listeners
-                .get(i)
-                .map_or(ListenerMode::Tcp, |l| l.mode);
-            let name = config.listener_name(i);
-            let http = (mode == ListenerMode::Http).then(|| {
-                Arc::new(crate::http::HttpContext::new(
-                    &name,
-                    config.http.clone(),
-                    upstreams.clone(),
-                    http_metrics.clone(),
-                    access_log.clone(),
-                    phase_rx.clone(),
-                ))
-            });
-            let mut base = (*tls_config).clone();
-            base.alpn_protocols = config
-                .tls
-                .alpn_for(mode)
-                .iter()
-                .map(|p| p.as_bytes().to_vec())
-                .collect();
-            Arc::new(ListenerContext {
-                access_log: (mode == ListenerMode::Tcp)
-                    .then(|| access_log.clone())
-                    .flatten(),
-                http,
-                tls: tickets.server_config(&base, &name),
-                early: early_data_step(
-                    &config,
-                    i,
-                    &Arc::new(base.clone()),
-                    session_store.as_ref(),
-                    admission.clone(),
-                    &store_metrics,
-                ),
-                certs: resolver.clone(),
-                engine: engine.clone(),
-                upstreams: upstreams.clone(),
-                metrics: metrics.listener(&config.listener_name(i)),
-                handshake_timeout: config.tls.handshake_timeout,
-                max_client_hello_size: config.tls.max_client_hello_size,
-                proxy_protocol: config.upstream.proxy_protocol,
-                idle_timeout: config.upstream.idle_timeout,
-                lazy_connect: config.upstream.lazy_connect,
-                limits: limits.clone(),
-            })
-        })
-        .collect();
-    let mut handles = Vec::new();
-    let mut per_worker: Vec<Vec<_>> = (0..workers).map(|_| Vec::new()).collect();
-    for (sockets, ctx) in groups.into_iter().zip(&contexts) {
-        for (w, socket) in sockets.into_iter().enumerate() {
-            if let Some(slot) = per_worker.get_mut(w) {
-                slot.push((socket, ctx.clone()));
-            }
-        }
-    }
-    for (index, listeners) in per_worker.into_iter().enumerate() {
-        let saturation = steering
-            .as_ref()
-            .map(|s| s.saturated() as Arc<dyn steering::SaturationMap>);
-        handles.push(worker::spawn(
-            worker::WorkerSpec {
-                index,
-                cpu: worker_cpus.get(index).copied().flatten(),
-                listeners,
-                accepted: metrics.worker_accepted(index),
-                saturation,
-                limits: limits.clone(),
-            },
-            phase_rx.clone(),
-        )?);
-    }
+    let contexts = listener_contexts(&ListenerParts {
+        config: &config,
+        tls_config: &tls_config,
+        resolver: &resolver,
+        tickets: &tickets,
+        engine: &engine,
+        admission: admission.as_ref(),
+        session_store: session_store.as_ref(),
+        store_metrics: &store_metrics,
+        upstreams: &upstreams,
+        metrics: &metrics,
+        http_metrics: &http_metrics,
+        access_log: access_log.as_ref(),
+        limits: &limits,
+        phase: &phase_rx,
+    });
+    let handles = spawn_workers(
+        groups,
+        &contexts,
+        &worker_cpus,
+        steering.as_ref(),
+        &metrics,
+        &limits,
+        &phase_rx,
+    )?;
 
     let listen_list = bound
         .iter()
@@ -444,7 +302,8 @@ fn early_data_step(
         return EarlyData::off(counters);
     };
     let shedding: Option<Shedding> = admission.map(|a| {
-        Arc::new(move || a.advance_to_now() == crate::admission::controller::State::Shedding) as Shedding
+        Arc::new(move || a.advance_to_now() == crate::admission::controller::State::Shedding)
+            as Shedding
     });
     EarlyData::on(
         store.clone(),
@@ -454,4 +313,260 @@ fn early_data_step(
         shedding,
         counters,
     )
+}
+
+/// The upstreams: the configured backends, or the built-in demo upstream on loopback (served by the control
+/// runtime) when there are none.
+fn upstreams(config: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<Arc<Upstreams>> {
+    let backends = if config.upstream.backends.is_empty() {
+        let (demo, addr) = rt
+            .block_on(demo_upstream::bind())
+            .context("cannot bind the demo upstream on 127.0.0.1")?;
+        rt.spawn(demo_upstream::serve(demo));
+        tracing::info!(%addr, "no upstream configured: serving the built-in demo upstream");
+        vec![addr]
+    } else {
+        config.upstream.backends.clone()
+    };
+    Ok(Arc::new(Upstreams::new(
+        backends,
+        config.upstream.connect_timeout,
+    )))
+}
+
+/// Every worker's socket of every listener, bound before anything is announced (port 0 resolves on the first
+/// socket of each group); the sockets by listener, and each listener's bound address.
+fn bind(
+    config: &Config,
+    workers: usize,
+) -> Result<(Vec<Vec<std::net::TcpListener>>, Vec<SocketAddr>), RunError> {
+    let mut groups = Vec::new();
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let (sockets, addr) = listener::bind_group(l.address, workers, l.backlog)?;
+        groups.push(sockets);
+        bound.push(addr);
+    }
+    Ok((groups, bound))
+}
+
+/// The XDP guard, told the resolved listener ports; `None` without `[xdp] interfaces`.
+fn start_xdp(config: &Config, bound: &[SocketAddr]) -> anyhow::Result<Option<xdp::XdpGuard>> {
+    if config.xdp.interfaces.is_empty() {
+        return Ok(None);
+    }
+    let mut ports: Vec<u16> = bound.iter().map(SocketAddr::port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let guard = xdp::XdpGuard::start(&config.xdp, &ports)
+        .context("cannot start the XDP handshake guard")?;
+    Ok(Some(guard))
+}
+
+/// The CPU each worker is pinned to (`None`: not pinned).
+fn worker_cpus(config: &Config, workers: usize, cpus: &[usize]) -> Vec<Option<usize>> {
+    (0..workers)
+        .map(|index| {
+            if config.pin_workers && !cpus.is_empty() {
+                cpus.get(index % cpus.len()).copied()
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// Reuseport steering (independent of XDP), when enabled and there is more than one worker. Fails open: without
+/// it the kernel's hash spreads connections, with a warning saying so.
+fn start_steering(
+    config: &Config,
+    workers: usize,
+    worker_cpus: &[Option<usize>],
+    groups: &[Vec<std::net::TcpListener>],
+) -> Option<steering::Steering> {
+    if !config.steering.enabled {
+        return None;
+    }
+    if workers < 2 {
+        tracing::debug!("reuseport steering not loaded: one worker, nothing to steer");
+        return None;
+    }
+    let settings = steering::SteeringSettings {
+        prefer_local_cpu: config.steering.prefer_local_cpu,
+        worker_cpus: worker_cpus.to_vec(),
+        pin_dir: config.xdp.pin_dir.clone(),
+    };
+    match steering::Steering::start(&settings, groups) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(
+                error = %format!("{e:#}"),
+                "reuseport steering is off: the kernel's hash spreads new connections over the workers"
+            );
+            None
+        }
+    }
+}
+
+/// The admin endpoint (`/metrics`, `/healthz`, `/readyz`, `/fingerprints`) on the control runtime; its address.
+fn serve_admin(
+    rt: &tokio::runtime::Runtime,
+    config: &Config,
+    metrics: &Metrics,
+    ready: &Arc<AtomicBool>,
+) -> anyhow::Result<SocketAddr> {
+    let admin_listener = rt
+        .block_on(tokio::net::TcpListener::bind(config.metrics.address))
+        .with_context(|| {
+            format!(
+                "cannot listen for metrics on {} (metrics.address / --metrics)",
+                config.metrics.address
+            )
+        })?;
+    let metrics_addr = admin_listener
+        .local_addr()
+        .context("reading the metrics address")?;
+    rt.spawn(admin_http::serve(
+        admin_listener,
+        Arc::new(Admin {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+            limits: admin_http::AdminLimits::default(),
+        }),
+    ));
+    Ok(metrics_addr)
+}
+
+/// Least privilege, once everything that needs it is done: become `[process] user` when started as root with
+/// one; give up every capability when started unprivileged with ambient ones (the systemd unit) or asked to
+/// (`[process] drop_capabilities`); else say that root is kept.
+fn drop_privileges(
+    identity: Option<&crate::process::Identity>,
+    config: &Config,
+    state_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    match identity {
+        Some(id) => crate::process::drop_privileges(id, &[config.xdp.pin_dir.as_path(), state_dir])
+            .context("dropping privileges ([process] user / --user)"),
+        None if !nix::unistd::Uid::effective().is_root() || config.process.drop_capabilities => {
+            crate::process::drop_capabilities().context("dropping capabilities after start-up")
+        }
+        None => {
+            tracing::info!(
+                "running as root: set [process] user (or --user) to drop root after start-up"
+            );
+            Ok(())
+        }
+    }
+}
+
+/// What every listener's context is built from.
+struct ListenerParts<'a> {
+    config: &'a Config,
+    tls_config: &'a Arc<rustls::ServerConfig>,
+    resolver: &'a Arc<tls::resolver::SniResolver>,
+    tickets: &'a tickets::Tickets,
+    engine: &'a Arc<dyn HandshakeEngine>,
+    admission: Option<&'a Arc<crate::admission::Admission>>,
+    session_store: Option<&'a Arc<tickets::session_store::SessionStore>>,
+    store_metrics: &'a tickets::session_store::metrics::StoreMetrics,
+    upstreams: &'a Arc<Upstreams>,
+    metrics: &'a Metrics,
+    http_metrics: &'a crate::http::HttpMetrics,
+    access_log: Option<&'a crate::http::AccessLog>,
+    limits: &'a Arc<crate::limits::Limits>,
+    phase: &'a watch::Receiver<Phase>,
+}
+
+/// One context per listener, shared by the workers' connections on it: its mode (an HTTP front end or the byte
+/// relay), its TLS configuration (ALPN by mode, tickets, the early-data step), and the shared parts.
+fn listener_contexts(p: &ListenerParts<'_>) -> Vec<Arc<ListenerContext>> {
+    let config = p.config;
+    (0..config.listeners.len())
+        .map(|i| {
+            let mode = config
+                .listeners
+                .get(i)
+                .map_or(ListenerMode::Tcp, |l| l.mode);
+            let name = config.listener_name(i);
+            let http = (mode == ListenerMode::Http).then(|| {
+                Arc::new(crate::http::HttpContext::new(
+                    &name,
+                    config.http.clone(),
+                    p.upstreams.clone(),
+                    p.http_metrics.clone(),
+                    p.access_log.cloned(),
+                    p.phase.clone(),
+                ))
+            });
+            let mut base = (**p.tls_config).clone();
+            base.alpn_protocols = config
+                .tls
+                .alpn_for(mode)
+                .iter()
+                .map(|proto| proto.as_bytes().to_vec())
+                .collect();
+            Arc::new(ListenerContext {
+                access_log: (mode == ListenerMode::Tcp)
+                    .then(|| p.access_log.cloned())
+                    .flatten(),
+                http,
+                tls: p.tickets.server_config(&base, &name),
+                early: early_data_step(
+                    config,
+                    i,
+                    &Arc::new(base.clone()),
+                    p.session_store,
+                    p.admission.cloned(),
+                    p.store_metrics,
+                ),
+                certs: p.resolver.clone(),
+                engine: p.engine.clone(),
+                upstreams: p.upstreams.clone(),
+                metrics: p.metrics.listener(&name),
+                handshake_timeout: config.tls.handshake_timeout,
+                max_client_hello_size: config.tls.max_client_hello_size,
+                proxy_protocol: config.upstream.proxy_protocol,
+                idle_timeout: config.upstream.idle_timeout,
+                lazy_connect: config.upstream.lazy_connect,
+                limits: p.limits.clone(),
+            })
+        })
+        .collect()
+}
+
+/// One pinned worker thread per index, each given its own socket of every listener.
+fn spawn_workers(
+    groups: Vec<Vec<std::net::TcpListener>>,
+    contexts: &[Arc<ListenerContext>],
+    worker_cpus: &[Option<usize>],
+    steering: Option<&steering::Steering>,
+    metrics: &Metrics,
+    limits: &Arc<crate::limits::Limits>,
+    phase: &watch::Receiver<Phase>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut per_worker: Vec<Vec<_>> = (0..worker_cpus.len()).map(|_| Vec::new()).collect();
+    for (sockets, ctx) in groups.into_iter().zip(contexts) {
+        for (w, socket) in sockets.into_iter().enumerate() {
+            if let Some(slot) = per_worker.get_mut(w) {
+                slot.push((socket, ctx.clone()));
+            }
+        }
+    }
+    let mut handles = Vec::new();
+    for (index, listeners) in per_worker.into_iter().enumerate() {
+        let saturation = steering.map(|s| s.saturated() as Arc<dyn steering::SaturationMap>);
+        handles.push(worker::spawn(
+            worker::WorkerSpec {
+                index,
+                cpu: worker_cpus.get(index).copied().flatten(),
+                listeners,
+                accepted: metrics.worker_accepted(index),
+                saturation,
+                limits: limits.clone(),
+            },
+            phase.clone(),
+        )?);
+    }
+    Ok(handles)
 }
