@@ -912,7 +912,7 @@ fn a_segment_ending_with_a_complete_first_record_is_not_malformed() {
 
 #[test]
 fn records_past_the_walked_ones_are_not_looked_at() {
-    use client_hello::stages::MAX_CONTINUATION_RECORDS;
+    use client_hello::steps::MAX_CONTINUATION_RECORDS;
     let curl = hello_fixtures::handshake_of(hello_fixtures::captured("curl_sni"));
     let ccs = hello_fixtures::record(20, &[1]);
     // One-byte records: the first, then `after` more, then a ChangeCipherSpec before the ClientHello's end.

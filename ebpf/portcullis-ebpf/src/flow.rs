@@ -12,7 +12,7 @@
 
 use aya_ebpf::{btf_maps::Array, macros::btf_map, programs::XdpContext};
 use portcullis_abi::{
-    client_hello::stages,
+    client_hello::steps,
     flow::{
         FLOW_SETS, FULL_HELLO_COST_MILLI, FlowKey, FlowSet, contains, flow_set, flow_tag, record,
     },
@@ -106,7 +106,7 @@ fn first_segment(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) 
         // A payload the parse cannot reach (behind more than 511 header bytes, or longer than 4 KiB) counts as a
         // ClientHello cut short: it passes, and pays for a full handshake from the budget.
         let unparsed = judge::Judged {
-            status: stages::TRUNCATED,
+            status: steps::TRUNCATED,
             resumption: false,
             fingerprints: None,
             shape: 0,

@@ -19,7 +19,7 @@ use aya_ebpf::{
 use portcullis_abi::{
     client_hello::{
         HelloBytes, Workspace,
-        stages::{self, Stages, Step},
+        steps::{self, Step, Steps},
     },
     verdict::Verdict,
 };
@@ -47,7 +47,7 @@ struct Scratch {
     dst_port: u32,
     /// The parse's final status, passed through memory (see [`portcullis_ch`]).
     status: i32,
-    /// The parser's state between stages.
+    /// The parser's state between steps.
     workspace: Workspace,
 }
 
@@ -161,7 +161,7 @@ fn run(ctx: *mut xdp_md, scratch: *mut Scratch, step: Step) -> i32 {
         end,
         len: scratch.len,
     };
-    stages::run(step, &payload, &mut scratch.workspace)
+    steps::run(step, &payload, &mut scratch.workspace)
 }
 
 /// The steps run in place, one after another, each forgetting what the one before left in registers.
@@ -170,7 +170,7 @@ struct InPlace {
     scratch: *mut Scratch,
 }
 
-impl Stages for InPlace {
+impl Steps for InPlace {
     #[inline(always)]
     fn run(&mut self, step: Step) -> i32 {
         run(self.ctx, self.scratch, step)
@@ -213,7 +213,7 @@ pub fn portcullis_ch(ctx: XdpContext) -> u32 {
         return finish(&ctx, config, Verdict::PassListenerTcp, 0, false);
     };
     let slot: *mut Scratch = slot;
-    let status = stages::drive(&mut InPlace {
+    let status = steps::drive(&mut InPlace {
         ctx: ctx.ctx,
         scratch: slot,
     });
@@ -232,7 +232,7 @@ pub fn portcullis_ch(ctx: XdpContext) -> u32 {
         status,
         resumption: summary.offers_psk || summary.tls12_ticket,
         fingerprints: match summary.fingerprint {
-            Some(f) if status == stages::DONE => Some([f.ordered, f.unordered]),
+            Some(f) if status == steps::DONE => Some([f.ordered, f.unordered]),
             _ => None,
         },
         shape: slot.workspace.shape(),

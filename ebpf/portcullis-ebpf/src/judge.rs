@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use portcullis_abi::{
-    client_hello::{Malformed, fingerprint::SHAPES, stages},
+    client_hello::{Malformed, fingerprint::SHAPES, steps},
     flow::FULL_HELLO_COST_MILLI,
     fp_shapes::{HIT_SLOTS, Membership, ShapeSet, hit_slot},
     limits::{BUDGET_SLOTS, BudgetSlot, TokenBucket},
@@ -85,7 +85,7 @@ pub(crate) fn fingerprinting() -> bool {
 /// What the verdict needs from one parse.
 #[derive(Clone, Copy)]
 pub struct Judged {
-    /// The final [`stages`] status: [`stages::DONE`], [`stages::TRUNCATED`] or a malformation.
+    /// The final [`steps`] status: [`steps::DONE`], [`steps::TRUNCATED`] or a malformation.
     pub status: i32,
     /// A TLS 1.3 PSK or TLS 1.2 ticket offer was seen (a resumption: cheap to serve).
     pub resumption: bool,
@@ -99,8 +99,8 @@ pub struct Judged {
 /// bucket (its slot index, when there is a budget).
 #[inline(always)]
 pub(crate) fn after_parse(judged: &Judged, bucket: Option<u32>, config: &XdpConfig) -> Verdict {
-    if judged.status >= stages::MALFORMED_BASE {
-        let reason = (judged.status - stages::MALFORMED_BASE) as u32;
+    if judged.status >= steps::MALFORMED_BASE {
+        let reason = (judged.status - steps::MALFORMED_BASE) as u32;
         if let Some(counter) = XDP_MALFORMED.get_ptr_mut(reason) {
             // SAFETY: this CPU's slot of a per-CPU array; XDP runs are not preempted on a CPU.
             unsafe { *counter += 1 };

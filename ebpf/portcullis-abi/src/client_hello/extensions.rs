@@ -52,7 +52,7 @@ impl Extensions {
 }
 
 /// Walks one extension of the block, filling `summary`; `Ok(false)` once the block is finished. (The fingerprint
-/// walks the types again after the checks, when it is computed: see `stages`.)
+/// walks the types again after the checks, when it is computed: see `steps`.)
 ///
 /// On [`Halt::Truncated`] the summary keeps what the extensions that arrived told, and `found` what they
 /// were. The two extensions whose bodies hold lists (supported_versions, key_share) are only located here;

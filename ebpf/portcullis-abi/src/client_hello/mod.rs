@@ -6,7 +6,7 @@
 //! - `malformed`: [`Malformed`], the reasons a ClientHello is rejected;
 //! - `extensions`: the extension list;
 //! - [`fingerprint`]: the 64-bit fingerprint and its exact byte layout;
-//! - [`stages`]: the parse as steps over a [`Workspace`], and the driver that runs them;
+//! - [`steps`]: the parse as steps over a [`Workspace`], and the driver that runs them;
 //! - `reader`: the bounds-checked cursor everything reads through.
 //!
 //! # Input and verdicts
@@ -20,7 +20,7 @@
 //! A ClientHello may span records (RFC 8446 §5.1), and the TCP segment being judged may end at, or
 //! after, any of their boundaries. Its fields are parsed in the first record only; when that record
 //! ends first, the ClientHello is reported as `fragmented`, and the records after it that arrived are
-//! judged by their headers alone ([`stages::Step::Record`]): a record of another type before the
+//! judged by their headers alone ([`steps::Step::Record`]): a record of another type before the
 //! ClientHello's last byte (a ChangeCipherSpec, an alert, application data), an empty or oversized
 //! record, a record version rustls refuses, or records carrying more than the ClientHello's length
 //! prove it malformed; anything else is `Ok` with `complete == false`, like a ClientHello cut short:
@@ -44,8 +44,8 @@
 //! No recursion, no allocation, no indexing or unwrapping of input, and every loop runs at most a
 //! `MAX_*` constant number of times, so the same code can be verified inside an XDP program.
 //! The input is read through [`HelloBytes`] (a slice here, the packet's payload in place in XDP)
-//! and the parse runs as the [`stages`] over a [`Workspace`]: on the stack for [`parse`], in a
-//! per-CPU map value in XDP, where one BPF program runs the stages, each reloading its state from
+//! and the parse runs as the [`steps`] over a [`Workspace`]: on the stack for [`parse`], in a
+//! per-CPU map value in XDP, where one BPF program runs the steps, each reloading its state from
 //! the map value, so that the verifier walks each stage once (with the state carried in registers
 //! from stage to stage, it exceeded the verifier's budget of one million instructions on 6.18).
 
@@ -53,7 +53,7 @@ mod extensions;
 pub mod fingerprint;
 mod malformed;
 mod reader;
-pub mod stages;
+pub mod steps;
 mod summary;
 
 pub use fingerprint::{Fingerprint, fingerprint_hex, is_grease};
@@ -124,12 +124,12 @@ pub fn parse_from<I: HelloBytes + ?Sized>(input: &I) -> Result<ClientHelloSummar
     parse_in(input, &mut workspace)
 }
 
-/// Everything one parse keeps between its [`stages`]: the summary so far, the fingerprint being
+/// Everything one parse keeps between its [`steps`]: the summary so far, the fingerprint being
 /// built, where the extension walk is, and where the list extensions are.
 ///
 /// [`parse`] keeps it on the stack. The XDP program keeps it in a per-CPU map value instead and
 /// reloads it before each stage, so the verifier checks each stage once, from a workspace whose
-/// contents it does not know, instead of once per path through earlier stages.
+/// contents it does not know, instead of once per path through earlier steps.
 #[derive(Clone, Copy, Debug)]
 pub struct Workspace {
     summary: ClientHelloSummary,
@@ -148,20 +148,20 @@ pub struct Workspace {
     extensions_start: usize,
     /// Extension types 0..=63 seen so far, one bit each.
     seen: u64,
-    /// How the extension walk ended: a [`stages`] status ([`stages::CONTINUE`] while walking).
+    /// How the extension walk ended: a [`steps`] status ([`steps::CONTINUE`] while walking).
     walk_status: i32,
     /// Where the next record after the first starts, from the start of the input; 0 before
-    /// [`stages::Step::Record`] looked at any.
+    /// [`steps::Step::Record`] looked at any.
     next_record: usize,
     /// Handshake bytes the records walked so far carry, counted from the start of the input as if
     /// they were all in the first record (which [`Workspace::hello_end`] counts the same way).
     carried: usize,
-    /// Whether the parse computes the fingerprint; kept across the reset at [`stages::Step::Head`].
+    /// Whether the parse computes the fingerprint; kept across the reset at [`steps::Step::Head`].
     fingerprint_wanted: bool,
 }
 
 impl Workspace {
-    /// A workspace before any parse; [`stages::Step::Head`] resets it anyway.
+    /// A workspace before any parse; [`steps::Step::Head`] resets it anyway.
     pub const NEW: Self = Self {
         summary: ClientHelloSummary::EMPTY,
         found: extensions::Extensions::NONE,
@@ -172,7 +172,7 @@ impl Workspace {
         list: Reader::new(0, 0, Malformed::HandshakeLengthMismatch),
         extensions_start: 0,
         seen: 0,
-        walk_status: stages::CONTINUE,
+        walk_status: steps::CONTINUE,
         next_record: 0,
         carried: 0,
         fingerprint_wanted: true,
@@ -181,12 +181,12 @@ impl Workspace {
     /// Whether the parses in this workspace compute the fingerprint (they do unless told otherwise). Without
     /// it a complete ClientHello's summary has `fingerprint: None`; everything else is the same. The XDP
     /// program turns it off while no fingerprint is blocked, and skips it for a ClientHello whose
-    /// [shape](Self::shape) no blocked fingerprint has ([`stages::Stages::hash_wanted`]).
+    /// [shape](Self::shape) no blocked fingerprint has ([`steps::Steps::hash_wanted`]).
     pub const fn want_fingerprint(&mut self, wanted: bool) {
         self.fingerprint_wanted = wanted;
     }
 
-    /// The [shape](fingerprint::shape) of the ClientHello parsed so far: once [`stages::Step::SecondList`]
+    /// The [shape](fingerprint::shape) of the ClientHello parsed so far: once [`steps::Step::SecondList`]
     /// found it complete, the shape its fingerprint will have.
     pub const fn shape(&self) -> u16 {
         fingerprint::shape(
@@ -195,7 +195,7 @@ impl Workspace {
         )
     }
 
-    /// The summary so far (final once a stage returned [`stages::DONE`]).
+    /// The summary so far (final once a stage returned [`steps::DONE`]).
     pub const fn summary(&self) -> &ClientHelloSummary {
         &self.summary
     }
@@ -207,6 +207,6 @@ pub fn parse_in<I: HelloBytes + ?Sized>(
     input: &I,
     workspace: &mut Workspace,
 ) -> Result<ClientHelloSummary, Malformed> {
-    let status = stages::drive(&mut stages::Direct { input, workspace });
-    stages::outcome(input, workspace, status)
+    let status = steps::drive(&mut steps::Direct { input, workspace });
+    steps::outcome(input, workspace, status)
 }

@@ -8,9 +8,9 @@
 //! the block, which by then is known to be well framed), the supported_groups; and, when the parse of the first record
 //! stopped short, [`Step::Record`] for each record after it, which reads its header. The parse proper knows nothing
 //! of the fingerprint, so a ClientHello that is not fingerprinted pays nothing for it; one that is pays a
-//! second walk of its extension headers. [`HASH`] asks for the fingerprint steps, and [`Stages::hash_wanted`]
+//! second walk of its extension headers. [`HASH`] asks for the fingerprint steps, and [`Steps::hash_wanted`]
 //! may still decline them (the XDP program does when no blocked fingerprint has the ClientHello's
-//! [shape](super::fingerprint::shape)). [`drive`] runs them through the [`Stages`]
+//! [shape](super::fingerprint::shape)). [`drive`] runs them through the [`Steps`]
 //! trait: [`Direct`] calls [`run`] in place (what [`parse`](super::parse) does); the XDP ClientHello
 //! program runs them one after another, each reloading its state from the per-CPU workspace
 //! after a compiler barrier, which makes every way a step can end reach the next step in one verifier
@@ -46,7 +46,7 @@ pub const DONE: i32 = 1;
 /// The input ended first: not an error, the summary so far is the answer.
 pub const TRUNCATED: i32 = 2;
 /// [`Step::SecondList`] finished a complete ClientHello and the fingerprint is wanted: run the steps that hash it,
-/// if [`Stages::hash_wanted`] agrees.
+/// if [`Steps::hash_wanted`] agrees.
 pub const HASH: i32 = 3;
 /// `MALFORMED_BASE + reason as i32`: the bytes present prove the ClientHello malformed.
 pub const MALFORMED_BASE: i32 = 16;
@@ -95,7 +95,7 @@ pub enum Step {
 pub const MAX_CONTINUATION_RECORDS: usize = 8;
 
 /// Runs the steps of one parse; the BPF program implements it with a compiler barrier before each step.
-pub trait Stages {
+pub trait Steps {
     /// Runs `step` and returns its status.
     fn run(&mut self, step: Step) -> i32;
 
@@ -109,13 +109,13 @@ pub trait Stages {
 /// Runs every stage of one parse and returns the final status: [`DONE`], [`TRUNCATED`] or a
 /// malformation. A parse of the first record that stops short ends with [`Step::Record`] for each record after it.
 #[inline(always)]
-pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
-    let status = first_record(stages);
+pub fn drive<S: Steps + ?Sized>(steps: &mut S) -> i32 {
+    let status = first_record(steps);
     if status != TRUNCATED {
         return status;
     }
     for _ in 0..MAX_CONTINUATION_RECORDS {
-        let status = stages.run(Step::Record);
+        let status = steps.run(Step::Record);
         if status != CONTINUE {
             return status;
         }
@@ -126,34 +126,34 @@ pub fn drive<S: Stages + ?Sized>(stages: &mut S) -> i32 {
 
 /// The steps that parse the ClientHello in the first record.
 #[inline(always)]
-fn first_record<S: Stages + ?Sized>(stages: &mut S) -> i32 {
-    let status = stages.run(Step::Head);
+fn first_record<S: Steps + ?Sized>(steps: &mut S) -> i32 {
+    let status = steps.run(Step::Head);
     if status != CONTINUE {
         return status;
     }
     // Room for MAX_EXTENSIONS extensions: the walk ends inside the bound, whatever the input.
     for _ in 0..EXTENSION_STEPS {
-        if stages.run(Step::Extension) != CONTINUE {
+        if steps.run(Step::Extension) != CONTINUE {
             break;
         }
     }
     // Run even when the walk stopped: a truncated ClientHello still reports the key_share groups
     // and versions that arrived; `Checks` then reports how the walk ended.
-    let status = stages.run(Step::FirstList);
+    let status = steps.run(Step::FirstList);
     if status != CONTINUE {
         return status;
     }
-    match stages.run(Step::SecondList) {
-        HASH if stages.hash_wanted() => {
-            let status = stages.run(Step::Suites);
+    match steps.run(Step::SecondList) {
+        HASH if steps.hash_wanted() => {
+            let status = steps.run(Step::Suites);
             if status != CONTINUE {
                 return status;
             }
-            let status = stages.run(Step::ExtensionTypes);
+            let status = steps.run(Step::ExtensionTypes);
             if status != CONTINUE {
                 return status;
             }
-            stages.run(Step::Groups)
+            steps.run(Step::Groups)
         }
         HASH => DONE,
         status => status,
@@ -222,7 +222,7 @@ pub fn run<I: HelloBytes + ?Sized>(step: Step, input: &I, workspace: &mut Worksp
     }
 }
 
-/// [`Stages`] run in place on one input and workspace.
+/// [`Steps`] run in place on one input and workspace.
 pub struct Direct<'a, I: HelloBytes + ?Sized> {
     /// The client's first bytes.
     pub input: &'a I,
@@ -230,7 +230,7 @@ pub struct Direct<'a, I: HelloBytes + ?Sized> {
     pub workspace: &'a mut Workspace,
 }
 
-impl<I: HelloBytes + ?Sized> Stages for Direct<'_, I> {
+impl<I: HelloBytes + ?Sized> Steps for Direct<'_, I> {
     fn run(&mut self, step: Step) -> i32 {
         run(step, self.input, self.workspace)
     }
