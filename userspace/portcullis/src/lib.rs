@@ -1,6 +1,9 @@
 //! portcullis: an edge TLS front end that stays fast when handshakes storm in.
 //!
 //! # Layout
+//! Modules are private unless the binary, the integration tests or the benchmarks use them (`cli`, `config`,
+//! `process`, `proxy`, `tickets`, `tls`, `xdp`); the doc links below to private modules read as plain names.
+//!
 //! - [`cli`]: the command line and exit codes; [`config`]: the typed TOML config.
 //! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what the signals do; [`reload`]: SIGHUP; [`process`]: the
 //!   drop to an unprivileged user with no capability after start-up.
@@ -24,29 +27,29 @@
 //! - Each operator CLI lives in the module it drives: `xdp::cli` is `portcullis xdp ...` and
 //!   `portcullis fingerprint`.
 
-pub mod admin_http;
-pub mod admission;
+mod admin_http;
+mod admission;
 pub mod cli;
 pub mod config;
-pub mod connection;
-pub mod daemon;
-pub mod demo_upstream;
-pub mod handshake;
-pub mod http;
-pub mod limits;
-pub mod listener;
-pub mod metrics;
-pub mod notify;
-pub mod offload;
+mod connection;
+mod daemon;
+mod demo_upstream;
+mod handshake;
+mod http;
+mod limits;
+mod listener;
+mod metrics;
+mod notify;
+mod offload;
 pub mod process;
 pub mod proxy;
-pub mod reload;
-pub mod secret_file;
-pub mod seen_fingerprints;
-pub mod shutdown;
-pub mod steering;
+mod reload;
+mod secret_file;
+mod seen_fingerprints;
+mod shutdown;
+mod steering;
 pub mod tickets;
 pub mod tls;
-pub mod tls_io;
-pub mod worker;
+mod tls_io;
+mod worker;
 pub mod xdp;

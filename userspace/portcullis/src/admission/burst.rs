@@ -47,7 +47,8 @@ pub struct EngineBounds {
 }
 
 impl EngineBounds {
-    /// No bound beyond the burst itself.
+    /// No bound beyond the burst itself (tests).
+    #[cfg(test)]
     pub const NONE: Self = Self {
         ring_depth: usize::MAX,
         wait_deadline: None,

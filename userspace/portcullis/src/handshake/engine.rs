@@ -15,7 +15,6 @@ use rustls::ServerConfig;
 use rustls::server::{Accepted, AcceptedAlert, ServerConnection};
 
 use super::class::HandshakeClass;
-use super::inspect::HelloInfo;
 
 /// One expensive handshake step to run.
 pub struct Job {
@@ -23,8 +22,6 @@ pub struct Job {
     pub accepted: Accepted,
     /// The configuration to complete it with.
     pub config: Arc<ServerConfig>,
-    /// What the ClientHello offered, for engines that classify or prioritise.
-    pub hello: HelloInfo,
     /// The handshake's cost class, decided before any crypto.
     pub class: HandshakeClass,
     /// Shed it, before any crypto, if it waits longer than this in an engine queue (set by admission control

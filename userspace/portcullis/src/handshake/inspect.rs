@@ -68,6 +68,7 @@ impl HelloInfo {
     }
 
     /// Whether the client tries to resume (ticket, PSK or TLS 1.2 session ID with a ticket-less server).
+    #[cfg(test)]
     pub fn offers_resumption(&self) -> bool {
         self.offers_psk || self.offers_tls12_ticket
     }

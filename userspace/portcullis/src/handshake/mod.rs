@@ -92,7 +92,6 @@ pub async fn run(
     let job = Job {
         accepted,
         config: prepared.config.clone(),
-        hello: hello.clone(),
         class,
         max_wait: None,
     };

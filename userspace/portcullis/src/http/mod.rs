@@ -39,7 +39,7 @@ use crate::handshake::Established;
 use crate::proxy::upstream::Upstreams;
 use crate::shutdown::Phase;
 pub use access_log::AccessLog;
-pub use config::{AccessLogTarget, HttpConfig, LogConfig};
+pub use config::{HttpConfig, LogConfig};
 use facts::TlsFacts;
 pub use metrics::HttpMetrics;
 use proxy::ConnInfo;

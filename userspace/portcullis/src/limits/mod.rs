@@ -30,20 +30,20 @@ pub use config::LimitsConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
     /// The process holds `limits.max_connections`.
-    ProcessLimit,
+    Process,
     /// The accepting worker holds `limits.max_connections_per_worker`.
-    WorkerLimit,
+    Worker,
     /// The client's source holds `limits.max_connections_per_source`.
-    SourceLimit,
+    Source,
 }
 
 impl Refused {
     /// The metric label.
     pub fn name(self) -> &'static str {
         match self {
-            Self::ProcessLimit => "process_limit",
-            Self::WorkerLimit => "worker_limit",
-            Self::SourceLimit => "source_limit",
+            Self::Process => "process_limit",
+            Self::Worker => "worker_limit",
+            Self::Source => "source_limit",
         }
     }
 }
@@ -90,11 +90,7 @@ pub struct LimitMetrics {
 impl LimitMetrics {
     /// Registers the families in `registry`, every label present from the start (at 0).
     pub fn register(&self, registry: &mut Registry) {
-        for r in [
-            Refused::ProcessLimit,
-            Refused::WorkerLimit,
-            Refused::SourceLimit,
-        ] {
+        for r in [Refused::Process, Refused::Worker, Refused::Source] {
             let _ = self
                 .refused
                 .get_or_create(&ReasonLabel { reason: r.name() });
@@ -191,7 +187,7 @@ impl Limits {
             Err(reason)
         };
         if self.worker_cap.is_some_and(|cap| worker_open >= cap) {
-            return refused(Refused::WorkerLimit);
+            return refused(Refused::Worker);
         }
         if self
             .open
@@ -200,7 +196,7 @@ impl Limits {
             })
             .is_err()
         {
-            return refused(Refused::ProcessLimit);
+            return refused(Refused::Process);
         }
         let mut admitted = Admitted {
             limits: self.clone(),
@@ -213,7 +209,7 @@ impl Limits {
             if *n >= self.source_cap {
                 drop(shard);
                 drop(admitted); // gives the process place back
-                return refused(Refused::SourceLimit);
+                return refused(Refused::Source);
             }
             *n += 1;
             admitted.source = Some(source);
@@ -221,7 +217,8 @@ impl Limits {
         Ok(admitted)
     }
 
-    /// Connections open in the process.
+    /// Connections open in the process (tests).
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
     }
@@ -319,10 +316,7 @@ mod tests {
         });
         let a = l.admit(peer("10.0.0.1:1"), 0).expect("first");
         let _b = l.admit(peer("10.0.0.2:1"), 0).expect("second");
-        assert_eq!(
-            l.admit(peer("10.0.0.3:1"), 0).err(),
-            Some(Refused::ProcessLimit)
-        );
+        assert_eq!(l.admit(peer("10.0.0.3:1"), 0).err(), Some(Refused::Process));
         drop(a);
         assert_eq!(l.open(), 1);
         assert!(l.admit(peer("10.0.0.3:1"), 0).is_ok());
@@ -335,10 +329,7 @@ mod tests {
             ..LimitsConfig::default()
         });
         assert!(l.admit(peer("10.0.0.1:1"), 2).is_ok());
-        assert_eq!(
-            l.admit(peer("10.0.0.1:1"), 3).err(),
-            Some(Refused::WorkerLimit)
-        );
+        assert_eq!(l.admit(peer("10.0.0.1:1"), 3).err(), Some(Refused::Worker));
     }
 
     #[test]
@@ -348,10 +339,7 @@ mod tests {
             ..LimitsConfig::default()
         });
         let _a = l.admit(peer("10.0.0.1:1"), 0).expect("first from 10.0.0.1");
-        assert_eq!(
-            l.admit(peer("10.0.0.1:2"), 0).err(),
-            Some(Refused::SourceLimit)
-        );
+        assert_eq!(l.admit(peer("10.0.0.1:2"), 0).err(), Some(Refused::Source));
         assert_eq!(l.open(), 1, "a refused source gives its process place back");
         let _b = l.admit(peer("10.0.0.2:1"), 0).expect("another address");
         let c = l
@@ -359,7 +347,7 @@ mod tests {
             .expect("first in the /64");
         assert_eq!(
             l.admit(peer("[2001:db8::ffff]:1"), 0).err(),
-            Some(Refused::SourceLimit)
+            Some(Refused::Source)
         );
         let _d = l
             .admit(peer("[2001:db8:0:1::1]:1"), 0)

@@ -115,16 +115,6 @@ impl EngineMetrics {
         }
     }
 
-    /// Metrics that go nowhere (tests, inline engine).
-    pub fn unregistered() -> Self {
-        Self::register(
-            &mut Registry::default(),
-            Arc::new(Vec::new),
-            Arc::new(Vec::new),
-            Arc::new(|| 0),
-        )
-    }
-
     pub(crate) fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration) {
         let label = ClassLabel {
             class: class.name(),

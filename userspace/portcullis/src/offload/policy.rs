@@ -101,11 +101,6 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
         }
     }
 
-    /// The engine underneath.
-    pub fn engine(&self) -> &E {
-        &self.engine
-    }
-
     async fn run_job(&self, job: Job) -> JobResult {
         let class = job.class;
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -272,6 +272,7 @@ impl OffloadEngine for SoftwareEngine {
         self.rings.len()
     }
 
+    #[cfg(test)]
     fn capacity(&self) -> usize {
         self.rings.len() * self.ring_depth
     }
