@@ -2,7 +2,7 @@
 //! pinned config map (as admission control writes it), SYNs from a raw socket in the client namespace are
 //! dropped at that ratio (`drop_syn_shed` on `/metrics`); sent again as retransmissions (same ports, same
 //! initial sequence numbers) with only retry shedding on, exactly the SYNs shed before are dropped again
-//! (`drop_syn_retry_shed`) and none of the others.
+//! (`drop_syn_retry_shed`, up to the few a full tag set forgets) and none of the others.
 
 use std::{
     net::{Ipv4Addr, SocketAddrV4},
@@ -22,6 +22,9 @@ const SYNS: u32 = 4_000;
 const SHED_PPM: u32 = 250_000;
 /// Binomial(4000, 0.25) has mean 1000 and standard deviation 27.4: ±6 sd keeps a false failure below 1e-8.
 const TOLERANCE: f64 = 6.0 * 27.4;
+
+/// Shed flows a set-associative tag table may forget (see the assertion).
+const RETRY_SLACK: f64 = 3.0;
 
 #[test]
 fn syn_shed_drops_its_fraction_and_retransmissions_of_shed_flows_only() {
@@ -70,9 +73,13 @@ fn syn_shed_drops_its_fraction_and_retransmissions_of_shed_flows_only() {
         std::thread::sleep(Duration::from_millis(50));
         retried = counter("drop_syn_retry_shed");
     }
-    assert_eq!(
-        retried, shed,
-        "retransmitted SYNs dropped must be exactly the SYNs shed before"
+    // Shed flows live in 2-way sets of tags: a set that three of the ~1,000 shed flows hash to forgets the oldest
+    // (fail open, by design: the retransmission passes). With ~1,000 flows that happens in a few percent of runs, so
+    // "exactly" would be a flake; a handful short is the design, more is a bug, and none may be extra.
+    let forgotten = shed - retried;
+    assert!(
+        (0.0..=RETRY_SLACK).contains(&forgotten),
+        "retransmitted SYNs dropped ({retried}) must be the SYNs shed before ({shed}), at most {RETRY_SLACK} short"
     );
     assert_eq!(counter("drop_syn_shed"), shed, "no new SYN shed at 0 ppm");
 
