@@ -152,18 +152,8 @@ impl AccessLog {
             "duration_ms": ms(e.duration),
             "upstream": e.upstream.map(|u| u.to_string()),
             "upstream_ms": e.upstream_time.map(ms),
-            "tls_version": e.tls.version,
-            "cipher": e.tls.cipher,
-            "alpn": e.tls.alpn,
-            "sni": e.tls.sni,
-            "handshake": e.tls.mode.name(),
-            "resumption": e.tls.resumption,
-            "handshake_ms": ms(e.tls.handshake.as_secs_f64()),
-            "fingerprint": e.tls.fingerprint,
-            "early_data": e.tls.early_data,
-        })
-        .to_string();
-        self.send(line);
+        });
+        self.send(with_tls(line, e.tls));
     }
 
     /// Queues one line for a `tcp` mode connection (same fields, `protocol` = `tcp`, no request fields).
@@ -177,18 +167,8 @@ impl AccessLog {
             "bytes_out": e.bytes_out,
             "duration_ms": ms(e.duration),
             "upstream": e.upstream.to_string(),
-            "tls_version": e.tls.version,
-            "cipher": e.tls.cipher,
-            "alpn": e.tls.alpn,
-            "sni": e.tls.sni,
-            "handshake": e.tls.mode.name(),
-            "resumption": e.tls.resumption,
-            "handshake_ms": ms(e.tls.handshake.as_secs_f64()),
-            "fingerprint": e.tls.fingerprint,
-            "early_data": e.tls.early_data,
-        })
-        .to_string();
-        self.send(line);
+        });
+        self.send(with_tls(line, e.tls));
     }
 
     fn send(&self, line: String) {
@@ -257,4 +237,25 @@ fn write_lines(rx: Receiver<String>, mut sink: Sink, reopen: &AtomicBool) {
             tracing::warn!(error = %e, "access log write failed");
         }
     }
+}
+
+/// `fields` (a JSON object) with the connection's TLS facts added: the same names in both kinds of line.
+fn with_tls(mut fields: serde_json::Value, tls: &super::facts::TlsFacts) -> String {
+    if let Some(map) = fields.as_object_mut() {
+        let facts = json!({
+            "tls_version": tls.version,
+            "cipher": tls.cipher,
+            "alpn": tls.alpn,
+            "sni": tls.sni,
+            "handshake": tls.mode.name(),
+            "resumption": tls.resumption,
+            "handshake_ms": ms(tls.handshake.as_secs_f64()),
+            "fingerprint": tls.fingerprint,
+            "early_data": tls.early_data,
+        });
+        if let serde_json::Value::Object(facts) = facts {
+            map.extend(facts);
+        }
+    }
+    fields.to_string()
 }
