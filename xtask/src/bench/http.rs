@@ -480,13 +480,13 @@ fn upstream_rtt_ms(port: u16) -> Result<f64> {
             }
             first.get_or_insert_with(|| start.elapsed());
             got.extend_from_slice(&buf[..n]);
-            if let Some(end) = got.windows(4).position(|w| {
-                w == b"
-
-"
-            }) && got.len() >= end + 4 + FILES[0].1
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n")
+                && got.len() >= end + 4 + FILES[0].1
             {
                 break;
+            }
+            if got.len() > 16 * 1024 {
+                bail!("the upstream's answer to GET /1k has no end within 16 KiB");
             }
         }
         if !got.starts_with(b"HTTP/1.1 200") {
