@@ -141,11 +141,11 @@ impl Inner {
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        // Records reach the socket on poll_flush (hyper flushes after each h1 message, h2 after each batch of
-        // frames), so what one flush covers leaves in one writev instead of one per write: h2 writes a frame's
-        // head and payload separately (BENCHMARKS.md, "HTTP"). rustls takes what fits under its buffer limit
-        // (64 KiB): that limit is the backpressure. A full buffer flushed completely takes bytes on the second
-        // try; if it still takes none, say so (0) rather than spin.
+        // Records reach the socket on poll_flush (hyper flushes after each h1 message, h2 after each batch of frames),
+        // so what one flush covers leaves in one writev instead of one per write: h2 writes a frame's head and payload
+        // separately (BENCHMARKS.md, "HTTP proxying"). rustls takes what fits under its buffer limit (64 KiB): that
+        // limit is the backpressure. A full buffer flushed completely takes bytes on the second try; if it still takes
+        // none, say so (0) rather than spin.
         let n = self.conn.writer().write(buf)?;
         if n > 0 || buf.is_empty() {
             return Poll::Ready(Ok(n));
