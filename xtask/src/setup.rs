@@ -44,10 +44,17 @@ pub const PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
-/// Packages only the benchmarks need: reference TLS front ends to compare against, and perf and objdump for
-/// `bench xdp --profile`. Installed by `cargo xtask setup --bench`, which `cargo xtask bench` will run; plain setup
+/// Packages only the benchmarks need: reference TLS front ends to compare against, perf and objdump for
+/// `bench xdp --profile`, and the HTTP load generators `bench http` cross-checks with (`wrk`, `h2load`). Installed by `cargo xtask setup --bench`, which `cargo xtask bench` will run; plain setup
 /// skips them, since they cost install time and start services no test uses.
-pub const BENCH_PACKAGES: &[&str] = &["nginx", "haproxy", "linux-perf", "binutils"];
+pub const BENCH_PACKAGES: &[&str] = &[
+    "nginx",
+    "haproxy",
+    "linux-perf",
+    "binutils",
+    "wrk",
+    "nghttp2-client",
+];
 
 /// The bpf-linker release that links against LLVM 22, the LLVM of Debian's rustc-web.
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -12,6 +12,8 @@
 //! - [`fleet`]: `bench fleet`, three portcullis instances, cross-instance resumption through a rolling restart
 //!   and a key rotation, `fleet` vs `per-process` tickets; session cache cost beside rustls'.
 //! - [`idle`]: `bench idle`, memory per idle TLS connection (RSS and Pss deltas) beside nginx and HAProxy.
+//! - [`http`]: `bench http`, the three as HTTPS reverse proxies to one shared upstream: CPU per proxied request
+//!   (h1 with `wrk`, h2 with `h2load`, 1 KiB and 64 KiB) and TTFB of a new connection, full vs resumed.
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
@@ -26,6 +28,7 @@
 mod certs;
 mod fleet;
 mod handshakes;
+mod http;
 mod idle;
 mod load;
 mod merge;
@@ -65,6 +68,10 @@ pub enum Bench {
     /// rejection of the same malformed ClientHello; table, ratio, JSON. Needs root. With `--profile CLASS`: where
     /// the JIT'd program spends that class's time instead, by function and instruction.
     Xdp(XdpArgs),
+    /// Reverse proxies to one shared upstream (nginx, static files): server CPU per proxied request, keep-alive
+    /// h1 (`wrk`) and h2 (`h2load`), 1 KiB and 64 KiB responses; TTFB of one request per new connection, full
+    /// vs resumed TLS 1.3 (`portcullis-load --http`); table with ratios and the targets, JSON.
+    Http(Common),
     /// Memory per idle TLS 1.3 connection (20,000 held; `--quick` 2,000): RSS and Pss deltas of each server's
     /// processes after the handshake (and after one keep-alive request), then with 100 bytes of an unfinished
     /// request pending; ratio to nginx; whether portcullis meets 10 KiB.
@@ -149,6 +156,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Fleet(c) => (c, fleet::run),
         Bench::Xdp(a) => (&a.common, xdp::run),
         Bench::Idle(a) => (&a.common, idle::run),
+        Bench::Http(c) => (c, http::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;

@@ -1,7 +1,8 @@
 //! The servers under test: portcullis (release build, `--workers 1`), nginx and HAProxy from Debian, each with
 //! one worker pinned to CPU 0, on a free loopback port, with its config and log under `target/bench/<label>/`
 //! (`<label>` is the server's name unless the bench runs one server in several configurations).
-//! Stopped by PID (never by name) when the [`Server`] is dropped.
+//! Stopped by PID (never by name) when the [`Server`] is dropped. For `bench http`, the same three as reverse
+//! proxies ([`start_http`]) and the nginx they share as upstream ([`start_upstream`]).
 
 use std::fmt;
 use std::fs::File;
@@ -52,7 +53,7 @@ impl fmt::Display for ServerKind {
 pub struct Server {
     /// Which.
     pub kind: ServerKind,
-    /// Its TLS port on 127.0.0.1.
+    /// Its TLS port on 127.0.0.1 (the HTTP benchmark's shared upstream: its plain HTTP port).
     pub port: u16,
     /// portcullis: its `/metrics` port on 127.0.0.1.
     pub metrics_port: Option<u16>,
@@ -98,25 +99,11 @@ pub fn start_with_args(
     let (program, args): (PathBuf, Vec<String>) = match kind {
         ServerKind::Portcullis => (
             ctx.daemon.clone(),
-            vec![
-                "run".into(),
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--metrics".into(),
-                format!("127.0.0.1:{}", metrics_port.unwrap_or_default()),
-                "--workers".into(),
-                "1".into(),
-                "--cert".into(),
-                path(&cert.cert),
-                "--key".into(),
-                path(&cert.key),
-                "--state-dir".into(),
-                path(&dir.join("state")),
-            ]
-            .into_iter()
-            .chain(portcullis_config.map(|c| format!("--config={}", c.display())))
-            .chain(extra.iter().cloned())
-            .collect(),
+            portcullis_args(port, metrics_port, cert, &dir)
+                .into_iter()
+                .chain(portcullis_config.map(|c| format!("--config={}", c.display())))
+                .chain(extra.iter().cloned())
+                .collect(),
         ),
         ServerKind::Nginx => {
             let conf = dir.join("nginx.conf");
@@ -142,19 +129,125 @@ pub fn start_with_args(
             )
         }
     };
+    launch(
+        kind,
+        SERVER_CPU,
+        nofile(ctx),
+        &program,
+        &args,
+        &dir,
+        port,
+        metrics_port,
+    )
+}
+
+/// Starts `kind` as an HTTPS reverse proxy (h2 and HTTP/1.1 by ALPN) in front of the plain HTTP/1.1 server on
+/// 127.0.0.1:`upstream`, keeping upstream connections alive, files under `target/bench/<server>-http/`:
+/// portcullis `--mode http`, nginx `proxy_pass` to an `upstream` with `keepalive`, HAProxy `mode http` with
+/// `http-reuse always`. All three add the same `Forwarded`, `X-Forwarded-For` and `X-Forwarded-Proto` headers
+/// portcullis adds, and none logs requests, so they do the same work per request.
+pub fn start_http(ctx: &Ctx, kind: ServerKind, cert: &Cert, upstream: u16) -> Result<Server> {
+    let dir = ctx.out.join(format!("{}-http", kind.name()));
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let metrics_port = match kind {
+        ServerKind::Portcullis => Some(free_port()?),
+        _ => None,
+    };
+    let (program, args): (PathBuf, Vec<String>) = match kind {
+        ServerKind::Portcullis => (
+            ctx.daemon.clone(),
+            portcullis_args(port, metrics_port, cert, &dir)
+                .into_iter()
+                .chain([
+                    "--mode".into(),
+                    "http".into(),
+                    "--upstream".into(),
+                    format!("127.0.0.1:{upstream}"),
+                ])
+                .collect(),
+        ),
+        ServerKind::Nginx => {
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_http_conf(&dir, port, cert, upstream))?;
+            (PathBuf::from("/usr/sbin/nginx"), nginx_args(&conf, &dir))
+        }
+        ServerKind::Haproxy => {
+            let conf = dir.join("haproxy.cfg");
+            std::fs::write(&conf, haproxy_http_conf(&dir, port, cert, upstream))?;
+            (
+                PathBuf::from("/usr/sbin/haproxy"),
+                vec!["-db".into(), "-f".into(), path(&conf)],
+            )
+        }
+    };
+    launch(
+        kind,
+        SERVER_CPU,
+        nofile(ctx),
+        &program,
+        &args,
+        &dir,
+        port,
+        metrics_port,
+    )
+}
+
+/// Starts the upstream the HTTP benchmark's servers share: nginx serving plain HTTP/1.1 on a free loopback port
+/// with keep-alive, `files` (name, size in bytes) as static files written under
+/// `target/bench/http-upstream/www/`, one worker pinned to `cpu` (the load generator's: its CPU is not the
+/// measured server's). nginx because it serves static files with `sendfile` at a few µs each, in C, and
+/// `setup --bench` installs it anyway; a Rust server in xtask would cost a dependency and be slower.
+pub fn start_upstream(ctx: &Ctx, cpu: &str, files: &[(&str, usize)]) -> Result<Server> {
+    let dir = ctx.out.join("http-upstream");
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    for (name, size) in files {
+        // Printable bytes, so a body can be eyeballed in a log.
+        let body: Vec<u8> = (0..*size).map(|i| b'a' + (i % 26) as u8).collect();
+        std::fs::write(www.join(name), body)?;
+    }
+    let port = free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, upstream_conf(&dir, port))?;
+    launch(
+        ServerKind::Nginx,
+        cpu,
+        nofile(ctx),
+        Path::new("/usr/sbin/nginx"),
+        &nginx_args(&conf, &dir),
+        &dir,
+        port,
+        None,
+    )
+}
+
+/// Starts `program args` pinned to `cpu` with its log under `dir`, and waits until it is ready (portcullis:
+/// `/readyz` on `metrics_port`; the others: `port` accepts).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each is one fact of a server's start, named at the three call sites"
+)]
+fn launch(
+    kind: ServerKind,
+    cpu: &str,
+    nofile: usize,
+    program: &Path,
+    args: &[String],
+    dir: &Path,
+    port: u16,
+    metrics_port: Option<u16>,
+) -> Result<Server> {
     let log = dir.join(format!("{}.log", kind.name()));
     let log_file = File::create(&log)?;
     // sh raises the descriptor limit, then execs taskset, which execs the server: the child's PID is the
     // server's.
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
-        .arg(format!(
-            "ulimit -n {}; exec taskset -c {SERVER_CPU} \"$@\"",
-            nofile(ctx)
-        ))
+        .arg(format!("ulimit -n {nofile}; exec taskset -c {cpu} \"$@\""))
         .arg("sh")
-        .arg(&program)
-        .args(&args)
+        .arg(program)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
         .stderr(log_file)
@@ -297,6 +390,167 @@ pub fn free_port() -> Result<u16> {
 
 fn path(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// `portcullis run` with one worker on `port`, metrics on `metrics_port`, `cert`, state under `dir`.
+fn portcullis_args(port: u16, metrics_port: Option<u16>, cert: &Cert, dir: &Path) -> Vec<String> {
+    vec![
+        "run".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--metrics".into(),
+        format!("127.0.0.1:{}", metrics_port.unwrap_or_default()),
+        "--workers".into(),
+        "1".into(),
+        "--cert".into(),
+        path(&cert.cert),
+        "--key".into(),
+        path(&cert.key),
+        "--state-dir".into(),
+        path(&dir.join("state")),
+    ]
+}
+
+/// nginx in the foreground with `conf`, its prefix and error log in `dir`.
+fn nginx_args(conf: &Path, dir: &Path) -> Vec<String> {
+    vec![
+        "-c".into(),
+        path(conf),
+        "-p".into(),
+        path(dir),
+        "-e".into(),
+        path(&dir.join("error.log")),
+    ]
+}
+
+/// nginx's temporary file paths under `dir` (the compiled-in ones need the `www-data` layout).
+fn nginx_temp_paths(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    \
+         uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;"
+    )
+}
+
+/// [`nginx_conf`]'s TLS settings with h2, proxying to an upstream block with idle keep-alive connections (as
+/// many as portcullis pools by default, 32). Client and upstream connections serve any number of requests
+/// (nginx's default closes them after 1,000, which would add handshakes to the figure). 144 KiB of proxy
+/// buffers per request, with no temporary file: a 64 KiB response stays in memory, as it does in the others.
+fn nginx_http_conf(dir: &Path, port: u16, cert: &Cert, upstream: u16) -> String {
+    format!(
+        r#"# Written by cargo xtask bench http; one worker pinned to CPU 0.
+worker_processes 1;
+worker_cpu_affinity 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 16000; }}
+http {{
+    access_log off;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ecdh_curve X25519:prime256v1;
+    ssl_session_cache shared:SSL:20m;
+    ssl_session_tickets on;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    {temp}
+    upstream backend {{
+        server 127.0.0.1:{upstream};
+        keepalive 32;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} ssl http2 backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header Forwarded "for=$remote_addr;proto=https;host=$host";
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_set_header X-Forwarded-Proto https;
+            proxy_buffer_size 16k;
+            proxy_buffers 8 16k;
+            proxy_max_temp_file_size 0;
+        }}
+    }}
+}}
+"#,
+        dir = dir.display(),
+        temp = nginx_temp_paths(dir),
+        cert = cert.cert.display(),
+        key = cert.key.display(),
+    )
+}
+
+/// [`haproxy_conf`]'s TLS settings with h2, proxying to the upstream with idle connections shared between
+/// clients (`http-reuse always`, like portcullis' and nginx's pools).
+fn haproxy_http_conf(dir: &Path, port: u16, cert: &Cert, upstream: u16) -> String {
+    format!(
+        r#"# Written by cargo xtask bench http; one thread pinned to CPU 0.
+global
+    nbthread 1
+    cpu-map 1/1 0
+    maxconn 9000
+    pidfile {dir}/haproxy.pid
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+    ssl-default-bind-curves X25519:P-256
+    tune.ssl.cachesize 100000
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+
+frontend tls
+    bind 127.0.0.1:{port} ssl crt {combined} alpn h2,http/1.1 backlog 4096
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header Forwarded "for=%[src];proto=https;host=%[req.hdr(host)]"
+    default_backend upstream
+
+backend upstream
+    http-reuse always
+    server up 127.0.0.1:{upstream}
+"#,
+        dir = dir.display(),
+        combined = cert.combined.display(),
+    )
+}
+
+/// The shared upstream: static files from `dir/www` with `sendfile`, keep-alive without a request limit.
+fn upstream_conf(dir: &Path, port: u16) -> String {
+    format!(
+        r#"# Written by cargo xtask bench http: the upstream every server under test proxies to.
+worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 16000; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 120s;
+    open_file_cache max=16;
+    default_type application/octet-stream;
+    {temp}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {dir}/www;
+    }}
+}}
+"#,
+        dir = dir.display(),
+        temp = nginx_temp_paths(dir),
+    )
 }
 
 /// One worker on CPU 0, access log off, TLS 1.2 and 1.3, session cache and tickets on, a fixed response. With

@@ -156,19 +156,19 @@ impl Inner {
     }
 
     fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        // rustls takes what fits under its buffer limit (64 KiB): that limit is the backpressure. A full buffer
-        // flushed completely takes bytes on the second try; if it still takes none, say so (0) rather than spin.
-        for _ in 0..2 {
-            let n = self.conn.writer().write(buf)?;
-            let flushed = self.poll_flush_tls(cx)?;
-            if n > 0 || buf.is_empty() {
-                return Poll::Ready(Ok(n));
-            }
-            if flushed.is_pending() {
-                return Poll::Pending;
-            }
+        // Records reach the socket on poll_flush (hyper flushes after each h1 message, h2 after each batch of frames),
+        // so what one flush covers leaves in one writev instead of one per write: h2 writes a frame's head and payload
+        // separately (BENCHMARKS.md, "HTTP proxying"). rustls takes what fits under its buffer limit (64 KiB): that
+        // limit is the backpressure. A full buffer flushed completely takes bytes on the second try; if it still takes
+        // none, say so (0) rather than spin.
+        let n = self.conn.writer().write(buf)?;
+        if n > 0 || buf.is_empty() {
+            return Poll::Ready(Ok(n));
         }
-        Poll::Ready(Ok(0))
+        if self.poll_flush_tls(cx)?.is_pending() {
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(self.conn.writer().write(buf)?))
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
