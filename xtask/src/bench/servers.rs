@@ -108,25 +108,12 @@ pub fn start_with_args(
         ServerKind::Nginx => {
             let conf = dir.join("nginx.conf");
             std::fs::write(&conf, nginx_conf(&dir, port, cert, ctx.hold))?;
-            (
-                PathBuf::from("/usr/sbin/nginx"),
-                vec![
-                    "-c".into(),
-                    path(&conf),
-                    "-p".into(),
-                    path(&dir),
-                    "-e".into(),
-                    path(&dir.join("error.log")),
-                ],
-            )
+            (PathBuf::from("/usr/sbin/nginx"), nginx_args(&conf, &dir))
         }
         ServerKind::Haproxy => {
             let conf = dir.join("haproxy.cfg");
             std::fs::write(&conf, haproxy_conf(&dir, port, cert, ctx.hold))?;
-            (
-                PathBuf::from("/usr/sbin/haproxy"),
-                vec!["-db".into(), "-f".into(), path(&conf)],
-            )
+            (PathBuf::from("/usr/sbin/haproxy"), haproxy_args(&conf))
         }
     };
     launch(
@@ -175,10 +162,7 @@ pub fn start_http(ctx: &Ctx, kind: ServerKind, cert: &Cert, upstream: u16) -> Re
         ServerKind::Haproxy => {
             let conf = dir.join("haproxy.cfg");
             std::fs::write(&conf, haproxy_http_conf(&dir, port, cert, upstream))?;
-            (
-                PathBuf::from("/usr/sbin/haproxy"),
-                vec!["-db".into(), "-f".into(), path(&conf)],
-            )
+            (PathBuf::from("/usr/sbin/haproxy"), haproxy_args(&conf))
         }
     };
     launch(
@@ -421,6 +405,11 @@ fn nginx_args(conf: &Path, dir: &Path) -> Vec<String> {
         "-e".into(),
         path(&dir.join("error.log")),
     ]
+}
+
+/// HAProxy in the foreground (`-db`) with `conf`.
+fn haproxy_args(conf: &Path) -> Vec<String> {
+    vec!["-db".into(), "-f".into(), path(conf)]
 }
 
 /// nginx's temporary file paths under `dir` (the compiled-in ones need the `www-data` layout).
