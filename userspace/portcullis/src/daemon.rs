@@ -506,6 +506,7 @@ fn listener_contexts(p: &ListenerParts<'_>) -> Vec<Arc<ListenerContext>> {
                 .iter()
                 .map(|proto| proto.as_bytes().to_vec())
                 .collect();
+            let base = Arc::new(base);
             Arc::new(ListenerContext {
                 access_log: (mode == ListenerMode::Tcp)
                     .then(|| p.access_log.cloned())
@@ -515,7 +516,7 @@ fn listener_contexts(p: &ListenerParts<'_>) -> Vec<Arc<ListenerContext>> {
                 early: early_data_step(
                     config,
                     i,
-                    &Arc::new(base.clone()),
+                    &base,
                     p.session_store,
                     p.admission.cloned(),
                     p.store_metrics,
