@@ -190,8 +190,13 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             return;
         }
     }
-    // Early data goes upstream only now, after the client's Finished (README "0-RTT"): until the HTTP mode
-    // can tell safe requests apart, a replayed flight must never reach the upstream.
+    // The access log's facts are read before the early data is written and the relay keeps the connection.
+    let facts = ctx
+        .access_log
+        .as_ref()
+        .map(|_| crate::http::facts::TlsFacts::new(&est, done.saturating_duration_since(started)));
+    // Early data goes upstream only now, after the client's Finished (README "0-RTT"): a byte relay cannot tell
+    // safe requests apart, so a replayed flight must never reach the upstream.
     if !est.early_data.is_empty() {
         if let Err(e) = write_all(&upstream, &est.early_data).await {
             tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
@@ -200,16 +205,6 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         m.to_upstream(est.early_data.len() as u64);
         est.early_data = Vec::new();
     }
-    // The access log's facts are read before the relay, which keeps the connection.
-    let facts = ctx.access_log.as_ref().map(|_| {
-        crate::http::facts::TlsFacts::new(
-            &est.conn,
-            &est.hello,
-            est.version,
-            est.mode,
-            done.saturating_duration_since(started),
-        )
-    });
     // Boxed, like the handshake and the upstream connect: the task of an idle connection keeps only a pointer to
     // each (BENCHMARKS.md "Idle connections").
     let moved = match Box::pin(relay::relay(

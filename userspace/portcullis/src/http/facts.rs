@@ -3,9 +3,7 @@
 
 use std::time::Duration;
 
-use rustls::ServerConnection;
-
-use crate::handshake::inspect::HelloInfo;
+use crate::handshake::Established;
 use crate::metrics::{ModeLabel, VersionLabel};
 
 /// What the handshake established, once per connection.
@@ -33,14 +31,9 @@ pub struct TlsFacts {
 }
 
 impl TlsFacts {
-    /// Reads the facts of an established connection.
-    pub fn new(
-        conn: &ServerConnection,
-        hello: &HelloInfo,
-        version: VersionLabel,
-        mode: ModeLabel,
-        handshake: Duration,
-    ) -> Self {
+    /// Reads the facts of an established connection; `handshake` is how long its handshake took.
+    pub fn new(est: &Established, handshake: Duration) -> Self {
+        let (conn, hello, version, mode) = (&est.conn, &est.hello, est.version, est.mode);
         let cipher = conn
             .negotiated_cipher_suite()
             .map(|s| {
@@ -67,7 +60,7 @@ impl TlsFacts {
             resumption,
             handshake,
             fingerprint: hello.fingerprint.map(|f| format!("{:016x}", f.unordered)),
-            early_data: false,
+            early_data: !est.early_data.is_empty(),
         }
     }
 

@@ -114,8 +114,7 @@ pub async fn serve(
     handshake: Duration,
     ctx: Arc<HttpContext>,
 ) {
-    let mut facts = TlsFacts::new(&est.conn, &est.hello, est.version, est.mode, handshake);
-    facts.early_data = !est.early_data.is_empty();
+    let facts = TlsFacts::new(&est, handshake);
     let h2 = facts.is_h2();
     let activity = Arc::new(Activity::new(!h2));
     let stream = TlsStream::new(tcp, est.conn, activity.clone(), est.early_data);
