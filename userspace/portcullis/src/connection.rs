@@ -84,6 +84,8 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             &*ctx.engine,
             ctx.max_client_hello_size,
             &ctx.early,
+            // http listeners answer early requests before the client's Finished (RFC 8470); tcp holds them.
+            ctx.http.is_some(),
             |hello| count_offers(m, hello),
         )),
     )
@@ -112,18 +114,29 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         Ok(Ok(est)) => est,
     };
     let done = Instant::now();
-    m.handshake(
-        est.version,
-        est.mode,
-        "ok",
-        Some(done.saturating_duration_since(started).as_secs_f64()),
-    );
-    m.stages(est.mode, est.stages.durations(done));
+    let on_finished = match est.unfinished.take() {
+        // Handed over before the client's Finished: counted when the http stream processes it.
+        Some(unfinished) => Some(handshake_end(&ctx, &mut est, unfinished, started)),
+        None => {
+            m.handshake(
+                est.version,
+                est.mode,
+                "ok",
+                Some(done.saturating_duration_since(started).as_secs_f64()),
+            );
+            m.stages(est.mode, est.stages.durations(done));
+            None
+        }
+    };
     if let Some(reason) = est.hello.malformed {
         tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
     }
     if let Some(http) = &ctx.http {
         let handshake = done.saturating_duration_since(started);
+        let finishing = on_finished.map(|on_finished| crate::http::tls_stream::Finishing {
+            on_finished,
+            deadline: started + ctx.handshake_timeout,
+        });
         // Boxed: the HTTP connection future is large, and an idle connection should cost its task little.
         return Box::pin(crate::http::serve(
             tcp,
@@ -132,6 +145,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             started,
             handshake,
             http.clone(),
+            finishing,
         ))
         .await;
     }
@@ -242,6 +256,35 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             tls: facts,
         });
     }
+}
+
+/// What the end of a handshake handed over before the client's Finished records: the early-data outcome and
+/// the handshake metrics, as `serve` records them for a handshake finished in the stage.
+fn handshake_end(
+    ctx: &Arc<ListenerContext>,
+    est: &mut handshake::Established,
+    unfinished: handshake::Unfinished,
+    started: Instant,
+) -> handshake::OnFinished {
+    let ctx = ctx.clone();
+    let (version, mode) = (est.version, est.mode);
+    let stages = std::mem::take(&mut est.stages);
+    Box::new(move |result| {
+        unfinished.complete(result.as_ref().map(|_| ()));
+        let m = &ctx.metrics;
+        match result {
+            Ok(()) => {
+                let done = Instant::now();
+                let seconds = done.saturating_duration_since(started).as_secs_f64();
+                m.handshake(version, mode, "ok", Some(seconds));
+                m.stages(mode, stages.durations(done));
+            }
+            Err(e) => {
+                m.handshake(VersionLabel::None, ModeLabel::None, e.failure.name(), None);
+                tracing::debug!(cause = e.failure.name(), detail = %e.detail, "handshake failed after early data");
+            }
+        }
+    })
 }
 
 /// Waits until the client has sent application data (`true`) or closed (`false`), flushing what rustls has

@@ -305,9 +305,15 @@ fn early_data_step(
         Arc::new(move || a.advance_to_now() == crate::admission::controller::State::Shedding)
             as Shedding
     });
+    let mut accept = tickets::Tickets::early_data_config(base, store.clone(), early.max_size);
+    if config.listeners.get(i).map(|l| l.mode) == Some(crate::config::ListenerMode::Http) {
+        // Answers to early requests leave right after our Finished, a round trip before the client's (RFC 8446
+        // §4.6.1 "0.5-RTT data"): safe here, we never authenticate clients.
+        Arc::make_mut(&mut accept).send_half_rtt_data = true;
+    }
     EarlyData::on(
         store.clone(),
-        tickets::Tickets::early_data_config(base, store.clone(), early.max_size),
+        accept,
         tickets::Tickets::early_data_config(base, store.clone(), 0),
         early.freshness,
         shedding,
@@ -497,6 +503,13 @@ fn listener_contexts(p: &ListenerParts<'_>) -> Vec<Arc<ListenerContext>> {
                     p.http_metrics.clone(),
                     p.access_log.cloned(),
                     p.phase.clone(),
+                )
+                .with_early(
+                    config
+                        .listeners
+                        .get(i)
+                        .filter(|l| l.early_data.enabled())
+                        .map(|l| crate::http::early::EarlyPolicy::new(&l.early_data)),
                 ))
             });
             let mut base = (**p.tls_config).clone();

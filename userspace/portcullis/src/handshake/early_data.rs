@@ -123,9 +123,36 @@ impl EarlyData {
         }
     }
 
+    /// The listener's `portcullis_early_data_total` handles (for a handshake that ends after the stage).
+    pub fn counters(&self) -> &EarlyDataCounters {
+        &self.counters
+    }
+
     /// Counts the attempt once the handshake is done (`conn`) or failed (`None`; `too_large` says whether
     /// rustls failed it for too much early data).
     pub fn count(&self, prepared: &Prepared, conn: Option<&mut ServerConnection>, too_large: bool) {
+        prepared.count_with(&self.counters, conn, too_large);
+    }
+}
+
+impl Prepared {
+    /// A handshake handed over with its early data accepted reached the client's Finished.
+    pub fn count_accepted(&self, counters: &EarlyDataCounters) {
+        counters.count(self.outcome.unwrap_or(Outcome::Accepted));
+    }
+
+    /// A handshake handed over with its early data accepted failed after the stage.
+    pub fn count_failed(&self, counters: &EarlyDataCounters, too_large: bool) {
+        self.count_with(counters, None, too_large);
+    }
+
+    fn count_with(
+        &self,
+        counters: &EarlyDataCounters,
+        conn: Option<&mut ServerConnection>,
+        too_large: bool,
+    ) {
+        let prepared = self;
         let outcome = if too_large {
             Some(Outcome::TooLarge)
         } else if let Some(o) = prepared.outcome {
@@ -139,12 +166,10 @@ impl EarlyData {
             None
         };
         if let Some(o) = outcome {
-            self.counters.count(o);
+            counters.count(o);
         }
     }
-}
 
-impl Prepared {
     fn decided(config: Arc<ServerConfig>, outcome: Option<Outcome>) -> Self {
         Self {
             config,

@@ -48,6 +48,34 @@ pub struct Established {
     pub stages: StageClock,
     /// Early data rustls accepted, held until now: the first bytes for the upstream.
     pub early_data: Vec<u8>,
+    /// `Some` when the stage returned right after its flight, before the client's Finished (0-RTT accepted and
+    /// `run`'s `release_early`): the early data is still in rustls, and whoever reads the connection next
+    /// drives the handshake to its end and calls [`Unfinished::complete`] (once, success or failure).
+    pub unfinished: Option<Unfinished>,
+}
+
+/// Called once when a handshake handed over before the client's Finished ends: `Ok` at the Finished, or why it
+/// failed (the stream's reader runs it).
+pub type OnFinished = Box<dyn FnOnce(Result<(), HandshakeError>) + Send>;
+
+/// A handshake handed over before the client's Finished: what its end still has to count.
+pub struct Unfinished {
+    prepared: early_data::Prepared,
+    counters: crate::tickets::session_store::metrics::EarlyDataCounters,
+}
+
+impl Unfinished {
+    /// Counts the early-data outcome once the client's Finished was processed (`Ok`) or the handshake failed
+    /// (too much early data is `too_large`, as in the stage).
+    pub fn complete(self, result: Result<(), &HandshakeError>) {
+        match result {
+            Ok(()) => self.prepared.count_accepted(&self.counters),
+            Err(e) => {
+                self.prepared
+                    .count_failed(&self.counters, e.detail == too_much_early_data());
+            }
+        }
+    }
 }
 
 /// A failed handshake: the cause, and the version when it was already negotiated.
@@ -60,7 +88,8 @@ pub struct HandshakeError {
 }
 
 impl HandshakeError {
-    fn new(failure: Failure, detail: impl Into<String>) -> Self {
+    /// A failure with its detail.
+    pub fn new(failure: Failure, detail: impl Into<String>) -> Self {
         Self {
             failure,
             detail: detail.into(),
@@ -72,6 +101,10 @@ impl HandshakeError {
 /// to classify the handshake. `max_hello` is `tls.max_client_hello_size`: a longer ClientHello is refused. `on_hello` sees every inspected ClientHello, before the expensive step,
 /// whatever the outcome (offers are counted there, so a rate of accepted / offered resumptions is honest).
 /// `early` is the listener's early-data step, which may choose another configuration than `config`.
+/// `release_early`: when rustls accepted early data, return right after the server's flight, before the
+/// client's Finished (`Established::unfinished`), so early requests can be answered a round trip earlier; the
+/// early data then stays in rustls. Without it (tcp mode) early data is held until the Finished.
+#[expect(clippy::too_many_arguments, reason = "the stage's inputs, each named at the one call site")]
 pub async fn run(
     tcp: &TcpStream,
     config: &Arc<ServerConfig>,
@@ -79,6 +112,7 @@ pub async fn run(
     engine: &dyn HandshakeEngine,
     max_hello: usize,
     early: &EarlyData,
+    release_early: bool,
     on_hello: impl FnOnce(&HelloInfo),
 ) -> Result<Established, HandshakeError> {
     let mut stages = StageClock::default();
@@ -122,12 +156,20 @@ pub async fn run(
             ));
         }
     };
-    if let Err(e) = finish(tcp, &mut conn, &mut stages).await {
-        early.count(&prepared, None, e.detail == too_much_early_data());
-        return Err(e);
-    }
-    early.count(&prepared, Some(&mut conn), false);
-    let early_data = early_data::drain(&mut conn);
+    let released = match finish(tcp, &mut conn, &mut stages, release_early).await {
+        Ok(released) => released,
+        Err(e) => {
+            early.count(&prepared, None, e.detail == too_much_early_data());
+            return Err(e);
+        }
+    };
+    let (early_data, unfinished) = if released {
+        let counters = early.counters().clone();
+        (Vec::new(), Some(Unfinished { prepared, counters }))
+    } else {
+        early.count(&prepared, Some(&mut conn), false);
+        (early_data::drain(&mut conn), None)
+    };
     let version = match conn.protocol_version() {
         Some(ProtocolVersion::TLSv1_3) => VersionLabel::Tls13,
         Some(ProtocolVersion::TLSv1_2) => VersionLabel::Tls12,
@@ -145,6 +187,7 @@ pub async fn run(
         mode,
         stages,
         early_data,
+        unfinished,
     })
 }
 
@@ -286,12 +329,14 @@ impl std::io::Read for Recorder<'_> {
 
 /// Step 4: exchange the remaining flights until the handshake completes. Bytes the client sent after its
 /// ClientHello may already be in rustls (they came in the same reads): they are processed before waiting for
-/// more, as a bare rustls server does, so an error in them is answered with its alert.
+/// more, as a bare rustls server does, so an error in them is answered with its alert. With `release_early`
+/// and early data accepted, it returns `Ok(true)` once the server's flight is written, the handshake unfinished.
 async fn finish(
     tcp: &TcpStream,
     conn: &mut ServerConnection,
     stages: &mut StageClock,
-) -> Result<(), HandshakeError> {
+    release_early: bool,
+) -> Result<bool, HandshakeError> {
     let io_err = |e: std::io::Error| HandshakeError::new(Failure::from_io(&e), e.to_string());
     loop {
         if let Err(err) = conn.process_new_packets() {
@@ -305,7 +350,10 @@ async fn finish(
         tls_io::flush(tcp, conn).await.map_err(io_err)?;
         stages.flight();
         if !conn.is_handshaking() {
-            return Ok(());
+            return Ok(false);
+        }
+        if release_early && conn.early_data().is_some() {
+            return Ok(true);
         }
         if !tls_io::read(tcp, conn).await.map_err(io_err)? {
             return Err(HandshakeError::new(

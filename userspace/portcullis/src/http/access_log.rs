@@ -78,6 +78,9 @@ pub struct Entry<'a> {
     pub upstream: Option<std::net::SocketAddr>,
     /// Request sent to upstream response head, seconds.
     pub upstream_time: Option<f64>,
+    /// The request's head came in TLS 1.3 early data: what was done with it (`forwarded`, `held`, `rejected`,
+    /// `retried`, see `early.rs`); `None` when it did not.
+    pub early: Option<&'static str>,
     /// The connection's TLS facts.
     pub tls: &'a TlsFacts,
 }
@@ -152,6 +155,8 @@ impl AccessLog {
             "duration_ms": ms(e.duration),
             "upstream": e.upstream.map(|u| u.to_string()),
             "upstream_ms": e.upstream_time.map(ms),
+            "early_request": e.early.is_some(),
+            "early_action": e.early,
         });
         self.send(with_tls(line, e.tls));
     }

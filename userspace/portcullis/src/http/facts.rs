@@ -25,8 +25,8 @@ pub struct TlsFacts {
     pub handshake: Duration,
     /// The ClientHello's unordered fingerprint in hex (what `portcullis xdp block-fingerprint` takes).
     pub fingerprint: Option<String>,
-    /// Whether the connection's first flight carried 0-RTT early data (accepted once across the fleet, and held until
-    /// the client's Finished before any of it is served).
+    /// Whether the connection's first flight carried 0-RTT early data (accepted once across the fleet; in `tcp` mode
+    /// held until the client's Finished, in `http` mode served by the rules of RFC 8470, see `proxy.rs`).
     pub early_data: bool,
 }
 
@@ -60,7 +60,7 @@ impl TlsFacts {
             resumption,
             handshake,
             fingerprint: hello.fingerprint.map(|f| format!("{:016x}", f.unordered)),
-            early_data: !est.early_data.is_empty(),
+            early_data: !est.early_data.is_empty() || est.unfinished.is_some(),
         }
     }
 

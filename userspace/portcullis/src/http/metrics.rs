@@ -34,6 +34,12 @@ struct FirstByteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EarlyLabels {
+    listener: Arc<str>,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ConnectionLabels {
     connection: &'static str,
 }
@@ -62,6 +68,7 @@ pub struct HttpMetrics {
     first_byte: Family<FirstByteLabels, Histogram>,
     upstream_requests: Family<ConnectionLabels, Counter>,
     upstream_errors: Family<CauseLabels, Counter>,
+    early: Family<EarlyLabels, Counter>,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
 }
@@ -118,6 +125,13 @@ impl HttpMetrics {
         for connection in ["reused", "new"] {
             let _ = upstream_requests.get_or_create(&ConnectionLabels { connection });
         }
+        let early = Family::<EarlyLabels, Counter>::default();
+        registry.register(
+            "portcullis_http_early_requests",
+            "Requests whose head came in TLS 1.3 early data, by action (forwarded before the client's Finished with \
+             Early-Data: 1, held until it, rejected with 425, retried after an upstream 425)",
+            early.clone(),
+        );
         let access_log_dropped = Counter::default();
         registry.register(
             "portcullis_access_log_dropped",
@@ -130,8 +144,29 @@ impl HttpMetrics {
             first_byte,
             upstream_requests,
             upstream_errors,
+            early,
             access_log_dropped,
         }
+    }
+
+    /// Pre-registers a 0-RTT listener's `portcullis_http_early_requests_total` series at 0.
+    pub fn early_listener(&self, listener: &Arc<str>) {
+        for action in super::early::Action::ALL {
+            let _ = self.early.get_or_create(&EarlyLabels {
+                listener: listener.clone(),
+                action: action.name(),
+            });
+        }
+    }
+
+    /// Counts one early request by what was done with it.
+    pub fn early_request(&self, listener: &Arc<str>, action: super::early::Action) {
+        self.early
+            .get_or_create(&EarlyLabels {
+                listener: listener.clone(),
+                action: action.name(),
+            })
+            .inc();
     }
 
     /// Counts one answered request.

@@ -15,6 +15,7 @@
 pub mod access_log;
 pub mod body;
 pub mod config;
+pub mod early;
 pub mod facts;
 pub mod headers;
 pub mod metrics;
@@ -64,6 +65,8 @@ pub struct HttpContext {
     pub access_log: Option<AccessLog>,
     /// The daemon's phase: draining starts the graceful shutdown of every connection.
     pub phase: watch::Receiver<Phase>,
+    /// The rules for requests in early data (`[listeners.early_data]`); `None` without 0-RTT.
+    pub early: Option<early::EarlyPolicy>,
     h1: auto::Builder<TokioExecutor>,
     h2: auto::Builder<TokioExecutor>,
 }
@@ -101,11 +104,24 @@ impl HttpContext {
             metrics,
             access_log,
             phase,
+            early: None,
         }
+    }
+
+    /// The listener's rules for requests in early data, when it accepts 0-RTT.
+    #[must_use]
+    pub fn with_early(mut self, early: Option<early::EarlyPolicy>) -> Self {
+        if early.is_some() {
+            self.metrics.early_listener(&self.listener);
+        }
+        self.early = early;
+        self
     }
 }
 
-/// Serves HTTP on an established TLS connection until it closes, the idle timeout, or the drain ends it.
+/// Serves HTTP on a TLS connection until it closes, the idle timeout, or the drain ends it. `finishing`: the
+/// handshake was handed over before the client's Finished (0-RTT): early requests are served meanwhile, and the
+/// connection ends if the Finished does not come by its deadline.
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -113,11 +129,13 @@ pub async fn serve(
     accepted: Instant,
     handshake: Duration,
     ctx: Arc<HttpContext>,
+    finishing: Option<tls_stream::Finishing>,
 ) {
-    let facts = TlsFacts::new(&est, handshake);
+    let mut facts = TlsFacts::new(&est, handshake);
+    facts.early_data |= finishing.is_some();
     let h2 = facts.is_h2();
     let activity = Arc::new(Activity::new(!h2));
-    let stream = TlsStream::new(tcp, est.conn, activity.clone(), est.early_data);
+    let stream = TlsStream::new(tcp, est.conn, activity.clone(), est.early_data, finishing);
     let info = Arc::new(ConnInfo {
         ctx: ctx.clone(),
         peer,
@@ -126,8 +144,24 @@ pub async fn serve(
         activity: activity.clone(),
         first: AtomicBool::new(true),
         upgraded: std::sync::Mutex::new(None),
+        early: stream.early_view(),
     });
-    let expired = drive(&ctx, h2, stream.clone(), info.clone(), &activity).await;
+    // The handshake's end is driven beside hyper, in this task: hyper does not read while an h1 request waits
+    // for it. A failed or late Finished ends the connection.
+    let handshake_end = async {
+        if stream.finish_handshake().await {
+            std::future::pending::<()>().await;
+        }
+    };
+    let expired = tokio::select! {
+        expired = drive(&ctx, h2, stream.clone(), info.clone(), &activity) => expired,
+        () = handshake_end => return,
+    };
+    if stream.is_finishing() {
+        // hyper is done (e.g. `Connection: close` answered half-RTT): wait for the Finished, so that a client
+        // which sends it is not counted as a failed handshake.
+        stream.finish_handshake().await;
+    }
     if expired == Some(Expired::Head) {
         tracing::debug!(%peer, "request head not received in time: 408");
         let _ =

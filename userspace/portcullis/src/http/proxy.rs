@@ -14,9 +14,11 @@ use hyper_util::rt::TokioIo;
 
 use super::HttpContext;
 use super::body::{Counted, OnEnd, Reported, UpBody, full};
+use super::early::{self, Action};
 use super::facts::TlsFacts;
 use super::headers;
 use super::pool::{self, CheckoutError, PoolSettings};
+use super::tls_stream::EarlyView;
 use super::watchdog::Activity;
 use crate::proxy::upstream::ConnectFailure;
 
@@ -36,6 +38,8 @@ pub struct ConnInfo {
     pub first: AtomicBool,
     /// An upgraded (101) connection's byte relay, awaited before the connection counts as closed.
     pub upgraded: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The handshake's state when the connection was handed over before the client's Finished (0-RTT).
+    pub early: Option<super::tls_stream::EarlyView>,
 }
 
 /// The proxy's own answer when the upstream could not give one.
@@ -70,7 +74,18 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
         .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
     let bytes_in = Arc::new(AtomicU64::new(0));
 
-    let outcome = forward(&conn, req, authority.as_deref(), &target, &bytes_in).await;
+    let (outcome, early) = match conn.early.as_ref().filter(|view| view.is_early()) {
+        None => (
+            forward(&conn, req, authority.as_deref(), &target, &bytes_in).await,
+            None,
+        ),
+        Some(view) => {
+            let (outcome, action) =
+                early_request(&conn, view, req, authority.as_deref(), &target, &bytes_in).await;
+            conn.ctx.metrics.early_request(&conn.ctx.listener, action);
+            (outcome, Some(action.name()))
+        }
+    };
     let (response, upstream, upstream_time) = match outcome {
         Ok(a) => {
             let (mut parts, body) = a.response.into_parts();
@@ -86,10 +101,16 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
             )
         }
         Err(f) => {
-            conn.ctx.metrics.upstream_error(f.cause);
+            // Our own early-data answers (425, a handshake that failed meanwhile) are not upstream errors.
+            let whose = if f.upstream.is_some() || f.cause == "no_upstream" {
+                conn.ctx.metrics.upstream_error(f.cause);
+                "upstream "
+            } else {
+                ""
+            };
             tracing::debug!(peer = %conn.peer, upstream = ?f.upstream, cause = f.cause, status = f.status.as_u16(), "answered for the upstream");
             let mut r = Response::new(full(format!(
-                "{} {}: upstream {}\n",
+                "{} {}: {whose}{}\n",
                 f.status.as_u16(),
                 f.status.canonical_reason().unwrap_or(""),
                 f.cause
@@ -121,8 +142,93 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
         bytes_in,
         upstream,
         upstream_time,
+        early,
     };
     response.map(|body| Reported::new(body, Box::new(end)))
+}
+
+/// A request whose head came in early data, the handshake still unfinished (`early.rs` has the rules).
+async fn early_request(
+    conn: &ConnInfo,
+    view: &EarlyView,
+    mut req: Request<Incoming>,
+    authority: Option<&str>,
+    target: &str,
+    bytes_in: &Arc<AtomicU64>,
+) -> (Result<Answered, Failed>, Action) {
+    let Some(policy) = &conn.ctx.early else {
+        // Not reached (a view exists only on 0-RTT listeners): the safe answer is to wait.
+        return (held(conn, view, req, authority, target, bytes_in).await, Action::Held);
+    };
+    let action = policy.decide(req.method(), req.headers(), hyper::body::Body::is_end_stream(req.body()));
+    match action {
+        Action::Forwarded => {}
+        Action::Held | Action::Retried => {
+            return (held(conn, view, req, authority, target, bytes_in).await, Action::Held);
+        }
+        Action::Rejected => return (Err(too_early()), Action::Rejected),
+    }
+    // Kept to send again after an upstream 425: the request has no body.
+    let again = {
+        let mut head = Request::new(());
+        *head.method_mut() = req.method().clone();
+        *head.uri_mut() = req.uri().clone();
+        *head.version_mut() = req.version();
+        *head.headers_mut() = req.headers().clone();
+        head
+    };
+    early::mark(req.headers_mut());
+    let first = forward(conn, req, authority, target, bytes_in).await;
+    match first {
+        Ok(a) if a.response.status() == StatusCode::TOO_EARLY => {
+            // RFC 8470 §5.2: we sent it early, so we may send it again once the handshake is complete.
+            if !view.finished().await {
+                return (Err(handshake_failed()), Action::Retried);
+            }
+            let (parts, ()) = again.into_parts();
+            let empty = http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {});
+            let retry = forward(conn, Request::from_parts(parts, empty), authority, target, bytes_in);
+            (retry.await, Action::Retried)
+        }
+        other => (other, Action::Forwarded),
+    }
+}
+
+/// An early request that waits for the client's Finished, then goes as any other.
+async fn held<B>(
+    conn: &ConnInfo,
+    view: &EarlyView,
+    req: Request<B>,
+    authority: Option<&str>,
+    target: &str,
+    bytes_in: &Arc<AtomicU64>,
+) -> Result<Answered, Failed>
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+{
+    if !view.finished().await {
+        return Err(handshake_failed());
+    }
+    forward(conn, req, authority, target, bytes_in).await
+}
+
+/// Our 425 to an early request `unsafe = "reject"` does not wait for (RFC 8470 §5.2: the client retries it
+/// after the handshake).
+fn too_early() -> Failed {
+    Failed {
+        status: StatusCode::TOO_EARLY,
+        cause: "early_data",
+        upstream: None,
+    }
+}
+
+/// The handshake failed while a request waited for it: the connection is closing, no one reads this answer.
+fn handshake_failed() -> Failed {
+    Failed {
+        status: StatusCode::BAD_REQUEST,
+        cause: "handshake_failed",
+        upstream: None,
+    }
 }
 
 /// Host (h1) or :authority (h2).
@@ -138,13 +244,16 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
         })
 }
 
-async fn forward(
+async fn forward<B>(
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
     authority: Option<&str>,
     target: &str,
     bytes_in: &Arc<AtomicU64>,
-) -> Result<Answered, Failed> {
+) -> Result<Answered, Failed>
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
+{
     let ctx = &conn.ctx;
     let upgrade = req.version() != Version::HTTP_2 && headers::wants_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -300,6 +409,7 @@ struct RequestEnd {
     bytes_in: Arc<AtomicU64>,
     upstream: Option<SocketAddr>,
     upstream_time: Option<f64>,
+    early: Option<&'static str>,
 }
 
 impl OnEnd for RequestEnd {
@@ -329,6 +439,7 @@ impl OnEnd for RequestEnd {
                 duration,
                 upstream: self.upstream,
                 upstream_time: self.upstream_time,
+                early: self.early,
                 tls: &self.conn.facts,
             });
         }

@@ -4,20 +4,41 @@
 //! (`handshake::run`), so this small poll-based adapter takes over the established connection. It is also the
 //! shape 0-RTT needs: it reads whatever plaintext rustls releases, early data included.
 //!
+//! 0-RTT (RFC 8470): with early data accepted, the stage hands the connection over right after its flight,
+//! before the client's Finished ([`Finishing`]). The stream then reads the early data from rustls first, drives
+//! the rest of the handshake (read_tls/process_new_packets) while hyper reads, and reads `conn.reader()` once
+//! the Finished is processed. [`EarlyView`] tells the proxy whether a request's head came entirely in early
+//! data (no post-handshake byte handed to hyper yet) and waits for the handshake's end. hyper does not poll
+//! reads while an h1 service future is pending, so [`TlsStream::finish_handshake`], run beside hyper in the
+//! connection's own task, drives the reads too: one task reads the socket, so tokio's single read waker per
+//! socket always wakes the task that must read next.
+//!
 //! The stream is a cheap handle (`Clone`) on shared state: hyper owns one, and the connection's driver keeps
 //! another to answer 408 itself after cancelling hyper on a header read timeout (hyper only closes).
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::watchdog::Activity;
+use crate::handshake::failure::Failure;
+use crate::handshake::{HandshakeError, OnFinished};
 use crate::tls_io::{TcpRead, TcpWrite};
+
+/// A handshake handed over before the client's Finished: what to call at its end, and by when.
+pub struct Finishing {
+    /// Records the handshake's end (metrics), success or failure.
+    pub on_finished: OnFinished,
+    /// `tls.handshake_timeout` after accept: the Finished must be processed by then.
+    pub deadline: Instant,
+}
 
 /// rustls plus its socket, shared by the handles.
 struct Inner {
@@ -28,6 +49,57 @@ struct Inner {
     /// Early data (0-RTT) the handshake stage took out of rustls, held until the client's Finished and read
     /// before anything rustls releases after it.
     early: bytes::Bytes,
+    /// The handshake is not finished (0-RTT handed over): its end still has to be recorded.
+    finishing: Option<Finishing>,
+    /// rustls may still hold early data to read first (0-RTT handed over, not all read yet).
+    early_in_rustls: bool,
+    /// Shared with the proxy's [`EarlyView`]s; `None` unless the connection was handed over unfinished.
+    handover: Option<Arc<Handover>>,
+}
+
+/// What the requests of a connection handed over before the client's Finished see of it.
+struct Handover {
+    /// A plaintext byte from after the handshake went to hyper: no later request head is early.
+    late: AtomicBool,
+    /// `None` while handshaking, then whether it finished well; with the tasks waiting for that.
+    state: Mutex<(Option<bool>, Vec<Waker>)>,
+}
+
+impl Handover {
+    fn lock(&self) -> MutexGuard<'_, (Option<bool>, Vec<Waker>)> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A request's view of a connection handed over before the client's Finished (cheap to clone).
+#[derive(Clone)]
+pub struct EarlyView(Arc<Handover>);
+
+impl EarlyView {
+    /// Whether a request whose head hyper just parsed came entirely in early data and the handshake is still
+    /// unfinished: no byte from after the client's Finished was handed to hyper yet. A head that straddles
+    /// counts as not early (safe: it waited for nothing but is forwarded without `Early-Data`).
+    pub fn is_early(&self) -> bool {
+        !self.0.late.load(Ordering::Acquire) && self.0.lock().0.is_none()
+    }
+
+    /// Waits for the handshake's end (bounded by the connection's handshake deadline, which the connection's
+    /// task enforces); `true` when it finished well.
+    pub async fn finished(&self) -> bool {
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.lock();
+            if let Some(ok) = state.0 {
+                return Poll::Ready(ok);
+            }
+            if !state.1.iter().any(|w| w.will_wake(cx.waker())) {
+                state.1.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 /// A handle on one TLS connection; every handle reads and writes the same stream.
@@ -39,21 +111,68 @@ pub struct TlsStream {
 
 impl TlsStream {
     /// Takes over an established connection. `activity` learns when request bytes arrive. `early` is the early
-    /// data the handshake stage took out of rustls (empty without 0-RTT): it is read first.
+    /// data the handshake stage took out of rustls (empty without 0-RTT): it is read first. `finishing`: the
+    /// handshake is not finished (0-RTT handed over before the client's Finished, its early data in rustls).
     pub fn new(
         tcp: TcpStream,
         conn: ServerConnection,
         activity: Arc<Activity>,
         early: Vec<u8>,
+        finishing: Option<Finishing>,
     ) -> Self {
+        let handover = finishing.as_ref().map(|_| {
+            Arc::new(Handover {
+                late: AtomicBool::new(false),
+                state: Mutex::new((None, Vec::new())),
+            })
+        });
         Self {
             inner: Arc::new(Mutex::new(Inner {
                 tcp,
                 conn,
                 closing: false,
                 early: bytes::Bytes::from(early),
+                early_in_rustls: finishing.is_some(),
+                finishing,
+                handover,
             })),
             activity,
+        }
+    }
+
+    /// The requests' view of the handshake, when the connection was handed over before the client's Finished.
+    pub fn early_view(&self) -> Option<EarlyView> {
+        self.lock().handover.clone().map(EarlyView)
+    }
+
+    /// Whether the handshake still waits for the client's Finished.
+    pub fn is_finishing(&self) -> bool {
+        self.lock().finishing.is_some()
+    }
+
+    /// Drives the handshake to the client's Finished, reading the socket itself (hyper may not be reading), by
+    /// the handshake deadline; `true` when it finished well (at once when it was not handed over unfinished).
+    /// A timeout is recorded as the handshake's failure. Run it in the connection's task, beside hyper: bytes
+    /// it reads for hyper wake that task.
+    pub async fn finish_handshake(&self) -> bool {
+        let deadline = self.lock().finishing.as_ref().map(|f| f.deadline);
+        let Some(deadline) = deadline else {
+            let inner = self.lock();
+            return inner
+                .handover
+                .as_ref()
+                .is_none_or(|h| h.lock().0 == Some(true));
+        };
+        let drive = std::future::poll_fn(|cx| self.lock().poll_finish(cx));
+        match tokio::time::timeout_at(deadline.into(), drive).await {
+            Ok(ok) => ok,
+            Err(_) => {
+                self.lock().finished(Err(HandshakeError::new(
+                    Failure::Timeout,
+                    "no Finished from the client after its early data",
+                )));
+                false
+            }
         }
     }
 
@@ -78,6 +197,124 @@ impl TlsStream {
 }
 
 impl Inner {
+    /// Records the handshake's end (once) and wakes the requests waiting for it.
+    fn finished(&mut self, result: Result<(), HandshakeError>) {
+        let Some(finishing) = self.finishing.take() else {
+            return;
+        };
+        let ok = result.is_ok();
+        (finishing.on_finished)(result);
+        if let Some(h) = &self.handover {
+            let waiters = {
+                let mut state = h.lock();
+                state.0 = Some(ok);
+                std::mem::take(&mut state.1)
+            };
+            waiters.into_iter().for_each(Waker::wake);
+        }
+    }
+
+    /// One step of an unfinished handshake: reads and processes what the socket has. `Ready(Ok)` after any
+    /// progress (or at the end), `Pending` with the waker registered. A failure is recorded as the handshake's.
+    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let fail = |this: &mut Self, failure, detail: String, kind| {
+            this.finished(Err(HandshakeError::new(failure, detail)));
+            Poll::Ready(Err(io::Error::from(kind)))
+        };
+        if !self.conn.is_handshaking() {
+            self.finished(Ok(()));
+            return Poll::Ready(Ok(()));
+        }
+        if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
+            return fail(self, Failure::from_io(&e), e.to_string(), e.kind());
+        }
+        match self.conn.read_tls(&mut TcpRead(&self.tcp)) {
+            Ok(0) => fail(
+                self,
+                Failure::ClientClosed,
+                "end of stream before the client's Finished".into(),
+                io::ErrorKind::UnexpectedEof,
+            ),
+            Ok(_) => match self.conn.process_new_packets() {
+                Ok(_) => {
+                    if !self.conn.is_handshaking() {
+                        self.finished(Ok(()));
+                    }
+                    Poll::Ready(Ok(()))
+                }
+                Err(e) => {
+                    // Best effort: tell the client why (the alert rustls queued) before failing.
+                    let _ = self.conn.write_tls(&mut TcpWrite(&self.tcp));
+                    fail(
+                        self,
+                        Failure::from_rustls(&e),
+                        e.to_string(),
+                        io::ErrorKind::InvalidData,
+                    )
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.tcp.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                Poll::Ready(Err(e)) => fail(self, Failure::from_io(&e), e.to_string(), e.kind()),
+                Poll::Pending => Poll::Pending,
+            },
+            Err(e) => fail(self, Failure::from_io(&e), e.to_string(), e.kind()),
+        }
+    }
+
+    /// Drives an unfinished handshake until its end (`Ready(ok)`) or until the socket has nothing more. Any
+    /// progress wakes the task, so hyper, polled by the same task, reads what arrived.
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut progress = false;
+        while self.finishing.is_some() {
+            match self.poll_handshake(cx) {
+                Poll::Ready(Ok(())) => progress = true,
+                Poll::Ready(Err(_)) => return Poll::Ready(false),
+                Poll::Pending => {
+                    if progress {
+                        cx.waker().wake_by_ref();
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        if progress {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Ready(
+            self.handover
+                .as_ref()
+                .is_none_or(|h| h.lock().0 == Some(true)),
+        )
+    }
+
+    /// Early data still in rustls (0-RTT handed over), then the handshake's end: `Ready(Some(n))` with early
+    /// bytes, `Ready(None)` once all is read and the handshake finished, `Pending` while waiting for either.
+    fn poll_early(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<Option<usize>>> {
+        loop {
+            if let Some(mut early) = self.conn.early_data() {
+                let n = early.read(buf.initialize_unfilled()).unwrap_or(0);
+                if n > 0 {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(Some(n)));
+                }
+            }
+            if self.finishing.is_none() {
+                self.early_in_rustls = false;
+                return Poll::Ready(Ok(None));
+            }
+            match self.poll_handshake(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
     /// Writes what rustls has queued until it is empty or the socket is full (then Pending, waker registered).
     fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.conn.wants_write() {
@@ -106,10 +343,23 @@ impl Inner {
             buf.put_slice(&self.early.split_to(n));
             return Poll::Ready(Ok(n));
         }
+        if self.early_in_rustls {
+            match self.poll_early(cx, buf) {
+                Poll::Ready(Ok(Some(n))) => return Poll::Ready(Ok(n)),
+                Poll::Ready(Ok(None)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
         loop {
             match self.conn.reader().read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
+                    if n > 0
+                        && let Some(h) = &self.handover
+                    {
+                        h.late.store(true, Ordering::Release);
+                    }
                     return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -183,6 +433,16 @@ impl Inner {
             }
             other => other,
         }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The connection ended before the client's Finished (client gone, or closed by us): still recorded once.
+        self.finished(Err(HandshakeError::new(
+            Failure::ClientClosed,
+            "connection closed before the client's Finished",
+        )));
     }
 }
 

@@ -118,6 +118,22 @@ pub struct EarlyDataConfig {
     /// more than this (RFC 8446 §8.3; rustls alone allows 60 s). A duration. Default: `"10s"`.
     #[serde(with = "humantime_serde")]
     pub freshness: Duration,
+    /// What the HTTP mode does with any other request that came in early data (RFC 8470): `hold` it until the
+    /// client's Finished, or answer `reject` (425 Too Early, which the client retries after the handshake).
+    /// Default: `"hold"`.
+    #[serde(rename = "unsafe")]
+    pub unsafe_requests: UnsafeEarly,
+}
+
+/// `[listeners.early_data] unsafe`: an early request that may not be forwarded before the handshake completes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnsafeEarly {
+    /// Wait for the client's Finished, then forward it (without `Early-Data`).
+    #[default]
+    Hold,
+    /// Answer 425 Too Early at once.
+    Reject,
 }
 
 impl Default for EarlyDataConfig {
@@ -126,6 +142,7 @@ impl Default for EarlyDataConfig {
             max_size: 0,
             methods: vec!["GET".into(), "HEAD".into(), "OPTIONS".into()],
             freshness: Duration::from_secs(10),
+            unsafe_requests: UnsafeEarly::Hold,
         }
     }
 }
@@ -188,5 +205,13 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(bad.validate().err().map(|e| e.0), Some("methods[0]".into()));
+        let reject: EarlyDataConfig =
+            toml::from_str("max_size = 1\nunsafe = \"reject\"").expect("unsafe = reject");
+        assert_eq!(reject.unsafe_requests, UnsafeEarly::Reject);
+        let err = toml::from_str::<EarlyDataConfig>("unsafe = \"drop\"")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("unsafe") && err.contains("hold"), "{err}");
     }
 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rustls::server::StoresServerSessions;
 use zeroize::Zeroizing;
 
-pub use config::{EarlyDataConfig, SessionStoreConfig, StoreKind};
+pub use config::{EarlyDataConfig, SessionStoreConfig, StoreKind, UnsafeEarly};
 
 use super::cache::SessionCache;
 use super::store::KeyStore;
