@@ -4,7 +4,11 @@
 //! - `/echo`: the request body streamed back (chunked);
 //! - `/upgrade`: `101 Switching Protocols` to a request with `Upgrade`, then echoes bytes;
 //! - `/slow?ms=N`: answers `slow` after N milliseconds;
+//! - `/too-early`: `425 Too Early` to a request with `Early-Data` (RFC 8470 §5.2), `ok` otherwise;
 //! - anything else: `ok PATH`.
+//!
+//! Every request is recorded as `METHOD PATH early-data=VALUE` (`-` without the header), see
+//! [`HttpUpstream::requests`].
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -28,6 +32,7 @@ pub struct HttpUpstream {
     /// Where it listens.
     pub addr: SocketAddr,
     connections: Arc<AtomicU64>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -40,6 +45,8 @@ impl HttpUpstream {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let connections = Arc::new(AtomicU64::new(0));
         let count = connections.clone();
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = requests.clone();
         std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -53,15 +60,24 @@ impl HttpUpstream {
                 };
                 tokio::select! {
                     _ = stopped => {}
-                    () = accept(listener, count) => {}
+                    () = accept(listener, count, log) => {}
                 }
             });
         });
         Ok(Self {
             addr,
             connections,
+            requests,
             _stop: stop,
         })
+    }
+
+    /// The requests received so far, in order: `METHOD PATH early-data=VALUE` (`-` without the header).
+    pub fn requests(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// TCP connections accepted so far (the proxy's pool reuses them).
@@ -70,15 +86,34 @@ impl HttpUpstream {
     }
 }
 
-async fn accept(listener: tokio::net::TcpListener, count: Arc<AtomicU64>) {
+async fn accept(
+    listener: tokio::net::TcpListener,
+    count: Arc<AtomicU64>,
+    log: Arc<std::sync::Mutex<Vec<String>>>,
+) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
         count.fetch_add(1, Ordering::Relaxed);
+        let log = log.clone();
         tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let early = req.headers().get("early-data").map_or_else(
+                    || "-".to_owned(),
+                    |v| String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                );
+                if let Ok(mut log) = log.lock() {
+                    log.push(format!(
+                        "{} {} early-data={early}",
+                        req.method(),
+                        req.uri().path()
+                    ));
+                }
+                route(req)
+            });
             let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tcp), service_fn(route))
+                .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades()
                 .await;
         });
@@ -141,6 +176,9 @@ async fn route(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible>
                 .unwrap_or(1000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
             text(StatusCode::OK, "slow\n".into())
+        }
+        "/too-early" if req.headers().contains_key("early-data") => {
+            text(StatusCode::TOO_EARLY, "too early\n".into())
         }
         _ => text(StatusCode::OK, format!("ok {path}\n")),
     })

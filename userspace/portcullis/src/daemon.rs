@@ -496,21 +496,23 @@ fn listener_contexts(p: &ListenerParts<'_>) -> Vec<Arc<ListenerContext>> {
                 .map_or(ListenerMode::Tcp, |l| l.mode);
             let name = config.listener_name(i);
             let http = (mode == ListenerMode::Http).then(|| {
-                Arc::new(crate::http::HttpContext::new(
-                    &name,
-                    config.http.clone(),
-                    p.upstreams.clone(),
-                    p.http_metrics.clone(),
-                    p.access_log.cloned(),
-                    p.phase.clone(),
+                Arc::new(
+                    crate::http::HttpContext::new(
+                        &name,
+                        config.http.clone(),
+                        p.upstreams.clone(),
+                        p.http_metrics.clone(),
+                        p.access_log.cloned(),
+                        p.phase.clone(),
+                    )
+                    .with_early(
+                        config
+                            .listeners
+                            .get(i)
+                            .filter(|l| l.early_data.enabled())
+                            .map(|l| crate::http::early::EarlyPolicy::new(&l.early_data)),
+                    ),
                 )
-                .with_early(
-                    config
-                        .listeners
-                        .get(i)
-                        .filter(|l| l.early_data.enabled())
-                        .map(|l| crate::http::early::EarlyPolicy::new(&l.early_data)),
-                ))
             });
             let mut base = (**p.tls_config).clone();
             base.alpn_protocols = config

@@ -104,7 +104,10 @@ impl HandshakeError {
 /// `release_early`: when rustls accepted early data, return right after the server's flight, before the
 /// client's Finished (`Established::unfinished`), so early requests can be answered a round trip earlier; the
 /// early data then stays in rustls. Without it (tcp mode) early data is held until the Finished.
-#[expect(clippy::too_many_arguments, reason = "the stage's inputs, each named at the one call site")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the stage's inputs, each named at the one call site"
+)]
 pub async fn run(
     tcp: &TcpStream,
     config: &Arc<ServerConfig>,

@@ -44,12 +44,7 @@ pub enum Action {
 
 impl Action {
     /// Every action, for pre-registering series.
-    pub const ALL: [Action; 4] = [
-        Self::Forwarded,
-        Self::Held,
-        Self::Rejected,
-        Self::Retried,
-    ];
+    pub const ALL: [Action; 4] = [Self::Forwarded, Self::Held, Self::Rejected, Self::Retried];
 
     /// The label value.
     pub fn name(self) -> &'static str {
@@ -128,21 +123,66 @@ mod tests {
         h
     }
 
+    /// {description, method, headers, body ended, expected action}.
+    type Case = (
+        &'static str,
+        Method,
+        &'static [(&'static str, &'static str)],
+        bool,
+        Action,
+    );
+
     #[test]
     fn only_safe_requests_without_body_go_early() {
         let hold = policy(false);
-        let cases: &[(&str, Method, &[(&'static str, &'static str)], bool, Action)] = &[
+        let cases: &[Case] = &[
             ("plain GET", Method::GET, &[], true, Action::Forwarded),
             ("HEAD", Method::HEAD, &[], true, Action::Forwarded),
             ("OPTIONS", Method::OPTIONS, &[], true, Action::Forwarded),
-            ("GET, length 0", Method::GET, &[("content-length", "0")], true, Action::Forwarded),
+            (
+                "GET, length 0",
+                Method::GET,
+                &[("content-length", "0")],
+                true,
+                Action::Forwarded,
+            ),
             ("POST", Method::POST, &[], true, Action::Held),
             ("DELETE", Method::DELETE, &[], true, Action::Held),
-            ("GET with a length", Method::GET, &[("content-length", "5")], false, Action::Held),
-            ("GET, chunked", Method::GET, &[("transfer-encoding", "chunked")], false, Action::Held),
-            ("GET, h2 body (no END_STREAM)", Method::GET, &[], false, Action::Held),
-            ("GET with Upgrade", Method::GET, &[("upgrade", "websocket")], true, Action::Held),
-            ("client's Early-Data", Method::GET, &[("early-data", "1")], true, Action::Held),
+            (
+                "GET with a length",
+                Method::GET,
+                &[("content-length", "5")],
+                false,
+                Action::Held,
+            ),
+            (
+                "GET, chunked",
+                Method::GET,
+                &[("transfer-encoding", "chunked")],
+                false,
+                Action::Held,
+            ),
+            (
+                "GET, h2 body (no END_STREAM)",
+                Method::GET,
+                &[],
+                false,
+                Action::Held,
+            ),
+            (
+                "GET with Upgrade",
+                Method::GET,
+                &[("upgrade", "websocket")],
+                true,
+                Action::Held,
+            ),
+            (
+                "client's Early-Data",
+                Method::GET,
+                &[("early-data", "1")],
+                true,
+                Action::Held,
+            ),
         ];
         for (what, method, h, ended, want) in cases {
             assert_eq!(hold.decide(method, &headers(h), *ended), *want, "{what}");

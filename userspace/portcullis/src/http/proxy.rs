@@ -158,13 +158,23 @@ async fn early_request(
 ) -> (Result<Answered, Failed>, Action) {
     let Some(policy) = &conn.ctx.early else {
         // Not reached (a view exists only on 0-RTT listeners): the safe answer is to wait.
-        return (held(conn, view, req, authority, target, bytes_in).await, Action::Held);
+        return (
+            held(conn, view, req, authority, target, bytes_in).await,
+            Action::Held,
+        );
     };
-    let action = policy.decide(req.method(), req.headers(), hyper::body::Body::is_end_stream(req.body()));
+    let action = policy.decide(
+        req.method(),
+        req.headers(),
+        hyper::body::Body::is_end_stream(req.body()),
+    );
     match action {
         Action::Forwarded => {}
         Action::Held | Action::Retried => {
-            return (held(conn, view, req, authority, target, bytes_in).await, Action::Held);
+            return (
+                held(conn, view, req, authority, target, bytes_in).await,
+                Action::Held,
+            );
         }
         Action::Rejected => return (Err(too_early()), Action::Rejected),
     }
@@ -186,8 +196,15 @@ async fn early_request(
                 return (Err(handshake_failed()), Action::Retried);
             }
             let (parts, ()) = again.into_parts();
-            let empty = http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {});
-            let retry = forward(conn, Request::from_parts(parts, empty), authority, target, bytes_in);
+            let empty =
+                http_body_util::Empty::<bytes::Bytes>::new().map_err(|never| match never {});
+            let retry = forward(
+                conn,
+                Request::from_parts(parts, empty),
+                authority,
+                target,
+                bytes_in,
+            );
             (retry.await, Action::Retried)
         }
         other => (other, Action::Forwarded),

@@ -1,0 +1,560 @@
+//! 0-RTT on `http` listeners against the real binary (RFC 8470): a request in early data is answered before the
+//! client's Finished when it is safe (the upstream sees `Early-Data: 1`), and waits for the Finished (or gets 425)
+//! when it is not; an upstream 425 is retried once after the handshake; a `tcp` listener never forwards early
+//! data before the Finished.
+//!
+//! The client is a bare rustls `ClientConnection` that sends its ClientHello and early data, reads the server's
+//! flight, and WITHHOLDS its own Finished (the bytes rustls queued are kept, not written): whatever answer it
+//! reads then was sent before the handshake completed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::daemon::{Daemon, DaemonOptions, TempDir, binary};
+use portcullis_tests::http_upstream::HttpUpstream;
+use portcullis_tests::pki::Pki;
+
+const NAME: &str = "ecdsa.test";
+
+struct Bed {
+    tmp: TempDir,
+    pki: Pki,
+    upstream: HttpUpstream,
+    daemon: Daemon,
+}
+
+impl Bed {
+    /// A daemon with one listener in `mode` with 0-RTT (local store), `early` appended to its
+    /// `[listeners.early_data]`, in front of a recording upstream.
+    fn start(mode: &str, early: &str) -> Bed {
+        let tmp = TempDir::new("zero-rtt-http").expect("tempdir");
+        let pki = Pki::generate(tmp.path()).expect("pki");
+        let keys = tmp.path().join("ticket-keys");
+        let out = Command::new(binary())
+            .args(["keys", "init", "--dir"])
+            .arg(&keys)
+            .output()
+            .expect("portcullis keys init");
+        assert!(out.status.success(), "{out:?}");
+        let upstream = HttpUpstream::start().expect("upstream");
+        let tls = pki.tls_section(&format!(
+            "handshake_timeout = \"5s\"\nticket_keys_dir = {keys:?}\n[tls.session_store]\nkind = \"local\"\n"
+        ));
+        let toml = format!(
+            "workers = 1\n[[listeners]]\naddress = \"127.0.0.1:0\"\nmode = \"{mode}\"\n[listeners.early_data]\nmax_size = 16384\n{early}\n\n[upstream]\nbackends = [\"{}\"]\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n{tls}",
+            upstream.addr
+        );
+        let daemon = Daemon::start(DaemonOptions {
+            config_toml: Some(toml),
+            ..Default::default()
+        })
+        .expect("daemon starts");
+        Bed {
+            tmp,
+            pki,
+            upstream,
+            daemon,
+        }
+    }
+
+    /// A client config (its own ticket store) offering `alpn`, with early data on.
+    fn client(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = std::fs::read(&self.pki.ca).expect("read ca");
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca) {
+            roots.add(cert.expect("ca pem")).expect("add root");
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        config.enable_early_data = true;
+        Arc::new(config)
+    }
+
+    /// A client that holds a ticket of this daemon allowing early data.
+    fn warm_client(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+        let config = self.client(alpn);
+        warm(&config, self.daemon.addr());
+        config
+    }
+
+    fn early_requests(&self, action: &str) -> f64 {
+        self.daemon
+            .metric(
+                "portcullis_http_early_requests_total",
+                &[("action", action)],
+            )
+            .expect("metrics")
+    }
+}
+
+/// A full handshake, then whatever the server sends for a moment: the session tickets (sent once the server
+/// processed the client's Finished).
+fn warm(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut conn = connection(config);
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).expect("handshake");
+    }
+    while conn.wants_write() {
+        conn.write_tls(&mut tcp).expect("client Finished");
+    }
+    tcp.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    while let Ok(n) = conn.read_tls(&mut tcp) {
+        if n == 0 {
+            break;
+        }
+        conn.process_new_packets().expect("tickets");
+    }
+}
+
+fn connection(config: &Arc<rustls::ClientConfig>) -> rustls::ClientConnection {
+    let name = rustls::pki_types::ServerName::try_from(NAME).expect("name");
+    rustls::ClientConnection::new(config.clone(), name).expect("client conn")
+}
+
+/// A resuming connection that sent `early` in early data and read the server's flight, its own Finished withheld.
+struct Early {
+    tcp: TcpStream,
+    conn: rustls::ClientConnection,
+    /// The client's EndOfEarlyData and Finished, not sent until [`Early::finish`].
+    withheld: Vec<u8>,
+    /// Plaintext from the server so far.
+    plain: Vec<u8>,
+}
+
+impl Early {
+    fn connect(config: &Arc<rustls::ClientConfig>, addr: SocketAddr, early: &[u8]) -> Early {
+        let mut conn = connection(config);
+        let wrote = conn
+            .early_data()
+            .expect("the client holds a ticket that allows early data")
+            .write(early)
+            .expect("early write");
+        assert_eq!(wrote, early.len(), "the early data fits the ticket's limit");
+        let mut tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        while conn.wants_write() {
+            conn.write_tls(&mut tcp).expect("first flight");
+        }
+        // The server's flight: ServerHello .. Finished (and what it sends right after, half-RTT).
+        while conn.is_handshaking() {
+            let n = conn.read_tls(&mut tcp).expect("server flight");
+            assert!(n > 0, "the server closed during its flight");
+            conn.process_new_packets().expect("server flight");
+        }
+        assert!(conn.is_early_data_accepted(), "0-RTT accepted");
+        let mut withheld = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut withheld).expect("client Finished");
+        }
+        assert!(!withheld.is_empty(), "rustls queued the client's Finished");
+        let mut early = Early {
+            tcp,
+            conn,
+            withheld,
+            plain: Vec::new(),
+        };
+        early.drain();
+        early
+    }
+
+    fn drain(&mut self) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.conn.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            self.plain.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    /// Reads until `done` holds for the plaintext received, the server closes, or `wait` passes.
+    fn read_until(&mut self, wait: Duration, done: impl Fn(&[u8]) -> bool) -> &[u8] {
+        let deadline = Instant::now() + wait;
+        while !done(&self.plain) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            self.tcp
+                .set_read_timeout(Some(left.min(Duration::from_millis(50))))
+                .expect("timeout");
+            match self.conn.read_tls(&mut self.tcp) {
+                Ok(0) => break,
+                Ok(_) => {
+                    self.conn.process_new_packets().expect("server records");
+                    self.drain();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        &self.plain
+    }
+
+    /// An h1 response, whole (`Content-Length` or chunked), as text.
+    fn response(&mut self, wait: Duration) -> String {
+        String::from_utf8_lossy(self.read_until(wait, h1_complete)).into_owned()
+    }
+
+    /// Sends the withheld EndOfEarlyData and Finished: the handshake completes.
+    fn finish(&mut self) {
+        let withheld = std::mem::take(&mut self.withheld);
+        self.tcp.write_all(&withheld).expect("client Finished");
+    }
+}
+
+/// Whether `buf` holds a whole HTTP/1.1 response.
+fn h1_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let head = head.to_ascii_lowercase();
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    head.contains("transfer-encoding: chunked") && body.ends_with("0\r\n\r\n")
+}
+
+fn get(path: &str, extra: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: {NAME}\r\n{extra}\r\n").into_bytes()
+}
+
+/// Polls (bounded) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const QUIET: Duration = Duration::from_millis(700);
+const ANSWER: Duration = Duration::from_secs(10);
+
+#[test]
+fn an_early_get_is_answered_before_the_clients_finished() {
+    let bed = Bed::start("http", "");
+    let client = bed.warm_client(b"http/1.1");
+    let mut early = Early::connect(&client, bed.daemon.addr(), &get("/headers", ""));
+    let response = early.response(ANSWER);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("early-data: 1"), "{response}");
+    assert_eq!(
+        bed.upstream.requests(),
+        vec!["GET /headers early-data=1".to_owned()]
+    );
+    assert_eq!(bed.early_requests("forwarded"), 1.0);
+    // The handshake is counted when the Finished arrives: resumed, ok, early data accepted.
+    let resumed_ok = || {
+        bed.daemon
+            .metric(
+                "portcullis_handshakes_total",
+                &[("mode", "resumed"), ("result", "ok")],
+            )
+            .expect("metrics")
+    };
+    assert_eq!(resumed_ok(), 0.0, "not complete before the Finished");
+    early.finish();
+    eventually("the resumed handshake counted", || resumed_ok() == 1.0);
+    assert_eq!(
+        bed.daemon
+            .metric("portcullis_early_data_total", &[("outcome", "accepted")])
+            .expect("metrics"),
+        1.0
+    );
+    // The connection goes on after the handshake: a second request is not early.
+    early
+        .conn
+        .writer()
+        .write_all(&get("/headers", ""))
+        .expect("second request");
+    while early.conn.wants_write() {
+        early
+            .conn
+            .write_tls(&mut early.tcp)
+            .expect("second request");
+    }
+    let first = early.plain.len();
+    early.read_until(ANSWER, |b| h1_complete(&b[first..]));
+    let second = String::from_utf8_lossy(&early.plain[first..]).into_owned();
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(!second.contains("early-data"), "{second}");
+    assert_eq!(bed.early_requests("forwarded"), 1.0);
+    drop(early);
+    bed.daemon.stop_ok();
+}
+
+#[test]
+fn an_early_post_waits_for_the_finished() {
+    let bed = Bed::start("http", "");
+    let client = bed.warm_client(b"http/1.1");
+    let post = format!("POST /headers HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 1\r\n\r\nx");
+    let mut early = Early::connect(&client, bed.daemon.addr(), post.as_bytes());
+    let quiet = early.response(QUIET);
+    assert!(quiet.is_empty(), "answered before the Finished: {quiet}");
+    assert!(bed.upstream.requests().is_empty());
+    early.finish();
+    let response = early.response(ANSWER);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("POST /headers"), "{response}");
+    assert!(!response.contains("early-data"), "{response}");
+    assert_eq!(
+        bed.upstream.requests(),
+        vec!["POST /headers early-data=-".to_owned()]
+    );
+    assert_eq!(bed.early_requests("held"), 1.0);
+    assert_eq!(bed.early_requests("forwarded"), 0.0);
+    drop(early);
+    bed.daemon.stop_ok();
+}
+
+#[test]
+fn an_early_post_gets_425_with_unsafe_reject() {
+    let bed = Bed::start("http", "unsafe = \"reject\"");
+    let client = bed.warm_client(b"http/1.1");
+    let post = format!("POST /headers HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 1\r\n\r\nx");
+    let mut early = Early::connect(&client, bed.daemon.addr(), post.as_bytes());
+    let response = early.response(ANSWER);
+    assert!(response.starts_with("HTTP/1.1 425"), "{response}");
+    assert!(bed.upstream.requests().is_empty());
+    assert_eq!(bed.early_requests("rejected"), 1.0);
+    drop(early);
+    bed.daemon.stop_ok();
+}
+
+#[test]
+fn an_upstream_425_is_retried_once_after_the_finished() {
+    let bed = Bed::start("http", "");
+    let client = bed.warm_client(b"http/1.1");
+    let mut early = Early::connect(&client, bed.daemon.addr(), &get("/too-early", ""));
+    eventually("the early request upstream", || {
+        !bed.upstream.requests().is_empty()
+    });
+    let quiet = early.response(QUIET);
+    assert!(quiet.is_empty(), "the 425 went to the client: {quiet}");
+    early.finish();
+    let response = early.response(ANSWER);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(
+        bed.upstream.requests(),
+        vec![
+            "GET /too-early early-data=1".to_owned(),
+            "GET /too-early early-data=-".to_owned()
+        ]
+    );
+    assert_eq!(bed.early_requests("retried"), 1.0);
+    drop(early);
+    bed.daemon.stop_ok();
+}
+
+/// A client's own `Early-Data` (an intermediary before us forwarded the request early): kept, and the request
+/// waits for the Finished; the upstream's 425 is its to answer (passed through, never retried).
+#[test]
+fn a_clients_early_data_header_is_passed_through() {
+    let bed = Bed::start("http", "");
+    let client = bed.warm_client(b"http/1.1");
+    let mut early = Early::connect(
+        &client,
+        bed.daemon.addr(),
+        &get("/too-early", "Early-Data: 1\r\n"),
+    );
+    let quiet = early.response(QUIET);
+    assert!(quiet.is_empty(), "answered before the Finished: {quiet}");
+    early.finish();
+    let response = early.response(ANSWER);
+    assert!(response.starts_with("HTTP/1.1 425"), "{response}");
+    assert_eq!(
+        bed.upstream.requests(),
+        vec!["GET /too-early early-data=1".to_owned()]
+    );
+    assert_eq!(bed.early_requests("held"), 1.0);
+    assert_eq!(bed.early_requests("retried"), 0.0);
+    drop(early);
+    bed.daemon.stop_ok();
+}
+
+/// h2: the preface, SETTINGS and a HEADERS frame in early data; the answer's DATA arrives before the Finished.
+#[test]
+fn an_early_h2_get_is_answered_before_the_finished() {
+    let bed = Bed::start("http", "");
+    let client = bed.warm_client(b"h2");
+    let mut flight = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flight.extend_from_slice(&frame(0x4, 0, 0, &[]));
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":path", "/headers"),
+        (":authority", NAME),
+    ] {
+        // HPACK literal header field without indexing, new name, no Huffman (RFC 7541 §6.2.2).
+        block.push(0);
+        block.push(u8::try_from(name.len()).expect("short"));
+        block.extend_from_slice(name.as_bytes());
+        block.push(u8::try_from(value.len()).expect("short"));
+        block.extend_from_slice(value.as_bytes());
+    }
+    // END_STREAM | END_HEADERS on stream 1.
+    flight.extend_from_slice(&frame(0x1, 0x5, 1, &block));
+    let mut early = Early::connect(&client, bed.daemon.addr(), &flight);
+    early.read_until(ANSWER, |b| h2_body(b).1);
+    let (body, ended) = h2_body(&early.plain);
+    assert!(ended, "no whole answer before the Finished");
+    let body = String::from_utf8_lossy(&body).into_owned();
+    assert!(body.contains("early-data: 1"), "{body}");
+    assert_eq!(
+        bed.upstream.requests(),
+        vec!["GET /headers early-data=1".to_owned()]
+    );
+    assert_eq!(bed.early_requests("forwarded"), 1.0);
+    early.finish();
+    drop(early);
+    bed.daemon.stop_ok();
+}
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len()).expect("short").to_be_bytes();
+    let mut out = vec![len[1], len[2], len[3], kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The DATA of stream 1 in the server's frames so far, and whether its END_STREAM came.
+fn h2_body(mut buf: &[u8]) -> (Vec<u8>, bool) {
+    let mut body = Vec::new();
+    while buf.len() >= 9 {
+        let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+        let (kind, flags) = (buf[3], buf[4]);
+        let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+        let Some(payload) = buf.get(9..9 + len) else {
+            break;
+        };
+        if kind == 0 && stream == 1 {
+            body.extend_from_slice(payload);
+            if flags & 1 != 0 {
+                return (body, true);
+            }
+        }
+        buf = &buf[9 + len..];
+    }
+    (body, false)
+}
+
+/// `tcp` mode keeps holding early data until the Finished: the upstream sees nothing before it.
+#[test]
+fn tcp_mode_never_forwards_early_data_before_the_finished() {
+    let bed = Bed::start("tcp", "");
+    let client = bed.warm_client(b"http/1.1");
+    let mut early = Early::connect(&client, bed.daemon.addr(), &get("/headers", ""));
+    let quiet = early.response(QUIET);
+    assert!(quiet.is_empty(), "answered before the Finished: {quiet}");
+    assert!(bed.upstream.requests().is_empty());
+    early.finish();
+    let response = early.response(ANSWER);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(!response.contains("early-data"), "{response}");
+    assert_eq!(
+        bed.upstream.requests(),
+        vec!["GET /headers early-data=-".to_owned()]
+    );
+    drop(early);
+    bed.daemon.stop_ok();
+}
+
+/// `openssl s_client -early_data` against an http listener: accepted, and answered.
+#[test]
+fn openssl_early_data_on_an_http_listener() {
+    let bed = Bed::start("http", "");
+    let dir = bed.tmp.path();
+    let sess = dir.join("sess.pem");
+    let out = s_client(&bed.pki.ca, bed.daemon.addr(), "-sess_out", &sess, None);
+    assert!(out.contains("HTTP/1.1 200"), "{out}");
+    let req = dir.join("req.txt");
+    std::fs::write(&req, get("/openssl", "Connection: close\r\n")).expect("write request");
+    let out = s_client(
+        &bed.pki.ca,
+        bed.daemon.addr(),
+        "-sess_in",
+        &sess,
+        Some(&req),
+    );
+    assert!(out.contains("Early data was accepted"), "{out}");
+    assert!(out.contains("ok /openssl"), "{out}");
+    assert_eq!(
+        bed.upstream
+            .requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /openssl "))
+            .count(),
+        1
+    );
+    bed.daemon.stop_ok();
+}
+
+/// `openssl s_client` with a session file and, optionally, early data from a file; waits for the server to
+/// close after the response.
+fn s_client(
+    ca: &Path,
+    addr: SocketAddr,
+    sess: &str,
+    file: &PathBuf,
+    early: Option<&Path>,
+) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["20", "openssl", "s_client", "-connect", &addr.to_string()])
+        .args(["-servername", NAME, "-verify_return_error", "-ign_eof"])
+        .args(["-alpn", "http/1.1"])
+        .arg("-CAfile")
+        .arg(ca)
+        .arg(sess)
+        .arg(file);
+    if let Some(f) = early {
+        cmd.arg("-early_data").arg(f);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl");
+    let stdin = child.stdin.take().expect("stdin");
+    if early.is_none() {
+        let mut stdin = stdin;
+        stdin
+            .write_all(&get("/openssl-full", "Connection: close\r\n"))
+            .expect("write request");
+    } else {
+        drop(stdin);
+    }
+    let out = child.wait_with_output().expect("openssl output");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
