@@ -1,7 +1,7 @@
 //! The early-data step, between inspect and the expensive step: for a listener with 0-RTT, fetch the offered
 //! session from the store (asynchronously, under `fetch_timeout`) and choose the `ServerConfig` for this
-//! connection: with early data when the ticket is fresh and admission control is not shedding, without it
-//! (the handshake still resumes) otherwise.
+//! connection: with early data when the ticket is fresh, admission control is not shedding and the ClientHello
+//! is not suspect (malformed by the XDP guard's parser), without it (the handshake still resumes) otherwise.
 //!
 //! ```text
 //! inspect ──► early_data::prepare ──► HandshakeEngine::run (rustls `take` consumes the staged session)
@@ -112,6 +112,10 @@ impl EarlyData {
             (on.refuse.clone(), Some(Outcome::Stale), false)
         } else if on.shedding.as_ref().is_some_and(|s| s()) {
             (on.refuse.clone(), Some(Outcome::Shedding), false)
+        } else if hello.malformed.is_some() {
+            // A hello the XDP guard would have dropped (its verdict is not visible per connection here): a
+            // crafted one gets no request in before the handshake completes.
+            (on.refuse.clone(), Some(Outcome::Suspect), false)
         } else {
             (on.accept.clone(), None, true)
         };
@@ -449,6 +453,23 @@ mod tests {
         assert!(
             text(&f)
                 .contains("portcullis_early_data_total{listener=\"https\",outcome=\"shedding\"} 1")
+        );
+    }
+
+    #[tokio::test]
+    async fn no_early_data_for_a_suspect_hello() {
+        let f = fixture(Duration::from_secs(10));
+        warm(&f).await;
+        let mut c2 = client(&f);
+        let flight = first_flight(&mut c2);
+        let (mut s2, p2) = serve(&f, &flight, |h| h.malformed = Some("test")).await;
+        pump(&mut c2, &mut s2);
+        f.step.count(&p2, Some(&mut s2), false);
+        assert!(!c2.is_early_data_accepted());
+        assert_eq!(s2.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        assert!(
+            text(&f)
+                .contains("portcullis_early_data_total{listener=\"https\",outcome=\"suspect\"} 1")
         );
     }
 

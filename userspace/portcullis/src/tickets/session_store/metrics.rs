@@ -54,11 +54,13 @@ pub enum Outcome {
     Shedding,
     /// rustls refused it (ALPN, SNI, cipher suite differ from the session's).
     Mismatch,
+    /// The ClientHello is suspect (our parser, the XDP guard's, calls it malformed): resumed without early data.
+    Suspect,
 }
 
 impl Outcome {
     /// Every outcome, for pre-registering series.
-    pub const ALL: [Outcome; 9] = [
+    pub const ALL: [Outcome; 10] = [
         Self::Accepted,
         Self::Off,
         Self::TooLarge,
@@ -68,6 +70,7 @@ impl Outcome {
         Self::StoreDown,
         Self::Shedding,
         Self::Mismatch,
+        Self::Suspect,
     ];
 
     /// The label value.
@@ -82,6 +85,7 @@ impl Outcome {
             Self::StoreDown => "store_down",
             Self::Shedding => "shedding",
             Self::Mismatch => "mismatch",
+            Self::Suspect => "suspect",
         }
     }
 }
@@ -203,7 +207,7 @@ impl StoreMetrics {
 /// One listener's `portcullis_early_data_total` handles.
 #[derive(Clone, Debug)]
 pub struct EarlyDataCounters {
-    counters: Arc<[Counter; 9]>,
+    counters: Arc<[Counter; Outcome::ALL.len()]>,
 }
 
 impl EarlyDataCounters {
