@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 use portcullis_tests::daemon::{Daemon, DaemonOptions, TempDir, binary};
 use portcullis_tests::http_upstream::HttpUpstream;
 use portcullis_tests::pki::Pki;
+use portcullis_tests::redis::{RedisServer, require_redis};
 
 const NAME: &str = "ecdsa.test";
 
 struct Bed {
     tmp: TempDir,
     pki: Pki,
+    keys: PathBuf,
     upstream: HttpUpstream,
     daemon: Daemon,
 }
@@ -31,6 +33,11 @@ impl Bed {
     /// A daemon with one listener in `mode` with 0-RTT (local store), `early` appended to its
     /// `[listeners.early_data]`, in front of a recording upstream.
     fn start(mode: &str, early: &str) -> Bed {
+        Self::start_with(mode, early, None)
+    }
+
+    /// As [`Bed::start`], the sessions in Redis at `redis` when given.
+    fn start_with(mode: &str, early: &str, redis: Option<&str>) -> Bed {
         let tmp = TempDir::new("zero-rtt-http").expect("tempdir");
         let pki = Pki::generate(tmp.path()).expect("pki");
         let keys = tmp.path().join("ticket-keys");
@@ -41,21 +48,11 @@ impl Bed {
             .expect("portcullis keys init");
         assert!(out.status.success(), "{out:?}");
         let upstream = HttpUpstream::start().expect("upstream");
-        let tls = pki.tls_section(&format!(
-            "handshake_timeout = \"5s\"\nticket_keys_dir = {keys:?}\n[tls.session_store]\nkind = \"local\"\n"
-        ));
-        let toml = format!(
-            "workers = 1\n[[listeners]]\naddress = \"127.0.0.1:0\"\nmode = \"{mode}\"\n[listeners.early_data]\nmax_size = 16384\n{early}\n\n[upstream]\nbackends = [\"{}\"]\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n{tls}",
-            upstream.addr
-        );
-        let daemon = Daemon::start(DaemonOptions {
-            config_toml: Some(toml),
-            ..Default::default()
-        })
-        .expect("daemon starts");
+        let daemon = start_daemon(&pki, &keys, upstream.addr, mode, early, redis);
         Bed {
             tmp,
             pki,
+            keys,
             upstream,
             daemon,
         }
@@ -95,6 +92,41 @@ impl Bed {
             )
             .expect("metrics")
     }
+}
+
+/// A daemon with one listener in `mode`, `early` appended to `[listeners.early_data]` (default `max_size`
+/// 16384), the sessions in Redis at `redis` or in the local store.
+fn start_daemon(
+    pki: &Pki,
+    keys: &Path,
+    upstream: SocketAddr,
+    mode: &str,
+    early: &str,
+    redis: Option<&str>,
+) -> Daemon {
+    let store = match redis {
+        // 100 ms, not 5: a debug build on a shared machine (see tests/zero_rtt.rs).
+        Some(url) => format!(
+            "[tls.session_store]\nkind = \"redis\"\nurl = {url:?}\nfetch_timeout = \"100ms\"\n"
+        ),
+        None => "[tls.session_store]\nkind = \"local\"\n".to_owned(),
+    };
+    let tls = pki.tls_section(&format!(
+        "handshake_timeout = \"5s\"\nticket_keys_dir = {keys:?}\n{store}"
+    ));
+    let max_size = if early.contains("max_size") {
+        ""
+    } else {
+        "max_size = 16384\n"
+    };
+    let toml = format!(
+        "workers = 1\n[[listeners]]\naddress = \"127.0.0.1:0\"\nmode = \"{mode}\"\n[listeners.early_data]\n{max_size}{early}\n\n[upstream]\nbackends = [\"{upstream}\"]\n\n[metrics]\naddress = \"127.0.0.1:0\"\n\n{tls}"
+    );
+    Daemon::start(DaemonOptions {
+        config_toml: Some(toml),
+        ..Default::default()
+    })
+    .expect("daemon starts")
 }
 
 /// A full handshake, then whatever the server sends for a moment: the session tickets (sent once the server
@@ -463,6 +495,86 @@ fn h2_body(mut buf: &[u8]) -> (Vec<u8>, bool) {
         buf = &buf[9 + len..];
     }
     (body, false)
+}
+
+/// More early data than `max_size`: a ticket issued by an instance allowing 16 KiB, used on one sharing its
+/// Redis that allows 64 bytes. rustls fails the handshake (unexpected_message alert) on the record that
+/// overflows: counted `too_large` and as a failed handshake, and nothing reaches the upstream.
+#[test]
+fn too_much_early_data_fails_the_handshake_and_is_counted() {
+    if !require_redis("too_much_early_data_fails_the_handshake_and_is_counted") {
+        return;
+    }
+    let redis = RedisServer::start().expect("redis");
+    let bed = Bed::start_with("http", "", Some(&redis.url()));
+    let small = start_daemon(
+        &bed.pki,
+        &bed.keys,
+        bed.upstream.addr,
+        "http",
+        "max_size = 64",
+        Some(&redis.url()),
+    );
+    let client = bed.client(b"http/1.1");
+    warm(&client, bed.daemon.addr());
+    eventually("the sessions in Redis", || {
+        redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= 2
+    });
+    let padding = "x".repeat(200);
+    let request = get("/headers", &format!("X-Padding: {padding}\r\n"));
+    let mut conn = connection(&client);
+    let wrote = conn
+        .early_data()
+        .expect("a ticket allowing early data")
+        .write(&request)
+        .expect("early write");
+    assert_eq!(wrote, request.len(), "the ticket allows 16 KiB");
+    let mut tcp = TcpStream::connect(small.addr()).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    while conn.wants_write() {
+        conn.write_tls(&mut tcp).expect("first flight");
+    }
+    // What rustls dictates: the server's flight, then a fatal alert, then the end of the connection.
+    let mut failed = None;
+    while failed.is_none() {
+        match conn.read_tls(&mut tcp) {
+            Ok(0) => break,
+            Ok(_) => {
+                if let Err(e) = conn.process_new_packets() {
+                    failed = Some(e);
+                }
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    assert!(
+        matches!(
+            failed,
+            Some(rustls::Error::AlertReceived(
+                rustls::AlertDescription::UnexpectedMessage
+            ))
+        ),
+        "{failed:?}"
+    );
+    let metric = |name: &str, labels: &[(&str, &str)]| small.metric(name, labels).expect("metrics");
+    eventually("too_large counted", || {
+        metric("portcullis_early_data_total", &[("outcome", "too_large")]) == 1.0
+    });
+    eventually("the failed handshake counted", || {
+        metric(
+            "portcullis_handshakes_total",
+            &[("result", "protocol_error")],
+        ) == 1.0
+    });
+    assert_eq!(
+        metric("portcullis_early_data_total", &[("outcome", "accepted")]),
+        0.0
+    );
+    assert!(bed.upstream.requests().is_empty());
+    drop(tcp);
+    small.stop_ok();
+    bed.daemon.stop_ok();
 }
 
 /// `tcp` mode keeps holding early data until the Finished: the upstream sees nothing before it.
