@@ -380,7 +380,9 @@ fn an_early_post_gets_425_with_unsafe_reject() {
 
 #[test]
 fn an_upstream_425_is_retried_once_after_the_finished() {
-    let bed = Bed::start("http", "");
+    let logs = TempDir::new("zero-rtt-http-log").expect("tempdir");
+    let log = logs.path().join("access.log");
+    let bed = Bed::start("http", &format!("[log]\naccess = {log:?}"));
     let client = bed.warm_client(b"http/1.1");
     let mut early = Early::connect(&client, bed.daemon.addr(), &get("/too-early", ""));
     eventually("the early request upstream", || {
@@ -399,6 +401,22 @@ fn an_upstream_425_is_retried_once_after_the_finished() {
         ]
     );
     assert_eq!(bed.early_requests("retried"), 1.0);
+    // The access log line says the request was early and what was done with it.
+    let mut line = serde_json::Value::Null;
+    eventually("the access log line", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        match text.lines().next() {
+            Some(l) => {
+                line = serde_json::from_str(l).expect("JSON line");
+                true
+            }
+            None => false,
+        }
+    });
+    assert_eq!(line["path"], "/too-early", "{line}");
+    assert_eq!(line["early_request"], true, "{line}");
+    assert_eq!(line["early_action"], "retried", "{line}");
+    assert_eq!(line["early_data"], true, "{line}");
     drop(early);
     bed.daemon.stop_ok();
 }
