@@ -239,6 +239,9 @@ impl Inner {
                 Ok(_) => {
                     if !self.conn.is_handshaking() {
                         self.finished(Ok(()));
+                        // The session tickets rustls queued on the Finished (best effort: the next flush
+                        // sends what the socket did not take).
+                        let _ = self.poll_flush_tls(cx);
                     }
                     Poll::Ready(Ok(()))
                 }
@@ -381,6 +384,11 @@ impl Inner {
                     match self.conn.reader().read(buf.initialize_unfilled()) {
                         Ok(n) => {
                             buf.advance(n);
+                            if n > 0
+                                && let Some(h) = &self.handover
+                            {
+                                h.late.store(true, Ordering::Release);
+                            }
                             return Poll::Ready(Ok(n));
                         }
                         Err(_) => return Poll::Ready(Ok(0)),
