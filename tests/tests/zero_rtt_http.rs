@@ -247,6 +247,16 @@ impl Early {
         String::from_utf8_lossy(self.read_until(wait, h1_complete)).into_owned()
     }
 
+    /// Asserts that nothing is answered and nothing reached `upstream` before the Finished (for [`QUIET`]),
+    /// sends it, and returns the answer.
+    fn response_after_finish(&mut self, upstream: &HttpUpstream) -> String {
+        let quiet = self.response(QUIET);
+        assert!(quiet.is_empty(), "answered before the Finished: {quiet}");
+        assert_eq!(upstream.requests(), Vec::<String>::new());
+        self.finish();
+        self.response(ANSWER)
+    }
+
     /// Sends the withheld EndOfEarlyData and Finished: the handshake completes.
     fn finish(&mut self) {
         let withheld = std::mem::take(&mut self.withheld);
@@ -340,17 +350,58 @@ fn an_early_get_is_answered_before_the_clients_finished() {
     bed.daemon.stop_ok();
 }
 
+/// The handshake's end after the hand-over is still judged: a Finished that never comes is a `timeout` at
+/// `tls.handshake_timeout` (the connection closed), a forged one a `protocol_error`; neither counts as `ok`.
+#[test]
+fn a_missing_or_bad_finished_fails_the_handshake_after_the_early_answer() {
+    let bed = Bed::start("http", "");
+    let handshakes = |result: &str| {
+        bed.daemon
+            .metric("portcullis_handshakes_total", &[("result", result)])
+            .expect("metrics")
+    };
+    let client = bed.warm_client(b"http/1.1");
+    let ok_before = handshakes("ok");
+    // Never sent: answered early, then closed at the deadline (5 s after accept).
+    let started = Instant::now();
+    let mut silent = Early::connect(&client, bed.daemon.addr(), &get("/headers", ""));
+    let response = silent.response(ANSWER);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    silent
+        .tcp
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let _ = silent.tcp.read_to_end(&mut rest);
+    let closed = started.elapsed();
+    assert!(
+        closed >= Duration::from_secs(4) && closed < Duration::from_secs(9),
+        "closed after {closed:?}"
+    );
+    eventually("the timeout counted", || handshakes("timeout") == 1.0);
+    // Forged: the last byte of the client's Finished record flipped.
+    let mut forged = Early::connect(&client, bed.daemon.addr(), &get("/headers", ""));
+    let response = forged.response(ANSWER);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    if let Some(last) = forged.withheld.last_mut() {
+        *last ^= 0x01;
+    }
+    forged.finish();
+    eventually("the bad Finished counted", || {
+        handshakes("protocol_error") == 1.0
+    });
+    assert_eq!(handshakes("ok"), ok_before, "neither counted as ok");
+    drop(forged);
+    bed.daemon.stop_ok();
+}
+
 #[test]
 fn an_early_post_waits_for_the_finished() {
     let bed = Bed::start("http", "");
     let client = bed.warm_client(b"http/1.1");
     let post = format!("POST /headers HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 1\r\n\r\nx");
     let mut early = Early::connect(&client, bed.daemon.addr(), post.as_bytes());
-    let quiet = early.response(QUIET);
-    assert!(quiet.is_empty(), "answered before the Finished: {quiet}");
-    assert!(bed.upstream.requests().is_empty());
-    early.finish();
-    let response = early.response(ANSWER);
+    let response = early.response_after_finish(&bed.upstream);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("POST /headers"), "{response}");
     assert!(!response.contains("early-data"), "{response}");
@@ -432,10 +483,7 @@ fn a_clients_early_data_header_is_passed_through() {
         bed.daemon.addr(),
         &get("/too-early", "Early-Data: 1\r\n"),
     );
-    let quiet = early.response(QUIET);
-    assert!(quiet.is_empty(), "answered before the Finished: {quiet}");
-    early.finish();
-    let response = early.response(ANSWER);
+    let response = early.response_after_finish(&bed.upstream);
     assert!(response.starts_with("HTTP/1.1 425"), "{response}");
     assert_eq!(
         bed.upstream.requests(),
@@ -601,11 +649,7 @@ fn tcp_mode_never_forwards_early_data_before_the_finished() {
     let bed = Bed::start("tcp", "");
     let client = bed.warm_client(b"http/1.1");
     let mut early = Early::connect(&client, bed.daemon.addr(), &get("/headers", ""));
-    let quiet = early.response(QUIET);
-    assert!(quiet.is_empty(), "answered before the Finished: {quiet}");
-    assert!(bed.upstream.requests().is_empty());
-    early.finish();
-    let response = early.response(ANSWER);
+    let response = early.response_after_finish(&bed.upstream);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(!response.contains("early-data"), "{response}");
     assert_eq!(

@@ -21,7 +21,8 @@ pub struct TlsFacts {
     pub mode: ModeLabel,
     /// How a resumed handshake resumed: `psk` (TLS 1.3), `ticket` or `session_id` (TLS 1.2); `none` if full.
     pub resumption: &'static str,
-    /// TCP accept to finished handshake.
+    /// TCP accept to finished handshake; for a connection handed over before the client's Finished (0-RTT on an
+    /// http listener), to our flight written.
     pub handshake: Duration,
     /// The ClientHello's unordered fingerprint in hex (what `portcullis xdp block-fingerprint` takes).
     pub fingerprint: Option<String>,

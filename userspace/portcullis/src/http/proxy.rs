@@ -212,17 +212,14 @@ async fn early_request(
 }
 
 /// An early request that waits for the client's Finished, then goes as any other.
-async fn held<B>(
+async fn held(
     conn: &ConnInfo,
     view: &EarlyView,
-    req: Request<B>,
+    req: Request<Incoming>,
     authority: Option<&str>,
     target: &str,
     bytes_in: &Arc<AtomicU64>,
-) -> Result<Answered, Failed>
-where
-    B: hyper::body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + Sync + Unpin + 'static,
-{
+) -> Result<Answered, Failed> {
     if !view.finished().await {
         return Err(handshake_failed());
     }
@@ -261,6 +258,7 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
         })
 }
 
+/// Sends one request upstream (the client's body, or none for an early request sent again after a 425).
 async fn forward<B>(
     conn: &ConnInfo,
     mut req: Request<B>,
