@@ -80,8 +80,15 @@ impl Bed {
     /// A client that holds a ticket of this daemon allowing early data.
     fn warm_client(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
         let config = self.client(alpn);
-        warm(&config, self.daemon.addr());
+        warm(&config, self.daemon.addr(), alpn);
         config
+    }
+
+    /// The upstream's requests (see `HttpUpstream::requests`) but the warm-up ones.
+    fn seen(&self) -> Vec<String> {
+        let mut seen = self.upstream.requests();
+        seen.retain(|r| !r.starts_with("GET /warm "));
+        seen
     }
 
     fn early_requests(&self, action: &str) -> f64 {
@@ -129,27 +136,52 @@ fn start_daemon(
     .expect("daemon starts")
 }
 
-/// A full handshake, then whatever the server sends for a moment: the session tickets (sent once the server
-/// processed the client's Finished).
-fn warm(config: &Arc<rustls::ClientConfig>, addr: SocketAddr) {
-    let mut tcp = TcpStream::connect(addr).expect("connect");
+/// A full handshake and one request (`/warm`, h1 or h2 by `alpn`), read to its end: the session tickets come
+/// before it (sent when the server processes the client's Finished).
+fn warm(config: &Arc<rustls::ClientConfig>, addr: SocketAddr, alpn: &[u8]) {
+    let tcp = TcpStream::connect(addr).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let mut conn = connection(config);
-    while conn.is_handshaking() {
-        conn.complete_io(&mut tcp).expect("handshake");
+    let mut tls = rustls::StreamOwned::new(connection(config), tcp);
+    let h2 = alpn == b"h2";
+    let request = if h2 {
+        h2_get("/warm")
+    } else {
+        get("/warm", "Connection: close\r\n")
+    };
+    tls.write_all(&request).expect("request");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let done = |a: &[u8]| if h2 { h2_body(a).1 } else { h1_complete(a) };
+    while !done(&answer) {
+        let n = tls.read(&mut buf).expect("answer");
+        assert!(n > 0, "closed before the answer");
+        answer.extend_from_slice(&buf[..n]);
     }
-    while conn.wants_write() {
-        conn.write_tls(&mut tcp).expect("client Finished");
+}
+
+/// An h2 client's first bytes for a GET of `path` (stream 1): the preface, an empty SETTINGS, and HEADERS with
+/// END_STREAM.
+fn h2_get(path: &str) -> Vec<u8> {
+    let mut flight = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flight.extend_from_slice(&frame(0x4, 0, 0, &[]));
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":path", path),
+        (":authority", NAME),
+    ] {
+        // HPACK literal header field without indexing, new name, no Huffman (RFC 7541 §6.2.2).
+        block.push(0);
+        block.push(u8::try_from(name.len()).expect("short"));
+        block.extend_from_slice(name.as_bytes());
+        block.push(u8::try_from(value.len()).expect("short"));
+        block.extend_from_slice(value.as_bytes());
     }
-    tcp.set_read_timeout(Some(Duration::from_millis(300)))
-        .expect("timeout");
-    while let Ok(n) = conn.read_tls(&mut tcp) {
-        if n == 0 {
-            break;
-        }
-        conn.process_new_packets().expect("tickets");
-    }
+    // END_STREAM | END_HEADERS on stream 1.
+    flight.extend_from_slice(&frame(0x1, 0x5, 1, &block));
+    flight
 }
 
 fn connection(config: &Arc<rustls::ClientConfig>) -> rustls::ClientConnection {
@@ -247,12 +279,12 @@ impl Early {
         String::from_utf8_lossy(self.read_until(wait, h1_complete)).into_owned()
     }
 
-    /// Asserts that nothing is answered and nothing reached `upstream` before the Finished (for [`QUIET`]),
+    /// Asserts that nothing is answered and nothing reached the upstream before the Finished (for [`QUIET`]),
     /// sends it, and returns the answer.
-    fn response_after_finish(&mut self, upstream: &HttpUpstream) -> String {
+    fn response_after_finish(&mut self, bed: &Bed) -> String {
         let quiet = self.response(QUIET);
         assert!(quiet.is_empty(), "answered before the Finished: {quiet}");
-        assert_eq!(upstream.requests(), Vec::<String>::new());
+        assert_eq!(bed.seen(), Vec::<String>::new());
         self.finish();
         self.response(ANSWER)
     }
@@ -305,10 +337,7 @@ fn an_early_get_is_answered_before_the_clients_finished() {
     let response = early.response(ANSWER);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("early-data: 1"), "{response}");
-    assert_eq!(
-        bed.upstream.requests(),
-        vec!["GET /headers early-data=1".to_owned()]
-    );
+    assert_eq!(bed.seen(), vec!["GET /headers early-data=1".to_owned()]);
     assert_eq!(bed.early_requests("forwarded"), 1.0);
     // The handshake is counted when the Finished arrives: resumed, ok, early data accepted.
     let resumed_ok = || {
@@ -401,14 +430,11 @@ fn an_early_post_waits_for_the_finished() {
     let client = bed.warm_client(b"http/1.1");
     let post = format!("POST /headers HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 1\r\n\r\nx");
     let mut early = Early::connect(&client, bed.daemon.addr(), post.as_bytes());
-    let response = early.response_after_finish(&bed.upstream);
+    let response = early.response_after_finish(&bed);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("POST /headers"), "{response}");
     assert!(!response.contains("early-data"), "{response}");
-    assert_eq!(
-        bed.upstream.requests(),
-        vec!["POST /headers early-data=-".to_owned()]
-    );
+    assert_eq!(bed.seen(), vec!["POST /headers early-data=-".to_owned()]);
     assert_eq!(bed.early_requests("held"), 1.0);
     assert_eq!(bed.early_requests("forwarded"), 0.0);
     drop(early);
@@ -423,7 +449,7 @@ fn an_early_post_gets_425_with_unsafe_reject() {
     let mut early = Early::connect(&client, bed.daemon.addr(), post.as_bytes());
     let response = early.response(ANSWER);
     assert!(response.starts_with("HTTP/1.1 425"), "{response}");
-    assert!(bed.upstream.requests().is_empty());
+    assert!(bed.seen().is_empty());
     assert_eq!(bed.early_requests("rejected"), 1.0);
     drop(early);
     bed.daemon.stop_ok();
@@ -436,34 +462,39 @@ fn an_upstream_425_is_retried_once_after_the_finished() {
     let bed = Bed::start("http", &format!("[log]\naccess = {log:?}"));
     let client = bed.warm_client(b"http/1.1");
     let mut early = Early::connect(&client, bed.daemon.addr(), &get("/too-early", ""));
-    eventually("the early request upstream", || {
-        !bed.upstream.requests().is_empty()
-    });
+    eventually("the early request upstream", || !bed.seen().is_empty());
     let quiet = early.response(QUIET);
     assert!(quiet.is_empty(), "the 425 went to the client: {quiet}");
     early.finish();
     let response = early.response(ANSWER);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert_eq!(
-        bed.upstream.requests(),
+        bed.seen(),
         vec![
             "GET /too-early early-data=1".to_owned(),
             "GET /too-early early-data=-".to_owned()
         ]
     );
     assert_eq!(bed.early_requests("retried"), 1.0);
-    // The access log line says the request was early and what was done with it.
-    let mut line = serde_json::Value::Null;
-    eventually("the access log line", || {
+    // The access log line says the request was early and what was done with it (the warm-up's: not early).
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    eventually("the access log lines", || {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
-        match text.lines().next() {
-            Some(l) => {
-                line = serde_json::from_str(l).expect("JSON line");
-                true
-            }
-            None => false,
-        }
+        lines = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON line"))
+            .collect();
+        lines.len() == 2
     });
+    assert_eq!(lines[0]["path"], "/warm", "{}", lines[0]);
+    assert_eq!(lines[0]["early_request"], false, "{}", lines[0]);
+    assert_eq!(
+        lines[0]["early_action"],
+        serde_json::Value::Null,
+        "{}",
+        lines[0]
+    );
+    let line = &lines[1];
     assert_eq!(line["path"], "/too-early", "{line}");
     assert_eq!(line["early_request"], true, "{line}");
     assert_eq!(line["early_action"], "retried", "{line}");
@@ -483,12 +514,9 @@ fn a_clients_early_data_header_is_passed_through() {
         bed.daemon.addr(),
         &get("/too-early", "Early-Data: 1\r\n"),
     );
-    let response = early.response_after_finish(&bed.upstream);
+    let response = early.response_after_finish(&bed);
     assert!(response.starts_with("HTTP/1.1 425"), "{response}");
-    assert_eq!(
-        bed.upstream.requests(),
-        vec!["GET /too-early early-data=1".to_owned()]
-    );
+    assert_eq!(bed.seen(), vec!["GET /too-early early-data=1".to_owned()]);
     assert_eq!(bed.early_requests("held"), 1.0);
     assert_eq!(bed.early_requests("retried"), 0.0);
     drop(early);
@@ -500,34 +528,14 @@ fn a_clients_early_data_header_is_passed_through() {
 fn an_early_h2_get_is_answered_before_the_finished() {
     let bed = Bed::start("http", "");
     let client = bed.warm_client(b"h2");
-    let mut flight = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    flight.extend_from_slice(&frame(0x4, 0, 0, &[]));
-    let mut block = Vec::new();
-    for (name, value) in [
-        (":method", "GET"),
-        (":scheme", "https"),
-        (":path", "/headers"),
-        (":authority", NAME),
-    ] {
-        // HPACK literal header field without indexing, new name, no Huffman (RFC 7541 §6.2.2).
-        block.push(0);
-        block.push(u8::try_from(name.len()).expect("short"));
-        block.extend_from_slice(name.as_bytes());
-        block.push(u8::try_from(value.len()).expect("short"));
-        block.extend_from_slice(value.as_bytes());
-    }
-    // END_STREAM | END_HEADERS on stream 1.
-    flight.extend_from_slice(&frame(0x1, 0x5, 1, &block));
+    let flight = h2_get("/headers");
     let mut early = Early::connect(&client, bed.daemon.addr(), &flight);
     early.read_until(ANSWER, |b| h2_body(b).1);
     let (body, ended) = h2_body(&early.plain);
     assert!(ended, "no whole answer before the Finished");
     let body = String::from_utf8_lossy(&body).into_owned();
     assert!(body.contains("early-data: 1"), "{body}");
-    assert_eq!(
-        bed.upstream.requests(),
-        vec!["GET /headers early-data=1".to_owned()]
-    );
+    assert_eq!(bed.seen(), vec!["GET /headers early-data=1".to_owned()]);
     assert_eq!(bed.early_requests("forwarded"), 1.0);
     early.finish();
     drop(early);
@@ -582,7 +590,7 @@ fn too_much_early_data_fails_the_handshake_and_is_counted() {
         Some(&redis.url()),
     );
     let client = bed.client(b"http/1.1");
-    warm(&client, bed.daemon.addr());
+    warm(&client, bed.daemon.addr(), b"http/1.1");
     eventually("the sessions in Redis", || {
         redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= 2
     });
@@ -637,7 +645,7 @@ fn too_much_early_data_fails_the_handshake_and_is_counted() {
         metric("portcullis_early_data_total", &[("outcome", "accepted")]),
         0.0
     );
-    assert!(bed.upstream.requests().is_empty());
+    assert!(bed.seen().is_empty());
     drop(tcp);
     small.stop_ok();
     bed.daemon.stop_ok();
@@ -649,13 +657,10 @@ fn tcp_mode_never_forwards_early_data_before_the_finished() {
     let bed = Bed::start("tcp", "");
     let client = bed.warm_client(b"http/1.1");
     let mut early = Early::connect(&client, bed.daemon.addr(), &get("/headers", ""));
-    let response = early.response_after_finish(&bed.upstream);
+    let response = early.response_after_finish(&bed);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(!response.contains("early-data"), "{response}");
-    assert_eq!(
-        bed.upstream.requests(),
-        vec!["GET /headers early-data=-".to_owned()]
-    );
+    assert_eq!(bed.seen(), vec!["GET /headers early-data=-".to_owned()]);
     drop(early);
     bed.daemon.stop_ok();
 }
