@@ -5,6 +5,10 @@
 //!                    rustls Acceptor      raw parse   into_connection        remaining flights
 //!                                                      (the expensive step: certificate, key exchange, sign)
 //! ```
+//! With early data accepted on an `http` listener, `finish` returns right after the server's flight and the
+//! HTTP stream completes the handshake (`Established::unfinished`), so early requests are answered a round trip
+//! earlier (README "0-RTT").
+//!
 //! Each step is a function here; only the expensive step is behind a trait ([`engine::HandshakeEngine`]) so
 //! the offload engine and admission control plug in there without touching the rest.
 

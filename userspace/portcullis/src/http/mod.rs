@@ -8,6 +8,9 @@
 //!   ◄─ body.rs (streamed, counted; at its end: metrics.rs, access_log.rs)
 //! ```
 //!
+//! 0-RTT (RFC 8470): a connection handed over before the client's Finished is read and completed by
+//! `tls_stream.rs`; `early.rs` decides per early request (forward with `Early-Data: 1`, hold, 425, retry).
+//!
 //! Timeouts: `watchdog.rs` (idle keep-alive; a stalled request head gets 408), `upstream_response_timeout` in
 //! `proxy.rs` (504), the connect timeout in `proxy/upstream.rs` (504). Drain: on SIGTERM `serve` asks hyper for
 //! a graceful shutdown (HTTP/1.1 `Connection: close` on the next response, h2 GOAWAY).
