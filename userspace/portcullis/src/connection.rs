@@ -116,7 +116,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     let done = Instant::now();
     let on_finished = match est.unfinished.take() {
         // Handed over before the client's Finished: counted when the http stream processes it.
-        Some(unfinished) => Some(handshake_end(&ctx, &mut est, unfinished, started)),
+        Some(unfinished) => Some(handshake_end(&ctx, &mut est, unfinished, started, peer)),
         None => {
             m.handshake(
                 est.version,
@@ -265,6 +265,7 @@ fn handshake_end(
     est: &mut handshake::Established,
     unfinished: handshake::Unfinished,
     started: Instant,
+    peer: SocketAddr,
 ) -> handshake::OnFinished {
     let ctx = ctx.clone();
     let (version, mode) = (est.version, est.mode);
@@ -281,7 +282,7 @@ fn handshake_end(
             }
             Err(e) => {
                 m.handshake(VersionLabel::None, ModeLabel::None, e.failure.name(), None);
-                tracing::debug!(cause = e.failure.name(), detail = %e.detail, "handshake failed after early data");
+                tracing::debug!(%peer, cause = e.failure.name(), detail = %e.detail, "handshake failed after early data");
             }
         }
     })

@@ -306,7 +306,7 @@ fn early_data_step(
             as Shedding
     });
     let mut accept = tickets::Tickets::early_data_config(base, store.clone(), early.max_size);
-    if config.listeners.get(i).map(|l| l.mode) == Some(crate::config::ListenerMode::Http) {
+    if config.listeners.get(i).map(|l| l.mode) == Some(ListenerMode::Http) {
         // Answers to early requests leave right after our Finished, a round trip before the client's (RFC 8446
         // §4.6.1 "0.5-RTT data"): safe here, we never authenticate clients.
         Arc::make_mut(&mut accept).send_half_rtt_data = true;
