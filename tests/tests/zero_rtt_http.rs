@@ -424,6 +424,33 @@ fn a_missing_or_bad_finished_fails_the_handshake_after_the_early_answer() {
     bed.daemon.stop_ok();
 }
 
+/// A head that straddles the Finished (its start in early data, its end after) is not early: forwarded after the
+/// handshake, without `Early-Data`, and not counted as an early request.
+#[test]
+fn a_head_straddling_the_finished_is_not_early() {
+    let bed = Bed::start("http", "");
+    let client = bed.warm_client(b"http/1.1");
+    let head = get("/headers", "");
+    let (start, end) = head.split_at(20);
+    let mut early = Early::connect(&client, bed.daemon.addr(), start);
+    let quiet = early.response(QUIET);
+    assert!(quiet.is_empty(), "answered a part of a head: {quiet}");
+    early.finish();
+    early.conn.writer().write_all(end).expect("the rest");
+    while early.conn.wants_write() {
+        early.conn.write_tls(&mut early.tcp).expect("the rest");
+    }
+    let response = early.response(ANSWER);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(!response.contains("early-data"), "{response}");
+    assert_eq!(bed.seen(), vec!["GET /headers early-data=-".to_owned()]);
+    for action in ["forwarded", "held", "rejected", "retried"] {
+        assert_eq!(bed.early_requests(action), 0.0, "{action}");
+    }
+    drop(early);
+    bed.daemon.stop_ok();
+}
+
 #[test]
 fn an_early_post_waits_for_the_finished() {
     let bed = Bed::start("http", "");

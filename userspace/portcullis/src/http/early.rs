@@ -34,7 +34,7 @@ pub struct EarlyPolicy {
 pub enum Action {
     /// Sent upstream before the client's Finished, with `Early-Data: 1`.
     Forwarded,
-    /// Sent upstream only after the client's Finished.
+    /// Sent upstream only after the client's Finished (it waited, or the Finished had come meanwhile).
     Held,
     /// Answered 425 Too Early (`unsafe = "reject"`).
     Rejected,

@@ -147,7 +147,7 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
     response.map(|body| Reported::new(body, Box::new(end)))
 }
 
-/// A request whose head came in early data, the handshake still unfinished (`early.rs` has the rules).
+/// A request whose head came in early data (`early.rs` has the rules).
 async fn early_request(
     conn: &ConnInfo,
     view: &EarlyView,
@@ -163,6 +163,13 @@ async fn early_request(
             Action::Held,
         );
     };
+    if !view.is_unfinished() {
+        // The Finished came while the head was parsed: nothing left to decide, nothing to mark.
+        return (
+            forward(conn, req, authority, target, bytes_in).await,
+            Action::Held,
+        );
+    }
     let action = policy.decide(
         req.method(),
         req.headers(),

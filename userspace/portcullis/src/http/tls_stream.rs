@@ -78,11 +78,16 @@ impl Handover {
 pub struct EarlyView(Arc<Handover>);
 
 impl EarlyView {
-    /// Whether a request whose head hyper just parsed came entirely in early data and the handshake is still
-    /// unfinished: no byte from after the client's Finished was handed to hyper yet. A head that straddles
-    /// counts as not early (safe: it waited for nothing but is forwarded without `Early-Data`).
+    /// Whether a request whose head hyper just parsed came entirely in early data: no byte from after the
+    /// client's Finished was handed to hyper yet. A head that straddles counts as not early (safe: it comes
+    /// after the Finished, and is forwarded without `Early-Data`).
     pub fn is_early(&self) -> bool {
-        !self.0.late.load(Ordering::Acquire) && self.0.lock().0.is_none()
+        !self.0.late.load(Ordering::Acquire)
+    }
+
+    /// Whether the client's Finished is still to come (a request may then go upstream before it).
+    pub fn is_unfinished(&self) -> bool {
+        self.0.lock().0.is_none()
     }
 
     /// Waits for the handshake's end (bounded by the connection's handshake deadline, which the connection's
