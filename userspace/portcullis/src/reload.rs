@@ -1,21 +1,30 @@
-//! Reload on SIGHUP (`systemctl reload`): the configuration is read again the way it was at start (file and
-//! flags), and what can change without rebinding is applied.
+//! Reload on SIGHUP (`systemctl reload`), or when a certificate file changes: the configuration is read again
+//! the way it was at start (file and flags), and what can change without rebinding is applied.
 //!
-//! - Applied: the certificates and keys (`[tls] certificates`, or the self-signed one): all are loaded first,
-//!   then the SNI table is swapped whole ([`SniResolver::replace`]); handshakes in flight keep the certificate
-//!   they resolved.
-//! - Refused, with the section named in the log and `result="partial"`: every other section that changed.
-//!   Listen addresses, workers, XDP and the admin address need new sockets or programs; the others are read
-//!   once into the workers today (a restart applies them).
+//! - Certificates, keys and OCSP responses (`[tls] certificates`, or the self-signed one): all are loaded
+//!   first, then the SNI table is swapped whole ([`SniResolver::replace`]); handshakes in flight keep the
+//!   certificate they resolved.
+//! - Per listener, a new context ([`Live::contexts`]) stored in the slot the workers read for each new
+//!   connection ([`ContextSlot`]): upstreams (`[upstream]` backends, connect/idle timeouts, PROXY v2, lazy
+//!   connect; `[http]` limits and pool), TLS versions, ALPN, handshake timeout and ClientHello size, listener
+//!   mode and name, the early-data policy. Connections already open finish on the context they started with.
+//! - The `[xdp]` knobs, written into the running program's config map ([`crate::xdp::SynShed::write_knobs`]).
+//! - Refused, each field named in the log and `result="partial"` ([`keep_restart_fields`]): what needs new
+//!   sockets, threads or programs (listen addresses, backlog, workers, the admin address, XDP interfaces, mode
+//!   and pins, steering), state read once at start (tickets, session cache and store, engine, admission,
+//!   limits, the access log, the drain timeout, the process user). The rest of the file is applied.
 //! - A file that does not parse or validate, or a certificate or key that does not load, changes nothing: the
-//!   last good configuration stays (`result="failed"`, the log says why).
+//!   last good configuration stays (`result="failed"`, the log says why). A bad OCSP response only loses its
+//!   staple (`tls::ocsp`).
+//! - Watching ([`Reloader::run`], `[tls] watch_interval`): the certificate, key and OCSP files are stat'ed
+//!   (`tls::watch`); a change, once the files settle, reloads exactly as SIGHUP does.
 //!
 //! Metrics: `portcullis_config_reloads_total{result}`, `portcullis_config_last_reload_success_timestamp_seconds`,
 //! `portcullis_certificate_not_after_seconds{name}` (alert: `PortcullisCertificateExpiresSoon`, 14 days).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,8 +34,11 @@ use prometheus_client::registry::Registry;
 use rustls::crypto::CryptoProvider;
 
 use crate::config::Config;
+use crate::connection::ListenerContext;
 use crate::tls::certs::LoadedCert;
 use crate::tls::resolver::SniResolver;
+use crate::tls::watch::Stamp;
+use crate::worker::ContextSlot;
 
 /// How a reload ended (the `result` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +144,22 @@ fn not_after(cert: &LoadedCert) -> Option<i64> {
     Some(parsed.validity().not_after.timestamp())
 }
 
+/// Builds every listener's context from a configuration (`daemon::ListenerParts::contexts`).
+pub type BuildContexts = Box<dyn Fn(&Config) -> anyhow::Result<Vec<Arc<ListenerContext>>> + Send>;
+
+/// What a reload changes in the running daemon besides the certificate table.
+pub struct Live {
+    /// Builds every listener's context from a configuration, over the daemon's long-lived parts (engine,
+    /// tickets, session store, metrics, limits).
+    pub contexts: BuildContexts,
+    /// Where the workers read each listener's context for a new connection, in listener order.
+    pub slots: Vec<ContextSlot>,
+    /// The XDP program's config map, when XDP runs (the knobs are written there).
+    pub xdp: Option<Arc<crate::xdp::SynShed>>,
+    /// Whether the 0-RTT session store runs: turning early data on for a listener needs it.
+    pub session_store: bool,
+}
+
 /// Reads the configuration again and applies it; owns the last good configuration.
 pub struct Reloader {
     current: Config,
@@ -140,6 +168,7 @@ pub struct Reloader {
     provider: Arc<CryptoProvider>,
     resolver: Arc<SniResolver>,
     metrics: ReloadMetrics,
+    live: Live,
 }
 
 impl Reloader {
@@ -151,6 +180,7 @@ impl Reloader {
         provider: Arc<CryptoProvider>,
         resolver: Arc<SniResolver>,
         metrics: ReloadMetrics,
+        live: Live,
     ) -> Self {
         Self {
             current,
@@ -159,6 +189,7 @@ impl Reloader {
             provider,
             resolver,
             metrics,
+            live,
         }
     }
 
@@ -169,8 +200,52 @@ impl Reloader {
         outcome
     }
 
+    /// Reloads on every SIGHUP, and when a watched certificate file changes (`[tls] watch_interval`), until
+    /// the task is dropped.
+    pub async fn run(mut self, mut hangups: tokio::signal::unix::Signal) {
+        let mut seen = self.stamp();
+        loop {
+            let interval = self.current.tls.watch_interval;
+            let tick = async {
+                if interval.is_zero() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(interval).await;
+            };
+            tokio::select! {
+                signal = hangups.recv() => {
+                    if signal.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    self.reload();
+                    seen = self.stamp();
+                }
+                () = tick => {
+                    if self.stamp() == seen {
+                        continue;
+                    }
+                    let paths = crate::tls::watch::paths(&self.current.tls);
+                    let settled = settle(&paths).await;
+                    tracing::info!("certificate files changed: reloading the configuration");
+                    self.reload();
+                    // What was read is what `settled` saw; a change during the reload shows at the next tick.
+                    seen = if paths == crate::tls::watch::paths(&self.current.tls) {
+                        settled
+                    } else {
+                        self.stamp()
+                    };
+                }
+            }
+        }
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp::of(&crate::tls::watch::paths(&self.current.tls))
+    }
+
     fn try_reload(&mut self) -> Outcome {
-        let new = match (self.load)() {
+        let mut new = match (self.load)() {
             Ok(c) => c.with_defaults(),
             Err(e) => {
                 tracing::warn!(error = %e, "reload failed: keeping the last good configuration");
@@ -181,6 +256,7 @@ impl Reloader {
             tracing::warn!(error = %e, "reload failed: keeping the last good configuration");
             return Outcome::Failed;
         }
+        let mut refused = keep_restart_fields(&self.current, &mut new, self.live.session_store);
         let certs = match crate::tls::load_certificates(&new.tls, &self.state_dir, &self.provider) {
             Ok(c) => c,
             Err(e) => {
@@ -188,6 +264,20 @@ impl Reloader {
                 return Outcome::Failed;
             }
         };
+        let contexts = match (self.live.contexts)(&new) {
+            Ok(c) if c.len() == self.live.slots.len() => c,
+            Ok(_) => {
+                tracing::warn!(
+                    "reload failed: the listeners changed; keeping the last good configuration"
+                );
+                return Outcome::Failed;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reload failed: keeping the last good configuration");
+                return Outcome::Failed;
+            }
+        };
+        // Nothing below can fail but the XDP map write: the certificates, then the listeners, are swapped.
         if !self.resolver.replace(&certs) {
             tracing::warn!("reload failed: no certificate loaded; keeping the last good ones");
             return Outcome::Failed;
@@ -196,44 +286,132 @@ impl Reloader {
             tracing::info!(cert = %c.source.display(), names = ?c.names, "certificate reloaded");
         }
         self.metrics.loaded(&certs);
-        let restart = needs_restart(&self.current, &new);
-        self.current.tls.certificates = new.tls.certificates;
-        if restart.is_empty() {
-            tracing::info!("configuration reloaded");
+        for (slot, ctx) in self.live.slots.iter().zip(contexts) {
+            slot.store(ctx);
+        }
+        if let Some(xdp) = &self.live.xdp
+            && differ(&self.current.xdp, &new.xdp)
+            && let Err(e) = xdp.write_knobs(&new.xdp)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot write the XDP knobs; they keep their values");
+            new.xdp = self.current.xdp.clone();
+            refused.push("xdp (knobs: the map write failed)".to_owned());
+        }
+        let applied = changed_sections(&self.current, &new);
+        self.current = new;
+        if refused.is_empty() {
+            tracing::info!(applied = %applied.join(", "), "configuration reloaded");
             Outcome::Ok
         } else {
             tracing::warn!(
-                fields = %restart.join(", "),
-                "configuration reloaded: certificates applied; these changes need a restart and were not applied"
+                applied = %applied.join(", "),
+                fields = %refused.join(", "),
+                "configuration reloaded; these changes need a restart and were not applied"
             );
             Outcome::Partial
         }
     }
 }
 
-/// The sections (top-level fields) of `new` that differ from `old`, other than the certificates.
-pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let differ =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    let mut tls_old = old.tls.clone();
-    let mut tls_new = new.tls.clone();
-    tls_old.certificates.clear();
-    tls_new.certificates.clear();
-    let sections: [(&'static str, bool); 14] = [
-        ("workers", differ(&old.workers, &new.workers)),
-        ("pin_workers", differ(&old.pin_workers, &new.pin_workers)),
-        ("state_dir", differ(&old.state_dir, &new.state_dir)),
+/// How long the watcher waits between two looks at files that just changed.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Waits until the files stop changing (two looks 250 ms apart agree, at most 5 s), so a renewal that writes
+/// the chain, then the key, then the OCSP response is read once, whole; the stamp they settled at.
+async fn settle(paths: &[PathBuf]) -> Stamp {
+    let mut last = Stamp::of(paths);
+    for _ in 0..20 {
+        tokio::time::sleep(SETTLE).await;
+        let now = Stamp::of(paths);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+    format!("{a:?}") != format!("{b:?}")
+}
+
+/// Puts back into `new` the fields that need a restart (new sockets, programs, threads, or state read once)
+/// where they differ from `old`, and names them. The rest of `new` can be applied as it is.
+pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) -> Vec<String> {
+    let mut refused = Vec::new();
+    let mut keep = |name: String, changed: bool| {
+        if changed {
+            refused.push(name);
+        }
+        changed
+    };
+    macro_rules! restart {
+        ($name:expr, $($field:ident).+) => {
+            if keep($name.to_owned(), differ(&old.$($field).+, &new.$($field).+)) {
+                new.$($field).+ = old.$($field).+.clone();
+            }
+        };
+    }
+    // Threads and sockets.
+    restart!("workers", workers);
+    restart!("pin_workers", pin_workers);
+    restart!("state_dir", state_dir);
+    restart!("metrics.address", metrics.address);
+    if keep(
+        "listeners (their number)".to_owned(),
+        old.listeners.len() != new.listeners.len(),
+    ) {
+        new.listeners = old.listeners.clone();
+    }
+    for (i, (o, n)) in old
+        .listeners
+        .iter()
+        .zip(new.listeners.iter_mut())
+        .enumerate()
+    {
+        if keep(format!("listeners[{i}].address"), o.address != n.address) {
+            n.address = o.address;
+        }
+        if keep(format!("listeners[{i}].backlog"), o.backlog != n.backlog) {
+            n.backlog = o.backlog;
+        }
+        if keep(
+            format!("listeners[{i}].early_data (the 0-RTT session store starts only with it)"),
+            !session_store && n.early_data.enabled() && differ(&o.early_data, &n.early_data),
+        ) {
+            n.early_data = o.early_data.clone();
+        }
+    }
+    // Programs and pins.
+    restart!("xdp.interfaces", xdp.interfaces);
+    restart!("xdp.mode", xdp.mode);
+    restart!("xdp.pin_dir", xdp.pin_dir);
+    restart!("steering", steering);
+    // State read once at start.
+    restart!("tls.tickets", tls.tickets);
+    restart!("tls.ticket_keys_dir", tls.ticket_keys_dir);
+    restart!("tls.ticket_lifetime", tls.ticket_lifetime);
+    restart!("tls.ticket_key_lead", tls.ticket_key_lead);
+    restart!("tls.session_cache_size", tls.session_cache_size);
+    restart!("tls.session_store", tls.session_store);
+    restart!("engine", engine);
+    restart!("admission", admission);
+    restart!("limits", limits);
+    restart!("log", log);
+    restart!("shutdown", shutdown);
+    restart!("process", process);
+    refused
+}
+
+/// The top-level sections of `new` that differ from `old` (what a reload applied), for the log.
+fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    // After `keep_restart_fields` only these can differ.
+    let sections: [(&'static str, bool); 5] = [
         ("listeners", differ(&old.listeners, &new.listeners)),
-        ("tls", differ(&tls_old, &tls_new)),
+        ("tls", differ(&old.tls, &new.tls)),
         ("upstream", differ(&old.upstream, &new.upstream)),
-        ("metrics", differ(&old.metrics, &new.metrics)),
-        ("shutdown", differ(&old.shutdown, &new.shutdown)),
+        ("http", differ(&old.http, &new.http)),
         ("xdp", differ(&old.xdp, &new.xdp)),
-        ("engine", differ(&old.engine, &new.engine)),
-        ("admission", differ(&old.admission, &new.admission)),
-        ("steering", differ(&old.steering, &new.steering)),
-        ("limits", differ(&old.limits, &new.limits)),
-        ("process", differ(&old.process, &new.process)),
     ];
     sections
         .into_iter()
@@ -245,22 +423,41 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Config {
+        Config::parse(text).expect("parses")
+    }
+
     #[test]
-    fn changed_sections_are_named_and_certificates_are_not_among_them() {
-        let old = Config::parse("workers = 2\n[[listeners]]\naddress = \"127.0.0.1:1\"\n")
-            .expect("parses");
-        let same_but_certs = Config::parse(
+    fn restart_fields_are_named_and_kept_and_the_rest_is_left_to_apply() {
+        let old = parse("workers = 2\n[[listeners]]\naddress = \"127.0.0.1:1\"\n");
+        let mut same_but_certs = parse(
             "workers = 2\n[[listeners]]\naddress = \"127.0.0.1:1\"\n[[tls.certificates]]\ncert = \"a\"\nkey = \"b\"\n",
-        )
-        .expect("parses");
-        assert!(needs_restart(&old, &same_but_certs).is_empty());
-        let moved = Config::parse(
-            "workers = 3\n[[listeners]]\naddress = \"127.0.0.1:2\"\n[upstream]\nidle_timeout = \"1m\"\n",
-        )
-        .expect("parses");
-        assert_eq!(
-            needs_restart(&old, &moved),
-            vec!["workers", "listeners", "upstream"]
         );
+        assert!(keep_restart_fields(&old, &mut same_but_certs, false).is_empty());
+        let mut moved = parse(
+            "workers = 3\n[[listeners]]\naddress = \"127.0.0.1:2\"\n[upstream]\nidle_timeout = \"1m\"\n\
+             backends = [\"127.0.0.1:9\"]\n[xdp]\nsyn_rate = 5\ninterfaces = [\"eth0\"]\n[limits]\n\
+             max_connections = 10\n",
+        );
+        assert_eq!(
+            keep_restart_fields(&old, &mut moved, false),
+            vec![
+                "workers",
+                "listeners[0].address",
+                "xdp.interfaces",
+                "limits"
+            ]
+        );
+        // The refused fields hold their old values; the others their new ones.
+        assert_eq!(moved.workers, Some(2));
+        assert_eq!(
+            moved.listeners.first().map(|l| l.address),
+            old.listeners.first().map(|l| l.address)
+        );
+        assert!(moved.xdp.interfaces.is_empty());
+        assert!(!differ(&moved.limits, &old.limits));
+        assert_eq!(moved.upstream.idle_timeout, Duration::from_secs(60));
+        assert_eq!(moved.xdp.syn_rate, 5);
+        assert_eq!(changed_sections(&old, &moved), vec!["upstream", "xdp"]);
     }
 }
