@@ -385,4 +385,47 @@ mod tests {
             );
         }
     }
+
+    /// `openssl ocsp -index ... -rsigner ca.pem -reqin req.der -respout resp.der -ndays 1` (OpenSSL 3.0): good,
+    /// serial 22c7...048a, produced and thisUpdate 2026-12-06 16:57:51, nextUpdate a day later.
+    const OPENSSL_RESPONSE: &[&str] = &[
+        "3082028e0a0100a08202873082028306092b0601050507300101048202743082027030819ba10f300d310b30090603550403",
+        "0c026361180f32303236313230363136353735315a30773075304d300906052b0e03021a0500041411048cd20cb3592307d0",
+        "19fd0889562b62d3649204145ee25e0e5a5876fc0a0d1d1c8b4d104e2ac1c170021422c7858a0680a41f3393dbca857d0c17",
+        "3b27048a8000180f32303236313230363136353735315aa011180f32303236313230373136353735315a300a06082a8648ce",
+        "3d0403020348003045022070c4d24087e4d941aa4cab18ef633edb5812a212eac88600fc33199b329e761c022100cd595416",
+        "bb4d61005457c197bed95bfdbff5d8b0ac5c69373c68e8986ed1c3d4a0820178308201743082017030820115a00302010202",
+        "1474bca1751064b4d4741ea69d2da78f730d9560b4300a06082a8648ce3d040302300d310b300906035504030c026361301e",
+        "170d3236313230363136353735315a170d3236313230383136353735315a300d310b300906035504030c0263613059301306",
+        "072a8648ce3d020106082a8648ce3d030107034200043ea576fcdb8e0fa72178d8a49e16d1e962b4f88cacba4f88f54fbe59",
+        "08a872df848db0e9ff7738c4b8613cbf0e1f168405d564d1ea208338894295bc125882e6a3533051301d0603551d0e041604",
+        "145ee25e0e5a5876fc0a0d1d1c8b4d104e2ac1c170301f0603551d230418301680145ee25e0e5a5876fc0a0d1d1c8b4d104e",
+        "2ac1c170300f0603551d130101ff040530030101ff300a06082a8648ce3d04030203490030460221009630249a86601889b0",
+        "049883f7d57bb5619adea1dacf4caf48d2d9c4ac1ec925022100ce3411e66a1e4701cedf388279bff1e9f7dd62db310edac5",
+        "ad91522134ec63b9",
+    ];
+
+    #[test]
+    fn a_response_written_by_openssl_is_read() {
+        let hex: String = OPENSSL_RESPONSE.concat();
+        let der: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16).expect("hex"))
+            .collect();
+        let serial = [
+            0x22, 0xc7, 0x85, 0x8a, 0x06, 0x80, 0xa4, 0x1f, 0x33, 0x93, 0xdb, 0xca, 0x85, 0x7d,
+            0x0c, 0x17, 0x3b, 0x27, 0x04, 0x8a,
+        ];
+        let produced = 1_796_576_271;
+        assert_eq!(check(&der, &serial, produced), Ok(()));
+        assert_eq!(check(&der, &serial, produced + 3600), Ok(()));
+        assert!(
+            check(&der, &serial, produced + 86_400).is_err(),
+            "past nextUpdate"
+        );
+        assert!(
+            check(&der, &serial[1..], produced).is_err(),
+            "another serial"
+        );
+    }
 }
