@@ -45,7 +45,7 @@ use crate::worker::ContextSlot;
 pub enum Outcome {
     /// Everything that changed was applied.
     Ok,
-    /// The certificates were applied; other changed sections need a restart.
+    /// Applied, but for changed fields that need a restart (named in the log).
     Partial,
     /// Nothing changed: the file or a certificate is bad.
     Failed,
@@ -90,8 +90,9 @@ impl ReloadMetrics {
         }
         registry.register(
             "portcullis_config_reloads",
-            "Configuration reloads (SIGHUP), by result: ok, partial (certificates applied, other changes need a \
-             restart), failed (nothing applied: the last good configuration stays)",
+            "Configuration reloads (SIGHUP or a changed certificate file), by result: ok, partial (applied but for \
+             fields that need a restart, named in the log), failed (nothing applied: the last good configuration \
+             stays)",
             self.reloads.clone(),
         );
         registry.register(
