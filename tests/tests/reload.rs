@@ -241,7 +241,7 @@ fn sighup_sends_new_connections_to_a_new_upstream_while_an_open_one_continues_an
     let mut open = connect(&ns, &pki, d.addr());
     assert_eq!(ask(&mut open, "one\n"), "A plain");
 
-    // A new upstream and a knob (PROXY v2 towards it), and a listen address, which needs a restart.
+    // A new upstream and a knob (PROXY v2 towards it), a limit, and a listen address, which needs a restart.
     let config = d.dir().join("portcullis.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     let text = text
@@ -249,7 +249,8 @@ fn sighup_sends_new_connections_to_a_new_upstream_while_an_open_one_continues_an
             &format!("backends = [\"{a}\"]"),
             &format!("backends = [\"{b}\"]\nproxy_protocol = true"),
         )
-        .replace("address = \"127.0.0.1:0\"", "address = \"127.0.0.1:1\"");
+        .replace("address = \"127.0.0.1:0\"", "address = \"127.0.0.1:1\"")
+        + "\n[limits]\nmax_connections_per_source = 1\n";
     std::fs::write(&config, text).expect("write");
     d.signal(Signal::SIGHUP).expect("SIGHUP");
     wait_reloads(&d, "partial", 1.0);
@@ -272,6 +273,27 @@ fn sighup_sends_new_connections_to_a_new_upstream_while_an_open_one_continues_an
         "A plain",
         "the connection open across the reload"
     );
+    // The new per-source cap counts connections accepted after the reload: `new` holds the one place.
+    let refused = || {
+        d.metric(
+            "portcullis_connections_refused_total",
+            &[("reason", "source_limit")],
+        )
+        .expect("metrics")
+    };
+    assert_eq!(refused(), 0.0);
+    let _third = ns
+        .run(|| std::net::TcpStream::connect(d.addr()))
+        .expect("enter netns")
+        .expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while refused() < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded per-source cap refused nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     drop((open, new));
     d.stop_ok();
 }

@@ -227,6 +227,7 @@ pub fn run(
             contexts: Box::new(move |c: &Config| parts.contexts(c)),
             slots,
             xdp: xdp_config_map,
+            limits: limits.clone(),
         },
     );
     let hangups = shutdown::hangups().context("cannot install the SIGHUP handler")?;

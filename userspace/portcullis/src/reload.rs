@@ -9,10 +9,12 @@
 //!   connect; `[http]` limits and pool), TLS versions, ALPN, handshake timeout and ClientHello size, listener
 //!   mode and name, the early-data policy. Connections already open finish on the context they started with.
 //! - The `[xdp]` knobs, written into the running program's config map ([`crate::xdp::SynShed::write_knobs`]).
+//! - The `[limits]` caps (for the next accept) and timeouts, keepalive and lifetime (for connections accepted
+//!   after the reload): [`crate::limits::Limits::update`].
 //! - Refused, each field named in the log and `result="partial"` ([`keep_restart_fields`]): what needs new
 //!   sockets, threads or programs (listen addresses, backlog, workers, the admin address, XDP interfaces, mode
 //!   and pins, steering), state read once at start (tickets, session cache and store, engine, admission,
-//!   limits, the access log, the drain timeout, the process user). The rest of the file is applied.
+//!   the access log, the drain timeout, the process user). The rest of the file is applied.
 //! - A file that does not parse or validate, or a certificate or key that does not load, changes nothing: the
 //!   last good configuration stays (`result="failed"`, the log says why). A bad OCSP response only loses its
 //!   staple (`tls::ocsp`).
@@ -159,6 +161,8 @@ pub struct Live {
     pub xdp: Option<Arc<crate::xdp::SynShed>>,
     /// Whether the 0-RTT session store runs: turning early data on for a listener needs it.
     pub session_store: bool,
+    /// The connection caps and timeouts the workers read per accept.
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 /// Reads the configuration again and applies it; owns the last good configuration.
@@ -290,6 +294,9 @@ impl Reloader {
         for (slot, ctx) in self.live.slots.iter().zip(contexts) {
             slot.store(ctx);
         }
+        self.live
+            .limits
+            .update(&new.limits, new.upstream.idle_timeout);
         if let Some(xdp) = &self.live.xdp
             && differ(&self.current.xdp, &new.xdp)
             && let Err(e) = xdp.write_knobs(&new.xdp)
@@ -397,7 +404,6 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
     restart!("tls.session_store", tls.session_store);
     restart!("engine", engine);
     restart!("admission", admission);
-    restart!("limits", limits);
     restart!("log", log);
     restart!("shutdown", shutdown);
     restart!("process", process);
@@ -407,12 +413,13 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
 /// The top-level sections of `new` that differ from `old` (what a reload applied), for the log.
 fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     // After `keep_restart_fields` only these can differ.
-    let sections: [(&'static str, bool); 5] = [
+    let sections: [(&'static str, bool); 6] = [
         ("listeners", differ(&old.listeners, &new.listeners)),
         ("tls", differ(&old.tls, &new.tls)),
         ("upstream", differ(&old.upstream, &new.upstream)),
         ("http", differ(&old.http, &new.http)),
         ("xdp", differ(&old.xdp, &new.xdp)),
+        ("limits", differ(&old.limits, &new.limits)),
     ];
     sections
         .into_iter()
@@ -442,12 +449,7 @@ mod tests {
         );
         assert_eq!(
             keep_restart_fields(&old, &mut moved, false),
-            vec![
-                "workers",
-                "listeners[0].address",
-                "xdp.interfaces",
-                "limits"
-            ]
+            vec!["workers", "listeners[0].address", "xdp.interfaces"]
         );
         // The refused fields hold their old values; the others their new ones.
         assert_eq!(moved.workers, Some(2));
@@ -456,9 +458,12 @@ mod tests {
             old.listeners.first().map(|l| l.address)
         );
         assert!(moved.xdp.interfaces.is_empty());
-        assert!(!differ(&moved.limits, &old.limits));
+        assert_eq!(moved.limits.max_connections, Some(10));
         assert_eq!(moved.upstream.idle_timeout, Duration::from_secs(60));
         assert_eq!(moved.xdp.syn_rate, 5);
-        assert_eq!(changed_sections(&old, &moved), vec!["upstream", "xdp"]);
+        assert_eq!(
+            changed_sections(&old, &moved),
+            vec!["upstream", "xdp", "limits"]
+        );
     }
 }

@@ -161,7 +161,10 @@ async fn accept_loop(
                         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
                         continue;
                     };
-                    if let Some(idle) = limits.tcp_keepalive
+                    // Taken now: a reload changes them for connections accepted after it.
+                    let settings = limits.settings();
+                    let lifetime = settings.lifetime;
+                    if let Some(idle) = settings.tcp_keepalive
                         && let Err(e) = crate::limits::set_keepalive(&tcp, idle)
                     {
                         tracing::debug!(%peer, error = %e, "cannot set TCP keepalive");
@@ -171,7 +174,7 @@ async fn accept_loop(
                     let limits = limits.clone();
                     tokio::spawn(async move {
                         let serve = connection::serve(tcp, peer, ctx);
-                        match limits.lifetime {
+                        match lifetime {
                             Some(lifetime) => {
                                 if tokio::time::timeout(lifetime, serve).await.is_err() {
                                     limits.metrics.closed(Closed::Lifetime);
