@@ -15,6 +15,7 @@ use portcullis_tests::daemon::{Daemon, DaemonOptions, TempDir};
 use portcullis_tests::netns::NetNsGuard;
 use portcullis_tests::pki::Pki;
 use portcullis_tests::privileged::require_root;
+use portcullis_tests::testbed::XdpTestbed;
 
 /// The size of the server's public key in one handshake (`openssl s_client`): 256 for the ECDSA test
 /// certificate, 2048 for the RSA one.
@@ -463,6 +464,65 @@ fn an_ocsp_response_is_stapled_and_a_bad_one_is_skipped_not_fatal() {
         d.stderr().contains("without an OCSP staple"),
         "the bad response is not logged:\n{}",
         d.stderr()
+    );
+    d.stop_ok();
+}
+
+/// The `[xdp]` knobs on SIGHUP: written into the running program's config map by a daemon that kept no
+/// capability (the map's descriptor was opened at start), in force on the next packet.
+#[test]
+fn sighup_turns_the_xdp_knobs_of_a_daemon_without_capabilities() {
+    if !require_root("sighup_turns_the_xdp_knobs_of_a_daemon_without_capabilities") {
+        return;
+    }
+    let bed = XdpTestbed::builder("reload-xdp")
+        .build()
+        .expect("XDP testbed");
+    let d = Daemon::start(DaemonOptions {
+        config_toml: Some(format!(
+            "{}[process]\ndrop_capabilities = true\n",
+            bed.config()
+        )),
+        netns: Some(bed.server.name().to_owned()),
+        ..Default::default()
+    })
+    .expect("daemon starts with XDP");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", d.pid().expect("pid")))
+        .expect("/proc/PID/status");
+    assert!(
+        status.lines().any(|l| l == "CapEff:\t0000000000000000"),
+        "the daemon kept capabilities:\n{status}"
+    );
+    let cidr = format!("{}/32", bed.veth.a.addr);
+    bed.cli(&["block", "add", &cidr]);
+    assert!(
+        !bed.s_client(d.addr(), 3),
+        "a blocked source handshook before the reload"
+    );
+
+    let config = d.dir().join("portcullis.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replacen(
+            "[xdp]\n",
+            "[xdp]\nenforce = false\nsyn_rate = 50\nsyn_burst = 5\n",
+            1,
+        ),
+    )
+    .expect("write");
+    d.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_reloads(&d, "ok", 1.0);
+    let status = bed.cli(&["status"]);
+    assert!(
+        status.contains("enforce          no (count only)")
+            && status.contains("syn budget       50/s, burst 5,"),
+        "the knobs after the reload:\n{status}\n{}",
+        d.stderr()
+    );
+    assert!(
+        bed.s_client(d.addr(), 30),
+        "enforce = false did not reach the program"
     );
     d.stop_ok();
 }
