@@ -242,7 +242,9 @@ fn sighup_sends_new_connections_to_a_new_upstream_while_an_open_one_continues_an
     let mut open = connect(&ns, &pki, d.addr());
     assert_eq!(ask(&mut open, "one\n"), "A plain");
 
-    // A new upstream and a knob (PROXY v2 towards it), a limit, and a listen address, which needs a restart.
+    // A new upstream and a knob (PROXY v2 towards it), a limit, an access log, and a listen address, which
+    // needs a restart.
+    let access_log = dir.path().join("access.log");
     let config = d.dir().join("portcullis.toml");
     let text = std::fs::read_to_string(&config).expect("config");
     let text = text
@@ -251,7 +253,7 @@ fn sighup_sends_new_connections_to_a_new_upstream_while_an_open_one_continues_an
             &format!("backends = [\"{b}\"]\nproxy_protocol = true"),
         )
         .replace("address = \"127.0.0.1:0\"", "address = \"127.0.0.1:1\"")
-        + "\n[limits]\nmax_connections_per_source = 1\n";
+        + &format!("\n[limits]\nmax_connections_per_source = 1\n[log]\naccess = {access_log:?}\n");
     std::fs::write(&config, text).expect("write");
     d.signal(Signal::SIGHUP).expect("SIGHUP");
     wait_reloads(&d, "partial", 1.0);
@@ -295,7 +297,20 @@ fn sighup_sends_new_connections_to_a_new_upstream_while_an_open_one_continues_an
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The access log started by the reload has the line of the connection accepted after it.
     drop((open, new));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = std::fs::read_to_string(&access_log).unwrap_or_default();
+        if lines.contains(&format!("\"upstream\":\"{b}\"")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no access log line from the reloaded [log]: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     d.stop_ok();
 }
 

@@ -154,9 +154,9 @@ pub fn run(
         http_metrics.access_log_dropped.clone(),
     )
     .map_err(|e| RunError::Config(format!("log.access: {e}")))?;
-    if let Some(log) = &access_log {
-        rt.spawn(log.clone().reopen_on_sigusr1());
-    }
+    let reopen = access_log
+        .as_ref()
+        .map(|log| rt.spawn(log.clone().reopen_on_sigusr1()).abort_handle());
 
     // Least privilege: everything that needs root is done (listeners, XDP, steering, pins, admin socket).
     drop_privileges(identity.as_ref(), &config, &state_dir)?;
@@ -181,7 +181,11 @@ pub fn run(
         demo_upstream,
         metrics: metrics.clone(),
         http_metrics,
-        access_log,
+        access_log: std::sync::Mutex::new(AccessLogState {
+            config: config.log.clone(),
+            log: access_log,
+            reopen,
+        }),
         limits: limits.clone(),
         phase: phase_rx.clone(),
     };
@@ -480,7 +484,8 @@ struct ListenerParts {
     demo_upstream: Option<SocketAddr>,
     metrics: Metrics,
     http_metrics: crate::http::HttpMetrics,
-    access_log: Option<crate::http::AccessLog>,
+    /// The access log in use; a reload with another `[log]` section starts a new one.
+    access_log: std::sync::Mutex<AccessLogState>,
     limits: Arc<crate::limits::Limits>,
     phase: watch::Receiver<Phase>,
 }
@@ -502,6 +507,7 @@ impl ListenerParts {
         let tls_config =
             tls::server_config(&config.tls, self.resolver.clone(), self.provider.clone())
                 .context("building the TLS configuration")?;
+        let access_log = self.access_log(config)?;
         let contexts = (0..config.listeners.len())
             .map(|i| {
                 let mode = config
@@ -515,7 +521,7 @@ impl ListenerParts {
                         config.http.clone(),
                         upstreams.clone(),
                         self.http_metrics.clone(),
-                        self.access_log.clone(),
+                        access_log.clone(),
                         self.phase.clone(),
                     ))
                 });
@@ -529,7 +535,7 @@ impl ListenerParts {
                 let base = Arc::new(base);
                 Arc::new(ListenerContext {
                     access_log: (mode == ListenerMode::Tcp)
-                        .then(|| self.access_log.clone())
+                        .then(|| access_log.clone())
                         .flatten(),
                     http,
                     tls: self.tickets.server_config(&base, &name),
@@ -555,6 +561,42 @@ impl ListenerParts {
             })
             .collect();
         Ok(contexts)
+    }
+}
+
+/// The access log of `[log]` as it was last started.
+struct AccessLogState {
+    config: crate::http::LogConfig,
+    log: Option<crate::http::AccessLog>,
+    /// The task that reopens it on SIGUSR1.
+    reopen: Option<tokio::task::AbortHandle>,
+}
+
+impl ListenerParts {
+    /// The access log for `config`: the one in use, or, when `[log]` changed, a new one (the old one's writer
+    /// ends once the connections that hold it close). Called on the control runtime.
+    fn access_log(&self, config: &Config) -> anyhow::Result<Option<crate::http::AccessLog>> {
+        let mut state = self
+            .access_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if format!("{:?}", state.config) != format!("{:?}", config.log) {
+            let log = crate::http::AccessLog::start(
+                &config.log.access,
+                config.log.log_query,
+                self.http_metrics.access_log_dropped.clone(),
+            )
+            .with_context(|| format!("log.access: cannot open {:?}", config.log.access))?;
+            if let Some(old) = state.reopen.take() {
+                old.abort();
+            }
+            state.reopen = log
+                .as_ref()
+                .map(|l| tokio::spawn(l.clone().reopen_on_sigusr1()).abort_handle());
+            state.config = config.log.clone();
+            state.log = log;
+        }
+        Ok(state.log.clone())
     }
 }
 

@@ -7,14 +7,14 @@
 //! - Per listener, a new context ([`Live::contexts`]) stored in the slot the workers read for each new
 //!   connection ([`ContextSlot`]): upstreams (`[upstream]` backends, connect/idle timeouts, PROXY v2, lazy
 //!   connect; `[http]` limits and pool), TLS versions, ALPN, handshake timeout and ClientHello size, listener
-//!   mode and name, the early-data policy. Connections already open finish on the context they started with.
+//!   mode and name, the early-data policy, the access log (`[log]`: a new one is started when it changed). Connections already open finish on the context they started with.
 //! - The `[xdp]` knobs, written into the running program's config map ([`crate::xdp::SynShed::write_knobs`]).
 //! - The `[limits]` caps (for the next accept) and timeouts, keepalive and lifetime (for connections accepted
 //!   after the reload): [`crate::limits::Limits::update`].
 //! - Refused, each field named in the log and `result="partial"` ([`keep_restart_fields`]): what needs new
 //!   sockets, threads or programs (listen addresses, backlog, workers, the admin address, XDP interfaces, mode
 //!   and pins, steering), state read once at start (tickets, session cache and store, engine, admission,
-//!   the access log, the drain timeout, the process user). The rest of the file is applied.
+//!   the drain timeout, the process user). The rest of the file is applied.
 //! - A file that does not parse or validate, or a certificate or key that does not load, changes nothing: the
 //!   last good configuration stays (`result="failed"`, the log says why). A bad OCSP response only loses its
 //!   staple (`tls::ocsp`).
@@ -404,7 +404,6 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
     restart!("tls.session_store", tls.session_store);
     restart!("engine", engine);
     restart!("admission", admission);
-    restart!("log", log);
     restart!("shutdown", shutdown);
     restart!("process", process);
     refused
@@ -413,13 +412,14 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
 /// The top-level sections of `new` that differ from `old` (what a reload applied), for the log.
 fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     // After `keep_restart_fields` only these can differ.
-    let sections: [(&'static str, bool); 6] = [
+    let sections: [(&'static str, bool); 7] = [
         ("listeners", differ(&old.listeners, &new.listeners)),
         ("tls", differ(&old.tls, &new.tls)),
         ("upstream", differ(&old.upstream, &new.upstream)),
         ("http", differ(&old.http, &new.http)),
         ("xdp", differ(&old.xdp, &new.xdp)),
         ("limits", differ(&old.limits, &new.limits)),
+        ("log", differ(&old.log, &new.log)),
     ];
     sections
         .into_iter()
