@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use portcullis_tests::clients;
 use portcullis_tests::daemon::{Daemon, DaemonOptions, TempDir};
+use portcullis_tests::http_upstream::HttpUpstream;
 use portcullis_tests::netns::NetNsGuard;
 use portcullis_tests::pki::Pki;
 use portcullis_tests::privileged::require_root;
@@ -539,5 +540,95 @@ fn sighup_turns_the_xdp_knobs_of_a_daemon_without_capabilities() {
         bed.s_client(d.addr(), 30),
         "enforce = false did not reach the program"
     );
+    d.stop_ok();
+}
+
+/// One HTTP/1.1 request on a kept-alive TLS connection; returns once the answer's body (`ok PATH`) is read.
+fn http_get_on(tls: &mut Tls, path: &str) {
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: edge.test\r\n\r\n").expect("write request");
+    tls.flush().expect("flush");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let want = format!("ok {path}");
+    while !String::from_utf8_lossy(&got).contains(&want) {
+        let n = tls.read(&mut buf).expect("read the answer");
+        assert!(
+            n > 0,
+            "closed before the answer to {path}: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(buf.get(..n).unwrap_or_default());
+    }
+}
+
+#[test]
+fn sighup_sends_new_http_connections_to_a_new_upstream_while_a_kept_alive_one_stays() {
+    let dir = TempDir::new("reload-http").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let (a, b) = (
+        HttpUpstream::start().expect("upstream a"),
+        HttpUpstream::start().expect("upstream b"),
+    );
+    let access_log = dir.path().join("access.log");
+    let d = Daemon::start(DaemonOptions {
+        config_toml: Some(format!(
+            "[[listeners]]\naddress = \"127.0.0.1:0\"\nmode = \"http\"\n[upstream]\nbackends = [\"{}\"]\n\
+             [log]\naccess = {access_log:?}\n{}",
+            a.addr,
+            pki.tls_section("")
+        )),
+        ..Default::default()
+    })
+    .expect("daemon starts");
+    let connect = || {
+        clients::rustls_establish(
+            &pki,
+            std::net::TcpStream::connect(d.addr()).expect("connect"),
+        )
+    };
+    let mut kept = connect();
+    http_get_on(&mut kept, "/one");
+
+    let config = d.dir().join("portcullis.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(
+        &config,
+        text.replace(&a.addr.to_string(), &b.addr.to_string()),
+    )
+    .expect("write");
+    d.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_reloads(&d, "ok", 1.0);
+    let mut new = connect();
+    http_get_on(&mut new, "/two");
+    http_get_on(&mut kept, "/three");
+
+    // Each request's upstream, from the access log.
+    let upstream_of = |path: &str| -> Option<String> {
+        let log = std::fs::read_to_string(&access_log).unwrap_or_default();
+        log.lines()
+            .find(|l| l.contains(&format!("\"path\":\"{path}\"")))
+            .and_then(|l| l.split("\"upstream\":\"").nth(1))
+            .and_then(|rest| rest.split('"').next())
+            .map(str::to_owned)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream_of("/three").is_none() || upstream_of("/two").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no access log lines for /two and /three"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        upstream_of("/two"),
+        Some(b.addr.to_string()),
+        "a new connection after the reload"
+    );
+    assert_eq!(
+        upstream_of("/three"),
+        Some(a.addr.to_string()),
+        "the connection kept alive across the reload"
+    );
+    drop((kept, new));
     d.stop_ok();
 }
