@@ -224,15 +224,16 @@ pub fn run(
         load,
         state_dir.clone(),
         provider,
-        resolver.clone(),
         reload_metrics,
         crate::reload::Live {
+            resolver: resolver.clone(),
             session_store: session_store.is_some(),
             contexts: Box::new(move |c: &Config| parts.contexts(c)),
             slots,
             xdp: xdp_config_map,
             limits: limits.clone(),
         },
+        &certs,
     );
     let hangups = shutdown::hangups().context("cannot install the SIGHUP handler")?;
     rt.block_on(async {

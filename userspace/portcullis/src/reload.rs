@@ -19,7 +19,8 @@
 //!   last good configuration stays (`result="failed"`, the log says why). A bad OCSP response only loses its
 //!   staple (`tls::ocsp`).
 //! - Watching ([`Reloader::run`], `[tls] watch_interval`): the certificate, key and OCSP files are stat'ed
-//!   (`tls::watch`); a change, once the files settle, reloads exactly as SIGHUP does.
+//!   (`tls::watch`); a change, once the files settle, reloads exactly as SIGHUP does. So does a stapled OCSP
+//!   response reaching its nextUpdate: the reload staples the renewed file, or drops the stale one.
 //!
 //! Metrics: `portcullis_config_reloads_total{result}`, `portcullis_config_last_reload_success_timestamp_seconds`,
 //! `portcullis_certificate_not_after_seconds{name}` (alert: `PortcullisCertificateExpiresSoon`, 14 days).
@@ -150,8 +151,10 @@ fn not_after(cert: &LoadedCert) -> Option<i64> {
 /// Builds every listener's context from a configuration (`daemon::ListenerParts::contexts`).
 pub type BuildContexts = Box<dyn Fn(&Config) -> anyhow::Result<Vec<Arc<ListenerContext>>> + Send>;
 
-/// What a reload changes in the running daemon besides the certificate table.
+/// What a reload changes in the running daemon.
 pub struct Live {
+    /// The certificate table, swapped whole.
+    pub resolver: Arc<SniResolver>,
     /// Builds every listener's context from a configuration, over the daemon's long-lived parts (engine,
     /// tickets, session store, metrics, limits).
     pub contexts: BuildContexts,
@@ -171,30 +174,32 @@ pub struct Reloader {
     load: Box<dyn Fn() -> Result<Config, String> + Send>,
     state_dir: PathBuf,
     provider: Arc<CryptoProvider>,
-    resolver: Arc<SniResolver>,
     metrics: ReloadMetrics,
     live: Live,
+    /// When the first OCSP staple goes stale (Unix seconds): the watcher reloads then.
+    staple_stale_at: Option<i64>,
 }
 
 impl Reloader {
-    /// A reloader for the daemon started with `current`; `load` reads the configuration as at start.
+    /// A reloader for the daemon started with `current` and serving `certs`; `load` reads the configuration as
+    /// at start.
     pub fn new(
         current: Config,
         load: Box<dyn Fn() -> Result<Config, String> + Send>,
         state_dir: PathBuf,
         provider: Arc<CryptoProvider>,
-        resolver: Arc<SniResolver>,
         metrics: ReloadMetrics,
         live: Live,
+        certs: &[LoadedCert],
     ) -> Self {
         Self {
             current,
             load,
             state_dir,
             provider,
-            resolver,
             metrics,
             live,
+            staple_stale_at: crate::tls::ocsp::earliest_next_update(certs, unix_now()),
         }
     }
 
@@ -227,6 +232,15 @@ impl Reloader {
                     seen = self.stamp();
                 }
                 () = tick => {
+                    if self.staple_stale_at.is_some_and(|t| unix_now() >= t) {
+                        tracing::warn!("an OCSP staple passed its nextUpdate: reloading to drop or renew it");
+                        if self.reload() == Outcome::Failed {
+                            // The last good certificates keep their staple; the next file change tries again.
+                            self.staple_stale_at = None;
+                        }
+                        seen = self.stamp();
+                        continue;
+                    }
                     if self.stamp() == seen {
                         continue;
                     }
@@ -283,7 +297,7 @@ impl Reloader {
             }
         };
         // Nothing below can fail but the XDP map write: the certificates, then the listeners, are swapped.
-        if !self.resolver.replace(&certs) {
+        if !self.live.resolver.replace(&certs) {
             tracing::warn!("reload failed: no certificate loaded; keeping the last good ones");
             return Outcome::Failed;
         }
@@ -291,6 +305,7 @@ impl Reloader {
             tracing::info!(cert = %c.source.display(), names = ?c.names, "certificate reloaded");
         }
         self.metrics.loaded(&certs);
+        self.staple_stale_at = crate::tls::ocsp::earliest_next_update(&certs, unix_now());
         for (slot, ctx) in self.live.slots.iter().zip(contexts) {
             slot.store(ctx);
         }

@@ -40,6 +40,20 @@ pub enum OcspError {
     },
 }
 
+/// When the first of the responses stapled to `certs` goes stale (its nextUpdate, Unix seconds; `now` if one
+/// already is): then a reload drops it, or staples the renewed file.
+pub fn earliest_next_update(certs: &[super::certs::LoadedCert], now: i64) -> Option<i64> {
+    certs
+        .iter()
+        .filter_map(|c| {
+            let der = c.key.ocsp.as_deref()?;
+            let leaf = c.key.cert.first()?;
+            let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+            check(der, parsed.raw_serial(), now).unwrap_or(Some(now))
+        })
+        .min()
+}
+
 /// Reads `path` and checks it for the certificate whose leaf is `leaf_der`, at `now` (Unix seconds).
 ///
 /// # Errors
@@ -72,11 +86,11 @@ pub fn load(path: &Path, leaf_der: &[u8], now: i64) -> Result<Vec<u8>, OcspError
 }
 
 /// Checks that `der` is a successful basic OCSP response saying the certificate with serial number `serial`
-/// (the INTEGER's content octets) is good at `now`.
+/// (the INTEGER's content octets) is good at `now`; its nextUpdate (Unix seconds), if it has one.
 ///
 /// # Errors
 /// What is wrong, for the operator.
-pub fn check(der: &[u8], serial: &[u8], now: i64) -> Result<(), &'static str> {
+pub fn check(der: &[u8], serial: &[u8], now: i64) -> Result<Option<i64>, &'static str> {
     const NOT_DER: &str = "not a DER OCSPResponse (openssl ocsp -respout writes one)";
     // OCSPResponse ::= SEQUENCE { responseStatus ENUMERATED, responseBytes [0] EXPLICIT ResponseBytes OPTIONAL }
     let mut response = Der::new(Der::new(der).take(SEQUENCE).ok_or(NOT_DER)?);
@@ -116,7 +130,7 @@ fn single_response(
     der: &[u8],
     serial: &[u8],
     now: i64,
-) -> Result<Option<Result<(), &'static str>>, &'static str> {
+) -> Result<Option<Result<Option<i64>, &'static str>>, &'static str> {
     const NOT_DER: &str = "a SingleResponse is not DER";
     // SingleResponse ::= SEQUENCE { certID CertID, certStatus, thisUpdate, nextUpdate [0] EXPLICIT OPTIONAL, ...}
     let mut single = Der::new(der);
@@ -147,7 +161,7 @@ fn single_response(
             } else if next_update.is_some_and(|n| n <= now) {
                 Err("it has expired (nextUpdate has passed): fetch a new one")
             } else {
-                Ok(())
+                Ok(next_update)
             }
         }
         REVOKED => Err("it says the certificate is REVOKED: replace the certificate"),
@@ -337,11 +351,11 @@ mod tests {
         let serial = [0x01, 0x23];
         assert_eq!(
             check(&response(0, &serial, &good, this, next), &serial, now),
-            Ok(())
+            Ok(generalized_time(b"20261213000000Z"))
         );
         assert_eq!(
             check(&response(0, &serial, &good, this, None), &serial, now),
-            Ok(())
+            Ok(None)
         );
         let refused: [(&str, Vec<u8>); 7] = [
             ("other serial", response(0, &[0x02], &good, this, next)),
@@ -417,8 +431,8 @@ mod tests {
             0x0c, 0x17, 0x3b, 0x27, 0x04, 0x8a,
         ];
         let produced = 1_796_576_271;
-        assert_eq!(check(&der, &serial, produced), Ok(()));
-        assert_eq!(check(&der, &serial, produced + 3600), Ok(()));
+        assert_eq!(check(&der, &serial, produced), Ok(Some(produced + 86_400)));
+        assert!(check(&der, &serial, produced + 3600).is_ok());
         assert!(
             check(&der, &serial, produced + 86_400).is_err(),
             "past nextUpdate"
@@ -426,6 +440,63 @@ mod tests {
         assert!(
             check(&der, &serial[1..], produced).is_err(),
             "another serial"
+        );
+    }
+
+    #[test]
+    fn the_earliest_next_update_of_the_staples_is_when_a_reload_is_due() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).expect("params");
+        params.serial_number = Some(rcgen::SerialNumber::from(vec![0x01, 0x23]));
+        let cert = params.self_signed(&key).expect("cert");
+        let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let certified =
+            rustls::sign::CertifiedKey::from_der(vec![cert.der().clone()], der, &provider)
+                .expect("pair");
+        let stapled = |ocsp: Option<Vec<u8>>| super::super::certs::LoadedCert {
+            key: std::sync::Arc::new(rustls::sign::CertifiedKey {
+                ocsp,
+                ..certified.clone()
+            }),
+            names: Vec::new(),
+            source: PathBuf::from("test"),
+        };
+        let now = generalized_time(b"20261206120000Z").expect("time");
+        let good = tlv(GOOD, &[]);
+        let week = response(
+            0,
+            &[0x01, 0x23],
+            &good,
+            "20261206000000Z",
+            Some("20261213000000Z"),
+        );
+        let day = response(
+            0,
+            &[0x01, 0x23],
+            &good,
+            "20261206000000Z",
+            Some("20261207000000Z"),
+        );
+        let certs = [
+            stapled(Some(week)),
+            stapled(None),
+            stapled(Some(day.clone())),
+        ];
+        assert_eq!(
+            earliest_next_update(&certs, now),
+            generalized_time(b"20261207000000Z")
+        );
+        assert_eq!(
+            earliest_next_update(&certs[1..2], now),
+            None,
+            "no staple, no deadline"
+        );
+        // Already stale: due now.
+        let later = generalized_time(b"20261208000000Z").expect("time");
+        assert_eq!(
+            earliest_next_update(&[stapled(Some(day))], later),
+            Some(later)
         );
     }
 }
