@@ -1,12 +1,14 @@
 //! Bringing the daemon up and down: the order of start-up, and who owns what while it runs.
 //!
 //! Start-up, each phase a function here: certificates -> session tickets (key dir loaded and watched) ->
-//! [`upstreams`] (the demo upstream if no backend) -> [`bind`] (all workers' SO_REUSEPORT sockets, so port 0
+//! [`demo_upstream`] (if no backend) -> [`bind`] (all workers' SO_REUSEPORT sockets, so port 0
 //! resolves once) -> [`start_xdp`] (told the resolved ports) -> [`start_steering`] (optional, fails open) -> the
 //! engine and metrics (`offload::setup::build`) -> [`serve_admin`] -> [`drop_privileges`] ->
-//! [`listener_contexts`] -> [`spawn_workers`] -> ready (`/readyz`, sd_notify; with fleet tickets, only once a valid
-//! key set is loaded). The main thread keeps a current-thread runtime for the control plane (signals, SIGHUP
-//! reload, metrics endpoint, demo upstream); workers never touch it.
+//! [`ListenerParts::contexts`] (one per listener, in a [`worker::ContextSlot`]) -> [`spawn_workers`] -> ready
+//! (`/readyz`, sd_notify; with fleet tickets, only once a valid key set is loaded). The main thread keeps a
+//! current-thread runtime for the control plane (signals, reload on SIGHUP and on certificate file changes, metrics
+//! endpoint, demo upstream); workers never touch it. A reload builds new contexts over the same
+//! [`ListenerParts`] and stores them in the slots (`reload.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -7,7 +7,8 @@
 //! - Per listener, a new context ([`Live::contexts`]) stored in the slot the workers read for each new
 //!   connection ([`ContextSlot`]): upstreams (`[upstream]` backends, connect/idle timeouts, PROXY v2, lazy
 //!   connect; `[http]` limits and pool), TLS versions, ALPN, handshake timeout and ClientHello size, listener
-//!   mode and name, the early-data policy, the access log (`[log]`: a new one is started when it changed). Connections already open finish on the context they started with.
+//!   mode and name, the early-data policy, the access log (`[log]`: a new one is started when it changed).
+//!   Connections already open finish on the context they started with.
 //! - The `[xdp]` knobs, written into the running program's config map ([`crate::xdp::SynShed::write_knobs`]).
 //! - The `[limits]` caps (for the next accept) and timeouts, keepalive and lifetime (for connections accepted
 //!   after the reload): [`crate::limits::Limits::update`].

@@ -54,7 +54,12 @@ fn with_ocsp(cert: LoadedCert, path: &Path) -> LoadedCert {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     match ocsp::load(path, leaf.as_ref(), now) {
         Ok(der) => {
-            tracing::info!(cert = %cert.source.display(), ocsp = %path.display(), bytes = der.len(), "OCSP response stapled");
+            tracing::info!(
+                cert = %cert.source.display(),
+                ocsp = %path.display(),
+                bytes = der.len(),
+                "OCSP response stapled"
+            );
             let mut key = (*cert.key).clone();
             key.ocsp = Some(der);
             LoadedCert {
