@@ -85,4 +85,32 @@ mod tests {
         assert_ne!(edited, Stamp::of(&paths), "a removal went unnoticed");
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn the_watched_files_are_each_pair_and_its_ocsp_and_the_interval_is_bounded() {
+        let c = crate::config::Config::parse(
+            "[tls]\nwatch_interval = \"250ms\"\n[[tls.certificates]]\ncert = \"a.pem\"\nkey = \"a.key\"\n\
+             ocsp = \"a.ocsp\"\n[[tls.certificates]]\ncert = \"b.pem\"\nkey = \"b.key\"\n",
+        )
+        .expect("parses");
+        assert_eq!(c.tls.watch_interval, std::time::Duration::from_millis(250));
+        let names: Vec<PathBuf> = ["a.pem", "a.key", "a.ocsp", "b.pem", "b.key"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(paths(&c.tls), names);
+        let too_long = crate::config::Config::parse("[tls]\nwatch_interval = \"2h\"\n")
+            .expect("parses")
+            .with_defaults()
+            .validate()
+            .expect_err("2h is refused");
+        assert!(
+            too_long.to_string().contains("tls.watch_interval"),
+            "{too_long}"
+        );
+        assert_eq!(
+            crate::config::Config::default().tls.watch_interval,
+            std::time::Duration::from_secs(5)
+        );
+    }
 }
