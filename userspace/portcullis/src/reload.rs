@@ -376,6 +376,18 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
             }
         };
     }
+    // A whole section that needs a restart, its changed fields named.
+    macro_rules! section {
+        ($name:expr, $($field:ident).+) => {
+            let changed = changed_fields($name, &old.$($field).+, &new.$($field).+);
+            if !changed.is_empty() {
+                for field in changed {
+                    keep(field, true);
+                }
+                new.$($field).+ = old.$($field).+.clone();
+            }
+        };
+    }
     // Threads and sockets.
     restart!("workers", workers);
     restart!("pin_workers", pin_workers);
@@ -410,19 +422,59 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
     restart!("xdp.interfaces", xdp.interfaces);
     restart!("xdp.mode", xdp.mode);
     restart!("xdp.pin_dir", xdp.pin_dir);
-    restart!("steering", steering);
+    section!("steering", steering);
     // State read once at start.
     restart!("tls.tickets", tls.tickets);
     restart!("tls.ticket_keys_dir", tls.ticket_keys_dir);
     restart!("tls.ticket_lifetime", tls.ticket_lifetime);
     restart!("tls.ticket_key_lead", tls.ticket_key_lead);
     restart!("tls.session_cache_size", tls.session_cache_size);
-    restart!("tls.session_store", tls.session_store);
-    restart!("engine", engine);
-    restart!("admission", admission);
-    restart!("shutdown", shutdown);
-    restart!("process", process);
+    section!("tls.session_store", tls.session_store);
+    section!("engine", engine);
+    section!("admission", admission);
+    section!("shutdown", shutdown);
+    section!("process", process);
     refused
+}
+
+/// The fields of section `name` (a struct with a derived `Debug`) that differ between `old` and `new`, as
+/// `name.field`; `name` alone when they differ in a way the field list does not show.
+fn changed_fields<T: std::fmt::Debug>(name: &str, old: &T, new: &T) -> Vec<String> {
+    if !differ(old, new) {
+        return Vec::new();
+    }
+    // `{:#?}` puts each top-level field on a line of its own indented by four spaces, `name: value`, its value
+    // continuing on deeper-indented lines.
+    fn fields(pretty: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for line in pretty.lines().skip(1) {
+            match line.strip_prefix("    ") {
+                Some(rest) if !rest.starts_with(' ') => {
+                    if let Some((field, value)) = rest.split_once(": ") {
+                        out.push((field.to_owned(), value.to_owned()));
+                    }
+                }
+                _ => {
+                    if let Some((_, value)) = out.last_mut() {
+                        value.push_str(line);
+                    }
+                }
+            }
+        }
+        out
+    }
+    let (a, b) = (fields(&format!("{old:#?}")), fields(&format!("{new:#?}")));
+    let named: Vec<String> = a
+        .iter()
+        .zip(&b)
+        .filter(|((fa, va), (fb, vb))| fa == fb && va != vb)
+        .map(|((field, _), _)| format!("{name}.{field}"))
+        .collect();
+    if named.is_empty() || a.len() != b.len() {
+        vec![name.to_owned()]
+    } else {
+        named
+    }
 }
 
 /// The top-level sections of `new` that differ from `old` (what a reload applied), for the log.
@@ -461,11 +513,19 @@ mod tests {
         let mut moved = parse(
             "workers = 3\n[[listeners]]\naddress = \"127.0.0.1:2\"\n[upstream]\nidle_timeout = \"1m\"\n\
              backends = [\"127.0.0.1:9\"]\n[xdp]\nsyn_rate = 5\ninterfaces = [\"eth0\"]\n[limits]\n\
-             max_connections = 10\n",
+             max_connections = 10\n[admission]\ntarget = \"7ms\"\nsyn_shed = 0.5\n[process]\n\
+             drop_capabilities = true\n",
         );
         assert_eq!(
             keep_restart_fields(&old, &mut moved, false),
-            vec!["workers", "listeners[0].address", "xdp.interfaces"]
+            vec![
+                "workers",
+                "listeners[0].address",
+                "xdp.interfaces",
+                "admission.target",
+                "admission.syn_shed",
+                "process.drop_capabilities"
+            ]
         );
         // The refused fields hold their old values; the others their new ones.
         assert_eq!(moved.workers, Some(2));
@@ -480,6 +540,22 @@ mod tests {
         assert_eq!(
             changed_sections(&old, &moved),
             vec!["upstream", "xdp", "limits"]
+        );
+    }
+
+    #[test]
+    fn a_changed_field_of_a_restart_section_is_named_even_when_nested() {
+        let old = parse("");
+        let mut new = parse("[tls.session_store]\ncapacity = 10\n[steering]\nenabled = false\n");
+        assert_eq!(
+            keep_restart_fields(&old, &mut new, false),
+            vec!["steering.enabled", "tls.session_store.capacity"]
+        );
+        assert!(!differ(&old.tls, &new.tls) && !differ(&old.steering, &new.steering));
+        assert_eq!(
+            changed_fields("x", &Some(1), &None::<i32>),
+            vec!["x"],
+            "not a struct: the section is named"
         );
     }
 }
