@@ -558,4 +558,25 @@ mod tests {
             "not a struct: the section is named"
         );
     }
+
+    #[test]
+    fn turning_early_data_on_needs_the_session_store_started_at_start() {
+        let old = parse("[[listeners]]\naddress = \"127.0.0.1:1\"\n");
+        let on =
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[listeners.early_data]\nmax_size = 16384\n";
+        let mut without_store = parse(on);
+        assert_eq!(
+            keep_restart_fields(&old, &mut without_store, false),
+            vec!["listeners[0].early_data (the 0-RTT session store starts only with it)"]
+        );
+        assert!(
+            without_store
+                .listeners
+                .iter()
+                .all(|l| !l.early_data.enabled())
+        );
+        let mut with_store = parse(on);
+        assert!(keep_restart_fields(&old, &mut with_store, true).is_empty());
+        assert!(with_store.listeners.iter().all(|l| l.early_data.enabled()));
+    }
 }
