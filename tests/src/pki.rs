@@ -11,6 +11,8 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, RsaKeySi
 pub struct Pki {
     /// The CA certificate (trust anchor for clients).
     pub ca: PathBuf,
+    /// The CA's private key (PEM), e.g. to sign OCSP responses with `openssl ocsp -rkey`.
+    pub ca_key: PathBuf,
     /// ECDSA server certificate and key, for `ecdsa.test`.
     pub ecdsa: (PathBuf, PathBuf),
     /// RSA server certificate and key, for `rsa.test`.
@@ -34,6 +36,8 @@ impl Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "portcullis test CA");
         let ca_cert = ca_params.self_signed(&ca_key)?;
+        let ca_key_path = dir.join("ca.key");
+        std::fs::write(&ca_key_path, ca_key.serialize_pem())?;
         let issuer = Issuer::new(ca_params, ca_key);
         let ca = dir.join("ca.pem");
         std::fs::write(&ca, ca_cert.pem())?;
@@ -63,6 +67,7 @@ impl Pki {
                     .context("generating the RSA key")?,
             )?,
             ca,
+            ca_key: ca_key_path,
         })
     }
 

@@ -193,6 +193,7 @@ impl RunArgs {
                     cert,
                     key,
                     server_names: Vec::new(),
+                    ocsp: None,
                 })
                 .collect();
         }

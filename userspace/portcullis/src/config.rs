@@ -265,6 +265,11 @@ pub struct TlsConfig {
     pub session_cache_size: usize,
     /// Where the sessions of early-data listeners live (`[tls.session_store]`).
     pub session_store: crate::tickets::session_store::SessionStoreConfig,
+    /// How often the certificate, key and OCSP files are checked for a change (the resolved target's device,
+    /// inode, mtime and size, so a Kubernetes Secret's `..data` symlink swap counts); a change reloads as
+    /// SIGHUP does. A duration, at most `"1h"`; `"0s"` turns watching off. Default: `"5s"`.
+    #[serde(with = "humantime_serde")]
+    pub watch_interval: Duration,
 }
 
 /// How session tickets are sealed (`tls.tickets`).
@@ -313,6 +318,7 @@ impl Default for TlsConfig {
             ticket_key_lead: Duration::from_secs(3600),
             session_cache_size: 4096,
             session_store: crate::tickets::session_store::SessionStoreConfig::default(),
+            watch_interval: Duration::from_secs(5),
         }
     }
 }
@@ -329,6 +335,11 @@ pub struct CertificateConfig {
     /// the certificate's subjectAltName extension.
     #[serde(default)]
     pub server_names: Vec<String>,
+    /// DER OCSP response stapled to this certificate's handshakes (`openssl ocsp -respout FILE`), read again
+    /// with the certificate. One that does not parse, is not `successful`, is for another certificate or is
+    /// past its nextUpdate is logged and not stapled; the certificate is served either way. Default: none.
+    #[serde(default)]
+    pub ocsp: Option<PathBuf>,
 }
 
 /// Upstream backends.
@@ -623,6 +634,11 @@ impl Config {
             "tls.handshake_timeout",
             self.tls.handshake_timeout,
             MAX_CONNECT_TIMEOUT,
+        )?;
+        at_most(
+            "tls.watch_interval",
+            self.tls.watch_interval,
+            Duration::from_secs(3600),
         )?;
         at_most(
             "tls.ticket_key_lead",

@@ -152,7 +152,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 
     // Early data already counts as the client's first bytes.
     if ctx.lazy_connect && est.early_data.is_empty() {
-        let first_byte = ctx.limits.first_byte_timeout;
+        let first_byte = ctx.limits.settings().first_byte_timeout;
         match tokio::time::timeout(first_byte, first_client_bytes(&tcp, &mut est.conn)).await {
             Ok(Ok(true)) => {}
             Ok(Ok(false)) => {

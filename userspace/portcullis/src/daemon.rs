@@ -1,12 +1,14 @@
 //! Bringing the daemon up and down: the order of start-up, and who owns what while it runs.
 //!
 //! Start-up, each phase a function here: certificates -> session tickets (key dir loaded and watched) ->
-//! [`upstreams`] (the demo upstream if no backend) -> [`bind`] (all workers' SO_REUSEPORT sockets, so port 0
+//! [`demo_upstream`] (if no backend) -> [`bind`] (all workers' SO_REUSEPORT sockets, so port 0
 //! resolves once) -> [`start_xdp`] (told the resolved ports) -> [`start_steering`] (optional, fails open) -> the
 //! engine and metrics (`offload::setup::build`) -> [`serve_admin`] -> [`drop_privileges`] ->
-//! [`listener_contexts`] -> [`spawn_workers`] -> ready (`/readyz`, sd_notify; with fleet tickets, only once a valid
-//! key set is loaded). The main thread keeps a current-thread runtime for the control plane (signals, SIGHUP
-//! reload, metrics endpoint, demo upstream); workers never touch it.
+//! [`ListenerParts::contexts`] (one per listener, in a [`worker::ContextSlot`]) -> [`spawn_workers`] -> ready
+//! (`/readyz`, sd_notify; with fleet tickets, only once a valid key set is loaded). The main thread keeps a
+//! current-thread runtime for the control plane (signals, reload on SIGHUP and on certificate file changes, metrics
+//! endpoint, demo upstream); workers never touch it. A reload builds new contexts over the same
+//! [`ListenerParts`] and stores them in the slots (`reload.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,9 +79,8 @@ pub fn run(
     let resolver = tls::resolver(&certs).context("building the TLS configuration")?;
     let reload_metrics = crate::reload::ReloadMetrics::default();
     reload_metrics.loaded(&certs);
-    let tls_config = tls::server_config(&config.tls, resolver.clone(), provider.clone())
-        .context("building the TLS configuration")?;
-    let tickets = tickets::Tickets::start(&config.tls).context("setting up session tickets")?;
+    let tickets =
+        Arc::new(tickets::Tickets::start(&config.tls).context("setting up session tickets")?);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -87,7 +88,7 @@ pub fn run(
         .context("cannot build the control runtime")?;
     let _enter = rt.enter();
 
-    let upstreams = upstreams(&config, &rt)?;
+    let demo_upstream = demo_upstream(&config, &rt)?;
 
     let cpus = worker::allowed_cpus();
     let workers = config.workers.unwrap_or(cpus.len().max(1));
@@ -99,12 +100,16 @@ pub fn run(
     let worker_cpus = worker_cpus(&config, workers, &cpus);
     let steering = start_steering(&config, workers, &worker_cpus, &groups);
     // Admission control turns the XDP program's SYN shed knob while it sheds.
-    let syn_shed: Option<Arc<dyn crate::admission::SynShedControl>> = match &xdp_guard {
+    // The same handle writes the `[xdp]` knobs on reload (one lock for both writers of the map value).
+    let xdp_config_map: Option<Arc<xdp::SynShed>> = match &xdp_guard {
         Some(_) => Some(Arc::new(
             xdp::SynShed::open(&config.xdp.pin_dir).context("opening the XDP SYN shed knob")?,
         )),
         None => None,
     };
+    let syn_shed = xdp_config_map
+        .clone()
+        .map(|s| s as Arc<dyn crate::admission::SynShedControl>);
     let mut engine = None;
     let mut http_metrics = None;
     let xdp_attachments = xdp_guard
@@ -151,9 +156,9 @@ pub fn run(
         http_metrics.access_log_dropped.clone(),
     )
     .map_err(|e| RunError::Config(format!("log.access: {e}")))?;
-    if let Some(log) = &access_log {
-        rt.spawn(log.clone().reopen_on_sigusr1());
-    }
+    let reopen = access_log
+        .as_ref()
+        .map(|log| rt.spawn(log.clone().reopen_on_sigusr1()).abort_handle());
 
     // Least privilege: everything that needs root is done (listeners, XDP, steering, pins, admin socket).
     drop_privileges(identity.as_ref(), &config, &state_dir)?;
@@ -167,25 +172,33 @@ pub fn run(
     ));
     tracing::debug!(max_connections = limits.process_cap(), "connection cap");
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let contexts = listener_contexts(&ListenerParts {
-        config: &config,
-        tls_config: &tls_config,
-        resolver: &resolver,
-        tickets: &tickets,
-        engine: &engine,
-        admission: admission.as_ref(),
-        session_store: session_store.as_ref(),
-        store_metrics: &store_metrics,
-        upstreams: &upstreams,
-        metrics: &metrics,
-        http_metrics: &http_metrics,
-        access_log: access_log.as_ref(),
-        limits: &limits,
-        phase: &phase_rx,
-    });
+    let parts = ListenerParts {
+        resolver: resolver.clone(),
+        provider: provider.clone(),
+        tickets: tickets.clone(),
+        engine: engine.clone(),
+        admission,
+        session_store: session_store.clone(),
+        store_metrics,
+        demo_upstream,
+        metrics: metrics.clone(),
+        http_metrics,
+        access_log: std::sync::Mutex::new(AccessLogState {
+            config: config.log.clone(),
+            log: access_log,
+            reopen,
+        }),
+        limits: limits.clone(),
+        phase: phase_rx.clone(),
+    };
+    let slots: Vec<worker::ContextSlot> = parts
+        .contexts(&config)?
+        .into_iter()
+        .map(|c| Arc::new(arc_swap::ArcSwap::new(c)))
+        .collect();
     let handles = spawn_workers(
         groups,
-        &contexts,
+        &slots,
         &worker_cpus,
         steering.as_ref(),
         &metrics,
@@ -208,23 +221,26 @@ pub fn run(
 
     // Until a signal says stop and the workers are done.
     let drain_timeout = config.shutdown.drain_timeout;
-    let mut reloader = crate::reload::Reloader::new(
+    let reloader = crate::reload::Reloader::new(
         config.clone(),
         load,
         state_dir.clone(),
         provider,
-        resolver.clone(),
         reload_metrics,
+        crate::reload::Live {
+            resolver: resolver.clone(),
+            session_store: session_store.is_some(),
+            contexts: Box::new(move |c: &Config| parts.contexts(c)),
+            slots,
+            xdp: xdp_config_map,
+            limits: limits.clone(),
+        },
+        &certs,
     );
-    let mut hangups = shutdown::hangups().context("cannot install the SIGHUP handler")?;
+    let hangups = shutdown::hangups().context("cannot install the SIGHUP handler")?;
     rt.block_on(async {
         let watcher = tokio::spawn(shutdown::watch_signals(phase_tx.clone(), drain_timeout));
-        let reloads = tokio::spawn(async move {
-            while hangups.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the configuration");
-                reloader.reload();
-            }
-        });
+        let reloads = tokio::spawn(reloader.run(hangups));
         let mut phase = phase_rx.clone();
         // With fleet tickets, not ready until a valid key set is loaded (or a signal stops us first).
         if let Some(mut loaded) = tickets.keys_loaded()
@@ -321,23 +337,20 @@ fn early_data_step(
     )
 }
 
-/// The upstreams: the configured backends, or the built-in demo upstream on loopback (served by the control
-/// runtime) when there are none.
-fn upstreams(config: &Config, rt: &tokio::runtime::Runtime) -> anyhow::Result<Arc<Upstreams>> {
-    let backends = if config.upstream.backends.is_empty() {
-        let (demo, addr) = rt
-            .block_on(demo_upstream::bind())
-            .context("cannot bind the demo upstream on 127.0.0.1")?;
-        rt.spawn(demo_upstream::serve(demo));
-        tracing::info!(%addr, "no upstream configured: serving the built-in demo upstream");
-        vec![addr]
-    } else {
-        config.upstream.backends.clone()
-    };
-    Ok(Arc::new(Upstreams::new(
-        backends,
-        config.upstream.connect_timeout,
-    )))
+/// The built-in demo upstream on loopback (served by the control runtime) when no backend is configured.
+fn demo_upstream(
+    config: &Config,
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<Option<SocketAddr>> {
+    if !config.upstream.backends.is_empty() {
+        return Ok(None);
+    }
+    let (demo, addr) = rt
+        .block_on(demo_upstream::bind())
+        .context("cannot bind the demo upstream on 127.0.0.1")?;
+    rt.spawn(demo_upstream::serve(demo));
+    tracing::info!(%addr, "no upstream configured: serving the built-in demo upstream");
+    Ok(Some(addr))
 }
 
 /// Every worker's socket of every listener, bound before anything is announced (port 0 resolves on the first
@@ -466,95 +479,149 @@ fn drop_privileges(
     }
 }
 
-/// What every listener's context is built from.
-struct ListenerParts<'a> {
-    config: &'a Config,
-    tls_config: &'a Arc<rustls::ServerConfig>,
-    resolver: &'a Arc<tls::resolver::SniResolver>,
-    tickets: &'a tickets::Tickets,
-    engine: &'a Arc<dyn HandshakeEngine>,
-    admission: Option<&'a Arc<crate::admission::Admission>>,
-    session_store: Option<&'a Arc<tickets::session_store::SessionStore>>,
-    store_metrics: &'a tickets::session_store::metrics::StoreMetrics,
-    upstreams: &'a Arc<Upstreams>,
-    metrics: &'a Metrics,
-    http_metrics: &'a crate::http::HttpMetrics,
-    access_log: Option<&'a crate::http::AccessLog>,
-    limits: &'a Arc<crate::limits::Limits>,
-    phase: &'a watch::Receiver<Phase>,
+/// What every listener's context is built from besides the configuration: the parts that live as long as the
+/// daemon. A reload builds new contexts from the new configuration over the same parts.
+struct ListenerParts {
+    resolver: Arc<tls::resolver::SniResolver>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    tickets: Arc<tickets::Tickets>,
+    engine: Arc<dyn HandshakeEngine>,
+    admission: Option<Arc<crate::admission::Admission>>,
+    session_store: Option<Arc<tickets::session_store::SessionStore>>,
+    store_metrics: tickets::session_store::metrics::StoreMetrics,
+    /// The demo upstream's address, when it runs (no backend configured at start).
+    demo_upstream: Option<SocketAddr>,
+    metrics: Metrics,
+    http_metrics: crate::http::HttpMetrics,
+    /// The access log in use; a reload with another `[log]` section starts a new one.
+    access_log: std::sync::Mutex<AccessLogState>,
+    limits: Arc<crate::limits::Limits>,
+    phase: watch::Receiver<Phase>,
 }
 
-/// One context per listener, shared by the workers' connections on it: its mode (an HTTP front end or the byte
-/// relay), its TLS configuration (ALPN by mode, tickets, the early-data step), and the shared parts.
-fn listener_contexts(p: &ListenerParts<'_>) -> Vec<Arc<ListenerContext>> {
-    let config = p.config;
-    (0..config.listeners.len())
-        .map(|i| {
-            let mode = config
-                .listeners
-                .get(i)
-                .map_or(ListenerMode::Tcp, |l| l.mode);
-            let name = config.listener_name(i);
-            let http = (mode == ListenerMode::Http).then(|| {
-                Arc::new(
-                    crate::http::HttpContext::new(
-                        &name,
-                        config.http.clone(),
-                        p.upstreams.clone(),
-                        p.http_metrics.clone(),
-                        p.access_log.cloned(),
-                        p.phase.clone(),
+impl ListenerParts {
+    /// One context per listener of `config`, shared by the workers' connections on it: its mode (an HTTP
+    /// front end or the byte relay), its TLS configuration (versions, ALPN by mode, tickets, the early-data
+    /// step), its upstreams and timeouts, and the shared parts.
+    fn contexts(&self, config: &Config) -> anyhow::Result<Vec<Arc<ListenerContext>>> {
+        let backends = match (config.upstream.backends.is_empty(), self.demo_upstream) {
+            (false, _) => config.upstream.backends.clone(),
+            (true, Some(demo)) => vec![demo],
+            (true, None) => anyhow::bail!(
+                "upstream.backends is empty and the demo upstream is not running: removing every backend \
+                 takes a restart"
+            ),
+        };
+        let upstreams = Arc::new(Upstreams::new(backends, config.upstream.connect_timeout));
+        let tls_config =
+            tls::server_config(&config.tls, self.resolver.clone(), self.provider.clone())
+                .context("building the TLS configuration")?;
+        let access_log = self.access_log(config)?;
+        let contexts = (0..config.listeners.len())
+            .map(|i| {
+                let mode = config
+                    .listeners
+                    .get(i)
+                    .map_or(ListenerMode::Tcp, |l| l.mode);
+                let name = config.listener_name(i);
+                let http = (mode == ListenerMode::Http).then(|| {
+                    Arc::new(
+                        crate::http::HttpContext::new(
+                            &name,
+                            config.http.clone(),
+                            upstreams.clone(),
+                            self.http_metrics.clone(),
+                            access_log.clone(),
+                            self.phase.clone(),
+                        )
+                        .with_early(
+                            config
+                                .listeners
+                                .get(i)
+                                .filter(|l| l.early_data.enabled())
+                                .map(|l| crate::http::early::EarlyPolicy::new(&l.early_data)),
+                        ),
                     )
-                    .with_early(
-                        config
-                            .listeners
-                            .get(i)
-                            .filter(|l| l.early_data.enabled())
-                            .map(|l| crate::http::early::EarlyPolicy::new(&l.early_data)),
+                });
+                let mut base = (*tls_config).clone();
+                base.alpn_protocols = config
+                    .tls
+                    .alpn_for(mode)
+                    .iter()
+                    .map(|proto| proto.as_bytes().to_vec())
+                    .collect();
+                let base = Arc::new(base);
+                Arc::new(ListenerContext {
+                    access_log: (mode == ListenerMode::Tcp)
+                        .then(|| access_log.clone())
+                        .flatten(),
+                    http,
+                    tls: self.tickets.server_config(&base, &name),
+                    early: early_data_step(
+                        config,
+                        i,
+                        &base,
+                        self.session_store.as_ref(),
+                        self.admission.clone(),
+                        &self.store_metrics,
                     ),
-                )
-            });
-            let mut base = (**p.tls_config).clone();
-            base.alpn_protocols = config
-                .tls
-                .alpn_for(mode)
-                .iter()
-                .map(|proto| proto.as_bytes().to_vec())
-                .collect();
-            let base = Arc::new(base);
-            Arc::new(ListenerContext {
-                access_log: (mode == ListenerMode::Tcp)
-                    .then(|| p.access_log.cloned())
-                    .flatten(),
-                http,
-                tls: p.tickets.server_config(&base, &name),
-                early: early_data_step(
-                    config,
-                    i,
-                    &base,
-                    p.session_store,
-                    p.admission.cloned(),
-                    p.store_metrics,
-                ),
-                certs: p.resolver.clone(),
-                engine: p.engine.clone(),
-                upstreams: p.upstreams.clone(),
-                metrics: p.metrics.listener(&name),
-                handshake_timeout: config.tls.handshake_timeout,
-                max_client_hello_size: config.tls.max_client_hello_size,
-                proxy_protocol: config.upstream.proxy_protocol,
-                idle_timeout: config.upstream.idle_timeout,
-                lazy_connect: config.upstream.lazy_connect,
-                limits: p.limits.clone(),
+                    certs: self.resolver.clone(),
+                    engine: self.engine.clone(),
+                    upstreams: upstreams.clone(),
+                    metrics: self.metrics.listener(&name),
+                    handshake_timeout: config.tls.handshake_timeout,
+                    max_client_hello_size: config.tls.max_client_hello_size,
+                    proxy_protocol: config.upstream.proxy_protocol,
+                    idle_timeout: config.upstream.idle_timeout,
+                    lazy_connect: config.upstream.lazy_connect,
+                    limits: self.limits.clone(),
+                })
             })
-        })
-        .collect()
+            .collect();
+        Ok(contexts)
+    }
+}
+
+/// The access log of `[log]` as it was last started.
+struct AccessLogState {
+    config: crate::http::LogConfig,
+    log: Option<crate::http::AccessLog>,
+    /// The task that reopens it on SIGUSR1.
+    reopen: Option<tokio::task::AbortHandle>,
+}
+
+impl ListenerParts {
+    /// The access log for `config`: the one in use, or, when `[log]` changed, a new one (the old one's writer
+    /// ends once the connections that hold it close). Called on the control runtime.
+    fn access_log(&self, config: &Config) -> anyhow::Result<Option<crate::http::AccessLog>> {
+        let mut state = self
+            .access_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if format!("{:?}", state.config) != format!("{:?}", config.log) {
+            let log = crate::http::AccessLog::start(
+                &config.log.access,
+                config.log.log_query,
+                self.http_metrics.access_log_dropped.clone(),
+            )
+            .with_context(|| format!("log.access: cannot open {:?}", config.log.access))?;
+            if let Some(old) = state.reopen.take() {
+                old.abort();
+            }
+            state.reopen = log
+                .as_ref()
+                .map(|l| tokio::spawn(l.clone().reopen_on_sigusr1()).abort_handle());
+            state.config = config.log.clone();
+            state.log = log;
+        }
+        Ok(state.log.clone())
+    }
 }
 
 /// One pinned worker thread per index, each given its own socket of every listener.
 fn spawn_workers(
     groups: Vec<Vec<std::net::TcpListener>>,
-    contexts: &[Arc<ListenerContext>],
+    contexts: &[worker::ContextSlot],
     worker_cpus: &[Option<usize>],
     steering: Option<&steering::Steering>,
     metrics: &Metrics,

@@ -5,8 +5,8 @@
 //! `process`, `proxy`, `tickets`, `tls`, `xdp`); the doc links below to private modules read as plain names.
 //!
 //! - [`cli`]: the command line and exit codes; [`config`]: the typed TOML config.
-//! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what the signals do; [`reload`]: SIGHUP; [`process`]: the
-//!   drop to an unprivileged user with no capability after start-up.
+//! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what the signals do; [`reload`]: SIGHUP and
+//!   certificate file watching; [`process`]: the drop to an unprivileged user with no capability after start-up.
 //! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime.
 //! - [`connection`]: one connection from accept to close; [`http`]: `mode = "http"` listeners (HTTP/1.1 and h2
 //!   on hyper, the per-worker upstream pool, access log, request metrics).
@@ -14,8 +14,8 @@
 //! - [`offload`]: the QAT-style offload engine (bounded rings on crypto threads); [`admission`]: admission
 //!   control in front of it (cost classes, queue-delay controller, shedding).
 //! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
-//! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio sockets;
-//!   [`secret_file`]: reading key files (owner, mode, size checked on the open file; zeroized buffers).
+//! - [`tls`]: certificates, OCSP staples, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio
+//!   sockets; [`secret_file`]: reading key files (owner, mode, size checked on the open file; zeroized buffers).
 //! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`, `/fingerprints`
 //!   ([`seen_fingerprints`]: the most frequent ClientHello fingerprints lately, for operators to block).

@@ -1,21 +1,34 @@
-//! Reload on SIGHUP (`systemctl reload`): the configuration is read again the way it was at start (file and
-//! flags), and what can change without rebinding is applied.
+//! Reload on SIGHUP (`systemctl reload`), or when a certificate file changes: the configuration is read again
+//! the way it was at start (file and flags), and what can change without rebinding is applied.
 //!
-//! - Applied: the certificates and keys (`[tls] certificates`, or the self-signed one): all are loaded first,
-//!   then the SNI table is swapped whole ([`SniResolver::replace`]); handshakes in flight keep the certificate
-//!   they resolved.
-//! - Refused, with the section named in the log and `result="partial"`: every other section that changed.
-//!   Listen addresses, workers, XDP and the admin address need new sockets or programs; the others are read
-//!   once into the workers today (a restart applies them).
+//! - Certificates, keys and OCSP responses (`[tls] certificates`, or the self-signed one): all are loaded
+//!   first, then the SNI table is swapped whole ([`SniResolver::replace`]); handshakes in flight keep the
+//!   certificate they resolved.
+//! - Per listener, a new context ([`Live::contexts`]) stored in the slot the workers read for each new
+//!   connection ([`ContextSlot`]): upstreams (`[upstream]` backends, connect/idle timeouts, PROXY v2, lazy
+//!   connect; `[http]` limits and pool), TLS versions, ALPN, handshake timeout and ClientHello size, listener
+//!   mode and name, the early-data policy, the access log (`[log]`: a new one is started when it changed).
+//!   Connections already open finish on the context they started with.
+//! - The `[xdp]` knobs, written into the running program's config map ([`crate::xdp::SynShed::write_knobs`]).
+//! - The `[limits]` caps (for the next accept) and timeouts, keepalive and lifetime (for connections accepted
+//!   after the reload): [`crate::limits::Limits::update`].
+//! - Refused, each field named in the log and `result="partial"` ([`keep_restart_fields`]): what needs new
+//!   sockets, threads or programs (listen addresses, backlog, workers, the admin address, XDP interfaces, mode
+//!   and pins, steering), state read once at start (tickets, session cache and store, engine, admission,
+//!   the drain timeout, the process user). The rest of the file is applied.
 //! - A file that does not parse or validate, or a certificate or key that does not load, changes nothing: the
-//!   last good configuration stays (`result="failed"`, the log says why).
+//!   last good configuration stays (`result="failed"`, the log says why). A bad OCSP response only loses its
+//!   staple (`tls::ocsp`).
+//! - Watching ([`Reloader::run`], `[tls] watch_interval`): the certificate, key and OCSP files are stat'ed
+//!   (`tls::watch`); a change, once the files settle, reloads exactly as SIGHUP does. So does a stapled OCSP
+//!   response reaching its nextUpdate: the reload staples the renewed file, or drops the stale one.
 //!
 //! Metrics: `portcullis_config_reloads_total{result}`, `portcullis_config_last_reload_success_timestamp_seconds`,
 //! `portcullis_certificate_not_after_seconds{name}` (alert: `PortcullisCertificateExpiresSoon`, 14 days).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,15 +38,18 @@ use prometheus_client::registry::Registry;
 use rustls::crypto::CryptoProvider;
 
 use crate::config::Config;
+use crate::connection::ListenerContext;
 use crate::tls::certs::LoadedCert;
 use crate::tls::resolver::SniResolver;
+use crate::tls::watch::Stamp;
+use crate::worker::ContextSlot;
 
 /// How a reload ended (the `result` label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Everything that changed was applied.
     Ok,
-    /// The certificates were applied; other changed sections need a restart.
+    /// Applied, but for changed fields that need a restart (named in the log).
     Partial,
     /// Nothing changed: the file or a certificate is bad.
     Failed,
@@ -78,8 +94,9 @@ impl ReloadMetrics {
         }
         registry.register(
             "portcullis_config_reloads",
-            "Configuration reloads (SIGHUP), by result: ok, partial (certificates applied, other changes need a \
-             restart), failed (nothing applied: the last good configuration stays)",
+            "Configuration reloads (SIGHUP or a changed certificate file), by result: ok, partial (applied but for \
+             fields that need a restart, named in the log), failed (nothing applied: the last good configuration \
+             stays)",
             self.reloads.clone(),
         );
         registry.register(
@@ -132,33 +149,58 @@ fn not_after(cert: &LoadedCert) -> Option<i64> {
     Some(parsed.validity().not_after.timestamp())
 }
 
+/// Builds every listener's context from a configuration (`daemon::ListenerParts::contexts`).
+pub type BuildContexts = Box<dyn Fn(&Config) -> anyhow::Result<Vec<Arc<ListenerContext>>> + Send>;
+
+/// What a reload changes in the running daemon.
+pub struct Live {
+    /// The certificate table, swapped whole.
+    pub resolver: Arc<SniResolver>,
+    /// Builds every listener's context from a configuration, over the daemon's long-lived parts (engine,
+    /// tickets, session store, metrics, limits).
+    pub contexts: BuildContexts,
+    /// Where the workers read each listener's context for a new connection, in listener order.
+    pub slots: Vec<ContextSlot>,
+    /// The XDP program's config map, when XDP runs (the knobs are written there).
+    pub xdp: Option<Arc<crate::xdp::SynShed>>,
+    /// Whether the 0-RTT session store runs: turning early data on for a listener needs it.
+    pub session_store: bool,
+    /// The connection caps and timeouts the workers read per accept.
+    pub limits: Arc<crate::limits::Limits>,
+}
+
 /// Reads the configuration again and applies it; owns the last good configuration.
 pub struct Reloader {
     current: Config,
     load: Box<dyn Fn() -> Result<Config, String> + Send>,
     state_dir: PathBuf,
     provider: Arc<CryptoProvider>,
-    resolver: Arc<SniResolver>,
     metrics: ReloadMetrics,
+    live: Live,
+    /// When the first OCSP staple goes stale (Unix seconds): the watcher reloads then.
+    staple_stale_at: Option<i64>,
 }
 
 impl Reloader {
-    /// A reloader for the daemon started with `current`; `load` reads the configuration as at start.
+    /// A reloader for the daemon started with `current` and serving `certs`; `load` reads the configuration as
+    /// at start.
     pub fn new(
         current: Config,
         load: Box<dyn Fn() -> Result<Config, String> + Send>,
         state_dir: PathBuf,
         provider: Arc<CryptoProvider>,
-        resolver: Arc<SniResolver>,
         metrics: ReloadMetrics,
+        live: Live,
+        certs: &[LoadedCert],
     ) -> Self {
         Self {
             current,
             load,
             state_dir,
             provider,
-            resolver,
             metrics,
+            live,
+            staple_stale_at: crate::tls::ocsp::earliest_next_update(certs, unix_now()),
         }
     }
 
@@ -169,8 +211,61 @@ impl Reloader {
         outcome
     }
 
+    /// Reloads on every SIGHUP, and when a watched certificate file changes (`[tls] watch_interval`), until
+    /// the task is dropped.
+    pub async fn run(mut self, mut hangups: tokio::signal::unix::Signal) {
+        let mut seen = self.stamp();
+        loop {
+            let interval = self.current.tls.watch_interval;
+            let tick = async {
+                if interval.is_zero() {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(interval).await;
+            };
+            tokio::select! {
+                signal = hangups.recv() => {
+                    if signal.is_none() {
+                        return;
+                    }
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    self.reload();
+                    seen = self.stamp();
+                }
+                () = tick => {
+                    if self.staple_stale_at.is_some_and(|t| unix_now() >= t) {
+                        tracing::warn!("an OCSP staple passed its nextUpdate: reloading to drop or renew it");
+                        if self.reload() == Outcome::Failed {
+                            // The last good certificates keep their staple; the next file change tries again.
+                            self.staple_stale_at = None;
+                        }
+                        seen = self.stamp();
+                        continue;
+                    }
+                    if self.stamp() == seen {
+                        continue;
+                    }
+                    let paths = crate::tls::watch::paths(&self.current.tls);
+                    let settled = settle(&paths).await;
+                    tracing::info!("certificate files changed: reloading the configuration");
+                    self.reload();
+                    // What was read is what `settled` saw; a change during the reload shows at the next tick.
+                    seen = if paths == crate::tls::watch::paths(&self.current.tls) {
+                        settled
+                    } else {
+                        self.stamp()
+                    };
+                }
+            }
+        }
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp::of(&crate::tls::watch::paths(&self.current.tls))
+    }
+
     fn try_reload(&mut self) -> Outcome {
-        let new = match (self.load)() {
+        let mut new = match (self.load)() {
             Ok(c) => c.with_defaults(),
             Err(e) => {
                 tracing::warn!(error = %e, "reload failed: keeping the last good configuration");
@@ -181,6 +276,7 @@ impl Reloader {
             tracing::warn!(error = %e, "reload failed: keeping the last good configuration");
             return Outcome::Failed;
         }
+        let mut refused = keep_restart_fields(&self.current, &mut new, self.live.session_store);
         let certs = match crate::tls::load_certificates(&new.tls, &self.state_dir, &self.provider) {
             Ok(c) => c,
             Err(e) => {
@@ -188,7 +284,21 @@ impl Reloader {
                 return Outcome::Failed;
             }
         };
-        if !self.resolver.replace(&certs) {
+        let contexts = match (self.live.contexts)(&new) {
+            Ok(c) if c.len() == self.live.slots.len() => c,
+            Ok(_) => {
+                tracing::warn!(
+                    "reload failed: the listeners changed; keeping the last good configuration"
+                );
+                return Outcome::Failed;
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "reload failed: keeping the last good configuration");
+                return Outcome::Failed;
+            }
+        };
+        // Nothing below can fail but the XDP map write: the certificates, then the listeners, are swapped.
+        if !self.live.resolver.replace(&certs) {
             tracing::warn!("reload failed: no certificate loaded; keeping the last good ones");
             return Outcome::Failed;
         }
@@ -196,44 +306,188 @@ impl Reloader {
             tracing::info!(cert = %c.source.display(), names = ?c.names, "certificate reloaded");
         }
         self.metrics.loaded(&certs);
-        let restart = needs_restart(&self.current, &new);
-        self.current.tls.certificates = new.tls.certificates;
-        if restart.is_empty() {
-            tracing::info!("configuration reloaded");
+        self.staple_stale_at = crate::tls::ocsp::earliest_next_update(&certs, unix_now());
+        for (slot, ctx) in self.live.slots.iter().zip(contexts) {
+            slot.store(ctx);
+        }
+        self.live
+            .limits
+            .update(&new.limits, new.upstream.idle_timeout);
+        if let Some(xdp) = &self.live.xdp
+            && differ(&self.current.xdp, &new.xdp)
+            && let Err(e) = xdp.write_knobs(&new.xdp)
+        {
+            tracing::warn!(error = %format!("{e:#}"), "cannot write the XDP knobs; they keep their values");
+            new.xdp = self.current.xdp.clone();
+            refused.push("xdp (knobs: the map write failed)".to_owned());
+        }
+        let applied = changed_sections(&self.current, &new);
+        self.current = new;
+        if refused.is_empty() {
+            tracing::info!(applied = %applied.join(", "), "configuration reloaded");
             Outcome::Ok
         } else {
             tracing::warn!(
-                fields = %restart.join(", "),
-                "configuration reloaded: certificates applied; these changes need a restart and were not applied"
+                applied = %applied.join(", "),
+                fields = %refused.join(", "),
+                "configuration reloaded; these changes need a restart and were not applied"
             );
             Outcome::Partial
         }
     }
 }
 
-/// The sections (top-level fields) of `new` that differ from `old`, other than the certificates.
-pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
-    let differ =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    let mut tls_old = old.tls.clone();
-    let mut tls_new = new.tls.clone();
-    tls_old.certificates.clear();
-    tls_new.certificates.clear();
-    let sections: [(&'static str, bool); 14] = [
-        ("workers", differ(&old.workers, &new.workers)),
-        ("pin_workers", differ(&old.pin_workers, &new.pin_workers)),
-        ("state_dir", differ(&old.state_dir, &new.state_dir)),
+/// How long the watcher waits between two looks at files that just changed.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Waits until the files stop changing (two looks 250 ms apart agree, at most 5 s), so a renewal that writes
+/// the chain, then the key, then the OCSP response is read once, whole; the stamp they settled at.
+async fn settle(paths: &[PathBuf]) -> Stamp {
+    let mut last = Stamp::of(paths);
+    for _ in 0..20 {
+        tokio::time::sleep(SETTLE).await;
+        let now = Stamp::of(paths);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+fn differ<T: std::fmt::Debug>(a: &T, b: &T) -> bool {
+    format!("{a:?}") != format!("{b:?}")
+}
+
+/// Puts back into `new` the fields that need a restart (new sockets, programs, threads, or state read once)
+/// where they differ from `old`, and names them. The rest of `new` can be applied as it is.
+pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) -> Vec<String> {
+    let mut refused = Vec::new();
+    let mut keep = |name: String, changed: bool| {
+        if changed {
+            refused.push(name);
+        }
+        changed
+    };
+    macro_rules! restart {
+        ($name:expr, $($field:ident).+) => {
+            if keep($name.to_owned(), differ(&old.$($field).+, &new.$($field).+)) {
+                new.$($field).+ = old.$($field).+.clone();
+            }
+        };
+    }
+    // A whole section that needs a restart, its changed fields named.
+    macro_rules! section {
+        ($name:expr, $($field:ident).+) => {
+            let changed = changed_fields($name, &old.$($field).+, &new.$($field).+);
+            if !changed.is_empty() {
+                for field in changed {
+                    keep(field, true);
+                }
+                new.$($field).+ = old.$($field).+.clone();
+            }
+        };
+    }
+    // Threads and sockets.
+    restart!("workers", workers);
+    restart!("pin_workers", pin_workers);
+    restart!("state_dir", state_dir);
+    restart!("metrics.address", metrics.address);
+    if keep(
+        "listeners (their number)".to_owned(),
+        old.listeners.len() != new.listeners.len(),
+    ) {
+        new.listeners = old.listeners.clone();
+    }
+    for (i, (o, n)) in old
+        .listeners
+        .iter()
+        .zip(new.listeners.iter_mut())
+        .enumerate()
+    {
+        if keep(format!("listeners[{i}].address"), o.address != n.address) {
+            n.address = o.address;
+        }
+        if keep(format!("listeners[{i}].backlog"), o.backlog != n.backlog) {
+            n.backlog = o.backlog;
+        }
+        if keep(
+            format!("listeners[{i}].early_data (the 0-RTT session store starts only with it)"),
+            !session_store && n.early_data.enabled() && differ(&o.early_data, &n.early_data),
+        ) {
+            n.early_data = o.early_data.clone();
+        }
+    }
+    // Programs and pins.
+    restart!("xdp.interfaces", xdp.interfaces);
+    restart!("xdp.mode", xdp.mode);
+    restart!("xdp.pin_dir", xdp.pin_dir);
+    section!("steering", steering);
+    // State read once at start.
+    restart!("tls.tickets", tls.tickets);
+    restart!("tls.ticket_keys_dir", tls.ticket_keys_dir);
+    restart!("tls.ticket_lifetime", tls.ticket_lifetime);
+    restart!("tls.ticket_key_lead", tls.ticket_key_lead);
+    restart!("tls.session_cache_size", tls.session_cache_size);
+    section!("tls.session_store", tls.session_store);
+    section!("engine", engine);
+    section!("admission", admission);
+    section!("shutdown", shutdown);
+    section!("process", process);
+    refused
+}
+
+/// The fields of section `name` (a struct with a derived `Debug`) that differ between `old` and `new`, as
+/// `name.field`; `name` alone when they differ in a way the field list does not show.
+fn changed_fields<T: std::fmt::Debug>(name: &str, old: &T, new: &T) -> Vec<String> {
+    if !differ(old, new) {
+        return Vec::new();
+    }
+    // `{:#?}` puts each top-level field on a line of its own indented by four spaces, `name: value`, its value
+    // continuing on deeper-indented lines.
+    fn fields(pretty: &str) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = Vec::new();
+        for line in pretty.lines().skip(1) {
+            match line.strip_prefix("    ") {
+                Some(rest) if !rest.starts_with(' ') => {
+                    if let Some((field, value)) = rest.split_once(": ") {
+                        out.push((field.to_owned(), value.to_owned()));
+                    }
+                }
+                _ => {
+                    if let Some((_, value)) = out.last_mut() {
+                        value.push_str(line);
+                    }
+                }
+            }
+        }
+        out
+    }
+    let (a, b) = (fields(&format!("{old:#?}")), fields(&format!("{new:#?}")));
+    let named: Vec<String> = a
+        .iter()
+        .zip(&b)
+        .filter(|((fa, va), (fb, vb))| fa == fb && va != vb)
+        .map(|((field, _), _)| format!("{name}.{field}"))
+        .collect();
+    if named.is_empty() || a.len() != b.len() {
+        vec![name.to_owned()]
+    } else {
+        named
+    }
+}
+
+/// The top-level sections of `new` that differ from `old` (what a reload applied), for the log.
+fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
+    // After `keep_restart_fields` only these can differ.
+    let sections: [(&'static str, bool); 7] = [
         ("listeners", differ(&old.listeners, &new.listeners)),
-        ("tls", differ(&tls_old, &tls_new)),
+        ("tls", differ(&old.tls, &new.tls)),
         ("upstream", differ(&old.upstream, &new.upstream)),
-        ("metrics", differ(&old.metrics, &new.metrics)),
-        ("shutdown", differ(&old.shutdown, &new.shutdown)),
+        ("http", differ(&old.http, &new.http)),
         ("xdp", differ(&old.xdp, &new.xdp)),
-        ("engine", differ(&old.engine, &new.engine)),
-        ("admission", differ(&old.admission, &new.admission)),
-        ("steering", differ(&old.steering, &new.steering)),
         ("limits", differ(&old.limits, &new.limits)),
-        ("process", differ(&old.process, &new.process)),
+        ("log", differ(&old.log, &new.log)),
     ];
     sections
         .into_iter()
@@ -245,22 +499,84 @@ pub fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> Config {
+        Config::parse(text).expect("parses")
+    }
+
     #[test]
-    fn changed_sections_are_named_and_certificates_are_not_among_them() {
-        let old = Config::parse("workers = 2\n[[listeners]]\naddress = \"127.0.0.1:1\"\n")
-            .expect("parses");
-        let same_but_certs = Config::parse(
+    fn restart_fields_are_named_and_kept_and_the_rest_is_left_to_apply() {
+        let old = parse("workers = 2\n[[listeners]]\naddress = \"127.0.0.1:1\"\n");
+        let mut same_but_certs = parse(
             "workers = 2\n[[listeners]]\naddress = \"127.0.0.1:1\"\n[[tls.certificates]]\ncert = \"a\"\nkey = \"b\"\n",
-        )
-        .expect("parses");
-        assert!(needs_restart(&old, &same_but_certs).is_empty());
-        let moved = Config::parse(
-            "workers = 3\n[[listeners]]\naddress = \"127.0.0.1:2\"\n[upstream]\nidle_timeout = \"1m\"\n",
-        )
-        .expect("parses");
-        assert_eq!(
-            needs_restart(&old, &moved),
-            vec!["workers", "listeners", "upstream"]
         );
+        assert!(keep_restart_fields(&old, &mut same_but_certs, false).is_empty());
+        let mut moved = parse(
+            "workers = 3\n[[listeners]]\naddress = \"127.0.0.1:2\"\n[upstream]\nidle_timeout = \"1m\"\n\
+             backends = [\"127.0.0.1:9\"]\n[xdp]\nsyn_rate = 5\ninterfaces = [\"eth0\"]\n[limits]\n\
+             max_connections = 10\n[admission]\ntarget = \"7ms\"\nsyn_shed = 0.5\n[process]\n\
+             drop_capabilities = true\n",
+        );
+        assert_eq!(
+            keep_restart_fields(&old, &mut moved, false),
+            vec![
+                "workers",
+                "listeners[0].address",
+                "xdp.interfaces",
+                "admission.target",
+                "admission.syn_shed",
+                "process.drop_capabilities"
+            ]
+        );
+        // The refused fields hold their old values; the others their new ones.
+        assert_eq!(moved.workers, Some(2));
+        assert_eq!(
+            moved.listeners.first().map(|l| l.address),
+            old.listeners.first().map(|l| l.address)
+        );
+        assert!(moved.xdp.interfaces.is_empty());
+        assert_eq!(moved.limits.max_connections, Some(10));
+        assert_eq!(moved.upstream.idle_timeout, Duration::from_secs(60));
+        assert_eq!(moved.xdp.syn_rate, 5);
+        assert_eq!(
+            changed_sections(&old, &moved),
+            vec!["upstream", "xdp", "limits"]
+        );
+    }
+
+    #[test]
+    fn a_changed_field_of_a_restart_section_is_named_even_when_nested() {
+        let old = parse("");
+        let mut new = parse("[tls.session_store]\ncapacity = 10\n[steering]\nenabled = false\n");
+        assert_eq!(
+            keep_restart_fields(&old, &mut new, false),
+            vec!["steering.enabled", "tls.session_store.capacity"]
+        );
+        assert!(!differ(&old.tls, &new.tls) && !differ(&old.steering, &new.steering));
+        assert_eq!(
+            changed_fields("x", &Some(1), &None::<i32>),
+            vec!["x"],
+            "not a struct: the section is named"
+        );
+    }
+
+    #[test]
+    fn turning_early_data_on_needs_the_session_store_started_at_start() {
+        let old = parse("[[listeners]]\naddress = \"127.0.0.1:1\"\n");
+        let on =
+            "[[listeners]]\naddress = \"127.0.0.1:1\"\n[listeners.early_data]\nmax_size = 16384\n";
+        let mut without_store = parse(on);
+        assert_eq!(
+            keep_restart_fields(&old, &mut without_store, false),
+            vec!["listeners[0].early_data (the 0-RTT session store starts only with it)"]
+        );
+        assert!(
+            without_store
+                .listeners
+                .iter()
+                .all(|l| !l.early_data.enabled())
+        );
+        let mut with_store = parse(on);
+        assert!(keep_restart_fields(&old, &mut with_store, true).is_empty());
+        assert!(with_store.listeners.iter().all(|l| l.early_data.enabled()));
     }
 }

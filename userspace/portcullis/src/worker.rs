@@ -15,14 +15,19 @@ use crate::connection::{self, ListenerContext};
 use crate::limits::{Closed, Limits};
 use crate::shutdown::Phase;
 
+/// Where a worker reads a listener's context for each new connection: a reload stores a new one (new
+/// upstreams, timeouts, TLS settings) and connections already open keep the one they started with. A load is
+/// one atomic read and a reference count, per accepted connection.
+pub type ContextSlot = Arc<arc_swap::ArcSwap<ListenerContext>>;
+
 /// What one worker runs.
 pub struct WorkerSpec {
     /// Worker number, from 0.
     pub index: usize,
     /// CPU to pin to, if pinning.
     pub cpu: Option<usize>,
-    /// This worker's socket of each listener, with the listener's context.
-    pub listeners: Vec<(std::net::TcpListener, Arc<ListenerContext>)>,
+    /// This worker's socket of each listener, with the listener's context slot.
+    pub listeners: Vec<(std::net::TcpListener, ContextSlot)>,
     /// This worker's accepted-connections counter (all listeners).
     pub accepted: Counter,
     /// Where admission control marks this worker saturated for reuseport steering, when steering runs.
@@ -133,7 +138,7 @@ async fn wait_for_stop(phase: &mut watch::Receiver<Phase>) {
 
 async fn accept_loop(
     listener: TcpListener,
-    ctx: Arc<ListenerContext>,
+    slot: ContextSlot,
     accepted_total: Counter,
     limits: Arc<Limits>,
     tracker: Arc<Tracker>,
@@ -156,17 +161,20 @@ async fn accept_loop(
                         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
                         continue;
                     };
-                    if let Some(idle) = limits.tcp_keepalive
+                    // Taken now: a reload changes them for connections accepted after it.
+                    let settings = limits.settings();
+                    let lifetime = settings.lifetime;
+                    if let Some(idle) = settings.tcp_keepalive
                         && let Err(e) = crate::limits::set_keepalive(&tcp, idle)
                     {
                         tracing::debug!(%peer, error = %e, "cannot set TCP keepalive");
                     }
                     let guard = tracker.enter();
-                    let ctx = ctx.clone();
+                    let ctx = slot.load_full();
                     let limits = limits.clone();
                     tokio::spawn(async move {
                         let serve = connection::serve(tcp, peer, ctx);
-                        match limits.lifetime {
+                        match lifetime {
                             Some(lifetime) => {
                                 if tokio::time::timeout(lifetime, serve).await.is_err() {
                                     limits.metrics.closed(Closed::Lifetime);

@@ -135,6 +135,18 @@ const SOURCE_SHARDS: usize = 16;
 
 /// The process-wide connection counts and the limits' settings, shared by every worker.
 pub struct Limits {
+    /// Swapped whole by a reload ([`Limits::update`]); read once per accepted connection.
+    settings: arc_swap::ArcSwap<Settings>,
+    open: AtomicUsize,
+    sources: [Mutex<HashMap<IpAddr, usize>>; SOURCE_SHARDS],
+    /// The counters.
+    pub metrics: LimitMetrics,
+}
+
+/// The `[limits]` settings in force. A connection takes them at accept: a reload changes the caps for the
+/// next accept and the timeouts, keepalive and lifetime for connections accepted after it.
+#[derive(Debug)]
+pub struct Settings {
     process_cap: usize,
     worker_cap: Option<usize>,
     source_cap: usize,
@@ -144,15 +156,11 @@ pub struct Limits {
     pub tcp_keepalive: Option<Duration>,
     /// `limits.max_connection_lifetime`, `None` when unlimited.
     pub lifetime: Option<Duration>,
-    open: AtomicUsize,
-    sources: [Mutex<HashMap<IpAddr, usize>>; SOURCE_SHARDS],
-    /// The counters.
-    pub metrics: LimitMetrics,
 }
 
-impl Limits {
-    /// The limits of `config`, with no connection open; the first-byte timeout is capped at `idle_timeout`.
-    pub fn new(config: &LimitsConfig, idle_timeout: Duration, metrics: LimitMetrics) -> Self {
+impl Settings {
+    /// The settings of `config`; the first-byte timeout is capped at `idle_timeout`.
+    fn new(config: &LimitsConfig, idle_timeout: Duration) -> Self {
         Self {
             process_cap: config.process_cap(),
             worker_cap: config.max_connections_per_worker,
@@ -161,15 +169,36 @@ impl Limits {
             tcp_keepalive: (!config.tcp_keepalive.is_zero()).then_some(config.tcp_keepalive),
             lifetime: (!config.max_connection_lifetime.is_zero())
                 .then_some(config.max_connection_lifetime),
+        }
+    }
+}
+
+impl Limits {
+    /// The limits of `config`, with no connection open; the first-byte timeout is capped at `idle_timeout`.
+    pub fn new(config: &LimitsConfig, idle_timeout: Duration, metrics: LimitMetrics) -> Self {
+        Self {
+            settings: arc_swap::ArcSwap::from_pointee(Settings::new(config, idle_timeout)),
             open: AtomicUsize::new(0),
             sources: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             metrics,
         }
     }
 
+    /// Puts the settings of `config` in force (a reload), keeping the counts of open connections: a lower cap
+    /// refuses new connections until enough close; none is closed for it.
+    pub fn update(&self, config: &LimitsConfig, idle_timeout: Duration) {
+        self.settings
+            .store(Arc::new(Settings::new(config, idle_timeout)));
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.load_full()
+    }
+
     /// The process cap in force.
     pub fn process_cap(&self) -> usize {
-        self.process_cap
+        self.settings.load().process_cap
     }
 
     /// Takes a place for a connection from `peer` on a worker that has `worker_open` open already, or says
@@ -186,13 +215,14 @@ impl Limits {
             self.metrics.refused(reason);
             Err(reason)
         };
-        if self.worker_cap.is_some_and(|cap| worker_open >= cap) {
+        let settings = self.settings.load();
+        if settings.worker_cap.is_some_and(|cap| worker_open >= cap) {
             return refused(Refused::Worker);
         }
         if self
             .open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.process_cap).then_some(n + 1)
+                (n < settings.process_cap).then_some(n + 1)
             })
             .is_err()
         {
@@ -202,11 +232,11 @@ impl Limits {
             limits: self.clone(),
             source: None,
         };
-        if self.source_cap > 0 {
+        if settings.source_cap > 0 {
             let source = source_key(peer.ip());
             let mut shard = self.shard(&source);
             let n = shard.entry(source).or_insert(0);
-            if *n >= self.source_cap {
+            if *n >= settings.source_cap {
                 drop(shard);
                 drop(admitted); // gives the process place back
                 return refused(Refused::Source);

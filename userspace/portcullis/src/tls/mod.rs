@@ -1,7 +1,9 @@
 //! TLS termination setup: certificates, SNI choice and the rustls `ServerConfig` every worker shares.
 
 pub mod certs;
+pub mod ocsp;
 pub mod resolver;
+pub mod watch;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,8 +33,45 @@ pub fn load_certificates(
     }
     tls.certificates
         .iter()
-        .map(|c| certs::load(&c.cert, &c.key, &c.server_names, provider))
+        .map(|c| {
+            let loaded = certs::load(&c.cert, &c.key, &c.server_names, provider)?;
+            Ok(match &c.ocsp {
+                Some(path) => with_ocsp(loaded, path),
+                None => loaded,
+            })
+        })
         .collect()
+}
+
+/// `cert` with the OCSP response in `path` stapled, when [`ocsp::load`] accepts it; else `cert` as it was,
+/// with a warning: a bad staple never keeps a certificate from being served.
+fn with_ocsp(cert: LoadedCert, path: &Path) -> LoadedCert {
+    let Some(leaf) = cert.key.cert.first() else {
+        return cert;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    match ocsp::load(path, leaf.as_ref(), now) {
+        Ok(der) => {
+            tracing::info!(
+                cert = %cert.source.display(),
+                ocsp = %path.display(),
+                bytes = der.len(),
+                "OCSP response stapled"
+            );
+            let mut key = (*cert.key).clone();
+            key.ocsp = Some(der);
+            LoadedCert {
+                key: Arc::new(key),
+                ..cert
+            }
+        }
+        Err(e) => {
+            tracing::warn!(cert = %cert.source.display(), error = %e, "serving the certificate without an OCSP staple");
+            cert
+        }
+    }
 }
 
 /// Builds the certificate choice shared by the server configuration and handshake classification (one table,

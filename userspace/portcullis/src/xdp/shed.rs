@@ -73,4 +73,18 @@ impl SynShed {
         self.current_retry.store(retry_ppm, Ordering::Relaxed);
         Ok(())
     }
+
+    /// Writes the `[xdp]` knobs of `section` into the program's config map (through the one mapping,
+    /// [`super::XdpSection::write_knobs`]), keeping the shed fractions: how a reload turns them on the next
+    /// packet. Under the same lock as [`Self::set_ppm`], so neither write loses the other's fields. Needs no
+    /// capability: the map's descriptor was opened at start.
+    pub fn write_knobs(&self, section: &super::XdpSection) -> anyhow::Result<()> {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let mut config = map
+            .get(&XDP_CONFIG_KEY, 0)
+            .context("cannot read the XDP config map")?;
+        section.write_knobs(&mut config);
+        map.set(XDP_CONFIG_KEY, config, 0)
+            .context("cannot write the XDP config map")
+    }
 }
