@@ -2,7 +2,9 @@
 //! one worker pinned to CPU 0, on a free loopback port, with its config and log under `target/bench/<label>/`
 //! (`<label>` is the server's name unless the bench runs one server in several configurations).
 //! Stopped by PID (never by name) when the [`Server`] is dropped. For `bench http`, the same three as reverse
-//! proxies ([`start_http`]) and the nginx they share as upstream ([`start_upstream`]).
+//! proxies ([`start_http`]) and the nginx they share as upstream ([`start_upstream`]). For `bench zero-rtt`, the
+//! three with TLS 1.3 early data on, inside a network namespace, sharing ticket keys with a twin
+//! ([`start_zero_rtt`]).
 
 use std::fmt;
 use std::fs::File;
