@@ -93,7 +93,8 @@ struct Replay {
 }
 
 /// Runs the benchmark; writes `zero-rtt.json` and `zero-rtt.txt` under `target/bench/`. Fails when a server
-/// does not answer, a resuming mode never resumed, or the replay's original request never reached the upstream.
+/// does not answer, a resuming mode never resumed, a server accepted no early data at all, or the replay's
+/// original request did not reach the upstream exactly once.
 pub fn run(ctx: &Ctx) -> Result<()> {
     let started = Instant::now();
     let rtts: Vec<u32> = if ctx.quick {
@@ -220,6 +221,15 @@ impl Bench<'_> {
             if mode != "full" && report["resumed"].as_u64() == Some(0) {
                 bail!(
                     "{name} did not resume any {mode} connection at {rtt} ms (see {}); its ticket config is broken",
+                    self.ctx.out.join(&spec.label).display()
+                );
+            }
+            // All three are configured to accept it: none accepted means the config under test is broken.
+            if mode == "zero-rtt" && cell.early_accepted == 0 {
+                bail!(
+                    "{name} accepted early data on none of the {} 0-RTT connections at {rtt} ms; see its config and \
+                     log under {}",
+                    cell.ok,
                     self.ctx.out.join(&spec.label).display()
                 );
             }
