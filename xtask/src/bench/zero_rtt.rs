@@ -90,6 +90,9 @@ struct Replay {
     early_accepted: bool,
     /// Requests for the path at the upstream: the original plus every replay that got through.
     upstream_count: usize,
+    /// portcullis: replays its two instances recognised and refused early data to
+    /// (`portcullis_early_data_total{outcome="replay"}`); `None` for the peers, which count none.
+    refused: Option<u64>,
 }
 
 /// Runs the benchmark; writes `zero-rtt.json` and `zero-rtt.txt` under `target/bench/`. Fails when a server
@@ -153,6 +156,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
             "replay": replays.iter().map(|r| json!({
                 "server": r.server, "early_accepted": r.early_accepted, "upstream_count": r.upstream_count,
+                "replays_refused_and_counted": r.refused,
             })).collect::<Vec<_>>(),
             "targets": verdicts,
             "seconds": started.elapsed().as_secs_f64(),
@@ -273,11 +277,19 @@ impl Bench<'_> {
         // A server that forwards early data has done so by now (REPLAY_WAIT each); leave the upstream a moment.
         std::thread::sleep(Duration::from_millis(300));
         let upstream_count = self.upstream().count(&path);
+        let refused = match kind {
+            ServerKind::Portcullis => Some(
+                replays_counted(&self.wan.server_path(), a_spec.metrics_port)?
+                    + replays_counted(&self.wan.server_path(), b_spec.metrics_port)?,
+            ),
+            _ => None,
+        };
         drop((a, b));
         Ok(Replay {
             server: name,
             early_accepted,
             upstream_count,
+            refused,
         })
     }
 
@@ -346,6 +358,26 @@ fn replay(client_ns: &Path, port: u16, flight: &[u8]) -> Result<()> {
         }
         Ok(())
     })?
+}
+
+/// `portcullis_early_data_total{outcome="replay"}` of the portcullis whose metrics listen on 127.0.0.1:`port`
+/// in `netns`.
+fn replays_counted(netns: &Path, port: u16) -> Result<u64> {
+    let (status, text) = netns::run_in(netns, || servers::http_get(port, "/metrics"))??;
+    if status != 200 {
+        bail!("GET /metrics on portcullis' 127.0.0.1:{port} answered {status}");
+    }
+    Ok(replay_metric(&text))
+}
+
+/// The sum of `portcullis_early_data_total` series labelled `outcome="replay"` in a metrics text.
+fn replay_metric(text: &str) -> u64 {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("portcullis_early_data_total{") && l.contains("outcome=\"replay\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn mode_cell(report: &Value) -> Option<ModeCell> {
@@ -704,13 +736,13 @@ fn render(rows: &[Row], replays: &[Replay], verdicts: &Value) -> String {
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "{:<11} {:>14} {:>28}",
-        "server", "early accepted", "upstream got the request"
+        "{:<11} {:>14} {:>28} {:>20}",
+        "server", "early accepted", "upstream got the request", "replays counted"
     );
     for r in replays {
         let _ = writeln!(
             out,
-            "{:<11} {:>14} {:>28}",
+            "{:<11} {:>14} {:>28} {:>20}",
             r.server,
             if r.early_accepted { "yes" } else { "no" },
             format!(
@@ -718,12 +750,14 @@ fn render(rows: &[Row], replays: &[Replay], verdicts: &Value) -> String {
                 r.upstream_count,
                 if r.upstream_count == 1 { "" } else { "s" }
             ),
+            r.refused.map_or("-".to_owned(), |n| n.to_string()),
         );
     }
     let _ = writeln!(
         out,
         "Replay: one 0-RTT GET to instance A, its first flight (ClientHello + early data) captured and re-sent raw \
-         to A and to B (same ticket keys; portcullis: same fleet keys and one Redis). 1 = no replay got through."
+         to A and to B (same ticket keys; portcullis: same fleet keys and one Redis). 1 = no replay got through; replays \
+         counted = portcullis_early_data_total{{outcome=\"replay\"}} of A and B."
     );
     if let Some(cells) = verdicts["zero_rtt_ttfb"].as_array() {
         for t in cells {
@@ -821,11 +855,13 @@ mod tests {
                 server: "portcullis",
                 early_accepted: true,
                 upstream_count: 1,
+                refused: Some(2),
             },
             Replay {
                 server: "nginx",
                 early_accepted: true,
                 upstream_count: 3,
+                refused: None,
             },
         ];
         let v = verdicts(&rows, &replays);
@@ -841,6 +877,17 @@ mod tests {
         let fast = [row("portcullis", 30, 61.0, 31.0, 10)];
         assert_eq!(verdicts(&fast, &[])["zero_rtt_ttfb"][0]["met"], true);
         assert!(verdicts(&fast, &[])["replays"].is_null());
+    }
+
+    #[test]
+    fn replay_outcomes_are_summed_from_the_metrics_text() {
+        let text = "# HELP portcullis_early_data_total ...\n\
+            portcullis_early_data_total{listener=\"https\",outcome=\"accepted\"} 1\n\
+            portcullis_early_data_total{listener=\"https\",outcome=\"replay\"} 2\n\
+            portcullis_early_data_total{listener=\"other\",outcome=\"replay\"} 1\n\
+            portcullis_session_store_requests_total{op=\"fetch\",result=\"replay\"} 7\n";
+        assert_eq!(replay_metric(text), 3);
+        assert_eq!(replay_metric(""), 0);
     }
 
     #[test]
