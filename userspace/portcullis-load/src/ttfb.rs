@@ -355,11 +355,8 @@ fn one(
         }
         let n = match conn.read_tls(&mut tcp) {
             Ok(n) => n,
-            // A server that closes after its response without close_notify (or resets).
-            Err(e) if first_byte.is_some() => {
-                let _ = e;
-                0
-            }
+            // A server that closes after its response without close_notify (or resets): the response is in.
+            Err(_) if first_byte.is_some() => 0,
             Err(e) => return Err(io(e)),
         };
         let state = conn

@@ -63,6 +63,7 @@ impl Wan {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
         };
+        remove_orphans();
         for ns in [&wan.client, &wan.wan, &wan.server] {
             // Only an earlier process with our pid that died before its drop ran could have left one.
             if Path::new("/run/netns").join(ns).exists() {
@@ -179,6 +180,30 @@ impl Drop for Wan {
                 && let Err(e) = ip(&["netns", "del", ns])
             {
                 eprintln!("cannot delete network namespace {ns}: {e:#}");
+            }
+        }
+    }
+}
+
+/// Deletes the `pcb-<pid>-*` namespaces of benchmark runs whose process is gone (interrupted before their drop
+/// ran: Ctrl-C, SIGKILL). Only this module's naming is touched, and only for dead pids.
+fn remove_orphans() {
+    let Ok(entries) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("pcb-")
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            eprintln!("deleting network namespace {name}, left by an interrupted run (pid {pid})");
+            if let Err(e) = ip(&["netns", "del", &name]) {
+                eprintln!("cannot delete {name}: {e:#}");
             }
         }
     }
