@@ -89,9 +89,10 @@ fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsStrin
 
 /// The benchmark harness in its `--quick` form (seconds per cell): `bench handshakes` fails when a cell has no
 /// number, `bench storm` when a server produced no summary, `bench http` when a cell has no number or a
-/// response was not a whole 2xx, `bench xdp` when a fixture class gets the wrong XDP action, `bench idle` when a
-/// server cannot hold its idle connections. Installs nginx and HAProxy (`setup --bench`) and
-/// builds the release binaries first. The figures of a quick run are smoke, not results: BENCHMARKS.md records
+/// response was not a whole 2xx, `bench zero-rtt` when a server does not answer, never resumes or never
+/// accepts early data, `bench xdp` when a fixture class gets the wrong XDP action, `bench idle` when a server
+/// cannot hold its idle connections. Installs nginx and HAProxy (`setup --bench`) and builds the release
+/// binaries first. The figures of a quick run are smoke, not results: BENCHMARKS.md records
 /// full runs.
 fn bench_smoke(ws: &Workspace) -> Result<()> {
     let quick = || crate::bench::Common {
@@ -108,6 +109,9 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
     crate::bench::bench(ws, crate::bench::Bench::Storm(storm.clone()))?;
     // bench http fails when a cell has no number, a response is not 2xx or a body is short.
     crate::bench::bench(ws, crate::bench::Bench::Http(storm.clone()))?;
+    // bench zero-rtt fails when a server does not answer, never resumes, never accepts early data, or the
+    // original 0-RTT request does not reach the upstream once.
+    crate::bench::bench(ws, crate::bench::Bench::ZeroRtt(storm.clone()))?;
     // bench xdp fails when the program does not load or a class gets the wrong XDP action.
     crate::bench::bench(
         ws,

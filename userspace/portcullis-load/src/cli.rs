@@ -37,6 +37,9 @@ enum Command {
     Limit(LimitArgs),
     /// Hold N idle TLS 1.3 connections for a memory benchmark (stdin/stdout protocol: see the `hold` module).
     Hold(HoldArgs),
+    /// Time to first response byte of one `GET` per new connection, full / resumed / 0-RTT, sequential
+    /// samples; prints JSON (the probe of `cargo xtask bench zero-rtt`).
+    Ttfb(crate::ttfb::TtfbArgs),
 }
 
 #[derive(Args, Debug)]
@@ -175,6 +178,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(*args),
         Command::Limit(args) => run_limit(&args),
         Command::Hold(args) => run_hold(&args),
+        Command::Ttfb(args) => run_ttfb(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -274,6 +278,12 @@ fn run_spec(args: &RunArgs) -> Result<RunSpec> {
         preflight: !args.no_preflight,
         progress: !args.quiet,
     })
+}
+
+fn run_ttfb(args: &crate::ttfb::TtfbArgs) -> Result<()> {
+    let report = crate::ttfb::run(args)?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
 }
 
 fn run_hold(args: &HoldArgs) -> Result<()> {

@@ -21,6 +21,8 @@
 //! - [`report`]: the JSON report and the human table; [`chart`]: the SVG chart.
 //! - [`limit`]: rustls in-memory handshakes, server-side CPU only: the "limit" a TLS server could reach here.
 //! - [`hold`]: `hold`, N idle connections held open for a memory benchmark (`cargo xtask bench idle`).
+//! - [`ttfb`]: `ttfb`, time to first response byte per new connection, full / resumed / 0-RTT, and the captured
+//!   first flight a replay test re-sends (`cargo xtask bench zero-rtt`).
 //! - [`progress`]: a one-line progress display when stderr is a terminal.
 //! - [`cli`]: command-line parsing into a [`runner::RunSpec`].
 
@@ -42,4 +44,5 @@ pub mod runner;
 pub mod schedule;
 pub mod stamp;
 pub mod store;
+pub mod ttfb;
 pub mod verifier;

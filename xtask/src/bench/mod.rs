@@ -14,6 +14,11 @@
 //! - [`idle`]: `bench idle`, memory per idle TLS connection (RSS and Pss deltas) beside nginx and HAProxy.
 //! - [`http`]: `bench http`, the three as HTTPS reverse proxies to one shared upstream: CPU per proxied request
 //!   (h1 with `wrk`, h2 with `h2load`, 1 KiB and 64 KiB) and TTFB of a new connection, full vs resumed.
+//! - [`zero_rtt`]: `bench zero-rtt`, client and servers in two namespaces with a delayed link (RTT 30 and
+//!   100 ms): TTFB full / resumed / 0-RTT (`portcullis-load ttfb`), and a captured 0-RTT flight replayed to
+//!   two instances sharing ticket keys: how many times the upstream got the request.
+//! - [`netns`]: the client and server namespaces of `zero-rtt` and the frame relay that delays the link between
+//!   them (this kernel has no `netem`).
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
@@ -32,12 +37,14 @@ mod http;
 mod idle;
 mod load;
 mod merge;
+mod netns;
 mod procstat;
 mod servers;
 mod stages;
 mod storm;
 mod svg;
 mod xdp;
+mod zero_rtt;
 
 use std::path::PathBuf;
 
@@ -76,6 +83,11 @@ pub enum Bench {
     /// processes after the handshake (and after one keep-alive request), then with 100 bytes of an unfinished
     /// request pending; ratio to nginx; whether portcullis meets 10 KiB.
     Idle(IdleArgs),
+    /// What TLS 1.3 0-RTT saves and what replays reach the upstream: client and server in two network
+    /// namespaces over a link delayed by a frame relay (RTT 30 and 100 ms; `--quick` 30 ms), TTFB of a GET per new
+    /// connection with a full handshake, a resumption and 0-RTT; a captured 0-RTT flight re-sent to the same
+    /// instance and to a second one sharing the ticket keys (portcullis: and one Redis). Needs root.
+    ZeroRtt(Common),
 }
 
 /// Options of `bench idle`.
@@ -157,6 +169,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Xdp(a) => (&a.common, xdp::run),
         Bench::Idle(a) => (&a.common, idle::run),
         Bench::Http(c) => (c, http::run),
+        Bench::ZeroRtt(c) => (c, zero_rtt::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;

@@ -2,7 +2,9 @@
 //! one worker pinned to CPU 0, on a free loopback port, with its config and log under `target/bench/<label>/`
 //! (`<label>` is the server's name unless the bench runs one server in several configurations).
 //! Stopped by PID (never by name) when the [`Server`] is dropped. For `bench http`, the same three as reverse
-//! proxies ([`start_http`]) and the nginx they share as upstream ([`start_upstream`]).
+//! proxies ([`start_http`]) and the nginx they share as upstream ([`start_upstream`]). For `bench zero-rtt`, the
+//! three with TLS 1.3 early data on, inside a network namespace, sharing ticket keys with a twin
+//! ([`start_zero_rtt`]).
 
 use std::fmt;
 use std::fs::File;
@@ -59,6 +61,8 @@ pub struct Server {
     pub metrics_port: Option<u16>,
     child: Child,
     log: PathBuf,
+    /// The network namespace it runs in (`None`: this process's).
+    netns: Option<PathBuf>,
 }
 
 /// Starts `kind` with `cert`, its files under `target/bench/<server name>/`.
@@ -125,6 +129,7 @@ pub fn start_with_args(
         &dir,
         port,
         metrics_port,
+        None,
     )
 }
 
@@ -174,6 +179,7 @@ pub fn start_http(ctx: &Ctx, kind: ServerKind, cert: &Cert, upstream: u16) -> Re
         &dir,
         port,
         metrics_port,
+        None,
     )
 }
 
@@ -203,11 +209,13 @@ pub fn start_upstream(ctx: &Ctx, cpu: &str, files: &[(&str, usize)]) -> Result<S
         &dir,
         port,
         None,
+        None,
     )
 }
 
-/// Starts `program args` pinned to `cpu` with its log under `dir`, and waits until it is ready (portcullis:
-/// `/readyz` on `metrics_port`; the others: `port` accepts).
+/// Starts `program args` pinned to `cpu` with its log under `dir` (inside the network namespace `netns` when
+/// given), and waits until it is ready (portcullis: `/readyz` on `metrics_port`; the others: `port` accepts;
+/// both on 127.0.0.1 of that namespace).
 #[expect(
     clippy::too_many_arguments,
     reason = "each is one fact of a server's start, named at the three call sites"
@@ -221,15 +229,19 @@ fn launch(
     dir: &Path,
     port: u16,
     metrics_port: Option<u16>,
+    netns: Option<&Path>,
 ) -> Result<Server> {
     let log = dir.join(format!("{}.log", kind.name()));
     let log_file = File::create(&log)?;
     // sh raises the descriptor limit, then execs taskset, which execs the server: the child's PID is the
     // server's.
+    // nsenter execs its program too (no fork for a network namespace).
+    let enter = netns.map(super::netns::nsenter).unwrap_or_default();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(format!("ulimit -n {nofile}; exec taskset -c {cpu} \"$@\""))
         .arg("sh")
+        .args(&enter)
         .arg(program)
         .args(args)
         .stdin(Stdio::null())
@@ -251,6 +263,7 @@ fn launch(
         metrics_port,
         child,
         log,
+        netns: netns.map(Path::to_path_buf),
     };
     server.wait_ready()?;
     Ok(server)
@@ -280,9 +293,13 @@ impl Server {
             }
             // portcullis binds its listeners first and loads its XDP program after (the verifier takes a while):
             // ready means `/readyz` says so, not that the port answers.
-            let ready = match self.metrics_port {
+            let probe = || match self.metrics_port {
                 Some(mp) => http_get(mp, "/readyz").is_ok_and(|(status, _)| status == 200),
                 None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            };
+            let ready = match &self.netns {
+                Some(ns) => super::netns::run_in(ns, probe)?,
+                None => probe(),
             };
             if ready {
                 return Ok(());
@@ -619,5 +636,192 @@ frontend tls
 "#,
         dir = dir.display(),
         combined = cert.combined.display(),
+    )
+}
+
+/// One server of `bench zero-rtt`: where it runs and what it shares with its twin.
+#[derive(Debug, Clone)]
+pub struct ZeroRttSpec {
+    /// The network namespace it runs in (`/run/netns/NAME`); it listens on 0.0.0.0 there.
+    pub netns: PathBuf,
+    /// Its TLS port.
+    pub port: u16,
+    /// portcullis: its metrics port on 127.0.0.1 of the namespace.
+    pub metrics_port: u16,
+    /// The upstream's plain HTTP port on 127.0.0.1 of the namespace.
+    pub upstream: u16,
+    /// Directory under `target/bench/` for its config and log.
+    pub label: String,
+    /// Ticket key material shared by the instances of one server: portcullis' fleet key directory
+    /// (`portcullis keys init`), nginx's `ssl_session_ticket_key` file, HAProxy's `tls-ticket-keys` file.
+    pub ticket_keys: PathBuf,
+    /// portcullis: the Redis session store's URL (`None`: the local store).
+    pub redis: Option<String>,
+}
+
+/// Starts `kind` as an HTTPS reverse proxy with TLS 1.3 early data on, in front of the upstream in the same
+/// namespace, with `spec`'s shared ticket keys: portcullis `mode = "http"` with `[listeners.early_data]` and
+/// the local or Redis session store; nginx `ssl_early_data on` and `Early-Data $ssl_early_data`; HAProxy
+/// `allow-0rtt` (it adds `Early-Data: 1` itself; the `set-header` says so in the config too).
+pub fn start_zero_rtt(
+    ctx: &Ctx,
+    kind: ServerKind,
+    cert: &Cert,
+    spec: &ZeroRttSpec,
+) -> Result<Server> {
+    let dir = ctx.out.join(&spec.label);
+    std::fs::create_dir_all(&dir)?;
+    let (program, args, metrics_port): (PathBuf, Vec<String>, Option<u16>) = match kind {
+        ServerKind::Portcullis => {
+            let conf = dir.join("portcullis.toml");
+            std::fs::write(&conf, portcullis_zero_rtt_conf(spec))?;
+            let mut args = portcullis_args(spec.port, Some(spec.metrics_port), cert, &dir);
+            args[2] = format!("0.0.0.0:{}", spec.port);
+            args.push(format!("--config={}", conf.display()));
+            (ctx.daemon.clone(), args, Some(spec.metrics_port))
+        }
+        ServerKind::Nginx => {
+            let conf = dir.join("nginx.conf");
+            std::fs::write(&conf, nginx_zero_rtt_conf(&dir, cert, spec))?;
+            (
+                PathBuf::from("/usr/sbin/nginx"),
+                nginx_args(&conf, &dir),
+                None,
+            )
+        }
+        ServerKind::Haproxy => {
+            let conf = dir.join("haproxy.cfg");
+            std::fs::write(&conf, haproxy_zero_rtt_conf(&dir, cert, spec))?;
+            (
+                PathBuf::from("/usr/sbin/haproxy"),
+                haproxy_args(&conf),
+                None,
+            )
+        }
+    };
+    launch(
+        kind,
+        SERVER_CPU,
+        nofile(ctx),
+        &program,
+        &args,
+        &dir,
+        spec.port,
+        metrics_port,
+        Some(&spec.netns),
+    )
+}
+
+/// Early data up to 16 KiB on an `http` listener, the fleet's key directory, the local store or Redis (with
+/// the example's 5 ms fetch timeout).
+fn portcullis_zero_rtt_conf(spec: &ZeroRttSpec) -> String {
+    let store = match &spec.redis {
+        Some(url) => format!("kind = \"redis\"\nurl = {url:?}\nfetch_timeout = \"5ms\""),
+        None => "kind = \"local\"".to_owned(),
+    };
+    format!(
+        r#"# Written by cargo xtask bench zero-rtt.
+[[listeners]]
+name = "https"
+address = "0.0.0.0:{port}"
+mode = "http"
+
+[listeners.early_data]
+max_size = 16384
+
+[tls]
+alpn = ["http/1.1"]
+ticket_keys_dir = {keys:?}
+
+[tls.session_store]
+{store}
+
+[upstream]
+backends = ["127.0.0.1:{upstream}"]
+"#,
+        port = spec.port,
+        keys = spec.ticket_keys.display().to_string(),
+        upstream = spec.upstream,
+    )
+}
+
+/// TLS 1.3 with stateless tickets under the shared key file (no session cache: a ticket is the session, as
+/// across a fleet), early data on, the early-data flag passed to the upstream.
+fn nginx_zero_rtt_conf(dir: &Path, cert: &Cert, spec: &ZeroRttSpec) -> String {
+    format!(
+        r#"# Written by cargo xtask bench zero-rtt; one worker pinned to CPU 0.
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets on;
+    ssl_session_ticket_key {keys};
+    ssl_early_data on;
+    {temp}
+    upstream backend {{
+        server 127.0.0.1:{upstream};
+        keepalive 8;
+    }}
+    server {{
+        listen 0.0.0.0:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header Early-Data $ssl_early_data;
+        }}
+    }}
+}}
+"#,
+        dir = dir.display(),
+        keys = spec.ticket_keys.display(),
+        temp = nginx_temp_paths(dir),
+        upstream = spec.upstream,
+        port = spec.port,
+        cert = cert.cert.display(),
+        key = cert.key.display(),
+    )
+}
+
+/// `allow-0rtt` and the shared `tls-ticket-keys` on the bind, `Early-Data: 1` on requests that came in early
+/// data (HAProxy's docs for `allow-0rtt` and `ssl_fc_has_early`).
+fn haproxy_zero_rtt_conf(dir: &Path, cert: &Cert, spec: &ZeroRttSpec) -> String {
+    format!(
+        r#"# Written by cargo xtask bench zero-rtt; one thread pinned to CPU 0.
+global
+    nbthread 1
+    cpu-map 1/1 0
+    maxconn 1000
+    pidfile {dir}/haproxy.pid
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+
+frontend tls
+    bind 0.0.0.0:{port} ssl crt {combined} alpn http/1.1 allow-0rtt tls-ticket-keys {keys}
+    http-request set-header Early-Data 1 if {{ ssl_fc_has_early }}
+    default_backend upstream
+
+backend upstream
+    http-reuse always
+    server up 127.0.0.1:{upstream}
+"#,
+        dir = dir.display(),
+        port = spec.port,
+        combined = cert.combined.display(),
+        keys = spec.ticket_keys.display(),
+        upstream = spec.upstream,
     )
 }
