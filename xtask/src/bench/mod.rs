@@ -14,6 +14,8 @@
 //! - [`idle`]: `bench idle`, memory per idle TLS connection (RSS and Pss deltas) beside nginx and HAProxy.
 //! - [`http`]: `bench http`, the three as HTTPS reverse proxies to one shared upstream: CPU per proxied request
 //!   (h1 with `wrk`, h2 with `h2load`, 1 KiB and 64 KiB) and TTFB of a new connection, full vs resumed.
+//! - [`flood`]: `bench flood` (root), legitimate handshakes at half load kept through spoofed SYN, junk and
+//!   valid ClientHello floods, three namespaces, portcullis with and without the XDP guard beside nginx and HAProxy.
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
@@ -27,6 +29,7 @@
 
 mod certs;
 mod fleet;
+mod flood;
 mod handshakes;
 mod http;
 mod idle;
@@ -76,6 +79,11 @@ pub enum Bench {
     /// processes after the handshake (and after one keep-alive request), then with 100 bytes of an unfinished
     /// request pending; ratio to nginx; whether portcullis meets 10 KiB.
     Idle(IdleArgs),
+    /// Legitimate handshakes (50% of capacity, full + resumed, ECDSA) kept during floods: none, spoofed SYNs,
+    /// junk ClientHellos, valid ClientHellos from a few sources, all three; server, client and flood in three
+    /// network namespaces, portcullis with and without the XDP guard, nginx, HAProxy. Success %, p99 vs no
+    /// flood, CPU by kind, where the flood was dropped; targets met or not. Needs root.
+    Flood(Common),
 }
 
 /// Options of `bench idle`.
@@ -157,6 +165,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Xdp(a) => (&a.common, xdp::run),
         Bench::Idle(a) => (&a.common, idle::run),
         Bench::Http(c) => (c, http::run),
+        Bench::Flood(c) => (c, flood::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;
