@@ -119,6 +119,8 @@ struct Contender {
     label: &'static str,
     /// portcullis: the guard attached on both server ends.
     guard: bool,
+    /// portcullis: admission control on (its default) or off.
+    admission: bool,
 }
 
 /// Lengths of one run.
@@ -169,17 +171,27 @@ fn contenders(ctx: &Ctx) -> Vec<Contender> {
                     server: *server,
                     label: "portcullis-guard",
                     guard: true,
+                    admission: true,
+                });
+                // The guard alone: what admission control's shedding adds to (or takes from) the guard's figures.
+                out.push(Contender {
+                    server: *server,
+                    label: "portcullis-guard-noadm",
+                    guard: true,
+                    admission: false,
                 });
                 out.push(Contender {
                     server: *server,
                     label: "portcullis-noguard",
                     guard: false,
+                    admission: true,
                 });
             }
             other => out.push(Contender {
                 server: *other,
                 label: other.name(),
                 guard: false,
+                admission: true,
             }),
         }
     }
@@ -214,20 +226,14 @@ fn measure_server(
     plan: &Plan,
     pin_dir: &str,
 ) -> Result<Value> {
-    let config = if c.guard {
-        let path = ctx.out.join(format!("flood-{}.toml", c.label));
-        std::fs::write(
-            &path,
-            format!(
-                "# cargo xtask bench flood: the XDP guard native on both server veth ends.\n[xdp]\n\
-                 interfaces = [\"{}\", \"{}\"]\nmode = \"native\"\npin_dir = \"{pin_dir}\"\n\
-                 syn_rate = {SYN_RATE}\nsyn_burst = {SYN_BURST}\nhello_rate = {HELLO_RATE}\nhello_burst = {HELLO_BURST}\n",
-                topo.server_client_if, topo.server_flood_if
-            ),
-        )?;
-        Some(path)
-    } else {
-        None
+    let config = (c.server == ServerKind::Portcullis).then(|| portcullis_config(c, topo, pin_dir));
+    let config = match config {
+        Some(text) => {
+            let path = ctx.out.join(format!("flood-{}.toml", c.label));
+            std::fs::write(&path, text)?;
+            Some(path)
+        }
+        None => None,
     };
     let server = servers::start_on(
         ctx,
@@ -284,6 +290,22 @@ fn measure_server(
         "rate_per_s": rate,
         "phases": phases,
     }))
+}
+
+/// portcullis' config file for contender `c`: the guard native on both server veth ends with the bench's
+/// budgets, or no XDP; admission control as `c` says.
+fn portcullis_config(c: &Contender, topo: &Topology, pin_dir: &str) -> String {
+    let mut text = String::from("# Written by cargo xtask bench flood.\n");
+    if c.guard {
+        let _ = write!(
+            text,
+            "[xdp]\ninterfaces = [\"{}\", \"{}\"]\nmode = \"native\"\npin_dir = \"{pin_dir}\"\n\
+             syn_rate = {SYN_RATE}\nsyn_burst = {SYN_BURST}\nhello_rate = {HELLO_RATE}\nhello_burst = {HELLO_BURST}\n",
+            topo.server_client_if, topo.server_flood_if
+        );
+    }
+    let _ = write!(text, "[admission]\nenabled = {}\n", c.admission);
+    text
 }
 
 /// One phase: counters, the flood and the legitimate load side by side, counters again.
@@ -549,7 +571,7 @@ fn report(ctx: &Ctx, topo: &Topology, plan: &Plan, results: &[Value]) -> Result<
             if r["guard"].as_bool() == Some(true) {
                 let met = success >= TARGET_SUCCESS && ratio <= TARGET_P99_RATIO;
                 targets.push(format!(
-                    "  {name:<15} ok {:.2}% (>= {:.0}%), p99 {ratio:.2}x no flood (<= {TARGET_P99_RATIO:.0}x): {}",
+                    "  {label:<22} {name:<15} ok {:.2}% (>= {:.0}%), p99 {ratio:.2}x no flood (<= {TARGET_P99_RATIO:.0}x): {}",
                     100.0 * success,
                     100.0 * TARGET_SUCCESS,
                     if met { "met" } else { "NOT met" }
@@ -568,7 +590,10 @@ fn report(ctx: &Ctx, topo: &Topology, plan: &Plan, results: &[Value]) -> Result<
         }
     }
     if !targets.is_empty() {
-        let _ = writeln!(text, "\nTargets, portcullis with the guard, per phase:");
+        let _ = writeln!(
+            text,
+            "\nTargets, portcullis with the guard (admission control on, its default; and off), per phase:"
+        );
         for t in &targets {
             let _ = writeln!(text, "{t}");
         }
@@ -600,7 +625,7 @@ fn chart(results: &[Value]) -> String {
             let pct = 100.0 * p["success"].as_f64().unwrap_or(0.0);
             let _ = writeln!(
                 s,
-                "{label:<19} {:<15} {:<50} {pct:6.2}",
+                "{label:<22} {:<15} {:<50} {pct:6.2}",
                 p["phase"].as_str().unwrap_or("?"),
                 "#".repeat((pct / 2.0).round() as usize),
             );
