@@ -336,6 +336,7 @@ fn phase(
         counters::cpu(cpu1)?,
         counters::nstat(&topo.server)?,
         metrics()?,
+        counters::backlog_drops()?,
     );
     let proc_before = server.cpu_time();
     let start = Instant::now();
@@ -372,6 +373,7 @@ fn phase(
         counters::cpu(cpu1)?,
         counters::nstat(&topo.server)?,
         metrics()?,
+        counters::backlog_drops()?,
     );
     let proc_cpu = server.cpu_time().saturating_sub(proc_before).as_secs_f64();
     let stats = &report["phase_stats"][0];
@@ -411,6 +413,7 @@ fn phase(
         "server_cpu_share": proc_cpu / wall.max(1e-9),
         "nstat": counters::delta(&before.2, &after.2, counters::NSTAT),
         "metrics": counters::delta_all(&before.3, &after.3),
+        "backlog_drops": after.4.saturating_sub(before.4),
     }))
 }
 
@@ -494,11 +497,18 @@ fn dropped_where(row: &Value) -> String {
     });
     let cookies = row["nstat"]["TcpExtSyncookiesSent"].as_u64().unwrap_or(0);
     let listen = row["nstat"]["TcpExtListenDrops"].as_u64().unwrap_or(0);
+    let backlog = row["backlog_drops"].as_u64().unwrap_or(0);
     let mut s = String::new();
     if m.is_some_and(|m| m.keys().any(|k| k.starts_with("xdp:"))) {
         let _ = write!(s, "xdp {} ", short(xdp));
     }
-    let _ = write!(s, "cookies {} listen {}", short(cookies), short(listen));
+    let _ = write!(
+        s,
+        "backlog {} cookies {} listen {}",
+        short(backlog),
+        short(cookies),
+        short(listen)
+    );
     if m.is_some_and(|m| !m.is_empty()) {
         let _ = write!(s, " user {}", short(user));
     }

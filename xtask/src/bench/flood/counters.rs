@@ -75,6 +75,18 @@ pub fn share(before: CpuTimes, after: CpuTimes) -> CpuShare {
     }
 }
 
+/// Packets the kernel dropped because a CPU's receive backlog was full (`netdev_max_backlog`: where RPS queues
+/// packets for the server's CPU), summed over CPUs: the second column of `/proc/net/softnet_stat`. Host-wide;
+/// in this bench's windows nearly all of it is the flood's.
+pub fn backlog_drops() -> Result<u64> {
+    let text = std::fs::read_to_string("/proc/net/softnet_stat")
+        .context("reading /proc/net/softnet_stat")?;
+    Ok(text
+        .lines()
+        .filter_map(|l| u64::from_str_radix(l.split_whitespace().nth(1)?, 16).ok())
+        .sum())
+}
+
 /// The kernel TCP counters `bench flood` reports, as `nstat` names them.
 pub const NSTAT: &[&str] = &[
     "TcpExtSyncookiesSent",

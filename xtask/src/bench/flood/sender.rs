@@ -36,11 +36,13 @@ pub const MAX_PACKETS: u64 = 50_000_000;
 pub const MAX_CONNECTIONS: u64 = 5_000_000;
 /// Frames per `sendmmsg`.
 const BATCH: usize = 64;
-/// A flood connection's connect waits at most this long: a SYN the guard dropped is not retried, the thread
-/// moves on to the next connection as an attacker would (a 3-way handshake here takes well under 1 ms).
+/// A batch of flood connects waits at most this long: a SYN the guard dropped is not retried, the thread moves
+/// on to the next batch as an attacker would (a 3-way handshake here takes well under 1 ms).
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(20);
 /// Threads per connection flood.
 const CONNECT_THREADS: usize = 2;
+/// Connects each connection-flood thread starts at once.
+const IN_FLIGHT: usize = 64;
 
 /// Which floods run at once.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -328,8 +330,10 @@ fn checksum(acc: u32, bytes: &[u8]) -> u16 {
 }
 
 /// Real TCP connections from `sources.1` addresses of [`CONNECT_NET`] starting at host number `sources.0`
-/// (thread `sources.2` of [`CONNECT_THREADS`] takes every other one), each sending `payload` once established
-/// and then resetting, until `deadline` or [`MAX_CONNECTIONS`].
+/// (thread `sources.2` of [`CONNECT_THREADS`] takes every other one), [`IN_FLIGHT`] at a time: each sends
+/// `payload` once established and then resets; one not established within [`CONNECT_TIMEOUT`] is abandoned (a
+/// SYN the guard or a full queue dropped is not retried), as an attacker would. Until `deadline` or
+/// [`MAX_CONNECTIONS`].
 fn connections(
     target: &Target,
     payload: &[u8],
@@ -342,27 +346,102 @@ fn connections(
     let mut i = thread as u32;
     let mut n = 0u64;
     while Instant::now() < deadline && n < MAX_CONNECTIONS {
-        let host = first + i % count;
-        i = i.wrapping_add(CONNECT_THREADS as u32);
-        let src = Ipv4Addr::from(u32::from(CONNECT_NET.0) | host);
-        match connect_send_reset(src, target, payload) {
-            Ok(()) => {
-                sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
-                failed.fetch_add(1, Ordering::Relaxed);
+        let mut batch = Vec::with_capacity(IN_FLIGHT);
+        for _ in 0..IN_FLIGHT {
+            let host = first + i % count;
+            i = i.wrapping_add(CONNECT_THREADS as u32);
+            let src = Ipv4Addr::from(u32::from(CONNECT_NET.0) | host);
+            match start_connect(src, target) {
+                Ok(fd) => batch.push(fd),
+                Err(_) => {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
-        n += 1;
+        n += IN_FLIGHT as u64;
+        let (ok, bad) = finish_batch(&batch, payload);
+        sent.fetch_add(ok, Ordering::Relaxed);
+        failed.fetch_add(bad, Ordering::Relaxed);
     }
     Ok(())
 }
 
-/// One flood connection: bind `src` (port chosen at connect), connect within [`CONNECT_TIMEOUT`], send
-/// `payload`, close with a reset.
-fn connect_send_reset(src: Ipv4Addr, target: &Target, payload: &[u8]) -> std::io::Result<()> {
+/// Waits up to [`CONNECT_TIMEOUT`] for the batch's connects; on each established one sends `payload` and arms a
+/// reset for its close. Returns (sent, abandoned or failed). Dropping the batch closes every socket.
+fn finish_batch(batch: &[Fd], payload: &[u8]) -> (u64, u64) {
+    let mut polls: Vec<libc::pollfd> = batch
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.0,
+            events: libc::POLLOUT,
+            revents: 0,
+        })
+        .collect();
+    let give_up = Instant::now() + CONNECT_TIMEOUT;
+    let (mut ok, mut settled) = (0u64, 0usize);
+    while settled < polls.len() {
+        let left = give_up.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        // SAFETY: `polls` is a valid array of its length for the call.
+        let n = unsafe {
+            libc::poll(
+                polls.as_mut_ptr(),
+                polls.len() as libc::nfds_t,
+                left.as_millis().max(1) as libc::c_int,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        for (p, sock) in polls.iter_mut().zip(batch) {
+            if p.fd < 0 || p.revents == 0 {
+                continue;
+            }
+            settled += 1;
+            let established = p.revents & (libc::POLLERR | libc::POLLHUP) == 0;
+            // A negative fd is skipped by poll(2): this one is settled.
+            p.fd = -1;
+            if established && send_and_reset(sock, payload).is_ok() {
+                ok += 1;
+            }
+        }
+    }
+    (ok, batch.len() as u64 - ok)
+}
+
+/// Sends `payload` on an established `sock` and sets `SO_LINGER` 0, so closing it sends a reset.
+fn send_and_reset(sock: &Fd, payload: &[u8]) -> std::io::Result<()> {
+    // SAFETY: `payload` is valid for its length.
+    let n = unsafe {
+        libc::send(
+            sock.0,
+            payload.as_ptr().cast(),
+            payload.len(),
+            libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setopt(sock.0, libc::SOL_SOCKET, libc::SO_LINGER, &linger)
+}
+
+/// A non-blocking socket bound to `src` (port chosen at connect) with its connect to the target started.
+fn start_connect(src: Ipv4Addr, target: &Target) -> std::io::Result<Fd> {
     // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -375,11 +454,6 @@ fn connect_send_reset(src: Ipv4Addr, target: &Target, payload: &[u8]) -> std::io
         libc::IP_BIND_ADDRESS_NO_PORT,
         &one,
     )?;
-    let timeout = libc::timeval {
-        tv_sec: 0,
-        tv_usec: CONNECT_TIMEOUT.as_micros() as libc::suseconds_t,
-    };
-    setopt(sock.0, libc::SOL_SOCKET, libc::SO_SNDTIMEO, &timeout)?;
     let bind = sockaddr(src, 0);
     // SAFETY: a sockaddr_in of the right size.
     if unsafe {
@@ -402,26 +476,12 @@ fn connect_send_reset(src: Ipv4Addr, target: &Target, payload: &[u8]) -> std::io
         )
     } != 0
     {
-        return Err(std::io::Error::last_os_error());
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
     }
-    // SAFETY: `payload` is valid for its length.
-    let n = unsafe {
-        libc::send(
-            sock.0,
-            payload.as_ptr().cast(),
-            payload.len(),
-            libc::MSG_NOSIGNAL,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    setopt(sock.0, libc::SOL_SOCKET, libc::SO_LINGER, &linger)?;
-    Ok(())
+    Ok(sock)
 }
 
 fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
