@@ -90,8 +90,8 @@ fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsStrin
 /// The benchmark harness in its `--quick` form (seconds per cell): `bench handshakes` fails when a cell has no
 /// number, `bench storm` when a server produced no summary, `bench http` when a cell has no number or a
 /// response was not a whole 2xx, `bench xdp` when a fixture class gets the wrong XDP action, `bench idle` when a
-/// server cannot hold its idle connections, `bench flood` when a phase completed no legitimate handshake, a flood
-/// sent nothing or the guard dropped no junk ClientHello. Installs nginx and HAProxy (`setup --bench`) and
+/// server cannot hold its idle connections, `bench flood` when a server completed no legitimate handshake without
+/// a flood, a flood sent nothing or the guard dropped no junk ClientHello. Installs nginx and HAProxy (`setup --bench`) and
 /// builds the release binaries first. The figures of a quick run are smoke, not results: BENCHMARKS.md records
 /// full runs.
 fn bench_smoke(ws: &Workspace) -> Result<()> {
@@ -126,8 +126,8 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
             connections: None,
         }),
     )?;
-    // bench flood fails when a phase completed no legitimate handshake, a flood sent nothing, or the guard
-    // dropped none of the junk ClientHellos.
+    // bench flood fails when a server completed no legitimate handshake without a flood, a flood sent nothing,
+    // or the guard dropped none of the junk ClientHellos.
     crate::bench::bench(ws, crate::bench::Bench::Flood(storm))
 }
 
