@@ -333,7 +333,7 @@ fn portcullis_config(c: &Contender, topo: &Topology, pin_dir: &str) -> String {
     text
 }
 
-/// One phase: counters, the flood and the legitimate load side by side, counters again.
+/// One phase: counters, the flood and the legitimate load side by side, counters again; the phase's JSON row.
 #[expect(
     clippy::too_many_arguments,
     reason = "the phase's context, each named at its one call site"
@@ -348,41 +348,24 @@ fn phase(
     rate: f64,
     (name, mix): (&str, Mix),
 ) -> Result<Value> {
-    let flooding = mix != Mix::default();
-    let metrics = || -> Result<BTreeMap<String, u64>> {
-        match server.metrics_port {
-            Some(port) => Ok(counters::metrics(&servers::http_get(port, "/metrics")?.1)),
-            None => Ok(BTreeMap::new()),
-        }
-    };
-    let (cpu0, cpu1) = (SERVER_CPU.parse()?, LOAD_CPU.parse()?);
-    let before = (
-        counters::cpu(cpu0)?,
-        counters::cpu(cpu1)?,
-        counters::nstat(&topo.server)?,
-        metrics()?,
-        counters::backlog_drops()?,
-    );
-    let proc_before = server.cpu_time();
-    let start = Instant::now();
+    let before = Snapshot::take(topo, server)?;
     let json_path = ctx
         .out
         .join(format!("flood-{}-{}.json", c.label, &name[..1]));
-    let phase_arg = format!("{}:{}:{rate:.1}", &name[..1], plan.phase_s);
+    let load = [
+        "--no-preflight".into(),
+        "--phase".into(),
+        format!("{}:{}:{rate:.1}", &name[..1], plan.phase_s),
+    ];
     let (sent, report) = std::thread::scope(|scope| -> Result<_> {
+        let flooding = mix != Mix::default();
         let flood = flooding.then(|| {
             scope.spawn(|| sender::flood(target, mix, LEAD + Duration::from_secs(plan.phase_s)))
         });
         if flooding {
             std::thread::sleep(LEAD);
         }
-        let report = legit(
-            ctx,
-            topo,
-            server,
-            &json_path,
-            &["--no-preflight".into(), "--phase".into(), phase_arg.clone()],
-        );
+        let report = legit(ctx, topo, server, &json_path, &load);
         let sent = match flood {
             Some(h) => Some(
                 h.join()
@@ -392,54 +375,99 @@ fn phase(
         };
         Ok((sent, report?))
     })?;
-    let wall = start.elapsed().as_secs_f64();
-    let after = (
-        counters::cpu(cpu0)?,
-        counters::cpu(cpu1)?,
-        counters::nstat(&topo.server)?,
-        metrics()?,
-        counters::backlog_drops()?,
-    );
-    let proc_cpu = server.cpu_time().saturating_sub(proc_before).as_secs_f64();
+    let after = Snapshot::take(topo, server)?;
     let stats = &report["phase_stats"][0];
     let offered = stats["offered"].as_u64().unwrap_or(0);
     let ok = stats["ok"].as_u64().unwrap_or(0);
-    let cpu0 = counters::share(before.0, after.0);
-    let cpu1 = counters::share(before.1, after.1);
-    let sent = sent.unwrap_or_default();
-    Ok(json!({
+    // No percentile of nothing (the report says 0).
+    let ms = |p: &str| {
+        stats["handshake_us"][p]
+            .as_u64()
+            .filter(|_| ok > 0)
+            .map(|us| us as f64 / 1000.0)
+    };
+    let mut row = json!({
         "phase": name,
         "offered": offered,
         "ok": ok,
         "success": ok as f64 / offered.max(1) as f64,
-        "p99_ms": stats["handshake_us"]["p99"].as_u64().filter(|_| ok > 0).map(|us| us as f64 / 1000.0),
-        "p50_ms": stats["handshake_us"]["p50"].as_u64().filter(|_| ok > 0).map(|us| us as f64 / 1000.0),
-        "errors": report["kinds"].as_object().map(|k| {
-            let mut all = BTreeMap::<String, u64>::new();
-            for v in k.values() {
-                if let Some(e) = v["errors"].as_object() {
-                    for (cause, n) in e {
-                        *all.entry(cause.clone()).or_default() += n.as_u64().unwrap_or(0);
-                    }
-                }
-            }
-            all
-        }),
-        "flood": {
+        "p99_ms": ms("p99"),
+        "p50_ms": ms("p50"),
+        "errors": errors_by_cause(&report),
+        "flood": sent.map_or_else(|| json!({"packets_per_s": 0.0}), |sent| json!({
             "syns": sent.syns,
             "junk_hellos": sent.junk,
             "valid_hellos": sent.valid,
             "connect_failed": sent.connect_failed,
             "secs": sent.secs,
-            "packets_per_s": if flooding { sent.packets_per_s() } else { 0.0 },
-        },
-        "cpu0": {"user": cpu0.user, "system": cpu0.system, "softirq": cpu0.softirq},
-        "cpu1": {"user": cpu1.user, "system": cpu1.system, "softirq": cpu1.softirq},
-        "server_cpu_share": proc_cpu / wall.max(1e-9),
-        "nstat": counters::delta(&before.2, &after.2, counters::NSTAT),
-        "metrics": counters::delta_all(&before.3, &after.3),
-        "backlog_drops": after.4.saturating_sub(before.4),
-    }))
+            "packets_per_s": sent.packets_per_s(),
+        })),
+    });
+    if let (Some(row), Value::Object(delta)) = (row.as_object_mut(), before.delta(&after)) {
+        row.extend(delta);
+    }
+    Ok(row)
+}
+
+/// The legitimate failures of a `portcullis-load` report by cause, over all kinds.
+fn errors_by_cause(report: &Value) -> BTreeMap<String, u64> {
+    let mut all = BTreeMap::new();
+    for kind in report["kinds"]
+        .as_object()
+        .into_iter()
+        .flat_map(|k| k.values())
+    {
+        for (cause, n) in kind["errors"].as_object().into_iter().flatten() {
+            *all.entry(cause.clone()).or_default() += n.as_u64().unwrap_or(0);
+        }
+    }
+    all
+}
+
+/// The counters read at a phase's edges.
+struct Snapshot {
+    cpu0: counters::CpuTimes,
+    cpu1: counters::CpuTimes,
+    nstat: BTreeMap<String, u64>,
+    /// portcullis' `/metrics` (empty for the others).
+    metrics: BTreeMap<String, u64>,
+    backlog_drops: u64,
+    server_cpu: Duration,
+    at: Instant,
+}
+
+impl Snapshot {
+    fn take(topo: &Topology, server: &Server) -> Result<Snapshot> {
+        Ok(Snapshot {
+            cpu0: counters::cpu(SERVER_CPU.parse()?)?,
+            cpu1: counters::cpu(LOAD_CPU.parse()?)?,
+            nstat: counters::nstat(&topo.server)?,
+            metrics: match server.metrics_port {
+                Some(port) => counters::metrics(&servers::http_get(port, "/metrics")?.1),
+                None => BTreeMap::new(),
+            },
+            backlog_drops: counters::backlog_drops()?,
+            server_cpu: server.cpu_time(),
+            at: Instant::now(),
+        })
+    }
+
+    /// What changed until `later`, as the JSON fields of a phase row.
+    fn delta(&self, later: &Snapshot) -> Value {
+        let share = |a: counters::CpuTimes, b: counters::CpuTimes| {
+            let s = counters::share(a, b);
+            json!({"user": s.user, "system": s.system, "softirq": s.softirq})
+        };
+        let wall = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
+        json!({
+            "cpu0": share(self.cpu0, later.cpu0),
+            "cpu1": share(self.cpu1, later.cpu1),
+            "server_cpu_share": later.server_cpu.saturating_sub(self.server_cpu).as_secs_f64() / wall,
+            "nstat": counters::delta(&self.nstat, &later.nstat, counters::NSTAT),
+            "metrics": counters::delta_all(&self.metrics, &later.metrics),
+            "backlog_drops": later.backlog_drops.saturating_sub(self.backlog_drops),
+        })
+    }
 }
 
 /// `portcullis-load run` from the client namespace, pinned to the load CPU, at the server's client-side address,
