@@ -19,6 +19,8 @@
 //!   two instances sharing ticket keys: how many times the upstream got the request.
 //! - [`netns`]: the client and server namespaces of `zero-rtt` and the frame relay that delays the link between
 //!   them (this kernel has no `netem`).
+//! - [`flood`]: `bench flood` (root), legitimate handshakes at half load kept through spoofed SYN, junk and
+//!   valid ClientHello floods, three namespaces, portcullis with and without the XDP guard beside nginx and HAProxy.
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
@@ -32,6 +34,7 @@
 
 mod certs;
 mod fleet;
+mod flood;
 mod handshakes;
 mod http;
 mod idle;
@@ -88,6 +91,11 @@ pub enum Bench {
     /// connection with a full handshake, a resumption and 0-RTT; a captured 0-RTT flight re-sent to the same
     /// instance and to a second one sharing the ticket keys (portcullis: and one Redis). Needs root.
     ZeroRtt(Common),
+    /// Legitimate handshakes (50% of capacity, full + resumed, ECDSA) kept during floods: none, spoofed SYNs,
+    /// junk ClientHellos, valid ClientHellos from a few sources, all three; server, client and flood in three
+    /// network namespaces, portcullis with and without the XDP guard, nginx, HAProxy. Success %, p99 vs no
+    /// flood, CPU by kind, where the flood was dropped; targets met or not. Needs root.
+    Flood(Common),
 }
 
 /// Options of `bench idle`.
@@ -170,6 +178,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Idle(a) => (&a.common, idle::run),
         Bench::Http(c) => (c, http::run),
         Bench::ZeroRtt(c) => (c, zero_rtt::run),
+        Bench::Flood(c) => (c, flood::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;

@@ -93,6 +93,28 @@ pub fn start_with_args(
     portcullis_config: Option<&Path>,
     extra: &[String],
 ) -> Result<Server> {
+    start_on(
+        ctx,
+        kind,
+        cert,
+        label,
+        portcullis_config,
+        extra,
+        "127.0.0.1",
+    )
+}
+
+/// [`start_with_args`], the TLS listener on `host` instead of 127.0.0.1 (`bench flood`: "0.0.0.0" inside the
+/// server namespace, reached over veths; metrics and readiness stay on the namespace's 127.0.0.1).
+pub fn start_on(
+    ctx: &Ctx,
+    kind: ServerKind,
+    cert: &Cert,
+    label: &str,
+    portcullis_config: Option<&Path>,
+    extra: &[String],
+    host: &str,
+) -> Result<Server> {
     let dir = ctx.out.join(label);
     std::fs::create_dir_all(&dir)?;
     let port = free_port()?;
@@ -103,7 +125,7 @@ pub fn start_with_args(
     let (program, args): (PathBuf, Vec<String>) = match kind {
         ServerKind::Portcullis => (
             ctx.daemon.clone(),
-            portcullis_args(port, metrics_port, cert, &dir)
+            portcullis_args(host, port, metrics_port, cert, &dir)
                 .into_iter()
                 .chain(portcullis_config.map(|c| format!("--config={}", c.display())))
                 .chain(extra.iter().cloned())
@@ -111,12 +133,12 @@ pub fn start_with_args(
         ),
         ServerKind::Nginx => {
             let conf = dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_conf(&dir, port, cert, ctx.hold))?;
+            std::fs::write(&conf, nginx_conf(&dir, host, port, cert, ctx.hold))?;
             (PathBuf::from("/usr/sbin/nginx"), nginx_args(&conf, &dir))
         }
         ServerKind::Haproxy => {
             let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, haproxy_conf(&dir, port, cert, ctx.hold))?;
+            std::fs::write(&conf, haproxy_conf(&dir, host, port, cert, ctx.hold))?;
             (PathBuf::from("/usr/sbin/haproxy"), haproxy_args(&conf))
         }
     };
@@ -149,7 +171,7 @@ pub fn start_http(ctx: &Ctx, kind: ServerKind, cert: &Cert, upstream: u16) -> Re
     let (program, args): (PathBuf, Vec<String>) = match kind {
         ServerKind::Portcullis => (
             ctx.daemon.clone(),
-            portcullis_args(port, metrics_port, cert, &dir)
+            portcullis_args("127.0.0.1", port, metrics_port, cert, &dir)
                 .into_iter()
                 .chain([
                     "--mode".into(),
@@ -393,12 +415,19 @@ fn path(p: &Path) -> String {
     p.display().to_string()
 }
 
-/// `portcullis run` with one worker on `port`, metrics on `metrics_port`, `cert`, state under `dir`.
-fn portcullis_args(port: u16, metrics_port: Option<u16>, cert: &Cert, dir: &Path) -> Vec<String> {
+/// `portcullis run` with one worker on `host`:`port`, metrics on 127.0.0.1:`metrics_port`, `cert`, state under
+/// `dir`.
+fn portcullis_args(
+    host: &str,
+    port: u16,
+    metrics_port: Option<u16>,
+    cert: &Cert,
+    dir: &Path,
+) -> Vec<String> {
     vec![
         "run".into(),
         "--listen".into(),
-        format!("127.0.0.1:{port}"),
+        format!("{host}:{port}"),
         "--metrics".into(),
         format!("127.0.0.1:{}", metrics_port.unwrap_or_default()),
         "--workers".into(),
@@ -561,7 +590,7 @@ http {{
 
 /// One worker on CPU 0, access log off, TLS 1.2 and 1.3, session cache and tickets on, a fixed response. With
 /// `hold` (`bench idle`): room for that many connections, and idle ones kept for 10 minutes.
-fn nginx_conf(dir: &Path, port: u16, cert: &Cert, hold: Option<usize>) -> String {
+fn nginx_conf(dir: &Path, host: &str, port: u16, cert: &Cert, hold: Option<usize>) -> String {
     let (nofile, connections, timeouts) = match hold {
         None => (20_000, 16_000, String::new()),
         Some(n) => (
@@ -591,7 +620,7 @@ http {{
     uwsgi_temp_path {dir}/uwsgi;
     scgi_temp_path {dir}/scgi;
     server {{
-        listen 127.0.0.1:{port} ssl backlog=4096;
+        listen {host}:{port} ssl backlog=4096;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         location / {{ return 200 "hello from nginx\n"; }}
@@ -606,7 +635,7 @@ http {{
 
 /// One thread on CPU 0, TLS 1.2 and 1.3, a fixed response. With `hold` (`bench idle`): room for that many
 /// connections, and idle ones kept for 10 minutes.
-fn haproxy_conf(dir: &Path, port: u16, cert: &Cert, hold: Option<usize>) -> String {
+fn haproxy_conf(dir: &Path, host: &str, port: u16, cert: &Cert, hold: Option<usize>) -> String {
     let (maxconn, timeout) = match hold {
         None => (9_000, "30s"),
         Some(n) => (n + 500, "10m"),
@@ -631,7 +660,7 @@ defaults
     timeout http-request {timeout}
 
 frontend tls
-    bind 127.0.0.1:{port} ssl crt {combined} backlog 4096
+    bind {host}:{port} ssl crt {combined} backlog 4096
     http-request return status 200 content-type text/plain string "hello from haproxy"
 "#,
         dir = dir.display(),

@@ -129,7 +129,7 @@ fn contenders(ctx: &Ctx) -> Vec<Contender> {
 const STORM_PIN_DIR: &str = "/sys/fs/bpf/portcullis-bench-storm";
 
 /// Removes `dir` and the pins in it, if it exists.
-fn remove_pins(dir: &str) -> Result<()> {
+pub(super) fn remove_pins(dir: &str) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
