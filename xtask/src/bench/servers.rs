@@ -704,8 +704,8 @@ pub fn start_zero_rtt(
         ServerKind::Portcullis => {
             let conf = dir.join("portcullis.toml");
             std::fs::write(&conf, portcullis_zero_rtt_conf(spec))?;
-            let mut args = portcullis_args(spec.port, Some(spec.metrics_port), cert, &dir);
-            args[2] = format!("0.0.0.0:{}", spec.port);
+            let mut args =
+                portcullis_args("0.0.0.0", spec.port, Some(spec.metrics_port), cert, &dir);
             args.push(format!("--config={}", conf.display()));
             (ctx.daemon.clone(), args, Some(spec.metrics_port))
         }
