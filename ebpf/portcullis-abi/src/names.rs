@@ -85,8 +85,8 @@ pub const MAP_XDP_BLOCK_FP_SHAPES: &str = "xdp_block_fp_sh";
 /// Zeroed for a way that changes hands by whoever rebuilds the sets.
 pub const MAP_XDP_BLOCK_FP_DROPS: &str = "xdp_fp_drops";
 
-/// Array of [`crate::flow::FLOW_SETS`] sets ([`crate::flow::FlowSet`]) of the flows whose SYN load shedding
-/// dropped, as [`crate::flow::flow_tag`]s of (flow hash, initial sequence number). A SYN that matches one is the
+/// Array of [`crate::shed::SHED_SETS`] sets ([`crate::shed::ShedSet`]) of the flows whose SYN load shedding
+/// dropped, as [`crate::shed::shed_tag`]s of (flow hash, initial sequence number). A SYN that matches one is the
 /// client's TCP retransmitting it (verdict `drop_syn_retry_shed` when dropped again).
 pub const MAP_XDP_SYN_SHED: &str = "xdp_syn_shed";
 
