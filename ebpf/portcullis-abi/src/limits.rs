@@ -30,6 +30,27 @@ pub struct SourceKey {
 
 const _: () = assert!(size_of::<SourceKey>() == 16);
 
+impl SourceKey {
+    /// The address as two native-endian words. The whole key is copied first, an 8-byte-aligned place, so BPF reads
+    /// it with two 8-byte loads; comparing or slicing the bytes loads them one by one (`==` on the byte array did:
+    /// a quarter of a new source's SYN, profiled).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = self.addr;
+        [
+            u64::from_ne_bytes([a, b, c, d, e, f, g, h]),
+            u64::from_ne_bytes([i, j, k, l, m, n, o, p]),
+        ]
+    }
+
+    /// Whether `self` and `other` are the same source, compared word by word (see [`SourceKey::words`]).
+    #[inline(always)]
+    pub fn same(&self, other: &SourceKey) -> bool {
+        let (x, y) = (self.words(), other.words());
+        x[0] == y[0] && x[1] == y[1]
+    }
+}
+
 /// One token bucket ([`BudgetSlot::bucket`]).
 ///
 /// Layout (16 bytes): `tokens_milli` at 0, `last_ns` at 8. Updated without atomics from whichever CPU sees the
@@ -153,7 +174,7 @@ impl BudgetSlot {
     /// Whether this way holds `source`'s bucket.
     #[inline(always)]
     pub fn holds(&self, source: &SourceKey) -> bool {
-        self.source == *source && self.bucket.last_ns != 0
+        self.source.same(source) && self.bucket.last_ns != 0
     }
 }
 
@@ -219,10 +240,11 @@ impl BudgetSet {
 #[inline(always)]
 pub fn budget_set(source: &SourceKey, seed: u64) -> u32 {
     const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+    let words = source.words();
     let mut h = seed;
     let mut i = 0;
     while i < 2 {
-        h = (h ^ half(&source.addr, i)).wrapping_mul(GOLDEN);
+        h = (h ^ u64::from_be(words[i])).wrapping_mul(GOLDEN);
         h ^= h >> 29;
         i += 1;
     }
@@ -566,6 +588,19 @@ mod tests {
             collisions <= 4,
             "64 neighbours spread over the table: {collisions} collisions"
         );
+    }
+
+    #[test]
+    fn words_are_the_bytes_and_same_is_equality() {
+        let a = source_key(&v4_mapped([192, 0, 2, 1]), 32, 64);
+        let b = source_key(&v4_mapped([192, 0, 2, 2]), 32, 64);
+        let [.., i, j, k, l, m, n, o, p] = a.addr;
+        assert_eq!(
+            u64::from_be(a.words()[1]),
+            u64::from_be_bytes([i, j, k, l, m, n, o, p])
+        );
+        assert_eq!(u64::from_be(a.words()[0]), 0);
+        assert!(a.same(&a) && !a.same(&b) && !b.same(&a));
     }
 
     #[test]
