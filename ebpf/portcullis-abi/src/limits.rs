@@ -179,8 +179,8 @@ impl BudgetSlot {
 }
 
 impl BudgetSet {
-    /// The way holding `source`'s bucket, 0 or 1: the one it had, or else the way whose bucket would hold more at
-    /// `now_ns` (an unused one first), taken over with a full bucket of `burst`.
+    /// The way holding `source`'s bucket, 0 or 1, and whether it was taken over now: the one it had, or else the
+    /// way whose bucket would hold more at `now_ns` (an unused one first), taken over with a full bucket of `burst`.
     #[inline(always)]
     pub fn way_of(
         &mut self,
@@ -188,12 +188,12 @@ impl BudgetSet {
         now_ns: u64,
         rate_per_sec: u32,
         burst: u32,
-    ) -> usize {
+    ) -> (usize, bool) {
         if self.ways[0].holds(source) {
-            return 0;
+            return (0, false);
         }
         if self.ways[1].holds(source) {
-            return 1;
+            return (1, false);
         }
         let level = |way: &BudgetSlot| {
             if way.bucket.last_ns == 0 {
@@ -211,11 +211,11 @@ impl BudgetSet {
             source: *source,
             bucket: TokenBucket::full(burst, now_ns),
         };
-        way
+        (way, true)
     }
 
-    /// [`TokenBucket::take`] on `source`'s bucket, in the way [`BudgetSet::way_of`] gives it. Returns whether the
-    /// tokens were there.
+    /// [`TokenBucket::take`] on `source`'s bucket, in the way [`BudgetSet::way_of`] gives it (a bucket just taken
+    /// over is full: spent from without a refill). Returns whether the tokens were there.
     #[inline(always)]
     pub fn take(
         &mut self,
@@ -225,10 +225,13 @@ impl BudgetSet {
         burst: u32,
         cost_milli: u64,
     ) -> bool {
-        let way = self.way_of(source, now_ns, rate_per_sec, burst);
-        self.ways[way]
-            .bucket
-            .take(now_ns, rate_per_sec, burst, cost_milli)
+        let (way, new) = self.way_of(source, now_ns, rate_per_sec, burst);
+        let bucket = &mut self.ways[way].bucket;
+        if new {
+            bucket.spend(cost_milli)
+        } else {
+            bucket.take(now_ns, rate_per_sec, burst, cost_milli)
+        }
     }
 }
 

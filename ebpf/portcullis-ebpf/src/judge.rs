@@ -156,9 +156,11 @@ pub(crate) fn hello_bucket(
     // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token or tear
     // a way, never make the value invalid (plain integers). `way` is 0 or 1.
     unsafe {
-        let way = (*set).way_of(&source, now, config.hello_rate, burst);
+        let (way, new) = (*set).way_of(&source, now, config.hello_rate, burst);
         let bucket = core::ptr::addr_of_mut!((*set).ways[way].bucket);
-        (*bucket).take(now, config.hello_rate, burst, 0);
+        if !new {
+            (*bucket).take(now, config.hello_rate, burst, 0);
+        }
         Some((way_index(index, way), bucket))
     }
 }
