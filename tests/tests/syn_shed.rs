@@ -73,9 +73,9 @@ fn syn_shed_drops_its_fraction_and_retransmissions_of_shed_flows_only() {
         std::thread::sleep(Duration::from_millis(50));
         retried = counter("drop_syn_retry_shed");
     }
-    // Shed flows live in 2-way sets of tags: a set that three of the ~1,000 shed flows hash to forgets the oldest
-    // (fail open, by design: the retransmission passes). With ~1,000 flows that happens in a few percent of runs, so
-    // "exactly" would be a flake; a handful short is the design, more is a bug, and none may be extra.
+    // Shed flows live in 3-way sets of tags (`portcullis_abi::shed`): a set that four of the ~1,000 shed flows hash
+    // to forgets the oldest (fail open, by design: the retransmission passes), so "exactly" would be a flake; a
+    // handful short is the design, more is a bug, and none may be extra.
     let forgotten = shed - retried;
     assert!(
         (0.0..=RETRY_SLACK).contains(&forgotten),

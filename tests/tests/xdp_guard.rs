@@ -465,6 +465,11 @@ fn set_enforce_turns_drops_into_counts_and_back() {
         status.contains("syn budget       50/s, burst 5,"),
         "status after syn_rate=50 syn_burst=5: {status}"
     );
+    // The pinned budget table, read whole: the capacity of its sets (`portcullis_abi::limits::BudgetSet`).
+    assert!(
+        status.contains("syn budget table ") && status.contains(" of 4096 sources tracked, "),
+        "status shows the SYN budget table: {status}"
+    );
     assert!(
         connect().is_err(),
         "a connect from blocked {cidr} completed after enforce=true"

@@ -37,10 +37,14 @@ const _: () = assert!(size_of::<FlowKey>() == 36);
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for FlowKey {}
 
-/// Sets in the flow table (a power of two): the array map's `max_entries`.
-pub const FLOW_SETS: usize = 1 << 16;
+/// Sets in the flow table (a power of two): the array map's `max_entries`. Every passing SYN writes a random set,
+/// so the table's size is what a SYN flood's SYNs cost in cache misses: 256 KiB (32,768 flows, each kept for the
+/// one round trip to its first segment) stays in a core's L2 where the 1 MiB of 131,072 flows did not (a new flow's
+/// SYN ≈ 70–90 ns net then, ≈ 40–60 now: `BENCHMARKS.md`, issue 21). Under a spoofed flood a flow is pushed out
+/// four times sooner, and its ClientHello passes unparsed (fail open), as it did a little later before.
+pub const FLOW_SETS: usize = 1 << 14;
 
-/// Flows one set holds; with [`FLOW_SETS`], 131,072 flows in 1 MiB.
+/// Flows one set holds; with [`FLOW_SETS`], 32,768 flows in 256 KiB.
 pub const FLOW_WAYS: usize = 2;
 
 /// One set of the flow table, the array map's value: [`flow_tag`]s, newest first; 0 is an empty way (no tag is 0).
@@ -160,7 +164,7 @@ mod tests {
             assert!((set as usize) < FLOW_SETS);
             used.insert(set);
         }
-        // 4,096 flows into 65,536 sets: about 3,970 distinct sets for a uniform hash.
-        assert!(used.len() > 3900, "{} sets used", used.len());
+        // 4,096 flows into 16,384 sets: about 3,624 distinct sets for a uniform hash (sd ≈ 27).
+        assert!(used.len() > 3500, "{} sets used", used.len());
     }
 }

@@ -12,6 +12,7 @@
 //! - [`limits`]: per-source token buckets and the blocklist key, the map layouts and the arithmetic.
 //! - [`steering`]: the reuseport steering pick (flow hash, skip saturated workers), its config and outcome
 //!   counters, shared by the SK_REUSEPORT program and the daemon.
+//! - [`shed`]: the tags of the flows whose SYN load shedding dropped, to tell their retransmissions apart.
 //! - [`packet`]: the Ethernet/IP/TCP classifier the XDP program runs, unit-tested here on the host.
 //! - `hello_fixtures` (host only: `fixtures` feature or tests): crafted and captured ClientHellos, one malformed
 //!   input per reason, shared by the parser's tests and the daemon's BPF_PROG_TEST_RUN test.
@@ -39,6 +40,7 @@ pub mod names;
 pub mod packet;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod packet_fixtures;
+pub mod shed;
 pub mod steering;
 pub mod verdict;
 pub mod xdp_config;

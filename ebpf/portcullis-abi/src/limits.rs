@@ -30,6 +30,27 @@ pub struct SourceKey {
 
 const _: () = assert!(size_of::<SourceKey>() == 16);
 
+impl SourceKey {
+    /// The address as two native-endian words. The whole key is copied first, an 8-byte-aligned place, so BPF reads
+    /// it with two 8-byte loads; comparing or slicing the bytes loads them one by one (`==` on the byte array did:
+    /// a quarter of a new source's SYN, profiled).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = self.addr;
+        [
+            u64::from_ne_bytes([a, b, c, d, e, f, g, h]),
+            u64::from_ne_bytes([i, j, k, l, m, n, o, p]),
+        ]
+    }
+
+    /// Whether `self` and `other` are the same source, compared word by word (see [`SourceKey::words`]).
+    #[inline(always)]
+    pub fn same(&self, other: &SourceKey) -> bool {
+        let (x, y) = (self.words(), other.words());
+        x[0] == y[0] && x[1] == y[1]
+    }
+}
+
 /// One token bucket ([`BudgetSlot::bucket`]).
 ///
 /// Layout (16 bytes): `tokens_milli` at 0, `last_ns` at 8. Updated without atomics from whichever CPU sees the
@@ -59,6 +80,15 @@ impl TokenBucket {
     /// a token if that many are left. Returns whether they were. A clock that went backwards refills nothing.
     #[inline(always)]
     pub fn take(&mut self, now_ns: u64, rate_per_sec: u32, burst: u32, cost_milli: u64) -> bool {
+        self.tokens_milli = self.level(now_ns, rate_per_sec, burst);
+        self.last_ns = now_ns;
+        self.spend(cost_milli)
+    }
+
+    /// The tokens the bucket would hold at `now_ns` once refilled at `rate_per_sec` up to `burst`, in thousandths,
+    /// without changing it.
+    #[inline(always)]
+    pub fn level(&self, now_ns: u64, rate_per_sec: u32, burst: u32) -> u64 {
         let mut elapsed = now_ns.saturating_sub(self.last_ns);
         if elapsed > MAX_REFILL_NS {
             elapsed = MAX_REFILL_NS;
@@ -70,13 +100,8 @@ impl TokenBucket {
         let x = (elapsed >> 6) * rate_per_sec as u64;
         let refill = (x + (x >> 16) * 3183 + (1 << 13)) >> 14;
         let cap = burst as u64 * 1000;
-        let mut tokens = self.tokens_milli.saturating_add(refill);
-        if tokens > cap {
-            tokens = cap;
-        }
-        self.last_ns = now_ns;
-        self.tokens_milli = tokens;
-        self.spend(cost_milli)
+        let tokens = self.tokens_milli.saturating_add(refill);
+        if tokens > cap { cap } else { tokens }
     }
 
     /// Spends `cost_milli` thousandths of a token if that many are left, without refilling. Returns whether they
@@ -92,20 +117,19 @@ impl TokenBucket {
     }
 }
 
-/// Slots in each budget table ([`crate::names::MAP_XDP_SYN_BUDGET`], [`crate::names::MAP_XDP_HELLO_BUDGET`]): the
-/// array map's `max_entries`, a power of two.
-pub const BUDGET_SLOTS: usize = 1 << 16;
+/// Sets in each budget table ([`crate::names::MAP_XDP_SYN_BUDGET`], [`crate::names::MAP_XDP_HELLO_BUDGET`]): the
+/// array map's `max_entries`, a power of two. 2,048 sets of [`BUDGET_WAYS`]: 4,096 sources in 128 KiB per table.
+pub const BUDGET_SETS: usize = 1 << 11;
 
-/// Value of the budget tables: the source a slot belongs to and its bucket.
-///
-/// The tables are arrays indexed by a keyed hash of the source ([`budget_slot`]), not LRU hash maps: a new source
-/// costs the same as a known one, where an LRU insert (every packet of a spoofed-source flood) took a free-list pop,
-/// a bucket lock and a free-list push (≈ 190 ns when the flow table made the same move, `BENCHMARKS.md`). A source
-/// that finds its slot held by another takes it over with a full bucket, forgetting the other's spent budget (fail
-/// open), as an LRU eviction did. The hash is keyed with the random seed in
-/// [`crate::names::MAP_XDP_BUDGET_SEED`], so a client cannot pick addresses that share a slot and take it from
-/// each other in turn for fresh bursts. Two CPUs writing one slot at once can tear it: the next packet of either
-/// source then finds a stranger there and starts a full bucket (fail open).
+/// Map flags of the budget tables: `BPF_F_MMAPABLE` (include/uapi/linux/bpf.h), for its side effect: the kernel then
+/// puts an array's first value at a page boundary (kernel/bpf/arraymap.c), where a plain array's values start 16
+/// bytes into a cache line, and a 64-byte [`BudgetSet`] would span two lines, two cache misses for a new source.
+pub const BUDGET_MAP_FLAGS: usize = 1 << 10;
+
+/// Sources one [`BudgetSet`] holds.
+pub const BUDGET_WAYS: usize = 2;
+
+/// One source's budget: the source and its bucket, a way of a [`BudgetSet`].
 ///
 /// Layout (32 bytes): `source` at 0, `bucket` at 16.
 #[repr(C)]
@@ -113,15 +137,85 @@ pub const BUDGET_SLOTS: usize = 1 << 16;
 pub struct BudgetSlot {
     /// The source whose bucket this is.
     pub source: SourceKey,
-    /// Its bucket; `last_ns == 0` marks a slot never used.
+    /// Its bucket; `last_ns == 0` marks a way never used.
     pub bucket: TokenBucket,
 }
 
 const _: () = assert!(size_of::<BudgetSlot>() == 32);
 
+/// Value of the budget tables: the sources of one set, picked by a keyed hash of the source ([`budget_set`]), and
+/// their buckets; one cache line.
+///
+/// Small, so that it stays in cache: every SYN of a spoofed-source flood is a new source and writes a random set,
+/// and the 2 MiB table of 65,536 one-source slots this replaced cost such a SYN ≈ 140–180 ns net, cache misses
+/// mostly (`BENCHMARKS.md`, issue 21). An array indexed by hash, not an LRU hash map: a new source costs the same as
+/// a known one, where an LRU insert took a free-list pop, a bucket lock and a free-list push (≈ 190 ns when the flow
+/// table made the same move).
+///
+/// A source new to its set takes the way whose bucket holds more once refilled ([`TokenBucket::level`]), with a
+/// full bucket: the one-SYN sources of a spoofed flood (a full bucket less one SYN) push each other out and leave a
+/// source that spent its budget where it is, so a spoofed flood cannot wash out the budget of the source the budget
+/// is for, which a slot per source lost to the next stranger hashed to it. A source that stopped sending refills and
+/// is the first to go. The hash is keyed with the random seed in [`crate::names::MAP_XDP_BUDGET_SEED`], so a client
+/// cannot pick addresses that share a set. Two CPUs writing one set at once can tear a way: the next packet of its
+/// source then finds a stranger there and starts a full bucket (fail open).
+///
+/// Layout (64 bytes): `ways` at 0, [`BUDGET_WAYS`] [`BudgetSlot`]s of 32.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BudgetSet {
+    /// The sources of this set and their buckets.
+    pub ways: [BudgetSlot; BUDGET_WAYS],
+}
+
+const _: () = assert!(size_of::<BudgetSet>() == 64);
+
 impl BudgetSlot {
-    /// [`TokenBucket::take`] on `source`'s bucket, after taking the slot over with a full bucket if it held
-    /// another source's (or none).
+    /// Whether this way holds `source`'s bucket.
+    #[inline(always)]
+    pub fn holds(&self, source: &SourceKey) -> bool {
+        self.source.same(source) && self.bucket.last_ns != 0
+    }
+}
+
+impl BudgetSet {
+    /// The way holding `source`'s bucket, 0 or 1, and whether it was taken over now: the one it had, or else the
+    /// way whose bucket would hold more at `now_ns` (an unused one first), taken over with a full bucket of `burst`.
+    #[inline(always)]
+    pub fn way_of(
+        &mut self,
+        source: &SourceKey,
+        now_ns: u64,
+        rate_per_sec: u32,
+        burst: u32,
+    ) -> (usize, bool) {
+        if self.ways[0].holds(source) {
+            return (0, false);
+        }
+        if self.ways[1].holds(source) {
+            return (1, false);
+        }
+        let level = |way: &BudgetSlot| {
+            if way.bucket.last_ns == 0 {
+                u64::MAX
+            } else {
+                way.bucket.level(now_ns, rate_per_sec, burst)
+            }
+        };
+        let way = if level(&self.ways[0]) >= level(&self.ways[1]) {
+            0
+        } else {
+            1
+        };
+        self.ways[way] = BudgetSlot {
+            source: *source,
+            bucket: TokenBucket::full(burst, now_ns),
+        };
+        (way, true)
+    }
+
+    /// [`TokenBucket::take`] on `source`'s bucket, in the way [`BudgetSet::way_of`] gives it (a bucket just taken
+    /// over is full: spent from without a refill). Returns whether the tokens were there.
     #[inline(always)]
     pub fn take(
         &mut self,
@@ -131,30 +225,46 @@ impl BudgetSlot {
         burst: u32,
         cost_milli: u64,
     ) -> bool {
-        if self.source != *source || self.bucket.last_ns == 0 {
-            self.source = *source;
-            self.bucket = TokenBucket::full(burst, now_ns);
+        let (way, new) = self.way_of(source, now_ns, rate_per_sec, burst);
+        let bucket = &mut self.ways[way].bucket;
+        if new {
+            bucket.spend(cost_milli)
+        } else {
+            bucket.take(now_ns, rate_per_sec, burst, cost_milli)
         }
-        self.bucket.take(now_ns, rate_per_sec, burst, cost_milli)
     }
 }
 
-/// The slot of `source` in a budget table whose hash is keyed with `seed`.
+/// The set of `source` in a budget table whose hash is keyed with `seed`: an index below [`BUDGET_SETS`].
 ///
 /// The address as two big-endian words (so its last bytes, where neighbours differ, are low bits that a multiply
 /// carries into every higher one), each mixed in by a multiply and a shift, then one more multiply and the top
 /// bits, as in Fibonacci hashing.
 #[inline(always)]
-pub fn budget_slot(source: &SourceKey, seed: u64) -> u32 {
+pub fn budget_set(source: &SourceKey, seed: u64) -> u32 {
     const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
+    let words = source.words();
     let mut h = seed;
     let mut i = 0;
     while i < 2 {
-        h = (h ^ half(&source.addr, i)).wrapping_mul(GOLDEN);
+        h = (h ^ u64::from_be(words[i])).wrapping_mul(GOLDEN);
         h ^= h >> 29;
         i += 1;
     }
-    (h.wrapping_mul(GOLDEN) >> (64 - BUDGET_SLOTS.trailing_zeros())) as u32
+    (h.wrapping_mul(GOLDEN) >> (64 - BUDGET_SETS.trailing_zeros())) as u32
+}
+
+/// The index of way `way` of set `set` of a budget table, for a program that finds the bucket again later (the
+/// ClientHello budget, after the parse): `set * 2 + way`.
+#[inline(always)]
+pub const fn way_index(set: u32, way: usize) -> u32 {
+    (set << 1) | (way as u32 & 1)
+}
+
+/// The set and way of an index made by [`way_index`].
+#[inline(always)]
+pub const fn split_way_index(index: u32) -> (u32, usize) {
+    (index >> 1, (index & 1) as usize)
 }
 
 /// Whether `addr` is IPv4-mapped (`::ffff:a.b.c.d`).
@@ -299,6 +409,9 @@ unsafe impl aya::Pod for TokenBucket {}
 // SAFETY: as above.
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for BudgetSlot {}
+// SAFETY: as above.
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for BudgetSet {}
 
 #[cfg(test)]
 mod tests {
@@ -377,11 +490,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_source_new_to_its_slot_takes_it_over_with_a_full_bucket() {
-        let a = source_key(&v4_mapped([192, 0, 2, 1]), 32, 64);
-        let b = source_key(&v4_mapped([192, 0, 2, 2]), 32, 64);
-        let mut slot = BudgetSlot {
+    fn unused() -> BudgetSet {
+        let way = BudgetSlot {
             source: SourceKey {
                 addr: [0; ADDR_LEN],
             },
@@ -390,45 +500,119 @@ mod tests {
                 last_ns: 0,
             },
         };
-        // An unused slot (last_ns 0) is taken over even by the all-zero source it seems to hold.
+        BudgetSet { ways: [way; 2] }
+    }
+
+    #[test]
+    fn a_source_new_to_its_set_takes_a_way_with_a_full_bucket() {
+        let [a, b, c] = [1, 2, 3].map(|i| source_key(&v4_mapped([192, 0, 2, i]), 32, 64));
+        let mut set = unused();
+        // An unused way (last_ns 0) is taken over even by the all-zero source it seems to hold.
         let zero = SourceKey {
             addr: [0; ADDR_LEN],
         };
-        assert!(slot.clone().take(&zero, S, 1, 1, SYN_COST_MILLI));
-        assert!(slot.take(&a, S, 1, 2, SYN_COST_MILLI));
-        assert!(slot.take(&a, S, 1, 2, SYN_COST_MILLI));
-        assert!(!slot.take(&a, S, 1, 2, SYN_COST_MILLI), "a spent its burst");
+        assert!(set.clone().take(&zero, S, 1, 1, SYN_COST_MILLI));
+        assert!(set.take(&a, S, 1, 2, SYN_COST_MILLI));
+        assert!(set.take(&a, S, 1, 2, SYN_COST_MILLI));
+        assert!(!set.take(&a, S, 1, 2, SYN_COST_MILLI), "a spent its burst");
         assert!(
-            slot.take(&b, S, 1, 2, SYN_COST_MILLI),
-            "b takes the slot, full"
+            set.take(&b, S, 1, 2, SYN_COST_MILLI),
+            "b takes the unused way, full"
         );
-        assert_eq!(slot.source, b);
+        assert!(set.ways.iter().any(|w| w.source == a) && set.ways.iter().any(|w| w.source == b));
+        assert!(set.take(&c, S, 1, 2, SYN_COST_MILLI), "c takes a way, full");
         assert!(
-            slot.take(&a, S, 1, 2, SYN_COST_MILLI),
-            "and a takes it back, full (fail open)"
+            set.ways.iter().all(|w| w.source != b),
+            "pushing out b, whose bucket held more than a's"
+        );
+        assert!(
+            !set.take(&a, S, 1, 2, SYN_COST_MILLI),
+            "a is still over budget"
         );
     }
 
     #[test]
-    fn slots_stay_in_the_table_and_move_with_the_seed() {
-        let slots = |seed| {
-            let mut slots = [0u32; 64];
-            for (i, slot) in slots.iter_mut().enumerate() {
-                let source = source_key(&v4_mapped([198, 51, 100, i as u8]), 32, 64);
-                *slot = budget_slot(&source, seed);
+    fn a_spoofed_flood_does_not_wash_out_a_spent_budget() {
+        let a = source_key(&v4_mapped([198, 51, 100, 1]), 32, 64);
+        let mut set = unused();
+        let (rate, burst) = (10, 5);
+        let mut now = S;
+        while set.take(&a, now, rate, burst, SYN_COST_MILLI) {}
+        // A million spoofed sources, each one SYN, all into a's set, 100 ns apart: a's bucket refills at 10/s
+        // meanwhile, one token each 100 ms, and a spends each as it comes; every stranger gets its full burst.
+        let mut a_passed = 0;
+        for i in 0..1_000_000u32 {
+            now += 100;
+            let stranger = source_key(&v4_mapped((0x0a00_0000 | i).to_be_bytes()), 32, 64);
+            assert!(
+                set.take(&stranger, now, rate, burst, SYN_COST_MILLI),
+                "a stranger's first SYN passes"
+            );
+            if i % 1000 == 0 && set.take(&a, now, rate, burst, SYN_COST_MILLI) {
+                a_passed += 1;
             }
-            slots
+        }
+        // 0.1 s of flood refills a with one token: what the budget allows, not a fresh burst per stranger.
+        assert!(
+            a_passed <= 1,
+            "a passed {a_passed} SYNs of 1,000 during the flood"
+        );
+        // A source that stopped refills, and is the first to make room.
+        now += 10 * S;
+        let b = source_key(&v4_mapped([198, 51, 100, 2]), 32, 64);
+        let c = source_key(&v4_mapped([198, 51, 100, 3]), 32, 64);
+        while set.take(&b, now, rate, burst, SYN_COST_MILLI) {}
+        assert!(set.take(&c, now, rate, burst, SYN_COST_MILLI));
+        assert!(set.ways.iter().any(|w| w.source == b), "b, spent, stays");
+        assert!(
+            set.ways.iter().all(|w| w.source != a),
+            "a, idle and refilled, made room"
+        );
+    }
+
+    #[test]
+    fn sets_stay_in_the_table_and_move_with_the_seed() {
+        let sets = |seed| {
+            let mut sets = [0u32; 64];
+            for (i, set) in sets.iter_mut().enumerate() {
+                let source = source_key(&v4_mapped([198, 51, 100, i as u8]), 32, 64);
+                *set = budget_set(&source, seed);
+            }
+            sets
         };
-        assert!(slots(1).iter().all(|&i| (i as usize) < BUDGET_SLOTS));
-        assert_eq!(slots(1), slots(1), "deterministic for one seed");
-        assert_ne!(slots(1), slots(2), "another seed, other slots");
-        let mut distinct = slots(7);
+        assert!(sets(1).iter().all(|&i| (i as usize) < BUDGET_SETS));
+        assert_eq!(sets(1), sets(1), "deterministic for one seed");
+        assert_ne!(sets(1), sets(2), "another seed, other sets");
+        let mut distinct = sets(7);
         distinct.sort_unstable();
         let collisions = distinct.windows(2).filter(|w| w[0] == w[1]).count();
+        // About 1 expected (64 * 63 / 2 pairs over 2,048 sets).
         assert!(
             collisions <= 4,
             "64 neighbours spread over the table: {collisions} collisions"
         );
+    }
+
+    #[test]
+    fn words_are_the_bytes_and_same_is_equality() {
+        let a = source_key(&v4_mapped([192, 0, 2, 1]), 32, 64);
+        let b = source_key(&v4_mapped([192, 0, 2, 2]), 32, 64);
+        let [.., i, j, k, l, m, n, o, p] = a.addr;
+        assert_eq!(
+            u64::from_be(a.words()[1]),
+            u64::from_be_bytes([i, j, k, l, m, n, o, p])
+        );
+        assert_eq!(u64::from_be(a.words()[0]), 0);
+        assert!(a.same(&a) && !a.same(&b) && !b.same(&a));
+    }
+
+    #[test]
+    fn way_indices_round_trip() {
+        for set in [0, 1, BUDGET_SETS as u32 - 1] {
+            for way in 0..BUDGET_WAYS {
+                assert_eq!(split_way_index(way_index(set, way)), (set, way));
+            }
+        }
     }
 
     #[test]

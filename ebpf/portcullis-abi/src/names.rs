@@ -29,12 +29,12 @@ pub const MAP_XDP_VERDICTS: &str = "xdp_verdicts";
 /// Array of one [`crate::xdp_config::XdpConfig`] (the listener TCP ports), written by the daemon before attaching.
 pub const MAP_XDP_CONFIG: &str = "xdp_config";
 
-/// Array of [`crate::limits::BUDGET_SLOTS`] per-source SYN token buckets ([`crate::limits::BudgetSlot`]), indexed
-/// by [`crate::limits::budget_slot`]. A source taking over another's slot only forgets that one's spent budget
-/// (fail open).
+/// Array of [`crate::limits::BUDGET_SETS`] sets of per-source SYN token buckets ([`crate::limits::BudgetSet`]),
+/// indexed by [`crate::limits::budget_set`]. A source new to its set takes the way whose bucket holds more (a
+/// stranger's, not the spent budget of a flooding source).
 pub const MAP_XDP_SYN_BUDGET: &str = "xdp_syn_budget";
 
-/// Array of one `u64`: the key of the budget tables' slot hash ([`crate::limits::budget_slot`]). Written once, at
+/// Array of one `u64`: the key of the budget tables' set hash ([`crate::limits::budget_set`]). Written once, at
 /// random, by the first daemon that finds it 0, and pinned for good with the tables it indexes.
 pub const MAP_XDP_BUDGET_SEED: &str = "xdp_budget_seed";
 
@@ -57,8 +57,8 @@ pub const MAP_XDP_FLOWS: &str = "xdp_flows";
 /// [`crate::client_hello::Malformed`]; summed over CPUs by the daemon.
 pub const MAP_XDP_MALFORMED: &str = "xdp_malformed";
 
-/// Array of [`crate::limits::BUDGET_SLOTS`] per-source ClientHello token buckets ([`crate::limits::BudgetSlot`]),
-/// indexed like [`MAP_XDP_SYN_BUDGET`].
+/// Array of [`crate::limits::BUDGET_SETS`] sets of per-source ClientHello token buckets
+/// ([`crate::limits::BudgetSet`]), indexed like [`MAP_XDP_SYN_BUDGET`].
 pub const MAP_XDP_HELLO_BUDGET: &str = "xdp_ch_budget";
 
 /// Hash set of blocked ClientHello fingerprints: `u64` (either variant, see
@@ -85,8 +85,8 @@ pub const MAP_XDP_BLOCK_FP_SHAPES: &str = "xdp_block_fp_sh";
 /// Zeroed for a way that changes hands by whoever rebuilds the sets.
 pub const MAP_XDP_BLOCK_FP_DROPS: &str = "xdp_fp_drops";
 
-/// Array of [`crate::flow::FLOW_SETS`] sets ([`crate::flow::FlowSet`]) of the flows whose SYN load shedding
-/// dropped, as [`crate::flow::flow_tag`]s of (flow hash, initial sequence number). A SYN that matches one is the
+/// Array of [`crate::shed::SHED_SETS`] sets ([`crate::shed::ShedSet`]) of the flows whose SYN load shedding
+/// dropped, as [`crate::shed::shed_tag`]s of (flow hash, initial sequence number). A SYN that matches one is the
 /// client's TCP retransmitting it (verdict `drop_syn_retry_shed` when dropped again).
 pub const MAP_XDP_SYN_SHED: &str = "xdp_syn_shed";
 

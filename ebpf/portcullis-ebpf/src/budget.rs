@@ -1,4 +1,4 @@
-//! Per-source budgets' shared parts: the slot of a source in a budget table (a keyed hash of its prefix) and the
+//! Per-source budgets' shared parts: the set of a source in a budget table (a keyed hash of its prefix) and the
 //! budgets' clock. The SYN budget lives in `main.rs`, the ClientHello budget in `judge.rs`.
 
 use aya_ebpf::{
@@ -7,28 +7,28 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use portcullis_abi::{
-    limits::{BUDGET_SLOTS, BudgetSlot, SourceKey, budget_slot, source_key},
+    limits::{BUDGET_MAP_FLAGS, BUDGET_SETS, BudgetSet, SourceKey, budget_set, source_key},
     packet::Classification,
     xdp_config::{XdpConfig, clock_ns},
 };
 
-/// The key of the budget tables' slot hash, written by the daemon; the name must match
+/// The key of the budget tables' set hash, written by the daemon; the name must match
 /// `portcullis_abi::names::MAP_XDP_BUDGET_SEED`.
 #[btf_map(name = "xdp_budget_seed")]
 static XDP_BUDGET_SEED: Array<u64, 1> = Array::new();
 
-/// The slot of `packet`'s source (masked to the configured prefix) in `table`, its index, and the source.
+/// The set of `packet`'s source (masked to the configured prefix) in `table`, its index, and the source.
 #[inline(always)]
 pub(crate) fn budget(
-    table: &Array<BudgetSlot, BUDGET_SLOTS>,
+    table: &Array<BudgetSet, BUDGET_SETS, BUDGET_MAP_FLAGS>,
     packet: &Classification,
     config: &XdpConfig,
-) -> Option<(*mut BudgetSlot, u32, SourceKey)> {
+) -> Option<(*mut BudgetSet, u32, SourceKey)> {
     let source = source_key(&packet.src, config.v4_prefix_len, config.v6_prefix_len);
     let seed = XDP_BUDGET_SEED.get(0).copied().unwrap_or(0);
-    let index = budget_slot(&source, seed);
-    let slot = table.get_ptr_mut(index)?;
-    Some((slot, index, source))
+    let index = budget_set(&source, seed);
+    let set = table.get_ptr_mut(index)?;
+    Some((set, index, source))
 }
 
 /// The budgets' clock: CLOCK_MONOTONIC to within a tick (4 ms at HZ=250), plenty for budgets of a few per second.

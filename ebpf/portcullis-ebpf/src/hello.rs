@@ -41,7 +41,7 @@ struct Scratch {
     base: u32,
     /// Payload bytes judged: the IP length's, cut to what the frame holds; at most [`PAYLOAD`].
     len: u32,
-    /// The source's slot in the ClientHello budget table, or [`NO_BUCKET`].
+    /// The way of the source's bucket in the ClientHello budget table (`limits::way_index`), or [`NO_BUCKET`].
     bucket: u32,
     /// The TCP destination port, for the drop log.
     dst_port: u32,
@@ -245,7 +245,7 @@ pub fn portcullis_ch(ctx: XdpContext) -> u32 {
 
 /// Describes the TCP payload at `offset` (declared `len` bytes) of the packet in this CPU's scratch for
 /// [`portcullis_ch`], with whether to compute the fingerprints (they are most of the hashing), the source's
-/// ClientHello budget slot and the destination port. `false` when the payload is not judged (fail open): it lies
+/// ClientHello budget way and the destination port. `false` when the payload is not judged (fail open): it lies
 /// past [`MAX_BASE`], or is longer than [`PAYLOAD`].
 #[inline(always)]
 pub fn start(

@@ -11,7 +11,7 @@ use portcullis_abi::{
     client_hello::{Malformed, fingerprint::SHAPES, steps},
     flow::FULL_HELLO_COST_MILLI,
     fp_shapes::{HIT_SLOTS, Membership, ShapeSet, hit_slot},
-    limits::{BUDGET_SLOTS, BudgetSlot, TokenBucket},
+    limits::{BUDGET_MAP_FLAGS, BUDGET_SETS, BudgetSet, TokenBucket, split_way_index, way_index},
     packet::Classification,
     verdict::Verdict,
     xdp_config::XdpConfig,
@@ -23,10 +23,10 @@ use crate::budget::{budget, now_ns};
 #[btf_map(name = "xdp_malformed")]
 static XDP_MALFORMED: PerCpuArray<u64, { Malformed::COUNT }> = PerCpuArray::new();
 
-/// Per-source ClientHello token buckets, slotted like the SYN budget (`crate::budget`); the name must match
+/// Per-source ClientHello token buckets, in sets like the SYN budget (`crate::budget`); the name must match
 /// `portcullis_abi::names::MAP_XDP_HELLO_BUDGET`.
 #[btf_map(name = "xdp_ch_budget")]
-static XDP_HELLO_BUDGET: Array<BudgetSlot, BUDGET_SLOTS> = Array::new();
+static XDP_HELLO_BUDGET: Array<BudgetSet, BUDGET_SETS, BUDGET_MAP_FLAGS> = Array::new();
 
 /// Blocked fingerprints (either variant), value 1; the name must match `portcullis_abi::names::MAP_XDP_BLOCK_FP`.
 #[btf_map(name = "xdp_block_fp")]
@@ -115,15 +115,18 @@ pub(crate) fn after_parse(judged: &Judged, bucket: Option<u32>, config: &XdpConf
             }
         }
     }
-    if let Some(bucket) = bucket.and_then(|index| XDP_HELLO_BUDGET.get_ptr_mut(index)) {
-        // SAFETY: a pointer to a live map value, the slot refilled before the parse, unless another CPU took it
-        // over meanwhile, which only spends from a fresh bucket (fail open).
-        if !unsafe {
-            (*bucket)
-                .bucket
-                .spend(hello_cost(config, judged.resumption))
-        } {
-            return Verdict::DropHelloRate;
+    if let Some(bucket) = bucket {
+        let (set, way) = split_way_index(bucket);
+        if let Some(set) = XDP_HELLO_BUDGET.get_ptr_mut(set) {
+            // SAFETY: a pointer to a live map value, the way refilled before the parse, unless another CPU took it
+            // over meanwhile, which only spends from a fresh bucket (fail open). `way` is 0 or 1.
+            if !unsafe {
+                (*set).ways[way]
+                    .bucket
+                    .spend(hello_cost(config, judged.resumption))
+            } {
+                return Verdict::DropHelloRate;
+            }
         }
     }
     Verdict::PassClientHello
@@ -139,25 +142,25 @@ pub(crate) fn hello_cost(config: &XdpConfig, resumption: bool) -> u64 {
     }
 }
 
-/// The source's ClientHello bucket, refilled to now (a full one for a source new to its slot), and its slot index;
-/// `None` only if the slot cannot be found (it cannot: the index is masked to the table), which passes: fail open.
+/// The source's ClientHello bucket, refilled to now (a full one for a source new to its set), and its way's index
+/// (`limits::way_index`); `None` only if the set cannot be found (it cannot: the index is masked to the table),
+/// which passes: fail open.
 #[inline(always)]
 pub(crate) fn hello_bucket(
     packet: &Classification,
     config: &XdpConfig,
 ) -> Option<(u32, *mut TokenBucket)> {
-    let (slot, index, source) = budget(&XDP_HELLO_BUDGET, packet, config)?;
+    let (set, index, source) = budget(&XDP_HELLO_BUDGET, packet, config)?;
     let now = now_ns(config);
+    let burst = config.hello_burst.max(1);
     // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token or tear
-    // the slot, never make the value invalid (plain integers).
+    // a way, never make the value invalid (plain integers). `way` is 0 or 1.
     unsafe {
-        (*slot).take(
-            &source,
-            now,
-            config.hello_rate,
-            config.hello_burst.max(1),
-            0,
-        );
-        Some((index, core::ptr::addr_of_mut!((*slot).bucket)))
+        let (way, new) = (*set).way_of(&source, now, config.hello_rate, burst);
+        let bucket = core::ptr::addr_of_mut!((*set).ways[way].bucket);
+        if !new {
+            (*bucket).take(now, config.hello_rate, burst, 0);
+        }
+        Some((way_index(index, way), bucket))
     }
 }

@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use portcullis_abi::{
     block_filter::{FILTER_WORDS, source_bit, word_of},
-    limits::{ADDR_LEN, BUDGET_SLOTS, BudgetSlot, SYN_COST_MILLI},
+    limits::{ADDR_LEN, BUDGET_MAP_FLAGS, BUDGET_SETS, BudgetSet, SYN_COST_MILLI},
     packet::{Classification, classify},
     verdict::Verdict,
     xdp_config::XdpConfig,
@@ -49,11 +49,12 @@ use config::config;
 use finish::finish;
 use packet_bytes::Packet;
 
-/// Per-source SYN token buckets, a slot per keyed hash of the source (`portcullis_abi::limits::BudgetSlot`); the name
-/// must match `portcullis_abi::names::MAP_XDP_SYN_BUDGET`. Under a spoofed-source flood sources take each other's
-/// slots, which only forgets budget already spent (fail open).
+/// Per-source SYN token buckets in 2-way sets, a set per keyed hash of the source (`portcullis_abi::limits::BudgetSet`,
+/// 128 KiB: a spoofed flood writes a random set per SYN); the name must match
+/// `portcullis_abi::names::MAP_XDP_SYN_BUDGET`. Under a spoofed-source flood the one-SYN sources push each other out
+/// of their sets and leave a source that spent its budget in place.
 #[btf_map(name = "xdp_syn_budget")]
-static XDP_SYN_BUDGET: Array<BudgetSlot, BUDGET_SLOTS> = Array::new();
+static XDP_SYN_BUDGET: Array<BudgetSet, BUDGET_SETS, BUDGET_MAP_FLAGS> = Array::new();
 
 /// Blocked source prefixes (IPv4-mapped for IPv4), value 1; the name must match
 /// `portcullis_abi::names::MAP_XDP_BLOCK_NET`. Written by `portcullis xdp block add|del`.
@@ -125,18 +126,18 @@ fn guard(packet: &Classification, config: &XdpConfig, flow_hash: u64) -> Verdict
     Verdict::PassListenerTcp
 }
 
-/// Spends one SYN from the source's bucket (a full one for a source new to its slot).
+/// Spends one SYN from the source's bucket (a full one for a source new to its set).
 #[inline(always)]
 fn syn_within_budget(packet: &Classification, config: &XdpConfig) -> bool {
-    // A missing slot (it cannot be: the index is masked to the table) passes: fail open.
-    let Some((slot, _, source)) = budget(&XDP_SYN_BUDGET, packet, config) else {
+    // A missing set (it cannot be: the index is masked to the table) passes: fail open.
+    let Some((set, _, source)) = budget(&XDP_SYN_BUDGET, packet, config) else {
         return true;
     };
     let now = now_ns(config);
     // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token or tear
-    // the slot (see `BudgetSlot`), never make the value invalid (plain integers).
+    // a way (see `BudgetSet`), never make the value invalid (plain integers).
     unsafe {
-        (*slot).take(
+        (*set).take(
             &source,
             now,
             config.syn_rate,

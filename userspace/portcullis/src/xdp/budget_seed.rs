@@ -1,8 +1,8 @@
-//! The key of the budget tables' slot hash (`xdp_budget_seed`, see `portcullis_abi::limits::BudgetSlot`).
+//! The key of the budget tables' set hash (`xdp_budget_seed`, see `portcullis_abi::limits::BudgetSet`).
 //!
 //! Drawn at random by the first start that finds it 0 and pinned for good with the tables, so a restart keeps
-//! every source in its slot (and its spent budget with it). Secret, so a client cannot choose addresses that
-//! share a slot and take it from each other in turn for fresh bursts; never logged.
+//! every source in its set (and its spent budget with it). Secret, so a client cannot choose addresses that
+//! share a set and push each other out in turn for fresh bursts; never logged.
 
 use std::borrow::BorrowMut;
 

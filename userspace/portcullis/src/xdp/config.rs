@@ -56,6 +56,8 @@ pub struct XdpSection {
     pub pin_dir: PathBuf,
     /// SYNs per second each source prefix may send to the listener ports; over budget they are dropped in
     /// XDP (`portcullis_xdp_packets_total{verdict="drop_syn_rate"}`). 0 turns the budget off. Default: 0.
+    /// The guard tracks 4,096 sources per budget (`portcullis_abi::limits::BudgetSet`: 2-way sets, a source that
+    /// spent its budget pushed out last).
     pub syn_rate: u32,
     /// SYNs a source prefix may send at once after being idle (the token bucket size), at least 1.
     /// Default: 100.

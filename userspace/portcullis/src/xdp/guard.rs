@@ -8,7 +8,7 @@ use aya::{
 };
 use portcullis_abi::{
     fp_shapes::ShapeSet,
-    limits::{ADDR_LEN, BudgetSlot},
+    limits::{ADDR_LEN, BudgetSet},
     names::{
         MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_DROPS, MAP_XDP_BLOCK_FP_SHAPES,
         MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_BUDGET_SEED, MAP_XDP_CONFIG,
@@ -34,7 +34,7 @@ const PERSISTENT_MAPS: [Persistent; 5] = [
     Persistent {
         name: MAP_XDP_SYN_BUDGET,
         key_size: size_of::<u32>() as u32,
-        value_size: size_of::<BudgetSlot>() as u32,
+        value_size: size_of::<BudgetSet>() as u32,
     },
     // The key of the budget tables' slots: a new seed would move every source to another slot, losing its budget.
     Persistent {
@@ -51,7 +51,7 @@ const PERSISTENT_MAPS: [Persistent; 5] = [
     Persistent {
         name: MAP_XDP_HELLO_BUDGET,
         key_size: size_of::<u32>() as u32,
-        value_size: size_of::<BudgetSlot>() as u32,
+        value_size: size_of::<BudgetSet>() as u32,
     },
     Persistent {
         name: MAP_XDP_BLOCK_FP,
@@ -239,8 +239,8 @@ fn restore_blocklists(ebpf: &mut aya::Ebpf) -> anyhow::Result<fp_index::Index> {
     )?;
     block_filter::store(&mut filter, &prefilter)?;
 
-    // The budget tables' slot hash is keyed (`portcullis_abi::limits::BudgetSlot`): the first start draws the
-    // key, later ones keep the pinned one so every source keeps its slot and budget.
+    // The budget tables' set hash is keyed (`portcullis_abi::limits::BudgetSet`): the first start draws the
+    // key, later ones keep the pinned one so every source keeps its set and budget.
     let mut seed: Array<&mut MapData, u64> = object::typed_map(
         ebpf.map_mut(MAP_XDP_BUDGET_SEED),
         MAP_XDP_BUDGET_SEED,

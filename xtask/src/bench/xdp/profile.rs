@@ -68,7 +68,13 @@ pub(super) fn run(object: &mut Loaded, class: &Class, out: &Path, seconds: Durat
             let limit = Instant::now() + seconds + Duration::from_secs(60);
             let mut runs = 0;
             while !stop.load(Ordering::Relaxed) && Instant::now() < limit {
-                test_run(object.fd, &class.frame, REPEAT)?;
+                // A flood class runs through its driver, which tail-calls the guard (`back_to_back`).
+                let fd = if class.back_to_back {
+                    object.driver.fd
+                } else {
+                    object.fd
+                };
+                test_run(fd, &class.frame, REPEAT)?;
                 runs += u64::from(REPEAT);
             }
             Ok(runs)

@@ -7,7 +7,8 @@ use portcullis_abi::{
     block_filter::FILTER_BITS,
     client_hello::fingerprint::{FORMAT, SHAPES},
     fp_shapes::SHAPE_WAYS,
-    names::{MAP_XDP_HELLO_PROG, PROG_XDP_HELLO},
+    limits::{BUDGET_SETS, BUDGET_WAYS, BudgetSet, SYN_COST_MILLI},
+    names::{MAP_XDP_HELLO_BUDGET, MAP_XDP_HELLO_PROG, MAP_XDP_SYN_BUDGET, PROG_XDP_HELLO},
 };
 
 use super::block::{block_filter, blocklist};
@@ -46,6 +47,8 @@ pub(super) fn status(dir: &Path) -> anyhow::Result<()> {
             config.hello_rate, config.hello_burst, config.hello_resume_cost_milli
         );
     }
+    budget_table_status(dir, MAP_XDP_SYN_BUDGET, "syn budget")?;
+    budget_table_status(dir, MAP_XDP_HELLO_BUDGET, "hello budget")?;
     if config.jiffy_ns == 0 {
         println!("budget clock     bpf_ktime_get_coarse_ns");
     } else {
@@ -83,6 +86,31 @@ pub(super) fn status(dir: &Path) -> anyhow::Result<()> {
         );
     }
     fingerprint_status(dir)
+}
+
+/// A budget table's line of `portcullis xdp status`: how many of its ways hold a source, and how many of those had
+/// less than one token left at their last packet (spent: a flooding source, or one that stopped right after).
+fn budget_table_status(dir: &Path, name: &str, label: &str) -> anyhow::Result<()> {
+    let Some(table) =
+        open_if_pinned::<Array<MapData, BudgetSet>>(dir, name, &format!("{label} table"))?
+    else {
+        return Ok(());
+    };
+    let (mut used, mut spent) = (0usize, 0usize);
+    for set in table.iter() {
+        let set = set.with_context(|| format!("cannot read the pinned {label} table {name}"))?;
+        for way in set.ways.iter().filter(|way| way.bucket.last_ns != 0) {
+            used += 1;
+            spent += usize::from(way.bucket.tokens_milli < SYN_COST_MILLI);
+        }
+    }
+    let capacity = BUDGET_SETS * BUDGET_WAYS;
+    println!(
+        "{:<17}{used} of {capacity} sources tracked, {spent} spent at their last packet ({BUDGET_WAYS}-way sets: a new \
+         source pushes out the fuller bucket, never a spent one first)",
+        format!("{label} table")
+    );
+    Ok(())
 }
 
 /// The ClientHello check line of `portcullis xdp status`: whether the XDP program has its ClientHello program to

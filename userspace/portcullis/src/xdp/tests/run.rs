@@ -11,7 +11,7 @@ use aya::{
     programs::{TestRun as _, TestRunOptions, Xdp},
 };
 use portcullis_abi::{
-    limits::{BudgetSlot, TokenBucket, block_entry, budget_slot, source_key, v4_mapped},
+    limits::{BudgetSet, BudgetSlot, TokenBucket, block_entry, budget_set, source_key, v4_mapped},
     names::{
         MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_SYN_BUDGET,
         MAP_XDP_VERDICTS, PROG_XDP,
@@ -222,23 +222,37 @@ fn the_jiffies_clock_agrees_with_the_monotonic_clock() {
     let (mut ebpf, counters) = load(config);
     let src = [10, 0, 0, 1];
     let source = source_key(&v4_mapped(src), 32, 64);
-    // A fresh load's slot hash key is 0 (the daemon draws one; nothing here does).
-    let index = budget_slot(&source, 0);
+    // A fresh load's set hash key is 0 (the daemon draws one; nothing here does).
+    let index = budget_set(&source, 0);
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE).expect("clock");
     let now_ns = now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64;
     let minute = 60_000_000_000;
     let stamp = |ebpf: &mut Ebpf, last_ns: u64| {
-        let slot = BudgetSlot {
+        let way = BudgetSlot {
             source,
             bucket: TokenBucket {
                 tokens_milli: 0,
                 last_ns,
             },
         };
-        Array::<_, BudgetSlot>::try_from(ebpf.map_mut(MAP_XDP_SYN_BUDGET).expect("SYN budget map"))
-            .expect("array of slots")
-            .set(index, slot, 0)
-            .expect("write the slot");
+        // The source's bucket in the set's first way, the second unused (`last_ns` 0).
+        let unused = BudgetSlot {
+            bucket: TokenBucket {
+                tokens_milli: 0,
+                last_ns: 0,
+            },
+            ..way
+        };
+        Array::<_, BudgetSet>::try_from(ebpf.map_mut(MAP_XDP_SYN_BUDGET).expect("SYN budget map"))
+            .expect("array of sets")
+            .set(
+                index,
+                BudgetSet {
+                    ways: [way, unused],
+                },
+                0,
+            )
+            .expect("write the set");
     };
     // An empty bucket stamped a minute from now: a clock that agrees refills nothing (one far ahead would).
     stamp(&mut ebpf, now_ns + minute);
