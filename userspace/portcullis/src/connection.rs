@@ -110,7 +110,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         ))
         .await;
     }
-    serve_tcp(&ctx, est, peer, started, done).await;
+    serve_tcp(&ctx, &mut est, peer, started, done).await;
 }
 
 /// The handshake stage under `tls.handshake_timeout`, with the listener's inputs. Boxed: an async fn's state is
@@ -168,7 +168,7 @@ fn record_handshake(
 /// PROXY v2 header and the held early data, relay, and log the connection.
 async fn serve_tcp(
     ctx: &ListenerContext,
-    mut est: handshake::Established,
+    est: &mut handshake::Established,
     peer: SocketAddr,
     started: Instant,
     done: Instant,
@@ -195,8 +195,8 @@ async fn serve_tcp(
     let facts = ctx
         .access_log
         .as_ref()
-        .map(|_| crate::http::facts::TlsFacts::new(&est, done.saturating_duration_since(started)));
-    if let Err(e) = preamble(ctx, &mut est, &upstream, peer).await {
+        .map(|_| crate::http::facts::TlsFacts::new(est, done.saturating_duration_since(started)));
+    if let Err(e) = preamble(ctx, est, &upstream, peer).await {
         tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
         return;
     }
