@@ -1,7 +1,7 @@
 //! One client connection, from accept to close, as its phases in order: [`serve`] runs the [`handshake`] (under
 //! its timeout), records it, then hands the connection to the `http` front end or to [`serve_tcp`]: first bytes,
 //! upstream connect, preamble (PROXY v2, early data), relay, access log. The TLS I/O is
-//! [`TlsConn`](crate::tls_conn::TlsConn)'s.
+//! [`TlsConn`]'s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

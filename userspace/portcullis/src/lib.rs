@@ -14,7 +14,8 @@
 //! - [`offload`]: the QAT-style offload engine (bounded rings on crypto threads); [`admission`]: admission
 //!   control in front of it (cost classes, queue-delay controller, shedding).
 //! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
-//! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_conn`]: one TLS connection (socket + rustls) and its I/O;
+//! - [`tls`]: certificates, SNI choice, the rustls `ServerConfig`; [`tls_conn`]: one TLS connection (socket +
+//!   rustls) and its I/O;
 //!   [`secret_file`]: reading key files (owner, mode, size checked on the open file; zeroized buffers).
 //! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`, `/fingerprints`

@@ -9,6 +9,9 @@
 //! HTTP stream completes the handshake (`Established::unfinished`), so early requests are answered a round trip
 //! earlier (README "0-RTT").
 //!
+//! `run` takes the client socket and returns it inside the [`TlsConn`] of `Established` (or inside `Refused`, so
+//! the caller counts a failure before the socket closes).
+//!
 //! Each step is a function here; only the expensive step is behind a trait ([`engine::HandshakeEngine`]) so
 //! the offload engine and admission control plug in there without touching the rest.
 

@@ -1,4 +1,4 @@
-//! A rustls `ServerConnection` over a tokio `TcpStream` as one `AsyncRead + AsyncWrite`, for hyper.
+//! A [`TlsConn`] (rustls over the client socket) as one `AsyncRead + AsyncWrite`, for hyper.
 //!
 //! tokio-rustls builds its stream only through its own `Accept`, but our handshake stage drives rustls itself
 //! (`handshake::run`), so this small poll-based adapter takes over the established connection. It is also the

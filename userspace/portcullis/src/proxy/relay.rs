@@ -10,7 +10,7 @@
 //! answer; an upstream EOF sends close_notify, flushes, and ends the relay. A connection on which nothing moves
 //! for `upstream.idle_timeout` is closed (as nginx's stream `proxy_timeout`). What rustls still holds when a
 //! connection ends (an alert after a client protocol error, close_notify) leaves within
-//! [`TlsConn::flush_before_close`]'s bound: a client that stopped reading cannot pin its connection and upstream
+//! `TlsConn::flush_before_close`'s bound: a client that stopped reading cannot pin its connection and upstream
 //! socket.
 
 use std::cell::RefCell;
