@@ -1,7 +1,7 @@
-//! One client connection, from accept to close, as its phases in order: [`serve`] runs the [`handshake`] (under
-//! its timeout), records it, then hands the connection to the `http` front end or to [`serve_tcp`]: first bytes,
-//! upstream connect, preamble (PROXY v2, early data), relay, access log. The TLS I/O is
-//! [`TlsConn`]'s.
+//! One client connection, from accept to close, as its phases in order: [`serve`] runs the handshake
+//! ([`establish`], under its timeout), records it ([`record_handshake`]), then hands the connection to the `http`
+//! front end or to [`serve_tcp`]: first bytes, upstream connect, preamble (PROXY v2, early data), relay, access
+//! log. The TLS I/O is [`TlsConn`]'s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,7 +77,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 
     // Matched where it is awaited: a `let outcome` would keep a second Established-sized slot in this future
     // for the connection's whole life (a moved-from local still has storage until its scope ends).
-    let mut est = match handshake(&ctx, tcp).await {
+    let mut est = match establish(&ctx, tcp).await {
         Ok(est) => est,
         Err(refused) => {
             let e = &refused.error;
@@ -117,7 +117,7 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 /// as large as its largest await, and this future is the task an idle connection keeps, so unboxed the
 /// handshake's state (kilobytes) would stay allocated for the connection's whole life (BENCHMARKS.md, "Idle
 /// connections").
-async fn handshake(
+async fn establish(
     ctx: &ListenerContext,
     tcp: TcpStream,
 ) -> Result<handshake::Established, handshake::Refused> {
