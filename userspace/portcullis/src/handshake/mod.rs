@@ -94,15 +94,6 @@ pub struct HandshakeError {
     pub detail: String,
 }
 
-/// A failed handshake with the socket it failed on: the caller counts the failure before the socket closes, so
-/// a client that sees the close sees the count too.
-pub struct Refused {
-    /// Why.
-    pub error: HandshakeError,
-    /// The client socket, to close (or reset) once the failure is counted.
-    pub tcp: TcpStream,
-}
-
 impl HandshakeError {
     /// A failure with its detail.
     pub fn new(failure: Failure, detail: impl Into<String>) -> Self {
@@ -111,6 +102,15 @@ impl HandshakeError {
             detail: detail.into(),
         }
     }
+}
+
+/// A failed handshake with the socket it failed on: the caller counts the failure before the socket closes, so
+/// a client that sees the close sees the count too.
+pub struct Refused {
+    /// Why.
+    pub error: HandshakeError,
+    /// The client socket, to close (or reset) once the failure is counted.
+    pub tcp: TcpStream,
 }
 
 /// Runs the whole handshake on `tcp` until `deadline` (`tls.handshake_timeout` after accept; past it the failure
