@@ -222,3 +222,106 @@ impl io::Write for TcpWrite<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+    use std::io::{Read as _, Write as _};
+    use std::sync::{Arc, mpsc};
+
+    /// A server and a client configuration that trust each other (TLS 1.3, a fresh P-256 certificate).
+    fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let cert_der = CertificateDer::from(cert.der().to_vec());
+        let server = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert_der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+            )
+            .expect("server config");
+        let mut roots = RootCertStore::empty();
+        roots.add(cert_der).expect("root");
+        let client = ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (Arc::new(server), Arc::new(client))
+    }
+
+    /// A handshaken `TlsConn` on loopback, and the client's thread: it sends `request` after its handshake, then
+    /// holds the connection without reading until told to go (or the test ends).
+    async fn connected(request: &'static [u8]) -> (TlsConn, mpsc::Sender<()>) {
+        let (server, client) = configs();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback test socket");
+        let addr = listener.local_addr().expect("loopback test socket");
+        let (go, wait) = mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let mut sock = std::net::TcpStream::connect(addr).expect("loopback test socket");
+            let name = ServerName::try_from("localhost").expect("name");
+            let mut conn = ClientConnection::new(client, name).expect("client");
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).expect("client handshake");
+            }
+            conn.writer().write_all(request).expect("plaintext");
+            while conn.wants_write() {
+                conn.write_tls(&mut sock).expect("client write");
+            }
+            let _ = wait.recv();
+        });
+        let (tcp, _) = listener.accept().await.expect("loopback test socket");
+        let mut tls = TlsConn::new(tcp, ServerConnection::new(server).expect("server"));
+        while tls.is_handshaking() {
+            tls.process().await.expect("server handshake");
+            tls.flush().await.expect("server flight");
+            if tls.is_handshaking() {
+                assert!(tls.read().await.expect("client flight"), "client left");
+            }
+        }
+        (tls, go)
+    }
+
+    #[tokio::test]
+    async fn first_client_bytes_waits_for_the_request_and_leaves_it_in_rustls() {
+        let (mut tls, _go) = connected(b"ping").await;
+        assert!(tls.first_client_bytes().await.expect("first bytes"));
+        let mut got = [0u8; 4];
+        tls.reader()
+            .read_exact(&mut got)
+            .expect("plaintext in rustls");
+        assert_eq!(&got, b"ping");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn close_resets_a_client_that_reads_nothing_after_the_bound() {
+        let (mut tls, _go) = connected(b"").await;
+        // More than loopback's socket buffers hold: the client, not reading, leaves most of it in rustls.
+        tls.set_buffer_limit(None);
+        tls.writer()
+            .write_all(&vec![0x5a; 32 << 20])
+            .expect("plaintext");
+        assert_eq!(
+            socket2::SockRef::from(tls.tcp()).linger().expect("linger"),
+            None
+        );
+        // Paused time: the runtime jumps to the bound as soon as the flush can only wait.
+        tls.close().await;
+        assert_eq!(
+            socket2::SockRef::from(tls.tcp()).linger().expect("linger"),
+            Some(Duration::ZERO),
+            "past CLOSE_FLUSH_TIMEOUT the socket resets on close"
+        );
+    }
+}
