@@ -1,4 +1,7 @@
-//! One client connection, from accept to close: handshake (with its timeout), upstream connect, relay.
+//! One client connection, from accept to close, as its phases in order: [`serve`] runs the handshake
+//! ([`establish`], under its timeout), records it ([`record_handshake`]), then hands the connection to the `http`
+//! front end or to [`serve_tcp`]: first bytes, upstream connect, preamble (PROXY v2, early data), relay, access
+//! log. The TLS I/O is [`TlsConn`]'s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use crate::proxy::proxy_v2::{self, ProxyInfo};
 use crate::proxy::relay::{self, OnMoved};
 use crate::proxy::upstream::Upstreams;
 use crate::tls::resolver::SniResolver;
+use crate::tls_conn::{self, TlsConn};
 
 /// Everything a connection on one listener needs, shared by the worker's connections.
 pub struct ListenerContext {
@@ -61,7 +65,8 @@ impl OnMoved for ListenerMetrics {
     }
 }
 
-/// Serves one accepted connection to the end. Never panics on client bytes; every outcome is counted.
+/// Serves one accepted connection to the end, phase by phase: the handshake, then the `http` front end or the
+/// `tcp` relay. Never panics on client bytes; every outcome is counted.
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
     let started = Instant::now();
     let m = &ctx.metrics;
@@ -70,67 +75,24 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     let _active = ActiveGuard(&ctx.metrics);
     let _ = tcp.set_nodelay(true);
 
-    // The handshake, the upstream connect and the relay are boxed: an async fn's state is as large as its
-    // largest await, and this future is the task an idle connection keeps, so unboxed the handshake's state
-    // (kilobytes) would stay allocated for the connection's whole life (BENCHMARKS.md, "Idle connections").
     // Matched where it is awaited: a `let outcome` would keep a second Established-sized slot in this future
     // for the connection's whole life (a moved-from local still has storage until its scope ends).
-    let mut est = match tokio::time::timeout(
-        ctx.handshake_timeout,
-        Box::pin(handshake::run(
-            &tcp,
-            &ctx.tls,
-            &ctx.certs,
-            &*ctx.engine,
-            ctx.max_client_hello_size,
-            &ctx.early,
-            // http listeners answer early requests before the client's Finished (RFC 8470); tcp holds them.
-            ctx.http.is_some(),
-            |hello| count_offers(m, hello),
-        )),
-    )
-    .await
-    {
-        Err(_) => {
-            m.handshake(
-                VersionLabel::None,
-                ModeLabel::None,
-                Failure::Timeout.name(),
-                None,
-            );
-            tracing::debug!(%peer, "handshake timed out");
-            return;
-        }
-        Ok(Err(e)) => {
+    let mut est = match establish(&ctx, tcp).await {
+        Ok(est) => est,
+        Err(refused) => {
+            let e = &refused.error;
             if e.failure == Failure::Shed {
                 // Shed before any crypto: reset rather than close, so the socket leaves no TIME_WAIT and costs
                 // nothing more; the client sees ECONNRESET, which clients retry with backoff (ARCHITECTURE.md).
-                let _ = socket2::SockRef::from(&tcp).set_linger(Some(std::time::Duration::ZERO));
+                tls_conn::reset_on_close(&refused.tcp);
             }
             m.handshake(VersionLabel::None, ModeLabel::None, e.failure.name(), None);
             tracing::debug!(%peer, cause = e.failure.name(), detail = %e.detail, "handshake failed");
             return;
         }
-        Ok(Ok(est)) => est,
     };
     let done = Instant::now();
-    let on_finished = match est.unfinished.take() {
-        // Handed over before the client's Finished: counted when the http stream processes it.
-        Some(unfinished) => Some(handshake_end(&ctx, &mut est, unfinished, started, peer)),
-        None => {
-            m.handshake(
-                est.version,
-                est.mode,
-                "ok",
-                Some(done.saturating_duration_since(started).as_secs_f64()),
-            );
-            m.stages(est.mode, est.stages.durations(done));
-            None
-        }
-    };
-    if let Some(reason) = est.hello.malformed {
-        tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
-    }
+    let on_finished = record_handshake(&ctx, &mut est, started, done, peer);
     if let Some(http) = &ctx.http {
         let handshake = done.saturating_duration_since(started);
         let finishing = on_finished.map(|on_finished| crate::http::tls_stream::Finishing {
@@ -139,7 +101,6 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         });
         // Boxed: the HTTP connection future is large, and an idle connection should cost its task little.
         return Box::pin(crate::http::serve(
-            tcp,
             peer,
             est,
             started,
@@ -149,27 +110,74 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         ))
         .await;
     }
+    serve_tcp(&ctx, &mut est, peer, started, done).await;
+}
 
+/// The handshake stage under `tls.handshake_timeout`, with the listener's inputs. Boxed: an async fn's state is
+/// as large as its largest await, and this future is the task an idle connection keeps, so unboxed the
+/// handshake's state (kilobytes) would stay allocated for the connection's whole life (BENCHMARKS.md, "Idle
+/// connections").
+async fn establish(
+    ctx: &ListenerContext,
+    tcp: TcpStream,
+) -> Result<handshake::Established, handshake::Refused> {
+    let m = &ctx.metrics;
+    let deadline = relay::deadline_after(ctx.handshake_timeout);
+    Box::pin(handshake::run(
+        tcp,
+        deadline,
+        &ctx.tls,
+        &ctx.certs,
+        &*ctx.engine,
+        ctx.max_client_hello_size,
+        &ctx.early,
+        // http listeners answer early requests before the client's Finished (RFC 8470); tcp holds them.
+        ctx.http.is_some(),
+        |hello| count_offers(m, hello),
+    ))
+    .await
+}
+
+/// Counts a finished handshake; for one handed over before the client's Finished, returns what records its end
+/// (the http stream calls it when it processes the Finished).
+fn record_handshake(
+    ctx: &Arc<ListenerContext>,
+    est: &mut handshake::Established,
+    started: Instant,
+    done: Instant,
+    peer: SocketAddr,
+) -> Option<handshake::OnFinished> {
+    let m = &ctx.metrics;
+    if let Some(reason) = est.hello.malformed {
+        tracing::debug!(%peer, reason, "rustls accepted a ClientHello our parser calls malformed");
+    }
+    if let Some(unfinished) = est.unfinished.take() {
+        return Some(handshake_end(ctx, est, unfinished, started, peer));
+    }
+    m.handshake(
+        est.version,
+        est.mode,
+        "ok",
+        Some(done.saturating_duration_since(started).as_secs_f64()),
+    );
+    m.stages(est.mode, est.stages.durations(done));
+    None
+}
+
+/// `tcp` mode after the handshake: wait for the client's first bytes (lazy connect), connect upstream, send the
+/// PROXY v2 header and the held early data, relay, and log the connection.
+async fn serve_tcp(
+    ctx: &ListenerContext,
+    est: &mut handshake::Established,
+    peer: SocketAddr,
+    started: Instant,
+    done: Instant,
+) {
+    let m = &ctx.metrics;
     // Early data already counts as the client's first bytes.
-    if ctx.lazy_connect && est.early_data.is_empty() {
-        let first_byte = ctx.limits.settings().first_byte_timeout;
-        match tokio::time::timeout(first_byte, first_client_bytes(&tcp, &mut est.conn)).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => {
-                // The client left without sending anything: no upstream connection was ever needed.
-                close_tls(&tcp, &mut est.conn).await;
-                return;
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "client failed before its first request byte");
-                return;
-            }
-            Err(_) => {
-                ctx.limits.metrics.closed(Closed::FirstByteTimeout);
-                tracing::debug!(%peer, "client sent no data after the handshake; closing");
-                return;
-            }
-        }
+    if ctx.lazy_connect && est.early_data.is_empty() && !first_bytes(ctx, &mut est.tls, peer).await
+    {
+        return;
     }
     let Some(backend) = ctx.upstreams.pick() else {
         return;
@@ -179,57 +187,22 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         Err((cause, e)) => {
             m.upstream_error(backend, cause.name());
             tracing::warn!(%peer, upstream = %backend, cause = cause.name(), error = %e, "upstream connect failed");
-            close_tls(&tcp, &mut est.conn).await;
+            est.tls.close().await;
             return;
         }
     };
-    if ctx.proxy_protocol {
-        let local = tcp.local_addr().unwrap_or(peer);
-        let version = match est.version {
-            VersionLabel::Tls13 => Some("TLSv1.3"),
-            VersionLabel::Tls12 => Some("TLSv1.2"),
-            VersionLabel::None => None,
-        };
-        let header = proxy_v2::encode(
-            peer,
-            local,
-            &ProxyInfo {
-                authority: est.hello.sni.as_deref(),
-                alpn: est.conn.alpn_protocol(),
-                tls_version: version,
-            },
-        );
-        if let Err(e) = write_all(&upstream, &header).await {
-            tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
-            return;
-        }
-    }
     // The access log's facts are read before the early data is written and the relay keeps the connection.
     let facts = ctx
         .access_log
         .as_ref()
-        .map(|_| crate::http::facts::TlsFacts::new(&est, done.saturating_duration_since(started)));
-    // Early data goes upstream only now, after the client's Finished (README "0-RTT"): a byte relay cannot tell
-    // safe requests apart, so a replayed flight must never reach the upstream.
-    if !est.early_data.is_empty() {
-        if let Err(e) = write_all(&upstream, &est.early_data).await {
-            tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
-            return;
-        }
-        m.to_upstream(est.early_data.len() as u64);
-        est.early_data = Vec::new();
+        .map(|_| crate::http::facts::TlsFacts::new(est, done.saturating_duration_since(started)));
+    if let Err(e) = preamble(ctx, est, &upstream, peer).await {
+        tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
+        return;
     }
     // Boxed, like the handshake and the upstream connect: the task of an idle connection keeps only a pointer to
     // each (BENCHMARKS.md "Idle connections").
-    let moved = match Box::pin(relay::relay(
-        &tcp,
-        &mut est.conn,
-        &upstream,
-        m,
-        ctx.idle_timeout,
-    ))
-    .await
-    {
+    let moved = match Box::pin(relay::relay(&mut est.tls, &upstream, m, ctx.idle_timeout)).await {
         Ok(moved) => {
             tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed");
             Some(moved)
@@ -256,6 +229,63 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             tls: facts,
         });
     }
+}
+
+/// Lazy connect: waits (under `limits.first_byte_timeout`) for the client's first bytes; `false` when the
+/// connection ends instead (closed cleanly when the client left without a byte: no upstream was ever needed).
+async fn first_bytes(ctx: &ListenerContext, tls: &mut TlsConn, peer: SocketAddr) -> bool {
+    let first_byte = ctx.limits.settings().first_byte_timeout;
+    match tokio::time::timeout(first_byte, tls.first_client_bytes()).await {
+        Ok(Ok(true)) => true,
+        Ok(Ok(false)) => {
+            tls.close().await;
+            false
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "client failed before its first request byte");
+            false
+        }
+        Err(_) => {
+            ctx.limits.metrics.closed(Closed::FirstByteTimeout);
+            tracing::debug!(%peer, "client sent no data after the handshake; closing");
+            false
+        }
+    }
+}
+
+/// What the upstream gets before the relay: the PROXY v2 header (when on), then the early data held until the
+/// client's Finished (README "0-RTT"): a byte relay cannot tell safe requests apart, so a replayed flight must
+/// never reach the upstream.
+async fn preamble(
+    ctx: &ListenerContext,
+    est: &mut handshake::Established,
+    upstream: &TcpStream,
+    peer: SocketAddr,
+) -> std::io::Result<()> {
+    if ctx.proxy_protocol {
+        let local = est.tls.tcp().local_addr().unwrap_or(peer);
+        let version = match est.version {
+            VersionLabel::Tls13 => Some("TLSv1.3"),
+            VersionLabel::Tls12 => Some("TLSv1.2"),
+            VersionLabel::None => None,
+        };
+        let header = proxy_v2::encode(
+            peer,
+            local,
+            &ProxyInfo {
+                authority: est.hello.sni.as_deref(),
+                alpn: est.tls.alpn_protocol(),
+                tls_version: version,
+            },
+        );
+        relay::write_all(upstream, &header).await?;
+    }
+    if !est.early_data.is_empty() {
+        relay::write_all(upstream, &est.early_data).await?;
+        ctx.metrics.to_upstream(est.early_data.len() as u64);
+        est.early_data = Vec::new();
+    }
+    Ok(())
 }
 
 /// What the end of a handshake handed over before the client's Finished records: the early-data outcome and
@@ -288,44 +318,6 @@ fn handshake_end(
     })
 }
 
-/// Waits until the client has sent application data (`true`) or closed (`false`), flushing what rustls has
-/// queued meanwhile (the session tickets). The data stays in rustls for the relay.
-async fn first_client_bytes(
-    tcp: &TcpStream,
-    conn: &mut rustls::ServerConnection,
-) -> std::io::Result<bool> {
-    loop {
-        // Check before reading: the request often arrives with the client's Finished, in which case it is already
-        // decrypted and waiting in rustls (reading first would wait for bytes the client will never send).
-        let state = match conn.process_new_packets() {
-            Ok(state) => state,
-            Err(e) => {
-                // rustls queued the alert describing the error (e.g. unexpected_message for a
-                // ChangeCipherSpec after the client's Finished): send it with anything still queued before it.
-                let _ = crate::tls_io::flush(tcp, conn).await;
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e));
-            }
-        };
-        if state.plaintext_bytes_to_read() > 0 {
-            return Ok(true);
-        }
-        if state.peer_has_closed() {
-            return Ok(false);
-        }
-        crate::tls_io::flush(tcp, conn).await?;
-        if !crate::tls_io::read(tcp, conn).await? {
-            return Ok(false);
-        }
-    }
-}
-
-/// Ends the TLS session cleanly: queues close_notify and sends it with whatever else rustls still holds. Best
-/// effort and bounded (`relay::CLOSE_FLUSH_TIMEOUT`): the connection is closing anyway.
-async fn close_tls(tcp: &TcpStream, conn: &mut rustls::ServerConnection) {
-    conn.send_close_notify();
-    relay::flush_before_close(tcp, conn).await;
-}
-
 fn count_offers(m: &ListenerMetrics, hello: &handshake::inspect::HelloInfo) {
     if hello.sni.is_some() {
         m.offer("sni");
@@ -342,18 +334,6 @@ fn count_offers(m: &ListenerMetrics, hello: &handshake::inspect::HelloInfo) {
     if let Some(fingerprint) = hello.fingerprint {
         m.fingerprint(fingerprint);
     }
-}
-
-async fn write_all(tcp: &TcpStream, mut buf: &[u8]) -> std::io::Result<()> {
-    while !buf.is_empty() {
-        tcp.writable().await?;
-        match tcp.try_write(buf) {
-            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Keeps the active-connection gauge right on every exit path, including cancellation at shutdown.

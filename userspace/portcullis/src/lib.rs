@@ -14,8 +14,9 @@
 //! - [`offload`]: the QAT-style offload engine (bounded rings on crypto threads); [`admission`]: admission
 //!   control in front of it (cost classes, queue-delay controller, shedding).
 //! - [`handshake`]: the handshake stage and its seam (read ClientHello -> inspect -> engine -> finish).
-//! - [`tls`]: certificates, OCSP staples, SNI choice, the rustls `ServerConfig`; [`tls_io`]: rustls over tokio
-//!   sockets; [`secret_file`]: reading key files (owner, mode, size checked on the open file; zeroized buffers).
+//! - [`tls`]: certificates, OCSP staples, SNI choice, the rustls `ServerConfig`; [`tls_conn`]: one TLS connection
+//!   (socket + rustls) and its I/O; [`secret_file`]: reading key files (owner, mode, size checked on the open
+//!   file; zeroized buffers).
 //! - [`proxy`]: upstream pool, PROXY v2, the plaintext relay; [`demo_upstream`]: the built-in demo backend.
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`, `/fingerprints`
 //!   ([`seen_fingerprints`]: the most frequent ClientHello fingerprints lately, for operators to block).
@@ -50,6 +51,6 @@ mod shutdown;
 mod steering;
 pub mod tickets;
 pub mod tls;
-mod tls_io;
+mod tls_conn;
 mod worker;
 pub mod xdp;

@@ -9,6 +9,9 @@
 //! HTTP stream completes the handshake (`Established::unfinished`), so early requests are answered a round trip
 //! earlier (README "0-RTT").
 //!
+//! `run` takes the client socket and returns it inside the [`TlsConn`] of `Established` (or inside `Refused`, so
+//! the caller counts a failure before the socket closes).
+//!
 //! Each step is a function here; only the expensive step is behind a trait ([`engine::HandshakeEngine`]) so
 //! the offload engine and admission control plug in there without touching the rest.
 
@@ -30,7 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::metrics::{ModeLabel, VersionLabel};
 use crate::tls::resolver::SniResolver;
-use crate::tls_io;
+use crate::tls_conn::{TcpWrite, TlsConn};
 use class::HandshakeClass;
 use early_data::EarlyData;
 use engine::{EngineError, HandshakeEngine, Job};
@@ -40,8 +43,8 @@ use stages::StageClock;
 
 /// A finished handshake.
 pub struct Established {
-    /// The connection, ready for application data.
-    pub conn: ServerConnection,
+    /// The connection (socket and rustls state), ready for application data.
+    pub tls: TlsConn,
     /// What the ClientHello said.
     pub hello: HelloInfo,
     /// Negotiated version.
@@ -101,19 +104,31 @@ impl HandshakeError {
     }
 }
 
-/// Runs the whole handshake on `tcp`. `certs` is the certificate choice inside `config`, asked for the key type
-/// to classify the handshake. `max_hello` is `tls.max_client_hello_size`: a longer ClientHello is refused. `on_hello` sees every inspected ClientHello, before the expensive step,
-/// whatever the outcome (offers are counted there, so a rate of accepted / offered resumptions is honest).
-/// `early` is the listener's early-data step, which may choose another configuration than `config`.
-/// `release_early`: when rustls accepted early data, return right after the server's flight, before the
-/// client's Finished (`Established::unfinished`), so early requests can be answered a round trip earlier; the
-/// early data then stays in rustls. Without it (tcp mode) early data is held until the Finished.
+/// A failed handshake with the socket it failed on: the caller counts the failure before the socket closes, so
+/// a client that sees the close sees the count too.
+pub struct Refused {
+    /// Why.
+    pub error: HandshakeError,
+    /// The client socket, to close (or reset) once the failure is counted.
+    pub tcp: TcpStream,
+}
+
+/// Runs the whole handshake on `tcp` until `deadline` (`tls.handshake_timeout` after accept; past it the failure
+/// is [`Failure::Timeout`]). `certs` is the certificate choice inside `config`, asked for the key type to
+/// classify the handshake. `max_hello` is `tls.max_client_hello_size`: a longer ClientHello is refused. `on_hello`
+/// sees every inspected ClientHello, before the expensive step, whatever the outcome (offers are counted there, so
+/// a rate of accepted / offered resumptions is honest). `early` is the listener's early-data step, which may
+/// choose another configuration than `config`. `release_early`: when rustls accepted early data, return right
+/// after the server's flight, before the client's Finished (`Established::unfinished`), so early requests can be
+/// answered a round trip earlier; the early data then stays in rustls. Without it (tcp mode) early data is held
+/// until the Finished.
 #[expect(
     clippy::too_many_arguments,
     reason = "the stage's inputs, each named at the one call site"
 )]
 pub async fn run(
-    tcp: &TcpStream,
+    tcp: TcpStream,
+    deadline: tokio::time::Instant,
     config: &Arc<ServerConfig>,
     certs: &SniResolver,
     engine: &dyn HandshakeEngine,
@@ -121,9 +136,88 @@ pub async fn run(
     early: &EarlyData,
     release_early: bool,
     on_hello: impl FnOnce(&HelloInfo),
-) -> Result<Established, HandshakeError> {
+) -> Result<Established, Refused> {
+    let timed_out = |tcp| Refused {
+        error: HandshakeError::new(Failure::Timeout, "tls.handshake_timeout passed"),
+        tcp,
+    };
     let mut stages = StageClock::default();
-    let (accepted, raw) = read_client_hello(tcp, config, max_hello, &mut stages).await?;
+    let crypto = tokio::time::timeout_at(
+        deadline,
+        hello_and_crypto(
+            &tcp,
+            config,
+            certs,
+            engine,
+            max_hello,
+            early,
+            on_hello,
+            &mut stages,
+        ),
+    )
+    .await;
+    let (conn, hello, prepared) = match crypto {
+        Ok(Ok(done)) => done,
+        Ok(Err(error)) => return Err(Refused { error, tcp }),
+        Err(_) => return Err(timed_out(tcp)),
+    };
+    let mut tls = TlsConn::new(tcp, conn);
+    let finished =
+        tokio::time::timeout_at(deadline, finish(&mut tls, &mut stages, release_early)).await;
+    let released = match finished {
+        Ok(Ok(released)) => released,
+        Ok(Err(error)) => {
+            early.count(&prepared, None, error.detail == too_much_early_data());
+            let tcp = tls.into_tcp();
+            return Err(Refused { error, tcp });
+        }
+        Err(_) => return Err(timed_out(tls.into_tcp())),
+    };
+    let (early_data, unfinished) = if released {
+        let counters = early.counters().clone();
+        (Vec::new(), Some(Unfinished { prepared, counters }))
+    } else {
+        early.count(&prepared, Some(&mut *tls), false);
+        (early_data::drain(&mut tls), None)
+    };
+    let version = match tls.protocol_version() {
+        Some(ProtocolVersion::TLSv1_3) => VersionLabel::Tls13,
+        Some(ProtocolVersion::TLSv1_2) => VersionLabel::Tls12,
+        _ => VersionLabel::None,
+    };
+    let mode = match tls.handshake_kind() {
+        Some(HandshakeKind::Resumed) => ModeLabel::Resumed,
+        Some(_) => ModeLabel::Full,
+        None => ModeLabel::None,
+    };
+    Ok(Established {
+        tls,
+        hello,
+        version,
+        mode,
+        stages,
+        early_data,
+        unfinished,
+    })
+}
+
+/// Steps 1 to 3: the ClientHello read and inspected, then the expensive step, which returns the rustls
+/// connection with the server's flight queued.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the stage's inputs, passed on from `run`"
+)]
+async fn hello_and_crypto(
+    tcp: &TcpStream,
+    config: &Arc<ServerConfig>,
+    certs: &SniResolver,
+    engine: &dyn HandshakeEngine,
+    max_hello: usize,
+    early: &EarlyData,
+    on_hello: impl FnOnce(&HelloInfo),
+    stages: &mut StageClock,
+) -> Result<(ServerConnection, HelloInfo, early_data::Prepared), HandshakeError> {
+    let (accepted, raw) = read_client_hello(tcp, config, max_hello, stages).await?;
     stages.hello();
     let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
     drop(raw);
@@ -140,62 +234,25 @@ pub async fn run(
     if ran.is_err() {
         early.count(&prepared, None, false);
     }
-    let mut conn = match ran {
+    match ran {
         Ok(done) => {
             stages.crypto(done.started, done.finished);
-            done.conn
+            Ok((done.conn, hello, prepared))
         }
         Err(EngineError::Tls(err, mut alert)) => {
             // Best effort: tell the client why before closing.
-            let _ = alert.write(&mut tls_io::TcpWrite(tcp));
-            return Err(HandshakeError::new(
+            let _ = alert.write(&mut TcpWrite(tcp));
+            Err(HandshakeError::new(
                 Failure::from_rustls(&err),
                 err.to_string(),
-            ));
+            ))
         }
-        Err(EngineError::Shed(reason)) => {
-            return Err(HandshakeError::new(Failure::Shed, reason.name()));
-        }
-        Err(EngineError::Lost) => {
-            return Err(HandshakeError::new(
-                Failure::Internal,
-                "the offload engine lost the job",
-            ));
-        }
-    };
-    let released = match finish(tcp, &mut conn, &mut stages, release_early).await {
-        Ok(released) => released,
-        Err(e) => {
-            early.count(&prepared, None, e.detail == too_much_early_data());
-            return Err(e);
-        }
-    };
-    let (early_data, unfinished) = if released {
-        let counters = early.counters().clone();
-        (Vec::new(), Some(Unfinished { prepared, counters }))
-    } else {
-        early.count(&prepared, Some(&mut conn), false);
-        (early_data::drain(&mut conn), None)
-    };
-    let version = match conn.protocol_version() {
-        Some(ProtocolVersion::TLSv1_3) => VersionLabel::Tls13,
-        Some(ProtocolVersion::TLSv1_2) => VersionLabel::Tls12,
-        _ => VersionLabel::None,
-    };
-    let mode = match conn.handshake_kind() {
-        Some(HandshakeKind::Resumed) => ModeLabel::Resumed,
-        Some(_) => ModeLabel::Full,
-        None => ModeLabel::None,
-    };
-    Ok(Established {
-        conn,
-        hello,
-        version,
-        mode,
-        stages,
-        early_data,
-        unfinished,
-    })
+        Err(EngineError::Shed(reason)) => Err(HandshakeError::new(Failure::Shed, reason.name())),
+        Err(EngineError::Lost) => Err(HandshakeError::new(
+            Failure::Internal,
+            "the offload engine lost the job",
+        )),
+    }
 }
 
 /// rustls' error for a client sending more early data than its ticket allowed.
@@ -339,30 +396,28 @@ impl std::io::Read for Recorder<'_> {
 /// more, as a bare rustls server does, so an error in them is answered with its alert. With `release_early`
 /// and early data accepted, it returns `Ok(true)` once the server's flight is written, the handshake unfinished.
 async fn finish(
-    tcp: &TcpStream,
-    conn: &mut ServerConnection,
+    tls: &mut TlsConn,
     stages: &mut StageClock,
     release_early: bool,
 ) -> Result<bool, HandshakeError> {
     let io_err = |e: std::io::Error| HandshakeError::new(Failure::from_io(&e), e.to_string());
     loop {
-        if let Err(err) = conn.process_new_packets() {
-            // rustls queued an alert describing the error: send it, then fail.
-            let _ = tls_io::flush(tcp, conn).await;
+        // On an error rustls queued an alert describing it: `process` sends it, then we fail.
+        if let Err(err) = tls.process().await {
             return Err(HandshakeError::new(
                 Failure::from_rustls(&err),
                 err.to_string(),
             ));
         }
-        tls_io::flush(tcp, conn).await.map_err(io_err)?;
+        tls.flush().await.map_err(io_err)?;
         stages.flight();
-        if !conn.is_handshaking() {
+        if !tls.is_handshaking() {
             return Ok(false);
         }
-        if release_early && conn.early_data().is_some() {
+        if release_early && tls.early_data().is_some() {
             return Ok(true);
         }
-        if !tls_io::read(tcp, conn).await.map_err(io_err)? {
+        if !tls.read().await.map_err(io_err)? {
             return Err(HandshakeError::new(
                 Failure::ClientClosed,
                 "end of stream during the handshake",

@@ -34,7 +34,7 @@ pub struct TlsFacts {
 impl TlsFacts {
     /// Reads the facts of an established connection; `handshake` is how long its handshake took.
     pub fn new(est: &Established, handshake: Duration) -> Self {
-        let (conn, hello, version, mode) = (&est.conn, &est.hello, est.version, est.mode);
+        let (conn, hello, version, mode) = (&est.tls, &est.hello, est.version, est.mode);
         let cipher = conn
             .negotiated_cipher_suite()
             .map(|s| {

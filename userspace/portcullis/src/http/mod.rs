@@ -36,7 +36,6 @@ use std::time::{Duration, Instant};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::handshake::Established;
@@ -126,7 +125,6 @@ impl HttpContext {
 /// handshake was handed over before the client's Finished (0-RTT): early requests are served meanwhile, and the
 /// connection ends if the Finished does not come by its deadline.
 pub async fn serve(
-    tcp: TcpStream,
     peer: SocketAddr,
     est: Established,
     accepted: Instant,
@@ -138,7 +136,7 @@ pub async fn serve(
     facts.early_data |= finishing.is_some();
     let h2 = facts.is_h2();
     let activity = Arc::new(Activity::new(!h2));
-    let stream = TlsStream::new(tcp, est.conn, activity.clone(), est.early_data, finishing);
+    let stream = TlsStream::new(est.tls, activity.clone(), est.early_data, finishing);
     let info = Arc::new(ConnInfo {
         ctx: ctx.clone(),
         peer,

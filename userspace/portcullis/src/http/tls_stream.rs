@@ -1,4 +1,4 @@
-//! A rustls `ServerConnection` over a tokio `TcpStream` as one `AsyncRead + AsyncWrite`, for hyper.
+//! A [`TlsConn`] (rustls over the client socket) as one `AsyncRead + AsyncWrite`, for hyper.
 //!
 //! tokio-rustls builds its stream only through its own `Accept`, but our handshake stage drives rustls itself
 //! (`handshake::run`), so this small poll-based adapter takes over the established connection. It is also the
@@ -23,14 +23,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use rustls::ServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::watchdog::Activity;
 use crate::handshake::failure::Failure;
 use crate::handshake::{HandshakeError, OnFinished};
-use crate::tls_io::{TcpRead, TcpWrite};
+use crate::tls_conn::TlsConn;
 
 /// A handshake handed over before the client's Finished: what to call at its end, and by when.
 pub struct Finishing {
@@ -40,10 +38,9 @@ pub struct Finishing {
     pub deadline: Instant,
 }
 
-/// rustls plus its socket, shared by the handles.
+/// The TLS connection, shared by the handles.
 struct Inner {
-    tcp: TcpStream,
-    conn: ServerConnection,
+    tls: TlsConn,
     /// close_notify already queued.
     closing: bool,
     /// Early data (0-RTT) the handshake stage took out of rustls, held until the client's Finished and read
@@ -119,8 +116,7 @@ impl TlsStream {
     /// data the handshake stage took out of rustls (empty without 0-RTT): it is read first. `finishing`: the
     /// handshake is not finished (0-RTT handed over before the client's Finished, its early data in rustls).
     pub fn new(
-        tcp: TcpStream,
-        conn: ServerConnection,
+        tls: TlsConn,
         activity: Arc<Activity>,
         early: Vec<u8>,
         finishing: Option<Finishing>,
@@ -133,8 +129,7 @@ impl TlsStream {
         });
         Self {
             inner: Arc::new(Mutex::new(Inner {
-                tcp,
-                conn,
+                tls,
                 closing: false,
                 early: bytes::Bytes::from(early),
                 early_in_rustls: finishing.is_some(),
@@ -193,8 +188,8 @@ impl TlsStream {
     pub async fn last_words(&self, bytes: &[u8]) {
         {
             let mut inner = self.lock();
-            let _ = inner.conn.writer().write_all(bytes);
-            inner.conn.send_close_notify();
+            let _ = inner.tls.writer().write_all(bytes);
+            inner.tls.send_close_notify();
             inner.closing = true;
         }
         let _ = std::future::poll_fn(|cx| self.lock().poll_flush_tls(cx)).await;
@@ -226,23 +221,23 @@ impl Inner {
             this.finished(Err(HandshakeError::new(failure, detail)));
             Poll::Ready(Err(io::Error::from(kind)))
         };
-        if !self.conn.is_handshaking() {
+        if !self.tls.is_handshaking() {
             self.finished(Ok(()));
             return Poll::Ready(Ok(()));
         }
         if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
             return fail(self, Failure::from_io(&e), e.to_string(), e.kind());
         }
-        match self.conn.read_tls(&mut TcpRead(&self.tcp)) {
+        match self.tls.read_tls() {
             Ok(0) => fail(
                 self,
                 Failure::ClientClosed,
                 "end of stream before the client's Finished".into(),
                 io::ErrorKind::UnexpectedEof,
             ),
-            Ok(_) => match self.conn.process_new_packets() {
+            Ok(_) => match self.tls.process_new_packets() {
                 Ok(_) => {
-                    if !self.conn.is_handshaking() {
+                    if !self.tls.is_handshaking() {
                         self.finished(Ok(()));
                         // The session tickets rustls queued on the Finished (best effort: the next flush
                         // sends what the socket did not take).
@@ -252,7 +247,7 @@ impl Inner {
                 }
                 Err(e) => {
                     // Best effort: tell the client why (the alert rustls queued) before failing.
-                    let _ = self.conn.write_tls(&mut TcpWrite(&self.tcp));
+                    let _ = self.tls.write_tls();
                     fail(
                         self,
                         Failure::from_rustls(&e),
@@ -261,11 +256,15 @@ impl Inner {
                     )
                 }
             },
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => match self.tcp.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-                Poll::Ready(Err(e)) => fail(self, Failure::from_io(&e), e.to_string(), e.kind()),
-                Poll::Pending => Poll::Pending,
-            },
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match self.tls.tcp().poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+                    Poll::Ready(Err(e)) => {
+                        fail(self, Failure::from_io(&e), e.to_string(), e.kind())
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
             Err(e) => fail(self, Failure::from_io(&e), e.to_string(), e.kind()),
         }
     }
@@ -304,7 +303,7 @@ impl Inner {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<Option<usize>>> {
         loop {
-            if let Some(mut early) = self.conn.early_data() {
+            if let Some(mut early) = self.tls.early_data() {
                 let n = early.read(buf.initialize_unfilled()).unwrap_or(0);
                 if n > 0 {
                     buf.advance(n);
@@ -325,20 +324,7 @@ impl Inner {
 
     /// Writes what rustls has queued until it is empty or the socket is full (then Pending, waker registered).
     fn poll_flush_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut TcpWrite(&self.tcp)) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.tcp.poll_write_ready(cx) {
-                        Poll::Ready(Ok(())) => {}
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-        Poll::Ready(Ok(()))
+        self.tls.poll_flush(cx)
     }
 
     fn poll_read(
@@ -360,7 +346,7 @@ impl Inner {
             }
         }
         loop {
-            match self.conn.reader().read(buf.initialize_unfilled()) {
+            match self.tls.reader().read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
                     if n > 0
@@ -380,13 +366,13 @@ impl Inner {
             if let Poll::Ready(Err(e)) = self.poll_flush_tls(cx) {
                 return Poll::Ready(Err(e));
             }
-            match self.conn.read_tls(&mut TcpRead(&self.tcp)) {
+            match self.tls.read_tls() {
                 Ok(0) => {
                     // End of TCP stream: let rustls say whether close_notify came first (next loop's read).
-                    if let Err(e) = self.conn.process_new_packets() {
+                    if let Err(e) = self.tls.process_new_packets() {
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
                     }
-                    match self.conn.reader().read(buf.initialize_unfilled()) {
+                    match self.tls.reader().read(buf.initialize_unfilled()) {
                         Ok(n) => {
                             buf.advance(n);
                             if n > 0
@@ -400,14 +386,14 @@ impl Inner {
                     }
                 }
                 Ok(_) => {
-                    if let Err(e) = self.conn.process_new_packets() {
+                    if let Err(e) = self.tls.process_new_packets() {
                         // Best effort: tell the client why (the alert rustls queued) before failing.
-                        let _ = self.conn.write_tls(&mut TcpWrite(&self.tcp));
+                        let _ = self.tls.write_tls();
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.tcp.poll_read_ready(cx) {
+                    match self.tls.tcp().poll_read_ready(cx) {
                         Poll::Ready(Ok(())) => {}
                         Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                         Poll::Pending => return Poll::Pending,
@@ -424,24 +410,24 @@ impl Inner {
         // separately (BENCHMARKS.md, "HTTP proxying"). rustls takes what fits under its buffer limit (64 KiB): that
         // limit is the backpressure. A full buffer flushed completely takes bytes on the second try; if it still takes
         // none, say so (0) rather than spin.
-        let n = self.conn.writer().write(buf)?;
+        let n = self.tls.writer().write(buf)?;
         if n > 0 || buf.is_empty() {
             return Poll::Ready(Ok(n));
         }
         if self.poll_flush_tls(cx)?.is_pending() {
             return Poll::Pending;
         }
-        Poll::Ready(Ok(self.conn.writer().write(buf)?))
+        Poll::Ready(Ok(self.tls.writer().write(buf)?))
     }
 
     fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.closing {
-            self.conn.send_close_notify();
+            self.tls.send_close_notify();
             self.closing = true;
         }
         match self.poll_flush_tls(cx) {
             Poll::Ready(Ok(())) => {
-                let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
+                self.tls.shutdown_write();
                 Poll::Ready(Ok(()))
             }
             other => other,

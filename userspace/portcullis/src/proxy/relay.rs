@@ -9,8 +9,9 @@
 //! Closing: a client close_notify or EOF half-closes the upstream (FIN) and we keep relaying the upstream's
 //! answer; an upstream EOF sends close_notify, flushes, and ends the relay. A connection on which nothing moves
 //! for `upstream.idle_timeout` is closed (as nginx's stream `proxy_timeout`). What rustls still holds when a
-//! connection ends (an alert after a client protocol error, close_notify) gets [`CLOSE_FLUSH_TIMEOUT`] to
-//! leave ([`flush_before_close`]): a client that stopped reading cannot pin its connection and upstream socket.
+//! connection ends (an alert after a client protocol error, close_notify) leaves within
+//! `TlsConn::flush_before_close`'s bound: a client that stopped reading cannot pin its connection and upstream
+//! socket.
 
 use std::cell::RefCell;
 use std::io::{self, Read, Write};
@@ -19,28 +20,13 @@ use std::time::Duration;
 use rustls::ServerConnection;
 use tokio::net::TcpStream;
 
-use crate::tls_io;
+use crate::tls_conn::TlsConn;
 
 /// Scratch buffer size: one maximum TLS record of plaintext.
 const SCRATCH: usize = 16 * 1024;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH].into_boxed_slice());
-}
-
-/// Longest a closing connection waits for the client to take what rustls still has queued for it. The alert
-/// or close_notify is a courtesy: a client that reads nothing for this long loses it, and the socket is reset.
-pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Sends what rustls has queued for a connection that is ending, for at most [`CLOSE_FLUSH_TIMEOUT`]; after
-/// that the socket is set to reset on close, so the kernel does not keep the unsent bytes either.
-pub async fn flush_before_close(client: &TcpStream, conn: &mut ServerConnection) {
-    if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, tls_io::flush(client, conn))
-        .await
-        .is_err()
-    {
-        let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
-    }
 }
 
 /// `now + d`, or a year from now where `d` does not fit (a duration validated by the config never gets there;
@@ -84,8 +70,7 @@ pub trait OnMoved: Sync {
 
 /// Relays until both directions are closed.
 pub async fn relay(
-    client: &TcpStream,
-    conn: &mut ServerConnection,
+    client: &mut TlsConn,
     upstream: &TcpStream,
     counters: &dyn OnMoved,
     idle_timeout: std::time::Duration,
@@ -100,17 +85,18 @@ pub async fn relay(
         // Plaintext the client sent: to the upstream, as far as it takes it now.
         if !pending.is_empty() || client_open {
             let before = moved.to_upstream;
-            let closed = push_to_upstream(conn, upstream, &mut pending, &mut moved)?;
+            let closed = push_to_upstream(client, upstream, &mut pending, &mut moved)?;
             counters.to_upstream(moved.to_upstream - before);
             if closed && pending.is_empty() && client_open {
                 client_open = false;
                 let _ = socket2::SockRef::from(upstream).shutdown(std::net::Shutdown::Write);
             }
         }
-        let flushed =
-            tls_io::try_flush(client, conn).map_err(|e| RelayError::Client(e.to_string()))?;
+        let flushed = client
+            .try_flush()
+            .map_err(|e| RelayError::Client(e.to_string()))?;
         if !upstream_open && flushed {
-            let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Write);
+            client.shutdown_write();
             return Ok(moved);
         }
 
@@ -122,12 +108,12 @@ pub async fn relay(
         idle.as_mut().reset(deadline_after(idle_timeout));
         tokio::select! {
             () = &mut idle => return Err(RelayError::Idle(idle_timeout)),
-            r = client.readable(), if read_client => {
+            r = client.tcp().readable(), if read_client => {
                 r.map_err(|e| RelayError::Client(e.to_string()))?;
-                match tls_io::try_read(client, conn) {
+                match client.try_read() {
                     Ok(Some(true)) => {
-                        if let Err(e) = conn.process_new_packets() {
-                            flush_before_close(client, conn).await;
+                        if let Err(e) = client.process_new_packets() {
+                            client.flush_before_close().await;
                             return Err(RelayError::Client(e.to_string()));
                         }
                     }
@@ -145,10 +131,10 @@ pub async fn relay(
             }
             r = upstream.readable(), if read_upstream => {
                 r.map_err(RelayError::Upstream)?;
-                match pull_from_upstream(conn, upstream) {
+                match pull_from_upstream(client, upstream) {
                     Ok(Some(0)) => {
                         upstream_open = false;
-                        conn.send_close_notify();
+                        client.send_close_notify();
                     }
                     Ok(Some(n)) => {
                         moved.to_client += n as u64;
@@ -158,12 +144,25 @@ pub async fn relay(
                     Err(e) => return Err(RelayError::Upstream(e)),
                 }
             }
-            r = client.writable(), if write_client => {
+            r = client.tcp().writable(), if write_client => {
                 r.map_err(|e| RelayError::Client(e.to_string()))?;
             }
             else => return Ok(moved),
         }
     }
+}
+
+/// Writes all of `buf` to the upstream before the relay starts (the PROXY v2 header, held early data).
+pub async fn write_all(upstream: &TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        upstream.writable().await?;
+        match upstream.try_write(buf) {
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Moves decrypted client bytes to the upstream without waiting. Returns `true` once the client has sent
