@@ -422,6 +422,35 @@ fn upgrade_is_relayed_as_bytes_after_101() {
 }
 
 #[test]
+fn connect_is_refused_with_405_and_never_reaches_the_upstream() {
+    let bed = Bed::start("");
+    rt().block_on(async {
+        let mut tls = bed.tls(&[b"http/1.1"]).await;
+        tls.write_all(
+            b"CONNECT upstream.example:443 HTTP/1.1\r\nHost: upstream.example:443\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let head = read_until(&mut tls, "\r\n\r\n", Duration::from_secs(10)).await;
+        assert!(head.starts_with("HTTP/1.1 405"), "{head}");
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            lower.contains("\r\nallow: ") && !lower.contains("connect,"),
+            "{head}"
+        );
+        // The connection still serves an ordinary request after the refusal.
+        tls.write_all(format!("GET /after HTTP/1.1\r\nHost: {NAME}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let next = read_until(&mut tls, "\r\n\r\n", Duration::from_secs(10)).await;
+        assert!(next.contains("HTTP/1.1 200"), "{next}");
+        let seen = bed.upstream.requests();
+        assert!(seen.iter().any(|r| r.starts_with("GET /after")), "{seen:?}");
+        assert!(!seen.iter().any(|r| r.starts_with("CONNECT")), "{seen:?}");
+    });
+}
+
+#[test]
 fn limits_answer_431_and_408() {
     let bed = Bed::start(
         "[http]\nmax_head_bytes = 8192\nmax_headers = 20\nheader_read_timeout = \"1s\"\n",

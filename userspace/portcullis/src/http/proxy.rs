@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -75,6 +75,15 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
     let bytes_in = Arc::new(AtomicU64::new(0));
 
     let (outcome, early) = match conn.early.as_ref().filter(|view| view.is_early()) {
+        // A reverse proxy has no tunnel to open: CONNECT's authority-form target names no resource upstream.
+        _ if method == Method::CONNECT => (
+            Err(Failed {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                cause: "connect_not_allowed",
+                upstream: None,
+            }),
+            None,
+        ),
         None => (
             forward(&conn, req, authority.as_deref(), &target, &bytes_in).await,
             None,
@@ -118,6 +127,13 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
             *r.status_mut() = f.status;
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            if f.status == StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110 §15.5.6: a 405 lists what the target does allow; here, everything but CONNECT.
+                r.headers_mut().insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+                );
+            }
             (r, f.upstream, None)
         }
     };
