@@ -18,6 +18,7 @@ pub mod config;
 pub mod facts;
 pub mod headers;
 pub mod metrics;
+pub mod park;
 pub mod pool;
 pub mod proxy;
 pub mod tls_stream;
@@ -64,7 +65,8 @@ pub struct HttpContext {
     pub access_log: Option<AccessLog>,
     /// The daemon's phase: draining starts the graceful shutdown of every connection.
     pub phase: watch::Receiver<Phase>,
-    h1: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 connections are served by hyper's h1 builder directly: `park.rs` takes its connections apart.
+    h1: hyper::server::conn::http1::Builder,
     h2: auto::Builder<TokioExecutor>,
 }
 
@@ -78,14 +80,14 @@ impl HttpContext {
         access_log: Option<AccessLog>,
         phase: watch::Receiver<Phase>,
     ) -> Self {
-        let mut base = auto::Builder::new(TokioExecutor::new());
-        base.http1()
-            .timer(TokioTimer::new())
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
             // The watchdog measures head reads (hyper's timer would also run while idle, and only closes).
             .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(config.max_head_bytes)
             .max_headers(config.max_headers);
+        let mut base = auto::Builder::new(TokioExecutor::new());
         base.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.h2_max_concurrent_streams)
@@ -94,7 +96,7 @@ impl HttpContext {
             .max_header_list_size(config.h2_max_header_list_bytes);
         Self {
             listener: Arc::from(listener),
-            h1: base.clone().http1_only(),
+            h1,
             h2: base.http2_only(),
             config,
             upstreams,
@@ -106,14 +108,17 @@ impl HttpContext {
 }
 
 /// Serves HTTP on an established TLS connection until it closes, the idle timeout, or the drain ends it.
-pub async fn serve(
+///
+/// Not an `async fn`: its arguments (the `Established`, over 1 KB) would stay in the future for the connection's
+/// life. The state is built here and the future holds only what it uses.
+pub fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     est: Established,
     accepted: Instant,
     handshake: Duration,
     ctx: Arc<HttpContext>,
-) {
+) -> impl Future<Output = ()> + Send {
     let facts = TlsFacts::new(&est, handshake);
     let h2 = facts.is_h2();
     let activity = Arc::new(Activity::new(!h2));
@@ -127,24 +132,31 @@ pub async fn serve(
         first: AtomicBool::new(true),
         upgraded: std::sync::Mutex::new(None),
     });
-    let expired = drive(&ctx, h2, stream.clone(), info.clone(), &activity).await;
-    if expired == Some(Expired::Head) {
-        tracing::debug!(%peer, "request head not received in time: 408");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), stream.last_words(REQUEST_TIMEOUT)).await;
-        return;
-    }
-    let relay = info.upgraded.lock().ok().and_then(|mut r| r.take());
-    if let Some(relay) = relay {
-        let _ = relay.await;
+    async move {
+        let expired = if h2 {
+            // Boxed: hyper's h2 connection lives inline in it, which an idle HTTP/1.1 connection should not pay for.
+            Box::pin(drive_h2(&ctx, stream.clone(), info.clone(), &activity)).await
+        } else {
+            park::serve_h1(&ctx, stream.clone(), info.clone(), &activity).await
+        };
+        if expired == Some(Expired::Head) {
+            tracing::debug!(%peer, "request head not received in time: 408");
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), stream.last_words(REQUEST_TIMEOUT))
+                    .await;
+            return;
+        }
+        let relay = info.upgraded.lock().ok().and_then(|mut r| r.take());
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
     }
 }
 
-/// Runs hyper on the connection; returns which timeout, if any, ended it. hyper's connection (and its handle on
-/// the stream) is dropped on return.
-async fn drive(
+/// Runs hyper's h2 on the connection; returns which timeout, if any, ended it. hyper's connection (and its handle
+/// on the stream) is dropped on return. (HTTP/1.1: `park::serve_h1`.)
+async fn drive_h2(
     ctx: &HttpContext,
-    h2: bool,
     stream: TlsStream,
     info: Arc<ConnInfo>,
     activity: &Activity,
@@ -153,8 +165,9 @@ async fn drive(
         let info = info.clone();
         async move { Ok::<_, Infallible>(proxy::handle(info, req).await) }
     });
-    let builder = if h2 { &ctx.h2 } else { &ctx.h1 };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = ctx
+        .h2
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut phase = ctx.phase.clone();
     let mut closing = *phase.borrow_and_update() != Phase::Running;
@@ -171,7 +184,7 @@ async fn drive(
             }
             changed = phase.changed(), if !closing => {
                 if changed.is_err() || *phase.borrow() != Phase::Running {
-                    // h1: `Connection: close` on the response in flight, or closed now if idle; h2: GOAWAY.
+                    // GOAWAY.
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -179,7 +192,7 @@ async fn drive(
             expired = activity.expired(ctx.config.idle_timeout, ctx.config.header_read_timeout), if !closing => {
                 match expired {
                     Expired::Head => return Some(Expired::Head),
-                    Expired::Idle => {
+                    Expired::Idle | Expired::Quiet => {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }
