@@ -8,6 +8,9 @@
 //!   ◄─ body.rs (streamed, counted; at its end: metrics.rs, access_log.rs)
 //! ```
 //!
+//! An HTTP/1.1 connection quiet for 100 ms parks (`park.rs`): hyper's connection and buffers are dropped until
+//! the client's next byte (BENCHMARKS.md, "Idle connections").
+//!
 //! Timeouts: `watchdog.rs` (idle keep-alive; a stalled request head gets 408), `upstream_response_timeout` in
 //! `proxy.rs` (504), the connect timeout in `proxy/upstream.rs` (504). Drain: on SIGTERM `serve` asks hyper for
 //! a graceful shutdown (HTTP/1.1 `Connection: close` on the next response, h2 GOAWAY).
