@@ -2,9 +2,13 @@
 //! measure. hyper's own `header_read_timeout` only closes the connection, and it also runs while a keep-alive
 //! connection is idle; we want a 408 for a head that started and stalled, and a separate, longer idle timeout.
 
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 /// What the connection is doing, updated by the stream (bytes in) and the service (requests in and out).
@@ -149,6 +153,48 @@ impl Activity {
     }
 }
 
+/// A request body on its way upstream that keeps its connection busy (no idle timeout, no park) until dropped:
+/// hyper may still be reading it from the client after the response ended (an upstream that answers before the
+/// upload is done), and parking then would cut the body short.
+pub struct Busy<B> {
+    inner: B,
+    activity: Arc<Activity>,
+}
+
+impl<B> Busy<B> {
+    /// Wraps a request body; the connection counts one more request in flight until it is dropped.
+    pub fn new(inner: B, activity: Arc<Activity>) -> Self {
+        activity.request_started();
+        Self { inner, activity }
+    }
+}
+
+impl<B> Drop for Busy<B> {
+    fn drop(&mut self) {
+        self.activity.request_finished();
+    }
+}
+
+impl<B: Body + Unpin> Body for Busy<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -260,6 +306,28 @@ mod tests {
         // A partial head: its own timeout, never quiet.
         a.bytes_in();
         assert_eq!(a.expired_or_quiet(idle, head, park).await, Expired::Head);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_body_still_open_keeps_the_connection_busy() {
+        let a = std::sync::Arc::new(Activity::new(true));
+        let park = Some(Duration::from_millis(100));
+        let body = Busy::new(http_body_util::Empty::<bytes::Bytes>::new(), a.clone());
+        // The response ended; the request body is still being read.
+        a.request_started();
+        a.request_finished();
+        let r = tokio::time::timeout(
+            Duration::from_secs(1),
+            a.expired_or_quiet(Duration::from_secs(60), Duration::from_secs(10), park),
+        )
+        .await;
+        assert!(r.is_err(), "quiet while a request body was open");
+        drop(body);
+        assert_eq!(
+            a.expired_or_quiet(Duration::from_secs(60), Duration::from_secs(10), park)
+                .await,
+            Expired::Quiet
+        );
     }
 
     #[tokio::test(start_paused = true)]
