@@ -4,8 +4,9 @@
 //! BENCHMARKS.md ("Idle connections", `http` mode): 41 KiB per idle keep-alive connection before, most of it
 //! hyper's buffers.
 //!
-//! Parking is safe only when hyper holds nothing the next request needs: no request in flight, no partial head
-//! (both from [`Activity`]), and nothing hyper wrote left unflushed (tracked by [`Watched`], the stream hyper gets).
+//! Parking is safe only when hyper holds nothing the next request needs: no request in flight and no request body
+//! still being read (`watchdog::Busy`), no partial head (all from [`Activity`]), and nothing hyper wrote left
+//! unflushed (tracked by [`Watched`], the stream hyper gets).
 //! Bytes hyper read and did not parse yet (a pipelined partial head) come back from `into_parts` and are served
 //! first by the next hyper connection. h2 connections do not park (hyper's h2 has no such seam).
 
