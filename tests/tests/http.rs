@@ -876,3 +876,67 @@ fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
         );
     });
 }
+
+/// An idle HTTP/1.1 connection parks after 100 ms (`http/park.rs`: hyper's connection and buffers are dropped):
+/// the next request on it, a head split across writes, a pipelined partial head hyper had already read, and a
+/// stalled head (408) behave as on a connection that never parked.
+#[test]
+fn parked_h1_connections_serve_their_next_request_and_time_out_a_stalled_head() {
+    let bed = Bed::start("[http]\nheader_read_timeout = \"1s\"\n");
+    let park = Duration::from_millis(400);
+    rt().block_on(async {
+        let mut tls = bed.tls(&[b"http/1.1"]).await;
+        tokio::time::sleep(park).await;
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {NAME}\r\n\r\n");
+        tls.write_all(get("/a").as_bytes()).await.expect("write");
+        let answer = read_until(&mut tls, "ok /a\n", Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::sleep(park).await;
+        // A head in two writes after the park.
+        let head = get("/b");
+        let (first, rest) = head.split_at(10);
+        tls.write_all(first.as_bytes()).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tls.write_all(rest.as_bytes()).await.expect("write");
+        let answer = read_until(&mut tls, "ok /b\n", Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // A whole request and a partial one in one write: the partial head outlives the park.
+        let both = format!("{}GET /d HTTP/1.1\r\nHo", get("/c"));
+        tls.write_all(both.as_bytes()).await.expect("write");
+        let answer = read_until(&mut tls, "ok /c\n", Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::sleep(park).await;
+        tls.write_all(format!("st: {NAME}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let answer = read_until(&mut tls, "ok /d\n", Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::sleep(park).await;
+        // A head that stalls after the park: 408 after header_read_timeout.
+        let started = Instant::now();
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: ecdsa.test\r\n")
+            .await
+            .expect("write");
+        let answer = read_until(&mut tls, "\r\n\r\n", Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+            "408 after {waited:?}"
+        );
+    });
+    let m = bed.metrics();
+    let accepted = metric_value(&m, "portcullis_connections_accepted_total", &[]);
+    assert_eq!(accepted, 1.0, "every request on one client connection");
+    let requests = metric_value(
+        &m,
+        "portcullis_http_requests_total",
+        &[
+            ("protocol", "h1"),
+            ("method", "GET"),
+            ("code", "2xx"),
+            ("handshake", "full"),
+        ],
+    );
+    assert_eq!(requests, 4.0);
+}

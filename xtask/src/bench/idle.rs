@@ -12,7 +12,8 @@
 //! portcullis in `tcp` mode decrypts it, connects upstream (lazy connect: the first byte triggers it) and relays it
 //! to a sink in this process that accepts and never reads nor answers, so its figure includes the upstream socket
 //! and the relay's state; in `http` mode it waits for the rest of the head like nginx (its keep-alive request is
-//! answered by the daemon's built-in demo upstream, whose memory counts against portcullis).
+//! answered by the daemon's built-in demo upstream, whose memory counts against portcullis). Held `http`
+//! connections have parked (100 ms after their response; the settle is longer): the figure is a parked one.
 //!
 //! Descriptor limits: the servers get `ulimit -n` 2N + 10,000 (client and upstream sockets), nginx
 //! `worker_connections` N + 1,000, HAProxy `maxconn` N + 500 (it wants two descriptors per connection), and every
@@ -36,7 +37,7 @@ use super::certs::{self, KeyType};
 use super::load::LOAD_CPU;
 use super::servers::{self, Server, ServerKind};
 
-/// The target: KiB per idle TLS connection, portcullis `tcp` mode, RSS (issue 22).
+/// The target: KiB per idle TLS connection, portcullis `tcp` and `http` modes, RSS (issue 22).
 pub const TARGET_KIB: f64 = 10.0;
 /// Bytes of the unfinished request head each connection sends in the "pending" measurement.
 const PENDING_BYTES: usize = 100;

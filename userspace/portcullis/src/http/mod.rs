@@ -10,6 +10,8 @@
 //!
 //! 0-RTT (RFC 8470): a connection handed over before the client's Finished is read and completed by
 //! `tls_stream.rs`; `early.rs` decides per early request (forward with `Early-Data: 1`, hold, 425, retry).
+//! An HTTP/1.1 connection quiet for 100 ms parks (`park.rs`): hyper's connection and buffers are dropped until
+//! the client's next byte (BENCHMARKS.md, "Idle connections").
 //!
 //! Timeouts: `watchdog.rs` (idle keep-alive; a stalled request head gets 408), `upstream_response_timeout` in
 //! `proxy.rs` (504), the connect timeout in `proxy/upstream.rs` (504). Drain: on SIGTERM `serve` asks hyper for
@@ -22,6 +24,7 @@ pub mod early;
 pub mod facts;
 pub mod headers;
 pub mod metrics;
+pub mod park;
 pub mod pool;
 pub mod proxy;
 pub mod tls_stream;
@@ -69,7 +72,8 @@ pub struct HttpContext {
     pub phase: watch::Receiver<Phase>,
     /// The rules for requests in early data (`[listeners.early_data]`); `None` without 0-RTT.
     pub early: Option<early::EarlyPolicy>,
-    h1: auto::Builder<TokioExecutor>,
+    /// HTTP/1.1 connections are served by hyper's h1 builder directly: `park.rs` takes its connections apart.
+    h1: hyper::server::conn::http1::Builder,
     h2: auto::Builder<TokioExecutor>,
 }
 
@@ -83,14 +87,14 @@ impl HttpContext {
         access_log: Option<AccessLog>,
         phase: watch::Receiver<Phase>,
     ) -> Self {
-        let mut base = auto::Builder::new(TokioExecutor::new());
-        base.http1()
-            .timer(TokioTimer::new())
+        let mut h1 = hyper::server::conn::http1::Builder::new();
+        h1.timer(TokioTimer::new())
             // The watchdog measures head reads (hyper's timer would also run while idle, and only closes).
             .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(config.max_head_bytes)
             .max_headers(config.max_headers);
+        let mut base = auto::Builder::new(TokioExecutor::new());
         base.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.h2_max_concurrent_streams)
@@ -99,7 +103,7 @@ impl HttpContext {
             .max_header_list_size(config.h2_max_header_list_bytes);
         Self {
             listener: Arc::from(listener),
-            h1: base.clone().http1_only(),
+            h1,
             h2: base.http2_only(),
             config,
             upstreams,
@@ -124,14 +128,17 @@ impl HttpContext {
 /// Serves HTTP on a TLS connection until it closes, the idle timeout, or the drain ends it. `finishing`: the
 /// handshake was handed over before the client's Finished (0-RTT): early requests are served meanwhile, and the
 /// connection ends if the Finished does not come by its deadline.
-pub async fn serve(
+///
+/// Not an `async fn`: its arguments (the `Established`, over 1 KB) would stay in the future for the connection's
+/// life. The state is built here and the future holds only what it uses.
+pub fn serve(
     peer: SocketAddr,
     est: Established,
     accepted: Instant,
     handshake: Duration,
     ctx: Arc<HttpContext>,
     finishing: Option<tls_stream::Finishing>,
-) {
+) -> impl Future<Output = ()> + Send {
     let mut facts = TlsFacts::new(&est, handshake);
     facts.early_data |= finishing.is_some();
     let h2 = facts.is_h2();
@@ -147,39 +154,50 @@ pub async fn serve(
         upgraded: std::sync::Mutex::new(None),
         early: stream.early_view(),
     });
-    // The handshake's end is driven beside hyper, in this task: hyper does not read while an h1 request waits
-    // for it. A failed or late Finished ends the connection.
-    let handshake_end = async {
-        if stream.finish_handshake().await {
-            std::future::pending::<()>().await;
+    async move {
+        // The handshake's end is driven beside hyper, in this task: hyper does not read while an h1 request
+        // waits for it. A failed or late Finished ends the connection.
+        let handshake_end = async {
+            if stream.finish_handshake().await {
+                std::future::pending::<()>().await;
+            }
+        };
+        let drive = async {
+            if h2 {
+                // Boxed: hyper's h2 connection lives inline in it, which an idle HTTP/1.1 connection should not
+                // pay for.
+                Box::pin(drive_h2(&ctx, stream.clone(), info.clone(), &activity)).await
+            } else {
+                park::serve_h1(&ctx, stream.clone(), info.clone(), &activity).await
+            }
+        };
+        let expired = tokio::select! {
+            expired = drive => expired,
+            () = handshake_end => return,
+        };
+        if stream.is_finishing() {
+            // hyper is done (e.g. `Connection: close` answered half-RTT): wait for the Finished, so that a client
+            // which sends it is not counted as a failed handshake.
+            stream.finish_handshake().await;
         }
-    };
-    let expired = tokio::select! {
-        expired = drive(&ctx, h2, stream.clone(), info.clone(), &activity) => expired,
-        () = handshake_end => return,
-    };
-    if stream.is_finishing() {
-        // hyper is done (e.g. `Connection: close` answered half-RTT): wait for the Finished, so that a client
-        // which sends it is not counted as a failed handshake.
-        stream.finish_handshake().await;
-    }
-    if expired == Some(Expired::Head) {
-        tracing::debug!(%peer, "request head not received in time: 408");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), stream.last_words(REQUEST_TIMEOUT)).await;
-        return;
-    }
-    let relay = info.upgraded.lock().ok().and_then(|mut r| r.take());
-    if let Some(relay) = relay {
-        let _ = relay.await;
+        if expired == Some(Expired::Head) {
+            tracing::debug!(%peer, "request head not received in time: 408");
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), stream.last_words(REQUEST_TIMEOUT))
+                    .await;
+            return;
+        }
+        let relay = info.upgraded.lock().ok().and_then(|mut r| r.take());
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
     }
 }
 
-/// Runs hyper on the connection; returns which timeout, if any, ended it. hyper's connection (and its handle on
-/// the stream) is dropped on return.
-async fn drive(
+/// Runs hyper's h2 on the connection; returns which timeout, if any, ended it. hyper's connection (and its handle
+/// on the stream) is dropped on return. (HTTP/1.1: `park::serve_h1`.)
+async fn drive_h2(
     ctx: &HttpContext,
-    h2: bool,
     stream: TlsStream,
     info: Arc<ConnInfo>,
     activity: &Activity,
@@ -188,8 +206,9 @@ async fn drive(
         let info = info.clone();
         async move { Ok::<_, Infallible>(proxy::handle(info, req).await) }
     });
-    let builder = if h2 { &ctx.h2 } else { &ctx.h1 };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = ctx
+        .h2
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut phase = ctx.phase.clone();
     let mut closing = *phase.borrow_and_update() != Phase::Running;
@@ -206,7 +225,7 @@ async fn drive(
             }
             changed = phase.changed(), if !closing => {
                 if changed.is_err() || *phase.borrow() != Phase::Running {
-                    // h1: `Connection: close` on the response in flight, or closed now if idle; h2: GOAWAY.
+                    // GOAWAY.
                     conn.as_mut().graceful_shutdown();
                     closing = true;
                 }
@@ -214,7 +233,7 @@ async fn drive(
             expired = activity.expired(ctx.config.idle_timeout, ctx.config.header_read_timeout), if !closing => {
                 match expired {
                     Expired::Head => return Some(Expired::Head),
-                    Expired::Idle => {
+                    Expired::Idle | Expired::Quiet => {
                         conn.as_mut().graceful_shutdown();
                         closing = true;
                     }

@@ -19,7 +19,7 @@ use super::facts::TlsFacts;
 use super::headers;
 use super::pool::{self, CheckoutError, PoolSettings};
 use super::tls_stream::EarlyView;
-use super::watchdog::Activity;
+use super::watchdog::{Activity, Busy};
 use crate::proxy::upstream::ConnectFailure;
 
 /// What every request on one client connection shares.
@@ -313,7 +313,8 @@ where
         .parse::<Uri>()
         .unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    let body: UpBody = Counted::new(body, bytes_in.clone()).boxed();
+    let body: UpBody =
+        Busy::new(Counted::new(body, bytes_in.clone()), conn.activity.clone()).boxed();
     let mut request = Request::from_parts(parts, body);
 
     let Some(addr) = ctx.upstreams.pick() else {
