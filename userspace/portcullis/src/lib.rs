@@ -51,5 +51,6 @@ mod steering;
 pub mod tickets;
 pub mod tls;
 mod tls_io;
+mod upgrade;
 mod worker;
 pub mod xdp;

@@ -31,6 +31,9 @@ pub struct SteeringSettings {
     pub worker_cpus: Vec<Option<usize>>,
     /// Where the program and maps are pinned (`[xdp] pin_dir`); created if missing.
     pub pin_dir: PathBuf,
+    /// Taking over a running daemon's groups (`upgrade`): its pins are replaced, and so is its program on
+    /// each group (`SO_ATTACH_REUSEPORT_EBPF` replaces).
+    pub take_over: bool,
 }
 
 /// The steering program, loaded and attached to every listener group. Dropping it removes its pins; the
@@ -76,6 +79,7 @@ impl Steering {
         // Removes what was pinned if a later step fails (and when the steering handle drops).
         let mut pins = PinsOnDrop(Pins::default());
         pins.0.prepare_dir(&settings.pin_dir)?;
+        pins.0.replacing_predecessor = settings.take_over;
         let mut loader = EbpfLoader::new();
         // The XDP program is not loaded from this instance: its maps need not be big.
         for name in ALL_MAPS.iter().filter(|name| !RP_MAPS.contains(name)) {
@@ -189,6 +193,11 @@ impl Steering {
             saturated: Arc::new(SaturatedWorkers::new(saturated)),
             outcomes: OutcomeCounters::new(outcomes),
         })
+    }
+
+    /// After a successor took over the groups: its pins replaced this one's, so none is removed.
+    pub fn hand_over(mut self) {
+        self.pins.0.forget();
     }
 
     /// The saturated-worker map, for the admission hook on each worker.
