@@ -103,13 +103,7 @@ pub fn run(
     let xdp_collector = xdp_guard.as_ref().map(|g| g.counters().collector());
 
     let worker_cpus = worker_cpus(&config, workers, &cpus);
-    let steering = start_steering(
-        &config,
-        workers,
-        &worker_cpus,
-        &groups,
-        inherited.is_some(),
-    );
+    let steering = start_steering(&config, workers, &worker_cpus, &groups, inherited.is_some());
     // Admission control turns the XDP program's SYN shed knob while it sheds.
     let syn_shed: Option<Arc<dyn crate::admission::SynShedControl>> = match &xdp_guard {
         Some(_) => Some(Arc::new(
@@ -624,8 +618,12 @@ fn finish_takeover(
 ) {
     let old = inherited.offer.pid;
     match inherited.ready() {
-        Ok(drain) => tracing::info!(old_pid = old, drain_timeout = ?drain, "upgrade: took over; the old daemon drains"),
-        Err(e) => tracing::warn!(old_pid = old, error = %e, "upgrade: the old daemon did not confirm; serving anyway"),
+        Ok(drain) => {
+            tracing::info!(old_pid = old, drain_timeout = ?drain, "upgrade: took over; the old daemon drains")
+        }
+        Err(e) => {
+            tracing::warn!(old_pid = old, error = %e, "upgrade: the old daemon did not confirm; serving anyway")
+        }
     }
     if let Some(control) = control
         && let Err(e) = control.publish(&upgrade.control_path())

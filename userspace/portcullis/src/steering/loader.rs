@@ -81,6 +81,13 @@ impl Steering {
         pins.0.prepare_dir(&settings.pin_dir)?;
         pins.0.replacing_predecessor = settings.take_over;
         let mut loader = EbpfLoader::new();
+        // Taking over, the socket array is the running daemon's: a socket sits in one such array at a time
+        // (the kernel answers EBUSY), and it already holds every inherited socket at its key.
+        let socks_pin = settings.pin_dir.join(MAP_RP_SOCKS);
+        let inherit_socks = settings.take_over && socks_pin.exists();
+        if inherit_socks {
+            loader.map_pin_path(MAP_RP_SOCKS, socks_pin.as_path());
+        }
         // The XDP program is not loaded from this instance: its maps need not be big.
         for name in ALL_MAPS.iter().filter(|name| !RP_MAPS.contains(name)) {
             loader.map_max_entries(name, 1);
@@ -128,7 +135,7 @@ impl Steering {
             .map_mut(MAP_RP_SOCKS)
             .with_context(|| format!("the BPF object has no map `{MAP_RP_SOCKS}`"))?
             .try_into()?;
-        for (g, group) in groups.iter().enumerate() {
+        for (g, group) in groups.iter().enumerate().filter(|_| !inherit_socks) {
             for (w, socket) in group.iter().enumerate() {
                 socks
                     .set(sock_key(g as u32, w as u32), socket, 0)
@@ -140,7 +147,12 @@ impl Steering {
             }
         }
 
-        for name in [MAP_RP_CONFIG, MAP_RP_SATURATED, MAP_RP_OUTCOMES] {
+        for name in [
+            MAP_RP_CONFIG,
+            MAP_RP_SATURATED,
+            MAP_RP_OUTCOMES,
+            MAP_RP_SOCKS,
+        ] {
             let map = ebpf
                 .map(name)
                 .with_context(|| format!("the BPF object has no map `{name}`"))?;

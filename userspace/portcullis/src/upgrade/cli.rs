@@ -51,7 +51,8 @@ fn upgrade(args: &UpgradeArgs) -> anyhow::Result<u32> {
         Some(b) => b.clone(),
         None => std::env::current_exe().context("cannot find this binary's path; pass --binary")?,
     };
-    let status_dir = std::env::temp_dir().join(format!("portcullis-upgrade-{}", std::process::id()));
+    let status_dir =
+        std::env::temp_dir().join(format!("portcullis-upgrade-{}", std::process::id()));
     std::fs::create_dir_all(&status_dir)
         .with_context(|| format!("cannot create {}", status_dir.display()))?;
     let status_path = status_dir.join("status.sock");

@@ -48,12 +48,17 @@ impl ControlSocket {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
             && !dir.exists()
         {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the control socket's directory {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot create the control socket's directory {}",
+                    dir.display()
+                )
+            })?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
             if let Some((uid, gid)) = owner {
-                nix::unistd::chown(dir, Some(uid), Some(gid))
-                    .with_context(|| format!("cannot give {} to the daemon's user", dir.display()))?;
+                nix::unistd::chown(dir, Some(uid), Some(gid)).with_context(|| {
+                    format!("cannot give {} to the daemon's user", dir.display())
+                })?;
             }
         }
         if path.exists() {
@@ -65,8 +70,9 @@ impl ControlSocket {
                 );
                 return Ok(None);
             }
-            std::fs::remove_file(path)
-                .with_context(|| format!("cannot remove the stale control socket {}", path.display()))?;
+            std::fs::remove_file(path).with_context(|| {
+                format!("cannot remove the stale control socket {}", path.display())
+            })?;
         }
         Self::bind_at(path, owner).map(Some)
     }
@@ -94,7 +100,10 @@ impl ControlSocket {
         bound.with_context(|| format!("cannot bind the control socket {}", path.display()))?;
         if let Some((uid, gid)) = owner {
             nix::unistd::chown(path, Some(uid), Some(gid)).with_context(|| {
-                format!("cannot give the control socket {} to the daemon's user", path.display())
+                format!(
+                    "cannot give the control socket {} to the daemon's user",
+                    path.display()
+                )
             })?;
         }
         listen(&fd, Backlog::new(4).unwrap_or(Backlog::MAXCONN))
@@ -262,7 +271,14 @@ impl Handoff {
                 "uid {} may not take over this daemon's sockets: run `portcullis upgrade` as root or as uid {me}",
                 creds.uid()
             );
-            let _ = protocol::send(conn.as_fd(), &Message::Refused { reason: reason.clone() }, None, peer);
+            let _ = protocol::send(
+                conn.as_fd(),
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+                None,
+                peer,
+            );
             anyhow::bail!("refused pid {}: {reason}", creds.pid());
         }
         match protocol::receive(conn.as_fd(), peer)?.0 {
@@ -272,12 +288,22 @@ impl Handoff {
                     "protocol version {version} from pid {pid}, this daemon speaks {}: upgrade with a restart",
                     protocol::VERSION
                 );
-                let _ = protocol::send(conn.as_fd(), &Message::Refused { reason: reason.clone() }, None, peer);
+                let _ = protocol::send(
+                    conn.as_fd(),
+                    &Message::Refused {
+                        reason: reason.clone(),
+                    },
+                    None,
+                    peer,
+                );
                 anyhow::bail!(reason);
             }
             other => anyhow::bail!("{peer} opened with {other:?} instead of hello"),
         }
-        tracing::info!(pid = creds.pid(), "upgrade: a successor connected; offering the listening sockets");
+        tracing::info!(
+            pid = creds.pid(),
+            "upgrade: a successor connected; offering the listening sockets"
+        );
         // Cloned out of the lock: a SIGTERM meanwhile withdraws the offer without waiting for this successor.
         let offered = self
             .offered
@@ -286,7 +312,14 @@ impl Handoff {
             .clone();
         let Some(offered) = offered else {
             let reason = "this daemon is draining; start the new version normally".to_owned();
-            let _ = protocol::send(conn.as_fd(), &Message::Refused { reason: reason.clone() }, None, peer);
+            let _ = protocol::send(
+                conn.as_fd(),
+                &Message::Refused {
+                    reason: reason.clone(),
+                },
+                None,
+                peer,
+            );
             anyhow::bail!(reason);
         };
         let mut offer = offered.offer.clone();
@@ -295,7 +328,14 @@ impl Handoff {
                 Ok(links) => offer.xdp = Some(links),
                 Err(e) => {
                     let reason = format!("cannot pin the XDP links for the successor: {e:#}");
-                    let _ = protocol::send(conn.as_fd(), &Message::Refused { reason: reason.clone() }, None, peer);
+                    let _ = protocol::send(
+                        conn.as_fd(),
+                        &Message::Refused {
+                            reason: reason.clone(),
+                        },
+                        None,
+                        peer,
+                    );
                     anyhow::bail!(reason);
                 }
             }
@@ -311,7 +351,12 @@ impl Handoff {
         }
     }
 
-    fn offer_and_wait(&self, conn: &OwnedFd, offer: Offer, offered: &Offered) -> anyhow::Result<()> {
+    fn offer_and_wait(
+        &self,
+        conn: &OwnedFd,
+        offer: Offer,
+        offered: &Offered,
+    ) -> anyhow::Result<()> {
         let peer = "the successor";
         protocol::send(conn.as_fd(), &Message::Offer(offer), None, peer)?;
         for (tag, fd) in &offered.sockets {
@@ -327,7 +372,12 @@ impl Handoff {
         tracing::info!(drain_timeout = ?self.drain_timeout, "upgrade: the successor serves; draining");
         let drain_timeout_ms = u64::try_from(self.drain_timeout.as_millis()).unwrap_or(u64::MAX);
         // The successor waits for this before it announces; if it is gone, the drain goes on anyway.
-        let _ = protocol::send(conn.as_fd(), &Message::Draining { drain_timeout_ms }, None, peer);
+        let _ = protocol::send(
+            conn.as_fd(),
+            &Message::Draining { drain_timeout_ms },
+            None,
+            peer,
+        );
         Ok(())
     }
 }

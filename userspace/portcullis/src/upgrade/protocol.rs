@@ -214,7 +214,10 @@ pub fn receive(
             for c in cmsgs {
                 if let ControlMessageOwned::ScmRights(raw) = c {
                     // SAFETY: the kernel just installed these descriptors in this process for us alone.
-                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
                 }
             }
         }
@@ -232,13 +235,12 @@ pub fn receive(
             detail: format!("a message over {MAX_MESSAGE} bytes or with too many descriptors"),
         });
     }
-    let message =
-        serde_json::from_slice(buf.get(..len).unwrap_or_default()).map_err(|e| {
-            ProtocolError::Garbled {
-                peer,
-                detail: e.to_string(),
-            }
-        })?;
+    let message = serde_json::from_slice(buf.get(..len).unwrap_or_default()).map_err(|e| {
+        ProtocolError::Garbled {
+            peer,
+            detail: e.to_string(),
+        }
+    })?;
     let fd = if fds.is_empty() {
         None
     } else {

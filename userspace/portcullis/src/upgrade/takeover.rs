@@ -71,7 +71,8 @@ impl Inherited {
             source,
         })?;
         let wait = nix::sys::time::TimeVal::new(MESSAGE_WAIT.as_secs() as i64, 0);
-        let _ = nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::ReceiveTimeout, &wait);
+        let _ =
+            nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::ReceiveTimeout, &wait);
         let _ = nix::sys::socket::setsockopt(&conn, nix::sys::socket::sockopt::SendTimeout, &wait);
         let peer = "the running daemon";
         protocol::send(

@@ -191,15 +191,22 @@ impl XdpGuard {
             .try_into()?;
         let mut links = Vec::new();
         for attachment in std::mem::take(&mut self.running.attachments) {
-            let Attachment { interface, mode, link } = attachment;
+            let Attachment {
+                interface,
+                mode,
+                link,
+            } = attachment;
             let path = super::pins::link_pin(&pin_dir, &interface);
             let _ = std::fs::remove_file(&path);
             let fd: FdLink = program.take_link(link)?.try_into().with_context(|| {
                 format!("XDP on `{interface}` is attached through netlink, not a bpf_link: upgrade needs Linux 5.9+")
             })?;
-            let pinned = fd
-                .pin(&path)
-                .with_context(|| format!("cannot pin the XDP link of `{interface}` at {}", path.display()))?;
+            let pinned = fd.pin(&path).with_context(|| {
+                format!(
+                    "cannot pin the XDP link of `{interface}` at {}",
+                    path.display()
+                )
+            })?;
             let link = XdpLink::try_from(FdLink::from(pinned))?;
             // The same program: the kernel leaves the link as it is, and the program owns it again.
             let link = program.attach_to_link(link)?;
@@ -220,7 +227,8 @@ impl XdpGuard {
     /// Removes the link pins made by [`XdpGuard::pin_links`] after a failed handoff (this process's links stay).
     pub fn unpin_links(&self) {
         for a in &self.running.attachments {
-            let _ = std::fs::remove_file(super::pins::link_pin(&self.running.pin_dir, &a.interface));
+            let _ =
+                std::fs::remove_file(super::pins::link_pin(&self.running.pin_dir, &a.interface));
         }
     }
 
@@ -386,7 +394,9 @@ fn attach_programs(
                     .links
                     .iter()
                     .find(|l| &l.interface == interface)
-                    .with_context(|| format!("the running daemon has no XDP link on `{interface}`"))?;
+                    .with_context(|| {
+                        format!("the running daemon has no XDP link on `{interface}`")
+                    })?;
                 super::attach::take_over(program, link)?
             }
             None => attach(program, interface, section.mode)?,
