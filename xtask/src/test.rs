@@ -90,7 +90,8 @@ fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsStrin
 /// The benchmark harness in its `--quick` form (seconds per cell): `bench handshakes` fails when a cell has no
 /// number, `bench storm` when a server produced no summary, `bench http` when a cell has no number or a
 /// response was not a whole 2xx, `bench xdp` when a fixture class gets the wrong XDP action, `bench idle` when a
-/// server cannot hold its idle connections. Installs nginx and HAProxy (`setup --bench`) and
+/// server cannot hold its idle connections, `bench upgrade` when portcullis loses a handshake or a request
+/// across reloads and upgrades. Installs nginx and HAProxy (`setup --bench`) and
 /// builds the release binaries first. The figures of a quick run are smoke, not results: BENCHMARKS.md records
 /// full runs.
 fn bench_smoke(ws: &Workspace) -> Result<()> {
@@ -121,10 +122,12 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
     crate::bench::bench(
         ws,
         crate::bench::Bench::Idle(crate::bench::IdleArgs {
-            common: storm,
+            common: storm.clone(),
             connections: None,
         }),
-    )
+    )?;
+    // bench upgrade fails when portcullis loses a handshake or a request across reloads and upgrades.
+    crate::bench::bench(ws, crate::bench::Bench::Upgrade(storm))
 }
 
 /// clippy over every userspace target, warnings denied.

@@ -14,6 +14,8 @@
 //! - [`idle`]: `bench idle`, memory per idle TLS connection (RSS and Pss deltas) beside nginx and HAProxy.
 //! - [`http`]: `bench http`, the three as HTTPS reverse proxies to one shared upstream: CPU per proxied request
 //!   (h1 with `wrk`, h2 with `h2load`, 1 KiB and 64 KiB) and TTFB of a new connection, full vs resumed.
+//! - [`upgrade`]: `bench upgrade`, paced handshakes and long-lived streams through 3 certificate reloads and 3
+//!   binary upgrades per server (portcullis `upgrade`, nginx `USR2`+`QUIT`, HAProxy `-x`+`-sf`): what was lost.
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
@@ -37,6 +39,7 @@ mod servers;
 mod stages;
 mod storm;
 mod svg;
+mod upgrade;
 mod xdp;
 
 use std::path::PathBuf;
@@ -76,6 +79,11 @@ pub enum Bench {
     /// processes after the handshake (and after one keep-alive request), then with 100 bytes of an unfinished
     /// request pending; ratio to nginx; whether portcullis meets 10 KiB.
     Idle(IdleArgs),
+    /// Paced handshakes and long-lived streaming connections while each server gets 3 certificate reloads and 3
+    /// binary upgrades (portcullis `upgrade`, nginx `USR2` + `QUIT`, HAProxy `-x` + `-sf`): refused, failed and
+    /// stale-certificate handshakes, requests cut or connections closed between requests; table and JSON. Fails
+    /// when portcullis loses anything.
+    Upgrade(Common),
 }
 
 /// Options of `bench idle`.
@@ -157,6 +165,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Xdp(a) => (&a.common, xdp::run),
         Bench::Idle(a) => (&a.common, idle::run),
         Bench::Http(c) => (c, http::run),
+        Bench::Upgrade(c) => (c, upgrade::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;

@@ -212,7 +212,7 @@ pub fn start_upstream(ctx: &Ctx, cpu: &str, files: &[(&str, usize)]) -> Result<S
     clippy::too_many_arguments,
     reason = "each is one fact of a server's start, named at the three call sites"
 )]
-fn launch(
+pub(super) fn launch(
     kind: ServerKind,
     cpu: &str,
     nofile: usize,
@@ -257,6 +257,11 @@ fn launch(
 }
 
 impl Server {
+    /// The server's own PID (nginx: the master's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's PID and its children's (nginx: master and worker).
     pub fn pids(&self) -> Vec<u32> {
         procstat::tree(self.child.id())
@@ -377,7 +382,12 @@ fn path(p: &Path) -> String {
 }
 
 /// `portcullis run` with one worker on `port`, metrics on `metrics_port`, `cert`, state under `dir`.
-fn portcullis_args(port: u16, metrics_port: Option<u16>, cert: &Cert, dir: &Path) -> Vec<String> {
+pub(super) fn portcullis_args(
+    port: u16,
+    metrics_port: Option<u16>,
+    cert: &Cert,
+    dir: &Path,
+) -> Vec<String> {
     vec![
         "run".into(),
         "--listen".into(),
@@ -396,7 +406,7 @@ fn portcullis_args(port: u16, metrics_port: Option<u16>, cert: &Cert, dir: &Path
 }
 
 /// nginx in the foreground with `conf`, its prefix and error log in `dir`.
-fn nginx_args(conf: &Path, dir: &Path) -> Vec<String> {
+pub(super) fn nginx_args(conf: &Path, dir: &Path) -> Vec<String> {
     vec![
         "-c".into(),
         path(conf),
@@ -544,7 +554,7 @@ http {{
 
 /// One worker on CPU 0, access log off, TLS 1.2 and 1.3, session cache and tickets on, a fixed response. With
 /// `hold` (`bench idle`): room for that many connections, and idle ones kept for 10 minutes.
-fn nginx_conf(dir: &Path, port: u16, cert: &Cert, hold: Option<usize>) -> String {
+pub(super) fn nginx_conf(dir: &Path, port: u16, cert: &Cert, hold: Option<usize>) -> String {
     let (nofile, connections, timeouts) = match hold {
         None => (20_000, 16_000, String::new()),
         Some(n) => (
@@ -589,7 +599,7 @@ http {{
 
 /// One thread on CPU 0, TLS 1.2 and 1.3, a fixed response. With `hold` (`bench idle`): room for that many
 /// connections, and idle ones kept for 10 minutes.
-fn haproxy_conf(dir: &Path, port: u16, cert: &Cert, hold: Option<usize>) -> String {
+pub(super) fn haproxy_conf(dir: &Path, port: u16, cert: &Cert, hold: Option<usize>) -> String {
     let (maxconn, timeout) = match hold {
         None => (9_000, "30s"),
         Some(n) => (n + 500, "10m"),

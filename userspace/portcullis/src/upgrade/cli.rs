@@ -72,6 +72,8 @@ fn upgrade(args: &UpgradeArgs) -> anyhow::Result<u32> {
         .args(&args.run_args)
         .env(super::STATUS_SOCKET_ENV, &status_path)
         .stdin(Stdio::null())
+        // A daemon keeps no pipe of this command open: whoever reads our stdout sees it end when we exit.
+        .stdout(Stdio::null())
         .process_group(0)
         .spawn()
         .with_context(|| format!("cannot start {}", binary.display()))?;

@@ -61,6 +61,15 @@ impl ControlSocket {
                 })?;
             }
         }
+        if let (Some(dir), Some((uid, _))) = (path.parent(), owner)
+            && std::fs::metadata(dir).is_ok_and(|m| m.uid() != uid.as_raw())
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the control socket's directory is not the daemon user's: a successor, once unprivileged, cannot \
+                 move its socket there, so only the first upgrade works; give the directory to the user"
+            );
+        }
         if path.exists() {
             if connect_to(path).is_ok() {
                 tracing::warn!(
