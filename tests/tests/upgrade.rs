@@ -330,6 +330,20 @@ fn upgrade(
     panic!("the new daemon sent no READY=1 with MAINPID");
 }
 
+/// The successors started (not children of the test: `portcullis upgrade` starts them), killed by PID when the
+/// test ends, passing or not.
+struct Successors(Vec<i32>);
+
+impl Drop for Successors {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if alive(pid) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -406,6 +420,7 @@ fn three_reloads_and_three_upgrades_under_load_lose_nothing() {
     let tally = Tally::default();
     let stop = AtomicBool::new(false);
     let mut pids = vec![first.pid().map(|p| p as i32).expect("pid")];
+    let mut successors = Successors(Vec::new());
     std::thread::scope(|scope| {
         let load = scope.spawn(|| {
             bed.client
@@ -432,6 +447,7 @@ fn three_reloads_and_three_upgrades_under_load_lose_nothing() {
             let pid = upgrade(&bed, &control, &run_args, &notify, &notify_path, &log);
             assert_ne!(pid, current, "the upgrade must start a new process");
             pids.push(pid);
+            successors.0.push(pid);
             std::thread::sleep(Duration::from_secs(2));
         }
         stop.store(true, Ordering::Relaxed);
