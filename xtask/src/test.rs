@@ -92,8 +92,9 @@ fn cargo_test(ws: &Workspace, object: &Path, daemon: &Path, test_args: &[OsStrin
 /// response was not a whole 2xx, `bench zero-rtt` when a server does not answer, never resumes or never
 /// accepts early data, `bench xdp` when a fixture class gets the wrong XDP action, `bench idle` when a server
 /// cannot hold its idle connections, `bench flood` when a server completed no legitimate handshake without a
-/// flood, a flood sent nothing or the guard dropped no junk ClientHello. Installs nginx and HAProxy (`setup
-/// --bench`) and builds the release binaries first. The figures of a quick run are smoke, not results: BENCHMARKS.md records
+/// flood, a flood sent nothing or the guard dropped no junk ClientHello, `bench upgrade` when portcullis loses a
+/// handshake or a request across reloads and upgrades. Installs nginx and HAProxy (`setup --bench`) and builds
+/// the release binaries first. The figures of a quick run are smoke, not results: BENCHMARKS.md records
 /// full runs.
 fn bench_smoke(ws: &Workspace) -> Result<()> {
     let quick = || crate::bench::Common {
@@ -132,7 +133,9 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
     )?;
     // bench flood fails when a server completed no legitimate handshake without a flood, a flood sent nothing,
     // or the guard dropped none of the junk ClientHellos.
-    crate::bench::bench(ws, crate::bench::Bench::Flood(storm))
+    crate::bench::bench(ws, crate::bench::Bench::Flood(storm.clone()))?;
+    // bench upgrade fails when portcullis loses a handshake or a request across reloads and upgrades.
+    crate::bench::bench(ws, crate::bench::Bench::Upgrade(storm))
 }
 
 /// clippy over every userspace target, warnings denied.

@@ -1,5 +1,5 @@
 //! The command line: `portcullis run`, `portcullis check-config`, `portcullis keys`, `portcullis xdp`,
-//! `portcullis steering` and `portcullis fingerprint`.
+//! `portcullis steering`, `portcullis fingerprint` and `portcullis upgrade`.
 //!
 //! Exit codes: 0 success; 1 runtime failure; 2 bad configuration, bad flags, or an unusable certificate/key
 //! file (the message names the field or file).
@@ -39,6 +39,10 @@ enum Command {
     Steering(crate::steering::cli::SteeringArgs),
     /// Print the fingerprints of the ClientHello in a file (the values the guard and metrics use).
     Fingerprint(crate::xdp::cli::FingerprintArgs),
+    /// Replace the running daemon by a new binary without refusing a connection: starts `portcullis run
+    /// --takeover` with the flags after `--`, which takes the listening sockets and XDP links over; the old
+    /// daemon drains. Run as root.
+    Upgrade(crate::upgrade::cli::UpgradeArgs),
 }
 
 /// Flags of `portcullis run`; each overrides the config file.
@@ -91,6 +95,14 @@ struct RunArgs {
     /// Run as this group (name or gid); replaces process.group. Default: the user's primary group.
     #[arg(long, value_name = "GROUP", requires = "user")]
     group: Option<String>,
+    /// The control socket a successor connects to for an upgrade (default: $RUNTIME_DIRECTORY/control.sock,
+    /// /run/portcullis/control.sock as root).
+    #[arg(long, value_name = "PATH")]
+    control_socket: Option<PathBuf>,
+    /// Take the listening sockets and XDP links over from the daemon on this control socket (what `portcullis
+    /// upgrade` runs).
+    #[arg(long, value_name = "PATH")]
+    takeover: Option<PathBuf>,
 }
 
 /// Parses arguments, runs, and maps the outcome to an exit code.
@@ -112,25 +124,33 @@ pub fn main() -> ExitCode {
         Command::Xdp(args) => crate::xdp::cli::run(args),
         Command::Steering(args) => crate::steering::cli::run(args),
         Command::Fingerprint(args) => crate::xdp::cli::fingerprint(args),
+        Command::Upgrade(args) => crate::upgrade::cli::run(args),
         Command::Run(args) => {
             // SIGHUP reads the configuration again the same way: the file, then the flags over it.
             let again = (*args).clone();
             let load = Box::new(move || again.clone().into_config());
+            let upgrade = crate::upgrade::UpgradeOptions {
+                control_socket: args.control_socket.clone(),
+                takeover: args.takeover.clone(),
+            };
             let config = match args.into_config() {
                 Ok(c) => c,
                 Err(msg) => {
                     eprintln!("error: {msg}");
+                    crate::upgrade::report_status(&format!("FAILED {msg}"));
                     return ExitCode::from(2);
                 }
             };
-            match daemon::run(config, load) {
+            match daemon::run(config, load, upgrade) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(RunError::Config(msg)) => {
                     eprintln!("error: {msg}");
+                    crate::upgrade::report_status(&format!("FAILED {msg}"));
                     ExitCode::from(2)
                 }
                 Err(RunError::Other(e)) => {
                     eprintln!("error: {e:#}");
+                    crate::upgrade::report_status(&format!("FAILED {e:#}"));
                     ExitCode::FAILURE
                 }
             }

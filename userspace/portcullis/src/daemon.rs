@@ -61,6 +61,7 @@ pub fn default_state_dir() -> PathBuf {
 pub fn run(
     config: Config,
     load: Box<dyn Fn() -> Result<Config, String> + Send>,
+    upgrade: crate::upgrade::UpgradeOptions,
 ) -> Result<(), RunError> {
     let config = config.with_defaults();
     config
@@ -92,13 +93,18 @@ pub fn run(
 
     let cpus = worker::allowed_cpus();
     let workers = config.workers.unwrap_or(cpus.len().max(1));
-    let (groups, bound) = bind(&config, workers)?;
+    // Upgrade: the running daemon's sockets instead of new ones (`upgrade` module).
+    let mut inherited = inherit(&upgrade, &config, workers)?;
+    let (groups, bound) = match inherited.as_mut() {
+        Some(i) => i.take_groups().map_err(anyhow::Error::new)?,
+        None => bind(&config, workers)?,
+    };
 
-    let xdp_guard = start_xdp(&config, &bound)?;
+    let xdp_guard = start_xdp(&config, &bound, inherited.as_ref().and_then(|i| i.xdp()))?;
     let xdp_collector = xdp_guard.as_ref().map(|g| g.counters().collector());
 
     let worker_cpus = worker_cpus(&config, workers, &cpus);
-    let steering = start_steering(&config, workers, &worker_cpus, &groups);
+    let steering = start_steering(&config, workers, &worker_cpus, &groups, inherited.is_some());
     // Admission control turns the XDP program's SYN shed knob while it sheds.
     // The same handle writes the `[xdp]` knobs on reload (one lock for both writers of the map value).
     let xdp_config_map: Option<Arc<xdp::SynShed>> = match &xdp_guard {
@@ -143,7 +149,11 @@ pub fn run(
     };
 
     let ready = Arc::new(AtomicBool::new(false));
-    let metrics_addr = serve_admin(&rt, &config, &metrics, &ready)?;
+    let admin_socket = inherited
+        .as_mut()
+        .and_then(|i| i.take_admin(config.metrics.address));
+    let (metrics_addr, admin_task, admin_dup) =
+        serve_admin(&rt, &config, &metrics, &ready, admin_socket)?;
 
     // The access log of http listeners, reopened on SIGUSR1.
     let http_metrics = match http_metrics {
@@ -159,6 +169,9 @@ pub fn run(
     let reopen = access_log
         .as_ref()
         .map(|log| rt.spawn(log.clone().reopen_on_sigusr1()).abort_handle());
+
+    // Before the privilege drop: the control socket's directory may be root's.
+    let mut control = bind_control(&upgrade, identity.as_ref(), inherited.is_some());
 
     // Least privilege: everything that needs root is done (listeners, XDP, steering, pins, admin socket).
     drop_privileges(identity.as_ref(), &config, &state_dir)?;
@@ -196,6 +209,7 @@ pub fn run(
         .into_iter()
         .map(|c| Arc::new(arc_swap::ArcSwap::new(c)))
         .collect();
+    let offered = offered_sockets(&config, workers, &groups, &bound, admin_dup);
     let handles = spawn_workers(
         groups,
         &slots,
@@ -211,12 +225,33 @@ pub fn run(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
+    // Upgrade: our workers accept on the inherited sockets; the old daemon may stop accepting.
+    if let Some(inherited) = inherited.take() {
+        finish_takeover(inherited, &upgrade, control.as_mut());
+    }
+    let xdp_guard = Arc::new(std::sync::Mutex::new(xdp_guard));
+    let handed_over = Arc::new(AtomicBool::new(false));
+    let handoff = control.as_ref().and_then(|control| {
+        serve_handoff(
+            control,
+            offered,
+            &xdp_guard,
+            &config,
+            &phase_tx,
+            &handed_over,
+            admin_task.abort_handle(),
+        )
+    });
+
     let announce = || {
         ready.store(true, Ordering::Release);
         tracing::info!(listeners = %listen_list, metrics = %metrics_addr, workers, engine = engine.name(), tickets = ?tickets.mode(), "portcullis ready");
+        // MAINPID: after an upgrade the service's main process is this one (`NotifyAccess=all` in the unit).
         notify::notify(&format!(
-            "READY=1\nSTATUS=serving TLS on {listen_list}\nPORTCULLIS_LISTEN={listen_list}\nPORTCULLIS_METRICS={metrics_addr}\n"
+            "MAINPID={}\nREADY=1\nSTATUS=serving TLS on {listen_list}\nPORTCULLIS_LISTEN={listen_list}\nPORTCULLIS_METRICS={metrics_addr}\n",
+            std::process::id()
         ));
+        crate::upgrade::report_status(&format!("READY pid={}", std::process::id()));
     };
 
     // Until a signal says stop and the workers are done.
@@ -262,7 +297,13 @@ pub fn run(
             }
         }
         ready.store(false, Ordering::Release);
-        notify::notify("STOPPING=1\n");
+        if let Some(h) = &handoff {
+            h.withdraw();
+        }
+        // After a handoff the service goes on in the successor: nothing to tell systemd.
+        if !handed_over.load(Ordering::Acquire) {
+            notify::notify("STOPPING=1\n");
+        }
         let joined = tokio::task::spawn_blocking(move || {
             for h in handles {
                 let _ = h.join();
@@ -272,11 +313,24 @@ pub fn run(
         watcher.abort();
         reloads.abort();
     });
+    let xdp_guard = xdp_guard.lock().ok().and_then(|mut g| g.take());
+    if handed_over.load(Ordering::Acquire) {
+        // The successor owns the links, the pins and the groups' program now.
+        if let Some(s) = steering {
+            s.hand_over();
+        }
+        if let Some(guard) = xdp_guard {
+            guard.hand_over();
+        }
+        tracing::info!("portcullis stopped; the successor serves");
+        return Ok(());
+    }
     // The workers closed their sockets, so the program is detached; this removes its pins.
     drop(steering);
     if let Some(guard) = xdp_guard {
         guard.detach().context("detaching XDP")?;
     }
+    drop(control);
     tracing::info!("portcullis stopped");
     Ok(())
 }
@@ -369,16 +423,25 @@ fn bind(
     Ok((groups, bound))
 }
 
-/// The XDP guard, told the resolved listener ports; `None` without `[xdp] interfaces`.
-fn start_xdp(config: &Config, bound: &[SocketAddr]) -> anyhow::Result<Option<xdp::XdpGuard>> {
+/// The XDP guard, told the resolved listener ports; `None` without `[xdp] interfaces`. Taking over, it replaces
+/// the running daemon's program on its links.
+fn start_xdp(
+    config: &Config,
+    bound: &[SocketAddr],
+    inherit: Option<&crate::upgrade::protocol::XdpOffer>,
+) -> anyhow::Result<Option<xdp::XdpGuard>> {
     if config.xdp.interfaces.is_empty() {
         return Ok(None);
     }
     let mut ports: Vec<u16> = bound.iter().map(SocketAddr::port).collect();
     ports.sort_unstable();
     ports.dedup();
-    let guard = xdp::XdpGuard::start(&config.xdp, &ports)
-        .context("cannot start the XDP handshake guard")?;
+    let guard = match inherit {
+        Some(offer) => xdp::XdpGuard::take_over(&config.xdp, &ports, offer)
+            .context("cannot take over the running daemon's XDP handshake guard")?,
+        None => xdp::XdpGuard::start(&config.xdp, &ports)
+            .context("cannot start the XDP handshake guard")?,
+    };
     Ok(Some(guard))
 }
 
@@ -402,6 +465,7 @@ fn start_steering(
     workers: usize,
     worker_cpus: &[Option<usize>],
     groups: &[Vec<std::net::TcpListener>],
+    take_over: bool,
 ) -> Option<steering::Steering> {
     if !config.steering.enabled {
         return None;
@@ -414,6 +478,7 @@ fn start_steering(
         prefer_local_cpu: config.steering.prefer_local_cpu,
         worker_cpus: worker_cpus.to_vec(),
         pin_dir: config.xdp.pin_dir.clone(),
+        take_over,
     };
     match steering::Steering::start(&settings, groups) {
         Ok(s) => Some(s),
@@ -427,25 +492,44 @@ fn start_steering(
     }
 }
 
-/// The admin endpoint (`/metrics`, `/healthz`, `/readyz`, `/fingerprints`) on the control runtime; its address.
+/// The admin endpoint (`/metrics`, `/healthz`, `/readyz`, `/fingerprints`) on the control runtime, on
+/// `inherited` (an upgrade's) or a new socket: its address, its task, and a duplicate of its socket for a
+/// successor.
 fn serve_admin(
     rt: &tokio::runtime::Runtime,
     config: &Config,
     metrics: &Metrics,
     ready: &Arc<AtomicBool>,
-) -> anyhow::Result<SocketAddr> {
-    let admin_listener = rt
-        .block_on(tokio::net::TcpListener::bind(config.metrics.address))
-        .with_context(|| {
-            format!(
-                "cannot listen for metrics on {} (metrics.address / --metrics)",
-                config.metrics.address
-            )
-        })?;
+    inherited: Option<std::net::TcpListener>,
+) -> anyhow::Result<(
+    SocketAddr,
+    tokio::task::JoinHandle<()>,
+    Option<std::os::fd::OwnedFd>,
+)> {
+    let admin_listener = match inherited {
+        Some(socket) => {
+            let _guard = rt.enter();
+            socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(socket))
+                .context("cannot serve the inherited admin socket")?
+        }
+        None => rt
+            .block_on(tokio::net::TcpListener::bind(config.metrics.address))
+            .with_context(|| {
+                format!(
+                    "cannot listen for metrics on {} (metrics.address / --metrics)",
+                    config.metrics.address
+                )
+            })?,
+    };
     let metrics_addr = admin_listener
         .local_addr()
         .context("reading the metrics address")?;
-    rt.spawn(admin_http::serve(
+    let dup = std::os::fd::AsFd::as_fd(&admin_listener)
+        .try_clone_to_owned()
+        .ok();
+    let task = rt.spawn(admin_http::serve(
         admin_listener,
         Arc::new(Admin {
             metrics: metrics.clone(),
@@ -453,7 +537,186 @@ fn serve_admin(
             limits: admin_http::AdminLimits::default(),
         }),
     ));
-    Ok(metrics_addr)
+    Ok((metrics_addr, task, dup))
+}
+
+/// The running daemon's sockets when `--takeover` names its control socket, checked against `config`.
+fn inherit(
+    upgrade: &crate::upgrade::UpgradeOptions,
+    config: &Config,
+    workers: usize,
+) -> Result<Option<crate::upgrade::Inherited>, RunError> {
+    let Some(path) = &upgrade.takeover else {
+        return Ok(None);
+    };
+    let inherited = crate::upgrade::Inherited::connect(path)
+        .map_err(|e| RunError::Other(anyhow::Error::new(e).context("upgrade")))?;
+    if let Err(e) = inherited.check(config, workers) {
+        inherited.abort(&e.to_string());
+        return Err(RunError::Config(e.to_string()));
+    }
+    Ok(Some(inherited))
+}
+
+/// The control socket: at its path, or, taking over, beside the old one's until the handoff is done. `None`
+/// (with a warning) when it cannot be bound: the daemon serves, but cannot be upgraded in place.
+fn bind_control(
+    upgrade: &crate::upgrade::UpgradeOptions,
+    identity: Option<&crate::process::Identity>,
+    taking_over: bool,
+) -> Option<crate::upgrade::ControlSocket> {
+    let path = upgrade.control_path();
+    let owner = identity.map(|id| (id.uid, id.gid));
+    let bound = if taking_over {
+        let mut staging = path.clone().into_os_string();
+        staging.push(format!(".{}", std::process::id()));
+        crate::upgrade::ControlSocket::bind_at(std::path::Path::new(&staging), owner).map(Some)
+    } else {
+        crate::upgrade::ControlSocket::bind(&path, owner)
+    };
+    match bound {
+        Ok(control) => control,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), path = %path.display(), "no control socket: this daemon cannot be upgraded in place (--control-socket)");
+            None
+        }
+    }
+}
+
+/// Duplicates of every listening socket (and the admin one) with their description, for a successor.
+fn offered_sockets(
+    config: &Config,
+    workers: usize,
+    groups: &[Vec<std::net::TcpListener>],
+    bound: &[SocketAddr],
+    admin: Option<std::os::fd::OwnedFd>,
+) -> Option<crate::upgrade::Offered> {
+    use crate::upgrade::protocol::{ListenerOffer, Offer, SocketTag};
+    let mut sockets = Vec::new();
+    for (listener, group) in groups.iter().enumerate() {
+        for (worker, socket) in group.iter().enumerate() {
+            match std::os::fd::AsFd::as_fd(socket).try_clone_to_owned() {
+                Ok(fd) => sockets.push((SocketTag::Listener { listener, worker }, fd)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot duplicate a listening socket: upgrades are off");
+                    return None;
+                }
+            }
+        }
+    }
+    let admin_address = admin.as_ref().map(|_| config.metrics.address);
+    if let Some(fd) = admin {
+        sockets.push((SocketTag::Admin, fd));
+    }
+    Some(crate::upgrade::Offered {
+        offer: Offer {
+            version: crate::upgrade::protocol::VERSION,
+            pid: std::process::id(),
+            workers,
+            listeners: config
+                .listeners
+                .iter()
+                .zip(bound)
+                .map(|(l, &bound)| ListenerOffer {
+                    configured: l.address,
+                    bound,
+                })
+                .collect(),
+            admin: admin_address,
+            xdp: None,
+        },
+        sockets,
+    })
+}
+
+/// Tells the old daemon that this one serves, and moves the control socket to the usual path.
+fn finish_takeover(
+    inherited: crate::upgrade::Inherited,
+    upgrade: &crate::upgrade::UpgradeOptions,
+    control: Option<&mut crate::upgrade::ControlSocket>,
+) {
+    let old = inherited.offer.pid;
+    match inherited.ready() {
+        Ok(drain) => {
+            tracing::info!(old_pid = old, drain_timeout = ?drain, "upgrade: took over; the old daemon drains")
+        }
+        Err(e) => {
+            tracing::warn!(old_pid = old, error = %e, "upgrade: the old daemon did not confirm; serving anyway")
+        }
+    }
+    if let Some(control) = control
+        && let Err(e) = control.publish(&upgrade.control_path())
+    {
+        tracing::warn!(error = %format!("{e:#}"), "upgrade: control socket");
+    }
+}
+
+/// The XDP guard's side of a handoff, shared with the control thread.
+struct SharedGuard(Arc<std::sync::Mutex<Option<xdp::XdpGuard>>>);
+
+impl crate::upgrade::XdpLinks for SharedGuard {
+    fn pin(&self) -> anyhow::Result<crate::upgrade::protocol::XdpOffer> {
+        let mut guard = self
+            .0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("XDP guard poisoned"))?;
+        guard
+            .as_mut()
+            .context("the XDP guard is detached")?
+            .pin_links()
+    }
+
+    fn unpin(&self) {
+        if let Ok(guard) = self.0.lock()
+            && let Some(g) = guard.as_ref()
+        {
+            g.unpin_links();
+        }
+    }
+}
+
+/// Starts handing the sockets to successors on `control`; once one is ready, this daemon drains.
+fn serve_handoff(
+    control: &crate::upgrade::ControlSocket,
+    offered: Option<crate::upgrade::Offered>,
+    xdp_guard: &Arc<std::sync::Mutex<Option<xdp::XdpGuard>>>,
+    config: &Config,
+    phase_tx: &watch::Sender<Phase>,
+    handed_over: &Arc<AtomicBool>,
+    admin_task: tokio::task::AbortHandle,
+) -> Option<Arc<crate::upgrade::Handoff>> {
+    let offered = offered?;
+    let xdp: Option<Box<dyn crate::upgrade::XdpLinks>> = xdp_guard
+        .lock()
+        .ok()
+        .filter(|g| g.is_some())
+        .map(|_| Box::new(SharedGuard(xdp_guard.clone())) as Box<dyn crate::upgrade::XdpLinks>);
+    let drain_timeout = config.shutdown.drain_timeout;
+    let phase = phase_tx.clone();
+    let handed = handed_over.clone();
+    let handoff = Arc::new(crate::upgrade::Handoff::new(
+        offered,
+        xdp,
+        drain_timeout,
+        Box::new(move || {
+            handed.store(true, Ordering::Release);
+            // The successor serves /metrics and /readyz on the same socket from now on.
+            admin_task.abort();
+            let _ = phase.send(Phase::Draining {
+                deadline: shutdown::drain_deadline(std::time::Instant::now(), drain_timeout),
+            });
+        }),
+    ));
+    match handoff.clone().serve(control) {
+        Ok(()) => {
+            tracing::info!(path = %control.path().display(), "control socket ready for upgrades");
+            Some(handoff)
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "upgrades are off");
+            None
+        }
+    }
 }
 
 /// Least privilege, once everything that needs it is done: become `[process] user` when started as root with

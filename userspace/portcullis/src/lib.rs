@@ -21,6 +21,8 @@
 //! - [`metrics`] and [`admin_http`]: Prometheus metrics and `/metrics`, `/healthz`, `/readyz`, `/fingerprints`
 //!   ([`seen_fingerprints`]: the most frequent ClientHello fingerprints lately, for operators to block).
 //! - [`xdp`]: the XDP program's loader, pins and counters; [`notify`]: sd_notify readiness.
+//! - [`upgrade`]: zero-downtime binary upgrade: the control socket, the socket and XDP-link handoff to a
+//!   successor (`portcullis upgrade`, `run --takeover`).
 //! - [`steering`]: the SK_REUSEPORT program that picks each connection's worker, skipping saturated ones
 //!   (`steering::cli`: `portcullis steering status|saturate|clear`).
 //! - [`tickets`]: fleet-wide session resumption (ticket keys from a watched directory, the session cache;
@@ -52,5 +54,6 @@ mod steering;
 pub mod tickets;
 pub mod tls;
 mod tls_conn;
+mod upgrade;
 mod worker;
 pub mod xdp;

@@ -67,7 +67,7 @@ pub async fn watch_signals(
 
 /// `now + drain_timeout`, saturating at an hour past the configured maximum: `Instant + Duration` panics on
 /// overflow, and a panic here would leave SIGTERM ignored (the config bounds the timeout; this holds without).
-fn drain_deadline(now: Instant, drain_timeout: Duration) -> Instant {
+pub(crate) fn drain_deadline(now: Instant, drain_timeout: Duration) -> Instant {
     now.checked_add(drain_timeout)
         .or_else(|| now.checked_add(crate::config::MAX_DRAIN_TIMEOUT))
         .unwrap_or(now)

@@ -21,6 +21,8 @@
 //!   them (this kernel has no `netem`).
 //! - [`flood`]: `bench flood` (root), legitimate handshakes at half load kept through spoofed SYN, junk and
 //!   valid ClientHello floods, three namespaces, portcullis with and without the XDP guard beside nginx and HAProxy.
+//! - [`upgrade`]: `bench upgrade`, paced handshakes and long-lived streams through 3 certificate reloads and 3
+//!   binary upgrades per server (portcullis `upgrade`, nginx `USR2`+`QUIT`, HAProxy `-x`+`-sf`): what was lost.
 //! - [`servers`]: starting portcullis, nginx and HAProxy (configs written here), readiness, stop by PID.
 //! - [`certs`]: the shared ECDSA P-256 and RSA-2048 certificates.
 //! - [`load`]: running `portcullis-load` pinned to CPU 1 and reading its JSON.
@@ -46,6 +48,7 @@ mod servers;
 mod stages;
 mod storm;
 mod svg;
+mod upgrade;
 mod xdp;
 mod zero_rtt;
 
@@ -96,6 +99,11 @@ pub enum Bench {
     /// network namespaces, portcullis with and without the XDP guard, nginx, HAProxy. Success %, p99 vs no
     /// flood, CPU by kind, where the flood was dropped; targets met or not. Needs root.
     Flood(Common),
+    /// Paced handshakes and long-lived streaming connections while each server gets 3 certificate reloads and 3
+    /// binary upgrades (portcullis `upgrade`, nginx `USR2` + `QUIT`, HAProxy `-x` + `-sf`): refused, failed and
+    /// stale-certificate handshakes, requests cut or connections closed between requests; table and JSON. Fails
+    /// when portcullis loses anything.
+    Upgrade(Common),
 }
 
 /// Options of `bench idle`.
@@ -179,6 +187,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Http(c) => (c, http::run),
         Bench::ZeroRtt(c) => (c, zero_rtt::run),
         Bench::Flood(c) => (c, flood::run),
+        Bench::Upgrade(c) => (c, upgrade::run),
     };
     if !common.no_setup {
         setup::setup(setup::Options { bench: true })?;

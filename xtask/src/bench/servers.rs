@@ -242,7 +242,7 @@ pub fn start_upstream(ctx: &Ctx, cpu: &str, files: &[(&str, usize)]) -> Result<S
     clippy::too_many_arguments,
     reason = "each is one fact of a server's start, named at the three call sites"
 )]
-fn launch(
+pub(super) fn launch(
     kind: ServerKind,
     cpu: &str,
     nofile: usize,
@@ -292,6 +292,11 @@ fn launch(
 }
 
 impl Server {
+    /// The server's own PID (nginx: the master's).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's PID and its children's (nginx: master and worker).
     pub fn pids(&self) -> Vec<u32> {
         procstat::tree(self.child.id())
@@ -417,7 +422,7 @@ fn path(p: &Path) -> String {
 
 /// `portcullis run` with one worker on `host`:`port`, metrics on 127.0.0.1:`metrics_port`, `cert`, state under
 /// `dir`.
-fn portcullis_args(
+pub(super) fn portcullis_args(
     host: &str,
     port: u16,
     metrics_port: Option<u16>,
@@ -442,7 +447,7 @@ fn portcullis_args(
 }
 
 /// nginx in the foreground with `conf`, its prefix and error log in `dir`.
-fn nginx_args(conf: &Path, dir: &Path) -> Vec<String> {
+pub(super) fn nginx_args(conf: &Path, dir: &Path) -> Vec<String> {
     vec![
         "-c".into(),
         path(conf),
@@ -590,7 +595,13 @@ http {{
 
 /// One worker on CPU 0, access log off, TLS 1.2 and 1.3, session cache and tickets on, a fixed response. With
 /// `hold` (`bench idle`): room for that many connections, and idle ones kept for 10 minutes.
-fn nginx_conf(dir: &Path, host: &str, port: u16, cert: &Cert, hold: Option<usize>) -> String {
+pub(super) fn nginx_conf(
+    dir: &Path,
+    host: &str,
+    port: u16,
+    cert: &Cert,
+    hold: Option<usize>,
+) -> String {
     let (nofile, connections, timeouts) = match hold {
         None => (20_000, 16_000, String::new()),
         Some(n) => (
@@ -635,7 +646,13 @@ http {{
 
 /// One thread on CPU 0, TLS 1.2 and 1.3, a fixed response. With `hold` (`bench idle`): room for that many
 /// connections, and idle ones kept for 10 minutes.
-fn haproxy_conf(dir: &Path, host: &str, port: u16, cert: &Cert, hold: Option<usize>) -> String {
+pub(super) fn haproxy_conf(
+    dir: &Path,
+    host: &str,
+    port: u16,
+    cert: &Cert,
+    hold: Option<usize>,
+) -> String {
     let (maxconn, timeout) = match hold {
         None => (9_000, "30s"),
         Some(n) => (n + 500, "10m"),

@@ -31,6 +31,9 @@ pub struct SteeringSettings {
     pub worker_cpus: Vec<Option<usize>>,
     /// Where the program and maps are pinned (`[xdp] pin_dir`); created if missing.
     pub pin_dir: PathBuf,
+    /// Taking over a running daemon's groups (`upgrade`): its pins are replaced, and so is its program on
+    /// each group (`SO_ATTACH_REUSEPORT_EBPF` replaces).
+    pub take_over: bool,
 }
 
 /// The steering program, loaded and attached to every listener group. Dropping it removes its pins; the
@@ -76,7 +79,15 @@ impl Steering {
         // Removes what was pinned if a later step fails (and when the steering handle drops).
         let mut pins = PinsOnDrop(Pins::default());
         pins.0.prepare_dir(&settings.pin_dir)?;
+        pins.0.replacing_predecessor = settings.take_over;
         let mut loader = EbpfLoader::new();
+        // Taking over, the socket array is the running daemon's: a socket sits in one such array at a time
+        // (the kernel answers EBUSY), and it already holds every inherited socket at its key.
+        let socks_pin = settings.pin_dir.join(MAP_RP_SOCKS);
+        let inherit_socks = settings.take_over && socks_pin.exists();
+        if inherit_socks {
+            loader.map_pin_path(MAP_RP_SOCKS, socks_pin.as_path());
+        }
         // The XDP program is not loaded from this instance: its maps need not be big.
         for name in ALL_MAPS.iter().filter(|name| !RP_MAPS.contains(name)) {
             loader.map_max_entries(name, 1);
@@ -124,7 +135,7 @@ impl Steering {
             .map_mut(MAP_RP_SOCKS)
             .with_context(|| format!("the BPF object has no map `{MAP_RP_SOCKS}`"))?
             .try_into()?;
-        for (g, group) in groups.iter().enumerate() {
+        for (g, group) in groups.iter().enumerate().filter(|_| !inherit_socks) {
             for (w, socket) in group.iter().enumerate() {
                 socks
                     .set(sock_key(g as u32, w as u32), socket, 0)
@@ -136,7 +147,12 @@ impl Steering {
             }
         }
 
-        for name in [MAP_RP_CONFIG, MAP_RP_SATURATED, MAP_RP_OUTCOMES] {
+        for name in [
+            MAP_RP_CONFIG,
+            MAP_RP_SATURATED,
+            MAP_RP_OUTCOMES,
+            MAP_RP_SOCKS,
+        ] {
             let map = ebpf
                 .map(name)
                 .with_context(|| format!("the BPF object has no map `{name}`"))?;
@@ -189,6 +205,11 @@ impl Steering {
             saturated: Arc::new(SaturatedWorkers::new(saturated)),
             outcomes: OutcomeCounters::new(outcomes),
         })
+    }
+
+    /// After a successor took over the groups: its pins replaced this one's, so none is removed.
+    pub fn hand_over(mut self) {
+        self.pins.0.forget();
     }
 
     /// The saturated-worker map, for the admission hook on each worker.

@@ -7,7 +7,7 @@
 //! - [`config`]: the `[steering]` config section.
 //! - [`loader`]: [`Steering`], which loads the program from the embedded object (independently of XDP), fills
 //!   the socket array with every worker's socket of every listener (key `group * MAX_WORKERS + worker`),
-//!   pins `portcullis_rp`, `rp_config`, `rp_saturated`, `rp_outcomes` under `[xdp] pin_dir` and attaches.
+//!   pins `portcullis_rp`, `rp_config`, `rp_saturated`, `rp_outcomes`, `rp_socks` (for a successor, `upgrade`) under `[xdp] pin_dir` and attaches.
 //! - [`saturation`]: [`SaturatedWorkers`], the saturated-worker bitmask map (daemon hook and CLI).
 //! - [`hook`]: what admission control calls as a worker's in-flight count changes (mark at the limit, unmark
 //!   at 3/4); per worker thread.

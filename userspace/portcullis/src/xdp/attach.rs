@@ -75,3 +75,43 @@ pub(crate) fn attach(
     );
     Ok(attachment)
 }
+
+/// Takes over a running daemon's attachment (`upgrade`): opens its pinned bpf_link, removes the pin (the link
+/// then lives as long as a process holds it, as one this process made) and replaces the program on it
+/// atomically (`bpf_link_update`): no packet meets an interface without a program.
+pub(crate) fn take_over(
+    program: &mut Xdp,
+    link: &crate::upgrade::protocol::LinkOffer,
+) -> anyhow::Result<Attachment> {
+    use aya::programs::{links::PinnedLink, xdp::XdpLink};
+    let interface = link.interface.as_str();
+    let pinned = PinnedLink::from_pin(&link.pin).with_context(|| {
+        format!(
+            "cannot open the running daemon's XDP link of `{interface}` at {}",
+            link.pin.display()
+        )
+    })?;
+    let fd = pinned
+        .unpin()
+        .with_context(|| format!("cannot remove the link pin {}", link.pin.display()))?;
+    let xdp_link = XdpLink::try_from(fd)
+        .with_context(|| format!("{} is not an XDP link", link.pin.display()))?;
+    let id = program.attach_to_link(xdp_link).with_context(|| {
+        format!("cannot replace the XDP program on `{interface}` (bpf_link_update)")
+    })?;
+    let mode = if link.mode == XdpMode::Native.name() {
+        XdpMode::Native
+    } else {
+        XdpMode::Generic
+    };
+    tracing::info!(
+        interface,
+        mode = mode.name(),
+        "replaced the running daemon's XDP program on its link"
+    );
+    Ok(Attachment {
+        interface: interface.to_owned(),
+        mode,
+        link: id,
+    })
+}

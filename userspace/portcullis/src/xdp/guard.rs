@@ -76,6 +76,8 @@ struct Running {
     attachments: Vec<Attachment>,
     pins: Pins,
     logs: Option<LogPump>,
+    /// `[xdp] pin_dir`, where links are pinned for a successor.
+    pin_dir: std::path::PathBuf,
 }
 
 impl XdpGuard {
@@ -88,24 +90,46 @@ impl XdpGuard {
     /// root/CAP_BPF, the pin directory is not on bpffs, the verifier rejected the program. Whatever was set up
     /// before the failure is torn down again.
     pub fn start(section: &XdpSection, ports: &[u16]) -> anyhow::Result<XdpGuard> {
+        Self::start_with(section, ports, None)
+    }
+
+    /// Like [`XdpGuard::start`], but replaces the program of a running daemon on its links (atomically, with
+    /// `bpf_link_update`) instead of attaching, and reuses its flow table besides the state maps (`upgrade`).
+    ///
+    /// # Errors
+    /// As [`XdpGuard::start`], and a link of `offer` that cannot be opened or updated.
+    pub fn take_over(
+        section: &XdpSection,
+        ports: &[u16],
+        offer: &crate::upgrade::protocol::XdpOffer,
+    ) -> anyhow::Result<XdpGuard> {
+        Self::start_with(section, ports, Some(offer))
+    }
+
+    fn start_with(
+        section: &XdpSection,
+        ports: &[u16],
+        inherit: Option<&crate::upgrade::protocol::XdpOffer>,
+    ) -> anyhow::Result<XdpGuard> {
         if section.interfaces.is_empty() {
             bail!(
                 "[xdp] interfaces is empty; name at least one interface or remove the [xdp] section"
             );
         }
         let config = program_config(section, ports)?;
-        let (ebpf, pins) = load(section)?;
+        let (ebpf, pins) = load(section, inherit.is_some())?;
         // From here on, an early return drops `running`, which undoes what was done so far.
         let mut running = Running {
             ebpf: None,
             attachments: Vec::new(),
             pins,
             logs: None,
+            pin_dir: section.pin_dir.clone(),
         };
         let ebpf = running.ebpf.insert(ebpf);
         write_config(ebpf, config)?;
         let index = restore_blocklists(ebpf)?;
-        attach_programs(&mut running, section)?;
+        attach_programs(&mut running, section, inherit)?;
         pin_run_maps(&mut running, section)?;
         let counters = take_counters(&mut running)?;
         tracing::info!(
@@ -147,6 +171,73 @@ impl XdpGuard {
     pub fn detach(mut self) -> anyhow::Result<()> {
         self.running.teardown()
     }
+
+    /// Pins each attachment's bpf_link under the pin directory for a successor ([`XdpGuard::take_over`]); the
+    /// links stay this process's too. The pins are removed by the successor, by [`XdpGuard::unpin_links`], or
+    /// at detach.
+    ///
+    /// # Errors
+    /// A link that is not a bpf_link (netlink attachment on an old kernel), or a pin that fails: that link is
+    /// then closed, and the interface unguarded until the next start.
+    pub fn pin_links(&mut self) -> anyhow::Result<crate::upgrade::protocol::XdpOffer> {
+        use aya::programs::{links::FdLink, xdp::XdpLink};
+        let pin_dir = self.running.pin_dir.clone();
+        let Some(ebpf) = self.running.ebpf.as_mut() else {
+            bail!("the XDP program is torn down");
+        };
+        let program: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .context("no XDP program")?
+            .try_into()?;
+        let mut links = Vec::new();
+        for attachment in std::mem::take(&mut self.running.attachments) {
+            let Attachment {
+                interface,
+                mode,
+                link,
+            } = attachment;
+            let path = super::pins::link_pin(&pin_dir, &interface);
+            let _ = std::fs::remove_file(&path);
+            let fd: FdLink = program.take_link(link)?.try_into().with_context(|| {
+                format!("XDP on `{interface}` is attached through netlink, not a bpf_link: upgrade needs Linux 5.9+")
+            })?;
+            let pinned = fd.pin(&path).with_context(|| {
+                format!(
+                    "cannot pin the XDP link of `{interface}` at {}",
+                    path.display()
+                )
+            })?;
+            let link = XdpLink::try_from(FdLink::from(pinned))?;
+            // The same program: the kernel leaves the link as it is, and the program owns it again.
+            let link = program.attach_to_link(link)?;
+            self.running.attachments.push(Attachment {
+                interface: interface.clone(),
+                mode,
+                link,
+            });
+            links.push(crate::upgrade::protocol::LinkOffer {
+                interface,
+                mode: mode.name().to_owned(),
+                pin: path,
+            });
+        }
+        Ok(crate::upgrade::protocol::XdpOffer { pin_dir, links })
+    }
+
+    /// Removes the link pins made by [`XdpGuard::pin_links`] after a failed handoff (this process's links stay).
+    pub fn unpin_links(&self) {
+        for a in &self.running.attachments {
+            let _ =
+                std::fs::remove_file(super::pins::link_pin(&self.running.pin_dir, &a.interface));
+        }
+    }
+
+    /// After a successor took over: closes this process's program and links without removing any pin (they are
+    /// the successor's now).
+    pub fn hand_over(mut self) {
+        self.running.pins.forget();
+        let _ = self.running.teardown();
+    }
 }
 
 /// The value the program reads: the listener ports, the section's knobs, the budget clock.
@@ -159,12 +250,19 @@ fn program_config(section: &XdpSection, ports: &[u16]) -> anyhow::Result<XdpConf
 
 /// Loads the embedded object with its persistent maps opened from (or pinned to) the pin directory, which must
 /// exist before loading.
-fn load(section: &XdpSection) -> anyhow::Result<(aya::Ebpf, Pins)> {
+fn load(section: &XdpSection, inherit: bool) -> anyhow::Result<(aya::Ebpf, Pins)> {
     let object = object::embedded()?;
     let mut pins = Pins::default();
     pins.prepare_dir(&section.pin_dir)?;
+    pins.replacing_predecessor = inherit;
     let mut persistent = Vec::new();
-    for map in PERSISTENT_MAPS {
+    // Taking over, the flow table is the running program's too: the flows it admitted stay admitted.
+    let flows = Persistent {
+        name: MAP_XDP_FLOWS,
+        key_size: size_of::<u32>() as u32,
+        value_size: size_of::<portcullis_abi::flow::FlowSet>() as u32,
+    };
+    for map in PERSISTENT_MAPS.into_iter().chain(inherit.then_some(flows)) {
         persistent.push((map.name, reusable_pin(&section.pin_dir, map)?));
     }
     let log_level = bpf_log_level();
@@ -251,7 +349,11 @@ fn restore_blocklists(ebpf: &mut aya::Ebpf) -> anyhow::Result<fp_index::Index> {
 }
 
 /// Starts the log pump, installs the ClientHello program, loads, pins and attaches the XDP program.
-fn attach_programs(running: &mut Running, section: &XdpSection) -> anyhow::Result<()> {
+fn attach_programs(
+    running: &mut Running,
+    section: &XdpSection,
+    inherit: Option<&crate::upgrade::protocol::XdpOffer>,
+) -> anyhow::Result<()> {
     let Some(ebpf) = running.ebpf.as_mut() else {
         bail!("the BPF object was torn down before its programs were attached");
     };
@@ -286,7 +388,19 @@ fn attach_programs(running: &mut Running, section: &XdpSection) -> anyhow::Resul
         .pins
         .pin_program(program, &section.pin_dir, PROG_XDP)?;
     for interface in &section.interfaces {
-        let attachment = attach(program, interface, section.mode)?;
+        let attachment = match inherit {
+            Some(offer) => {
+                let link = offer
+                    .links
+                    .iter()
+                    .find(|l| &l.interface == interface)
+                    .with_context(|| {
+                        format!("the running daemon has no XDP link on `{interface}`")
+                    })?;
+                super::attach::take_over(program, link)?
+            }
+            None => attach(program, interface, section.mode)?,
+        };
         running.attachments.push(attachment);
     }
     Ok(())

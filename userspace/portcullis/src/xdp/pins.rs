@@ -20,6 +20,8 @@ pub(crate) struct Pins {
     files: Vec<PathBuf>,
     /// The pin directory, when this guard created it (removed if empty after the files).
     created_dir: Option<PathBuf>,
+    /// Taking over from a running daemon (`upgrade`): its pins are replaced as expected, not as stale ones.
+    pub(crate) replacing_predecessor: bool,
 }
 
 impl Pins {
@@ -54,7 +56,7 @@ impl Pins {
 
     /// Pins `map` at `dir/name`, replacing a stale pin left by a run that did not clean up.
     pub(crate) fn pin_map(&mut self, map: &Map, dir: &Path, name: &str) -> anyhow::Result<()> {
-        let path = clear_stale(dir, name)?;
+        let path = clear_stale(dir, name, self.replacing_predecessor)?;
         map.pin(&path)
             .with_context(|| format!("cannot pin XDP map `{name}` at {}", path.display()))?;
         self.files.push(path);
@@ -83,10 +85,16 @@ impl Pins {
         name: &str,
         pin: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
-        let path = clear_stale(dir, name)?;
+        let path = clear_stale(dir, name, self.replacing_predecessor)?;
         pin(&path)?;
         self.files.push(path);
         Ok(())
+    }
+
+    /// Gives up the pins: a successor replaced them, so they are not this guard's to remove (`upgrade`).
+    pub(crate) fn forget(&mut self) {
+        self.files.clear();
+        self.created_dir = None;
     }
 
     /// The pin files created so far.
@@ -167,9 +175,12 @@ pub(crate) fn reusable_pin(dir: &Path, map: Persistent) -> anyhow::Result<PathBu
 }
 
 /// `dir/name`, with a stale pin left by a run that did not clean up removed (and a warning logged).
-fn clear_stale(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+fn clear_stale(dir: &Path, name: &str, predecessor: bool) -> anyhow::Result<PathBuf> {
     let path = dir.join(name);
     match std::fs::remove_file(&path) {
+        Ok(()) if predecessor => {
+            tracing::debug!(path = %path.display(), "replaced the running daemon's pin");
+        }
         Ok(()) => tracing::warn!(
             path = %path.display(),
             "replaced a stale XDP pin (a previous run did not detach cleanly, or another daemon uses the same \
@@ -182,6 +193,11 @@ fn clear_stale(dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     Ok(path)
+}
+
+/// Where the bpf_link of `interface` is pinned while a successor takes it over.
+pub(crate) fn link_pin(dir: &Path, interface: &str) -> PathBuf {
+    dir.join(format!("link_{interface}"))
 }
 
 /// Whether `path` is on a BPF filesystem.
