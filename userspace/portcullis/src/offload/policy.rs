@@ -321,6 +321,117 @@ fn expiry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offload::software::SoftwareEngine;
+    use prometheus_client::registry::Registry;
+
+    /// A server configuration with a fresh P-256 certificate, and a client's ClientHello to it, accepted.
+    fn accepted() -> (rustls::server::Accepted, Arc<rustls::ServerConfig>) {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().expect("name"))
+                .expect("client");
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).expect("client hello");
+        let mut acceptor = rustls::server::Acceptor::default();
+        acceptor
+            .read_tls(&mut hello.as_slice())
+            .expect("read hello");
+        let accepted = acceptor.accept().ok().flatten().expect("whole hello");
+        (accepted, Arc::new(server))
+    }
+
+    fn job() -> Job {
+        let (accepted, config) = accepted();
+        Job {
+            accepted,
+            config,
+            class: HandshakeClass::FullEcdsa,
+            max_wait: None,
+        }
+    }
+
+    fn idle_inline_count(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text.lines()
+            .filter(|l| l.starts_with("portcullis_engine_idle_inline_total"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// An idle engine: the step runs inline (counted, served); a busy one: the job queues behind the work in
+    /// service and a crypto thread runs it; and never inline with the option off.
+    #[tokio::test]
+    async fn the_step_runs_inline_only_while_the_engine_is_idle() {
+        let engine = Arc::new(SoftwareEngine::start(1, 4).expect("start"));
+        let mut registry = Registry::default();
+        let metrics = EngineMetrics::register(
+            &mut registry,
+            Arc::new(|| vec![0]),
+            Arc::new(|| vec![0]),
+            Arc::new(|| 0),
+        );
+        let on = OffloadHandshakes::new(
+            engine.clone(),
+            FullRingPolicy::Reject,
+            metrics.clone(),
+            None,
+        )
+        .inline_when_idle(true);
+        assert!(on.run(job()).await.is_ok());
+        let one = r#"portcullis_engine_idle_inline_total{class="full_ecdsa"} 1"#;
+        assert_eq!(idle_inline_count(&registry), one);
+
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        engine
+            .submit(
+                Box::new(move || {
+                    let _ = rx.recv_timeout(Duration::from_secs(10));
+                }),
+                Priority::Normal,
+            )
+            .expect("blocker");
+        let busy = tokio::spawn(async move {
+            let done = on.run(job()).await.is_ok();
+            (done, on)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !busy.is_finished(),
+            "queued behind the blocker, not run inline"
+        );
+        tx.send(()).expect("release the blocker");
+        let (done, _) = busy.await.expect("task");
+        assert!(done);
+        assert_eq!(
+            idle_inline_count(&registry),
+            one,
+            "the busy engine's job was not inline"
+        );
+
+        let off = OffloadHandshakes::new(engine.clone(), FullRingPolicy::Reject, metrics, None);
+        assert!(off.run(job()).await.is_ok());
+        assert_eq!(idle_inline_count(&registry), one, "off: never inline");
+    }
 
     /// Inline steps may take half of each window, no more; a new window starts afresh.
     #[test]
