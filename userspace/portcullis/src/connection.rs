@@ -66,14 +66,14 @@ impl OnMoved for ListenerMetrics {
 }
 
 /// Serves one accepted connection to the end, phase by phase: the handshake, then the `http` front end or the
-/// `tcp` relay. Never panics on client bytes; every outcome is counted.
+/// `tcp` relay. Never panics on client bytes; every outcome is counted. `tcp` has `TCP_NODELAY` from its
+/// listening socket (`listener::bind_one`).
 pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
     let started = Instant::now();
     let m = &ctx.metrics;
     m.accepted.inc();
     m.active.inc();
     let _active = ActiveGuard(&ctx.metrics);
-    let _ = tcp.set_nodelay(true);
 
     // Matched where it is awaited: a `let outcome` would keep a second Established-sized slot in this future
     // for the connection's whole life (a moved-from local still has storage until its scope ends).

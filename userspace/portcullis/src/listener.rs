@@ -42,6 +42,8 @@ fn bind_one(addr: SocketAddr, backlog: u32) -> std::io::Result<std::net::TcpList
     // Accepted sockets inherit it: the first ClientHello bytes carry the kernel's receive time
     // (`portcullis_handshake_stage_seconds{stage="socket"}`).
     crate::handshake::arrival::enable(&socket)?;
+    // Accepted sockets inherit it too: one setsockopt per listener instead of one per connection.
+    socket.set_tcp_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
     Ok(socket.into())

@@ -87,6 +87,8 @@ fn run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) {
     let tracker = Arc::new(Tracker::default());
     rt.block_on(async {
         for (socket, ctx) in spec.listeners {
+            // Set in `listener::bind_one` too; again here for a socket bound elsewhere (inherited).
+            let _ = socket2::SockRef::from(&socket).set_tcp_nodelay(true);
             let listener = match TcpListener::from_std(socket) {
                 Ok(l) => l,
                 Err(e) => {

@@ -44,6 +44,11 @@ pub struct EngineConfig {
     /// unserved. A duration, at most `"60s"`. Default: `"50ms"`.
     #[serde(with = "humantime_serde")]
     pub wait_deadline: Duration,
+    /// Run a handshake's expensive step on its worker, skipping the crypto-thread hop (two thread wake-ups),
+    /// when the engine is idle (every ring empty, no job in service), admission control is not overloaded, the
+    /// step is not an RSA signature, and the worker spent less than half of the last 10 ms on such inline
+    /// steps. Admission control still admits and learns from it (queue wait 0). Default: true.
+    pub inline_when_idle: bool,
 }
 
 impl Default for EngineConfig {
@@ -54,6 +59,7 @@ impl Default for EngineConfig {
             ring_depth: 256,
             full_ring: FullRingPolicyConfig::Reject,
             wait_deadline: Duration::from_millis(50),
+            inline_when_idle: true,
         }
     }
 }

@@ -37,6 +37,7 @@ pub struct EngineMetrics {
     retries: Counter,
     rejected: Family<RejectLabels, Counter>,
     fallbacks: Family<ClassLabel, Counter>,
+    idle_inline: Family<ClassLabel, Counter>,
     lost: Counter,
 }
 
@@ -62,7 +63,8 @@ impl EngineMetrics {
         );
         registry.register(
             "portcullis_engine_service_seconds",
-            "Time the expensive step (certificate, key exchange, signature) took on a crypto thread",
+            "Time the expensive step (certificate, key exchange, signature) took on a crypto thread (or on the \
+             worker, for the steps run inline)",
             service.clone(),
         );
         let retries = Counter::default();
@@ -82,6 +84,13 @@ impl EngineMetrics {
             "portcullis_engine_inline_fallbacks",
             "Handshakes run on the worker because every ring was full (full_ring = \"inline\")",
             fallbacks.clone(),
+        );
+        let idle_inline = Family::<ClassLabel, Counter>::default();
+        registry.register(
+            "portcullis_engine_idle_inline",
+            "Handshakes whose expensive step ran on the worker because the engine was idle \
+             (engine.inline_when_idle; counted in the queue wait histogram with a wait of 0)",
+            idle_inline.clone(),
         );
         let lost = Counter::default();
         registry.register(
@@ -111,6 +120,7 @@ impl EngineMetrics {
             retries,
             rejected,
             fallbacks,
+            idle_inline,
             lost,
         }
     }
@@ -140,6 +150,14 @@ impl EngineMetrics {
 
     pub(crate) fn fallback(&self, class: HandshakeClass) {
         self.fallbacks
+            .get_or_create(&ClassLabel {
+                class: class.name(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn idle_inline(&self, class: HandshakeClass) {
+        self.idle_inline
             .get_or_create(&ClassLabel {
                 class: class.name(),
             })

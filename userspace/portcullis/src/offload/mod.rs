@@ -79,6 +79,9 @@ pub trait OffloadEngine: Send + Sync + 'static {
 
     /// Resolves when a ring slot may have freed up (used by the wait-with-deadline policy).
     fn capacity_freed(&self) -> tokio::sync::futures::Notified<'_>;
+
+    /// No job queued or in service on any instance: a job submitted now would start at once.
+    fn idle(&self) -> bool;
 }
 
 impl<E: OffloadEngine + ?Sized> OffloadEngine for Arc<E> {
@@ -100,5 +103,8 @@ impl<E: OffloadEngine + ?Sized> OffloadEngine for Arc<E> {
     }
     fn capacity_freed(&self) -> tokio::sync::futures::Notified<'_> {
         (**self).capacity_freed()
+    }
+    fn idle(&self) -> bool {
+        (**self).idle()
     }
 }

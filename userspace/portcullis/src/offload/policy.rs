@@ -11,7 +11,14 @@
 //! slot is not enough: a busy worker may be woken for a free slot late, and the job then still queues behind a
 //! full ring: without the check, a loaded 2-core host served handshakes that had waited 327 ms against a
 //! deadline of 81.92 ms (`tests/tests/admission.rs`).
+//!
+//! With `engine.inline_when_idle` the step runs on the worker instead when a job submitted now would start at
+//! once anyway (the engine idle, nothing overloaded, not an RSA signature) and the worker has time for it
+//! ([`InlineBudget`]): the hop to a crypto thread costs two thread wake-ups and their context switches, about
+//! a quarter of a full ECDSA handshake's server CPU (BENCHMARKS.md "Handshakes"). Admission control admitted
+//! the job before and learns from it as from any other (a queue wait of 0).
 
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -83,6 +90,44 @@ pub struct OffloadHandshakes<E> {
     policy: FullRingPolicy,
     metrics: EngineMetrics,
     observer: Option<Arc<dyn Observer>>,
+    inline_when_idle: bool,
+}
+
+/// A worker's inline steps may take at most half of each window of this length; past that, its handshakes go
+/// to the engine even when it is idle, so a storm of cheap handshakes still queues where admission control
+/// sees it, and the worker keeps time for its established connections.
+pub const INLINE_WINDOW: Duration = Duration::from_millis(10);
+
+thread_local! {
+    /// This worker's inline budget: when its current window started and the inline time spent in it.
+    static INLINE_SPENT: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+}
+
+/// The calling worker's budget for inline steps ([`INLINE_WINDOW`]).
+pub struct InlineBudget;
+
+impl InlineBudget {
+    /// Whether the worker may run a step inline at `now` (starts a new window when the last one is over).
+    pub fn allows(now: Instant) -> bool {
+        INLINE_SPENT.with(|c| match c.get() {
+            Some((start, spent)) if now.saturating_duration_since(start) < INLINE_WINDOW => {
+                spent < INLINE_WINDOW / 2
+            }
+            _ => {
+                c.set(Some((now, Duration::ZERO)));
+                true
+            }
+        })
+    }
+
+    /// Charges `took` to the current window.
+    pub fn spend(took: Duration) {
+        INLINE_SPENT.with(|c| {
+            if let Some((start, spent)) = c.get() {
+                c.set(Some((start, spent.saturating_add(took))));
+            }
+        });
+    }
 }
 
 impl<E: OffloadEngine> OffloadHandshakes<E> {
@@ -98,12 +143,34 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             policy,
             metrics,
             observer,
+            inline_when_idle: false,
         }
+    }
+
+    /// Runs the step on the worker when the engine is idle (`engine.inline_when_idle`).
+    #[must_use]
+    pub fn inline_when_idle(mut self, on: bool) -> Self {
+        self.inline_when_idle = on;
+        self
+    }
+
+    /// Whether this job runs on the worker now: the engine idle (a submitted job would start at once), no
+    /// overload (admission's bound on the wait, or its overload flag), not an RSA signature (milliseconds on
+    /// the worker), and the worker's [`InlineBudget`] left.
+    fn runs_inline(&self, class: HandshakeClass, max_wait: Option<Duration>, now: Instant) -> bool {
+        self.inline_when_idle
+            && class != HandshakeClass::FullRsa
+            && max_wait.is_none()
+            && self.engine.idle()
+            && self
+                .observer
+                .as_ref()
+                .is_none_or(|o| o.max_wait_now().is_none())
+            && InlineBudget::allows(now)
     }
 
     async fn run_job(&self, job: Job) -> JobResult {
         let class = job.class;
-        let (tx, rx) = tokio::sync::oneshot::channel();
         let submitted = Instant::now();
         let Job {
             accepted,
@@ -111,6 +178,25 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             max_wait,
             ..
         } = job;
+        if self.runs_inline(class, max_wait, submitted) {
+            let result = accepted.into_connection(config);
+            let finished = Instant::now();
+            let service = finished.saturating_duration_since(submitted);
+            InlineBudget::spend(service);
+            self.metrics.idle_inline(class);
+            self.metrics.completed(class, Duration::ZERO, service);
+            if let Some(o) = &self.observer {
+                o.completed(class, Duration::ZERO, service);
+            }
+            return result
+                .map(|conn| Completed {
+                    conn,
+                    started: submitted,
+                    finished,
+                })
+                .map_err(|(e, alert)| EngineError::Tls(e, alert));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let policy_wait = match self.policy {
             FullRingPolicy::Wait(d) => Some(d),
             FullRingPolicy::Reject | FullRingPolicy::Inline => None,
@@ -235,6 +321,132 @@ fn expiry(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offload::software::SoftwareEngine;
+    use prometheus_client::registry::Registry;
+
+    /// A server configuration with a fresh P-256 certificate, and a client's ClientHello to it, accepted.
+    fn accepted() -> (rustls::server::Accepted, Arc<rustls::ServerConfig>) {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .expect("server config");
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(client), "localhost".try_into().expect("name"))
+                .expect("client");
+        let mut hello = Vec::new();
+        conn.write_tls(&mut hello).expect("client hello");
+        let mut acceptor = rustls::server::Acceptor::default();
+        acceptor
+            .read_tls(&mut hello.as_slice())
+            .expect("read hello");
+        let accepted = acceptor.accept().ok().flatten().expect("whole hello");
+        (accepted, Arc::new(server))
+    }
+
+    fn job() -> Job {
+        let (accepted, config) = accepted();
+        Job {
+            accepted,
+            config,
+            class: HandshakeClass::FullEcdsa,
+            max_wait: None,
+        }
+    }
+
+    fn idle_inline_count(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
+        text.lines()
+            .filter(|l| l.starts_with("portcullis_engine_idle_inline_total"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// An idle engine: the step runs inline (counted, served); a busy one: the job queues behind the work in
+    /// service and a crypto thread runs it; and never inline with the option off.
+    #[tokio::test]
+    async fn the_step_runs_inline_only_while_the_engine_is_idle() {
+        let engine = Arc::new(SoftwareEngine::start(1, 4).expect("start"));
+        let mut registry = Registry::default();
+        let metrics = EngineMetrics::register(
+            &mut registry,
+            Arc::new(|| vec![0]),
+            Arc::new(|| vec![0]),
+            Arc::new(|| 0),
+        );
+        let on = OffloadHandshakes::new(
+            engine.clone(),
+            FullRingPolicy::Reject,
+            metrics.clone(),
+            None,
+        )
+        .inline_when_idle(true);
+        assert!(on.run(job()).await.is_ok());
+        let one = r#"portcullis_engine_idle_inline_total{class="full_ecdsa"} 1"#;
+        assert_eq!(idle_inline_count(&registry), one);
+
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        engine
+            .submit(
+                Box::new(move || {
+                    let _ = rx.recv_timeout(Duration::from_secs(10));
+                }),
+                Priority::Normal,
+            )
+            .expect("blocker");
+        let busy = tokio::spawn(async move {
+            let done = on.run(job()).await.is_ok();
+            (done, on)
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !busy.is_finished(),
+            "queued behind the blocker, not run inline"
+        );
+        tx.send(()).expect("release the blocker");
+        let (done, _) = busy.await.expect("task");
+        assert!(done);
+        assert_eq!(
+            idle_inline_count(&registry),
+            one,
+            "the busy engine's job was not inline"
+        );
+
+        let off = OffloadHandshakes::new(engine.clone(), FullRingPolicy::Reject, metrics, None);
+        assert!(off.run(job()).await.is_ok());
+        assert_eq!(idle_inline_count(&registry), one, "off: never inline");
+    }
+
+    /// Inline steps may take half of each window, no more; a new window starts afresh.
+    #[test]
+    fn the_inline_budget_is_half_of_each_window() {
+        let t0 = Instant::now();
+        assert!(InlineBudget::allows(t0));
+        InlineBudget::spend(INLINE_WINDOW / 2 - Duration::from_micros(1));
+        assert!(InlineBudget::allows(t0 + Duration::from_millis(1)));
+        InlineBudget::spend(Duration::from_micros(1));
+        assert!(!InlineBudget::allows(t0 + Duration::from_millis(2)));
+        assert!(InlineBudget::allows(t0 + INLINE_WINDOW));
+        assert!(InlineBudget::allows(
+            t0 + INLINE_WINDOW + Duration::from_millis(1)
+        ));
+    }
 
     #[test]
     fn the_tighter_bound_expires_a_job_and_names_the_reason() {

@@ -59,7 +59,10 @@ pub fn build(
     tracing::info!(instances, ring_depth = engine.ring_depth, policy = ?policy, admission = admission.enabled, "offload engine started");
     if !admission.enabled {
         return Ok((
-            Arc::new(OffloadHandshakes::new(software, policy, metrics, None)),
+            Arc::new(
+                OffloadHandshakes::new(software, policy, metrics, None)
+                    .inline_when_idle(engine.inline_when_idle),
+            ),
             None,
         ));
     }
@@ -70,7 +73,8 @@ pub fn build(
     let gate = Admission::new(admission.clone(), instances, bounds, registry, syn_shed);
     Admission::start_ticker(&gate);
     let observer: Arc<dyn Observer> = gate.clone();
-    let offload = OffloadHandshakes::new(software, policy, metrics, Some(observer));
+    let offload = OffloadHandshakes::new(software, policy, metrics, Some(observer))
+        .inline_when_idle(engine.inline_when_idle);
     Ok((
         Arc::new(AdmissionEngine::new(offload, gate.clone())),
         Some(gate),

@@ -48,6 +48,8 @@ pub struct SoftwareEngine {
     ring_depth: usize,
     freed: Arc<Notify>,
     restarts: Arc<AtomicU64>,
+    /// Jobs submitted and not yet finished, over every instance (queued or in service).
+    busy: Arc<AtomicUsize>,
 }
 
 impl SoftwareEngine {
@@ -55,6 +57,7 @@ impl SoftwareEngine {
     pub fn start(instances: usize, ring_depth: usize) -> std::io::Result<Self> {
         let freed = Arc::new(Notify::new());
         let restarts = Arc::new(AtomicU64::new(0));
+        let busy = Arc::new(AtomicUsize::new(0));
         let mut rings = Vec::with_capacity(instances);
         for i in 0..instances.max(1) {
             // Each channel could hold the whole ring; the shared `depth` keeps their sum within it.
@@ -65,8 +68,14 @@ impl SoftwareEngine {
                 normal: normal_rx,
             };
             let depth = Arc::new(AtomicUsize::new(0));
-            let supervisor =
-                spawn_supervisor(i, rx, depth.clone(), freed.clone(), restarts.clone())?;
+            let supervisor = spawn_supervisor(
+                i,
+                rx,
+                depth.clone(),
+                freed.clone(),
+                restarts.clone(),
+                busy.clone(),
+            )?;
             rings.push(Ring {
                 tx: Some(Senders { high, normal }),
                 depth,
@@ -80,6 +89,7 @@ impl SoftwareEngine {
             ring_depth,
             freed,
             restarts,
+            busy,
         })
     }
 
@@ -121,15 +131,17 @@ fn spawn_supervisor(
     depth: Arc<AtomicUsize>,
     freed: Arc<Notify>,
     restarts: Arc<AtomicU64>,
+    busy: Arc<AtomicUsize>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("portcullis-e{index}s"))
         .spawn(move || {
             loop {
-                let (rx, depth, freed) = (rx.clone(), depth.clone(), freed.clone());
+                let (rx, depth, freed, busy) =
+                    (rx.clone(), depth.clone(), freed.clone(), busy.clone());
                 let crypto = std::thread::Builder::new()
                     .name(format!("portcullis-e{index}"))
-                    .spawn(move || crypto_loop(&rx, &depth, &freed));
+                    .spawn(move || crypto_loop(&rx, &depth, &freed, &busy));
                 let outcome = match crypto {
                     Ok(handle) => handle.join(),
                     Err(e) => {
@@ -151,13 +163,23 @@ fn spawn_supervisor(
 }
 
 /// Serves the ring until both channels are closed and drained, a queued resumption always first.
-fn crypto_loop(rx: &Receivers, depth: &AtomicUsize, freed: &Notify) {
+fn crypto_loop(rx: &Receivers, depth: &AtomicUsize, freed: &Notify, busy: &AtomicUsize) {
     lower_priority();
     let mut high_streak = 0;
     while let Some(work) = next(rx, &mut high_streak) {
         depth.fetch_sub(1, Ordering::Relaxed);
         freed.notify_waiters();
+        let _done = Finished(busy);
         work();
+    }
+}
+
+/// Counts a job finished when it returns or unwinds, so a panicking job does not leave the engine busy forever.
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -250,6 +272,8 @@ impl OffloadEngine for SoftwareEngine {
                 Priority::High => &tx.high,
                 Priority::Normal => &tx.normal,
             };
+            // Counted before the send, so the crypto thread's decrement never comes first.
+            self.busy.fetch_add(1, Ordering::Acquire);
             match channel.try_send(work) {
                 Ok(()) => {
                     ring.depth_max.fetch_max(queued, Ordering::Relaxed);
@@ -257,10 +281,12 @@ impl OffloadEngine for SoftwareEngine {
                 }
                 Err(TrySendError::Full(w)) => {
                     ring.depth.fetch_sub(1, Ordering::Relaxed);
+                    self.busy.fetch_sub(1, Ordering::Relaxed);
                     work = w;
                 }
                 Err(TrySendError::Disconnected(w)) => {
                     ring.depth.fetch_sub(1, Ordering::Relaxed);
+                    self.busy.fetch_sub(1, Ordering::Relaxed);
                     return Err(SubmitError::Closed(w));
                 }
             }
@@ -285,6 +311,10 @@ impl OffloadEngine for SoftwareEngine {
 
     fn capacity_freed(&self) -> tokio::sync::futures::Notified<'_> {
         self.freed.notified()
+    }
+
+    fn idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
     }
 }
 
@@ -365,6 +395,25 @@ mod tests {
         open(&g);
         eventually("rings drained", || {
             engine.depth(0) == 0 && engine.depth(1) == 0
+        });
+    }
+
+    /// `idle` (the inline-when-idle condition) is false from submit until the job returns, also when it panics.
+    #[test]
+    fn idle_only_with_nothing_queued_or_in_service() {
+        let engine = SoftwareEngine::start(1, 4).expect("start");
+        assert!(engine.idle());
+        let (g, blocker) = gate();
+        engine.submit(blocker(), Priority::Normal).expect("blocker");
+        eventually("crypto thread busy", || engine.depth(0) == 0);
+        assert!(!engine.idle(), "a job in service, dequeued: not idle");
+        open(&g);
+        eventually("job done", || engine.idle());
+        engine
+            .submit(Box::new(|| panic!("test panic")), Priority::High)
+            .expect("panicking job");
+        eventually("panicked job counted done", || {
+            engine.idle() && engine.restarts() == 1
         });
     }
 
