@@ -6,7 +6,9 @@
 //! queued behind the client's Finished), then bytes until the first byte of the response's plaintext. TTFB is
 //! timed from the moment TCP is connected, so a round trip of TCP does not hide in it: on a link of round trip
 //! `R` a full handshake or a resumption costs about 2 R and 0-RTT about 1 R. A 0-RTT request the server refused
-//! is sent again after the handshake, as a real client does (RFC 8446 §4.2.10), and the sample says so.
+//! is sent again after the handshake, as a real client does (RFC 8446 §4.2.10), and the sample says so. Each
+//! sample also records when the client's handshake ended (the server's Finished read: about 1 R, plus any wait
+//! of the server's, such as a session store's fetch).
 //!
 //! With `--capture FILE`, the first sample's first flight (ClientHello, and in 0-RTT mode the early data
 //! records) is written to FILE as sent: what an attacker on the path could record and replay.
@@ -118,6 +120,8 @@ pub struct Sample {
     pub connect_us: u64,
     /// From TCP connected to the first plaintext byte of the response, µs.
     pub ttfb_us: u64,
+    /// From TCP connected to the end of the handshake on the client's side (the server's Finished read), µs.
+    pub handshake_us: u64,
     /// The handshake resumed a session.
     pub resumed: bool,
     /// The request went out as early data.
@@ -338,6 +342,7 @@ fn one(
 
     let mut resent = false;
     let mut first_byte = None;
+    let mut handshake = None;
     let mut response = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -362,6 +367,9 @@ fn one(
         let state = conn
             .process_new_packets()
             .map_err(|e| format!("{target}: TLS: {e}"))?;
+        if !conn.is_handshaking() {
+            handshake.get_or_insert_with(|| connected.elapsed());
+        }
         if state.plaintext_bytes_to_read() > 0 {
             first_byte.get_or_insert_with(|| connected.elapsed());
             loop {
@@ -387,6 +395,7 @@ fn one(
     Ok(Sample {
         connect_us: micros(connected - start),
         ttfb_us: micros(ttfb),
+        handshake_us: micros(handshake.unwrap_or(ttfb)),
         resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
         early_sent,
         early_accepted: early_sent && conn.is_early_data_accepted(),
