@@ -51,7 +51,7 @@ const ZERO_RTT_SLACK_MS: f64 = 3.0;
 /// Redis running and stopped.
 const STORE_FULL: (u32, u32, u32) = (2000, 5, 500);
 /// The same for `--quick`.
-const STORE_QUICK: (u32, u32, u32) = (500, 3, 150);
+const STORE_QUICK: (u32, u32, u32) = (1000, 3, 150);
 /// How long a replayer waits for the server after sending a captured flight (it cannot finish the handshake);
 /// a server that forwards early data forwards it within this.
 const REPLAY_WAIT: Duration = Duration::from_secs(2);
