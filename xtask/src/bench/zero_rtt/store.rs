@@ -111,6 +111,9 @@ pub struct Stopped {
     pub running_p99: f64,
     /// Handshake p99 with redis-server stopped, ms.
     pub stopped_p99: f64,
+    /// Full handshakes' p99 with Redis running, ms: with Redis stopped every handshake is a full one, so this
+    /// is the like-for-like baseline (printed beside the target, which is judged against `running_p99`).
+    pub full_p99: f64,
     /// Connections that completed while it was stopped.
     pub stopped_ok: u64,
     /// Of those, resumed and with early data accepted (both 0 expected).
@@ -131,6 +134,7 @@ impl Stopped {
     pub fn json(&self) -> Value {
         json!({
             "samples": self.samples, "running_p99_ms": self.running_p99, "stopped_p99_ms": self.stopped_p99,
+            "full_handshake_p99_ms": self.full_p99,
             "stopped_completed": self.stopped_ok, "stopped_resumed": self.stopped_resumed,
             "stopped_early_accepted": self.stopped_early, "early_data_store_down": self.store_down,
             "fetch_timeout": self.timeouts, "fetch_breaker_open": self.breaker_open,
@@ -226,6 +230,14 @@ pub fn stopped(bench: &mut Bench<'_>, samples: u32) -> Result<Stopped> {
     );
     let server = servers::start_zero_rtt(bench.ctx, ServerKind::Portcullis, bench.cert, &spec)?;
     let running = primed_probe(bench, spec.port, "/store-running", samples, None)?;
+    let full = bench.probe(
+        spec.port,
+        "full",
+        "/store-full",
+        samples,
+        None,
+        &["--gap-ms", "5"],
+    )?;
     let stopped = primed_probe(
         bench,
         spec.port,
@@ -249,6 +261,7 @@ pub fn stopped(bench: &mut Bench<'_>, samples: u32) -> Result<Stopped> {
         samples,
         running_p99: p99(&running)?,
         stopped_p99: p99(&stopped)?,
+        full_p99: p99(&full)?,
         stopped_ok: stopped["ok"].as_u64().unwrap_or(0),
         stopped_resumed: stopped["resumed"].as_u64().unwrap_or(0),
         stopped_early: stopped["early_accepted"].as_u64().unwrap_or(0),
@@ -497,10 +510,11 @@ pub fn render(out: &mut String, cpu: Option<&StoreCpu>, stopped: Option<&Stopped
         let _ = writeln!(
             out,
             "target {}: handshake p99 with Redis stopped {:.1} ms <= running p99 {:.1} ms + fetch_timeout \
-             {FETCH_TIMEOUT_MS} ms, every connection completed",
+             {FETCH_TIMEOUT_MS} ms, every connection completed (full handshakes' p99 with Redis running: {:.1} ms)",
             if s.met() { "met" } else { "MISSED" },
             s.stopped_p99,
             s.running_p99,
+            s.full_p99,
         );
     }
 }
@@ -561,6 +575,7 @@ mod tests {
             samples: 100,
             running_p99: 2.0,
             stopped_p99: 6.5,
+            full_p99: 3.0,
             stopped_ok: 100,
             stopped_resumed: 0,
             stopped_early: 0,
