@@ -6,10 +6,17 @@
 //! queued behind the client's Finished), then bytes until the first byte of the response's plaintext. TTFB is
 //! timed from the moment TCP is connected, so a round trip of TCP does not hide in it: on a link of round trip
 //! `R` a full handshake or a resumption costs about 2 R and 0-RTT about 1 R. A 0-RTT request the server refused
-//! is sent again after the handshake, as a real client does (RFC 8446 §4.2.10), and the sample says so.
+//! is sent again after the handshake, as a real client does (RFC 8446 §4.2.10), and the sample says so. Each
+//! sample also records when the client's handshake ended (the server's Finished read: about 1 R, plus any wait
+//! of the server's, such as a session store's fetch).
 //!
 //! With `--capture FILE`, the first sample's first flight (ClientHello, and in 0-RTT mode the early data
 //! records) is written to FILE as sent: what an attacker on the path could record and replay.
+//!
+//! With `--primes N --stash-only`, N priming connections fill a stash of tickets and the samples keep none of
+//! their own, so each offers a ticket issued before the samples began; with `--pause-file FILE` the probe
+//! creates FILE once primed and waits for it to be removed: in between, a bench can stop the server's session
+//! store, so every sample offers a ticket the server can only find there.
 //!
 //! Plain blocking sockets on one thread: the samples are sequential, and a thread pool would only add noise.
 
@@ -17,12 +24,15 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rustls::client::Resumption;
+use rustls::client::{
+    ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
+};
 use rustls::crypto::{CryptoProvider, aws_lc_rs};
 use rustls::pki_types::ServerName;
-use rustls::{ClientConfig, ClientConnection, HandshakeKind, version};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, NamedGroup, version};
 use serde::Serialize;
 
 use crate::store::{Scope, TicketStore};
@@ -74,6 +84,15 @@ pub struct TtfbArgs {
     /// Write the first sample's first flight (ClientHello and early data records) to this file.
     #[arg(long, value_name = "FILE")]
     pub capture: Option<PathBuf>,
+    /// Priming connections before the samples (resumed and 0-RTT modes; not samples).
+    #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub primes: u32,
+    /// Samples keep no tickets: each offers one from the priming connections (none left: a full handshake).
+    #[arg(long)]
+    pub stash_only: bool,
+    /// Once primed, create this file and wait (at most --max-seconds) until it is removed, then sample.
+    #[arg(long, value_name = "FILE")]
+    pub pause_file: Option<PathBuf>,
 }
 
 /// Why the probe failed.
@@ -118,6 +137,8 @@ pub struct Sample {
     pub connect_us: u64,
     /// From TCP connected to the first plaintext byte of the response, µs.
     pub ttfb_us: u64,
+    /// From TCP connected to the end of the handshake on the client's side (the server's Finished read), µs.
+    pub handshake_us: u64,
     /// The handshake resumed a session.
     pub resumed: bool,
     /// The request went out as early data.
@@ -174,8 +195,11 @@ pub fn run(args: &TtfbArgs) -> Result<TtfbReport, TtfbError> {
     }
     let sni = ServerName::try_from(args.sni.clone())
         .map_err(|e| TtfbError::Usage(format!("--sni {:?}: {e}", args.sni)))?;
-    let store = TicketStore::new(Scope::Sni);
-    let config = client_config(args.mode, &store)?;
+    let store = Arc::new(Stash {
+        store: TicketStore::new(Scope::Sni),
+        frozen: AtomicBool::new(false),
+    });
+    let config = client_config(args.mode, store.clone())?;
     let timeout = Duration::from_secs_f64(args.timeout);
     // Not a sample: warms ARP and the server's upstream connection, and (resuming modes) fetches tickets.
     let prime_req = request(&args.sni, &args.prime_path);
@@ -195,10 +219,16 @@ pub fn run(args: &TtfbArgs) -> Result<TtfbReport, TtfbError> {
             reason,
         })
     };
-    prime()?;
-    let mut primes = 1;
-    let req = request(&args.sni, &args.path);
+    for _ in 0..args.primes {
+        prime()?;
+    }
+    let mut primes = args.primes;
+    store.frozen.store(args.stash_only, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs_f64(args.max_seconds);
+    if let Some(file) = &args.pause_file {
+        pause(file, deadline)?;
+    }
+    let req = request(&args.sni, &args.path);
     let mut report = TtfbReport {
         mode: args.mode,
         target: args.target,
@@ -222,7 +252,7 @@ pub fn run(args: &TtfbArgs) -> Result<TtfbReport, TtfbError> {
         }
         // Some servers send no new ticket on a resumption (OpenSSL after 0-RTT, HAProxy): fetch more on a
         // connection that is not a sample, so every sample resumes.
-        if args.mode != Mode::Full && store.tls13_tickets() == 0 {
+        if args.mode != Mode::Full && !args.stash_only && store.store.tls13_tickets() == 0 {
             prime()?;
             primes += 1;
         }
@@ -274,7 +304,10 @@ pub fn run(args: &TtfbArgs) -> Result<TtfbReport, TtfbError> {
 
 /// TLS 1.3 only, X25519 first, aws-lc-rs, ALPN `http/1.1`, any certificate (signatures checked); resumption and
 /// early data as the mode needs.
-fn client_config(mode: Mode, store: &TicketStore) -> Result<Arc<ClientConfig>, rustls::Error> {
+fn client_config(
+    mode: Mode,
+    store: Arc<dyn ClientSessionStore>,
+) -> Result<Arc<ClientConfig>, rustls::Error> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let provider = Arc::new(CryptoProvider {
         kx_groups: vec![aws_lc_rs::kx_group::X25519, aws_lc_rs::kx_group::SECP256R1],
@@ -288,10 +321,76 @@ fn client_config(mode: Mode, store: &TicketStore) -> Result<Arc<ClientConfig>, r
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = match mode {
         Mode::Full => Resumption::disabled(),
-        Mode::Resumed | Mode::ZeroRtt => Resumption::store(Arc::new(store.clone())),
+        Mode::Resumed | Mode::ZeroRtt => Resumption::store(store),
     };
     config.enable_early_data = mode == Mode::ZeroRtt;
     Ok(Arc::new(config))
+}
+
+/// Creates `file`, then waits until it is gone or `deadline` passes.
+fn pause(file: &std::path::Path, deadline: Instant) -> Result<(), TtfbError> {
+    std::fs::write(file, b"primed\n").map_err(|e| {
+        TtfbError::Usage(format!(
+            "cannot create the pause file {}: {e}",
+            file.display()
+        ))
+    })?;
+    while file.exists() {
+        if Instant::now() >= deadline {
+            return Err(TtfbError::Usage(format!(
+                "the pause file {} was not removed within --max-seconds",
+                file.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// The probe's ticket store: once `frozen`, TLS 1.3 tickets the server sends are dropped (`--stash-only`).
+#[derive(Debug)]
+struct Stash {
+    store: TicketStore,
+    frozen: AtomicBool,
+}
+
+impl ClientSessionStore for Stash {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.store.set_kx_hint(server_name, group);
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        self.store.kx_hint(server_name)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.store.set_tls12_session(server_name, value);
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        self.store.tls12_session(server_name)
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        self.store.remove_tls12_session(server_name);
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        if !self.frozen.load(Ordering::Relaxed) {
+            self.store.insert_tls13_ticket(server_name, value);
+        }
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        self.store.take_tls13_ticket(server_name)
+    }
 }
 
 fn request(host: &str, path: &str) -> Vec<u8> {
@@ -338,6 +437,7 @@ fn one(
 
     let mut resent = false;
     let mut first_byte = None;
+    let mut handshake = None;
     let mut response = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {
@@ -362,6 +462,9 @@ fn one(
         let state = conn
             .process_new_packets()
             .map_err(|e| format!("{target}: TLS: {e}"))?;
+        if !conn.is_handshaking() {
+            handshake.get_or_insert_with(|| connected.elapsed());
+        }
         if state.plaintext_bytes_to_read() > 0 {
             first_byte.get_or_insert_with(|| connected.elapsed());
             loop {
@@ -387,6 +490,7 @@ fn one(
     Ok(Sample {
         connect_us: micros(connected - start),
         ttfb_us: micros(ttfb),
+        handshake_us: micros(handshake.unwrap_or(ttfb)),
         resumed: conn.handshake_kind() == Some(HandshakeKind::Resumed),
         early_sent,
         early_accepted: early_sent && conn.is_early_data_accepted(),
@@ -429,10 +533,10 @@ mod tests {
 
     #[test]
     fn a_zero_rtt_config_offers_early_data_and_a_full_one_no_resumption() {
-        let store = TicketStore::new(Scope::Sni);
-        let z = client_config(Mode::ZeroRtt, &store).expect("config");
+        let store = Arc::new(TicketStore::new(Scope::Sni));
+        let z = client_config(Mode::ZeroRtt, store.clone()).expect("config");
         assert!(z.enable_early_data);
-        let f = client_config(Mode::Full, &store).expect("config");
+        let f = client_config(Mode::Full, store).expect("config");
         assert!(!f.enable_early_data);
         assert_eq!(f.alpn_protocols, vec![b"http/1.1".to_vec()]);
     }

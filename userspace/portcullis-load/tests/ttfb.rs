@@ -121,6 +121,9 @@ fn args(target: SocketAddr, mode: Mode, samples: u32) -> TtfbArgs {
         timeout: 5.0,
         gap_ms: 0,
         capture: None,
+        primes: 1,
+        stash_only: false,
+        pause_file: None,
     }
 }
 
@@ -178,4 +181,42 @@ fn early_data_the_server_refuses_is_sent_again_after_the_handshake() {
         "{zero:?}"
     );
     assert_eq!(seen.early_requests.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn stash_only_samples_use_the_primed_tickets_after_the_pause() {
+    // rustls sends two tickets per handshake and the second priming connection resumes with one of the first's:
+    // three stashed, so six samples that keep none resume three times and then make full handshakes.
+    let (addr, _) = start(vec![Arc::new(server_config(16384))]);
+    let dir = std::env::temp_dir().join(format!("ttfb-stash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let pause = dir.join("pause");
+    let remover = {
+        let pause = pause.clone();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while !pause.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            std::fs::remove_file(&pause).expect("the probe created the pause file");
+        })
+    };
+    let mut a = args(addr, Mode::Resumed, 6);
+    a.primes = 2;
+    a.stash_only = true;
+    a.pause_file = Some(pause);
+    let report = ttfb::run(&a).expect("stash-only");
+    remover.join().expect("remover");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        (report.ok, report.resumed, report.primes),
+        (6, 3, 2),
+        "{report:?}"
+    );
+    assert!(
+        report
+            .samples
+            .iter()
+            .all(|s| s.handshake_us > 0 && s.handshake_us <= s.ttfb_us)
+    );
 }

@@ -16,7 +16,8 @@
 //!   (h1 with `wrk`, h2 with `h2load`, 1 KiB and 64 KiB) and TTFB of a new connection, full vs resumed.
 //! - [`zero_rtt`]: `bench zero-rtt`, client and servers in two namespaces with a delayed link (RTT 30 and
 //!   100 ms): TTFB full / resumed / 0-RTT (`portcullis-load ttfb`), and a captured 0-RTT flight replayed to
-//!   two instances sharing ticket keys: how many times the upstream got the request.
+//!   two instances sharing ticket keys: how many times the upstream got the request; then (`zero_rtt/store.rs`)
+//!   the session store's CPU per resumption, local vs Redis, and handshake p99 with redis-server stopped.
 //! - [`netns`]: the client and server namespaces of `zero-rtt` and the frame relay that delays the link between
 //!   them (this kernel has no `netem`).
 //! - [`flood`]: `bench flood` (root), legitimate handshakes at half load kept through spoofed SYN, junk and
