@@ -144,7 +144,8 @@ impl SessionStore {
         })
     }
 
-    /// Takes the session of `identity` from the store (single use), waiting at most `fetch_timeout`.
+    /// Takes the session of `identity` from the store (single use), waiting at most `fetch_timeout` (see
+    /// [`fetch_budget`]).
     /// Never fails: a slow or dead store is [`Lookup::Down`], counted by cause.
     pub async fn fetch(&self, identity: &[u8]) -> Lookup {
         let started = Instant::now();
@@ -176,12 +177,15 @@ impl SessionStore {
                     self.metrics.fetch("breaker_open", None);
                     return Lookup::Down;
                 }
-                let answer = tokio::time::timeout(self.fetch_timeout, async {
-                    if let Some(wait) = landing {
-                        wait.await;
-                    }
-                    redis.take(identity).await
-                })
+                let answer = tokio::time::timeout_at(
+                    tokio::time::Instant::from_std(started) + fetch_budget(self.fetch_timeout),
+                    async {
+                        if let Some(wait) = landing {
+                            wait.await;
+                        }
+                        redis.take(identity).await
+                    },
+                )
                 .await;
                 let lookup = match answer {
                     Ok(Ok(lookup)) => {
@@ -307,4 +311,14 @@ impl StoresServerSessions for SessionStore {
     fn can_cache(&self) -> bool {
         true
     }
+}
+
+/// tokio's timer fires on the first millisecond tick at or after a deadline, so a 5 ms timeout can wait
+/// almost 6 ms. `fetch_timeout` is a promise to the handshake ("at most this long"), so the deadline is set one
+/// tick early; a timeout of one tick stays one tick.
+const TIMER_TICK: Duration = Duration::from_millis(1);
+
+/// The deadline a fetch actually waits for, so that it ends within `fetch_timeout` of its start.
+fn fetch_budget(fetch_timeout: Duration) -> Duration {
+    fetch_timeout.saturating_sub(TIMER_TICK).max(TIMER_TICK)
 }
