@@ -1,6 +1,8 @@
 //! Real clients run from a test's network namespace.
 
+use std::io::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::netns::NetNsGuard;
@@ -70,4 +72,52 @@ pub fn rustls_establish(
         tls.conn.complete_io(&mut tls.sock).expect("handshake");
     }
     tls
+}
+
+/// One `openssl s_client` resumption run against `addr` (SNI `servername`, verified against `ca`), with `extra`
+/// arguments (e.g. `-alpn`), session arguments `sess` (`-sess_out` / `-sess_in`) and their `file`. With `early`,
+/// that file's bytes go as early data (`-early_data`) and stdin is closed; without, `request` is written on
+/// stdin. With `wait` it waits for the server to close (`-ign_eof`); without, it leaves once the handshake is
+/// reported. Returns stdout and stderr together, given up after 20 s.
+#[allow(clippy::too_many_arguments)]
+pub fn s_client_session(
+    ca: &Path,
+    addr: SocketAddr,
+    servername: &str,
+    extra: &[&str],
+    sess: &[&str],
+    file: &Path,
+    early: Option<&Path>,
+    request: &[u8],
+    wait: bool,
+) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["20", "openssl", "s_client", "-connect", &addr.to_string()])
+        .args(["-servername", servername, "-verify_return_error"]);
+    if wait {
+        cmd.arg("-ign_eof");
+    }
+    cmd.args(extra).arg("-CAfile").arg(ca).args(sess).arg(file);
+    if let Some(f) = early {
+        cmd.arg("-early_data").arg(f);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run openssl");
+    let stdin = child.stdin.take().expect("stdin");
+    if early.is_none() {
+        let mut stdin = stdin;
+        stdin.write_all(request).expect("write request");
+    } else {
+        drop(stdin);
+    }
+    let out = child.wait_with_output().expect("openssl output");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }

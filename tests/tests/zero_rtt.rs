@@ -10,10 +10,11 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use portcullis_tests::clients::s_client_session;
 use portcullis_tests::daemon::{Daemon, DaemonOptions, TempDir, binary};
 use portcullis_tests::pki::Pki;
 use portcullis_tests::redis::{RedisServer, require_redis};
@@ -505,35 +506,16 @@ fn s_client(
     early: Option<&Path>,
     wait: bool,
 ) -> String {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["20", "openssl", "s_client", "-connect", &addr.to_string()])
-        .args(["-servername", "ecdsa.test", "-verify_return_error"]);
-    if wait {
-        cmd.arg("-ign_eof");
-    }
-    cmd.arg("-CAfile").arg(ca).args(sess).arg(file);
-    if let Some(f) = early {
-        cmd.arg("-early_data").arg(f);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run openssl");
-    let stdin = child.stdin.take().expect("stdin");
-    if early.is_none() {
-        let mut stdin = stdin;
-        stdin
-            .write_all(&request("/openssl-full"))
-            .expect("write request");
-    } else {
-        drop(stdin);
-    }
-    let out = child.wait_with_output().expect("openssl output");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let request = request("/openssl-full");
+    s_client_session(
+        ca,
+        addr,
+        "ecdsa.test",
+        &[],
+        sess,
+        file,
+        early,
+        &request,
+        wait,
     )
 }

@@ -10,10 +10,11 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use portcullis_tests::clients::s_client_session;
 use portcullis_tests::daemon::{Daemon, DaemonOptions, TempDir, binary};
 use portcullis_tests::http_upstream::HttpUpstream;
 use portcullis_tests::pki::Pki;
@@ -728,39 +729,10 @@ fn s_client(
     ca: &Path,
     addr: SocketAddr,
     sess: &str,
-    file: &PathBuf,
+    file: &Path,
     early: Option<&Path>,
 ) -> String {
-    let mut cmd = Command::new("timeout");
-    cmd.args(["20", "openssl", "s_client", "-connect", &addr.to_string()])
-        .args(["-servername", NAME, "-verify_return_error", "-ign_eof"])
-        .args(["-alpn", "http/1.1"])
-        .arg("-CAfile")
-        .arg(ca)
-        .arg(sess)
-        .arg(file);
-    if let Some(f) = early {
-        cmd.arg("-early_data").arg(f);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run openssl");
-    let stdin = child.stdin.take().expect("stdin");
-    if early.is_none() {
-        let mut stdin = stdin;
-        stdin
-            .write_all(&get("/openssl-full", "Connection: close\r\n"))
-            .expect("write request");
-    } else {
-        drop(stdin);
-    }
-    let out = child.wait_with_output().expect("openssl output");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    let request = get("/openssl-full", "Connection: close\r\n");
+    let alpn = ["-alpn", "http/1.1"];
+    s_client_session(ca, addr, NAME, &alpn, &[sess], file, early, &request, true)
 }
