@@ -725,13 +725,7 @@ fn openssl_early_data_on_an_http_listener() {
 
 /// `openssl s_client` with a session file and, optionally, early data from a file; waits for the server to
 /// close after the response.
-fn s_client(
-    ca: &Path,
-    addr: SocketAddr,
-    sess: &str,
-    file: &Path,
-    early: Option<&Path>,
-) -> String {
+fn s_client(ca: &Path, addr: SocketAddr, sess: &str, file: &Path, early: Option<&Path>) -> String {
     let request = get("/openssl-full", "Connection: close\r\n");
     let alpn = ["-alpn", "http/1.1"];
     s_client_session(ca, addr, NAME, &alpn, &[sess], file, early, &request, true)

@@ -51,6 +51,8 @@ mod secret_file;
 mod seen_fingerprints;
 mod shutdown;
 mod steering;
+#[cfg(test)]
+mod test_tls;
 pub mod tickets;
 pub mod tls;
 mod tls_conn;

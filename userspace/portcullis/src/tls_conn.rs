@@ -226,36 +226,14 @@ impl io::Write for TcpWrite<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, ServerConfig};
     use std::io::{Read as _, Write as _};
     use std::sync::{Arc, mpsc};
 
     /// A server and a client configuration that trust each other (TLS 1.3, a fresh P-256 certificate).
     fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        let cert_der = CertificateDer::from(cert.der().to_vec());
-        let server = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert_der.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .expect("server config");
-        let mut roots = RootCertStore::empty();
-        roots.add(cert_der).expect("root");
-        let client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let (server, client) = crate::test_tls::tls13_pair();
         (Arc::new(server), Arc::new(client))
     }
 

@@ -208,9 +208,9 @@ mod tests {
     use crate::tickets::metrics::CacheCounters;
     use crate::tickets::session_store::SessionStoreConfig;
     use crate::tickets::session_store::metrics::StoreMetrics;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use rustls::pki_types::ServerName;
     use rustls::server::Acceptor;
-    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use rustls::{ClientConfig, ClientConnection};
     use std::io::Write;
 
     struct Fixture {
@@ -227,30 +227,8 @@ mod tests {
     }
 
     fn fixture_with(freshness: Duration, shedding: Option<Shedding>) -> Fixture {
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
-        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .expect("params")
-            .self_signed(&key)
-            .expect("cert");
-        let cert_der = CertificateDer::from(cert.der().to_vec());
-        let base = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![cert_der.clone()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
-            .expect("server config");
+        let (base, mut client) = crate::test_tls::tls13_pair();
         let base = Arc::new(base);
-        let mut roots = RootCertStore::empty();
-        roots.add(cert_der).expect("root");
-        let mut client = ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         client.enable_early_data = true;
         let metrics = StoreMetrics::new();
         let mut registry = prometheus_client::registry::Registry::default();
