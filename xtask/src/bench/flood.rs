@@ -33,7 +33,6 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -41,7 +40,7 @@ use serde_json::{Value, json};
 
 use super::Ctx;
 use super::certs::{self, Cert, KeyType};
-use super::load::LOAD_CPU;
+use super::load::{self, LOAD_CPU};
 use super::servers::{self, SERVER_CPU, Server, ServerKind};
 use sender::Mix;
 use topology::{SERVER_FOR_CLIENT, SERVER_FOR_FLOOD, Topology};
@@ -479,41 +478,21 @@ fn legit(
     json: &Path,
     args: &[String],
 ) -> Result<Value> {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", topo.client))
-        .arg("sh")
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 20000; exec taskset -c {LOAD_CPU} \"$@\""
-        ))
-        .arg("sh")
-        .arg(&ctx.load)
-        .args(["run", "--quiet", "--target"])
-        .arg(format!("{SERVER_FOR_CLIENT}:{}", server.port))
-        .arg("--json")
-        .arg(json)
-        .args(["--mix", MIX, "--timeout", &CLIENT_TIMEOUT_S.to_string()])
-        .args(topo.client_sources.iter().map(|a| format!("--source={a}")))
-        .args(args);
-    let line = format!(
-        "portcullis-load run --target {SERVER_FOR_CLIENT}:{} {}",
-        server.port,
-        args.join(" ")
-    );
-    eprintln!("+ {line}");
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot start {}", ctx.load.display()))?;
-    if !out.status.success() {
-        bail!(
-            "`{line}` failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text =
-        std::fs::read_to_string(json).with_context(|| format!("reading {}", json.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", json.display()))
+    let mut all = vec![
+        "--mix".to_owned(),
+        MIX.to_owned(),
+        "--timeout".to_owned(),
+        CLIENT_TIMEOUT_S.to_string(),
+    ];
+    all.extend(topo.client_sources.iter().map(|a| format!("--source={a}")));
+    all.extend_from_slice(args);
+    load::run_in(
+        ctx,
+        Some(&topo.client),
+        &format!("{SERVER_FOR_CLIENT}:{}", server.port),
+        json,
+        &all,
+    )
 }
 
 /// One progress line for a phase row.

@@ -13,22 +13,36 @@ pub const LOAD_CPU: &str = "1";
 
 /// Runs `portcullis-load run --quiet --json <json> <args>` against 127.0.0.1:`port` and returns the report.
 pub fn run(ctx: &Ctx, port: u16, json: &Path, args: &[String]) -> Result<Value> {
-    let mut cmd = Command::new("sh");
+    run_in(ctx, None, &format!("127.0.0.1:{port}"), json, args)
+}
+
+/// [`run`] against `target`, from inside the network namespace `netns` (a name under /run/netns) when given.
+pub fn run_in(
+    ctx: &Ctx,
+    netns: Option<&str>,
+    target: &str,
+    json: &Path,
+    args: &[String],
+) -> Result<Value> {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net=/run/netns/{ns}")).arg("sh");
+            cmd
+        }
+        None => Command::new("sh"),
+    };
     cmd.arg("-c")
         .arg(format!(
             "ulimit -n 20000; exec taskset -c {LOAD_CPU} \"$@\""
         ))
         .arg("sh")
         .arg(&ctx.load)
-        .args(["run", "--quiet", "--target"])
-        .arg(format!("127.0.0.1:{port}"))
+        .args(["run", "--quiet", "--target", target])
         .arg("--json")
         .arg(json)
         .args(args);
-    let line = format!(
-        "portcullis-load run --target 127.0.0.1:{port} {}",
-        args.join(" ")
-    );
+    let line = format!("portcullis-load run --target {target} {}", args.join(" "));
     eprintln!("+ {line}");
     let out = cmd
         .output()
