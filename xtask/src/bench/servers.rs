@@ -115,40 +115,57 @@ pub fn start_on(
     extra: &[String],
     host: &str,
 ) -> Result<Server> {
-    let dir = ctx.out.join(label);
-    std::fs::create_dir_all(&dir)?;
+    launch_in(
+        ctx,
+        kind,
+        &ctx.out.join(label),
+        |dir, port, metrics_port| {
+            Ok(match kind {
+                ServerKind::Portcullis => (
+                    ctx.daemon.clone(),
+                    portcullis_args(host, port, metrics_port, cert, dir)
+                        .into_iter()
+                        .chain(portcullis_config.map(|c| format!("--config={}", c.display())))
+                        .chain(extra.iter().cloned())
+                        .collect(),
+                ),
+                ServerKind::Nginx => {
+                    let conf = dir.join("nginx.conf");
+                    std::fs::write(&conf, nginx_conf(dir, host, port, cert, ctx.hold))?;
+                    (PathBuf::from("/usr/sbin/nginx"), nginx_args(&conf, dir))
+                }
+                ServerKind::Haproxy => {
+                    let conf = dir.join("haproxy.cfg");
+                    std::fs::write(&conf, haproxy_conf(dir, host, port, cert, ctx.hold))?;
+                    (PathBuf::from("/usr/sbin/haproxy"), haproxy_args(&conf))
+                }
+            })
+        },
+    )
+}
+
+/// Creates `dir`, picks a free port (and a metrics port for portcullis), builds the program and its arguments
+/// with `build(dir, port, metrics_port)`, and launches it on [`SERVER_CPU`] in this namespace.
+fn launch_in(
+    ctx: &Ctx,
+    kind: ServerKind,
+    dir: &Path,
+    build: impl FnOnce(&Path, u16, Option<u16>) -> Result<(PathBuf, Vec<String>)>,
+) -> Result<Server> {
+    std::fs::create_dir_all(dir)?;
     let port = free_port()?;
     let metrics_port = match kind {
         ServerKind::Portcullis => Some(free_port()?),
         _ => None,
     };
-    let (program, args): (PathBuf, Vec<String>) = match kind {
-        ServerKind::Portcullis => (
-            ctx.daemon.clone(),
-            portcullis_args(host, port, metrics_port, cert, &dir)
-                .into_iter()
-                .chain(portcullis_config.map(|c| format!("--config={}", c.display())))
-                .chain(extra.iter().cloned())
-                .collect(),
-        ),
-        ServerKind::Nginx => {
-            let conf = dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_conf(&dir, host, port, cert, ctx.hold))?;
-            (PathBuf::from("/usr/sbin/nginx"), nginx_args(&conf, &dir))
-        }
-        ServerKind::Haproxy => {
-            let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, haproxy_conf(&dir, host, port, cert, ctx.hold))?;
-            (PathBuf::from("/usr/sbin/haproxy"), haproxy_args(&conf))
-        }
-    };
+    let (program, args) = build(dir, port, metrics_port)?;
     launch(
         kind,
         SERVER_CPU,
         nofile(ctx),
         &program,
         &args,
-        &dir,
+        dir,
         port,
         metrics_port,
         None,
@@ -162,47 +179,32 @@ pub fn start_on(
 /// portcullis adds, and none logs requests, so they do the same work per request.
 pub fn start_http(ctx: &Ctx, kind: ServerKind, cert: &Cert, upstream: u16) -> Result<Server> {
     let dir = ctx.out.join(format!("{}-http", kind.name()));
-    std::fs::create_dir_all(&dir)?;
-    let port = free_port()?;
-    let metrics_port = match kind {
-        ServerKind::Portcullis => Some(free_port()?),
-        _ => None,
-    };
-    let (program, args): (PathBuf, Vec<String>) = match kind {
-        ServerKind::Portcullis => (
-            ctx.daemon.clone(),
-            portcullis_args("127.0.0.1", port, metrics_port, cert, &dir)
-                .into_iter()
-                .chain([
-                    "--mode".into(),
-                    "http".into(),
-                    "--upstream".into(),
-                    format!("127.0.0.1:{upstream}"),
-                ])
-                .collect(),
-        ),
-        ServerKind::Nginx => {
-            let conf = dir.join("nginx.conf");
-            std::fs::write(&conf, nginx_http_conf(&dir, port, cert, upstream))?;
-            (PathBuf::from("/usr/sbin/nginx"), nginx_args(&conf, &dir))
-        }
-        ServerKind::Haproxy => {
-            let conf = dir.join("haproxy.cfg");
-            std::fs::write(&conf, haproxy_http_conf(&dir, port, cert, upstream))?;
-            (PathBuf::from("/usr/sbin/haproxy"), haproxy_args(&conf))
-        }
-    };
-    launch(
-        kind,
-        SERVER_CPU,
-        nofile(ctx),
-        &program,
-        &args,
-        &dir,
-        port,
-        metrics_port,
-        None,
-    )
+    launch_in(ctx, kind, &dir, |dir, port, metrics_port| {
+        Ok(match kind {
+            ServerKind::Portcullis => (
+                ctx.daemon.clone(),
+                portcullis_args("127.0.0.1", port, metrics_port, cert, dir)
+                    .into_iter()
+                    .chain([
+                        "--mode".into(),
+                        "http".into(),
+                        "--upstream".into(),
+                        format!("127.0.0.1:{upstream}"),
+                    ])
+                    .collect(),
+            ),
+            ServerKind::Nginx => {
+                let conf = dir.join("nginx.conf");
+                std::fs::write(&conf, nginx_http_conf(dir, port, cert, upstream))?;
+                (PathBuf::from("/usr/sbin/nginx"), nginx_args(&conf, dir))
+            }
+            ServerKind::Haproxy => {
+                let conf = dir.join("haproxy.cfg");
+                std::fs::write(&conf, haproxy_http_conf(dir, port, cert, upstream))?;
+                (PathBuf::from("/usr/sbin/haproxy"), haproxy_args(&conf))
+            }
+        })
+    })
 }
 
 /// Starts the upstream the HTTP benchmark's servers share: nginx serving plain HTTP/1.1 on a free loopback port
