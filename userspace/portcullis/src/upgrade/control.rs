@@ -280,14 +280,7 @@ impl Handoff {
                 "uid {} may not take over this daemon's sockets: run `portcullis upgrade` as root or as uid {me}",
                 creds.uid()
             );
-            let _ = protocol::send(
-                conn.as_fd(),
-                &Message::Refused {
-                    reason: reason.clone(),
-                },
-                None,
-                peer,
-            );
+            refuse(conn.as_fd(), peer, &reason);
             anyhow::bail!("refused pid {}: {reason}", creds.pid());
         }
         match protocol::receive(conn.as_fd(), peer)?.0 {
@@ -297,14 +290,7 @@ impl Handoff {
                     "protocol version {version} from pid {pid}, this daemon speaks {}: upgrade with a restart",
                     protocol::VERSION
                 );
-                let _ = protocol::send(
-                    conn.as_fd(),
-                    &Message::Refused {
-                        reason: reason.clone(),
-                    },
-                    None,
-                    peer,
-                );
+                refuse(conn.as_fd(), peer, &reason);
                 anyhow::bail!(reason);
             }
             other => anyhow::bail!("{peer} opened with {other:?} instead of hello"),
@@ -321,14 +307,7 @@ impl Handoff {
             .clone();
         let Some(offered) = offered else {
             let reason = "this daemon is draining; start the new version normally".to_owned();
-            let _ = protocol::send(
-                conn.as_fd(),
-                &Message::Refused {
-                    reason: reason.clone(),
-                },
-                None,
-                peer,
-            );
+            refuse(conn.as_fd(), peer, &reason);
             anyhow::bail!(reason);
         };
         let mut offer = offered.offer.clone();
@@ -337,14 +316,7 @@ impl Handoff {
                 Ok(links) => offer.xdp = Some(links),
                 Err(e) => {
                     let reason = format!("cannot pin the XDP links for the successor: {e:#}");
-                    let _ = protocol::send(
-                        conn.as_fd(),
-                        &Message::Refused {
-                            reason: reason.clone(),
-                        },
-                        None,
-                        peer,
-                    );
+                    refuse(conn.as_fd(), peer, &reason);
                     anyhow::bail!(reason);
                 }
             }
@@ -389,4 +361,16 @@ impl Handoff {
         );
         Ok(())
     }
+}
+
+/// Tells a successor why it is refused (best effort: it may be gone); the caller fails with the same reason.
+fn refuse(conn: std::os::fd::BorrowedFd<'_>, peer: &'static str, reason: &str) {
+    let _ = protocol::send(
+        conn,
+        &Message::Refused {
+            reason: reason.to_owned(),
+        },
+        None,
+        peer,
+    );
 }
