@@ -141,6 +141,20 @@ async fn text(resp: Response<hyper::body::Incoming>) -> (StatusCode, String) {
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// `portcullis_http_requests_total` of HTTP/1.1 GETs answered 2xx on fully handshaken connections.
+fn h1_gets_ok(metrics: &str) -> f64 {
+    metric_value(
+        metrics,
+        "portcullis_http_requests_total",
+        &[
+            ("protocol", "h1"),
+            ("method", "GET"),
+            ("code", "2xx"),
+            ("handshake", "full"),
+        ],
+    )
+}
+
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -185,16 +199,7 @@ fn h1_keep_alive_serves_several_requests_on_one_connection_over_a_pooled_upstrea
     let m = bed.metrics();
     let accepted = metric_value(&m, "portcullis_connections_accepted_total", &[]);
     assert_eq!(accepted, 1.0, "five requests on one client connection");
-    let requests = metric_value(
-        &m,
-        "portcullis_http_requests_total",
-        &[
-            ("protocol", "h1"),
-            ("method", "GET"),
-            ("code", "2xx"),
-            ("handshake", "full"),
-        ],
-    );
+    let requests = h1_gets_ok(&m);
     assert_eq!(requests, 5.0);
     // The worker's pool kept the upstream connection: one connect, four reuses.
     assert_eq!(bed.upstream.connections(), 1, "upstream connections");
@@ -928,15 +933,6 @@ fn parked_h1_connections_serve_their_next_request_and_time_out_a_stalled_head() 
     let m = bed.metrics();
     let accepted = metric_value(&m, "portcullis_connections_accepted_total", &[]);
     assert_eq!(accepted, 1.0, "every request on one client connection");
-    let requests = metric_value(
-        &m,
-        "portcullis_http_requests_total",
-        &[
-            ("protocol", "h1"),
-            ("method", "GET"),
-            ("code", "2xx"),
-            ("handshake", "full"),
-        ],
-    );
+    let requests = h1_gets_ok(&m);
     assert_eq!(requests, 4.0);
 }
