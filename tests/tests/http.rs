@@ -455,6 +455,50 @@ fn connect_is_refused_with_405_and_never_reaches_the_upstream() {
     });
 }
 
+/// An upstream that speaks HTTP/1.0 only: one response per connection, then close.
+fn http10_upstream() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(16) {
+            let Ok(mut stream) = stream else { return };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                match std::io::Read::read(&mut stream, &mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            let _ = std::io::Write::write_all(
+                &mut stream,
+                b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn an_http10_upstream_is_answered_as_http11_and_keeps_the_client_connection() {
+    let bed = Bed::start_with("", Some(http10_upstream()));
+    rt().block_on(async {
+        let mut tls = bed.tls(&[b"http/1.1"]).await;
+        for path in ["/one", "/two"] {
+            tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: {NAME}\r\n\r\n").as_bytes())
+                .await
+                .expect("write: the connection stays open after the first answer");
+            let answer = read_until(&mut tls, "hello", Duration::from_secs(10)).await;
+            // RFC 9110 §6.2: an intermediary sends its own version, not the upstream's.
+            assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+            assert!(
+                !answer.to_ascii_lowercase().contains("connection: close"),
+                "{path}: {answer}"
+            );
+        }
+    });
+}
+
 #[test]
 fn limits_answer_431_and_408() {
     let bed = Bed::start(

@@ -100,9 +100,13 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
             let (mut parts, body) = a.response.into_parts();
             let upgrade = parts.status == StatusCode::SWITCHING_PROTOCOLS;
             headers::remove_hop_by_hop(&mut parts.headers, upgrade);
-            if protocol == "h2" {
-                parts.version = Version::HTTP_2;
-            }
+            // Our own version towards the client, whatever the upstream spoke (RFC 9110 §6.2): an
+            // HTTP/1.0 upstream's version would also make hyper drop the client's keep-alive.
+            parts.version = if protocol == "h2" {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
             (
                 Response::from_parts(parts, body.boxed()),
                 Some(a.upstream),
