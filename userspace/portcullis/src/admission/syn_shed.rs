@@ -85,6 +85,15 @@ impl SynShedLoop {
         }
     }
 
+    /// Sets the interval, the largest fraction to drop and the retry hold (a reload), keeping the fraction kept
+    /// now (within the new bound) and the counts of the current interval.
+    pub fn set_params(&mut self, interval: Duration, max_shed: f64, retry_hold: Duration) {
+        self.interval = interval;
+        self.max_shed = max_shed.clamp(0.0, 1.0);
+        self.keep = self.keep.max(1.0 - self.max_shed);
+        self.retry_hold = retry_hold;
+    }
+
     /// The fraction of new SYNs to drop now, in parts per million.
     pub fn ppm(&self) -> u32 {
         // `keep` is within [1 - max_shed, 1], so the product is within [0, 1e6].
