@@ -278,12 +278,14 @@ pub fn run(
         &certs,
     );
     let hangups = shutdown::hangups().context("cannot install the SIGHUP handler")?;
+    let usr2 = shutdown::usr2().context("cannot install the SIGUSR2 handler")?;
     rt.block_on(async {
         let watcher = tokio::spawn(shutdown::watch_signals(
             phase_tx.clone(),
             drain_timeout.clone(),
         ));
         let reloads = tokio::spawn(reloader.run(hangups));
+        let usr2 = tokio::spawn(shutdown::explain_usr2(usr2));
         let mut phase = phase_rx.clone();
         // With fleet tickets, not ready until a valid key set is loaded (or a signal stops us first).
         if let Some(mut loaded) = tickets.keys_loaded()
@@ -320,6 +322,7 @@ pub fn run(
         let _ = joined.await;
         watcher.abort();
         reloads.abort();
+        usr2.abort();
     });
     let xdp_guard = xdp_guard.lock().ok().and_then(|mut g| g.take());
     if handed_over.load(Ordering::Acquire) {

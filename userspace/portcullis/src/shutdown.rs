@@ -7,6 +7,8 @@
 //! - **SIGUSR1**: reopen a file access log (`http::AccessLog::reopen_on_sigusr1`), watched only when it is on.
 //! - **SIGHUP** (`systemctl reload`): reload the configuration and certificates (`reload` module); the daemon
 //!   goes on serving, whatever the outcome.
+//! - **SIGUSR2** (nginx's upgrade signal): logged and ignored, not the default action (exit without a drain).
+//!   The running daemon keeps no capability to start a successor with: `portcullis upgrade` does it.
 //!
 //! In both cases XDP is detached and pins removed before exit, so no program is left attached to an interface
 //! without a daemon behind it.
@@ -64,6 +66,24 @@ impl DrainTimeout {
 /// When the signal handler cannot be installed.
 pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
     signal(SignalKind::hangup())
+}
+
+/// The SIGUSR2 stream, for [`explain_usr2`]; installing it stops SIGUSR2 from killing the process.
+///
+/// # Errors
+/// When the signal handler cannot be installed.
+pub fn usr2() -> std::io::Result<tokio::signal::unix::Signal> {
+    signal(SignalKind::user_defined2())
+}
+
+/// Answers each SIGUSR2 with a warning that says how to upgrade.
+pub async fn explain_usr2(mut usr2: tokio::signal::unix::Signal) {
+    while usr2.recv().await.is_some() {
+        tracing::warn!(
+            "SIGUSR2 ignored: this daemon has no privilege left to start its successor; upgrade with \
+             `portcullis upgrade -- <the flags of portcullis run>` (README \"Upgrade\")"
+        );
+    }
 }
 
 /// Waits for signals and moves `phase` along. Returns once the phase is `Stop` or drain was requested and

@@ -643,6 +643,36 @@ mod tests {
         assert_eq!(a.advance_to_now(), State::Shedding);
     }
 
+    /// A reload's parameters apply to the next decision; the controller's state is kept.
+    #[tokio::test(start_paused = true)]
+    async fn new_parameters_apply_in_place_and_keep_what_was_measured() {
+        let a = admission(1000);
+        shed_full_handshakes(&a).await;
+        let config = AdmissionConfig {
+            target: Duration::from_millis(9),
+            max_in_flight_per_worker: 1,
+            ..AdmissionConfig::default()
+        };
+        a.set_params(&config, EngineBounds::NONE);
+        assert_eq!(a.advance_to_now(), State::Shedding, "the state is kept");
+        assert_eq!(a.params().target, Duration::from_millis(9));
+        let admitted = a
+            .admit(HandshakeClass::Tls13Psk)
+            .expect("a resumption while shedding");
+        a.release(admitted.cost);
+        assert_eq!(
+            admitted.max_wait,
+            Some(Duration::from_millis(9)),
+            "the new target bounds the wait"
+        );
+        IN_FLIGHT.set(1);
+        assert_eq!(
+            a.admit(HandshakeClass::Tls13Psk),
+            Err(ShedReason::InFlightLimit)
+        );
+        IN_FLIGHT.set(0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn shedding_drops_full_handshakes_but_admits_resumptions() {
         let a = admission(1000);

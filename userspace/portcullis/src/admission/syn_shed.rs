@@ -208,6 +208,16 @@ mod tests {
     }
 
     #[test]
+    fn a_lower_maximum_set_during_a_storm_bounds_the_fraction_at_once() {
+        let mut now = Instant::now();
+        let mut l = SynShedLoop::new(MS100, 0.99, HOLD, now);
+        assert_eq!(interval(&mut l, &mut now, 1000, 100), 875_000);
+        l.set_params(MS100, 0.5, HOLD);
+        assert_eq!(l.ppm(), 500_000, "the new maximum, not the storm's 87.5%");
+        assert!(interval(&mut l, &mut now, 1000, 100) <= 500_000);
+    }
+
+    #[test]
     fn a_few_resets_at_half_load_do_not_start_shedding() {
         let mut now = Instant::now();
         let mut l = SynShedLoop::new(MS100, 0.95, HOLD, now);
