@@ -71,6 +71,9 @@ pub fn run(
     // Resolved first: a user that does not exist is a configuration error, found before anything starts.
     let identity = crate::process::Identity::resolve(&config.process)
         .map_err(|e| RunError::Config(format!("{e:#}")))?;
+    if let Some(id) = &identity {
+        crate::secret_file::set_daemon_user(id.uid.as_raw());
+    }
     let provider = tls::provider();
     let certs = tls::load_certificates(&config.tls, &state_dir, &provider)
         .map_err(|e| RunError::Config(e.to_string()))?;
