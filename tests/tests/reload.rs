@@ -632,3 +632,109 @@ fn sighup_sends_new_http_connections_to_a_new_upstream_while_a_kept_alive_one_st
     drop((kept, new));
     d.stop_ok();
 }
+
+/// Full handshakes to `d`, one after another, each closed once established.
+fn handshakes(pki: &Pki, d: &Daemon, n: usize) {
+    for _ in 0..n {
+        let tcp = std::net::TcpStream::connect(d.addr()).expect("connect");
+        drop(clients::rustls_establish(pki, tcp));
+    }
+}
+
+/// SIGHUP applies `[engine] inline_when_idle` (the next handshakes go to a crypto thread: the inline counter
+/// stops), `[admission]` (the running admission control's parameters: `portcullis_admission_setting`) and
+/// `[shutdown] drain_timeout` (a drain with a connection open ends after the reloaded 1 s, not the 60 s of the
+/// start); `engine.ring_depth`, which needs new rings, is refused by name. SIGUSR2 does not kill the daemon.
+#[test]
+fn sighup_applies_engine_admission_and_shutdown_knobs_and_refuses_the_ring_depth() {
+    let dir = TempDir::new("reload-knobs").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let knobs = |inline: bool, target: &str, drain: &str| {
+        format!(
+            "{}\n[engine]\ninline_when_idle = {inline}\n[admission]\ntarget = \"{target}\"\n\
+             max_in_flight_per_worker = 64\n[shutdown]\ndrain_timeout = \"{drain}\"\n",
+            pki.tls_section("")
+        )
+    };
+    let d = Daemon::start(DaemonOptions {
+        config_toml: Some(knobs(true, "5ms", "60s")),
+        ..Default::default()
+    })
+    .expect("daemon starts");
+    let inline = |d: &Daemon| {
+        d.metric("portcullis_engine_idle_inline_total", &[])
+            .expect("metrics")
+    };
+    let setting = |d: &Daemon, field: &str| {
+        d.metric("portcullis_admission_setting", &[("field", field)])
+            .expect("metrics")
+    };
+    handshakes(&pki, &d, 3);
+    let before = inline(&d);
+    assert!(before >= 1.0, "an idle engine ran no step inline");
+    assert!((setting(&d, "target") - 0.005).abs() < 1e-9);
+    assert_eq!(setting(&d, "max_in_flight_per_worker"), 64.0);
+
+    let config = d.dir().join("portcullis.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let changed = text
+        .replace("inline_when_idle = true", "inline_when_idle = false")
+        .replace("target = \"5ms\"", "target = \"7ms\"")
+        .replace(
+            "max_in_flight_per_worker = 64",
+            "max_in_flight_per_worker = 9",
+        )
+        .replace("drain_timeout = \"60s\"", "drain_timeout = \"1s\"");
+    assert_ne!(changed, text, "the knobs are in the daemon's config");
+    std::fs::write(&config, &changed).expect("write");
+    d.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_reloads(&d, "ok", 1.0);
+    handshakes(&pki, &d, 3);
+    assert_eq!(
+        inline(&d),
+        before,
+        "inline_when_idle = false still ran inline"
+    );
+    assert!((setting(&d, "target") - 0.007).abs() < 1e-9);
+    assert_eq!(setting(&d, "max_in_flight_per_worker"), 9.0);
+
+    // New rings need a restart: named, the rest applies.
+    std::fs::write(
+        &config,
+        changed.replace("[engine]\n", "[engine]\nring_depth = 64\n"),
+    )
+    .expect("write");
+    d.signal(Signal::SIGHUP).expect("SIGHUP");
+    wait_reloads(&d, "partial", 1.0);
+    assert!(
+        d.stderr().contains("need a restart") && d.stderr().contains("engine.ring_depth"),
+        "the refused field is not named:\n{}",
+        d.stderr()
+    );
+
+    // SIGUSR2 (nginx's upgrade signal) neither upgrades nor kills: it says how to upgrade.
+    d.signal(Signal::SIGUSR2).expect("SIGUSR2");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.stderr().contains("SIGUSR2 ignored") {
+        assert!(
+            Instant::now() < deadline,
+            "SIGUSR2 not answered:\n{}",
+            d.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.stderr().contains("portcullis upgrade"));
+    handshakes(&pki, &d, 1);
+
+    // A connection open through SIGTERM holds the drain for the reloaded 1 s, not 60 s.
+    let tcp = std::net::TcpStream::connect(d.addr()).expect("connect");
+    let _open = clients::rustls_establish(&pki, tcp);
+    let stopping = Instant::now();
+    let status = d.stop_with(Signal::SIGTERM).expect("exits within 30 s");
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(20),
+        "drained for {took:?} with drain_timeout reloaded to 1 s"
+    );
+}

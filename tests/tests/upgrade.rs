@@ -224,7 +224,8 @@ trait ReadWrite: Read + Write {}
 impl<T: Read + Write> ReadWrite for T {}
 
 /// Installs generation `g`'s certificate where the config points.
-fn install(pki: &Pki, cert: &Path, key: &Path) {
+/// Installs `pki`'s ECDSA pair as the served one, owned by `user` when given (the daemon reloads as that user).
+fn install(pki: &Pki, cert: &Path, key: &Path, user: Option<u32>) {
     // Write-then-rename: a reload never reads half a file.
     let tmp_c = cert.with_extension("tmp");
     let tmp_k = key.with_extension("tmpk");
@@ -232,6 +233,16 @@ fn install(pki: &Pki, cert: &Path, key: &Path) {
     std::fs::copy(&pki.ecdsa.1, &tmp_k).expect("copy key");
     std::fs::set_permissions(&tmp_k, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod key");
+    if let Some(id) = user {
+        for f in [&tmp_c, &tmp_k] {
+            nix::unistd::chown(
+                f,
+                Some(nix::unistd::Uid::from_raw(id)),
+                Some(nix::unistd::Gid::from_raw(id)),
+            )
+            .expect("chown");
+        }
+    }
     std::fs::rename(&tmp_k, key).expect("rename key");
     std::fs::rename(&tmp_c, cert).expect("rename cert");
 }
@@ -344,6 +355,15 @@ impl Drop for Successors {
     }
 }
 
+/// Sets its flag when dropped, also while unwinding.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 fn alive(pid: i32) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
@@ -353,12 +373,42 @@ fn alive(pid: i32) -> bool {
         })
 }
 
+/// `nobody` on Debian; numeric, so the test does not depend on the passwd file.
+const NOBODY: u32 = 65534;
+
 #[test]
 fn three_reloads_and_three_upgrades_under_load_lose_nothing() {
     if !require_root("three_reloads_and_three_upgrades_under_load_lose_nothing") {
         return;
     }
-    let bed = XdpTestbed::builder("upgrade")
+    reloads_and_upgrades_under_load("upgrade", None, |_| {});
+}
+
+/// README's privilege model: each daemon runs as `[process] user` with no capability once started, so the old
+/// daemon hands over as that user (its control socket, the XDP link pins, its drain), and every successor,
+/// started as root by `portcullis upgrade`, ends as the same user with the same empty capability sets.
+#[test]
+fn an_unprivileged_daemon_hands_over_to_successors_that_drop_to_the_same_user() {
+    if !require_root("an_unprivileged_daemon_hands_over_to_successors_that_drop_to_the_same_user") {
+        return;
+    }
+    reloads_and_upgrades_under_load("upgrade-user", Some(NOBODY), |pid| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let s = portcullis::process::Status::parse(&text);
+        assert_eq!(s.uid, Some(NOBODY), "daemon {pid}: {s:?}");
+        assert_eq!(s.gid, Some(NOBODY), "daemon {pid}: {s:?}");
+        assert_eq!(s.cap_eff, Some(0), "daemon {pid} CapEff: {s:?}");
+        assert_eq!(s.cap_prm, Some(0), "daemon {pid} CapPrm: {s:?}");
+        assert_eq!(s.cap_bnd, Some(0), "daemon {pid} CapBnd: {s:?}");
+        assert_eq!(s.no_new_privs, Some(true), "daemon {pid}: {s:?}");
+    });
+}
+
+/// Paced handshakes and streams while the daemon gets 3 reloads with a new certificate and 3 upgrades; the
+/// daemons run as `user` (`[process] user` and group) when given, else as root. `check` is called with each
+/// daemon's pid once it serves. Panics on any loss.
+fn reloads_and_upgrades_under_load(tag: &str, user: Option<u32>, check: impl Fn(i32)) {
+    let bed = XdpTestbed::builder(tag)
         .extra_client_addrs(1)
         .build()
         .expect("testbed");
@@ -378,12 +428,17 @@ fn three_reloads_and_three_upgrades_under_load_lose_nothing() {
         confirmed: AtomicUsize::new(0),
     };
     let (cert, key) = (dir.path().join("served.pem"), dir.path().join("served.key"));
-    install(&pkis[0], &cert, &key);
-    let control = dir.path().join("control.sock");
+    install(&pkis[0], &cert, &key, user);
+    // In a directory the daemon creates and gives to its user (as systemd's `RuntimeDirectory=`), so an
+    // unprivileged successor can move its socket there.
+    let control = dir.path().join("run/control.sock");
+    let process = user
+        .map(|id| format!("\n[process]\nuser = \"{id}\"\ngroup = \"{id}\"\n"))
+        .unwrap_or_default();
     let config_toml = format!(
         "workers = 2\n[[tls.certificates]]\ncert = {cert:?}\nkey = {key:?}\n\n[[listeners]]\naddress = \"{addr}:0\"\n\n\
          [metrics]\naddress = \"127.0.0.1:0\"\n\n[shutdown]\ndrain_timeout = \"120s\"\n\n\
-         [xdp]\ninterfaces = [\"{iface}\"]\npin_dir = {pins:?}\n",
+         [xdp]\ninterfaces = [\"{iface}\"]\npin_dir = {pins:?}\n{process}",
         addr = bed.veth.b.addr,
         iface = bed.veth.b.name,
         pins = bed.pin_dir.path(),
@@ -406,6 +461,12 @@ fn three_reloads_and_three_upgrades_under_load_lose_nothing() {
     ];
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    // Successors announce after dropping to `user`, as to systemd's world-writable notify socket.
+    std::fs::set_permissions(
+        &notify_path,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod notify socket");
     notify
         .set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
@@ -420,6 +481,7 @@ fn three_reloads_and_three_upgrades_under_load_lose_nothing() {
     let tally = Tally::default();
     let stop = AtomicBool::new(false);
     let mut pids = vec![first.pid().map(|p| p as i32).expect("pid")];
+    check(pids[0]);
     let mut successors = Successors(Vec::new());
     std::thread::scope(|scope| {
         let load = scope.spawn(|| {
@@ -436,9 +498,11 @@ fn three_reloads_and_three_upgrades_under_load_lose_nothing() {
                 })
                 .expect("client namespace");
         });
+        // A failed assertion below stops the load, so the scope can join its threads and the panic surfaces.
+        let _stop_on_panic = StopOnDrop(&stop);
         std::thread::sleep(Duration::from_secs(2));
         for (round, pki) in pkis.iter().enumerate().skip(1) {
-            install(pki, &cert, &key);
+            install(pki, &cert, &key, user);
             let current = *pids.last().expect("a daemon");
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(current), Signal::SIGHUP)
                 .expect("SIGHUP");
@@ -448,6 +512,7 @@ fn three_reloads_and_three_upgrades_under_load_lose_nothing() {
             assert_ne!(pid, current, "the upgrade must start a new process");
             pids.push(pid);
             successors.0.push(pid);
+            check(pid);
             std::thread::sleep(Duration::from_secs(2));
         }
         stop.store(true, Ordering::Relaxed);

@@ -71,6 +71,9 @@ pub fn run(
     // Resolved first: a user that does not exist is a configuration error, found before anything starts.
     let identity = crate::process::Identity::resolve(&config.process)
         .map_err(|e| RunError::Config(format!("{e:#}")))?;
+    if let Some(id) = &identity {
+        crate::secret_file::set_daemon_user(id.uid.as_raw());
+    }
     let provider = tls::provider();
     let certs = tls::load_certificates(&config.tls, &state_dir, &provider)
         .map_err(|e| RunError::Config(e.to_string()))?;
@@ -143,10 +146,11 @@ pub fn run(
             syn_shed,
         ));
     });
-    let (engine, admission): (Arc<dyn HandshakeEngine>, _) = match engine {
+    let (engine, admission, engine_knobs): (Arc<dyn HandshakeEngine>, _, _) = match engine {
         Some(built) => built?,
-        None => (Arc::new(InlineEngine), None),
+        None => (Arc::new(InlineEngine), None, None),
     };
+    let admission_live = admission.clone();
 
     let ready = Arc::new(AtomicBool::new(false));
     let admin_socket = inherited
@@ -231,12 +235,14 @@ pub fn run(
     }
     let xdp_guard = Arc::new(std::sync::Mutex::new(xdp_guard));
     let handed_over = Arc::new(AtomicBool::new(false));
+    // Read when a drain starts, set by a reload.
+    let drain_timeout = shutdown::DrainTimeout::new(config.shutdown.drain_timeout);
     let handoff = control.as_ref().and_then(|control| {
         serve_handoff(
             control,
             offered,
             &xdp_guard,
-            &config,
+            &drain_timeout,
             &phase_tx,
             &handed_over,
             admin_task.abort_handle(),
@@ -255,7 +261,6 @@ pub fn run(
     };
 
     // Until a signal says stop and the workers are done.
-    let drain_timeout = config.shutdown.drain_timeout;
     let reloader = crate::reload::Reloader::new(
         config.clone(),
         load,
@@ -269,13 +274,21 @@ pub fn run(
             slots,
             xdp: xdp_config_map,
             limits: limits.clone(),
+            drain_timeout: drain_timeout.clone(),
+            engine: engine_knobs,
+            admission: admission_live,
         },
         &certs,
     );
     let hangups = shutdown::hangups().context("cannot install the SIGHUP handler")?;
+    let usr2 = shutdown::usr2().context("cannot install the SIGUSR2 handler")?;
     rt.block_on(async {
-        let watcher = tokio::spawn(shutdown::watch_signals(phase_tx.clone(), drain_timeout));
+        let watcher = tokio::spawn(shutdown::watch_signals(
+            phase_tx.clone(),
+            drain_timeout.clone(),
+        ));
         let reloads = tokio::spawn(reloader.run(hangups));
+        let usr2 = tokio::spawn(shutdown::explain_usr2(usr2));
         let mut phase = phase_rx.clone();
         // With fleet tickets, not ready until a valid key set is loaded (or a signal stops us first).
         if let Some(mut loaded) = tickets.keys_loaded()
@@ -312,6 +325,7 @@ pub fn run(
         let _ = joined.await;
         watcher.abort();
         reloads.abort();
+        usr2.abort();
     });
     let xdp_guard = xdp_guard.lock().ok().and_then(|mut g| g.take());
     if handed_over.load(Ordering::Acquire) {
@@ -680,7 +694,7 @@ fn serve_handoff(
     control: &crate::upgrade::ControlSocket,
     offered: Option<crate::upgrade::Offered>,
     xdp_guard: &Arc<std::sync::Mutex<Option<xdp::XdpGuard>>>,
-    config: &Config,
+    drain_timeout: &shutdown::DrainTimeout,
     phase_tx: &watch::Sender<Phase>,
     handed_over: &Arc<AtomicBool>,
     admin_task: tokio::task::AbortHandle,
@@ -691,19 +705,19 @@ fn serve_handoff(
         .ok()
         .filter(|g| g.is_some())
         .map(|_| Box::new(SharedGuard(xdp_guard.clone())) as Box<dyn crate::upgrade::XdpLinks>);
-    let drain_timeout = config.shutdown.drain_timeout;
     let phase = phase_tx.clone();
     let handed = handed_over.clone();
+    let drain = drain_timeout.clone();
     let handoff = Arc::new(crate::upgrade::Handoff::new(
         offered,
         xdp,
-        drain_timeout,
+        drain_timeout.clone(),
         Box::new(move || {
             handed.store(true, Ordering::Release);
             // The successor serves /metrics and /readyz on the same socket from now on.
             admin_task.abort();
             let _ = phase.send(Phase::Draining {
-                deadline: shutdown::drain_deadline(std::time::Instant::now(), drain_timeout),
+                deadline: shutdown::drain_deadline(std::time::Instant::now(), drain.get()),
             });
         }),
     ));

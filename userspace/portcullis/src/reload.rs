@@ -12,10 +12,16 @@
 //! - The `[xdp]` knobs, written into the running program's config map ([`crate::xdp::SynShed::write_knobs`]).
 //! - The `[limits]` caps (for the next accept) and timeouts, keepalive and lifetime (for connections accepted
 //!   after the reload): [`crate::limits::Limits::update`].
+//! - `[admission]`: target, interval, budgets, thresholds, SYN shedding, set in place on the running admission
+//!   control, which keeps what it measured ([`crate::admission::Admission::set_params`]).
+//! - `[engine]`: `full_ring`, `wait_deadline`, `inline_when_idle`, for the next handshake
+//!   ([`crate::offload::policy::EngineKnobs`]).
+//! - `[shutdown] drain_timeout`, for the next drain (SIGTERM or upgrade).
 //! - Refused, each field named in the log and `result="partial"` ([`keep_restart_fields`]): what needs new
 //!   sockets, threads or programs (listen addresses, backlog, workers, the admin address, XDP interfaces, mode
-//!   and pins, steering), state read once at start (tickets, session cache and store, engine, admission,
-//!   the drain timeout, the process user). The rest of the file is applied.
+//!   and pins, steering, `engine.kind`/`instances`/`ring_depth`: crypto threads and rings, `admission.enabled`:
+//!   put in front of the engine at start), state read once at start (tickets, session cache and store, the
+//!   process user). The rest of the file is applied.
 //! - A file that does not parse or validate, or a certificate or key that does not load, changes nothing: the
 //!   last good configuration stays (`result="failed"`, the log says why). A bad OCSP response only loses its
 //!   staple (`tls::ocsp`).
@@ -28,6 +34,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -82,6 +89,12 @@ pub struct ReloadMetrics {
     reloads: Family<ResultLabel, Counter>,
     last_success: Gauge,
     not_after: Family<NameLabel, Gauge>,
+    admission: Family<FieldLabel, Gauge<f64, AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FieldLabel {
+    field: &'static str,
 }
 
 impl ReloadMetrics {
@@ -109,6 +122,32 @@ impl ReloadMetrics {
             "End of validity of each served certificate (its first name, else its file), Unix time",
             self.not_after.clone(),
         );
+        registry.register(
+            "portcullis_admission_setting",
+            "The [admission] parameters running admission control uses (as started or last reloaded), by field: \
+             durations in seconds, syn_shed as a fraction, max_in_flight_per_worker in handshakes",
+            self.admission.clone(),
+        );
+    }
+
+    /// Records the `[admission]` parameters admission control now runs with.
+    fn admission(&self, a: &crate::admission::AdmissionConfig) {
+        for (field, value) in [
+            ("target", a.target.as_secs_f64()),
+            ("interval", a.interval.as_secs_f64()),
+            ("recover_intervals", f64::from(a.recover_intervals)),
+            ("queue_budget", a.queue_budget.as_secs_f64()),
+            (
+                "max_in_flight_per_worker",
+                a.max_in_flight_per_worker as f64,
+            ),
+            ("syn_shed", a.syn_shed),
+            ("syn_retry_hold", a.syn_retry_hold.as_secs_f64()),
+        ] {
+            self.admission
+                .get_or_create(&FieldLabel { field })
+                .set(value);
+        }
     }
 
     /// Records the certificates now served, and a successful load now.
@@ -167,6 +206,12 @@ pub struct Live {
     pub session_store: bool,
     /// The connection caps and timeouts the workers read per accept.
     pub limits: Arc<crate::limits::Limits>,
+    /// `shutdown.drain_timeout`, read when a drain starts.
+    pub drain_timeout: crate::shutdown::DrainTimeout,
+    /// The offload engine's live knobs (`None` with `engine.kind = "inline"`).
+    pub engine: Option<Arc<crate::offload::policy::EngineKnobs>>,
+    /// Admission control, when it runs.
+    pub admission: Option<Arc<crate::admission::Admission>>,
 }
 
 /// Reads the configuration again and applies it; owns the last good configuration.
@@ -193,6 +238,9 @@ impl Reloader {
         live: Live,
         certs: &[LoadedCert],
     ) -> Self {
+        if let Some(a) = &live.admission {
+            metrics.admission(&a.params());
+        }
         Self {
             current,
             load,
@@ -313,6 +361,17 @@ impl Reloader {
         self.live
             .limits
             .update(&new.limits, new.upstream.idle_timeout);
+        self.live.drain_timeout.set(new.shutdown.drain_timeout);
+        if let Some(knobs) = &self.live.engine {
+            knobs.set(&new.engine);
+        }
+        if let Some(admission) = &self.live.admission
+            && (differ(&self.current.admission, &new.admission)
+                || differ(&self.current.engine, &new.engine))
+        {
+            admission.set_params(&new.admission, crate::offload::setup::bounds(&new.engine));
+            self.metrics.admission(&admission.params());
+        }
         if let Some(xdp) = &self.live.xdp
             && differ(&self.current.xdp, &new.xdp)
             && let Err(e) = xdp.write_knobs(&new.xdp)
@@ -390,6 +449,10 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
     }
     // Threads and sockets.
     restart!("workers", workers);
+    restart!("engine.kind", engine.kind);
+    restart!("engine.instances", engine.instances);
+    restart!("engine.ring_depth", engine.ring_depth);
+    restart!("admission.enabled", admission.enabled);
     restart!("pin_workers", pin_workers);
     restart!("state_dir", state_dir);
     restart!("metrics.address", metrics.address);
@@ -430,9 +493,6 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
     restart!("tls.ticket_key_lead", tls.ticket_key_lead);
     restart!("tls.session_cache_size", tls.session_cache_size);
     section!("tls.session_store", tls.session_store);
-    section!("engine", engine);
-    section!("admission", admission);
-    section!("shutdown", shutdown);
     section!("process", process);
     refused
 }
@@ -480,7 +540,7 @@ fn changed_fields<T: std::fmt::Debug>(name: &str, old: &T, new: &T) -> Vec<Strin
 /// The top-level sections of `new` that differ from `old` (what a reload applied), for the log.
 fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
     // After `keep_restart_fields` only these can differ.
-    let sections: [(&'static str, bool); 7] = [
+    let sections: [(&'static str, bool); 10] = [
         ("listeners", differ(&old.listeners, &new.listeners)),
         ("tls", differ(&old.tls, &new.tls)),
         ("upstream", differ(&old.upstream, &new.upstream)),
@@ -488,6 +548,9 @@ fn changed_sections(old: &Config, new: &Config) -> Vec<&'static str> {
         ("xdp", differ(&old.xdp, &new.xdp)),
         ("limits", differ(&old.limits, &new.limits)),
         ("log", differ(&old.log, &new.log)),
+        ("engine", differ(&old.engine, &new.engine)),
+        ("admission", differ(&old.admission, &new.admission)),
+        ("shutdown", differ(&old.shutdown, &new.shutdown)),
     ];
     sections
         .into_iter()
@@ -522,8 +585,6 @@ mod tests {
                 "workers",
                 "listeners[0].address",
                 "xdp.interfaces",
-                "admission.target",
-                "admission.syn_shed",
                 "process.drop_capabilities"
             ]
         );
@@ -537,9 +598,35 @@ mod tests {
         assert_eq!(moved.limits.max_connections, Some(10));
         assert_eq!(moved.upstream.idle_timeout, Duration::from_secs(60));
         assert_eq!(moved.xdp.syn_rate, 5);
+        assert_eq!(moved.admission.target, Duration::from_millis(7));
         assert_eq!(
             changed_sections(&old, &moved),
-            vec!["upstream", "xdp", "limits"]
+            vec!["upstream", "xdp", "limits", "admission"]
+        );
+    }
+
+    #[test]
+    fn engine_threads_and_rings_and_admission_on_off_need_a_restart_the_knobs_do_not() {
+        let old = parse("");
+        let mut new = parse(
+            "[engine]\ninstances = 3\nring_depth = 64\nfull_ring = \"wait\"\nwait_deadline = \"20ms\"\n\
+             inline_when_idle = false\n[admission]\nenabled = false\nqueue_budget = \"9ms\"\n\
+             max_in_flight_per_worker = 8\n[shutdown]\ndrain_timeout = \"2s\"\n",
+        );
+        assert_eq!(
+            keep_restart_fields(&old, &mut new, false),
+            vec!["engine.instances", "engine.ring_depth", "admission.enabled"]
+        );
+        assert_eq!(new.engine.instances, None);
+        assert_eq!(new.engine.ring_depth, 256);
+        assert!(new.admission.enabled);
+        assert!(!new.engine.inline_when_idle);
+        assert_eq!(new.engine.wait_deadline, Duration::from_millis(20));
+        assert_eq!(new.admission.max_in_flight_per_worker, 8);
+        assert_eq!(new.shutdown.drain_timeout, Duration::from_secs(2));
+        assert_eq!(
+            changed_sections(&old, &new),
+            vec!["engine", "admission", "shutdown"]
         );
     }
 

@@ -3,12 +3,14 @@
 //! zeroized when dropped.
 //!
 //! A secret file must be a regular file (symlinks are followed: Kubernetes Secret volumes are symlinks),
-//! owned by root or by the user the daemon runs as, and unreadable by group and others (mode 0600 or 0400).
+//! owned by root, by the user the daemon runs as or by the one it drops to ([`set_daemon_user`]), and unreadable
+//! by group and others (mode 0600 or 0400).
 
 use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use zeroize::Zeroizing;
 
@@ -67,6 +69,24 @@ impl SecretFileError {
     }
 }
 
+/// The uid the daemon drops to (`[process] user`), when it starts as root and drops; `u32::MAX` when unset.
+static RUN_AS: AtomicU32 = AtomicU32::new(u32::MAX);
+
+/// Accepts secret files owned by `uid` too, the user the daemon is about to become: the key it reads as root at
+/// start is the one it reads again as that user on reload or after an upgrade, so that user must own it (a
+/// root-owned 0600 key would load at start and fail every later reload).
+pub fn set_daemon_user(uid: u32) {
+    RUN_AS.store(uid, Ordering::Relaxed);
+}
+
+/// The daemon's user: the one it drops to when set, else its effective uid.
+fn daemon_user() -> u32 {
+    match RUN_AS.load(Ordering::Relaxed) {
+        u32::MAX => nix::unistd::Uid::effective().as_raw(),
+        uid => uid,
+    }
+}
+
 /// A secret file's bytes (zeroized on drop) and its metadata as read from the open file.
 pub struct SecretFile {
     /// The contents.
@@ -75,8 +95,8 @@ pub struct SecretFile {
     pub meta: std::fs::Metadata,
 }
 
-/// Reads `path` if it is a regular file of at most `max_len` bytes, owned by root or the daemon's effective
-/// user, with no group or other permission bits.
+/// Reads `path` if it is a regular file of at most `max_len` bytes, owned by root, the daemon's effective user
+/// or the user it drops to, with no group or other permission bits.
 ///
 /// # Errors
 /// The first check that fails, naming the file.
@@ -94,8 +114,11 @@ pub fn read(path: &Path, max_len: u64) -> Result<SecretFile, SecretFileError> {
     if !meta.is_file() {
         return Err(shape("not a regular file".to_owned()));
     }
-    let daemon = nix::unistd::Uid::effective().as_raw();
-    if meta.uid() != 0 && meta.uid() != daemon {
+    let daemon = daemon_user();
+    if meta.uid() != 0
+        && meta.uid() != daemon
+        && meta.uid() != nix::unistd::Uid::effective().as_raw()
+    {
         return Err(SecretFileError::Owner {
             path: path.to_owned(),
             owner: meta.uid(),
@@ -203,6 +226,13 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("uid 4242"), "{err}");
+        // The user a root daemon drops to may own it: it reads the key again as that user on reload.
+        nix::unistd::chown(&p, Some(nix::unistd::Uid::from_raw(4343)), None).expect("chown");
+        assert!(read(&p, 64).is_err(), "uid 4343 is nobody's yet");
+        set_daemon_user(4343);
+        let ok = read(&p, 64);
+        set_daemon_user(u32::MAX);
+        assert!(ok.is_ok(), "the [process] user's key refused");
     }
 
     #[test]

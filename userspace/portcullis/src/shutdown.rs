@@ -7,10 +7,14 @@
 //! - **SIGUSR1**: reopen a file access log (`http::AccessLog::reopen_on_sigusr1`), watched only when it is on.
 //! - **SIGHUP** (`systemctl reload`): reload the configuration and certificates (`reload` module); the daemon
 //!   goes on serving, whatever the outcome.
+//! - **SIGUSR2** (nginx's upgrade signal): logged and ignored, not the default action (exit without a drain).
+//!   The running daemon keeps no capability to start a successor with: `portcullis upgrade` does it.
 //!
 //! In both cases XDP is detached and pins removed before exit, so no program is left attached to an interface
 //! without a daemon behind it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -30,6 +34,32 @@ pub enum Phase {
     Stop,
 }
 
+/// `shutdown.drain_timeout`, read when a drain starts (SIGTERM or an upgrade's handoff), so a reload that
+/// changes it applies to the next drain. Clones share the value.
+#[derive(Debug, Clone)]
+pub struct DrainTimeout(Arc<AtomicU64>);
+
+impl DrainTimeout {
+    /// Holds `timeout` (saturating at `u64::MAX` nanoseconds, 584 years: the config bounds it far lower).
+    pub fn new(timeout: Duration) -> Self {
+        Self(Arc::new(AtomicU64::new(Self::nanos(timeout))))
+    }
+
+    /// The timeout now.
+    pub fn get(&self) -> Duration {
+        Duration::from_nanos(self.0.load(Ordering::Relaxed))
+    }
+
+    /// Sets the timeout for the drains that start from now on (a drain under way keeps its deadline).
+    pub fn set(&self, timeout: Duration) {
+        self.0.store(Self::nanos(timeout), Ordering::Relaxed);
+    }
+
+    fn nanos(d: Duration) -> u64 {
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
 /// The SIGHUP stream; installing it stops SIGHUP from killing the process (its default action).
 ///
 /// # Errors
@@ -38,16 +68,35 @@ pub fn hangups() -> std::io::Result<tokio::signal::unix::Signal> {
     signal(SignalKind::hangup())
 }
 
+/// The SIGUSR2 stream, for [`explain_usr2`]; installing it stops SIGUSR2 from killing the process.
+///
+/// # Errors
+/// When the signal handler cannot be installed.
+pub fn usr2() -> std::io::Result<tokio::signal::unix::Signal> {
+    signal(SignalKind::user_defined2())
+}
+
+/// Answers each SIGUSR2 with a warning that says how to upgrade.
+pub async fn explain_usr2(mut usr2: tokio::signal::unix::Signal) {
+    while usr2.recv().await.is_some() {
+        tracing::warn!(
+            "SIGUSR2 ignored: this daemon has no privilege left to start its successor; upgrade with \
+             `portcullis upgrade -- <the flags of portcullis run>` (README \"Upgrade\")"
+        );
+    }
+}
+
 /// Waits for signals and moves `phase` along. Returns once the phase is `Stop` or drain was requested and
 /// then `Stop` happened; the caller joins the workers meanwhile.
 pub async fn watch_signals(
     phase: watch::Sender<Phase>,
-    drain_timeout: Duration,
+    drain_timeout: DrainTimeout,
 ) -> std::io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {
         _ = term.recv() => {
+            let drain_timeout = drain_timeout.get();
             tracing::info!(drain_timeout = ?drain_timeout, "SIGTERM: draining connections");
             let _ = phase.send(Phase::Draining { deadline: drain_deadline(Instant::now(), drain_timeout) });
         }
@@ -85,5 +134,15 @@ mod tests {
             now + Duration::from_secs(5)
         );
         assert!(drain_deadline(now, Duration::MAX) >= now);
+    }
+
+    #[test]
+    fn a_drain_timeout_set_after_start_is_the_one_read() {
+        let shared = DrainTimeout::new(Duration::from_secs(30));
+        let clone = shared.clone();
+        shared.set(Duration::from_millis(1500));
+        assert_eq!(clone.get(), Duration::from_millis(1500));
+        shared.set(Duration::MAX);
+        assert_eq!(clone.get(), Duration::from_nanos(u64::MAX));
     }
 }

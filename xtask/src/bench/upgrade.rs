@@ -75,6 +75,11 @@ struct Row {
     closed_between: u64,
     seconds: f64,
     first_errors: Vec<String>,
+    /// When the last loss was counted, seconds from the start: set beside `switches`, it tells losses in the
+    /// warm-up (the 200 streams' first handshakes at once) from losses across a reload or an upgrade.
+    last_loss: Option<f64>,
+    /// Each reload and upgrade, and when it was done (seconds from the start).
+    switches: Vec<String>,
 }
 
 /// What the clients count.
@@ -88,15 +93,25 @@ struct Tally {
     cut: AtomicU64,
     closed_between: AtomicU64,
     errors: std::sync::Mutex<Vec<String>>,
+    /// The start of the run, and the last loss counted (seconds from it).
+    started: std::sync::OnceLock<Instant>,
+    last_loss: std::sync::Mutex<Option<f64>>,
 }
 
 impl Tally {
     fn count(&self, counter: &AtomicU64, what: String) {
         counter.fetch_add(1, Ordering::Relaxed);
+        let at = self
+            .started
+            .get()
+            .map_or(0.0, |s| s.elapsed().as_secs_f64());
+        if let Ok(mut last) = self.last_loss.lock() {
+            *last = Some(at);
+        }
         if let Ok(mut e) = self.errors.lock()
             && e.len() < 5
         {
-            e.push(what);
+            e.push(format!("{what} (at {at:.1} s)"));
         }
     }
 }
@@ -163,6 +178,8 @@ fn scenario(
     let tally = Tally::default();
     let stop = AtomicBool::new(false);
     let started = Instant::now();
+    let _ = tally.started.set(started);
+    let mut switches = Vec::new();
     let outcome = std::thread::scope(|scope| -> Result<()> {
         for _ in 0..plan.handshakers {
             scope.spawn(|| handshaker(config, addr, plan.interval, gens, &tally, &stop));
@@ -174,9 +191,17 @@ fn scenario(
             std::thread::sleep(plan.gap);
             for g in 1..gens.certs.len() {
                 install(&gens.certs[g], &served)?;
+                switches.push(format!(
+                    "reload {g} at {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
                 live.reload()?;
                 confirm(config, addr, gens, g)?;
                 std::thread::sleep(plan.gap);
+                switches.push(format!(
+                    "upgrade {g} at {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
                 live.upgrade()?;
                 std::thread::sleep(plan.gap);
             }
@@ -200,6 +225,8 @@ fn scenario(
         closed_between: n(&tally.closed_between),
         seconds,
         first_errors: tally.errors.lock().map(|e| e.clone()).unwrap_or_default(),
+        last_loss: tally.last_loss.lock().ok().and_then(|l| *l),
+        switches,
     })
 }
 
@@ -785,6 +812,12 @@ fn report(ctx: &Ctx, plan: &Plan, rows: &[(ServerKind, Row)]) -> Result<()> {
         for e in &r.first_errors {
             println!("    {kind}: {e}");
         }
+        if let Some(at) = r.last_loss {
+            println!(
+                "    {kind}: last loss at {at:.1} s; {}",
+                r.switches.join(", ")
+            );
+        }
         json.push(serde_json::json!({
             "server": kind.name(),
             "handshakes": r.handshakes,
@@ -796,6 +829,8 @@ fn report(ctx: &Ctx, plan: &Plan, rows: &[(ServerKind, Row)]) -> Result<()> {
             "closed_between_requests": r.closed_between,
             "seconds": r.seconds,
             "first_errors": r.first_errors,
+            "last_loss_seconds": r.last_loss,
+            "switches": r.switches,
         }));
     }
     let path = ctx.out.join("upgrade.json");

@@ -141,6 +141,19 @@ impl Overload {
         }
     }
 
+    /// Sets the window and the hold (a reload); an overload under way keeps its end, the window its work so far.
+    pub fn set_window(&mut self, window: Duration, hold: Duration) {
+        let instances = self.capacity_ns
+            / u64::try_from(self.window.as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1);
+        self.capacity_ns = u64::try_from(window.as_nanos())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(instances.max(1));
+        self.window = window;
+        self.hold = hold;
+    }
+
     /// Overloaded from now until at least `hold` from now.
     pub fn trigger(&mut self, now: Instant) {
         self.until = Some(now + self.hold);

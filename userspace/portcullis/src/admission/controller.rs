@@ -108,6 +108,20 @@ impl Controller {
         self.target = target;
     }
 
+    /// Sets the interval and the good intervals needed to recover (a reload), keeping the state, the streak and
+    /// what the current interval measured; the current interval ends `interval` after it started, or now.
+    pub fn set_params(&mut self, interval: Duration, recover_intervals: u32, now: Instant) {
+        self.interval = interval;
+        self.recover_intervals = recover_intervals.max(1);
+        if self.state == State::Recovering && self.good_streak >= self.recover_intervals {
+            self.state = State::Normal;
+        }
+        // A shorter interval would otherwise replay the time since the interval began as many short ones.
+        if now.saturating_duration_since(self.interval_start) > interval {
+            self.interval_start = now;
+        }
+    }
+
     /// The current state.
     pub fn state(&self) -> State {
         self.state
@@ -241,6 +255,24 @@ mod tests {
             tokio::time::advance(INTERVAL).await;
             assert_eq!(c.tick(Instant::now()), expected);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn new_parameters_keep_the_state_and_apply_to_the_next_intervals() {
+        let mut c = Controller::new(TARGET, INTERVAL, 5, Instant::now());
+        observe_n(&mut c, Duration::from_millis(50));
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
+        c.set_params(INTERVAL * 2, 1, Instant::now());
+        assert_eq!(c.state(), State::Shedding, "a reload keeps the state");
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), None, "the interval is 200 ms now");
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(
+            c.tick(Instant::now()),
+            Some(State::Normal),
+            "one good interval recovers with recover_intervals = 1"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -120,7 +120,8 @@ pub struct Admitted {
 
 /// Admission control's shared state.
 pub struct Admission {
-    config: AdmissionConfig,
+    /// Swapped whole by a reload ([`Admission::set_params`]).
+    config: arc_swap::ArcSwap<AdmissionConfig>,
     controller: Mutex<Controller>,
     costs: CostTable,
     /// Admitted work not yet finished, in nanoseconds of learned cost.
@@ -128,7 +129,7 @@ pub struct Admission {
     /// `outstanding_ns` for `/metrics`, in seconds.
     outstanding_gauge: Gauge<f64, AtomicU64>,
     /// The floor of the normal-operation budget: `queue_budget` per instance.
-    budget_ns: u64,
+    budget_ns: AtomicU64,
     /// Learned cost of the arrivals, whose spread sizes the normal-operation budget ([`burst`]).
     moments: CostMoments,
     /// Whether the offered load is past what normal operation absorbs ([`burst`]).
@@ -136,9 +137,9 @@ pub struct Admission {
     /// `portcullis_admission_overloaded`: 1 while admitting into the short queue.
     overloaded_gauge: Gauge,
     instances: u64,
-    engine: EngineBounds,
+    engine: arc_swap::ArcSwap<EngineBounds>,
     /// The budget while overloaded: twice the target per instance (never above `budget_ns`).
-    overload_budget_ns: u64,
+    overload_budget_ns: AtomicU64,
     shed: Family<ShedLabels, Counter>,
     admitted: Family<ClassLabel, Counter>,
     transitions: Family<StateLabel, Counter>,
@@ -211,16 +212,9 @@ impl Admission {
             overloaded_gauge.clone(),
         );
         let costs = CostTable::new(registry);
-        let budget_ns = u64::try_from(config.queue_budget.as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(instances.max(1) as u64);
-        let overload_budget_ns = u64::try_from(config.target.as_nanos())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(2)
-            .saturating_mul(instances.max(1) as u64)
-            .min(budget_ns);
+        let (budget_ns, overload_budget_ns) = budgets(&config, instances);
         Arc::new(Self {
-            overload_budget_ns,
+            overload_budget_ns: AtomicU64::new(overload_budget_ns),
             moments: CostMoments::new(costs.estimate_ns(HandshakeClass::FullEcdsa)),
             overload: Mutex::new(Overload::new(
                 config.interval,
@@ -230,7 +224,7 @@ impl Admission {
             )),
             overloaded_gauge,
             instances: instances.max(1) as u64,
-            engine,
+            engine: arc_swap::ArcSwap::from_pointee(engine),
             controller: Mutex::new(Controller::new(
                 config.target,
                 config.interval,
@@ -243,11 +237,11 @@ impl Admission {
                 config.syn_retry_hold,
                 Instant::now(),
             )),
-            config,
+            config: arc_swap::ArcSwap::from_pointee(config),
             costs,
             outstanding_ns: AtomicU64::new(0),
             outstanding_gauge,
-            budget_ns,
+            budget_ns: AtomicU64::new(budget_ns),
             shed,
             admitted,
             transitions,
@@ -257,6 +251,44 @@ impl Admission {
             syn_shed_gauge,
             syn_retry_shed_gauge,
         })
+    }
+
+    /// Applies a reloaded `[admission]` and the engine's bounds (`reload`): target, budgets, thresholds and
+    /// intervals change in place, and what was measured stays: the learned costs and their spread, the
+    /// controller's state and streak, the work outstanding, the SYN shed loop's fraction. Nothing here is only
+    /// smoothing that a rebuild could restart cheaply: a reload during a storm must not forget it. `enabled` is
+    /// not read: admission control is put in front of the engine at start (`reload` refuses that field).
+    pub fn set_params(&self, config: &AdmissionConfig, engine: EngineBounds) {
+        let instances = usize::try_from(self.instances).unwrap_or(usize::MAX);
+        let (budget_ns, overload_budget_ns) = budgets(config, instances);
+        self.budget_ns.store(budget_ns, Ordering::Relaxed);
+        self.overload_budget_ns
+            .store(overload_budget_ns, Ordering::Relaxed);
+        self.engine.store(Arc::new(engine));
+        let now = Instant::now();
+        lock(&self.controller).set_params(config.interval, config.recover_intervals, now);
+        lock(&self.overload).set_window(config.interval, config.interval * OVERLOAD_HOLD_INTERVALS);
+        let shed = {
+            let mut l = lock(&self.syn_loop);
+            l.set_params(
+                syn_shed::loop_interval(config.interval),
+                config.syn_shed,
+                config.syn_retry_hold,
+            );
+            l.shed()
+        };
+        self.config.store(Arc::new(config.clone()));
+        // A lower `syn_shed` bounds the fraction XDP drops now, not at the next change.
+        if let Some(knob) = &self.syn_shed
+            && shed.ppm != self.syn_shed_ppm.load(Ordering::Relaxed)
+        {
+            self.set_syn_shed(knob.as_ref(), shed);
+        }
+    }
+
+    /// The `[admission]` parameters in force (the last [`Admission::set_params`], else those of the start).
+    pub fn params(&self) -> Arc<AdmissionConfig> {
+        self.config.load_full()
     }
 
     /// Advances the controller to now (closing any interval that has ended, which may change its state, log the
@@ -273,7 +305,7 @@ impl Admission {
     /// ([`burst::STANDING_UNITS`]).
     fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
         let mut c = self.controller.lock().unwrap_or_else(|e| e.into_inner());
-        c.set_target(self.config.target.max(self.moments.standing()));
+        c.set_target(self.config.load().target.max(self.moments.standing()));
         c
     }
 
@@ -312,15 +344,18 @@ impl Admission {
     /// Starts the thread that calls [`Admission::tick`] every `interval` while `admission` lives.
     pub fn start_ticker(admission: &Arc<Self>) {
         let weak = Arc::downgrade(admission);
-        // The SYN shed loop's interval, the shorter of the two.
-        let interval = syn_shed::loop_interval(admission.config.interval);
+        // The SYN shed loop's interval, the shorter of the two; read each time, as a reload may change it.
+        let mut interval = syn_shed::loop_interval(admission.config.load().interval);
         let spawned = std::thread::Builder::new()
             .name("admission-tick".into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(interval);
                     match weak.upgrade() {
-                        Some(a) => a.tick(),
+                        Some(a) => {
+                            a.tick();
+                            interval = syn_shed::loop_interval(a.config.load().interval);
+                        }
                         None => return,
                     }
                 }
@@ -397,15 +432,15 @@ impl Admission {
     /// The budget of normal operation: the larger of `queue_budget` and the burst Poisson arrivals at 80% load
     /// stay within ([`burst`]), per instance.
     fn burst_budget_ns(&self) -> u64 {
-        self.budget_ns.max(
+        self.budget_ns.load(Ordering::Relaxed).max(
             self.moments
-                .burst_ns(self.engine)
+                .burst_ns(**self.engine.load())
                 .saturating_mul(self.instances),
         )
     }
 
     fn decide(&self, class: HandshakeClass) -> Result<Admitted, ShedReason> {
-        if IN_FLIGHT.get() >= self.config.max_in_flight_per_worker {
+        if IN_FLIGHT.get() >= self.config.load().max_in_flight_per_worker {
             return Err(self.count_shed(class, ShedReason::InFlightLimit));
         }
         let now = Instant::now();
@@ -422,7 +457,7 @@ impl Admission {
         // queue, so those admitted wait about twice the target at most, not the whole burst-tolerant
         // budget of normal operation; and bound the wait itself at the target ([`Admitted::max_wait`]).
         let budget = if overloaded {
-            self.overload_budget_ns
+            self.overload_budget_ns.load(Ordering::Relaxed)
         } else {
             self.burst_budget_ns()
         };
@@ -454,7 +489,7 @@ impl Admission {
             .inc();
         Ok(Admitted {
             cost,
-            max_wait: overloaded.then_some(self.config.target),
+            max_wait: overloaded.then_some(self.config.load().target),
         })
     }
 
@@ -483,7 +518,7 @@ impl Observer for Admission {
     fn max_wait_now(&self) -> Option<Duration> {
         // The gauge is the overload flag as last judged (every arrival and every tick): one atomic load on the
         // crypto thread, no lock.
-        (self.overloaded_gauge.get() != 0).then_some(self.config.target)
+        (self.overloaded_gauge.get() != 0).then_some(self.config.load().target)
     }
 
     fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration) {
@@ -498,6 +533,24 @@ impl Observer for Admission {
             self.entered(s);
         }
     }
+}
+
+/// The normal-operation budget's floor (`queue_budget`) and the overload budget (twice `target`, at most the
+/// floor), both per instance times `instances`, in ns.
+fn budgets(config: &AdmissionConfig, instances: usize) -> (u64, u64) {
+    let budget_ns = u64::try_from(config.queue_budget.as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(instances.max(1) as u64);
+    let overload_budget_ns = u64::try_from(config.target.as_nanos())
+        .unwrap_or(u64::MAX)
+        .saturating_mul(2)
+        .saturating_mul(instances.max(1) as u64)
+        .min(budget_ns);
+    (budget_ns, overload_budget_ns)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Wraps an engine with admission control.
@@ -532,7 +585,7 @@ impl<'a> InFlight<'a> {
         IN_FLIGHT.set(IN_FLIGHT.get() + 1);
         crate::steering::in_flight_changed(
             IN_FLIGHT.get(),
-            admission.config.max_in_flight_per_worker,
+            admission.config.load().max_in_flight_per_worker,
         );
         Self { admission, cost }
     }
@@ -543,7 +596,7 @@ impl Drop for InFlight<'_> {
         IN_FLIGHT.set(IN_FLIGHT.get().saturating_sub(1));
         crate::steering::in_flight_changed(
             IN_FLIGHT.get(),
-            self.admission.config.max_in_flight_per_worker,
+            self.admission.config.load().max_in_flight_per_worker,
         );
         self.admission.release(self.cost);
     }
@@ -588,6 +641,36 @@ mod tests {
             tokio::time::advance(Duration::from_millis(12)).await;
         }
         assert_eq!(a.advance_to_now(), State::Shedding);
+    }
+
+    /// A reload's parameters apply to the next decision; the controller's state is kept.
+    #[tokio::test(start_paused = true)]
+    async fn new_parameters_apply_in_place_and_keep_what_was_measured() {
+        let a = admission(1000);
+        shed_full_handshakes(&a).await;
+        let config = AdmissionConfig {
+            target: Duration::from_millis(9),
+            max_in_flight_per_worker: 1,
+            ..AdmissionConfig::default()
+        };
+        a.set_params(&config, EngineBounds::NONE);
+        assert_eq!(a.advance_to_now(), State::Shedding, "the state is kept");
+        assert_eq!(a.params().target, Duration::from_millis(9));
+        let admitted = a
+            .admit(HandshakeClass::Tls13Psk)
+            .expect("a resumption while shedding");
+        a.release(admitted.cost);
+        assert_eq!(
+            admitted.max_wait,
+            Some(Duration::from_millis(9)),
+            "the new target bounds the wait"
+        );
+        IN_FLIGHT.set(1);
+        assert_eq!(
+            a.admit(HandshakeClass::Tls13Psk),
+            Err(ShedReason::InFlightLimit)
+        );
+        IN_FLIGHT.set(0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -85,6 +85,15 @@ impl SynShedLoop {
         }
     }
 
+    /// Sets the interval, the largest fraction to drop and the retry hold (a reload), keeping the fraction kept
+    /// now (within the new bound) and the counts of the current interval.
+    pub fn set_params(&mut self, interval: Duration, max_shed: f64, retry_hold: Duration) {
+        self.interval = interval;
+        self.max_shed = max_shed.clamp(0.0, 1.0);
+        self.keep = self.keep.max(1.0 - self.max_shed);
+        self.retry_hold = retry_hold;
+    }
+
     /// The fraction of new SYNs to drop now, in parts per million.
     pub fn ppm(&self) -> u32 {
         // `keep` is within [1 - max_shed, 1], so the product is within [0, 1e6].
@@ -196,6 +205,16 @@ mod tests {
             }
         }
         assert_eq!(released, 3);
+    }
+
+    #[test]
+    fn a_lower_maximum_set_during_a_storm_bounds_the_fraction_at_once() {
+        let mut now = Instant::now();
+        let mut l = SynShedLoop::new(MS100, 0.99, HOLD, now);
+        assert_eq!(interval(&mut l, &mut now, 1000, 100), 875_000);
+        l.set_params(MS100, 0.5, HOLD);
+        assert_eq!(l.ppm(), 500_000, "the new maximum, not the storm's 87.5%");
+        assert!(interval(&mut l, &mut now, 1000, 100) <= 500_000);
     }
 
     #[test]

@@ -22,7 +22,10 @@ use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
 
 use super::metrics::EngineMetrics;
 use super::{FullRingPolicyConfig, OffloadEngine, Priority, SubmitError, Work};
@@ -50,6 +53,34 @@ impl FullRingPolicy {
             FullRingPolicyConfig::Inline => Self::Inline,
             FullRingPolicyConfig::Wait => Self::Wait(c.wait_deadline),
         }
+    }
+}
+
+/// The `[engine]` knobs a reload changes on the running engine (`reload`): the full-ring policy (with its
+/// deadline) and `inline_when_idle`, read once per job, so a job under way keeps the policy it started with.
+/// The crypto threads and their rings (`kind`, `instances`, `ring_depth`) are made at start and stay.
+#[derive(Debug)]
+pub struct EngineKnobs {
+    policy: ArcSwap<FullRingPolicy>,
+    inline_when_idle: AtomicBool,
+}
+
+impl EngineKnobs {
+    /// Applies `[engine]`'s live knobs to the jobs submitted from now on.
+    pub fn set(&self, c: &super::EngineConfig) {
+        self.policy.store(Arc::new(FullRingPolicy::from_config(c)));
+        self.inline_when_idle
+            .store(c.inline_when_idle, Ordering::Relaxed);
+    }
+
+    /// The full-ring policy now.
+    pub fn policy(&self) -> FullRingPolicy {
+        **self.policy.load()
+    }
+
+    /// Whether `inline_when_idle` is on now.
+    pub fn inline_when_idle(&self) -> bool {
+        self.inline_when_idle.load(Ordering::Relaxed)
     }
 }
 
@@ -87,10 +118,9 @@ pub trait Observer: Send + Sync + 'static {
 /// The handshake seam's engine, backed by an offload engine.
 pub struct OffloadHandshakes<E> {
     engine: E,
-    policy: FullRingPolicy,
+    knobs: Arc<EngineKnobs>,
     metrics: EngineMetrics,
     observer: Option<Arc<dyn Observer>>,
-    inline_when_idle: bool,
 }
 
 /// A worker's inline steps may take at most half of each window of this length; past that, its handshakes go
@@ -140,25 +170,32 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
     ) -> Self {
         Self {
             engine,
-            policy,
+            knobs: Arc::new(EngineKnobs {
+                policy: ArcSwap::from_pointee(policy),
+                inline_when_idle: AtomicBool::new(false),
+            }),
             metrics,
             observer,
-            inline_when_idle: false,
         }
     }
 
     /// Runs the step on the worker when the engine is idle (`engine.inline_when_idle`).
     #[must_use]
-    pub fn inline_when_idle(mut self, on: bool) -> Self {
-        self.inline_when_idle = on;
+    pub fn inline_when_idle(self, on: bool) -> Self {
+        self.knobs.inline_when_idle.store(on, Ordering::Relaxed);
         self
+    }
+
+    /// The knobs a reload sets ([`EngineKnobs::set`]).
+    pub fn knobs(&self) -> Arc<EngineKnobs> {
+        self.knobs.clone()
     }
 
     /// Whether this job runs on the worker now: the engine idle (a submitted job would start at once), no
     /// overload (admission's bound on the wait, or its overload flag), not an RSA signature (milliseconds on
     /// the worker), and the worker's [`InlineBudget`] left.
     fn runs_inline(&self, class: HandshakeClass, max_wait: Option<Duration>, now: Instant) -> bool {
-        self.inline_when_idle
+        self.knobs.inline_when_idle()
             && class != HandshakeClass::FullRsa
             && max_wait.is_none()
             && self.engine.idle()
@@ -197,7 +234,8 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
                 .map_err(|(e, alert)| EngineError::Tls(e, alert));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let policy_wait = match self.policy {
+        let policy = self.knobs.policy();
+        let policy_wait = match policy {
             FullRingPolicy::Wait(d) => Some(d),
             FullRingPolicy::Reject | FullRingPolicy::Inline => None,
         };
@@ -238,7 +276,7 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
                 }
                 Err(SubmitError::Retry(w)) => {
                     self.metrics.retry();
-                    match (self.policy, deadline) {
+                    match (policy, deadline) {
                         (FullRingPolicy::Inline, _) => {
                             self.metrics.fallback(class);
                             w();
@@ -431,6 +469,69 @@ mod tests {
         let off = OffloadHandshakes::new(engine.clone(), FullRingPolicy::Reject, metrics, None);
         assert!(off.run(job()).await.is_ok());
         assert_eq!(idle_inline_count(&registry), one, "off: never inline");
+    }
+
+    /// A reload's knobs apply to the next job: a full ring rejects under `reject`, runs the step on the worker
+    /// once `full_ring = "inline"` is set, and `inline_when_idle` turns on and off.
+    #[tokio::test]
+    async fn knobs_set_on_a_running_engine_apply_to_the_next_job() {
+        let engine = Arc::new(SoftwareEngine::start(1, 1).expect("start"));
+        let mut registry = Registry::default();
+        let metrics = EngineMetrics::register(
+            &mut registry,
+            Arc::new(|| vec![0]),
+            Arc::new(|| vec![0]),
+            Arc::new(|| 0),
+        );
+        let handshakes =
+            OffloadHandshakes::new(engine.clone(), FullRingPolicy::Reject, metrics, None);
+        let knobs = handshakes.knobs();
+        let release = Arc::new(AtomicBool::new(false));
+        let blocker = || -> Work {
+            let release = release.clone();
+            Box::new(move || {
+                let until = Instant::now() + Duration::from_secs(10);
+                while !release.load(Ordering::Relaxed) && Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        // One blocker in service (out of the ring), then the ring filled behind it.
+        assert!(engine.submit(blocker(), Priority::Normal).is_ok());
+        for _ in 0..1000 {
+            if engine.depth(0) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut full = false;
+        for _ in 0..8 {
+            if engine.submit(blocker(), Priority::Normal).is_err() {
+                full = true;
+                break;
+            }
+        }
+        assert!(full, "the ring of depth 1 fills");
+        assert!(matches!(
+            handshakes.run(job()).await,
+            Err(EngineError::Shed(ShedReason::RingFull))
+        ));
+        let mut config = crate::offload::EngineConfig {
+            full_ring: FullRingPolicyConfig::Inline,
+            inline_when_idle: true,
+            ..Default::default()
+        };
+        knobs.set(&config);
+        assert_eq!(knobs.policy(), FullRingPolicy::Inline);
+        assert!(knobs.inline_when_idle());
+        assert!(
+            handshakes.run(job()).await.is_ok(),
+            "the full ring's job ran on the worker"
+        );
+        release.store(true, Ordering::Relaxed);
+        config.inline_when_idle = false;
+        knobs.set(&config);
+        assert!(!knobs.inline_when_idle());
     }
 
     /// Inline steps may take half of each window, no more; a new window starts afresh.

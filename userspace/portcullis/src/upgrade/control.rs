@@ -178,8 +178,8 @@ pub struct Handoff {
     xdp: Option<Box<dyn XdpLinks>>,
     /// Told once a successor is ready.
     on_ready: Box<dyn Fn() + Send + Sync>,
-    /// `shutdown.drain_timeout`, told to the successor.
-    drain_timeout: Duration,
+    /// `shutdown.drain_timeout` (as last reloaded), told to the successor.
+    drain_timeout: crate::shutdown::DrainTimeout,
 }
 
 /// The sockets and their description.
@@ -207,7 +207,7 @@ impl Handoff {
     pub fn new(
         offered: Offered,
         xdp: Option<Box<dyn XdpLinks>>,
-        drain_timeout: Duration,
+        drain_timeout: crate::shutdown::DrainTimeout,
         on_ready: Box<dyn Fn() + Send + Sync>,
     ) -> Handoff {
         Handoff {
@@ -350,8 +350,9 @@ impl Handoff {
         }
         // Stop accepting first: the successor already accepts on the same sockets.
         (self.on_ready)();
-        tracing::info!(drain_timeout = ?self.drain_timeout, "upgrade: the successor serves; draining");
-        let drain_timeout_ms = u64::try_from(self.drain_timeout.as_millis()).unwrap_or(u64::MAX);
+        let drain_timeout = self.drain_timeout.get();
+        tracing::info!(drain_timeout = ?drain_timeout, "upgrade: the successor serves; draining");
+        let drain_timeout_ms = u64::try_from(drain_timeout.as_millis()).unwrap_or(u64::MAX);
         // The successor waits for this before it announces; if it is gone, the drain goes on anyway.
         let _ = protocol::send(
             conn.as_fd(),
