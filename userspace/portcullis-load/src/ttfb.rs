@@ -87,7 +87,8 @@ pub struct TtfbArgs {
     /// Priming connections before the samples (resumed and 0-RTT modes; not samples).
     #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub primes: u32,
-    /// Samples keep no tickets: each offers one from the priming connections (none left: a full handshake).
+    /// Samples keep no tickets: each offers one from the priming connections, which are then full handshakes
+    /// that only collect tickets (none left: a full handshake).
     #[arg(long)]
     pub stash_only: bool,
     /// Once primed, create this file and wait (at most --max-seconds) until it is removed, then sample.
