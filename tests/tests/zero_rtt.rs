@@ -265,9 +265,10 @@ fn early_data_is_accepted_once_across_the_fleet() {
     let client = bed.client();
 
     assert_eq!(get(&client, a.addr(), "/warm"), rustls::HandshakeKind::Full);
-    // Both tickets of the connection (writes to Redis are asynchronous).
+    // The connection's ticket (one per handshake, `tls.session_store.tickets`; writes to Redis are
+    // asynchronous).
     eventually("sessions written to Redis", || {
-        redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= 2
+        redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= 1
     });
     let (conn, flight) = early_flight(&client, "/once");
     assert!(
@@ -322,7 +323,7 @@ fn a_stopped_store_means_full_handshakes_within_the_fetch_timeout() {
             assert_eq!(get(c, d.addr(), "/warm"), rustls::HandshakeKind::Full);
         }
         eventually("sessions written to Redis", || {
-            redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= before + 2 * n
+            redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= before + n
         });
         clients
     };
@@ -449,7 +450,7 @@ fn openssl_early_data_across_two_instances_of_the_example_config() {
     let out = s_client(&bed.pki.ca, a.addr(), &["-sess_out"], &sess, None, true);
     assert!(out.contains("\r\n\r\nok") || out.ends_with("ok"), "{out}");
     eventually("the session in Redis", || {
-        redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= 2
+        redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= 1
     });
     let req = dir.join("req.txt");
     std::fs::write(&req, request("/openssl-early")).expect("write request");

@@ -391,6 +391,9 @@ fn a_missing_or_bad_finished_fails_the_handshake_after_the_early_answer() {
             .expect("metrics")
     };
     let client = bed.warm_client(b"http/1.1");
+    // One ticket per handshake (`tls.session_store.tickets`): the silent connection spends `client`'s and, never
+    // finishing, gets none back, so the forged one offers another client's.
+    let other = bed.warm_client(b"http/1.1");
     let ok_before = handshakes("ok");
     // Never sent: answered early, then closed at the deadline (5 s after accept).
     let started = Instant::now();
@@ -410,7 +413,7 @@ fn a_missing_or_bad_finished_fails_the_handshake_after_the_early_answer() {
     );
     eventually("the timeout counted", || handshakes("timeout") == 1.0);
     // Forged: the last byte of the client's Finished record flipped.
-    let mut forged = Early::connect(&client, bed.daemon.addr(), &get("/headers", ""));
+    let mut forged = Early::connect(&other, bed.daemon.addr(), &get("/headers", ""));
     let response = forged.response(ANSWER);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     if let Some(last) = forged.withheld.last_mut() {
@@ -619,8 +622,8 @@ fn too_much_early_data_fails_the_handshake_and_is_counted() {
     );
     let client = bed.client(b"http/1.1");
     warm(&client, bed.daemon.addr(), b"http/1.1");
-    eventually("the sessions in Redis", || {
-        redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= 2
+    eventually("the session in Redis", || {
+        redis.count_keys("portcullis:0rtt:").unwrap_or(0) >= 1
     });
     let padding = "x".repeat(200);
     let request = get("/headers", &format!("X-Padding: {padding}\r\n"));

@@ -87,7 +87,8 @@ pub struct TtfbArgs {
     /// Priming connections before the samples (resumed and 0-RTT modes; not samples).
     #[arg(long, default_value = "1", value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub primes: u32,
-    /// Samples keep no tickets: each offers one from the priming connections (none left: a full handshake).
+    /// Samples keep no tickets: each offers one from the priming connections, which are then full handshakes
+    /// that only collect tickets (none left: a full handshake).
     #[arg(long)]
     pub stash_only: bool,
     /// Once primed, create this file and wait (at most --max-seconds) until it is removed, then sample.
@@ -198,6 +199,9 @@ pub fn run(args: &TtfbArgs) -> Result<TtfbReport, TtfbError> {
     let store = Arc::new(Stash {
         store: TicketStore::new(Scope::Sni),
         frozen: AtomicBool::new(false),
+        // Priming a stash: full handshakes that only add tickets (a server sending one ticket per handshake
+        // would otherwise hand back exactly the one each resuming prime spends).
+        hoarding: AtomicBool::new(args.stash_only),
     });
     let config = client_config(args.mode, store.clone())?;
     let timeout = Duration::from_secs_f64(args.timeout);
@@ -224,6 +228,7 @@ pub fn run(args: &TtfbArgs) -> Result<TtfbReport, TtfbError> {
     }
     let mut primes = args.primes;
     store.frozen.store(args.stash_only, Ordering::Relaxed);
+    store.hoarding.store(false, Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs_f64(args.max_seconds);
     if let Some(file) = &args.pause_file {
         pause(file, deadline)?;
@@ -347,11 +352,13 @@ fn pause(file: &std::path::Path, deadline: Instant) -> Result<(), TtfbError> {
     Ok(())
 }
 
-/// The probe's ticket store: once `frozen`, TLS 1.3 tickets the server sends are dropped (`--stash-only`).
+/// The probe's ticket store: once `frozen`, TLS 1.3 tickets the server sends are dropped (`--stash-only`);
+/// while `hoarding` (priming for `--stash-only`), none is offered, so each prime adds what the server sends.
 #[derive(Debug)]
 struct Stash {
     store: TicketStore,
     frozen: AtomicBool,
+    hoarding: AtomicBool,
 }
 
 impl ClientSessionStore for Stash {
@@ -389,6 +396,9 @@ impl ClientSessionStore for Stash {
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
+        if self.hoarding.load(Ordering::Relaxed) {
+            return None;
+        }
         self.store.take_tls13_ticket(server_name)
     }
 }

@@ -132,16 +132,18 @@ impl Tickets {
     }
 
     /// `base` for an early-data listener: no ticketer (TLS 1.3 tickets are IDs into `store`, the only way
-    /// rustls accepts 0-RTT) and `max_early_data_size` bytes of early data (0: resumes, refuses 0-RTT).
+    /// rustls accepts 0-RTT), `max_early_data_size` bytes of early data (0: resumes, refuses 0-RTT), and
+    /// the store's number of tickets per handshake (each one is a store write).
     pub fn early_data_config(
         base: &ServerConfig,
         store: Arc<session_store::SessionStore>,
         max_early_data_size: u32,
     ) -> Arc<ServerConfig> {
         let mut config = base.clone();
-        config.session_storage = store;
         config.ticketer = Arc::new(NoTickets);
         config.max_early_data_size = max_early_data_size;
+        config.send_tls13_tickets = store.tickets();
+        config.session_storage = store;
         Arc::new(config)
     }
 

@@ -34,9 +34,15 @@ pub struct SessionStoreConfig {
     pub fetch_timeout: Duration,
     /// Sessions the local store keeps (oldest evicted first). Unit: sessions. Default: 65536.
     pub capacity: usize,
-    /// Session writes queued for Redis; more are dropped and counted (`op="put", result="dropped"`).
+    /// Session writes to Redis in flight at once; more are dropped and counted (`op="put", result="dropped"`).
     /// Unit: writes. Default: 4096.
     pub write_queue: usize,
+    /// TLS 1.3 tickets an early-data listener issues per handshake, each one session written to the store.
+    /// A 0-RTT attempt spends one ticket, and every resumption brings a fresh one, so one is enough for a
+    /// client that reconnects one connection at a time; a client opening several connections at once resumes
+    /// only as many of them as it holds tickets (the others make full handshakes). Unit: tickets, 1 to 4.
+    /// Default: 1.
+    pub tickets: usize,
     /// Consecutive store failures (timeouts or errors) that open the circuit breaker: while open, handshakes
     /// do not ask the store at all. Default: 5.
     pub breaker_failures: u32,
@@ -53,6 +59,7 @@ impl Default for SessionStoreConfig {
             fetch_timeout: Duration::from_millis(5),
             capacity: 65536,
             write_queue: 4096,
+            tickets: 1,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(1),
         }
@@ -92,6 +99,12 @@ impl SessionStoreConfig {
         }
         if self.write_queue == 0 {
             return Err(("write_queue", "must be at least 1".into()));
+        }
+        if !(1..=4).contains(&self.tickets) {
+            return Err((
+                "tickets",
+                "must be 1 to 4 (each ticket is one session written to the store)".into(),
+            ));
         }
         if self.breaker_failures == 0 {
             return Err(("breaker_failures", "must be at least 1".into()));
@@ -200,6 +213,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(slow.validate().err().map(|e| e.0), Some("fetch_timeout"));
+        let none = SessionStoreConfig {
+            tickets: 0,
+            ..Default::default()
+        };
+        assert_eq!(none.validate().err().map(|e| e.0), Some("tickets"));
         let bad = EarlyDataConfig {
             methods: vec!["get".into()],
             ..Default::default()

@@ -84,6 +84,7 @@ pub struct SessionStore {
     tls12: Arc<SessionCache>,
     lifetime: Duration,
     fetch_timeout: Duration,
+    tickets: usize,
     rng: ring::rand::SystemRandom,
     metrics: StoreMetrics,
 }
@@ -139,9 +140,15 @@ impl SessionStore {
             tls12,
             lifetime,
             fetch_timeout: config.fetch_timeout,
+            tickets: config.tickets,
             rng: ring::rand::SystemRandom::new(),
             metrics,
         })
+    }
+
+    /// TLS 1.3 tickets per handshake on the listeners that use this store (`tls.session_store.tickets`).
+    pub fn tickets(&self) -> usize {
+        self.tickets
     }
 
     /// Takes the session of `identity` from the store (single use), waiting at most `fetch_timeout` (see

@@ -4,19 +4,24 @@
 //! The fetch is `SET key "" XX KEEPTTL GET`: atomic like `GETDEL`, but it leaves an empty tombstone until the
 //! session would have expired, so a second use of the same ticket (a replayed 0-RTT flight, on any
 //! instance) is told apart from an unknown one in the same round trip. Writes are asynchronous (rustls'
-//! `put` is synchronous): a bounded queue drained by a thread of our own, where the connection manager and its
-//! reconnects live too.
+//! `put` is synchronous): each is a task spawned on the calling worker's runtime, bounded in number.
 //!
-//! A session still waiting in the queue is in no other instance's reach, so a client that comes back at once
-//! takes it from the queue's side table here (no round trip); the writer then stores a tombstone instead of
+//! Every worker thread talks to Redis over a connection of its own, driven by its own runtime ([`link`]):
+//! a fetch or a write is a socket write and a read on the thread that asked, with no hop to another thread
+//! and no wake-up of one (that hop was most of the store's CPU per resumption; BENCHMARKS.md, "The session
+//! store"). Requests queued on one connection before its driver runs leave in one `write`.
+//!
+//! A session whose write has not landed yet is in no other instance's reach, so a client that comes back at
+//! once takes it from the side table here (no round trip); the writer then stores a tombstone instead of
 //! the session, and a replay elsewhere is still recognised. One lock decides who has it: writer or taker.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::mpsc;
 
 use super::Lookup;
 use super::metrics::StoreMetrics;
@@ -40,8 +45,8 @@ pub enum RedisStoreError {
     Thread(String),
 }
 
-/// Sessions queued for Redis, by identity: the writer or a handshake on this instance takes each.
-type Pending = Arc<Mutex<HashMap<Vec<u8>, Queued>>>;
+/// Sessions not yet in Redis, by identity: the writer or a handshake on this instance takes each.
+type Pending = Mutex<HashMap<Vec<u8>, Queued>>;
 
 /// A queued session's state.
 enum Queued {
@@ -51,7 +56,7 @@ enum Queued {
     Writing(Arc<tokio::sync::Notify>),
 }
 
-/// What the write queue had for an identity.
+/// What the side table of writes not yet landed had for an identity.
 pub enum FromQueue {
     /// The sealed session, taken here (the writer will store a tombstone).
     Taken(Vec<u8>),
@@ -61,28 +66,50 @@ pub enum FromQueue {
     Absent,
 }
 
-/// The Redis backend: a connection manager shared by every worker, and the write queue.
-pub struct RedisBackend {
-    conn: ConnectionManager,
-    writes: mpsc::Sender<Vec<u8>>,
+/// Tells one backend's connections from another's in a thread's [`link`] (a daemon has one; tests many).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// This thread's connection to the Redis of backend `.0`, driven by the runtime it was first used on
+    /// (a worker's own current-thread runtime).
+    static LINK: RefCell<Option<(u64, ConnectionManager)>> = const { RefCell::new(None) };
+}
+
+/// What the write tasks share with the backend.
+struct Shared {
+    id: u64,
+    client: redis::Client,
+    config: ConnectionManagerConfig,
     pending: Pending,
+    /// Writes spawned and not finished, at most `max_writes`.
+    writes: AtomicUsize,
+    max_writes: usize,
     ttl_secs: u64,
+    metrics: StoreMetrics,
+}
+
+/// The Redis backend: a connection per worker thread, and the writes in flight.
+pub struct RedisBackend {
+    shared: Arc<Shared>,
+    /// The store thread's runtime: writes asked for outside any runtime run there.
+    fallback: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBackend")
-            .field("ttl_secs", &self.ttl_secs)
+            .field("ttl_secs", &self.shared.ttl_secs)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisBackend {
-    /// Starts the store thread for `url` (connecting lazily: a Redis that is down at start only makes
-    /// resumptions on early-data listeners full handshakes until it is back).
+    /// Starts the store thread for `url` and checks Redis answers (connecting lazily: a Redis that is down at
+    /// start only makes resumptions on early-data listeners full handshakes until it is back). At most
+    /// `max_writes` session writes are in flight; more are dropped and counted.
     pub fn start(
         url: &str,
-        queue: usize,
+        max_writes: usize,
         ttl: Duration,
         metrics: StoreMetrics,
     ) -> Result<Self, RedisStoreError> {
@@ -90,11 +117,26 @@ impl RedisBackend {
             url: url.to_owned(),
             source,
         })?;
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let pending: Pending = Arc::default();
-        let writer_pending = pending.clone();
-        let ttl_secs = ttl.as_secs().max(1);
-        let (conn_tx, conn_rx) = std::sync::mpsc::channel();
+        // No response timeout of redis-rs': a fetch has its own deadline, and a timer armed per command costs
+        // the worker a wake-up of its own runtime (tokio unparks when a timer is earlier than its next wake).
+        // A write to a hung Redis waits for the connection to fail, holding one of `max_writes`.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(1)))
+            .set_response_timeout(None)
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(2);
+        let shared = Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            client,
+            config,
+            pending: Mutex::default(),
+            writes: AtomicUsize::new(0),
+            max_writes: max_writes.max(1),
+            ttl_secs: ttl.as_secs().max(1),
+            metrics,
+        });
+        let (handle_tx, handle_rx) = std::sync::mpsc::channel();
+        let probe = shared.clone();
         std::thread::Builder::new()
             .name("session-store".into())
             .spawn(move || {
@@ -104,62 +146,56 @@ impl RedisBackend {
                 {
                     Ok(rt) => rt,
                     Err(e) => {
-                        let _ = conn_tx.send(Err(e.to_string()));
+                        let _ = handle_tx.send(Err(e.to_string()));
                         return;
                     }
                 };
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(1)))
-                    .set_response_timeout(Some(Duration::from_secs(1)))
-                    .set_max_delay(Duration::from_secs(1))
-                    .set_number_of_retries(2);
-                let conn =
-                    rt.block_on(async { ConnectionManager::new_lazy_with_config(client, config) });
-                let conn = match conn {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = conn_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = conn_tx.send(Ok(conn.clone()));
-                // Connect now, not on the first handshake's fetch (which would spend its whole timeout on it).
-                let mut first = conn.clone();
-                rt.spawn(async move {
-                    let pong: redis::RedisResult<String> =
-                        redis::cmd("PING").query_async(&mut first).await;
+                let _ = handle_tx.send(Ok(rt.handle().clone()));
+                rt.block_on(async move {
+                    // Tell the operator now, not on the first handshake, when Redis does not answer.
+                    let pong: redis::RedisResult<String> = match probe.link() {
+                        Ok(mut c) => redis::cmd("PING").query_async(&mut c).await,
+                        Err(e) => Err(e),
+                    };
                     if let Err(e) = pong {
                         tracing::warn!(error = %e, "the session store's Redis does not answer yet: resumptions on early-data listeners are full handshakes until it does");
                     }
+                    // Serve the writes handed over from outside a runtime, for the life of the process.
+                    std::future::pending::<()>().await;
                 });
-                rt.block_on(write_loop(conn, rx, writer_pending, ttl_secs, metrics));
             })
             .map_err(|e| RedisStoreError::Thread(e.to_string()))?;
-        let conn = conn_rx
+        let fallback = handle_rx
             .recv()
             .map_err(|e| RedisStoreError::Thread(e.to_string()))?
             .map_err(RedisStoreError::Thread)?;
-        Ok(Self {
-            conn,
-            writes: tx,
-            pending,
-            ttl_secs,
-        })
+        Ok(Self { shared, fallback })
     }
 
-    /// Queues a sealed session; `false` when the queue is full (the write is dropped).
+    /// Writes a sealed session (asynchronously, on the calling worker's runtime); `false` when too many
+    /// writes are in flight (this one is dropped).
     pub fn put(&self, identity: &[u8], sealed: Vec<u8>) -> bool {
-        lock(&self.pending).insert(identity.to_vec(), Queued::Waiting(sealed));
-        if self.writes.try_send(identity.to_vec()).is_ok() {
-            return true;
+        let shared = &self.shared;
+        if shared.writes.fetch_add(1, Ordering::Relaxed) >= shared.max_writes {
+            shared.writes.fetch_sub(1, Ordering::Relaxed);
+            return false;
         }
-        lock(&self.pending).remove(identity);
-        false
+        lock(&shared.pending).insert(identity.to_vec(), Queued::Waiting(sealed));
+        let write = write(Write {
+            shared: shared.clone(),
+            identity: identity.to_vec(),
+            landed: None,
+        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(here) => drop(here.spawn(write)),
+            Err(_) => drop(self.fallback.spawn(write)),
+        }
+        true
     }
 
     /// A sealed session still queued for Redis, taken on this instance, or the wait for its write to land.
     pub fn take_queued(&self, identity: &[u8]) -> FromQueue {
-        let mut pending = lock(&self.pending);
+        let mut pending = lock(&self.shared.pending);
         match pending.remove(identity) {
             Some(Queued::Waiting(sealed)) => FromQueue::Taken(sealed),
             Some(Queued::Writing(landed)) => {
@@ -174,7 +210,7 @@ impl RedisBackend {
 
     /// Takes the sealed session under `identity` (one round trip). Errors are the caller's to time and count.
     pub async fn take(&self, identity: &[u8]) -> redis::RedisResult<Lookup> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.shared.link()?;
         let old: Option<Vec<u8>> = redis::cmd("SET")
             .arg(key(identity))
             .arg(b"".as_slice())
@@ -191,6 +227,23 @@ impl RedisBackend {
     }
 }
 
+impl Shared {
+    /// This thread's connection (made on first use, in the current runtime, which drives it).
+    fn link(&self) -> redis::RedisResult<ConnectionManager> {
+        LINK.with_borrow_mut(|slot| {
+            if let Some((id, conn)) = slot.as_ref()
+                && *id == self.id
+            {
+                return Ok(conn.clone());
+            }
+            let conn =
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+            *slot = Some((self.id, conn.clone()));
+            Ok(conn)
+        })
+    }
+}
+
 fn key(identity: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(KEY_PREFIX.len() + identity.len());
     k.extend_from_slice(KEY_PREFIX);
@@ -202,37 +255,52 @@ fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Queued>
     pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-async fn write_loop(
-    conn: ConnectionManager,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    pending: Pending,
-    ttl_secs: u64,
-    metrics: StoreMetrics,
-) {
-    while let Some(identity) = rx.recv().await {
-        // Taken on this instance while queued: store the tombstone, so a replay elsewhere is seen as one.
-        let landed = Arc::new(tokio::sync::Notify::new());
-        let value = match lock(&pending).insert(identity.clone(), Queued::Writing(landed.clone())) {
+/// One session write. Taken on this instance while queued: store the tombstone, so a replay elsewhere is seen
+/// as one.
+async fn write(mut w: Write) {
+    let landed = Arc::new(tokio::sync::Notify::new());
+    let value =
+        match lock(&w.shared.pending).insert(w.identity.clone(), Queued::Writing(landed.clone())) {
             Some(Queued::Waiting(sealed)) => sealed,
             _ => Vec::new(),
         };
-        let mut c = conn.clone();
-        let started = Instant::now();
-        let done: redis::RedisResult<()> = redis::cmd("SET")
-            .arg(key(&identity))
-            .arg(&value)
-            .arg("EX")
-            .arg(ttl_secs)
-            .query_async(&mut c)
-            .await;
-        lock(&pending).remove(&identity);
-        landed.notify_waiters();
-        match done {
-            Ok(()) => metrics.put("ok", Some(started.elapsed())),
-            Err(e) => {
-                metrics.put("error", None);
-                tracing::debug!(error = %e, "session store write failed: that ticket will not resume");
-            }
+    w.landed = Some(landed);
+    let started = Instant::now();
+    let done: redis::RedisResult<()> = match w.shared.link() {
+        Ok(mut c) => {
+            redis::cmd("SET")
+                .arg(key(&w.identity))
+                .arg(&value)
+                .arg("EX")
+                .arg(w.shared.ttl_secs)
+                .query_async(&mut c)
+                .await
         }
+        Err(e) => Err(e),
+    };
+    match done {
+        Ok(()) => w.shared.metrics.put("ok", Some(started.elapsed())),
+        Err(e) => {
+            w.shared.metrics.put("error", None);
+            tracing::debug!(error = %e, "session store write failed: that ticket will not resume");
+        }
+    }
+}
+
+/// A write in flight. Its end, also when its task is dropped (the runtime shutting down): the side-table
+/// entry goes, fetches waiting for it go on (no fetch waits for a write that is gone), the count drops.
+struct Write {
+    shared: Arc<Shared>,
+    identity: Vec<u8>,
+    landed: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl Drop for Write {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).remove(&self.identity);
+        if let Some(landed) = &self.landed {
+            landed.notify_waiters();
+        }
+        self.shared.writes.fetch_sub(1, Ordering::Relaxed);
     }
 }
