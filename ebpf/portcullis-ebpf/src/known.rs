@@ -3,9 +3,9 @@
 //!
 //! - [`syn_admitted`]: a SYN spends a token of this CPU's flood budget ([`XDP_SYN_FLOOD`], `flood_syn_rate`); once
 //!   it is spent, only sources in the known set [`XDP_KNOWN`] pass, the rest are dropped (`drop_syn_flood`).
-//! - [`after_verdict`]: a passed ClientHello makes its source known (while the flood budget is on); a malformed one
-//!   puts its source's SYN budget under a penalty (`malformed_penalty_ms`), so that its next connections are
-//!   dropped at the SYN (`drop_syn_penalty`) instead of each costing the server an accept.
+//! - [`after_verdict`]: a passed ClientHello makes its source known (while the flood budget or the penalty is on); a
+//!   malformed one puts its source's SYN budget under a penalty (`malformed_penalty_ms`) unless it is known, so that
+//!   its next connections are dropped at the SYN (`drop_syn_penalty`) instead of each costing the server an accept.
 
 use aya_ebpf::{
     bindings::xdp_md,
@@ -80,16 +80,14 @@ fn known(hi: u64, lo: u64, now: u64, ttl_s: u32) -> bool {
 }
 
 /// The marks a first segment's verdict leaves on its source: a passed ClientHello makes it known (while the flood
-/// budget is on), a malformed one puts it under a penalty (while the SYN budget is on and a penalty set). Two loads
-/// and branches for any other case.
+/// budget or the penalty is on), a malformed one puts an unknown source under a penalty (while the SYN budget is
+/// on and a penalty set). A few loads and branches for any other case.
 #[inline(always)]
 pub(crate) fn after_verdict(ctx: &XdpContext, config: &XdpConfig, verdict: Verdict) {
-    if verdict == Verdict::PassClientHello && config.flood_syn_rate != 0 {
+    let penalty = config.malformed_penalty_ms != 0 && config.syn_rate != 0;
+    if verdict == Verdict::PassClientHello && (config.flood_syn_rate != 0 || penalty) {
         remember(ctx.ctx, config);
-    } else if verdict == Verdict::DropMalformedHello
-        && config.malformed_penalty_ms != 0
-        && config.syn_rate != 0
-    {
+    } else if verdict == Verdict::DropMalformedHello && penalty {
         penalize(ctx.ctx, config);
     }
 }
@@ -119,16 +117,26 @@ fn remember(ctx: *mut xdp_md, config: &XdpConfig) {
     unsafe { (*set).remember(tag, now_ns(config)) };
 }
 
-/// Puts the packet's source under a penalty: its SYN bucket emptied until `malformed_penalty_ms` from now.
+/// Puts the packet's source under a penalty: its SYN bucket emptied until `malformed_penalty_ms` from now, unless it
+/// is known. XDP sees one direction only and cannot tell a completed handshake from a spoofed SYN and segment, so a
+/// spoofer can penalize a source; sparing known ones keeps it from refusing the clients seen recently (and the
+/// clients behind a NAT one of which sends junk).
 #[inline(never)]
 fn penalize(ctx: *mut xdp_md, config: &XdpConfig) {
     let Some(source) = source_of(ctx, config) else {
         return;
     };
+    let now = now_ns(config);
+    let (known_set, tag) = known_slot(&source, seed());
+    if XDP_KNOWN
+        .get(known_set)
+        .is_some_and(|set| set.contains(tag, now, config.known_ttl_s))
+    {
+        return;
+    }
     let Some(set) = XDP_SYN_BUDGET.get_ptr_mut(budget_set(&source, seed())) else {
         return;
     };
-    let now = now_ns(config);
     let until = now.saturating_add(u64::from(config.malformed_penalty_ms) * 1_000_000);
     // SAFETY: a pointer to a live map value; a concurrent update can only lose the penalty or a token (see
     // `BudgetSet`), never make the value invalid.

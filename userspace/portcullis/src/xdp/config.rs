@@ -83,8 +83,9 @@ pub struct XdpSection {
     /// Milliseconds a source prefix's SYNs are dropped in XDP
     /// (`portcullis_xdp_packets_total{verdict="drop_syn_penalty"}`) after its first segment was a malformed
     /// ClientHello, 0 to 600,000: its SYN budget is emptied and refills only after. A junk sender then stops
-    /// costing an accept per connection; everyone behind the same prefix (a NAT) is refused as long. Needs
-    /// `syn_rate`. 0 = no penalty. Default: 5000.
+    /// costing an accept per connection; everyone behind the same prefix (a NAT) is refused as long, unless the
+    /// prefix is known (a ClientHello passed within `known_ttl`: those are spared). Needs `syn_rate`. 0 = no
+    /// penalty. Default: 5000.
     pub malformed_penalty_ms: u32,
     /// ClientHellos per second each source prefix (the same prefixes as the SYN budget) may send, counted in
     /// full handshakes; over budget the first segment is dropped in XDP

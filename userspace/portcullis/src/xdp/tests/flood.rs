@@ -1,7 +1,7 @@
 //! The spoofed-flood defences through the loaded BPF program (`BPF_PROG_TEST_RUN`): once this CPU's budget of
 //! unknown sources' SYNs is spent, SYNs from new sources drop (`drop_syn_flood`) while a source that passed a
 //! ClientHello still passes; and a source whose first segment was a malformed ClientHello has its next SYNs
-//! dropped (`drop_syn_penalty`) for the penalty's time, while others pass. Both knobs apply on the next packet.
+//! dropped (`drop_syn_penalty`) for the penalty's time, while others, and known sources, pass. Both knobs apply on the next packet.
 //!
 //! Privileged like `run`, whose loader and runner it uses.
 
@@ -136,6 +136,16 @@ fn a_malformed_client_hello_drops_its_sources_next_syns() {
     assert_eq!(
         run(&mut ebpf, &counters, &Conn::v4(8, 41001).syn()),
         (XDP_PASS, Verdict::PassListenerTcp)
+    );
+    // A known source (a ClientHello passed) is spared: a spoofed junk segment cannot refuse a recent client.
+    assert_eq!(
+        hello(&mut ebpf, &counters, Conn::v4(8, 41002), &junk),
+        (XDP_DROP, Verdict::DropMalformedHello)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &Conn::v4(8, 41003).syn()),
+        (XDP_PASS, Verdict::PassListenerTcp),
+        "a known source's SYN after its malformed ClientHello"
     );
     // Without a penalty (a live knob), a malformed ClientHello costs its source nothing more.
     config.malformed_penalty_ms = 0;
