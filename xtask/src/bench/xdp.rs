@@ -111,6 +111,9 @@ struct Class {
     /// The flood budget for unknown sources' SYNs on and spent on every CPU (issue 21): each SYN of an unknown
     /// source looks the known-source set up and is dropped (`drop_syn_flood`), before the per-source budget.
     flood_budget: bool,
+    /// The flood budget on and never spent (rate and burst the maximum): the known-source set is kept, so a passed
+    /// ClientHello renews its source there.
+    known_kept: bool,
     /// Source prefixes in the CIDR blocklist (`xdp_block_net`) from this class on, none covering the frame's
     /// source: a production blocklist's size, so that the LPM trie lookup every listener packet makes is timed
     /// with one (the classes before it run with an empty trie).
@@ -215,19 +218,29 @@ impl Loaded {
         if class.shed {
             config.syn_shed_ppm = 1_000_000;
         }
+        if class.known_kept {
+            config.flood_syn_rate = u32::MAX;
+            config.flood_syn_burst = u32::MAX;
+            config.known_ttl_s = 600;
+        }
         if class.flood_budget {
             config.flood_syn_rate = 1;
             config.flood_syn_burst = 1;
             config.known_ttl_s = 600;
-            // Spent on every CPU for an hour: a bucket stamped in the future refills nothing (as a penalty).
-            // An object from before the flood budget has no such map (and passes these SYNs: `XDP_ONLY`).
-            if let Some(map) = self.ebpf.map_mut(MAP_XDP_SYN_FLOOD) {
-                let mut buckets = PerCpuArray::<_, TokenBucket>::try_from(map)?;
-                let cpus =
-                    aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
-                let spent = TokenBucket::penalty(monotonic_ns()? + 3_600_000_000_000);
-                buckets.set(0, PerCpuValues::try_from(vec![spent; cpus])?, 0)?;
-            }
+        }
+        // The flood budget's buckets: for `flood_budget`, spent on every CPU for an hour (a bucket stamped in the
+        // future refills nothing, as a penalty); for every other class unused (stamp 0: full at the first SYN), so
+        // a spent one does not outlast its class. An object from before the flood budget has no such map (and
+        // passes the `flood_budget` SYNs: `XDP_ONLY`).
+        if let Some(map) = self.ebpf.map_mut(MAP_XDP_SYN_FLOOD) {
+            let mut buckets = PerCpuArray::<_, TokenBucket>::try_from(map)?;
+            let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+            let bucket = if class.flood_budget {
+                TokenBucket::penalty(monotonic_ns()? + 3_600_000_000_000)
+            } else {
+                TokenBucket::penalty(0)
+            };
+            buckets.set(0, PerCpuValues::try_from(vec![bucket; cpus])?, 0)?;
         }
         write_config(&self.ebpf, &config)?;
         // An object from before the count (`PORTCULLIS_BPF_OBJECT`) always fingerprints.
@@ -686,6 +699,7 @@ fn classes() -> Result<Vec<Class>> {
         syn_budget: false,
         shed: false,
         flood_budget: false,
+        known_kept: false,
         blocked_prefixes: 0,
         prefix_near_source: false,
         distinct: 0,
@@ -774,6 +788,11 @@ fn classes() -> Result<Vec<Class>> {
             fingerprints_blocked: 2,
             curl_shape_blocked: true,
             ..hello(50014, captured("curl_sni")?, 2)
+        },
+        Class {
+            name: "client_hello (curl), known sources kept",
+            known_kept: true,
+            ..hello(50021, captured("curl_sni")?, 2)
         },
         Class {
             name: "pq_first_segment (rustls)",
