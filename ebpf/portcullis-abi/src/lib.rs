@@ -12,6 +12,8 @@
 //! - [`limits`]: per-source token buckets and the blocklist key, the map layouts and the arithmetic.
 //! - [`steering`]: the reuseport steering pick (flow hash, skip saturated workers), its config and outcome
 //!   counters, shared by the SK_REUSEPORT program and the daemon.
+//! - [`known`]: the sources that recently sent a ClientHello the guard passed, which pass a spoofed-source SYN
+//!   flood that the per-CPU budget of unknown sources' SYNs stops.
 //! - [`shed`]: the tags of the flows whose SYN load shedding dropped, to tell their retransmissions apart.
 //! - [`packet`]: the Ethernet/IP/TCP classifier the XDP program runs, unit-tested here on the host.
 //! - `hello_fixtures` (host only: `fixtures` feature or tests): crafted and captured ClientHellos, one malformed
@@ -35,6 +37,7 @@ pub mod flow;
 pub mod fp_shapes;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod hello_fixtures;
+pub mod known;
 pub mod limits;
 pub mod names;
 pub mod packet;

@@ -81,8 +81,26 @@ impl TokenBucket {
     #[inline(always)]
     pub fn take(&mut self, now_ns: u64, rate_per_sec: u32, burst: u32, cost_milli: u64) -> bool {
         self.tokens_milli = self.level(now_ns, rate_per_sec, burst);
-        self.last_ns = now_ns;
+        // A stamp in the future is a penalty ([`TokenBucket::penalized`]): it stays until then.
+        if now_ns > self.last_ns {
+            self.last_ns = now_ns;
+        }
         self.spend(cost_milli)
+    }
+
+    /// An empty bucket that refills nothing until `until_ns`: a penalty, which [`TokenBucket::level`] honours
+    /// because it refills only for time after the stamp.
+    pub const fn penalty(until_ns: u64) -> TokenBucket {
+        TokenBucket {
+            tokens_milli: 0,
+            last_ns: until_ns,
+        }
+    }
+
+    /// Whether the bucket serves a penalty at `now_ns` ([`TokenBucket::penalty`]).
+    #[inline(always)]
+    pub const fn penalized(&self, now_ns: u64) -> bool {
+        self.last_ns > now_ns
     }
 
     /// The tokens the bucket would hold at `now_ns` once refilled at `rate_per_sec` up to `burst`, in thousandths,
@@ -214,6 +232,51 @@ impl BudgetSet {
         (way, true)
     }
 
+    /// [`BudgetSet::take`] for a SYN: also tells a source serving a penalty ([`TokenBucket::penalty`]) apart from
+    /// one merely over its budget.
+    #[inline(always)]
+    pub fn take_syn(
+        &mut self,
+        source: &SourceKey,
+        now_ns: u64,
+        rate_per_sec: u32,
+        burst: u32,
+    ) -> SynSpend {
+        let (way, new) = self.way_of(source, now_ns, rate_per_sec, burst);
+        let bucket = &mut self.ways[way].bucket;
+        if new {
+            return if bucket.spend(SYN_COST_MILLI) {
+                SynSpend::Taken
+            } else {
+                SynSpend::Short
+            };
+        }
+        if bucket.penalized(now_ns) {
+            return SynSpend::Penalized;
+        }
+        if bucket.take(now_ns, rate_per_sec, burst, SYN_COST_MILLI) {
+            SynSpend::Taken
+        } else {
+            SynSpend::Short
+        }
+    }
+
+    /// Puts `source` under a penalty until `until_ns`: its bucket (its way, or the one [`BudgetSet::way_of`] hands
+    /// it) emptied and refilling nothing until then. An empty bucket is the last a stranger pushes out of the set,
+    /// so the penalty holds unless two sources serving one share the set with a third.
+    #[inline(always)]
+    pub fn penalize(
+        &mut self,
+        source: &SourceKey,
+        now_ns: u64,
+        until_ns: u64,
+        rate_per_sec: u32,
+        burst: u32,
+    ) {
+        let (way, _) = self.way_of(source, now_ns, rate_per_sec, burst);
+        self.ways[way].bucket = TokenBucket::penalty(until_ns);
+    }
+
     /// [`TokenBucket::take`] on `source`'s bucket, in the way [`BudgetSet::way_of`] gives it (a bucket just taken
     /// over is full: spent from without a refill). Returns whether the tokens were there.
     #[inline(always)]
@@ -235,13 +298,19 @@ impl BudgetSet {
     }
 }
 
-/// The set of `source` in a budget table whose hash is keyed with `seed`: an index below [`BUDGET_SETS`].
-///
-/// The address as two big-endian words (so its last bytes, where neighbours differ, are low bits that a multiply
-/// carries into every higher one), each mixed in by a multiply and a shift, then one more multiply and the top
-/// bits, as in Fibonacci hashing.
+/// The set of `source` in a budget table whose hash is keyed with `seed`: an index below [`BUDGET_SETS`], the top
+/// bits of [`source_hash`], as in Fibonacci hashing.
 #[inline(always)]
 pub fn budget_set(source: &SourceKey, seed: u64) -> u32 {
+    (source_hash(source, seed) >> (64 - BUDGET_SETS.trailing_zeros())) as u32
+}
+
+/// A hash of `source` keyed with `seed`: the address as two big-endian words (so its last bytes, where neighbours
+/// differ, are low bits that a multiply carries into every higher one), each mixed in by a multiply and a shift,
+/// then one more multiply. Its top bits pick a budget set ([`budget_set`]), its lower ones a known-source set and
+/// tag ([`crate::known`]).
+#[inline(always)]
+pub fn source_hash(source: &SourceKey, seed: u64) -> u64 {
     const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
     let words = source.words();
     let mut h = seed;
@@ -251,7 +320,18 @@ pub fn budget_set(source: &SourceKey, seed: u64) -> u32 {
         h ^= h >> 29;
         i += 1;
     }
-    (h.wrapping_mul(GOLDEN) >> (64 - BUDGET_SETS.trailing_zeros())) as u32
+    h.wrapping_mul(GOLDEN)
+}
+
+/// What [`BudgetSet::take_syn`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SynSpend {
+    /// A SYN's token was there and is spent.
+    Taken,
+    /// Too few tokens: over the budget.
+    Short,
+    /// The source serves a penalty ([`BudgetSet::penalize`]).
+    Penalized,
 }
 
 /// The index of way `way` of set `set` of a budget table, for a program that finds the bucket again later (the
@@ -567,6 +647,43 @@ mod tests {
         assert!(
             set.ways.iter().all(|w| w.source != a),
             "a, idle and refilled, made room"
+        );
+    }
+
+    #[test]
+    fn a_penalty_drops_until_it_ends_then_the_bucket_refills() {
+        let (a, b) = (
+            source_key(&v4_mapped([203, 0, 113, 1]), 32, 64),
+            source_key(&v4_mapped([203, 0, 113, 2]), 32, 64),
+        );
+        let (rate, burst) = (10, 5);
+        let mut set = unused();
+        assert_eq!(set.take_syn(&a, S, rate, burst), SynSpend::Taken);
+        set.penalize(&a, S, 3 * S, rate, burst);
+        for now in [S, 2 * S, 3 * S - 1] {
+            assert_eq!(set.take_syn(&a, now, rate, burst), SynSpend::Penalized);
+        }
+        // A stranger pushes out the fuller way, not the penalized one; the penalty survives a SYN from it.
+        assert_eq!(set.take_syn(&b, 2 * S, rate, burst), SynSpend::Taken);
+        assert!(set.ways.iter().any(|w| w.source == a));
+        // After the penalty, the bucket refills from empty at the rate: a tenth of a second per token.
+        assert_eq!(
+            set.take_syn(&a, 3 * S + S / 20, rate, burst),
+            SynSpend::Short
+        );
+        assert_eq!(
+            set.take_syn(&a, 3 * S + S / 10, rate, burst),
+            SynSpend::Taken
+        );
+        // A source new to its set with a penalty gets a way and the penalty at once.
+        let c = source_key(&v4_mapped([203, 0, 113, 3]), 32, 64);
+        let mut set = unused();
+        set.penalize(&c, S, 2 * S, rate, burst);
+        assert_eq!(set.take_syn(&c, S, rate, burst), SynSpend::Penalized);
+        assert_eq!(
+            set.take_syn(&c, 2 * S + S, rate, burst),
+            SynSpend::Taken,
+            "a second after the penalty, 10 tokens refilled"
         );
     }
 

@@ -121,6 +121,14 @@ pub const MAP_RP_OUTCOMES: &str = "rp_outcomes";
 /// per run, like the verdict counters.
 pub const MAP_XDP_DROP_RING: &str = "xdp_drop_ring";
 
+/// Per-CPU array of one [`crate::limits::TokenBucket`]: the CPU's budget of SYNs from sources the guard does not
+/// know (`XdpConfig::flood_syn_rate`; [`crate::known`]).
+pub const MAP_XDP_SYN_FLOOD: &str = "xdp_syn_flood";
+
+/// Array of [`crate::known::KNOWN_SETS`] [`crate::known::KnownSet`]s: the sources that recently passed a
+/// ClientHello, which pass while the flood budget is spent ([`crate::known`]).
+pub const MAP_XDP_KNOWN: &str = "xdp_known";
+
 /// Every map the daemon opens by name (aya-log's own `AYA_LOGS` ring buffer is not ours and not listed).
 pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_VERDICTS,
@@ -140,6 +148,8 @@ pub const ALL_MAPS: &[&str] = &[
     MAP_XDP_HELLO_PROG,
     MAP_XDP_SYN_SHED,
     MAP_XDP_DROP_RING,
+    MAP_XDP_SYN_FLOOD,
+    MAP_XDP_KNOWN,
     MAP_RP_SOCKS,
     MAP_RP_CONFIG,
     MAP_RP_SATURATED,

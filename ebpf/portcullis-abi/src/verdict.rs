@@ -44,11 +44,20 @@ pub enum Verdict {
     /// shedding dropped, dropped again (`XdpConfig::syn_retry_shed_ppm`): under overload fresh clients go first
     /// ("adaptive LIFO"), since a retrying client has already waited a second or more.
     DropSynRetryShed = 13,
+    /// A SYN to a listener port from a source the guard does not know (no valid ClientHello from it within
+    /// `XdpConfig::known_ttl_s`) while this CPU's budget of such SYNs (`XdpConfig::flood_syn_rate`) is spent: a
+    /// spoofed-source SYN flood, kept out of the kernel's receive backlog and SYN cookie work. Legitimate new
+    /// clients compete with the flood for that budget; known ones pass.
+    DropSynFlood = 14,
+    /// A SYN to a listener port from a source prefix serving a penalty: its last first segment was a malformed
+    /// ClientHello (`XdpConfig::malformed_penalty_ms`), so its next connections would only cost the server an
+    /// accept each.
+    DropSynPenalty = 15,
 }
 
 impl Verdict {
     /// Number of verdicts, and so the number of entries of the counter array.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 16;
 
     /// Every verdict, in counter-index order.
     pub const ALL: [Verdict; Verdict::COUNT] = [
@@ -66,6 +75,8 @@ impl Verdict {
         Verdict::DropBlockedFingerprint,
         Verdict::PassClientHello,
         Verdict::DropSynRetryShed,
+        Verdict::DropSynFlood,
+        Verdict::DropSynPenalty,
     ];
 
     /// The snake_case label of this verdict, used as the `verdict` label value of
@@ -86,6 +97,8 @@ impl Verdict {
             Verdict::DropBlockedFingerprint => "drop_blocked_fingerprint",
             Verdict::PassClientHello => "pass_client_hello",
             Verdict::DropSynRetryShed => "drop_syn_retry_shed",
+            Verdict::DropSynFlood => "drop_syn_flood",
+            Verdict::DropSynPenalty => "drop_syn_penalty",
         }
     }
 
@@ -107,6 +120,8 @@ impl Verdict {
             11 => Some(Verdict::DropBlockedFingerprint),
             12 => Some(Verdict::PassClientHello),
             13 => Some(Verdict::DropSynRetryShed),
+            14 => Some(Verdict::DropSynFlood),
+            15 => Some(Verdict::DropSynPenalty),
             _ => None,
         }
     }
@@ -119,6 +134,8 @@ impl Verdict {
                 | Verdict::DropSynRate
                 | Verdict::DropSynShed
                 | Verdict::DropSynRetryShed
+                | Verdict::DropSynFlood
+                | Verdict::DropSynPenalty
                 | Verdict::DropMalformedHello
                 | Verdict::DropHelloRate
                 | Verdict::DropBlockedFingerprint

@@ -16,10 +16,10 @@ pub const XDP_CONFIG_KEY: u32 = 0;
 /// The XDP program's configuration: the set of TCP ports the daemon's listeners own and the per-source SYN
 /// budget. Rewritten by the daemon at any time; the program reads it on every packet, so no reload is needed.
 ///
-/// Layout (88 bytes): `ports` at 0, `port_count` at 32, `syn_shed_ppm` at 36, `syn_rate` at 40, `syn_burst` at 44,
+/// Layout (104 bytes): `ports` at 0, `port_count` at 32, `syn_shed_ppm` at 36, `syn_rate` at 40, `syn_burst` at 44,
 /// `v4_prefix_len` at 48, `v6_prefix_len` at 52, `enforce` at 56, `hello_rate` at 60, `hello_burst` at 64,
 /// `hello_resume_cost_milli` at 68, `syn_retry_shed_ppm` at 72, `jiffy_ns` at 76, `jiffies_origin` at 80, `_pad2`
-/// at 84. Host byte order throughout so that `bpftool map dump` prints values as an operator types them.
+/// at 84, `flood_syn_rate` at 88, `flood_syn_burst` at 92, `known_ttl_s` at 96, `malformed_penalty_ms` at 100. Host byte order throughout so that `bpftool map dump` prints values as an operator types them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpConfig {
@@ -64,9 +64,21 @@ pub struct XdpConfig {
     pub jiffies_origin: u32,
     /// Explicit padding; always 0.
     pub _pad2: u32,
+    /// SYNs per second, per CPU, that sources the guard does not know (no passed ClientHello within
+    /// `known_ttl_s`, [`crate::known`]) may send to the listener ports together; over it they are dropped
+    /// (verdict `drop_syn_flood`) while known sources pass. 0 turns the flood budget off (and the known-source
+    /// set is then not kept).
+    pub flood_syn_rate: u32,
+    /// The flood budget's bucket, per CPU, in SYNs; 0 is read as 1.
+    pub flood_syn_burst: u32,
+    /// Seconds a source stays known after its last passed ClientHello; 0 is read as 1.
+    pub known_ttl_s: u32,
+    /// Milliseconds a source prefix's SYNs are dropped (verdict `drop_syn_penalty`) after its first segment was a
+    /// malformed ClientHello; its SYN budget is emptied and refills only after. Needs `syn_rate`; 0 = no penalty.
+    pub malformed_penalty_ms: u32,
 }
 
-const _: () = assert!(size_of::<XdpConfig>() == 88);
+const _: () = assert!(size_of::<XdpConfig>() == 104);
 const _: () = assert!(align_of::<XdpConfig>() == 4);
 
 /// `(jiffy_ns, jiffies_origin)` for a kernel whose tick is `tick_ns` nanoseconds: `INITIAL_JIFFIES` is
@@ -129,6 +141,10 @@ impl XdpConfig {
         jiffy_ns: 0,
         jiffies_origin: 0,
         _pad2: 0,
+        flood_syn_rate: 0,
+        flood_syn_burst: 0,
+        known_ttl_s: 0,
+        malformed_penalty_ms: 0,
     };
 
     /// Builds the configuration for these listener ports, with no SYN budget and enforcement on. Duplicates are dropped (two listeners on different

@@ -240,6 +240,7 @@ pub fn portcullis_ch(ctx: XdpContext) -> u32 {
     let bucket = (slot.bucket != NO_BUCKET).then_some(slot.bucket);
     let dst_port = slot.dst_port as u16;
     let verdict = judge::after_parse(&judged, bucket, config);
+    crate::known::after_verdict(&ctx, config, verdict);
     finish(&ctx, config, verdict, dst_port, false)
 }
 

@@ -16,7 +16,8 @@
 //! crate still type-checks (so `cargo check --workspace` and clippy cover it) and links to an empty `main`.
 //! - Modules, each importing only the ones after it: `flow` (connection tracking, the first segment) -> `hello`
 //!   (the ClientHello program) -> `judge` (the verdict after a parse) -> `finish` (count, sample, action),
-//!   `budget` (budget slots and clock), `config`, `packet_bytes`, `barrier` (compiler barriers for the verifier),
+//!   `known` (the flood budget, known sources, the malformed ClientHello penalty), `budget` (budget slots and
+//!   clock), `config`, `packet_bytes`, `barrier` (compiler barriers for the verifier),
 //!   `shed` (SYN shedding); `reuseport` stands alone.
 #![cfg_attr(target_arch = "bpf", no_std, no_main, feature(asm_experimental_arch))]
 
@@ -27,6 +28,7 @@ mod finish;
 mod flow;
 mod hello;
 mod judge;
+mod known;
 mod packet_bytes;
 mod reuseport;
 mod shed;
@@ -38,23 +40,16 @@ use aya_ebpf::{
 };
 use portcullis_abi::{
     block_filter::{FILTER_WORDS, source_bit, word_of},
-    limits::{ADDR_LEN, BUDGET_MAP_FLAGS, BUDGET_SETS, BudgetSet, SYN_COST_MILLI},
+    limits::{ADDR_LEN, SynSpend},
     packet::{Classification, classify},
     verdict::Verdict,
     xdp_config::XdpConfig,
 };
 
-use budget::{budget, now_ns};
+use budget::{XDP_SYN_BUDGET, budget, now_ns};
 use config::config;
 use finish::finish;
 use packet_bytes::Packet;
-
-/// Per-source SYN token buckets in 2-way sets, a set per keyed hash of the source (`portcullis_abi::limits::BudgetSet`,
-/// 128 KiB: a spoofed flood writes a random set per SYN); the name must match
-/// `portcullis_abi::names::MAP_XDP_SYN_BUDGET`. Under a spoofed-source flood the one-SYN sources push each other out
-/// of their sets and leave a source that spent its budget in place.
-#[btf_map(name = "xdp_syn_budget")]
-static XDP_SYN_BUDGET: Array<BudgetSet, BUDGET_SETS, BUDGET_MAP_FLAGS> = Array::new();
 
 /// Blocked source prefixes (IPv4-mapped for IPv4), value 1; the name must match
 /// `portcullis_abi::names::MAP_XDP_BLOCK_NET`. Written by `portcullis xdp block add|del`.
@@ -111,8 +106,16 @@ fn guard(packet: &Classification, config: &XdpConfig, flow_hash: u64) -> Verdict
     if source_blocked(&packet.src) {
         return Verdict::DropBlockedSource;
     }
-    if packet.is_syn() && config.syn_rate != 0 && !syn_within_budget(packet, config) {
-        return Verdict::DropSynRate;
+    // A spoofed-source flood, before the per-source budget: its SYNs would each write a random budget set.
+    if packet.is_syn() && config.flood_syn_rate != 0 && !known::syn_admitted(packet, config) {
+        return Verdict::DropSynFlood;
+    }
+    if packet.is_syn() && config.syn_rate != 0 {
+        match syn_within_budget(packet, config) {
+            SynSpend::Taken => {}
+            SynSpend::Short => return Verdict::DropSynRate,
+            SynSpend::Penalized => return Verdict::DropSynPenalty,
+        }
     }
     if packet.is_syn() && (config.syn_shed_ppm | config.syn_retry_shed_ppm) != 0 {
         // Load shedding, fresh SYNs before retransmitted ones (`shed.rs`).
@@ -126,25 +129,17 @@ fn guard(packet: &Classification, config: &XdpConfig, flow_hash: u64) -> Verdict
     Verdict::PassListenerTcp
 }
 
-/// Spends one SYN from the source's bucket (a full one for a source new to its set).
+/// Spends one SYN from the source's bucket (a full one for a source new to its set), unless it serves a penalty.
 #[inline(always)]
-fn syn_within_budget(packet: &Classification, config: &XdpConfig) -> bool {
+fn syn_within_budget(packet: &Classification, config: &XdpConfig) -> SynSpend {
     // A missing set (it cannot be: the index is masked to the table) passes: fail open.
     let Some((set, _, source)) = budget(&XDP_SYN_BUDGET, packet, config) else {
-        return true;
+        return SynSpend::Taken;
     };
     let now = now_ns(config);
     // SAFETY: a pointer to a live map value; a concurrent update from another CPU can only lose a token or tear
     // a way (see `BudgetSet`), never make the value invalid (plain integers).
-    unsafe {
-        (*set).take(
-            &source,
-            now,
-            config.syn_rate,
-            config.syn_burst.max(1),
-            SYN_COST_MILLI,
-        )
-    }
+    unsafe { (*set).take_syn(&source, now, config.syn_rate, config.syn_burst.max(1)) }
 }
 
 #[cfg(target_arch = "bpf")]

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use aya::{
     EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, ProgramArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuValues, ProgramArray, lpm_trie::Key},
     programs::Xdp,
 };
 use portcullis_abi::{
@@ -48,10 +48,11 @@ use portcullis_abi::{
     client_hello::{Malformed, fingerprint::SHAPES, parse},
     fp_shapes::{ShapeSet, shape_index},
     hello_fixtures::{CAPTURED, malformed_cases},
-    limits::block_entry,
+    limits::{TokenBucket, block_entry},
     names::{
         MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_SHAPES, MAP_XDP_BLOCK_NET,
-        MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_HELLO_PROG, PROG_XDP, PROG_XDP_HELLO,
+        MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_CONFIG, MAP_XDP_HELLO_PROG, MAP_XDP_SYN_FLOOD, PROG_XDP,
+        PROG_XDP_HELLO,
     },
     packet::{ETH_P_IP, IPPROTO_TCP, TCP_FLAG_ACK, TCP_FLAG_SYN},
     packet_fixtures::{LISTENER, frame, ipv4},
@@ -107,6 +108,12 @@ struct Class {
     syn_budget: bool,
     /// Shed every SYN of a new flow (`syn_shed_ppm` 1,000,000): each is remembered for its retry.
     shed: bool,
+    /// The flood budget for unknown sources' SYNs on and spent on every CPU (issue 21): each SYN of an unknown
+    /// source looks the known-source set up and is dropped (`drop_syn_flood`), before the per-source budget.
+    flood_budget: bool,
+    /// The flood budget on and never spent (rate and burst the maximum): the known-source set is kept, so a passed
+    /// ClientHello renews its source there.
+    known_kept: bool,
     /// Source prefixes in the CIDR blocklist (`xdp_block_net`) from this class on, none covering the frame's
     /// source: a production blocklist's size, so that the LPM trie lookup every listener packet makes is timed
     /// with one (the classes before it run with an empty trie).
@@ -211,6 +218,30 @@ impl Loaded {
         if class.shed {
             config.syn_shed_ppm = 1_000_000;
         }
+        if class.known_kept {
+            config.flood_syn_rate = u32::MAX;
+            config.flood_syn_burst = u32::MAX;
+            config.known_ttl_s = 600;
+        }
+        if class.flood_budget {
+            config.flood_syn_rate = 1;
+            config.flood_syn_burst = 1;
+            config.known_ttl_s = 600;
+        }
+        // The flood budget's buckets: for `flood_budget`, spent on every CPU for an hour (a bucket stamped in the
+        // future refills nothing, as a penalty); for every other class unused (stamp 0: full at the first SYN), so
+        // a spent one does not outlast its class. An object from before the flood budget has no such map (and
+        // passes the `flood_budget` SYNs: `XDP_ONLY`).
+        if let Some(map) = self.ebpf.map_mut(MAP_XDP_SYN_FLOOD) {
+            let mut buckets = PerCpuArray::<_, TokenBucket>::try_from(map)?;
+            let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+            let bucket = if class.flood_budget {
+                TokenBucket::penalty(monotonic_ns()? + 3_600_000_000_000)
+            } else {
+                TokenBucket::penalty(0)
+            };
+            buckets.set(0, PerCpuValues::try_from(vec![bucket; cpus])?, 0)?;
+        }
         write_config(&self.ebpf, &config)?;
         // An object from before the count (`PORTCULLIS_BPF_OBJECT`) always fingerprints.
         if let Some(map) = self.ebpf.map_mut(MAP_XDP_BLOCK_FP_COUNT) {
@@ -310,6 +341,22 @@ fn write_config(ebpf: &aya::Ebpf, config: &XdpConfig) -> Result<()> {
     // SAFETY: `attr` is a bpf_attr for BPF_MAP_UPDATE_ELEM whose pointers (`key`, `value`) outlive the call.
     unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.context("BPF_MAP_UPDATE_ELEM of the config")?;
     Ok(())
+}
+
+/// CLOCK_MONOTONIC now, in ns (the budgets' clock, to within a tick).
+fn monotonic_ns() -> Result<u64> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        bail!(
+            "clock_gettime(CLOCK_MONOTONIC): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64)
 }
 
 /// The kernel's tick: the resolution of CLOCK_MONOTONIC_COARSE.
@@ -651,6 +698,8 @@ fn classes() -> Result<Vec<Class>> {
         hello_rate: 0,
         syn_budget: false,
         shed: false,
+        flood_budget: false,
+        known_kept: false,
         blocked_prefixes: 0,
         prefix_near_source: false,
         distinct: 0,
@@ -712,6 +761,20 @@ fn classes() -> Result<Vec<Class>> {
             ..syn(50018, 1)
         },
         Class {
+            name: "syn, flood budget spent, every one a new source",
+            syn_budget: true,
+            flood_budget: true,
+            distinct: DISTINCT,
+            ..syn(50019, 1)
+        },
+        Class {
+            name: "flood back to back: syn, flood budget spent",
+            syn_budget: true,
+            flood_budget: true,
+            back_to_back: true,
+            ..syn(50020, 1)
+        },
+        Class {
             name: "client_hello (curl)",
             ..hello(50001, captured("curl_sni")?, 2)
         },
@@ -725,6 +788,11 @@ fn classes() -> Result<Vec<Class>> {
             fingerprints_blocked: 2,
             curl_shape_blocked: true,
             ..hello(50014, captured("curl_sni")?, 2)
+        },
+        Class {
+            name: "client_hello (curl), known sources kept",
+            known_kept: true,
+            ..hello(50021, captured("curl_sni")?, 2)
         },
         Class {
             name: "pq_first_segment (rustls)",

@@ -8,10 +8,14 @@ use serde::Deserialize;
 
 /// The knobs of `[xdp]` the program reads from its config map on every packet: `portcullis xdp set` may change
 /// them on a live host (`super::knobs`); the other keys take a restart.
-pub(crate) const KNOBS: [&str; 8] = [
+pub(crate) const KNOBS: [&str; 12] = [
     "enforce",
     "syn_rate",
     "syn_burst",
+    "flood_syn_rate",
+    "flood_syn_burst",
+    "known_ttl",
+    "malformed_penalty_ms",
     "hello_rate",
     "hello_burst",
     "hello_resume_cost",
@@ -62,6 +66,27 @@ pub struct XdpSection {
     /// SYNs a source prefix may send at once after being idle (the token bucket size), at least 1.
     /// Default: 100.
     pub syn_burst: u32,
+    /// SYNs per second, per CPU that runs the guard, that sources the guard does not know may send to the listener
+    /// ports together: a source is known for `known_ttl` seconds after a ClientHello the guard passed. Over it,
+    /// unknown sources' SYNs are dropped in XDP (`portcullis_xdp_packets_total{verdict="drop_syn_flood"}`) and
+    /// known ones pass: a spoofed-source SYN flood (every SYN a new source, so no per-source budget runs out)
+    /// never reaches the kernel's receive backlog and SYN cookies. Legitimate new clients compete with the flood
+    /// for this budget (their SYN retransmissions retry it). Size it under the SYNs per second one CPU's kernel
+    /// answers without dropping (BENCHMARKS.md, "Floods"). 0 turns it off. Default: 0.
+    pub flood_syn_rate: u32,
+    /// The flood budget's bucket per CPU, in SYNs, at least 1. Default: 1000.
+    pub flood_syn_burst: u32,
+    /// Seconds a source stays known after its last ClientHello the guard passed, 1 to 86,400. The guard keeps
+    /// 8,192 known sources (8-way sets, the oldest pushed out first; `portcullis xdp status` counts them).
+    /// Default: 600.
+    pub known_ttl: u32,
+    /// Milliseconds a source prefix's SYNs are dropped in XDP
+    /// (`portcullis_xdp_packets_total{verdict="drop_syn_penalty"}`) after its first segment was a malformed
+    /// ClientHello, 0 to 600,000: its SYN budget is emptied and refills only after. A junk sender then stops
+    /// costing an accept per connection; everyone behind the same prefix (a NAT) is refused as long, unless the
+    /// prefix is known (a ClientHello passed within `known_ttl`: those are spared). Needs `syn_rate`. 0 = no
+    /// penalty. Default: 5000.
+    pub malformed_penalty_ms: u32,
     /// ClientHellos per second each source prefix (the same prefixes as the SYN budget) may send, counted in
     /// full handshakes; over budget the first segment is dropped in XDP
     /// (`portcullis_xdp_packets_total{verdict="drop_hello_rate"}`). 0 turns the budget off. Default: 0.
@@ -90,6 +115,18 @@ impl XdpSection {
     pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
         if self.syn_burst == 0 {
             return Err(("syn_burst", "must be at least 1"));
+        }
+        if self.flood_syn_burst == 0 {
+            return Err(("flood_syn_burst", "must be at least 1"));
+        }
+        if !(1..=86_400).contains(&self.known_ttl) {
+            return Err(("known_ttl", "must be 1 to 86400 (seconds)"));
+        }
+        if self.malformed_penalty_ms > 600_000 {
+            return Err((
+                "malformed_penalty_ms",
+                "must be 0 to 600000 (milliseconds; 0 = no penalty)",
+            ));
         }
         if self.hello_burst == 0 {
             return Err(("hello_burst", "must be at least 1"));
@@ -130,6 +167,10 @@ impl XdpSection {
             "enforce" => abi.enforce = u32::from(self.enforce),
             "syn_rate" => abi.syn_rate = self.syn_rate,
             "syn_burst" => abi.syn_burst = self.syn_burst,
+            "flood_syn_rate" => abi.flood_syn_rate = self.flood_syn_rate,
+            "flood_syn_burst" => abi.flood_syn_burst = self.flood_syn_burst,
+            "known_ttl" => abi.known_ttl_s = self.known_ttl,
+            "malformed_penalty_ms" => abi.malformed_penalty_ms = self.malformed_penalty_ms,
             "hello_rate" => abi.hello_rate = self.hello_rate,
             "hello_burst" => abi.hello_burst = self.hello_burst,
             "hello_resume_cost" => abi.hello_resume_cost_milli = self.hello_resume_cost_milli(),
@@ -148,6 +189,10 @@ impl Default for XdpSection {
             pin_dir: PathBuf::from(portcullis_abi::names::DEFAULT_PIN_DIR),
             syn_rate: 0,
             syn_burst: 100,
+            flood_syn_rate: 0,
+            flood_syn_burst: 1000,
+            known_ttl: 600,
+            malformed_penalty_ms: 5000,
             hello_rate: 0,
             hello_burst: 20,
             hello_resume_cost: 0.25,

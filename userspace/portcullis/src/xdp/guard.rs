@@ -12,7 +12,7 @@ use portcullis_abi::{
     names::{
         MAP_XDP_BLOCK_FP, MAP_XDP_BLOCK_FP_COUNT, MAP_XDP_BLOCK_FP_DROPS, MAP_XDP_BLOCK_FP_SHAPES,
         MAP_XDP_BLOCK_NET, MAP_XDP_BLOCK_NET_FILTER, MAP_XDP_BUDGET_SEED, MAP_XDP_CONFIG,
-        MAP_XDP_DROP_RING, MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET, MAP_XDP_HELLO_PROG,
+        MAP_XDP_DROP_RING, MAP_XDP_FLOWS, MAP_XDP_HELLO_BUDGET, MAP_XDP_HELLO_PROG, MAP_XDP_KNOWN,
         MAP_XDP_MALFORMED, MAP_XDP_SYN_BUDGET, MAP_XDP_VERDICTS, PROG_XDP, PROG_XDP_HELLO,
     },
     xdp_config::{XDP_CONFIG_KEY, XdpConfig},
@@ -422,6 +422,7 @@ fn pin_run_maps(running: &mut Running, section: &XdpSection) -> anyhow::Result<(
         MAP_XDP_BLOCK_NET_FILTER,
         MAP_XDP_HELLO_PROG,
         MAP_XDP_DROP_RING,
+        MAP_XDP_KNOWN,
     ] {
         let map = ebpf
             .map(name)

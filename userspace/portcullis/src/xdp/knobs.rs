@@ -102,6 +102,8 @@ fn expected(key: &str) -> &'static str {
         "hello_resume_cost" => "a number greater than 0 and at most 1, e.g. 0.25",
         "source_prefix_v4" => "a whole number of bits, 0 to 32",
         "source_prefix_v6" => "a whole number of bits, 0 to 128",
+        "known_ttl" => "a whole number of seconds, 1 to 86400",
+        "malformed_penalty_ms" => "a whole number of milliseconds, 0 to 600000",
         _ => "a whole number, 0 to 4294967295",
     }
 }
@@ -112,6 +114,10 @@ pub(crate) fn show(key: &str, config: &XdpConfig) -> String {
         "enforce" => (config.enforce != 0).to_string(),
         "syn_rate" => config.syn_rate.to_string(),
         "syn_burst" => config.syn_burst.to_string(),
+        "flood_syn_rate" => config.flood_syn_rate.to_string(),
+        "flood_syn_burst" => config.flood_syn_burst.to_string(),
+        "known_ttl" => config.known_ttl_s.to_string(),
+        "malformed_penalty_ms" => config.malformed_penalty_ms.to_string(),
         "hello_rate" => config.hello_rate.to_string(),
         "hello_burst" => config.hello_burst.to_string(),
         "hello_resume_cost" => format!("{}", f64::from(config.hello_resume_cost_milli) / 1000.0),

@@ -74,8 +74,8 @@ enum XdpCommand {
     },
     /// Turn knobs of the running guard, effective on the next packet: `enforce=false` (dry run: drops are only
     /// counted), `syn_rate=200`, `hello_burst=40`, ... (the keys and values of the config file's [xdp] section:
-    /// enforce, syn_rate, syn_burst, hello_rate, hello_burst, hello_resume_cost, source_prefix_v4,
-    /// source_prefix_v6). All are checked before any is written. Lasts until the daemon restarts, which applies
+    /// enforce, syn_rate, syn_burst, flood_syn_rate, flood_syn_burst, known_ttl, malformed_penalty_ms, hello_rate,
+    /// hello_burst, hello_resume_cost, source_prefix_v4, source_prefix_v6). All are checked before any is written. Lasts until the daemon restarts, which applies
     /// its config file again.
     Set {
         /// KEY=VALUE assignments.

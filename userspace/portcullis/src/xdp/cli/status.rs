@@ -7,8 +7,11 @@ use portcullis_abi::{
     block_filter::FILTER_BITS,
     client_hello::fingerprint::{FORMAT, SHAPES},
     fp_shapes::SHAPE_WAYS,
+    known::{KNOWN_SETS, KNOWN_WAYS, KnownSet},
     limits::{BUDGET_SETS, BUDGET_WAYS, BudgetSet, SYN_COST_MILLI},
-    names::{MAP_XDP_HELLO_BUDGET, MAP_XDP_HELLO_PROG, MAP_XDP_SYN_BUDGET, PROG_XDP_HELLO},
+    names::{
+        MAP_XDP_HELLO_BUDGET, MAP_XDP_HELLO_PROG, MAP_XDP_KNOWN, MAP_XDP_SYN_BUDGET, PROG_XDP_HELLO,
+    },
 };
 
 use super::block::{block_filter, blocklist};
@@ -45,6 +48,24 @@ pub(super) fn status(dir: &Path) -> anyhow::Result<()> {
         println!(
             "hello budget     {}/s, burst {}, a resumption costs {}/1000",
             config.hello_rate, config.hello_burst, config.hello_resume_cost_milli
+        );
+    }
+    if config.flood_syn_rate == 0 {
+        println!("flood budget     off");
+    } else {
+        println!(
+            "flood budget     {}/s per CPU, burst {}, for SYNs of unknown sources (known: a ClientHello passed \
+             within {} s)",
+            config.flood_syn_rate, config.flood_syn_burst, config.known_ttl_s
+        );
+        known_table_status(dir, config.known_ttl_s)?;
+    }
+    if config.malformed_penalty_ms == 0 || config.syn_rate == 0 {
+        println!("malformed penalty off");
+    } else {
+        println!(
+            "malformed penalty {} ms of SYNs dropped after a malformed ClientHello",
+            config.malformed_penalty_ms
         );
     }
     budget_table_status(dir, MAP_XDP_SYN_BUDGET, "syn budget")?;
@@ -109,6 +130,27 @@ fn budget_table_status(dir: &Path, name: &str, label: &str) -> anyhow::Result<()
         "{:<17}{used} of {capacity} sources tracked, {spent} spent at their last packet ({BUDGET_WAYS}-way sets: a new \
          source pushes out the fuller bucket, never a spent one first)",
         format!("{label} table")
+    );
+    Ok(())
+}
+
+/// The known-source line of `portcullis xdp status`: how many sources pass a SYN flood now.
+fn known_table_status(dir: &Path, ttl_s: u32) -> anyhow::Result<()> {
+    let Some(table) =
+        open_if_pinned::<Array<MapData, KnownSet>>(dir, MAP_XDP_KNOWN, "known sources table")?
+    else {
+        return Ok(());
+    };
+    let now = crate::xdp::clock::monotonic_ns().context("cannot read CLOCK_MONOTONIC")?;
+    let mut live = 0usize;
+    for set in table.iter() {
+        let set =
+            set.with_context(|| format!("cannot read the pinned known sources {MAP_XDP_KNOWN}"))?;
+        live += set.live(now, ttl_s);
+    }
+    println!(
+        "known sources    {live} of {} (they pass while the flood budget is spent)",
+        KNOWN_SETS * KNOWN_WAYS
     );
     Ok(())
 }

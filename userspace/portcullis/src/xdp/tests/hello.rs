@@ -88,12 +88,12 @@ impl Conn {
         frame(tags, ether_type, &l3, &tcp)
     }
 
-    fn syn(&self) -> Vec<u8> {
+    pub(super) fn syn(&self) -> Vec<u8> {
         self.segment(TCP_FLAG_SYN, u32::MAX, &[])
     }
 
     /// The first segment of `stream`: at most [`MSS`] bytes of it.
-    fn first_segment(&self, stream: &[u8]) -> Vec<u8> {
+    pub(super) fn first_segment(&self, stream: &[u8]) -> Vec<u8> {
         self.segment(DATA, 0, stream.get(..MSS).unwrap_or(stream))
     }
 }

@@ -257,9 +257,10 @@ fn the_jiffies_clock_agrees_with_the_monotonic_clock() {
     // An empty bucket stamped a minute from now: a clock that agrees refills nothing (one far ahead would).
     stamp(&mut ebpf, now_ns + minute);
     let syn = v4_from(src, TCP_FLAG_SYN);
+    // (A stamp in the future is a penalty: `drop_syn_penalty`, not `drop_syn_rate`.)
     assert_eq!(
         run(&mut ebpf, &counters, &syn),
-        (XDP_DROP, Verdict::DropSynRate),
+        (XDP_DROP, Verdict::DropSynPenalty),
         "the program's clock is a minute or more ahead of CLOCK_MONOTONIC_COARSE"
     );
     // Stamped a minute ago: a minute's refill (one far behind would see the stamp in its future).
