@@ -95,7 +95,9 @@ pub enum Bench {
     /// What TLS 1.3 0-RTT saves and what replays reach the upstream: client and server in two network
     /// namespaces over a link delayed by a frame relay (RTT 30 and 100 ms; `--quick` 30 ms), TTFB of a GET per new
     /// connection with a full handshake, a resumption and 0-RTT; a captured 0-RTT flight re-sent to the same
-    /// instance and to a second one sharing the ticket keys (portcullis: and one Redis). Needs root.
+    /// instance and to a second one sharing the ticket keys (portcullis: and one Redis); then, portcullis alone,
+    /// the session store's CPU per resumption (one client at a time, and `--store-concurrency` at once: the
+    /// target's row) and handshake p99 with Redis stopped. Needs root.
     ZeroRtt(ZeroRttArgs),
     /// Legitimate handshakes (50% of capacity, full + resumed, ECDSA) kept during floods: none, spoofed SYNs,
     /// junk ClientHellos, valid ClientHellos from a few sources, all three; server, client and flood in three
