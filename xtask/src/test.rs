@@ -113,7 +113,13 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
     crate::bench::bench(ws, crate::bench::Bench::Http(storm.clone()))?;
     // bench zero-rtt fails when a server does not answer, never resumes, never accepts early data, or the
     // original 0-RTT request does not reach the upstream once.
-    crate::bench::bench(ws, crate::bench::Bench::ZeroRtt(storm.clone()))?;
+    crate::bench::bench(
+        ws,
+        crate::bench::Bench::ZeroRtt(crate::bench::ZeroRttArgs {
+            common: storm.clone(),
+            store_concurrency: crate::bench::DEFAULT_STORE_CONCURRENCY,
+        }),
+    )?;
     // bench xdp fails when the program does not load or a class gets the wrong XDP action.
     crate::bench::bench(
         ws,

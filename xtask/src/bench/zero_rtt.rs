@@ -16,7 +16,8 @@
 //! of `/replay` is the replay column: 1 means no replay got through.
 //!
 //! Last, portcullis only and with no delay ([`store`]): the session store's CPU per resumption (local against
-//! Redis, alternating rounds) and handshake p99 with redis-server stopped.
+//! Redis, alternating rounds; one client at a time and `--store-concurrency` K at once, the target judged on
+//! the latter) and handshake p99 with redis-server stopped.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -38,6 +39,9 @@ use super::netns::{self, SERVER_IP, Wan};
 use super::servers::{self, ServerKind, ZeroRttSpec};
 
 mod store;
+
+/// Probe processes at once in the store's concurrent CPU form (`--store-concurrency`).
+pub const DEFAULT_STORE_CONCURRENCY: u32 = store::DEFAULT_CONCURRENCY;
 
 /// Round trips of a full run, ms.
 const RTTS_MS: [u32; 2] = [30, 100];
@@ -157,7 +161,13 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                 (STORE_FULL.0, STORE_FULL.1, STORE_FULL.2)
             };
             (
-                Some(store::cpu(&mut bench, redis, per_run, rounds)?),
+                Some(store::cpu(
+                    &mut bench,
+                    redis,
+                    per_run,
+                    rounds,
+                    ctx.store_concurrency,
+                )?),
                 Some(store::stopped(&mut bench, samples)?),
             )
         }
@@ -170,7 +180,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
     let mut verdicts = verdicts(&rows, &replays);
     verdicts["store_cpu_per_resumption"] = store_cpu
         .as_ref()
-        .map_or(Value::Null, store::StoreCpu::json);
+        .map_or(Value::Null, store::StoreCpus::json);
     verdicts["redis_stopped"] = stopped.as_ref().map_or(Value::Null, store::Stopped::json);
     let mut text = render(&rows, &replays, &verdicts);
     store::render(&mut text, store_cpu.as_ref(), stopped.as_ref());
