@@ -252,6 +252,7 @@ fn systemd_unit_scores_ok_in_systemd_analyze_security() {
     );
     for line in [
         "User=portcullis",
+        "DynamicUser=yes",
         "NoNewPrivileges=yes",
         "AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_PERFMON CAP_NET_BIND_SERVICE",
     ] {
