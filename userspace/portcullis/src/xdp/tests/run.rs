@@ -8,7 +8,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
 use portcullis_abi::{
     limits::{BudgetSet, BudgetSlot, TokenBucket, block_entry, budget_set, source_key, v4_mapped},
@@ -86,6 +86,26 @@ pub(super) fn run(
     counters: &PerCpuArray<MapData, u64>,
     frame: &[u8],
 ) -> (u32, Verdict) {
+    let (action, moved) = run_counted(ebpf, counters, frame).expect("BPF_PROG_TEST_RUN");
+    let moved: Vec<Verdict> = Verdict::ALL
+        .into_iter()
+        .filter(|v| moved[v.index() as usize] != 0)
+        .collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one counter moves per packet: {moved:?}"
+    );
+    (action, moved[0])
+}
+
+/// Runs `frame` once; returns the XDP action and how far each verdict's counter moved (indexed by
+/// `Verdict::index`), or the error of `BPF_PROG_TEST_RUN`.
+fn run_counted(
+    ebpf: &mut Ebpf,
+    counters: &PerCpuArray<MapData, u64>,
+    frame: &[u8],
+) -> Result<(u32, Vec<u64>), ProgramError> {
     let totals = || -> Vec<u64> {
         Verdict::ALL
             .iter()
@@ -101,18 +121,13 @@ pub(super) fn run(
     let before = totals();
     let mut options = TestRunOptions::new();
     options.data_in = Some(frame);
-    let result = program(ebpf).test_run(options).expect("BPF_PROG_TEST_RUN");
-    let after = totals();
-    let moved: Vec<Verdict> = Verdict::ALL
-        .into_iter()
-        .filter(|v| after[v.index() as usize] != before[v.index() as usize])
+    let result = program(ebpf).test_run(options)?;
+    let moved = totals()
+        .iter()
+        .zip(&before)
+        .map(|(after, before)| after.wrapping_sub(*before))
         .collect();
-    assert_eq!(
-        moved.len(),
-        1,
-        "exactly one counter moves per packet: {moved:?}"
-    );
-    (result.return_value, moved[0])
+    Ok((result.return_value, moved))
 }
 
 /// An IPv4 TCP frame to the listener from `src` with `flags`.
@@ -328,44 +343,25 @@ fn bpf_program_agrees_with_the_fixture_table() {
     }
     let config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
     let (mut ebpf, counters) = load(config);
-    let program = program(&mut ebpf);
-
-    let totals = || -> Vec<u64> {
-        Verdict::ALL
-            .iter()
-            .map(|v| {
-                counters
-                    .get(&v.index(), 0)
-                    .expect("read counter")
-                    .iter()
-                    .sum()
-            })
-            .collect()
-    };
     let mut ran = 0;
     for fixture in fixtures() {
         // The kernel refuses XDP test input shorter than an Ethernet header (EINVAL); the host test covers those.
         if fixture.frame.len() < ETH_HLEN {
             continue;
         }
-        let before = totals();
-        let mut options = TestRunOptions::new();
-        options.data_in = Some(&fixture.frame);
-        let result = program
-            .test_run(options)
+        let (action, moved) = run_counted(&mut ebpf, &counters, &fixture.frame)
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on `{}`: {e}", fixture.description));
-        assert_eq!(result.return_value, XDP_PASS, "{}", fixture.description);
-        let after = totals();
+        assert_eq!(action, XDP_PASS, "{}", fixture.description);
         for verdict in Verdict::ALL {
             let i = verdict.index() as usize;
             let expected = u64::from(verdict == fixture.expected);
             assert_eq!(
-                after[i] - before[i],
+                moved[i],
                 expected,
                 "`{}`: counter {} moved by {}, expected verdict {}",
                 fixture.description,
                 verdict.name(),
-                after[i] - before[i],
+                moved[i],
                 fixture.expected.name()
             );
         }
