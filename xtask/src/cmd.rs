@@ -1,11 +1,11 @@
 //! Running external commands and named steps, echoing each so a log shows exactly what ran.
 //!
-//! Every command xtask runs goes through [`run`] or [`probe`]: the first turns a failure into an error that
-//! names the command line and its exit status, the second is for "is this already installed?" checks
-//! where failure is an answer, not an error.
+//! Every command xtask runs goes through [`run`], [`output_ok`] or [`probe`]: the first two turn a failure into
+//! an error that names the command and its exit status ([`output_ok`] also shows its stderr and hands back its
+//! output), the last is for "is this already installed?" checks where failure is an answer, not an error.
 
 use std::ffi::OsStr;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
@@ -24,6 +24,30 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         bail!("`{line}` failed: {status}");
     }
     Ok(())
+}
+
+/// Runs `cmd` to completion, capturing its stdout and stderr (unless `cmd` already routes them elsewhere), and
+/// returns its output when it exits successfully. Does not echo `cmd`: callers print what they run.
+///
+/// `what` names the command in errors, e.g. `"portcullis keys init --dir /x"`. Fails when the program cannot be
+/// started (the error names the program) or exits unsuccessfully (the error gives the exit status, or the signal
+/// that killed it, and the trimmed stderr when any was captured).
+pub fn output_ok(cmd: &mut Command, what: &str) -> Result<Output> {
+    let out = cmd.output().with_context(|| {
+        format!(
+            "cannot start {what} (`{}`)",
+            cmd.get_program().to_string_lossy()
+        )
+    })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stderr = stderr.trim();
+        if stderr.is_empty() {
+            bail!("{what} failed ({})", out.status);
+        }
+        bail!("{what} failed ({}): {stderr}", out.status);
+    }
+    Ok(out)
 }
 
 /// Runs `cmd` silently and returns its stdout when it exits successfully, `None` when it cannot be started or
@@ -125,5 +149,29 @@ mod tests {
         assert_eq!(probe(&mut Command::new("/nonexistent/xtask-probe")), None);
         let err = run(&mut Command::new("false")).expect_err("`false` exits 1");
         assert_eq!(err.to_string(), "`false` failed: exit status: 1");
+    }
+
+    #[test]
+    fn output_ok_returns_stdout_or_names_the_command_and_its_stderr() {
+        let out = output_ok(Command::new("sh").args(["-c", "echo hi"]), "greeting")
+            .expect("sh echo succeeds");
+        assert_eq!(out.stdout, b"hi\n");
+        let err = output_ok(
+            Command::new("sh").args(["-c", "echo ' no such key ' >&2; exit 3"]),
+            "portcullis keys rotate",
+        )
+        .expect_err("exit 3 is a failure");
+        assert_eq!(
+            err.to_string(),
+            "portcullis keys rotate failed (exit status: 3): no such key"
+        );
+        let err = output_ok(&mut Command::new("false"), "quiet").expect_err("`false` exits 1");
+        assert_eq!(err.to_string(), "quiet failed (exit status: 1)");
+        let err = output_ok(&mut Command::new("/nonexistent/xtask-out"), "missing")
+            .expect_err("no such program");
+        assert_eq!(
+            err.to_string(),
+            "cannot start missing (`/nonexistent/xtask-out`)"
+        );
     }
 }

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
+use crate::cmd::output_ok;
+
 use super::Ctx;
 use super::certs::{self, Cert, KeyType};
 use super::servers::free_port;
@@ -257,18 +259,10 @@ fn sleep_until(t: Instant) {
 }
 
 fn keys_cmd(ctx: &Ctx, args: &[&str], dir: &Path) -> Result<()> {
-    let out = Command::new(&ctx.daemon)
-        .arg("keys")
-        .args(args)
-        .arg(dir)
-        .output()
-        .context("cannot run portcullis keys")?;
-    if !out.status.success() {
-        bail!(
-            "portcullis keys {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    output_ok(
+        Command::new(&ctx.daemon).arg("keys").args(args).arg(dir),
+        &format!("portcullis keys {} {}", args.join(" "), dir.display()),
+    )?;
     Ok(())
 }
 
@@ -323,25 +317,20 @@ fn outcome(mode: Mode, report: &Value) -> Outcome {
 fn session_cache() -> Result<Vec<Value>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     eprintln!("+ cargo run --release -p portcullis --example session_cache_bench");
-    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "portcullis",
-            "--example",
-            "session_cache_bench",
-        ])
-        .output()
-        .context("cannot run the session cache benchmark")?;
-    if !out.status.success() {
-        bail!(
-            "session_cache_bench failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let out = output_ok(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&root)
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "portcullis",
+                "--example",
+                "session_cache_bench",
+            ]),
+        "the session cache benchmark (session_cache_bench)",
+    )?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).with_context(|| format!("bad line {l:?}")))

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
+use crate::cmd::output_ok;
+
 use super::Ctx;
 use super::certs::{self, KeyType};
 use super::load::{self, LOAD_CPU};
@@ -275,20 +277,12 @@ fn h2load(port: u16, file: &str, secs: u32) -> Result<Counted> {
 /// Runs `program args` pinned to CPU 1 and returns its stdout; fails when it exits non-zero.
 fn client_output(program: &str, args: &[String]) -> Result<String> {
     eprintln!("+ taskset -c {LOAD_CPU} {program} {}", args.join(" "));
-    let out = Command::new("taskset")
-        .args(["-c", LOAD_CPU, program])
-        .args(args)
-        .output()
-        .with_context(|| {
-            format!("cannot start {program} (`cargo xtask setup --bench` installs it)")
-        })?;
-    if !out.status.success() {
-        bail!(
-            "{program} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let out = output_ok(
+        Command::new("taskset")
+            .args(["-c", LOAD_CPU, program])
+            .args(args),
+        &format!("{program} (`cargo xtask setup --bench` installs it)"),
+    )?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

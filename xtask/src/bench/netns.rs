@@ -26,6 +26,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::cmd::output_ok;
+
 /// The client's address.
 pub const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
 /// The server's address.
@@ -322,16 +324,9 @@ pub fn run_in<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> 
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("cannot run ip (iproute2)")?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}; the benchmark needs root",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    output_ok(
+        Command::new("ip").args(args),
+        &format!("ip {} (iproute2; the benchmark needs root)", args.join(" ")),
+    )?;
     Ok(())
 }

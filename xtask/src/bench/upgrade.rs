@@ -25,6 +25,8 @@ use anyhow::{Context as _, Result, bail};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
+use crate::cmd::output_ok;
+
 use super::Ctx;
 use super::certs::{self, Cert, KeyType};
 use super::servers::{self, Server, ServerKind};
@@ -382,27 +384,24 @@ impl Live {
     fn upgrade(&mut self) -> Result<()> {
         let next = match self.kind {
             ServerKind::Portcullis => {
-                let out = Command::new("taskset")
-                    .args(["-c", servers::SERVER_CPU])
-                    .arg(&self.daemon)
-                    .arg("upgrade")
-                    .arg("--control-socket")
-                    .arg(self.dir.join("control.sock"))
-                    .args(["--timeout", "60s", "--"])
-                    .args(&self.args)
-                    .env("PORTCULLIS_LOG", "warn")
-                    .stdin(Stdio::null())
-                    .stderr(log_file(&self.dir)?)
-                    .output()
-                    .context("running portcullis upgrade")?;
-                let text = String::from_utf8_lossy(&out.stdout);
-                if !out.status.success() {
-                    bail!(
-                        "portcullis upgrade failed ({}); see {}/upgrades.log",
-                        out.status,
+                let out = output_ok(
+                    Command::new("taskset")
+                        .args(["-c", servers::SERVER_CPU])
+                        .arg(&self.daemon)
+                        .arg("upgrade")
+                        .arg("--control-socket")
+                        .arg(self.dir.join("control.sock"))
+                        .args(["--timeout", "60s", "--"])
+                        .args(&self.args)
+                        .env("PORTCULLIS_LOG", "warn")
+                        .stdin(Stdio::null())
+                        .stderr(log_file(&self.dir)?),
+                    &format!(
+                        "portcullis upgrade (its log: {}/upgrades.log)",
                         self.dir.display()
-                    );
-                }
+                    ),
+                )?;
+                let text = String::from_utf8_lossy(&out.stdout);
                 text.split_whitespace()
                     .skip_while(|w| *w != "pid")
                     .nth(1)

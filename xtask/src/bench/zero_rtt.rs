@@ -32,6 +32,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
+use crate::cmd::output_ok;
+
 use super::Ctx;
 use super::certs::{self, Cert, KeyType};
 use super::load::LOAD_CPU;
@@ -361,16 +363,10 @@ impl Bench<'_> {
             "+ portcullis-load ttfb --target {SERVER_IP}:{port} --mode {mode} --path {path} --samples {samples} {}",
             extra.join(" ")
         );
-        let out = cmd
-            .stderr(Stdio::inherit())
-            .output()
-            .with_context(|| format!("cannot start {}", self.ctx.load.display()))?;
-        if !out.status.success() {
-            bail!(
-                "portcullis-load ttfb --mode {mode} against {SERVER_IP}:{port} failed ({})",
-                out.status
-            );
-        }
+        let out = output_ok(
+            cmd.stderr(Stdio::inherit()),
+            &format!("portcullis-load ttfb --mode {mode} against {SERVER_IP}:{port}"),
+        )?;
         // Every sample stays on disk for a second look: target/bench/zero-rtt-probe-<path>.json.
         let file = self
             .ctx
@@ -455,18 +451,12 @@ impl Keys {
             nginx: dir.join("nginx.key"),
             haproxy: dir.join("haproxy.keys"),
         };
-        let out = Command::new(&ctx.daemon)
-            .args(["keys", "init", "--dir"])
-            .arg(&keys.portcullis)
-            .output()
-            .context("running portcullis keys init")?;
-        if !out.status.success() {
-            bail!(
-                "portcullis keys init --dir {} failed: {}",
-                keys.portcullis.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        output_ok(
+            Command::new(&ctx.daemon)
+                .args(["keys", "init", "--dir"])
+                .arg(&keys.portcullis),
+            &format!("portcullis keys init --dir {}", keys.portcullis.display()),
+        )?;
         write_secret(&keys.nginx, &random(80)?)?;
         let lines: Vec<String> = (0..3)
             .map(|_| random(80).map(|k| base64(&k)))

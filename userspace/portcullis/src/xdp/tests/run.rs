@@ -8,7 +8,7 @@
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{ProgramError, TestRun as _, TestRunOptions, Xdp},
 };
 use portcullis_abi::{
     limits::{BudgetSet, BudgetSlot, TokenBucket, block_entry, budget_set, source_key, v4_mapped},
@@ -86,6 +86,26 @@ pub(super) fn run(
     counters: &PerCpuArray<MapData, u64>,
     frame: &[u8],
 ) -> (u32, Verdict) {
+    let (action, moved) = run_counted(ebpf, counters, frame).expect("BPF_PROG_TEST_RUN");
+    let moved: Vec<Verdict> = Verdict::ALL
+        .into_iter()
+        .filter(|v| moved[v.index() as usize] != 0)
+        .collect();
+    assert_eq!(
+        moved.len(),
+        1,
+        "exactly one counter moves per packet: {moved:?}"
+    );
+    (action, moved[0])
+}
+
+/// Runs `frame` once; returns the XDP action and how far each verdict's counter moved (indexed by
+/// `Verdict::index`), or the error of `BPF_PROG_TEST_RUN`.
+fn run_counted(
+    ebpf: &mut Ebpf,
+    counters: &PerCpuArray<MapData, u64>,
+    frame: &[u8],
+) -> Result<(u32, Vec<u64>), ProgramError> {
     let totals = || -> Vec<u64> {
         Verdict::ALL
             .iter()
@@ -101,18 +121,13 @@ pub(super) fn run(
     let before = totals();
     let mut options = TestRunOptions::new();
     options.data_in = Some(frame);
-    let result = program(ebpf).test_run(options).expect("BPF_PROG_TEST_RUN");
-    let after = totals();
-    let moved: Vec<Verdict> = Verdict::ALL
-        .into_iter()
-        .filter(|v| after[v.index() as usize] != before[v.index() as usize])
+    let result = program(ebpf).test_run(options)?;
+    let moved = totals()
+        .iter()
+        .zip(&before)
+        .map(|(after, before)| after.wrapping_sub(*before))
         .collect();
-    assert_eq!(
-        moved.len(),
-        1,
-        "exactly one counter moves per packet: {moved:?}"
-    );
-    (result.return_value, moved[0])
+    Ok((result.return_value, moved))
 }
 
 /// An IPv4 TCP frame to the listener from `src` with `flags`.
@@ -121,6 +136,64 @@ fn v4_from(src: [u8; 4], flags: u8) -> Vec<u8> {
     ip[12..16].copy_from_slice(&src);
     frame(&[], ETH_P_IP, &ip, &tcp(LISTENER, flags))
 }
+
+/// A frame a table row sends, built by [`Packet::frame`].
+#[derive(Clone, Copy, Debug)]
+enum Packet {
+    /// IPv4 TCP to the listener from the address with the flags ([`v4_from`]).
+    V4([u8; 4], u8),
+    /// IPv4 SYN to the listener from the address, with this initial sequence number.
+    V4SynSeq([u8; 4], u32),
+    /// IPv6 SYN to the listener from `2001:db8:0:net::host` (`net`, `host`), behind the VLAN tags.
+    V6Syn(u8, u8, &'static [u16]),
+    /// IPv4 SYN to port 22, not a listener.
+    OtherPortSyn,
+}
+
+impl Packet {
+    fn frame(self) -> Vec<u8> {
+        match self {
+            Self::V4(src, flags) => v4_from(src, flags),
+            Self::V4SynSeq(src, seq) => {
+                let mut f = v4_from(src, TCP_FLAG_SYN);
+                let at = ETH_HLEN + 20 + 4;
+                f[at..at + 4].copy_from_slice(&seq.to_be_bytes());
+                f
+            }
+            Self::V6Syn(net, host, tags) => {
+                let mut ip = ipv6(6);
+                ip[8..24].copy_from_slice(&[
+                    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, net, 0, 0, 0, 0, 0, 0, 0, host,
+                ]);
+                frame(tags, ETH_P_IPV6, &ip, &tcp(LISTENER, TCP_FLAG_SYN))
+            }
+            Self::OtherPortSyn => frame(&[], ETH_P_IP, &ipv4(6, 5, 0), &tcp(22, TCP_FLAG_SYN)),
+        }
+    }
+}
+
+/// A table row: what it checks, the frame sent, the XDP action and the verdict whose counter must move.
+type Row = (&'static str, Packet, u32, Verdict);
+
+/// Sends each row's frame in order (rows share the program's state: buckets, shed flows), failing on the first
+/// row whose action or verdict differs, by name.
+fn run_rows(ebpf: &mut Ebpf, counters: &PerCpuArray<MapData, u64>, rows: &[Row]) {
+    for &(name, packet, action, verdict) in rows {
+        assert_eq!(
+            run(ebpf, counters, &packet.frame()),
+            (action, verdict),
+            "row `{name}` ({packet:?})"
+        );
+    }
+}
+
+// Short names for the tables' columns.
+use Packet::{V4, V4SynSeq, V6Syn};
+const SYN: u8 = TCP_FLAG_SYN;
+const ACK: u8 = TCP_FLAG_ACK;
+const PASS: u32 = XDP_PASS;
+const DROP: u32 = XDP_DROP;
+const PASS_TCP: Verdict = Verdict::PassListenerTcp;
 
 #[test]
 fn syn_budget_limits_one_source_and_not_the_others() {
@@ -132,80 +205,39 @@ fn syn_budget_limits_one_source_and_not_the_others() {
     config.syn_rate = 1;
     config.syn_burst = 2;
     let (mut ebpf, counters) = load(config);
-    let flood = v4_from([10, 0, 0, 1], TCP_FLAG_SYN);
-    assert_eq!(
-        run(&mut ebpf, &counters, &flood),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &flood),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &flood),
-        (XDP_DROP, Verdict::DropSynRate)
-    );
-    let ack = v4_from([10, 0, 0, 1], TCP_FLAG_ACK);
-    assert_eq!(
-        run(&mut ebpf, &counters, &ack),
-        (XDP_PASS, Verdict::PassListenerTcp),
-        "only SYNs are budgeted"
-    );
-    let other = v4_from([10, 0, 0, 2], TCP_FLAG_SYN);
-    assert_eq!(
-        run(&mut ebpf, &counters, &other),
-        (XDP_PASS, Verdict::PassListenerTcp),
-        "another /32"
-    );
+    #[rustfmt::skip]
+    const PER_32: &[Row] = &[
+        ("first SYN of the burst",         V4([10, 0, 0, 1], SYN), PASS, PASS_TCP),
+        ("second SYN of the burst",        V4([10, 0, 0, 1], SYN), PASS, PASS_TCP),
+        ("third SYN: the bucket is empty", V4([10, 0, 0, 1], SYN), DROP, Verdict::DropSynRate),
+        ("only SYNs are budgeted",         V4([10, 0, 0, 1], ACK), PASS, PASS_TCP),
+        ("another /32",                    V4([10, 0, 0, 2], SYN), PASS, PASS_TCP),
+    ];
+    run_rows(&mut ebpf, &counters, PER_32);
 
     // Per /24: the neighbour now shares 10.0.0.1's empty bucket. No reload: the program reads the config map.
     config.v4_prefix_len = 24;
     write_config(&mut ebpf, config);
-    let neighbour = v4_from([10, 0, 0, 3], TCP_FLAG_SYN);
-    assert_eq!(
-        run(&mut ebpf, &counters, &neighbour),
-        (XDP_PASS, Verdict::PassListenerTcp),
-        "new /24 bucket"
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &neighbour),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &other),
-        (XDP_DROP, Verdict::DropSynRate),
-        "same /24"
-    );
-
-    // IPv6 sources share a budget per /64 (the default), and a VLAN-tagged SYN is the same source.
-    let v6_from = |host: u8, tags: &[u16]| {
-        let mut ip = ipv6(6);
-        ip[8..24].copy_from_slice(&[
-            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, host,
-        ]);
-        frame(tags, ETH_P_IPV6, &ip, &tcp(LISTENER, TCP_FLAG_SYN))
-    };
-    assert_eq!(
-        run(&mut ebpf, &counters, &v6_from(1, &[])),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &v6_from(2, &[ETH_P_8021Q])),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &v6_from(3, &[])),
-        (XDP_DROP, Verdict::DropSynRate),
-        "a third address of the same /64"
-    );
+    // Then IPv6 sources share a budget per /64 (the default), and a VLAN-tagged SYN is the same source.
+    #[rustfmt::skip]
+    const PER_24_AND_64: &[Row] = &[
+        ("new /24 bucket",                  V4([10, 0, 0, 3], SYN),      PASS, PASS_TCP),
+        ("new /24 bucket, second SYN",      V4([10, 0, 0, 3], SYN),      PASS, PASS_TCP),
+        ("same /24",                        V4([10, 0, 0, 2], SYN),      DROP, Verdict::DropSynRate),
+        ("first address of a /64",          V6Syn(9, 1, &[]),            PASS, PASS_TCP),
+        ("second address, VLAN-tagged",     V6Syn(9, 2, &[ETH_P_8021Q]), PASS, PASS_TCP),
+        ("a third address of the same /64", V6Syn(9, 3, &[]),            DROP, Verdict::DropSynRate),
+    ];
+    run_rows(&mut ebpf, &counters, PER_24_AND_64);
 
     // Dry run: counted as a drop, passed.
     config.enforce = 0;
     write_config(&mut ebpf, config);
-    assert_eq!(
-        run(&mut ebpf, &counters, &other),
-        (XDP_PASS, Verdict::DropSynRate)
-    );
+    #[rustfmt::skip]
+    const DRY_RUN: &[Row] = &[
+        ("dry run: counted as a drop, passed", V4([10, 0, 0, 2], SYN), PASS, Verdict::DropSynRate),
+    ];
+    run_rows(&mut ebpf, &counters, DRY_RUN);
 }
 
 #[test]
@@ -279,56 +311,29 @@ fn blocked_prefixes_drop_until_removed() {
     }
     let config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
     let (mut ebpf, counters) = load(config);
-    let syn = v4_from([10, 0, 0, 1], TCP_FLAG_SYN);
-    let ack = v4_from([10, 0, 0, 1], TCP_FLAG_ACK);
-    // In the blocked prefix's /16 (its prefilter bit set: the trie decides), and in another /16 (bit clear).
-    let outside = v4_from([10, 0, 1, 1], TCP_FLAG_SYN);
-    let far = v4_from([192, 0, 2, 1], TCP_FLAG_SYN);
-    let mut v6_ip = ipv6(6);
-    v6_ip[8..24].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 1]);
-    let v6 = frame(&[], ETH_P_IPV6, &v6_ip, &tcp(LISTENER, TCP_FLAG_SYN));
-    let other_port = frame(&[], ETH_P_IP, &ipv4(6, 5, 0), &tcp(22, TCP_FLAG_SYN));
-
     let entries = [
         block_entry("10.0.0.0".parse().expect("address"), 24).expect("valid /24"),
         block_entry("2001:db8:0:7::".parse().expect("address"), 64).expect("valid /64"),
     ];
-    let set = |ebpf: &mut Ebpf, add: bool| set_blocked(ebpf, &entries, add);
-    set(&mut ebpf, true);
-    assert_eq!(
-        run(&mut ebpf, &counters, &syn),
-        (XDP_DROP, Verdict::DropBlockedSource)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &ack),
-        (XDP_DROP, Verdict::DropBlockedSource)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &v6),
-        (XDP_DROP, Verdict::DropBlockedSource)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &outside),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &far),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &other_port),
-        (XDP_PASS, Verdict::PassOtherPort),
-        "listener ports only"
-    );
-    set(&mut ebpf, false);
-    assert_eq!(
-        run(&mut ebpf, &counters, &syn),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
-    assert_eq!(
-        run(&mut ebpf, &counters, &v6),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
+    set_blocked(&mut ebpf, &entries, true);
+    // Outside the /24 but in its /16 (its prefilter bit set: the trie decides), and in another /16 (bit clear).
+    #[rustfmt::skip]
+    const BLOCKED: &[Row] = &[
+        ("SYN from the blocked /24",        V4([10, 0, 0, 1], SYN),  DROP, Verdict::DropBlockedSource),
+        ("ACK from the blocked /24",        V4([10, 0, 0, 1], ACK),  DROP, Verdict::DropBlockedSource),
+        ("SYN from the blocked /64",        V6Syn(7, 1, &[]),        DROP, Verdict::DropBlockedSource),
+        ("outside the /24, inside its /16", V4([10, 0, 1, 1], SYN),  PASS, PASS_TCP),
+        ("another /16",                     V4([192, 0, 2, 1], SYN), PASS, PASS_TCP),
+        ("listener ports only",             Packet::OtherPortSyn,    PASS, Verdict::PassOtherPort),
+    ];
+    run_rows(&mut ebpf, &counters, BLOCKED);
+    set_blocked(&mut ebpf, &entries, false);
+    #[rustfmt::skip]
+    const REMOVED: &[Row] = &[
+        ("SYN from the removed /24",        V4([10, 0, 0, 1], SYN),  PASS, PASS_TCP),
+        ("SYN from the removed /64",        V6Syn(7, 1, &[]),        PASS, PASS_TCP),
+    ];
+    run_rows(&mut ebpf, &counters, REMOVED);
 }
 
 #[test]
@@ -338,44 +343,25 @@ fn bpf_program_agrees_with_the_fixture_table() {
     }
     let config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
     let (mut ebpf, counters) = load(config);
-    let program = program(&mut ebpf);
-
-    let totals = || -> Vec<u64> {
-        Verdict::ALL
-            .iter()
-            .map(|v| {
-                counters
-                    .get(&v.index(), 0)
-                    .expect("read counter")
-                    .iter()
-                    .sum()
-            })
-            .collect()
-    };
     let mut ran = 0;
     for fixture in fixtures() {
         // The kernel refuses XDP test input shorter than an Ethernet header (EINVAL); the host test covers those.
         if fixture.frame.len() < ETH_HLEN {
             continue;
         }
-        let before = totals();
-        let mut options = TestRunOptions::new();
-        options.data_in = Some(&fixture.frame);
-        let result = program
-            .test_run(options)
+        let (action, moved) = run_counted(&mut ebpf, &counters, &fixture.frame)
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on `{}`: {e}", fixture.description));
-        assert_eq!(result.return_value, XDP_PASS, "{}", fixture.description);
-        let after = totals();
+        assert_eq!(action, XDP_PASS, "{}", fixture.description);
         for verdict in Verdict::ALL {
             let i = verdict.index() as usize;
             let expected = u64::from(verdict == fixture.expected);
             assert_eq!(
-                after[i] - before[i],
+                moved[i],
                 expected,
                 "`{}`: counter {} moved by {}, expected verdict {}",
                 fixture.description,
                 verdict.name(),
-                after[i] - before[i],
+                moved[i],
                 fixture.expected.name()
             );
         }
@@ -439,40 +425,32 @@ fn retransmitted_syns_of_shed_flows_are_told_apart_from_new_ones() {
     let mut config = XdpConfig::new(&FIXTURE_LISTENER_PORTS).expect("fixture ports fit");
     config.syn_shed_ppm = 1_000_000;
     let (mut ebpf, counters) = load(config);
-    let syn = v4_from([10, 4, 0, 1], TCP_FLAG_SYN);
-    assert_eq!(
-        run(&mut ebpf, &counters, &syn),
-        (XDP_DROP, Verdict::DropSynShed)
-    );
+    const SHED: Packet = V4([10, 4, 0, 1], SYN);
+    #[rustfmt::skip]
+    const DURING_THE_STORM: &[Row] = &[
+        ("shed SYN", SHED, DROP, Verdict::DropSynShed),
+    ];
+    run_rows(&mut ebpf, &counters, DURING_THE_STORM);
     // The storm is over for new clients, not yet for the ones shed during it.
     config.syn_shed_ppm = 0;
     config.syn_retry_shed_ppm = 1_000_000;
     write_config(&mut ebpf, config);
-    assert_eq!(
-        run(&mut ebpf, &counters, &syn),
-        (XDP_DROP, Verdict::DropSynRetryShed),
-        "the same SYN again is the client's TCP retransmitting it"
-    );
-    // Same addresses and ports, another initial sequence number: a new connection.
-    let mut reused_port = syn.clone();
-    let seq = 14 + 20 + 4;
-    reused_port[seq..seq + 4].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    assert_eq!(
-        run(&mut ebpf, &counters, &reused_port),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
-    // A source never shed passes.
-    assert_eq!(
-        run(&mut ebpf, &counters, &v4_from([10, 4, 0, 2], TCP_FLAG_SYN)),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
+    // The same addresses and ports with another initial sequence number are a new connection.
+    #[rustfmt::skip]
+    const AFTER_THE_STORM: &[Row] = &[
+        ("the same SYN again is the client's TCP retransmitting it", SHED,                                 DROP, Verdict::DropSynRetryShed),
+        ("another initial sequence number: a new connection",        V4SynSeq([10, 4, 0, 1], 0x1234_5678), PASS, PASS_TCP),
+        ("a source never shed passes",                               V4([10, 4, 0, 2], SYN),               PASS, PASS_TCP),
+    ];
+    run_rows(&mut ebpf, &counters, AFTER_THE_STORM);
     // Retry shedding off: the retransmission gets in.
     config.syn_retry_shed_ppm = 0;
     write_config(&mut ebpf, config);
-    assert_eq!(
-        run(&mut ebpf, &counters, &syn),
-        (XDP_PASS, Verdict::PassListenerTcp)
-    );
+    #[rustfmt::skip]
+    const RETRY_SHED_OFF: &[Row] = &[
+        ("retry shedding off: the retransmission gets in", SHED, PASS, PASS_TCP),
+    ];
+    run_rows(&mut ebpf, &counters, RETRY_SHED_OFF);
 }
 
 /// A drop of each verdict in `SAMPLE_EVERY` per CPU is sampled into that CPU's ring, with the source (IPv4-mapped), the
