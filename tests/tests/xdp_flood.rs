@@ -13,6 +13,7 @@ use std::{
 };
 
 use portcullis_tests::{
+    daemon::Daemon,
     privileged::require_root,
     raw::{RawSender, SYN, tcp_packet},
     testbed::XdpTestbed,
@@ -65,31 +66,8 @@ fn syn_flood_is_limited_while_another_address_handshakes() {
     };
     assert_eq!(drops(), 0.0, "SYN drops before any flood");
 
-    let sent = AtomicU32::new(0);
-    let legit_done = AtomicBool::new(false);
-    let (flood, handshakes) = std::thread::scope(|scope| {
-        let flood =
-            scope.spawn(|| flood_syns(&sender, flood_src.into(), listener, &sent, &legit_done));
-        let head_start = Instant::now();
-        while sent.load(Ordering::Relaxed) < HEAD_START && !flood.is_finished() {
-            assert!(
-                head_start.elapsed() < FLOOD_TIME_LIMIT,
-                "the flood did not get going"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut handshakes = Vec::new();
-        for _ in 0..HANDSHAKES {
-            handshakes.push(bed.s_client(daemon.addr(), 10));
-        }
-        let still_flooding = !flood.is_finished();
-        legit_done.store(true, Ordering::Relaxed);
-        let flood = flood.join().expect("flood thread");
-        assert!(
-            still_flooding,
-            "the flood ended ({flood:?}) before the legitimate client's {HANDSHAKES} handshakes did"
-        );
-        (flood, handshakes)
+    let (flood, handshakes) = handshakes_during_a_flood(&bed, &daemon, |sent, done| {
+        flood_syns(&sender, flood_src.into(), listener, sent, done)
     });
     let ok = handshakes.iter().filter(|ok| **ok).count();
     assert_eq!(
@@ -233,30 +211,8 @@ fn spoofed_syn_flood_is_dropped_while_a_known_client_handshakes() {
     };
     assert_eq!(drops(), 0.0, "flood drops before any flood");
 
-    let sent = AtomicU32::new(0);
-    let legit_done = AtomicBool::new(false);
-    let (flood, handshakes) = std::thread::scope(|scope| {
-        let flood = scope.spawn(|| spoofed_syns(&sender, listener, &sent, &legit_done));
-        let head_start = Instant::now();
-        while sent.load(Ordering::Relaxed) < HEAD_START && !flood.is_finished() {
-            assert!(
-                head_start.elapsed() < FLOOD_TIME_LIMIT,
-                "the flood did not get going"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut handshakes = Vec::new();
-        for _ in 0..HANDSHAKES {
-            handshakes.push(bed.s_client(daemon.addr(), 10));
-        }
-        let still_flooding = !flood.is_finished();
-        legit_done.store(true, Ordering::Relaxed);
-        let flood = flood.join().expect("flood thread");
-        assert!(
-            still_flooding,
-            "the flood ended ({flood:?}) before the known client's {HANDSHAKES} handshakes did"
-        );
-        (flood, handshakes)
+    let (flood, handshakes) = handshakes_during_a_flood(&bed, &daemon, |sent, done| {
+        spoofed_syns(&sender, listener, sent, done)
     });
     let ok = handshakes.iter().filter(|ok| **ok).count();
     assert_eq!(
@@ -409,4 +365,38 @@ fn a_junk_client_hello_sender_is_refused_at_the_syn() {
         "status: {status}"
     );
     daemon.stop_ok();
+}
+
+/// Starts `flood` (given the count of packets sent so far and the flag that says the handshakes are done) on a
+/// thread, waits for its head start, makes [`HANDSHAKES`] handshakes with `openssl s_client` from the testbed's
+/// client address, then stops the flood; fails if the flood ended before the handshakes did.
+fn handshakes_during_a_flood(
+    bed: &XdpTestbed,
+    daemon: &Daemon,
+    flood: impl FnOnce(&AtomicU32, &AtomicBool) -> Flood + Send,
+) -> (Flood, Vec<bool>) {
+    let sent = AtomicU32::new(0);
+    let legit_done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let flood = scope.spawn(|| flood(&sent, &legit_done));
+        let head_start = Instant::now();
+        while sent.load(Ordering::Relaxed) < HEAD_START && !flood.is_finished() {
+            assert!(
+                head_start.elapsed() < FLOOD_TIME_LIMIT,
+                "the flood did not get going"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let handshakes: Vec<bool> = (0..HANDSHAKES)
+            .map(|_| bed.s_client(daemon.addr(), 10))
+            .collect();
+        let still_flooding = !flood.is_finished();
+        legit_done.store(true, Ordering::Relaxed);
+        let flood = flood.join().expect("flood thread");
+        assert!(
+            still_flooding,
+            "the flood ended ({flood:?}) before the client's {HANDSHAKES} handshakes did"
+        );
+        (flood, handshakes)
+    })
 }
