@@ -407,6 +407,16 @@ mod tests {
         }
     }
 
+    /// Engine metrics registered in `registry`, with gauges that read an idle engine.
+    fn idle_engine_metrics(registry: &mut Registry) -> EngineMetrics {
+        EngineMetrics::register(
+            registry,
+            Arc::new(|| vec![0]),
+            Arc::new(|| vec![0]),
+            Arc::new(|| 0),
+        )
+    }
+
     fn idle_inline_count(registry: &Registry) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
@@ -422,12 +432,7 @@ mod tests {
     async fn the_step_runs_inline_only_while_the_engine_is_idle() {
         let engine = Arc::new(SoftwareEngine::start(1, 4).expect("start"));
         let mut registry = Registry::default();
-        let metrics = EngineMetrics::register(
-            &mut registry,
-            Arc::new(|| vec![0]),
-            Arc::new(|| vec![0]),
-            Arc::new(|| 0),
-        );
+        let metrics = idle_engine_metrics(&mut registry);
         let on = OffloadHandshakes::new(
             engine.clone(),
             FullRingPolicy::Reject,
@@ -477,12 +482,7 @@ mod tests {
     async fn knobs_set_on_a_running_engine_apply_to_the_next_job() {
         let engine = Arc::new(SoftwareEngine::start(1, 1).expect("start"));
         let mut registry = Registry::default();
-        let metrics = EngineMetrics::register(
-            &mut registry,
-            Arc::new(|| vec![0]),
-            Arc::new(|| vec![0]),
-            Arc::new(|| 0),
-        );
+        let metrics = idle_engine_metrics(&mut registry);
         let handshakes =
             OffloadHandshakes::new(engine.clone(), FullRingPolicy::Reject, metrics, None);
         let knobs = handshakes.knobs();
