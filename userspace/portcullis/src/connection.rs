@@ -75,10 +75,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     m.active.inc();
     let _active = ActiveGuard(&ctx.metrics);
 
-    // Matched where it is awaited: a `let outcome` would keep a second Established-sized slot in this future
-    // for the connection's whole life (a moved-from local still has storage until its scope ends).
+    // Boxed, and matched where it is awaited: this future is the connection task's, sized once at spawn for the
+    // largest of its phases, so an `Established` (over 1 KB) or any phase's state kept inline here would be paid
+    // for the connection's whole life by both modes (a moved-from local still has storage until its scope
+    // ends). BENCHMARKS.md, "Idle connections".
     let mut est = match establish(&ctx, tcp).await {
-        Ok(est) => est,
+        Ok(est) => Box::new(est),
         Err(refused) => {
             let e = &refused.error;
             if e.failure == Failure::Shed {
@@ -99,10 +101,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             on_finished,
             deadline: started + ctx.handshake_timeout,
         });
-        // Boxed: the HTTP connection future is large, and an idle connection should cost its task little.
+        // `unbox` frees the `Established`'s box now, not when `est` leaves scope after the connection ends.
         return Box::pin(crate::http::serve(
             peer,
-            est,
+            unbox(est),
             started,
             handshake,
             http.clone(),
@@ -110,7 +112,12 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         ))
         .await;
     }
-    serve_tcp(&ctx, &mut est, peer, started, done).await;
+    Box::pin(serve_tcp(&ctx, &mut est, peer, started, done)).await;
+}
+
+/// Moves the value out of its box and frees the box at once.
+fn unbox<T>(boxed: Box<T>) -> T {
+    *boxed
 }
 
 /// The handshake stage under `tls.handshake_timeout`, with the listener's inputs. Boxed: an async fn's state is
