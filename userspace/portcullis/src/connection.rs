@@ -112,7 +112,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
         ))
         .await;
     }
-    Box::pin(serve_tcp(&ctx, &mut est, peer, started, done)).await;
+    // One box for the `Established` and the phase's state, which `tcp` mode needs for the connection's life. The
+    // block owns the `Established` and lends it: passed by value, an async fn's argument is stored twice.
+    let ctx = &ctx;
+    let mut est = unbox(est);
+    Box::pin(async move { serve_tcp(ctx, &mut est, peer, started, done).await }).await;
 }
 
 /// Moves the value out of its box and frees the box at once.
