@@ -120,6 +120,10 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
 }
 
 /// Moves the value out of its box and frees the box at once.
+#[expect(
+    clippy::boxed_local,
+    reason = "taking the box is the point: it is freed here, not when the caller's binding leaves scope"
+)]
 fn unbox<T>(boxed: Box<T>) -> T {
     *boxed
 }
