@@ -4,6 +4,7 @@
 //! log. The TLS I/O is [`TlsConn`]'s.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -75,9 +76,11 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
     m.active.inc();
     let _active = ActiveGuard(&ctx.metrics);
 
-    // Matched where it is awaited: a `let outcome` would keep a second Established-sized slot in this future
-    // for the connection's whole life (a moved-from local still has storage until its scope ends).
-    let mut est = match establish(&ctx, tcp).await {
+    // Matched where it is awaited, and handed to `after_handshake` (not async) by value: this future is the
+    // connection task's, sized once at spawn for the largest of its phases, so an `Established` (over 1 KB) or a
+    // phase's state kept here would be paid for the connection's whole life by both modes (a borrowed or
+    // moved-from local still has storage until its scope ends). BENCHMARKS.md, "Idle connections".
+    let est = match establish(&ctx, tcp).await {
         Ok(est) => est,
         Err(refused) => {
             let e = &refused.error;
@@ -91,15 +94,26 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             return;
         }
     };
+    after_handshake(&ctx, est, started, peer).await;
+}
+
+/// Records the handshake and returns the rest of the connection, boxed: the `http` front end, or `tcp` mode with
+/// its `Established` in the same box (an async block owns it and lends it to `serve_tcp`: passed by value, an
+/// async fn's argument is stored twice).
+fn after_handshake<'a>(
+    ctx: &'a Arc<ListenerContext>,
+    mut est: handshake::Established,
+    started: Instant,
+    peer: SocketAddr,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
     let done = Instant::now();
-    let on_finished = record_handshake(&ctx, &mut est, started, done, peer);
+    let on_finished = record_handshake(ctx, &mut est, started, done, peer);
     if let Some(http) = &ctx.http {
         let handshake = done.saturating_duration_since(started);
         let finishing = on_finished.map(|on_finished| crate::http::tls_stream::Finishing {
             on_finished,
             deadline: started + ctx.handshake_timeout,
         });
-        // Boxed: the HTTP connection future is large, and an idle connection should cost its task little.
         return Box::pin(crate::http::serve(
             peer,
             est,
@@ -107,10 +121,9 @@ pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) 
             handshake,
             http.clone(),
             finishing,
-        ))
-        .await;
+        ));
     }
-    serve_tcp(&ctx, &mut est, peer, started, done).await;
+    Box::pin(async move { serve_tcp(ctx, &mut est, peer, started, done).await })
 }
 
 /// The handshake stage under `tls.handshake_timeout`, with the listener's inputs. Boxed: an async fn's state is

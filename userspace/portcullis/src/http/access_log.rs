@@ -255,7 +255,7 @@ fn with_tls(mut fields: serde_json::Value, tls: &super::facts::TlsFacts) -> Stri
             "handshake": tls.mode.name(),
             "resumption": tls.resumption,
             "handshake_ms": ms(tls.handshake.as_secs_f64()),
-            "fingerprint": tls.fingerprint,
+            "fingerprint": tls.fingerprint.map(|f| format!("{f:016x}")),
             "early_data": tls.early_data,
         });
         if let serde_json::Value::Object(facts) = facts {

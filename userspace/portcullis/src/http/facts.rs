@@ -1,6 +1,7 @@
 //! TLS facts of a connection, carried to every request on it (access log, metric labels, and the next issue's
 //! 0-RTT decisions).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use crate::handshake::Established;
@@ -11,10 +12,11 @@ use crate::metrics::{ModeLabel, VersionLabel};
 pub struct TlsFacts {
     /// `tls1.3`, `tls1.2`.
     pub version: &'static str,
-    /// IANA name of the cipher suite, e.g. `TLS13_AES_128_GCM_SHA256`.
-    pub cipher: String,
-    /// Negotiated ALPN protocol, if any (`h2`, `http/1.1`).
-    pub alpn: Option<String>,
+    /// IANA name of the cipher suite, e.g. `TLS13_AES_128_GCM_SHA256` (borrowed from rustls: no allocation per
+    /// connection).
+    pub cipher: Cow<'static, str>,
+    /// Negotiated ALPN protocol, if any (`h2`, `http/1.1`; those two without an allocation per connection).
+    pub alpn: Option<Cow<'static, str>>,
     /// Server name the client asked for.
     pub sni: Option<String>,
     /// Full or resumed.
@@ -24,8 +26,9 @@ pub struct TlsFacts {
     /// TCP accept to finished handshake; for a connection handed over before the client's Finished (0-RTT on an
     /// http listener), to our flight written.
     pub handshake: Duration,
-    /// The ClientHello's unordered fingerprint in hex (what `portcullis xdp block-fingerprint` takes).
-    pub fingerprint: Option<String>,
+    /// The ClientHello's unordered fingerprint (the access log writes it in hex, what `portcullis xdp
+    /// block-fingerprint` takes).
+    pub fingerprint: Option<u64>,
     /// Whether the connection's first flight carried 0-RTT early data (accepted once across the fleet; in `tcp` mode
     /// held until the client's Finished, in `http` mode served by the rules of RFC 8470, see `proxy.rs`).
     pub early_data: bool,
@@ -41,7 +44,7 @@ impl TlsFacts {
                 let suite = s.suite();
                 suite
                     .as_str()
-                    .map_or_else(|| format!("{suite:?}"), str::to_owned)
+                    .map_or_else(|| Cow::Owned(format!("{suite:?}")), Cow::Borrowed)
             })
             .unwrap_or_default();
         let resumption = match (mode, version) {
@@ -53,14 +56,16 @@ impl TlsFacts {
         Self {
             version: version.name(),
             cipher,
-            alpn: conn
-                .alpn_protocol()
-                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            alpn: conn.alpn_protocol().map(|p| match p {
+                b"h2" => Cow::Borrowed("h2"),
+                b"http/1.1" => Cow::Borrowed("http/1.1"),
+                other => Cow::Owned(String::from_utf8_lossy(other).into_owned()),
+            }),
             sni: hello.sni.clone(),
             mode,
             resumption,
             handshake,
-            fingerprint: hello.fingerprint.map(|f| format!("{:016x}", f.unordered)),
+            fingerprint: hello.fingerprint.map(|f| f.unordered),
             early_data: !est.early_data.is_empty() || est.unfinished.is_some(),
         }
     }

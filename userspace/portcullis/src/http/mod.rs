@@ -142,6 +142,7 @@ pub fn serve(
     let mut facts = TlsFacts::new(&est, handshake);
     facts.early_data |= finishing.is_some();
     let h2 = facts.is_h2();
+    let unfinished = finishing.is_some();
     let activity = Arc::new(Activity::new(!h2));
     let stream = TlsStream::new(est.tls, activity.clone(), est.early_data, finishing);
     let info = Arc::new(ConnInfo {
@@ -156,11 +157,16 @@ pub fn serve(
     });
     async move {
         // The handshake's end is driven beside hyper, in this task: hyper does not read while an h1 request
-        // waits for it. A failed or late Finished ends the connection.
+        // waits for it. A failed or late Finished ends the connection. Boxed, and only for a connection handed over
+        // before the client's Finished: the others' futures keep no room for its timer.
+        let finish = unfinished.then(|| Box::pin(stream.finish_handshake()));
         let handshake_end = async {
-            if stream.finish_handshake().await {
-                std::future::pending::<()>().await;
+            if let Some(finish) = finish
+                && !finish.await
+            {
+                return;
             }
+            std::future::pending::<()>().await;
         };
         let drive = async {
             if h2 {
@@ -178,13 +184,13 @@ pub fn serve(
         if stream.is_finishing() {
             // hyper is done (e.g. `Connection: close` answered half-RTT): wait for the Finished, so that a client
             // which sends it is not counted as a failed handshake.
-            stream.finish_handshake().await;
+            Box::pin(stream.finish_handshake()).await;
         }
         if expired == Some(Expired::Head) {
-            tracing::debug!(%peer, "request head not received in time: 408");
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), stream.last_words(REQUEST_TIMEOUT))
-                    .await;
+            tracing::debug!(peer = %info.peer, "request head not received in time: 408");
+            let last_words =
+                tokio::time::timeout(Duration::from_secs(1), stream.last_words(REQUEST_TIMEOUT));
+            let _ = Box::pin(last_words).await;
             return;
         }
         let relay = info.upgraded.lock().ok().and_then(|mut r| r.take());

@@ -50,44 +50,43 @@ pub async fn serve_h1(
     let mut phase = ctx.phase.clone();
     let mut prefix = Bytes::new();
     loop {
-        // Active: hyper serves requests until it is done, or the connection has been quiet for PARK_AFTER.
         let io = Watched {
             stream: stream.clone(),
             prefix: std::mem::take(&mut prefix),
             activity: activity.clone(),
         };
-        // Boxed: a parked connection's task then holds no room for hyper's connection.
-        let read_buf = {
-            let mut conn = Box::new(
-                ctx.h1
-                    .serve_connection(TokioIo::new(io), service.clone())
-                    .with_upgrades(),
-            );
+        // Active, boxed: hyper's connection and the watch over it exist only while the connection is active, so
+        // the future a parked connection keeps has no room for them.
+        let active = Box::pin(async {
+            let mut conn = ctx
+                .h1
+                .serve_connection(TokioIo::new(io), service.clone())
+                .with_upgrades();
             let mut closing = *phase.borrow_and_update() != Phase::Running;
             if closing {
-                Pin::new(&mut *conn).graceful_shutdown();
+                Pin::new(&mut conn).graceful_shutdown();
             }
             let config = &ctx.config;
             loop {
                 tokio::select! {
-                    result = &mut *conn => {
+                    result = &mut conn => {
                         if let Err(e) = result {
                             tracing::debug!(error = %e, "http connection ended with an error");
                         }
-                        return None;
+                        return Active::Done(None);
                     }
                     changed = phase.changed(), if !closing => {
                         if changed.is_err() || *phase.borrow() != Phase::Running {
                             // `Connection: close` on the response in flight, or closed now if idle.
-                            Pin::new(&mut *conn).graceful_shutdown();
+                            Pin::new(&mut conn).graceful_shutdown();
                             closing = true;
                         }
                     }
                     expired = activity.expired_or_quiet(config.idle_timeout, config.header_read_timeout, Some(PARK_AFTER)), if !closing => {
                         match expired {
-                            Expired::Head => return Some(Expired::Head),
+                            Expired::Head => return Active::Done(Some(Expired::Head)),
                             Expired::Idle => {
-                                Pin::new(&mut *conn).graceful_shutdown();
+                                Pin::new(&mut conn).graceful_shutdown();
                                 closing = true;
                             }
                             Expired::Quiet => break,
@@ -95,12 +94,15 @@ pub async fn serve_h1(
                     }
                 }
             }
-            // Quiet: take hyper apart (its box is freed at the end of this block), keeping only what it read and did
-            // not parse.
-            match (*conn).into_parts() {
-                Some(parts) => parts.read_buf,
-                None => return None,
+            // Quiet: take hyper apart, keeping only what it read and did not parse.
+            match conn.into_parts() {
+                Some(parts) => Active::Quiet(parts.read_buf),
+                None => Active::Done(None),
             }
+        });
+        let read_buf = match active.await {
+            Active::Quiet(read_buf) => read_buf,
+            Active::Done(expired) => return expired,
         };
         if !read_buf.is_empty() {
             prefix = read_buf;
@@ -118,6 +120,14 @@ pub async fn serve_h1(
     }
 }
 
+/// How an active period of an HTTP/1.1 connection ended.
+enum Active {
+    /// Quiet for [`PARK_AFTER`]: hyper was taken apart; what it read and did not parse.
+    Quiet(Bytes),
+    /// The connection is done (`Some(Expired::Head)`: answer 408).
+    Done(Option<Expired>),
+}
+
 /// Waits, holding only the TLS stream, until the client sends a byte (returned, to be served first) or the
 /// connection ends: client gone, error, idle timeout or drain (`None`; closed with close_notify where polite).
 async fn park(
@@ -126,10 +136,13 @@ async fn park(
     activity: &Activity,
     phase: &mut tokio::sync::watch::Receiver<Phase>,
 ) -> Option<Bytes> {
-    let config = &ctx.config;
-    let mut reader = stream.clone();
-    let mut byte = [0u8; 1];
+    // One timer for both waits (the future of a parked connection has room for one): the idle timeout, then the
+    // close's. The idle timeout only: a head's timeout cannot start while parked (its first byte ends the park).
+    let timer = tokio::time::sleep_until(activity.idle_deadline(ctx.config.idle_timeout));
+    tokio::pin!(timer);
     if *phase.borrow_and_update() == Phase::Running {
+        let mut reader = stream.clone();
+        let mut byte = [0u8; 1];
         loop {
             tokio::select! {
                 read = reader.read(&mut byte) => {
@@ -147,14 +160,19 @@ async fn park(
                         break;
                     }
                 }
-                // Idle timeout (a head's timeout cannot start while parked: its first byte ends the park).
-                _ = activity.expired(config.idle_timeout, config.header_read_timeout) => break,
+                () = &mut timer => break,
             }
         }
     }
     // As hyper closes an idle connection: close_notify, then FIN.
+    timer
+        .as_mut()
+        .reset(tokio::time::Instant::now() + CLOSE_TIMEOUT);
     let mut writer = stream.clone();
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer.shutdown()).await;
+    tokio::select! {
+        _ = writer.shutdown() => {}
+        () = timer => {}
+    }
     None
 }
 

@@ -99,6 +99,17 @@ impl Activity {
         }
     }
 
+    /// When the idle timeout ends the connection if no request comes before: for a parked connection, whose
+    /// next byte ends the park, so nothing else can move the deadline (`park.rs` sleeps until it, with no
+    /// waiter on [`Activity`]). A deadline past what `Instant` can hold is a year away.
+    pub fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
+        let since = Duration::from_nanos(self.idle_since.load(Ordering::Relaxed));
+        self.base
+            .checked_add(since)
+            .and_then(|t| t.checked_add(idle_timeout))
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
+    }
+
     /// Resolves when a timeout expires; cheap to poll (one timer per connection, re-armed on wake).
     pub async fn expired(&self, idle_timeout: Duration, head_timeout: Duration) -> Expired {
         self.expired_or_quiet(idle_timeout, head_timeout, None)
