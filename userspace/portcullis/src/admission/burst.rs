@@ -114,12 +114,18 @@ impl CostMoments {
 /// Weight of a new busy window in the engine's measured service rate, as a shift: 1/8, as the learned costs.
 const RATE_SHIFT: u32 = 3;
 
+/// A window tells the engine's rate only when the crypto threads were busy throughout it and the one before:
+/// a stall (the threads off the CPU for tens of milliseconds) makes a busy window that completed little, and
+/// the queue it left drains in the next; a rate that low would be no rate the engine keeps. An overload keeps
+/// them busy for as long as it lasts.
+const BUSY_STREAK: u32 = 2;
+
 /// Whether the offered load is past what normal operation absorbs, judged against what the engine completes.
 ///
 /// - *Saturated* ([`Overload::saturated`]): the handshake work offered in the last window (or already in the
 ///   current one) reaches the engine's **measured service rate**: the CPU time of the handshakes its crypto
-///   threads completed in windows during which they were busy throughout (an EWMA, starting at one core per
-///   crypto thread). Work is learned CPU time ([`super::cost`]), so other work taking the CPU (a flood's accepts,
+///   threads completed in windows during which they were busy throughout, as in the window before
+///   ([`BUSY_STREAK`]; an EWMA, starting at one core per crypto thread). Work is learned CPU time ([`super::cost`]), so other work taking the CPU (a flood's accepts,
 ///   softirq, other processes) neither inflates the offered work nor, unless it keeps the engine from completing
 ///   what is admitted, lowers the rate: a queue that grew because the crypto thread was preempted is not a
 ///   handshake overload, and shedding handshakes would not shorten it.
@@ -142,6 +148,8 @@ pub struct Overload {
     /// Whether the engine had fewer jobs than crypto threads at some moment of the window (then its completions
     /// say nothing of its rate).
     slack: bool,
+    /// Consecutive windows closed without slack.
+    busy_streak: u32,
 }
 
 impl Overload {
@@ -161,6 +169,7 @@ impl Overload {
             last_offered_ns: 0,
             completed_ns: 0,
             slack: true,
+            busy_streak: 0,
         }
     }
 
@@ -194,7 +203,12 @@ impl Overload {
         if elapsed < self.window {
             return;
         }
-        if !self.slack && elapsed < self.window * 2 {
+        self.busy_streak = if !self.slack && elapsed < self.window * 2 {
+            self.busy_streak.saturating_add(1)
+        } else {
+            0
+        };
+        if self.busy_streak >= BUSY_STREAK {
             // Per window of the nominal length: the window closes at the first event after its end.
             let sample =
                 u128::from(self.completed_ns) * self.window.as_nanos() / elapsed.as_nanos().max(1);
@@ -277,6 +291,14 @@ mod tests {
             tokio::time::advance(ms(100)).await;
             o.tick(Instant::now());
         }
+        assert!((o.rate() - 1.0).abs() < 1e-9, "{}", o.rate());
+        // One busy window that completed little (a stall) is no rate.
+        o.completed(1_000_000, Instant::now());
+        tokio::time::advance(ms(100)).await;
+        o.tick(Instant::now());
+        o.slack(Instant::now());
+        tokio::time::advance(ms(100)).await;
+        o.tick(Instant::now());
         assert!((o.rate() - 1.0).abs() < 1e-9, "{}", o.rate());
         // Busy throughout, the crypto thread completing 40 ms of handshake CPU per 100 ms (the rest of the core
         // taken by other work): the rate follows.

@@ -6,8 +6,8 @@
 //! completions feed the controller and release the reservations as `offload::policy` does.
 //!
 //! What it checks: below overload (50% and 80% of the crypto threads' capacity) nothing is shed in a minute
-//! (issue 21, item 3), nor at 50% while other work takes a third of the crypto threads' CPU in stalls of tens of
-//! milliseconds ([`Steal`]: a flood's accepts, softirq, other processes; issue 21, item 1), and a 10x storm is
+//! (issue 21, item 3), nor at 50% while other work takes a third of the crypto threads' CPU in stalls of 80 ms
+//! ([`Steal`]: a flood's accepts, softirq, other processes; issue 21, item 1), and a 10x storm is
 //! shed, with the wait of what is admitted bounded, and left behind within a second.
 
 use std::collections::VecDeque;
@@ -335,13 +335,15 @@ async fn ecdsa_two_threads_shed_nothing_below_overload() {
 }
 
 /// Issue 21, item 1: at 50% of capacity, with other work taking a third of the crypto threads' CPU in stalls
-/// of 20 ms every 60 ms, a minute of Poisson arrivals sheds nothing: jobs wait out the stalls (the sojourn
-/// controller's minimum wait and the normal burst are both exceeded), but the handshake work offered stays
-/// below what the engine completes, so none of it is an overload.
+/// of 80 ms every 250 ms, a minute of Poisson arrivals sheds nothing: jobs wait out the stalls (the sojourn
+/// controller's minimum wait and, with ECDSA, the normal burst are exceeded), but the handshake work offered
+/// stays below what the engine completes, so none of it is an overload. (With wall-clock costs and no
+/// saturation test, as before issue 21 item 1: RSA-4096 shed 5,114 of 40,187, ECDSA 81,151 of 250,937 with one
+/// thread, 160,454 of 498,576 with two.)
 async fn sheds_nothing_while_cpu_is_stolen(cert: Certificate, instances: usize) {
     let steal = Steal {
-        period: Duration::from_millis(60),
-        stall: Duration::from_millis(20),
+        period: Duration::from_millis(250),
+        stall: Duration::from_millis(80),
     };
     let phase = Phase {
         load: 0.5,
