@@ -125,7 +125,8 @@ const BUSY_STREAK: u32 = 2;
 /// - *Saturated* ([`Overload::saturated`]): the handshake work offered in the last window (or already in the
 ///   current one) reaches the engine's **measured service rate**: the CPU time of the handshakes its crypto
 ///   threads completed in windows during which they were busy throughout, as in the window before
-///   ([`BUSY_STREAK`]; an EWMA, starting at one core per crypto thread). Work is learned CPU time ([`super::cost`]), so other work taking the CPU (a flood's accepts,
+///   ([`BUSY_STREAK`]; an EWMA, starting at one core per crypto thread, and drifting back to it in windows in
+///   which a thread idled, so a rate learned while the engine was starved does not outlive the starvation). Work is learned CPU time ([`super::cost`]), so other work taking the CPU (a flood's accepts,
 ///   softirq, other processes) neither inflates the offered work nor, unless it keeps the engine from completing
 ///   what is admitted, lowers the rate: a queue that grew because the crypto thread was preempted is not a
 ///   handshake overload, and shedding handshakes would not shorten it.
@@ -208,7 +209,12 @@ impl Overload {
         } else {
             0
         };
-        if self.busy_streak >= BUSY_STREAK {
+        if self.slack {
+            // The engine had time to spare: a rate learned while it was starved (a storm's accepts and resets
+            // taking its core) must not outlive that, or the load after it stays "saturated". Back to one core
+            // per crypto thread within about two seconds of such windows.
+            self.rate_ns += (self.max_rate_ns - self.rate_ns.min(self.max_rate_ns)) >> RATE_SHIFT;
+        } else if self.busy_streak >= BUSY_STREAK {
             // Per window of the nominal length: the window closes at the first event after its end.
             let sample =
                 u128::from(self.completed_ns) * self.window.as_nanos() / elapsed.as_nanos().max(1);
@@ -217,7 +223,7 @@ impl Overload {
                 .min(self.max_rate_ns);
             self.rate_ns = self.rate_ns - (self.rate_ns >> RATE_SHIFT) + (sample >> RATE_SHIFT);
         }
-        if self.active(now) && self.offered_ns >= self.rate_ns {
+        if self.active(now) && self.offered_ns > 0 && self.offered_ns >= self.rate_ns {
             self.trigger(now);
         }
         self.last_offered_ns = if elapsed < self.window * 2 {
@@ -234,7 +240,8 @@ impl Overload {
     /// Whether the offered handshake work reaches what the engine completes: in the last window, or already
     /// in the current one.
     pub fn saturated(&self) -> bool {
-        self.last_offered_ns.max(self.offered_ns) >= self.rate_ns
+        let offered = self.last_offered_ns.max(self.offered_ns);
+        offered > 0 && offered >= self.rate_ns
     }
 
     /// The engine's measured service rate, in handshake CPU seconds per second (at most one per crypto thread).
@@ -311,6 +318,13 @@ mod tests {
         // Half of a core's work offered: above what this engine completes.
         o.offered(50_000_000, Instant::now());
         assert!(o.saturated());
+        // Then the engine idles at times again: within about two seconds the starved rate is gone.
+        for _ in 0..20 {
+            o.slack(Instant::now());
+            tokio::time::advance(ms(100)).await;
+            o.tick(Instant::now());
+        }
+        assert!(o.rate() > 0.9, "{}", o.rate());
     }
 
     #[tokio::test(start_paused = true)]
