@@ -99,7 +99,7 @@ pub enum Bench {
     /// junk ClientHellos, valid ClientHellos from a few sources, all three; server, client and flood in three
     /// network namespaces, portcullis with and without the XDP guard, nginx, HAProxy. Success %, p99 vs no
     /// flood, CPU by kind, where the flood was dropped; targets met or not. Needs root.
-    Flood(Common),
+    Flood(FloodArgs),
     /// Paced handshakes and long-lived streaming connections while each server gets 3 certificate reloads and 3
     /// binary upgrades (portcullis `upgrade`, nginx `USR2` + `QUIT`, HAProxy `-x` + `-sf`): refused, failed and
     /// stale-certificate handshakes, requests cut or connections closed between requests; table and JSON. Fails
@@ -115,6 +115,17 @@ pub struct IdleArgs {
     /// Connections to hold per server (default 20,000; 2,000 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(100..=200_000))]
     pub connections: Option<u64>,
+}
+
+/// `bench flood`'s options.
+#[derive(Args, Debug, Clone)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Only these flood phases, by letter: a (spoofed SYN), b (junk ClientHellos), c (valid ClientHellos),
+    /// d (all three); the no-flood phase, every ratio's base, always runs. Default: all.
+    #[arg(long, value_delimiter = ',', value_parser = ["a", "b", "c", "d"])]
+    pub phases: Vec<String>,
 }
 
 impl IdleArgs {
@@ -175,6 +186,8 @@ pub struct Ctx {
     /// `bench idle`: the servers must hold this many idle connections (descriptor limits, connection caps and
     /// idle timeouts are raised to fit).
     pub hold: Option<usize>,
+    /// `bench flood --phases`: the flood phases to run, by letter (empty: all).
+    pub flood_phases: Vec<String>,
 }
 
 /// Runs one benchmark.
@@ -187,7 +200,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Idle(a) => (&a.common, idle::run),
         Bench::Http(c) => (c, http::run),
         Bench::ZeroRtt(c) => (c, zero_rtt::run),
-        Bench::Flood(c) => (c, flood::run),
+        Bench::Flood(a) => (&a.common, flood::run),
         Bench::Upgrade(c) => (c, upgrade::run),
     };
     if !common.no_setup {
@@ -218,6 +231,10 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         hold: match &what {
             Bench::Idle(a) => Some(a.connections()),
             _ => None,
+        },
+        flood_phases: match &what {
+            Bench::Flood(a) => a.phases.clone(),
+            _ => Vec::new(),
         },
     };
     for bin in [&ctx.daemon, &ctx.load] {

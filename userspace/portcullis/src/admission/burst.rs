@@ -244,6 +244,15 @@ impl Overload {
         offered > 0 && offered >= self.rate_ns
     }
 
+    /// Whether the offered handshake work reaches what the crypto threads complete with a core each (in the last
+    /// window, or already in the current one): more handshakes than the engine could serve even if nothing else
+    /// took its CPU. Saturated without this, the engine was starved by other work (a flood's accepts, softirq):
+    /// shedding in userspace bounds the queue, but dropping SYNs in XDP would turn clients away for seconds for
+    /// work that is not theirs.
+    pub fn beyond_capacity(&self) -> bool {
+        self.last_offered_ns.max(self.offered_ns) >= self.max_rate_ns
+    }
+
     /// The engine's measured service rate, in handshake CPU seconds per second (at most one per crypto thread).
     pub fn rate(&self) -> f64 {
         self.rate_ns as f64 / self.window.as_nanos().max(1) as f64

@@ -220,7 +220,8 @@ impl Admission {
         registry.register(
             "portcullis_admission_overloaded",
             "1 while overloaded (admitting into a queue of twice the target, the wait bounded): the normal burst \
-             was exceeded, the offered work reaches capacity, XDP sheds SYNs or the controller is not normal",
+             was exceeded while saturated (offered handshake work at the measured service rate), XDP sheds SYNs \
+             or the controller is not normal; kept while saturated",
             overloaded_gauge.clone(),
         );
         let unsaturated_bursts = Counter::default();
@@ -328,7 +329,11 @@ impl Admission {
     /// Decides on a handshake of `class`.
     pub fn admit(&self, class: HandshakeClass) -> Result<Admitted, ShedReason> {
         let decision = self.decide(class);
-        self.step_syn_loop(|l, now| l.record(decision.is_ok(), now));
+        // A refusal counts towards SYN shedding only when more handshake work is offered than the crypto threads
+        // complete with a core each: a true handshake overload. Refusals of an engine starved by other work stay
+        // in userspace (`Overload::beyond_capacity`).
+        let counted_ok = decision.is_ok() || !self.overload().beyond_capacity();
+        self.step_syn_loop(|l, now| l.record(counted_ok, now));
         decision
     }
 
@@ -817,6 +822,46 @@ mod tests {
         }
     }
 
+    /// Refusals while less handshake work is offered than a core per crypto thread completes (an engine starved
+    /// by other work, or as here a worker at its in-flight limit) stay in userspace: no SYN is shed.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_below_capacity_shed_no_syns() {
+        let knob = Arc::new(Knob::default());
+        let config = AdmissionConfig {
+            max_in_flight_per_worker: 10,
+            ..AdmissionConfig::default()
+        };
+        let a = Admission::new(
+            config,
+            1,
+            EngineBounds::NONE,
+            &mut Registry::default(),
+            Some(knob.clone()),
+        );
+        for _ in 0..20 {
+            let mut held = Vec::new();
+            let mut refused = 0;
+            for _ in 0..100 {
+                match a.admit(HandshakeClass::FullEcdsa) {
+                    Ok(ok) => {
+                        IN_FLIGHT.set(IN_FLIGHT.get() + 1);
+                        held.push(ok.cost);
+                    }
+                    Err(_) => refused += 1,
+                }
+            }
+            assert_eq!(refused, 90);
+            for cost in held {
+                IN_FLIGHT.set(IN_FLIGHT.get() - 1);
+                a.release(cost);
+            }
+            tokio::time::advance(syn_shed::loop_interval(Duration::from_millis(100))).await;
+            a.tick();
+        }
+        let seen = knob.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(seen.iter().all(|&ppm| ppm == 0), "{seen:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn syn_shed_follows_what_userspace_admits() {
         let knob = Arc::new(Knob::default());
@@ -832,7 +877,9 @@ mod tests {
             &mut Registry::default(),
             Some(knob.clone()),
         );
-        // One interval in which 100 handshakes arrive on a worker that may have 10 in flight: 10 admitted.
+        // One interval in which 100 handshakes arrive on a worker that may have 10 in flight, beyond what the
+        // crypto thread completes: 10 admitted.
+        offer(&a, 100);
         let mut held = Vec::new();
         for _ in 0..100 {
             if let Ok(Admitted { cost, .. }) = a.admit(HandshakeClass::FullEcdsa) {
