@@ -21,7 +21,8 @@
 //! 1. the worker's in-flight limit (`max_in_flight_per_worker`);
 //! 2. while `shedding` (a standing queue while saturated), new full handshakes are shed; resumptions go on;
 //! 3. (before all of these, in the kernel) the XDP program drops a fraction of new SYNs, set every interval by
-//!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]);
+//!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]), counting
+//!    refusals only while the offered work exceeds a core per crypto thread (a starved engine sheds no SYN);
 //! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed, per engine
 //!    instance, the burst of normal operation (the larger of `queue_budget` and what Poisson arrivals at 80%
 //!    load stay within, [`burst`]: nothing is shed below overload; past it unsaturated, nothing is shed
