@@ -139,7 +139,13 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
     )?;
     // bench flood fails when a server completed no legitimate handshake without a flood, a flood sent nothing,
     // or the guard dropped none of the junk ClientHellos.
-    crate::bench::bench(ws, crate::bench::Bench::Flood(storm.clone()))?;
+    crate::bench::bench(
+        ws,
+        crate::bench::Bench::Flood(crate::bench::FloodArgs {
+            common: storm.clone(),
+            phases: Vec::new(),
+        }),
+    )?;
     // bench upgrade fails when portcullis loses a handshake or a request across reloads and upgrades.
     crate::bench::bench(ws, crate::bench::Bench::Upgrade(storm))
 }

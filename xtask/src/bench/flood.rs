@@ -319,7 +319,16 @@ fn measure_server(
         cpu: LOAD_CPU.parse().context("LOAD_CPU")?,
     };
     let mut phases = Vec::new();
-    for (name, mix) in PHASES {
+    // `--phases`: the no-flood phase always, as every ratio's base.
+    let wanted = |name: &str| {
+        ctx.flood_phases.is_empty()
+            || name == "none"
+            || ctx
+                .flood_phases
+                .iter()
+                .any(|p| name.starts_with(p.as_str()))
+    };
+    for (name, mix) in PHASES.iter().filter(|(name, _)| wanted(name)) {
         let row = phase(ctx, topo, &server, c, &target, plan, rate, (name, *mix))
             .with_context(|| format!("phase {name}"))?;
         eprintln!("{}", phase_line(c.label, &row));

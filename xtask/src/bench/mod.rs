@@ -103,7 +103,7 @@ pub enum Bench {
     /// junk ClientHellos, valid ClientHellos from a few sources, all three; server, client and flood in three
     /// network namespaces, portcullis with and without the XDP guard, nginx, HAProxy. Success %, p99 vs no
     /// flood, CPU by kind, where the flood was dropped; targets met or not. Needs root.
-    Flood(Common),
+    Flood(FloodArgs),
     /// Paced handshakes and long-lived streaming connections while each server gets 3 certificate reloads and 3
     /// binary upgrades (portcullis `upgrade`, nginx `USR2` + `QUIT`, HAProxy `-x` + `-sf`): refused, failed and
     /// stale-certificate handshakes, requests cut or connections closed between requests; table and JSON. Fails
@@ -119,6 +119,17 @@ pub struct IdleArgs {
     /// Connections to hold per server (default 20,000; 2,000 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(100..=200_000))]
     pub connections: Option<u64>,
+}
+
+/// `bench flood`'s options.
+#[derive(Args, Debug, Clone)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Only these flood phases, by letter: a (spoofed SYN), b (junk ClientHellos), c (valid ClientHellos),
+    /// d (all three); the no-flood phase, every ratio's base, always runs. Default: all.
+    #[arg(long, value_delimiter = ',', value_parser = ["a", "b", "c", "d"])]
+    pub phases: Vec<String>,
 }
 
 impl IdleArgs {
@@ -193,6 +204,8 @@ pub struct Ctx {
     pub hold: Option<usize>,
     /// `bench zero-rtt --store-concurrency K`: probe processes at once in the store's concurrent CPU form.
     pub store_concurrency: u32,
+    /// `bench flood --phases`: the flood phases to run, by letter (empty: all).
+    pub flood_phases: Vec<String>,
 }
 
 /// Runs one benchmark.
@@ -205,7 +218,7 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         Bench::Idle(a) => (&a.common, idle::run),
         Bench::Http(c) => (c, http::run),
         Bench::ZeroRtt(a) => (&a.common, zero_rtt::run),
-        Bench::Flood(c) => (c, flood::run),
+        Bench::Flood(a) => (&a.common, flood::run),
         Bench::Upgrade(c) => (c, upgrade::run),
     };
     if !common.no_setup {
@@ -240,6 +253,10 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         store_concurrency: match &what {
             Bench::ZeroRtt(a) => a.store_concurrency,
             _ => zero_rtt::DEFAULT_STORE_CONCURRENCY,
+        },
+        flood_phases: match &what {
+            Bench::Flood(a) => a.phases.clone(),
+            _ => Vec::new(),
         },
     };
     for bin in [&ctx.daemon, &ctx.load] {

@@ -111,45 +111,82 @@ impl CostMoments {
     }
 }
 
-/// Whether the offered load is past what normal operation absorbs: entered when the burst is exceeded (or XDP
-/// sheds SYNs), kept while each window's offered work reaches the crypto threads' capacity, left `hold` after
-/// the last window that did.
+/// Weight of a new busy window in the engine's measured service rate, as a shift: 1/8, as the learned costs.
+const RATE_SHIFT: u32 = 3;
+
+/// A window tells the engine's rate only when the crypto threads were busy throughout it and the one before:
+/// a stall (the threads off the CPU for tens of milliseconds) makes a busy window that completed little, and
+/// the queue it left drains in the next; a rate that low would be no rate the engine keeps. An overload keeps
+/// them busy for as long as it lasts.
+const BUSY_STREAK: u32 = 2;
+
+/// Whether the offered load is past what normal operation absorbs, judged against what the engine completes.
+///
+/// - *Saturated* ([`Overload::saturated`]): the handshake work offered in the last window (or already in the
+///   current one) reaches the engine's **measured service rate**: the CPU time of the handshakes its crypto
+///   threads completed in windows during which they were busy throughout, as in the window before
+///   ([`BUSY_STREAK`]; an EWMA, starting at one core per crypto thread, and drifting back to it in windows in
+///   which a thread idled, so a rate learned while the engine was starved does not outlive the starvation). Work is learned CPU time ([`super::cost`]), so other work taking the CPU (a flood's accepts,
+///   softirq, other processes) neither inflates the offered work nor, unless it keeps the engine from completing
+///   what is admitted, lowers the rate: a queue that grew because the crypto thread was preempted is not a
+///   handshake overload, and shedding handshakes would not shorten it.
+/// - *Overloaded* ([`Overload::active`]): entered when the burst is exceeded while saturated (or XDP sheds
+///   SYNs), kept while each window's offered work stays saturated, left `hold` after the last one that did.
 #[derive(Debug)]
 pub struct Overload {
     window: Duration,
     hold: Duration,
-    /// Work the crypto threads complete in one window: `instances` times the window, in ns.
-    capacity_ns: u64,
+    /// The most the crypto threads can complete in one window: `instances` times the window, in ns.
+    max_rate_ns: u64,
+    /// The engine's measured service rate: handshake CPU work completed per window while busy, in ns.
+    rate_ns: u64,
     until: Option<Instant>,
     window_start: Instant,
     offered_ns: u64,
+    /// `offered_ns` of the last window closed (0 after an idle gap).
+    last_offered_ns: u64,
+    completed_ns: u64,
+    /// Whether the engine had fewer jobs than crypto threads at some moment of the window (then its completions
+    /// say nothing of its rate).
+    slack: bool,
+    /// Consecutive windows closed without slack.
+    busy_streak: u32,
 }
 
 impl Overload {
     /// Not overloaded; `instances` crypto threads; offered work judged per `window`.
     pub fn new(window: Duration, hold: Duration, instances: usize, now: Instant) -> Self {
-        let capacity_ns = u64::try_from(window.as_nanos())
+        let max_rate_ns = u64::try_from(window.as_nanos())
             .unwrap_or(u64::MAX)
             .saturating_mul(instances.max(1) as u64);
         Self {
             window,
             hold,
-            capacity_ns,
+            max_rate_ns,
+            rate_ns: max_rate_ns,
             until: None,
             window_start: now,
             offered_ns: 0,
+            last_offered_ns: 0,
+            completed_ns: 0,
+            slack: true,
+            busy_streak: 0,
         }
     }
 
     /// Sets the window and the hold (a reload); an overload under way keeps its end, the window its work so far.
     pub fn set_window(&mut self, window: Duration, hold: Duration) {
-        let instances = self.capacity_ns
-            / u64::try_from(self.window.as_nanos())
-                .unwrap_or(u64::MAX)
-                .max(1);
-        self.capacity_ns = u64::try_from(window.as_nanos())
+        let old_window = u64::try_from(self.window.as_nanos())
             .unwrap_or(u64::MAX)
-            .saturating_mul(instances.max(1));
+            .max(1);
+        let new_window = u64::try_from(window.as_nanos()).unwrap_or(u64::MAX);
+        let instances = self.max_rate_ns / old_window;
+        self.max_rate_ns = new_window.saturating_mul(instances.max(1));
+        // The measured rate is work per window: the same rate in the new window's terms.
+        let rescaled = u128::from(self.rate_ns) * u128::from(new_window) / u128::from(old_window);
+        self.rate_ns = u64::try_from(rescaled)
+            .unwrap_or(u64::MAX)
+            .min(self.max_rate_ns);
         self.window = window;
         self.hold = hold;
     }
@@ -165,16 +202,77 @@ impl Overload {
         self.offered_ns = self.offered_ns.saturating_add(cost_ns);
     }
 
-    /// Closes the window if it ended: while overloaded, a window offered at least the capacity extends it.
+    /// Notes one completed handshake that took `cpu_ns` of its crypto thread's CPU.
+    pub fn completed(&mut self, cpu_ns: u64, now: Instant) {
+        self.tick(now);
+        self.completed_ns = self.completed_ns.saturating_add(cpu_ns);
+    }
+
+    /// Notes that the engine had fewer jobs than crypto threads (some thread idle) at `now`.
+    pub fn slack(&mut self, now: Instant) {
+        self.tick(now);
+        self.slack = true;
+    }
+
+    /// Closes the window if it ended: a window busy throughout updates the measured rate; while overloaded, a
+    /// saturated window extends the overload.
     pub fn tick(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.window_start) < self.window {
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed < self.window {
             return;
         }
-        if self.active(now) && self.offered_ns >= self.capacity_ns {
+        self.busy_streak = if !self.slack && elapsed < self.window * 2 {
+            self.busy_streak.saturating_add(1)
+        } else {
+            0
+        };
+        if self.slack {
+            // The engine had time to spare: a rate learned while it was starved (a storm's accepts and resets
+            // taking its core) must not outlive that, or the load after it stays "saturated". Back to one core
+            // per crypto thread within about two seconds of such windows.
+            self.rate_ns += (self.max_rate_ns - self.rate_ns.min(self.max_rate_ns)) >> RATE_SHIFT;
+        } else if self.busy_streak >= BUSY_STREAK {
+            // Per window of the nominal length: the window closes at the first event after its end.
+            let sample =
+                u128::from(self.completed_ns) * self.window.as_nanos() / elapsed.as_nanos().max(1);
+            let sample = u64::try_from(sample)
+                .unwrap_or(u64::MAX)
+                .min(self.max_rate_ns);
+            self.rate_ns = self.rate_ns - (self.rate_ns >> RATE_SHIFT) + (sample >> RATE_SHIFT);
+        }
+        if self.active(now) && self.offered_ns > 0 && self.offered_ns >= self.rate_ns {
             self.trigger(now);
         }
+        self.last_offered_ns = if elapsed < self.window * 2 {
+            self.offered_ns
+        } else {
+            0
+        };
         self.window_start = now;
         self.offered_ns = 0;
+        self.completed_ns = 0;
+        self.slack = false;
+    }
+
+    /// Whether the offered handshake work reaches what the engine completes: in the last window, or already
+    /// in the current one.
+    pub fn saturated(&self) -> bool {
+        let offered = self.last_offered_ns.max(self.offered_ns);
+        offered > 0 && offered >= self.rate_ns
+    }
+
+    /// Whether the offered handshake work reaches what the crypto threads complete with a core each (in the last
+    /// window, or already in the current one): more handshakes than the engine could serve even if nothing else
+    /// took its CPU. Saturated without this, the engine was starved by other work (a flood's accepts, softirq):
+    /// shedding in userspace bounds the queue, but dropping SYNs in XDP would turn clients away for seconds for
+    /// work that is not theirs.
+    pub fn beyond_capacity(&self) -> bool {
+        self.last_offered_ns.max(self.offered_ns) >= self.max_rate_ns
+    }
+
+    /// The engine's measured service rate, in handshake CPU seconds per second (at most one per crypto thread).
+    pub fn rate(&self) -> f64 {
+        self.rate_ns as f64 / self.window.as_nanos().max(1) as f64
     }
 
     /// Whether overloaded at `now`.
@@ -215,23 +313,67 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_rate_is_learned_from_busy_windows_only() {
+        let ms = Duration::from_millis;
+        let mut o = Overload::new(ms(100), ms(200), 1, Instant::now());
+        assert!((o.rate() - 1.0).abs() < 1e-9);
+        // Windows in which the engine idled at times say nothing of its rate, however little completed.
+        for _ in 0..20 {
+            o.slack(Instant::now());
+            o.completed(10_000_000, Instant::now());
+            tokio::time::advance(ms(100)).await;
+            o.tick(Instant::now());
+        }
+        assert!((o.rate() - 1.0).abs() < 1e-9, "{}", o.rate());
+        // One busy window that completed little (a stall) is no rate.
+        o.completed(1_000_000, Instant::now());
+        tokio::time::advance(ms(100)).await;
+        o.tick(Instant::now());
+        o.slack(Instant::now());
+        tokio::time::advance(ms(100)).await;
+        o.tick(Instant::now());
+        assert!((o.rate() - 1.0).abs() < 1e-9, "{}", o.rate());
+        // Busy throughout, the crypto thread completing 40 ms of handshake CPU per 100 ms (the rest of the core
+        // taken by other work): the rate follows.
+        for _ in 0..40 {
+            o.completed(40_000_000, Instant::now());
+            tokio::time::advance(ms(100)).await;
+            o.tick(Instant::now());
+        }
+        assert!((o.rate() - 0.4).abs() < 0.02, "{}", o.rate());
+        // Half of a core's work offered: above what this engine completes.
+        o.offered(50_000_000, Instant::now());
+        assert!(o.saturated());
+        // Then the engine idles at times again: within about two seconds the starved rate is gone.
+        for _ in 0..20 {
+            o.slack(Instant::now());
+            tokio::time::advance(ms(100)).await;
+            o.tick(Instant::now());
+        }
+        assert!(o.rate() > 0.9, "{}", o.rate());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn overload_lasts_while_the_offered_work_reaches_capacity() {
         let ms = Duration::from_millis;
         let mut o = Overload::new(ms(100), ms(200), 1, Instant::now());
         assert!(!o.active(Instant::now()));
         o.trigger(Instant::now());
-        // Three windows each offered 120 ms of work: still overloaded at the end of them.
+        // Three windows each offered 120 ms of work, the crypto thread busy completing 100 ms each: still
+        // overloaded at the end of them.
         for _ in 0..30 {
             tokio::time::advance(ms(10)).await;
             o.offered(12_000_000, Instant::now());
+            o.completed(10_000_000, Instant::now());
         }
         tokio::time::advance(ms(10)).await;
         o.tick(Instant::now());
         assert!(o.active(Instant::now()));
-        // Then half load: over within the hold of the last full window.
+        // Then half load, the crypto thread idle at times: over within the hold of the last full window.
         for _ in 0..30 {
             tokio::time::advance(ms(10)).await;
             o.offered(5_000_000, Instant::now());
+            o.slack(Instant::now());
         }
         assert!(!o.active(Instant::now()));
     }

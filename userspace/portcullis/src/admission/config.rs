@@ -11,7 +11,7 @@ pub struct AdmissionConfig {
     /// Turn admission control on. Default: `true`.
     pub enabled: bool,
     /// Queue-delay target: when the minimum ring wait over `interval` exceeds it (and 12 size-biased mean
-    /// handshake costs, see `admission::burst`), new full handshakes are shed. A duration, at most `"10s"`. Default: `"5ms"`.
+    /// handshake costs, see `admission::burst`) while the engine is saturated, new full handshakes are shed. A duration, at most `"10s"`. Default: `"5ms"`.
     #[serde(with = "humantime_serde")]
     pub target: Duration,
     /// Measurement interval of the controller. A duration, at most `"60s"`. Default: `"100ms"`.

@@ -7,8 +7,15 @@
 //! one handshake delayed on a busy host (its crypto thread descheduled for a few milliseconds) does not make an
 //! almost idle server shed.
 //!
+//! And a standing queue is a handshake overload only while the offered handshake work reaches what the engine
+//! completes ([`Controller::set_saturated`], from `admission::burst::Overload`): sojourn is wall-clock time, and
+//! a crypto thread that other work keeps off the CPU (a flood's accepts, softirq, other processes) makes every
+//! job wait without any more handshakes to do. Shedding handshakes then refuses clients and shortens nothing
+//! (BENCHMARKS.md "Floods"); an interval with a standing queue but unsaturated is good.
+//!
 //! States, with hysteresis so the controller does not flap:
-//! - `Normal` -> `Shedding` after one bad interval (minimum sojourn > target over at least [`MIN_SAMPLES`] jobs).
+//! - `Normal` -> `Shedding` after one bad interval (minimum sojourn > target over at least [`MIN_SAMPLES`] jobs,
+//!   and saturated).
 //! - `Shedding` -> `Recovering` after one good interval (minimum <= target, or no job queued at all).
 //! - `Recovering` -> `Normal` after `recover_intervals` consecutive good intervals; one bad interval sends it
 //!   back to `Shedding`.
@@ -87,6 +94,8 @@ pub struct Controller {
     /// Per [`Queue`], indexed by `Queue as usize`.
     sojourn: [Sojourn; 2],
     good_streak: u32,
+    /// Whether the offered handshake work reaches what the engine completes (set before each use).
+    saturated: bool,
 }
 
 impl Controller {
@@ -100,7 +109,14 @@ impl Controller {
             interval_start: now,
             sojourn: [Sojourn::default(); 2],
             good_streak: 0,
+            saturated: true,
         }
+    }
+
+    /// Sets whether the offered handshake work reaches what the engine completes, for the intervals still to
+    /// close: without it, a standing queue is not a bad interval. Starts `true` (the controller alone).
+    pub fn set_saturated(&mut self, saturated: bool) {
+        self.saturated = saturated;
     }
 
     /// Sets the target for the intervals still to close (admission control scales it with the learned costs).
@@ -140,7 +156,7 @@ impl Controller {
     pub fn tick(&mut self, now: Instant) -> Option<State> {
         let before = self.state;
         while now.saturating_duration_since(self.interval_start) >= self.interval {
-            let bad = self.sojourn.iter().any(|q| q.standing(self.target));
+            let bad = self.saturated && self.sojourn.iter().any(|q| q.standing(self.target));
             self.state = match (self.state, bad) {
                 (_, true) => {
                     self.good_streak = 0;
@@ -273,6 +289,23 @@ mod tests {
             Some(State::Normal),
             "one good interval recovers with recover_intervals = 1"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standing_queue_below_saturation_is_no_overload() {
+        // Every job waited 50 ms (the crypto thread kept off the CPU by other work), but the handshake work
+        // offered is below what the engine completes: nothing to shed.
+        let mut c = Controller::new(TARGET, INTERVAL, 3, Instant::now());
+        c.set_saturated(false);
+        for _ in 0..5 {
+            observe_n(&mut c, Duration::from_millis(50));
+            tokio::time::advance(INTERVAL).await;
+            assert_eq!(c.tick(Instant::now()), None);
+        }
+        c.set_saturated(true);
+        observe_n(&mut c, Duration::from_millis(50));
+        tokio::time::advance(INTERVAL).await;
+        assert_eq!(c.tick(Instant::now()), Some(State::Shedding));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,12 @@
-//! Each handshake class's cost, learned online: an exponentially weighted moving average of the service time
-//! the engine measured, so admission prices an RSA full handshake (~1 ms) above an ECDSA one (~150 µs) and a
-//! resumption without anyone configuring it.
+//! Each handshake class's cost, learned online: an exponentially weighted moving average of the CPU time the
+//! engine measured for its expensive step, so admission prices an RSA full handshake (~1 ms) above an ECDSA one
+//! (~150 µs) and a resumption without anyone configuring it.
+//!
+//! CPU time of the thread that ran the step ([`ThreadCpu`]), not wall-clock time: a crypto thread preempted by
+//! other work (the worker accepting a flood's connections, other processes) takes longer by the clock, but the
+//! handshake did not cost more, and admission control must not read that as more handshake work
+//! (BENCHMARKS.md "Floods"). Without `CONFIG_IRQ_TIME_ACCOUNTING` the kernel still charges softirq work that
+//! interrupts the thread to it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -77,6 +83,49 @@ impl Collector for CostTable {
     }
 }
 
+/// The calling thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`) at the start of a step, to measure what the step
+/// cost that thread. Falls back to the wall clock where the CPU clock is unavailable.
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadCpu {
+    cpu: Option<Duration>,
+    wall: std::time::Instant,
+}
+
+impl ThreadCpu {
+    /// Starts measuring on the calling thread.
+    pub fn start() -> Self {
+        Self {
+            cpu: thread_cpu_now(),
+            wall: std::time::Instant::now(),
+        }
+    }
+
+    /// The calling thread's CPU time since [`ThreadCpu::start`] (call it on the same thread); the wall-clock
+    /// time if the CPU clock failed.
+    pub fn elapsed(&self) -> Duration {
+        match (self.cpu, thread_cpu_now()) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => self.wall.elapsed(),
+        }
+    }
+}
+
+/// `clock_gettime(CLOCK_THREAD_CPUTIME_ID)`: a system call, well under a microsecond.
+fn thread_cpu_now() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the call writes only it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    (rc == 0).then(|| {
+        Duration::new(
+            u64::try_from(ts.tv_sec).unwrap_or(0),
+            u32::try_from(ts.tv_nsec).unwrap_or(0),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +141,22 @@ mod tests {
         let psk = t.estimate_ns(HandshakeClass::Tls13Psk);
         assert!((1_950_000..=2_000_000).contains(&rsa), "{rsa}");
         assert!((40_000..=41_000).contains(&psk), "{psk}");
+    }
+
+    #[test]
+    fn thread_cpu_counts_work_not_sleep() {
+        let t = ThreadCpu::start();
+        std::thread::sleep(Duration::from_millis(30));
+        let slept = t.elapsed();
+        assert!(
+            slept < Duration::from_millis(10),
+            "{slept:?} of CPU while asleep"
+        );
+        let t = ThreadCpu::start();
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_millis(20) {
+            std::hint::black_box(0u64);
+        }
+        assert!(t.elapsed() > Duration::ZERO);
     }
 }

@@ -3,23 +3,31 @@
 //! # Layout
 //! - [`controller`]: the queue-delay (sojourn time) controller and its states `normal`, `shedding`,
 //!   `recovering`, with hysteresis.
-//! - [`burst`]: the normal-operation budget sized from the spread of the learned costs, and when the load is
-//!   past it (overloaded).
-//! - [`cost`]: each handshake class's cost, learned online (EWMA of measured service time).
+//! - [`burst`]: the normal-operation budget sized from the spread of the learned costs, the engine's measured
+//!   service rate, and when the load is past them (saturated, overloaded).
+//! - [`cost`]: each handshake class's cost, learned online (EWMA of the CPU time its step took).
 //! - [`config`]: the `[admission]` config section.
 //! - [`syn_shed`]: the loop that sets how many SYNs the XDP program drops.
 //! - this file: [`Admission`] (shared state, fed by the engine's completions) and [`AdmissionEngine`], which
 //!   wraps any `HandshakeEngine` and sheds before delegating.
 //!
+//! Nothing is shed unless the engine is **saturated**: the handshake work offered (learned CPU time per class)
+//! over the last 100 ms reaches what the crypto threads completed per 100 ms while busy (their measured service
+//! rate, [`burst::Overload`]). A queue that grew because other work took the CPU (a flood's accepts, softirq,
+//! other processes) is not a handshake overload: it is admitted and drains when the CPU comes back
+//! (`portcullis_admission_unsaturated_bursts`); the engine's ring is the bound then.
+//!
 //! Decisions, cheapest first, per handshake (classified from the raw ClientHello, see `handshake::class`):
 //! 1. the worker's in-flight limit (`max_in_flight_per_worker`);
-//! 2. while `shedding`, new full handshakes are shed; resumptions go on;
+//! 2. while `shedding` (a standing queue while saturated), new full handshakes are shed; resumptions go on;
 //! 3. (before all of these, in the kernel) the XDP program drops a fraction of new SYNs, set every interval by
-//!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]);
+//!    [`syn_shed`] so that about as many connections reach userspace as it admits ([`SynShedControl`]), counting
+//!    refusals only while the offered work exceeds a core per crypto thread (a starved engine sheds no SYN);
 //! 4. the cost budget: admitted work (learned cost per class) queued or in service may not exceed, per engine
 //!    instance, the burst of normal operation (the larger of `queue_budget` and what Poisson arrivals at 80%
-//!    load stay within, [`burst`]: nothing is shed below overload), twice `target` while overloaded (the burst
-//!    exceeded, any state but `normal`, or XDP shedding SYNs: so admitted handshakes wait little);
+//!    load stay within, [`burst`]: nothing is shed below overload; past it unsaturated, nothing is shed
+//!    either), twice `target` while overloaded (the burst exceeded while saturated, any state but `normal`, or
+//!    XDP shedding SYNs: so admitted handshakes wait little);
 //!    resumptions may use 1.5x that, and the engine serves them first;
 //! 5. while overloaded, a job that still waited longer than `target` in an engine queue is dropped when a
 //!    crypto thread takes it, before any crypto ([`Admitted::max_wait`]; judged again at dequeue through
@@ -41,7 +49,7 @@ mod simulation;
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,6 +134,12 @@ pub struct Admission {
     costs: CostTable,
     /// Admitted work not yet finished, in nanoseconds of learned cost.
     outstanding_ns: AtomicU64,
+    /// Admitted handshakes not yet finished: fewer than `instances` means a crypto thread may be idle.
+    outstanding_jobs: AtomicUsize,
+    /// `portcullis_admission_unsaturated_bursts`: admitted past the normal burst, unsaturated.
+    unsaturated_bursts: Counter,
+    /// `portcullis_admission_service_rate`: the engine's measured service rate.
+    rate_gauge: Gauge<f64, AtomicU64>,
     /// `outstanding_ns` for `/metrics`, in seconds.
     outstanding_gauge: Gauge<f64, AtomicU64>,
     /// The floor of the normal-operation budget: `queue_budget` per instance.
@@ -208,8 +222,23 @@ impl Admission {
         registry.register(
             "portcullis_admission_overloaded",
             "1 while overloaded (admitting into a queue of twice the target, the wait bounded): the normal burst \
-             was exceeded, the offered work reaches capacity, XDP sheds SYNs or the controller is not normal",
+             was exceeded while saturated (offered handshake work at the measured service rate), XDP sheds SYNs \
+             or the controller is not normal; kept while saturated",
             overloaded_gauge.clone(),
+        );
+        let unsaturated_bursts = Counter::default();
+        registry.register(
+            "portcullis_admission_unsaturated_bursts",
+            "Handshakes admitted past the normal-operation burst because the offered handshake work was below the \
+             engine's measured service rate (the queue grew from other work taking the CPU, not from handshakes)",
+            unsaturated_bursts.clone(),
+        );
+        let rate_gauge = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "portcullis_admission_service_rate",
+            "Handshake CPU seconds the crypto threads complete per second while busy (measured; at most one per \
+             thread): nothing is shed while the offered handshake work stays below it",
+            rate_gauge.clone(),
         );
         let costs = CostTable::new(registry);
         let (budget_ns, overload_budget_ns) = budgets(&config, instances);
@@ -240,6 +269,9 @@ impl Admission {
             config: arc_swap::ArcSwap::from_pointee(config),
             costs,
             outstanding_ns: AtomicU64::new(0),
+            outstanding_jobs: AtomicUsize::new(0),
+            unsaturated_bursts,
+            rate_gauge,
             outstanding_gauge,
             budget_ns: AtomicU64::new(budget_ns),
             shed,
@@ -302,11 +334,17 @@ impl Admission {
     }
 
     /// The controller, its target the larger of `target` and what the learned costs make a standing queue
-    /// ([`burst::STANDING_UNITS`]).
+    /// ([`burst::STANDING_UNITS`]), told whether the engine is saturated (a standing queue counts only then).
     fn controller(&self) -> std::sync::MutexGuard<'_, Controller> {
+        let saturated = self.overload().saturated();
         let mut c = self.controller.lock().unwrap_or_else(|e| e.into_inner());
         c.set_target(self.config.load().target.max(self.moments.standing()));
+        c.set_saturated(saturated);
         c
+    }
+
+    fn overload(&self) -> std::sync::MutexGuard<'_, Overload> {
+        self.overload.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn entered(&self, state: State) {
@@ -324,7 +362,11 @@ impl Admission {
     /// Decides on a handshake of `class`.
     pub fn admit(&self, class: HandshakeClass) -> Result<Admitted, ShedReason> {
         let decision = self.decide(class);
-        self.step_syn_loop(|l, now| l.record(decision.is_ok(), now));
+        // A refusal counts towards SYN shedding only when more handshake work is offered than the crypto threads
+        // complete with a core each: a true handshake overload. Refusals of an engine starved by other work stay
+        // in userspace (`Overload::beyond_capacity`).
+        let counted_ok = decision.is_ok() || !self.overload().beyond_capacity();
+        self.step_syn_loop(|l, now| l.record(counted_ok, now));
         decision
     }
 
@@ -371,8 +413,12 @@ impl Admission {
         let state = self.advance_to_now();
         self.step_syn_loop(SynShedLoop::tick);
         let now = Instant::now();
-        let mut overload = self.overload.lock().unwrap_or_else(|e| e.into_inner());
+        let mut overload = self.overload();
         overload.tick(now);
+        if self.outstanding_jobs.load(Ordering::Relaxed) < self.instances as usize {
+            overload.slack(now);
+        }
+        self.rate_gauge.set(overload.rate());
         self.judge_overload(&mut overload, state, now);
     }
 
@@ -401,7 +447,7 @@ impl Admission {
     #[cfg(test)]
     pub fn overloaded(&self) -> bool {
         let state = self.advance_to_now();
-        let mut overload = self.overload.lock().unwrap_or_else(|e| e.into_inner());
+        let mut overload = self.overload();
         self.judge_overload(&mut overload, state, Instant::now())
     }
 
@@ -447,7 +493,7 @@ impl Admission {
         let cost = self.costs.estimate_ns(class);
         self.moments.observe(cost);
         let state = self.advance_to_now();
-        let mut overload = self.overload.lock().unwrap_or_else(|e| e.into_inner());
+        let mut overload = self.overload();
         overload.offered(cost, now);
         let overloaded = self.judge_overload(&mut overload, state, now);
         if state == State::Shedding && !class.is_resumption() {
@@ -472,15 +518,24 @@ impl Admission {
             .saturating_add(cost);
         // Always admit into an empty pipeline, so a class whose learned cost exceeds the budget still runs.
         if reserved > limit && reserved != cost {
-            self.outstanding_ns.fetch_sub(cost, Ordering::Relaxed);
-            if !overloaded {
-                // More queued than 80% load makes with any likelihood: a storm, not a bunch of arrivals.
-                overload.trigger(now);
-                self.judge_overload(&mut overload, state, now);
+            if !overloaded && !overload.saturated() {
+                // More queued than 80% load makes, but less handshake work offered than the engine completes:
+                // other work took the CPU (or the host stalled). The queue drains when it comes back; shedding
+                // handshakes would refuse clients and shorten nothing. The engine's ring is the bound.
+                self.unsaturated_bursts.inc();
+            } else {
+                self.outstanding_ns.fetch_sub(cost, Ordering::Relaxed);
+                if !overloaded {
+                    // More queued than 80% load makes with any likelihood, and at least as much handshake work
+                    // offered as the engine completes: a storm, not a bunch of arrivals.
+                    overload.trigger(now);
+                    self.judge_overload(&mut overload, state, now);
+                }
+                return Err(self.count_shed(class, ShedReason::CostBudget));
             }
-            return Err(self.count_shed(class, ShedReason::CostBudget));
         }
         drop(overload);
+        self.outstanding_jobs.fetch_add(1, Ordering::Relaxed);
         self.outstanding_gauge.set(reserved as f64 / 1e9);
         self.admitted
             .get_or_create(&ClassLabel {
@@ -500,6 +555,16 @@ impl Admission {
             .fetch_sub(cost, Ordering::Relaxed)
             .saturating_sub(cost);
         self.outstanding_gauge.set(left as f64 / 1e9);
+        let jobs = self
+            .outstanding_jobs
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |j| {
+                Some(j.saturating_sub(1))
+            })
+            .unwrap_or(0)
+            .saturating_sub(1);
+        if jobs < self.instances as usize {
+            self.overload().slack(Instant::now());
+        }
     }
 
     fn count_shed(&self, class: HandshakeClass, reason: ShedReason) -> ShedReason {
@@ -521,8 +586,12 @@ impl Observer for Admission {
         (self.overloaded_gauge.get() != 0).then_some(self.config.load().target)
     }
 
-    fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration) {
-        self.costs.observe(class, service);
+    fn completed(&self, class: HandshakeClass, wait: Duration, cpu: Duration) {
+        self.costs.observe(class, cpu);
+        self.overload().completed(
+            u64::try_from(cpu.as_nanos()).unwrap_or(u64::MAX),
+            Instant::now(),
+        );
         let mut c = self.controller();
         let queue = if class.is_resumption() {
             controller::Queue::Resumptions
@@ -630,9 +699,16 @@ mod tests {
         )
     }
 
-    /// A standing queue of full handshakes for a whole interval: the controller enters `shedding`.
+    /// Offered handshake work of `ms` milliseconds now (the arrivals of a storm, without their bookkeeping).
+    fn offer(a: &Admission, ms: u64) {
+        a.overload().offered(ms * 1_000_000, Instant::now());
+    }
+
+    /// A standing queue of full handshakes for a whole interval while saturated: the controller enters
+    /// `shedding`.
     async fn shed_full_handshakes(a: &Admission) {
         for _ in 0..2 * controller::MIN_SAMPLES {
+            offer(a, 20);
             a.completed(
                 HandshakeClass::FullEcdsa,
                 Duration::from_millis(20),
@@ -671,6 +747,36 @@ mod tests {
             Err(ShedReason::InFlightLimit)
         );
         IN_FLIGHT.set(0);
+    }
+
+    /// The same standing queue with half a core's handshake work offered (the crypto thread kept off the CPU by
+    /// other work): not an overload, nothing shed.
+    #[tokio::test(start_paused = true)]
+    async fn a_standing_queue_below_the_service_rate_sheds_nothing() {
+        let a = admission(1);
+        for _ in 0..4 * controller::MIN_SAMPLES {
+            offer(&a, 6);
+            a.completed(
+                HandshakeClass::FullEcdsa,
+                Duration::from_millis(20),
+                Duration::from_micros(150),
+            );
+            tokio::time::advance(Duration::from_millis(12)).await;
+            a.tick();
+        }
+        assert_eq!(a.advance_to_now(), State::Normal);
+        // And the burst (48 x 150 µs), exceeded six times over in a new window, refuses nothing.
+        tokio::time::advance(Duration::from_millis(100)).await;
+        a.tick();
+        for _ in 0..300 {
+            assert!(a.admit(HandshakeClass::FullEcdsa).is_ok());
+        }
+        assert!(!a.overloaded());
+        assert!(
+            a.unsaturated_bursts.get() > 200,
+            "{}",
+            a.unsaturated_bursts.get()
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -741,7 +847,9 @@ mod tests {
             }
             held
         };
-        // Normal operation: full handshakes fill the burst, `BURST_UNITS` of them (above the 1 ms budget).
+        // Normal operation, a window's worth of handshake work offered: full handshakes fill the burst,
+        // `BURST_UNITS` of them (above the 1 ms budget).
+        offer(&a, 100);
         let held = fill(HandshakeClass::FullEcdsa);
         let units = burst::BURST_UNITS as usize;
         assert!(
@@ -798,6 +906,46 @@ mod tests {
         }
     }
 
+    /// Refusals while less handshake work is offered than a core per crypto thread completes (an engine starved
+    /// by other work, or as here a worker at its in-flight limit) stay in userspace: no SYN is shed.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_below_capacity_shed_no_syns() {
+        let knob = Arc::new(Knob::default());
+        let config = AdmissionConfig {
+            max_in_flight_per_worker: 10,
+            ..AdmissionConfig::default()
+        };
+        let a = Admission::new(
+            config,
+            1,
+            EngineBounds::NONE,
+            &mut Registry::default(),
+            Some(knob.clone()),
+        );
+        for _ in 0..20 {
+            let mut held = Vec::new();
+            let mut refused = 0;
+            for _ in 0..100 {
+                match a.admit(HandshakeClass::FullEcdsa) {
+                    Ok(ok) => {
+                        IN_FLIGHT.set(IN_FLIGHT.get() + 1);
+                        held.push(ok.cost);
+                    }
+                    Err(_) => refused += 1,
+                }
+            }
+            assert_eq!(refused, 90);
+            for cost in held {
+                IN_FLIGHT.set(IN_FLIGHT.get() - 1);
+                a.release(cost);
+            }
+            tokio::time::advance(syn_shed::loop_interval(Duration::from_millis(100))).await;
+            a.tick();
+        }
+        let seen = knob.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(seen.iter().all(|&ppm| ppm == 0), "{seen:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn syn_shed_follows_what_userspace_admits() {
         let knob = Arc::new(Knob::default());
@@ -813,7 +961,9 @@ mod tests {
             &mut Registry::default(),
             Some(knob.clone()),
         );
-        // One interval in which 100 handshakes arrive on a worker that may have 10 in flight: 10 admitted.
+        // One interval in which 100 handshakes arrive on a worker that may have 10 in flight, beyond what the
+        // crypto thread completes: 10 admitted.
+        offer(&a, 100);
         let mut held = Vec::new();
         for _ in 0..100 {
             if let Ok(Admitted { cost, .. }) = a.admit(HandshakeClass::FullEcdsa) {

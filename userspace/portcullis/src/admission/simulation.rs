@@ -6,8 +6,9 @@
 //! completions feed the controller and release the reservations as `offload::policy` does.
 //!
 //! What it checks: below overload (50% and 80% of the crypto threads' capacity) nothing is shed in a minute
-//! (issue 21, item 3), and a 10x storm is shed, with the wait of what is admitted bounded, and left behind
-//! within a second.
+//! (issue 21, item 3), nor at 50% while other work takes a third of the crypto threads' CPU in stalls of 80 ms
+//! ([`Steal`]: a flood's accepts, softirq, other processes; issue 21, item 1), and a 10x storm is
+//! shed, with the wait of what is admitted bounded, and left behind within a second.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -45,6 +46,33 @@ const ECDSA: Certificate = Certificate {
     resumed: Duration::from_micros(90),
 };
 
+/// Other work taking the crypto threads' CPU: every `period`, the first `stall` of it. A job in service then
+/// takes longer by the clock (its CPU time, what admission control learns, is unchanged) and jobs queue.
+#[derive(Debug, Clone, Copy)]
+struct Steal {
+    period: Duration,
+    stall: Duration,
+}
+
+impl Steal {
+    /// When a job of CPU time `cpu` started at `start` finishes by the clock.
+    fn finish(&self, start: Duration, cpu: Duration) -> Duration {
+        let period = self.period.as_nanos();
+        let (mut t, mut left) = (start.as_nanos(), cpu.as_nanos());
+        while left > 0 {
+            let into = t % period;
+            if into < self.stall.as_nanos() {
+                t += self.stall.as_nanos() - into;
+                continue;
+            }
+            let run = left.min(period - into);
+            t += run;
+            left -= run;
+        }
+        Duration::from_nanos(u64::try_from(t).unwrap_or(u64::MAX))
+    }
+}
+
 /// One phase of offered load: a multiple of the crypto threads' capacity, for a while.
 #[derive(Debug, Clone, Copy)]
 struct Phase {
@@ -80,6 +108,7 @@ struct Queued {
     cost: u64,
     submitted: Duration,
     max_wait: Option<Duration>,
+    /// CPU time of the crypto step.
     service: Duration,
 }
 
@@ -89,7 +118,7 @@ struct Instance {
     high: VecDeque<Queued>,
     normal: VecDeque<Queued>,
     high_in_a_row: u32,
-    /// The job in service and when it finishes.
+    /// The job in service, when it started and when it finishes by the clock.
     busy: Option<(Queued, Duration, Duration)>,
 }
 
@@ -137,13 +166,14 @@ impl PhaseReport {
     }
 }
 
-/// Runs `phases` back to back against `instances` crypto threads; returns one report per phase and the
-/// admission state.
+/// Runs `phases` back to back against `instances` crypto threads, losing CPU to `steal` if any; returns one
+/// report per phase and the admission state.
 async fn simulate(
     cert: Certificate,
     instances: usize,
     phases: &[Phase],
     seed: u64,
+    steal: Option<Steal>,
 ) -> (Vec<PhaseReport>, Arc<Admission>) {
     let admission = Admission::new(
         AdmissionConfig::default(),
@@ -182,9 +212,9 @@ async fn simulate(
             if t == next_done {
                 for ring in &mut rings {
                     if ring.busy.as_ref().is_some_and(|b| b.2 == now)
-                        && let Some((job, started, finished)) = ring.busy.take()
+                        && let Some((job, started, _)) = ring.busy.take()
                     {
-                        admission.completed(job.class, started - job.submitted, finished - started);
+                        admission.completed(job.class, started - job.submitted, job.service);
                         admission.release(job.cost);
                         report.served += 1;
                         report.waits.push(started - job.submitted);
@@ -244,7 +274,7 @@ async fn simulate(
                         report.last_shed = Some(now - start);
                         continue;
                     }
-                    let finished = now + job.service;
+                    let finished = steal.map_or(now + job.service, |s| s.finish(now, job.service));
                     ring.busy = Some((job, now, finished));
                 }
             }
@@ -263,7 +293,7 @@ async fn sheds_nothing_below_overload(cert: Certificate, instances: usize) {
             load,
             duration: Duration::from_secs(60),
         };
-        let (reports, admission) = simulate(cert, instances, &[phase], 21).await;
+        let (reports, admission) = simulate(cert, instances, &[phase], 21, None).await;
         let r = &reports[0];
         assert!(r.arrived > 10_000, "{r:?}");
         assert_eq!(
@@ -304,6 +334,59 @@ async fn ecdsa_two_threads_shed_nothing_below_overload() {
     sheds_nothing_below_overload(ECDSA, 2).await;
 }
 
+/// Issue 21, item 1: at 50% of capacity, with other work taking a third of the crypto threads' CPU in stalls
+/// of 80 ms every 250 ms, a minute of Poisson arrivals sheds nothing: jobs wait out the stalls (the sojourn
+/// controller's minimum wait and, with ECDSA, the normal burst are exceeded), but the handshake work offered
+/// stays below what the engine completes, so none of it is an overload. (With wall-clock costs and no
+/// saturation test, as before issue 21 item 1: RSA-4096 shed 5,114 of 40,187, ECDSA 81,151 of 250,937 with one
+/// thread, 160,454 of 498,576 with two.)
+async fn sheds_nothing_while_cpu_is_stolen(cert: Certificate, instances: usize) {
+    let steal = Steal {
+        period: Duration::from_millis(250),
+        stall: Duration::from_millis(80),
+    };
+    let phase = Phase {
+        load: 0.5,
+        duration: Duration::from_secs(60),
+    };
+    let (mut reports, admission) = simulate(cert, instances, &[phase], 21, Some(steal)).await;
+    let r = &mut reports[0];
+    assert!(r.arrived > 10_000, "{r:?}");
+    let p99 = r.wait_p99();
+    assert_eq!(
+        r.shed(),
+        0,
+        "{} with {instances} crypto thread(s) at 50% of capacity, a third of the CPU stolen: {} of {} shed ({} \
+         refused, {} dropped past max_wait), last at {:?}; state {:?}, overloaded for {} ticks, ring wait p99 \
+         {p99:?}",
+        cert.name,
+        r.shed(),
+        r.arrived,
+        r.refused,
+        r.expired,
+        r.last_shed,
+        admission.advance_to_now(),
+        r.overloaded_ticks,
+    );
+    // The stalls are felt: jobs waited them out (what the old wall-clock controller shed on).
+    assert!(p99 > Duration::from_millis(10), "ring wait p99 {p99:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rsa_one_thread_sheds_nothing_while_cpu_is_stolen() {
+    sheds_nothing_while_cpu_is_stolen(RSA_4096, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ecdsa_one_thread_sheds_nothing_while_cpu_is_stolen() {
+    sheds_nothing_while_cpu_is_stolen(ECDSA, 1).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn ecdsa_two_threads_shed_nothing_while_cpu_is_stolen() {
+    sheds_nothing_while_cpu_is_stolen(ECDSA, 2).await;
+}
+
 /// A 10x storm between two phases at half load: shed, with what is admitted waiting little and the crypto
 /// threads kept busy, and over within a second of its end.
 #[tokio::test(start_paused = true)]
@@ -322,7 +405,7 @@ async fn a_storm_is_shed_and_left_behind_within_a_second() {
             duration: Duration::from_secs(5),
         },
     ];
-    let (mut reports, admission) = simulate(RSA_4096, 1, &phases, 7).await;
+    let (mut reports, admission) = simulate(RSA_4096, 1, &phases, 7, None).await;
     let steady_p99 = reports[0].wait_p99();
     let storm = &mut reports[1];
     assert!(storm.shed() > storm.arrived / 2, "{storm:?}");

@@ -3,7 +3,8 @@
 //! The job (the `Accepted` state and the config) moves into the engine inside a closure, and the connection
 //! comes back over a oneshot channel that wakes the submitting worker. Queue wait (submit to start of service)
 //! and service time are measured on the crypto thread and reported per handshake class to the metrics and to
-//! an optional [`Observer`] (admission control learns costs and queue delay from it).
+//! an optional [`Observer`] (admission control learns costs and queue delay from it; its service time is the
+//! thread's CPU time, see `admission::cost`).
 //!
 //! With the `wait` policy the deadline bounds the whole queue wait, slot and ring together: a job that reaches
 //! its crypto thread after the deadline is dropped there without any crypto and shed as `wait_deadline` (the
@@ -29,6 +30,7 @@ use arc_swap::ArcSwap;
 
 use super::metrics::EngineMetrics;
 use super::{FullRingPolicyConfig, OffloadEngine, Priority, SubmitError, Work};
+use crate::admission::cost::ThreadCpu;
 use crate::handshake::class::HandshakeClass;
 use crate::handshake::engine::{
     Completed, EngineError, HandshakeEngine, Job, JobResult, ShedReason,
@@ -91,11 +93,12 @@ impl EngineKnobs {
               bytes in a slot that exists once"
 )]
 enum Served {
-    /// The expensive step ran: its result, when it started and when it finished.
+    /// The expensive step ran: its result, when it started and when it finished, and the CPU time it took.
     Done(
         Result<rustls::server::ServerConnection, (rustls::Error, rustls::server::AcceptedAlert)>,
         Instant,
         Instant,
+        Duration,
     ),
     /// The job waited past the `wait` policy's deadline or admission control's bound and was dropped unserved,
     /// for this reason.
@@ -104,8 +107,9 @@ enum Served {
 
 /// Learns from completed jobs (admission control).
 pub trait Observer: Send + Sync + 'static {
-    /// A job of `class` waited `wait` in a ring and took `service` on a crypto thread.
-    fn completed(&self, class: HandshakeClass, wait: Duration, service: Duration);
+    /// A job of `class` waited `wait` in a ring and took `cpu` of its thread's CPU time (not wall-clock: time
+    /// the thread lost to other work is not the handshake's cost).
+    fn completed(&self, class: HandshakeClass, wait: Duration, cpu: Duration);
 
     /// The longest a job may have waited when a crypto thread takes it, judged then (admission control: while
     /// overloaded, `target`, so work queued before an overload began does not wait the whole burst out). `None`:
@@ -216,14 +220,16 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             ..
         } = job;
         if self.runs_inline(class, max_wait, submitted) {
+            let cpu = ThreadCpu::start();
             let result = accepted.into_connection(config);
+            let cpu = cpu.elapsed();
             let finished = Instant::now();
             let service = finished.saturating_duration_since(submitted);
             InlineBudget::spend(service);
             self.metrics.idle_inline(class);
             self.metrics.completed(class, Duration::ZERO, service);
             if let Some(o) = &self.observer {
-                o.completed(class, Duration::ZERO, service);
+                o.completed(class, Duration::ZERO, cpu);
             }
             return result
                 .map(|conn| Completed {
@@ -254,8 +260,9 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
                 let _ = tx.send(Served::Expired(reason));
                 return;
             }
+            let cpu = ThreadCpu::start();
             let result = accepted.into_connection(config);
-            let _ = tx.send(Served::Done(result, start, Instant::now()));
+            let _ = tx.send(Served::Done(result, start, Instant::now(), cpu.elapsed()));
         });
         let deadline = policy_wait.map(|d| tokio::time::Instant::now() + d);
         let priority = if class.is_resumption() {
@@ -309,12 +316,12 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
                 self.metrics.rejected(class, reason);
                 Err(EngineError::Shed(reason))
             }
-            Ok(Served::Done(result, started, finished)) => {
+            Ok(Served::Done(result, started, finished, cpu)) => {
                 let wait = started.saturating_duration_since(submitted);
                 let service = finished.saturating_duration_since(started);
                 self.metrics.completed(class, wait, service);
                 if let Some(o) = &self.observer {
-                    o.completed(class, wait, service);
+                    o.completed(class, wait, cpu);
                 }
                 result
                     .map(|conn| Completed {

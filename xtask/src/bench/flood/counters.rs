@@ -138,7 +138,9 @@ pub fn delta(
 
 /// The samples of a Prometheus text exposition this bench reports, summed by a short key: `xdp:<verdict>` for
 /// `portcullis_xdp_packets_total`, `handshake:<result>` for `portcullis_handshakes_total`, `refused:<reason>`
-/// for `portcullis_connections_refused_total`, `shed:<..>` for `portcullis_admission_shed_total`.
+/// for `portcullis_connections_refused_total`, `shed:<..>` for `portcullis_admission_shed_total`, `state:<to>` for
+/// `portcullis_admission_transitions_total` and `unsaturated_bursts:all` for handshakes admission control let
+/// past its normal burst because the engine was not saturated (the queue grew from other work taking the CPU).
 pub fn metrics(text: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -154,6 +156,8 @@ pub fn metrics(text: &str) -> BTreeMap<String, u64> {
             "portcullis_handshakes_total" => ("handshake", "result"),
             "portcullis_connections_refused_total" => ("refused", "reason"),
             "portcullis_admission_shed_total" => ("shed", "reason"),
+            "portcullis_admission_transitions_total" => ("state", "to"),
+            "portcullis_admission_unsaturated_bursts_total" => ("unsaturated_bursts", "none"),
             _ => continue,
         };
         let which = label_value(labels, label).unwrap_or("all");
