@@ -7,7 +7,7 @@
 //! malformed ClientHello cannot connect again during its penalty (`drop_syn_penalty`) while others can.
 
 use std::{
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddrV4},
     sync::atomic::{AtomicBool, AtomicU32, Ordering},
     time::{Duration, Instant},
 };
@@ -133,20 +133,39 @@ fn flood_syns(
     let IpAddr::V4(src) = src else {
         panic!("flood source {src} is not IPv4")
     };
+    paced_syns(sender, dst, FLOOD_PACKETS, |_| src, sent, legit_done)
+}
+
+/// Sends SYNs to `dst`, the `n`th from `source(n)` (a new source port and ISN each), at [`FLOOD_PER_SEC`] until
+/// at least `at_least` went out and `legit_done` is set, or [`FLOOD_TIME_LIMIT`] passed. Counts into `sent`.
+fn paced_syns(
+    sender: &RawSender,
+    dst: SocketAddrV4,
+    at_least: u32,
+    source: impl Fn(u32) -> Ipv4Addr,
+    sent: &AtomicU32,
+    legit_done: &AtomicBool,
+) -> Flood {
     let start = Instant::now();
     let mut send_errors = 0;
     let mut n: u32 = 0;
     loop {
         let elapsed = start.elapsed();
-        if elapsed >= FLOOD_TIME_LIMIT || (n >= FLOOD_PACKETS && legit_done.load(Ordering::Relaxed))
-        {
+        if elapsed >= FLOOD_TIME_LIMIT || (n >= at_least && legit_done.load(Ordering::Relaxed)) {
             break;
         }
         // Catch up to the schedule, then sleep a tick: the pace holds even when a sleep overshoots.
         let due = (elapsed.as_secs_f64() * f64::from(FLOOD_PER_SEC)) as u32;
         while n < due {
             let port = 1024 + (n % 60_000) as u16;
-            let packet = tcp_packet(src, port, dst, n.wrapping_mul(2_654_435_761), SYN, &[]);
+            let packet = tcp_packet(
+                source(n),
+                port,
+                dst,
+                n.wrapping_mul(2_654_435_761),
+                SYN,
+                &[],
+            );
             match sender.send(&packet) {
                 Ok(()) => {
                     n += 1;
@@ -257,40 +276,11 @@ fn spoofed_syns(
     sent: &AtomicU32,
     legit_done: &AtomicBool,
 ) -> Flood {
-    let start = Instant::now();
-    let mut send_errors = 0;
-    let mut n: u32 = 0;
-    loop {
-        let elapsed = start.elapsed();
-        if elapsed >= FLOOD_TIME_LIMIT
-            || (n >= SPOOFED_PACKETS && legit_done.load(Ordering::Relaxed))
-        {
-            break;
-        }
-        let due = (elapsed.as_secs_f64() * f64::from(FLOOD_PER_SEC)) as u32;
-        while n < due {
-            let [_, _, hi, lo] = n.to_be_bytes();
-            let src = std::net::Ipv4Addr::new(10, 98, hi, lo.max(1));
-            let port = 1024 + (n % 60_000) as u16;
-            let packet = tcp_packet(src, port, dst, n.wrapping_mul(2_654_435_761), SYN, &[]);
-            match sender.send(&packet) {
-                Ok(()) => {
-                    n += 1;
-                    sent.store(n, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    send_errors += 1;
-                    break;
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    Flood {
-        sent: n,
-        send_errors,
-        elapsed: start.elapsed(),
-    }
+    let spoofed = |n: u32| {
+        let [_, _, hi, lo] = n.to_be_bytes();
+        Ipv4Addr::new(10, 98, hi, lo.max(1))
+    };
+    paced_syns(sender, dst, SPOOFED_PACKETS, spoofed, sent, legit_done)
 }
 
 #[test]
@@ -312,7 +302,7 @@ fn a_junk_client_hello_sender_is_refused_at_the_syn() {
         .into_iter()
         .next()
         .expect("a malformed ClientHello");
-    let connect_from = |src: std::net::Ipv4Addr| {
+    let connect_from = |src: Ipv4Addr| {
         bed.client
             .run(|| {
                 let socket = socket2::Socket::new(
