@@ -293,25 +293,33 @@ async fn sheds_nothing_below_overload(cert: Certificate, instances: usize) {
             load,
             duration: Duration::from_secs(60),
         };
-        let (reports, admission) = simulate(cert, instances, &[phase], 21, None).await;
-        let r = &reports[0];
-        assert!(r.arrived > 10_000, "{r:?}");
-        assert_eq!(
-            r.shed(),
-            0,
-            "{} with {instances} crypto thread(s) at {:.0}% of capacity: {} of {} handshakes shed ({} refused, \
-             {} dropped past max_wait), last at {:?}; state {:?}, overloaded for {} ticks",
+        let (mut reports, admission) = simulate(cert, instances, &[phase], 21, None).await;
+        let what = format!(
+            "{} with {instances} crypto thread(s) at {:.0}% of capacity",
             cert.name,
-            load * 100.0,
-            r.shed(),
-            r.arrived,
-            r.refused,
-            r.expired,
-            r.last_shed,
-            admission.advance_to_now(),
-            r.overloaded_ticks,
+            load * 100.0
         );
+        assert_nothing_shed(&mut reports[0], &what, &admission);
     }
+}
+
+/// Fails, naming `what` and how the phase went, unless phase `r` had more than 10,000 arrivals and shed none.
+fn assert_nothing_shed(r: &mut PhaseReport, what: &str, admission: &Admission) {
+    assert!(r.arrived > 10_000, "{what}: {r:?}");
+    let p99 = r.wait_p99();
+    assert_eq!(
+        r.shed(),
+        0,
+        "{what}: {} of {} handshakes shed ({} refused, {} dropped past max_wait), last at {:?}; state {:?}, \
+         overloaded for {} ticks, ring wait p99 {p99:?}",
+        r.shed(),
+        r.arrived,
+        r.refused,
+        r.expired,
+        r.last_shed,
+        admission.advance_to_now(),
+        r.overloaded_ticks,
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -350,24 +358,12 @@ async fn sheds_nothing_while_cpu_is_stolen(cert: Certificate, instances: usize) 
         duration: Duration::from_secs(60),
     };
     let (mut reports, admission) = simulate(cert, instances, &[phase], 21, Some(steal)).await;
-    let r = &mut reports[0];
-    assert!(r.arrived > 10_000, "{r:?}");
-    let p99 = r.wait_p99();
-    assert_eq!(
-        r.shed(),
-        0,
-        "{} with {instances} crypto thread(s) at 50% of capacity, a third of the CPU stolen: {} of {} shed ({} \
-         refused, {} dropped past max_wait), last at {:?}; state {:?}, overloaded for {} ticks, ring wait p99 \
-         {p99:?}",
-        cert.name,
-        r.shed(),
-        r.arrived,
-        r.refused,
-        r.expired,
-        r.last_shed,
-        admission.advance_to_now(),
-        r.overloaded_ticks,
+    let what = format!(
+        "{} with {instances} crypto thread(s) at 50% of capacity, a third of the CPU stolen",
+        cert.name
     );
+    assert_nothing_shed(&mut reports[0], &what, &admission);
+    let p99 = reports[0].wait_p99();
     // The stalls are felt: jobs waited them out (what the old wall-clock controller shed on).
     assert!(p99 > Duration::from_millis(10), "ring wait p99 {p99:?}");
 }
