@@ -56,14 +56,7 @@ fn syn_flood_is_limited_while_another_address_handshakes() {
     let flood_src = bed.extra_client_addrs[0];
     assert_ne!(flood_src, bed.veth.a.addr);
     let sender = RawSender::open(&bed.client).expect("raw socket in the client namespace");
-    let drops = || {
-        daemon
-            .metric(
-                "portcullis_xdp_packets_total",
-                &[("verdict", "drop_syn_rate")],
-            )
-            .expect("GET /metrics")
-    };
+    let drops = || xdp_verdicts(&daemon, "drop_syn_rate");
     assert_eq!(drops(), 0.0, "SYN drops before any flood");
 
     let (flood, handshakes) = handshakes_during_a_flood(&bed, &daemon, |sent, done| {
@@ -220,14 +213,7 @@ fn spoofed_syn_flood_is_dropped_while_a_known_client_handshakes() {
         "the client's address should be known after its handshake: {status}"
     );
     let sender = RawSender::open(&bed.client).expect("raw socket in the client namespace");
-    let drops = || {
-        daemon
-            .metric(
-                "portcullis_xdp_packets_total",
-                &[("verdict", "drop_syn_flood")],
-            )
-            .expect("GET /metrics")
-    };
+    let drops = || xdp_verdicts(&daemon, "drop_syn_flood");
     assert_eq!(drops(), 0.0, "flood drops before any flood");
 
     let (flood, handshakes) = handshakes_during_a_flood(&bed, &daemon, |sent, done| {
@@ -316,11 +302,7 @@ fn a_junk_client_hello_sender_is_refused_at_the_syn() {
             })
             .expect("enter the client namespace")
     };
-    let metric = |verdict: &str| {
-        daemon
-            .metric("portcullis_xdp_packets_total", &[("verdict", verdict)])
-            .expect("GET /metrics")
-    };
+    let metric = |verdict: &str| xdp_verdicts(&daemon, verdict);
     // The junk sender's first connection completes (the SYN is fine); its first segment is dropped in XDP.
     let mut first = connect_from(junk_src).expect("the junk sender's first connect");
     std::io::Write::write_all(&mut first, &junk).expect("send the malformed ClientHello");
@@ -389,4 +371,11 @@ fn handshakes_during_a_flood(
         );
         (flood, handshakes)
     })
+}
+
+/// The daemon's count of XDP verdicts `verdict` (`portcullis_xdp_packets_total`).
+fn xdp_verdicts(daemon: &Daemon, verdict: &str) -> f64 {
+    daemon
+        .metric("portcullis_xdp_packets_total", &[("verdict", verdict)])
+        .expect("GET /metrics")
 }

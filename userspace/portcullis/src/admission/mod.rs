@@ -906,15 +906,9 @@ mod tests {
         }
     }
 
-    /// Refusals while less handshake work is offered than a core per crypto thread completes (an engine starved
-    /// by other work, or as here a worker at its in-flight limit) stay in userspace: no SYN is shed.
-    #[tokio::test(start_paused = true)]
-    async fn refusals_below_capacity_shed_no_syns() {
+    /// Admission control for one crypto thread whose SYN shed fractions are recorded by the returned knob.
+    fn with_knob(config: AdmissionConfig) -> (Arc<Admission>, Arc<Knob>) {
         let knob = Arc::new(Knob::default());
-        let config = AdmissionConfig {
-            max_in_flight_per_worker: 10,
-            ..AdmissionConfig::default()
-        };
         let a = Admission::new(
             config,
             1,
@@ -922,6 +916,18 @@ mod tests {
             &mut Registry::default(),
             Some(knob.clone()),
         );
+        (a, knob)
+    }
+
+    /// Refusals while less handshake work is offered than a core per crypto thread completes (an engine starved
+    /// by other work, or as here a worker at its in-flight limit) stay in userspace: no SYN is shed.
+    #[tokio::test(start_paused = true)]
+    async fn refusals_below_capacity_shed_no_syns() {
+        let config = AdmissionConfig {
+            max_in_flight_per_worker: 10,
+            ..AdmissionConfig::default()
+        };
+        let (a, knob) = with_knob(config);
         for _ in 0..20 {
             let mut held = Vec::new();
             let mut refused = 0;
@@ -948,19 +954,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn syn_shed_follows_what_userspace_admits() {
-        let knob = Arc::new(Knob::default());
         let config = AdmissionConfig {
             syn_shed: 0.9,
             max_in_flight_per_worker: 10,
             ..AdmissionConfig::default()
         };
-        let a = Admission::new(
-            config,
-            1,
-            EngineBounds::NONE,
-            &mut Registry::default(),
-            Some(knob.clone()),
-        );
+        let (a, knob) = with_knob(config);
         // One interval in which 100 handshakes arrive on a worker that may have 10 in flight, beyond what the
         // crypto thread completes: 10 admitted.
         offer(&a, 100);
