@@ -23,6 +23,7 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -350,6 +351,13 @@ struct Sink {
 impl Sink {
     fn start() -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").context("binding the upstream sink")?;
+        // std listens with a backlog of 128: the pending row's connects arrive thousands at once, and a full
+        // accept queue drops SYNs that portcullis' 3 s connect timeout then gives up on. Listening again
+        // raises the backlog (to net.core.somaxconn at most).
+        // SAFETY: listen(2) on a descriptor this listener owns; no memory is passed.
+        if unsafe { libc::listen(listener.as_raw_fd(), 65_535) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("raising the upstream sink's backlog");
+        }
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -359,7 +367,7 @@ impl Sink {
             while !flag.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, _)) => held.push(s),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
                 }
             }
         });
