@@ -356,7 +356,8 @@ impl Sink {
         // raises the backlog (to net.core.somaxconn at most).
         // SAFETY: listen(2) on a descriptor this listener owns; no memory is passed.
         if unsafe { libc::listen(listener.as_raw_fd(), 65_535) } != 0 {
-            return Err(std::io::Error::last_os_error()).context("raising the upstream sink's backlog");
+            return Err(std::io::Error::last_os_error())
+                .context("raising the upstream sink's backlog");
         }
         listener.set_nonblocking(true)?;
         let port = listener.local_addr()?.port();
