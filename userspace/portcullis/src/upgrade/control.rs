@@ -170,6 +170,14 @@ pub(super) fn connect_to(path: &Path) -> nix::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// How a control connection ended without an error.
+enum Handed {
+    /// A successor serves: this daemon drains.
+    Over,
+    /// The peer closed before its hello: a daemon checking whether the socket is in use.
+    Probe,
+}
+
 /// What the old daemon can hand over, shared by the main thread and the control thread.
 pub struct Handoff {
     /// The offer and the duplicated sockets; `None` once draining (withdrawn) or handed over.
@@ -253,7 +261,8 @@ impl Handoff {
                 }
             };
             match self.hand_over(&conn) {
-                Ok(()) => return,
+                Ok(Handed::Over) => return,
+                Ok(Handed::Probe) => {}
                 Err(e) => tracing::warn!(
                     error = %format!("{e:#}"),
                     "upgrade: the handoff did not happen; this daemon goes on serving"
@@ -263,7 +272,7 @@ impl Handoff {
     }
 
     /// One successor: check who it is, offer, wait for ready.
-    fn hand_over(&self, conn: &OwnedFd) -> anyhow::Result<()> {
+    fn hand_over(&self, conn: &OwnedFd) -> anyhow::Result<Handed> {
         let peer = "the successor";
         let send_timeout = nix::sys::time::TimeVal::new(10, 0);
         let _ = nix::sys::socket::setsockopt(conn, sockopt::SendTimeout, &send_timeout);
@@ -283,7 +292,19 @@ impl Handoff {
             refuse(conn.as_fd(), peer, &reason);
             anyhow::bail!("refused pid {}: {reason}", creds.pid());
         }
-        match protocol::receive(conn.as_fd(), peer)?.0 {
+        let first = match protocol::receive(conn.as_fd(), peer) {
+            Err(protocol::ProtocolError::Closed { .. }) => {
+                // `ControlSocket::bind` of a daemon started with the same --control-socket connects to see
+                // whether the socket is in use, then closes: not an upgrade.
+                tracing::debug!(
+                    pid = creds.pid(),
+                    "control socket: a connection closed without a hello (another daemon checking that this socket is in use)"
+                );
+                return Ok(Handed::Probe);
+            }
+            received => received?.0,
+        };
+        match first {
             Message::Hello { version, .. } if version == protocol::VERSION => {}
             Message::Hello { version, pid } => {
                 let reason = format!(
@@ -322,7 +343,7 @@ impl Handoff {
             }
         }
         match self.offer_and_wait(conn, offer, &offered) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(Handed::Over),
             Err(e) => {
                 if let Some(xdp) = &self.xdp {
                     xdp.unpin();
