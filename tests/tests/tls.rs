@@ -145,6 +145,41 @@ fn curl_and_openssl_negotiate_versions_certificates_and_alpn() {
     d.stop_ok();
 }
 
+#[test]
+fn every_group_openssl_accepts_by_default_but_x448_and_ffdhe_is_negotiated() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    let d = start_with(&pki, "", "");
+    let addr = d.addr();
+    // A client that offers one group only: nothing else to fall back to (P-521 is portcullis' own addition
+    // to rustls' groups, `tls/p521.rs`). TLS 1.2 against the RSA certificate: there a client's groups also
+    // bound the curve of an ECDSA certificate (RFC 8422 §5.1), and openssl enforces it.
+    for (group, shown) in [
+        ("X25519", "X25519"),
+        ("P-256", "prime256v1"),
+        ("P-384", "secp384r1"),
+        ("P-521", "secp521r1"),
+    ] {
+        for (version, name, expected) in [
+            ("-tls1_3", "ecdsa.test", "New, TLSv1.3,"),
+            ("-tls1_2", "rsa.test", "New, TLSv1.2,"),
+        ] {
+            let out = s_client(
+                &pki,
+                addr,
+                &[version, "-groups", group, "-servername", name],
+            );
+            assert!(out.contains(expected), "{group} {version}:\n{out}");
+            assert!(
+                out.contains(&format!("Server Temp Key: ECDH, {shown}"))
+                    || out.contains(&format!("Server Temp Key: {shown}")),
+                "{group} {version}: the group used is not the one offered:\n{out}"
+            );
+        }
+    }
+    d.stop_ok();
+}
+
 /// `promtool check metrics` (Debian package `prometheus`, installed by `cargo xtask setup`) must find nothing.
 fn promtool_accepts(text: &str) {
     let mut child = Command::new("promtool")

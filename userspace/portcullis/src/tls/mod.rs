@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod ocsp;
+pub mod p521;
 pub mod resolver;
 pub mod watch;
 
@@ -16,9 +17,12 @@ use certs::{CertError, LoadedCert};
 use resolver::SniResolver;
 
 /// The crypto provider used everywhere: aws-lc-rs (X25519 at about half the cost of ring's, and the
-/// post-quantum X25519MLKEM768 group).
+/// post-quantum X25519MLKEM768 group), with P-521 appended ([`p521`]) so every group OpenSSL accepts by
+/// default but X448 and the FFDHE groups is accepted here too.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups.push(p521::SECP521R1);
+    Arc::new(provider)
 }
 
 /// Loads the configured certificates, or the generated self-signed one when none is configured.
