@@ -44,7 +44,7 @@ impl ActiveKeyExchange for Exchange {
             return Err(PeerMisbehaved::InvalidKeyShare.into());
         }
         let peer = UnparsedPublicKey::new(&agreement::ECDH_P521, peer);
-        agreement::agree_ephemeral(self.private, &peer, (), |secret| {
+        agreement::agree_ephemeral(self.private, peer, (), |secret| {
             Ok(SharedSecret::from(secret))
         })
         .map_err(|()| PeerMisbehaved::InvalidKeyShare.into())
