@@ -455,6 +455,60 @@ fn connect_is_refused_with_405_and_never_reaches_the_upstream() {
     });
 }
 
+#[test]
+fn the_host_a_request_names_is_checked_and_forwarded() {
+    let bed = Bed::start("");
+    let upstream = bed.upstream.addr;
+    // One connection per request, read to its close.
+    let exchange = |request: &'static str| {
+        rt().block_on(async {
+            let mut tls = bed.tls(&[b"http/1.1"]).await;
+            tls.write_all(request.as_bytes()).await.expect("write");
+            read_until(&mut tls, "\u{0}never", Duration::from_secs(10)).await
+        })
+    };
+    // RFC 9112 §3.2: HTTP/1.1 without Host, two Host fields, a Host that is not host[:port]: 400, and the
+    // upstream never sees them.
+    for (request, cause) in [
+        (
+            "GET /headers HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "missing_host",
+        ),
+        (
+            "GET /headers HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+            "multiple_host",
+        ),
+        (
+            "GET /headers HTTP/1.1\r\nHost: user@a.example\r\nConnection: close\r\n\r\n",
+            "invalid_host",
+        ),
+    ] {
+        let answer = exchange(request);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{request:?}:\n{answer}");
+        assert!(answer.contains(cause), "{request:?}:\n{answer}");
+    }
+    assert!(
+        bed.upstream.requests().is_empty(),
+        "{:?}",
+        bed.upstream.requests()
+    );
+    // Absolute form: the target's authority is the Host upstream (RFC 9112 §3.2.2), in origin form.
+    let answer = exchange(
+        "GET http://t.example/headers?q HTTP/1.1\r\nHost: h.example\r\nConnection: close\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("GET /headers?q HTTP/1.1\n"), "{answer}");
+    assert!(answer.contains("\nhost: t.example\n"), "{answer}");
+    assert!(!answer.contains("h.example"), "{answer}");
+    // HTTP/1.0 may omit Host; the HTTP/1.1 upstream still gets one: its own address.
+    let answer = exchange("GET /headers HTTP/1.0\r\n\r\n");
+    assert!(answer.contains(" 200 "), "{answer}");
+    assert!(
+        answer.contains(&format!("\nhost: {upstream}\n")),
+        "{answer}"
+    );
+}
+
 /// An upstream that speaks HTTP/1.0 only: one response per connection, then close.
 fn http10_upstream() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

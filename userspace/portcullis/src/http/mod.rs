@@ -23,6 +23,7 @@ pub mod config;
 pub mod early;
 pub mod facts;
 pub mod headers;
+pub mod host;
 pub mod metrics;
 pub mod park;
 pub mod pool;

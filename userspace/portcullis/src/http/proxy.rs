@@ -67,7 +67,13 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
         "h1"
     };
     let method = req.method().clone();
-    let authority = authority(&req);
+    let named = super::host::authority(&req);
+    let authority = named
+        .as_ref()
+        .ok()
+        .and_then(Option::as_ref)
+        .map(|a| a.as_str().to_owned());
+    let refused = named.err();
     let target = req
         .uri()
         .path_and_query()
@@ -80,6 +86,15 @@ pub async fn handle(conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Rep
             Err(Failed {
                 status: StatusCode::METHOD_NOT_ALLOWED,
                 cause: "connect_not_allowed",
+                upstream: None,
+            }),
+            None,
+        ),
+        // Before anything reaches the upstream, an early request too (`host.rs`).
+        _ if refused.is_some() => (
+            Err(Failed {
+                status: StatusCode::BAD_REQUEST,
+                cause: refused.map_or("invalid_host", super::host::HostError::cause),
                 upstream: None,
             }),
             None,
@@ -272,19 +287,6 @@ fn handshake_failed() -> Failed {
     }
 }
 
-/// Host (h1) or :authority (h2).
-fn authority(req: &Request<Incoming>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        })
-}
-
 /// Sends one request upstream (the client's body, or none for an early request sent again after a 425).
 async fn forward<B>(
     conn: &ConnInfo,
@@ -307,11 +309,6 @@ where
         authority,
         ctx.config.trusted_forwarded,
     );
-    if !parts.headers.contains_key(header::HOST)
-        && let Some(host) = authority.and_then(|a| HeaderValue::from_str(a).ok())
-    {
-        parts.headers.insert(header::HOST, host);
-    }
     // HTTP/1.1 upstream: origin form (RFC 9112 §3.2.1), whatever form the client used.
     parts.uri = target
         .parse::<Uri>()
@@ -328,6 +325,15 @@ where
             upstream: None,
         });
     };
+    // The authority the request names (an absolute-form target's over its Host field, `host.rs`), else the
+    // upstream's address: an HTTP/1.1 request needs a Host.
+    let host = match authority {
+        Some(a) => HeaderValue::from_str(a).ok(),
+        None => HeaderValue::from_str(&addr.to_string()).ok(),
+    };
+    if let Some(host) = host {
+        request.headers_mut().insert(header::HOST, host);
+    }
     let fail = |status, cause| Failed {
         status,
         cause,
