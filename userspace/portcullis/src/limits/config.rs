@@ -106,6 +106,11 @@ impl LimitsConfig {
         self.max_connections
             .unwrap_or_else(|| cap_from_nofile(nofile_soft_limit()))
     }
+
+    /// `tcp_keepalive`'s idle time, `None` for `"0s"` (off).
+    pub fn keepalive(&self) -> Option<Duration> {
+        (!self.tcp_keepalive.is_zero()).then_some(self.tcp_keepalive)
+    }
 }
 
 fn nofile_soft_limit() -> u64 {
