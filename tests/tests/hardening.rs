@@ -256,7 +256,12 @@ fn a_silent_client_is_closed_at_the_first_byte_timeout_and_sockets_keep_alive() 
     std::fs::write(&config, &changed).expect("write");
     d.signal(nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
     assert_eq!(
-        wait_metric(&d, "portcullis_config_reloads_total", &[("result", "ok")], 1.0),
+        wait_metric(
+            &d,
+            "portcullis_config_reloads_total",
+            &[("result", "ok")],
+            1.0
+        ),
         1.0,
         "reload not counted ok: {}",
         d.stderr()

@@ -25,6 +25,7 @@ pub mod psk;
 pub mod refusal;
 pub mod stages;
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use rustls::server::{Accepted, Acceptor, ServerConnection};
@@ -220,7 +221,7 @@ async fn hello_and_crypto(
     let (accepted, raw) = read_client_hello(tcp, config, max_hello, stages).await?;
     stages.hello();
     let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
-    drop(raw);
+    give_back(raw);
     on_hello(&hello);
     let class = HandshakeClass::classify(&hello, &accepted, certs);
     let prepared = early.prepare(&hello, config).await;
@@ -283,6 +284,7 @@ async fn read_client_hello(
             raw: &mut raw,
             stages: &mut *stages,
             called: false,
+            short: false,
         };
         let n = match acceptor.read_tls(&mut source) {
             Ok(n) => n,
@@ -300,6 +302,7 @@ async fn read_client_hello(
             }
             Err(e) => return Err(HandshakeError::new(Failure::from_io(&e), e.to_string())),
         };
+        let drained = source.short;
         if n == 0 {
             let failure = if inspect::looks_like_tls(&raw) {
                 Failure::ClientClosed
@@ -328,7 +331,13 @@ async fn read_client_hello(
             ));
         }
         match acceptor.accept() {
-            Ok(Some(accepted)) => return Ok((accepted, raw)),
+            Ok(Some(accepted)) => {
+                if drained {
+                    // Nothing more until the client has our flight: its next bytes wake the finish step.
+                    arrival::drained(tcp);
+                }
+                return Ok((accepted, raw));
+            }
             Ok(None) => {}
             Err((err, alert)) => {
                 let answer = refusal::replay(config, &raw);
@@ -379,15 +388,41 @@ struct Recorder<'a> {
     stages: &'a mut StageClock,
     /// rustls called `read` (an error without a call is rustls refusing to buffer more).
     called: bool,
+    /// The read returned fewer bytes than rustls asked for: the socket is drained ([`arrival::drained`]).
+    short: bool,
 }
 
 impl std::io::Read for Recorder<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.called = true;
         let (n, stamp) = arrival::try_read(self.tcp, buf)?;
+        self.short = n > 0 && n < buf.len();
         self.stages.first_read(stamp);
+        if self.raw.capacity() == 0 {
+            // Taken at the first bytes, not at accept: a connection waiting for its ClientHello holds none.
+            *self.raw = HELLO_BUFFER.with(Cell::take);
+        }
         self.raw.extend_from_slice(buf.get(..n).unwrap_or_default());
         Ok(n)
+    }
+}
+
+thread_local! {
+    /// A worker's buffer for step 1's raw bytes, reused from handshake to handshake: taken at a connection's
+    /// first read, given back once its ClientHello is inspected ([`give_back`]), so a worker whose ClientHellos
+    /// come whole (the usual case: no await in between) allocates none. Another connection reading meanwhile
+    /// gets a new one.
+    static HELLO_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The largest buffer [`HELLO_BUFFER`] keeps (a worker does not hold on to a rare 64 KiB ClientHello's).
+const KEPT_HELLO_BUFFER: usize = 16 * 1024;
+
+/// Returns step 1's buffer to the worker's [`HELLO_BUFFER`].
+fn give_back(mut raw: Vec<u8>) {
+    if raw.capacity() <= KEPT_HELLO_BUFFER {
+        raw.clear();
+        HELLO_BUFFER.with(|b| b.set(raw));
     }
 }
 
@@ -511,6 +546,50 @@ mod tests {
         assert_eq!(info.malformed, None);
         assert!(info.offers_tls13);
         assert!(info.fingerprint.is_some());
+    }
+
+    /// After a ClientHello read whole in a short read, the socket reads as not ready without another system
+    /// call, and bytes the client sends later still wake the reader.
+    #[tokio::test]
+    async fn a_short_hello_read_clears_the_readiness_and_later_bytes_wake_the_reader() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback test socket");
+        let addr = listener.local_addr().expect("loopback test socket");
+        let mut client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("loopback test socket");
+        client
+            .write_all(&hello_in_records(0))
+            .await
+            .expect("loopback test socket");
+        let (server, _) = listener.accept().await.expect("loopback test socket");
+        let config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));
+        let read = read_client_hello(
+            &server,
+            &Arc::new(config),
+            64 * 1024,
+            &mut StageClock::default(),
+        )
+        .await;
+        assert!(read.is_ok(), "the fixture is a whole ClientHello");
+        let zero = std::time::Duration::ZERO;
+        assert!(
+            tokio::time::timeout(zero, server.ready(tokio::io::Interest::READABLE))
+                .await
+                .is_err(),
+            "still marked readable after the short read"
+        );
+        client.write_all(b"x").await.expect("loopback test socket");
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(5), server.readable()).await;
+        assert!(
+            matches!(woke, Ok(Ok(()))),
+            "a later byte did not wake the reader"
+        );
+        let mut byte = [0u8; 1];
+        assert_eq!(server.try_read(&mut byte).ok(), Some(1));
     }
 
     #[tokio::test]

@@ -378,7 +378,10 @@ mod tests {
         if !sock.keepalive().expect("SO_KEEPALIVE") {
             return None;
         }
-        assert_eq!(sock.tcp_keepalive_interval().ok(), Some(Duration::from_secs(10)));
+        assert_eq!(
+            sock.tcp_keepalive_interval().ok(),
+            Some(Duration::from_secs(10))
+        );
         assert_eq!(sock.tcp_keepalive_retries().ok(), Some(3));
         Some(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"))
     }
