@@ -438,11 +438,20 @@ async fn finish(
     let io_err = |e: std::io::Error| HandshakeError::new(Failure::from_io(&e), e.to_string());
     loop {
         // On an error rustls queued an alert describing it: `process` sends it, then we fail.
-        if let Err(err) = tls.process().await {
-            return Err(HandshakeError::new(
-                Failure::from_rustls(&err),
-                err.to_string(),
-            ));
+        let state = match tls.process().await {
+            Ok(state) => state,
+            Err(err) => {
+                return Err(HandshakeError::new(
+                    Failure::from_rustls(&err),
+                    err.to_string(),
+                ));
+            }
+        };
+        if !tls.is_handshaking() && state.peer_has_closed() && state.plaintext_bytes_to_read() == 0 {
+            // The client sent close_notify with its Finished (a probe, a health check): whoever has the
+            // connection next only closes it, and the session tickets leave with our close_notify, in one write
+            // and one segment instead of two (every path after the stage flushes rustls before it reads or closes).
+            return Ok(false);
         }
         tls.flush().await.map_err(io_err)?;
         stages.flight();
