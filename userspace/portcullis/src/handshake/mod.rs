@@ -447,7 +447,8 @@ async fn finish(
                 ));
             }
         };
-        if !tls.is_handshaking() && state.peer_has_closed() && state.plaintext_bytes_to_read() == 0 {
+        if !tls.is_handshaking() && state.peer_has_closed() && state.plaintext_bytes_to_read() == 0
+        {
             // The client sent close_notify with its Finished (a probe, a health check): whoever has the
             // connection next only closes it, and the session tickets leave with our close_notify, in one write
             // and one segment instead of two (every path after the stage flushes rustls before it reads or closes).
