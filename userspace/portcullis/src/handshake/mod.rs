@@ -602,6 +602,65 @@ mod tests {
         assert_eq!(server.try_read(&mut byte).ok(), Some(1));
     }
 
+    /// A client whose close_notify comes with its Finished gets the session tickets with our close_notify (the
+    /// stage leaves them queued: one write less); a client that stays open gets them from the stage.
+    #[tokio::test]
+    async fn tickets_wait_for_our_close_notify_only_when_the_client_closed_with_its_finished() {
+        for client_closes in [true, false] {
+            let (server, client) = crate::test_tls::tls13_pair();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("loopback test socket");
+            let addr = listener.local_addr().expect("loopback test socket");
+            let client = std::thread::spawn(move || {
+                use std::io::Read as _;
+                let mut sock = std::net::TcpStream::connect(addr).expect("loopback test socket");
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                let mut conn =
+                    rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+                while conn.is_handshaking() {
+                    if conn.wants_write() {
+                        conn.write_tls(&mut sock).expect("client write");
+                    } else {
+                        conn.read_tls(&mut sock).expect("client read");
+                        conn.process_new_packets().expect("server flight");
+                    }
+                }
+                // The Finished is queued: with close_notify behind it, both leave in one write.
+                if client_closes {
+                    conn.send_close_notify();
+                }
+                while conn.wants_write() {
+                    conn.write_tls(&mut sock).expect("client write");
+                }
+                let mut after = Vec::new();
+                let _ = sock.read_to_end(&mut after);
+                after.len()
+            });
+            let (tcp, _) = listener.accept().await.expect("loopback test socket");
+            let conn = ServerConnection::new(Arc::new(server)).expect("server");
+            let mut tls = TlsConn::new(tcp, conn);
+            let released = finish(&mut tls, &mut StageClock::default(), false).await;
+            assert!(
+                matches!(released, Ok(false)),
+                "client_closes = {client_closes}"
+            );
+            assert_eq!(
+                tls.wants_write(),
+                client_closes,
+                "tickets still queued after the stage, client_closes = {client_closes}"
+            );
+            tls.close().await;
+            drop(tls);
+            // Two tickets (a few hundred bytes) and close_notify (24 bytes) reached the client either way.
+            let after = client.join().expect("client thread");
+            assert!(
+                after > 100,
+                "the client got {after} bytes after its Finished"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn a_hello_over_the_limit_gets_decode_error() {
         let wire = hello_in_records(5000);
