@@ -51,6 +51,12 @@ pub fn spawn(
     spec: WorkerSpec,
     phase: watch::Receiver<Phase>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    // Here, before the daemon reports ready: the kernel completes connections (and copies the listener's
+    // keepalive to them) from `listen` on, before the worker's accept loop first runs.
+    let keepalive = *spec.limits.keepalive().borrow();
+    for (socket, _) in &spec.listeners {
+        keep_alive(socket, keepalive);
+    }
     let name = format!("portcullis-w{}", spec.index);
     std::thread::Builder::new()
         .name(name.clone())
@@ -148,6 +154,7 @@ async fn accept_loop(
 ) {
     let mut keepalive = limits.keepalive();
     let mut watching = true;
+    // Again (set at spawn): a reload may have come in between.
     keep_alive(&listener, *keepalive.borrow_and_update());
     loop {
         tokio::select! {
@@ -202,7 +209,7 @@ async fn accept_loop(
 }
 
 /// Puts `limits.tcp_keepalive` (`None`: off) on `listener`, for the connections it accepts from now on.
-fn keep_alive(listener: &TcpListener, idle: Option<std::time::Duration>) {
+fn keep_alive(listener: &impl std::os::fd::AsFd, idle: Option<std::time::Duration>) {
     if let Err(e) = crate::limits::set_listener_keepalive(listener, idle) {
         tracing::warn!(error = %e, ?idle, "cannot set TCP keepalive on a listening socket; its connections go without");
     }
