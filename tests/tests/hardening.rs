@@ -216,7 +216,8 @@ fn connections_over_a_cap_are_reset_and_counted_by_reason() {
 }
 
 /// A client that handshakes and sends nothing is closed at `first_byte_timeout`, long before `idle_timeout`;
-/// accepted client sockets carry TCP keepalive.
+/// accepted client sockets carry TCP keepalive, set on the listening sockets (the kernel copies it to each
+/// connection), and a reload that changes `limits.tcp_keepalive` reaches connections accepted after it.
 #[test]
 fn a_silent_client_is_closed_at_the_first_byte_timeout_and_sockets_keep_alive() {
     let dir = TempDir::new("pki").expect("tempdir");
@@ -227,20 +228,11 @@ fn a_silent_client_is_closed_at_the_first_byte_timeout_and_sockets_keep_alive() 
     );
     let tls = rustls_establish(&pki, TcpStream::connect(d.addr()).expect("connect"));
     let established = Instant::now();
-    let local = tls.sock.local_addr().expect("local");
-    // The daemon's end of this connection shows a keepalive timer (`ss -o`: `timer:(keepalive,...)`) once
-    // nothing is in flight (until then it shows the retransmission timer).
-    let mut ss = String::new();
-    while established.elapsed() < Duration::from_millis(1500) && !ss.contains("timer:(keepalive") {
-        let out = std::process::Command::new("ss")
-            .args(["-tnoH", "state", "established"])
-            .arg(format!("( dport = :{} )", local.port()))
-            .output()
-            .expect("run ss (iproute2)");
-        ss = String::from_utf8_lossy(&out.stdout).into_owned();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(ss.contains("timer:(keepalive"), "no keepalive timer: {ss}");
+    let first = keepalive_timer(&tls.sock);
+    assert!(
+        first > Duration::from_secs(40) && first <= Duration::from_secs(45),
+        "keepalive timer {first:?}, configured 45s"
+    );
     let _ = closed_within(&tls.sock, Duration::from_secs(10)).expect("closed");
     let took = established.elapsed();
     assert!(
@@ -256,10 +248,90 @@ fn a_silent_client_is_closed_at_the_first_byte_timeout_and_sockets_keep_alive() 
         ),
         1.0
     );
+
+    let config = d.dir().join("portcullis.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let changed = text.replace("tcp_keepalive = \"45s\"", "tcp_keepalive = \"100s\"");
+    assert_ne!(changed, text, "tcp_keepalive is in the daemon's config");
+    std::fs::write(&config, &changed).expect("write");
+    d.signal(nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+    assert_eq!(
+        wait_metric(
+            &d,
+            "portcullis_config_reloads_total",
+            &[("result", "ok")],
+            1.0
+        ),
+        1.0,
+        "reload not counted ok: {}",
+        d.stderr()
+    );
+    // The worker puts the new value on its listener when it next runs, just after the reload is counted: a
+    // connection the kernel completed in between has the old one (`Limits::update`). A few tries, then it must show.
+    let mut timers = Vec::new();
+    for _ in 0..10 {
+        let tls = rustls_establish(&pki, TcpStream::connect(d.addr()).expect("connect"));
+        timers.push(keepalive_timer(&tls.sock));
+        if timers.last() > Some(&Duration::from_secs(95)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reloaded = timers.last().copied().unwrap_or_default();
+    assert!(
+        reloaded > Duration::from_secs(95) && reloaded <= Duration::from_secs(100),
+        "keepalive timers {timers:?} after the reload to 100s"
+    );
     d.stop_ok();
 }
 
-/// A busy connection is still closed at `max_connection_lifetime`, its upstream socket with it.
+/// The keepalive timer of the daemon's end of `client`'s connection (`ss -o`: `timer:(keepalive,1min39sec,0)`),
+/// read once nothing is in flight (until then it shows the retransmission timer), within 1.5 s.
+fn keepalive_timer(client: &TcpStream) -> Duration {
+    let local = client.local_addr().expect("local");
+    let started = Instant::now();
+    let mut ss = String::new();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let out = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established"])
+            .arg(format!("( dport = :{} )", local.port()))
+            .output()
+            .expect("run ss (iproute2)");
+        ss = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(left) = ss
+            .split("timer:(keepalive,")
+            .nth(1)
+            .and_then(|t| t.split(',').next())
+        {
+            return parse_ss_time(left).unwrap_or_else(|| panic!("unreadable timer in {ss}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("no keepalive timer: {ss}");
+}
+
+/// `ss`'s timer format: `1min39sec`, `44sec`, `990ms`.
+fn parse_ss_time(text: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest.get(..digits)?.parse().ok()?;
+        let unit_end = rest
+            .get(digits..)?
+            .find(|c: char| c.is_ascii_digit())
+            .map_or(rest.len(), |i| digits + i);
+        total += match rest.get(digits..unit_end)? {
+            "min" => Duration::from_secs(60 * n),
+            "sec" => Duration::from_secs(n),
+            "ms" => Duration::from_millis(n),
+            _ => return None,
+        };
+        rest = rest.get(unit_end..)?;
+    }
+    Some(total)
+}
+
 #[test]
 fn a_connection_is_closed_at_its_maximum_lifetime() {
     let dir = TempDir::new("pki").expect("tempdir");

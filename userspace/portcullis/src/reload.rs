@@ -11,7 +11,8 @@
 //!   Connections already open finish on the context they started with.
 //! - The `[xdp]` knobs, written into the running program's config map ([`crate::xdp::SynShed::write_knobs`]).
 //! - The `[limits]` caps (for the next accept) and timeouts, keepalive and lifetime (for connections accepted
-//!   after the reload): [`crate::limits::Limits::update`].
+//!   after the reload; keepalive for those the kernel completes after the workers put it on their listening
+//!   sockets): [`crate::limits::Limits::update`].
 //! - `[admission]`: target, interval, budgets, thresholds, SYN shedding, set in place on the running admission
 //!   control, which keeps what it measured ([`crate::admission::Admission::set_params`]).
 //! - `[engine]`: `full_ring`, `wait_deadline`, `inline_when_idle`, for the next handshake

@@ -51,6 +51,12 @@ pub fn spawn(
     spec: WorkerSpec,
     phase: watch::Receiver<Phase>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
+    // Here, before the daemon reports ready: the kernel completes connections (and copies the listener's
+    // keepalive to them) from `listen` on, before the worker's accept loop first runs.
+    let keepalive = *spec.limits.keepalive().borrow();
+    for (socket, _) in &spec.listeners {
+        keep_alive(socket, keepalive);
+    }
     let name = format!("portcullis-w{}", spec.index);
     std::thread::Builder::new()
         .name(name.clone())
@@ -146,6 +152,10 @@ async fn accept_loop(
     tracker: Arc<Tracker>,
     mut phase: watch::Receiver<Phase>,
 ) {
+    let mut keepalive = limits.keepalive();
+    let mut watching = true;
+    // Again (set at spawn): a reload may have come in between.
+    keep_alive(&listener, *keepalive.borrow_and_update());
     loop {
         tokio::select! {
             biased;
@@ -155,6 +165,11 @@ async fn accept_loop(
                     return;
                 }
             }
+            // Before the next accept: a reload's keepalive is on the listener before it accepts again.
+            r = keepalive.changed(), if watching => match r {
+                Ok(()) => keep_alive(&listener, *keepalive.borrow_and_update()),
+                Err(_) => watching = false,
+            },
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     accepted_total.inc();
@@ -163,14 +178,9 @@ async fn accept_loop(
                         let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
                         continue;
                     };
-                    // Taken now: a reload changes them for connections accepted after it.
-                    let settings = limits.settings();
-                    let lifetime = settings.lifetime;
-                    if let Some(idle) = settings.tcp_keepalive
-                        && let Err(e) = crate::limits::set_keepalive(&tcp, idle)
-                    {
-                        tracing::debug!(%peer, error = %e, "cannot set TCP keepalive");
-                    }
+                    // Taken now: a reload changes it for connections accepted after it. TCP keepalive came with
+                    // the socket, from the listener (`keep_alive`).
+                    let lifetime = limits.settings().lifetime;
                     let guard = tracker.enter();
                     let ctx = slot.load_full();
                     let limits = limits.clone();
@@ -195,6 +205,13 @@ async fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// Puts `limits.tcp_keepalive` (`None`: off) on `listener`, for the connections it accepts from now on.
+fn keep_alive(listener: &impl std::os::fd::AsFd, idle: Option<std::time::Duration>) {
+    if let Err(e) = crate::limits::set_listener_keepalive(listener, idle) {
+        tracing::warn!(error = %e, ?idle, "cannot set TCP keepalive on a listening socket; its connections go without");
     }
 }
 

@@ -19,16 +19,24 @@ pub fn enable(listener: &impl AsFd) -> io::Result<()> {
     setsockopt(listener, sockopt::ReceiveTimestampns, &true).map_err(io::Error::from)
 }
 
+/// Room for the one control message a read can carry (`SCM_TIMESTAMPNS`).
+const CMSG_SPACE: usize = nix::sys::socket::cmsg_space::<TimeSpec>();
+
+/// A control-message buffer on the stack (`cmsg_space!` allocates a `Vec` per read), aligned as the `cmsghdr`
+/// the kernel writes at its start.
+#[repr(C, align(8))]
+struct CmsgBuffer([u8; CMSG_SPACE]);
+
 /// `try_read` that also returns the kernel's receive time of the bytes read, when the socket is stamped.
 /// `WouldBlock` when nothing is ready, as `TcpStream::try_read`.
 pub fn try_read(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
     tcp.try_io(Interest::READABLE, || {
-        let mut cmsg = nix::cmsg_space!(TimeSpec);
+        let mut cmsg = CmsgBuffer([0; CMSG_SPACE]);
         let mut iov = [io::IoSliceMut::new(buf)];
         let msg = recvmsg::<()>(
             tcp.as_raw_fd(),
             &mut iov,
-            Some(&mut cmsg),
+            Some(&mut cmsg.0),
             MsgFlags::MSG_DONTWAIT,
         )
         .map_err(io::Error::from)?;
@@ -40,6 +48,18 @@ pub fn try_read(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<(usize, Option<Sy
         });
         Ok((msg.bytes, stamp.and_then(to_system_time)))
     })
+}
+
+/// Marks `tcp` not readable, without a system call, after a read that returned fewer bytes than it asked for:
+/// a short TCP read empties the receive queue and its backlog (`tcp_recvmsg` stops early only there, or at
+/// urgent data), so the next read would only find `EAGAIN` (one `recvfrom` per handshake before the client's
+/// Finished, BENCHMARKS.md "Per-handshake overhead"). tokio clears the readiness only at the tick it observed
+/// here: an edge its driver reports later (bytes that arrive after the read) still wakes the reader. Call it with
+/// no await since the short read, so the driver cannot have seen a newer edge in between.
+pub fn drained(tcp: &TcpStream) {
+    let _ = tcp.try_io(Interest::READABLE, || {
+        Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
+    });
 }
 
 fn to_system_time(ts: TimeSpec) -> Option<SystemTime> {

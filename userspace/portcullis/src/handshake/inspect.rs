@@ -12,6 +12,8 @@
 //! fact and the fingerprint; if it is still too long, or its framing does not add up, it is judged on its first
 //! [`MAX_RECORD_LEN`] bytes: facts past them stay unknown, and it has no fingerprint.
 
+use std::borrow::Cow;
+
 use portcullis_abi::client_hello::{
     Fingerprint, HANDSHAKE_HEADER_LEN, MAX_RECORD_LEN, RECORD_HEADER_LEN,
 };
@@ -143,30 +145,38 @@ fn handshake_payloads(raw: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// The first handshake message of `raw`, reassembled from its records and framed as one record for the parser
 /// (with the first record's version), cut at [`MAX_RECORD_LEN`] bytes (see the module docs). Bytes before the
 /// first whole record header, or when the message has not all arrived, come back as they were.
-fn as_one_record(raw: &[u8]) -> Vec<u8> {
+///
+/// The usual ClientHello, one record holding exactly the message, is that record already: it is borrowed, not
+/// copied (no allocation per handshake, BENCHMARKS.md "Per-handshake overhead").
+fn as_one_record(raw: &[u8]) -> Cow<'_, [u8]> {
     let start = leading_records_end(raw);
     let (Some(version), Some(len)) = (raw.get(start + 1..start + 3), first_message_len(raw)) else {
-        return raw.to_vec();
+        return Cow::Borrowed(raw);
     };
-    let message: Vec<u8> = handshake_payloads(raw)
-        .flatten()
-        .copied()
-        .take(len)
-        .collect();
-    if message.len() < len {
-        return raw.to_vec();
+    if let Some(&[HANDSHAKE, _, _, hi, lo]) = raw.get(start..).and_then(|r| r.first_chunk())
+        && usize::from(u16::from_be_bytes([hi, lo])) == len
+        && len <= MAX_RECORD_LEN
+        && let Some(record) = raw.get(start..start + RECORD_HEADER_LEN + len)
+    {
+        return Cow::Borrowed(record);
     }
-    let message = match without_unread_bodies(&message) {
-        Some(compact) if message.len() > MAX_RECORD_LEN => compact,
-        _ => message,
-    };
+    let mut message = Vec::with_capacity(len);
+    message.extend(handshake_payloads(raw).flatten().copied().take(len));
+    if message.len() < len {
+        return Cow::Borrowed(raw);
+    }
+    if message.len() > MAX_RECORD_LEN
+        && let Some(compact) = without_unread_bodies(&message)
+    {
+        message = compact;
+    }
     let kept = message.len().min(MAX_RECORD_LEN);
     let mut record = Vec::with_capacity(RECORD_HEADER_LEN + kept);
     record.push(HANDSHAKE);
     record.extend_from_slice(version);
     record.extend_from_slice(&u16::try_from(kept).unwrap_or(u16::MAX).to_be_bytes());
     record.extend_from_slice(message.get(..kept).unwrap_or_default());
-    record
+    Cow::Owned(record)
 }
 
 /// A whole ClientHello `message` with the bodies of the extensions the parser does not read emptied (a
@@ -324,6 +334,11 @@ pub(crate) mod tests {
         for (name, hello, _) in portcullis_abi::hello_fixtures::CAPTURED {
             let whole = HelloInfo::new(None, hello);
             let len = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
+            // Some captures go on after the ClientHello's record (early data): the record alone is parsed.
+            assert!(
+                matches!(as_one_record(hello), Cow::Borrowed(r) if r == &hello[..RECORD_HEADER_LEN + len]),
+                "{name}: one record is parsed in place"
+            );
             for cuts in [
                 vec![1],
                 vec![3],
@@ -334,6 +349,11 @@ pub(crate) mod tests {
             ] {
                 let split = in_records(hello, &cuts);
                 assert_eq!(first_message_len(&split), Some(len), "{name} {cuts:?}");
+                assert_eq!(
+                    &*as_one_record(&split),
+                    &hello[..RECORD_HEADER_LEN + len],
+                    "{name} {cuts:?}"
+                );
                 let info = HelloInfo::new(None, &split);
                 assert_eq!(info.malformed, None, "{name} {cuts:?}");
                 assert_eq!(info.fingerprint, whole.fingerprint, "{name} {cuts:?}");

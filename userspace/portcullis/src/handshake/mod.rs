@@ -25,6 +25,7 @@ pub mod psk;
 pub mod refusal;
 pub mod stages;
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use rustls::server::{Accepted, Acceptor, ServerConnection};
@@ -220,7 +221,7 @@ async fn hello_and_crypto(
     let (accepted, raw) = read_client_hello(tcp, config, max_hello, stages).await?;
     stages.hello();
     let hello = HelloInfo::new(accepted.client_hello().server_name(), &raw);
-    drop(raw);
+    give_back(raw);
     on_hello(&hello);
     let class = HandshakeClass::classify(&hello, &accepted, certs);
     let prepared = early.prepare(&hello, config).await;
@@ -283,6 +284,7 @@ async fn read_client_hello(
             raw: &mut raw,
             stages: &mut *stages,
             called: false,
+            short: false,
         };
         let n = match acceptor.read_tls(&mut source) {
             Ok(n) => n,
@@ -300,6 +302,7 @@ async fn read_client_hello(
             }
             Err(e) => return Err(HandshakeError::new(Failure::from_io(&e), e.to_string())),
         };
+        let drained = source.short;
         if n == 0 {
             let failure = if inspect::looks_like_tls(&raw) {
                 Failure::ClientClosed
@@ -328,7 +331,13 @@ async fn read_client_hello(
             ));
         }
         match acceptor.accept() {
-            Ok(Some(accepted)) => return Ok((accepted, raw)),
+            Ok(Some(accepted)) => {
+                if drained {
+                    // Nothing more until the client has our flight: its next bytes wake the finish step.
+                    arrival::drained(tcp);
+                }
+                return Ok((accepted, raw));
+            }
             Ok(None) => {}
             Err((err, alert)) => {
                 let answer = refusal::replay(config, &raw);
@@ -379,15 +388,41 @@ struct Recorder<'a> {
     stages: &'a mut StageClock,
     /// rustls called `read` (an error without a call is rustls refusing to buffer more).
     called: bool,
+    /// The read returned fewer bytes than rustls asked for: the socket is drained ([`arrival::drained`]).
+    short: bool,
 }
 
 impl std::io::Read for Recorder<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.called = true;
         let (n, stamp) = arrival::try_read(self.tcp, buf)?;
+        self.short = n > 0 && n < buf.len();
         self.stages.first_read(stamp);
+        if self.raw.capacity() == 0 {
+            // Taken at the first bytes, not at accept: a connection waiting for its ClientHello holds none.
+            *self.raw = HELLO_BUFFER.with(Cell::take);
+        }
         self.raw.extend_from_slice(buf.get(..n).unwrap_or_default());
         Ok(n)
+    }
+}
+
+thread_local! {
+    /// A worker's buffer for step 1's raw bytes, reused from handshake to handshake: taken at a connection's
+    /// first read, given back once its ClientHello is inspected ([`give_back`]), so a worker whose ClientHellos
+    /// come whole (the usual case: no await in between) allocates none. Another connection reading meanwhile
+    /// gets a new one.
+    static HELLO_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// The largest buffer [`HELLO_BUFFER`] keeps (a worker does not hold on to a rare 64 KiB ClientHello's).
+const KEPT_HELLO_BUFFER: usize = 16 * 1024;
+
+/// Returns step 1's buffer to the worker's [`HELLO_BUFFER`].
+fn give_back(mut raw: Vec<u8>) {
+    if raw.capacity() <= KEPT_HELLO_BUFFER {
+        raw.clear();
+        HELLO_BUFFER.with(|b| b.set(raw));
     }
 }
 
@@ -403,11 +438,21 @@ async fn finish(
     let io_err = |e: std::io::Error| HandshakeError::new(Failure::from_io(&e), e.to_string());
     loop {
         // On an error rustls queued an alert describing it: `process` sends it, then we fail.
-        if let Err(err) = tls.process().await {
-            return Err(HandshakeError::new(
-                Failure::from_rustls(&err),
-                err.to_string(),
-            ));
+        let state = match tls.process().await {
+            Ok(state) => state,
+            Err(err) => {
+                return Err(HandshakeError::new(
+                    Failure::from_rustls(&err),
+                    err.to_string(),
+                ));
+            }
+        };
+        if !tls.is_handshaking() && state.peer_has_closed() && state.plaintext_bytes_to_read() == 0
+        {
+            // The client sent close_notify with its Finished (a probe, a health check): whoever has the
+            // connection next only closes it, and the session tickets leave with our close_notify, in one write
+            // and one segment instead of two (every path after the stage flushes rustls before it reads or closes).
+            return Ok(false);
         }
         tls.flush().await.map_err(io_err)?;
         stages.flight();
@@ -511,6 +556,109 @@ mod tests {
         assert_eq!(info.malformed, None);
         assert!(info.offers_tls13);
         assert!(info.fingerprint.is_some());
+    }
+
+    /// After a ClientHello read whole in a short read, the socket reads as not ready without another system
+    /// call, and bytes the client sends later still wake the reader.
+    #[tokio::test]
+    async fn a_short_hello_read_clears_the_readiness_and_later_bytes_wake_the_reader() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("loopback test socket");
+        let addr = listener.local_addr().expect("loopback test socket");
+        let mut client = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("loopback test socket");
+        client
+            .write_all(&hello_in_records(0))
+            .await
+            .expect("loopback test socket");
+        let (server, _) = listener.accept().await.expect("loopback test socket");
+        let config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));
+        let read = read_client_hello(
+            &server,
+            &Arc::new(config),
+            64 * 1024,
+            &mut StageClock::default(),
+        )
+        .await;
+        assert!(read.is_ok(), "the fixture is a whole ClientHello");
+        let zero = std::time::Duration::ZERO;
+        assert!(
+            tokio::time::timeout(zero, server.ready(tokio::io::Interest::READABLE))
+                .await
+                .is_err(),
+            "still marked readable after the short read"
+        );
+        client.write_all(b"x").await.expect("loopback test socket");
+        let woke = tokio::time::timeout(std::time::Duration::from_secs(5), server.readable()).await;
+        assert!(
+            matches!(woke, Ok(Ok(()))),
+            "a later byte did not wake the reader"
+        );
+        let mut byte = [0u8; 1];
+        assert_eq!(server.try_read(&mut byte).ok(), Some(1));
+    }
+
+    /// A client whose close_notify comes with its Finished gets the session tickets with our close_notify (the
+    /// stage leaves them queued: one write less); a client that stays open gets them from the stage.
+    #[tokio::test]
+    async fn tickets_wait_for_our_close_notify_only_when_the_client_closed_with_its_finished() {
+        for client_closes in [true, false] {
+            let (server, client) = crate::test_tls::tls13_pair();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("loopback test socket");
+            let addr = listener.local_addr().expect("loopback test socket");
+            let client = std::thread::spawn(move || {
+                use std::io::Read as _;
+                let mut sock = std::net::TcpStream::connect(addr).expect("loopback test socket");
+                let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+                let mut conn =
+                    rustls::ClientConnection::new(Arc::new(client), name).expect("client");
+                while conn.is_handshaking() {
+                    if conn.wants_write() {
+                        conn.write_tls(&mut sock).expect("client write");
+                    } else {
+                        conn.read_tls(&mut sock).expect("client read");
+                        conn.process_new_packets().expect("server flight");
+                    }
+                }
+                // The Finished is queued: with close_notify behind it, both leave in one write.
+                if client_closes {
+                    conn.send_close_notify();
+                }
+                while conn.wants_write() {
+                    conn.write_tls(&mut sock).expect("client write");
+                }
+                let mut after = Vec::new();
+                let _ = sock.read_to_end(&mut after);
+                after.len()
+            });
+            let (tcp, _) = listener.accept().await.expect("loopback test socket");
+            let conn = ServerConnection::new(Arc::new(server)).expect("server");
+            let mut tls = TlsConn::new(tcp, conn);
+            let released = finish(&mut tls, &mut StageClock::default(), false).await;
+            assert!(
+                matches!(released, Ok(false)),
+                "client_closes = {client_closes}"
+            );
+            assert_eq!(
+                tls.wants_write(),
+                client_closes,
+                "tickets still queued after the stage, client_closes = {client_closes}"
+            );
+            tls.close().await;
+            drop(tls);
+            // Two tickets (a few hundred bytes) and close_notify (24 bytes) reached the client either way.
+            let after = client.join().expect("client thread");
+            assert!(
+                after > 100,
+                "the client got {after} bytes after its Finished"
+            );
+        }
     }
 
     #[tokio::test]

@@ -29,7 +29,8 @@ pub struct LimitsConfig {
     pub first_byte_timeout: Duration,
     /// TCP keepalive on client connections: idle time before the first probe (probes then go every 10 s,
     /// 3 unanswered close the connection), so a vanished client's connection does not wait for
-    /// `upstream.idle_timeout`. `"0s"` turns keepalive off. A duration, at most `"2h"`. Default: `"60s"`.
+    /// `upstream.idle_timeout`. `"0s"` turns keepalive off. Set on the listening sockets, whose accepted sockets
+    /// inherit it. A duration, at most `"2h"`. Default: `"60s"`.
     #[serde(with = "humantime_serde")]
     pub tcp_keepalive: Duration,
     /// Longest a client connection may live, from accept; then it is closed
@@ -105,6 +106,11 @@ impl LimitsConfig {
     pub fn process_cap(&self) -> usize {
         self.max_connections
             .unwrap_or_else(|| cap_from_nofile(nofile_soft_limit()))
+    }
+
+    /// `tcp_keepalive`'s idle time, `None` for `"0s"` (off).
+    pub fn keepalive(&self) -> Option<Duration> {
+        (!self.tcp_keepalive.is_zero()).then_some(self.tcp_keepalive)
     }
 }
 

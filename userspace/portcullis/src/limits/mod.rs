@@ -14,6 +14,7 @@ pub mod config;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -137,6 +138,9 @@ const SOURCE_SHARDS: usize = 16;
 pub struct Limits {
     /// Swapped whole by a reload ([`Limits::update`]); read once per accepted connection.
     settings: arc_swap::ArcSwap<Settings>,
+    /// `limits.tcp_keepalive` (`None` when off), watched by every accept loop, which puts it on its listening
+    /// socket: accepted sockets inherit it ([`set_listener_keepalive`]).
+    keepalive: tokio::sync::watch::Sender<Option<Duration>>,
     open: AtomicUsize,
     sources: [Mutex<HashMap<IpAddr, usize>>; SOURCE_SHARDS],
     /// The counters.
@@ -144,7 +148,7 @@ pub struct Limits {
 }
 
 /// The `[limits]` settings in force. A connection takes them at accept: a reload changes the caps for the
-/// next accept and the timeouts, keepalive and lifetime for connections accepted after it.
+/// next accept and the timeouts and lifetime for connections accepted after it (keepalive: [`Limits::update`]).
 #[derive(Debug)]
 pub struct Settings {
     process_cap: usize,
@@ -152,8 +156,6 @@ pub struct Settings {
     source_cap: usize,
     /// `limits.first_byte_timeout`.
     pub first_byte_timeout: Duration,
-    /// `limits.tcp_keepalive`, `None` when off.
-    pub tcp_keepalive: Option<Duration>,
     /// `limits.max_connection_lifetime`, `None` when unlimited.
     pub lifetime: Option<Duration>,
 }
@@ -166,7 +168,6 @@ impl Settings {
             worker_cap: config.max_connections_per_worker,
             source_cap: config.max_connections_per_source,
             first_byte_timeout: config.first_byte_timeout.min(idle_timeout),
-            tcp_keepalive: (!config.tcp_keepalive.is_zero()).then_some(config.tcp_keepalive),
             lifetime: (!config.max_connection_lifetime.is_zero())
                 .then_some(config.max_connection_lifetime),
         }
@@ -178,6 +179,7 @@ impl Limits {
     pub fn new(config: &LimitsConfig, idle_timeout: Duration, metrics: LimitMetrics) -> Self {
         Self {
             settings: arc_swap::ArcSwap::from_pointee(Settings::new(config, idle_timeout)),
+            keepalive: tokio::sync::watch::Sender::new(config.keepalive()),
             open: AtomicUsize::new(0),
             sources: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             metrics,
@@ -185,10 +187,24 @@ impl Limits {
     }
 
     /// Puts the settings of `config` in force (a reload), keeping the counts of open connections: a lower cap
-    /// refuses new connections until enough close; none is closed for it.
+    /// refuses new connections until enough close; none is closed for it. A changed `tcp_keepalive` wakes every
+    /// accept loop to put it on its listening socket: connections accepted after that have it, and so does none
+    /// already open. One the kernel completed before its worker got there (in the accept queue) keeps the old
+    /// values, since the kernel copies the listener's options when it creates the connection, not at accept.
     pub fn update(&self, config: &LimitsConfig, idle_timeout: Duration) {
         self.settings
             .store(Arc::new(Settings::new(config, idle_timeout)));
+        let keepalive = config.keepalive();
+        self.keepalive.send_if_modified(|k| {
+            let changed = *k != keepalive;
+            *k = keepalive;
+            changed
+        });
+    }
+
+    /// `limits.tcp_keepalive` in force (`None`: off), marked changed by each reload that changes it.
+    pub fn keepalive(&self) -> tokio::sync::watch::Receiver<Option<Duration>> {
+        self.keepalive.subscribe()
     }
 
     /// The settings in force.
@@ -313,13 +329,22 @@ pub fn raise_nofile_limit() {
     }
 }
 
-/// Turns on TCP keepalive on an accepted client socket: first probe after `idle`, then every 10 s, 3 probes.
-pub fn set_keepalive(tcp: &tokio::net::TcpStream, idle: Duration) -> std::io::Result<()> {
-    let keepalive = socket2::TcpKeepalive::new()
-        .with_time(idle)
-        .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive)
+/// Puts TCP keepalive on a listening socket, for the client sockets it accepts: first probe after `idle`, then
+/// every 10 s, 3 probes; `None` turns it off. Linux copies SO_KEEPALIVE and TCP_KEEPIDLE/INTVL/CNT from the
+/// listener to each connection it creates (`sk_clone_lock` copies the socket; `tcp_create_openreq_child` starts
+/// the keepalive timer), so an accepted socket needs no setsockopt of its own: four system calls less per
+/// connection (BENCHMARKS.md, "Per-handshake overhead").
+pub fn set_listener_keepalive(listener: &impl AsFd, idle: Option<Duration>) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(listener);
+    match idle {
+        Some(idle) => socket.set_tcp_keepalive(
+            &socket2::TcpKeepalive::new()
+                .with_time(idle)
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3),
+        ),
+        None => socket.set_keepalive(false),
+    }
 }
 
 #[cfg(test)]
@@ -336,6 +361,67 @@ mod tests {
 
     fn peer(s: &str) -> SocketAddr {
         s.parse().expect("address")
+    }
+
+    /// What an accepted socket carries: SO_KEEPALIVE, and TCP_KEEPIDLE when on.
+    fn accepted_keepalive(
+        listener: &std::net::TcpListener,
+        client: &std::net::TcpStream,
+    ) -> Option<Duration> {
+        let (tcp, _) = listener.accept().expect("loopback test socket");
+        assert_eq!(
+            tcp.peer_addr().ok(),
+            client.local_addr().ok(),
+            "accepted in connect order"
+        );
+        let sock = socket2::SockRef::from(&tcp);
+        if !sock.keepalive().expect("SO_KEEPALIVE") {
+            return None;
+        }
+        assert_eq!(
+            sock.tcp_keepalive_interval().ok(),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(sock.tcp_keepalive_retries().ok(), Some(3));
+        Some(sock.tcp_keepalive_time().expect("TCP_KEEPIDLE"))
+    }
+
+    #[test]
+    fn accepted_sockets_inherit_the_listeners_keepalive_as_it_was_when_they_connected() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("loopback test socket");
+        let addr = listener.local_addr().expect("loopback test socket");
+        let connect = || std::net::TcpStream::connect(addr).expect("loopback test socket");
+        let (idle, longer) = (Duration::from_secs(45), Duration::from_secs(90));
+        set_listener_keepalive(&listener, Some(idle)).expect("setsockopt");
+        let a = connect();
+        assert_eq!(accepted_keepalive(&listener, &a), Some(idle));
+        // Connected (in the accept queue) before the change, accepted after: the kernel copied the old values.
+        let queued = connect();
+        set_listener_keepalive(&listener, Some(longer)).expect("setsockopt");
+        let b = connect();
+        assert_eq!(accepted_keepalive(&listener, &queued), Some(idle));
+        assert_eq!(accepted_keepalive(&listener, &b), Some(longer));
+        set_listener_keepalive(&listener, None).expect("setsockopt");
+        let c = connect();
+        assert_eq!(accepted_keepalive(&listener, &c), None);
+    }
+
+    #[test]
+    fn a_reload_marks_the_keepalive_changed_only_when_it_changed() {
+        let l = limits(LimitsConfig::default());
+        let mut rx = l.keepalive();
+        assert_eq!(*rx.borrow_and_update(), Some(Duration::from_secs(60)));
+        l.update(&LimitsConfig::default(), Duration::from_secs(600));
+        assert!(!rx.has_changed().expect("sender alive"));
+        l.update(
+            &LimitsConfig {
+                tcp_keepalive: Duration::ZERO,
+                ..LimitsConfig::default()
+            },
+            Duration::from_secs(600),
+        );
+        assert!(rx.has_changed().expect("sender alive"));
+        assert_eq!(*rx.borrow_and_update(), None);
     }
 
     #[test]
