@@ -68,37 +68,55 @@ impl OnMoved for ListenerMetrics {
 
 /// Serves one accepted connection to the end, phase by phase: the handshake, then the `http` front end or the
 /// `tcp` relay. Never panics on client bytes; every outcome is counted. `tcp` has `TCP_NODELAY` from its
-/// listening socket (`listener::bind_one`).
-pub async fn serve(tcp: TcpStream, peer: SocketAddr, ctx: Arc<ListenerContext>) {
-    let started = Instant::now();
-    let m = &ctx.metrics;
-    m.accepted.inc();
-    m.active.inc();
-    let _active = ActiveGuard(&ctx.metrics);
+/// listening socket (`listener::bind_one`). `held` (the worker's counts of this connection) is dropped when the
+/// connection ends.
+///
+/// Not an `async fn`, and meant to be spawned as it is: this future is the connection task's for its whole life,
+/// and an `async fn` stores its arguments twice (as does an async block that awaits a future it captured).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice in its future (BENCHMARKS.md, \"Idle connections\")"
+)]
+pub fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ctx: Arc<ListenerContext>,
+    held: impl Send + 'static,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        // Captured (dropped when the connection ends), not moved into a local: that would be a second copy.
+        let _ = &held;
+        let started = Instant::now();
+        let m = &ctx.metrics;
+        m.accepted.inc();
+        m.active.inc();
+        let _active = ActiveGuard(&ctx.metrics);
 
-    // Matched where it is awaited, and handed to `after_handshake` (not async) by value: this future is the
-    // connection task's, sized once at spawn for the largest of its phases, so an `Established` (over 1 KB) or a
-    // phase's state kept here would be paid for the connection's whole life by both modes (a borrowed or
-    // moved-from local still has storage until its scope ends). BENCHMARKS.md, "Idle connections".
-    let est = match establish(&ctx, tcp).await {
-        Ok(est) => est,
-        Err(refused) => {
-            let e = &refused.error;
-            if e.failure == Failure::Shed {
-                // Shed before any crypto: reset rather than close, so the socket leaves no TIME_WAIT and costs
-                // nothing more; the client sees ECONNRESET, which clients retry with backoff (ARCHITECTURE.md).
-                tls_conn::reset_on_close(&refused.tcp);
+        // Matched where it is awaited, and handed to `after_handshake` (not async) by value: this future is the
+        // connection task's, sized once at spawn for the largest of its phases, so an `Established` (over 1 KB)
+        // or a phase's state kept here would be paid for the connection's whole life by both modes (a borrowed
+        // or moved-from local still has storage until its scope ends). BENCHMARKS.md, "Idle connections".
+        let est = match establish(&ctx, tcp).await {
+            Ok(est) => est,
+            Err(refused) => {
+                let e = &refused.error;
+                if e.failure == Failure::Shed {
+                    // Shed before any crypto: reset rather than close, so the socket leaves no TIME_WAIT and
+                    // costs nothing more; the client sees ECONNRESET, which clients retry with backoff
+                    // (ARCHITECTURE.md).
+                    tls_conn::reset_on_close(&refused.tcp);
+                }
+                m.handshake(VersionLabel::None, ModeLabel::None, e.failure.name(), None);
+                tracing::debug!(%peer, cause = e.failure.name(), detail = %e.detail, "handshake failed");
+                return;
             }
-            m.handshake(VersionLabel::None, ModeLabel::None, e.failure.name(), None);
-            tracing::debug!(%peer, cause = e.failure.name(), detail = %e.detail, "handshake failed");
-            return;
-        }
-    };
-    after_handshake(&ctx, est, started, peer).await;
+        };
+        after_handshake(&ctx, est, started, peer).await;
+    }
 }
 
 /// Records the handshake and returns the rest of the connection, boxed: the `http` front end, or `tcp` mode with
-/// its `Established` in the same box (an async block owns it and lends it to `serve_tcp`: passed by value, an
+/// its [`TcpPhase`] in the same box (an async block owns it and lends it to `serve_tcp`: passed by value, an
 /// async fn's argument is stored twice).
 fn after_handshake<'a>(
     ctx: &'a Arc<ListenerContext>,
@@ -123,17 +141,45 @@ fn after_handshake<'a>(
             finishing,
         ));
     }
-    Box::pin(async move { serve_tcp(ctx, &mut est, peer, started, done).await })
+    let facts = ctx.access_log.as_ref().map(|_| {
+        Box::new(crate::http::facts::TlsFacts::new(
+            &est,
+            done.saturating_duration_since(started),
+        ))
+    });
+    let mut phase = TcpPhase {
+        tls: est.tls,
+        early_data: est.early_data,
+        sni: est.hello.sni,
+        version: est.version,
+        facts,
+    };
+    Box::pin(async move { serve_tcp(ctx, &mut phase, peer, started).await })
 }
 
-/// The handshake stage under `tls.handshake_timeout`, with the listener's inputs. Boxed: an async fn's state is
-/// as large as its largest await, and this future is the task an idle connection keeps, so unboxed the
-/// handshake's state (kilobytes) would stay allocated for the connection's whole life (BENCHMARKS.md, "Idle
-/// connections").
-async fn establish(
+/// What `tcp` mode keeps of the handshake while it waits for the client's first bytes and relays: the rest of the
+/// `Established` (the ClientHello's inspection, the stage clock) is dropped once counted, so an idle connection
+/// does not carry it (BENCHMARKS.md, "Idle connections").
+struct TcpPhase {
+    tls: TlsConn,
+    /// Early data held until the client's Finished: the first bytes for the upstream.
+    early_data: Vec<u8>,
+    /// The SNI host name (the PROXY v2 header's authority).
+    sni: Option<String>,
+    version: VersionLabel,
+    /// The access log's facts, read at the handshake's end; `None` when the log is off.
+    facts: Option<Box<crate::http::facts::TlsFacts>>,
+}
+
+/// The handshake stage under `tls.handshake_timeout`, with the listener's inputs. Boxed (and not an `async fn`, so
+/// the task's future keeps only the box's pointer): an async fn's state is as large as its largest await, and
+/// this future is the task an idle connection keeps, so unboxed the handshake's state (kilobytes) would stay
+/// allocated for the connection's whole life (BENCHMARKS.md, "Idle connections").
+fn establish(
     ctx: &ListenerContext,
     tcp: TcpStream,
-) -> Result<handshake::Established, handshake::Refused> {
+) -> Pin<Box<impl Future<Output = Result<handshake::Established, handshake::Refused>> + Send + '_>>
+{
     let m = &ctx.metrics;
     let deadline = relay::deadline_after(ctx.handshake_timeout);
     Box::pin(handshake::run(
@@ -148,7 +194,6 @@ async fn establish(
         ctx.http.is_some(),
         |hello| count_offers(m, hello),
     ))
-    .await
 }
 
 /// Counts a finished handshake; for one handed over before the client's Finished, returns what records its end
@@ -179,89 +224,112 @@ fn record_handshake(
 
 /// `tcp` mode after the handshake: wait for the client's first bytes (lazy connect), connect upstream, send the
 /// PROXY v2 header and the held early data, relay, and log the connection.
-async fn serve_tcp(
-    ctx: &ListenerContext,
-    est: &mut handshake::Established,
+///
+/// Not an `async fn` (which stores its arguments twice): its future lives in the connection's phase box.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice in its future (BENCHMARKS.md, \"Idle connections\")"
+)]
+fn serve_tcp<'a>(
+    ctx: &'a ListenerContext,
+    est: &'a mut TcpPhase,
     peer: SocketAddr,
     started: Instant,
-    done: Instant,
-) {
-    let m = &ctx.metrics;
-    // Early data already counts as the client's first bytes.
-    if ctx.lazy_connect && est.early_data.is_empty() && !first_bytes(ctx, &mut est.tls, peer).await
-    {
-        return;
-    }
-    let Some(backend) = ctx.upstreams.pick() else {
-        return;
-    };
-    let upstream = match Box::pin(ctx.upstreams.connect(backend)).await {
-        Ok(s) => s,
-        Err((cause, e)) => {
-            m.upstream_error(backend, cause.name());
-            tracing::warn!(%peer, upstream = %backend, cause = cause.name(), error = %e, "upstream connect failed");
-            est.tls.close().await;
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        let m = &ctx.metrics;
+        // Early data already counts as the client's first bytes.
+        if ctx.lazy_connect
+            && est.early_data.is_empty()
+            && !first_bytes(ctx, &mut est.tls, peer).await
+        {
             return;
         }
-    };
-    // The access log's facts are read before the early data is written and the relay keeps the connection.
-    let facts = ctx
-        .access_log
-        .as_ref()
-        .map(|_| crate::http::facts::TlsFacts::new(est, done.saturating_duration_since(started)));
-    if let Err(e) = preamble(ctx, est, &upstream, peer).await {
-        tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
-        return;
-    }
-    // Boxed, like the handshake and the upstream connect: the task of an idle connection keeps only a pointer to
-    // each (BENCHMARKS.md "Idle connections").
-    let moved = match Box::pin(relay::relay(&mut est.tls, &upstream, m, ctx.idle_timeout)).await {
-        Ok(moved) => {
-            tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed");
-            Some(moved)
-        }
-        Err(e) => {
-            if matches!(e, relay::RelayError::Idle(_)) {
-                ctx.limits.metrics.closed(Closed::Idle);
+        let Some(backend) = ctx.upstreams.pick() else {
+            return;
+        };
+        let upstream = match Box::pin(ctx.upstreams.connect(backend)).await {
+            Ok(s) => s,
+            Err((cause, e)) => {
+                m.upstream_error(backend, cause.name());
+                tracing::warn!(%peer, upstream = %backend, cause = cause.name(), error = %e, "upstream connect failed");
+                Box::pin(est.tls.close()).await;
+                return;
             }
-            tracing::debug!(%peer, error = %e, "relay ended with an error");
-            None
+        };
+        // Boxed where there is one (once per connection), as is every await here but the wait for the first bytes:
+        // this future lives in the connection's phase box for its whole life, sized for its largest await.
+        let needs_preamble = ctx.proxy_protocol || !est.early_data.is_empty();
+        if needs_preamble && let Err(e) = Box::pin(preamble(ctx, est, &upstream, peer)).await {
+            tracing::warn!(%peer, upstream = %backend, error = %e, "upstream write failed");
+            return;
         }
-    };
-    if let (Some(log), Some(facts)) = (&ctx.access_log, &facts) {
-        log.log_connection(&crate::http::access_log::ConnectionEntry {
-            time: std::time::SystemTime::now()
-                .checked_sub(started.elapsed())
-                .unwrap_or_else(std::time::SystemTime::now),
-            listener: m.name(),
-            client: peer,
-            bytes_in: moved.as_ref().map_or(0, |m| m.to_upstream),
-            bytes_out: moved.as_ref().map_or(0, |m| m.to_client),
-            duration: started.elapsed().as_secs_f64(),
-            upstream: backend,
-            tls: facts,
-        });
+        // Boxed, like the handshake and the upstream connect: the task of an idle connection keeps only a pointer to
+        // each (BENCHMARKS.md "Idle connections").
+        let moved = match Box::pin(relay::relay(&mut est.tls, &upstream, m, ctx.idle_timeout)).await
+        {
+            Ok(moved) => {
+                tracing::trace!(%peer, up = moved.to_upstream, down = moved.to_client, "connection closed");
+                Some(moved)
+            }
+            Err(e) => {
+                if matches!(e, relay::RelayError::Idle(_)) {
+                    ctx.limits.metrics.closed(Closed::Idle);
+                }
+                tracing::debug!(%peer, error = %e, "relay ended with an error");
+                None
+            }
+        };
+        if let (Some(log), Some(facts)) = (&ctx.access_log, &est.facts) {
+            log.log_connection(&crate::http::access_log::ConnectionEntry {
+                time: std::time::SystemTime::now()
+                    .checked_sub(started.elapsed())
+                    .unwrap_or_else(std::time::SystemTime::now),
+                listener: m.name(),
+                client: peer,
+                bytes_in: moved.as_ref().map_or(0, |m| m.to_upstream),
+                bytes_out: moved.as_ref().map_or(0, |m| m.to_client),
+                duration: started.elapsed().as_secs_f64(),
+                upstream: backend,
+                tls: facts,
+            });
+        }
     }
 }
 
 /// Lazy connect: waits (under `limits.first_byte_timeout`) for the client's first bytes; `false` when the
 /// connection ends instead (closed cleanly when the client left without a byte: no upstream was ever needed).
-async fn first_bytes(ctx: &ListenerContext, tls: &mut TlsConn, peer: SocketAddr) -> bool {
-    let first_byte = ctx.limits.settings().first_byte_timeout;
-    match tokio::time::timeout(first_byte, tls.first_client_bytes()).await {
-        Ok(Ok(true)) => true,
-        Ok(Ok(false)) => {
-            tls.close().await;
-            false
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "client failed before its first request byte");
-            false
-        }
-        Err(_) => {
-            ctx.limits.metrics.closed(Closed::FirstByteTimeout);
-            tracing::debug!(%peer, "client sent no data after the handshake; closing");
-            false
+///
+/// The idle wait of a `tcp` connection: its future is kept for as long as the client sends nothing, so it polls
+/// the connection in place (no future per step of `first_client_bytes`) and is not an `async fn` (which stores
+/// its arguments twice). BENCHMARKS.md, "Idle connections".
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice in its future (BENCHMARKS.md, \"Idle connections\")"
+)]
+fn first_bytes<'a>(
+    ctx: &'a ListenerContext,
+    tls: &'a mut TlsConn,
+    peer: SocketAddr,
+) -> impl Future<Output = bool> + Send + 'a {
+    async move {
+        let first_byte = ctx.limits.settings().first_byte_timeout;
+        let first = std::future::poll_fn(|cx| tls.poll_first_client_bytes(cx));
+        match tokio::time::timeout(first_byte, first).await {
+            Ok(Ok(true)) => true,
+            Ok(Ok(false)) => {
+                Box::pin(tls.close()).await;
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "client failed before its first request byte");
+                false
+            }
+            Err(_) => {
+                ctx.limits.metrics.closed(Closed::FirstByteTimeout);
+                tracing::debug!(%peer, "client sent no data after the handshake; closing");
+                false
+            }
         }
     }
 }
@@ -271,7 +339,7 @@ async fn first_bytes(ctx: &ListenerContext, tls: &mut TlsConn, peer: SocketAddr)
 /// never reach the upstream.
 async fn preamble(
     ctx: &ListenerContext,
-    est: &mut handshake::Established,
+    est: &mut TcpPhase,
     upstream: &TcpStream,
     peer: SocketAddr,
 ) -> std::io::Result<()> {
@@ -286,7 +354,7 @@ async fn preamble(
             peer,
             local,
             &ProxyInfo {
-                authority: est.hello.sni.as_deref(),
+                authority: est.sni.as_deref(),
                 alpn: est.tls.alpn_protocol(),
                 tls_version: version,
             },

@@ -128,22 +128,42 @@ impl TlsConn {
     /// Waits until the client has sent application data (`true`) or closed (`false`), flushing what rustls has
     /// queued meanwhile (the session tickets). The data stays in rustls for the relay.
     pub async fn first_client_bytes(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| self.poll_first_client_bytes(cx)).await
+    }
+
+    /// [`Self::first_client_bytes`] for a poll-based caller: `Pending` with the waker registered on the socket.
+    /// Polled in place, it keeps no future of its own while it waits (`tcp` mode's idle wait: BENCHMARKS.md,
+    /// "Idle connections"). On a protocol error the alert rustls queued is sent if the socket takes it now.
+    pub fn poll_first_client_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         loop {
             // Check before reading: the request often arrives with the client's Finished, in which case it is
             // already decrypted and waiting in rustls (reading first would wait for bytes that never come).
-            let state = self
-                .process()
-                .await
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            let state = match self.conn.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    let _ = self.try_flush();
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, e)));
+                }
+            };
             if state.plaintext_bytes_to_read() > 0 {
-                return Ok(true);
+                return Poll::Ready(Ok(true));
             }
             if state.peer_has_closed() {
-                return Ok(false);
+                return Poll::Ready(Ok(false));
             }
-            self.flush().await?;
-            if !self.read().await? {
-                return Ok(false);
+            if let Err(e) = std::task::ready!(self.poll_flush(cx)) {
+                return Poll::Ready(Err(e));
+            }
+            match self.read_tls() {
+                Ok(0) => return Poll::Ready(Ok(false)),
+                Ok(_) => {}
+                // `try_read` cleared the socket's readiness: this registers the waker for the next bytes.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if let Err(e) = std::task::ready!(self.tcp.poll_read_ready(cx)) {
+                        return Poll::Ready(Err(e));
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }

@@ -183,20 +183,25 @@ async fn accept_loop(
                     let lifetime = limits.settings().lifetime;
                     let guard = tracker.enter();
                     let ctx = slot.load_full();
-                    let limits = limits.clone();
-                    tokio::spawn(async move {
-                        let serve = connection::serve(tcp, peer, ctx);
-                        match lifetime {
-                            Some(lifetime) => {
+                    // Two task types: a connection without a lifetime limit (the default) keeps no room for
+                    // the lifetime's timer in its task for its whole life, and its task is `serve`'s future
+                    // itself (BENCHMARKS.md, "Idle connections").
+                    let held = (guard, admitted);
+                    match lifetime {
+                        Some(lifetime) => {
+                            let limits = limits.clone();
+                            tokio::spawn(async move {
+                                let serve = connection::serve(tcp, peer, ctx, held);
                                 if tokio::time::timeout(lifetime, serve).await.is_err() {
                                     limits.metrics.closed(Closed::Lifetime);
                                     tracing::debug!(%peer, ?lifetime, "connection closed at its maximum lifetime");
                                 }
-                            }
-                            None => serve.await,
+                            });
                         }
-                        drop((guard, admitted));
-                    });
+                        None => {
+                            tokio::spawn(connection::serve(tcp, peer, ctx, held));
+                        }
+                    }
                 }
                 Err(e) => {
                     // EMFILE/ENFILE/ENOBUFS: back off instead of spinning on the same error.

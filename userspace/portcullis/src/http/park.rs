@@ -37,85 +37,94 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Serves HTTP/1.1 on `stream` until the connection ends (`None`), or a request head stalls
 /// (`Some(Expired::Head)`: the caller answers 408); parks it whenever it is quiet.
-pub async fn serve_h1(
-    ctx: &HttpContext,
+///
+/// Not an `async fn` (nor is [`park`]): an async fn stores its arguments twice, and this future is the one a
+/// parked connection keeps.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice in its future (BENCHMARKS.md, \"Idle connections\")"
+)]
+pub fn serve_h1<'a>(
+    ctx: &'a HttpContext,
     stream: TlsStream,
     info: Arc<ConnInfo>,
-    activity: &Arc<Activity>,
-) -> Option<Expired> {
-    let service = service_fn(move |req| {
-        let info = info.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(info, req).await) }
-    });
-    let mut phase = ctx.phase.clone();
-    let mut prefix = Bytes::new();
-    loop {
-        let io = Watched {
-            stream: stream.clone(),
-            prefix: std::mem::take(&mut prefix),
-            activity: activity.clone(),
-        };
-        // Active, boxed: hyper's connection and the watch over it exist only while the connection is active, so
-        // the future a parked connection keeps has no room for them.
-        let active = Box::pin(async {
-            let mut conn = ctx
-                .h1
-                .serve_connection(TokioIo::new(io), service.clone())
-                .with_upgrades();
-            let mut closing = *phase.borrow_and_update() != Phase::Running;
-            if closing {
-                Pin::new(&mut conn).graceful_shutdown();
-            }
-            let config = &ctx.config;
-            loop {
-                tokio::select! {
-                    result = &mut conn => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "http connection ended with an error");
+    activity: &'a Arc<Activity>,
+) -> impl Future<Output = Option<Expired>> + Send + 'a {
+    async move {
+        let service = service_fn(move |req| {
+            let info = info.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(info, req).await) }
+        });
+        let mut phase = ctx.phase.clone();
+        let mut prefix = Bytes::new();
+        loop {
+            let io = Watched {
+                stream: stream.clone(),
+                prefix: std::mem::take(&mut prefix),
+                activity: activity.clone(),
+            };
+            // Active, boxed: hyper's connection and the watch over it exist only while the connection is active, so
+            // the future a parked connection keeps has no room for them.
+            let active = Box::pin(async {
+                let mut conn = ctx
+                    .h1
+                    .serve_connection(TokioIo::new(io), service.clone())
+                    .with_upgrades();
+                let mut closing = *phase.borrow_and_update() != Phase::Running;
+                if closing {
+                    Pin::new(&mut conn).graceful_shutdown();
+                }
+                let config = &ctx.config;
+                loop {
+                    tokio::select! {
+                        result = &mut conn => {
+                            if let Err(e) = result {
+                                tracing::debug!(error = %e, "http connection ended with an error");
+                            }
+                            return Active::Done(None);
                         }
-                        return Active::Done(None);
-                    }
-                    changed = phase.changed(), if !closing => {
-                        if changed.is_err() || *phase.borrow() != Phase::Running {
-                            // `Connection: close` on the response in flight, or closed now if idle.
-                            Pin::new(&mut conn).graceful_shutdown();
-                            closing = true;
-                        }
-                    }
-                    expired = activity.expired_or_quiet(config.idle_timeout, config.header_read_timeout, Some(PARK_AFTER)), if !closing => {
-                        match expired {
-                            Expired::Head => return Active::Done(Some(Expired::Head)),
-                            Expired::Idle => {
+                        changed = phase.changed(), if !closing => {
+                            if changed.is_err() || *phase.borrow() != Phase::Running {
+                                // `Connection: close` on the response in flight, or closed now if idle.
                                 Pin::new(&mut conn).graceful_shutdown();
                                 closing = true;
                             }
-                            Expired::Quiet => break,
+                        }
+                        expired = activity.expired_or_quiet(config.idle_timeout, config.header_read_timeout, Some(PARK_AFTER)), if !closing => {
+                            match expired {
+                                Expired::Head => return Active::Done(Some(Expired::Head)),
+                                Expired::Idle => {
+                                    Pin::new(&mut conn).graceful_shutdown();
+                                    closing = true;
+                                }
+                                Expired::Quiet => break,
+                            }
                         }
                     }
                 }
+                // Quiet: take hyper apart, keeping only what it read and did not parse.
+                match conn.into_parts() {
+                    Some(parts) => Active::Quiet(parts.read_buf),
+                    None => Active::Done(None),
+                }
+            });
+            let read_buf = match active.await {
+                Active::Quiet(read_buf) => read_buf,
+                Active::Done(expired) => return expired,
+            };
+            if !read_buf.is_empty() {
+                prefix = read_buf;
+                // A partial head hyper read during the last request: its head read timeout starts now.
+                activity.bytes_in();
+                continue;
             }
-            // Quiet: take hyper apart, keeping only what it read and did not parse.
-            match conn.into_parts() {
-                Some(parts) => Active::Quiet(parts.read_buf),
-                None => Active::Done(None),
+            // Even empty, hyper's read buffer keeps its whole allocation alive.
+            drop(read_buf);
+            // Parked: wait for the client's next byte, the idle timeout or the drain.
+            match park(ctx, &stream, activity, &mut phase).await {
+                Some(first) => prefix = first,
+                None => return None,
             }
-        });
-        let read_buf = match active.await {
-            Active::Quiet(read_buf) => read_buf,
-            Active::Done(expired) => return expired,
-        };
-        if !read_buf.is_empty() {
-            prefix = read_buf;
-            // A partial head hyper read during the last request: its head read timeout starts now.
-            activity.bytes_in();
-            continue;
-        }
-        // Even empty, hyper's read buffer keeps its whole allocation alive.
-        drop(read_buf);
-        // Parked: wait for the client's next byte, the idle timeout or the drain.
-        match park(ctx, &stream, activity, &mut phase).await {
-            Some(first) => prefix = first,
-            None => return None,
         }
     }
 }
@@ -130,50 +139,56 @@ enum Active {
 
 /// Waits, holding only the TLS stream, until the client sends a byte (returned, to be served first) or the
 /// connection ends: client gone, error, idle timeout or drain (`None`; closed with close_notify where polite).
-async fn park(
-    ctx: &HttpContext,
-    stream: &TlsStream,
-    activity: &Activity,
-    phase: &mut tokio::sync::watch::Receiver<Phase>,
-) -> Option<Bytes> {
-    // One timer for both waits (the future of a parked connection has room for one): the idle timeout, then the
-    // close's. The idle timeout only: a head's timeout cannot start while parked (its first byte ends the park).
-    let timer = tokio::time::sleep_until(activity.idle_deadline(ctx.config.idle_timeout));
-    tokio::pin!(timer);
-    if *phase.borrow_and_update() == Phase::Running {
-        let mut reader = stream.clone();
-        let mut byte = [0u8; 1];
-        loop {
-            tokio::select! {
-                read = reader.read(&mut byte) => {
-                    match read {
-                        Ok(1) => return Some(Bytes::copy_from_slice(&byte)),
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "parked http connection ended with an error");
-                            return None;
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice in its future (BENCHMARKS.md, \"Idle connections\")"
+)]
+fn park<'a>(
+    ctx: &'a HttpContext,
+    stream: &'a TlsStream,
+    activity: &'a Activity,
+    phase: &'a mut tokio::sync::watch::Receiver<Phase>,
+) -> impl Future<Output = Option<Bytes>> + Send + 'a {
+    async move {
+        // One timer for both waits (the future of a parked connection has room for one): the idle timeout, then the
+        // close's. The idle timeout only: a head's timeout cannot start while parked (its first byte ends the park).
+        let timer = tokio::time::sleep_until(activity.idle_deadline(ctx.config.idle_timeout));
+        tokio::pin!(timer);
+        if *phase.borrow_and_update() == Phase::Running {
+            let mut reader = stream.clone();
+            let mut byte = [0u8; 1];
+            loop {
+                tokio::select! {
+                    read = reader.read(&mut byte) => {
+                        match read {
+                            Ok(1) => return Some(Bytes::copy_from_slice(&byte)),
+                            Ok(_) => break,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "parked http connection ended with an error");
+                                return None;
+                            }
                         }
                     }
-                }
-                changed = phase.changed() => {
-                    if changed.is_err() || *phase.borrow() != Phase::Running {
-                        break;
+                    changed = phase.changed() => {
+                        if changed.is_err() || *phase.borrow() != Phase::Running {
+                            break;
+                        }
                     }
+                    () = &mut timer => break,
                 }
-                () = &mut timer => break,
             }
         }
+        // As hyper closes an idle connection: close_notify, then FIN.
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + CLOSE_TIMEOUT);
+        let mut writer = stream.clone();
+        tokio::select! {
+            _ = writer.shutdown() => {}
+            () = timer => {}
+        }
+        None
     }
-    // As hyper closes an idle connection: close_notify, then FIN.
-    timer
-        .as_mut()
-        .reset(tokio::time::Instant::now() + CLOSE_TIMEOUT);
-    let mut writer = stream.clone();
-    tokio::select! {
-        _ = writer.shutdown() => {}
-        () = timer => {}
-    }
-    None
 }
 
 /// The stream hyper gets: the TLS stream after `prefix`, telling `activity` what hyper left unflushed.
