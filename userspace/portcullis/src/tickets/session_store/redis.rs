@@ -279,9 +279,9 @@ async fn write(mut w: Write) {
         Err(e) => Err(e),
     };
     match done {
-        Ok(()) => w.shared.metrics.put("ok", Some(started.elapsed())),
+        Ok(()) => w.shared.metrics.put("ok", 1, Some(started.elapsed())),
         Err(e) => {
-            w.shared.metrics.put("error", None);
+            w.shared.metrics.put("error", 1, None);
             tracing::debug!(error = %e, "session store write failed: that ticket will not resume");
         }
     }
