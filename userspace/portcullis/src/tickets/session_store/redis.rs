@@ -68,6 +68,10 @@ pub enum FromQueue {
     Absent,
 }
 
+/// How long a put waits for a fetch to travel with before it is sent alone: a few handshakes' time on a busy
+/// worker, short beside any client's reconnection to another instance.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Tells one backend's connections from another's in a thread's [`link`] (a daemon has one; tests many).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -83,7 +87,10 @@ thread_local! {
 #[derive(Default)]
 struct Queue {
     state: Mutex<QueueState>,
+    /// A put arrived.
     wake: tokio::sync::Notify,
+    /// A fetch is leaving on this runtime: the queued puts go with it.
+    flush: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -106,6 +113,20 @@ impl Queue {
         // A permit when the writer is busy: it looks at the queue again after its batch.
         self.wake.notify_one();
         true
+    }
+
+    /// Asks the writer to send what is queued now (when anything is), so that it leaves with the request
+    /// being sent.
+    fn flush(&self) {
+        let queued = !self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .identities
+            .is_empty();
+        if queued {
+            self.flush.notify_one();
+        }
     }
 
     fn take(&self) -> Vec<Vec<u8>> {
@@ -258,6 +279,15 @@ impl RedisBackend {
     /// Takes the sealed session under `identity` (one round trip). Errors are the caller's to time and count.
     pub async fn take(&self, identity: &[u8]) -> redis::RedisResult<Lookup> {
         let mut conn = self.shared.link()?;
+        // The writer runs before the connection's driver (woken first), so the puts queued on this runtime
+        // and this fetch leave in one `writev`.
+        QUEUE.with_borrow(|slot| {
+            if let Some((id, queue)) = slot
+                && *id == self.shared.id
+            {
+                queue.flush();
+            }
+        });
         let old: Option<Vec<u8>> = redis::cmd("SET")
             .arg(key(identity))
             .arg(b"".as_slice())
@@ -328,6 +358,10 @@ async fn writer(shared: Arc<Shared>, queue: Arc<Queue>) {
     };
     loop {
         queue.wake.notified().await;
+        // Hold the puts for this runtime's next fetch: both then cost one packet to Redis and one back instead
+        // of two each, the largest part of the store's CPU (BENCHMARKS.md). A session held here is taken
+        // from the side table by a handshake on this instance; other instances see it `LINGER` later at most.
+        let _ = tokio::time::timeout(LINGER, queue.flush.notified()).await;
         let identities = queue.take();
         if identities.is_empty() {
             continue;
