@@ -118,6 +118,7 @@ fn bench_smoke(ws: &Workspace) -> Result<()> {
         crate::bench::Bench::ZeroRtt(crate::bench::ZeroRttArgs {
             common: storm.clone(),
             store_concurrency: crate::bench::DEFAULT_STORE_CONCURRENCY,
+            store_gap_ms: 0,
         }),
     )?;
     // bench xdp fails when the program does not load or a class gets the wrong XDP action.

@@ -150,6 +150,12 @@ pub struct ZeroRttArgs {
     #[arg(long, value_name = "K", default_value_t = zero_rtt::DEFAULT_STORE_CONCURRENCY,
           value_parser = clap::value_parser!(u32).range(2..=32))]
     pub store_concurrency: u32,
+    /// Milliseconds each probe waits between its connections in the store's CPU phase (default 0). Above the
+    /// store's 2 ms write linger, every resumption's session has reached Redis before the client returns,
+    /// so no fetch is answered from the daemon's side table of writes not yet landed.
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub store_gap_ms: u32,
 }
 
 /// Options of `bench xdp`.
@@ -204,6 +210,8 @@ pub struct Ctx {
     pub hold: Option<usize>,
     /// `bench zero-rtt --store-concurrency K`: probe processes at once in the store's concurrent CPU form.
     pub store_concurrency: u32,
+    /// `bench zero-rtt --store-gap-ms MS`: each probe's pause between connections in the store's CPU phase.
+    pub store_gap_ms: u32,
     /// `bench flood --phases`: the flood phases to run, by letter (empty: all).
     pub flood_phases: Vec<String>,
 }
@@ -253,6 +261,10 @@ pub fn bench(ws: &Workspace, what: Bench) -> Result<()> {
         store_concurrency: match &what {
             Bench::ZeroRtt(a) => a.store_concurrency,
             _ => zero_rtt::DEFAULT_STORE_CONCURRENCY,
+        },
+        store_gap_ms: match &what {
+            Bench::ZeroRtt(a) => a.store_gap_ms,
+            _ => 0,
         },
         flood_phases: match &what {
             Bench::Flood(a) => a.phases.clone(),

@@ -169,6 +169,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
                     per_run,
                     rounds,
                     ctx.store_concurrency,
+                    ctx.store_gap_ms,
                 )?),
                 Some(store::stopped(&mut bench, samples)?),
             )

@@ -74,6 +74,8 @@ pub struct StoreCpu {
     pub metrics: String,
     /// The 1-minute load average before each run of this form.
     pub loads: Vec<f64>,
+    /// Each probe's pause between its connections, ms (`--store-gap-ms`).
+    pub gap_ms: u32,
 }
 
 impl StoreCpu {
@@ -114,6 +116,7 @@ impl StoreCpu {
                     per resumption; redis-server's reported apart, not included",
             "metrics": self.metrics,
             "load_average_1min_before_each_run": self.loads,
+            "gap_ms_between_a_clients_connections": self.gap_ms,
             "target_us": CPU_TARGET_US,
             "met": self.met(),
         })
@@ -207,6 +210,7 @@ pub fn cpu(
     per_run: u32,
     rounds: u32,
     clients: u32,
+    gap_ms: u32,
 ) -> Result<StoreCpus> {
     let local_spec = bench.spec(ServerKind::Portcullis, "zero-rtt-store-local".into(), None);
     let redis_spec = bench.spec(
@@ -229,6 +233,7 @@ pub fn cpu(
             resolution_us: 1e6 / hz / f64::from(per_run),
             metrics: String::new(),
             loads: Vec::new(),
+            gap_ms,
         })
         .collect();
     for round in 0..rounds {
@@ -251,7 +256,7 @@ pub fn cpu(
                     1 => format!("/store-cpu/{name}/{round}"),
                     k => format!("/store-cpu-x{k}/{name}/{round}"),
                 };
-                let (ok, resumed) = probes(bench, port, &path, per_run, form.clients)?;
+                let (ok, resumed) = probes(bench, port, &path, per_run, form.clients, gap_ms)?;
                 let (daemon1, ticks1, redis1) =
                     (cpu_clock(pid)?, server.cpu_time(), cpu_clock(redis.pid())?);
                 // A fetch that misses its 5 ms deadline on a busy machine makes a full handshake: a few are
@@ -308,8 +313,11 @@ fn probes(
     path: &str,
     per_run: u32,
     clients: u32,
+    gap_ms: u32,
 ) -> Result<(u64, u64)> {
     let shares = shares(per_run, clients);
+    let gap = gap_ms.to_string();
+    let gap = gap.as_str();
     std::thread::scope(|scope| {
         let handles: Vec<_> = shares
             .iter()
@@ -321,7 +329,7 @@ fn probes(
                     format!("{path}/{k}")
                 };
                 scope
-                    .spawn(move || bench.probe(port, "resumed", &path, n, None, &["--gap-ms", "0"]))
+                    .spawn(move || bench.probe(port, "resumed", &path, n, None, &["--gap-ms", gap]))
             })
             .collect();
         let mut sum = (0, 0);
@@ -635,6 +643,13 @@ pub fn render(out: &mut String, cpu: Option<&StoreCpus>, stopped: Option<&Stoppe
                 form.store_ticks_us(),
                 form.load_text(),
             );
+            if form.gap_ms > 0 {
+                let _ = writeln!(
+                    out,
+                    "  (each client paused {} ms between its connections: --store-gap-ms)",
+                    form.gap_ms
+                );
+            }
         }
         let _ = writeln!(
             out,
@@ -702,6 +717,7 @@ mod tests {
             resolution_us: 100.0,
             metrics: String::new(),
             loads: vec![3.0, 5.0, 4.0],
+            gap_ms: 0,
         };
         assert_eq!(c.store_us(), 15.0);
         assert!(c.met());

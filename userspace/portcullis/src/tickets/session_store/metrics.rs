@@ -90,6 +90,31 @@ impl Outcome {
     }
 }
 
+/// Every `result` of `op="fetch"`, in the order of [`Handles::fetch`].
+const FETCH_RESULTS: [&str; 8] = [
+    "hit",
+    "miss",
+    "replay",
+    "timeout",
+    "error",
+    "breaker_open",
+    "unsealed",
+    "queued",
+];
+/// Every `result` of `op="put"`, in the order of [`Handles::put`].
+const PUT_RESULTS: [&str; 4] = ["ok", "error", "dropped", "no_key"];
+
+/// The series counted on every resumption, looked up once: `Family::get_or_create` hashes the labels and
+/// takes a lock on each call, a few hundred ns twice per store request (BENCHMARKS.md, "Where the store's
+/// CPU per resumption goes").
+#[derive(Debug)]
+struct Handles {
+    fetch: [Counter; FETCH_RESULTS.len()],
+    put: [Counter; PUT_RESULTS.len()],
+    fetch_latency: Histogram,
+    put_latency: Histogram,
+}
+
 /// The store's metrics (cheap clones).
 #[derive(Clone, Debug)]
 pub struct StoreMetrics {
@@ -97,6 +122,7 @@ pub struct StoreMetrics {
     latency: Family<OpLabel, Histogram>,
     breaker_open: Gauge,
     early: Family<EarlyLabels, Counter>,
+    handles: Arc<Handles>,
 }
 
 impl Default for StoreMetrics {
@@ -113,27 +139,31 @@ fn latency_histogram() -> Histogram {
 impl StoreMetrics {
     /// Unregistered metrics.
     pub fn new() -> Self {
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let counter = |op, result| {
+            requests
+                .get_or_create(&RequestLabels { op, result })
+                .clone()
+        };
+        let histogram = |op| latency.get_or_create(&OpLabel { op }).clone();
+        let handles = Arc::new(Handles {
+            fetch: FETCH_RESULTS.map(|result| counter("fetch", result)),
+            put: PUT_RESULTS.map(|result| counter("put", result)),
+            fetch_latency: histogram("fetch"),
+            put_latency: histogram("put"),
+        });
         Self {
-            requests: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
+            requests,
+            latency,
             breaker_open: Gauge::default(),
             early: Family::default(),
+            handles,
         }
     }
 
-    /// Adds them to `registry`.
+    /// Adds them to `registry` (every `op`/`result` series is there from the start, at 0).
     pub fn register(&self, registry: &mut Registry) {
-        for result in ["hit", "miss", "replay", "timeout", "error", "breaker_open"] {
-            let _ = self.requests.get_or_create(&RequestLabels {
-                op: "fetch",
-                result,
-            });
-        }
-        for result in ["ok", "error", "dropped"] {
-            let _ = self
-                .requests
-                .get_or_create(&RequestLabels { op: "put", result });
-        }
         registry.register(
             "portcullis_session_store_requests",
             "Session store requests by operation and result (fetch: hit, miss, replay, timeout, error, breaker_open, unsealed, queued; put: ok, error, dropped, no_key)",
@@ -158,28 +188,43 @@ impl StoreMetrics {
 
     /// Counts a fetch with its `result`, and its latency when the store answered.
     pub fn fetch(&self, result: &'static str, latency: Option<Duration>) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                op: "fetch",
-                result,
-            })
-            .inc();
+        let cached = FETCH_RESULTS.iter().position(|r| *r == result);
+        match cached.and_then(|i| self.handles.fetch.get(i)) {
+            Some(c) => {
+                c.inc();
+            }
+            None => {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        op: "fetch",
+                        result,
+                    })
+                    .inc();
+            }
+        }
         if let Some(l) = latency {
-            self.latency
-                .get_or_create(&OpLabel { op: "fetch" })
-                .observe(l.as_secs_f64());
+            self.handles.fetch_latency.observe(l.as_secs_f64());
         }
     }
 
-    /// Counts a put with its `result`, and its latency when the store answered.
-    pub fn put(&self, result: &'static str, latency: Option<Duration>) {
-        self.requests
-            .get_or_create(&RequestLabels { op: "put", result })
-            .inc();
+    /// Counts `n` puts with their `result`, and each one's latency when the store answered (a batch of
+    /// writes lands together).
+    pub fn put(&self, result: &'static str, n: u64, latency: Option<Duration>) {
+        let cached = PUT_RESULTS.iter().position(|r| *r == result);
+        match cached.and_then(|i| self.handles.put.get(i)) {
+            Some(c) => {
+                c.inc_by(n);
+            }
+            None => {
+                self.requests
+                    .get_or_create(&RequestLabels { op: "put", result })
+                    .inc_by(n);
+            }
+        }
         if let Some(l) = latency {
-            self.latency
-                .get_or_create(&OpLabel { op: "put" })
-                .observe(l.as_secs_f64());
+            for _ in 0..n {
+                self.handles.put_latency.observe(l.as_secs_f64());
+            }
         }
     }
 

@@ -282,7 +282,7 @@ impl StoresServerSessions for SessionStore {
         match &self.backend {
             Backend::Local(local) => {
                 local.put(key, value, Instant::now());
-                self.metrics.put("ok", None);
+                self.metrics.put("ok", 1, None);
                 true
             }
             Backend::Redis { redis, keys, .. } => {
@@ -290,11 +290,11 @@ impl StoresServerSessions for SessionStore {
                 let set = keys.current();
                 let Some(sealed) = seal::seal(&set, &key, &value, SystemTime::now(), &self.rng)
                 else {
-                    self.metrics.put("no_key", None);
+                    self.metrics.put("no_key", 1, None);
                     return false;
                 };
                 if !redis.put(&key, sealed) {
-                    self.metrics.put("dropped", None);
+                    self.metrics.put("dropped", 1, None);
                     return false;
                 }
                 true

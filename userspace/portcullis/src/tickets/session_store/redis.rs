@@ -4,7 +4,9 @@
 //! The fetch is `SET key "" XX KEEPTTL GET`: atomic like `GETDEL`, but it leaves an empty tombstone until the
 //! session would have expired, so a second use of the same ticket (a replayed 0-RTT flight, on any
 //! instance) is told apart from an unknown one in the same round trip. Writes are asynchronous (rustls'
-//! `put` is synchronous): each is a task spawned on the calling worker's runtime, bounded in number.
+//! `put` is synchronous) and bounded in number: each runtime has one writer task, and the puts queued while
+//! it waited leave as one pipeline (one encode, one channel send, one `writev` for the batch, instead of a
+//! spawned task and a command per write; BENCHMARKS.md, "Where the store's CPU per resumption goes").
 //!
 //! Every worker thread talks to Redis over a connection of its own, driven by its own runtime ([`link`]):
 //! a fetch or a write is a socket write and a read on the thread that asked, with no hop to another thread
@@ -66,6 +68,10 @@ pub enum FromQueue {
     Absent,
 }
 
+/// How long a put waits for a fetch to travel with before it is sent alone: a few handshakes' time on a busy
+/// worker, short beside any client's reconnection to another instance.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// Tells one backend's connections from another's in a thread's [`link`] (a daemon has one; tests many).
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -73,6 +79,65 @@ thread_local! {
     /// This thread's connection to the Redis of backend `.0`, driven by the runtime it was first used on
     /// (a worker's own current-thread runtime).
     static LINK: RefCell<Option<(u64, ConnectionManager)>> = const { RefCell::new(None) };
+    /// The write queue of backend `.0` served by a writer on this thread's runtime.
+    static QUEUE: RefCell<Option<(u64, Arc<Queue>)>> = const { RefCell::new(None) };
+}
+
+/// Puts waiting for one runtime's writer task, by identity (their sealed values wait in the side table).
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    /// A put arrived.
+    wake: tokio::sync::Notify,
+    /// A fetch is leaving on this runtime: the queued puts go with it.
+    flush: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct QueueState {
+    identities: Vec<Vec<u8>>,
+    /// The writer is gone (its runtime shut down): the next put on this thread starts another.
+    closed: bool,
+}
+
+impl Queue {
+    /// Queues `identity` for the writer; `false` when the writer is gone.
+    fn push(&self, identity: Vec<u8>) -> bool {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.closed {
+                return false;
+            }
+            state.identities.push(identity);
+        }
+        // A permit when the writer is busy: it looks at the queue again after its batch.
+        self.wake.notify_one();
+        true
+    }
+
+    /// Asks the writer to send what is queued now (when anything is), so that it leaves with the request
+    /// being sent.
+    fn flush(&self) {
+        let queued = !self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .identities
+            .is_empty();
+        if queued {
+            self.flush.notify_one();
+        }
+    }
+
+    fn take(&self) -> Vec<Vec<u8>> {
+        std::mem::take(
+            &mut self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .identities,
+        )
+    }
 }
 
 /// What the write tasks share with the backend.
@@ -81,7 +146,7 @@ struct Shared {
     client: redis::Client,
     config: ConnectionManagerConfig,
     pending: Pending,
-    /// Writes spawned and not finished, at most `max_writes`.
+    /// Writes accepted and not finished (queued or in a batch), at most `max_writes`.
     writes: AtomicUsize,
     max_writes: usize,
     ttl_secs: u64,
@@ -91,8 +156,8 @@ struct Shared {
 /// The Redis backend: a connection per worker thread, and the writes in flight.
 pub struct RedisBackend {
     shared: Arc<Shared>,
-    /// The store thread's runtime: writes asked for outside any runtime run there.
-    fallback: tokio::runtime::Handle,
+    /// The queue of the store thread's writer: puts made outside any runtime go there.
+    fallback: Arc<Queue>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -165,15 +230,17 @@ impl RedisBackend {
                 });
             })
             .map_err(|e| RedisStoreError::Thread(e.to_string()))?;
-        let fallback = handle_rx
+        let store_thread: tokio::runtime::Handle = handle_rx
             .recv()
             .map_err(|e| RedisStoreError::Thread(e.to_string()))?
             .map_err(RedisStoreError::Thread)?;
+        let fallback = Arc::new(Queue::default());
+        drop(store_thread.spawn(writer(shared.clone(), fallback.clone())));
         Ok(Self { shared, fallback })
     }
 
-    /// Writes a sealed session (asynchronously, on the calling worker's runtime); `false` when too many
-    /// writes are in flight (this one is dropped).
+    /// Writes a sealed session (asynchronously, by the writer of the calling worker's runtime); `false` when
+    /// too many writes are in flight (this one is dropped).
     pub fn put(&self, identity: &[u8], sealed: Vec<u8>) -> bool {
         let shared = &self.shared;
         if shared.writes.fetch_add(1, Ordering::Relaxed) >= shared.max_writes {
@@ -181,14 +248,15 @@ impl RedisBackend {
             return false;
         }
         lock(&shared.pending).insert(identity.to_vec(), Queued::Waiting(sealed));
-        let write = write(Write {
-            shared: shared.clone(),
-            identity: identity.to_vec(),
-            landed: None,
-        });
-        match tokio::runtime::Handle::try_current() {
-            Ok(here) => drop(here.spawn(write)),
-            Err(_) => drop(self.fallback.spawn(write)),
+        let queued = match tokio::runtime::Handle::try_current() {
+            Ok(here) => shared.queue_here(&here).push(identity.to_vec()),
+            Err(_) => self.fallback.push(identity.to_vec()),
+        };
+        if !queued {
+            // Its writer went with its runtime (shutting down) since the lookup.
+            lock(&shared.pending).remove(identity);
+            shared.writes.fetch_sub(1, Ordering::Relaxed);
+            shared.metrics.put("error", 1, None);
         }
         true
     }
@@ -211,6 +279,15 @@ impl RedisBackend {
     /// Takes the sealed session under `identity` (one round trip). Errors are the caller's to time and count.
     pub async fn take(&self, identity: &[u8]) -> redis::RedisResult<Lookup> {
         let mut conn = self.shared.link()?;
+        // The writer runs before the connection's driver (woken first), so the puts queued on this runtime
+        // and this fetch leave in one `writev`.
+        QUEUE.with_borrow(|slot| {
+            if let Some((id, queue)) = slot
+                && *id == self.shared.id
+            {
+                queue.flush();
+            }
+        });
         let old: Option<Vec<u8>> = redis::cmd("SET")
             .arg(key(identity))
             .arg(b"".as_slice())
@@ -228,6 +305,23 @@ impl RedisBackend {
 }
 
 impl Shared {
+    /// The write queue of this thread's runtime, whose writer task is started on first use (and again
+    /// after its runtime shut down).
+    fn queue_here(self: &Arc<Self>, here: &tokio::runtime::Handle) -> Arc<Queue> {
+        QUEUE.with_borrow_mut(|slot| {
+            if let Some((id, queue)) = slot.as_ref()
+                && *id == self.id
+                && !queue.state.lock().unwrap_or_else(|e| e.into_inner()).closed
+            {
+                return queue.clone();
+            }
+            let queue = Arc::new(Queue::default());
+            drop(here.spawn(writer(self.clone(), queue.clone())));
+            *slot = Some((self.id, queue.clone()));
+            queue
+        })
+    }
+
     /// This thread's connection (made on first use, in the current runtime, which drives it).
     fn link(&self) -> redis::RedisResult<ConnectionManager> {
         LINK.with_borrow_mut(|slot| {
@@ -255,52 +349,131 @@ fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Queued>
     pending.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One session write. Taken on this instance while queued: store the tombstone, so a replay elsewhere is seen
-/// as one.
-async fn write(mut w: Write) {
-    let landed = Arc::new(tokio::sync::Notify::new());
-    let value =
-        match lock(&w.shared.pending).insert(w.identity.clone(), Queued::Writing(landed.clone())) {
-            Some(Queued::Waiting(sealed)) => sealed,
-            _ => Vec::new(),
-        };
-    w.landed = Some(landed);
-    let started = Instant::now();
-    let done: redis::RedisResult<()> = match w.shared.link() {
-        Ok(mut c) => {
-            redis::cmd("SET")
-                .arg(key(&w.identity))
-                .arg(&value)
-                .arg("EX")
-                .arg(w.shared.ttl_secs)
-                .query_async(&mut c)
-                .await
-        }
-        Err(e) => Err(e),
+/// A runtime's writer: waits for puts, and writes each batch queued meanwhile as one pipeline. Ends with its
+/// runtime; whatever was still queued then is abandoned like a failed write (the ticket will not resume).
+async fn writer(shared: Arc<Shared>, queue: Arc<Queue>) {
+    let _close = Close {
+        shared: shared.clone(),
+        queue: queue.clone(),
     };
-    match done {
-        Ok(()) => w.shared.metrics.put("ok", Some(started.elapsed())),
-        Err(e) => {
-            w.shared.metrics.put("error", None);
-            tracing::debug!(error = %e, "session store write failed: that ticket will not resume");
+    loop {
+        queue.wake.notified().await;
+        // Hold the puts for this runtime's next fetch: both then cost one packet to Redis and one back instead
+        // of two each, the largest part of the store's CPU (BENCHMARKS.md). A session held here is taken
+        // from the side table by a handshake on this instance; other instances see it `LINGER` later at most.
+        let _ = tokio::time::timeout(LINGER, queue.flush.notified()).await;
+        let identities = queue.take();
+        if identities.is_empty() {
+            continue;
+        }
+        Batch::start(shared.clone(), identities).write().await;
+    }
+}
+
+/// Closes a writer's queue when its task ends (dropped with its runtime).
+struct Close {
+    shared: Arc<Shared>,
+    queue: Arc<Queue>,
+}
+
+impl Drop for Close {
+    fn drop(&mut self) {
+        let abandoned = {
+            let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+            state.closed = true;
+            std::mem::take(&mut state.identities)
+        };
+        if abandoned.is_empty() {
+            return;
+        }
+        let mut pending = lock(&self.shared.pending);
+        for identity in &abandoned {
+            pending.remove(identity);
+        }
+        drop(pending);
+        self.shared
+            .writes
+            .fetch_sub(abandoned.len(), Ordering::Relaxed);
+    }
+}
+
+/// Session writes in flight together. Each session taken on this instance while queued is written as a
+/// tombstone, so a replay elsewhere is seen as one. Its end, also when its task is dropped (the runtime
+/// shutting down): the side-table entries go, fetches waiting for them go on (no fetch waits for a write that
+/// is gone), the count drops.
+struct Batch {
+    shared: Arc<Shared>,
+    identities: Vec<Vec<u8>>,
+    /// The sealed values (empty: a tombstone), in the order of `identities`, until written.
+    values: Vec<Vec<u8>>,
+    landed: Arc<tokio::sync::Notify>,
+}
+
+impl Batch {
+    /// Moves the batch's sessions from waiting to being written (one lock for the batch): from here a fetch
+    /// on this instance waits for the landing, then asks Redis.
+    fn start(shared: Arc<Shared>, identities: Vec<Vec<u8>>) -> Self {
+        let landed = Arc::new(tokio::sync::Notify::new());
+        let mut values = Vec::with_capacity(identities.len());
+        {
+            let mut pending = lock(&shared.pending);
+            for identity in &identities {
+                let writing = Queued::Writing(landed.clone());
+                let before = match pending.get_mut(identity.as_slice()) {
+                    Some(entry) => Some(std::mem::replace(entry, writing)),
+                    None => pending.insert(identity.clone(), writing),
+                };
+                values.push(match before {
+                    Some(Queued::Waiting(sealed)) => sealed,
+                    _ => Vec::new(),
+                });
+            }
+        }
+        Self {
+            shared,
+            identities,
+            values,
+            landed,
+        }
+    }
+
+    async fn write(self) {
+        let n = u64::try_from(self.identities.len()).unwrap_or(u64::MAX);
+        // Not `.ignore()`d: that records each index in a hash set; `()` takes the replies, and a reply that
+        // is an error fails the batch.
+        let mut pipe = redis::Pipeline::with_capacity(self.identities.len());
+        for (identity, value) in self.identities.iter().zip(&self.values) {
+            pipe.cmd("SET")
+                .arg(key(identity))
+                .arg(value.as_slice())
+                .arg("EX")
+                .arg(self.shared.ttl_secs);
+        }
+        let started = Instant::now();
+        let done: redis::RedisResult<()> = match self.shared.link() {
+            Ok(mut c) => pipe.query_async(&mut c).await,
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => self.shared.metrics.put("ok", n, Some(started.elapsed())),
+            Err(e) => {
+                self.shared.metrics.put("error", n, None);
+                tracing::debug!(error = %e, writes = n, "session store write failed: those tickets will not resume");
+            }
         }
     }
 }
 
-/// A write in flight. Its end, also when its task is dropped (the runtime shutting down): the side-table
-/// entry goes, fetches waiting for it go on (no fetch waits for a write that is gone), the count drops.
-struct Write {
-    shared: Arc<Shared>,
-    identity: Vec<u8>,
-    landed: Option<Arc<tokio::sync::Notify>>,
-}
-
-impl Drop for Write {
+impl Drop for Batch {
     fn drop(&mut self) {
-        lock(&self.shared.pending).remove(&self.identity);
-        if let Some(landed) = &self.landed {
-            landed.notify_waiters();
+        let mut pending = lock(&self.shared.pending);
+        for identity in &self.identities {
+            pending.remove(identity);
         }
-        self.shared.writes.fetch_sub(1, Ordering::Relaxed);
+        drop(pending);
+        self.landed.notify_waiters();
+        self.shared
+            .writes
+            .fetch_sub(self.identities.len(), Ordering::Relaxed);
     }
 }
