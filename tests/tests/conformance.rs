@@ -131,9 +131,13 @@ enum Deliberate {
 }
 
 fn deliberate(sent: &[u8]) -> Option<Deliberate> {
+    // As the daemon's `handshake::inspect::looks_like_tls`: a TLS record header, or an SSL 2.0 CLIENT-HELLO's.
     let tls = match sent {
         [] => true,
-        [typ] => (20..=24).contains(typ),
+        [typ] => (20..=24).contains(typ) || typ & 0x80 != 0,
+        [typ, _] if typ & 0x80 != 0 => true,
+        [typ, _, msg] if typ & 0x80 != 0 => *msg == 1,
+        [typ, _, msg, major, ..] if typ & 0x80 != 0 => *msg == 1 && *major == 3,
         [typ, major, ..] => (20..=24).contains(typ) && *major == 3,
     };
     if !tls {
@@ -317,6 +321,16 @@ fn oversized_cases() -> Vec<Case> {
             ));
         }
     }
+    // One record of 2^14 + 200 bytes of plaintext (tlsfuzzer's "too big ClientHello msg"): over RFC 8446 §5.1's
+    // limit, yet rustls serves it (its limit on a record is 2^14 + 2048), and so must we.
+    let m = padded(&message(captured("curl_sni")), MAX_FRAGMENT + 200);
+    let mut wire = vec![22, 3, 1];
+    wire.extend_from_slice(&(m.len() as u16).to_be_bytes());
+    wire.extend_from_slice(&m);
+    cases.push(Case::whole(
+        "curl_sni in one record of 2^14 + 200 bytes",
+        wire,
+    ));
     // Declared longer than 64 KiB: refused as soon as the header is in (deliberate difference).
     let mut header = vec![22, 3, 1, 0, 4, 1, 0x01, 0x20, 0x00];
     header.extend(std::iter::repeat_n(0, 64));
@@ -412,6 +426,17 @@ fn invalid_hello_cases() -> Vec<Case> {
     ] {
         cases.push(Case::whole(what, [first, raw.to_vec()].concat()));
     }
+    // An SSL 2.0 CLIENT-HELLO offering TLS 1.3 suites (tlsfuzzer's test-tls13-version-negotiation, which expects
+    // an alert): rustls' alert, as from rustls (RFC 8446 Appendix D.5: TLS 1.3 is never negotiated with one).
+    let mut body = vec![
+        1, 3, 3, 0, 6, 0, 0, 0, 16, 0x00, 0x13, 0x01, 0x00, 0x13, 0x02,
+    ];
+    body.extend([0x42; 16]);
+    let sslv2 = [vec![0x80, body.len() as u8], body].concat();
+    cases.push(Case::whole(
+        "SSL 2.0 CLIENT-HELLO with TLS 1.3 suites",
+        sslv2,
+    ));
     cases.push(Case::whole(
         "a ChangeCipherSpec between two records of the ClientHello",
         [

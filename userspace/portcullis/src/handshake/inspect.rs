@@ -77,12 +77,18 @@ impl HelloInfo {
 }
 
 /// Whether the first bytes can be the start of a TLS record (a content type of RFC 8446 §5.1 or heartbeat,
-/// 20..=24, then major version 3). Used to close on garbage silently, labelled `not_tls`, while TLS that is
-/// wrong (an alert or ChangeCipherSpec record first) gets rustls' answer and counts as a protocol error.
+/// 20..=24, then major version 3), or of an SSL 2.0-compatible CLIENT-HELLO offering SSL 3 or later (a
+/// two-byte header with the top bit set, message type 1, major version 3: old clients, and tlsfuzzer). Used to
+/// close on garbage silently, labelled `not_tls`, while TLS that is wrong (an alert or ChangeCipherSpec record
+/// first, an SSL 2.0 hello: RFC 8446 Appendix D.5 negotiates nothing with one) gets rustls' answer, an alert,
+/// and counts as a protocol error.
 pub fn looks_like_tls(raw: &[u8]) -> bool {
     match raw {
         [] => true,
-        [typ] => (20..=24).contains(typ),
+        [typ] => (20..=24).contains(typ) || typ & 0x80 != 0,
+        [typ, _] if typ & 0x80 != 0 => true,
+        [typ, _, msg] if typ & 0x80 != 0 => *msg == 1,
+        [typ, _, msg, major, ..] if typ & 0x80 != 0 => *msg == 1 && *major == 3,
         [typ, major, ..] => (20..=24).contains(typ) && *major == 3,
     }
 }
@@ -308,6 +314,12 @@ pub(crate) mod tests {
         assert!(!looks_like_tls(b"GET / HTTP/1.1\r\n"));
         assert!(looks_like_tls(&[22, 3]));
         assert!(looks_like_tls(&[22]));
+        // SSL 2.0-compatible CLIENT-HELLO headers (offering SSL 3 or TLS), and what is not one.
+        assert!(looks_like_tls(&[0x80, 0x2e, 1, 3, 3]));
+        assert!(looks_like_tls(&[0x80, 0x2e, 1]));
+        assert!(!looks_like_tls(&[0x80, 0x2e, 2, 3, 3]));
+        assert!(!looks_like_tls(&[0x80, 0x2e, 1, 2, 0]));
+        assert!(!looks_like_tls(b"\x80\x2e\x01HTTP"));
     }
 
     /// The first record of `raw` re-framed as records whose payloads end at `cuts` (offsets into its payload),
