@@ -88,8 +88,8 @@ impl EngineMetrics {
         let idle_inline = Family::<ClassLabel, Counter>::default();
         registry.register(
             "portcullis_engine_idle_inline",
-            "Handshakes whose expensive step ran on the worker because the engine was idle \
-             (engine.inline_when_idle; counted in the queue wait histogram with a wait of 0)",
+            "Handshakes whose expensive step ran on the worker, the engine being idle or the handshake a \
+             resumption (engine.inline_when_idle; counted in the queue wait histogram with a wait of 0)",
             idle_inline.clone(),
         );
         let lost = Counter::default();
