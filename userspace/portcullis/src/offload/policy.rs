@@ -529,7 +529,10 @@ mod tests {
             idle_inline_count(&registry),
             r#"portcullis_engine_idle_inline_total{class="tls13_psk"} 1"#
         );
-        assert!(!full.is_finished(), "the full handshake waits for the engine");
+        assert!(
+            !full.is_finished(),
+            "the full handshake waits for the engine"
+        );
         tx.send(()).expect("release the blocker");
         assert!(full.await.expect("task"));
     }
