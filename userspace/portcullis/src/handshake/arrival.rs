@@ -68,6 +68,23 @@ fn to_system_time(ts: TimeSpec) -> Option<SystemTime> {
     SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, nanos))
 }
 
+/// A loopback connection whose client has sent `first`: (the accepted server side, the client side).
+#[cfg(test)]
+pub(crate) async fn loopback_with(first: &[u8]) -> (TcpStream, TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("loopback test socket");
+    let addr = listener.local_addr().expect("loopback test socket");
+    let mut client = TcpStream::connect(addr)
+        .await
+        .expect("loopback test socket");
+    tokio::io::AsyncWriteExt::write_all(&mut client, first)
+        .await
+        .expect("loopback test socket");
+    let (server, _) = listener.accept().await.expect("loopback test socket");
+    (server, client)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,17 +136,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unstamped_socket_reads_without_a_stamp() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("loopback test socket");
-        let addr = listener.local_addr().expect("loopback test socket");
-        let mut client = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("loopback test socket");
-        tokio::io::AsyncWriteExt::write_all(&mut client, b"x")
-            .await
-            .expect("loopback test socket");
-        let (server, _) = listener.accept().await.expect("loopback test socket");
+        let (server, _client) = loopback_with(b"x").await;
         let mut buf = [0u8; 4];
         let (n, stamp) = read_some(&server, &mut buf).await;
         assert_eq!(n, 1);

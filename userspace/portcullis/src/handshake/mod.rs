@@ -562,18 +562,7 @@ mod tests {
     /// call, and bytes the client sends later still wake the reader.
     #[tokio::test]
     async fn a_short_hello_read_clears_the_readiness_and_later_bytes_wake_the_reader() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("loopback test socket");
-        let addr = listener.local_addr().expect("loopback test socket");
-        let mut client = tokio::net::TcpStream::connect(addr)
-            .await
-            .expect("loopback test socket");
-        client
-            .write_all(&hello_in_records(0))
-            .await
-            .expect("loopback test socket");
-        let (server, _) = listener.accept().await.expect("loopback test socket");
+        let (server, mut client) = arrival::loopback_with(&hello_in_records(0)).await;
         let config = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(rustls::server::ResolvesServerCertUsingSni::new()));

@@ -435,6 +435,20 @@ mod tests {
         )
     }
 
+    /// Keeps `engine`'s one crypto thread busy until the returned sender is used (or 10 s pass).
+    fn block(engine: &SoftwareEngine) -> std::sync::mpsc::Sender<()> {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        engine
+            .submit(
+                Box::new(move || {
+                    let _ = rx.recv_timeout(Duration::from_secs(10));
+                }),
+                Priority::Normal,
+            )
+            .expect("blocker");
+        tx
+    }
+
     fn idle_inline_count(registry: &Registry) -> String {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).expect("encode");
@@ -462,15 +476,7 @@ mod tests {
         let one = r#"portcullis_engine_idle_inline_total{class="full_ecdsa"} 1"#;
         assert_eq!(idle_inline_count(&registry), one);
 
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        engine
-            .submit(
-                Box::new(move || {
-                    let _ = rx.recv_timeout(Duration::from_secs(10));
-                }),
-                Priority::Normal,
-            )
-            .expect("blocker");
+        let tx = block(&engine);
         let busy = tokio::spawn(async move {
             let done = on.run(job()).await.is_ok();
             (done, on)
@@ -505,15 +511,7 @@ mod tests {
             OffloadHandshakes::new(engine.clone(), FullRingPolicy::Reject, metrics, None)
                 .inline_when_idle(true),
         );
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        engine
-            .submit(
-                Box::new(move || {
-                    let _ = rx.recv_timeout(Duration::from_secs(10));
-                }),
-                Priority::Normal,
-            )
-            .expect("blocker");
+        let tx = block(&engine);
         let full = tokio::spawn({
             let on = on.clone();
             async move { on.run(job()).await.is_ok() }
