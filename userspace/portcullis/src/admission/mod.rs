@@ -12,8 +12,8 @@
 //!   wraps any `HandshakeEngine` and sheds before delegating.
 //!
 //! Nothing is shed unless the engine is **saturated**: the handshake work offered (learned CPU time per class)
-//! over the last 100 ms reaches what the crypto threads completed per 100 ms while busy (their measured service
-//! rate, [`burst::Overload`]). A queue that grew because other work took the CPU (a flood's accepts, softirq,
+//! over the last 300 ms (three controller intervals) reaches what the crypto threads completed per 300 ms while
+//! busy (their measured service rate, [`burst::Overload`]). A queue that grew because other work took the CPU (a flood's accepts, softirq,
 //! other processes) is not a handshake overload: it is admitted and drains when the CPU comes back
 //! (`portcullis_admission_unsaturated_bursts`); the engine's ring is the bound then.
 //!
@@ -76,6 +76,14 @@ use crate::offload::policy::Observer;
 /// relenting for a moment (the SYN shed loop letting all SYNs in for one interval) does not reopen the long
 /// queue of normal operation; short enough that recovery takes well under a second.
 const OVERLOAD_HOLD_INTERVALS: u32 = 2;
+
+/// The window over which offered handshake work is compared with the engine's service rate, in controller
+/// intervals: 300 ms by default. At 80% of capacity, Poisson arrivals of RSA-4096 full handshakes and resumptions
+/// offer more than a 100 ms window's capacity about once in a hundred windows (2.3 standard deviations of a
+/// window's work), which made a quiet machine shed 164 handshakes at 80% (BENCHMARKS.md, "Storm"); over 300 ms
+/// that takes 4 standard deviations. A storm is still seen within a fraction of the window: the current window's
+/// work counts as soon as it reaches the rate (a 10x storm's in about 30 ms).
+const SATURATION_WINDOW_INTERVALS: u32 = 3;
 
 thread_local! {
     /// Handshakes in flight on this worker thread (each worker is one thread with its own runtime).
@@ -246,7 +254,7 @@ impl Admission {
             overload_budget_ns: AtomicU64::new(overload_budget_ns),
             moments: CostMoments::new(costs.estimate_ns(HandshakeClass::FullEcdsa)),
             overload: Mutex::new(Overload::new(
-                config.interval,
+                config.interval * SATURATION_WINDOW_INTERVALS,
                 config.interval * OVERLOAD_HOLD_INTERVALS,
                 instances,
                 Instant::now(),
@@ -299,7 +307,10 @@ impl Admission {
         self.engine.store(Arc::new(engine));
         let now = Instant::now();
         lock(&self.controller).set_params(config.interval, config.recover_intervals, now);
-        lock(&self.overload).set_window(config.interval, config.interval * OVERLOAD_HOLD_INTERVALS);
+        lock(&self.overload).set_window(
+            config.interval * SATURATION_WINDOW_INTERVALS,
+            config.interval * OVERLOAD_HOLD_INTERVALS,
+        );
         let shed = {
             let mut l = lock(&self.syn_loop);
             l.set_params(
@@ -704,11 +715,14 @@ mod tests {
         a.overload().offered(ms * 1_000_000, Instant::now());
     }
 
+    /// One saturation window of the default interval, in ms: offering this much saturates one crypto thread.
+    const WINDOW_MS: u64 = 100 * SATURATION_WINDOW_INTERVALS as u64;
+
     /// A standing queue of full handshakes for a whole interval while saturated: the controller enters
     /// `shedding`.
     async fn shed_full_handshakes(a: &Admission) {
         for _ in 0..2 * controller::MIN_SAMPLES {
-            offer(a, 20);
+            offer(a, 20 * u64::from(SATURATION_WINDOW_INTERVALS));
             a.completed(
                 HandshakeClass::FullEcdsa,
                 Duration::from_millis(20),
@@ -849,7 +863,7 @@ mod tests {
         };
         // Normal operation, a window's worth of handshake work offered: full handshakes fill the burst,
         // `BURST_UNITS` of them (above the 1 ms budget).
-        offer(&a, 100);
+        offer(&a, WINDOW_MS);
         let held = fill(HandshakeClass::FullEcdsa);
         let units = burst::BURST_UNITS as usize;
         assert!(
@@ -962,7 +976,7 @@ mod tests {
         let (a, knob) = with_knob(config);
         // One interval in which 100 handshakes arrive on a worker that may have 10 in flight, beyond what the
         // crypto thread completes: 10 admitted.
-        offer(&a, 100);
+        offer(&a, WINDOW_MS);
         let mut held = Vec::new();
         for _ in 0..100 {
             if let Ok(Admitted { cost, .. }) = a.admit(HandshakeClass::FullEcdsa) {
@@ -983,7 +997,7 @@ mod tests {
             IN_FLIGHT.set(IN_FLIGHT.get() - 1);
             a.release(cost);
         }
-        for _ in 0..4 {
+        for _ in 0..4 * SATURATION_WINDOW_INTERVALS {
             tokio::time::advance(Duration::from_millis(100)).await;
             if let Ok(Admitted { cost, .. }) = a.admit(HandshakeClass::FullEcdsa) {
                 a.release(cost);
