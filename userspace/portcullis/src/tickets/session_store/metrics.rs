@@ -186,22 +186,32 @@ impl StoreMetrics {
         );
     }
 
-    /// Counts a fetch with its `result`, and its latency when the store answered.
-    pub fn fetch(&self, result: &'static str, latency: Option<Duration>) {
-        let cached = FETCH_RESULTS.iter().position(|r| *r == result);
-        match cached.and_then(|i| self.handles.fetch.get(i)) {
+    /// Adds `n` to the `op`/`result` series: its cached handle (`results[i]` is `handles[i]`'s result), else the
+    /// family's (a result outside the list).
+    fn count(
+        &self,
+        op: &'static str,
+        results: &[&str],
+        handles: &[Counter],
+        result: &'static str,
+        n: u64,
+    ) {
+        let cached = results.iter().position(|r| *r == result);
+        match cached.and_then(|i| handles.get(i)) {
             Some(c) => {
-                c.inc();
+                c.inc_by(n);
             }
             None => {
                 self.requests
-                    .get_or_create(&RequestLabels {
-                        op: "fetch",
-                        result,
-                    })
-                    .inc();
+                    .get_or_create(&RequestLabels { op, result })
+                    .inc_by(n);
             }
         }
+    }
+
+    /// Counts a fetch with its `result`, and its latency when the store answered.
+    pub fn fetch(&self, result: &'static str, latency: Option<Duration>) {
+        self.count("fetch", &FETCH_RESULTS, &self.handles.fetch, result, 1);
         if let Some(l) = latency {
             self.handles.fetch_latency.observe(l.as_secs_f64());
         }
@@ -210,17 +220,7 @@ impl StoreMetrics {
     /// Counts `n` puts with their `result`, and each one's latency when the store answered (a batch of
     /// writes lands together).
     pub fn put(&self, result: &'static str, n: u64, latency: Option<Duration>) {
-        let cached = PUT_RESULTS.iter().position(|r| *r == result);
-        match cached.and_then(|i| self.handles.put.get(i)) {
-            Some(c) => {
-                c.inc_by(n);
-            }
-            None => {
-                self.requests
-                    .get_or_create(&RequestLabels { op: "put", result })
-                    .inc_by(n);
-            }
-        }
+        self.count("put", &PUT_RESULTS, &self.handles.put, result, n);
         if let Some(l) = latency {
             for _ in 0..n {
                 self.handles.put_latency.observe(l.as_secs_f64());

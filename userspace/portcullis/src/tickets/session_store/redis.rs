@@ -101,10 +101,14 @@ struct QueueState {
 }
 
 impl Queue {
+    fn state(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Queues `identity` for the writer; `false` when the writer is gone.
     fn push(&self, identity: Vec<u8>) -> bool {
         {
-            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state();
             if state.closed {
                 return false;
             }
@@ -118,25 +122,14 @@ impl Queue {
     /// Asks the writer to send what is queued now (when anything is), so that it leaves with the request
     /// being sent.
     fn flush(&self) {
-        let queued = !self
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .identities
-            .is_empty();
+        let queued = !self.state().identities.is_empty();
         if queued {
             self.flush.notify_one();
         }
     }
 
     fn take(&self) -> Vec<Vec<u8>> {
-        std::mem::take(
-            &mut self
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .identities,
-        )
+        std::mem::take(&mut self.state().identities)
     }
 }
 
@@ -254,8 +247,7 @@ impl RedisBackend {
         };
         if !queued {
             // Its writer went with its runtime (shutting down) since the lookup.
-            lock(&shared.pending).remove(identity);
-            shared.writes.fetch_sub(1, Ordering::Relaxed);
+            shared.forget(std::iter::once(identity));
             shared.metrics.put("error", 1, None);
         }
         true
@@ -305,13 +297,25 @@ impl RedisBackend {
 }
 
 impl Shared {
+    /// Takes writes off the books, landed or abandoned: their side-table entries (a fetch on this instance then
+    /// asks Redis) and their places in the `max_writes` count.
+    fn forget<'i>(&self, identities: impl ExactSizeIterator<Item = &'i [u8]>) {
+        let n = identities.len();
+        let mut pending = lock(&self.pending);
+        for identity in identities {
+            pending.remove(identity);
+        }
+        drop(pending);
+        self.writes.fetch_sub(n, Ordering::Relaxed);
+    }
+
     /// The write queue of this thread's runtime, whose writer task is started on first use (and again
     /// after its runtime shut down).
     fn queue_here(self: &Arc<Self>, here: &tokio::runtime::Handle) -> Arc<Queue> {
         QUEUE.with_borrow_mut(|slot| {
             if let Some((id, queue)) = slot.as_ref()
                 && *id == self.id
-                && !queue.state.lock().unwrap_or_else(|e| e.into_inner()).closed
+                && !queue.state().closed
             {
                 return queue.clone();
             }
@@ -379,21 +383,13 @@ struct Close {
 impl Drop for Close {
     fn drop(&mut self) {
         let abandoned = {
-            let mut state = self.queue.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.queue.state();
             state.closed = true;
             std::mem::take(&mut state.identities)
         };
-        if abandoned.is_empty() {
-            return;
+        if !abandoned.is_empty() {
+            self.shared.forget(abandoned.iter().map(Vec::as_slice));
         }
-        let mut pending = lock(&self.shared.pending);
-        for identity in &abandoned {
-            pending.remove(identity);
-        }
-        drop(pending);
-        self.shared
-            .writes
-            .fetch_sub(abandoned.len(), Ordering::Relaxed);
     }
 }
 
@@ -466,14 +462,8 @@ impl Batch {
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        let mut pending = lock(&self.shared.pending);
-        for identity in &self.identities {
-            pending.remove(identity);
-        }
-        drop(pending);
-        self.landed.notify_waiters();
         self.shared
-            .writes
-            .fetch_sub(self.identities.len(), Ordering::Relaxed);
+            .forget(self.identities.iter().map(Vec::as_slice));
+        self.landed.notify_waiters();
     }
 }
