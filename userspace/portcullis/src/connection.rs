@@ -301,8 +301,8 @@ fn serve_tcp<'a>(
 /// connection ends instead (closed cleanly when the client left without a byte: no upstream was ever needed).
 ///
 /// The idle wait of a `tcp` connection: its future is kept for as long as the client sends nothing, so it polls
-/// the connection in place (no future per step of `first_client_bytes`) and is not an `async fn` (which stores
-/// its arguments twice). BENCHMARKS.md, "Idle connections".
+/// the connection in place (`TlsConn::poll_first_client_bytes`: no future per step of the wait) and is not an
+/// `async fn` (which stores its arguments twice). BENCHMARKS.md, "Idle connections".
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice in its future (BENCHMARKS.md, \"Idle connections\")"

@@ -125,15 +125,11 @@ impl TlsConn {
         }
     }
 
-    /// Waits until the client has sent application data (`true`) or closed (`false`), flushing what rustls has
-    /// queued meanwhile (the session tickets). The data stays in rustls for the relay.
-    pub async fn first_client_bytes(&mut self) -> io::Result<bool> {
-        std::future::poll_fn(|cx| self.poll_first_client_bytes(cx)).await
-    }
-
-    /// [`Self::first_client_bytes`] for a poll-based caller: `Pending` with the waker registered on the socket.
-    /// Polled in place, it keeps no future of its own while it waits (`tcp` mode's idle wait: BENCHMARKS.md,
-    /// "Idle connections"). On a protocol error the alert rustls queued is sent if the socket takes it now.
+    /// Whether the client has sent application data (`true`) or closed (`false`), flushing what rustls has
+    /// queued meanwhile (the session tickets); `Pending` with the waker registered on the socket. The data stays
+    /// in rustls for the relay. Polled in place, it keeps no future of its own while it waits (`tcp` mode's idle
+    /// wait: BENCHMARKS.md, "Idle connections"). On a protocol error the alert rustls queued is sent if the
+    /// socket takes it now.
     pub fn poll_first_client_bytes(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
         loop {
             // Check before reading: the request often arrives with the client's Finished, in which case it is
@@ -154,16 +150,15 @@ impl TlsConn {
             if let Err(e) = std::task::ready!(self.poll_flush(cx)) {
                 return Poll::Ready(Err(e));
             }
-            match self.read_tls() {
-                Ok(0) => return Poll::Ready(Ok(false)),
-                Ok(_) => {}
-                // `try_read` cleared the socket's readiness: this registers the waker for the next bytes.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            match self.try_read()? {
+                Some(false) => return Poll::Ready(Ok(false)),
+                Some(true) => {}
+                // The read cleared the socket's readiness: this registers the waker for the next bytes.
+                None => {
                     if let Err(e) = std::task::ready!(self.tcp.poll_read_ready(cx)) {
                         return Poll::Ready(Err(e));
                     }
                 }
-                Err(e) => return Poll::Ready(Err(e)),
             }
         }
     }
@@ -294,7 +289,8 @@ mod tests {
     #[tokio::test]
     async fn first_client_bytes_waits_for_the_request_and_leaves_it_in_rustls() {
         let (mut tls, _go) = connected(b"ping").await;
-        assert!(tls.first_client_bytes().await.expect("first bytes"));
+        let first = std::future::poll_fn(|cx| tls.poll_first_client_bytes(cx)).await;
+        assert!(first.expect("first bytes"));
         let mut got = [0u8; 4];
         tls.reader()
             .read_exact(&mut got)
