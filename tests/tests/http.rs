@@ -980,7 +980,7 @@ fn idle_keep_alive_connections_are_closed_after_idle_timeout() {
     });
 }
 
-/// An idle HTTP/1.1 connection parks after 100 ms (`http/park.rs`: hyper's connection and buffers are dropped):
+/// An idle HTTP/1.1 connection parks after 10 ms (`http/park.rs`: hyper's connection and buffers are dropped):
 /// the next request on it, a head split across writes, a pipelined partial head hyper had already read, and a
 /// stalled head (408) behave as on a connection that never parked.
 #[test]

@@ -10,9 +10,10 @@
 //!   90ff826, same hour: 11.5); with the boxing in `connection::serve` reverted (the connection task keeping the
 //!   handshake's state) 20.6 KiB, which fails.
 //! - `http` mode after one keep-alive `GET /` each (built-in demo upstream, in the daemon's process),
-//!   [`HTTP_BOUND_KIB`]: measured 13.1–13.4 KiB in the debug build, the connections parked (`http/park.rs`) and the
-//!   connection task and parked future holding pointers and the park's state only; before those (main at
-//!   45f62fc, same machine and hour) 16.8–17.2 KiB, which fails; before parking 42.9 KiB.
+//!   [`HTTP_BOUND_KIB`]: measured 12.2 KiB in the debug build with connections parking 10 ms after a request
+//!   (13.1–13.4 when they parked after 100 ms), the connections parked (`http/park.rs`) and the connection task
+//!   and parked future holding pointers and the park's state only; before those (main at 45f62fc) 16.8–17.2 KiB,
+//!   which fails; before parking 42.9 KiB.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
@@ -24,9 +25,9 @@ use portcullis_tests::daemon::{Daemon, DaemonOptions};
 const CONNECTIONS: usize = 2_000;
 /// KiB of RSS per idle connection, `tcp` mode.
 const BOUND_KIB: f64 = 12.5;
-/// KiB of RSS per idle connection, `http` mode after one keep-alive request (parked 100 ms after it: the
+/// KiB of RSS per idle connection, `http` mode after one keep-alive request (parked 10 ms after it: the
 /// measurement waits 500 ms).
-const HTTP_BOUND_KIB: f64 = 15.0;
+const HTTP_BOUND_KIB: f64 = 14.0;
 
 fn rss_kib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -28,9 +28,13 @@ use super::tls_stream::TlsStream;
 use super::watchdog::{Activity, Expired};
 use crate::shutdown::Phase;
 
-/// How long an HTTP/1.1 connection stays idle before it parks. Long enough that a busy keep-alive client never
-/// pays for rebuilding hyper's connection between requests; short beside any idle timeout.
-pub const PARK_AFTER: Duration = Duration::from_millis(100);
+/// How long an HTTP/1.1 connection stays idle before it parks. Long enough that a keep-alive client sending
+/// back to back (the next request one round trip after the response) never pays for rebuilding hyper's connection;
+/// short, because every connection inside this window holds hyper's 24-32 KiB of buffers, and the more do at once,
+/// the more free memory the worker's heap keeps between live chunks once they park: 100 ms read 10.4-10.8 KiB per
+/// idle connection, 10 ms 10.0-10.2 (2 ms no lower; BENCHMARKS.md, "Idle connections", fourth round). A client
+/// pausing longer between requests pays for one rebuild (hyper's connection and buffers) per request.
+pub const PARK_AFTER: Duration = Duration::from_millis(10);
 
 /// How long the last words of a parked connection closing (close_notify) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);

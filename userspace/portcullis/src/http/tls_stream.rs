@@ -43,6 +43,13 @@ struct Inner {
     tls: TlsConn,
     /// close_notify already queued.
     closing: bool,
+    /// What 0-RTT adds; boxed, so a connection without early data (nearly all) keeps no room for it
+    /// (BENCHMARKS.md, "Idle connections").
+    zero_rtt: Option<Box<ZeroRtt>>,
+}
+
+/// A connection's 0-RTT state.
+struct ZeroRtt {
     /// Early data (0-RTT) the handshake stage took out of rustls, held until the client's Finished and read
     /// before anything rustls releases after it.
     early: bytes::Bytes,
@@ -127,14 +134,19 @@ impl TlsStream {
                 state: Mutex::new((None, Vec::new())),
             })
         });
-        Self {
-            inner: Arc::new(Mutex::new(Inner {
-                tls,
-                closing: false,
+        let zero_rtt = (!early.is_empty() || finishing.is_some()).then(|| {
+            Box::new(ZeroRtt {
                 early: bytes::Bytes::from(early),
                 early_in_rustls: finishing.is_some(),
                 finishing,
                 handover,
+            })
+        });
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                tls,
+                closing: false,
+                zero_rtt,
             })),
             activity,
         }
@@ -142,12 +154,12 @@ impl TlsStream {
 
     /// The requests' view of the handshake, when the connection was handed over before the client's Finished.
     pub fn early_view(&self) -> Option<EarlyView> {
-        self.lock().handover.clone().map(EarlyView)
+        self.lock().handover().cloned().map(EarlyView)
     }
 
     /// Whether the handshake still waits for the client's Finished.
     pub fn is_finishing(&self) -> bool {
-        self.lock().finishing.is_some()
+        self.lock().finishing().is_some()
     }
 
     /// Drives the handshake to the client's Finished, reading the socket itself (hyper may not be reading), by
@@ -155,13 +167,10 @@ impl TlsStream {
     /// A timeout is recorded as the handshake's failure. Run it in the connection's task, beside hyper: bytes
     /// it reads for hyper wake that task.
     pub async fn finish_handshake(&self) -> bool {
-        let deadline = self.lock().finishing.as_ref().map(|f| f.deadline);
+        let deadline = self.lock().finishing().map(|f| f.deadline);
         let Some(deadline) = deadline else {
             let inner = self.lock();
-            return inner
-                .handover
-                .as_ref()
-                .is_none_or(|h| h.lock().0 == Some(true));
+            return inner.handover().is_none_or(|h| h.lock().0 == Some(true));
         };
         let drive = std::future::poll_fn(|cx| self.lock().poll_finish(cx));
         match tokio::time::timeout_at(deadline.into(), drive).await {
@@ -197,14 +206,34 @@ impl TlsStream {
 }
 
 impl Inner {
+    /// The unfinished handshake's end to record (0-RTT handed over).
+    fn finishing(&self) -> Option<&Finishing> {
+        self.zero_rtt.as_ref()?.finishing.as_ref()
+    }
+
+    /// The requests' view of a connection handed over unfinished.
+    fn handover(&self) -> Option<&Arc<Handover>> {
+        self.zero_rtt.as_ref()?.handover.as_ref()
+    }
+
+    /// A plaintext byte from after the handshake goes to hyper (tells a connection handed over unfinished).
+    fn late(&self) {
+        if let Some(h) = self.handover() {
+            h.late.store(true, Ordering::Release);
+        }
+    }
+
     /// Records the handshake's end (once) and wakes the requests waiting for it.
     fn finished(&mut self, result: Result<(), HandshakeError>) {
-        let Some(finishing) = self.finishing.take() else {
+        let Some(zero_rtt) = &mut self.zero_rtt else {
+            return;
+        };
+        let Some(finishing) = zero_rtt.finishing.take() else {
             return;
         };
         let ok = result.is_ok();
         (finishing.on_finished)(result);
-        if let Some(h) = &self.handover {
+        if let Some(h) = &zero_rtt.handover {
             let waiters = {
                 let mut state = h.lock();
                 state.0 = Some(ok);
@@ -273,7 +302,7 @@ impl Inner {
     /// progress wakes the task, so hyper, polled by the same task, reads what arrived.
     fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
         let mut progress = false;
-        while self.finishing.is_some() {
+        while self.finishing().is_some() {
             match self.poll_handshake(cx) {
                 Poll::Ready(Ok(())) => progress = true,
                 Poll::Ready(Err(_)) => return Poll::Ready(false),
@@ -288,11 +317,7 @@ impl Inner {
         if progress {
             cx.waker().wake_by_ref();
         }
-        Poll::Ready(
-            self.handover
-                .as_ref()
-                .is_none_or(|h| h.lock().0 == Some(true)),
-        )
+        Poll::Ready(self.handover().is_none_or(|h| h.lock().0 == Some(true)))
     }
 
     /// Early data still in rustls (0-RTT handed over), then the handshake's end: `Ready(Some(n))` with early
@@ -310,8 +335,10 @@ impl Inner {
                     return Poll::Ready(Ok(Some(n)));
                 }
             }
-            if self.finishing.is_none() {
-                self.early_in_rustls = false;
+            if self.finishing().is_none() {
+                if let Some(zero_rtt) = &mut self.zero_rtt {
+                    zero_rtt.early_in_rustls = false;
+                }
                 return Poll::Ready(Ok(None));
             }
             match self.poll_handshake(cx) {
@@ -332,12 +359,14 @@ impl Inner {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<usize>> {
-        if !self.early.is_empty() {
-            let n = self.early.len().min(buf.remaining());
-            buf.put_slice(&self.early.split_to(n));
+        if let Some(zero_rtt) = &mut self.zero_rtt
+            && !zero_rtt.early.is_empty()
+        {
+            let n = zero_rtt.early.len().min(buf.remaining());
+            buf.put_slice(&zero_rtt.early.split_to(n));
             return Poll::Ready(Ok(n));
         }
-        if self.early_in_rustls {
+        if self.zero_rtt.as_ref().is_some_and(|z| z.early_in_rustls) {
             match self.poll_early(cx, buf) {
                 Poll::Ready(Ok(Some(n))) => return Poll::Ready(Ok(n)),
                 Poll::Ready(Ok(None)) => {}
@@ -349,10 +378,8 @@ impl Inner {
             match self.tls.reader().read(buf.initialize_unfilled()) {
                 Ok(n) => {
                     buf.advance(n);
-                    if n > 0
-                        && let Some(h) = &self.handover
-                    {
-                        h.late.store(true, Ordering::Release);
+                    if n > 0 {
+                        self.late();
                     }
                     return Poll::Ready(Ok(n));
                 }
@@ -375,10 +402,8 @@ impl Inner {
                     match self.tls.reader().read(buf.initialize_unfilled()) {
                         Ok(n) => {
                             buf.advance(n);
-                            if n > 0
-                                && let Some(h) = &self.handover
-                            {
-                                h.late.store(true, Ordering::Release);
+                            if n > 0 {
+                                self.late();
                             }
                             return Poll::Ready(Ok(n));
                         }
