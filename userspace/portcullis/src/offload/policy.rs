@@ -4,7 +4,8 @@
 //! comes back over a oneshot channel that wakes the submitting worker. Queue wait (submit to start of service)
 //! and service time are measured on the crypto thread and reported per handshake class to the metrics and to
 //! an optional [`Observer`] (admission control learns costs and queue delay from it; its service time is the
-//! thread's CPU time, see `admission::cost`).
+//! thread's CPU time, right on average: see `admission::cost::StepClock`). A step run on the worker returns
+//! its result without a future ([`Running::Ready`]).
 //!
 //! With the `wait` policy the deadline bounds the whole queue wait, slot and ring together: a job that reaches
 //! its crypto thread after the deadline is dropped there without any crypto and shed as `wait_deadline` (the
