@@ -277,7 +277,7 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
                 let _ = tx.send(Served::Expired(reason));
                 return;
             }
-            let clock = StepClock::start();
+            let clock = StepClock::exact();
             let result = accepted.into_connection(config);
             let finished = Instant::now();
             let cost = clock.cost(finished.saturating_duration_since(start));
