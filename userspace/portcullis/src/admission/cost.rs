@@ -103,10 +103,10 @@ impl Collector for CostTable {
 /// steps keep the bias at zero on average. And a step's wall time counts at most [`WALL_CLAMP`] times the
 /// thread's average (a preempted step reads as a long one, not as a time slice), on sampled steps too, so the sums
 /// still agree. Only the worker's inline steps are sampled ([`StepClock::start`]): a crypto thread's queued steps
-/// read the CPU clock every time ([`StepClock::exact`]), since a crypto thread is preempted in bursts (a host's
-/// other work) that a ratio learned before the burst would misprice, and the storm's half-load phase sheds on
-/// exactly that (BENCHMARKS.md, "Per-handshake overhead, third round"). The wall clock is what the per-step
-/// samples fall back to where the CPU clock is unavailable.
+/// read the CPU clock every time ([`StepClock::exact`]): a crypto thread is preempted in bursts (a flood's
+/// accepts, the host's other work) that a ratio learned before the burst would misprice, just when admission
+/// decides, and its steps are long enough (RSA: milliseconds) that two system calls are nothing. The wall clock
+/// is what the per-step samples fall back to where the CPU clock is unavailable.
 #[derive(Debug, Clone, Copy)]
 pub struct StepClock {
     cpu: Option<Duration>,
