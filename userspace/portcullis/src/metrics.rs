@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use portcullis_abi::client_hello::Fingerprint;
@@ -312,6 +312,8 @@ impl Metrics {
                 })
             })),
             handshake_stages: self.handshake_stages.clone(),
+            ok_handles: Arc::default(),
+            offer_handles: Arc::default(),
             offers: self.offers.clone(),
             upstream_errors: self.upstream_errors.clone(),
             seen: self.seen.clone(),
@@ -387,9 +389,32 @@ pub struct ListenerMetrics {
     /// observations per handshake without a label lookup each.
     stage_handles: Arc<[[Histogram; Stage::ALL.len()]; 2]>,
     handshake_stages: Family<StageLabels, Histogram>,
+    /// The `result="ok"` series of `handshakes` and `handshake_duration` per [`ok_index`], and the `offers`
+    /// series per [`offer_index`], resolved on first use (a series still appears when it first counts): the
+    /// label lookups per handshake (a lock, a hash, the listener name's reference count) done once.
+    ok_handles: Arc<[OnceLock<(Counter, Histogram)>; 4]>,
+    offer_handles: Arc<[OnceLock<Counter>; 4]>,
     offers: Family<OfferLabels, Counter>,
     upstream_errors: Family<UpstreamLabels, Counter>,
     seen: Arc<SeenFingerprints>,
+}
+
+/// Where a successful handshake's handles are kept in `ListenerMetrics::ok_handles`.
+fn ok_index(version: VersionLabel, mode: ModeLabel) -> Option<usize> {
+    match (version, mode) {
+        (VersionLabel::Tls13, ModeLabel::Full) => Some(0),
+        (VersionLabel::Tls13, ModeLabel::Resumed) => Some(1),
+        (VersionLabel::Tls12, ModeLabel::Full) => Some(2),
+        (VersionLabel::Tls12, ModeLabel::Resumed) => Some(3),
+        _ => None,
+    }
+}
+
+/// Where an offer's counter is kept in `ListenerMetrics::offer_handles`.
+fn offer_index(offer: &str) -> Option<usize> {
+    ["sni", "psk", "early_data", "tls12_ticket"]
+        .iter()
+        .position(|o| *o == offer)
 }
 
 impl ListenerMetrics {
@@ -406,6 +431,34 @@ impl ListenerMetrics {
         result: &'static str,
         duration: Option<f64>,
     ) {
+        if result == "ok"
+            && let Some(seconds) = duration
+            && let Some(slot) = ok_index(version, mode).and_then(|i| self.ok_handles.get(i))
+        {
+            let (count, time) = slot.get_or_init(|| {
+                let count = self
+                    .handshakes
+                    .get_or_create(&HandshakeLabels {
+                        listener: self.listener.clone(),
+                        version,
+                        mode,
+                        result,
+                    })
+                    .clone();
+                let time = self
+                    .handshake_duration
+                    .get_or_create(&DurationLabels {
+                        listener: self.listener.clone(),
+                        version,
+                        mode,
+                    })
+                    .clone();
+                (count, time)
+            });
+            count.inc();
+            time.observe(seconds);
+            return;
+        }
         self.handshakes
             .get_or_create(&HandshakeLabels {
                 listener: self.listener.clone(),
@@ -452,12 +505,18 @@ impl ListenerMetrics {
 
     /// Counts something a ClientHello offered (`psk`, `early_data`, `tls12_ticket`, `sni`).
     pub fn offer(&self, offer: &'static str) {
-        self.offers
-            .get_or_create(&OfferLabels {
-                listener: self.listener.clone(),
-                offer,
-            })
-            .inc();
+        let counter = || {
+            self.offers
+                .get_or_create(&OfferLabels {
+                    listener: self.listener.clone(),
+                    offer,
+                })
+                .clone()
+        };
+        match offer_index(offer).and_then(|i| self.offer_handles.get(i)) {
+            Some(slot) => slot.get_or_init(counter).inc(),
+            None => counter().inc(),
+        };
     }
 
     /// Counts a ClientHello's fingerprint among the recent ones (`/fingerprints`).
@@ -588,5 +647,35 @@ mod tests {
         assert!(text.contains("portcullis_handshakes_total{listener=\"https\",version=\"tls1.3\",mode=\"full\",result=\"ok\"} 1"));
         assert!(text.contains("# TYPE portcullis_handshake_duration_seconds histogram"));
         assert!(!text.contains("# EOF"));
+    }
+
+    /// The cached series count as the family's own: a listener's handles and a second `ListenerMetrics` of the
+    /// same name (after a reload) add to one series, and a series appears only once it counts.
+    #[test]
+    fn cached_handshake_and_offer_series_are_the_familys() {
+        let m = Metrics::new(None);
+        let a = m.listener("https");
+        a.handshake(VersionLabel::Tls13, ModeLabel::Full, "ok", Some(0.001));
+        a.handshake(VersionLabel::Tls13, ModeLabel::Full, "ok", Some(0.001));
+        a.handshake(VersionLabel::None, ModeLabel::None, "timeout", None);
+        a.offer("sni");
+        a.offer("client_cert");
+        let b = m.listener("https");
+        b.handshake(VersionLabel::Tls13, ModeLabel::Full, "ok", Some(0.001));
+        b.offer("sni");
+        let text = m.encode_prometheus();
+        for line in [
+            r#"portcullis_handshakes_total{listener="https",version="tls1.3",mode="full",result="ok"} 3"#,
+            r#"portcullis_handshake_duration_seconds_count{listener="https",version="tls1.3",mode="full"} 3"#,
+            r#"result="timeout"} 1"#,
+            r#"offer="sni"} 2"#,
+            r#"offer="client_cert"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l.ends_with(line) || l == line),
+                "{line} not in {text}"
+            );
+        }
+        assert!(!text.contains(r#"version="tls1.2""#), "{text}");
     }
 }

@@ -47,8 +47,6 @@ pub mod syn_shed;
 mod simulation;
 
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,7 +66,7 @@ use cost::CostTable;
 use syn_shed::{SynShed, SynShedLoop};
 
 use crate::handshake::class::HandshakeClass;
-use crate::handshake::engine::{EngineError, HandshakeEngine, Job, JobResult, ShedReason};
+use crate::handshake::engine::{EngineError, HandshakeEngine, Job, Running, ShedReason};
 use crate::offload::policy::Observer;
 
 /// How long overload outlasts the last window whose offered work reached capacity (or the last exceeded burst,
@@ -645,11 +643,26 @@ impl<E: HandshakeEngine> AdmissionEngine<E> {
         Self { inner, admission }
     }
 
-    async fn run_job(&self, mut job: Job) -> JobResult {
-        let admitted = self.admission.admit(job.class).map_err(EngineError::Shed)?;
-        let _guard = InFlight::enter(&self.admission, admitted.cost);
+    /// Admits the job (or sheds it) at once, then runs it on the inner engine, holding its in-flight slot and
+    /// reservation until the step is done: released before returning when the step ran on the calling worker,
+    /// carried in the future when it was queued.
+    fn run_job(&self, mut job: Job) -> Running<'_> {
+        let admitted = match self.admission.admit(job.class) {
+            Ok(admitted) => admitted,
+            Err(reason) => return Running::ready(Err(EngineError::Shed(reason))),
+        };
+        let guard = InFlight::enter(&self.admission, admitted.cost);
         job.max_wait = admitted.max_wait;
-        self.inner.run(job).await
+        match self.inner.run(job) {
+            ready @ Running::Ready(_) => {
+                drop(guard);
+                ready
+            }
+            Running::Queued(queued) => Running::Queued(Box::pin(async move {
+                let _guard = guard;
+                queued.await
+            })),
+        }
     }
 }
 
@@ -687,8 +700,8 @@ impl<E: HandshakeEngine> HandshakeEngine for AdmissionEngine<E> {
         self.inner.name()
     }
 
-    fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = JobResult> + Send + '_>> {
-        Box::pin(self.run_job(job))
+    fn run(&self, job: Job) -> Running<'_> {
+        self.run_job(job)
     }
 }
 

@@ -9,6 +9,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use rustls::ServerConfig;
@@ -92,8 +93,44 @@ pub trait HandshakeEngine: Send + Sync + 'static {
     /// Name for logs and metrics.
     fn name(&self) -> &'static str;
 
-    /// Runs the job; the future resolves once the first server flight is ready.
-    fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = JobResult> + Send + '_>>;
+    /// Runs the job, or starts it: the returned future resolves once the first server flight is ready. An
+    /// engine that runs the step on the calling worker does it here, before returning, and returns
+    /// [`Running::Ready`].
+    fn run(&self, job: Job) -> Running<'_>;
+}
+
+/// What [`HandshakeEngine::run`] returns: the result itself when the step ran on the calling thread, with no
+/// allocation (most handshakes: the inline engine, and the offload engine while idle), or the boxed future of
+/// a job handed to a crypto thread.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the result is held by value, so the inline step allocates nothing; this future lives in the \
+              handshake's own (boxed, per-handshake) future, never in an idle connection's task"
+)]
+pub enum Running<'a> {
+    /// The step ran already; `None` once the future has returned it.
+    Ready(Option<JobResult>),
+    /// The step runs elsewhere; resolves when it is done.
+    Queued(Pin<Box<dyn Future<Output = JobResult> + Send + 'a>>),
+}
+
+impl Running<'_> {
+    /// The step ran already with this result.
+    pub fn ready(result: JobResult) -> Self {
+        Self::Ready(Some(result))
+    }
+}
+
+impl Future for Running<'_> {
+    type Output = JobResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<JobResult> {
+        match self.get_mut() {
+            // Polled again after it returned: an engine that lost its job, never a panic.
+            Self::Ready(result) => Poll::Ready(result.take().unwrap_or(Err(EngineError::Lost))),
+            Self::Queued(future) => future.as_mut().poll(cx),
+        }
+    }
 }
 
 /// Runs the expensive step directly on the worker thread: no queue, no hand-off.
@@ -105,11 +142,11 @@ impl HandshakeEngine for InlineEngine {
         "inline"
     }
 
-    fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = JobResult> + Send + '_>> {
+    fn run(&self, job: Job) -> Running<'_> {
         let started = Instant::now();
         let result = job.accepted.into_connection(job.config);
         let finished = Instant::now();
-        Box::pin(std::future::ready(
+        Running::ready(
             result
                 .map(|conn| Completed {
                     conn,
@@ -117,6 +154,6 @@ impl HandshakeEngine for InlineEngine {
                     finished,
                 })
                 .map_err(|(e, alert)| EngineError::Tls(e, alert)),
-        ))
+        )
     }
 }

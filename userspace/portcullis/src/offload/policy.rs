@@ -4,7 +4,8 @@
 //! comes back over a oneshot channel that wakes the submitting worker. Queue wait (submit to start of service)
 //! and service time are measured on the crypto thread and reported per handshake class to the metrics and to
 //! an optional [`Observer`] (admission control learns costs and queue delay from it; its service time is the
-//! thread's CPU time, see `admission::cost`).
+//! thread's CPU time, right on average: see `admission::cost::StepClock`). A step run on the worker returns
+//! its result without a future ([`Running::Ready`]).
 //!
 //! With the `wait` policy the deadline bounds the whole queue wait, slot and ring together: a job that reaches
 //! its crypto thread after the deadline is dropped there without any crypto and shed as `wait_deadline` (the
@@ -20,8 +21,6 @@
 //! the job before and learns from it as from any other (a queue wait of 0).
 
 use std::cell::Cell;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,10 +29,10 @@ use arc_swap::ArcSwap;
 
 use super::metrics::EngineMetrics;
 use super::{FullRingPolicyConfig, OffloadEngine, Priority, SubmitError, Work};
-use crate::admission::cost::ThreadCpu;
+use crate::admission::cost::StepClock;
 use crate::handshake::class::HandshakeClass;
 use crate::handshake::engine::{
-    Completed, EngineError, HandshakeEngine, Job, JobResult, ShedReason,
+    Completed, EngineError, HandshakeEngine, Job, JobResult, Running, ShedReason,
 };
 
 /// What to do when every ring is full.
@@ -93,7 +92,8 @@ impl EngineKnobs {
               bytes in a slot that exists once"
 )]
 enum Served {
-    /// The expensive step ran: its result, when it started and when it finished, and the CPU time it took.
+    /// The expensive step ran: its result, when it started and when it finished, and what it cost its thread
+    /// (`admission::cost::StepClock`).
     Done(
         Result<rustls::server::ServerConnection, (rustls::Error, rustls::server::AcceptedAlert)>,
         Instant,
@@ -108,7 +108,8 @@ enum Served {
 /// Learns from completed jobs (admission control).
 pub trait Observer: Send + Sync + 'static {
     /// A job of `class` waited `wait` in a ring and took `cpu` of its thread's CPU time (not wall-clock: time
-    /// the thread lost to other work is not the handshake's cost).
+    /// the thread lost to other work is not the handshake's cost; measured by `admission::cost::StepClock`,
+    /// right on average).
     fn completed(&self, class: HandshakeClass, wait: Duration, cpu: Duration);
 
     /// The longest a job may have waited when a crypto thread takes it, judged then (admission control: while
@@ -216,35 +217,45 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
             && InlineBudget::allows(now)
     }
 
-    async fn run_job(&self, job: Job) -> JobResult {
-        let class = job.class;
+    /// Runs the step on the calling worker when [`Self::runs_inline`] says so (no future, no allocation),
+    /// else queues it on the engine.
+    fn run_job(&self, job: Job) -> Running<'_> {
         let submitted = Instant::now();
+        if self.runs_inline(job.class, job.max_wait, submitted) {
+            return Running::ready(self.run_inline(job, submitted));
+        }
+        Running::Queued(Box::pin(self.run_queued(job, submitted)))
+    }
+
+    fn run_inline(&self, job: Job, submitted: Instant) -> JobResult {
+        let class = job.class;
+        let clock = StepClock::start();
+        let result = job.accepted.into_connection(job.config);
+        let finished = Instant::now();
+        let service = finished.saturating_duration_since(submitted);
+        InlineBudget::spend(service);
+        self.metrics.idle_inline(class);
+        self.metrics.completed(class, Duration::ZERO, service);
+        if let Some(o) = &self.observer {
+            o.completed(class, Duration::ZERO, clock.cost(service));
+        }
+        result
+            .map(|conn| Completed {
+                conn,
+                started: submitted,
+                finished,
+            })
+            .map_err(|(e, alert)| EngineError::Tls(e, alert))
+    }
+
+    async fn run_queued(&self, job: Job, submitted: Instant) -> JobResult {
+        let class = job.class;
         let Job {
             accepted,
             config,
             max_wait,
             ..
         } = job;
-        if self.runs_inline(class, max_wait, submitted) {
-            let cpu = ThreadCpu::start();
-            let result = accepted.into_connection(config);
-            let cpu = cpu.elapsed();
-            let finished = Instant::now();
-            let service = finished.saturating_duration_since(submitted);
-            InlineBudget::spend(service);
-            self.metrics.idle_inline(class);
-            self.metrics.completed(class, Duration::ZERO, service);
-            if let Some(o) = &self.observer {
-                o.completed(class, Duration::ZERO, cpu);
-            }
-            return result
-                .map(|conn| Completed {
-                    conn,
-                    started: submitted,
-                    finished,
-                })
-                .map_err(|(e, alert)| EngineError::Tls(e, alert));
-        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let policy = self.knobs.policy();
         let policy_wait = match policy {
@@ -266,9 +277,11 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
                 let _ = tx.send(Served::Expired(reason));
                 return;
             }
-            let cpu = ThreadCpu::start();
+            let clock = StepClock::exact();
             let result = accepted.into_connection(config);
-            let _ = tx.send(Served::Done(result, start, Instant::now(), cpu.elapsed()));
+            let finished = Instant::now();
+            let cost = clock.cost(finished.saturating_duration_since(start));
+            let _ = tx.send(Served::Done(result, start, finished, cost));
         });
         let deadline = policy_wait.map(|d| tokio::time::Instant::now() + d);
         let priority = if class.is_resumption() {
@@ -350,8 +363,8 @@ impl<E: OffloadEngine> HandshakeEngine for OffloadHandshakes<E> {
         self.engine.name()
     }
 
-    fn run(&self, job: Job) -> Pin<Box<dyn Future<Output = JobResult> + Send + '_>> {
-        Box::pin(self.run_job(job))
+    fn run(&self, job: Job) -> Running<'_> {
+        self.run_job(job)
     }
 }
 
