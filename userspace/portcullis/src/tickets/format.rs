@@ -14,8 +14,8 @@ use ring::rand::SecureRandom;
 use zeroize::Zeroizing;
 
 use super::key::{NAME_LEN, TicketKey};
-use super::nonce;
 use super::keyset::KeySet;
+use super::nonce;
 
 /// Bytes of the AES-GCM tag.
 pub const TAG_LEN: usize = 16;

@@ -32,7 +32,12 @@ pub fn next(rng: &dyn SecureRandom) -> Option<[u8; NONCE_LEN]> {
             None => (draw_prefix(rng)?, 0),
         };
         // The last value of the counter is never used, so "ran out" needs no flag of its own.
-        seq.set(counter.checked_add(1).filter(|&c| c < u32::MAX).map(|c| (prefix, c)));
+        seq.set(
+            counter
+                .checked_add(1)
+                .filter(|&c| c < u32::MAX)
+                .map(|c| (prefix, c)),
+        );
         Some(compose(prefix, counter))
     })
 }
@@ -93,5 +98,4 @@ mod tests {
         assert_eq!(fresh.get(8..), Some(&[0u8; 4][..]));
         assert_ne!(fresh, first);
     }
-
 }
