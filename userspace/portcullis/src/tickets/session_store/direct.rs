@@ -305,7 +305,7 @@ impl Future for Exchange {
                     let State::Up(up) = &mut inner.state else {
                         return Poll::Ready(Err(lost("connection closed")));
                     };
-                    if let Err(e) = up.drive(cx) {
+                    if let Err(e) = up.drive(cx, id) {
                         tracing::debug!(error = %e, "session store connection to Redis closed");
                         if let State::Up(up) = std::mem::replace(&mut inner.state, State::Down) {
                             for place in up.line {
@@ -373,9 +373,11 @@ impl Drop for Exchange {
 }
 
 impl Up {
-    /// Writes what is pending and reads what has come, handing out replies. Registers `cx` for the socket's
+    /// Writes what is pending and reads what has come, handing out replies, until request `id` has its
+    /// replies (then it stops: reading on until the socket says "would block" costs a `recvfrom` per request;
+    /// the next request waiting reads on, woken by [`Up::wake_next`]). Registers `cx` for the socket's
     /// readiness when it would block.
-    fn drive(&mut self, cx: &mut Context<'_>) -> RedisResult<()> {
+    fn drive(&mut self, cx: &mut Context<'_>, id: u64) -> RedisResult<()> {
         while self.written < self.out.len() {
             let pending = self.out.get(self.written..).unwrap_or_default();
             match self.stream.try_write(pending) {
@@ -395,6 +397,9 @@ impl Up {
             self.written = 0;
         }
         loop {
+            if self.line.iter().any(|p| p.id == id && p.complete()) {
+                return Ok(());
+            }
             self.input.reserve(READ_CHUNK);
             match self.stream.try_read_buf(&mut self.input) {
                 Ok(0) => {
@@ -607,6 +612,51 @@ mod tests {
         let (a, b) = (tokio::spawn(echo(&d, "a")), tokio::spawn(echo(&d, "b")));
         assert!(a.await.expect("task").is_err());
         assert!(b.await.expect("task").is_err());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn many_at_once_with_some_dropped_each_gets_its_own_reply() {
+        let (port, permits, accepted) = scripted().await;
+        for _ in 0..100_000 {
+            permits.send(Some(())).expect("server");
+        }
+        let d = direct(port);
+        let tasks: Vec<_> = (0..64)
+            .map(|t| {
+                let d = d.clone();
+                tokio::spawn(async move {
+                    let mut answered = 0;
+                    for i in 0..50 {
+                        let what = format!("{t}-{i}");
+                        // Every third request gives up at once, some with its command written.
+                        let patience = if i % 3 == 0 { 0 } else { 2_000_000 };
+                        let exchange = d.request(
+                            redis::cmd("ECHO").arg(&what).get_packed_command(),
+                            1,
+                            i % 2 == 0,
+                        );
+                        match tokio::time::timeout(Duration::from_micros(patience), exchange).await
+                        {
+                            Ok(replies) => {
+                                assert_eq!(text(replies), [what]);
+                                answered += 1;
+                            }
+                            Err(_) => assert_eq!(patience, 0, "{what} waited 2 s"),
+                        }
+                    }
+                    answered
+                })
+            })
+            .collect();
+        let mut answered = 0;
+        for t in tasks {
+            answered += tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .expect("no request hangs")
+                .expect("task");
+        }
+        assert!(answered >= 64 * 33, "{answered}");
+        assert_eq!(*accepted.lock().expect("count"), 1, "one connection");
     }
 
     #[test]
