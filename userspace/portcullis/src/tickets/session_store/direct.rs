@@ -2,8 +2,12 @@
 //! appends its packed commands (redis-rs' `Cmd`/`Pipeline` packing) to the connection's output, writes what is
 //! pending, and reads replies (redis-rs' `ValueCodec`) until its own have come, handing the replies it reads for
 //! other requests to them. No driver task, no channel and no oneshot per command, which redis-rs'
-//! `ConnectionManager` costs (BENCHMARKS.md, "The store's CPU: sealing and a direct connection"). Any other
-//! URL (a Unix socket, `?protocol=resp3`) keeps the `ConnectionManager` (`redis.rs`).
+//! `ConnectionManager` costs (BENCHMARKS.md, "The store's CPU: sealing and a direct connection"). A
+//! `redis://` URL asking for RESP3 (`?protocol=resp3`) keeps the `ConnectionManager` (`redis.rs`), as would a
+//! Unix socket or TLS, which `tls.session_store.url` does not admit in this build (no Redis TLS feature).
+//!
+//! `redis::ValueCodec` is public but `#[doc(hidden)]` in redis 1.8 (kept for redis-rs' own codec benches):
+//! a redis upgrade that drops it fails to build here, and the fallback is the `ConnectionManager` for all.
 //!
 //! Replies are matched to requests by order: each request owns the next `n` replies. A request dropped before
 //! its replies came (a fetch past its deadline) leaves its place in the line, marked abandoned: its replies are

@@ -12,7 +12,7 @@
 //! a fetch or a write is a socket write and a read on the thread that asked, with no hop to another thread
 //! and no wake-up of one (that hop was most of the store's CPU per resumption; BENCHMARKS.md, "The session
 //! store"). For `redis://` over TCP that connection is [`Direct`]: the requesting tasks write and read the
-//! socket themselves, no driver task or channel; any other URL (a Unix socket, RESP3) uses redis-rs'
+//! socket themselves, no driver task or channel; a URL asking for RESP3 uses redis-rs'
 //! `ConnectionManager`. Both leave the requests queued before a write in that one `write`.
 //!
 //! A session whose write has not landed yet is in no other instance's reach, so a client that comes back at
@@ -87,7 +87,7 @@ thread_local! {
 }
 
 /// A thread's connection: its own ([`Direct`], for `redis://` over TCP) or redis-rs' `ConnectionManager`
-/// (any other URL).
+/// (a URL asking for RESP3).
 #[derive(Clone)]
 enum Link {
     Direct(Arc<Direct>),
