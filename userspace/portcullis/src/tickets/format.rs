@@ -2,8 +2,8 @@
 //! with the key name as associated data.
 //!
 //! The issue time inside the ciphertext lets every node refuse tickets older than `tls.ticket_lifetime`, whoever
-//! issued them. Nonces are random (96 bits): keep a key's encrypt window short enough that it seals far fewer
-//! than 2^32 tickets (NIST SP 800-38D §8.3), which daily rotation does at any realistic rate.
+//! issued them. Nonces are a random per-thread prefix and a counter ([`nonce`](super::nonce), which argues their
+//! uniqueness per key); `rng` only draws the prefixes.
 //!
 //! Tickets are attacker input: [`open`] returns a [`Rejection`] for anything it cannot use and never panics.
 
@@ -15,6 +15,7 @@ use zeroize::Zeroizing;
 
 use super::key::{NAME_LEN, TicketKey};
 use super::keyset::KeySet;
+use super::nonce;
 
 /// Bytes of the AES-GCM tag.
 pub const TAG_LEN: usize = 16;
@@ -69,7 +70,8 @@ pub struct Opened {
     pub key_age: Duration,
 }
 
-/// Seals `plain` with `key`, stamped with `now`. `None` only if the system RNG or the AEAD fails.
+/// Seals `plain` with `key`, stamped with `now`. `None` only if the system RNG (drawing a thread's nonce prefix)
+/// or the AEAD fails.
 pub fn seal(
     key: &TicketKey,
     plain: &[u8],
@@ -77,8 +79,7 @@ pub fn seal(
     rng: &dyn SecureRandom,
 ) -> Option<Vec<u8>> {
     let aead = key.aead()?;
-    let mut nonce = [0u8; NONCE_LEN];
-    rng.fill(&mut nonce).ok()?;
+    let nonce = nonce::next(rng)?;
     let issued = unix_seconds(now);
     let mut out = Vec::with_capacity(MIN_TICKET_LEN + plain.len());
     out.extend_from_slice(&key.name.0);

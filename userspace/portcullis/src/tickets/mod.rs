@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`cli`]: `portcullis keys init|rotate|prune|list`, managing a key directory.
 //! - [`key`]: one key (name, zeroized secret, window); [`keyset`]: which key encrypts/decrypts when.
-//! - [`format`]: the ticket bytes (name || nonce || AES-256-GCM(issue time || state)) and rejection causes.
+//! - [`format`]: the ticket bytes (name || nonce || AES-256-GCM(issue time || state)) and rejection causes;
+//!   [`nonce`]: per-thread counter nonces (no system call per seal).
 //! - [`keyfile`]: the directory on disk (portcullis `.toml` keys, nginx 48/80-byte files, permissions).
 //! - [`store`]: the live set, swapped whole, and the watcher thread; [`ticketer`]: rustls `ProducesTickets`.
 //! - [`cache`]: the sharded O(1) LRU `StoresServerSessions`; [`metrics`]: everything counted here;
@@ -23,6 +24,7 @@ pub mod key_gauges;
 pub mod keyfile;
 pub mod keyset;
 pub mod metrics;
+pub mod nonce;
 pub mod session_store;
 pub mod store;
 pub mod ticketer;

@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: `[tls.session_store]` and `[listeners.early_data]`.
-//! - [`local`]: the embedded store (one instance only); [`redis`]: the fleet's shared store.
+//! - [`local`]: the embedded store (one instance only); [`redis`]: the fleet's shared store, over a
+//!   worker's own connection ([`direct`]).
 //! - [`seal`]: values sealed with the fleet's ticket keys for Redis; [`value`]: what we read from rustls'
 //!   encoded session (issue time, `age_add`) for the freshness check.
 //! - [`breaker`]: the circuit breaker in front of Redis; [`metrics`]: everything counted here.
@@ -20,6 +21,7 @@
 
 pub mod breaker;
 pub mod config;
+pub mod direct;
 pub mod local;
 pub mod metrics;
 pub mod redis;

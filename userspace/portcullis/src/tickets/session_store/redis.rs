@@ -11,7 +11,9 @@
 //! Every worker thread talks to Redis over a connection of its own, driven by its own runtime ([`link`]):
 //! a fetch or a write is a socket write and a read on the thread that asked, with no hop to another thread
 //! and no wake-up of one (that hop was most of the store's CPU per resumption; BENCHMARKS.md, "The session
-//! store"). Requests queued on one connection before its driver runs leave in one `write`.
+//! store"). For `redis://` over TCP that connection is [`Direct`]: the requesting tasks write and read the
+//! socket themselves, no driver task or channel; a URL asking for RESP3 uses redis-rs'
+//! `ConnectionManager`. Both leave the requests queued before a write in that one `write`.
 //!
 //! A session whose write has not landed yet is in no other instance's reach, so a client that comes back at
 //! once takes it from the side table here (no round trip); the writer then stores a tombstone instead of
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::Lookup;
+use super::direct::Direct;
 use super::metrics::StoreMetrics;
 
 /// Prefix of every key we write.
@@ -78,9 +81,54 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// This thread's connection to the Redis of backend `.0`, driven by the runtime it was first used on
     /// (a worker's own current-thread runtime).
-    static LINK: RefCell<Option<(u64, ConnectionManager)>> = const { RefCell::new(None) };
+    static LINK: RefCell<Option<(u64, Link)>> = const { RefCell::new(None) };
     /// The write queue of backend `.0` served by a writer on this thread's runtime.
     static QUEUE: RefCell<Option<(u64, Arc<Queue>)>> = const { RefCell::new(None) };
+}
+
+/// A thread's connection: its own ([`Direct`], for `redis://` over TCP) or redis-rs' `ConnectionManager`
+/// (a URL asking for RESP3).
+#[derive(Clone)]
+enum Link {
+    Direct(Arc<Direct>),
+    Managed(ConnectionManager),
+}
+
+impl Link {
+    /// Sends `cmd` and returns its reply (a reply that is an error is an `Err`). With `defer`, the command waits
+    /// one turn of the runtime so the writer woken just before sends with it (direct connections only).
+    async fn command(&mut self, cmd: &redis::Cmd, defer: bool) -> redis::RedisResult<redis::Value> {
+        let reply = match self {
+            Self::Direct(d) => d
+                .request(cmd.get_packed_command(), 1, defer)
+                .await?
+                .pop()
+                .unwrap_or(redis::Value::Nil),
+            Self::Managed(m) => {
+                use redis::aio::ConnectionLike as _;
+                m.req_packed_command(cmd).await?
+            }
+        };
+        reply.extract_error()
+    }
+
+    /// Sends `pipe` and checks every reply (one that is an error fails the whole).
+    async fn pipeline(&mut self, pipe: &redis::Pipeline) -> redis::RedisResult<()> {
+        let replies = match self {
+            Self::Direct(d) => {
+                d.request(pipe.get_packed_pipeline(), pipe.len(), false)
+                    .await?
+            }
+            Self::Managed(m) => {
+                use redis::aio::ConnectionLike as _;
+                m.req_packed_commands(pipe, 0, pipe.len()).await?
+            }
+        };
+        for reply in replies {
+            reply.extract_error()?;
+        }
+        Ok(())
+    }
 }
 
 /// Puts waiting for one runtime's writer task, by identity (their sealed values wait in the side table).
@@ -120,12 +168,13 @@ impl Queue {
     }
 
     /// Asks the writer to send what is queued now (when anything is), so that it leaves with the request
-    /// being sent.
-    fn flush(&self) {
+    /// being sent; whether it asked.
+    fn flush(&self) -> bool {
         let queued = !self.state().identities.is_empty();
         if queued {
             self.flush.notify_one();
         }
+        queued
     }
 
     fn take(&self) -> Vec<Vec<u8>> {
@@ -211,8 +260,8 @@ impl RedisBackend {
                 let _ = handle_tx.send(Ok(rt.handle().clone()));
                 rt.block_on(async move {
                     // Tell the operator now, not on the first handshake, when Redis does not answer.
-                    let pong: redis::RedisResult<String> = match probe.link() {
-                        Ok(mut c) => redis::cmd("PING").query_async(&mut c).await,
+                    let pong = match probe.link() {
+                        Ok(mut c) => c.command(&redis::cmd("PING"), false).await,
                         Err(e) => Err(e),
                     };
                     if let Err(e) = pong {
@@ -271,23 +320,20 @@ impl RedisBackend {
     /// Takes the sealed session under `identity` (one round trip). Errors are the caller's to time and count.
     pub async fn take(&self, identity: &[u8]) -> redis::RedisResult<Lookup> {
         let mut conn = self.shared.link()?;
-        // The writer runs before the connection's driver (woken first), so the puts queued on this runtime
-        // and this fetch leave in one `writev`.
-        QUEUE.with_borrow(|slot| {
-            if let Some((id, queue)) = slot
-                && *id == self.shared.id
-            {
-                queue.flush();
-            }
+        // The writer runs before this fetch writes (woken first, and the fetch yields once when it was), so
+        // the puts queued on this runtime and this fetch leave in one `write`.
+        let flushed = QUEUE.with_borrow(|slot| match slot {
+            Some((id, queue)) if *id == self.shared.id => queue.flush(),
+            _ => false,
         });
-        let old: Option<Vec<u8>> = redis::cmd("SET")
+        let mut fetch = redis::cmd("SET");
+        fetch
             .arg(key(identity))
             .arg(b"".as_slice())
             .arg("XX")
             .arg("KEEPTTL")
-            .arg("GET")
-            .query_async(&mut conn)
-            .await?;
+            .arg("GET");
+        let old: Option<Vec<u8>> = redis::from_redis_value(conn.command(&fetch, flushed).await?)?;
         Ok(match old {
             None => Lookup::Miss,
             Some(v) if v.is_empty() => Lookup::Replay,
@@ -327,15 +373,20 @@ impl Shared {
     }
 
     /// This thread's connection (made on first use, in the current runtime, which drives it).
-    fn link(&self) -> redis::RedisResult<ConnectionManager> {
+    fn link(&self) -> redis::RedisResult<Link> {
         LINK.with_borrow_mut(|slot| {
             if let Some((id, conn)) = slot.as_ref()
                 && *id == self.id
             {
                 return Ok(conn.clone());
             }
-            let conn =
-                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())?;
+            let conn = match Direct::for_info(self.client.get_connection_info()) {
+                Some(direct) => Link::Direct(Arc::new(direct)),
+                None => Link::Managed(ConnectionManager::new_lazy_with_config(
+                    self.client.clone(),
+                    self.config.clone(),
+                )?),
+            };
             *slot = Some((self.id, conn.clone()));
             Ok(conn)
         })
@@ -446,8 +497,8 @@ impl Batch {
                 .arg(self.shared.ttl_secs);
         }
         let started = Instant::now();
-        let done: redis::RedisResult<()> = match self.shared.link() {
-            Ok(mut c) => pipe.query_async(&mut c).await,
+        let done = match self.shared.link() {
+            Ok(mut c) => c.pipeline(&pipe).await,
             Err(e) => Err(e),
         };
         match done {
