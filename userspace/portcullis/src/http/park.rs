@@ -67,20 +67,14 @@ pub fn serve_h1<'a>(
                 prefix: std::mem::take(&mut prefix),
                 activity: activity.clone(),
             };
-            // hyper's connection is made before the box that holds it: its buffers (write buffer, in-flight slot) are
-            // allocated first and the box right after them, so that all are freed side by side at the park. Made
-            // inside the box, the box came from the memory the handshake's state had just freed, between the
-            // connection's long-lived allocations, and left a hole there when freed (BENCHMARKS.md, "Idle
-            // connections", fifth round).
-            let mut conn = ctx
-                .h1
-                .serve_connection(TokioIo::new(io), service.clone())
-                .with_upgrades();
-            let watch = &mut phase;
             // Active, boxed: hyper's connection and the watch over it exist only while the connection is active, so
             // the future a parked connection keeps has no room for them.
-            let active = Box::pin(async move {
-                let mut closing = *watch.borrow_and_update() != Phase::Running;
+            let active = Box::pin(async {
+                let mut conn = ctx
+                    .h1
+                    .serve_connection(TokioIo::new(io), service.clone())
+                    .with_upgrades();
+                let mut closing = *phase.borrow_and_update() != Phase::Running;
                 if closing {
                     Pin::new(&mut conn).graceful_shutdown();
                 }
@@ -93,8 +87,8 @@ pub fn serve_h1<'a>(
                             }
                             return Active::Done(None);
                         }
-                        changed = watch.changed(), if !closing => {
-                            if changed.is_err() || *watch.borrow() != Phase::Running {
+                        changed = phase.changed(), if !closing => {
+                            if changed.is_err() || *phase.borrow() != Phase::Running {
                                 // `Connection: close` on the response in flight, or closed now if idle.
                                 Pin::new(&mut conn).graceful_shutdown();
                                 closing = true;
