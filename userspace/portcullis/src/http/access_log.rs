@@ -248,12 +248,12 @@ fn write_lines(rx: Receiver<String>, mut sink: Sink, reopen: &AtomicBool) {
 fn with_tls(mut fields: serde_json::Value, tls: &super::facts::TlsFacts) -> String {
     if let Some(map) = fields.as_object_mut() {
         let facts = json!({
-            "tls_version": tls.version,
-            "cipher": tls.cipher,
+            "tls_version": tls.version(),
+            "cipher": tls.cipher(),
             "alpn": tls.alpn,
             "sni": tls.sni,
             "handshake": tls.mode.name(),
-            "resumption": tls.resumption,
+            "resumption": tls.resumption(),
             "handshake_ms": ms(tls.handshake.as_secs_f64()),
             "fingerprint": tls.fingerprint.map(|f| format!("{f:016x}")),
             "early_data": tls.early_data,
