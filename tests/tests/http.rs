@@ -1034,3 +1034,43 @@ fn parked_h1_connections_serve_their_next_request_and_time_out_a_stalled_head() 
     let requests = h1_gets_ok(&m);
     assert_eq!(requests, 4.0);
 }
+
+/// A keep-alive client pausing between requests (here 40 ms, more than the 10 ms park window) parks once: its next
+/// request came within 100 ms of the connection going quiet, so from then on the connection parks after 100 ms
+/// (`http/park.rs` `PARK_AFTER_RETURNING`), and does not rebuild hyper's connection for every request. A longer
+/// pause still parks it.
+#[test]
+fn a_client_pausing_between_requests_parks_once_not_per_request() {
+    let bed = Bed::start("");
+    let parked = |bed: &Bed| metric_value(&bed.metrics(), "portcullis_http_parked_total", &[]);
+    let before = parked(&bed);
+    rt().block_on(async {
+        let mut tls = bed.tls(&[b"http/1.1"]).await;
+        for i in 0..5 {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            let path = format!("/p{i}");
+            tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: {NAME}\r\n\r\n").as_bytes())
+                .await
+                .expect("write");
+            let answer =
+                read_until(&mut tls, &format!("ok {path}\n"), Duration::from_secs(10)).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+        let paced = parked(&bed) - before;
+        // The first pause parks (the 10 ms window); the next three do not (a fixed 10 ms window would park four
+        // times). One more is allowed for a pause the host stretched past 100 ms.
+        assert!(
+            (1.0..=2.0).contains(&paced),
+            "{paced} parks over four 40 ms pauses"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(parked(&bed) - before, paced + 1.0, "a 500 ms pause parks");
+        tls.write_all(format!("GET /last HTTP/1.1\r\nHost: {NAME}\r\n\r\n").as_bytes())
+            .await
+            .expect("write");
+        let answer = read_until(&mut tls, "ok /last\n", Duration::from_secs(10)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    });
+}

@@ -71,6 +71,8 @@ pub struct HttpMetrics {
     early: Family<EarlyLabels, Counter>,
     /// Access log lines dropped because the writer fell behind.
     pub access_log_dropped: Counter,
+    /// HTTP/1.1 connections parked (`park.rs`): each one's next request rebuilds hyper's connection.
+    pub parked: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -138,7 +140,15 @@ impl HttpMetrics {
             "Access log lines dropped because the log writer fell behind (the workers never wait for it)",
             access_log_dropped.clone(),
         );
+        let parked = Counter::default();
+        registry.register(
+            "portcullis_http_parked",
+            "Times an idle HTTP/1.1 connection parked (hyper's connection and buffers dropped until the client's next \
+             byte, which rebuilds them): against requests, how often a keep-alive request paid for the rebuild",
+            parked.clone(),
+        );
         Self {
+            parked,
             requests,
             duration,
             first_byte,

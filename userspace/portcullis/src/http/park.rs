@@ -1,4 +1,5 @@
-//! HTTP/1.1 connections park while idle: after [`PARK_AFTER`] without a request, hyper's connection (its read
+//! HTTP/1.1 connections park while idle: after [`PARK_AFTER`] without a request ([`PARK_AFTER_RETURNING`] once the
+//! connection came back that soon after a park), hyper's connection (its read
 //! and write buffers, 24 KiB after a request, and its dispatcher) is taken apart and dropped; the connection keeps
 //! only its TLS stream and waits for the client's next byte, then serves it with a fresh hyper connection.
 //! BENCHMARKS.md ("Idle connections", `http` mode): 41 KiB per idle keep-alive connection before, most of it
@@ -28,13 +29,19 @@ use super::tls_stream::TlsStream;
 use super::watchdog::{Activity, Expired};
 use crate::shutdown::Phase;
 
-/// How long an HTTP/1.1 connection stays idle before it parks. Long enough that a keep-alive client sending
-/// back to back (the next request one round trip after the response) never pays for rebuilding hyper's connection;
-/// short, because every connection inside this window holds hyper's 24-32 KiB of buffers, and the more do at once,
-/// the more free memory the worker's heap keeps between live chunks once they park: 100 ms read 10.4-10.8 KiB per
-/// idle connection, 10 ms 10.0-10.2 (2 ms no lower; BENCHMARKS.md, "Idle connections", fourth round). A client
-/// pausing longer between requests pays for one rebuild (hyper's connection and buffers) per request.
+/// How long an HTTP/1.1 connection stays idle before it parks, until it shows it is a client that comes back
+/// soon ([`PARK_AFTER_RETURNING`]). Short, because every connection inside this window holds hyper's 24-32 KiB of
+/// buffers, and the more do at once, the more free memory the worker's heap keeps between live chunks once they
+/// park: 100 ms read 10.4-10.8 KiB per idle connection, 10 ms 10.0-10.2 (2 ms no lower; BENCHMARKS.md, "Idle
+/// connections", fourth round). A keep-alive client sending back to back (the next request one round trip after
+/// the response) never waits this long.
 pub const PARK_AFTER: Duration = Duration::from_millis(10);
+
+/// The window once the connection's next request came within this long of the connection going quiet (after a
+/// park): a client pausing between requests (a page's later fetches, a poll loop) would otherwise pay for
+/// rebuilding hyper's connection and buffers on every request, ≈ 20 µs of CPU each (BENCHMARKS.md, "Idle
+/// connections", adaptive park). It pays once; a connection that goes quiet for longer parks after this window.
+pub const PARK_AFTER_RETURNING: Duration = Duration::from_millis(100);
 
 /// How long the last words of a parked connection closing (close_notify) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,6 +68,7 @@ pub fn serve_h1<'a>(
         });
         let mut phase = ctx.phase.clone();
         let mut prefix = Bytes::new();
+        let mut park_after = PARK_AFTER;
         loop {
             let io = Watched {
                 stream: stream.clone(),
@@ -94,7 +102,7 @@ pub fn serve_h1<'a>(
                                 closing = true;
                             }
                         }
-                        expired = activity.expired_or_quiet(config.idle_timeout, config.header_read_timeout, Some(PARK_AFTER)), if !closing => {
+                        expired = activity.expired_or_quiet(config.idle_timeout, config.header_read_timeout, Some(park_after)), if !closing => {
                             match expired {
                                 Expired::Head => return Active::Done(Some(Expired::Head)),
                                 Expired::Idle => {
@@ -124,9 +132,15 @@ pub fn serve_h1<'a>(
             }
             // Even empty, hyper's read buffer keeps its whole allocation alive.
             drop(read_buf);
+            ctx.metrics.parked.inc();
             // Parked: wait for the client's next byte, the idle timeout or the drain.
             match park(ctx, &stream, activity, &mut phase).await {
-                Some(first) => prefix = first,
+                Some(first) => {
+                    if activity.quiet_for() < PARK_AFTER_RETURNING {
+                        park_after = PARK_AFTER_RETURNING;
+                    }
+                    prefix = first;
+                }
                 None => return None,
             }
         }
@@ -135,7 +149,7 @@ pub fn serve_h1<'a>(
 
 /// How an active period of an HTTP/1.1 connection ended.
 enum Active {
-    /// Quiet for [`PARK_AFTER`]: hyper was taken apart; what it read and did not parse.
+    /// Quiet for the park window: hyper was taken apart; what it read and did not parse.
     Quiet(Bytes),
     /// The connection is done (`Some(Expired::Head)`: answer 408).
     Done(Option<Expired>),

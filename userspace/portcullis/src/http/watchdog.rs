@@ -110,6 +110,13 @@ impl Activity {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400))
     }
 
+    /// How long the connection has been without a request in flight: since the last response ended, or since it
+    /// was accepted.
+    pub fn quiet_for(&self) -> Duration {
+        let since = self.idle_since.load(Ordering::Relaxed);
+        Duration::from_nanos(self.now().saturating_sub(since))
+    }
+
     /// Resolves when a timeout expires; cheap to poll (one timer per connection, re-armed on wake).
     pub async fn expired(&self, idle_timeout: Duration, head_timeout: Duration) -> Expired {
         self.expired_or_quiet(idle_timeout, head_timeout, None)
