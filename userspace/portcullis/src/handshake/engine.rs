@@ -88,6 +88,22 @@ pub struct Completed {
 /// What the expensive step produced, or why not.
 pub type JobResult = Result<Completed, EngineError>;
 
+/// The result of `into_connection` run from `started` to `finished`, as a [`JobResult`] (every engine's step
+/// ends here).
+pub fn step_result(
+    result: Result<ServerConnection, (rustls::Error, rustls::server::AcceptedAlert)>,
+    started: Instant,
+    finished: Instant,
+) -> JobResult {
+    result
+        .map(|conn| Completed {
+            conn,
+            started,
+            finished,
+        })
+        .map_err(|(e, alert)| EngineError::Tls(e, alert))
+}
+
 /// Runs the expensive step. Implementations must not block the calling worker.
 pub trait HandshakeEngine: Send + Sync + 'static {
     /// Name for logs and metrics.
@@ -146,14 +162,6 @@ impl HandshakeEngine for InlineEngine {
         let started = Instant::now();
         let result = job.accepted.into_connection(job.config);
         let finished = Instant::now();
-        Running::ready(
-            result
-                .map(|conn| Completed {
-                    conn,
-                    started,
-                    finished,
-                })
-                .map_err(|(e, alert)| EngineError::Tls(e, alert)),
-        )
+        Running::ready(step_result(result, started, finished))
     }
 }

@@ -10,8 +10,8 @@
 //!
 //! 0-RTT (RFC 8470): a connection handed over before the client's Finished is read and completed by
 //! `tls_stream.rs`; `early.rs` decides per early request (forward with `Early-Data: 1`, hold, 425, retry).
-//! An HTTP/1.1 connection quiet for 10 ms (100 ms once it came back that soon after a park) parks (`park.rs`): hyper's connection and buffers are dropped until
-//! the client's next byte (BENCHMARKS.md, "Idle connections").
+//! An HTTP/1.1 connection quiet for 10 ms (100 ms once it came back that soon after a park) parks (`park.rs`):
+//! hyper's connection and buffers are dropped until the client's next byte (BENCHMARKS.md, "Idle connections").
 //!
 //! Timeouts: `watchdog.rs` (idle keep-alive; a stalled request head gets 408), `upstream_response_timeout` in
 //! `proxy.rs` (504), the connect timeout in `proxy/upstream.rs` (504). Drain: on SIGTERM `serve` asks hyper for

@@ -32,7 +32,7 @@ use super::{FullRingPolicyConfig, OffloadEngine, Priority, SubmitError, Work};
 use crate::admission::cost::StepClock;
 use crate::handshake::class::HandshakeClass;
 use crate::handshake::engine::{
-    Completed, EngineError, HandshakeEngine, Job, JobResult, Running, ShedReason,
+    EngineError, HandshakeEngine, Job, JobResult, Running, ShedReason, step_result,
 };
 
 /// What to do when every ring is full.
@@ -239,13 +239,7 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
         if let Some(o) = &self.observer {
             o.completed(class, Duration::ZERO, clock.cost(service));
         }
-        result
-            .map(|conn| Completed {
-                conn,
-                started: submitted,
-                finished,
-            })
-            .map_err(|(e, alert)| EngineError::Tls(e, alert))
+        step_result(result, submitted, finished)
     }
 
     async fn run_queued(&self, job: Job, submitted: Instant) -> JobResult {
@@ -342,13 +336,7 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
                 if let Some(o) = &self.observer {
                     o.completed(class, wait, cpu);
                 }
-                result
-                    .map(|conn| Completed {
-                        conn,
-                        started,
-                        finished,
-                    })
-                    .map_err(|(e, alert)| EngineError::Tls(e, alert))
+                step_result(result, started, finished)
             }
             Err(_) => {
                 self.metrics.lost();
