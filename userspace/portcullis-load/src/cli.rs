@@ -1,4 +1,4 @@
-//! Command-line parsing (`portcullis-load run|limit`), output files, exit codes. The only place that uses
+//! Command-line parsing (`portcullis-load run|limit|hold|ttfb|floor`), output files, exit codes. The only place that uses
 //! `anyhow`: everything below returns typed errors.
 
 use std::net::{SocketAddr, ToSocketAddrs as _};
@@ -13,6 +13,7 @@ use rustls::pki_types::ServerName;
 use crate::chart;
 use crate::client_config::{ClientConfigs, Group, TlsOptions};
 use crate::connection::{ConnSpec, Target};
+use crate::floor;
 use crate::hold::{self, HoldSpec};
 use crate::kind::{Kind, Mix};
 use crate::limit::{self, LimitSpec};
@@ -40,6 +41,22 @@ enum Command {
     /// Time to first response byte of one `GET` per new connection, full / resumed / 0-RTT, sequential
     /// samples; prints JSON (the probe of `cargo xtask bench zero-rtt`).
     Ttfb(crate::ttfb::TtfbArgs),
+    /// The least a rustls server over TCP can do (one thread; handshake, wait for the client's close,
+    /// close_notify, close), serving until stopped: the "floor" column of `cargo xtask bench handshakes`.
+    Floor(FloorArgs),
+}
+
+#[derive(Args, Debug)]
+struct FloorArgs {
+    /// Address to listen on; port 0 picks a free one (printed).
+    #[arg(long, value_name = "HOST:PORT")]
+    listen: String,
+    /// PEM certificate chain.
+    #[arg(long)]
+    cert: PathBuf,
+    /// PEM private key.
+    #[arg(long)]
+    key: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -179,6 +196,7 @@ pub fn main() -> ExitCode {
         Command::Limit(args) => run_limit(&args),
         Command::Hold(args) => run_hold(&args),
         Command::Ttfb(args) => run_ttfb(&args),
+        Command::Floor(args) => run_floor(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -336,6 +354,20 @@ fn raise_nofile(want: u64) -> Result<()> {
             format!("cannot raise the open-file limit from {soft} to {want}: run as root or raise `ulimit -n`")
         });
     }
+    Ok(())
+}
+
+fn run_floor(args: &FloorArgs) -> Result<()> {
+    let addr: SocketAddr = args
+        .listen
+        .parse()
+        .with_context(|| format!("--listen {:?}: expected IP:PORT", args.listen))?;
+    let config = floor::server_config(&args.cert, &args.key)?;
+    let listener = floor::bind(addr)?;
+    let bound = listener.local_addr().context("reading the bound address")?;
+    println!("portcullis-load floor: listening on {bound}");
+    std::io::Write::flush(&mut std::io::stdout()).context("writing to stdout")?;
+    floor::serve(listener, config)?;
     Ok(())
 }
 

@@ -20,6 +20,7 @@
 //! - [`preflight`]: one connection per target before the run, so unreachable targets fail with a clear error.
 //! - [`report`]: the JSON report and the human table; [`chart`]: the SVG chart.
 //! - [`limit`]: rustls in-memory handshakes, server-side CPU only: the "limit" a TLS server could reach here.
+//! - [`floor`]: `floor`, the least a rustls server over TCP can do: the "floor" column of `bench handshakes`.
 //! - [`hold`]: `hold`, N idle connections held open for a memory benchmark (`cargo xtask bench idle`).
 //! - [`ttfb`]: `ttfb`, time to first response byte per new connection, full / resumed / 0-RTT, and the captured
 //!   first flight a replay test re-sends (`cargo xtask bench zero-rtt`).
@@ -31,6 +32,7 @@ pub mod chart;
 pub mod cli;
 pub mod client_config;
 pub mod connection;
+pub mod floor;
 pub mod hold;
 pub mod kind;
 pub mod limit;

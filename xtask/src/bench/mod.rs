@@ -185,7 +185,8 @@ pub struct Common {
     /// Skip `cargo xtask setup --bench` (nginx and haproxy must already be installed).
     #[arg(long)]
     pub no_setup: bool,
-    /// Only these servers (default: all three).
+    /// Only these servers (default: all three). In `bench handshakes`, portcullis brings the floor column with
+    /// it (`portcullis-load floor`: rustls over TCP and nothing else).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub servers: Vec<ServerKind>,
 }

@@ -4,7 +4,7 @@
 //! Stopped by PID (never by name) when the [`Server`] is dropped. For `bench http`, the same three as reverse
 //! proxies ([`start_http`]) and the nginx they share as upstream ([`start_upstream`]). For `bench zero-rtt`, the
 //! three with TLS 1.3 early data on, inside a network namespace, sharing ticket keys with a twin
-//! ([`start_zero_rtt`]).
+//! ([`start_zero_rtt`]). Beside them, for `bench handshakes`, the floor: `portcullis-load floor` ([`start_floor`]).
 
 use std::fmt;
 use std::fs::File;
@@ -256,10 +256,31 @@ pub(super) fn launch(
     netns: Option<&Path>,
 ) -> Result<Server> {
     let log = dir.join(format!("{}.log", kind.name()));
-    let log_file = File::create(&log)?;
-    // sh raises the descriptor limit, then execs taskset, which execs the server: the child's PID is the
-    // server's.
-    // nsenter execs its program too (no fork for a network namespace).
+    let child = spawn_pinned(cpu, nofile, program, args, &log, netns)?;
+    let mut server = Server {
+        kind,
+        port,
+        metrics_port,
+        child,
+        log,
+        netns: netns.map(Path::to_path_buf),
+    };
+    server.wait_ready()?;
+    Ok(server)
+}
+
+/// Starts `program args` pinned to `cpu` with the descriptor limit `nofile`, stdout and stderr to `log`, inside
+/// the network namespace `netns` when given. sh raises the descriptor limit, then execs taskset, which execs the
+/// program (nsenter execs its program too: no fork for a network namespace): the child's PID is the program's.
+fn spawn_pinned(
+    cpu: &str,
+    nofile: usize,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    netns: Option<&Path>,
+) -> Result<Child> {
+    let log_file = File::create(log)?;
     let enter = netns.map(super::netns::nsenter).unwrap_or_default();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
@@ -278,19 +299,88 @@ pub(super) fn launch(
         args.join(" "),
         log.display()
     );
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {}", program.display()))?;
-    let mut server = Server {
-        kind,
-        port,
-        metrics_port,
-        child,
-        log,
-        netns: netns.map(Path::to_path_buf),
-    };
-    server.wait_ready()?;
-    Ok(server)
+    cmd.spawn()
+        .with_context(|| format!("cannot start {}", program.display()))
+}
+
+/// The floor of `bench handshakes` (`portcullis-load floor`: one thread, rustls over TCP and nothing else), beside
+/// the servers rather than one of them: no other benchmark runs it. Pinned to [`SERVER_CPU`] like them, its
+/// log under `target/bench/floor/`, stopped by PID when dropped.
+#[derive(Debug)]
+pub struct Floor {
+    /// Its TLS port on 127.0.0.1.
+    pub port: u16,
+    child: Child,
+    log: PathBuf,
+}
+
+/// Starts the floor with `cert` on a free loopback port and waits until the port accepts.
+pub fn start_floor(ctx: &Ctx, cert: &Cert) -> Result<Floor> {
+    let dir = ctx.out.join("floor");
+    std::fs::create_dir_all(&dir)?;
+    let port = free_port()?;
+    let args = vec![
+        "floor".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--cert".into(),
+        path(&cert.cert),
+        "--key".into(),
+        path(&cert.key),
+    ];
+    let log = dir.join("floor.log");
+    let child = spawn_pinned(SERVER_CPU, nofile(ctx), &ctx.load, &args, &log, None)?;
+    let mut floor = Floor { port, child, log };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = floor.child.try_wait()? {
+            bail!(
+                "the floor server exited during start-up ({status}); its log {}:\n{}",
+                floor.log.display(),
+                std::fs::read_to_string(&floor.log).unwrap_or_default()
+            );
+        }
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(floor);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the floor server did not listen on 127.0.0.1:{port} within 15 s; see {}",
+                floor.log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Floor {
+    /// utime+stime of the floor so far.
+    pub fn cpu_time(&self) -> Duration {
+        procstat::cpu_time(&[self.child.id()])
+    }
+}
+
+impl Drop for Floor {
+    /// SIGTERM by PID; SIGKILL by PID after 10 s.
+    fn drop(&mut self) {
+        stop(&mut self.child, "-TERM", &"the floor server");
+    }
+}
+
+/// Sends `signal` to `child` by PID and waits for it; SIGKILL by PID after 10 s.
+fn stop(child: &mut Child, signal: &str, what: &dyn fmt::Display) {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args([signal, &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{what} (pid {pid}) did not stop within 10 s: SIGKILL");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Server {
@@ -371,25 +461,11 @@ impl Drop for Server {
     /// SIGINT for portcullis (immediate stop; SIGTERM would drain for 30 s), SIGTERM for the others, by PID;
     /// SIGKILL by PID after 10 s.
     fn drop(&mut self) {
-        let pid = self.child.id().to_string();
         let signal = match self.kind {
             ServerKind::Portcullis => "-INT",
             _ => "-TERM",
         };
-        let _ = Command::new("kill").args([signal, &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        eprintln!(
-            "{} (pid {pid}) did not stop within 10 s: SIGKILL",
-            self.kind
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child, signal, &self.kind);
     }
 }
 
