@@ -33,6 +33,10 @@ fn cert_files(name: &str) -> (PathBuf, PathBuf) {
 fn start(name: &str) -> SocketAddr {
     let (cert, key) = cert_files(name);
     let config = floor::server_config(&cert, &key).expect("floor config");
+    // Loaded: the files are not needed any more.
+    if let Some(dir) = cert.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     let listener = floor::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().expect("local addr");
     std::thread::spawn(move || floor::serve(listener, config));
