@@ -2,12 +2,14 @@
 //!
 //! glibc hands the top of a heap back by itself (`M_TRIM_THRESHOLD`), not the free pages inside it: after a
 //! burst of handshakes and requests, the holes that their freed buffers leave between the connections'
-//! long-lived allocations stay in RSS (BENCHMARKS.md, "Idle connections"). `malloc_trim(0)` returns them
-//! (`MADV_DONTNEED` on each free page of every arena), holding each arena's lock while it walks that arena's
+//! long-lived allocations stay in RSS (BENCHMARKS.md, "Idle connections"). `malloc_trim(0)` returns what of them
+//! fills whole pages (`MADV_DONTNEED` on each free page of every arena: 0.1-0.2 KiB per idle `http` connection
+//! after a burst; holes smaller than a page stay), holding each arena's lock while it walks that arena's
 //! free chunks, so a worker allocating meanwhile would wait. Hence it runs only when **every** worker has been
 //! quiet for a whole interval (busy at most 0.1% of it: stray timers, no traffic), only once the workers have
 //! done at least a tenth of an interval's work since the last release (so a trickle of requests between quiet
-//! spells does not buy one release per interval: a release costs 0.1-0.7 ms, BENCHMARKS.md), and at most once per
+//! spells does not buy one release per interval: one costs 0.1-1.3 ms with 9,000-19,500 idle connections, tens of
+//! ms after thousands close at once; BENCHMARKS.md, "Idle connections", seventh round), and at most once per
 //! interval.
 //!
 //! Cost on the data path: none. A task on the control runtime reads, once per interval, the busy time that
