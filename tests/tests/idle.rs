@@ -14,6 +14,9 @@
 //!   (13.1–13.4 when they parked after 100 ms), the connections parked (`http/park.rs`) and the connection task
 //!   and parked future holding pointers and the park's state only; before those (main at 45f62fc) 16.8–17.2 KiB,
 //!   which fails; before parking 42.9 KiB.
+//!
+//! And the release of free heap once the worker goes quiet (`[memory] release_after_quiet`, `memory.rs`): a burst
+//! of connections is followed by a `malloc_trim`, counted; with the knob at `"0s"`, none.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Command, Stdio};
@@ -58,6 +61,57 @@ fn an_idle_http_keep_alive_connection_costs_less_than_the_bound() {
         "an idle HTTP/1.1 keep-alive connection costs {per:.2} KiB of RSS (bound {HTTP_BOUND_KIB} KiB): see \
          where the bytes go in BENCHMARKS.md (\"Idle connections\") and `http::park`"
     );
+}
+
+#[test]
+fn free_heap_goes_back_to_the_kernel_once_the_worker_is_quiet_and_not_when_off() {
+    for (window, want) in [("100ms", true), ("0s", false)] {
+        let d = Daemon::start(DaemonOptions {
+            args: vec![
+                "--workers".into(),
+                "1".into(),
+                "--mode".into(),
+                "http".into(),
+            ],
+            config_toml: Some(format!(
+                "[admission]\nenabled = false\n[memory]\nrelease_after_quiet = \"{window}\"\n"
+            )),
+            ..Default::default()
+        })
+        .expect("daemon starts");
+        let releases = || {
+            d.metric("portcullis_memory_releases_total", &[])
+                .expect("metrics")
+        };
+        let mut client = Command::new(portcullis_tests::load::binary())
+            .args(["hold", "--target", &d.addr().to_string()])
+            .args(["--connections", "200", "--http", "/"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("portcullis-load starts");
+        let mut line = String::new();
+        BufReader::new(client.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("portcullis-load hold answers");
+        assert_eq!(line.trim(), "held 200", "daemon log:\n{}", d.stderr());
+        // Quiet from here: on, a release within a few windows; off, none in the same time.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while releases() < 1.0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let got = releases();
+        drop(client.stdin.take());
+        assert!(client.wait().expect("portcullis-load exits").success());
+        if want {
+            assert!(
+                got >= 1.0,
+                "no release within 3 s of the burst with release_after_quiet = {window}"
+            );
+        } else {
+            assert_eq!(got, 0.0, "released with release_after_quiet = \"0s\" (off)");
+        }
+    }
 }
 
 /// Starts a daemon with `mode` (extra `portcullis run` flags), holds [`CONNECTIONS`] idle connections (after one

@@ -146,6 +146,8 @@ pub struct Config {
     pub limits: crate::limits::LimitsConfig,
     /// The unprivileged user and group to run as after start-up (`[process]`).
     pub process: crate::process::ProcessConfig,
+    /// Giving free heap pages back to the kernel when the workers go quiet (`[memory]`).
+    pub memory: crate::memory::MemoryConfig,
 }
 
 impl Default for Config {
@@ -167,6 +169,7 @@ impl Default for Config {
             log: crate::http::LogConfig::default(),
             limits: crate::limits::LimitsConfig::default(),
             process: crate::process::ProcessConfig::default(),
+            memory: crate::memory::MemoryConfig::default(),
         }
     }
 }
@@ -565,6 +568,9 @@ impl Config {
             return Err(ConfigError::invalid(field, reason));
         }
         if let Err((field, reason)) = self.limits.validate() {
+            return Err(ConfigError::invalid(field, reason));
+        }
+        if let Err((field, reason)) = self.memory.validate() {
             return Err(ConfigError::invalid(field, reason));
         }
         if let Err((field, reason)) = self.process.validate() {

@@ -128,8 +128,10 @@ pub fn run(
     let store_metrics = tickets::session_store::metrics::StoreMetrics::new();
     let session_store = start_session_store(&config, &tickets, store_metrics.clone())?;
     let limit_metrics = crate::limits::LimitMetrics::default();
+    let release_metrics = crate::memory::ReleaseMetrics::default();
     let metrics = Metrics::new_with(xdp_collector, |registry| {
         limit_metrics.register(registry);
+        release_metrics.register(registry);
         reload_metrics.register(registry);
         tickets.register(registry);
         store_metrics.register(registry);
@@ -214,7 +216,7 @@ pub fn run(
         .map(|c| Arc::new(arc_swap::ArcSwap::new(c)))
         .collect();
     let offered = offered_sockets(&config, workers, &groups, &bound, admin_dup);
-    let handles = spawn_workers(
+    let (handles, runtimes) = spawn_workers(
         groups,
         &slots,
         &worker_cpus,
@@ -223,6 +225,12 @@ pub fn run(
         &limits,
         &phase_rx,
     )?;
+    // On the control runtime, whose once-per-interval wake-up is the feature's only cost.
+    rt.spawn(crate::memory::release_when_quiet(
+        config.memory.release_after_quiet,
+        runtimes,
+        release_metrics,
+    ));
 
     let listen_list = bound
         .iter()
@@ -895,7 +903,8 @@ impl ListenerParts {
     }
 }
 
-/// One pinned worker thread per index, each given its own socket of every listener.
+/// One pinned worker thread per index, each given its own socket of every listener; also returns the workers'
+/// runtimes, which `memory` watches.
 fn spawn_workers(
     groups: Vec<Vec<std::net::TcpListener>>,
     contexts: &[worker::ContextSlot],
@@ -904,7 +913,8 @@ fn spawn_workers(
     metrics: &Metrics,
     limits: &Arc<crate::limits::Limits>,
     phase: &watch::Receiver<Phase>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+) -> anyhow::Result<(Vec<std::thread::JoinHandle<()>>, crate::memory::Workers)> {
+    let runtimes = crate::memory::Workers::default();
     let mut per_worker: Vec<Vec<_>> = (0..worker_cpus.len()).map(|_| Vec::new()).collect();
     for (sockets, ctx) in groups.into_iter().zip(contexts) {
         for (w, socket) in sockets.into_iter().enumerate() {
@@ -924,9 +934,10 @@ fn spawn_workers(
                 accepted: metrics.worker_accepted(index),
                 saturation,
                 limits: limits.clone(),
+                runtimes: runtimes.clone(),
             },
             phase.clone(),
         )?);
     }
-    Ok(handles)
+    Ok((handles, runtimes))
 }

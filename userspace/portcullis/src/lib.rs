@@ -7,7 +7,8 @@
 //! - [`cli`]: the command line and exit codes; [`config`]: the typed TOML config.
 //! - [`daemon`]: start-up order and shutdown; [`shutdown`]: what the signals do; [`reload`]: SIGHUP and
 //!   certificate file watching; [`process`]: the drop to an unprivileged user with no capability after start-up.
-//! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime.
+//! - [`listener`]: SO_REUSEPORT socket groups; [`worker`]: pinned per-core threads with their own runtime;
+//!   [`memory`]: free heap pages given back to the kernel once the workers go quiet.
 //! - [`connection`]: one connection from accept to close; [`http`]: `mode = "http"` listeners (HTTP/1.1 and h2
 //!   on hyper, the per-worker upstream pool, access log, request metrics).
 //! - [`limits`]: connection caps (process, worker, source), first-byte timeout, keepalive, lifetime.
@@ -41,6 +42,7 @@ mod handshake;
 mod http;
 mod limits;
 mod listener;
+mod memory;
 mod metrics;
 mod notify;
 mod offload;

@@ -455,6 +455,7 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
     restart!("engine.ring_depth", engine.ring_depth);
     restart!("admission.enabled", admission.enabled);
     restart!("pin_workers", pin_workers);
+    restart!("memory.release_after_quiet", memory.release_after_quiet);
     restart!("state_dir", state_dir);
     restart!("metrics.address", metrics.address);
     if keep(

@@ -34,6 +34,8 @@ pub struct WorkerSpec {
     pub saturation: Option<Arc<dyn crate::steering::SaturationMap>>,
     /// Connection caps, keepalive and lifetime, shared by every worker.
     pub limits: Arc<Limits>,
+    /// Where the worker registers its runtime, whose busy time decides when free heap is given back.
+    pub runtimes: crate::memory::Workers,
 }
 
 /// The CPUs this process may run on, in order.
@@ -87,6 +89,7 @@ fn run(spec: WorkerSpec, mut phase: watch::Receiver<Phase>) {
             return;
         }
     };
+    spec.runtimes.register(rt.handle());
     if let Some(map) = spec.saturation {
         crate::steering::register_worker(spec.index, map);
     }
