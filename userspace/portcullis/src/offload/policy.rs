@@ -137,7 +137,8 @@ pub struct OffloadHandshakes<E> {
     engine_cpu: Option<usize>,
 }
 
-/// A worker's inline steps may take at most half of each window of this length; past that, its handshakes go
+/// A worker's inline steps may take at most half of each window of this length (their CPU time on the worker,
+/// `admission::cost::StepClock`); past that, its handshakes go
 /// to the engine even when it is idle, so a storm of cheap handshakes still queues where admission control
 /// sees it, and the worker keeps time for its established connections.
 pub const INLINE_WINDOW: Duration = Duration::from_millis(10);
@@ -259,11 +260,15 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
         let result = job.accepted.into_connection(job.config);
         let finished = Instant::now();
         let service = finished.saturating_duration_since(submitted);
-        InlineBudget::spend(service);
+        // The budget is the worker's own time: a step stretched by other threads on its CPU charges what it
+        // cost this thread, not the wall time (else a busy host would send steps to a crypto thread that gets
+        // even less of the CPU: BENCHMARKS.md "Floods", phase d's tail).
+        let cost = clock.cost(service);
+        InlineBudget::spend(cost);
         self.metrics.idle_inline(class);
         self.metrics.completed(class, Duration::ZERO, service);
         if let Some(o) = &self.observer {
-            o.completed(class, Duration::ZERO, clock.cost(service));
+            o.completed(class, Duration::ZERO, cost);
         }
         step_result(result, submitted, finished)
     }
