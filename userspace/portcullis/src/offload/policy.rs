@@ -578,7 +578,8 @@ mod tests {
         let mut set = nix::sched::CpuSet::new();
         set.set(cpu).expect("cpu set");
         // This test's own thread (the worker here); the crypto threads started below inherit it.
-        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("pin the test thread");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .expect("pin the test thread");
         let engine = Arc::new(SoftwareEngine::start(1, 4).expect("start"));
         assert_eq!(engine.single_cpu(), Some(cpu));
         let mut registry = Registry::default();
