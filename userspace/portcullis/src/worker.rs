@@ -48,6 +48,15 @@ pub fn allowed_cpus() -> Vec<usize> {
     }
 }
 
+/// The one CPU the calling thread may run on, when its affinity allows exactly one (pinned, or `taskset` to a
+/// single core).
+pub fn single_cpu() -> Option<usize> {
+    match allowed_cpus().as_slice() {
+        [cpu] => Some(*cpu),
+        _ => None,
+    }
+}
+
 /// Starts the worker thread.
 pub fn spawn(
     spec: WorkerSpec,

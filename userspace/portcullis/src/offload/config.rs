@@ -45,8 +45,9 @@ pub struct EngineConfig {
     #[serde(with = "humantime_serde")]
     pub wait_deadline: Duration,
     /// Run a handshake's expensive step on its worker, skipping the crypto-thread hop (two thread wake-ups),
-    /// when the engine is idle (every ring empty, no job in service) or the handshake is a resumption (its step
-    /// costs little more than the hop), admission control is not overloaded, the step is not an RSA signature,
+    /// when the engine is idle (every ring empty, no job in service), the handshake is a resumption (its step
+    /// costs little more than the hop), or the crypto threads can only run on the worker's own CPU (`taskset` to
+    /// one core: the hop buys no parallelism), admission control is not overloaded, the step is not an RSA signature,
     /// and the worker spent less than half of the last 10 ms on such inline steps. Admission control still
     /// admits and learns from it (queue wait 0). Default: true.
     pub inline_when_idle: bool,

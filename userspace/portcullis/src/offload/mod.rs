@@ -82,6 +82,12 @@ pub trait OffloadEngine: Send + Sync + 'static {
 
     /// No job queued or in service on any instance: a job submitted now would start at once.
     fn idle(&self) -> bool;
+
+    /// The one CPU every instance is confined to, if so (crypto threads under `taskset` to a single core);
+    /// `None`: its instances may run in parallel with a worker (more CPUs, or hardware).
+    fn single_cpu(&self) -> Option<usize> {
+        None
+    }
 }
 
 impl<E: OffloadEngine + ?Sized> OffloadEngine for Arc<E> {
@@ -106,5 +112,8 @@ impl<E: OffloadEngine + ?Sized> OffloadEngine for Arc<E> {
     }
     fn idle(&self) -> bool {
         (**self).idle()
+    }
+    fn single_cpu(&self) -> Option<usize> {
+        (**self).single_cpu()
     }
 }

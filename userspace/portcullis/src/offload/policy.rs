@@ -19,6 +19,13 @@
 //! ([`InlineBudget`]): the hop to a crypto thread costs two thread wake-ups and their context switches, about
 //! a quarter of a full ECDSA handshake's server CPU (BENCHMARKS.md "Handshakes"). Admission control admitted
 //! the job before and learns from it as from any other (a queue wait of 0).
+//!
+//! Where the crypto threads can only run on the one CPU the worker runs on (`taskset` to a single core), a busy
+//! engine does not stop a step from running inline either: a job queued there would wait for this very worker
+//! to leave the CPU (the crypto thread runs at nice 10, about a tenth of the core while the worker is busy), so
+//! the hop buys no parallelism, only that wait, and every full handshake behind it would queue too while the
+//! engine reads busy. The inline budget and admission control's overload still send steps to the engine
+//! (BENCHMARKS.md "Floods", phase d's tail).
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -126,9 +133,12 @@ pub struct OffloadHandshakes<E> {
     knobs: Arc<EngineKnobs>,
     metrics: EngineMetrics,
     observer: Option<Arc<dyn Observer>>,
+    /// The one CPU the engine's instances are confined to ([`OffloadEngine::single_cpu`]).
+    engine_cpu: Option<usize>,
 }
 
-/// A worker's inline steps may take at most half of each window of this length; past that, its handshakes go
+/// A worker's inline steps may take at most half of each window of this length (their CPU time on the worker,
+/// `admission::cost::StepClock`); past that, its handshakes go
 /// to the engine even when it is idle, so a storm of cheap handshakes still queues where admission control
 /// sees it, and the worker keeps time for its established connections.
 pub const INLINE_WINDOW: Duration = Duration::from_millis(10);
@@ -174,6 +184,7 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
         observer: Option<Arc<dyn Observer>>,
     ) -> Self {
         Self {
+            engine_cpu: engine.single_cpu(),
             engine,
             knobs: Arc::new(EngineKnobs {
                 policy: ArcSwap::from_pointee(policy),
@@ -191,13 +202,21 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
         self
     }
 
+    /// Overrides the CPU the engine's instances are taken to be confined to (tests: the same routing on any host).
+    #[cfg(test)]
+    #[must_use]
+    pub fn with_engine_cpu(mut self, cpu: Option<usize>) -> Self {
+        self.engine_cpu = cpu;
+        self
+    }
+
     /// The knobs a reload sets ([`EngineKnobs::set`]).
     pub fn knobs(&self) -> Arc<EngineKnobs> {
         self.knobs.clone()
     }
 
-    /// Whether this job runs on the worker now: the engine idle (a submitted job would start at once) or the
-    /// job a resumption, no overload (admission's bound on the wait, or its overload flag), not an RSA signature
+    /// Whether this job runs on the worker now: the engine idle (a submitted job would start at once), the job a
+    /// resumption, or the engine confined to the worker's own CPU ([`Self::shares_the_worker_cpu`]); no overload (admission's bound on the wait, or its overload flag), not an RSA signature
     /// (milliseconds on the worker), and the worker's [`InlineBudget`] left.
     ///
     /// A resumption runs inline even while the engine is busy: its step (an X25519 and a few HMACs, ≈ 75 µs) costs
@@ -209,12 +228,20 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
         self.knobs.inline_when_idle()
             && class != HandshakeClass::FullRsa
             && max_wait.is_none()
-            && (class.is_resumption() || self.engine.idle())
+            && (class.is_resumption() || self.engine.idle() || self.shares_the_worker_cpu())
             && self
                 .observer
                 .as_ref()
                 .is_none_or(|o| o.max_wait_now().is_none())
             && InlineBudget::allows(now)
+    }
+
+    /// The engine's crypto threads may only run on the one CPU the calling worker may run on: a job queued there
+    /// waits for this worker to leave the CPU, whatever the engine's queue holds. Reads the calling thread's
+    /// affinity (one syscall), so only once the cheaper tests have passed.
+    fn shares_the_worker_cpu(&self) -> bool {
+        self.engine_cpu
+            .is_some_and(|cpu| crate::worker::single_cpu() == Some(cpu))
     }
 
     /// Runs the step on the calling worker when [`Self::runs_inline`] says so (no future, no allocation),
@@ -233,11 +260,15 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
         let result = job.accepted.into_connection(job.config);
         let finished = Instant::now();
         let service = finished.saturating_duration_since(submitted);
-        InlineBudget::spend(service);
+        // The budget is the worker's own time: a step stretched by other threads on its CPU charges what it
+        // cost this thread, not the wall time (else a busy host would send steps to a crypto thread that gets
+        // even less of the CPU: BENCHMARKS.md "Floods", phase d's tail).
+        let cost = clock.cost(service);
+        InlineBudget::spend(cost);
         self.metrics.idle_inline(class);
         self.metrics.completed(class, Duration::ZERO, service);
         if let Some(o) = &self.observer {
-            o.completed(class, Duration::ZERO, clock.cost(service));
+            o.completed(class, Duration::ZERO, cost);
         }
         step_result(result, submitted, finished)
     }
@@ -472,7 +503,8 @@ mod tests {
             metrics.clone(),
             None,
         )
-        .inline_when_idle(true);
+        .inline_when_idle(true)
+        .with_engine_cpu(None);
         assert!(on.run(job()).await.is_ok());
         let one = r#"portcullis_engine_idle_inline_total{class="full_ecdsa"} 1"#;
         assert_eq!(idle_inline_count(&registry), one);
@@ -510,7 +542,8 @@ mod tests {
         let metrics = idle_engine_metrics(&mut registry);
         let on = Arc::new(
             OffloadHandshakes::new(engine.clone(), FullRingPolicy::Reject, metrics, None)
-                .inline_when_idle(true),
+                .inline_when_idle(true)
+                .with_engine_cpu(None),
         );
         let tx = block(&engine);
         let full = tokio::spawn({
@@ -534,6 +567,41 @@ mod tests {
         );
         tx.send(()).expect("release the blocker");
         assert!(full.await.expect("task"));
+    }
+
+    /// Crypto threads confined to the worker's one CPU: a full handshake runs on the worker even while the engine
+    /// is busy (a queued job would wait for the worker to leave the CPU); the inline budget still sends it to
+    /// the engine once spent.
+    #[tokio::test]
+    async fn a_full_handshake_runs_inline_when_the_engine_shares_the_workers_cpu() {
+        let cpu = *crate::worker::allowed_cpus().first().expect("a CPU");
+        let mut set = nix::sched::CpuSet::new();
+        set.set(cpu).expect("cpu set");
+        // This test's own thread (the worker here); the crypto threads started below inherit it.
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+            .expect("pin the test thread");
+        let engine = Arc::new(SoftwareEngine::start(1, 4).expect("start"));
+        assert_eq!(engine.single_cpu(), Some(cpu));
+        let mut registry = Registry::default();
+        let metrics = idle_engine_metrics(&mut registry);
+        let on = OffloadHandshakes::new(engine.clone(), FullRingPolicy::Reject, metrics, None)
+            .inline_when_idle(true);
+        let tx = block(&engine);
+        let full = tokio::time::timeout(Duration::from_secs(5), on.run(job()))
+            .await
+            .expect("the full handshake did not wait for the busy engine");
+        assert!(full.is_ok());
+        assert_eq!(
+            idle_inline_count(&registry),
+            r#"portcullis_engine_idle_inline_total{class="full_ecdsa"} 1"#
+        );
+        // The budget spent: the next one queues behind the blocker.
+        InlineBudget::spend(INLINE_WINDOW);
+        let queued = tokio::spawn(async move { on.run(job()).await.is_ok() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!queued.is_finished(), "past the budget the job queues");
+        tx.send(()).expect("release the blocker");
+        assert!(queued.await.expect("task"));
     }
 
     /// A reload's knobs apply to the next job: a full ring rejects under `reject`, runs the step on the worker

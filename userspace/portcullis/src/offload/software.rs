@@ -50,6 +50,8 @@ pub struct SoftwareEngine {
     restarts: Arc<AtomicU64>,
     /// Jobs submitted and not yet finished, over every instance (queued or in service).
     busy: Arc<AtomicUsize>,
+    /// The one CPU the crypto threads may run on, when their affinity allows exactly one.
+    cpu: Option<usize>,
 }
 
 impl SoftwareEngine {
@@ -84,6 +86,9 @@ impl SoftwareEngine {
             });
         }
         Ok(Self {
+            // The crypto threads are spawned from here and never change their affinity: they inherit this
+            // thread's (`taskset`, a cgroup's cpuset).
+            cpu: crate::worker::single_cpu(),
             rings,
             next: AtomicUsize::new(0),
             ring_depth,
@@ -315,6 +320,10 @@ impl OffloadEngine for SoftwareEngine {
 
     fn idle(&self) -> bool {
         self.busy.load(Ordering::Acquire) == 0
+    }
+
+    fn single_cpu(&self) -> Option<usize> {
+        self.cpu
     }
 }
 

@@ -139,8 +139,11 @@ pub fn delta(
 /// The samples of a Prometheus text exposition this bench reports, summed by a short key: `xdp:<verdict>` for
 /// `portcullis_xdp_packets_total`, `handshake:<result>` for `portcullis_handshakes_total`, `refused:<reason>`
 /// for `portcullis_connections_refused_total`, `shed:<..>` for `portcullis_admission_shed_total`, `state:<to>` for
-/// `portcullis_admission_transitions_total` and `unsaturated_bursts:all` for handshakes admission control let
-/// past its normal burst because the engine was not saturated (the queue grew from other work taking the CPU).
+/// `portcullis_admission_transitions_total`, `unsaturated_bursts:all` for handshakes admission control let
+/// past its normal burst because the engine was not saturated (the queue grew from other work taking the CPU),
+/// and per handshake class the engine's steps (`engine_steps:<class>`), those run on the worker
+/// (`engine_inline:<class>`; the rest took the hop to a crypto thread) and their summed queue wait in µs
+/// (`engine_wait_us:<class>`).
 pub fn metrics(text: &str) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
@@ -151,17 +154,20 @@ pub fn metrics(text: &str) -> BTreeMap<String, u64> {
             continue;
         };
         let (name, labels) = series.split_once('{').unwrap_or((series, ""));
-        let (prefix, label) = match name {
-            "portcullis_xdp_packets_total" => ("xdp", "verdict"),
-            "portcullis_handshakes_total" => ("handshake", "result"),
-            "portcullis_connections_refused_total" => ("refused", "reason"),
-            "portcullis_admission_shed_total" => ("shed", "reason"),
-            "portcullis_admission_transitions_total" => ("state", "to"),
-            "portcullis_admission_unsaturated_bursts_total" => ("unsaturated_bursts", "none"),
+        let (prefix, label, scale) = match name {
+            "portcullis_xdp_packets_total" => ("xdp", "verdict", 1.0),
+            "portcullis_handshakes_total" => ("handshake", "result", 1.0),
+            "portcullis_connections_refused_total" => ("refused", "reason", 1.0),
+            "portcullis_admission_shed_total" => ("shed", "reason", 1.0),
+            "portcullis_admission_transitions_total" => ("state", "to", 1.0),
+            "portcullis_admission_unsaturated_bursts_total" => ("unsaturated_bursts", "none", 1.0),
+            "portcullis_engine_queue_wait_seconds_count" => ("engine_steps", "class", 1.0),
+            "portcullis_engine_idle_inline_total" => ("engine_inline", "class", 1.0),
+            "portcullis_engine_queue_wait_seconds_sum" => ("engine_wait_us", "class", 1e6),
             _ => continue,
         };
         let which = label_value(labels, label).unwrap_or("all");
-        *out.entry(format!("{prefix}:{which}")).or_insert(0) += value as u64;
+        *out.entry(format!("{prefix}:{which}")).or_insert(0) += (value * scale) as u64;
     }
     out
 }
@@ -196,11 +202,17 @@ mod tests {
         let text = "# HELP x\nportcullis_xdp_packets_total{verdict=\"drop_syn_rate\",cpu=\"0\"} 3\n\
                     portcullis_xdp_packets_total{verdict=\"drop_syn_rate\",cpu=\"1\"} 4\n\
                     portcullis_handshakes_total{listener=\"a\",result=\"ok\"} 10\n\
+                    portcullis_engine_queue_wait_seconds_sum{class=\"full_ecdsa\"} 0.25\n\
+                    portcullis_engine_queue_wait_seconds_count{class=\"full_ecdsa\"} 9\n\
+                    portcullis_engine_idle_inline_total{class=\"full_ecdsa\"} 6\n\
                     other_total 5\n";
         let m = metrics(text);
         assert_eq!(m.get("xdp:drop_syn_rate"), Some(&7));
         assert_eq!(m.get("handshake:ok"), Some(&10));
-        assert_eq!(m.len(), 2);
+        assert_eq!(m.get("engine_steps:full_ecdsa"), Some(&9));
+        assert_eq!(m.get("engine_inline:full_ecdsa"), Some(&6));
+        assert_eq!(m.get("engine_wait_us:full_ecdsa"), Some(&250_000));
+        assert_eq!(m.len(), 5);
     }
 
     #[test]
