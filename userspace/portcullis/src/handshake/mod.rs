@@ -539,7 +539,7 @@ mod tests {
             );
             match how {
                 "reset" => {
-                    client
+                    socket2::SockRef::from(&client)
                         .set_linger(Some(std::time::Duration::ZERO))
                         .expect("linger");
                     drop(client);
