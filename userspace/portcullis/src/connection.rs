@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Instant;
 
 use rustls::ServerConfig;
@@ -96,7 +97,7 @@ pub fn serve(
         // connection task's, sized once at spawn for the largest of its phases, so an `Established` (over 1 KB)
         // or a phase's state kept here would be paid for the connection's whole life by both modes (a borrowed
         // or moved-from local still has storage until its scope ends). BENCHMARKS.md, "Idle connections".
-        let est = match establish(&ctx, tcp).await {
+        let est = match establish(&ctx, tcp, started).await {
             Ok(est) => est,
             Err(refused) => {
                 let e = &refused.error;
@@ -175,13 +176,17 @@ struct TcpPhase {
 /// the task's future keeps only the box's pointer): an async fn's state is as large as its largest await, and
 /// this future is the task an idle connection keeps, so unboxed the handshake's state (kilobytes) would stay
 /// allocated for the connection's whole life (BENCHMARKS.md, "Idle connections").
+///
+/// The timeout counts from `started`, the connection's start as `serve` read it (no await in between), rather
+/// than from a clock read of its own: one read of the clock less per connection, the same deadline.
 fn establish(
     ctx: &ListenerContext,
     tcp: TcpStream,
+    started: Instant,
 ) -> Pin<Box<impl Future<Output = Result<handshake::Established, handshake::Refused>> + Send + '_>>
 {
     let m = &ctx.metrics;
-    let deadline = relay::deadline_after(ctx.handshake_timeout);
+    let deadline = deadline_from(started, ctx.handshake_timeout);
     Box::pin(handshake::run(
         tcp,
         deadline,
@@ -313,9 +318,22 @@ fn first_bytes<'a>(
     peer: SocketAddr,
 ) -> impl Future<Output = bool> + Send + 'a {
     async move {
-        let first_byte = ctx.limits.settings().first_byte_timeout;
-        let first = std::future::poll_fn(|cx| tls.poll_first_client_bytes(cx));
-        match tokio::time::timeout(first_byte, first).await {
+        // Looked at once before the timer is armed: the client's first bytes (or its close_notify) often came
+        // with its Finished, and then no clock read or timer is needed (the bound counts from the first wait,
+        // as before). A `Pending` here leaves the waker registered, and the timed poll below checks again.
+        // (A labelled block, so no result of the first look is kept across the timed wait: this future is an
+        // idle connection's.)
+        let ready = 'ready: {
+            if let Poll::Ready(r) =
+                std::future::poll_fn(|cx| Poll::Ready(tls.poll_first_client_bytes(cx))).await
+            {
+                break 'ready Ok(r);
+            }
+            let first_byte = ctx.limits.settings().first_byte_timeout;
+            let first = std::future::poll_fn(|cx| tls.poll_first_client_bytes(cx));
+            tokio::time::timeout(first_byte, first).await
+        };
+        match ready {
             Ok(Ok(true)) => true,
             Ok(Ok(false)) => {
                 Box::pin(tls.close()).await;
@@ -397,6 +415,14 @@ fn handshake_end(
             }
         }
     })
+}
+
+/// `timeout` after `start`, as a tokio deadline; a year away when that overflows (as `relay::deadline_after`).
+fn deadline_from(start: Instant, timeout: std::time::Duration) -> tokio::time::Instant {
+    let start = tokio::time::Instant::from_std(start);
+    start
+        .checked_add(timeout)
+        .unwrap_or(start + std::time::Duration::from_secs(365 * 24 * 3600))
 }
 
 fn count_offers(m: &ListenerMetrics, hello: &handshake::inspect::HelloInfo) {

@@ -173,7 +173,17 @@ impl TlsConn {
     /// Sends what rustls has queued for a connection that is ending, for at most [`CLOSE_FLUSH_TIMEOUT`]; after
     /// that the socket resets on close, so the kernel does not keep the unsent bytes either: a client that
     /// stopped reading cannot pin its connection.
+    ///
+    /// The bound's timer is armed only when the socket does not take everything at once: a closing connection
+    /// almost always has a few hundred bytes queued (close_notify, the tickets) and room for them, and a
+    /// `tokio::time::timeout` reads the clock and looks up the runtime's timer even when its future is ready on
+    /// the first poll (once per connection; BENCHMARKS.md, "Fourth round"). The bound is unchanged: it starts
+    /// at the first write that would block instead of a few microseconds earlier.
     pub async fn flush_before_close(&mut self) {
+        match self.try_flush() {
+            Ok(true) | Err(_) => return,
+            Ok(false) => {}
+        }
         if tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, self.flush())
             .await
             .is_err()
@@ -296,6 +306,22 @@ mod tests {
             .read_exact(&mut got)
             .expect("plaintext in rustls");
         assert_eq!(&got, b"ping");
+    }
+
+    /// The usual close: what rustls holds fits in the socket at once, so it is written whole, without a reset,
+    /// and no time passes (the bound's timer is not even armed).
+    #[tokio::test(start_paused = true)]
+    async fn close_with_room_in_the_socket_writes_everything_at_once() {
+        let (mut tls, _go) = connected(b"").await;
+        let before = tokio::time::Instant::now();
+        tls.close().await;
+        assert!(!tls.wants_write(), "close_notify left in rustls");
+        assert_eq!(
+            socket2::SockRef::from(tls.tcp()).linger().expect("linger"),
+            None,
+            "a close that fit was made a reset"
+        );
+        assert_eq!(tokio::time::Instant::now(), before);
     }
 
     #[tokio::test(start_paused = true)]
