@@ -186,7 +186,10 @@ fn establish(
 ) -> Pin<Box<impl Future<Output = Result<handshake::Established, handshake::Refused>> + Send + '_>>
 {
     let m = &ctx.metrics;
-    let deadline = deadline_from(started, ctx.handshake_timeout);
+    let deadline = relay::deadline_at(
+        tokio::time::Instant::from_std(started),
+        ctx.handshake_timeout,
+    );
     Box::pin(handshake::run(
         tcp,
         deadline,
@@ -415,14 +418,6 @@ fn handshake_end(
             }
         }
     })
-}
-
-/// `timeout` after `start`, as a tokio deadline; a year away when that overflows (as `relay::deadline_after`).
-fn deadline_from(start: Instant, timeout: std::time::Duration) -> tokio::time::Instant {
-    let start = tokio::time::Instant::from_std(start);
-    start
-        .checked_add(timeout)
-        .unwrap_or(start + std::time::Duration::from_secs(365 * 24 * 3600))
 }
 
 fn count_offers(m: &ListenerMetrics, hello: &handshake::inspect::HelloInfo) {

@@ -32,9 +32,14 @@ thread_local! {
 /// `now + d`, or a year from now where `d` does not fit (a duration validated by the config never gets there;
 /// this keeps an unvalidated one from panicking in `Instant + Duration`).
 pub fn deadline_after(d: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(d)
-        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
+    deadline_at(tokio::time::Instant::now(), d)
+}
+
+/// `start + d`, or a year after `start` where `d` does not fit (as [`deadline_after`], from a time already read).
+pub fn deadline_at(start: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    start
+        .checked_add(d)
+        .unwrap_or(start + Duration::from_secs(365 * 24 * 3600))
 }
 
 /// Bytes moved by a relay.
