@@ -237,11 +237,16 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
     }
 
     /// The engine's crypto threads may only run on the one CPU the calling worker may run on: a job queued there
-    /// waits for this worker to leave the CPU, whatever the engine's queue holds. Reads the calling thread's
-    /// affinity (one syscall), so only once the cheaper tests have passed.
+    /// waits for this worker to leave the CPU, whatever the engine's queue holds. The calling thread's affinity
+    /// (a system call and a walk of the whole CPU set) is read on its first such question and remembered: a
+    /// worker is pinned before it serves, and the engine's side was read once at start.
     fn shares_the_worker_cpu(&self) -> bool {
-        self.engine_cpu
-            .is_some_and(|cpu| crate::worker::single_cpu() == Some(cpu))
+        thread_local! {
+            static WORKER_CPU: std::cell::OnceCell<Option<usize>> = const { std::cell::OnceCell::new() };
+        }
+        self.engine_cpu.is_some_and(|cpu| {
+            WORKER_CPU.with(|c| *c.get_or_init(crate::worker::single_cpu)) == Some(cpu)
+        })
     }
 
     /// Runs the step on the calling worker when [`Self::runs_inline`] says so (no future, no allocation),
