@@ -331,26 +331,14 @@ pub fn start_floor(ctx: &Ctx, cert: &Cert) -> Result<Floor> {
     let log = dir.join("floor.log");
     let child = spawn_pinned(SERVER_CPU, nofile(ctx), &ctx.load, &args, &log, None)?;
     let mut floor = Floor { port, child, log };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = floor.child.try_wait()? {
-            bail!(
-                "the floor server exited during start-up ({status}); its log {}:\n{}",
-                floor.log.display(),
-                std::fs::read_to_string(&floor.log).unwrap_or_default()
-            );
-        }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(floor);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the floor server did not listen on 127.0.0.1:{port} within 15 s; see {}",
-                floor.log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_ready(
+        &mut floor.child,
+        &"the floor server",
+        &floor.log,
+        port,
+        || Ok(TcpStream::connect(("127.0.0.1", port)).is_ok()),
+    )?;
+    Ok(floor)
 }
 
 impl Floor {
@@ -400,39 +388,54 @@ impl Server {
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{} exited during start-up ({status}); its log {}:\n{}",
-                    self.kind,
-                    self.log.display(),
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            // portcullis binds its listeners first and loads its XDP program after (the verifier takes a while):
-            // ready means `/readyz` says so, not that the port answers.
-            let probe = || match self.metrics_port {
-                Some(mp) => http_get(mp, "/readyz").is_ok_and(|(status, _)| status == 200),
-                None => TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
-            };
-            let ready = match &self.netns {
-                Some(ns) => super::netns::run_in(ns, probe)?,
-                None => probe(),
-            };
-            if ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not listen on 127.0.0.1:{} within 15 s; see {}",
-                    self.kind,
-                    self.port,
-                    self.log.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let (port, metrics_port, netns) = (self.port, self.metrics_port, &self.netns);
+        // portcullis binds its listeners first and loads its XDP program after (the verifier takes a while):
+        // ready means `/readyz` says so, not that the port answers.
+        let probe = || match metrics_port {
+            Some(mp) => http_get(mp, "/readyz").is_ok_and(|(status, _)| status == 200),
+            None => TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        };
+        wait_until_ready(
+            &mut self.child,
+            &self.kind,
+            &self.log,
+            port,
+            || match netns {
+                Some(ns) => super::netns::run_in(ns, probe),
+                None => Ok(probe()),
+            },
+        )
+    }
+}
+
+/// Polls `ready` every 50 ms until it says so, for at most 15 s; fails at once, with `what`'s log, when `child`
+/// (listening on 127.0.0.1:`port` once up) exits first.
+fn wait_until_ready(
+    child: &mut Child,
+    what: &dyn fmt::Display,
+    log: &Path,
+    port: u16,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            bail!(
+                "{what} exited during start-up ({status}); its log {}:\n{}",
+                log.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
         }
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} did not listen on 127.0.0.1:{port} within 15 s; see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
