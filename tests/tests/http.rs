@@ -603,9 +603,17 @@ fn limits_answer_431_and_408() {
 
 #[test]
 fn upstream_refused_is_502_and_slow_upstream_is_504() {
-    // A port with nothing behind it.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
+    // A port with nothing behind it: bound and never listening, so a connect is refused, and held for the whole
+    // test (a port only bound and released could be taken meanwhile by a parallel test's daemon: one CI run got
+    // another daemon's metrics endpoint there, a 404 instead of the 502).
+    let hold =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    hold.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let closed = hold
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
         .expect("free port");
     let bed = Bed::start_with("", Some(closed));
     let (status, body) = rt().block_on(async {
