@@ -182,10 +182,15 @@ fn connections_over_a_cap_are_reset_and_counted_by_reason() {
             ..Default::default()
         })
         .expect("daemon starts");
-        let open: Vec<TcpStream> = (0..held)
-            .map(|_| TcpStream::connect(d.addr()).expect("connect"))
-            .collect();
-        let over = TcpStream::connect(d.addr()).expect("connect");
+        // Each sends the first byte of a ClientHello's record, as a client does at once: a listener defers a
+        // connection until its first bytes (`listeners[].defer_accept`), and the cap must count them in order.
+        let start = || {
+            let mut s = TcpStream::connect(d.addr()).expect("connect");
+            s.write_all(&[22]).expect("first byte");
+            s
+        };
+        let open: Vec<TcpStream> = (0..held).map(|_| start()).collect();
+        let over = start();
         assert!(
             closed_within(&over, Duration::from_secs(5)).is_some(),
             "{limits}: the connection over the cap was not closed"
@@ -211,6 +216,8 @@ fn connections_over_a_cap_are_reset_and_counted_by_reason() {
             1.0,
             "{limits}: another reason counted too"
         );
+        // Gone before the stop, which would otherwise wait for their handshakes to time out.
+        drop((open, over));
         d.stop_ok();
     }
 }

@@ -176,6 +176,7 @@ impl RunArgs {
                         name: None,
                         address,
                         backlog: 4096,
+                        defer_accept: crate::config::default_defer_accept(),
                         mode: ListenerMode::default(),
                         early_data: Default::default(),
                     },

@@ -186,6 +186,16 @@ pub struct ListenerConfig {
     /// Listen backlog. Unit: connections. Default: 4096 (the kernel caps it at `net.core.somaxconn`).
     #[serde(default = "default_backlog")]
     pub backlog: u32,
+    /// How long the kernel keeps a connection that has sent nothing since its TCP handshake from the workers
+    /// (`TCP_DEFER_ACCEPT`; nginx's `deferred`, HAProxy's `defer-accept`). In TLS the client speaks first, so a
+    /// worker is handed a connection together with its ClientHello: one wake-up fewer per handshake, and a
+    /// connection whose ClientHello never comes (dropped by the XDP guard, or never sent) and is reset costs no
+    /// worker anything. One still silent at the end is handed over at the kernel's next SYN-ACK retransmission
+    /// (its schedule rounds up to whole seconds) and meets `tls.handshake_timeout` as before. A connection
+    /// completed with a SYN cookie (while the SYN queue is full) is handed over at once: the kernel keeps no
+    /// state to hold it with. `"0s"`: off (handed over at the TCP handshake). At most 60 s. Default: `"1s"`.
+    #[serde(default = "default_defer_accept", with = "humantime_serde")]
+    pub defer_accept: Duration,
     /// `"tcp"`: relay the decrypted bytes (optionally after a PROXY v2 header); `"http"`: terminate HTTP/1.1 and
     /// h2 and proxy requests (`[http]`). Default: `"tcp"`.
     #[serde(default)]
@@ -209,6 +219,14 @@ pub enum ListenerMode {
 fn default_backlog() -> u32 {
     4096
 }
+
+/// `listeners[].defer_accept`'s default.
+pub fn default_defer_accept() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// Largest `listeners[].defer_accept`.
+pub const MAX_DEFER_ACCEPT: Duration = Duration::from_secs(60);
 
 /// A TLS protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -449,6 +467,7 @@ impl Config {
                 name: None,
                 address: parse_const_addr(DEFAULT_LISTEN),
                 backlog: default_backlog(),
+                defer_accept: default_defer_accept(),
                 mode: ListenerMode::default(),
                 early_data: Default::default(),
             });
@@ -470,6 +489,12 @@ impl Config {
                 return Err(ConfigError::invalid(
                     format!("listeners[{i}].backlog"),
                     "must be at least 1",
+                ));
+            }
+            if let Err((_, reason)) = at_most("defer_accept", l.defer_accept, MAX_DEFER_ACCEPT) {
+                return Err(ConfigError::invalid(
+                    format!("listeners[{i}].defer_accept"),
+                    reason,
                 ));
             }
             if let Some(name) = &l.name {
@@ -802,6 +827,10 @@ mod tests {
             (
                 "[[listeners]]\naddress = \"127.0.0.1:1\"\nbacklog = 0",
                 "listeners[0].backlog",
+            ),
+            (
+                "[[listeners]]\naddress = \"127.0.0.1:1\"\ndefer_accept = \"61s\"",
+                "listeners[0].defer_accept",
             ),
             (
                 "[[listeners]]\nname = \"a\"\naddress = \"127.0.0.1:1\"\n[[listeners]]\nname = \"a\"\naddress = \"127.0.0.1:2\"",

@@ -102,6 +102,7 @@ pub fn run(
         Some(i) => i.take_groups().map_err(anyhow::Error::new)?,
         None => bind(&config, workers)?,
     };
+    defer_accepts(&config, &groups)?;
 
     let xdp_guard = start_xdp(&config, &bound, inherited.as_ref().and_then(|i| i.xdp()))?;
     let xdp_collector = xdp_guard.as_ref().map(|g| g.counters().collector());
@@ -443,6 +444,23 @@ fn bind(
         bound.push(addr);
     }
     Ok((groups, bound))
+}
+
+/// Each listener's `defer_accept` on every worker's socket of it, new or inherited (an upgrade applies its own
+/// config to the running daemon's sockets).
+fn defer_accepts(config: &Config, groups: &[Vec<std::net::TcpListener>]) -> anyhow::Result<()> {
+    for (l, sockets) in config.listeners.iter().zip(groups) {
+        for socket in sockets {
+            listener::defer_accept(socket, l.defer_accept).with_context(|| {
+                format!(
+                    "cannot set listeners' defer_accept ({}) on {}",
+                    humantime::format_duration(l.defer_accept),
+                    l.address
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The XDP guard, told the resolved listener ports; `None` without `[xdp] interfaces`. Taking over, it replaces

@@ -477,6 +477,12 @@ pub fn keep_restart_fields(old: &Config, new: &mut Config, session_store: bool) 
             n.backlog = o.backlog;
         }
         if keep(
+            format!("listeners[{i}].defer_accept"),
+            o.defer_accept != n.defer_accept,
+        ) {
+            n.defer_accept = o.defer_accept;
+        }
+        if keep(
             format!("listeners[{i}].early_data (the 0-RTT session store starts only with it)"),
             !session_store && n.early_data.enabled() && differ(&o.early_data, &n.early_data),
         ) {

@@ -20,12 +20,13 @@
 //! a quarter of a full ECDSA handshake's server CPU (BENCHMARKS.md "Handshakes"). Admission control admitted
 //! the job before and learns from it as from any other (a queue wait of 0).
 //!
-//! Where the crypto threads can only run on the one CPU the worker runs on (`taskset` to a single core), a busy
-//! engine does not stop a step from running inline either: a job queued there would wait for this very worker
-//! to leave the CPU (the crypto thread runs at nice 10, about a tenth of the core while the worker is busy), so
-//! the hop buys no parallelism, only that wait, and every full handshake behind it would queue too while the
-//! engine reads busy. The inline budget and admission control's overload still send steps to the engine
-//! (BENCHMARKS.md "Floods", phase d's tail).
+//! Where the crypto threads can only run on the one CPU the worker runs on (`taskset` to a single core), neither
+//! a busy engine nor a spent inline budget stops a step from running inline: a job queued there would wait for
+//! this very worker to leave the CPU (the crypto thread runs at nice 10, about a tenth of the core while the
+//! worker is busy), so the hop buys no parallelism and no time for the worker's other connections, only that
+//! wait, and every full handshake behind it would queue too while the engine reads busy (phase d of `bench
+//! flood` queued 398 steps for 60 ms each in one second of a run, BENCHMARKS.md "Floods"). Admission control's
+//! overload still sends steps to the engine: that is where its bounded queue and its shedding are.
 
 use std::cell::Cell;
 use std::sync::Arc;
@@ -138,9 +139,10 @@ pub struct OffloadHandshakes<E> {
 }
 
 /// A worker's inline steps may take at most half of each window of this length (their CPU time on the worker,
-/// `admission::cost::StepClock`); past that, its handshakes go
-/// to the engine even when it is idle, so a storm of cheap handshakes still queues where admission control
-/// sees it, and the worker keeps time for its established connections.
+/// `admission::cost::StepClock`); past that, its handshakes go to the engine even when it is idle, so a storm of
+/// cheap handshakes still queues where admission control sees it, and the worker keeps time for its established
+/// connections. Not where the engine shares the worker's one CPU: a crypto thread there takes its time from the
+/// same core (`OffloadHandshakes::runs_inline`).
 pub const INLINE_WINDOW: Duration = Duration::from_millis(10);
 
 thread_local! {
@@ -215,9 +217,11 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
         self.knobs.clone()
     }
 
-    /// Whether this job runs on the worker now: the engine idle (a submitted job would start at once), the job a
-    /// resumption, or the engine confined to the worker's own CPU ([`Self::shares_the_worker_cpu`]); no overload (admission's bound on the wait, or its overload flag), not an RSA signature
-    /// (milliseconds on the worker), and the worker's [`InlineBudget`] left.
+    /// Whether this job runs on the worker now. Never while overloaded (admission's bound on the job's wait, or
+    /// its overload flag) nor for an RSA signature (milliseconds on the worker). Otherwise always when the engine
+    /// is confined to the worker's own CPU ([`Self::shares_the_worker_cpu`]: queued, the job would only wait for
+    /// this worker to sleep); else when the engine is idle (a submitted job would start at once) or the job is a
+    /// resumption, and the worker's [`InlineBudget`] is left.
     ///
     /// A resumption runs inline even while the engine is busy: its step (an X25519 and a few HMACs, ≈ 75 µs) costs
     /// little more than the hop itself (two wake-ups and their context switches), so queueing it behind full
@@ -225,15 +229,18 @@ impl<E: OffloadEngine> OffloadHandshakes<E> {
     /// saturating load through the hop and a TLS 1.3 resumption cost more server CPU than a full handshake
     /// (BENCHMARKS.md, "Handshakes"). The inline budget still bounds the worker's share.
     fn runs_inline(&self, class: HandshakeClass, max_wait: Option<Duration>, now: Instant) -> bool {
-        self.knobs.inline_when_idle()
-            && class != HandshakeClass::FullRsa
-            && max_wait.is_none()
-            && (class.is_resumption() || self.engine.idle() || self.shares_the_worker_cpu())
-            && self
+        if !self.knobs.inline_when_idle()
+            || class == HandshakeClass::FullRsa
+            || max_wait.is_some()
+            || self
                 .observer
                 .as_ref()
-                .is_none_or(|o| o.max_wait_now().is_none())
-            && InlineBudget::allows(now)
+                .is_some_and(|o| o.max_wait_now().is_some())
+        {
+            return false;
+        }
+        self.shares_the_worker_cpu()
+            || ((class.is_resumption() || self.engine.idle()) && InlineBudget::allows(now))
     }
 
     /// The engine's crypto threads may only run on the one CPU the calling worker may run on: a job queued there
@@ -575,8 +582,8 @@ mod tests {
     }
 
     /// Crypto threads confined to the worker's one CPU: a full handshake runs on the worker even while the engine
-    /// is busy (a queued job would wait for the worker to leave the CPU); the inline budget still sends it to
-    /// the engine once spent.
+    /// is busy and the inline budget is spent (a queued job would wait for the worker to leave the CPU); admission
+    /// control's overload still sends it to the engine.
     #[tokio::test]
     async fn a_full_handshake_runs_inline_when_the_engine_shares_the_workers_cpu() {
         let cpu = *crate::worker::allowed_cpus().first().expect("a CPU");
@@ -589,8 +596,14 @@ mod tests {
         assert_eq!(engine.single_cpu(), Some(cpu));
         let mut registry = Registry::default();
         let metrics = idle_engine_metrics(&mut registry);
-        let on = OffloadHandshakes::new(engine.clone(), FullRingPolicy::Reject, metrics, None)
-            .inline_when_idle(true);
+        let overloaded = Arc::new(AtomicBool::new(false));
+        let on = OffloadHandshakes::new(
+            engine.clone(),
+            FullRingPolicy::Reject,
+            metrics,
+            Some(Arc::new(Overload(overloaded.clone()))),
+        )
+        .inline_when_idle(true);
         let tx = block(&engine);
         let full = tokio::time::timeout(Duration::from_secs(5), on.run(job()))
             .await
@@ -600,13 +613,36 @@ mod tests {
             idle_inline_count(&registry),
             r#"portcullis_engine_idle_inline_total{class="full_ecdsa"} 1"#
         );
-        // The budget spent: the next one queues behind the blocker.
+        // The budget spent: still inline.
         InlineBudget::spend(INLINE_WINDOW);
+        let past_budget = tokio::time::timeout(Duration::from_secs(5), on.run(job()))
+            .await
+            .expect("past the inline budget the job still did not wait for the engine");
+        assert!(past_budget.is_ok());
+        assert_eq!(
+            idle_inline_count(&registry),
+            r#"portcullis_engine_idle_inline_total{class="full_ecdsa"} 2"#
+        );
+        // Overloaded: the next one queues behind the blocker, where admission control bounds its wait.
+        overloaded.store(true, Ordering::Relaxed);
         let queued = tokio::spawn(async move { on.run(job()).await.is_ok() });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!queued.is_finished(), "past the budget the job queues");
+        assert!(!queued.is_finished(), "while overloaded the job queues");
         tx.send(()).expect("release the blocker");
         assert!(queued.await.expect("task"));
+    }
+
+    /// An observer whose overload is switched by the test: `max_wait_now` is admission control's overload flag.
+    struct Overload(Arc<AtomicBool>);
+
+    impl Observer for Overload {
+        fn completed(&self, _: HandshakeClass, _: Duration, _: Duration) {}
+
+        fn max_wait_now(&self) -> Option<Duration> {
+            self.0
+                .load(Ordering::Relaxed)
+                .then_some(Duration::from_secs(5))
+        }
     }
 
     /// A reload's knobs apply to the next job: a full ring rejects under `reject`, runs the step on the worker
