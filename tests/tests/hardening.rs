@@ -421,3 +421,47 @@ fn exposed_or_foreign_private_keys_are_refused_naming_the_file() {
         portcullis_tests::privileged::require_root("foreign key owner (chown)");
     }
 }
+
+/// `listeners[].defer_accept` (default 1 s, `TCP_DEFER_ACCEPT`): a connection reaches a worker with its first
+/// bytes, not at the TCP handshake, so one that connects, stays silent and resets never costs a worker anything;
+/// `"0s"` hands it over at the handshake.
+#[test]
+fn a_connection_reaches_a_worker_with_its_first_bytes_unless_defer_accept_is_off() {
+    let dir = TempDir::new("pki").expect("tempdir");
+    let pki = Pki::generate(dir.path()).expect("pki");
+    for (option, deferred) in [("", true), ("defer_accept = \"0s\"\n", false)] {
+        let d = Daemon::start(DaemonOptions {
+            config_toml: Some(format!(
+                "workers = 1\n[[listeners]]\naddress = \"127.0.0.1:0\"\n{option}{}",
+                pki.tls_section("")
+            )),
+            ..Default::default()
+        })
+        .expect("daemon starts");
+        let accepted = || {
+            d.metric("portcullis_worker_connections_accepted_total", &[])
+                .expect("metrics")
+        };
+        let mut silent = TcpStream::connect(d.addr()).expect("connect");
+        if deferred {
+            // The TCP handshake is complete on the client's side; the worker must not see it for the deferral.
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(
+                accepted(),
+                0.0,
+                "a silent connection was handed to a worker"
+            );
+            silent.write_all(&[22]).expect("first byte");
+        }
+        let until = Instant::now() + Duration::from_secs(5);
+        while accepted() < 1.0 {
+            assert!(
+                Instant::now() < until,
+                "{option:?}: the connection never reached a worker"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(silent);
+        d.stop_ok();
+    }
+}

@@ -262,8 +262,9 @@ impl BudgetSet {
     }
 
     /// Puts `source` under a penalty until `until_ns`: its bucket (its way, or the one [`BudgetSet::way_of`] hands
-    /// it) emptied and refilling nothing until then. An empty bucket is the last a stranger pushes out of the set,
-    /// so the penalty holds unless two sources serving one share the set with a third.
+    /// it) emptied and refilling nothing until then. A penalty already running past `until_ns` is kept (a short
+    /// penalty never ends a longer one early). An empty bucket is the last a stranger pushes out of the set, so the
+    /// penalty holds unless two sources serving one share the set with a third.
     #[inline(always)]
     pub fn penalize(
         &mut self,
@@ -274,7 +275,10 @@ impl BudgetSet {
         burst: u32,
     ) {
         let (way, _) = self.way_of(source, now_ns, rate_per_sec, burst);
-        self.ways[way].bucket = TokenBucket::penalty(until_ns);
+        let bucket = &mut self.ways[way].bucket;
+        if bucket.last_ns < until_ns {
+            *bucket = TokenBucket::penalty(until_ns);
+        }
     }
 
     /// [`TokenBucket::take`] on `source`'s bucket, in the way [`BudgetSet::way_of`] gives it (a bucket just taken
@@ -674,6 +678,16 @@ mod tests {
         assert_eq!(
             set.take_syn(&a, 3 * S + S / 10, rate, burst),
             SynSpend::Taken
+        );
+        // A shorter penalty on top of a running one leaves it as it is; a longer one extends it.
+        let mut set = unused();
+        set.penalize(&a, S, 3 * S, rate, burst);
+        set.penalize(&a, S, S + S / 100, rate, burst);
+        assert_eq!(set.take_syn(&a, 2 * S, rate, burst), SynSpend::Penalized);
+        set.penalize(&a, 2 * S, 4 * S, rate, burst);
+        assert_eq!(
+            set.take_syn(&a, 3 * S + S / 2, rate, burst),
+            SynSpend::Penalized
         );
         // A source new to its set with a penalty gets a way and the penalty at once.
         let c = source_key(&v4_mapped([203, 0, 113, 3]), 32, 64);

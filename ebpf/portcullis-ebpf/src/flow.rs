@@ -90,6 +90,7 @@ fn first_segment(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) 
         let cheapest = judge::hello_cost(config, true).min(FULL_HELLO_COST_MILLI);
         // SAFETY: a pointer to a live map value (see `hello_bucket`).
         if unsafe { (*bucket).tokens_milli } < cheapest {
+            crate::known::over_hello_budget(packet, config);
             return Verdict::DropHelloRate;
         }
     }
@@ -111,7 +112,11 @@ fn first_segment(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) 
             fingerprints: None,
             shape: 0,
         };
-        return judge::after_parse(&unparsed, bucket, config);
+        let verdict = judge::after_parse(&unparsed, bucket, config);
+        if verdict == Verdict::DropHelloRate {
+            crate::known::over_hello_budget(packet, config);
+        }
+        return verdict;
     }
     hello::judge_by_tail_call(ctx);
     Verdict::PassListenerTcp

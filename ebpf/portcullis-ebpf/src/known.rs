@@ -5,7 +5,10 @@
 //!   it is spent, only sources in the known set [`XDP_KNOWN`] pass, the rest are dropped (`drop_syn_flood`).
 //! - [`after_verdict`]: a passed ClientHello makes its source known (while the flood budget or the penalty is on); a
 //!   malformed one puts its source's SYN budget under a penalty (`malformed_penalty_ms`) unless it is known, so that
-//!   its next connections are dropped at the SYN (`drop_syn_penalty`) instead of each costing the server an accept.
+//!   its next connections are dropped at the SYN (`drop_syn_penalty`) instead of each costing the server an accept;
+//!   one over its source's ClientHello budget (`drop_hello_rate`) puts that source's SYNs under a penalty, known or
+//!   not, until its ClientHello budget holds a token again (`1 / hello_rate`): a connection made before then would
+//!   only have its ClientHello dropped too, after costing the server a TCP handshake, an accept and a reset.
 
 use aya_ebpf::{
     bindings::xdp_md,
@@ -80,27 +83,33 @@ fn known(hi: u64, lo: u64, now: u64, ttl_s: u32) -> bool {
 }
 
 /// The marks a first segment's verdict leaves on its source: a passed ClientHello makes it known (while the flood
-/// budget or the penalty is on), a malformed one puts an unknown source under a penalty (while the SYN budget is
-/// on and a penalty set). A few loads and branches for any other case.
+/// budget or a penalty is on), a malformed one puts an unknown source under a penalty (while the SYN budget is on
+/// and a penalty set), one over the ClientHello budget puts its source under a penalty until the next token (while
+/// both budgets are on). A few loads and branches for any other case.
 ///
 /// One branch on the config in the ClientHello program and the rest in a subprogram: the two checks and two calls
 /// inline cost every ClientHello 3–5% (paired, with both off), from the registers they took.
 #[inline(always)]
 pub(crate) fn after_verdict(ctx: &XdpContext, config: &XdpConfig, verdict: Verdict) {
-    // Booleans without short-circuit: three loads, no branch but the one.
-    let penalty = (config.malformed_penalty_ms != 0) & (config.syn_rate != 0);
+    // Booleans without short-circuit: four loads, no branch but the one.
+    let penalty =
+        ((config.malformed_penalty_ms != 0) | (config.hello_rate != 0)) & (config.syn_rate != 0);
     if (config.flood_syn_rate != 0) | penalty {
-        mark(ctx.ctx, config, verdict as u32, penalty);
+        mark(ctx.ctx, config, verdict as u32);
     }
 }
 
 /// [`after_verdict`] once a mark may be due: `verdict` as its counter index.
 #[inline(never)]
-fn mark(ctx: *mut xdp_md, config: &XdpConfig, verdict: u32, penalty: bool) {
+fn mark(ctx: *mut xdp_md, config: &XdpConfig, verdict: u32) {
     if verdict == Verdict::PassClientHello as u32 {
         remember(ctx, config);
-    } else if verdict == Verdict::DropMalformedHello as u32 && penalty {
-        penalize(ctx, config);
+    } else if config.syn_rate != 0 {
+        if verdict == Verdict::DropMalformedHello as u32 && config.malformed_penalty_ms != 0 {
+            penalize(ctx, config);
+        } else if verdict == Verdict::DropHelloRate as u32 && config.hello_rate != 0 {
+            penalize_until_token(ctx, config);
+        }
     }
 }
 
@@ -127,6 +136,52 @@ fn remember(ctx: *mut xdp_md, config: &XdpConfig) {
     // SAFETY: a pointer to a live map value, plain integers; two CPUs writing one set at once can lose one of the
     // two sources (each way is one aligned 8-byte store), which is then unknown until its next ClientHello.
     unsafe { (*set).remember(tag, now_ns(config)) };
+}
+
+/// Puts the packet's source, over its ClientHello budget, under a SYN penalty until that budget holds a token again
+/// (`1 / hello_rate` from now: the bucket was just found short of one), known or not: a source the guard knows can
+/// still flood with valid ClientHellos, and every connection it opens before then only has its ClientHello dropped.
+/// A spoofer that can spend a source's ClientHello budget could already keep its ClientHellos out; this moves the
+/// drop to the SYN, where a client retries too.
+#[inline(never)]
+fn penalize_until_token(ctx: *mut xdp_md, config: &XdpConfig) {
+    let Some(source) = source_of(ctx, config) else {
+        return;
+    };
+    penalize_source_until_token(&source, config);
+}
+
+/// [`penalize_until_token`] for a first segment dropped for its budget before the parse (`flow::first_segment`),
+/// which has the packet's source at hand. Inline: as a subprogram its frame on top of the XDP program's passed the
+/// verifier's 512-byte bound for a call chain.
+#[inline(always)]
+pub(crate) fn over_hello_budget(packet: &Classification, config: &XdpConfig) {
+    if config.syn_rate == 0 {
+        return;
+    }
+    let source = source_key(&packet.src, config.v4_prefix_len, config.v6_prefix_len);
+    penalize_source_until_token(&source, config);
+}
+
+/// The SYN penalty of [`penalize_until_token`] on `source`.
+#[inline(always)]
+fn penalize_source_until_token(source: &SourceKey, config: &XdpConfig) {
+    let source = *source;
+    let Some(set) = XDP_SYN_BUDGET.get_ptr_mut(budget_set(&source, seed())) else {
+        return;
+    };
+    let now = now_ns(config);
+    let until = now.saturating_add(1_000_000_000 / u64::from(config.hello_rate.max(1)));
+    // SAFETY: as in `penalize`.
+    unsafe {
+        (*set).penalize(
+            &source,
+            now,
+            until,
+            config.syn_rate,
+            config.syn_burst.max(1),
+        )
+    };
 }
 
 /// Puts the packet's source under a penalty: its SYN bucket emptied until `malformed_penalty_ms` from now, unless it

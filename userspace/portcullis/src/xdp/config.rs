@@ -89,7 +89,10 @@ pub struct XdpSection {
     pub malformed_penalty_ms: u32,
     /// ClientHellos per second each source prefix (the same prefixes as the SYN budget) may send, counted in
     /// full handshakes; over budget the first segment is dropped in XDP
-    /// (`portcullis_xdp_packets_total{verdict="drop_hello_rate"}`). 0 turns the budget off. Default: 0.
+    /// (`portcullis_xdp_packets_total{verdict="drop_hello_rate"}`), and, with `syn_rate` on, the prefix's SYNs
+    /// too until its budget holds a token again (`1 / hello_rate` seconds, `drop_syn_penalty`, known prefixes
+    /// included): a connection opened before then would only have its ClientHello dropped, after costing the
+    /// server a TCP handshake, an accept and a reset. 0 turns the budget off. Default: 0.
     pub hello_rate: u32,
     /// ClientHellos (full handshakes) a source prefix may send at once after being idle, at least 1.
     /// Default: 20.

@@ -159,3 +159,79 @@ fn a_malformed_client_hello_drops_its_sources_next_syns() {
         (XDP_PASS, Verdict::PassListenerTcp)
     );
 }
+
+/// A ClientHello over its source's budget drops that source's next SYNs (`drop_syn_penalty`), known source or not,
+/// until its ClientHello budget holds a token again (`1 / hello_rate`): a connection made before then would only
+/// have its ClientHello dropped too. Another source is not touched, and the penalty ends by itself.
+#[test]
+fn a_client_hello_over_budget_drops_its_sources_syns_until_the_next_token() {
+    if skip_reason("a_client_hello_over_budget_drops_its_sources_syns_until_the_next_token")
+        .is_some()
+    {
+        return;
+    }
+    let mut config = config();
+    config.syn_rate = 100;
+    config.syn_burst = 100;
+    // One full handshake at once, then one per 50 ms: the penalty lasts 50 ms.
+    config.hello_rate = 20;
+    config.hello_burst = 1;
+    let (mut ebpf, counters) = load(config);
+    assert_eq!(
+        hello(&mut ebpf, &counters, Conn::v4(9, 42000), curl_hello()),
+        (XDP_PASS, Verdict::PassClientHello),
+        "the budget's one token"
+    );
+    assert_eq!(
+        hello(&mut ebpf, &counters, Conn::v4(9, 42001), curl_hello()),
+        (XDP_DROP, Verdict::DropHelloRate)
+    );
+    let penalized = std::time::Instant::now();
+    assert_eq!(
+        run(&mut ebpf, &counters, &Conn::v4(9, 42002).syn()),
+        (XDP_DROP, Verdict::DropSynPenalty),
+        "the source is known (a ClientHello passed), and still its next SYN is dropped"
+    );
+    assert_eq!(
+        hello(&mut ebpf, &counters, Conn::v4(10, 42000), curl_hello()),
+        (XDP_PASS, Verdict::PassClientHello),
+        "another source keeps its budgets"
+    );
+    // The penalty ends with the next ClientHello token (50 ms, a few jiffies more at most).
+    let mut port = 42003;
+    loop {
+        match run(&mut ebpf, &counters, &Conn::v4(9, port).syn()) {
+            (XDP_PASS, Verdict::PassListenerTcp) => break,
+            // After the penalty the SYN bucket refills from empty (`syn_rate`: 10 ms a token).
+            (XDP_DROP, Verdict::DropSynPenalty | Verdict::DropSynRate) => {
+                assert!(
+                    penalized.elapsed() < std::time::Duration::from_secs(1),
+                    "the penalty outlived its token"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => panic!("unexpected verdict {other:?}"),
+        }
+        port += 1;
+    }
+    assert!(
+        penalized.elapsed() >= std::time::Duration::from_millis(30),
+        "the penalty ended before the token came back: {:?}",
+        penalized.elapsed()
+    );
+    // Off with the SYN budget: a ClientHello over budget drops only itself.
+    config.syn_rate = 0;
+    write_config(&mut ebpf, config);
+    assert_eq!(
+        hello(&mut ebpf, &counters, Conn::v4(11, 42000), curl_hello()),
+        (XDP_PASS, Verdict::PassClientHello)
+    );
+    assert_eq!(
+        hello(&mut ebpf, &counters, Conn::v4(11, 42001), curl_hello()),
+        (XDP_DROP, Verdict::DropHelloRate)
+    );
+    assert_eq!(
+        run(&mut ebpf, &counters, &Conn::v4(11, 42002).syn()),
+        (XDP_PASS, Verdict::PassListenerTcp)
+    );
+}
