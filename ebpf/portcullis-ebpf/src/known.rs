@@ -166,13 +166,20 @@ pub(crate) fn over_hello_budget(packet: &Classification, config: &XdpConfig) {
 /// The SYN penalty of [`penalize_until_token`] on `source`.
 #[inline(always)]
 fn penalize_source_until_token(source: &SourceKey, config: &XdpConfig) {
+    let now = now_ns(config);
+    let until = now.saturating_add(1_000_000_000 / u64::from(config.hello_rate.max(1)));
+    penalize_syns(source, now, until, config);
+}
+
+/// Empties `source`'s SYN bucket until `until` (a longer penalty already there stands).
+#[inline(always)]
+fn penalize_syns(source: &SourceKey, now: u64, until: u64, config: &XdpConfig) {
     let source = *source;
     let Some(set) = XDP_SYN_BUDGET.get_ptr_mut(budget_set(&source, seed())) else {
         return;
     };
-    let now = now_ns(config);
-    let until = now.saturating_add(1_000_000_000 / u64::from(config.hello_rate.max(1)));
-    // SAFETY: as in `penalize`.
+    // SAFETY: a pointer to a live map value; a concurrent update can only lose the penalty or a token (see
+    // `BudgetSet`), never make the value invalid.
     unsafe {
         (*set).penalize(
             &source,
@@ -201,19 +208,6 @@ fn penalize(ctx: *mut xdp_md, config: &XdpConfig) {
     {
         return;
     }
-    let Some(set) = XDP_SYN_BUDGET.get_ptr_mut(budget_set(&source, seed())) else {
-        return;
-    };
     let until = now.saturating_add(u64::from(config.malformed_penalty_ms) * 1_000_000);
-    // SAFETY: a pointer to a live map value; a concurrent update can only lose the penalty or a token (see
-    // `BudgetSet`), never make the value invalid.
-    unsafe {
-        (*set).penalize(
-            &source,
-            now,
-            until,
-            config.syn_rate,
-            config.syn_burst.max(1),
-        )
-    };
+    penalize_syns(&source, now, until, config);
 }
