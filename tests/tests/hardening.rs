@@ -438,29 +438,23 @@ fn a_connection_reaches_a_worker_with_its_first_bytes_unless_defer_accept_is_off
             ..Default::default()
         })
         .expect("daemon starts");
-        let accepted = || {
-            d.metric("portcullis_worker_connections_accepted_total", &[])
-                .expect("metrics")
-        };
+        let accepted = "portcullis_worker_connections_accepted_total";
         let mut silent = TcpStream::connect(d.addr()).expect("connect");
         if deferred {
             // The TCP handshake is complete on the client's side; the worker must not see it for the deferral.
             std::thread::sleep(Duration::from_millis(300));
             assert_eq!(
-                accepted(),
+                d.metric(accepted, &[]).expect("metrics"),
                 0.0,
                 "a silent connection was handed to a worker"
             );
             silent.write_all(&[22]).expect("first byte");
         }
-        let until = Instant::now() + Duration::from_secs(5);
-        while accepted() < 1.0 {
-            assert!(
-                Instant::now() < until,
-                "{option:?}: the connection never reached a worker"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        assert_eq!(
+            wait_metric(&d, accepted, &[], 1.0),
+            1.0,
+            "{option:?}: the connection never reached a worker"
+        );
         drop(silent);
         d.stop_ok();
     }

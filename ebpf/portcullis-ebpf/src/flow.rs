@@ -68,7 +68,12 @@ pub fn inspect(
     if !contains(unsafe { &*set }, flow_tag(hash, packet.seq.wrapping_sub(1))) {
         return Verdict::PassListenerTcp;
     }
-    first_segment(ctx, packet, config)
+    let verdict = first_segment(ctx, packet, config);
+    // The ClientHello program marks the sources of the segments it judges itself (`known::after_verdict`).
+    if verdict == Verdict::DropHelloRate {
+        crate::known::over_hello_budget(packet, config);
+    }
+    verdict
 }
 
 /// The first payload segment of a tracked flow: dropped here when its source has too little ClientHello budget left
@@ -90,7 +95,6 @@ fn first_segment(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) 
         let cheapest = judge::hello_cost(config, true).min(FULL_HELLO_COST_MILLI);
         // SAFETY: a pointer to a live map value (see `hello_bucket`).
         if unsafe { (*bucket).tokens_milli } < cheapest {
-            crate::known::over_hello_budget(packet, config);
             return Verdict::DropHelloRate;
         }
     }
@@ -112,11 +116,7 @@ fn first_segment(ctx: &XdpContext, packet: &Classification, config: &XdpConfig) 
             fingerprints: None,
             shape: 0,
         };
-        let verdict = judge::after_parse(&unparsed, bucket, config);
-        if verdict == Verdict::DropHelloRate {
-            crate::known::over_hello_budget(packet, config);
-        }
-        return verdict;
+        return judge::after_parse(&unparsed, bucket, config);
     }
     hello::judge_by_tail_call(ctx);
     Verdict::PassListenerTcp

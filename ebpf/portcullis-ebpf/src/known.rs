@@ -151,9 +151,9 @@ fn penalize_until_token(ctx: *mut xdp_md, config: &XdpConfig) {
     penalize_source_until_token(&source, config);
 }
 
-/// [`penalize_until_token`] for a first segment dropped for its budget before the parse (`flow::first_segment`),
-/// which has the packet's source at hand. Inline: as a subprogram its frame on top of the XDP program's passed the
-/// verifier's 512-byte bound for a call chain.
+/// [`penalize_until_token`] for a first segment the XDP program dropped for its budget itself (`flow::inspect`:
+/// before the parse, or out of the parse's reach), which has the packet's source at hand. Inline: as a subprogram
+/// its frame on top of the XDP program's passed the verifier's 512-byte bound for a call chain.
 #[inline(always)]
 pub(crate) fn over_hello_budget(packet: &Classification, config: &XdpConfig) {
     if config.syn_rate == 0 {
@@ -174,21 +174,12 @@ fn penalize_source_until_token(source: &SourceKey, config: &XdpConfig) {
 /// Empties `source`'s SYN bucket until `until` (a longer penalty already there stands).
 #[inline(always)]
 fn penalize_syns(source: &SourceKey, now: u64, until: u64, config: &XdpConfig) {
-    let source = *source;
-    let Some(set) = XDP_SYN_BUDGET.get_ptr_mut(budget_set(&source, seed())) else {
+    let Some(set) = XDP_SYN_BUDGET.get_ptr_mut(budget_set(source, seed())) else {
         return;
     };
     // SAFETY: a pointer to a live map value; a concurrent update can only lose the penalty or a token (see
     // `BudgetSet`), never make the value invalid.
-    unsafe {
-        (*set).penalize(
-            &source,
-            now,
-            until,
-            config.syn_rate,
-            config.syn_burst.max(1),
-        )
-    };
+    unsafe { (*set).penalize(source, now, until, config.syn_rate, config.syn_burst.max(1)) };
 }
 
 /// Puts the packet's source under a penalty: its SYN bucket emptied until `malformed_penalty_ms` from now, unless it
